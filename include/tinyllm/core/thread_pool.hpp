@@ -1,0 +1,128 @@
+#pragma once
+// A fixed set of worker threads, passed explicitly to every parallel kernel. The calling thread
+// takes part as thread 0. Dispatch does not allocate: the task is a function pointer and a
+// context pointer, and workers spin briefly before sleeping, so back-to-back kernel calls within
+// one token are cheap.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TINYLLM_CPU_RELAX() _mm_pause()
+#else
+#define TINYLLM_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace tinyllm {
+
+class ThreadPool {
+ public:
+  // n_threads = 0 means one per hardware thread.
+  explicit ThreadPool(unsigned n_threads = 0) {
+    if (n_threads == 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
+    n_threads_ = n_threads;
+    threads_.reserve(n_threads - 1);
+    for (unsigned t = 1; t < n_threads; ++t) threads_.emplace_back([this, t] { worker(t); });
+  }
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  unsigned size() const noexcept { return n_threads_; }
+
+  // Calls f(thread_index, n_threads) once on every thread and returns when all are done.
+  template <class F>
+  void run(F&& f) {
+    using Fn = std::remove_reference_t<F>;
+    if (n_threads_ == 1) { f(0u, 1u); return; }
+    task_ = [](void* ctx, unsigned t, unsigned n) { (*static_cast<Fn*>(ctx))(t, n); };
+    ctx_ = const_cast<void*>(static_cast<const void*>(&f));
+    error_ = nullptr;
+    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    try {
+      f(0u, n_threads_);
+    } catch (...) {
+      record(std::current_exception());
+    }
+    while (pending_.load(std::memory_order_acquire) != 0) TINYLLM_CPU_RELAX();
+    if (error_) std::rethrow_exception(error_);
+  }
+
+  // Splits [0, n) into one contiguous range per thread, each a multiple of `grain` (but the last),
+  // and calls f(begin, end) for every non-empty range.
+  template <class F>
+  void parallel_for(std::size_t n, F&& f, std::size_t grain = 1) {
+    if (n == 0) return;
+    grain = std::max<std::size_t>(grain, 1);
+    const std::size_t units = (n + grain - 1) / grain;
+    run([&](unsigned t, unsigned nt) {
+      const std::size_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+      const std::size_t b = std::min(n, u0 * grain), e = std::min(n, u1 * grain);
+      if (b < e) f(b, e);
+    });
+  }
+
+ private:
+  void record(std::exception_ptr e) {
+    std::lock_guard<std::mutex> lock(error_mutex_);
+    if (!error_) error_ = e;
+  }
+
+  void worker(unsigned t) {
+    std::uint64_t seen = 0;
+    for (;;) {
+      std::uint64_t g = generation_.load(std::memory_order_acquire);
+      for (int spin = 0; g == seen && spin < 20000; ++spin) {
+        TINYLLM_CPU_RELAX();
+        g = generation_.load(std::memory_order_acquire);
+      }
+      if (g == seen) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        g = generation_.load(std::memory_order_acquire);
+      }
+      seen = g;
+      if (stop_) return;
+      try {
+        task_(ctx_, t, n_threads_);
+      } catch (...) {
+        record(std::current_exception());
+      }
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  unsigned n_threads_ = 1;
+  std::vector<std::thread> threads_;
+  void (*task_)(void*, unsigned, unsigned) = nullptr;
+  void* ctx_ = nullptr;
+  std::atomic<std::uint64_t> generation_{0};
+  std::atomic<unsigned> pending_{0};
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::atomic<bool> stop_{false};
+  std::mutex error_mutex_;
+  std::exception_ptr error_;
+};
+
+}  // namespace tinyllm
