@@ -1,0 +1,122 @@
+#pragma once
+// y = x · wᵀ with float or F16 weights (Highway).
+//
+// Weight rows and token rows are both contiguous along n_in, so every output is a dot product.
+// A register block of kRowBlock weight rows × kTokBlock tokens keeps that many vector
+// accumulators: each loaded weight vector serves kTokBlock tokens, each token vector kRowBlock
+// rows, and the accumulators are independent FMA chains. For one token this streams kRowBlock
+// rows at once at memory bandwidth; for many tokens it runs toward the FMA peak, provided the
+// operands come from cache. Hence the loop nest (per thread, over its share of the output rows):
+//
+//   for each panel of weight rows (sized to stay in L2)
+//     for each chunk of kKChunk inputs
+//       for each block of kTokBlock tokens (their chunk stays in L1)
+//         for each block of kRowBlock rows of the panel (streamed from L2)
+//           register block; add its sums into y
+//
+// so each weight is read from memory once, and y is revisited once per input chunk.
+#include <algorithm>
+#include <cassert>
+#include <cstddef>
+#include <type_traits>
+
+#include <tinyllm/core/half.hpp>
+#include <tinyllm/core/tensor.hpp>
+#include <tinyllm/core/thread_pool.hpp>
+#include <tinyllm/kernels/cpu/simd.hpp>
+
+namespace tinyllm::cpu {
+namespace detail {
+
+inline constexpr std::size_t kRowBlock = 4;
+// 4 × 6 accumulators + 4 weights + 1 token vector fit AVX-512's 32 registers; AVX2 has 16.
+inline constexpr std::size_t kTokBlock = HWY_TARGET <= HWY_AVX3 ? 6 : 2;
+// Inputs per pass when there are several token blocks: kTokBlock rows of 1024 floats (24 KiB) stay in L1.
+inline constexpr std::size_t kKChunk = 1024;
+// Weight bytes per row panel: a quarter of a 1 MiB L2.
+inline constexpr std::size_t kPanelBytes = 256 * 1024;
+
+// y[t * y_stride + r] (+)= dot(w row r, x row t) over n values, for r < R, t < T.
+template <std::size_t R, std::size_t T, class W>
+HWY_INLINE void dot_block(const W* HWY_RESTRICT w, std::size_t w_stride, const float* HWY_RESTRICT x,
+                          std::size_t x_stride, std::size_t n, float* HWY_RESTRICT y, std::size_t y_stride,
+                          bool accumulate) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  VF acc[R][T];
+  for (std::size_t r = 0; r < R; ++r)
+    for (std::size_t t = 0; t < T; ++t) acc[r][t] = hn::Zero(d);
+
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) {
+    VF wv[R];
+    for (std::size_t r = 0; r < R; ++r) wv[r] = load_f32(d, w + r * w_stride + i);
+    for (std::size_t t = 0; t < T; ++t) {
+      const VF xv = hn::LoadU(d, x + t * x_stride + i);
+      for (std::size_t r = 0; r < R; ++r) acc[r][t] = hn::MulAdd(wv[r], xv, acc[r][t]);
+    }
+  }
+  if (i < n) {
+    VF wv[R];
+    for (std::size_t r = 0; r < R; ++r) wv[r] = load_f32_partial(d, w + r * w_stride + i, n - i);
+    for (std::size_t t = 0; t < T; ++t) {
+      const VF xv = load_f32_partial(d, x + t * x_stride + i, n - i);
+      for (std::size_t r = 0; r < R; ++r) acc[r][t] = hn::MulAdd(wv[r], xv, acc[r][t]);
+    }
+  }
+
+  for (std::size_t t = 0; t < T; ++t)
+    for (std::size_t r = 0; r < R; ++r) {
+      const float sum = reduce_sum(d, acc[r][t]);
+      float& out = y[t * y_stride + r];
+      out = accumulate ? out + sum : sum;
+    }
+}
+
+// dot_block for r_count <= R rows and t_count <= T tokens, both known only at run time.
+template <std::size_t R = kRowBlock, std::size_t T = kTokBlock, class W>
+HWY_INLINE void dot_block_any(std::size_t r_count, std::size_t t_count, const W* w, std::size_t w_stride,
+                              const float* x, std::size_t x_stride, std::size_t n, float* y, std::size_t y_stride,
+                              bool accumulate) {
+  if constexpr (R > 1)
+    if (r_count < R)
+      return dot_block_any<R - 1, T>(r_count, t_count, w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+  if constexpr (T > 1)
+    if (t_count < T)
+      return dot_block_any<R, T - 1>(r_count, t_count, w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+  dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+}
+
+// y[:, o0 .. o1] for one thread's share of the output rows.
+template <class W>
+void matmul_rows(MatrixView<const W> w, MatrixView<const float> x, MatrixView<float> y, std::size_t o0,
+                 std::size_t o1) {
+  const std::size_t n_in = w.cols, n_tok = x.rows;
+  // A single token block has no token rows to keep in L1, so it takes the whole row in one pass.
+  const std::size_t k_chunk = n_tok <= kTokBlock ? n_in : std::min(n_in, kKChunk);
+  const std::size_t panel_rows = std::max(kRowBlock, kPanelBytes / (k_chunk * sizeof(W)) / kRowBlock * kRowBlock);
+  for (std::size_t p0 = o0; p0 < o1; p0 += panel_rows) {
+    const std::size_t p1 = std::min(o1, p0 + panel_rows);
+    for (std::size_t k0 = 0; k0 < n_in; k0 += k_chunk) {
+      const std::size_t k_count = std::min(k_chunk, n_in - k0);
+      for (std::size_t t = 0; t < n_tok; t += kTokBlock)
+        for (std::size_t o = p0; o < p1; o += kRowBlock)
+          dot_block_any(std::min(kRowBlock, p1 - o), std::min(kTokBlock, n_tok - t), w.row(o) + k0, w.stride,
+                        x.row(t) + k0, x.stride, k_count, y.row(t) + o, y.stride, k0 > 0);
+    }
+  }
+}
+
+}  // namespace detail
+
+// y[t, o] = sum_i w[o, i] * x[t, i].  w: [n_out, n_in], x: [n_tok, n_in], y: [n_tok, n_out].
+// Threads split the output rows.
+template <class W>
+void matmul(ThreadPool& pool, MatrixView<const W> w, MatrixView<const float> x, MatrixView<float> y) {
+  static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16>, "cpu::matmul: float or F16 weights");
+  assert(w.cols > 0 && w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
+  pool.parallel_for(
+      w.rows, [&](std::size_t o0, std::size_t o1) { detail::matmul_rows(w, x, y, o0, o1); }, detail::kRowBlock);
+}
+
+}  // namespace tinyllm::cpu

@@ -1,0 +1,84 @@
+#pragma once
+// Highway helpers shared by the CPU kernels. Static dispatch: HWY_NAMESPACE is the target the
+// compiler flags allow (AVX3 under -march=native on AVX-512 machines).
+#include <cstddef>
+#include <cstring>
+
+// Highway 1.0.3 omits AVX3_DL from its attainable targets even where the compiler's baseline has
+// it (-march=native on a CPU with AVX-VNNI) and then refuses to compile; opting in fixes that.
+#ifndef HWY_WANT_AVX3_DL
+#define HWY_WANT_AVX3_DL
+#endif
+#include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+
+#include <tinyllm/core/half.hpp>
+
+namespace tinyllm::cpu {
+
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace detail {
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+// N weights as floats; F16 storage has the layout of hwy::float16_t.
+HWY_INLINE VF load_f32(DF d, const float* p) { return hn::LoadU(d, p); }
+HWY_INLINE VF load_f32(DF d, const F16* p) {
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
+}
+
+// The first n < N values, zeros after; reads nothing past p[n - 1].
+HWY_INLINE VF load_f32_partial(DF d, const float* p, std::size_t n) {
+  return hn::MaskedLoad(hn::FirstN(d, n), d, p);
+}
+// Copied through a zeroed buffer: AVX2 emulates 16-bit masked loads with a full-width load.
+HWY_INLINE VF load_f32_partial(DF d, const F16* p, std::size_t n) {
+  F16 buf[hn::MaxLanes(DF())] = {};
+  std::memcpy(buf, p, n * sizeof(F16));
+  return load_f32(d, buf);
+}
+
+HWY_INLINE float reduce_sum(DF d, VF v) { return hn::GetLane(hn::SumOfLanes(d, v)); }
+
+// sum_i a[i] * b[i] in float, two accumulators to hide the FMA latency.
+HWY_INLINE float dot(const float* a, const float* b, std::size_t n) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  VF acc0 = hn::Zero(d), acc1 = hn::Zero(d);
+  std::size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+    acc1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), acc1);
+  }
+  if (i + N <= n) {
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+    i += N;
+  }
+  if (i < n) acc1 = hn::MulAdd(load_f32_partial(d, a + i, n - i), load_f32_partial(d, b + i, n - i), acc1);
+  return reduce_sum(d, hn::Add(acc0, acc1));
+}
+
+// out[i] = f(a[i], b[i]) a vector at a time, the tail masked; out may alias a or b.
+template <class F>
+HWY_INLINE void map2(const float* a, const float* b, float* out, std::size_t n, F f) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(f(hn::LoadU(d, a + i), hn::LoadU(d, b + i)), d, out + i);
+  if (i < n) {
+    const auto m = hn::FirstN(d, n - i);
+    hn::BlendedStore(f(hn::MaskedLoad(m, d, a + i), hn::MaskedLoad(m, d, b + i)), m, d, out + i);
+  }
+}
+
+// x[i] = f(x[i]) in place.
+template <class F>
+HWY_INLINE void map1(float* x, std::size_t n, F f) {
+  map2(x, x, x, n, [&](VF v, VF) { return f(v); });
+}
+
+}  // namespace detail
+}  // namespace tinyllm::cpu

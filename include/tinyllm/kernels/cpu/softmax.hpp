@@ -1,0 +1,46 @@
+#pragma once
+// Numerically stable softmax (Highway).
+#include <cstddef>
+#include <limits>
+
+#include <tinyllm/kernels/cpu/simd.hpp>
+
+namespace tinyllm::cpu {
+
+// In place: x[i] = exp(x[i] - max) / sum_j exp(x[j] - max). Subtracting the maximum keeps every
+// exponent <= 0, so nothing overflows and at least one term is 1.
+inline void softmax(float* x, std::size_t n) {
+  using detail::DF;
+  using detail::VF;
+  if (n == 0) return;
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  const VF neg_inf = hn::Set(d, -std::numeric_limits<float>::infinity());
+
+  VF vmax = neg_inf;
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(d, x + i));
+  if (i < n) {
+    const auto m = hn::FirstN(d, n - i);
+    vmax = hn::Max(vmax, hn::IfThenElse(m, hn::MaskedLoad(m, d, x + i), neg_inf));
+  }
+  vmax = hn::MaxOfLanes(d, vmax);
+
+  VF vsum = hn::Zero(d);
+  for (i = 0; i + N <= n; i += N) {
+    const VF e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    vsum = hn::Add(vsum, e);
+    hn::StoreU(e, d, x + i);
+  }
+  if (i < n) {
+    const auto m = hn::FirstN(d, n - i);
+    const VF e = hn::IfThenElseZero(m, hn::Exp(d, hn::Sub(hn::MaskedLoad(m, d, x + i), vmax)));
+    vsum = hn::Add(vsum, e);
+    hn::BlendedStore(e, m, d, x + i);
+  }
+
+  const VF inv_sum = hn::Set(d, 1.0f / detail::reduce_sum(d, vsum));
+  detail::map1(x, n, [&](VF v) { return hn::Mul(v, inv_sum); });
+}
+
+}  // namespace tinyllm::cpu

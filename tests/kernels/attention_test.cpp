@@ -1,0 +1,145 @@
+// cpu::attention against ref::attention: GQA ratios 1, 2, 4, 8, tokens at arbitrary positions,
+// a contiguous KV cache and the same data in shuffled blocks of a paged one, 1 to 3 threads.
+#include <tinyllm/kernels/cpu/attention.hpp>
+#include <tinyllm/kernels/kv_view.hpp>
+#include <tinyllm/kernels/reference.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "test_util.hpp"
+
+using namespace tinyllm;
+
+namespace {
+
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// One layer's K and V for positions [0, n_ctx), kept in blocks of block_size tokens whose order
+// in storage is a random permutation of their order in the table. block_size >= n_ctx gives a
+// contiguous cache.
+struct BlockKV {
+  std::size_t block_size, kv_dim;
+  std::vector<float> k_storage, v_storage;
+  std::vector<float*> k_table, v_table;
+
+  BlockKV(const std::vector<float>& k, const std::vector<float>& v, std::size_t n_ctx, std::size_t kv_dim_,
+          std::size_t block_size_, std::mt19937& rng)
+      : block_size(block_size_), kv_dim(kv_dim_) {
+    const std::size_t n_blocks = (n_ctx + block_size - 1) / block_size, spare = 2;
+    std::vector<std::size_t> slot(n_blocks + spare);
+    std::iota(slot.begin(), slot.end(), 0);
+    std::shuffle(slot.begin(), slot.end(), rng);
+    k_storage.assign(slot.size() * block_size * kv_dim, kNaN);  // unused slots and tails stay NaN
+    v_storage.assign(k_storage.size(), kNaN);
+    for (std::size_t b = 0; b < n_blocks; ++b) {
+      k_table.push_back(k_storage.data() + slot[b] * block_size * kv_dim);
+      v_table.push_back(v_storage.data() + slot[b] * block_size * kv_dim);
+    }
+    const KVLayerView view = this->view();
+    for (std::size_t p = 0; p < n_ctx; ++p)
+      for (std::size_t i = 0; i < kv_dim; ++i) {
+        view.key(p)[i] = k[p * kv_dim + i];
+        view.value(p)[i] = v[p * kv_dim + i];
+      }
+  }
+  KVLayerView view() const { return {k_table.data(), v_table.data(), block_size, kv_dim}; }
+};
+
+std::vector<float> random_vector(std::size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& e : v) e = u(rng);
+  return v;
+}
+
+struct Shape {
+  std::size_t n_heads, n_kv_heads, head_dim;
+};
+
+// Runs `kernel` on a q/out with padded rows and a NaN-filled scratch; returns the outputs, [n_tok, q_dim].
+template <class Kernel>
+std::vector<float> run(Kernel kernel, ThreadPool& pool, const std::vector<float>& q,
+                       const std::vector<std::int32_t>& positions, const KVLayerView& kv, const Shape& s) {
+  const std::size_t n_tok = positions.size(), q_dim = s.n_heads * s.head_dim, stride = q_dim + 5;
+  std::vector<float> q_padded(n_tok * stride, kNaN), out_padded(n_tok * stride, kNaN);
+  for (std::size_t t = 0; t < n_tok; ++t) std::copy_n(q.data() + t * q_dim, q_dim, q_padded.data() + t * stride);
+  const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
+  std::vector<float> scratch(pool.size() * n_ctx, kNaN);
+  kernel(pool, MatrixView<const float>(q_padded.data(), n_tok, q_dim, stride), std::span(positions), kv, s.n_heads,
+         s.n_kv_heads, s.head_dim, 1.0f / std::sqrt(float(s.head_dim)),
+         MatrixView<float>(out_padded.data(), n_tok, q_dim, stride),
+         MatrixView<float>(scratch.data(), pool.size(), n_ctx));
+  std::vector<float> out(n_tok * q_dim);
+  for (std::size_t t = 0; t < n_tok; ++t) {
+    std::copy_n(out_padded.data() + t * stride, q_dim, out.data() + t * q_dim);
+    for (std::size_t c = q_dim; c < stride; ++c) CHECK(std::isnan(out_padded[t * stride + c]));  // padding untouched
+  }
+  return out;
+}
+
+double max_abs_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) return std::numeric_limits<double>::infinity();
+    worst = std::max(worst, std::abs(double(a[i]) - b[i]));
+  }
+  return worst;
+}
+
+const auto ref_attention = [](auto&&... args) { ref::attention(args...); };
+const auto cpu_attention = [](auto&&... args) { cpu::attention(args...); };
+
+}  // namespace
+
+TEST_CASE("cpu::attention equals ref::attention: GQA, arbitrary positions, paged KV, 1-3 threads") {
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  ThreadPool* pools[] = {&pool1, &pool2, &pool3};
+  std::mt19937 rng(7);
+  const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {16, 2, 128}, {8, 1, 17}, {6, 3, 8}, {4, 1, 80},
+                          {2, 2, 1}};
+  const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
+  for (const Shape& s : shapes)
+    for (const auto& positions : position_sets)
+      for (std::size_t block_size : {1, 5, 16}) {
+        CAPTURE(s.n_heads);
+        CAPTURE(s.n_kv_heads);
+        CAPTURE(s.head_dim);
+        CAPTURE(positions.size());
+        CAPTURE(block_size);
+        const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
+        const std::size_t kv_dim = s.n_kv_heads * s.head_dim;
+        const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
+        const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
+        const BlockKV contiguous(k, v, n_ctx, kv_dim, n_ctx, rng), paged(k, v, n_ctx, kv_dim, block_size, rng);
+
+        const auto want = run(ref_attention, pool1, q, positions, contiguous.view(), s);
+        CHECK(run(ref_attention, pool1, q, positions, paged.view(), s) == want);
+        const auto got = run(cpu_attention, pool1, q, positions, contiguous.view(), s);
+        // Scores q.k/sqrt(d) are off by ~1e-6 at most; weights sum to 1 and |v| <= 1, so the
+        // output is off by about the same, plus a float sum over at most 201 positions.
+        CHECK(max_abs_error(got, want) <= 2e-5);
+        for (ThreadPool* pool : pools) {
+          CAPTURE(pool->size());
+          CHECK(run(cpu_attention, *pool, q, positions, paged.view(), s) == got);  // same arithmetic, any order
+        }
+      }
+}
+
+TEST_CASE("cpu::attention: a token at position 0 returns value 0 of its KV head") {
+  ThreadPool pool(2);
+  std::mt19937 rng(8);
+  const Shape s{8, 2, 64};
+  const auto k = random_vector(2 * 64, rng), v = random_vector(2 * 64, rng);
+  const auto q = random_vector(8 * 64, rng);
+  const BlockKV kv(k, v, 1, 128, 4, rng);
+  const auto out = run(cpu_attention, pool, q, {0}, kv.view(), s);
+  for (std::size_t h = 0; h < 8; ++h)
+    for (std::size_t i = 0; i < 64; ++i) CHECK(out[h * 64 + i] == v[(h / 4) * 64 + i]);
+}
