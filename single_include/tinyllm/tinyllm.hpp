@@ -472,3 +472,2937 @@ class ThreadPool {
 };
 
 }  // namespace tinyllm
+// ---- tinyllm/kernels/reference.hpp ----
+// The specification of every kernel: plain scalar loops, accumulating in double so that each
+// result is (close to) the exact value of its formula. The SIMD kernels of cpu/ have the same
+// signatures and are tested against these. Thread pools are accepted for identical signatures
+// and ignored: the reference is deliberately serial.
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+// ---- tinyllm/kernels/kv_view.hpp ----
+// The keys and values of one layer of one sequence, reached through a block table. A contiguous
+// cache is one block of `capacity` tokens; a paged cache hands out many blocks in any order.
+#include <cstddef>
+
+namespace tinyllm {
+
+struct KVLayerView {
+  float* const* k_blocks = nullptr;  // k_blocks[b]: [block_size, kv_dim]
+  float* const* v_blocks = nullptr;  // v_blocks[b]: [block_size, kv_dim]
+  std::size_t block_size = 0;        // tokens per block
+  std::size_t kv_dim = 0;            // n_kv_heads * head_dim
+
+  float* key(std::size_t pos) const { return k_blocks[pos / block_size] + (pos % block_size) * kv_dim; }
+  float* value(std::size_t pos) const { return v_blocks[pos / block_size] + (pos % block_size) * kv_dim; }
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/kernels/rope.hpp ----
+// Rotary position embedding: which values form a rotated pair, and the per-pair frequencies.
+// Shared by the reference and the SIMD kernels, and named by architecture traits.
+#include <cmath>
+#include <cstddef>
+#include <vector>
+
+namespace tinyllm {
+
+enum class RopeStyle {
+  adjacent_pairs,  // pairs (2i, 2i+1): llama2.c, GGUF llama
+  half_split,      // pairs (i, i + head_dim/2): GPT-NeoX, Hugging Face
+};
+
+// inv_freq[i] = 1 / theta^(2i / head_dim) for i < head_dim/2. Computed in double and rounded once,
+// so the table does not depend on how a libm rounds powf.
+inline std::vector<float> rope_inv_freq(std::size_t head_dim, float theta) {
+  std::vector<float> inv_freq(head_dim / 2);
+  for (std::size_t i = 0; i < inv_freq.size(); ++i)
+    inv_freq[i] = static_cast<float>(
+        1.0 / std::pow(static_cast<double>(theta), static_cast<double>(2 * i) / static_cast<double>(head_dim)));
+  return inv_freq;
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm::ref {
+
+inline double weight_value(float w) { return w; }
+inline double weight_value(F16 w) { return f16_to_f32(w.bits); }
+
+// y[t, o] = sum_i w[o, i] * x[t, i].  w: [n_out, n_in], x: [n_tok, n_in], y: [n_tok, n_out].
+template <class W>
+void matmul(ThreadPool& /*pool*/, MatrixView<const W> w, MatrixView<const float> x, MatrixView<float> y) {
+  assert(w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
+  for (std::size_t t = 0; t < x.rows; ++t)
+    for (std::size_t o = 0; o < w.rows; ++o) {
+      double sum = 0;
+      for (std::size_t i = 0; i < w.cols; ++i) sum += weight_value(w.row(o)[i]) * x.row(t)[i];
+      y.row(t)[o] = static_cast<float>(sum);
+    }
+}
+
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x.
+inline void rmsnorm(const float* x, const float* w, float* out, std::size_t n, float eps) {
+  double sum_sq = 0;
+  for (std::size_t i = 0; i < n; ++i) sum_sq += double(x[i]) * x[i];
+  const double inv_rms = 1.0 / std::sqrt(sum_sq / double(n) + eps);
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(x[i] * inv_rms * w[i]);
+}
+
+// Rotates each of the n_heads heads of x ([n_heads, head_dim]) in place: pair i turns by the
+// angle pos * inv_freq[i] (a float product, as llama.cpp and llama2.c compute it).
+inline void rope(float* x, std::size_t n_heads, std::size_t head_dim, std::size_t pos, const float* inv_freq,
+                 RopeStyle style) {
+  assert(head_dim % 2 == 0);
+  const std::size_t half = head_dim / 2;
+  for (std::size_t h = 0; h < n_heads; ++h) {
+    float* head = x + h * head_dim;
+    for (std::size_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(pos) * inv_freq[i];
+      const double c = std::cos(double(angle)), s = std::sin(double(angle));
+      float& a = style == RopeStyle::adjacent_pairs ? head[2 * i] : head[i];
+      float& b = style == RopeStyle::adjacent_pairs ? head[2 * i + 1] : head[i + half];
+      const double a0 = a, b0 = b;
+      a = static_cast<float>(a0 * c - b0 * s);
+      b = static_cast<float>(a0 * s + b0 * c);
+    }
+  }
+}
+
+// In place: x[i] = exp(x[i] - max) / sum_j exp(x[j] - max).
+inline void softmax(float* x, std::size_t n) {
+  if (n == 0) return;
+  const double max = *std::max_element(x, x + n);
+  double sum = 0;
+  for (std::size_t i = 0; i < n; ++i) sum += std::exp(x[i] - max);
+  for (std::size_t i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(x[i] - max) / sum);
+}
+
+inline double silu_value(double v) { return v / (1.0 + std::exp(-v)); }
+
+// x[i] = x[i] * sigmoid(x[i]), in place.
+inline void silu(float* x, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) x[i] = static_cast<float>(silu_value(x[i]));
+}
+
+// gate[i] = silu(gate[i]) * up[i].
+inline void swiglu(float* gate, const float* up, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) gate[i] = static_cast<float>(silu_value(gate[i]) * up[i]);
+}
+
+// Causal grouped-query attention. q, out: [n_tok, n_heads * head_dim]. Token t attends to cache
+// positions 0..positions[t]; head h reads KV head h / (n_heads / n_kv_heads). scratch: at least
+// one row of max(positions) + 1 floats (the reference uses only row 0).
+inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                      const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                      float scale, MatrixView<float> out, MatrixView<float> scratch) {
+  assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
+  const std::size_t group = n_heads / n_kv_heads;
+  float* scores = scratch.row(0);
+  for (std::size_t t = 0; t < positions.size(); ++t) {
+    const std::size_t n_pos = static_cast<std::size_t>(positions[t]) + 1;
+    assert(n_pos <= scratch.cols);
+    for (std::size_t h = 0; h < n_heads; ++h) {
+      const float* qh = q.row(t) + h * head_dim;
+      const std::size_t kv_offset = (h / group) * head_dim;
+      for (std::size_t p = 0; p < n_pos; ++p) {
+        const float* k = kv.key(p) + kv_offset;
+        double dot = 0;
+        for (std::size_t i = 0; i < head_dim; ++i) dot += double(qh[i]) * k[i];
+        scores[p] = static_cast<float>(dot * scale);
+      }
+      softmax(scores, n_pos);
+      for (std::size_t i = 0; i < head_dim; ++i) {
+        double acc = 0;
+        for (std::size_t p = 0; p < n_pos; ++p) acc += double(scores[p]) * kv.value(p)[kv_offset + i];
+        out.row(t)[h * head_dim + i] = static_cast<float>(acc);
+      }
+    }
+  }
+}
+
+}  // namespace tinyllm::ref
+// ---- tinyllm/kernels/cpu/cpu.hpp ----
+// Every CPU (Highway) kernel.
+// ---- tinyllm/kernels/cpu/activation.hpp ----
+// Element-wise activations (Highway).
+#include <cstddef>
+
+// ---- tinyllm/kernels/cpu/simd.hpp ----
+// Highway helpers shared by the CPU kernels. Static dispatch: HWY_NAMESPACE is the target the
+// compiler flags allow (AVX3 under -march=native on AVX-512 machines).
+#include <cstddef>
+#include <cstring>
+
+// Highway 1.0.3 omits AVX3_DL from its attainable targets even where the compiler's baseline has
+// it (-march=native on a CPU with AVX-VNNI) and then refuses to compile; opting in fixes that.
+#ifndef HWY_WANT_AVX3_DL
+#define HWY_WANT_AVX3_DL
+#endif
+#include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+
+
+namespace tinyllm::cpu {
+
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace detail {
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+// N weights as floats; F16 storage has the layout of hwy::float16_t.
+HWY_INLINE VF load_f32(DF d, const float* p) { return hn::LoadU(d, p); }
+HWY_INLINE VF load_f32(DF d, const F16* p) {
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
+}
+
+// The first n < N values, zeros after; reads nothing past p[n - 1].
+HWY_INLINE VF load_f32_partial(DF d, const float* p, std::size_t n) {
+  return hn::MaskedLoad(hn::FirstN(d, n), d, p);
+}
+// Copied through a zeroed buffer: AVX2 emulates 16-bit masked loads with a full-width load.
+HWY_INLINE VF load_f32_partial(DF d, const F16* p, std::size_t n) {
+  F16 buf[hn::MaxLanes(DF())] = {};
+  std::memcpy(buf, p, n * sizeof(F16));
+  return load_f32(d, buf);
+}
+
+HWY_INLINE float reduce_sum(DF d, VF v) { return hn::GetLane(hn::SumOfLanes(d, v)); }
+
+// sum_i a[i] * b[i] in float, two accumulators to hide the FMA latency.
+HWY_INLINE float dot(const float* a, const float* b, std::size_t n) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  VF acc0 = hn::Zero(d), acc1 = hn::Zero(d);
+  std::size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+    acc1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), acc1);
+  }
+  if (i + N <= n) {
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+    i += N;
+  }
+  if (i < n) acc1 = hn::MulAdd(load_f32_partial(d, a + i, n - i), load_f32_partial(d, b + i, n - i), acc1);
+  return reduce_sum(d, hn::Add(acc0, acc1));
+}
+
+// out[i] = f(a[i], b[i]) a vector at a time, the tail masked; out may alias a or b.
+template <class F>
+HWY_INLINE void map2(const float* a, const float* b, float* out, std::size_t n, F f) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(f(hn::LoadU(d, a + i), hn::LoadU(d, b + i)), d, out + i);
+  if (i < n) {
+    const auto m = hn::FirstN(d, n - i);
+    hn::BlendedStore(f(hn::MaskedLoad(m, d, a + i), hn::MaskedLoad(m, d, b + i)), m, d, out + i);
+  }
+}
+
+// x[i] = f(x[i]) in place.
+template <class F>
+HWY_INLINE void map1(float* x, std::size_t n, F f) {
+  map2(x, x, x, n, [&](VF v, VF) { return f(v); });
+}
+
+}  // namespace detail
+}  // namespace tinyllm::cpu
+
+namespace tinyllm::cpu {
+namespace detail {
+
+// x * sigmoid(x). exp is only taken of -|x| <= 0, where it cannot overflow:
+// sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0, with e = exp(-|x|).
+HWY_INLINE VF silu_vec(VF x) {
+  const DF d;
+  const VF one = hn::Set(d, 1.0f);
+  const VF e = hn::Exp(d, hn::Neg(hn::Abs(x)));
+  const VF numerator = hn::IfThenElse(hn::Ge(x, hn::Zero(d)), one, e);
+  return hn::Mul(x, hn::Div(numerator, hn::Add(one, e)));
+}
+
+}  // namespace detail
+
+// x[i] = x[i] * sigmoid(x[i]), in place.
+inline void silu(float* x, std::size_t n) {
+  detail::map1(x, n, [](detail::VF v) { return detail::silu_vec(v); });
+}
+
+// gate[i] = silu(gate[i]) * up[i].
+inline void swiglu(float* gate, const float* up, std::size_t n) {
+  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) { return hn::Mul(detail::silu_vec(g), u); });
+}
+
+}  // namespace tinyllm::cpu
+// ---- tinyllm/kernels/cpu/attention.hpp ----
+// Causal grouped-query attention over a block-table KV view (Highway).
+#include <algorithm>
+#include <atomic>
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+// ---- tinyllm/kernels/cpu/softmax.hpp ----
+// Numerically stable softmax (Highway).
+#include <cstddef>
+#include <limits>
+
+
+namespace tinyllm::cpu {
+
+// In place: x[i] = exp(x[i] - max) / sum_j exp(x[j] - max). Subtracting the maximum keeps every
+// exponent <= 0, so nothing overflows and at least one term is 1.
+inline void softmax(float* x, std::size_t n) {
+  using detail::DF;
+  using detail::VF;
+  if (n == 0) return;
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  const VF neg_inf = hn::Set(d, -std::numeric_limits<float>::infinity());
+
+  VF vmax = neg_inf;
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(d, x + i));
+  if (i < n) {
+    const auto m = hn::FirstN(d, n - i);
+    vmax = hn::Max(vmax, hn::IfThenElse(m, hn::MaskedLoad(m, d, x + i), neg_inf));
+  }
+  vmax = hn::MaxOfLanes(d, vmax);
+
+  VF vsum = hn::Zero(d);
+  for (i = 0; i + N <= n; i += N) {
+    const VF e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    vsum = hn::Add(vsum, e);
+    hn::StoreU(e, d, x + i);
+  }
+  if (i < n) {
+    const auto m = hn::FirstN(d, n - i);
+    const VF e = hn::IfThenElseZero(m, hn::Exp(d, hn::Sub(hn::MaskedLoad(m, d, x + i), vmax)));
+    vsum = hn::Add(vsum, e);
+    hn::BlendedStore(e, m, d, x + i);
+  }
+
+  const VF inv_sum = hn::Set(d, 1.0f / detail::reduce_sum(d, vsum));
+  detail::map1(x, n, [&](VF v) { return hn::Mul(v, inv_sum); });
+}
+
+}  // namespace tinyllm::cpu
+
+namespace tinyllm::cpu {
+namespace detail {
+
+// out[0, head_dim) = sum_p weights[p] * value(p)[offset ..]. Up to four vectors of the output
+// stay in registers while the positions stream past.
+HWY_INLINE void weighted_values(const float* weights, std::size_t n_pos, const KVLayerView& kv, std::size_t offset,
+                                std::size_t head_dim, float* out) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  for (std::size_t j = 0; j < head_dim; j += 4 * N) {
+    const std::size_t left = head_dim - j;
+    const auto m0 = hn::FirstN(d, left), m1 = hn::FirstN(d, left > N ? left - N : 0),
+               m2 = hn::FirstN(d, left > 2 * N ? left - 2 * N : 0), m3 = hn::FirstN(d, left > 3 * N ? left - 3 * N : 0);
+    VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+    for (std::size_t p = 0; p < n_pos; ++p) {
+      const float* v = kv.value(p) + offset + j;
+      const VF s = hn::Set(d, weights[p]);
+      a0 = hn::MulAdd(s, hn::MaskedLoad(m0, d, v), a0);
+      a1 = hn::MulAdd(s, hn::MaskedLoad(m1, d, v + N), a1);
+      a2 = hn::MulAdd(s, hn::MaskedLoad(m2, d, v + 2 * N), a2);
+      a3 = hn::MulAdd(s, hn::MaskedLoad(m3, d, v + 3 * N), a3);
+    }
+    hn::BlendedStore(a0, m0, d, out + j);
+    hn::BlendedStore(a1, m1, d, out + j + N);
+    hn::BlendedStore(a2, m2, d, out + j + 2 * N);
+    hn::BlendedStore(a3, m3, d, out + j + 3 * N);
+  }
+}
+
+// One query head against cache positions [0, n_pos) of its KV head; scores: n_pos floats.
+HWY_INLINE void attend_head(const float* q, std::size_t n_pos, const KVLayerView& kv, std::size_t offset,
+                            std::size_t head_dim, float scale, float* scores, float* out) {
+  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key(p) + offset, head_dim) * scale;
+  softmax(scores, n_pos);
+  weighted_values(scores, n_pos, kv, offset, head_dim, out);
+}
+
+}  // namespace detail
+
+// Causal attention with grouped-query heads. q, out: [n_tok, n_heads * head_dim]. Token t attends
+// to cache positions 0..positions[t] (already written); head h reads KV head h / (n_heads / n_kv_heads).
+// scratch: [pool.size(), >= max(positions) + 1], one row of scores per thread.
+// (token, head) pairs are handed out one at a time, since their costs differ with the position.
+inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                      const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                      float scale, MatrixView<float> out, MatrixView<float> scratch) {
+  assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
+  assert(scratch.rows >= pool.size());
+  const std::size_t group = n_heads / n_kv_heads;
+  const std::size_t n_items = positions.size() * n_heads;
+  std::atomic<std::size_t> next{0};
+  pool.run([&](unsigned tid, unsigned) {
+    float* scores = scratch.row(tid);
+    for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
+         item = next.fetch_add(1, std::memory_order_relaxed)) {
+      const std::size_t t = item / n_heads, h = item % n_heads;
+      const std::size_t n_pos = static_cast<std::size_t>(positions[t]) + 1;
+      assert(n_pos <= scratch.cols);
+      detail::attend_head(q.row(t) + h * head_dim, n_pos, kv, (h / group) * head_dim, head_dim, scale, scores,
+                          out.row(t) + h * head_dim);
+    }
+  });
+}
+
+}  // namespace tinyllm::cpu
+// ---- tinyllm/kernels/cpu/matmul.hpp ----
+// y = x · wᵀ with float or F16 weights (Highway).
+//
+// Weight rows and token rows are both contiguous along n_in, so every output is a dot product.
+// A register block of kRowBlock weight rows × kTokBlock tokens keeps that many vector
+// accumulators: each loaded weight vector serves kTokBlock tokens, each token vector kRowBlock
+// rows, and the accumulators are independent FMA chains. For one token this streams kRowBlock
+// rows at once at memory bandwidth; for many tokens it runs toward the FMA peak, provided the
+// operands come from cache. Hence the loop nest (per thread, over its share of the output rows):
+//
+//   for each panel of weight rows (sized to stay in L2)
+//     for each chunk of kKChunk inputs
+//       for each block of kTokBlock tokens (their chunk stays in L1)
+//         for each block of kRowBlock rows of the panel (streamed from L2)
+//           register block; add its sums into y
+//
+// so each weight is read from memory once, and y is revisited once per input chunk.
+#include <algorithm>
+#include <cassert>
+#include <cstddef>
+#include <type_traits>
+
+
+namespace tinyllm::cpu {
+namespace detail {
+
+inline constexpr std::size_t kRowBlock = 4;
+// 4 × 6 accumulators + 4 weights + 1 token vector fit AVX-512's 32 registers; AVX2 has 16.
+inline constexpr std::size_t kTokBlock = HWY_TARGET <= HWY_AVX3 ? 6 : 2;
+// Inputs per pass when there are several token blocks: kTokBlock rows of 1024 floats (24 KiB) stay in L1.
+inline constexpr std::size_t kKChunk = 1024;
+// Weight bytes per row panel: a quarter of a 1 MiB L2.
+inline constexpr std::size_t kPanelBytes = 256 * 1024;
+
+// y[t * y_stride + r] (+)= dot(w row r, x row t) over n values, for r < R, t < T.
+template <std::size_t R, std::size_t T, class W>
+HWY_INLINE void dot_block(const W* HWY_RESTRICT w, std::size_t w_stride, const float* HWY_RESTRICT x,
+                          std::size_t x_stride, std::size_t n, float* HWY_RESTRICT y, std::size_t y_stride,
+                          bool accumulate) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  VF acc[R][T];
+  for (std::size_t r = 0; r < R; ++r)
+    for (std::size_t t = 0; t < T; ++t) acc[r][t] = hn::Zero(d);
+
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) {
+    VF wv[R];
+    for (std::size_t r = 0; r < R; ++r) wv[r] = load_f32(d, w + r * w_stride + i);
+    for (std::size_t t = 0; t < T; ++t) {
+      const VF xv = hn::LoadU(d, x + t * x_stride + i);
+      for (std::size_t r = 0; r < R; ++r) acc[r][t] = hn::MulAdd(wv[r], xv, acc[r][t]);
+    }
+  }
+  if (i < n) {
+    VF wv[R];
+    for (std::size_t r = 0; r < R; ++r) wv[r] = load_f32_partial(d, w + r * w_stride + i, n - i);
+    for (std::size_t t = 0; t < T; ++t) {
+      const VF xv = load_f32_partial(d, x + t * x_stride + i, n - i);
+      for (std::size_t r = 0; r < R; ++r) acc[r][t] = hn::MulAdd(wv[r], xv, acc[r][t]);
+    }
+  }
+
+  for (std::size_t t = 0; t < T; ++t)
+    for (std::size_t r = 0; r < R; ++r) {
+      const float sum = reduce_sum(d, acc[r][t]);
+      float& out = y[t * y_stride + r];
+      out = accumulate ? out + sum : sum;
+    }
+}
+
+// dot_block for r_count <= R rows and t_count <= T tokens, both known only at run time.
+template <std::size_t R = kRowBlock, std::size_t T = kTokBlock, class W>
+HWY_INLINE void dot_block_any(std::size_t r_count, std::size_t t_count, const W* w, std::size_t w_stride,
+                              const float* x, std::size_t x_stride, std::size_t n, float* y, std::size_t y_stride,
+                              bool accumulate) {
+  if constexpr (R > 1)
+    if (r_count < R)
+      return dot_block_any<R - 1, T>(r_count, t_count, w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+  if constexpr (T > 1)
+    if (t_count < T)
+      return dot_block_any<R, T - 1>(r_count, t_count, w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+  dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+}
+
+// y[:, o0 .. o1] for one thread's share of the output rows.
+template <class W>
+void matmul_rows(MatrixView<const W> w, MatrixView<const float> x, MatrixView<float> y, std::size_t o0,
+                 std::size_t o1) {
+  const std::size_t n_in = w.cols, n_tok = x.rows;
+  // A single token block has no token rows to keep in L1, so it takes the whole row in one pass.
+  const std::size_t k_chunk = n_tok <= kTokBlock ? n_in : std::min(n_in, kKChunk);
+  const std::size_t panel_rows = std::max(kRowBlock, kPanelBytes / (k_chunk * sizeof(W)) / kRowBlock * kRowBlock);
+  for (std::size_t p0 = o0; p0 < o1; p0 += panel_rows) {
+    const std::size_t p1 = std::min(o1, p0 + panel_rows);
+    for (std::size_t k0 = 0; k0 < n_in; k0 += k_chunk) {
+      const std::size_t k_count = std::min(k_chunk, n_in - k0);
+      for (std::size_t t = 0; t < n_tok; t += kTokBlock)
+        for (std::size_t o = p0; o < p1; o += kRowBlock)
+          dot_block_any(std::min(kRowBlock, p1 - o), std::min(kTokBlock, n_tok - t), w.row(o) + k0, w.stride,
+                        x.row(t) + k0, x.stride, k_count, y.row(t) + o, y.stride, k0 > 0);
+    }
+  }
+}
+
+}  // namespace detail
+
+// y[t, o] = sum_i w[o, i] * x[t, i].  w: [n_out, n_in], x: [n_tok, n_in], y: [n_tok, n_out].
+// Threads split the output rows.
+template <class W>
+void matmul(ThreadPool& pool, MatrixView<const W> w, MatrixView<const float> x, MatrixView<float> y) {
+  static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16>, "cpu::matmul: float or F16 weights");
+  assert(w.cols > 0 && w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
+  pool.parallel_for(
+      w.rows, [&](std::size_t o0, std::size_t o1) { detail::matmul_rows(w, x, y, o0, o1); }, detail::kRowBlock);
+}
+
+}  // namespace tinyllm::cpu
+// ---- tinyllm/kernels/cpu/norm.hpp ----
+// RMS normalisation (Highway).
+#include <cmath>
+#include <cstddef>
+
+
+namespace tinyllm::cpu {
+
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x.
+inline void rmsnorm(const float* x, const float* w, float* out, std::size_t n, float eps) {
+  const float sum_sq = detail::dot(x, x, n);
+  const float inv_rms = 1.0f / std::sqrt(sum_sq / static_cast<float>(n) + eps);
+  const detail::VF scale = hn::Set(detail::DF(), inv_rms);
+  detail::map2(x, w, out, n, [&](detail::VF xv, detail::VF wv) { return hn::Mul(hn::Mul(xv, scale), wv); });
+}
+
+}  // namespace tinyllm::cpu
+// ---- tinyllm/kernels/cpu/rope.hpp ----
+// Rotary position embedding (Highway). The angles of a chunk of pairs are computed once with the
+// same float product as the reference (pos * inv_freq[i]) and applied to every head.
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstddef>
+
+
+namespace tinyllm::cpu {
+namespace detail {
+
+// Pairs whose cos/sin are tabulated at once; the tables live on the stack (1 KiB).
+inline constexpr std::size_t kRopeChunk = 64;
+
+// v * c + swap_pairs(v) * s, with s = (-sin, +sin, ...): (a, b) -> (a cos - b sin, b cos + a sin).
+HWY_INLINE void rope_adjacent_chunk(float* x, std::size_t n_heads, std::size_t head_dim, std::size_t first,
+                                    std::size_t count, const float* cos2, const float* sin2) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  for (std::size_t h = 0; h < n_heads; ++h) {
+    float* p = x + h * head_dim + first;
+    for (std::size_t j = 0; j < count; j += N) {
+      const auto m = hn::FirstN(d, count - j);  // N is even, so a mask never splits a pair
+      const VF v = hn::MaskedLoad(m, d, p + j);
+      const VF r = hn::MulAdd(v, hn::LoadU(d, cos2 + j), hn::Mul(hn::Reverse2(d, v), hn::LoadU(d, sin2 + j)));
+      hn::BlendedStore(r, m, d, p + j);
+    }
+  }
+}
+
+// (lo, hi) = (x[i], x[i + half]) -> (lo cos - hi sin, hi cos + lo sin).
+HWY_INLINE void rope_half_split_chunk(float* x, std::size_t n_heads, std::size_t head_dim, std::size_t first,
+                                      std::size_t count, const float* cos1, const float* sin1) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d), half = head_dim / 2;
+  for (std::size_t h = 0; h < n_heads; ++h) {
+    float* lo_p = x + h * head_dim + first;
+    float* hi_p = lo_p + half;
+    for (std::size_t j = 0; j < count; j += N) {
+      const auto m = hn::FirstN(d, count - j);
+      const VF lo = hn::MaskedLoad(m, d, lo_p + j), hi = hn::MaskedLoad(m, d, hi_p + j);
+      const VF c = hn::LoadU(d, cos1 + j), s = hn::LoadU(d, sin1 + j);
+      hn::BlendedStore(hn::MulSub(lo, c, hn::Mul(hi, s)), m, d, lo_p + j);
+      hn::BlendedStore(hn::MulAdd(hi, c, hn::Mul(lo, s)), m, d, hi_p + j);
+    }
+  }
+}
+
+}  // namespace detail
+
+// Rotates n_heads heads of head_dim values (x: [n_heads, head_dim]) in place for position pos;
+// pair i turns by pos * inv_freq[i], inv_freq having head_dim / 2 entries.
+inline void rope(float* x, std::size_t n_heads, std::size_t head_dim, std::size_t pos, const float* inv_freq,
+                 RopeStyle style) {
+  assert(head_dim % 2 == 0);
+  constexpr std::size_t C = detail::kRopeChunk;
+  // Tables padded to whole vectors so that the tail's full-width loads stay inside them.
+  alignas(64) float cos_table[2 * C + hn::MaxLanes(detail::DF())] = {};
+  alignas(64) float sin_table[2 * C + hn::MaxLanes(detail::DF())] = {};
+  const std::size_t half = head_dim / 2;
+  for (std::size_t first = 0; first < half; first += C) {
+    const std::size_t count = std::min(C, half - first);
+    for (std::size_t i = 0; i < count; ++i) {
+      const float angle = static_cast<float>(pos) * inv_freq[first + i];
+      const float c = std::cos(angle), s = std::sin(angle);
+      if (style == RopeStyle::adjacent_pairs) {
+        cos_table[2 * i] = cos_table[2 * i + 1] = c;
+        sin_table[2 * i] = -s;
+        sin_table[2 * i + 1] = s;
+      } else {
+        cos_table[i] = c;
+        sin_table[i] = s;
+      }
+    }
+    if (style == RopeStyle::adjacent_pairs)
+      detail::rope_adjacent_chunk(x, n_heads, head_dim, 2 * first, 2 * count, cos_table, sin_table);
+    else
+      detail::rope_half_split_chunk(x, n_heads, head_dim, first, count, cos_table, sin_table);
+  }
+}
+
+}  // namespace tinyllm::cpu
+// ---- tinyllm/io/gguf.hpp ----
+// GGUF: the reader (versions 2 and 3; typed metadata and zero-copy tensor views into the mapped
+// file) and the writer (version 3).
+//
+// Layout, all little-endian:
+//   "GGUF" | u32 version | u64 n_tensors | u64 n_kv
+//   n_kv    x { string key | u32 value type | value }
+//   n_tensors x { string name | u32 n_dims | u64 dims[n_dims] (ne order) | u32 ggml_type | u64 offset }
+//   padding to general.alignment (default 32) | tensor data, each tensor at data start + offset
+// A string is u64 length + bytes; an array is u32 element type + u64 count + elements (arrays of
+// arrays allowed). Every count, length, offset, dimension and type id is checked before use.
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+// ---- tinyllm/io/byte_reader.hpp ----
+// A bounds-checked little-endian cursor over the bytes of a file. The readers of io/ trust nothing
+// they read: every read names its field, so a short or corrupt file fails with an Error that says
+// which field, at which byte offset, of which file, and never reads past the end.
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+
+namespace tinyllm {
+
+// Scalars are copied as they lie and weights are used in place, which is right only when the
+// host's byte order is the files' (little-endian).
+static_assert(std::endian::native == std::endian::little,
+              "tinyllm reads little-endian files on little-endian hosts only");
+
+class ByteReader {
+ public:
+  ByteReader(std::span<const std::byte> bytes, std::string_view name) : bytes_(bytes), name_(name) {}
+
+  std::size_t offset() const noexcept { return pos_; }
+  std::size_t size() const noexcept { return bytes_.size(); }
+  std::size_t remaining() const noexcept { return bytes_.size() - pos_; }
+  bool at_end() const noexcept { return pos_ == bytes_.size(); }
+
+  // The `where` of an Error about the field at byte `at`: "model.gguf, byte 1234".
+  std::string where(std::size_t at) const { return name_ + ", byte " + std::to_string(at); }
+
+  [[noreturn]] void fail_at(std::size_t at, const std::string& what,
+                            const std::string& expected = {}) const {
+    throw Error(what, where(at), expected);
+  }
+
+  // The next n bytes, in place.
+  std::span<const std::byte> take(std::uint64_t n, std::string_view field) {
+    if (n > remaining())
+      fail_at(pos_, "file ends inside " + std::string(field) + ": it needs " + std::to_string(n) +
+                        " bytes, " + std::to_string(remaining()) + " are left");
+    const auto s = bytes_.subspan(pos_, static_cast<std::size_t>(n));
+    pos_ += static_cast<std::size_t>(n);
+    return s;
+  }
+
+  // bool is excluded: a file byte other than 0 or 1 copied into a bool is undefined behaviour,
+  // so booleans are read as uint8_t and checked.
+  template <class T>
+    requires(std::is_arithmetic_v<T> && !std::is_same_v<T, bool>)
+  T read(std::string_view field) {
+    T v;
+    std::memcpy(&v, take(sizeof(T), field).data(), sizeof(T));
+    return v;
+  }
+
+ private:
+  std::span<const std::byte> bytes_;
+  std::string name_;
+  std::size_t pos_ = 0;
+};
+
+// Size arithmetic on values read from a file: nullopt where the true result does not fit.
+inline std::optional<std::uint64_t> checked_mul(std::uint64_t a, std::uint64_t b) {
+  std::uint64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) return std::nullopt;
+  return r;
+}
+
+inline std::optional<std::uint64_t> checked_add(std::uint64_t a, std::uint64_t b) {
+  std::uint64_t r;
+  if (__builtin_add_overflow(a, b, &r)) return std::nullopt;
+  return r;
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+enum class GGUFType : std::uint32_t {
+  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
+  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+};
+
+inline constexpr std::uint32_t kGGUFTypeCount = 13;
+inline constexpr std::uint32_t kGGUFMagic = 0x46554747;  // the bytes "GGUF" read as a little-endian u32
+inline constexpr std::uint32_t kGGUFDefaultAlignment = 32;
+inline constexpr std::string_view kGGUFAlignmentKey = "general.alignment";
+inline constexpr std::size_t kGGUFMaxKeyBytes = 65535;       // the spec's limit
+inline constexpr std::size_t kGGUFMaxTensorNameBytes = 64;   // the spec's limit
+inline constexpr int kGGUFMaxArrayDepth = 16;                // bounds the reader's recursion
+
+inline std::string_view gguf_type_name(GGUFType t) {
+  static constexpr std::array<std::string_view, kGGUFTypeCount> names{
+      "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "FLOAT32",
+      "BOOL", "STRING", "ARRAY", "UINT64", "INT64", "FLOAT64"};
+  const auto id = static_cast<std::uint32_t>(t);
+  return id < kGGUFTypeCount ? names[id] : "unknown";
+}
+
+// The fewest bytes one value of this type takes in a file. An array count times this must fit in
+// what is left of the file, which rejects a huge count before anything is allocated.
+inline std::uint64_t gguf_min_value_bytes(GGUFType t) {
+  switch (t) {
+    case GGUFType::UINT8: case GGUFType::INT8: case GGUFType::BOOL: return 1;
+    case GGUFType::UINT16: case GGUFType::INT16: return 2;
+    case GGUFType::UINT32: case GGUFType::INT32: case GGUFType::FLOAT32: return 4;
+    case GGUFType::UINT64: case GGUFType::INT64: case GGUFType::FLOAT64: return 8;
+    case GGUFType::STRING: return 8;   // the length
+    case GGUFType::ARRAY: return 12;   // element type + count
+  }
+  return 1;
+}
+
+inline bool gguf_is_integer(GGUFType t) {
+  return t <= GGUFType::INT32 || t == GGUFType::UINT64 || t == GGUFType::INT64;
+}
+
+// One metadata value: a scalar, a string, or an array of values of one type (arrays nest).
+class GGUFValue {
+ public:
+  // An array keeps its element type so that an empty array still has one.
+  struct Array {
+    GGUFType type = GGUFType::UINT8;
+    std::vector<GGUFValue> items;
+    bool operator==(const Array&) const = default;
+  };
+
+  static GGUFValue uint8(std::uint8_t v) { return GGUFValue(v); }
+  static GGUFValue int8(std::int8_t v) { return GGUFValue(v); }
+  static GGUFValue uint16(std::uint16_t v) { return GGUFValue(v); }
+  static GGUFValue int16(std::int16_t v) { return GGUFValue(v); }
+  static GGUFValue uint32(std::uint32_t v) { return GGUFValue(v); }
+  static GGUFValue int32(std::int32_t v) { return GGUFValue(v); }
+  static GGUFValue float32(float v) { return GGUFValue(v); }
+  static GGUFValue boolean(bool v) { return GGUFValue(v); }
+  static GGUFValue string(std::string v) { return GGUFValue(std::move(v)); }
+  static GGUFValue uint64(std::uint64_t v) { return GGUFValue(v); }
+  static GGUFValue int64(std::int64_t v) { return GGUFValue(v); }
+  static GGUFValue float64(double v) { return GGUFValue(v); }
+  // Throws unless every item has type `type`.
+  static GGUFValue array(GGUFType type, std::vector<GGUFValue> items) {
+    if (static_cast<std::uint32_t>(type) >= kGGUFTypeCount)
+      throw Error("unknown GGUF array element type id " +
+                  std::to_string(static_cast<std::uint32_t>(type)), "GGUFValue::array", "0 to 12");
+    for (const auto& item : items)
+      if (item.type() != type)
+        throw Error("a GGUF array of " + std::string(gguf_type_name(type)) + " was given a " +
+                    std::string(gguf_type_name(item.type())) + " item", "GGUFValue::array");
+    return GGUFValue(Array{type, std::move(items)});
+  }
+
+  // The variant's alternatives are listed in GGUFType order, so the index is the type id.
+  GGUFType type() const noexcept { return static_cast<GGUFType>(value_.index()); }
+
+  // T is the C++ type of type(): std::uint8_t ... double, bool, std::string or Array.
+  template <class T>
+  const T& as() const {
+    if (const T* p = std::get_if<T>(&value_)) return *p;
+    throw Error("GGUF value of type " + std::string(gguf_type_name(type())) +
+                " read as another type", "GGUFValue::as");
+  }
+  const std::vector<GGUFValue>& items() const { return as<Array>().items; }
+  GGUFType array_type() const { return as<Array>().type; }
+
+  bool is_integer() const noexcept { return gguf_is_integer(type()); }
+  // The value when it is an integer of any width that fits in Int; nullopt otherwise.
+  template <class Int>
+  std::optional<Int> to_integer() const {
+    return std::visit([](const auto& v) -> std::optional<Int> {
+      using V = std::decay_t<decltype(v)>;
+      if constexpr (std::is_integral_v<V> && !std::is_same_v<V, bool>) {
+        if (std::in_range<Int>(v)) return static_cast<Int>(v);
+      }
+      return std::nullopt;
+    }, value_);
+  }
+
+  bool operator==(const GGUFValue&) const = default;
+
+ private:
+  using Storage = std::variant<std::uint8_t, std::int8_t, std::uint16_t, std::int16_t,
+                               std::uint32_t, std::int32_t, float, bool, std::string, Array,
+                               std::uint64_t, std::int64_t, double>;
+  template <class T>
+  explicit GGUFValue(T v) : value_(std::in_place_type<T>, std::move(v)) {}
+
+  Storage value_;
+};
+
+class GGUFFile {
+ public:
+  // Maps the file; tensor views point into the mapping, which lives as long as this object.
+  static GGUFFile open(const std::string& path) {
+    MappedFile file(path);
+    GGUFFile f = parse(file.bytes(), path);
+    f.file_ = std::move(file);  // moving a mapping keeps its address, so the views stay valid
+    return f;
+  }
+  // Does not own `bytes`: they must outlive the GGUFFile. `name` is used in error messages.
+  static GGUFFile parse(std::span<const std::byte> bytes, std::string name);
+
+  std::uint32_t version() const noexcept { return version_; }
+  std::size_t alignment() const noexcept { return alignment_; }
+  std::size_t data_offset() const noexcept { return data_offset_; }
+  const std::string& name() const noexcept { return name_; }
+  std::span<const std::byte> bytes() const noexcept { return bytes_; }
+
+  const std::vector<std::pair<std::string, GGUFValue>>& metadata() const noexcept { return metadata_; }
+  const GGUFValue* find(std::string_view key) const {
+    const auto it = key_index_.find(key);
+    return it == key_index_.end() ? nullptr : &metadata_[it->second].second;
+  }
+  bool has(std::string_view key) const { return find(key) != nullptr; }
+
+  // Typed getters throw an Error naming the key and the file when the key is missing or its value
+  // has another type. Integer getters take any integer type whose value fits.
+  std::uint32_t get_u32(std::string_view key) const { return integer<std::uint32_t>(key, require(key)); }
+  std::uint32_t get_u32_or(std::string_view key, std::uint32_t dflt) const {
+    const GGUFValue* v = find(key);
+    return v ? integer<std::uint32_t>(key, *v) : dflt;
+  }
+  std::uint64_t get_u64(std::string_view key) const { return integer<std::uint64_t>(key, require(key)); }
+  float get_f32(std::string_view key) const { return real(key, require(key)); }
+  float get_f32_or(std::string_view key, float dflt) const {
+    const GGUFValue* v = find(key);
+    return v ? real(key, *v) : dflt;
+  }
+  bool get_bool_or(std::string_view key, bool dflt) const {
+    const GGUFValue* v = find(key);
+    if (!v) return dflt;
+    if (v->type() != GGUFType::BOOL) wrong_type(key, *v, "BOOL");
+    return v->as<bool>();
+  }
+  std::string get_string(std::string_view key) const {
+    const GGUFValue& v = require(key);
+    if (v.type() != GGUFType::STRING) wrong_type(key, v, "STRING");
+    return v.as<std::string>();
+  }
+  std::vector<std::string> get_string_array(std::string_view key) const {
+    const auto& items = array(key, GGUFType::STRING);
+    std::vector<std::string> out;
+    out.reserve(items.size());
+    for (const auto& item : items) out.push_back(item.as<std::string>());
+    return out;
+  }
+  std::vector<float> get_f32_array(std::string_view key) const {
+    const auto& items = array(key, GGUFType::FLOAT32);
+    std::vector<float> out;
+    out.reserve(items.size());
+    for (const auto& item : items) out.push_back(item.as<float>());
+    return out;
+  }
+  std::vector<std::int32_t> get_i32_array(std::string_view key) const {
+    const GGUFValue& v = require(key);
+    if (v.type() != GGUFType::ARRAY || !gguf_is_integer(v.array_type()))
+      wrong_type(key, v, "an ARRAY of integers");
+    std::vector<std::int32_t> out;
+    out.reserve(v.items().size());
+    for (const auto& item : v.items()) out.push_back(integer<std::int32_t>(key, item));
+    return out;
+  }
+
+  const std::vector<TensorView>& tensors() const noexcept { return tensors_; }
+  const TensorView* find_tensor(std::string_view name) const {
+    const auto it = tensor_index_.find(name);
+    return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
+  }
+  const TensorView& tensor(std::string_view name) const {
+    if (const TensorView* t = find_tensor(name)) return *t;
+    throw Error("no tensor named '" + std::string(name) + "'", name_);
+  }
+
+ private:
+  GGUFFile() = default;
+
+  const GGUFValue& require(std::string_view key) const {
+    if (const GGUFValue* v = find(key)) return *v;
+    throw Error("missing metadata key '" + std::string(key) + "'", name_);
+  }
+  [[noreturn]] void wrong_type(std::string_view key, const GGUFValue& v,
+                               const std::string& expected) const {
+    std::string type(gguf_type_name(v.type()));
+    if (v.type() == GGUFType::ARRAY) type += " of " + std::string(gguf_type_name(v.array_type()));
+    throw Error("metadata key '" + std::string(key) + "' has type " + type, name_, expected);
+  }
+  template <class Int>
+  Int integer(std::string_view key, const GGUFValue& v) const {
+    if (const auto x = v.to_integer<Int>()) return *x;
+    const std::string expected = "an integer that fits in " + std::to_string(sizeof(Int) * 8) +
+                                 (std::is_signed_v<Int> ? "-bit signed" : "-bit unsigned");
+    if (!v.is_integer()) wrong_type(key, v, expected);
+    throw Error("metadata key '" + std::string(key) + "' holds an integer out of range", name_, expected);
+  }
+  float real(std::string_view key, const GGUFValue& v) const {
+    if (v.type() == GGUFType::FLOAT32) return v.as<float>();
+    if (v.type() == GGUFType::FLOAT64) return static_cast<float>(v.as<double>());
+    wrong_type(key, v, "FLOAT32");
+  }
+  const std::vector<GGUFValue>& array(std::string_view key, GGUFType type) const {
+    const GGUFValue& v = require(key);
+    if (v.type() != GGUFType::ARRAY || v.array_type() != type)
+      wrong_type(key, v, "an ARRAY of " + std::string(gguf_type_name(type)));
+    return v.items();
+  }
+
+  static std::string read_string(ByteReader& r, const std::string& field);
+  static GGUFType read_type(ByteReader& r, const std::string& field);
+  static GGUFValue read_value(ByteReader& r, GGUFType type, const std::string& field, int depth);
+  void read_metadata(ByteReader& r, std::uint64_t n_kv);
+  void read_tensor_infos(ByteReader& r, std::uint64_t n_tensors);
+
+  MappedFile file_;  // empty when parsed from caller-owned bytes
+  std::span<const std::byte> bytes_;
+  std::string name_;
+  std::uint32_t version_ = 0;
+  std::size_t alignment_ = kGGUFDefaultAlignment;
+  std::size_t data_offset_ = 0;
+  std::vector<std::pair<std::string, GGUFValue>> metadata_;
+  std::map<std::string, std::size_t, std::less<>> key_index_;
+  std::vector<TensorView> tensors_;
+  std::map<std::string, std::size_t, std::less<>> tensor_index_;
+};
+
+inline GGUFFile GGUFFile::parse(std::span<const std::byte> bytes, std::string name) {
+  // Each key-value pair takes at least a length, one key byte, a type and a one-byte value; each
+  // tensor info at least a length, one name byte, n_dims, one dimension, a type and an offset.
+  constexpr std::uint64_t kMinKVBytes = 8 + 1 + 4 + 1, kMinTensorInfoBytes = 8 + 1 + 4 + 8 + 4 + 8;
+
+  GGUFFile f;
+  f.bytes_ = bytes;
+  f.name_ = std::move(name);
+  ByteReader r(bytes, f.name_);
+
+  const auto magic = r.read<std::uint32_t>("magic");
+  if (magic != kGGUFMagic) {
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "0x%08x", magic);
+    r.fail_at(0, std::string("bad magic ") + hex + ": not a GGUF file", "\"GGUF\" (0x46554747)");
+  }
+  f.version_ = r.read<std::uint32_t>("version");
+  if (f.version_ != 2 && f.version_ != 3) {
+    const std::uint32_t swapped = __builtin_bswap32(f.version_);
+    if (swapped == 2 || swapped == 3)
+      r.fail_at(4, "big-endian GGUF files are not supported (version field byte-swapped)",
+                "a little-endian GGUF file");
+    r.fail_at(4, "unsupported GGUF version " + std::to_string(f.version_) +
+                     (f.version_ == 1 ? " (version 1 used 32-bit counts and lengths)" : ""),
+              "version 2 or 3");
+  }
+  const auto n_tensors = r.read<std::uint64_t>("tensor count");
+  const auto n_kv = r.read<std::uint64_t>("metadata count");
+  if (n_kv > r.remaining() / kMinKVBytes)
+    r.fail_at(16, "metadata count " + std::to_string(n_kv) + " is more than the remaining " +
+                      std::to_string(r.remaining()) + " bytes can hold",
+              "at most " + std::to_string(r.remaining() / kMinKVBytes));
+  f.read_metadata(r, n_kv);
+  if (n_tensors > r.remaining() / kMinTensorInfoBytes)
+    r.fail_at(8, "tensor count " + std::to_string(n_tensors) + " is more than the " +
+                     std::to_string(r.remaining()) + " bytes after the metadata can hold",
+              "at most " + std::to_string(r.remaining() / kMinTensorInfoBytes));
+  f.read_tensor_infos(r, n_tensors);
+  return f;
+}
+
+inline std::string GGUFFile::read_string(ByteReader& r, const std::string& field) {
+  const std::size_t at = r.offset();
+  const auto len = r.read<std::uint64_t>(field + " length");
+  if (len > r.remaining())
+    r.fail_at(at, field + " string length " + std::to_string(len) + " runs past the end of the file",
+              "at most the " + std::to_string(r.remaining()) + " bytes left");
+  const auto s = r.take(len, field);
+  return std::string(reinterpret_cast<const char*>(s.data()), s.size());
+}
+
+inline GGUFType GGUFFile::read_type(ByteReader& r, const std::string& field) {
+  const std::size_t at = r.offset();
+  const auto id = r.read<std::uint32_t>(field + " value type");
+  if (id >= kGGUFTypeCount)
+    r.fail_at(at, field + " has unknown value type id " + std::to_string(id), "0 to 12");
+  return static_cast<GGUFType>(id);
+}
+
+inline GGUFValue GGUFFile::read_value(ByteReader& r, GGUFType type, const std::string& field,
+                                      int depth) {
+  switch (type) {
+    case GGUFType::UINT8: return GGUFValue::uint8(r.read<std::uint8_t>(field));
+    case GGUFType::INT8: return GGUFValue::int8(r.read<std::int8_t>(field));
+    case GGUFType::UINT16: return GGUFValue::uint16(r.read<std::uint16_t>(field));
+    case GGUFType::INT16: return GGUFValue::int16(r.read<std::int16_t>(field));
+    case GGUFType::UINT32: return GGUFValue::uint32(r.read<std::uint32_t>(field));
+    case GGUFType::INT32: return GGUFValue::int32(r.read<std::int32_t>(field));
+    case GGUFType::FLOAT32: return GGUFValue::float32(r.read<float>(field));
+    case GGUFType::UINT64: return GGUFValue::uint64(r.read<std::uint64_t>(field));
+    case GGUFType::INT64: return GGUFValue::int64(r.read<std::int64_t>(field));
+    case GGUFType::FLOAT64: return GGUFValue::float64(r.read<double>(field));
+    case GGUFType::BOOL: {
+      const std::size_t at = r.offset();
+      const auto b = r.read<std::uint8_t>(field);
+      if (b > 1) r.fail_at(at, field + " is a bool of value " + std::to_string(b), "0 or 1");
+      return GGUFValue::boolean(b == 1);
+    }
+    case GGUFType::STRING: return GGUFValue::string(read_string(r, field));
+    case GGUFType::ARRAY: {
+      if (depth == kGGUFMaxArrayDepth)
+        r.fail_at(r.offset(), field + " nests arrays too deep (nesting depth limit)",
+                  "at most " + std::to_string(kGGUFMaxArrayDepth) + " levels");
+      const GGUFType elem = read_type(r, field + " array element");
+      const std::size_t count_at = r.offset();
+      const auto n = r.read<std::uint64_t>(field + " array count");
+      if (n > r.remaining() / gguf_min_value_bytes(elem))
+        r.fail_at(count_at, field + " array count " + std::to_string(n) + " of " +
+                                std::string(gguf_type_name(elem)) + " is more than the remaining " +
+                                std::to_string(r.remaining()) + " bytes can hold");
+      std::vector<GGUFValue> items;
+      items.reserve(static_cast<std::size_t>(n));
+      for (std::uint64_t i = 0; i < n; ++i) items.push_back(read_value(r, elem, field, depth + 1));
+      return GGUFValue::array(elem, std::move(items));
+    }
+  }
+  r.fail_at(r.offset(), field + " has unknown value type id " +
+                            std::to_string(static_cast<std::uint32_t>(type)), "0 to 12");
+}
+
+inline void GGUFFile::read_metadata(ByteReader& r, std::uint64_t n_kv) {
+  metadata_.reserve(static_cast<std::size_t>(n_kv));
+  for (std::uint64_t i = 0; i < n_kv; ++i) {
+    const std::size_t key_at = r.offset();
+    std::string key = read_string(r, "metadata key");
+    if (key.empty() || key.size() > kGGUFMaxKeyBytes)
+      r.fail_at(key_at, "metadata key length " + std::to_string(key.size()), "1 to 65535 bytes");
+    if (key_index_.contains(key)) r.fail_at(key_at, "duplicate metadata key '" + key + "'");
+    const std::string field = "metadata '" + key + "'";
+    const GGUFType type = read_type(r, field);
+    const std::size_t value_at = r.offset();
+    GGUFValue value = read_value(r, type, field, 0);
+    if (key == kGGUFAlignmentKey) {
+      const auto a = value.to_integer<std::uint32_t>();
+      if (!a || *a == 0 || (*a & (*a - 1)) != 0)
+        r.fail_at(value_at, "general.alignment is not a nonzero power of two",
+                  "a power of two as UINT32");
+      alignment_ = *a;
+    }
+    key_index_.emplace(key, metadata_.size());
+    metadata_.emplace_back(std::move(key), std::move(value));
+  }
+}
+
+inline void GGUFFile::read_tensor_infos(ByteReader& r, std::uint64_t n_tensors) {
+  constexpr std::uint64_t kMaxElements = std::uint64_t(INT64_MAX);  // ggml counts in int64_t
+  struct Placement { std::uint64_t offset; std::size_t offset_at; };
+  std::vector<Placement> placements;
+  placements.reserve(static_cast<std::size_t>(n_tensors));
+  tensors_.reserve(static_cast<std::size_t>(n_tensors));
+
+  for (std::uint64_t i = 0; i < n_tensors; ++i) {
+    TensorView t;
+    const std::size_t name_at = r.offset();
+    t.name = read_string(r, "tensor name");
+    if (t.name.empty() || t.name.size() > kGGUFMaxTensorNameBytes)
+      r.fail_at(name_at, "tensor name length " + std::to_string(t.name.size()), "1 to 64 bytes");
+    if (tensor_index_.contains(t.name)) r.fail_at(name_at, "duplicate tensor name '" + t.name + "'");
+    const std::string field = "tensor '" + t.name + "'";
+
+    const std::size_t n_dims_at = r.offset();
+    t.n_dims = r.read<std::uint32_t>(field + " n_dims");
+    if (t.n_dims == 0 || t.n_dims > 4)
+      r.fail_at(n_dims_at, field + " has n_dims " + std::to_string(t.n_dims), "1 to 4");
+    std::uint64_t n_elements = 1;
+    for (std::uint32_t d = 0; d < t.n_dims; ++d) {
+      const std::size_t dim_at = r.offset();
+      t.dims[d] = r.read<std::uint64_t>(field + " dimension");
+      if (t.dims[d] == 0 || t.dims[d] > kMaxElements)
+        r.fail_at(dim_at, field + " dimension " + std::to_string(d) + " is " +
+                              std::to_string(t.dims[d]), "1 to 2^63-1");
+      const auto product = checked_mul(n_elements, t.dims[d]);
+      if (!product || *product > kMaxElements)
+        r.fail_at(dim_at, field + " has dimensions whose product overflows", "at most 2^63-1 elements");
+      n_elements = *product;
+    }
+
+    const std::size_t type_at = r.offset();
+    const auto type_id = r.read<std::uint32_t>(field + " type");
+    const auto info = dtype_info(type_id);
+    if (!info) r.fail_at(type_at, field + " has unknown tensor type id " + std::to_string(type_id));
+    t.dtype = static_cast<DType>(type_id);
+    if (t.dims[0] % info->block_size != 0)
+      r.fail_at(n_dims_at + 4, field + " dimension 0 (" + std::to_string(t.dims[0]) +
+                                   ") is not a multiple of the " + std::string(info->name) +
+                                   " block size " + std::to_string(info->block_size));
+    const auto n_bytes = checked_mul(n_elements / info->block_size, info->block_bytes);
+    if (!n_bytes) r.fail_at(n_dims_at + 4, field + " byte size overflows");
+    t.n_bytes = static_cast<std::size_t>(*n_bytes);
+
+    const std::size_t offset_at = r.offset();
+    const auto offset = r.read<std::uint64_t>(field + " data offset");
+    if (offset % alignment_ != 0)
+      r.fail_at(offset_at, field + " data offset " + std::to_string(offset) +
+                               " is not a multiple of the alignment " + std::to_string(alignment_));
+    placements.push_back({offset, offset_at});
+    tensor_index_.emplace(t.name, tensors_.size());
+    tensors_.push_back(std::move(t));
+  }
+
+  // The data section starts at the first aligned offset after the tensor infos.
+  data_offset_ = (r.offset() + alignment_ - 1) / alignment_ * alignment_;
+  const std::uint64_t data_size = r.size() > data_offset_ ? r.size() - data_offset_ : 0;
+  for (std::size_t i = 0; i < tensors_.size(); ++i) {
+    TensorView& t = tensors_[i];
+    const Placement& p = placements[i];
+    if (p.offset > data_size || t.n_bytes > data_size - p.offset)
+      r.fail_at(p.offset_at, "tensor '" + t.name + "' data (offset " + std::to_string(p.offset) +
+                                 ", " + std::to_string(t.n_bytes) +
+                                 " bytes) lies past the end of the file",
+                "within the " + std::to_string(data_size) + " bytes of the data section");
+    t.data = bytes_.data() + data_offset_ + p.offset;
+  }
+
+  // Tensors may come in any order but must not share bytes.
+  std::vector<std::size_t> order(tensors_.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return placements[a].offset < placements[b].offset; });
+  for (std::size_t k = 1; k < order.size(); ++k) {
+    const std::size_t prev = order[k - 1], cur = order[k];
+    if (placements[prev].offset + tensors_[prev].n_bytes > placements[cur].offset)
+      r.fail_at(placements[cur].offset_at, "tensor '" + tensors_[cur].name +
+                                               "' data overlaps tensor '" + tensors_[prev].name + "'");
+  }
+}
+
+// The writer checks what it is given as strictly as GGUFFile checks what it reads, so whatever
+// it writes reads back. Tensors are copied in; each one's data starts at a multiple of the
+// alignment. For synthetic test and benchmark models and for converters.
+class GGUFWriter {
+ public:
+  // general.alignment is written only when it differs from GGUF's default of 32.
+  explicit GGUFWriter(std::uint32_t alignment = kGGUFDefaultAlignment) : alignment_(alignment) {
+    if (alignment == 0 || (alignment & (alignment - 1)) != 0)
+      throw Error("GGUF alignment " + std::to_string(alignment), "GGUFWriter", "a nonzero power of two");
+  }
+
+  // Sets a key; a key set twice keeps its first position and its last value.
+  void set(std::string key, GGUFValue value) {
+    if (key.empty() || key.size() > kGGUFMaxKeyBytes)
+      throw Error("metadata key length " + std::to_string(key.size()), "GGUFWriter", "1 to 65535 bytes");
+    if (key == kGGUFAlignmentKey)
+      throw Error("general.alignment is set by the GGUFWriter constructor", "GGUFWriter");
+    if (array_depth(value) > kGGUFMaxArrayDepth)
+      throw Error("metadata '" + key + "' nests arrays too deep", "GGUFWriter",
+                  "at most " + std::to_string(kGGUFMaxArrayDepth) + " levels");
+    for (auto& [k, v] : metadata_)
+      if (k == key) { v = std::move(value); return; }
+    metadata_.emplace_back(std::move(key), std::move(value));
+  }
+  void set_u32(std::string key, std::uint32_t v) { set(std::move(key), GGUFValue::uint32(v)); }
+  void set_i32(std::string key, std::int32_t v) { set(std::move(key), GGUFValue::int32(v)); }
+  void set_u64(std::string key, std::uint64_t v) { set(std::move(key), GGUFValue::uint64(v)); }
+  void set_f32(std::string key, float v) { set(std::move(key), GGUFValue::float32(v)); }
+  void set_bool(std::string key, bool v) { set(std::move(key), GGUFValue::boolean(v)); }
+  void set_string(std::string key, std::string v) { set(std::move(key), GGUFValue::string(std::move(v))); }
+  void set_string_array(std::string key, std::span<const std::string> v) {
+    set(std::move(key), array_of(GGUFType::STRING, v, GGUFValue::string));
+  }
+  void set_f32_array(std::string key, std::span<const float> v) {
+    set(std::move(key), array_of(GGUFType::FLOAT32, v, GGUFValue::float32));
+  }
+  void set_i32_array(std::string key, std::span<const std::int32_t> v) {
+    set(std::move(key), array_of(GGUFType::INT32, v, GGUFValue::int32));
+  }
+
+  // dims in ne order (dims[0] fastest); n_bytes must be exactly the size those dims and type need.
+  void add_tensor(std::string name, DType type, std::vector<std::uint64_t> dims, const void* data,
+                  std::size_t n_bytes) {
+    const std::string where = "GGUFWriter, tensor '" + name + "'";
+    if (name.empty() || name.size() > kGGUFMaxTensorNameBytes)
+      throw Error("tensor name length " + std::to_string(name.size()), where, "1 to 64 bytes");
+    for (const auto& t : tensors_)
+      if (t.name == name) throw Error("duplicate tensor name", where);
+    if (dims.empty() || dims.size() > 4)
+      throw Error(std::to_string(dims.size()) + " dimensions", where, "1 to 4");
+    const DTypeInfo& ti = info(type);
+    std::uint64_t n_elements = 1;
+    for (const auto d : dims) {
+      const auto product = checked_mul(n_elements, d);
+      if (d == 0 || !product || *product > std::uint64_t(INT64_MAX))
+        throw Error("a dimension is 0 or the dimensions' product overflows", where);
+      n_elements = *product;
+    }
+    if (dims[0] % ti.block_size != 0)
+      throw Error("dimension 0 (" + std::to_string(dims[0]) + ") is not a multiple of the " +
+                  std::string(ti.name) + " block size " + std::to_string(ti.block_size), where);
+    const std::uint64_t expected = n_elements / ti.block_size * ti.block_bytes;
+    if (n_bytes != expected)
+      throw Error("tensor data is " + std::to_string(n_bytes) + " bytes", where,
+                  std::to_string(expected) + " bytes for these dimensions and type");
+    const auto* p = static_cast<const std::byte*>(data);
+    tensors_.push_back({std::move(name), type, std::move(dims), std::vector<std::byte>(p, p + n_bytes)});
+  }
+
+  std::vector<std::byte> to_bytes() const {
+    std::vector<std::byte> out;
+    const bool write_alignment = alignment_ != kGGUFDefaultAlignment;
+    put<std::uint32_t>(out, kGGUFMagic);
+    put<std::uint32_t>(out, 3);
+    put<std::uint64_t>(out, tensors_.size());
+    put<std::uint64_t>(out, metadata_.size() + (write_alignment ? 1 : 0));
+    if (write_alignment) put_kv(out, kGGUFAlignmentKey, GGUFValue::uint32(alignment_));
+    for (const auto& [key, value] : metadata_) put_kv(out, key, value);
+
+    std::uint64_t offset = 0;  // relative to the start of the data section
+    for (const auto& t : tensors_) {
+      put_string(out, t.name);
+      put<std::uint32_t>(out, static_cast<std::uint32_t>(t.dims.size()));
+      for (const auto d : t.dims) put<std::uint64_t>(out, d);
+      put<std::uint32_t>(out, static_cast<std::uint32_t>(t.type));
+      put<std::uint64_t>(out, offset);
+      offset += padded(t.data.size());
+    }
+    out.resize(padded(out.size()));
+    for (const auto& t : tensors_) {
+      out.insert(out.end(), t.data.begin(), t.data.end());
+      out.resize(padded(out.size()));
+    }
+    return out;
+  }
+
+  void write(const std::string& path) const {
+    const auto bytes = to_bytes();
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) throw Error(std::string("cannot create file: ") + std::strerror(errno), path);
+    const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+    const bool closed = std::fclose(f) == 0;
+    if (!written || !closed) throw Error(std::string("cannot write file: ") + std::strerror(errno), path);
+  }
+
+ private:
+  struct PendingTensor {
+    std::string name;
+    DType type;
+    std::vector<std::uint64_t> dims;
+    std::vector<std::byte> data;
+  };
+
+  template <class T, class Make>
+  static GGUFValue array_of(GGUFType type, std::span<const T> values, Make make) {
+    std::vector<GGUFValue> items;
+    items.reserve(values.size());
+    for (const T& v : values) items.push_back(make(v));
+    return GGUFValue::array(type, std::move(items));
+  }
+
+  static int array_depth(const GGUFValue& v) {
+    if (v.type() != GGUFType::ARRAY) return 0;
+    int deepest = 0;
+    for (const auto& item : v.items()) deepest = std::max(deepest, array_depth(item));
+    return 1 + deepest;
+  }
+
+  std::size_t padded(std::size_t n) const { return (n + alignment_ - 1) / alignment_ * alignment_; }
+
+  template <class T>
+  static void put(std::vector<std::byte>& out, T v) {
+    const auto* p = reinterpret_cast<const std::byte*>(&v);
+    out.insert(out.end(), p, p + sizeof(T));
+  }
+  static void put_string(std::vector<std::byte>& out, std::string_view s) {
+    put<std::uint64_t>(out, s.size());
+    const auto* p = reinterpret_cast<const std::byte*>(s.data());
+    out.insert(out.end(), p, p + s.size());
+  }
+  static void put_kv(std::vector<std::byte>& out, std::string_view key, const GGUFValue& v) {
+    put_string(out, key);
+    put<std::uint32_t>(out, static_cast<std::uint32_t>(v.type()));
+    put_value(out, v);
+  }
+  static void put_value(std::vector<std::byte>& out, const GGUFValue& v) {
+    switch (v.type()) {
+      case GGUFType::UINT8: put(out, v.as<std::uint8_t>()); break;
+      case GGUFType::INT8: put(out, v.as<std::int8_t>()); break;
+      case GGUFType::UINT16: put(out, v.as<std::uint16_t>()); break;
+      case GGUFType::INT16: put(out, v.as<std::int16_t>()); break;
+      case GGUFType::UINT32: put(out, v.as<std::uint32_t>()); break;
+      case GGUFType::INT32: put(out, v.as<std::int32_t>()); break;
+      case GGUFType::FLOAT32: put(out, v.as<float>()); break;
+      case GGUFType::BOOL: put<std::uint8_t>(out, v.as<bool>() ? 1 : 0); break;
+      case GGUFType::STRING: put_string(out, v.as<std::string>()); break;
+      case GGUFType::UINT64: put(out, v.as<std::uint64_t>()); break;
+      case GGUFType::INT64: put(out, v.as<std::int64_t>()); break;
+      case GGUFType::FLOAT64: put(out, v.as<double>()); break;
+      case GGUFType::ARRAY:
+        put<std::uint32_t>(out, static_cast<std::uint32_t>(v.array_type()));
+        put<std::uint64_t>(out, v.items().size());
+        for (const auto& item : v.items()) put_value(out, item);
+        break;
+    }
+  }
+
+  std::uint32_t alignment_;
+  std::vector<std::pair<std::string, GGUFValue>> metadata_;
+  std::vector<PendingTensor> tensors_;
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/io/llama2c.hpp ----
+// llama2.c's legacy model .bin (what its run.c reads) and its tokenizer .bin.
+//
+// Model, all little-endian:
+//   int32 dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len
+//   float32 weights, in the order of Llama2cWeights (token_embedding ... rms_final)
+//   float32 freq_cis_real, freq_cis_imag [seq_len, head_size / 2] each: legacy RoPE tables, skipped
+//   float32 wcls [vocab, dim], only when vocab_size was stored negative (an unshared classifier)
+// The file must be exactly that long. Weights are used in place, so they are only 4-byte aligned.
+//
+// Tokenizer: int32 max_token_length, then per token: float32 score, int32 length, length bytes.
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+namespace tinyllm {
+
+struct Llama2cConfig {
+  int dim = 0;          // transformer width
+  int hidden_dim = 0;   // FFN width
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;   // < n_heads for grouped-query attention
+  int vocab_size = 0;   // positive; the file's sign is in shared_classifier
+  int seq_len = 0;      // longest context
+  bool shared_classifier = true;
+
+  int head_size() const { return dim / n_heads; }
+  int kv_dim() const { return dim / n_heads * n_kv_heads; }
+};
+
+// Pointers into the file: float32, row-major [rows, cols].
+struct Llama2cWeights {
+  const float* token_embedding = nullptr;  // [vocab, dim]
+  const float* rms_att = nullptr;          // [layers, dim]
+  const float* wq = nullptr;               // [layers, dim, dim]
+  const float* wk = nullptr;               // [layers, kv_dim, dim]
+  const float* wv = nullptr;               // [layers, kv_dim, dim]
+  const float* wo = nullptr;               // [layers, dim, dim]
+  const float* rms_ffn = nullptr;          // [layers, dim]
+  const float* w1 = nullptr;               // [layers, hidden, dim]
+  const float* w2 = nullptr;               // [layers, dim, hidden]
+  const float* w3 = nullptr;               // [layers, hidden, dim]
+  const float* rms_final = nullptr;        // [dim]
+  const float* wcls = nullptr;             // [vocab, dim]; == token_embedding when shared
+};
+
+class Llama2cFile {
+ public:
+  static Llama2cFile open(const std::string& path) {
+    MappedFile file(path);
+    Llama2cFile f = parse(file.bytes(), path);
+    f.file_ = std::move(file);  // moving a mapping keeps its address, so the pointers stay valid
+    return f;
+  }
+  // Does not own `bytes`: they must outlive the Llama2cFile. `name` is used in error messages.
+  static Llama2cFile parse(std::span<const std::byte> bytes, std::string name);
+
+  const Llama2cConfig& config() const noexcept { return config_; }
+  const Llama2cWeights& weights() const noexcept { return weights_; }
+
+ private:
+  Llama2cFile() = default;
+
+  MappedFile file_;  // empty when parsed from caller-owned bytes
+  Llama2cConfig config_;
+  Llama2cWeights weights_;
+};
+
+inline Llama2cFile Llama2cFile::parse(std::span<const std::byte> bytes, std::string name) {
+  constexpr std::int32_t kVersionedMagic = 0x616b3432;  // "ak42": llama2.c's newer export formats
+  constexpr std::array<const char*, 7> kFields{"dim", "hidden_dim", "n_layers", "n_heads",
+                                               "n_kv_heads", "vocab_size", "seq_len"};
+  constexpr std::size_t kHeaderBytes = 7 * sizeof(std::int32_t);
+
+  ByteReader r(bytes, name);
+  std::array<std::int32_t, 7> h{};
+  for (std::size_t i = 0; i < h.size(); ++i) h[i] = r.read<std::int32_t>(kFields[i]);
+  if (h[0] == kVersionedMagic)
+    r.fail_at(0, "versioned llama2.c export (magic \"ak42\") is not supported",
+              "the legacy format that run.c reads");
+  for (std::size_t i = 0; i < h.size(); ++i) {
+    const bool bad = i == 5 ? h[i] == 0 || h[i] == INT32_MIN : h[i] <= 0;
+    if (bad)
+      r.fail_at(i * 4, std::string("llama2.c header field ") + kFields[i] + " is " + std::to_string(h[i]),
+                i == 5 ? "a nonzero vocab_size" : "a positive value");
+  }
+
+  Llama2cFile f;
+  Llama2cConfig& c = f.config_;
+  c = {h[0], h[1], h[2], h[3], h[4], h[5] < 0 ? -h[5] : h[5], h[6], h[5] > 0};
+  if (c.dim % c.n_heads != 0)
+    r.fail_at(12, "dim " + std::to_string(c.dim) + " is not a multiple of n_heads " +
+                      std::to_string(c.n_heads));
+  if (c.n_heads % c.n_kv_heads != 0)
+    r.fail_at(16, "n_heads " + std::to_string(c.n_heads) + " is not a multiple of n_kv_heads " +
+                      std::to_string(c.n_kv_heads));
+  if (c.head_size() % 2 != 0)  // RoPE rotates pairs of a head's values
+    r.fail_at(12, "head size dim / n_heads = " + std::to_string(c.head_size()) + " is odd", "an even head size");
+  if (reinterpret_cast<std::uintptr_t>(bytes.data()) % alignof(float) != 0)
+    throw Error("llama2.c model bytes are not 4-byte aligned in memory", name);
+
+  // Lay the tensors out as run.c does, counting floats with overflow checks: header values are
+  // at most 2^31, so a product of three can overflow 64 bits.
+  std::uint64_t n_floats = 0;
+  auto place = [&](std::uint64_t rows, std::uint64_t cols, std::uint64_t depth) {
+    const auto rc = checked_mul(rows, cols);
+    const auto count = rc ? checked_mul(*rc, depth) : std::nullopt;
+    const auto end = count ? checked_add(n_floats, *count) : std::nullopt;
+    if (!end) throw Error("the weight sizes the llama2.c header implies overflow", name, "a smaller model");
+    const std::uint64_t start = n_floats;
+    n_floats = *end;
+    return start;
+  };
+  const std::uint64_t L = c.n_layers, D = c.dim, KV = c.kv_dim(), H = c.hidden_dim, V = c.vocab_size;
+  const auto token_embedding = place(V, D, 1);
+  const auto rms_att = place(L, D, 1);
+  const auto wq = place(L, D, D);
+  const auto wk = place(L, KV, D);
+  const auto wv = place(L, KV, D);
+  const auto wo = place(L, D, D);
+  const auto rms_ffn = place(L, D, 1);
+  const auto w1 = place(L, H, D);
+  const auto w2 = place(L, D, H);
+  const auto w3 = place(L, H, D);
+  const auto rms_final = place(D, 1, 1);
+  place(2, c.seq_len, c.head_size() / 2);  // freq_cis_real and freq_cis_imag
+  const auto wcls = c.shared_classifier ? token_embedding : place(V, D, 1);
+
+  const auto weight_bytes = checked_mul(n_floats, sizeof(float));
+  const auto expected = weight_bytes ? checked_add(*weight_bytes, kHeaderBytes) : std::nullopt;
+  if (!expected || *expected != bytes.size())
+    throw Error("llama2.c file is " + std::to_string(bytes.size()) + " bytes, which does not match its header",
+                name,
+                (expected ? std::to_string(*expected) : std::string("more than 2^64")) +
+                    " bytes: header, weights, RoPE tables" + (c.shared_classifier ? "" : ", classifier"));
+
+  const auto* base = reinterpret_cast<const float*>(bytes.data() + kHeaderBytes);
+  f.weights_ = {base + token_embedding, base + rms_att, base + wq, base + wk, base + wv,
+                base + wo, base + rms_ffn, base + w1, base + w2, base + w3,
+                base + rms_final, base + wcls};
+  return f;
+}
+
+struct Llama2cVocab {
+  std::vector<std::string> pieces;  // raw bytes of each token
+  std::vector<float> scores;
+  std::uint32_t max_token_length = 0;
+};
+
+// vocab_size = 0 reads tokens until the end of the file; otherwise the file must hold exactly
+// that many.
+inline Llama2cVocab parse_llama2c_vocab(std::span<const std::byte> bytes, std::string name,
+                                        int vocab_size = 0) {
+  constexpr std::size_t kTokenHeaderBytes = 8;  // score and length
+  if (vocab_size < 0) throw Error("vocab_size " + std::to_string(vocab_size), name, "0 or more");
+  ByteReader r(bytes, name);
+  const auto max_len = r.read<std::int32_t>("max_token_length");
+  if (max_len <= 0)
+    r.fail_at(0, "max_token_length is " + std::to_string(max_len), "a positive value");
+  if (static_cast<std::size_t>(vocab_size) > r.remaining() / kTokenHeaderBytes)
+    r.fail_at(4, "vocab_size " + std::to_string(vocab_size) + " tokens cannot fit in the " +
+                     std::to_string(r.remaining()) + " bytes left");
+
+  Llama2cVocab v;
+  v.max_token_length = static_cast<std::uint32_t>(max_len);
+  // Each token consumes at least 8 bytes, so reading to the end terminates.
+  while (vocab_size > 0 ? v.pieces.size() < static_cast<std::size_t>(vocab_size) : !r.at_end()) {
+    const std::size_t at = r.offset();
+    if (r.remaining() < kTokenHeaderBytes)
+      r.fail_at(at, "file ends inside the score and length of token " + std::to_string(v.pieces.size()));
+    const auto score = r.read<float>("token score");
+    if (std::isnan(score)) r.fail_at(at, "score of token " + std::to_string(v.pieces.size()) + " is NaN");
+    const auto len = r.read<std::int32_t>("token length");
+    if (len < 0 || len > max_len)
+      r.fail_at(at + 4, "length of token " + std::to_string(v.pieces.size()) + " is " + std::to_string(len),
+                "0 to max_token_length " + std::to_string(max_len));
+    if (static_cast<std::size_t>(len) > r.remaining())
+      r.fail_at(at + 8, "file ends inside the bytes of token " + std::to_string(v.pieces.size()),
+                std::to_string(len) + " bytes");
+    const auto piece = r.take(static_cast<std::uint64_t>(len), "token bytes");
+    v.pieces.emplace_back(reinterpret_cast<const char*>(piece.data()), piece.size());
+    v.scores.push_back(score);
+  }
+  if (!r.at_end())
+    r.fail_at(r.offset(), std::to_string(r.remaining()) + " trailing bytes after token " +
+                              std::to_string(vocab_size - 1), "the file to end after the last token");
+  return v;
+}
+
+inline Llama2cVocab read_llama2c_vocab(const std::string& path, int vocab_size = 0) {
+  const MappedFile file(path);
+  return parse_llama2c_vocab(file.bytes(), path, vocab_size);
+}
+
+}  // namespace tinyllm
+// ---- tinyllm/text/utf8.hpp ----
+// UTF-8 sequence boundaries, and Utf8Stream: byte-fallback tokens carry single bytes of a
+// character, so streamed text must be held back until each character is whole.
+#include <cassert>
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace tinyllm {
+
+// What starts at the front of a byte string, judged by Unicode's table of well-formed UTF-8
+// (Table 3-7: no overlong forms, no surrogates, nothing above U+10FFFF).
+struct Utf8Sequence {
+  enum class Kind {
+    complete,    // a well-formed sequence of `length` bytes (1..4)
+    incomplete,  // the first `length` bytes of a well-formed sequence, cut off by the string's end
+    invalid,     // the first byte belongs to no well-formed sequence; `length` is 1
+  };
+  Kind kind;
+  std::size_t length;
+};
+
+inline Utf8Sequence next_utf8_sequence(std::string_view s) {
+  assert(!s.empty());
+  using Kind = Utf8Sequence::Kind;
+  const auto lead = static_cast<unsigned char>(s[0]);
+  if (lead < 0x80) return {Kind::complete, 1};
+  std::size_t length = 0;
+  // Only the second byte has bounds that depend on the lead byte.
+  unsigned char second_min = 0x80, second_max = 0xBF;
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    if (lead == 0xE0) second_min = 0xA0;  // else overlong
+    if (lead == 0xED) second_max = 0x9F;  // else a surrogate
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    if (lead == 0xF0) second_min = 0x90;  // else overlong
+    if (lead == 0xF4) second_max = 0x8F;  // else above U+10FFFF
+  } else {
+    return {Kind::invalid, 1};
+  }
+  for (std::size_t i = 1; i < length; ++i) {
+    if (i == s.size()) return {Kind::incomplete, i};
+    const auto b = static_cast<unsigned char>(s[i]);
+    const unsigned char lo = i == 1 ? second_min : 0x80, hi = i == 1 ? second_max : 0xBF;
+    if (b < lo || b > hi) return {Kind::invalid, 1};
+  }
+  return {Kind::complete, length};
+}
+
+// Joins streamed bytes into text that never ends inside a character. Bytes that can belong to no
+// well-formed sequence are passed through as they are, not replaced by U+FFFD, so the outputs of
+// push() and flush() concatenated equal the input byte for byte.
+class Utf8Stream {
+ public:
+  // Appends `bytes`; returns everything up to a trailing sequence that later bytes may complete.
+  std::string push(std::string_view bytes) {
+    pending_.append(bytes);
+    std::size_t end = 0;
+    while (end < pending_.size()) {
+      const Utf8Sequence seq = next_utf8_sequence(std::string_view(pending_).substr(end));
+      if (seq.kind == Utf8Sequence::Kind::incomplete) break;
+      end += seq.length;
+    }
+    std::string ready = pending_.substr(0, end);
+    pending_.erase(0, end);
+    return ready;
+  }
+
+  // Returns what is held back, at the end of the stream, when no more bytes will complete it.
+  std::string flush() { return std::exchange(pending_, std::string()); }
+
+ private:
+  std::string pending_;  // at most 3 bytes between calls
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/text/tokenizer.hpp ----
+// Tokenizer: SentencePiece-style BPE driven by piece scores, encoding and decoding as llama2.c's
+// run.c does. The vocabulary is plain data (pieces with ' ' for spaces, and scores); io/ loads it.
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <queue>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+
+namespace tinyllm {
+
+class Tokenizer {
+ public:
+  // pieces[i] is token i's text, spaces as plain ' '. Byte-fallback tokens are the pieces
+  // "<0x00>".."<0xFF>" wherever they sit in the vocabulary.
+  Tokenizer(std::vector<std::string> pieces, std::vector<float> scores, std::int32_t bos = 1,
+            std::int32_t eos = 2)
+      : pieces_(std::move(pieces)), scores_(std::move(scores)), bos_(bos), eos_(eos) {
+    if (pieces_.empty()) throw Error("the vocabulary is empty", "Tokenizer", "at least one piece");
+    if (pieces_.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+      throw Error("the vocabulary has " + std::to_string(pieces_.size()) + " pieces", "Tokenizer",
+                  "fewer than 2^31");
+    if (scores_.size() != pieces_.size())
+      throw Error("the vocabulary has " + std::to_string(pieces_.size()) + " pieces but " +
+                      std::to_string(scores_.size()) + " scores",
+                  "Tokenizer", "one score per piece");
+    check_id(bos_, "Tokenizer, BOS id");
+    check_id(eos_, "Tokenizer, EOS id");
+    byte_ids_.fill(-1);
+    ids_.reserve(pieces_.size());
+    for (std::int32_t id = 0; id < static_cast<std::int32_t>(pieces_.size()); ++id) {
+      if (std::isnan(scores_[id]))
+        throw Error("score is NaN", "Tokenizer, token " + std::to_string(id), "a number");
+      // Byte tokens are reached only through byte fallback and control tokens never from text,
+      // so neither may be spelled by, or merged from, the input.
+      if (const int byte = byte_value(pieces_[id]); byte >= 0) {
+        if (byte_ids_[byte] < 0) byte_ids_[byte] = id;
+      } else if (id != bos_ && id != eos_) {
+        ids_.emplace(pieces_[id], id);  // the first of duplicate pieces wins
+      }
+    }
+  }
+
+  // Encodes like llama2.c: optional BOS; a dummy space before non-empty text; each code point as
+  // its piece, else its bytes as byte tokens (so are bytes of ill-formed UTF-8); then, repeatedly,
+  // the adjacent pair whose concatenation is a piece of the highest score is merged (leftmost on
+  // ties); optional EOS. Throws when a byte needs fallback and the vocabulary lacks its token.
+  std::vector<std::int32_t> encode(std::string_view text, bool add_bos,
+                                   bool add_eos = false) const {
+    std::vector<std::int32_t> tokens;
+    if (add_bos) tokens.push_back(bos_);
+    if (!text.empty()) {
+      if (text.size() >= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+        throw Error("text of " + std::to_string(text.size()) + " bytes", "Tokenizer::encode",
+                    "fewer than 2^31 - 1 bytes");
+      std::vector<Symbol> symbols;  // a doubly linked list in the order of the text
+      symbols.reserve(text.size() + 1);
+      split_into_symbols(" ", symbols);
+      split_into_symbols(text, symbols);
+      merge(symbols);
+      for (std::int32_t i = 0; i >= 0; i = symbols[i].next) tokens.push_back(symbols[i].id);
+    }
+    if (add_eos) tokens.push_back(eos_);
+    return tokens;
+  }
+
+  // The text of `token` printed after `prev`, as llama2.c prints it: after BOS a leading space is
+  // dropped, and a "<0xAB>" piece is the raw byte. BOS and EOS print nothing: llama2.c never
+  // prints them, and their stored pieces ("\n<s>\n") are an artefact of its export script.
+  std::string decode(std::int32_t prev, std::int32_t token) const {
+    std::string text;
+    append_decoded(text, prev, token);
+    return text;
+  }
+
+  // The whole sequence, each token decoded after the one before it (the first after none).
+  std::string decode(std::span<const std::int32_t> tokens) const {
+    std::string text;
+    std::int32_t prev = -1;
+    for (const std::int32_t token : tokens) {
+      append_decoded(text, prev, token);
+      prev = token;
+    }
+    return text;
+  }
+
+  std::int32_t bos() const noexcept { return bos_; }
+  std::int32_t eos() const noexcept { return eos_; }
+  std::size_t size() const noexcept { return pieces_.size(); }
+
+  const std::string& piece(std::int32_t id) const {
+    check_id(id, "Tokenizer::piece");
+    return pieces_[id];
+  }
+
+ private:
+  struct Symbol {
+    std::int32_t id;          // -1 once merged into its left neighbour
+    std::int32_t prev, next;  // indices into the symbol list; -1 at either end
+    bool from_byte_fallback;  // a byte token never merges
+  };
+
+  // A mergeable adjacent pair, as it was when queued; stale once either side has changed.
+  struct Pair {
+    float score;
+    std::int32_t left, right;        // symbol indices
+    std::int32_t left_id, right_id;  // their tokens when queued
+    std::int32_t merged_id;
+  };
+
+  // Highest score first; on ties the leftmost pair, as llama2.c's scan picks it.
+  struct PairOrder {
+    bool operator()(const Pair& a, const Pair& b) const noexcept {
+      return a.score < b.score || (a.score == b.score && a.left > b.left);
+    }
+  };
+
+  struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
+
+  // The byte a piece "<0xAB>" stands for (uppercase hex, as SentencePiece writes it), else -1.
+  static int byte_value(std::string_view piece) noexcept {
+    if (piece.size() != 6 || !piece.starts_with("<0x") || piece[5] != '>') return -1;
+    const auto hex = [](char c) {
+      return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    };
+    const int hi = hex(piece[3]), lo = hex(piece[4]);
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+  }
+
+  void check_id(std::int32_t id, const char* where) const {
+    if (id < 0 || static_cast<std::size_t>(id) >= pieces_.size())
+      throw Error("token id " + std::to_string(id) + " is out of range", where,
+                  "an id in [0, " + std::to_string(pieces_.size()) + ")");
+  }
+
+  void append_decoded(std::string& text, std::int32_t prev, std::int32_t token) const {
+    check_id(token, "Tokenizer::decode");
+    if (token == bos_ || token == eos_) return;
+    std::string_view piece = pieces_[token];
+    if (prev == bos_ && piece.starts_with(' ')) piece.remove_prefix(1);
+    if (const int byte = byte_value(piece); byte >= 0) {
+      text.push_back(static_cast<char>(byte));
+    } else {
+      text.append(piece);
+    }
+  }
+
+  void push_symbol(std::vector<Symbol>& symbols, std::int32_t id, bool from_byte_fallback) const {
+    const auto index = static_cast<std::int32_t>(symbols.size());
+    symbols.push_back({id, index - 1, -1, from_byte_fallback});
+    if (index > 0) symbols[index - 1].next = index;
+  }
+
+  void split_into_symbols(std::string_view text, std::vector<Symbol>& symbols) const {
+    for (std::size_t pos = 0; pos < text.size();) {
+      const Utf8Sequence seq = next_utf8_sequence(text.substr(pos));
+      // An incomplete sequence at the end of the text is as ill-formed as an invalid one.
+      const std::size_t length = seq.kind == Utf8Sequence::Kind::complete ? seq.length : 1;
+      const std::string_view code_point = text.substr(pos, length);
+      const auto it = seq.kind == Utf8Sequence::Kind::complete ? ids_.find(code_point) : ids_.end();
+      if (it != ids_.end()) {
+        push_symbol(symbols, it->second, false);
+      } else {
+        for (const char c : code_point) push_symbol(symbols, byte_token(c), true);
+      }
+      pos += length;
+    }
+  }
+
+  std::int32_t byte_token(char c) const {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte_ids_[byte] < 0) {
+      static constexpr char digits[] = "0123456789ABCDEF";
+      const std::string piece = std::string("<0x") + digits[byte >> 4] + digits[byte & 15] + ">";
+      throw Error("byte " + piece + " has no piece of its own and no byte-fallback token",
+                  "Tokenizer::encode", "the piece \"" + piece + "\" in the vocabulary");
+    }
+    return byte_ids_[byte];
+  }
+
+  // llama2.c rescans all pairs after each merge (O(n^2)); a priority queue of adjacent pairs with
+  // lazy deletion makes the same choices in O(n log n).
+  void merge(std::vector<Symbol>& symbols) const {
+    std::priority_queue<Pair, std::vector<Pair>, PairOrder> queue;
+    std::string joined;
+    const auto queue_pair = [&](std::int32_t left, std::int32_t right) {
+      if (left < 0 || right < 0) return;
+      const Symbol& l = symbols[left];
+      const Symbol& r = symbols[right];
+      if (l.from_byte_fallback || r.from_byte_fallback) return;
+      joined.assign(pieces_[l.id]).append(pieces_[r.id]);
+      if (const auto it = ids_.find(joined); it != ids_.end())
+        queue.push({scores_[it->second], left, right, l.id, r.id, it->second});
+    };
+    for (std::int32_t i = 0; i + 1 < static_cast<std::int32_t>(symbols.size()); ++i)
+      queue_pair(i, i + 1);
+    while (!queue.empty()) {
+      const Pair pair = queue.top();
+      queue.pop();
+      Symbol& left = symbols[pair.left];
+      Symbol& right = symbols[pair.right];
+      if (left.id != pair.left_id || right.id != pair.right_id) continue;
+      left.id = pair.merged_id;
+      left.next = right.next;
+      if (right.next >= 0) symbols[right.next].prev = pair.left;
+      right.id = -1;
+      queue_pair(left.prev, pair.left);
+      queue_pair(pair.left, left.next);
+    }
+  }
+
+  std::vector<std::string> pieces_;
+  std::vector<float> scores_;
+  std::int32_t bos_, eos_;
+  std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>> ids_;  // text -> token
+  std::array<std::int32_t, 256> byte_ids_{};  // byte -> its fallback token, -1 where absent
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/model/load.hpp ----
+// Loading a model file: GGUF (architecture from general.architecture, weights bound by tensor
+// name, zero-copy over mmap) or llama2.c's .bin. The file stays mapped for the model's life.
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+// ---- tinyllm/model/arch/llama.hpp ----
+// Llama (1, 2, and the Llama-architecture family: TinyLlama, llama2.c's models, Kanana):
+// pre-norm RMSNorm, SwiGLU FFN, RoPE on adjacent pairs as GGUF and llama2.c store Q and K.
+#include <string_view>
+
+// ---- tinyllm/model/arch/traits.hpp ----
+// The vocabulary of architecture traits. An architecture is a struct of these constants; the
+// transformer is written once against them and `if constexpr` drops what a model does not use.
+// Each enum grows as architectures that need a new behaviour arrive.
+
+namespace tinyllm {
+
+enum class Norm { rms };     // RMSNorm with the weights applied as stored
+enum class Ffn { swiglu };   // gated FFN: down(silu(gate(x)) * up(x))
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+struct Llama {
+  static constexpr std::string_view name = "llama";
+  static constexpr Norm norm = Norm::rms;
+  static constexpr Ffn ffn = Ffn::swiglu;
+  static constexpr RopeStyle rope = RopeStyle::adjacent_pairs;
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/model/synthetic.hpp ----
+// Seeded random-weight Llama models written with the library's own GGUF writer: the embedded
+// default model, test models, and benchmark models of real shapes (TinyLlama, Llama 7B). Their
+// weights are N(0, 0.02) and their norms 1 + N(0, 0.1), so the text they generate is noise.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+namespace tinyllm {
+
+struct SyntheticShape {
+  std::string_view name;
+  std::size_t n_embd, n_layers, n_heads, n_kv_heads, n_ff, vocab, context;
+};
+
+inline constexpr SyntheticShape kSyntheticShapes[] = {
+    {"tiny", 128, 4, 4, 2, 344, 512, 512},
+    {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, 2048},
+    {"llama-7b", 4096, 32, 32, 32, 11008, 32000, 4096},
+};
+
+inline const SyntheticShape& synthetic_shape(std::string_view name) {
+  std::string known;
+  for (const auto& s : kSyntheticShapes) {
+    if (s.name == name) return s;
+    known += (known.empty() ? "" : ", ") + std::string(s.name);
+  }
+  throw Error("unknown synthetic shape '" + std::string(name) + "'", "synthetic_shape", "one of " + known);
+}
+
+// splitmix64: a tiny generator whose output is the same on every platform.
+class SplitMix64 {
+ public:
+  explicit SplitMix64(std::uint64_t seed) : state_(seed) {}
+  std::uint64_t next() {
+    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform() { return float(next() >> 40) * 0x1.0p-24f; }   // [0, 1)
+  float normal() {                                               // Box-Muller
+    const float u1 = 1.0f - uniform(), u2 = uniform();
+    return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853f * u2);
+  }
+
+ private:
+  std::uint64_t state_;
+};
+
+// A SentencePiece-style vocabulary: <unk>, <s>, </s>, the 256 byte tokens, then letter pieces
+// with and without the word-start marker, shortest first (higher scores merge first).
+inline void add_synthetic_vocab(GGUFWriter& out, std::size_t vocab) {
+  if (vocab < 3 + 256 + 1) throw Error("synthetic vocabulary too small", "vocab", ">= 260 tokens");
+  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+  std::vector<std::int32_t> types = {2, 3, 3};   // unknown, control, control
+  for (int b = 0; b < 256; ++b) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "<0x%02X>", b);
+    tokens.emplace_back(hex);
+    types.push_back(6);                          // byte
+  }
+  const std::string marker = "\xE2\x96\x81";     // U+2581, SentencePiece's space
+  const std::string letters = "etaoinshrdlcumwfgypbvkjxqz";
+  std::vector<std::string> words = {""};
+  while (tokens.size() < vocab) {
+    std::vector<std::string> longer;
+    for (const auto& w : words)
+      for (char ch : letters) longer.push_back(w + ch);
+    for (const auto& w : longer) {
+      for (const std::string& piece : {w, marker + w}) {
+        if (tokens.size() == vocab) break;
+        tokens.push_back(piece);
+        types.push_back(1);                      // normal
+      }
+    }
+    words = std::move(longer);
+  }
+  std::vector<float> scores(vocab);
+  for (std::size_t i = 0; i < vocab; ++i) scores[i] = i < 259 ? 0.0f : -float(i - 259);
+  out.set_string("tokenizer.ggml.model", "llama");
+  out.set_string_array("tokenizer.ggml.tokens", tokens);
+  out.set_f32_array("tokenizer.ggml.scores", scores);
+  out.set_i32_array("tokenizer.ggml.token_type", types);
+  out.set_u32("tokenizer.ggml.bos_token_id", 1);
+  out.set_u32("tokenizer.ggml.eos_token_id", 2);
+  out.set_u32("tokenizer.ggml.unknown_token_id", 0);
+}
+
+// Writes a Llama of the given shape with weights of `type` (F32 or F16) into `out`.
+inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed) {
+  if (type != DType::F32 && type != DType::F16)
+    throw Error("synthetic models are written as F32 or F16", "write_synthetic_llama",
+                "F32 or F16, got " + std::string(name(type)));
+  const std::string a = "llama.";
+  out.set_string("general.architecture", "llama");
+  out.set_string("general.name", "tinyllm synthetic " + std::string(s.name));
+  out.set_u32("general.file_type", type == DType::F32 ? 0 : 1);
+  out.set_u32(a + "context_length", std::uint32_t(s.context));
+  out.set_u32(a + "embedding_length", std::uint32_t(s.n_embd));
+  out.set_u32(a + "block_count", std::uint32_t(s.n_layers));
+  out.set_u32(a + "feed_forward_length", std::uint32_t(s.n_ff));
+  out.set_u32(a + "attention.head_count", std::uint32_t(s.n_heads));
+  out.set_u32(a + "attention.head_count_kv", std::uint32_t(s.n_kv_heads));
+  out.set_u32(a + "rope.dimension_count", std::uint32_t(s.n_embd / s.n_heads));
+  out.set_f32(a + "rope.freq_base", 10000.0f);
+  out.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  add_synthetic_vocab(out, s.vocab);
+
+  SplitMix64 rng(seed);
+  std::vector<float> values;
+  std::vector<F16> halves;
+  // dims in GGUF order: {columns (inputs), rows (outputs)}
+  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd,
+                 DType t) {
+    values.resize(cols * rows);
+    for (float& v : values) v = mean + sd * rng.normal();
+    std::vector<std::uint64_t> dims = rows == 1 ? std::vector<std::uint64_t>{cols}
+                                                : std::vector<std::uint64_t>{cols, rows};
+    if (t == DType::F32) {
+      out.add_tensor(name, t, dims, values.data(), values.size() * sizeof(float));
+    } else {
+      halves.resize(values.size());
+      for (std::size_t i = 0; i < values.size(); ++i) halves[i] = F16{f32_to_f16(values[i])};
+      out.add_tensor(name, t, dims, halves.data(), halves.size() * sizeof(F16));
+    }
+  };
+  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads;
+  add("token_embd.weight", s.n_embd, s.vocab, 0.0f, 0.02f, type);
+  for (std::size_t l = 0; l < s.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    add(p + "attn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
+    add(p + "attn_q.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, type);
+    add(p + "attn_k.weight", s.n_embd, kv_dim, 0.0f, 0.02f, type);
+    add(p + "attn_v.weight", s.n_embd, kv_dim, 0.0f, 0.02f, type);
+    add(p + "attn_output.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, type);
+    add(p + "ffn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
+    add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, type);
+    add(p + "ffn_up.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, type);
+    add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.0f, 0.02f, type);
+  }
+  add("output_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
+  add("output.weight", s.n_embd, s.vocab, 0.0f, 0.02f, type);
+}
+
+}  // namespace tinyllm
+// ---- tinyllm/model/transformer.hpp ----
+// A decoder-only transformer written once against architecture traits. forward() is the whole
+// model, top to bottom, in the spirit of llama2.c's forward(): it takes a batch of tokens of one
+// sequence at given positions (a prompt prefill, or one token of decode) and writes logits.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+// ---- tinyllm/model/config.hpp ----
+// The run-time sizes of a decoder-only transformer, read from the model file.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace tinyllm {
+
+struct ModelConfig {
+  std::string arch;              // general.architecture, or "llama" for llama2.c files
+  std::size_t n_embd = 0;        // model width
+  std::size_t n_layers = 0;
+  std::size_t n_heads = 0;       // query heads
+  std::size_t n_kv_heads = 0;    // key/value heads (grouped-query attention when fewer)
+  std::size_t head_dim = 0;
+  std::size_t n_ff = 0;          // FFN hidden width
+  std::size_t vocab_size = 0;
+  std::size_t context = 0;       // the longest sequence the model was trained for
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+
+  std::size_t q_dim() const { return n_heads * head_dim; }
+  std::size_t kv_dim() const { return n_kv_heads * head_dim; }
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/model/kv_cache.hpp ----
+// Where attention finds the keys and values of one sequence. The model only asks for a layer's
+// KVLayerView (a block table), so a contiguous cache and the paged cache of serve/ both fit.
+#include <cstddef>
+#include <vector>
+
+
+namespace tinyllm {
+
+class KVCache {
+ public:
+  virtual ~KVCache() = default;
+  virtual KVLayerView layer(std::size_t layer) = 0;
+  virtual std::size_t capacity() const = 0;   // positions 0..capacity-1 can be stored
+};
+
+// One block per layer holding every position: the simplest cache, for one sequence.
+class ContiguousKVCache final : public KVCache {
+ public:
+  ContiguousKVCache(const ModelConfig& cfg, std::size_t capacity)
+      : capacity_(capacity), kv_dim_(cfg.kv_dim()),
+        k_(cfg.n_layers * capacity * cfg.kv_dim()), v_(cfg.n_layers * capacity * cfg.kv_dim()),
+        k_blocks_(cfg.n_layers), v_blocks_(cfg.n_layers) {
+    if (capacity == 0) throw Error("a KV cache needs room for at least one position", "ContiguousKVCache");
+    for (std::size_t l = 0; l < cfg.n_layers; ++l) {
+      k_blocks_[l] = k_.data() + l * capacity * kv_dim_;   // [capacity, kv_dim]
+      v_blocks_[l] = v_.data() + l * capacity * kv_dim_;
+    }
+  }
+  KVLayerView layer(std::size_t l) override {
+    return {&k_blocks_[l], &v_blocks_[l], capacity_, kv_dim_};
+  }
+  std::size_t capacity() const override { return capacity_; }
+
+ private:
+  std::size_t capacity_, kv_dim_;
+  AlignedBuffer<float> k_, v_;   // [n_layers, capacity, kv_dim]
+  std::vector<float*> k_blocks_, v_blocks_;
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/model/weights.hpp ----
+// Weights as the model sees them: a matrix of a type known at run time, plus the one switch that
+// picks the kernel instantiation for that type.
+#include <cstddef>
+#include <cstring>
+#include <string>
+
+
+namespace tinyllm {
+
+// [rows, cols] row-major; rows = output features, cols = input features.
+struct WeightMatrix {
+  std::string name;
+  DType type = DType::F32;
+  const void* data = nullptr;
+  std::size_t rows = 0, cols = 0;
+};
+
+// Types the kernels can multiply by today; loading checks every weight against this.
+inline bool matmul_supports(DType t) { return t == DType::F32 || t == DType::F16; }
+
+// y[n_tok, w.rows] = x[n_tok, w.cols] · wᵀ
+inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
+  switch (w.type) {
+    case DType::F32:
+      cpu::matmul(pool, MatrixView<const float>(static_cast<const float*>(w.data), w.rows, w.cols), x, y);
+      return;
+    case DType::F16:
+      cpu::matmul(pool, MatrixView<const F16>(static_cast<const F16*>(w.data), w.rows, w.cols), x, y);
+      return;
+    default:
+      throw Error("no matmul kernel for tensor type " + std::string(name(w.type)), w.name);
+  }
+}
+
+// out[cols] = row `r` of w, as f32 (token embedding lookup).
+inline void dequantize_row(const WeightMatrix& w, std::size_t r, float* out) {
+  switch (w.type) {
+    case DType::F32:
+      std::memcpy(out, static_cast<const float*>(w.data) + r * w.cols, w.cols * sizeof(float));
+      return;
+    case DType::F16: {
+      const auto* src = static_cast<const F16*>(w.data) + r * w.cols;
+      for (std::size_t i = 0; i < w.cols; ++i) out[i] = to_f32(src[i]);
+      return;
+    }
+    default:
+      throw Error("cannot read rows of tensor type " + std::string(name(w.type)), w.name);
+  }
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+struct LayerWeights {
+  AlignedBuffer<float> attn_norm;             // [n_embd]
+  WeightMatrix wq, wk, wv, wo;                // [q_dim, n_embd], [kv_dim, n_embd] x2, [n_embd, q_dim]
+  AlignedBuffer<float> ffn_norm;              // [n_embd]
+  WeightMatrix w_gate, w_up, w_down;          // [n_ff, n_embd] x2, [n_embd, n_ff]
+};
+
+struct TransformerWeights {
+  WeightMatrix token_embd;                    // [vocab, n_embd]
+  std::vector<LayerWeights> layers;
+  AlignedBuffer<float> output_norm;           // [n_embd]
+  WeightMatrix output;                        // [vocab, n_embd]; may be token_embd (tied)
+};
+
+// The architecture-independent face of a model, so a loader can return any architecture.
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual const TransformerWeights& weights() const = 0;
+  // tokens[i] at positions[i]; K/V of these positions are written to `cache`, and each token
+  // attends to the cache up to its own position. logits has n_tok rows (every position) or one
+  // row (the last token only, which saves the classifier for the rest of a prompt).
+  virtual void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
+                       std::span<const std::int32_t> positions, KVCache& cache,
+                       MatrixView<float> logits) = 0;
+
+  std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0) const {
+    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context);
+  }
+  // Parameters in weight matrices and norms (an embedding tied to the output counts once).
+  std::size_t n_params() const {
+    const auto& w = weights();
+    auto count = [](const WeightMatrix& m) { return m.rows * m.cols; };
+    std::size_t n = count(w.token_embd) + (w.output.data != w.token_embd.data ? count(w.output) : 0);
+    for (const auto& l : w.layers)
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += count(*m);
+    return n + (w.layers.size() * 2 + 1) * config().n_embd;
+  }
+  // Bytes of weight data read from the file.
+  std::size_t weight_bytes() const {
+    const auto& w = weights();
+    auto bytes = [](const WeightMatrix& m) { return row_bytes(m.type, m.cols) * m.rows; };
+    std::size_t n = bytes(w.token_embd) + (w.output.data != w.token_embd.data ? bytes(w.output) : 0);
+    for (const auto& l : w.layers)
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += bytes(*m);
+    return n + (w.layers.size() * 2 + 1) * config().n_embd * sizeof(float);
+  }
+};
+
+template <class Arch>
+class Transformer final : public Model {
+ public:
+  // max_batch bounds the tokens of one internal forward step; longer inputs run in chunks.
+  Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
+      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
+        inv_freq_(rope_inv_freq(cfg_.head_dim, cfg_.rope_theta)) {
+    const std::size_t b = max_batch_;
+    x_.resize(b * cfg_.n_embd);
+    xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
+    q_.resize(b * cfg_.q_dim());
+    k_.resize(b * cfg_.kv_dim());
+    v_.resize(b * cfg_.kv_dim());
+    att_.resize(b * cfg_.q_dim());
+    gate_.resize(b * cfg_.n_ff);
+    up_.resize(b * cfg_.n_ff);
+  }
+
+  const ModelConfig& config() const override { return cfg_; }
+  const TransformerWeights& weights() const override { return w_; }
+
+  void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
+               std::span<const std::int32_t> positions, KVCache& cache,
+               MatrixView<float> logits) override {
+    check_inputs(tokens, positions, cache, logits);
+    const bool all_rows = logits.rows == tokens.size();
+    for (std::size_t first = 0; first < tokens.size(); first += max_batch_) {
+      const std::size_t n = std::min(max_batch_, tokens.size() - first);
+      const bool last_chunk = first + n == tokens.size();
+      MatrixView<float> out = all_rows ? logits.rows_slice(first, n)
+                                       : (last_chunk ? logits : MatrixView<float>{});
+      forward_chunk(pool, tokens.subspan(first, n), positions.subspan(first, n), cache, out);
+    }
+  }
+
+ private:
+  void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens,
+                     std::span<const std::int32_t> positions, KVCache& cache, MatrixView<float> logits) {
+    const ModelConfig& c = cfg_;
+    const std::size_t n = tokens.size(), dim = c.n_embd;
+    MatrixView<float> x(x_.data(), n, dim);            // [n, n_embd] the residual stream
+    MatrixView<float> xb(xb_.data(), n, dim);          // [n, n_embd] normalised input of a block
+    MatrixView<float> q(q_.data(), n, c.q_dim());      // [n, n_heads * head_dim]
+    MatrixView<float> k(k_.data(), n, c.kv_dim());     // [n, n_kv_heads * head_dim]
+    MatrixView<float> v(v_.data(), n, c.kv_dim());
+    MatrixView<float> att(att_.data(), n, c.q_dim());  // [n, q_dim] attention output per head
+    MatrixView<float> gate(gate_.data(), n, c.n_ff);   // [n, n_ff]
+    MatrixView<float> up(up_.data(), n, c.n_ff);
+    MatrixView<float> proj(xb_.data(), n, dim);        // [n, n_embd] block output, reuses xb
+
+    if (scores_.rows < pool.size() || scores_.cols < cache.capacity()) {  // first call or more threads
+      scores_buf_.resize(pool.size() * cache.capacity());
+      scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), cache.capacity());
+    }
+    const float scale = 1.0f / std::sqrt(float(c.head_dim));
+
+    for (std::size_t t = 0; t < n; ++t) dequantize_row(w_.token_embd, std::size_t(tokens[t]), x.row(t));
+
+    for (std::size_t l = 0; l < c.n_layers; ++l) {
+      const LayerWeights& lw = w_.layers[l];
+      // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
+      for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
+      matmul(pool, lw.wq, xb, q);
+      matmul(pool, lw.wk, xb, k);
+      matmul(pool, lw.wv, xb, v);
+      const KVLayerView kv = cache.layer(l);
+      for (std::size_t t = 0; t < n; ++t) {
+        const auto pos = std::size_t(positions[t]);
+        cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, inv_freq_.data(), Arch::rope);
+        cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, inv_freq_.data(), Arch::rope);
+        std::copy_n(k.row(t), c.kv_dim(), kv.key(pos));
+        std::copy_n(v.row(t), c.kv_dim(), kv.value(pos));
+      }
+      cpu::attention(pool, q, positions, kv, c.n_heads, c.n_kv_heads, c.head_dim, scale, att, scores_);
+      matmul(pool, lw.wo, att, proj);
+      add_in_place(x, proj);
+
+      // FFN block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x)))
+      for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
+      matmul(pool, lw.w_gate, xb, gate);
+      matmul(pool, lw.w_up, xb, up);
+      if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
+      matmul(pool, lw.w_down, gate, proj);
+      add_in_place(x, proj);
+    }
+
+    if (logits.rows == 0) return;   // a prompt chunk whose logits nobody asked for
+    const std::size_t first = n - logits.rows;  // all rows, or only the last
+    MatrixView<float> xf = xb.rows_slice(0, logits.rows);
+    for (std::size_t t = 0; t < logits.rows; ++t)
+      cpu::rmsnorm(x.row(first + t), w_.output_norm.data(), xf.row(t), dim, c.norm_eps);
+    matmul(pool, w_.output, xf, logits);
+  }
+
+  static void add_in_place(MatrixView<float> x, MatrixView<const float> y) {
+    for (std::size_t t = 0; t < x.rows; ++t) {
+      float* a = x.row(t);
+      const float* b = y.row(t);
+      for (std::size_t i = 0; i < x.cols; ++i) a[i] += b[i];
+    }
+  }
+
+  void check_inputs(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                    KVCache& cache, MatrixView<float> logits) const {
+    if (tokens.size() != positions.size())
+      throw Error("forward: " + std::to_string(tokens.size()) + " tokens but " +
+                  std::to_string(positions.size()) + " positions");
+    if (tokens.empty()) throw Error("forward: no tokens");
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      if (tokens[i] < 0 || std::size_t(tokens[i]) >= cfg_.vocab_size)
+        throw Error("token id " + std::to_string(tokens[i]) + " out of range", "input " + std::to_string(i),
+                    "0 <= id < " + std::to_string(cfg_.vocab_size));
+      if (positions[i] < 0 || std::size_t(positions[i]) >= cache.capacity())
+        throw Error("position " + std::to_string(positions[i]) + " does not fit the KV cache",
+                    "input " + std::to_string(i), "0 <= position < " + std::to_string(cache.capacity()));
+    }
+    if (logits.cols != cfg_.vocab_size || (logits.rows != tokens.size() && logits.rows != 1))
+      throw Error("forward: logits must be [n_tokens or 1, " + std::to_string(cfg_.vocab_size) + "]");
+  }
+
+  ModelConfig cfg_;
+  TransformerWeights w_;
+  std::size_t max_batch_;
+  std::vector<float> inv_freq_;   // [head_dim / 2]
+  // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
+  AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
+  AlignedBuffer<float> scores_buf_;   // [threads, cache capacity] attention scores
+  MatrixView<float> scores_;
+};
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+struct LoadOptions {
+  std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
+  std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
+};
+
+// A model together with the file its weights live in and its tokenizer.
+class LoadedModel {
+ public:
+  LoadedModel(std::shared_ptr<const void> storage, std::unique_ptr<Model> model,
+              std::optional<Tokenizer> tokenizer, std::string path)
+      : storage_(std::move(storage)), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
+        path_(std::move(path)) {}
+
+  Model& model() { return *model_; }
+  const Model& model() const { return *model_; }
+  const ModelConfig& config() const { return model_->config(); }
+  bool has_tokenizer() const { return tokenizer_.has_value(); }
+  const Tokenizer& tokenizer() const {
+    if (!tokenizer_) throw Error("the model file has no tokenizer this build can read", path_, "a tokenizer file (-z)");
+    return *tokenizer_;
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::shared_ptr<const void> storage_;   // declared first: destroyed after the model that points into it
+  std::unique_ptr<Model> model_;
+  std::optional<Tokenizer> tokenizer_;
+  std::string path_;
+};
+
+namespace detail {
+
+inline AlignedBuffer<float> norm_weights(const TensorView& t, std::size_t n, const std::string& where) {
+  if (t.n_elements() != n)
+    throw Error("norm tensor has " + std::to_string(t.n_elements()) + " values", where + ", tensor " + t.name,
+                std::to_string(n));
+  AlignedBuffer<float> out(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    switch (t.dtype) {
+      case DType::F32: std::memcpy(&out[i], static_cast<const float*>(t.data) + i, sizeof(float)); break;
+      case DType::F16: out[i] = f16_to_f32(static_cast<const std::uint16_t*>(t.data)[i]); break;
+      case DType::BF16: out[i] = bf16_to_f32(static_cast<const std::uint16_t*>(t.data)[i]); break;
+      default: throw Error("norm tensor of type " + std::string(name(t.dtype)), where + ", tensor " + t.name, "F32, F16 or BF16");
+    }
+  }
+  return out;
+}
+
+inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::size_t rows, std::size_t cols) {
+  const TensorView& t = f.tensor(tensor);
+  if (t.n_dims != 2 || t.rows() != rows || t.cols() != cols)
+    throw Error("tensor has shape [" + std::to_string(t.rows()) + ", " + std::to_string(t.cols()) + "]",
+                f.name() + ", tensor " + tensor, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+  if (!matmul_supports(t.dtype))
+    throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
+                "F32 or F16");
+  return {tensor, t.dtype, t.data, rows, cols};
+}
+
+inline std::optional<Tokenizer> gguf_tokenizer(const GGUFFile& f) {
+  if (!f.has("tokenizer.ggml.tokens") || f.get_string("tokenizer.ggml.model") != "llama") return std::nullopt;
+  std::vector<std::string> pieces = f.get_string_array("tokenizer.ggml.tokens");
+  const std::string marker = "\xE2\x96\x81";   // SentencePiece writes spaces as U+2581
+  for (auto& p : pieces) {
+    std::string spaced;
+    for (std::size_t i = 0; i < p.size();) {
+      if (p.compare(i, marker.size(), marker) == 0) { spaced += ' '; i += marker.size(); }
+      else { spaced += p[i++]; }
+    }
+    p = std::move(spaced);
+  }
+  std::vector<float> scores = f.has("tokenizer.ggml.scores") ? f.get_f32_array("tokenizer.ggml.scores")
+                                                              : std::vector<float>(pieces.size(), 0.0f);
+  return Tokenizer(std::move(pieces), std::move(scores),
+                   std::int32_t(f.get_u32_or("tokenizer.ggml.bos_token_id", 1)),
+                   std::int32_t(f.get_u32_or("tokenizer.ggml.eos_token_id", 2)));
+}
+
+inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size_t vocab) {
+  if (opt.tokenizer_path.empty()) return std::nullopt;
+  Llama2cVocab v = read_llama2c_vocab(opt.tokenizer_path, int(vocab));
+  return Tokenizer(std::move(v.pieces), std::move(v.scores));
+}
+
+inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
+                             const LoadOptions& opt) {
+  const GGUFFile& f = *file;
+  const std::string arch = f.get_string("general.architecture");
+  if (arch != "llama")
+    throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture", "llama");
+  const std::string p = arch + ".";
+  ModelConfig c;
+  c.arch = arch;
+  c.n_embd = f.get_u32(p + "embedding_length");
+  c.n_layers = f.get_u32(p + "block_count");
+  c.n_ff = f.get_u32(p + "feed_forward_length");
+  c.n_heads = f.get_u32(p + "attention.head_count");
+  c.n_kv_heads = f.get_u32_or(p + "attention.head_count_kv", std::uint32_t(c.n_heads));
+  c.context = f.get_u32(p + "context_length");
+  c.norm_eps = f.get_f32(p + "attention.layer_norm_rms_epsilon");
+  c.rope_theta = f.get_f32_or(p + "rope.freq_base", 10000.0f);
+  if (c.n_heads == 0 || c.n_kv_heads == 0 || c.n_embd % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0 ||
+      c.n_layers == 0 || c.n_ff == 0 || c.context == 0)
+    throw Error("inconsistent hyperparameters: n_embd " + std::to_string(c.n_embd) + ", heads " +
+                std::to_string(c.n_heads) + ", kv heads " + std::to_string(c.n_kv_heads),
+                f.name() + ", keys " + p + "*", "heads dividing n_embd and kv heads dividing heads");
+  c.head_dim = f.get_u32_or(p + "attention.key_length", std::uint32_t(c.n_embd / c.n_heads));
+  if (c.head_dim % 2 != 0) throw Error("odd head size " + std::to_string(c.head_dim), f.name(), "an even head size");
+  const TensorView& embd = f.tensor("token_embd.weight");
+  c.vocab_size = embd.rows();
+
+  TransformerWeights w;
+  w.token_embd = matrix(f, "token_embd.weight", c.vocab_size, c.n_embd);
+  w.layers.resize(c.n_layers);
+  for (std::size_t l = 0; l < c.n_layers; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    LayerWeights& lw = w.layers[l];
+    lw.attn_norm = norm_weights(f.tensor(b + "attn_norm.weight"), c.n_embd, f.name());
+    lw.wq = matrix(f, b + "attn_q.weight", c.q_dim(), c.n_embd);
+    lw.wk = matrix(f, b + "attn_k.weight", c.kv_dim(), c.n_embd);
+    lw.wv = matrix(f, b + "attn_v.weight", c.kv_dim(), c.n_embd);
+    lw.wo = matrix(f, b + "attn_output.weight", c.n_embd, c.q_dim());
+    lw.ffn_norm = norm_weights(f.tensor(b + "ffn_norm.weight"), c.n_embd, f.name());
+    lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
+    lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
+    lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
+  }
+  w.output_norm = norm_weights(f.tensor("output_norm.weight"), c.n_embd, f.name());
+  w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
+
+  std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
+  if (!tok) tok = gguf_tokenizer(f);
+  if (tok && tok->size() != c.vocab_size)
+    throw Error("tokenizer has " + std::to_string(tok->size()) + " tokens", f.name(),
+                std::to_string(c.vocab_size) + " as token_embd.weight");
+  auto model = std::make_unique<Transformer<Llama>>(std::move(c), std::move(w), opt.max_batch);
+  return LoadedModel(std::move(storage), std::move(model), std::move(tok), f.name());
+}
+
+// A llama2.c tokenizer beside the model: tok<vocab>.bin, or tokenizer.bin when vocab is 32000.
+inline std::string find_llama2c_tokenizer(const std::string& model_path, std::size_t vocab) {
+  const auto dir = std::filesystem::path(model_path).parent_path();
+  for (const auto& name : {"tok" + std::to_string(vocab) + ".bin", std::string("tokenizer.bin")}) {
+    const auto p = dir / name;
+    if (std::filesystem::exists(p) && (vocab == 32000 || name != "tokenizer.bin")) return p.string();
+  }
+  return {};
+}
+
+inline LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
+  auto file = std::make_shared<const Llama2cFile>(Llama2cFile::open(path));
+  const Llama2cConfig& lc = file->config();
+  const Llama2cWeights& lw = file->weights();
+  ModelConfig c;
+  c.arch = "llama";
+  c.n_embd = std::size_t(lc.dim);
+  c.n_layers = std::size_t(lc.n_layers);
+  c.n_heads = std::size_t(lc.n_heads);
+  c.n_kv_heads = std::size_t(lc.n_kv_heads);
+  c.head_dim = c.n_embd / c.n_heads;
+  c.n_ff = std::size_t(lc.hidden_dim);
+  c.vocab_size = std::size_t(lc.vocab_size);
+  c.context = std::size_t(lc.seq_len);
+  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+
+  auto mat = [&](const char* what, const float* base, std::size_t layer, std::size_t rows, std::size_t cols) {
+    return WeightMatrix{what, DType::F32, base + layer * rows * cols, rows, cols};
+  };
+  auto norm = [&](const float* base, std::size_t layer) {
+    AlignedBuffer<float> out(c.n_embd);
+    std::memcpy(out.data(), base + layer * c.n_embd, c.n_embd * sizeof(float));
+    return out;
+  };
+  TransformerWeights w;
+  w.token_embd = mat("token_embedding_table", lw.token_embedding, 0, c.vocab_size, c.n_embd);
+  w.layers.resize(c.n_layers);
+  for (std::size_t l = 0; l < c.n_layers; ++l) {
+    LayerWeights& y = w.layers[l];
+    y.attn_norm = norm(lw.rms_att, l);
+    y.wq = mat("wq", lw.wq, l, c.q_dim(), c.n_embd);
+    y.wk = mat("wk", lw.wk, l, c.kv_dim(), c.n_embd);
+    y.wv = mat("wv", lw.wv, l, c.kv_dim(), c.n_embd);
+    y.wo = mat("wo", lw.wo, l, c.n_embd, c.q_dim());
+    y.ffn_norm = norm(lw.rms_ffn, l);
+    y.w_gate = mat("w1", lw.w1, l, c.n_ff, c.n_embd);
+    y.w_down = mat("w2", lw.w2, l, c.n_embd, c.n_ff);
+    y.w_up = mat("w3", lw.w3, l, c.n_ff, c.n_embd);
+  }
+  w.output_norm = norm(lw.rms_final, 0);
+  w.output = mat("wcls", lw.wcls, 0, c.vocab_size, c.n_embd);
+
+  if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
+  std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
+  auto model = std::make_unique<Transformer<Llama>>(std::move(c), std::move(w), opt.max_batch);
+  return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
+}
+
+}  // namespace detail
+
+// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic.
+inline LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
+  char magic[4] = {};
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot open model file", path);
+  in.read(magic, 4);
+  if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
+    auto file = std::make_shared<const GGUFFile>(GGUFFile::open(path));
+    return detail::load_gguf(file, file, opt);
+  }
+  return detail::load_llama2c(path, opt);
+}
+
+// Loads a GGUF image held in memory (an embedded or freshly written model); the model keeps it.
+inline LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& name, const LoadOptions& opt = {}) {
+  auto owned = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
+  auto file = std::make_shared<const GGUFFile>(GGUFFile::parse(std::span<const std::byte>(*owned), name));
+  auto storage = std::make_shared<std::pair<std::shared_ptr<const std::vector<std::byte>>, std::shared_ptr<const GGUFFile>>>(owned, file);
+  return detail::load_gguf(file, storage, opt);
+}
+
+// A seeded random-weight Llama of a named shape, written by the GGUF writer and loaded from
+// memory. With no arguments: the embedded default model (its text is noise).
+inline LoadedModel load_synthetic(std::string_view shape = "tiny", DType type = DType::F32,
+                                  std::uint64_t seed = 42, const LoadOptions& opt = {}) {
+  GGUFWriter w;
+  write_synthetic_llama(w, synthetic_shape(shape), type, seed);
+  return load_gguf_bytes(w.to_bytes(), "synthetic:" + std::string(shape), opt);
+}
+
+}  // namespace tinyllm
+// ---- tinyllm/sample/sampler.hpp ----
+// Sampler: picks the next token from logits. Repetition penalty, then greedy, or top-k,
+// temperature, softmax, top-p, min-p and a seeded draw. Draws come from the library's own PRNG,
+// so a seed gives the same tokens on every platform and standard library.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
+// ---- tinyllm/sample/random.hpp ----
+// Xoshiro256: the samplers' pseudo-random numbers, fully specified, unlike the distributions of
+// <random>, so that a seed draws the same tokens on every platform and standard library.
+#include <cstdint>
+
+namespace tinyllm {
+
+// xoshiro256** (Blackman and Vigna), its state seeded through splitmix64.
+class Xoshiro256 {
+ public:
+  explicit Xoshiro256(std::uint64_t seed) {
+    for (std::uint64_t& word : state_) {
+      seed += 0x9E3779B97F4A7C15ull;
+      std::uint64_t z = seed;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      word = z ^ (z >> 31);
+    }
+  }
+
+  std::uint64_t next() noexcept {
+    const std::uint64_t result = rotl(state_[1] * 5, 7) * 9;
+    const std::uint64_t t = state_[1] << 17;
+    state_[2] ^= state_[0];
+    state_[3] ^= state_[1];
+    state_[1] ^= state_[2];
+    state_[0] ^= state_[3];
+    state_[2] ^= t;
+    state_[3] = rotl(state_[3], 45);
+    return result;
+  }
+
+  // Uniform in [0, 1): the top 24 bits, exactly representable in a float.
+  float uniform() noexcept { return static_cast<float>(next() >> 40) * 0x1.0p-24f; }
+
+ private:
+  static std::uint64_t rotl(std::uint64_t x, int k) noexcept { return (x << k) | (x >> (64 - k)); }
+  std::uint64_t state_[4];
+};
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+struct SamplingParams {
+  float temperature = 0.8f;         // <= 0: greedy
+  std::int32_t top_k = 40;          // <= 0: off
+  float top_p = 0.95f;              // >= 1: off
+  float min_p = 0.05f;              // <= 0: off; keeps tokens with p >= min_p * p_max
+  float repetition_penalty = 1.0f;  // 1: off; logit > 0 ? logit / penalty : logit * penalty (CTRL)
+  std::int32_t repeat_last_n = 64;  // the penalty's window of history; each distinct token once
+  std::uint64_t seed = 0;
+};
+
+// The index of the largest logit, the lowest one on ties; NaN is never chosen unless all are NaN.
+inline std::int32_t argmax(std::span<const float> logits) {
+  if (logits.empty()) throw Error("no logits", "argmax", "at least one");
+  std::size_t best = 0;
+  while (best + 1 < logits.size() && std::isnan(logits[best])) ++best;
+  float best_logit = logits[best];
+  for (std::size_t i = best + 1; i < logits.size(); ++i) {
+    if (logits[i] > best_logit) {
+      best = i;
+      best_logit = logits[i];
+    }
+  }
+  return static_cast<std::int32_t>(best);
+}
+
+class Sampler {
+ public:
+  Sampler(const SamplingParams& params, std::size_t vocab_size)
+      : params_(params), rng_(params.seed) {
+    validate(params);
+    if (vocab_size == 0 ||
+        vocab_size > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+      throw Error("vocabulary size " + std::to_string(vocab_size), "Sampler",
+                  "between 1 and 2^31 - 1");
+    candidates_.resize(vocab_size);
+    penalised_.resize(vocab_size, 0);
+  }
+
+  // Picks a token; may change `logits` (the repetition penalty is applied in place).
+  // `history` holds the tokens so far, prompt and generated, for the repetition penalty.
+  std::int32_t sample(std::span<float> logits, std::span<const std::int32_t> history) {
+    if (logits.size() != candidates_.size())
+      throw Error(std::to_string(logits.size()) + " logits", "Sampler::sample",
+                  std::to_string(candidates_.size()) + ", the vocabulary size");
+    apply_repetition_penalty(logits, history);
+    check_logits(logits);
+    if (params_.temperature <= 0.0f) return argmax(logits);
+
+    const bool top_k = params_.top_k > 0 && static_cast<std::size_t>(params_.top_k) < logits.size();
+    std::size_t n = top_k ? collect_top_k(logits, static_cast<std::size_t>(params_.top_k))
+                          : collect_all(logits);  // candidates_[0, n) are still in the running
+    float max_logit = -std::numeric_limits<float>::infinity();
+    for (std::size_t i = 0; i < n; ++i) max_logit = std::max(max_logit, candidates_[i].value);
+
+    // Softmax at the temperature; `value` becomes a probability, normalised over the top k.
+    const float inv_temperature = 1.0f / params_.temperature;
+    double sum = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      candidates_[i].value = std::exp((candidates_[i].value - max_logit) * inv_temperature);
+      sum += candidates_[i].value;
+    }
+    float p_max = 0.0f;
+    for (std::size_t i = 0; i < n; ++i) {
+      candidates_[i].value = static_cast<float>(candidates_[i].value / sum);
+      p_max = std::max(p_max, candidates_[i].value);
+    }
+
+    // Min-p and top-p both keep a prefix of the tokens sorted by probability, so filtering before
+    // the sort is safe. Min-p's threshold is exact. For top-p, a token below (1 - top_p) / (n - 1)
+    // cannot be in the prefix: all such tokens together hold less than 1 - top_p (llama2.c's
+    // trick). The most likely token always stays.
+    float threshold = 0.0f;
+    if (params_.min_p > 0.0f) threshold = params_.min_p * p_max;
+    if (params_.top_p < 1.0f && n > 1)
+      threshold = std::max(threshold, (1.0f - params_.top_p) / static_cast<float>(n - 1));
+    threshold = std::min(threshold, p_max);
+    std::size_t n_kept = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      if (candidates_[i].value >= threshold) candidates_[n_kept++] = candidates_[i];
+    n = n_kept;
+    // Top-p needs the tokens by probability, and the draw an order that every standard library
+    // agrees on: token order as collected, but not the heap that top-k leaves.
+    if (params_.top_p < 1.0f || top_k)
+      std::sort(candidates_.begin(), candidates_.begin() + std::ptrdiff_t(n), by_value_then_id);
+
+    // Top-p: the smallest non-empty prefix whose probability reaches top_p (all survivors if
+    // rounding keeps the sum below it).
+    double kept = 0.0;
+    if (params_.top_p < 1.0f) {
+      std::size_t prefix = 0;
+      do kept += candidates_[prefix++].value;
+      while (prefix < n && kept < params_.top_p);
+      n = prefix;
+    } else {
+      for (std::size_t i = 0; i < n; ++i) kept += candidates_[i].value;
+    }
+
+    // Draw from the kept tokens, renormalised by scaling the uniform number by their mass.
+    const double target = static_cast<double>(rng_.uniform()) * kept;
+    double cumulative = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      cumulative += candidates_[i].value;
+      if (target < cumulative) return candidates_[i].id;
+    }
+    return candidates_[n - 1].id;  // `target` can reach the sum only through rounding
+  }
+
+  void reseed(std::uint64_t seed) { rng_ = Xoshiro256(seed); }
+
+ private:
+  struct Candidate {
+    float value;  // a logit, then a probability
+    std::int32_t id;
+  };
+
+  // Larger values first; the lower id first among equal values, so every standard library agrees.
+  static bool by_value_then_id(const Candidate& a, const Candidate& b) noexcept {
+    return a.value > b.value || (a.value == b.value && a.id < b.id);
+  }
+
+  // NaN and +inf are errors upstream; a row of only -inf leaves nothing to choose.
+  static void check_logits(std::span<const float> logits) {
+    constexpr float inf = std::numeric_limits<float>::infinity();
+    bool bad = false, any_finite = false;
+    for (const float x : logits) {  // branch-free, so that it vectorises
+      bad |= !(x < inf);
+      any_finite |= x > -inf;
+    }
+    if (bad) {
+      const auto it =
+          std::find_if(logits.begin(), logits.end(), [](float x) { return !(x < inf); });
+      throw Error("logit is " + std::to_string(*it),
+                  "Sampler::sample, token " + std::to_string(it - logits.begin()),
+                  "a number or -inf");
+    }
+    if (!any_finite)
+      throw Error("every logit is -inf", "Sampler::sample",
+                  "at least one token that may be chosen");
+  }
+
+  // All tokens that may be drawn (not at -inf, probability 0), in token order; returns their
+  // number.
+  std::size_t collect_all(std::span<const float> logits) {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < logits.size(); ++i)
+      if (logits[i] != -std::numeric_limits<float>::infinity())
+        candidates_[n++] = {logits[i], static_cast<std::int32_t>(i)};
+    return n;
+  }
+
+  // The k best tokens (fewer where fewer may be drawn) as a heap, the worst on top; returns their
+  // number. Most tokens lose the one comparison with the top, so this is one pass over the
+  // vocabulary, not a sort. The order is total, so the set is unique even with ties.
+  std::size_t collect_top_k(std::span<const float> logits, std::size_t k) {
+    const auto first = candidates_.begin();
+    const auto heap_end = first + std::ptrdiff_t(k);
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < logits.size(); ++i) {
+      if (logits[i] == -std::numeric_limits<float>::infinity()) continue;
+      const Candidate candidate = {logits[i], static_cast<std::int32_t>(i)};
+      if (n < k) {
+        candidates_[n++] = candidate;
+        std::push_heap(first, first + std::ptrdiff_t(n), by_value_then_id);
+      } else if (by_value_then_id(candidate, candidates_[0])) {
+        std::pop_heap(first, heap_end, by_value_then_id);
+        candidates_[k - 1] = candidate;
+        std::push_heap(first, heap_end, by_value_then_id);
+      }
+    }
+    return n;
+  }
+
+  static void validate(const SamplingParams& p) {
+    const auto fail = [](const char* field, float value, const char* expected) {
+      throw Error(std::string(field) + " is " + std::to_string(value),
+                  std::string("SamplingParams::") + field, expected);
+    };
+    if (!std::isfinite(p.temperature)) fail("temperature", p.temperature, "a finite number");
+    if (std::isnan(p.top_p) || p.top_p < 0.0f)
+      fail("top_p", p.top_p, "a number >= 0 (>= 1 turns it off)");
+    if (std::isnan(p.min_p) || p.min_p > 1.0f)
+      fail("min_p", p.min_p, "a number <= 1 (<= 0 turns it off)");
+    if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0.0f)
+      fail("repetition_penalty", p.repetition_penalty, "a finite number > 0 (1 turns it off)");
+    if (p.repeat_last_n < 0)
+      throw Error("repeat_last_n is " + std::to_string(p.repeat_last_n),
+                  "SamplingParams::repeat_last_n", "a count >= 0");
+  }
+
+  void apply_repetition_penalty(std::span<float> logits, std::span<const std::int32_t> history) {
+    if (params_.repetition_penalty == 1.0f || params_.repeat_last_n == 0) return;
+    const std::size_t window =
+        std::min(history.size(), static_cast<std::size_t>(params_.repeat_last_n));
+    const auto recent = history.last(window);
+    for (const std::int32_t token : recent)
+      if (token < 0 || static_cast<std::size_t>(token) >= logits.size())
+        throw Error("token id " + std::to_string(token) + " in the history", "Sampler::sample",
+                    "an id in [0, " + std::to_string(logits.size()) + ")");
+    for (const std::int32_t token : recent) {
+      if (penalised_[token]) continue;
+      penalised_[token] = 1;
+      float& logit = logits[token];
+      logit =
+          logit > 0.0f ? logit / params_.repetition_penalty : logit * params_.repetition_penalty;
+    }
+    for (const std::int32_t token : recent) penalised_[token] = 0;
+  }
+
+  SamplingParams params_;
+  Xoshiro256 rng_;
+  std::vector<Candidate> candidates_;    // [vocab_size] scratch, reused by every call
+  std::vector<std::uint8_t> penalised_;  // [vocab_size] marks, all zero between calls
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/serve/generate.hpp ----
+// The simplest serving loop: one sequence, prompt prefilled as one batch, then one token per
+// forward step. The Engine generalises this to many sequences; this one stays small enough to
+// read as the definition of "generate".
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+
+namespace tinyllm {
+
+struct GenerateOptions {
+  std::size_t max_new_tokens = 256;
+  SamplingParams sampling;
+  std::vector<std::int32_t> stop_tokens;   // generation ends at one of these (counted, not passed on)
+};
+
+struct GenerateStats {
+  std::size_t prompt_tokens = 0, generated_tokens = 0;
+  double prompt_seconds = 0, generate_seconds = 0;   // prefill, and every later step with sampling
+  double prompt_tokens_per_second() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
+  double generate_tokens_per_second() const { return generate_seconds > 0 ? generated_tokens / generate_seconds : 0; }
+};
+
+// Calls on_token(id) for each generated token; returning false stops early.
+inline GenerateStats generate(ThreadPool& pool, Model& model, std::span<const std::int32_t> prompt,
+                              const GenerateOptions& opt, const std::function<bool(std::int32_t)>& on_token) {
+  using clock = std::chrono::steady_clock;
+  const std::size_t vocab = model.config().vocab_size;
+  if (prompt.empty()) throw Error("generate: the prompt has no tokens", "generate", "at least one (BOS)");
+  const std::size_t capacity = std::min(model.config().context, prompt.size() + opt.max_new_tokens);
+  if (prompt.size() > model.config().context)
+    throw Error("prompt of " + std::to_string(prompt.size()) + " tokens exceeds the context",
+                "generate", "at most " + std::to_string(model.config().context) + " tokens");
+  auto cache = model.new_kv_cache(capacity);
+  Sampler sampler(opt.sampling, vocab);
+  AlignedBuffer<float> logits(vocab);
+  MatrixView<float> last(logits.data(), 1, vocab);
+  std::vector<std::int32_t> tokens(prompt.begin(), prompt.end()), positions(prompt.size());
+  for (std::size_t i = 0; i < positions.size(); ++i) positions[i] = std::int32_t(i);
+  tokens.reserve(capacity + 1);
+
+  GenerateStats stats;
+  stats.prompt_tokens = prompt.size();
+  auto t0 = clock::now();
+  model.forward(pool, prompt, positions, *cache, last);
+  auto t1 = clock::now();
+  stats.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
+
+  for (std::size_t pos = prompt.size(); stats.generated_tokens < opt.max_new_tokens; ++pos) {
+    const std::int32_t next = sampler.sample(logits.span(), tokens);
+    tokens.push_back(next);
+    ++stats.generated_tokens;
+    const bool stop = std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(), next) != opt.stop_tokens.end();
+    if (stop || !on_token(next) || pos >= capacity) break;
+    const std::int32_t p = std::int32_t(pos);
+    model.forward(pool, std::span(&next, 1), std::span(&p, 1), *cache, last);
+  }
+  stats.generate_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  return stats;
+}
+
+}  // namespace tinyllm

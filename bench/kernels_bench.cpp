@@ -1,0 +1,202 @@
+// Kernel microbenchmarks: memory read bandwidth (the decode roofline), matmul at TinyLlama-1.1B
+// shapes for decode (one token) and prefill (64 and 512 tokens), and the smaller kernels.
+// Counters: bytes_per_second (weights, or the buffer read) and FLOP/s.
+//
+//   tinyllm-kernel-bench --benchmark_min_time=0.1
+#include <tinyllm/core/buffer.hpp>
+#include <tinyllm/core/half.hpp>
+#include <tinyllm/core/tensor.hpp>
+#include <tinyllm/core/thread_pool.hpp>
+#include <tinyllm/kernels/cpu/cpu.hpp>
+#include <tinyllm/kernels/kv_view.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using namespace tinyllm;
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Weights of a real model are far larger than the caches, so a decode matmul reads them from
+// DRAM. Benchmarks cycle through enough copies of a matrix to defeat a last-level cache of this size.
+constexpr std::size_t kColdBytes = 512u << 20;
+
+template <class T>
+void fill(AlignedBuffer<T>& buf, float scale) {
+  for (std::size_t i = 0; i < buf.size(); ++i) {
+    const float v = scale * (float(i % 97) / 97.0f - 0.5f);
+    if constexpr (std::is_same_v<T, F16>) buf[i] = F16{f32_to_f16(v)};
+    else buf[i] = v;
+  }
+}
+
+// Sum of a float range with four independent vector accumulators.
+float sum_range(const float* p, std::size_t n) {
+  const hn::ScalableTag<float> d;
+  const std::size_t N = hn::Lanes(d);
+  auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+  for (std::size_t i = 0; i + 4 * N <= n; i += 4 * N) {
+    a0 = hn::Add(a0, hn::LoadU(d, p + i));
+    a1 = hn::Add(a1, hn::LoadU(d, p + i + N));
+    a2 = hn::Add(a2, hn::LoadU(d, p + i + 2 * N));
+    a3 = hn::Add(a3, hn::LoadU(d, p + i + 3 * N));
+  }
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+}
+
+// Args: threads. Reads a 1 GiB buffer; each thread sums a contiguous share.
+void BM_read_bandwidth(benchmark::State& state) {
+  ThreadPool pool(unsigned(state.range(0)));
+  const std::size_t n = (std::size_t(1) << 30) / sizeof(float);
+  AlignedBuffer<float> buf(n);
+  fill(buf, 1.0f);
+  std::vector<float> partial(pool.size());
+  for (auto _ : state) {
+    pool.run([&](unsigned t, unsigned nt) {
+      const std::size_t chunk = n / nt / 64 * 64;
+      const std::size_t b = t * chunk, e = t + 1 == nt ? n : b + chunk;
+      partial[t] = sum_range(buf.data() + b, e - b);
+    });
+    benchmark::DoNotOptimize(partial.data());
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(n * sizeof(float)));
+}
+BENCHMARK(BM_read_bandwidth)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Args: threads. Independent FMA chains on registers only: the compute roofline for prefill.
+void BM_fma_peak(benchmark::State& state) {
+  ThreadPool pool(unsigned(state.range(0)));
+  constexpr std::size_t kSteps = 1 << 20;
+  std::vector<float> sink(pool.size() * 64);
+  for (auto _ : state) {
+    pool.run([&](unsigned t, unsigned) {
+      const hn::ScalableTag<float> d;
+      const auto m = hn::Set(d, 0.999f), c = hn::Set(d, 1e-3f);
+      auto a0 = hn::Set(d, 1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+      auto a8 = a0, a9 = a0, a10 = a0, a11 = a0;  // 12 chains cover 2 pipes x 4-cycle latency, with room
+      for (std::size_t i = 0; i < kSteps; ++i) {
+        a0 = hn::MulAdd(a0, m, c), a1 = hn::MulAdd(a1, m, c), a2 = hn::MulAdd(a2, m, c), a3 = hn::MulAdd(a3, m, c);
+        a4 = hn::MulAdd(a4, m, c), a5 = hn::MulAdd(a5, m, c), a6 = hn::MulAdd(a6, m, c), a7 = hn::MulAdd(a7, m, c);
+        a8 = hn::MulAdd(a8, m, c), a9 = hn::MulAdd(a9, m, c), a10 = hn::MulAdd(a10, m, c), a11 = hn::MulAdd(a11, m, c);
+      }
+      const auto sum = hn::Add(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)), hn::Add(hn::Add(a4, a5), hn::Add(a6, a7)));
+      sink[t * 64] = hn::GetLane(hn::Add(sum, hn::Add(hn::Add(a8, a9), hn::Add(a10, a11))));
+    });
+    benchmark::DoNotOptimize(sink.data());
+  }
+  const double lanes = double(hn::Lanes(hn::ScalableTag<float>()));
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * 12 * lanes * kSteps * pool.size(),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_fma_peak)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime();
+
+// Args: n_out, n_in, n_tok, threads. y[n_tok, n_out] = x[n_tok, n_in] · w[n_out, n_in]ᵀ.
+template <class W>
+void BM_matmul(benchmark::State& state) {
+  const std::size_t n_out = state.range(0), n_in = state.range(1), n_tok = state.range(2);
+  ThreadPool pool(unsigned(state.range(3)));
+  const std::size_t w_bytes = n_out * n_in * sizeof(W);
+  const std::size_t copies = n_tok == 1 ? (kColdBytes + w_bytes - 1) / w_bytes : 1;
+  std::vector<AlignedBuffer<W>> weights(copies);
+  for (auto& w : weights) {
+    w.resize(n_out * n_in);
+    fill(w, 0.1f);
+  }
+  AlignedBuffer<float> x(n_tok * n_in), y(n_tok * n_out);
+  fill(x, 1.0f);
+  std::size_t next = 0;
+  for (auto _ : state) {
+    cpu::matmul(pool, MatrixView<const W>(weights[next].data(), n_out, n_in), MatrixView<const float>(x.data(), n_tok, n_in),
+                MatrixView<float>(y.data(), n_tok, n_out));
+    next = (next + 1) % copies;
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(w_bytes));
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * double(n_out) * double(n_in) * double(n_tok), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// TinyLlama-1.1B: q/o projection, gate/up, down, and the output head.
+void matmul_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n_out", "n_in", "n_tok", "threads"});
+  const std::int64_t shapes[][2] = {{2048, 2048}, {5632, 2048}, {2048, 5632}, {32000, 2048}};
+  for (std::int64_t n_tok : {1, 64, 512})
+    for (const auto& s : shapes)
+      for (std::int64_t threads : {1, 2}) b->Args({s[0], s[1], n_tok, threads});
+}
+BENCHMARK_TEMPLATE(BM_matmul, float)->Apply(matmul_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_matmul, F16)->Apply(matmul_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Args: n. One token's norm over the model width.
+void BM_rmsnorm(benchmark::State& state) {
+  const std::size_t n = state.range(0);
+  AlignedBuffer<float> x(n), w(n), out(n);
+  fill(x, 1.0f);
+  fill(w, 1.0f);
+  for (auto _ : state) {
+    cpu::rmsnorm(x.data(), w.data(), out.data(), n, 1e-5f);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(3 * n * sizeof(float)));
+}
+BENCHMARK(BM_rmsnorm)->Arg(2048);
+
+// Args: n. Softmax over the vocabulary; the input is restored each time from a copy.
+void BM_softmax(benchmark::State& state) {
+  const std::size_t n = state.range(0);
+  AlignedBuffer<float> src(n), x(n);
+  fill(src, 20.0f);
+  for (auto _ : state) {
+    std::copy(src.begin(), src.end(), x.begin());
+    cpu::softmax(x.data(), n);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(n * sizeof(float)));
+}
+BENCHMARK(BM_softmax)->Arg(32000);
+
+// Args: n_tok, context, threads. TinyLlama attention (32 heads, 4 KV heads, head_dim 64): n_tok
+// tokens at the last positions of a context of the given length.
+void BM_attention(benchmark::State& state) {
+  const std::size_t n_tok = state.range(0), n_ctx = state.range(1), n_heads = 32, n_kv = 4, head_dim = 64;
+  ThreadPool pool(unsigned(state.range(2)));
+  const std::size_t kv_dim = n_kv * head_dim, q_dim = n_heads * head_dim;
+  AlignedBuffer<float> k(n_ctx * kv_dim), v(n_ctx * kv_dim), q(n_tok * q_dim), out(n_tok * q_dim),
+      scratch(pool.size() * n_ctx);
+  fill(k, 1.0f);
+  fill(v, 1.0f);
+  fill(q, 1.0f);
+  float* k_blocks[] = {k.data()};
+  float* v_blocks[] = {v.data()};
+  const KVLayerView kv{k_blocks, v_blocks, n_ctx, kv_dim};
+  std::vector<std::int32_t> positions(n_tok);
+  std::iota(positions.begin(), positions.end(), std::int32_t(n_ctx - n_tok));
+  double flops = 0;  // q·k and the weighted sum of values: 4 * head_dim per (head, position)
+  for (std::int32_t p : positions) flops += 4.0 * double(n_heads) * double(head_dim) * double(p + 1);
+  for (auto _ : state) {
+    cpu::attention(pool, MatrixView<const float>(q.data(), n_tok, q_dim), positions, kv, n_heads, n_kv, head_dim,
+                   0.125f, MatrixView<float>(out.data(), n_tok, q_dim), MatrixView<float>(scratch.data(), pool.size(), n_ctx));
+    benchmark::ClobberMemory();
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_attention)
+    ->ArgNames({"n_tok", "ctx", "threads"})
+    ->Args({1, 2048, 1})
+    ->Args({1, 2048, 2})
+    ->Args({64, 512, 1})
+    ->Args({64, 512, 2})
+    ->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

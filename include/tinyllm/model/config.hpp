@@ -1,0 +1,26 @@
+#pragma once
+// The run-time sizes of a decoder-only transformer, read from the model file.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace tinyllm {
+
+struct ModelConfig {
+  std::string arch;              // general.architecture, or "llama" for llama2.c files
+  std::size_t n_embd = 0;        // model width
+  std::size_t n_layers = 0;
+  std::size_t n_heads = 0;       // query heads
+  std::size_t n_kv_heads = 0;    // key/value heads (grouped-query attention when fewer)
+  std::size_t head_dim = 0;
+  std::size_t n_ff = 0;          // FFN hidden width
+  std::size_t vocab_size = 0;
+  std::size_t context = 0;       // the longest sequence the model was trained for
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+
+  std::size_t q_dim() const { return n_heads * head_dim; }
+  std::size_t kv_dim() const { return n_kv_heads * head_dim; }
+};
+
+}  // namespace tinyllm

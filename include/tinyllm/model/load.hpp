@@ -1,0 +1,253 @@
+#pragma once
+// Loading a model file: GGUF (architecture from general.architecture, weights bound by tensor
+// name, zero-copy over mmap) or llama2.c's .bin. The file stays mapped for the model's life.
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <tinyllm/core/error.hpp>
+#include <tinyllm/core/half.hpp>
+#include <tinyllm/io/gguf.hpp>
+#include <tinyllm/io/llama2c.hpp>
+#include <tinyllm/model/arch/llama.hpp>
+#include <tinyllm/model/synthetic.hpp>
+#include <tinyllm/model/transformer.hpp>
+#include <tinyllm/text/tokenizer.hpp>
+
+namespace tinyllm {
+
+struct LoadOptions {
+  std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
+  std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
+};
+
+// A model together with the file its weights live in and its tokenizer.
+class LoadedModel {
+ public:
+  LoadedModel(std::shared_ptr<const void> storage, std::unique_ptr<Model> model,
+              std::optional<Tokenizer> tokenizer, std::string path)
+      : storage_(std::move(storage)), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
+        path_(std::move(path)) {}
+
+  Model& model() { return *model_; }
+  const Model& model() const { return *model_; }
+  const ModelConfig& config() const { return model_->config(); }
+  bool has_tokenizer() const { return tokenizer_.has_value(); }
+  const Tokenizer& tokenizer() const {
+    if (!tokenizer_) throw Error("the model file has no tokenizer this build can read", path_, "a tokenizer file (-z)");
+    return *tokenizer_;
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::shared_ptr<const void> storage_;   // declared first: destroyed after the model that points into it
+  std::unique_ptr<Model> model_;
+  std::optional<Tokenizer> tokenizer_;
+  std::string path_;
+};
+
+namespace detail {
+
+inline AlignedBuffer<float> norm_weights(const TensorView& t, std::size_t n, const std::string& where) {
+  if (t.n_elements() != n)
+    throw Error("norm tensor has " + std::to_string(t.n_elements()) + " values", where + ", tensor " + t.name,
+                std::to_string(n));
+  AlignedBuffer<float> out(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    switch (t.dtype) {
+      case DType::F32: std::memcpy(&out[i], static_cast<const float*>(t.data) + i, sizeof(float)); break;
+      case DType::F16: out[i] = f16_to_f32(static_cast<const std::uint16_t*>(t.data)[i]); break;
+      case DType::BF16: out[i] = bf16_to_f32(static_cast<const std::uint16_t*>(t.data)[i]); break;
+      default: throw Error("norm tensor of type " + std::string(name(t.dtype)), where + ", tensor " + t.name, "F32, F16 or BF16");
+    }
+  }
+  return out;
+}
+
+inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::size_t rows, std::size_t cols) {
+  const TensorView& t = f.tensor(tensor);
+  if (t.n_dims != 2 || t.rows() != rows || t.cols() != cols)
+    throw Error("tensor has shape [" + std::to_string(t.rows()) + ", " + std::to_string(t.cols()) + "]",
+                f.name() + ", tensor " + tensor, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+  if (!matmul_supports(t.dtype))
+    throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
+                "F32 or F16");
+  return {tensor, t.dtype, t.data, rows, cols};
+}
+
+inline std::optional<Tokenizer> gguf_tokenizer(const GGUFFile& f) {
+  if (!f.has("tokenizer.ggml.tokens") || f.get_string("tokenizer.ggml.model") != "llama") return std::nullopt;
+  std::vector<std::string> pieces = f.get_string_array("tokenizer.ggml.tokens");
+  const std::string marker = "\xE2\x96\x81";   // SentencePiece writes spaces as U+2581
+  for (auto& p : pieces) {
+    std::string spaced;
+    for (std::size_t i = 0; i < p.size();) {
+      if (p.compare(i, marker.size(), marker) == 0) { spaced += ' '; i += marker.size(); }
+      else { spaced += p[i++]; }
+    }
+    p = std::move(spaced);
+  }
+  std::vector<float> scores = f.has("tokenizer.ggml.scores") ? f.get_f32_array("tokenizer.ggml.scores")
+                                                              : std::vector<float>(pieces.size(), 0.0f);
+  return Tokenizer(std::move(pieces), std::move(scores),
+                   std::int32_t(f.get_u32_or("tokenizer.ggml.bos_token_id", 1)),
+                   std::int32_t(f.get_u32_or("tokenizer.ggml.eos_token_id", 2)));
+}
+
+inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size_t vocab) {
+  if (opt.tokenizer_path.empty()) return std::nullopt;
+  Llama2cVocab v = read_llama2c_vocab(opt.tokenizer_path, int(vocab));
+  return Tokenizer(std::move(v.pieces), std::move(v.scores));
+}
+
+inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
+                             const LoadOptions& opt) {
+  const GGUFFile& f = *file;
+  const std::string arch = f.get_string("general.architecture");
+  if (arch != "llama")
+    throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture", "llama");
+  const std::string p = arch + ".";
+  ModelConfig c;
+  c.arch = arch;
+  c.n_embd = f.get_u32(p + "embedding_length");
+  c.n_layers = f.get_u32(p + "block_count");
+  c.n_ff = f.get_u32(p + "feed_forward_length");
+  c.n_heads = f.get_u32(p + "attention.head_count");
+  c.n_kv_heads = f.get_u32_or(p + "attention.head_count_kv", std::uint32_t(c.n_heads));
+  c.context = f.get_u32(p + "context_length");
+  c.norm_eps = f.get_f32(p + "attention.layer_norm_rms_epsilon");
+  c.rope_theta = f.get_f32_or(p + "rope.freq_base", 10000.0f);
+  if (c.n_heads == 0 || c.n_kv_heads == 0 || c.n_embd % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0 ||
+      c.n_layers == 0 || c.n_ff == 0 || c.context == 0)
+    throw Error("inconsistent hyperparameters: n_embd " + std::to_string(c.n_embd) + ", heads " +
+                std::to_string(c.n_heads) + ", kv heads " + std::to_string(c.n_kv_heads),
+                f.name() + ", keys " + p + "*", "heads dividing n_embd and kv heads dividing heads");
+  c.head_dim = f.get_u32_or(p + "attention.key_length", std::uint32_t(c.n_embd / c.n_heads));
+  if (c.head_dim % 2 != 0) throw Error("odd head size " + std::to_string(c.head_dim), f.name(), "an even head size");
+  const TensorView& embd = f.tensor("token_embd.weight");
+  c.vocab_size = embd.rows();
+
+  TransformerWeights w;
+  w.token_embd = matrix(f, "token_embd.weight", c.vocab_size, c.n_embd);
+  w.layers.resize(c.n_layers);
+  for (std::size_t l = 0; l < c.n_layers; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    LayerWeights& lw = w.layers[l];
+    lw.attn_norm = norm_weights(f.tensor(b + "attn_norm.weight"), c.n_embd, f.name());
+    lw.wq = matrix(f, b + "attn_q.weight", c.q_dim(), c.n_embd);
+    lw.wk = matrix(f, b + "attn_k.weight", c.kv_dim(), c.n_embd);
+    lw.wv = matrix(f, b + "attn_v.weight", c.kv_dim(), c.n_embd);
+    lw.wo = matrix(f, b + "attn_output.weight", c.n_embd, c.q_dim());
+    lw.ffn_norm = norm_weights(f.tensor(b + "ffn_norm.weight"), c.n_embd, f.name());
+    lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
+    lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
+    lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
+  }
+  w.output_norm = norm_weights(f.tensor("output_norm.weight"), c.n_embd, f.name());
+  w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
+
+  std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
+  if (!tok) tok = gguf_tokenizer(f);
+  if (tok && tok->size() != c.vocab_size)
+    throw Error("tokenizer has " + std::to_string(tok->size()) + " tokens", f.name(),
+                std::to_string(c.vocab_size) + " as token_embd.weight");
+  auto model = std::make_unique<Transformer<Llama>>(std::move(c), std::move(w), opt.max_batch);
+  return LoadedModel(std::move(storage), std::move(model), std::move(tok), f.name());
+}
+
+// A llama2.c tokenizer beside the model: tok<vocab>.bin, or tokenizer.bin when vocab is 32000.
+inline std::string find_llama2c_tokenizer(const std::string& model_path, std::size_t vocab) {
+  const auto dir = std::filesystem::path(model_path).parent_path();
+  for (const auto& name : {"tok" + std::to_string(vocab) + ".bin", std::string("tokenizer.bin")}) {
+    const auto p = dir / name;
+    if (std::filesystem::exists(p) && (vocab == 32000 || name != "tokenizer.bin")) return p.string();
+  }
+  return {};
+}
+
+inline LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
+  auto file = std::make_shared<const Llama2cFile>(Llama2cFile::open(path));
+  const Llama2cConfig& lc = file->config();
+  const Llama2cWeights& lw = file->weights();
+  ModelConfig c;
+  c.arch = "llama";
+  c.n_embd = std::size_t(lc.dim);
+  c.n_layers = std::size_t(lc.n_layers);
+  c.n_heads = std::size_t(lc.n_heads);
+  c.n_kv_heads = std::size_t(lc.n_kv_heads);
+  c.head_dim = c.n_embd / c.n_heads;
+  c.n_ff = std::size_t(lc.hidden_dim);
+  c.vocab_size = std::size_t(lc.vocab_size);
+  c.context = std::size_t(lc.seq_len);
+  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+
+  auto mat = [&](const char* what, const float* base, std::size_t layer, std::size_t rows, std::size_t cols) {
+    return WeightMatrix{what, DType::F32, base + layer * rows * cols, rows, cols};
+  };
+  auto norm = [&](const float* base, std::size_t layer) {
+    AlignedBuffer<float> out(c.n_embd);
+    std::memcpy(out.data(), base + layer * c.n_embd, c.n_embd * sizeof(float));
+    return out;
+  };
+  TransformerWeights w;
+  w.token_embd = mat("token_embedding_table", lw.token_embedding, 0, c.vocab_size, c.n_embd);
+  w.layers.resize(c.n_layers);
+  for (std::size_t l = 0; l < c.n_layers; ++l) {
+    LayerWeights& y = w.layers[l];
+    y.attn_norm = norm(lw.rms_att, l);
+    y.wq = mat("wq", lw.wq, l, c.q_dim(), c.n_embd);
+    y.wk = mat("wk", lw.wk, l, c.kv_dim(), c.n_embd);
+    y.wv = mat("wv", lw.wv, l, c.kv_dim(), c.n_embd);
+    y.wo = mat("wo", lw.wo, l, c.n_embd, c.q_dim());
+    y.ffn_norm = norm(lw.rms_ffn, l);
+    y.w_gate = mat("w1", lw.w1, l, c.n_ff, c.n_embd);
+    y.w_down = mat("w2", lw.w2, l, c.n_embd, c.n_ff);
+    y.w_up = mat("w3", lw.w3, l, c.n_ff, c.n_embd);
+  }
+  w.output_norm = norm(lw.rms_final, 0);
+  w.output = mat("wcls", lw.wcls, 0, c.vocab_size, c.n_embd);
+
+  if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
+  std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
+  auto model = std::make_unique<Transformer<Llama>>(std::move(c), std::move(w), opt.max_batch);
+  return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
+}
+
+}  // namespace detail
+
+// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic.
+inline LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
+  char magic[4] = {};
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot open model file", path);
+  in.read(magic, 4);
+  if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
+    auto file = std::make_shared<const GGUFFile>(GGUFFile::open(path));
+    return detail::load_gguf(file, file, opt);
+  }
+  return detail::load_llama2c(path, opt);
+}
+
+// Loads a GGUF image held in memory (an embedded or freshly written model); the model keeps it.
+inline LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& name, const LoadOptions& opt = {}) {
+  auto owned = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
+  auto file = std::make_shared<const GGUFFile>(GGUFFile::parse(std::span<const std::byte>(*owned), name));
+  auto storage = std::make_shared<std::pair<std::shared_ptr<const std::vector<std::byte>>, std::shared_ptr<const GGUFFile>>>(owned, file);
+  return detail::load_gguf(file, storage, opt);
+}
+
+// A seeded random-weight Llama of a named shape, written by the GGUF writer and loaded from
+// memory. With no arguments: the embedded default model (its text is noise).
+inline LoadedModel load_synthetic(std::string_view shape = "tiny", DType type = DType::F32,
+                                  std::uint64_t seed = 42, const LoadOptions& opt = {}) {
+  GGUFWriter w;
+  write_synthetic_llama(w, synthetic_shape(shape), type, seed);
+  return load_gguf_bytes(w.to_bytes(), "synthetic:" + std::string(shape), opt);
+}
+
+}  // namespace tinyllm

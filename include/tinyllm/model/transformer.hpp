@@ -1,0 +1,209 @@
+#pragma once
+// A decoder-only transformer written once against architecture traits. forward() is the whole
+// model, top to bottom, in the spirit of llama2.c's forward(): it takes a batch of tokens of one
+// sequence at given positions (a prompt prefill, or one token of decode) and writes logits.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <tinyllm/core/buffer.hpp>
+#include <tinyllm/core/error.hpp>
+#include <tinyllm/core/tensor.hpp>
+#include <tinyllm/core/thread_pool.hpp>
+#include <tinyllm/kernels/cpu/activation.hpp>
+#include <tinyllm/kernels/cpu/attention.hpp>
+#include <tinyllm/kernels/cpu/norm.hpp>
+#include <tinyllm/kernels/cpu/rope.hpp>
+#include <tinyllm/kernels/rope.hpp>
+#include <tinyllm/model/config.hpp>
+#include <tinyllm/model/kv_cache.hpp>
+#include <tinyllm/model/weights.hpp>
+
+namespace tinyllm {
+
+struct LayerWeights {
+  AlignedBuffer<float> attn_norm;             // [n_embd]
+  WeightMatrix wq, wk, wv, wo;                // [q_dim, n_embd], [kv_dim, n_embd] x2, [n_embd, q_dim]
+  AlignedBuffer<float> ffn_norm;              // [n_embd]
+  WeightMatrix w_gate, w_up, w_down;          // [n_ff, n_embd] x2, [n_embd, n_ff]
+};
+
+struct TransformerWeights {
+  WeightMatrix token_embd;                    // [vocab, n_embd]
+  std::vector<LayerWeights> layers;
+  AlignedBuffer<float> output_norm;           // [n_embd]
+  WeightMatrix output;                        // [vocab, n_embd]; may be token_embd (tied)
+};
+
+// The architecture-independent face of a model, so a loader can return any architecture.
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual const TransformerWeights& weights() const = 0;
+  // tokens[i] at positions[i]; K/V of these positions are written to `cache`, and each token
+  // attends to the cache up to its own position. logits has n_tok rows (every position) or one
+  // row (the last token only, which saves the classifier for the rest of a prompt).
+  virtual void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
+                       std::span<const std::int32_t> positions, KVCache& cache,
+                       MatrixView<float> logits) = 0;
+
+  std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0) const {
+    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context);
+  }
+  // Parameters in weight matrices and norms (an embedding tied to the output counts once).
+  std::size_t n_params() const {
+    const auto& w = weights();
+    auto count = [](const WeightMatrix& m) { return m.rows * m.cols; };
+    std::size_t n = count(w.token_embd) + (w.output.data != w.token_embd.data ? count(w.output) : 0);
+    for (const auto& l : w.layers)
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += count(*m);
+    return n + (w.layers.size() * 2 + 1) * config().n_embd;
+  }
+  // Bytes of weight data read from the file.
+  std::size_t weight_bytes() const {
+    const auto& w = weights();
+    auto bytes = [](const WeightMatrix& m) { return row_bytes(m.type, m.cols) * m.rows; };
+    std::size_t n = bytes(w.token_embd) + (w.output.data != w.token_embd.data ? bytes(w.output) : 0);
+    for (const auto& l : w.layers)
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += bytes(*m);
+    return n + (w.layers.size() * 2 + 1) * config().n_embd * sizeof(float);
+  }
+};
+
+template <class Arch>
+class Transformer final : public Model {
+ public:
+  // max_batch bounds the tokens of one internal forward step; longer inputs run in chunks.
+  Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
+      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
+        inv_freq_(rope_inv_freq(cfg_.head_dim, cfg_.rope_theta)) {
+    const std::size_t b = max_batch_;
+    x_.resize(b * cfg_.n_embd);
+    xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
+    q_.resize(b * cfg_.q_dim());
+    k_.resize(b * cfg_.kv_dim());
+    v_.resize(b * cfg_.kv_dim());
+    att_.resize(b * cfg_.q_dim());
+    gate_.resize(b * cfg_.n_ff);
+    up_.resize(b * cfg_.n_ff);
+  }
+
+  const ModelConfig& config() const override { return cfg_; }
+  const TransformerWeights& weights() const override { return w_; }
+
+  void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
+               std::span<const std::int32_t> positions, KVCache& cache,
+               MatrixView<float> logits) override {
+    check_inputs(tokens, positions, cache, logits);
+    const bool all_rows = logits.rows == tokens.size();
+    for (std::size_t first = 0; first < tokens.size(); first += max_batch_) {
+      const std::size_t n = std::min(max_batch_, tokens.size() - first);
+      const bool last_chunk = first + n == tokens.size();
+      MatrixView<float> out = all_rows ? logits.rows_slice(first, n)
+                                       : (last_chunk ? logits : MatrixView<float>{});
+      forward_chunk(pool, tokens.subspan(first, n), positions.subspan(first, n), cache, out);
+    }
+  }
+
+ private:
+  void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens,
+                     std::span<const std::int32_t> positions, KVCache& cache, MatrixView<float> logits) {
+    const ModelConfig& c = cfg_;
+    const std::size_t n = tokens.size(), dim = c.n_embd;
+    MatrixView<float> x(x_.data(), n, dim);            // [n, n_embd] the residual stream
+    MatrixView<float> xb(xb_.data(), n, dim);          // [n, n_embd] normalised input of a block
+    MatrixView<float> q(q_.data(), n, c.q_dim());      // [n, n_heads * head_dim]
+    MatrixView<float> k(k_.data(), n, c.kv_dim());     // [n, n_kv_heads * head_dim]
+    MatrixView<float> v(v_.data(), n, c.kv_dim());
+    MatrixView<float> att(att_.data(), n, c.q_dim());  // [n, q_dim] attention output per head
+    MatrixView<float> gate(gate_.data(), n, c.n_ff);   // [n, n_ff]
+    MatrixView<float> up(up_.data(), n, c.n_ff);
+    MatrixView<float> proj(xb_.data(), n, dim);        // [n, n_embd] block output, reuses xb
+
+    if (scores_.rows < pool.size() || scores_.cols < cache.capacity()) {  // first call or more threads
+      scores_buf_.resize(pool.size() * cache.capacity());
+      scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), cache.capacity());
+    }
+    const float scale = 1.0f / std::sqrt(float(c.head_dim));
+
+    for (std::size_t t = 0; t < n; ++t) dequantize_row(w_.token_embd, std::size_t(tokens[t]), x.row(t));
+
+    for (std::size_t l = 0; l < c.n_layers; ++l) {
+      const LayerWeights& lw = w_.layers[l];
+      // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
+      for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
+      matmul(pool, lw.wq, xb, q);
+      matmul(pool, lw.wk, xb, k);
+      matmul(pool, lw.wv, xb, v);
+      const KVLayerView kv = cache.layer(l);
+      for (std::size_t t = 0; t < n; ++t) {
+        const auto pos = std::size_t(positions[t]);
+        cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, inv_freq_.data(), Arch::rope);
+        cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, inv_freq_.data(), Arch::rope);
+        std::copy_n(k.row(t), c.kv_dim(), kv.key(pos));
+        std::copy_n(v.row(t), c.kv_dim(), kv.value(pos));
+      }
+      cpu::attention(pool, q, positions, kv, c.n_heads, c.n_kv_heads, c.head_dim, scale, att, scores_);
+      matmul(pool, lw.wo, att, proj);
+      add_in_place(x, proj);
+
+      // FFN block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x)))
+      for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
+      matmul(pool, lw.w_gate, xb, gate);
+      matmul(pool, lw.w_up, xb, up);
+      if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
+      matmul(pool, lw.w_down, gate, proj);
+      add_in_place(x, proj);
+    }
+
+    if (logits.rows == 0) return;   // a prompt chunk whose logits nobody asked for
+    const std::size_t first = n - logits.rows;  // all rows, or only the last
+    MatrixView<float> xf = xb.rows_slice(0, logits.rows);
+    for (std::size_t t = 0; t < logits.rows; ++t)
+      cpu::rmsnorm(x.row(first + t), w_.output_norm.data(), xf.row(t), dim, c.norm_eps);
+    matmul(pool, w_.output, xf, logits);
+  }
+
+  static void add_in_place(MatrixView<float> x, MatrixView<const float> y) {
+    for (std::size_t t = 0; t < x.rows; ++t) {
+      float* a = x.row(t);
+      const float* b = y.row(t);
+      for (std::size_t i = 0; i < x.cols; ++i) a[i] += b[i];
+    }
+  }
+
+  void check_inputs(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                    KVCache& cache, MatrixView<float> logits) const {
+    if (tokens.size() != positions.size())
+      throw Error("forward: " + std::to_string(tokens.size()) + " tokens but " +
+                  std::to_string(positions.size()) + " positions");
+    if (tokens.empty()) throw Error("forward: no tokens");
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      if (tokens[i] < 0 || std::size_t(tokens[i]) >= cfg_.vocab_size)
+        throw Error("token id " + std::to_string(tokens[i]) + " out of range", "input " + std::to_string(i),
+                    "0 <= id < " + std::to_string(cfg_.vocab_size));
+      if (positions[i] < 0 || std::size_t(positions[i]) >= cache.capacity())
+        throw Error("position " + std::to_string(positions[i]) + " does not fit the KV cache",
+                    "input " + std::to_string(i), "0 <= position < " + std::to_string(cache.capacity()));
+    }
+    if (logits.cols != cfg_.vocab_size || (logits.rows != tokens.size() && logits.rows != 1))
+      throw Error("forward: logits must be [n_tokens or 1, " + std::to_string(cfg_.vocab_size) + "]");
+  }
+
+  ModelConfig cfg_;
+  TransformerWeights w_;
+  std::size_t max_batch_;
+  std::vector<float> inv_freq_;   // [head_dim / 2]
+  // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
+  AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
+  AlignedBuffer<float> scores_buf_;   // [threads, cache capacity] attention scores
+  MatrixView<float> scores_;
+};
+
+}  // namespace tinyllm

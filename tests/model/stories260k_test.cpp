@@ -1,0 +1,142 @@
+// stories260K (llama2.c format) against llama2.c's own outputs: logits, tokenization, greedy text.
+#include <tinyllm/tinyllm.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+
+using namespace tinyllm;
+
+namespace {
+
+std::vector<std::int32_t> header_ids(const std::filesystem::path& header, const std::string& key) {
+  std::ifstream in(header);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) != 0) continue;
+    std::istringstream words(line.substr(key.size() + 1));
+    std::vector<std::int32_t> ids;
+    for (std::int32_t id; words >> id;) ids.push_back(id);
+    return ids;
+  }
+  FAIL("no '" << key << "' line in " << header);
+  return {};
+}
+
+LoadedModel load_stories() {
+  LoadOptions opt;
+  opt.tokenizer_path = test::testdata("llama2c/tok512.bin").string();
+  return load(test::testdata("llama2c/stories260K.bin").string(), opt);
+}
+
+float top2_gap(const float* row, std::size_t n) {
+  float a = -INFINITY, b = -INFINITY;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (row[i] > a) { b = a; a = row[i]; } else if (row[i] > b) { b = row[i]; }
+  }
+  return a - b;
+}
+
+// Compares logits rows with llama2.c's: max abs difference, and argmax where the top-two gap is clear.
+void compare_rows(const std::vector<float>& got, const std::vector<float>& want, std::size_t vocab,
+                  float tol, float clear_gap) {
+  REQUIRE(got.size() == want.size());
+  float worst = 0;
+  for (std::size_t r = 0; r < want.size() / vocab; ++r) {
+    const float* g = got.data() + r * vocab;
+    const float* w = want.data() + r * vocab;
+    for (std::size_t i = 0; i < vocab; ++i) worst = std::max(worst, std::fabs(g[i] - w[i]));
+    if (top2_gap(w, vocab) > clear_gap)
+      REQUIRE_MESSAGE(argmax(std::span(g, vocab)) == argmax(std::span(w, vocab)), "row " << r);
+  }
+  MESSAGE("max abs logit difference to llama2.c: " << worst);
+  CHECK(worst <= tol);
+}
+
+}  // namespace
+
+TEST_CASE("stories260K: prompt encodes like llama2.c") {
+  TINYLLM_REQUIRE_TESTDATA("llama2c/stories260K.bin");
+  const LoadedModel lm = load_stories();
+  const auto ids = lm.tokenizer().encode("Once upon a time", true);
+  CHECK(ids == std::vector<std::int32_t>{1, 403, 407, 261, 378});
+}
+
+TEST_CASE("stories260K: logits of 25 positions match llama2.c within 1e-4, batched and one by one") {
+  TINYLLM_REQUIRE_TESTDATA("reference/once_upon_a_time_p25.logits.f32");
+  LoadedModel lm = load_stories();
+  const auto ids = header_ids(test::testdata("reference/once_upon_a_time_p25.header.txt"), "input_tokens");
+  const auto want = test::read_f32(test::testdata("reference/once_upon_a_time_p25.logits.f32"));
+  const std::size_t vocab = lm.config().vocab_size, n = ids.size();
+  REQUIRE(n == 25);
+  REQUIRE(vocab == 512);
+  std::vector<std::int32_t> pos(n);
+  for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
+
+  for (unsigned threads : {1u, 2u}) {
+    ThreadPool pool(threads);
+    SUBCASE("one batch") {
+      std::vector<float> got(n * vocab);
+      auto cache = lm.model().new_kv_cache();
+      lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(got.data(), n, vocab));
+      compare_rows(got, want, vocab, 1e-4f, 0.0f);
+    }
+    SUBCASE("one token at a time") {
+      std::vector<float> got(n * vocab);
+      auto cache = lm.model().new_kv_cache();
+      for (std::size_t i = 0; i < n; ++i)
+        lm.model().forward(pool, std::span(&ids[i], 1), std::span(&pos[i], 1), *cache,
+                           MatrixView<float>(got.data() + i * vocab, 1, vocab));
+      compare_rows(got, want, vocab, 1e-4f, 0.0f);
+    }
+  }
+}
+
+TEST_CASE("stories260K: 200 positions in chunks of 7 match llama2.c where its argmax is clear") {
+  TINYLLM_REQUIRE_TESTDATA("reference/once_upon_a_time_p200.logits.f32");
+  LoadOptions opt;
+  opt.max_batch = 7;   // prefill in chunks whose edges fall anywhere
+  opt.tokenizer_path = test::testdata("llama2c/tok512.bin").string();
+  LoadedModel lm = load(test::testdata("llama2c/stories260K.bin").string(), opt);
+  const auto ids = header_ids(test::testdata("reference/once_upon_a_time_p200.header.txt"), "input_tokens");
+  const auto want = test::read_f32(test::testdata("reference/once_upon_a_time_p200.logits.f32"));
+  const std::size_t vocab = lm.config().vocab_size, n = ids.size();
+  std::vector<std::int32_t> pos(n);
+  for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
+  std::vector<float> got(n * vocab);
+  ThreadPool pool(2);
+  auto cache = lm.model().new_kv_cache();
+  lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(got.data(), n, vocab));
+  compare_rows(got, want, vocab, 1e-3f, 0.02f);
+}
+
+TEST_CASE("stories260K: greedy -n 200 reproduces llama2.c's text byte for byte") {
+  TINYLLM_REQUIRE_TESTDATA("reference/Once_upon_a_time_n200.txt");
+  LoadedModel lm = load_stories();
+  const Tokenizer& tok = lm.tokenizer();
+  const auto prompt = tok.encode("Once upon a time", true);
+  // llama2.c's -n 200 runs forward at positions 0..199 and prints the token each one yields
+  // (teacher-forced prompt tokens first), then a newline: 200 - (prompt - 1) generated tokens.
+  GenerateOptions g;
+  g.max_new_tokens = 200 - prompt.size() + 1;
+  g.sampling.temperature = 0.0f;
+  g.stop_tokens = {tok.bos()};
+  std::string text;
+  for (std::size_t i = 1; i < prompt.size(); ++i) text += tok.decode(prompt[i - 1], prompt[i]);
+  std::int32_t prev = prompt.back();
+  ThreadPool pool(2);
+  generate(pool, lm.model(), prompt, g, [&](std::int32_t id) {
+    text += tok.decode(prev, id);
+    prev = id;
+    return true;
+  });
+  text += "\n";
+  const auto want_bytes = test::read_bytes(test::testdata("reference/Once_upon_a_time_n200.txt"));
+  const std::string want(want_bytes.begin(), want_bytes.end());
+  CHECK(text == want);
+}

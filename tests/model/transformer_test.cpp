@@ -1,0 +1,137 @@
+// The transformer on a synthetic model: batching, chunking and threading do not change the
+// logits; bad inputs are errors; the loader checks what it binds.
+#include <tinyllm/tinyllm.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "test_util.hpp"
+
+using namespace tinyllm;
+
+namespace {
+
+std::vector<std::int32_t> iota_positions(std::size_t n) {
+  std::vector<std::int32_t> p(n);
+  for (std::size_t i = 0; i < n; ++i) p[i] = std::int32_t(i);
+  return p;
+}
+
+std::vector<std::int32_t> some_tokens(std::size_t n, std::size_t vocab) {
+  std::vector<std::int32_t> ids(n);
+  SplitMix64 rng(7);
+  for (auto& id : ids) id = std::int32_t(rng.next() % vocab);
+  return ids;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+std::vector<float> all_logits(LoadedModel& lm, ThreadPool& pool, const std::vector<std::int32_t>& ids, bool one_by_one) {
+  const std::size_t vocab = lm.config().vocab_size, n = ids.size();
+  const auto pos = iota_positions(n);
+  std::vector<float> out(n * vocab);
+  auto cache = lm.model().new_kv_cache();
+  if (!one_by_one) {
+    lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(out.data(), n, vocab));
+  } else {
+    for (std::size_t i = 0; i < n; ++i)
+      lm.model().forward(pool, std::span(&ids[i], 1), std::span(&pos[i], 1), *cache,
+                         MatrixView<float>(out.data() + i * vocab, 1, vocab));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("synthetic Llama: prefill, decode, chunked prefill and thread counts agree") {
+  for (DType type : {DType::F32, DType::F16}) {
+    CAPTURE(name(type));
+    LoadOptions chunked;
+    chunked.max_batch = 5;
+    LoadedModel whole = load_synthetic("tiny", type, 3);
+    LoadedModel chunks = load_synthetic("tiny", type, 3, chunked);
+    const auto ids = some_tokens(37, whole.config().vocab_size);
+    ThreadPool one(1), two(2);
+    const auto batch = all_logits(whole, one, ids, false);
+    // Different summation orders only: float32 rounding, on logits of magnitude ~1.
+    CHECK(max_abs_diff(batch, all_logits(whole, one, ids, true)) < 1e-4f);
+    CHECK(max_abs_diff(batch, all_logits(chunks, two, ids, false)) < 1e-4f);
+    CHECK(max_abs_diff(batch, all_logits(whole, two, ids, true)) < 1e-4f);
+    // The last-row-only form gives the last row.
+    std::vector<float> last(whole.config().vocab_size);
+    auto cache = whole.model().new_kv_cache();
+    whole.model().forward(one, ids, iota_positions(ids.size()), *cache, MatrixView<float>(last.data(), 1, last.size()));
+    CHECK(max_abs_diff(last, std::vector<float>(batch.end() - last.size(), batch.end())) < 1e-4f);
+  }
+}
+
+TEST_CASE("synthetic Llama: seeds give different models, the same seed the same model") {
+  LoadedModel a = load_synthetic("tiny", DType::F32, 1), b = load_synthetic("tiny", DType::F32, 1),
+              c = load_synthetic("tiny", DType::F32, 2);
+  ThreadPool pool(1);
+  const auto ids = some_tokens(4, a.config().vocab_size);
+  const auto la = all_logits(a, pool, ids, false);
+  CHECK(la == all_logits(b, pool, ids, false));
+  CHECK(max_abs_diff(la, all_logits(c, pool, ids, false)) > 1e-3f);
+}
+
+TEST_CASE("forward rejects bad tokens, positions and shapes with a clear Error") {
+  LoadedModel lm = load_synthetic();
+  ThreadPool pool(1);
+  const std::size_t vocab = lm.config().vocab_size;
+  std::vector<float> logits(vocab);
+  MatrixView<float> out(logits.data(), 1, vocab);
+  auto cache = lm.model().new_kv_cache(8);
+  const std::int32_t zero = 0, bad_token = std::int32_t(vocab), negative = -1, far = 8;
+  auto message = [&](auto&& f) {
+    try { f(); } catch (const Error& e) { return std::string(e.what()); }
+    return std::string("no error");
+  };
+  CHECK(message([&] { lm.model().forward(pool, std::span(&bad_token, 1), std::span(&zero, 1), *cache, out); })
+            .find("token id 512 out of range") != std::string::npos);
+  CHECK(message([&] { lm.model().forward(pool, std::span(&negative, 1), std::span(&zero, 1), *cache, out); })
+            .find("token id -1") != std::string::npos);
+  CHECK(message([&] { lm.model().forward(pool, std::span(&zero, 1), std::span(&far, 1), *cache, out); })
+            .find("does not fit the KV cache") != std::string::npos);
+  CHECK(message([&] { lm.model().forward(pool, std::span(&zero, 1), std::span(&zero, 1), *cache,
+                                         MatrixView<float>(logits.data(), 1, vocab - 1)); })
+            .find("logits must be") != std::string::npos);
+}
+
+TEST_CASE("generate: greedy output is deterministic and stops at length and at stop tokens") {
+  LoadedModel lm = load_synthetic();
+  ThreadPool pool(2);
+  const auto prompt = lm.tokenizer().encode("hello there", true);
+  GenerateOptions g;
+  g.max_new_tokens = 20;
+  g.sampling.temperature = 0;
+  std::vector<std::int32_t> first, second;
+  const auto stats = generate(pool, lm.model(), prompt, g, [&](std::int32_t id) { first.push_back(id); return true; });
+  generate(pool, lm.model(), prompt, g, [&](std::int32_t id) { second.push_back(id); return true; });
+  CHECK(first.size() == 20);
+  CHECK(stats.generated_tokens == 20);
+  CHECK(first == second);
+  g.stop_tokens = {first[5]};
+  std::vector<std::int32_t> stopped;
+  generate(pool, lm.model(), prompt, g, [&](std::int32_t id) { stopped.push_back(id); return true; });
+  const auto at = std::find(first.begin(), first.end(), first[5]) - first.begin();
+  CHECK(stopped == std::vector<std::int32_t>(first.begin(), first.begin() + at));
+}
+
+TEST_CASE("loader: an unknown architecture or shape is named") {
+  GGUFWriter w;
+  write_synthetic_llama(w, synthetic_shape("tiny"), DType::F32, 1);
+  w.set_string("general.architecture", "mamba");
+  try {
+    load_gguf_bytes(w.to_bytes(), "mamba.gguf");
+    FAIL("loaded an unknown architecture");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("unsupported architecture 'mamba'") != std::string::npos);
+  }
+  CHECK_THROWS_AS(synthetic_shape("llama-9000"), Error);
+}
