@@ -73,28 +73,27 @@ void BM_read_bandwidth(benchmark::State& state) {
 BENCHMARK(BM_read_bandwidth)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Args: threads. Independent FMA chains on registers only: the compute roofline for prefill.
+// The chains start from different values so that the compiler cannot merge them.
 void BM_fma_peak(benchmark::State& state) {
   ThreadPool pool(unsigned(state.range(0)));
-  constexpr std::size_t kSteps = 1 << 20;
-  std::vector<float> sink(pool.size() * 64);
+  constexpr std::size_t kChains = 16, kSteps = 1 << 18;
+  std::vector<float> sink(pool.size() * 16);
   for (auto _ : state) {
     pool.run([&](unsigned t, unsigned) {
       const hn::ScalableTag<float> d;
       const auto m = hn::Set(d, 0.999f), c = hn::Set(d, 1e-3f);
-      auto a0 = hn::Set(d, 1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-      auto a8 = a0, a9 = a0, a10 = a0, a11 = a0;  // 12 chains cover 2 pipes x 4-cycle latency, with room
-      for (std::size_t i = 0; i < kSteps; ++i) {
-        a0 = hn::MulAdd(a0, m, c), a1 = hn::MulAdd(a1, m, c), a2 = hn::MulAdd(a2, m, c), a3 = hn::MulAdd(a3, m, c);
-        a4 = hn::MulAdd(a4, m, c), a5 = hn::MulAdd(a5, m, c), a6 = hn::MulAdd(a6, m, c), a7 = hn::MulAdd(a7, m, c);
-        a8 = hn::MulAdd(a8, m, c), a9 = hn::MulAdd(a9, m, c), a10 = hn::MulAdd(a10, m, c), a11 = hn::MulAdd(a11, m, c);
-      }
-      const auto sum = hn::Add(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)), hn::Add(hn::Add(a4, a5), hn::Add(a6, a7)));
-      sink[t * 64] = hn::GetLane(hn::Add(sum, hn::Add(hn::Add(a8, a9), hn::Add(a10, a11))));
+      hn::Vec<decltype(d)> acc[kChains];
+      for (std::size_t j = 0; j < kChains; ++j) acc[j] = hn::Set(d, 1.0f + float(j + t));
+      for (std::size_t i = 0; i < kSteps; ++i)
+        for (std::size_t j = 0; j < kChains; ++j) acc[j] = hn::MulAdd(acc[j], m, c);
+      auto sum = acc[0];
+      for (std::size_t j = 1; j < kChains; ++j) sum = hn::Add(sum, acc[j]);
+      sink[t * 16] = hn::GetLane(sum);
     });
     benchmark::DoNotOptimize(sink.data());
   }
   const double lanes = double(hn::Lanes(hn::ScalableTag<float>()));
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * 12 * lanes * kSteps * pool.size(),
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * kChains * lanes * kSteps * pool.size(),
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_fma_peak)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime();

@@ -557,6 +557,33 @@ class GGUFWriter {
   }
 
   std::vector<std::byte> to_bytes() const {
+    std::vector<std::byte> out = header();
+    for (const auto& t : tensors_) {
+      out.insert(out.end(), t.data.begin(), t.data.end());
+      out.resize(padded(out.size()));
+    }
+    return out;
+  }
+
+  // Streams to the file: memory stays at the tensors already held, not twice that.
+  void write(const std::string& path) const {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) throw Error(std::string("cannot create file: ") + std::strerror(errno), path);
+    const std::vector<std::byte> head = header();
+    const std::vector<std::byte> zeros(alignment_);
+    bool written = std::fwrite(head.data(), 1, head.size(), f) == head.size();
+    for (const auto& t : tensors_) {
+      const std::size_t pad = padded(t.data.size()) - t.data.size();
+      written = written && std::fwrite(t.data.data(), 1, t.data.size(), f) == t.data.size() &&
+                std::fwrite(zeros.data(), 1, pad, f) == pad;
+    }
+    const bool closed = std::fclose(f) == 0;
+    if (!written || !closed) throw Error(std::string("cannot write file: ") + std::strerror(errno), path);
+  }
+
+ private:
+  // Everything before the data section: magic, version, counts, metadata, tensor infos, padding.
+  std::vector<std::byte> header() const {
     std::vector<std::byte> out;
     const bool write_alignment = alignment_ != kGGUFDefaultAlignment;
     put<std::uint32_t>(out, kGGUFMagic);
@@ -576,23 +603,9 @@ class GGUFWriter {
       offset += padded(t.data.size());
     }
     out.resize(padded(out.size()));
-    for (const auto& t : tensors_) {
-      out.insert(out.end(), t.data.begin(), t.data.end());
-      out.resize(padded(out.size()));
-    }
     return out;
   }
 
-  void write(const std::string& path) const {
-    const auto bytes = to_bytes();
-    std::FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f) throw Error(std::string("cannot create file: ") + std::strerror(errno), path);
-    const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-    const bool closed = std::fclose(f) == 0;
-    if (!written || !closed) throw Error(std::string("cannot write file: ") + std::strerror(errno), path);
-  }
-
- private:
   struct PendingTensor {
     std::string name;
     DType type;

@@ -68,6 +68,8 @@ inline void add_synthetic_vocab(GGUFWriter& out, std::size_t vocab) {
     types.push_back(6);                          // byte
   }
   const std::string marker = "\xE2\x96\x81";     // U+2581, SentencePiece's space
+  tokens.push_back(marker);
+  types.push_back(1);                            // normal
   const std::string letters = "etaoinshrdlcumwfgypbvkjxqz";
   std::vector<std::string> words = {""};
   while (tokens.size() < vocab) {

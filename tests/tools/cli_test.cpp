@@ -1,0 +1,77 @@
+// tinyllm-run and tinyllm-logits as a user runs them: output, exit codes, error messages.
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "test_util.hpp"
+
+#if defined(TINYLLM_RUN_BIN) && defined(TINYLLM_LOGITS_BIN)
+
+namespace {
+
+struct Outcome { int status; std::string out; };
+
+// Runs a shell command; stdout is captured, stderr is folded in when `with_stderr`.
+Outcome shell(const std::string& cmd, bool with_stderr = false) {
+  std::FILE* p = popen((cmd + (with_stderr ? " 2>&1" : " 2>/dev/null")).c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  std::array<char, 4096> buf;
+  for (std::size_t n; (n = std::fread(buf.data(), 1, buf.size(), p)) > 0;) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string q(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
+
+}  // namespace
+
+TEST_CASE("tinyllm-run with no model generates from the embedded default") {
+  const Outcome r = shell(std::string(TINYLLM_RUN_BIN) + " -n 8 --seed 3", true);
+  CHECK(r.status == 0);
+  CHECK(r.out.find("embedded random-weight model") != std::string::npos);
+  CHECK(r.out.find("generation: 8 tokens") != std::string::npos);
+}
+
+TEST_CASE("tinyllm-run prints llama2.c's greedy text for stories260K") {
+  TINYLLM_REQUIRE_TESTDATA("reference/Once_upon_a_time_n200.txt");
+  // llama2.c's -n 200 counts the 5 prompt positions; 196 tokens follow the prompt.
+  const Outcome r = shell(std::string(TINYLLM_RUN_BIN) + " -m " + q(tinyllm::test::testdata("llama2c/stories260K.bin")) +
+                          " -z " + q(tinyllm::test::testdata("llama2c/tok512.bin")) +
+                          " -p 'Once upon a time' -n 196 --temp 0 -t 2");
+  CHECK(r.status == 0);
+  const auto want = tinyllm::test::read_bytes(tinyllm::test::testdata("reference/Once_upon_a_time_n200.txt"));
+  CHECK(r.out == std::string(want.begin(), want.end()));
+}
+
+TEST_CASE("tinyllm-logits writes llama2.c's 25 rows of logits for stories260K") {
+  TINYLLM_REQUIRE_TESTDATA("reference/once_upon_a_time_p25.logits.f32");
+  const auto out = std::filesystem::temp_directory_path() / "tinyllm_cli_test_logits.f32";
+  const Outcome r = shell(std::string(TINYLLM_LOGITS_BIN) + " -m " + q(tinyllm::test::testdata("llama2c/stories260K.bin")) +
+                          " --ids '1 403 407 261 378' --greedy 20 -o " + q(out));
+  REQUIRE(r.status == 0);
+  const auto got = tinyllm::test::read_f32(out);
+  const auto want = tinyllm::test::read_f32(tinyllm::test::testdata("reference/once_upon_a_time_p25.logits.f32"));
+  REQUIRE(got.size() == want.size());
+  float worst = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+  CHECK(worst <= 1e-4f);
+  std::filesystem::remove(out);
+}
+
+TEST_CASE("bad input to the programs is a clear error and exit status 1") {
+  Outcome r = shell(std::string(TINYLLM_RUN_BIN) + " -m /nonexistent/model.gguf", true);
+  CHECK(r.status == 1);
+  CHECK(r.out.find("/nonexistent/model.gguf") != std::string::npos);
+  r = shell(std::string(TINYLLM_LOGITS_BIN) + " -m /nonexistent.gguf --ids '1 x' -o /dev/null", true);
+  CHECK(r.status == 1);
+  const auto model = std::filesystem::temp_directory_path() / "tinyllm_cli_test_not_a_model.bin";
+  { std::ofstream(model) << "definitely not a model"; }
+  r = shell(std::string(TINYLLM_LOGITS_BIN) + " -m " + q(model) + " --ids '1' -o /dev/null", true);
+  CHECK(r.status == 1);
+  CHECK(r.out.find("tinyllm:") != std::string::npos);
+  std::filesystem::remove(model);
+}
+
+#endif
