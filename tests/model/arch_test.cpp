@@ -1,0 +1,110 @@
+// Random-weight models of each architecture against llama.cpp's logits (../shared/testdata/arch):
+// the 64 prompt rows as one batch, then the 16 decode rows fed one token at a time with
+// llama.cpp's greedy ids (on random weights greedy choices are near-ties, so ours are not used).
+#include <tinyllm/tinyllm.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+
+using namespace tinyllm;
+
+namespace {
+
+std::vector<std::int32_t> header_ids(const std::filesystem::path& header, const std::string& key) {
+  std::ifstream in(header);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) != 0) continue;
+    std::istringstream words(line.substr(key.size() + 1));
+    std::vector<std::int32_t> ids;
+    for (std::string w; words >> w && w != "#";) ids.push_back(std::stoi(w));
+    return ids;
+  }
+  FAIL("no '" << key << "' line in " << header);
+  return {};
+}
+
+float top2_gap(const float* row, std::size_t n) {
+  float a = -INFINITY, b = -INFINITY;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (row[i] > a) { b = a; a = row[i]; } else if (row[i] > b) { b = row[i]; }
+  }
+  return a - b;
+}
+
+void compare(const float* got, const float* want, std::size_t rows, std::size_t vocab, float tol, const std::string& what) {
+  float worst = 0;
+  for (std::size_t r = 0; r < rows; ++r) {
+    const float* g = got + r * vocab;
+    const float* w = want + r * vocab;
+    for (std::size_t i = 0; i < vocab; ++i) worst = std::max(worst, std::fabs(g[i] - w[i]));
+    if (top2_gap(w, vocab) > 1e-2f)
+      CHECK_MESSAGE(argmax(std::span(g, vocab)) == argmax(std::span(w, vocab)), what << " row " << r);
+  }
+  MESSAGE(what << ": max abs difference to llama.cpp " << worst << " (tolerance " << tol << ")");
+  CHECK(worst <= tol);
+}
+
+// Runs NAME.gguf on NAME.header.txt's ids and compares with NAME.logits.f32 and NAME.decode.f32.
+void check_against_llama_cpp(const std::string& model, const std::string& ref, float tol) {
+  const auto dir = test::testdata("arch");
+  LoadedModel lm = load((dir / (model + ".gguf")).string());
+  const auto header = dir / (ref + ".header.txt");
+  const auto ids = header_ids(header, "ids");
+  const auto greedy = header_ids(header, "greedy_ids");
+  const auto prompt_want = test::read_f32(dir / (ref + ".logits.f32"));
+  const auto decode_want = test::read_f32(dir / (ref + ".decode.f32"));
+  const std::size_t vocab = lm.config().vocab_size, n = ids.size(), steps = decode_want.size() / vocab;
+  REQUIRE(prompt_want.size() == n * vocab);
+  REQUIRE(greedy.size() >= steps);
+
+  ThreadPool pool(2);
+  auto cache = lm.model().new_kv_cache(n + steps);
+  std::vector<std::int32_t> pos(n);
+  for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
+  std::vector<float> got(n * vocab);
+  lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(got.data(), n, vocab));
+  compare(got.data(), prompt_want.data(), n, vocab, tol, "prompt");
+
+  std::vector<float> dec(steps * vocab);
+  for (std::size_t s = 0; s < steps; ++s) {
+    const std::int32_t p = std::int32_t(n + s);
+    lm.model().forward(pool, std::span(&greedy[s], 1), std::span(&p, 1), *cache,
+                       MatrixView<float>(dec.data() + s * vocab, 1, vocab));
+  }
+  compare(dec.data(), decode_want.data(), steps, vocab, tol, "decode");
+}
+
+}  // namespace
+
+TEST_CASE("llama (F32) matches llama.cpp within 1e-3") {
+  TINYLLM_REQUIRE_TESTDATA("arch/llama.gguf");
+  check_against_llama_cpp("llama", "llama", 1e-3f);
+}
+
+TEST_CASE("stories260K from GGUF matches its llama2.c file") {
+  TINYLLM_REQUIRE_TESTDATA("arch/stories260K.gguf");
+  LoadOptions opt;
+  LoadedModel g = load(test::testdata("arch/stories260K.gguf").string());
+  opt.tokenizer_path = test::testdata("llama2c/tok512.bin").string();
+  LoadedModel b = load(test::testdata("llama2c/stories260K.bin").string(), opt);
+  const auto ids = g.tokenizer().encode("Once upon a time", true);
+  CHECK(ids == b.tokenizer().encode("Once upon a time", true));
+  const std::size_t vocab = g.config().vocab_size, n = ids.size();
+  std::vector<std::int32_t> pos(n);
+  for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
+  std::vector<float> lg(n * vocab), lb(n * vocab);
+  ThreadPool pool(1);
+  auto cg = g.model().new_kv_cache(n), cb = b.model().new_kv_cache(n);
+  g.model().forward(pool, ids, pos, *cg, MatrixView<float>(lg.data(), n, vocab));
+  b.model().forward(pool, ids, pos, *cb, MatrixView<float>(lb.data(), n, vocab));
+  float worst = 0;
+  for (std::size_t i = 0; i < lg.size(); ++i) worst = std::max(worst, std::fabs(lg[i] - lb[i]));
+  CHECK(worst < 1e-5f);
+}
