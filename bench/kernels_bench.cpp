@@ -183,7 +183,7 @@ void BM_attention(benchmark::State& state) {
   for (std::int32_t p : positions) flops += 4.0 * double(n_heads) * double(head_dim) * double(p + 1);
   for (auto _ : state) {
     cpu::attention(pool, MatrixView<const float>(q.data(), n_tok, q_dim), positions, kv, n_heads, n_kv, head_dim,
-                   0.125f, MatrixView<float>(out.data(), n_tok, q_dim), MatrixView<float>(scratch.data(), pool.size(), n_ctx));
+                   {.scale = 0.125f}, MatrixView<float>(out.data(), n_tok, q_dim), MatrixView<float>(scratch.data(), pool.size(), n_ctx));
     benchmark::ClobberMemory();
   }
   state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);

@@ -484,6 +484,24 @@ class ThreadPool {
 #include <cstdint>
 #include <span>
 
+// ---- tinyllm/kernels/attention_params.hpp ----
+// The per-layer knobs of attention, shared by the reference and the SIMD kernels.
+#include <cstddef>
+
+namespace tinyllm {
+
+struct AttentionParams {
+  float scale = 1.0f;       // scores = (q · k) * scale, usually 1 / sqrt(head_dim)
+  std::size_t window = 0;   // > 0: a token at position p sees only positions (p - window, p]
+  float softcap = 0.0f;     // > 0: scores = softcap * tanh(scores / softcap) before the softmax
+};
+
+// The first cache position a query at `pos` attends to.
+inline std::size_t attention_start(std::size_t pos, std::size_t window) {
+  return window > 0 && pos + 1 > window ? pos + 1 - window : 0;
+}
+
+}  // namespace tinyllm
 // ---- tinyllm/kernels/kv_view.hpp ----
 // The keys and values of one layer of one sequence, reached through a block table. A contiguous
 // cache is one block of `capacity` tokens; a paged cache hands out many blocks in any order.
@@ -594,31 +612,50 @@ inline void swiglu(float* gate, const float* up, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) gate[i] = static_cast<float>(silu_value(gate[i]) * up[i]);
 }
 
+// GELU in its tanh form, as GPT-2, Gemma and ggml compute it.
+inline double gelu_value(double v) {
+  return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+}
+
+// gate[i] = gelu(gate[i]) * up[i].
+inline void geglu(float* gate, const float* up, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) gate[i] = static_cast<float>(gelu_value(gate[i]) * up[i]);
+}
+
+// x[i] = cap * tanh(x[i] / cap), in place: Gemma 2's soft-capping of logits.
+inline void softcap(float* x, std::size_t n, float cap) {
+  for (std::size_t i = 0; i < n; ++i) x[i] = static_cast<float>(cap * std::tanh(double(x[i]) / cap));
+}
+
 // Causal grouped-query attention. q, out: [n_tok, n_heads * head_dim]. Token t attends to cache
-// positions 0..positions[t]; head h reads KV head h / (n_heads / n_kv_heads). scratch: at least
-// one row of max(positions) + 1 floats (the reference uses only row 0).
+// positions attention_start(positions[t], window)..positions[t]; head h reads KV head
+// h / (n_heads / n_kv_heads). scratch: at least one row of max(positions) + 1 floats (the
+// reference uses only row 0).
 inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span<const std::int32_t> positions,
                       const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                      float scale, MatrixView<float> out, MatrixView<float> scratch) {
+                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
   const std::size_t group = n_heads / n_kv_heads;
   float* scores = scratch.row(0);
   for (std::size_t t = 0; t < positions.size(); ++t) {
-    const std::size_t n_pos = static_cast<std::size_t>(positions[t]) + 1;
-    assert(n_pos <= scratch.cols);
+    const auto pos = static_cast<std::size_t>(positions[t]);
+    const std::size_t first = attention_start(pos, params.window), n_pos = pos + 1 - first;
+    assert(pos < scratch.cols);
     for (std::size_t h = 0; h < n_heads; ++h) {
       const float* qh = q.row(t) + h * head_dim;
       const std::size_t kv_offset = (h / group) * head_dim;
       for (std::size_t p = 0; p < n_pos; ++p) {
-        const float* k = kv.key(p) + kv_offset;
+        const float* k = kv.key(first + p) + kv_offset;
         double dot = 0;
         for (std::size_t i = 0; i < head_dim; ++i) dot += double(qh[i]) * k[i];
-        scores[p] = static_cast<float>(dot * scale);
+        dot *= params.scale;
+        if (params.softcap > 0) dot = params.softcap * std::tanh(dot / params.softcap);
+        scores[p] = static_cast<float>(dot);
       }
       softmax(scores, n_pos);
       for (std::size_t i = 0; i < head_dim; ++i) {
         double acc = 0;
-        for (std::size_t p = 0; p < n_pos; ++p) acc += double(scores[p]) * kv.value(p)[kv_offset + i];
+        for (std::size_t p = 0; p < n_pos; ++p) acc += double(scores[p]) * kv.value(first + p)[kv_offset + i];
         out.row(t)[h * head_dim + i] = static_cast<float>(acc);
       }
     }
@@ -729,6 +766,13 @@ HWY_INLINE VF silu_vec(VF x) {
   return hn::Mul(x, hn::Div(numerator, hn::Add(one, e)));
 }
 
+// GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+HWY_INLINE VF gelu_vec(VF x) {
+  const DF d;
+  const VF inner = hn::Mul(hn::Set(d, 0.7978845608028654f), hn::MulAdd(hn::Mul(hn::Set(d, 0.044715f), x), hn::Mul(x, x), x));
+  return hn::Mul(hn::Mul(hn::Set(d, 0.5f), x), hn::Add(hn::Set(d, 1.0f), hn::Tanh(d, inner)));
+}
+
 }  // namespace detail
 
 // x[i] = x[i] * sigmoid(x[i]), in place.
@@ -739,6 +783,18 @@ inline void silu(float* x, std::size_t n) {
 // gate[i] = silu(gate[i]) * up[i].
 inline void swiglu(float* gate, const float* up, std::size_t n) {
   detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) { return hn::Mul(detail::silu_vec(g), u); });
+}
+
+// gate[i] = gelu(gate[i]) * up[i].
+inline void geglu(float* gate, const float* up, std::size_t n) {
+  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) { return hn::Mul(detail::gelu_vec(g), u); });
+}
+
+// x[i] = cap * tanh(x[i] / cap), in place.
+inline void softcap(float* x, std::size_t n, float cap) {
+  const detail::DF d;
+  const float inv = 1.0f / cap;
+  detail::map1(x, n, [&](detail::VF v) { return hn::Mul(hn::Set(d, cap), hn::Tanh(d, hn::Mul(v, hn::Set(d, inv)))); });
 }
 
 }  // namespace tinyllm::cpu
@@ -800,10 +856,10 @@ inline void softmax(float* x, std::size_t n) {
 namespace tinyllm::cpu {
 namespace detail {
 
-// out[0, head_dim) = sum_p weights[p] * value(p)[offset ..]. Up to four vectors of the output
+// out[0, head_dim) = sum_p weights[p] * value(first + p)[offset ..]. Up to four vectors of the output
 // stay in registers while the positions stream past.
-HWY_INLINE void weighted_values(const float* weights, std::size_t n_pos, const KVLayerView& kv, std::size_t offset,
-                                std::size_t head_dim, float* out) {
+HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
+                                std::size_t offset, std::size_t head_dim, float* out) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   for (std::size_t j = 0; j < head_dim; j += 4 * N) {
@@ -812,7 +868,7 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t n_pos, const K
                m2 = hn::FirstN(d, left > 2 * N ? left - 2 * N : 0), m3 = hn::FirstN(d, left > 3 * N ? left - 3 * N : 0);
     VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
     for (std::size_t p = 0; p < n_pos; ++p) {
-      const float* v = kv.value(p) + offset + j;
+      const float* v = kv.value(first + p) + offset + j;
       const VF s = hn::Set(d, weights[p]);
       a0 = hn::MulAdd(s, hn::MaskedLoad(m0, d, v), a0);
       a1 = hn::MulAdd(s, hn::MaskedLoad(m1, d, v + N), a1);
@@ -826,23 +882,26 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t n_pos, const K
   }
 }
 
-// One query head against cache positions [0, n_pos) of its KV head; scores: n_pos floats.
-HWY_INLINE void attend_head(const float* q, std::size_t n_pos, const KVLayerView& kv, std::size_t offset,
-                            std::size_t head_dim, float scale, float* scores, float* out) {
-  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key(p) + offset, head_dim) * scale;
+// One query head against cache positions [first, first + n_pos) of its KV head; scores: n_pos floats.
+HWY_INLINE void attend_head(const float* q, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
+                            std::size_t offset, std::size_t head_dim, const AttentionParams& params, float* scores,
+                            float* out) {
+  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key(first + p) + offset, head_dim) * params.scale;
+  if (params.softcap > 0) softcap(scores, n_pos, params.softcap);
   softmax(scores, n_pos);
-  weighted_values(scores, n_pos, kv, offset, head_dim, out);
+  weighted_values(scores, first, n_pos, kv, offset, head_dim, out);
 }
 
 }  // namespace detail
 
 // Causal attention with grouped-query heads. q, out: [n_tok, n_heads * head_dim]. Token t attends
-// to cache positions 0..positions[t] (already written); head h reads KV head h / (n_heads / n_kv_heads).
-// scratch: [pool.size(), >= max(positions) + 1], one row of scores per thread.
-// (token, head) pairs are handed out one at a time, since their costs differ with the position.
+// to cache positions attention_start(positions[t], window)..positions[t] (already written); head h
+// reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= max(positions) + 1], one row
+// of scores per thread. (token, head) pairs are handed out one at a time, since their costs differ
+// with the position.
 inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
                       const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                      float scale, MatrixView<float> out, MatrixView<float> scratch) {
+                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
   assert(scratch.rows >= pool.size());
   const std::size_t group = n_heads / n_kv_heads;
@@ -853,10 +912,11 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
     for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
          item = next.fetch_add(1, std::memory_order_relaxed)) {
       const std::size_t t = item / n_heads, h = item % n_heads;
-      const std::size_t n_pos = static_cast<std::size_t>(positions[t]) + 1;
-      assert(n_pos <= scratch.cols);
-      detail::attend_head(q.row(t) + h * head_dim, n_pos, kv, (h / group) * head_dim, head_dim, scale, scores,
-                          out.row(t) + h * head_dim);
+      const auto pos = static_cast<std::size_t>(positions[t]);
+      const std::size_t first = attention_start(pos, params.window);
+      assert(pos < scratch.cols);
+      detail::attend_head(q.row(t) + h * head_dim, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim,
+                          params, scores, out.row(t) + h * head_dim);
     }
   });
 }
@@ -896,6 +956,82 @@ inline constexpr std::size_t kKChunk = 1024;
 // Weight bytes per row panel: a quarter of a 1 MiB L2.
 inline constexpr std::size_t kPanelBytes = 256 * 1024;
 
+// Out of registers (R * T accumulators), GCC folds the token load into each of the R FMAs that
+// use it: R loads instead of one, which makes the kernel load bound (about 30% slower on Zen 5).
+// An empty asm that may change v forces one load into a register.
+HWY_INLINE void keep_in_register(VF& v) {
+#if HWY_ARCH_X86 && HWY_COMPILER_GCC  // GCC and Clang
+  asm("" : "+v"(v.raw));
+#else
+  (void)v;
+#endif
+}
+
+// The 128-bit blocks of v added together.
+template <class D>
+HWY_INLINE hn::Vec<hn::Full128<float>> add_blocks(D d, hn::Vec<D> v) {
+  if constexpr (hn::MaxLanes(D()) > 4) {
+    const hn::Half<D> dh;
+    return add_blocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
+  } else {
+    return v;
+  }
+}
+
+// [sum(a), sum(b), sum(c), sum(e)]: one transposing tree instead of four separate reductions.
+HWY_INLINE hn::Vec<hn::Full128<float>> sum_of_four(DF d, VF a, VF b, VF c, VF e) {
+  const hn::Repartition<double, DF> dd;
+  // Within each 128-bit block: (a0 + a2, b0 + b2, a1 + a3, b1 + b3), likewise for c and e.
+  const VF ab = hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
+  const VF ce = hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e));
+  // Within each block: the block's partial sums of a, b, c, e.
+  const VF abce = hn::Add(hn::BitCast(d, hn::InterleaveLower(dd, hn::BitCast(dd, ab), hn::BitCast(dd, ce))),
+                          hn::BitCast(d, hn::InterleaveUpper(dd, hn::BitCast(dd, ab), hn::BitCast(dd, ce))));
+  return add_blocks(d, abce);
+}
+
+// y[t * y_stride + r] (+)= the sum of the lanes of acc[r][t].
+template <std::size_t R, std::size_t T>
+HWY_INLINE void store_sums(const VF (&acc)[R][T], float* y, std::size_t y_stride, bool accumulate) {
+  const DF d;
+  for (std::size_t t = 0; t < T; ++t) {
+    float* out = y + t * y_stride;
+    if constexpr (R == 4) {
+      const hn::Full128<float> d4;
+      const auto sums = sum_of_four(d, acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+      hn::StoreU(accumulate ? hn::Add(hn::LoadU(d4, out), sums) : sums, d4, out);
+    } else {
+      for (std::size_t r = 0; r < R; ++r) out[r] = (accumulate ? out[r] : 0.0f) + reduce_sum(d, acc[r][t]);
+    }
+  }
+}
+
+// y[r] (+)= dot(w row r, x) for one token. Streaming weights from memory needs parallelism more
+// than reuse: two accumulators per row double the loads and FMA chains in flight.
+template <std::size_t R, class W>
+HWY_INLINE void dot_rows(const W* HWY_RESTRICT w, std::size_t w_stride, const float* HWY_RESTRICT x, std::size_t n,
+                         float* HWY_RESTRICT y, bool accumulate) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  VF acc[R][1], acc2[R];
+  for (std::size_t r = 0; r < R; ++r) acc[r][0] = acc2[r] = hn::Zero(d);
+  std::size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    const VF x0 = hn::LoadU(d, x + i), x1 = hn::LoadU(d, x + i + N);
+    for (std::size_t r = 0; r < R; ++r) {
+      acc[r][0] = hn::MulAdd(load_f32(d, w + r * w_stride + i), x0, acc[r][0]);
+      acc2[r] = hn::MulAdd(load_f32(d, w + r * w_stride + i + N), x1, acc2[r]);
+    }
+  }
+  for (; i < n; i += N) {
+    const std::size_t left = std::min(N, n - i);
+    const VF xv = load_f32_partial(d, x + i, left);
+    for (std::size_t r = 0; r < R; ++r) acc[r][0] = hn::MulAdd(load_f32_partial(d, w + r * w_stride + i, left), xv, acc[r][0]);
+  }
+  for (std::size_t r = 0; r < R; ++r) acc[r][0] = hn::Add(acc[r][0], acc2[r]);
+  store_sums<R, 1>(acc, y, 0, accumulate);
+}
+
 // y[t * y_stride + r] (+)= dot(w row r, x row t) over n values, for r < R, t < T.
 template <std::size_t R, std::size_t T, class W>
 HWY_INLINE void dot_block(const W* HWY_RESTRICT w, std::size_t w_stride, const float* HWY_RESTRICT x,
@@ -912,7 +1048,8 @@ HWY_INLINE void dot_block(const W* HWY_RESTRICT w, std::size_t w_stride, const f
     VF wv[R];
     for (std::size_t r = 0; r < R; ++r) wv[r] = load_f32(d, w + r * w_stride + i);
     for (std::size_t t = 0; t < T; ++t) {
-      const VF xv = hn::LoadU(d, x + t * x_stride + i);
+      VF xv = hn::LoadU(d, x + t * x_stride + i);
+      keep_in_register(xv);
       for (std::size_t r = 0; r < R; ++r) acc[r][t] = hn::MulAdd(wv[r], xv, acc[r][t]);
     }
   }
@@ -925,12 +1062,7 @@ HWY_INLINE void dot_block(const W* HWY_RESTRICT w, std::size_t w_stride, const f
     }
   }
 
-  for (std::size_t t = 0; t < T; ++t)
-    for (std::size_t r = 0; r < R; ++r) {
-      const float sum = reduce_sum(d, acc[r][t]);
-      float& out = y[t * y_stride + r];
-      out = accumulate ? out + sum : sum;
-    }
+  store_sums<R, T>(acc, y, y_stride, accumulate);
 }
 
 // dot_block for r_count <= R rows and t_count <= T tokens, both known only at run time.
@@ -944,7 +1076,10 @@ HWY_INLINE void dot_block_any(std::size_t r_count, std::size_t t_count, const W*
   if constexpr (T > 1)
     if (t_count < T)
       return dot_block_any<R, T - 1>(r_count, t_count, w, w_stride, x, x_stride, n, y, y_stride, accumulate);
-  dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+  if constexpr (T == 1)
+    dot_rows<R>(w, w_stride, x, n, y, accumulate);
+  else
+    dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
 }
 
 // y[:, o0 .. o1] for one thread's share of the output rows.
@@ -1713,6 +1848,33 @@ class GGUFWriter {
   }
 
   std::vector<std::byte> to_bytes() const {
+    std::vector<std::byte> out = header();
+    for (const auto& t : tensors_) {
+      out.insert(out.end(), t.data.begin(), t.data.end());
+      out.resize(padded(out.size()));
+    }
+    return out;
+  }
+
+  // Streams to the file: memory stays at the tensors already held, not twice that.
+  void write(const std::string& path) const {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) throw Error(std::string("cannot create file: ") + std::strerror(errno), path);
+    const std::vector<std::byte> head = header();
+    const std::vector<std::byte> zeros(alignment_);
+    bool written = std::fwrite(head.data(), 1, head.size(), f) == head.size();
+    for (const auto& t : tensors_) {
+      const std::size_t pad = padded(t.data.size()) - t.data.size();
+      written = written && std::fwrite(t.data.data(), 1, t.data.size(), f) == t.data.size() &&
+                std::fwrite(zeros.data(), 1, pad, f) == pad;
+    }
+    const bool closed = std::fclose(f) == 0;
+    if (!written || !closed) throw Error(std::string("cannot write file: ") + std::strerror(errno), path);
+  }
+
+ private:
+  // Everything before the data section: magic, version, counts, metadata, tensor infos, padding.
+  std::vector<std::byte> header() const {
     std::vector<std::byte> out;
     const bool write_alignment = alignment_ != kGGUFDefaultAlignment;
     put<std::uint32_t>(out, kGGUFMagic);
@@ -1732,23 +1894,9 @@ class GGUFWriter {
       offset += padded(t.data.size());
     }
     out.resize(padded(out.size()));
-    for (const auto& t : tensors_) {
-      out.insert(out.end(), t.data.begin(), t.data.end());
-      out.resize(padded(out.size()));
-    }
     return out;
   }
 
-  void write(const std::string& path) const {
-    const auto bytes = to_bytes();
-    std::FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f) throw Error(std::string("cannot create file: ") + std::strerror(errno), path);
-    const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-    const bool closed = std::fclose(f) == 0;
-    if (!written || !closed) throw Error(std::string("cannot write file: ") + std::strerror(errno), path);
-  }
-
- private:
   struct PendingTensor {
     std::string name;
     DType type;
@@ -2340,33 +2488,117 @@ class Tokenizer {
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
-// ---- tinyllm/model/arch/llama.hpp ----
-// Llama (1, 2, and the Llama-architecture family: TinyLlama, llama2.c's models, Kanana):
-// pre-norm RMSNorm, SwiGLU FFN, RoPE on adjacent pairs as GGUF and llama2.c store Q and K.
+// ---- tinyllm/model/arch/all.hpp ----
+// Every architecture the loader knows, by general.architecture.
+#include <tuple>
+
+// ---- tinyllm/model/arch/gemma.hpp ----
+// Google's Gemma family. GGUF stores Gemma's RMSNorm weights with the 1 already added, so the
+// norms are plain RMSNorm here.
 #include <string_view>
 
 // ---- tinyllm/model/arch/traits.hpp ----
-// The vocabulary of architecture traits. An architecture is a struct of these constants; the
-// transformer is written once against them and `if constexpr` drops what a model does not use.
-// Each enum grows as architectures that need a new behaviour arrive.
+// The vocabulary of architecture traits. An architecture is a struct that derives from
+// ArchDefaults (which is plain Llama) and overrides what differs; the transformer is written once
+// against these constants and `if constexpr` drops what a model does not use. Sizes, windows,
+// RoPE bases and soft-cap values are data from the file, not traits.
+#include <cstddef>
+
 
 namespace tinyllm {
 
-enum class Norm { rms };     // RMSNorm with the weights applied as stored
-enum class Ffn { swiglu };   // gated FFN: down(silu(gate(x)) * up(x))
+enum class Ffn {
+  swiglu,   // down(silu(gate(x)) * up(x))
+  geglu,    // down(gelu(gate(x)) * up(x)), GELU in its tanh form
+};
+
+struct ArchDefaults {
+  static constexpr Ffn ffn = Ffn::swiglu;
+  static constexpr RopeStyle rope = RopeStyle::adjacent_pairs;
+  static constexpr bool scale_embeddings = false;  // x *= sqrt(n_embd) after the embedding lookup
+  static constexpr bool qkv_bias = false;          // biases on the Q, K and V projections
+  static constexpr bool qk_norm = false;           // RMSNorm over each head of Q and K, before RoPE
+  static constexpr bool post_norms = false;        // RMSNorm of each block's output before the residual add
+  static constexpr bool attn_softcap = false;      // scores = cap * tanh(scores / cap)
+  static constexpr bool final_softcap = false;     // logits = cap * tanh(logits / cap)
+  // Which layers use the sliding window, when the file sets one: 0 = every layer; p > 0 = every
+  // layer but each p-th (Gemma 2: p = 2, local/global alternating; Gemma 3: p = 6, 5 local then 1 global).
+  static constexpr std::size_t swa_period = 0;
+};
 
 }  // namespace tinyllm
 
 namespace tinyllm {
 
-struct Llama {
-  static constexpr std::string_view name = "llama";
-  static constexpr Norm norm = Norm::rms;
-  static constexpr Ffn ffn = Ffn::swiglu;
-  static constexpr RopeStyle rope = RopeStyle::adjacent_pairs;
+struct Gemma : ArchDefaults {
+  static constexpr std::string_view name = "gemma";
+  static constexpr Ffn ffn = Ffn::geglu;
+  static constexpr RopeStyle rope = RopeStyle::half_split;
+  static constexpr bool scale_embeddings = true;
 };
+
+struct Gemma2 : Gemma {
+  static constexpr std::string_view name = "gemma2";
+  static constexpr bool post_norms = true;
+  static constexpr bool attn_softcap = true;
+  static constexpr bool final_softcap = true;
+  static constexpr std::size_t swa_period = 2;
+};
+
+struct Gemma3 : Gemma {
+  static constexpr std::string_view name = "gemma3";
+  static constexpr bool post_norms = true;
+  static constexpr bool qk_norm = true;
+  static constexpr std::size_t swa_period = 6;
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/model/arch/llama.hpp ----
+// Llama 1/2/3/3.1 and the Llama-architecture family (TinyLlama, llama2.c's models, Kakao
+// Kanana): pre-norm RMSNorm, SwiGLU, RoPE on adjacent pairs as GGUF and llama2.c store Q and K.
+// Llama 3.1's RoPE frequency scaling arrives as data (the rope_freqs tensor).
+// Mistral is the same network with a sliding attention window on every layer.
+#include <string_view>
+
+
+namespace tinyllm {
+
+struct Llama : ArchDefaults {
+  static constexpr std::string_view name = "llama";
+};
+
+struct Mistral : ArchDefaults {
+  static constexpr std::string_view name = "mistral";
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/model/arch/qwen.hpp ----
+// Alibaba's Qwen 2 (biases on Q, K, V) and Qwen 3 (RMSNorm over each Q and K head instead).
+#include <string_view>
+
+
+namespace tinyllm {
+
+struct Qwen2 : ArchDefaults {
+  static constexpr std::string_view name = "qwen2";
+  static constexpr RopeStyle rope = RopeStyle::half_split;
+  static constexpr bool qkv_bias = true;
+};
+
+struct Qwen3 : ArchDefaults {
+  static constexpr std::string_view name = "qwen3";
+  static constexpr RopeStyle rope = RopeStyle::half_split;
+  static constexpr bool qk_norm = true;
+};
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+using KnownArchs = std::tuple<Llama, Mistral, Gemma, Gemma2, Gemma3, Qwen2, Qwen3>;
 
 }  // namespace tinyllm
 // ---- tinyllm/model/synthetic.hpp ----
@@ -2436,6 +2668,8 @@ inline void add_synthetic_vocab(GGUFWriter& out, std::size_t vocab) {
     types.push_back(6);                          // byte
   }
   const std::string marker = "\xE2\x96\x81";     // U+2581, SentencePiece's space
+  tokens.push_back(marker);
+  types.push_back(1);                            // normal
   const std::string letters = "etaoinshrdlcumwfgypbvkjxqz";
   std::vector<std::string> words = {""};
   while (tokens.size() < vocab) {
@@ -2552,6 +2786,12 @@ struct ModelConfig {
   std::size_t context = 0;       // the longest sequence the model was trained for
   float norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
+  float rope_theta_swa = 0.0f;       // RoPE base of sliding-window layers; 0 = rope_theta
+  float rope_linear_scale = 1.0f;    // positions divided by this on global layers (linear RoPE scaling)
+  std::size_t sliding_window = 0;    // positions a sliding-window layer sees, itself included; 0 = none
+  float attn_scale = 0.0f;           // scale of Q·K; 0 = 1 / sqrt(head_dim)
+  float attn_softcap = 0.0f;         // used by architectures with soft-capping traits
+  float final_softcap = 0.0f;
 
   std::size_t q_dim() const { return n_heads * head_dim; }
   std::size_t kv_dim() const { return n_kv_heads * head_dim; }
@@ -2654,11 +2894,17 @@ inline void dequantize_row(const WeightMatrix& w, std::size_t r, float* out) {
 
 namespace tinyllm {
 
+// Weights of one block. Optional parts (biases, QK-norm, post-norms) stay empty unless the
+// architecture's traits use them.
 struct LayerWeights {
   AlignedBuffer<float> attn_norm;             // [n_embd]
   WeightMatrix wq, wk, wv, wo;                // [q_dim, n_embd], [kv_dim, n_embd] x2, [n_embd, q_dim]
+  AlignedBuffer<float> bq, bk, bv;            // [q_dim], [kv_dim] x2       (qkv_bias)
+  AlignedBuffer<float> q_norm, k_norm;        // [head_dim]                 (qk_norm)
+  AlignedBuffer<float> post_attn_norm;        // [n_embd]                   (post_norms)
   AlignedBuffer<float> ffn_norm;              // [n_embd]
   WeightMatrix w_gate, w_up, w_down;          // [n_ff, n_embd] x2, [n_embd, n_ff]
+  AlignedBuffer<float> post_ffn_norm;         // [n_embd]                   (post_norms)
 };
 
 struct TransformerWeights {
@@ -2666,6 +2912,7 @@ struct TransformerWeights {
   std::vector<LayerWeights> layers;
   AlignedBuffer<float> output_norm;           // [n_embd]
   WeightMatrix output;                        // [vocab, n_embd]; may be token_embd (tied)
+  AlignedBuffer<float> rope_freq_factors;     // [head_dim / 2]: Llama 3.1 divides each RoPE frequency; may be empty
 };
 
 // The architecture-independent face of a model, so a loader can return any architecture.
@@ -2684,23 +2931,26 @@ class Model {
   std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0) const {
     return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context);
   }
-  // Parameters in weight matrices and norms (an embedding tied to the output counts once).
-  std::size_t n_params() const {
-    const auto& w = weights();
-    auto count = [](const WeightMatrix& m) { return m.rows * m.cols; };
-    std::size_t n = count(w.token_embd) + (w.output.data != w.token_embd.data ? count(w.output) : 0);
-    for (const auto& l : w.layers)
-      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += count(*m);
-    return n + (w.layers.size() * 2 + 1) * config().n_embd;
-  }
-  // Bytes of weight data read from the file.
+  // Parameters in weight matrices, norms and biases (an embedding tied to the output counts once).
+  std::size_t n_params() const { return count_weights([](const WeightMatrix& m) { return m.rows * m.cols; }, 1); }
+  // Bytes of weights as stored (norms and biases as f32).
   std::size_t weight_bytes() const {
+    return count_weights([](const WeightMatrix& m) { return row_bytes(m.type, m.cols) * m.rows; }, sizeof(float));
+  }
+
+ private:
+  template <class F>
+  std::size_t count_weights(F matrix_size, std::size_t vector_element) const {
     const auto& w = weights();
-    auto bytes = [](const WeightMatrix& m) { return row_bytes(m.type, m.cols) * m.rows; };
-    std::size_t n = bytes(w.token_embd) + (w.output.data != w.token_embd.data ? bytes(w.output) : 0);
-    for (const auto& l : w.layers)
-      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += bytes(*m);
-    return n + (w.layers.size() * 2 + 1) * config().n_embd * sizeof(float);
+    std::size_t n = matrix_size(w.token_embd) + (w.output.data != w.token_embd.data ? matrix_size(w.output) : 0);
+    std::size_t vec = w.output_norm.size() + w.rope_freq_factors.size();
+    for (const auto& l : w.layers) {
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += matrix_size(*m);
+      for (const AlignedBuffer<float>* v : {&l.attn_norm, &l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm,
+                                            &l.post_attn_norm, &l.ffn_norm, &l.post_ffn_norm})
+        vec += v->size();
+    }
+    return n + vec * vector_element;
   }
 };
 
@@ -2709,8 +2959,7 @@ class Transformer final : public Model {
  public:
   // max_batch bounds the tokens of one internal forward step; longer inputs run in chunks.
   Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
-      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
-        inv_freq_(rope_inv_freq(cfg_.head_dim, cfg_.rope_theta)) {
+      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)) {
     const std::size_t b = max_batch_;
     x_.resize(b * cfg_.n_embd);
     xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
@@ -2720,6 +2969,7 @@ class Transformer final : public Model {
     att_.resize(b * cfg_.q_dim());
     gate_.resize(b * cfg_.n_ff);
     up_.resize(b * cfg_.n_ff);
+    plan_layers();
   }
 
   const ModelConfig& config() const override { return cfg_; }
@@ -2740,6 +2990,32 @@ class Transformer final : public Model {
   }
 
  private:
+  // What differs between layers at run time: the attention window and the RoPE table.
+  struct LayerPlan {
+    std::size_t window = 0;          // 0 = attends to every earlier position
+    const float* inv_freq = nullptr; // [head_dim / 2]
+  };
+
+  void plan_layers() {
+    const ModelConfig& c = cfg_;
+    auto table = [&](float theta, float linear_scale) {
+      std::vector<float> f = rope_inv_freq(c.head_dim, theta);
+      for (std::size_t i = 0; i < f.size(); ++i) {
+        if (!w_.rope_freq_factors.empty()) f[i] /= w_.rope_freq_factors[i];
+        f[i] /= linear_scale;
+      }
+      return f;
+    };
+    inv_freq_global_ = table(c.rope_theta, c.rope_linear_scale);
+    inv_freq_local_ = table(c.rope_theta_swa > 0 ? c.rope_theta_swa : c.rope_theta, 1.0f);
+    plans_.resize(c.n_layers);
+    for (std::size_t l = 0; l < c.n_layers; ++l) {
+      const std::size_t p = Arch::swa_period;
+      const bool local = c.sliding_window > 0 && (p == 0 || l % p < p - 1);
+      plans_[l] = {local ? c.sliding_window : 0, local ? inv_freq_local_.data() : inv_freq_global_.data()};
+    }
+  }
+
   void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens,
                      std::span<const std::int32_t> positions, KVCache& cache, MatrixView<float> logits) {
     const ModelConfig& c = cfg_;
@@ -2758,9 +3034,14 @@ class Transformer final : public Model {
       scores_buf_.resize(pool.size() * cache.capacity());
       scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), cache.capacity());
     }
-    const float scale = 1.0f / std::sqrt(float(c.head_dim));
+    AttentionParams ap;
+    ap.scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(c.head_dim));
+    if constexpr (Arch::attn_softcap) ap.softcap = c.attn_softcap;
 
-    for (std::size_t t = 0; t < n; ++t) dequantize_row(w_.token_embd, std::size_t(tokens[t]), x.row(t));
+    for (std::size_t t = 0; t < n; ++t) {
+      dequantize_row(w_.token_embd, std::size_t(tokens[t]), x.row(t));
+      if constexpr (Arch::scale_embeddings) scale_in_place(x.row(t), dim, std::sqrt(float(dim)));
+    }
 
     for (std::size_t l = 0; l < c.n_layers; ++l) {
       const LayerWeights& lw = w_.layers[l];
@@ -2771,23 +3052,38 @@ class Transformer final : public Model {
       matmul(pool, lw.wv, xb, v);
       const KVLayerView kv = cache.layer(l);
       for (std::size_t t = 0; t < n; ++t) {
+        if constexpr (Arch::qkv_bias) {
+          add_in_place(q.row(t), lw.bq.data(), c.q_dim());
+          add_in_place(k.row(t), lw.bk.data(), c.kv_dim());
+          add_in_place(v.row(t), lw.bv.data(), c.kv_dim());
+        }
+        if constexpr (Arch::qk_norm) {
+          for (std::size_t h = 0; h < c.n_heads; ++h)
+            cpu::rmsnorm(q.row(t) + h * c.head_dim, lw.q_norm.data(), q.row(t) + h * c.head_dim, c.head_dim, c.norm_eps);
+          for (std::size_t h = 0; h < c.n_kv_heads; ++h)
+            cpu::rmsnorm(k.row(t) + h * c.head_dim, lw.k_norm.data(), k.row(t) + h * c.head_dim, c.head_dim, c.norm_eps);
+        }
         const auto pos = std::size_t(positions[t]);
-        cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, inv_freq_.data(), Arch::rope);
-        cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, inv_freq_.data(), Arch::rope);
+        cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
+        cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
         std::copy_n(k.row(t), c.kv_dim(), kv.key(pos));
         std::copy_n(v.row(t), c.kv_dim(), kv.value(pos));
       }
-      cpu::attention(pool, q, positions, kv, c.n_heads, c.n_kv_heads, c.head_dim, scale, att, scores_);
+      ap.window = plans_[l].window;
+      cpu::attention(pool, q, positions, kv, c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
       matmul(pool, lw.wo, att, proj);
-      add_in_place(x, proj);
+      if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
+      add_rows(x, proj);
 
-      // FFN block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x)))
+      // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
       matmul(pool, lw.w_gate, xb, gate);
       matmul(pool, lw.w_up, xb, up);
       if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::geglu) cpu::geglu(gate.data, up.data, n * c.n_ff);
       matmul(pool, lw.w_down, gate, proj);
-      add_in_place(x, proj);
+      if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
+      add_rows(x, proj);
     }
 
     if (logits.rows == 0) return;   // a prompt chunk whose logits nobody asked for
@@ -2796,14 +3092,21 @@ class Transformer final : public Model {
     for (std::size_t t = 0; t < logits.rows; ++t)
       cpu::rmsnorm(x.row(first + t), w_.output_norm.data(), xf.row(t), dim, c.norm_eps);
     matmul(pool, w_.output, xf, logits);
+    if constexpr (Arch::final_softcap)
+      for (std::size_t t = 0; t < logits.rows; ++t) cpu::softcap(logits.row(t), logits.cols, c.final_softcap);
   }
 
-  static void add_in_place(MatrixView<float> x, MatrixView<const float> y) {
-    for (std::size_t t = 0; t < x.rows; ++t) {
-      float* a = x.row(t);
-      const float* b = y.row(t);
-      for (std::size_t i = 0; i < x.cols; ++i) a[i] += b[i];
-    }
+  void norm_rows_in_place(MatrixView<float> m, const float* w) const {
+    for (std::size_t t = 0; t < m.rows; ++t) cpu::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
+  }
+  static void scale_in_place(float* a, std::size_t n, float s) {
+    for (std::size_t i = 0; i < n; ++i) a[i] *= s;
+  }
+  static void add_in_place(float* a, const float* b, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) a[i] += b[i];
+  }
+  static void add_rows(MatrixView<float> x, MatrixView<const float> y) {
+    for (std::size_t t = 0; t < x.rows; ++t) add_in_place(x.row(t), y.row(t), x.cols);
   }
 
   void check_inputs(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
@@ -2827,7 +3130,8 @@ class Transformer final : public Model {
   ModelConfig cfg_;
   TransformerWeights w_;
   std::size_t max_batch_;
-  std::vector<float> inv_freq_;   // [head_dim / 2]
+  std::vector<float> inv_freq_global_, inv_freq_local_;   // [head_dim / 2] RoPE tables
+  std::vector<LayerPlan> plans_;                          // [n_layers]
   // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   AlignedBuffer<float> scores_buf_;   // [threads, cache capacity] attention scores
@@ -2922,12 +3226,12 @@ inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size
   return Tokenizer(std::move(v.pieces), std::move(v.scores));
 }
 
-inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
-                             const LoadOptions& opt) {
-  const GGUFFile& f = *file;
-  const std::string arch = f.get_string("general.architecture");
-  if (arch != "llama")
-    throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture", "llama");
+inline AlignedBuffer<float> vector_tensor(const GGUFFile& f, const std::string& tensor, std::size_t n) {
+  return norm_weights(f.tensor(tensor), n, f.name());
+}
+
+// Hyperparameters under "<arch>.": every size from the file; defaults only where llama.cpp has them.
+inline ModelConfig read_config(const GGUFFile& f, const std::string& arch) {
   const std::string p = arch + ".";
   ModelConfig c;
   c.arch = arch;
@@ -2939,41 +3243,106 @@ inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_p
   c.context = f.get_u32(p + "context_length");
   c.norm_eps = f.get_f32(p + "attention.layer_norm_rms_epsilon");
   c.rope_theta = f.get_f32_or(p + "rope.freq_base", 10000.0f);
+  c.rope_theta_swa = f.get_f32_or(p + "rope.freq_base_swa", 0.0f);
+  if (f.has(p + "rope.scaling.type") && f.get_string(p + "rope.scaling.type") == "linear")
+    c.rope_linear_scale = f.get_f32(p + "rope.scaling.factor");
+  c.sliding_window = f.get_u32_or(p + "attention.sliding_window", 0);
+  c.attn_scale = f.get_f32_or(p + "attention.scale", 0.0f);
+  c.attn_softcap = f.get_f32_or(p + "attn_logit_softcapping", 0.0f);
+  c.final_softcap = f.get_f32_or(p + "final_logit_softcapping", 0.0f);
   if (c.n_heads == 0 || c.n_kv_heads == 0 || c.n_embd % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0 ||
-      c.n_layers == 0 || c.n_ff == 0 || c.context == 0)
-    throw Error("inconsistent hyperparameters: n_embd " + std::to_string(c.n_embd) + ", heads " +
-                std::to_string(c.n_heads) + ", kv heads " + std::to_string(c.n_kv_heads),
-                f.name() + ", keys " + p + "*", "heads dividing n_embd and kv heads dividing heads");
+      c.n_layers == 0 || c.n_ff == 0 || c.context == 0 || c.n_layers > 1024)
+    throw Error("inconsistent hyperparameters: n_embd " + std::to_string(c.n_embd) + ", layers " +
+                std::to_string(c.n_layers) + ", heads " + std::to_string(c.n_heads) + ", kv heads " +
+                std::to_string(c.n_kv_heads), f.name() + ", keys " + p + "*",
+                "heads dividing n_embd, kv heads dividing heads, nonzero sizes");
   c.head_dim = f.get_u32_or(p + "attention.key_length", std::uint32_t(c.n_embd / c.n_heads));
-  if (c.head_dim % 2 != 0) throw Error("odd head size " + std::to_string(c.head_dim), f.name(), "an even head size");
-  const TensorView& embd = f.tensor("token_embd.weight");
-  c.vocab_size = embd.rows();
+  if (f.get_u32_or(p + "attention.value_length", std::uint32_t(c.head_dim)) != c.head_dim)
+    throw Error("value heads of a different size than key heads", f.name() + ", key " + p + "attention.value_length",
+                std::to_string(c.head_dim));
+  if (c.head_dim == 0 || c.head_dim % 2 != 0)
+    throw Error("head size " + std::to_string(c.head_dim), f.name(), "an even, nonzero head size");
+  if (f.get_u32_or(p + "rope.dimension_count", std::uint32_t(c.head_dim)) != c.head_dim)
+    throw Error("partial rotary embeddings are not supported", f.name() + ", key " + p + "rope.dimension_count",
+                std::to_string(c.head_dim));
+  c.vocab_size = f.tensor("token_embd.weight").rows();
+  return c;
+}
 
+// Binds the tensors an architecture's traits call for, checking each one's shape and type.
+template <class Arch>
+std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
   TransformerWeights w;
   w.token_embd = matrix(f, "token_embd.weight", c.vocab_size, c.n_embd);
   w.layers.resize(c.n_layers);
   for (std::size_t l = 0; l < c.n_layers; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
     LayerWeights& lw = w.layers[l];
-    lw.attn_norm = norm_weights(f.tensor(b + "attn_norm.weight"), c.n_embd, f.name());
+    lw.attn_norm = vector_tensor(f, b + "attn_norm.weight", c.n_embd);
     lw.wq = matrix(f, b + "attn_q.weight", c.q_dim(), c.n_embd);
     lw.wk = matrix(f, b + "attn_k.weight", c.kv_dim(), c.n_embd);
     lw.wv = matrix(f, b + "attn_v.weight", c.kv_dim(), c.n_embd);
     lw.wo = matrix(f, b + "attn_output.weight", c.n_embd, c.q_dim());
-    lw.ffn_norm = norm_weights(f.tensor(b + "ffn_norm.weight"), c.n_embd, f.name());
+    if constexpr (Arch::qkv_bias) {
+      lw.bq = vector_tensor(f, b + "attn_q.bias", c.q_dim());
+      lw.bk = vector_tensor(f, b + "attn_k.bias", c.kv_dim());
+      lw.bv = vector_tensor(f, b + "attn_v.bias", c.kv_dim());
+    }
+    if constexpr (Arch::qk_norm) {
+      lw.q_norm = vector_tensor(f, b + "attn_q_norm.weight", c.head_dim);
+      lw.k_norm = vector_tensor(f, b + "attn_k_norm.weight", c.head_dim);
+    }
+    if constexpr (Arch::post_norms) {
+      lw.post_attn_norm = vector_tensor(f, b + "post_attention_norm.weight", c.n_embd);
+      lw.post_ffn_norm = vector_tensor(f, b + "post_ffw_norm.weight", c.n_embd);
+    }
+    lw.ffn_norm = vector_tensor(f, b + "ffn_norm.weight", c.n_embd);
     lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
     lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
     lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
   }
-  w.output_norm = norm_weights(f.tensor("output_norm.weight"), c.n_embd, f.name());
+  w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
+  if (f.find_tensor("rope_freqs.weight")) w.rope_freq_factors = vector_tensor(f, "rope_freqs.weight", c.head_dim / 2);
+  return std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
+}
 
-  std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
+inline std::string known_arch_names() {
+  std::string names;
+  std::apply([&](auto... a) { ((names += (names.empty() ? "" : ", ") + std::string(a.name)), ...); }, KnownArchs{});
+  return names;
+}
+
+// Binds the model with the traits type named `c.arch`, or returns null when no traits have that name.
+template <std::size_t I = 0>
+std::unique_ptr<Model> bind_known_arch(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
+  if constexpr (I == std::tuple_size_v<KnownArchs>) {
+    return nullptr;
+  } else {
+    using Arch = std::tuple_element_t<I, KnownArchs>;
+    if (c.arch == Arch::name) return bind_gguf<Arch>(f, std::move(c), opt);
+    return bind_known_arch<I + 1>(f, std::move(c), opt);
+  }
+}
+
+inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
+                             const LoadOptions& opt) {
+  const GGUFFile& f = *file;
+  const std::string arch = f.get_string("general.architecture");
+  bool known = false;
+  std::apply([&](auto... a) { known = ((a.name == arch) || ...); }, KnownArchs{});
+  if (!known)
+    throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture",
+                "one of " + known_arch_names());
+  ModelConfig c = read_config(f, arch);
+  const std::size_t vocab = c.vocab_size;
+  std::unique_ptr<Model> model = bind_known_arch(f, std::move(c), opt);
+
+  std::optional<Tokenizer> tok = tokenizer_file(opt, vocab);
   if (!tok) tok = gguf_tokenizer(f);
-  if (tok && tok->size() != c.vocab_size)
+  if (tok && tok->size() != vocab)
     throw Error("tokenizer has " + std::to_string(tok->size()) + " tokens", f.name(),
-                std::to_string(c.vocab_size) + " as token_embd.weight");
-  auto model = std::make_unique<Transformer<Llama>>(std::move(c), std::move(w), opt.max_batch);
+                std::to_string(vocab) + " as token_embd.weight");
   return LoadedModel(std::move(storage), std::move(model), std::move(tok), f.name());
 }
 

@@ -66,14 +66,16 @@ struct Shape {
 // Runs `kernel` on a q/out with padded rows and a NaN-filled scratch; returns the outputs, [n_tok, q_dim].
 template <class Kernel>
 std::vector<float> run(Kernel kernel, ThreadPool& pool, const std::vector<float>& q,
-                       const std::vector<std::int32_t>& positions, const KVLayerView& kv, const Shape& s) {
+                       const std::vector<std::int32_t>& positions, const KVLayerView& kv, const Shape& s,
+                       AttentionParams params = {.scale = 0.0f}) {
+  if (params.scale == 0.0f) params.scale = 1.0f / std::sqrt(float(s.head_dim));
   const std::size_t n_tok = positions.size(), q_dim = s.n_heads * s.head_dim, stride = q_dim + 5;
   std::vector<float> q_padded(n_tok * stride, kNaN), out_padded(n_tok * stride, kNaN);
   for (std::size_t t = 0; t < n_tok; ++t) std::copy_n(q.data() + t * q_dim, q_dim, q_padded.data() + t * stride);
   const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
   std::vector<float> scratch(pool.size() * n_ctx, kNaN);
   kernel(pool, MatrixView<const float>(q_padded.data(), n_tok, q_dim, stride), std::span(positions), kv, s.n_heads,
-         s.n_kv_heads, s.head_dim, 1.0f / std::sqrt(float(s.head_dim)),
+         s.n_kv_heads, s.head_dim, params,
          MatrixView<float>(out_padded.data(), n_tok, q_dim, stride),
          MatrixView<float>(scratch.data(), pool.size(), n_ctx));
   std::vector<float> out(n_tok * q_dim);
@@ -142,4 +144,37 @@ TEST_CASE("cpu::attention: a token at position 0 returns value 0 of its KV head"
   const auto out = run(cpu_attention, pool, q, {0}, kv.view(), s);
   for (std::size_t h = 0; h < 8; ++h)
     for (std::size_t i = 0; i < 64; ++i) CHECK(out[h * 64 + i] == v[(h / 4) * 64 + i]);
+}
+
+TEST_CASE("attention with a sliding window equals full attention over the window's positions alone") {
+  ThreadPool pool(2);
+  std::mt19937 rng(11);
+  const Shape s{8, 2, 16};
+  const std::size_t kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 40;
+  const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
+  const BlockKV kv(k, v, n_ctx, kv_dim, 7, rng);
+  for (std::size_t window : {1u, 3u, 16u, 39u, 40u, 100u}) {
+    for (float cap : {0.0f, 0.5f}) {   // a cap of 0.5 bends scores of this size strongly
+      CAPTURE(window);
+      CAPTURE(cap);
+      const std::vector<std::int32_t> positions = {0, 2, 17, 39};
+      const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
+      const AttentionParams params{.scale = 0.25f, .window = window, .softcap = cap};
+      const auto want = run(ref_attention, pool, q, positions, kv.view(), s, params);
+      CHECK(max_abs_error(run(cpu_attention, pool, q, positions, kv.view(), s, params), want) <= 2e-5);
+      // Independently: each token alone, against a cache that holds only its window, re-indexed from 0.
+      for (std::size_t t = 0; t < positions.size(); ++t) {
+        const std::size_t pos = std::size_t(positions[t]), first = pos + 1 > window ? pos + 1 - window : 0;
+        const std::size_t n = pos + 1 - first;
+        const std::vector<float> k_win(k.begin() + first * kv_dim, k.begin() + (pos + 1) * kv_dim),
+            v_win(v.begin() + first * kv_dim, v.begin() + (pos + 1) * kv_dim);
+        const BlockKV only(k_win, v_win, n, kv_dim, n, rng);
+        const std::vector<float> q_t(q.begin() + t * s.n_heads * s.head_dim, q.begin() + (t + 1) * s.n_heads * s.head_dim);
+        const AttentionParams full{.scale = 0.25f, .softcap = cap};
+        const auto alone = run(ref_attention, pool, q_t, {std::int32_t(n - 1)}, only.view(), s, full);
+        const std::vector<float> row(want.begin() + t * s.n_heads * s.head_dim, want.begin() + (t + 1) * s.n_heads * s.head_dim);
+        CHECK(max_abs_error(alone, row) <= 1e-6);
+      }
+    }
+  }
 }

@@ -123,6 +123,35 @@ TEST_CASE("cpu::silu and cpu::swiglu equal the reference, extremes included") {
   }
 }
 
+TEST_CASE("cpu::geglu and cpu::softcap equal the reference; GELU and the cap at known points") {
+  std::mt19937 rng(5);
+  for (std::size_t n : kSizes) {
+    CAPTURE(n);
+    const auto x = random_vector(n, rng, -12, 12), up = random_vector(n, rng, -2, 2);
+    auto want = x, got = x;
+    ref::geglu(want.data(), up.data(), n);
+    cpu::geglu(got.data(), up.data(), n);
+    // tanh is good to a few ulp, but for x << 0 the float sum 1 + tanh(...) cancels: about 1e-7
+    // absolute on results below 1, relative beyond (floor 1).
+    CHECK(max_rel_error(got, want, 1.0) <= 2e-6);
+    auto want_c = x, got_c = x;
+    ref::softcap(want_c.data(), n, 5.0f);
+    cpu::softcap(got_c.data(), n, 5.0f);
+    CHECK(max_rel_error(got_c, want_c, 1e-30) <= 16 * kUlp);
+  }
+  // gelu(1) = 0.5 (1 + tanh(0.79788456 * 1.044715)) = 0.841192; gelu(-1) = 1 - gelu(1) - 1 = -0.158808.
+  float g[2] = {1.0f, -1.0f};
+  const float ones[2] = {1.0f, 1.0f};
+  ref::geglu(g, ones, 2);
+  CHECK(g[0] == doctest::Approx(0.841192).epsilon(1e-5));
+  CHECK(g[1] == doctest::Approx(-0.158808).epsilon(1e-4));
+  float c[3] = {0.0f, 1e6f, -1e6f};
+  cpu::softcap(c, 3, 30.0f);
+  CHECK(c[0] == 0.0f);
+  CHECK(c[1] == doctest::Approx(30.0f));
+  CHECK(c[2] == doctest::Approx(-30.0f));
+}
+
 namespace {
 
 // Rotation written per output element, independently of the kernels' pair loops:

@@ -104,7 +104,7 @@ TEST_CASE("ref::attention: weights 1/4 and 3/4 from known scores; GQA head mappi
                      1, 0};  // token at position 0: sees only value 0
   const std::int32_t positions[] = {1, 0};
   float out[4], scratch[2];
-  ref::attention(pool, MatrixView<const float>(q, 2, 2), positions, kv, 1, 1, 2, 1.0f, MatrixView<float>(out, 2, 2),
+  ref::attention(pool, MatrixView<const float>(q, 2, 2), positions, kv, 1, 1, 2, {.scale = 1.0f}, MatrixView<float>(out, 2, 2),
                  MatrixView<float>(scratch, 1, 2));
   CHECK(out[0] == doctest::Approx(1.0).epsilon(1e-7));  // 4 / 4
   CHECK(out[1] == doctest::Approx(6.0).epsilon(1e-7));  // 8 * 3 / 4
@@ -119,7 +119,7 @@ TEST_CASE("ref::attention: weights 1/4 and 3/4 from known scores; GQA head mappi
   const float q2[] = {1, 2, 3, 4};
   const std::int32_t pos0[] = {0};
   float out2[4];
-  ref::attention(pool, MatrixView<const float>(q2, 1, 4), pos0, kv2, 4, 2, 1, 1.0f, MatrixView<float>(out2, 1, 4),
+  ref::attention(pool, MatrixView<const float>(q2, 1, 4), pos0, kv2, 4, 2, 1, {.scale = 1.0f}, MatrixView<float>(out2, 1, 4),
                  MatrixView<float>(scratch, 1, 1));
   CHECK(out2[0] == 10.0f);
   CHECK(out2[1] == 10.0f);

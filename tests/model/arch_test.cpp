@@ -108,3 +108,34 @@ TEST_CASE("stories260K from GGUF matches its llama2.c file") {
   for (std::size_t i = 0; i < lg.size(); ++i) worst = std::max(worst, std::fabs(lg[i] - lb[i]));
   CHECK(worst < 1e-5f);
 }
+
+TEST_CASE("Llama 3.1 RoPE scaling (rope_freqs) matches llama.cpp within 1e-3") {
+  TINYLLM_REQUIRE_TESTDATA("arch/llama3rope.gguf");
+  check_against_llama_cpp("llama3rope", "llama3rope", 1e-3f);
+}
+
+TEST_CASE("Qwen2 (Q/K/V biases) matches llama.cpp within 1e-3") {
+  TINYLLM_REQUIRE_TESTDATA("arch/qwen2.gguf");
+  check_against_llama_cpp("qwen2", "qwen2", 1e-3f);
+}
+
+TEST_CASE("Qwen3 (QK-norm) matches llama.cpp within 1e-3") {
+  TINYLLM_REQUIRE_TESTDATA("arch/qwen3.gguf");
+  check_against_llama_cpp("qwen3", "qwen3", 1e-3f);
+}
+
+// The Gemma family: ggml's GELU goes through an fp16 table, so 2e-3 against an exact tanh-GELU.
+TEST_CASE("Gemma (GeGLU, scaled embeddings) matches llama.cpp within 2e-3") {
+  TINYLLM_REQUIRE_TESTDATA("arch/gemma.gguf");
+  check_against_llama_cpp("gemma", "gemma", 2e-3f);
+}
+
+TEST_CASE("Gemma 2 (soft-capping, post-norms, alternating sliding window) matches llama.cpp within 2e-3") {
+  TINYLLM_REQUIRE_TESTDATA("arch/gemma2.gguf");
+  check_against_llama_cpp("gemma2", "gemma2", 2e-3f);
+}
+
+TEST_CASE("Gemma 3 (QK-norm, 5 local : 1 global, two RoPE bases) matches llama.cpp within 2e-3") {
+  TINYLLM_REQUIRE_TESTDATA("arch/gemma3.gguf");
+  check_against_llama_cpp("gemma3", "gemma3", 2e-3f);
+}

@@ -13,6 +13,7 @@
 #include <tinyllm/core/half.hpp>
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
+#include <tinyllm/kernels/attention_params.hpp>
 #include <tinyllm/kernels/kv_view.hpp>
 #include <tinyllm/kernels/rope.hpp>
 
@@ -82,31 +83,50 @@ inline void swiglu(float* gate, const float* up, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) gate[i] = static_cast<float>(silu_value(gate[i]) * up[i]);
 }
 
+// GELU in its tanh form, as GPT-2, Gemma and ggml compute it.
+inline double gelu_value(double v) {
+  return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+}
+
+// gate[i] = gelu(gate[i]) * up[i].
+inline void geglu(float* gate, const float* up, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) gate[i] = static_cast<float>(gelu_value(gate[i]) * up[i]);
+}
+
+// x[i] = cap * tanh(x[i] / cap), in place: Gemma 2's soft-capping of logits.
+inline void softcap(float* x, std::size_t n, float cap) {
+  for (std::size_t i = 0; i < n; ++i) x[i] = static_cast<float>(cap * std::tanh(double(x[i]) / cap));
+}
+
 // Causal grouped-query attention. q, out: [n_tok, n_heads * head_dim]. Token t attends to cache
-// positions 0..positions[t]; head h reads KV head h / (n_heads / n_kv_heads). scratch: at least
-// one row of max(positions) + 1 floats (the reference uses only row 0).
+// positions attention_start(positions[t], window)..positions[t]; head h reads KV head
+// h / (n_heads / n_kv_heads). scratch: at least one row of max(positions) + 1 floats (the
+// reference uses only row 0).
 inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span<const std::int32_t> positions,
                       const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                      float scale, MatrixView<float> out, MatrixView<float> scratch) {
+                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
   const std::size_t group = n_heads / n_kv_heads;
   float* scores = scratch.row(0);
   for (std::size_t t = 0; t < positions.size(); ++t) {
-    const std::size_t n_pos = static_cast<std::size_t>(positions[t]) + 1;
-    assert(n_pos <= scratch.cols);
+    const auto pos = static_cast<std::size_t>(positions[t]);
+    const std::size_t first = attention_start(pos, params.window), n_pos = pos + 1 - first;
+    assert(pos < scratch.cols);
     for (std::size_t h = 0; h < n_heads; ++h) {
       const float* qh = q.row(t) + h * head_dim;
       const std::size_t kv_offset = (h / group) * head_dim;
       for (std::size_t p = 0; p < n_pos; ++p) {
-        const float* k = kv.key(p) + kv_offset;
+        const float* k = kv.key(first + p) + kv_offset;
         double dot = 0;
         for (std::size_t i = 0; i < head_dim; ++i) dot += double(qh[i]) * k[i];
-        scores[p] = static_cast<float>(dot * scale);
+        dot *= params.scale;
+        if (params.softcap > 0) dot = params.softcap * std::tanh(dot / params.softcap);
+        scores[p] = static_cast<float>(dot);
       }
       softmax(scores, n_pos);
       for (std::size_t i = 0; i < head_dim; ++i) {
         double acc = 0;
-        for (std::size_t p = 0; p < n_pos; ++p) acc += double(scores[p]) * kv.value(p)[kv_offset + i];
+        for (std::size_t p = 0; p < n_pos; ++p) acc += double(scores[p]) * kv.value(first + p)[kv_offset + i];
         out.row(t)[h * head_dim + i] = static_cast<float>(acc);
       }
     }

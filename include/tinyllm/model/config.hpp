@@ -18,6 +18,12 @@ struct ModelConfig {
   std::size_t context = 0;       // the longest sequence the model was trained for
   float norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
+  float rope_theta_swa = 0.0f;       // RoPE base of sliding-window layers; 0 = rope_theta
+  float rope_linear_scale = 1.0f;    // positions divided by this on global layers (linear RoPE scaling)
+  std::size_t sliding_window = 0;    // positions a sliding-window layer sees, itself included; 0 = none
+  float attn_scale = 0.0f;           // scale of Q·K; 0 = 1 / sqrt(head_dim)
+  float attn_softcap = 0.0f;         // used by architectures with soft-capping traits
+  float final_softcap = 0.0f;
 
   std::size_t q_dim() const { return n_heads * head_dim; }
   std::size_t kv_dim() const { return n_kv_heads * head_dim; }

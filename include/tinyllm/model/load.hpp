@@ -7,13 +7,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/core/half.hpp>
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/io/llama2c.hpp>
-#include <tinyllm/model/arch/llama.hpp>
+#include <tinyllm/model/arch/all.hpp>
 #include <tinyllm/model/synthetic.hpp>
 #include <tinyllm/model/transformer.hpp>
 #include <tinyllm/text/tokenizer.hpp>
@@ -104,12 +105,12 @@ inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size
   return Tokenizer(std::move(v.pieces), std::move(v.scores));
 }
 
-inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
-                             const LoadOptions& opt) {
-  const GGUFFile& f = *file;
-  const std::string arch = f.get_string("general.architecture");
-  if (arch != "llama")
-    throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture", "llama");
+inline AlignedBuffer<float> vector_tensor(const GGUFFile& f, const std::string& tensor, std::size_t n) {
+  return norm_weights(f.tensor(tensor), n, f.name());
+}
+
+// Hyperparameters under "<arch>.": every size from the file; defaults only where llama.cpp has them.
+inline ModelConfig read_config(const GGUFFile& f, const std::string& arch) {
   const std::string p = arch + ".";
   ModelConfig c;
   c.arch = arch;
@@ -121,41 +122,106 @@ inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_p
   c.context = f.get_u32(p + "context_length");
   c.norm_eps = f.get_f32(p + "attention.layer_norm_rms_epsilon");
   c.rope_theta = f.get_f32_or(p + "rope.freq_base", 10000.0f);
+  c.rope_theta_swa = f.get_f32_or(p + "rope.freq_base_swa", 0.0f);
+  if (f.has(p + "rope.scaling.type") && f.get_string(p + "rope.scaling.type") == "linear")
+    c.rope_linear_scale = f.get_f32(p + "rope.scaling.factor");
+  c.sliding_window = f.get_u32_or(p + "attention.sliding_window", 0);
+  c.attn_scale = f.get_f32_or(p + "attention.scale", 0.0f);
+  c.attn_softcap = f.get_f32_or(p + "attn_logit_softcapping", 0.0f);
+  c.final_softcap = f.get_f32_or(p + "final_logit_softcapping", 0.0f);
   if (c.n_heads == 0 || c.n_kv_heads == 0 || c.n_embd % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0 ||
-      c.n_layers == 0 || c.n_ff == 0 || c.context == 0)
-    throw Error("inconsistent hyperparameters: n_embd " + std::to_string(c.n_embd) + ", heads " +
-                std::to_string(c.n_heads) + ", kv heads " + std::to_string(c.n_kv_heads),
-                f.name() + ", keys " + p + "*", "heads dividing n_embd and kv heads dividing heads");
+      c.n_layers == 0 || c.n_ff == 0 || c.context == 0 || c.n_layers > 1024)
+    throw Error("inconsistent hyperparameters: n_embd " + std::to_string(c.n_embd) + ", layers " +
+                std::to_string(c.n_layers) + ", heads " + std::to_string(c.n_heads) + ", kv heads " +
+                std::to_string(c.n_kv_heads), f.name() + ", keys " + p + "*",
+                "heads dividing n_embd, kv heads dividing heads, nonzero sizes");
   c.head_dim = f.get_u32_or(p + "attention.key_length", std::uint32_t(c.n_embd / c.n_heads));
-  if (c.head_dim % 2 != 0) throw Error("odd head size " + std::to_string(c.head_dim), f.name(), "an even head size");
-  const TensorView& embd = f.tensor("token_embd.weight");
-  c.vocab_size = embd.rows();
+  if (f.get_u32_or(p + "attention.value_length", std::uint32_t(c.head_dim)) != c.head_dim)
+    throw Error("value heads of a different size than key heads", f.name() + ", key " + p + "attention.value_length",
+                std::to_string(c.head_dim));
+  if (c.head_dim == 0 || c.head_dim % 2 != 0)
+    throw Error("head size " + std::to_string(c.head_dim), f.name(), "an even, nonzero head size");
+  if (f.get_u32_or(p + "rope.dimension_count", std::uint32_t(c.head_dim)) != c.head_dim)
+    throw Error("partial rotary embeddings are not supported", f.name() + ", key " + p + "rope.dimension_count",
+                std::to_string(c.head_dim));
+  c.vocab_size = f.tensor("token_embd.weight").rows();
+  return c;
+}
 
+// Binds the tensors an architecture's traits call for, checking each one's shape and type.
+template <class Arch>
+std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
   TransformerWeights w;
   w.token_embd = matrix(f, "token_embd.weight", c.vocab_size, c.n_embd);
   w.layers.resize(c.n_layers);
   for (std::size_t l = 0; l < c.n_layers; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
     LayerWeights& lw = w.layers[l];
-    lw.attn_norm = norm_weights(f.tensor(b + "attn_norm.weight"), c.n_embd, f.name());
+    lw.attn_norm = vector_tensor(f, b + "attn_norm.weight", c.n_embd);
     lw.wq = matrix(f, b + "attn_q.weight", c.q_dim(), c.n_embd);
     lw.wk = matrix(f, b + "attn_k.weight", c.kv_dim(), c.n_embd);
     lw.wv = matrix(f, b + "attn_v.weight", c.kv_dim(), c.n_embd);
     lw.wo = matrix(f, b + "attn_output.weight", c.n_embd, c.q_dim());
-    lw.ffn_norm = norm_weights(f.tensor(b + "ffn_norm.weight"), c.n_embd, f.name());
+    if constexpr (Arch::qkv_bias) {
+      lw.bq = vector_tensor(f, b + "attn_q.bias", c.q_dim());
+      lw.bk = vector_tensor(f, b + "attn_k.bias", c.kv_dim());
+      lw.bv = vector_tensor(f, b + "attn_v.bias", c.kv_dim());
+    }
+    if constexpr (Arch::qk_norm) {
+      lw.q_norm = vector_tensor(f, b + "attn_q_norm.weight", c.head_dim);
+      lw.k_norm = vector_tensor(f, b + "attn_k_norm.weight", c.head_dim);
+    }
+    if constexpr (Arch::post_norms) {
+      lw.post_attn_norm = vector_tensor(f, b + "post_attention_norm.weight", c.n_embd);
+      lw.post_ffn_norm = vector_tensor(f, b + "post_ffw_norm.weight", c.n_embd);
+    }
+    lw.ffn_norm = vector_tensor(f, b + "ffn_norm.weight", c.n_embd);
     lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
     lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
     lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
   }
-  w.output_norm = norm_weights(f.tensor("output_norm.weight"), c.n_embd, f.name());
+  w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
+  if (f.find_tensor("rope_freqs.weight")) w.rope_freq_factors = vector_tensor(f, "rope_freqs.weight", c.head_dim / 2);
+  return std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
+}
 
-  std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
+inline std::string known_arch_names() {
+  std::string names;
+  std::apply([&](auto... a) { ((names += (names.empty() ? "" : ", ") + std::string(a.name)), ...); }, KnownArchs{});
+  return names;
+}
+
+// Binds the model with the traits type named `c.arch`, or returns null when no traits have that name.
+template <std::size_t I = 0>
+std::unique_ptr<Model> bind_known_arch(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
+  if constexpr (I == std::tuple_size_v<KnownArchs>) {
+    return nullptr;
+  } else {
+    using Arch = std::tuple_element_t<I, KnownArchs>;
+    if (c.arch == Arch::name) return bind_gguf<Arch>(f, std::move(c), opt);
+    return bind_known_arch<I + 1>(f, std::move(c), opt);
+  }
+}
+
+inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
+                             const LoadOptions& opt) {
+  const GGUFFile& f = *file;
+  const std::string arch = f.get_string("general.architecture");
+  bool known = false;
+  std::apply([&](auto... a) { known = ((a.name == arch) || ...); }, KnownArchs{});
+  if (!known)
+    throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture",
+                "one of " + known_arch_names());
+  ModelConfig c = read_config(f, arch);
+  const std::size_t vocab = c.vocab_size;
+  std::unique_ptr<Model> model = bind_known_arch(f, std::move(c), opt);
+
+  std::optional<Tokenizer> tok = tokenizer_file(opt, vocab);
   if (!tok) tok = gguf_tokenizer(f);
-  if (tok && tok->size() != c.vocab_size)
+  if (tok && tok->size() != vocab)
     throw Error("tokenizer has " + std::to_string(tok->size()) + " tokens", f.name(),
-                std::to_string(c.vocab_size) + " as token_embd.weight");
-  auto model = std::make_unique<Transformer<Llama>>(std::move(c), std::move(w), opt.max_batch);
+                std::to_string(vocab) + " as token_embd.weight");
   return LoadedModel(std::move(storage), std::move(model), std::move(tok), f.name());
 }
 

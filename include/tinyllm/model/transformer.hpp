@@ -20,17 +20,24 @@
 #include <tinyllm/kernels/cpu/norm.hpp>
 #include <tinyllm/kernels/cpu/rope.hpp>
 #include <tinyllm/kernels/rope.hpp>
+#include <tinyllm/model/arch/traits.hpp>
 #include <tinyllm/model/config.hpp>
 #include <tinyllm/model/kv_cache.hpp>
 #include <tinyllm/model/weights.hpp>
 
 namespace tinyllm {
 
+// Weights of one block. Optional parts (biases, QK-norm, post-norms) stay empty unless the
+// architecture's traits use them.
 struct LayerWeights {
   AlignedBuffer<float> attn_norm;             // [n_embd]
   WeightMatrix wq, wk, wv, wo;                // [q_dim, n_embd], [kv_dim, n_embd] x2, [n_embd, q_dim]
+  AlignedBuffer<float> bq, bk, bv;            // [q_dim], [kv_dim] x2       (qkv_bias)
+  AlignedBuffer<float> q_norm, k_norm;        // [head_dim]                 (qk_norm)
+  AlignedBuffer<float> post_attn_norm;        // [n_embd]                   (post_norms)
   AlignedBuffer<float> ffn_norm;              // [n_embd]
   WeightMatrix w_gate, w_up, w_down;          // [n_ff, n_embd] x2, [n_embd, n_ff]
+  AlignedBuffer<float> post_ffn_norm;         // [n_embd]                   (post_norms)
 };
 
 struct TransformerWeights {
@@ -38,6 +45,7 @@ struct TransformerWeights {
   std::vector<LayerWeights> layers;
   AlignedBuffer<float> output_norm;           // [n_embd]
   WeightMatrix output;                        // [vocab, n_embd]; may be token_embd (tied)
+  AlignedBuffer<float> rope_freq_factors;     // [head_dim / 2]: Llama 3.1 divides each RoPE frequency; may be empty
 };
 
 // The architecture-independent face of a model, so a loader can return any architecture.
@@ -56,23 +64,26 @@ class Model {
   std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0) const {
     return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context);
   }
-  // Parameters in weight matrices and norms (an embedding tied to the output counts once).
-  std::size_t n_params() const {
-    const auto& w = weights();
-    auto count = [](const WeightMatrix& m) { return m.rows * m.cols; };
-    std::size_t n = count(w.token_embd) + (w.output.data != w.token_embd.data ? count(w.output) : 0);
-    for (const auto& l : w.layers)
-      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += count(*m);
-    return n + (w.layers.size() * 2 + 1) * config().n_embd;
-  }
-  // Bytes of weight data read from the file.
+  // Parameters in weight matrices, norms and biases (an embedding tied to the output counts once).
+  std::size_t n_params() const { return count_weights([](const WeightMatrix& m) { return m.rows * m.cols; }, 1); }
+  // Bytes of weights as stored (norms and biases as f32).
   std::size_t weight_bytes() const {
+    return count_weights([](const WeightMatrix& m) { return row_bytes(m.type, m.cols) * m.rows; }, sizeof(float));
+  }
+
+ private:
+  template <class F>
+  std::size_t count_weights(F matrix_size, std::size_t vector_element) const {
     const auto& w = weights();
-    auto bytes = [](const WeightMatrix& m) { return row_bytes(m.type, m.cols) * m.rows; };
-    std::size_t n = bytes(w.token_embd) + (w.output.data != w.token_embd.data ? bytes(w.output) : 0);
-    for (const auto& l : w.layers)
-      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += bytes(*m);
-    return n + (w.layers.size() * 2 + 1) * config().n_embd * sizeof(float);
+    std::size_t n = matrix_size(w.token_embd) + (w.output.data != w.token_embd.data ? matrix_size(w.output) : 0);
+    std::size_t vec = w.output_norm.size() + w.rope_freq_factors.size();
+    for (const auto& l : w.layers) {
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += matrix_size(*m);
+      for (const AlignedBuffer<float>* v : {&l.attn_norm, &l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm,
+                                            &l.post_attn_norm, &l.ffn_norm, &l.post_ffn_norm})
+        vec += v->size();
+    }
+    return n + vec * vector_element;
   }
 };
 
@@ -81,8 +92,7 @@ class Transformer final : public Model {
  public:
   // max_batch bounds the tokens of one internal forward step; longer inputs run in chunks.
   Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
-      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
-        inv_freq_(rope_inv_freq(cfg_.head_dim, cfg_.rope_theta)) {
+      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)) {
     const std::size_t b = max_batch_;
     x_.resize(b * cfg_.n_embd);
     xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
@@ -92,6 +102,7 @@ class Transformer final : public Model {
     att_.resize(b * cfg_.q_dim());
     gate_.resize(b * cfg_.n_ff);
     up_.resize(b * cfg_.n_ff);
+    plan_layers();
   }
 
   const ModelConfig& config() const override { return cfg_; }
@@ -112,6 +123,32 @@ class Transformer final : public Model {
   }
 
  private:
+  // What differs between layers at run time: the attention window and the RoPE table.
+  struct LayerPlan {
+    std::size_t window = 0;          // 0 = attends to every earlier position
+    const float* inv_freq = nullptr; // [head_dim / 2]
+  };
+
+  void plan_layers() {
+    const ModelConfig& c = cfg_;
+    auto table = [&](float theta, float linear_scale) {
+      std::vector<float> f = rope_inv_freq(c.head_dim, theta);
+      for (std::size_t i = 0; i < f.size(); ++i) {
+        if (!w_.rope_freq_factors.empty()) f[i] /= w_.rope_freq_factors[i];
+        f[i] /= linear_scale;
+      }
+      return f;
+    };
+    inv_freq_global_ = table(c.rope_theta, c.rope_linear_scale);
+    inv_freq_local_ = table(c.rope_theta_swa > 0 ? c.rope_theta_swa : c.rope_theta, 1.0f);
+    plans_.resize(c.n_layers);
+    for (std::size_t l = 0; l < c.n_layers; ++l) {
+      const std::size_t p = Arch::swa_period;
+      const bool local = c.sliding_window > 0 && (p == 0 || l % p < p - 1);
+      plans_[l] = {local ? c.sliding_window : 0, local ? inv_freq_local_.data() : inv_freq_global_.data()};
+    }
+  }
+
   void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens,
                      std::span<const std::int32_t> positions, KVCache& cache, MatrixView<float> logits) {
     const ModelConfig& c = cfg_;
@@ -130,9 +167,14 @@ class Transformer final : public Model {
       scores_buf_.resize(pool.size() * cache.capacity());
       scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), cache.capacity());
     }
-    const float scale = 1.0f / std::sqrt(float(c.head_dim));
+    AttentionParams ap;
+    ap.scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(c.head_dim));
+    if constexpr (Arch::attn_softcap) ap.softcap = c.attn_softcap;
 
-    for (std::size_t t = 0; t < n; ++t) dequantize_row(w_.token_embd, std::size_t(tokens[t]), x.row(t));
+    for (std::size_t t = 0; t < n; ++t) {
+      dequantize_row(w_.token_embd, std::size_t(tokens[t]), x.row(t));
+      if constexpr (Arch::scale_embeddings) scale_in_place(x.row(t), dim, std::sqrt(float(dim)));
+    }
 
     for (std::size_t l = 0; l < c.n_layers; ++l) {
       const LayerWeights& lw = w_.layers[l];
@@ -143,23 +185,38 @@ class Transformer final : public Model {
       matmul(pool, lw.wv, xb, v);
       const KVLayerView kv = cache.layer(l);
       for (std::size_t t = 0; t < n; ++t) {
+        if constexpr (Arch::qkv_bias) {
+          add_in_place(q.row(t), lw.bq.data(), c.q_dim());
+          add_in_place(k.row(t), lw.bk.data(), c.kv_dim());
+          add_in_place(v.row(t), lw.bv.data(), c.kv_dim());
+        }
+        if constexpr (Arch::qk_norm) {
+          for (std::size_t h = 0; h < c.n_heads; ++h)
+            cpu::rmsnorm(q.row(t) + h * c.head_dim, lw.q_norm.data(), q.row(t) + h * c.head_dim, c.head_dim, c.norm_eps);
+          for (std::size_t h = 0; h < c.n_kv_heads; ++h)
+            cpu::rmsnorm(k.row(t) + h * c.head_dim, lw.k_norm.data(), k.row(t) + h * c.head_dim, c.head_dim, c.norm_eps);
+        }
         const auto pos = std::size_t(positions[t]);
-        cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, inv_freq_.data(), Arch::rope);
-        cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, inv_freq_.data(), Arch::rope);
+        cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
+        cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
         std::copy_n(k.row(t), c.kv_dim(), kv.key(pos));
         std::copy_n(v.row(t), c.kv_dim(), kv.value(pos));
       }
-      cpu::attention(pool, q, positions, kv, c.n_heads, c.n_kv_heads, c.head_dim, scale, att, scores_);
+      ap.window = plans_[l].window;
+      cpu::attention(pool, q, positions, kv, c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
       matmul(pool, lw.wo, att, proj);
-      add_in_place(x, proj);
+      if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
+      add_rows(x, proj);
 
-      // FFN block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x)))
+      // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
       matmul(pool, lw.w_gate, xb, gate);
       matmul(pool, lw.w_up, xb, up);
       if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::geglu) cpu::geglu(gate.data, up.data, n * c.n_ff);
       matmul(pool, lw.w_down, gate, proj);
-      add_in_place(x, proj);
+      if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
+      add_rows(x, proj);
     }
 
     if (logits.rows == 0) return;   // a prompt chunk whose logits nobody asked for
@@ -168,14 +225,21 @@ class Transformer final : public Model {
     for (std::size_t t = 0; t < logits.rows; ++t)
       cpu::rmsnorm(x.row(first + t), w_.output_norm.data(), xf.row(t), dim, c.norm_eps);
     matmul(pool, w_.output, xf, logits);
+    if constexpr (Arch::final_softcap)
+      for (std::size_t t = 0; t < logits.rows; ++t) cpu::softcap(logits.row(t), logits.cols, c.final_softcap);
   }
 
-  static void add_in_place(MatrixView<float> x, MatrixView<const float> y) {
-    for (std::size_t t = 0; t < x.rows; ++t) {
-      float* a = x.row(t);
-      const float* b = y.row(t);
-      for (std::size_t i = 0; i < x.cols; ++i) a[i] += b[i];
-    }
+  void norm_rows_in_place(MatrixView<float> m, const float* w) const {
+    for (std::size_t t = 0; t < m.rows; ++t) cpu::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
+  }
+  static void scale_in_place(float* a, std::size_t n, float s) {
+    for (std::size_t i = 0; i < n; ++i) a[i] *= s;
+  }
+  static void add_in_place(float* a, const float* b, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) a[i] += b[i];
+  }
+  static void add_rows(MatrixView<float> x, MatrixView<const float> y) {
+    for (std::size_t t = 0; t < x.rows; ++t) add_in_place(x.row(t), y.row(t), x.cols);
   }
 
   void check_inputs(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
@@ -199,7 +263,8 @@ class Transformer final : public Model {
   ModelConfig cfg_;
   TransformerWeights w_;
   std::size_t max_batch_;
-  std::vector<float> inv_freq_;   // [head_dim / 2]
+  std::vector<float> inv_freq_global_, inv_freq_local_;   // [head_dim / 2] RoPE tables
+  std::vector<LayerPlan> plans_;                          // [n_layers]
   // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   AlignedBuffer<float> scores_buf_;   // [threads, cache capacity] attention scores

@@ -17,6 +17,13 @@ HWY_INLINE VF silu_vec(VF x) {
   return hn::Mul(x, hn::Div(numerator, hn::Add(one, e)));
 }
 
+// GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+HWY_INLINE VF gelu_vec(VF x) {
+  const DF d;
+  const VF inner = hn::Mul(hn::Set(d, 0.7978845608028654f), hn::MulAdd(hn::Mul(hn::Set(d, 0.044715f), x), hn::Mul(x, x), x));
+  return hn::Mul(hn::Mul(hn::Set(d, 0.5f), x), hn::Add(hn::Set(d, 1.0f), hn::Tanh(d, inner)));
+}
+
 }  // namespace detail
 
 // x[i] = x[i] * sigmoid(x[i]), in place.
@@ -27,6 +34,18 @@ inline void silu(float* x, std::size_t n) {
 // gate[i] = silu(gate[i]) * up[i].
 inline void swiglu(float* gate, const float* up, std::size_t n) {
   detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) { return hn::Mul(detail::silu_vec(g), u); });
+}
+
+// gate[i] = gelu(gate[i]) * up[i].
+inline void geglu(float* gate, const float* up, std::size_t n) {
+  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) { return hn::Mul(detail::gelu_vec(g), u); });
+}
+
+// x[i] = cap * tanh(x[i] / cap), in place.
+inline void softcap(float* x, std::size_t n, float cap) {
+  const detail::DF d;
+  const float inv = 1.0f / cap;
+  detail::map1(x, n, [&](detail::VF v) { return hn::Mul(hn::Set(d, cap), hn::Tanh(d, hn::Mul(v, hn::Set(d, inv)))); });
 }
 
 }  // namespace tinyllm::cpu

@@ -10,16 +10,18 @@
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/kernels/cpu/simd.hpp>
+#include <tinyllm/kernels/cpu/activation.hpp>
 #include <tinyllm/kernels/cpu/softmax.hpp>
+#include <tinyllm/kernels/attention_params.hpp>
 #include <tinyllm/kernels/kv_view.hpp>
 
 namespace tinyllm::cpu {
 namespace detail {
 
-// out[0, head_dim) = sum_p weights[p] * value(p)[offset ..]. Up to four vectors of the output
+// out[0, head_dim) = sum_p weights[p] * value(first + p)[offset ..]. Up to four vectors of the output
 // stay in registers while the positions stream past.
-HWY_INLINE void weighted_values(const float* weights, std::size_t n_pos, const KVLayerView& kv, std::size_t offset,
-                                std::size_t head_dim, float* out) {
+HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
+                                std::size_t offset, std::size_t head_dim, float* out) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   for (std::size_t j = 0; j < head_dim; j += 4 * N) {
@@ -28,7 +30,7 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t n_pos, const K
                m2 = hn::FirstN(d, left > 2 * N ? left - 2 * N : 0), m3 = hn::FirstN(d, left > 3 * N ? left - 3 * N : 0);
     VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
     for (std::size_t p = 0; p < n_pos; ++p) {
-      const float* v = kv.value(p) + offset + j;
+      const float* v = kv.value(first + p) + offset + j;
       const VF s = hn::Set(d, weights[p]);
       a0 = hn::MulAdd(s, hn::MaskedLoad(m0, d, v), a0);
       a1 = hn::MulAdd(s, hn::MaskedLoad(m1, d, v + N), a1);
@@ -42,23 +44,26 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t n_pos, const K
   }
 }
 
-// One query head against cache positions [0, n_pos) of its KV head; scores: n_pos floats.
-HWY_INLINE void attend_head(const float* q, std::size_t n_pos, const KVLayerView& kv, std::size_t offset,
-                            std::size_t head_dim, float scale, float* scores, float* out) {
-  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key(p) + offset, head_dim) * scale;
+// One query head against cache positions [first, first + n_pos) of its KV head; scores: n_pos floats.
+HWY_INLINE void attend_head(const float* q, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
+                            std::size_t offset, std::size_t head_dim, const AttentionParams& params, float* scores,
+                            float* out) {
+  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key(first + p) + offset, head_dim) * params.scale;
+  if (params.softcap > 0) softcap(scores, n_pos, params.softcap);
   softmax(scores, n_pos);
-  weighted_values(scores, n_pos, kv, offset, head_dim, out);
+  weighted_values(scores, first, n_pos, kv, offset, head_dim, out);
 }
 
 }  // namespace detail
 
 // Causal attention with grouped-query heads. q, out: [n_tok, n_heads * head_dim]. Token t attends
-// to cache positions 0..positions[t] (already written); head h reads KV head h / (n_heads / n_kv_heads).
-// scratch: [pool.size(), >= max(positions) + 1], one row of scores per thread.
-// (token, head) pairs are handed out one at a time, since their costs differ with the position.
+// to cache positions attention_start(positions[t], window)..positions[t] (already written); head h
+// reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= max(positions) + 1], one row
+// of scores per thread. (token, head) pairs are handed out one at a time, since their costs differ
+// with the position.
 inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
                       const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                      float scale, MatrixView<float> out, MatrixView<float> scratch) {
+                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
   assert(scratch.rows >= pool.size());
   const std::size_t group = n_heads / n_kv_heads;
@@ -69,10 +74,11 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
     for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
          item = next.fetch_add(1, std::memory_order_relaxed)) {
       const std::size_t t = item / n_heads, h = item % n_heads;
-      const std::size_t n_pos = static_cast<std::size_t>(positions[t]) + 1;
-      assert(n_pos <= scratch.cols);
-      detail::attend_head(q.row(t) + h * head_dim, n_pos, kv, (h / group) * head_dim, head_dim, scale, scores,
-                          out.row(t) + h * head_dim);
+      const auto pos = static_cast<std::size_t>(positions[t]);
+      const std::size_t first = attention_start(pos, params.window);
+      assert(pos < scratch.cols);
+      detail::attend_head(q.row(t) + h * head_dim, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim,
+                          params, scores, out.row(t) + h * head_dim);
     }
   });
 }

@@ -70,6 +70,48 @@ HWY_INLINE hn::Vec<hn::Full128<float>> sum_of_four(DF d, VF a, VF b, VF c, VF e)
   return add_blocks(d, abce);
 }
 
+// y[t * y_stride + r] (+)= the sum of the lanes of acc[r][t].
+template <std::size_t R, std::size_t T>
+HWY_INLINE void store_sums(const VF (&acc)[R][T], float* y, std::size_t y_stride, bool accumulate) {
+  const DF d;
+  for (std::size_t t = 0; t < T; ++t) {
+    float* out = y + t * y_stride;
+    if constexpr (R == 4) {
+      const hn::Full128<float> d4;
+      const auto sums = sum_of_four(d, acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+      hn::StoreU(accumulate ? hn::Add(hn::LoadU(d4, out), sums) : sums, d4, out);
+    } else {
+      for (std::size_t r = 0; r < R; ++r) out[r] = (accumulate ? out[r] : 0.0f) + reduce_sum(d, acc[r][t]);
+    }
+  }
+}
+
+// y[r] (+)= dot(w row r, x) for one token. Streaming weights from memory needs parallelism more
+// than reuse: two accumulators per row double the loads and FMA chains in flight.
+template <std::size_t R, class W>
+HWY_INLINE void dot_rows(const W* HWY_RESTRICT w, std::size_t w_stride, const float* HWY_RESTRICT x, std::size_t n,
+                         float* HWY_RESTRICT y, bool accumulate) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  VF acc[R][1], acc2[R];
+  for (std::size_t r = 0; r < R; ++r) acc[r][0] = acc2[r] = hn::Zero(d);
+  std::size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    const VF x0 = hn::LoadU(d, x + i), x1 = hn::LoadU(d, x + i + N);
+    for (std::size_t r = 0; r < R; ++r) {
+      acc[r][0] = hn::MulAdd(load_f32(d, w + r * w_stride + i), x0, acc[r][0]);
+      acc2[r] = hn::MulAdd(load_f32(d, w + r * w_stride + i + N), x1, acc2[r]);
+    }
+  }
+  for (; i < n; i += N) {
+    const std::size_t left = std::min(N, n - i);
+    const VF xv = load_f32_partial(d, x + i, left);
+    for (std::size_t r = 0; r < R; ++r) acc[r][0] = hn::MulAdd(load_f32_partial(d, w + r * w_stride + i, left), xv, acc[r][0]);
+  }
+  for (std::size_t r = 0; r < R; ++r) acc[r][0] = hn::Add(acc[r][0], acc2[r]);
+  store_sums<R, 1>(acc, y, 0, accumulate);
+}
+
 // y[t * y_stride + r] (+)= dot(w row r, x row t) over n values, for r < R, t < T.
 template <std::size_t R, std::size_t T, class W>
 HWY_INLINE void dot_block(const W* HWY_RESTRICT w, std::size_t w_stride, const float* HWY_RESTRICT x,
@@ -100,16 +142,7 @@ HWY_INLINE void dot_block(const W* HWY_RESTRICT w, std::size_t w_stride, const f
     }
   }
 
-  for (std::size_t t = 0; t < T; ++t) {
-    float* out = y + t * y_stride;
-    if constexpr (R == 4) {
-      const hn::Full128<float> d4;
-      const auto sums = sum_of_four(d, acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
-      hn::StoreU(accumulate ? hn::Add(hn::LoadU(d4, out), sums) : sums, d4, out);
-    } else {
-      for (std::size_t r = 0; r < R; ++r) out[r] = (accumulate ? out[r] : 0.0f) + reduce_sum(d, acc[r][t]);
-    }
-  }
+  store_sums<R, T>(acc, y, y_stride, accumulate);
 }
 
 // dot_block for r_count <= R rows and t_count <= T tokens, both known only at run time.
@@ -123,7 +156,10 @@ HWY_INLINE void dot_block_any(std::size_t r_count, std::size_t t_count, const W*
   if constexpr (T > 1)
     if (t_count < T)
       return dot_block_any<R, T - 1>(r_count, t_count, w, w_stride, x, x_stride, n, y, y_stride, accumulate);
-  dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+  if constexpr (T == 1)
+    dot_rows<R>(w, w_stride, x, n, y, accumulate);
+  else
+    dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
 }
 
 // y[:, o0 .. o1] for one thread's share of the output rows.

@@ -1,18 +1,20 @@
 #pragma once
-// Llama (1, 2, and the Llama-architecture family: TinyLlama, llama2.c's models, Kanana):
-// pre-norm RMSNorm, SwiGLU FFN, RoPE on adjacent pairs as GGUF and llama2.c store Q and K.
+// Llama 1/2/3/3.1 and the Llama-architecture family (TinyLlama, llama2.c's models, Kakao
+// Kanana): pre-norm RMSNorm, SwiGLU, RoPE on adjacent pairs as GGUF and llama2.c store Q and K.
+// Llama 3.1's RoPE frequency scaling arrives as data (the rope_freqs tensor).
+// Mistral is the same network with a sliding attention window on every layer.
 #include <string_view>
 
-#include <tinyllm/kernels/rope.hpp>
 #include <tinyllm/model/arch/traits.hpp>
 
 namespace tinyllm {
 
-struct Llama {
+struct Llama : ArchDefaults {
   static constexpr std::string_view name = "llama";
-  static constexpr Norm norm = Norm::rms;
-  static constexpr Ffn ffn = Ffn::swiglu;
-  static constexpr RopeStyle rope = RopeStyle::adjacent_pairs;
+};
+
+struct Mistral : ArchDefaults {
+  static constexpr std::string_view name = "mistral";
 };
 
 }  // namespace tinyllm

@@ -1,11 +1,31 @@
 #pragma once
-// The vocabulary of architecture traits. An architecture is a struct of these constants; the
-// transformer is written once against them and `if constexpr` drops what a model does not use.
-// Each enum grows as architectures that need a new behaviour arrive.
+// The vocabulary of architecture traits. An architecture is a struct that derives from
+// ArchDefaults (which is plain Llama) and overrides what differs; the transformer is written once
+// against these constants and `if constexpr` drops what a model does not use. Sizes, windows,
+// RoPE bases and soft-cap values are data from the file, not traits.
+#include <cstddef>
+
+#include <tinyllm/kernels/rope.hpp>
 
 namespace tinyllm {
 
-enum class Norm { rms };     // RMSNorm with the weights applied as stored
-enum class Ffn { swiglu };   // gated FFN: down(silu(gate(x)) * up(x))
+enum class Ffn {
+  swiglu,   // down(silu(gate(x)) * up(x))
+  geglu,    // down(gelu(gate(x)) * up(x)), GELU in its tanh form
+};
+
+struct ArchDefaults {
+  static constexpr Ffn ffn = Ffn::swiglu;
+  static constexpr RopeStyle rope = RopeStyle::adjacent_pairs;
+  static constexpr bool scale_embeddings = false;  // x *= sqrt(n_embd) after the embedding lookup
+  static constexpr bool qkv_bias = false;          // biases on the Q, K and V projections
+  static constexpr bool qk_norm = false;           // RMSNorm over each head of Q and K, before RoPE
+  static constexpr bool post_norms = false;        // RMSNorm of each block's output before the residual add
+  static constexpr bool attn_softcap = false;      // scores = cap * tanh(scores / cap)
+  static constexpr bool final_softcap = false;     // logits = cap * tanh(logits / cap)
+  // Which layers use the sliding window, when the file sets one: 0 = every layer; p > 0 = every
+  // layer but each p-th (Gemma 2: p = 2, local/global alternating; Gemma 3: p = 6, 5 local then 1 global).
+  static constexpr std::size_t swa_period = 0;
+};
 
 }  // namespace tinyllm

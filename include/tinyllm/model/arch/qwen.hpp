@@ -1,0 +1,21 @@
+#pragma once
+// Alibaba's Qwen 2 (biases on Q, K, V) and Qwen 3 (RMSNorm over each Q and K head instead).
+#include <string_view>
+
+#include <tinyllm/model/arch/traits.hpp>
+
+namespace tinyllm {
+
+struct Qwen2 : ArchDefaults {
+  static constexpr std::string_view name = "qwen2";
+  static constexpr RopeStyle rope = RopeStyle::half_split;
+  static constexpr bool qkv_bias = true;
+};
+
+struct Qwen3 : ArchDefaults {
+  static constexpr std::string_view name = "qwen3";
+  static constexpr RopeStyle rope = RopeStyle::half_split;
+  static constexpr bool qk_norm = true;
+};
+
+}  // namespace tinyllm
