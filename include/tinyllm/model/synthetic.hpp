@@ -96,13 +96,15 @@ inline void add_synthetic_vocab(GGUFWriter& out, std::size_t vocab) {
   out.set_u32("tokenizer.ggml.unknown_token_id", 0);
 }
 
-// Writes a Llama of the given shape with weights of `type` (F32 or F16) into `out`.
-inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed) {
+// Writes a Llama of the given shape with weights of `type` (F32 or F16) into `out`, under the
+// architecture name `arch` (a Llama-shaped one: llama, mistral).
+inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed,
+                                  std::string_view arch = "llama") {
   if (type != DType::F32 && type != DType::F16)
     throw Error("synthetic models are written as F32 or F16", "write_synthetic_llama",
                 "F32 or F16, got " + std::string(name(type)));
-  const std::string a = "llama.";
-  out.set_string("general.architecture", "llama");
+  const std::string a = std::string(arch) + ".";
+  out.set_string("general.architecture", std::string(arch));
   out.set_string("general.name", "tinyllm synthetic " + std::string(s.name));
   out.set_u32("general.file_type", type == DType::F32 ? 0 : 1);
   out.set_u32(a + "context_length", std::uint32_t(s.context));
