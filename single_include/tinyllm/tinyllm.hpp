@@ -2489,6 +2489,7 @@ class Tokenizer {
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 // ---- tinyllm/model/arch/all.hpp ----
@@ -2513,6 +2514,7 @@ namespace tinyllm {
 enum class Ffn {
   swiglu,   // down(silu(gate(x)) * up(x))
   geglu,    // down(gelu(gate(x)) * up(x)), GELU in its tanh form
+  custom,   // down(Arch::activation(gate(x), up(x))): the architecture brings its own
 };
 
 struct ArchDefaults {
@@ -2522,6 +2524,7 @@ struct ArchDefaults {
   static constexpr bool qkv_bias = false;          // biases on the Q, K and V projections
   static constexpr bool qk_norm = false;           // RMSNorm over each head of Q and K, before RoPE
   static constexpr bool post_norms = false;        // RMSNorm of each block's output before the residual add
+  static constexpr bool parallel_blocks = false;   // x += attn(norm(x)) + ffn(norm(x)), one norm (GPT-J style)
   static constexpr bool attn_softcap = false;      // scores = cap * tanh(scores / cap)
   static constexpr bool final_softcap = false;     // logits = cap * tanh(logits / cap)
   // Which layers use the sliding window, when the file sets one: 0 = every layer; p > 0 = every
@@ -2696,13 +2699,15 @@ inline void add_synthetic_vocab(GGUFWriter& out, std::size_t vocab) {
   out.set_u32("tokenizer.ggml.unknown_token_id", 0);
 }
 
-// Writes a Llama of the given shape with weights of `type` (F32 or F16) into `out`.
-inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed) {
+// Writes a Llama of the given shape with weights of `type` (F32 or F16) into `out`, under the
+// architecture name `arch` (a Llama-shaped one: llama, mistral).
+inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed,
+                                  std::string_view arch = "llama") {
   if (type != DType::F32 && type != DType::F16)
     throw Error("synthetic models are written as F32 or F16", "write_synthetic_llama",
                 "F32 or F16, got " + std::string(name(type)));
-  const std::string a = "llama.";
-  out.set_string("general.architecture", "llama");
+  const std::string a = std::string(arch) + ".";
+  out.set_string("general.architecture", std::string(arch));
   out.set_string("general.name", "tinyllm synthetic " + std::string(s.name));
   out.set_u32("general.file_type", type == DType::F32 ? 0 : 1);
   out.set_u32(a + "context_length", std::uint32_t(s.context));
@@ -3050,6 +3055,10 @@ class Transformer final : public Model {
       matmul(pool, lw.wq, xb, q);
       matmul(pool, lw.wk, xb, k);
       matmul(pool, lw.wv, xb, v);
+      if constexpr (Arch::parallel_blocks) {   // the FFN reads the same normalised input
+        matmul(pool, lw.w_gate, xb, gate);
+        matmul(pool, lw.w_up, xb, up);
+      }
       const KVLayerView kv = cache.layer(l);
       for (std::size_t t = 0; t < n; ++t) {
         if constexpr (Arch::qkv_bias) {
@@ -3076,11 +3085,14 @@ class Transformer final : public Model {
       add_rows(x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
-      for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
-      matmul(pool, lw.w_gate, xb, gate);
-      matmul(pool, lw.w_up, xb, up);
+      if constexpr (!Arch::parallel_blocks) {
+        for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
+        matmul(pool, lw.w_gate, xb, gate);
+        matmul(pool, lw.w_up, xb, up);
+      }
       if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::geglu) cpu::geglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
       matmul(pool, lw.w_down, gate, proj);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
       add_rows(x, proj);
@@ -3296,7 +3308,7 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
       lw.post_attn_norm = vector_tensor(f, b + "post_attention_norm.weight", c.n_embd);
       lw.post_ffn_norm = vector_tensor(f, b + "post_ffw_norm.weight", c.n_embd);
     }
-    lw.ffn_norm = vector_tensor(f, b + "ffn_norm.weight", c.n_embd);
+    if constexpr (!Arch::parallel_blocks) lw.ffn_norm = vector_tensor(f, b + "ffn_norm.weight", c.n_embd);
     lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
     lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
     lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
@@ -3325,18 +3337,25 @@ std::unique_ptr<Model> bind_known_arch(const GGUFFile& f, ModelConfig c, const L
   }
 }
 
-inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
-                             const LoadOptions& opt) {
+// Arch = void: the traits named by general.architecture; otherwise the given traits, over the
+// file's hyperparameters and Llama-style tensor names (a user's own architecture).
+template <class Arch = void>
+LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
+                      const LoadOptions& opt) {
   const GGUFFile& f = *file;
   const std::string arch = f.get_string("general.architecture");
-  bool known = false;
-  std::apply([&](auto... a) { known = ((a.name == arch) || ...); }, KnownArchs{});
-  if (!known)
-    throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture",
-                "one of " + known_arch_names());
+  std::unique_ptr<Model> model;
+  if constexpr (std::is_void_v<Arch>) {
+    bool known = false;
+    std::apply([&](auto... a) { known = ((a.name == arch) || ...); }, KnownArchs{});
+    if (!known)
+      throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture",
+                  "one of " + known_arch_names());
+  }
   ModelConfig c = read_config(f, arch);
   const std::size_t vocab = c.vocab_size;
-  std::unique_ptr<Model> model = bind_known_arch(f, std::move(c), opt);
+  if constexpr (std::is_void_v<Arch>) model = bind_known_arch(f, std::move(c), opt);
+  else model = bind_gguf<Arch>(f, std::move(c), opt);
 
   std::optional<Tokenizer> tok = tokenizer_file(opt, vocab);
   if (!tok) tok = gguf_tokenizer(f);
@@ -3356,7 +3375,8 @@ inline std::string find_llama2c_tokenizer(const std::string& model_path, std::si
   return {};
 }
 
-inline LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
+template <class Arch = Llama>
+LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   auto file = std::make_shared<const Llama2cFile>(Llama2cFile::open(path));
   const Llama2cConfig& lc = file->config();
   const Llama2cWeights& lw = file->weights();
@@ -3401,31 +3421,34 @@ inline LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
 
   if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
   std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
-  auto model = std::make_unique<Transformer<Llama>>(std::move(c), std::move(w), opt.max_batch);
+  auto model = std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
   return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
 }
 
 }  // namespace detail
 
-// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic.
-inline LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
+// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic. load<MyArch>(path)
+// runs the file's weights with a user's own architecture traits instead of the file's.
+template <class Arch = void>
+LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
   char magic[4] = {};
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot open model file", path);
   in.read(magic, 4);
   if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
     auto file = std::make_shared<const GGUFFile>(GGUFFile::open(path));
-    return detail::load_gguf(file, file, opt);
+    return detail::load_gguf<Arch>(file, file, opt);
   }
-  return detail::load_llama2c(path, opt);
+  return detail::load_llama2c<std::conditional_t<std::is_void_v<Arch>, Llama, Arch>>(path, opt);
 }
 
 // Loads a GGUF image held in memory (an embedded or freshly written model); the model keeps it.
-inline LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& name, const LoadOptions& opt = {}) {
+template <class Arch = void>
+LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& name, const LoadOptions& opt = {}) {
   auto owned = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
   auto file = std::make_shared<const GGUFFile>(GGUFFile::parse(std::span<const std::byte>(*owned), name));
   auto storage = std::make_shared<std::pair<std::shared_ptr<const std::vector<std::byte>>, std::shared_ptr<const GGUFFile>>>(owned, file);
-  return detail::load_gguf(file, storage, opt);
+  return detail::load_gguf<Arch>(file, storage, opt);
 }
 
 // A seeded random-weight Llama of a named shape, written by the GGUF writer and loaded from

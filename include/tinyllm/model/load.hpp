@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
@@ -175,7 +176,7 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
       lw.post_attn_norm = vector_tensor(f, b + "post_attention_norm.weight", c.n_embd);
       lw.post_ffn_norm = vector_tensor(f, b + "post_ffw_norm.weight", c.n_embd);
     }
-    lw.ffn_norm = vector_tensor(f, b + "ffn_norm.weight", c.n_embd);
+    if constexpr (!Arch::parallel_blocks) lw.ffn_norm = vector_tensor(f, b + "ffn_norm.weight", c.n_embd);
     lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
     lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
     lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
@@ -204,18 +205,25 @@ std::unique_ptr<Model> bind_known_arch(const GGUFFile& f, ModelConfig c, const L
   }
 }
 
-inline LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
-                             const LoadOptions& opt) {
+// Arch = void: the traits named by general.architecture; otherwise the given traits, over the
+// file's hyperparameters and Llama-style tensor names (a user's own architecture).
+template <class Arch = void>
+LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
+                      const LoadOptions& opt) {
   const GGUFFile& f = *file;
   const std::string arch = f.get_string("general.architecture");
-  bool known = false;
-  std::apply([&](auto... a) { known = ((a.name == arch) || ...); }, KnownArchs{});
-  if (!known)
-    throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture",
-                "one of " + known_arch_names());
+  std::unique_ptr<Model> model;
+  if constexpr (std::is_void_v<Arch>) {
+    bool known = false;
+    std::apply([&](auto... a) { known = ((a.name == arch) || ...); }, KnownArchs{});
+    if (!known)
+      throw Error("unsupported architecture '" + arch + "'", f.name() + ", key general.architecture",
+                  "one of " + known_arch_names());
+  }
   ModelConfig c = read_config(f, arch);
   const std::size_t vocab = c.vocab_size;
-  std::unique_ptr<Model> model = bind_known_arch(f, std::move(c), opt);
+  if constexpr (std::is_void_v<Arch>) model = bind_known_arch(f, std::move(c), opt);
+  else model = bind_gguf<Arch>(f, std::move(c), opt);
 
   std::optional<Tokenizer> tok = tokenizer_file(opt, vocab);
   if (!tok) tok = gguf_tokenizer(f);
@@ -235,7 +243,8 @@ inline std::string find_llama2c_tokenizer(const std::string& model_path, std::si
   return {};
 }
 
-inline LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
+template <class Arch = Llama>
+LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   auto file = std::make_shared<const Llama2cFile>(Llama2cFile::open(path));
   const Llama2cConfig& lc = file->config();
   const Llama2cWeights& lw = file->weights();
@@ -280,31 +289,34 @@ inline LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
 
   if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
   std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
-  auto model = std::make_unique<Transformer<Llama>>(std::move(c), std::move(w), opt.max_batch);
+  auto model = std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
   return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
 }
 
 }  // namespace detail
 
-// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic.
-inline LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
+// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic. load<MyArch>(path)
+// runs the file's weights with a user's own architecture traits instead of the file's.
+template <class Arch = void>
+LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
   char magic[4] = {};
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot open model file", path);
   in.read(magic, 4);
   if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
     auto file = std::make_shared<const GGUFFile>(GGUFFile::open(path));
-    return detail::load_gguf(file, file, opt);
+    return detail::load_gguf<Arch>(file, file, opt);
   }
-  return detail::load_llama2c(path, opt);
+  return detail::load_llama2c<std::conditional_t<std::is_void_v<Arch>, Llama, Arch>>(path, opt);
 }
 
 // Loads a GGUF image held in memory (an embedded or freshly written model); the model keeps it.
-inline LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& name, const LoadOptions& opt = {}) {
+template <class Arch = void>
+LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& name, const LoadOptions& opt = {}) {
   auto owned = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
   auto file = std::make_shared<const GGUFFile>(GGUFFile::parse(std::span<const std::byte>(*owned), name));
   auto storage = std::make_shared<std::pair<std::shared_ptr<const std::vector<std::byte>>, std::shared_ptr<const GGUFFile>>>(owned, file);
-  return detail::load_gguf(file, storage, opt);
+  return detail::load_gguf<Arch>(file, storage, opt);
 }
 
 // A seeded random-weight Llama of a named shape, written by the GGUF writer and loaded from

@@ -183,6 +183,10 @@ class Transformer final : public Model {
       matmul(pool, lw.wq, xb, q);
       matmul(pool, lw.wk, xb, k);
       matmul(pool, lw.wv, xb, v);
+      if constexpr (Arch::parallel_blocks) {   // the FFN reads the same normalised input
+        matmul(pool, lw.w_gate, xb, gate);
+        matmul(pool, lw.w_up, xb, up);
+      }
       const KVLayerView kv = cache.layer(l);
       for (std::size_t t = 0; t < n; ++t) {
         if constexpr (Arch::qkv_bias) {
@@ -209,11 +213,14 @@ class Transformer final : public Model {
       add_rows(x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
-      for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
-      matmul(pool, lw.w_gate, xb, gate);
-      matmul(pool, lw.w_up, xb, up);
+      if constexpr (!Arch::parallel_blocks) {
+        for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
+        matmul(pool, lw.w_gate, xb, gate);
+        matmul(pool, lw.w_up, xb, up);
+      }
       if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::geglu) cpu::geglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
       matmul(pool, lw.w_down, gate, proj);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
       add_rows(x, proj);

@@ -12,6 +12,7 @@ namespace tinyllm {
 enum class Ffn {
   swiglu,   // down(silu(gate(x)) * up(x))
   geglu,    // down(gelu(gate(x)) * up(x)), GELU in its tanh form
+  custom,   // down(Arch::activation(gate(x), up(x))): the architecture brings its own
 };
 
 struct ArchDefaults {
@@ -21,6 +22,7 @@ struct ArchDefaults {
   static constexpr bool qkv_bias = false;          // biases on the Q, K and V projections
   static constexpr bool qk_norm = false;           // RMSNorm over each head of Q and K, before RoPE
   static constexpr bool post_norms = false;        // RMSNorm of each block's output before the residual add
+  static constexpr bool parallel_blocks = false;   // x += attn(norm(x)) + ffn(norm(x)), one norm (GPT-J style)
   static constexpr bool attn_softcap = false;      // scores = cap * tanh(scores / cap)
   static constexpr bool final_softcap = false;     // logits = cap * tanh(logits / cap)
   // Which layers use the sliding window, when the file sets one: 0 = every layer; p > 0 = every
