@@ -700,11 +700,32 @@ HWY_INLINE VF load_f32(DF d, const F16* p) {
   return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
 }
 
-// The first n < N values, zeros after; reads nothing past p[n - 1].
-HWY_INLINE VF load_f32_partial(DF d, const float* p, std::size_t n) {
-  return hn::MaskedLoad(hn::FirstN(d, n), d, p);
+// AVX2 and AVX-512 mask 32-bit loads and stores in hardware, touching no memory in lanes that are
+// off. Highway emulates them on SSE4/SSSE3 with full-width accesses, which would read and write
+// past the end of a row; there the tail goes through a buffer on the stack.
+inline constexpr bool kNativeMasking = HWY_TARGET <= HWY_AVX2;
+
+// The first min(n, N) values of p, zeros after; reads nothing past p[n - 1].
+HWY_INLINE VF load_upto(DF d, const float* p, std::size_t n) {
+  if (n >= hn::Lanes(d)) return hn::LoadU(d, p);
+  if constexpr (kNativeMasking) return hn::MaskedLoad(hn::FirstN(d, n), d, p);
+  alignas(64) float buf[hn::MaxLanes(DF())] = {};
+  std::memcpy(buf, p, n * sizeof(float));
+  return hn::Load(d, buf);
 }
-// Copied through a zeroed buffer: AVX2 emulates 16-bit masked loads with a full-width load.
+
+// Stores the first min(n, N) lanes of v; writes nothing past p[n - 1].
+HWY_INLINE void store_upto(VF v, DF d, float* p, std::size_t n) {
+  if (n >= hn::Lanes(d)) return hn::StoreU(v, d, p);
+  if constexpr (kNativeMasking) return hn::BlendedStore(v, hn::FirstN(d, n), d, p);
+  alignas(64) float buf[hn::MaxLanes(DF())];
+  hn::Store(v, d, buf);
+  std::memcpy(p, buf, n * sizeof(float));
+}
+
+// The first n < N values, zeros after; reads nothing past p[n - 1].
+HWY_INLINE VF load_f32_partial(DF d, const float* p, std::size_t n) { return load_upto(d, p, n); }
+// Copied through a zeroed buffer: no target masks 16-bit loads in hardware for Highway 1.0.3 but AVX3.
 HWY_INLINE VF load_f32_partial(DF d, const F16* p, std::size_t n) {
   F16 buf[hn::MaxLanes(DF())] = {};
   std::memcpy(buf, p, n * sizeof(F16));
@@ -738,10 +759,7 @@ HWY_INLINE void map2(const float* a, const float* b, float* out, std::size_t n, 
   const std::size_t N = hn::Lanes(d);
   std::size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(f(hn::LoadU(d, a + i), hn::LoadU(d, b + i)), d, out + i);
-  if (i < n) {
-    const auto m = hn::FirstN(d, n - i);
-    hn::BlendedStore(f(hn::MaskedLoad(m, d, a + i), hn::MaskedLoad(m, d, b + i)), m, d, out + i);
-  }
+  if (i < n) store_upto(f(load_upto(d, a + i, n - i), load_upto(d, b + i, n - i)), d, out + i, n - i);
 }
 
 // x[i] = f(x[i]) in place.
@@ -828,10 +846,7 @@ inline void softmax(float* x, std::size_t n) {
   VF vmax = neg_inf;
   std::size_t i = 0;
   for (; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(d, x + i));
-  if (i < n) {
-    const auto m = hn::FirstN(d, n - i);
-    vmax = hn::Max(vmax, hn::IfThenElse(m, hn::MaskedLoad(m, d, x + i), neg_inf));
-  }
+  if (i < n) vmax = hn::Max(vmax, hn::IfThenElse(hn::FirstN(d, n - i), detail::load_upto(d, x + i, n - i), neg_inf));
   vmax = hn::MaxOfLanes(d, vmax);
 
   VF vsum = hn::Zero(d);
@@ -841,10 +856,9 @@ inline void softmax(float* x, std::size_t n) {
     hn::StoreU(e, d, x + i);
   }
   if (i < n) {
-    const auto m = hn::FirstN(d, n - i);
-    const VF e = hn::IfThenElseZero(m, hn::Exp(d, hn::Sub(hn::MaskedLoad(m, d, x + i), vmax)));
+    const VF e = hn::IfThenElseZero(hn::FirstN(d, n - i), hn::Exp(d, hn::Sub(detail::load_upto(d, x + i, n - i), vmax)));
     vsum = hn::Add(vsum, e);
-    hn::BlendedStore(e, m, d, x + i);
+    detail::store_upto(e, d, x + i, n - i);
   }
 
   const VF inv_sum = hn::Set(d, 1.0f / detail::reduce_sum(d, vsum));
@@ -863,22 +877,22 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::si
   const DF d;
   const std::size_t N = hn::Lanes(d);
   for (std::size_t j = 0; j < head_dim; j += 4 * N) {
-    const std::size_t left = head_dim - j;
-    const auto m0 = hn::FirstN(d, left), m1 = hn::FirstN(d, left > N ? left - N : 0),
-               m2 = hn::FirstN(d, left > 2 * N ? left - 2 * N : 0), m3 = hn::FirstN(d, left > 3 * N ? left - 3 * N : 0);
+    const std::size_t left = head_dim - j;  // values of this pass for the four vectors: up to N each
+    const std::size_t c0 = left, c1 = left > N ? left - N : 0, c2 = left > 2 * N ? left - 2 * N : 0,
+                      c3 = left > 3 * N ? left - 3 * N : 0;
     VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
     for (std::size_t p = 0; p < n_pos; ++p) {
       const float* v = kv.value(first + p) + offset + j;
       const VF s = hn::Set(d, weights[p]);
-      a0 = hn::MulAdd(s, hn::MaskedLoad(m0, d, v), a0);
-      a1 = hn::MulAdd(s, hn::MaskedLoad(m1, d, v + N), a1);
-      a2 = hn::MulAdd(s, hn::MaskedLoad(m2, d, v + 2 * N), a2);
-      a3 = hn::MulAdd(s, hn::MaskedLoad(m3, d, v + 3 * N), a3);
+      a0 = hn::MulAdd(s, load_upto(d, v, c0), a0);
+      a1 = hn::MulAdd(s, load_upto(d, v + N, c1), a1);
+      a2 = hn::MulAdd(s, load_upto(d, v + 2 * N, c2), a2);
+      a3 = hn::MulAdd(s, load_upto(d, v + 3 * N, c3), a3);
     }
-    hn::BlendedStore(a0, m0, d, out + j);
-    hn::BlendedStore(a1, m1, d, out + j + N);
-    hn::BlendedStore(a2, m2, d, out + j + 2 * N);
-    hn::BlendedStore(a3, m3, d, out + j + 3 * N);
+    store_upto(a0, d, out + j, c0);
+    store_upto(a1, d, out + j + N, c1);
+    store_upto(a2, d, out + j + 2 * N, c2);
+    store_upto(a3, d, out + j + 3 * N, c3);
   }
 }
 
@@ -894,14 +908,16 @@ HWY_INLINE void attend_head(const float* q, std::size_t first, std::size_t n_pos
 
 }  // namespace detail
 
-// Causal attention with grouped-query heads. q, out: [n_tok, n_heads * head_dim]. Token t attends
-// to cache positions attention_start(positions[t], window)..positions[t] (already written); head h
-// reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= max(positions) + 1], one row
-// of scores per thread. (token, head) pairs are handed out one at a time, since their costs differ
-// with the position.
-inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
-                      const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+// Causal attention with grouped-query heads over tokens of one or more sequences.
+// q, out: [n_tok, n_heads * head_dim]. Token t reads the KV view view_of(t) (its sequence's) and
+// attends to positions attention_start(positions[t], window)..positions[t] there (already
+// written); head h reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= max
+// position + 1], one row of scores per thread. (token, head) pairs are handed out one at a time,
+// since their costs differ with the position.
+template <class ViewOf>
+void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions, ViewOf&& view_of,
+               std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
+               MatrixView<float> out, MatrixView<float> scratch) {
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
   assert(scratch.rows >= pool.size());
   const std::size_t group = n_heads / n_kv_heads;
@@ -915,10 +931,19 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
       const auto pos = static_cast<std::size_t>(positions[t]);
       const std::size_t first = attention_start(pos, params.window);
       assert(pos < scratch.cols);
+      const KVLayerView& kv = view_of(t);
       detail::attend_head(q.row(t) + h * head_dim, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim,
                           params, scores, out.row(t) + h * head_dim);
     }
   });
+}
+
+// All tokens of one sequence.
+inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                      const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+  attention(pool, q, positions, [&](std::size_t) -> const KVLayerView& { return kv; }, n_heads, n_kv_heads, head_dim,
+            params, out, scratch);
 }
 
 }  // namespace tinyllm::cpu
@@ -928,9 +953,8 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
 // Weight rows and token rows are both contiguous along n_in, so every output is a dot product.
 // A register block of kRowBlock weight rows × kTokBlock tokens keeps that many vector
 // accumulators: each loaded weight vector serves kTokBlock tokens, each token vector kRowBlock
-// rows, and the accumulators are independent FMA chains. For one token this streams kRowBlock
-// rows at once at memory bandwidth; for many tokens it runs toward the FMA peak, provided the
-// operands come from cache. Hence the loop nest (per thread, over its share of the output rows):
+// rows, and the accumulators are independent FMA chains. That runs toward the FMA peak when the
+// operands come from cache, hence the loop nest (per thread, over its share of the output rows):
 //
 //   for each panel of weight rows (sized to stay in L2)
 //     for each chunk of kKChunk inputs
@@ -938,7 +962,12 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
 //         for each block of kRowBlock rows of the panel (streamed from L2)
 //           register block; add its sums into y
 //
-// so each weight is read from memory once, and y is revisited once per input chunk.
+// so each weight is read from memory once and y is revisited once per input chunk. A single
+// token streams kDecodeRows rows at a time at memory bandwidth instead.
+//
+// Every output is summed the same way whatever the token count, block or thread: lane-wise
+// FMAs over each input chunk in order, the same reduction, chunk sums added in order. So a
+// token's outputs are bit-identical alone or in a batch, on any number of threads.
 #include <algorithm>
 #include <cassert>
 #include <cstddef>
@@ -948,12 +977,16 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
 namespace tinyllm::cpu {
 namespace detail {
 
-inline constexpr std::size_t kRowBlock = 4;
 // 4 × 6 accumulators + 4 weights + 1 token vector fit AVX-512's 32 registers; AVX2 has 16.
+inline constexpr std::size_t kRowBlock = 4;
 inline constexpr std::size_t kTokBlock = HWY_TARGET <= HWY_AVX3 ? 6 : 2;
-// Inputs per pass when there are several token blocks: kTokBlock rows of 1024 floats (24 KiB) stay in L1.
+// A single token (decode) has no reuse to gain, only loads to keep in flight: more weight
+// streams at once, one accumulator each as for every other token count.
+inline constexpr std::size_t kDecodeRows = HWY_TARGET <= HWY_AVX3 ? 8 : 4;
+// Inputs per pass: kTokBlock token rows of 1024 floats (24 KiB) stay in L1. Multiple of every
+// vector length, so only the last chunk of a row has a tail.
 inline constexpr std::size_t kKChunk = 1024;
-// Weight bytes per row panel: a quarter of a 1 MiB L2.
+// Weight bytes per row panel: a quarter of a 1 MiB L2 (64 F32 or 128 F16 rows of a chunk).
 inline constexpr std::size_t kPanelBytes = 256 * 1024;
 
 // Out of registers (R * T accumulators), GCC folds the token load into each of the R FMAs that
@@ -994,42 +1027,16 @@ HWY_INLINE hn::Vec<hn::Full128<float>> sum_of_four(DF d, VF a, VF b, VF c, VF e)
 template <std::size_t R, std::size_t T>
 HWY_INLINE void store_sums(const VF (&acc)[R][T], float* y, std::size_t y_stride, bool accumulate) {
   const DF d;
+  const hn::Full128<float> d4;
   for (std::size_t t = 0; t < T; ++t) {
     float* out = y + t * y_stride;
-    if constexpr (R == 4) {
-      const hn::Full128<float> d4;
-      const auto sums = sum_of_four(d, acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
-      hn::StoreU(accumulate ? hn::Add(hn::LoadU(d4, out), sums) : sums, d4, out);
-    } else {
-      for (std::size_t r = 0; r < R; ++r) out[r] = (accumulate ? out[r] : 0.0f) + reduce_sum(d, acc[r][t]);
+    std::size_t r = 0;
+    for (; r + 4 <= R; r += 4) {
+      const auto sums = sum_of_four(d, acc[r][t], acc[r + 1][t], acc[r + 2][t], acc[r + 3][t]);
+      hn::StoreU(accumulate ? hn::Add(hn::LoadU(d4, out + r), sums) : sums, d4, out + r);
     }
+    for (; r < R; ++r) out[r] = (accumulate ? out[r] : 0.0f) + reduce_sum(d, acc[r][t]);
   }
-}
-
-// y[r] (+)= dot(w row r, x) for one token. Streaming weights from memory needs parallelism more
-// than reuse: two accumulators per row double the loads and FMA chains in flight.
-template <std::size_t R, class W>
-HWY_INLINE void dot_rows(const W* HWY_RESTRICT w, std::size_t w_stride, const float* HWY_RESTRICT x, std::size_t n,
-                         float* HWY_RESTRICT y, bool accumulate) {
-  const DF d;
-  const std::size_t N = hn::Lanes(d);
-  VF acc[R][1], acc2[R];
-  for (std::size_t r = 0; r < R; ++r) acc[r][0] = acc2[r] = hn::Zero(d);
-  std::size_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    const VF x0 = hn::LoadU(d, x + i), x1 = hn::LoadU(d, x + i + N);
-    for (std::size_t r = 0; r < R; ++r) {
-      acc[r][0] = hn::MulAdd(load_f32(d, w + r * w_stride + i), x0, acc[r][0]);
-      acc2[r] = hn::MulAdd(load_f32(d, w + r * w_stride + i + N), x1, acc2[r]);
-    }
-  }
-  for (; i < n; i += N) {
-    const std::size_t left = std::min(N, n - i);
-    const VF xv = load_f32_partial(d, x + i, left);
-    for (std::size_t r = 0; r < R; ++r) acc[r][0] = hn::MulAdd(load_f32_partial(d, w + r * w_stride + i, left), xv, acc[r][0]);
-  }
-  for (std::size_t r = 0; r < R; ++r) acc[r][0] = hn::Add(acc[r][0], acc2[r]);
-  store_sums<R, 1>(acc, y, 0, accumulate);
 }
 
 // y[t * y_stride + r] (+)= dot(w row r, x row t) over n values, for r < R, t < T.
@@ -1076,10 +1083,7 @@ HWY_INLINE void dot_block_any(std::size_t r_count, std::size_t t_count, const W*
   if constexpr (T > 1)
     if (t_count < T)
       return dot_block_any<R, T - 1>(r_count, t_count, w, w_stride, x, x_stride, n, y, y_stride, accumulate);
-  if constexpr (T == 1)
-    dot_rows<R>(w, w_stride, x, n, y, accumulate);
-  else
-    dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+  dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
 }
 
 // y[:, o0 .. o1] for one thread's share of the output rows.
@@ -1087,13 +1091,18 @@ template <class W>
 void matmul_rows(MatrixView<const W> w, MatrixView<const float> x, MatrixView<float> y, std::size_t o0,
                  std::size_t o1) {
   const std::size_t n_in = w.cols, n_tok = x.rows;
-  // A single token block has no token rows to keep in L1, so it takes the whole row in one pass.
-  const std::size_t k_chunk = n_tok <= kTokBlock ? n_in : std::min(n_in, kKChunk);
-  const std::size_t panel_rows = std::max(kRowBlock, kPanelBytes / (k_chunk * sizeof(W)) / kRowBlock * kRowBlock);
+  if (n_tok == 1) {  // each row block streams its rows through, chunk after chunk
+    for (std::size_t o = o0; o < o1; o += kDecodeRows)
+      for (std::size_t k0 = 0; k0 < n_in; k0 += kKChunk)
+        dot_block_any<kDecodeRows, 1>(std::min(kDecodeRows, o1 - o), 1, w.row(o) + k0, w.stride, x.row(0) + k0,
+                                      x.stride, std::min(kKChunk, n_in - k0), y.row(0) + o, y.stride, k0 > 0);
+    return;
+  }
+  const std::size_t panel_rows = kPanelBytes / (kKChunk * sizeof(W));
   for (std::size_t p0 = o0; p0 < o1; p0 += panel_rows) {
     const std::size_t p1 = std::min(o1, p0 + panel_rows);
-    for (std::size_t k0 = 0; k0 < n_in; k0 += k_chunk) {
-      const std::size_t k_count = std::min(k_chunk, n_in - k0);
+    for (std::size_t k0 = 0; k0 < n_in; k0 += kKChunk) {
+      const std::size_t k_count = std::min(kKChunk, n_in - k0);
       for (std::size_t t = 0; t < n_tok; t += kTokBlock)
         for (std::size_t o = p0; o < p1; o += kRowBlock)
           dot_block_any(std::min(kRowBlock, p1 - o), std::min(kTokBlock, n_tok - t), w.row(o) + k0, w.stride,
@@ -1111,7 +1120,7 @@ void matmul(ThreadPool& pool, MatrixView<const W> w, MatrixView<const float> x, 
   static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16>, "cpu::matmul: float or F16 weights");
   assert(w.cols > 0 && w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
   pool.parallel_for(
-      w.rows, [&](std::size_t o0, std::size_t o1) { detail::matmul_rows(w, x, y, o0, o1); }, detail::kRowBlock);
+      w.rows, [&](std::size_t o0, std::size_t o1) { detail::matmul_rows(w, x, y, o0, o1); }, detail::kDecodeRows);
 }
 
 }  // namespace tinyllm::cpu
@@ -1155,10 +1164,9 @@ HWY_INLINE void rope_adjacent_chunk(float* x, std::size_t n_heads, std::size_t h
   for (std::size_t h = 0; h < n_heads; ++h) {
     float* p = x + h * head_dim + first;
     for (std::size_t j = 0; j < count; j += N) {
-      const auto m = hn::FirstN(d, count - j);  // N is even, so a mask never splits a pair
-      const VF v = hn::MaskedLoad(m, d, p + j);
+      const VF v = load_upto(d, p + j, count - j);  // N is even, so a tail never splits a pair
       const VF r = hn::MulAdd(v, hn::LoadU(d, cos2 + j), hn::Mul(hn::Reverse2(d, v), hn::LoadU(d, sin2 + j)));
-      hn::BlendedStore(r, m, d, p + j);
+      store_upto(r, d, p + j, count - j);
     }
   }
 }
@@ -1172,11 +1180,10 @@ HWY_INLINE void rope_half_split_chunk(float* x, std::size_t n_heads, std::size_t
     float* lo_p = x + h * head_dim + first;
     float* hi_p = lo_p + half;
     for (std::size_t j = 0; j < count; j += N) {
-      const auto m = hn::FirstN(d, count - j);
-      const VF lo = hn::MaskedLoad(m, d, lo_p + j), hi = hn::MaskedLoad(m, d, hi_p + j);
+      const VF lo = load_upto(d, lo_p + j, count - j), hi = load_upto(d, hi_p + j, count - j);
       const VF c = hn::LoadU(d, cos1 + j), s = hn::LoadU(d, sin1 + j);
-      hn::BlendedStore(hn::MulSub(lo, c, hn::Mul(hi, s)), m, d, lo_p + j);
-      hn::BlendedStore(hn::MulAdd(hi, c, hn::Mul(lo, s)), m, d, hi_p + j);
+      store_upto(hn::MulSub(lo, c, hn::Mul(hi, s)), d, lo_p + j, count - j);
+      store_upto(hn::MulAdd(hi, c, hn::Mul(lo, s)), d, hi_p + j, count - j);
     }
   }
 }
@@ -2248,9 +2255,18 @@ class Utf8Stream {
 
 }  // namespace tinyllm
 // ---- tinyllm/text/tokenizer.hpp ----
-// Tokenizer: SentencePiece-style BPE driven by piece scores, encoding and decoding as llama2.c's
-// run.c does. The vocabulary is plain data (pieces with ' ' for spaces, and scores); io/ loads it.
+// Tokenizer: text to token ids and back. One class, three kinds of vocabulary:
+//   llama2c         SentencePiece-style BPE driven by piece scores, encoding and decoding as
+//                   llama2.c's run.c does; the vocabulary is plain data (pieces with ' ' for spaces,
+//                   and scores) that io/ loads.
+//   sentencepiece   GGUF tokenizer.ggml.model "llama", as llama.cpp tokenizes it (spm.hpp).
+//   byte_level_bpe  GGUF tokenizer.ggml.model "gpt2", as llama.cpp tokenizes it (bpe.hpp, with
+//                   the pre-tokenizer tokenizer.ggml.pre names, pretokenize.hpp).
+// GGUF vocabularies carry token types; control and user-defined tokens written in a text are
+// found as special_tokens.hpp describes.
+#include <algorithm>
 #include <array>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -2263,47 +2279,1297 @@ class Utf8Stream {
 #include <utility>
 #include <vector>
 
+// ---- tinyllm/text/bpe.hpp ----
+// Byte-level BPE as llama.cpp runs it for tokenizer.ggml.model "gpt2" (llm_tokenizer_bpe): the
+// text is split into words by the pre-tokenizer; each word's bytes become GPT-2's printable code
+// points, one symbol per byte; the adjacent pair with the lowest merge rank
+// (tokenizer.ggml.merges, "left right" per line) is merged, the leftmost on ties, until no pair
+// has a rank.
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <queue>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+// ---- tinyllm/text/pretokenize.hpp ----
+// Pre-tokenizers of byte-level BPE: the split of a text into words before merging, one per
+// tokenizer.ggml.pre, as llama.cpp defines them (llama-vocab.cpp, llm_tokenizer_bpe). llama.cpp
+// states each as a list of regular expressions; each expression in turn cuts every piece so far
+// into its matches and the text between them. Here each expression is a hand-written matcher over
+// code points that gives what the expression gives (ECMAScript semantics: leftmost match,
+// alternatives in order, greedy quantifiers), so no regex engine is needed.
+#include <algorithm>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+// ---- tinyllm/text/unicode.hpp ----
+// Code points as the tokenizers see them: a text cut into code points with their Unicode group and
+// white-space property, and GPT-2's mapping of bytes to printable code points (byte-level BPE).
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+// ---- tinyllm/text/unicode_table.hpp ----
+// The Unicode general category of every code point, coarsened to the groups llama.cpp's
+// pre-tokenizers tell apart (\p{L}, \p{M}, \p{N}, \p{P}, \p{S}, \p{Z}, and the rest), as a
+// sorted table of runs: each entry is (first code point << 3) | group, and a run lasts until the
+// next entry's first code point. White space is a separate property (unicode.hpp).
+//
+// Generated from Unicode 14.0.0, as Python 3.11's unicodedata holds it; llama.cpp builds its own
+// table (unicode-data.cpp) from the Unicode Character Database with the same grouping. The two
+// differ only for code points assigned after Unicode 14.0. To regenerate:
+//
+//   import unicodedata
+//   GROUP = {"L": 1, "M": 2, "N": 3, "P": 4, "S": 5, "Z": 6}  # C* and unassigned: 0
+//   runs, prev = [], None
+//   for cp in range(0x110000):
+//       g = GROUP.get(unicodedata.category(chr(cp))[0], 0)
+//       if g != prev:
+//           runs.append(cp << 3 | g)
+//           prev = g
+//   for i in range(0, len(runs), 8):
+//       print("    " + " ".join(f"0x{r:07X}," for r in runs[i:i + 8]))
+#include <algorithm>
+#include <cstdint>
+#include <iterator>
+
+namespace tinyllm {
+
+enum class UnicodeGroup : std::uint8_t {
+  other = 0,        // Cc, Cf, Cs, Co and unassigned code points
+  letter = 1,       // L*
+  mark = 2,         // M*
+  number = 3,       // N*
+  punctuation = 4,  // P*
+  symbol = 5,       // S*
+  separator = 6,    // Z*
+};
+
+inline constexpr std::uint32_t kUnicodeGroupRuns[] = {
+    0x0000000, 0x0000106, 0x000010C, 0x0000125, 0x000012C, 0x000015D, 0x0000164, 0x0000183,
+    0x00001D4, 0x00001E5, 0x00001FC, 0x0000209, 0x00002DC, 0x00002F5, 0x00002FC, 0x0000305,
+    0x0000309, 0x00003DC, 0x00003E5, 0x00003EC, 0x00003F5, 0x00003F8, 0x0000506, 0x000050C,
+    0x0000515, 0x000053C, 0x0000545, 0x0000551, 0x000055C, 0x0000565, 0x0000568, 0x0000575,
+    0x0000593, 0x00005A5, 0x00005A9, 0x00005B4, 0x00005C5, 0x00005CB, 0x00005D1, 0x00005DC,
+    0x00005E3, 0x00005FC, 0x0000601, 0x00006BD, 0x00006C1, 0x00007BD, 0x00007C1, 0x0001615,
+    0x0001631, 0x0001695, 0x0001701, 0x000172D, 0x0001761, 0x000176D, 0x0001771, 0x000177D,
+    0x0001802, 0x0001B81, 0x0001BAD, 0x0001BB1, 0x0001BC0, 0x0001BD1, 0x0001BF4, 0x0001BF9,
+    0x0001C00, 0x0001C25, 0x0001C31, 0x0001C3C, 0x0001C41, 0x0001C58, 0x0001C61, 0x0001C68,
+    0x0001C71, 0x0001D10, 0x0001D19, 0x0001FB5, 0x0001FB9, 0x0002415, 0x000241A, 0x0002451,
+    0x0002980, 0x0002989, 0x0002AB8, 0x0002AC9, 0x0002AD4, 0x0002B01, 0x0002C4C, 0x0002C58,
+    0x0002C6D, 0x0002C80, 0x0002C8A, 0x0002DF4, 0x0002DFA, 0x0002E04, 0x0002E0A, 0x0002E1C,
+    0x0002E22, 0x0002E34, 0x0002E3A, 0x0002E40, 0x0002E81, 0x0002F58, 0x0002F79, 0x0002F9C,
+    0x0002FA8, 0x0003035, 0x000304C, 0x000305D, 0x0003064, 0x0003075, 0x0003082, 0x00030DC,
+    0x00030E0, 0x00030EC, 0x0003101, 0x000325A, 0x0003303, 0x0003354, 0x0003371, 0x0003382,
+    0x0003389, 0x00036A4, 0x00036A9, 0x00036B2, 0x00036E8, 0x00036F5, 0x00036FA, 0x0003729,
+    0x000373A, 0x000374D, 0x0003752, 0x0003771, 0x0003783, 0x00037D1, 0x00037ED, 0x00037F9,
+    0x0003804, 0x0003870, 0x0003881, 0x000388A, 0x0003891, 0x0003982, 0x0003A58, 0x0003A69,
+    0x0003D32, 0x0003D89, 0x0003D90, 0x0003E03, 0x0003E51, 0x0003F5A, 0x0003FA1, 0x0003FB5,
+    0x0003FBC, 0x0003FD1, 0x0003FD8, 0x0003FEA, 0x0003FF5, 0x0004001, 0x00040B2, 0x00040D1,
+    0x00040DA, 0x0004121, 0x000412A, 0x0004141, 0x000414A, 0x0004170, 0x0004184, 0x00041F8,
+    0x0004201, 0x00042CA, 0x00042E0, 0x00042F4, 0x00042F8, 0x0004301, 0x0004358, 0x0004381,
+    0x0004445, 0x0004449, 0x0004478, 0x00044C2, 0x0004501, 0x0004652, 0x0004710, 0x000471A,
+    0x0004821, 0x00049D2, 0x00049E9, 0x00049F2, 0x0004A81, 0x0004A8A, 0x0004AC1, 0x0004B12,
+    0x0004B24, 0x0004B33, 0x0004B84, 0x0004B89, 0x0004C0A, 0x0004C20, 0x0004C29, 0x0004C68,
+    0x0004C79, 0x0004C88, 0x0004C99, 0x0004D48, 0x0004D51, 0x0004D88, 0x0004D91, 0x0004D98,
+    0x0004DB1, 0x0004DD0, 0x0004DE2, 0x0004DE9, 0x0004DF2, 0x0004E28, 0x0004E3A, 0x0004E48,
+    0x0004E5A, 0x0004E71, 0x0004E78, 0x0004EBA, 0x0004EC0, 0x0004EE1, 0x0004EF0, 0x0004EF9,
+    0x0004F12, 0x0004F20, 0x0004F33, 0x0004F81, 0x0004F95, 0x0004FA3, 0x0004FD5, 0x0004FE1,
+    0x0004FEC, 0x0004FF2, 0x0004FF8, 0x000500A, 0x0005020, 0x0005029, 0x0005058, 0x0005079,
+    0x0005088, 0x0005099, 0x0005148, 0x0005151, 0x0005188, 0x0005191, 0x00051A0, 0x00051A9,
+    0x00051B8, 0x00051C1, 0x00051D0, 0x00051E2, 0x00051E8, 0x00051F2, 0x0005218, 0x000523A,
+    0x0005248, 0x000525A, 0x0005270, 0x000528A, 0x0005290, 0x00052C9, 0x00052E8, 0x00052F1,
+    0x00052F8, 0x0005333, 0x0005382, 0x0005391, 0x00053AA, 0x00053B4, 0x00053B8, 0x000540A,
+    0x0005420, 0x0005429, 0x0005470, 0x0005479, 0x0005490, 0x0005499, 0x0005548, 0x0005551,
+    0x0005588, 0x0005591, 0x00055A0, 0x00055A9, 0x00055D0, 0x00055E2, 0x00055E9, 0x00055F2,
+    0x0005630, 0x000563A, 0x0005650, 0x000565A, 0x0005670, 0x0005681, 0x0005688, 0x0005701,
+    0x0005712, 0x0005720, 0x0005733, 0x0005784, 0x000578D, 0x0005790, 0x00057C9, 0x00057D2,
+    0x0005800, 0x000580A, 0x0005820, 0x0005829, 0x0005868, 0x0005879, 0x0005888, 0x0005899,
+    0x0005948, 0x0005951, 0x0005988, 0x0005991, 0x00059A0, 0x00059A9, 0x00059D0, 0x00059E2,
+    0x00059E9, 0x00059F2, 0x0005A28, 0x0005A3A, 0x0005A48, 0x0005A5A, 0x0005A70, 0x0005AAA,
+    0x0005AC0, 0x0005AE1, 0x0005AF0, 0x0005AF9, 0x0005B12, 0x0005B20, 0x0005B33, 0x0005B85,
+    0x0005B89, 0x0005B93, 0x0005BC0, 0x0005C12, 0x0005C19, 0x0005C20, 0x0005C29, 0x0005C58,
+    0x0005C71, 0x0005C88, 0x0005C91, 0x0005CB0, 0x0005CC9, 0x0005CD8, 0x0005CE1, 0x0005CE8,
+    0x0005CF1, 0x0005D00, 0x0005D19, 0x0005D28, 0x0005D41, 0x0005D58, 0x0005D71, 0x0005DD0,
+    0x0005DF2, 0x0005E18, 0x0005E32, 0x0005E48, 0x0005E52, 0x0005E70, 0x0005E81, 0x0005E88,
+    0x0005EBA, 0x0005EC0, 0x0005F33, 0x0005F9D, 0x0005FD8, 0x0006002, 0x0006029, 0x0006068,
+    0x0006071, 0x0006088, 0x0006091, 0x0006148, 0x0006151, 0x00061D0, 0x00061E2, 0x00061E9,
+    0x00061F2, 0x0006228, 0x0006232, 0x0006248, 0x0006252, 0x0006270, 0x00062AA, 0x00062B8,
+    0x00062C1, 0x00062D8, 0x00062E9, 0x00062F0, 0x0006301, 0x0006312, 0x0006320, 0x0006333,
+    0x0006380, 0x00063BC, 0x00063C3, 0x00063FD, 0x0006401, 0x000640A, 0x0006424, 0x0006429,
+    0x0006468, 0x0006471, 0x0006488, 0x0006491, 0x0006548, 0x0006551, 0x00065A0, 0x00065A9,
+    0x00065D0, 0x00065E2, 0x00065E9, 0x00065F2, 0x0006628, 0x0006632, 0x0006648, 0x0006652,
+    0x0006670, 0x00066AA, 0x00066B8, 0x00066E9, 0x00066F8, 0x0006701, 0x0006712, 0x0006720,
+    0x0006733, 0x0006780, 0x0006789, 0x0006798, 0x0006802, 0x0006821, 0x0006868, 0x0006871,
+    0x0006888, 0x0006891, 0x00069DA, 0x00069E9, 0x00069F2, 0x0006A28, 0x0006A32, 0x0006A48,
+    0x0006A52, 0x0006A71, 0x0006A7D, 0x0006A80, 0x0006AA1, 0x0006ABA, 0x0006AC3, 0x0006AF9,
+    0x0006B12, 0x0006B20, 0x0006B33, 0x0006BCD, 0x0006BD1, 0x0006C00, 0x0006C0A, 0x0006C20,
+    0x0006C29, 0x0006CB8, 0x0006CD1, 0x0006D90, 0x0006D99, 0x0006DE0, 0x0006DE9, 0x0006DF0,
+    0x0006E01, 0x0006E38, 0x0006E52, 0x0006E58, 0x0006E7A, 0x0006EA8, 0x0006EB2, 0x0006EB8,
+    0x0006EC2, 0x0006F00, 0x0006F33, 0x0006F80, 0x0006F92, 0x0006FA4, 0x0006FA8, 0x0007009,
+    0x000718A, 0x0007191, 0x00071A2, 0x00071D8, 0x00071FD, 0x0007201, 0x000723A, 0x000727C,
+    0x0007283, 0x00072D4, 0x00072E0, 0x0007409, 0x0007418, 0x0007421, 0x0007428, 0x0007431,
+    0x0007458, 0x0007461, 0x0007520, 0x0007529, 0x0007530, 0x0007539, 0x000758A, 0x0007591,
+    0x00075A2, 0x00075E9, 0x00075F0, 0x0007601, 0x0007628, 0x0007631, 0x0007638, 0x0007642,
+    0x0007670, 0x0007683, 0x00076D0, 0x00076E1, 0x0007700, 0x0007801, 0x000780D, 0x0007824,
+    0x000789D, 0x00078A4, 0x00078AD, 0x00078C2, 0x00078D5, 0x0007903, 0x00079A5, 0x00079AA,
+    0x00079B5, 0x00079BA, 0x00079C5, 0x00079CA, 0x00079D4, 0x00079F2, 0x0007A01, 0x0007A40,
+    0x0007A49, 0x0007B68, 0x0007B8A, 0x0007C2C, 0x0007C32, 0x0007C41, 0x0007C6A, 0x0007CC0,
+    0x0007CCA, 0x0007DE8, 0x0007DF5, 0x0007E32, 0x0007E3D, 0x0007E68, 0x0007E75, 0x0007E84,
+    0x0007EAD, 0x0007ECC, 0x0007ED8, 0x0008001, 0x000815A, 0x00081F9, 0x0008203, 0x0008254,
+    0x0008281, 0x00082B2, 0x00082D1, 0x00082F2, 0x0008309, 0x0008312, 0x0008329, 0x000833A,
+    0x0008371, 0x000838A, 0x00083A9, 0x0008412, 0x0008471, 0x000847A, 0x0008483, 0x00084D2,
+    0x00084F5, 0x0008501, 0x0008630, 0x0008639, 0x0008640, 0x0008669, 0x0008670, 0x0008681,
+    0x00087DC, 0x00087E1, 0x0009248, 0x0009251, 0x0009270, 0x0009281, 0x00092B8, 0x00092C1,
+    0x00092C8, 0x00092D1, 0x00092F0, 0x0009301, 0x0009448, 0x0009451, 0x0009470, 0x0009481,
+    0x0009588, 0x0009591, 0x00095B0, 0x00095C1, 0x00095F8, 0x0009601, 0x0009608, 0x0009611,
+    0x0009630, 0x0009641, 0x00096B8, 0x00096C1, 0x0009888, 0x0009891, 0x00098B0, 0x00098C1,
+    0x0009AD8, 0x0009AEA, 0x0009B04, 0x0009B4B, 0x0009BE8, 0x0009C01, 0x0009C85, 0x0009CD0,
+    0x0009D01, 0x0009FB0, 0x0009FC1, 0x0009FF0, 0x000A004, 0x000A009, 0x000B36D, 0x000B374,
+    0x000B379, 0x000B406, 0x000B409, 0x000B4DC, 0x000B4E8, 0x000B501, 0x000B75C, 0x000B773,
+    0x000B789, 0x000B7C8, 0x000B801, 0x000B892, 0x000B8B0, 0x000B8F9, 0x000B992, 0x000B9AC,
+    0x000B9B8, 0x000BA01, 0x000BA92, 0x000BAA0, 0x000BB01, 0x000BB68, 0x000BB71, 0x000BB88,
+    0x000BB92, 0x000BBA0, 0x000BC01, 0x000BDA2, 0x000BEA4, 0x000BEB9, 0x000BEC4, 0x000BEDD,
+    0x000BEE1, 0x000BEEA, 0x000BEF0, 0x000BF03, 0x000BF50, 0x000BF83, 0x000BFD0, 0x000C004,
+    0x000C05A, 0x000C070, 0x000C07A, 0x000C083, 0x000C0D0, 0x000C101, 0x000C3C8, 0x000C401,
+    0x000C42A, 0x000C439, 0x000C54A, 0x000C551, 0x000C558, 0x000C581, 0x000C7B0, 0x000C801,
+    0x000C8F8, 0x000C902, 0x000C960, 0x000C982, 0x000C9E0, 0x000CA05, 0x000CA08, 0x000CA24,
+    0x000CA33, 0x000CA81, 0x000CB70, 0x000CB81, 0x000CBA8, 0x000CC01, 0x000CD60, 0x000CD81,
+    0x000CE50, 0x000CE83, 0x000CED8, 0x000CEF5, 0x000D001, 0x000D0BA, 0x000D0E0, 0x000D0F4,
+    0x000D101, 0x000D2AA, 0x000D2F8, 0x000D302, 0x000D3E8, 0x000D3FA, 0x000D403, 0x000D450,
+    0x000D483, 0x000D4D0, 0x000D504, 0x000D539, 0x000D544, 0x000D570, 0x000D582, 0x000D678,
+    0x000D802, 0x000D829, 0x000D9A2, 0x000DA29, 0x000DA68, 0x000DA83, 0x000DAD4, 0x000DB0D,
+    0x000DB5A, 0x000DBA5, 0x000DBEC, 0x000DBF8, 0x000DC02, 0x000DC19, 0x000DD0A, 0x000DD71,
+    0x000DD83, 0x000DDD1, 0x000DF32, 0x000DFA0, 0x000DFE4, 0x000E001, 0x000E122, 0x000E1C0,
+    0x000E1DC, 0x000E203, 0x000E250, 0x000E269, 0x000E283, 0x000E2D1, 0x000E3F4, 0x000E401,
+    0x000E448, 0x000E481, 0x000E5D8, 0x000E5E9, 0x000E604, 0x000E640, 0x000E682, 0x000E69C,
+    0x000E6A2, 0x000E749, 0x000E76A, 0x000E771, 0x000E7A2, 0x000E7A9, 0x000E7BA, 0x000E7D1,
+    0x000E7D8, 0x000E801, 0x000EE02, 0x000F001, 0x000F8B0, 0x000F8C1, 0x000F8F0, 0x000F901,
+    0x000FA30, 0x000FA41, 0x000FA70, 0x000FA81, 0x000FAC0, 0x000FAC9, 0x000FAD0, 0x000FAD9,
+    0x000FAE0, 0x000FAE9, 0x000FAF0, 0x000FAF9, 0x000FBF0, 0x000FC01, 0x000FDA8, 0x000FDB1,
+    0x000FDED, 0x000FDF1, 0x000FDFD, 0x000FE11, 0x000FE28, 0x000FE31, 0x000FE6D, 0x000FE81,
+    0x000FEA0, 0x000FEB1, 0x000FEE0, 0x000FEED, 0x000FF01, 0x000FF6D, 0x000FF80, 0x000FF91,
+    0x000FFA8, 0x000FFB1, 0x000FFED, 0x000FFF8, 0x0010006, 0x0010058, 0x0010084, 0x0010146,
+    0x0010150, 0x001017E, 0x0010184, 0x0010225, 0x001022C, 0x0010295, 0x001029C, 0x00102FE,
+    0x0010300, 0x0010383, 0x0010389, 0x0010390, 0x00103A3, 0x00103D5, 0x00103EC, 0x00103F9,
+    0x0010403, 0x0010455, 0x001046C, 0x0010478, 0x0010481, 0x00104E8, 0x0010505, 0x0010608,
+    0x0010682, 0x0010788, 0x0010805, 0x0010811, 0x001081D, 0x0010839, 0x0010845, 0x0010851,
+    0x00108A5, 0x00108A9, 0x00108B5, 0x00108C9, 0x00108F5, 0x0010921, 0x001092D, 0x0010931,
+    0x001093D, 0x0010941, 0x001094D, 0x0010951, 0x0010975, 0x0010979, 0x00109D5, 0x00109E1,
+    0x0010A05, 0x0010A29, 0x0010A55, 0x0010A71, 0x0010A7D, 0x0010A83, 0x0010C19, 0x0010C2B,
+    0x0010C55, 0x0010C60, 0x0010C85, 0x0011844, 0x0011865, 0x001194C, 0x001195D, 0x0012138,
+    0x0012205, 0x0012258, 0x0012303, 0x00124E5, 0x0012753, 0x0012805, 0x0013B44, 0x0013BB3,
+    0x0013CA5, 0x0013E2C, 0x0013E3D, 0x0013F34, 0x0013F85, 0x0014C1C, 0x0014CCD, 0x0014EC4,
+    0x0014EE5, 0x0014FE4, 0x0014FF5, 0x0015BA0, 0x0015BB5, 0x0015CB0, 0x0015CBD, 0x0016001,
+    0x001672D, 0x0016759, 0x001677A, 0x0016791, 0x00167A0, 0x00167CC, 0x00167EB, 0x00167F4,
+    0x0016801, 0x0016930, 0x0016939, 0x0016940, 0x0016969, 0x0016970, 0x0016981, 0x0016B40,
+    0x0016B79, 0x0016B84, 0x0016B88, 0x0016BFA, 0x0016C01, 0x0016CB8, 0x0016D01, 0x0016D38,
+    0x0016D41, 0x0016D78, 0x0016D81, 0x0016DB8, 0x0016DC1, 0x0016DF8, 0x0016E01, 0x0016E38,
+    0x0016E41, 0x0016E78, 0x0016E81, 0x0016EB8, 0x0016EC1, 0x0016EF8, 0x0016F02, 0x0017004,
+    0x0017179, 0x0017184, 0x0017285, 0x0017294, 0x00172F0, 0x0017405, 0x00174D0, 0x00174DD,
+    0x00177A0, 0x0017805, 0x0017EB0, 0x0017F85, 0x0017FE0, 0x0018006, 0x001800C, 0x0018025,
+    0x0018029, 0x001803B, 0x0018044, 0x0018095, 0x00180A4, 0x0018105, 0x001810B, 0x0018152,
+    0x0018184, 0x0018189, 0x00181B5, 0x00181C3, 0x00181D9, 0x00181EC, 0x00181F5, 0x0018200,
+    0x0018209, 0x00184B8, 0x00184CA, 0x00184DD, 0x00184E9, 0x0018504, 0x0018509, 0x00187DC,
+    0x00187E1, 0x0018800, 0x0018829, 0x0018980, 0x0018989, 0x0018C78, 0x0018C85, 0x0018C93,
+    0x0018CB5, 0x0018D01, 0x0018E05, 0x0018F20, 0x0018F81, 0x0019005, 0x00190F8, 0x0019103,
+    0x0019155, 0x0019243, 0x0019285, 0x001928B, 0x0019305, 0x0019403, 0x0019455, 0x001958B,
+    0x0019605, 0x001A001, 0x0026E05, 0x0027001, 0x0052468, 0x0052485, 0x0052638, 0x0052681,
+    0x00527F4, 0x0052801, 0x005306C, 0x0053081, 0x0053103, 0x0053151, 0x0053160, 0x0053201,
+    0x005337A, 0x005339C, 0x00533A2, 0x00533F4, 0x00533F9, 0x00534F2, 0x0053501, 0x0053733,
+    0x0053782, 0x0053794, 0x00537C0, 0x0053805, 0x00538B9, 0x0053905, 0x0053911, 0x0053C4D,
+    0x0053C59, 0x0053E58, 0x0053E81, 0x0053E90, 0x0053E99, 0x0053EA0, 0x0053EA9, 0x0053ED0,
+    0x0053F91, 0x0054012, 0x0054019, 0x0054032, 0x0054039, 0x005405A, 0x0054061, 0x005411A,
+    0x0054145, 0x0054162, 0x0054168, 0x0054183, 0x00541B5, 0x00541D0, 0x0054201, 0x00543A4,
+    0x00543C0, 0x0054402, 0x0054411, 0x00545A2, 0x0054630, 0x0054674, 0x0054683, 0x00546D0,
+    0x0054702, 0x0054791, 0x00547C4, 0x00547D9, 0x00547E4, 0x00547E9, 0x00547FA, 0x0054803,
+    0x0054851, 0x0054932, 0x0054974, 0x0054981, 0x0054A3A, 0x0054AA0, 0x0054AFC, 0x0054B01,
+    0x0054BE8, 0x0054C02, 0x0054C21, 0x0054D9A, 0x0054E0C, 0x0054E70, 0x0054E79, 0x0054E83,
+    0x0054ED0, 0x0054EF4, 0x0054F01, 0x0054F2A, 0x0054F31, 0x0054F83, 0x0054FD1, 0x0054FF8,
+    0x0055001, 0x005514A, 0x00551B8, 0x0055201, 0x005521A, 0x0055221, 0x0055262, 0x0055270,
+    0x0055283, 0x00552D0, 0x00552E4, 0x0055301, 0x00553BD, 0x00553D1, 0x00553DA, 0x00553F1,
+    0x0055582, 0x0055589, 0x0055592, 0x00555A9, 0x00555BA, 0x00555C9, 0x00555F2, 0x0055601,
+    0x005560A, 0x0055611, 0x0055618, 0x00556D9, 0x00556F4, 0x0055701, 0x005575A, 0x0055784,
+    0x0055791, 0x00557AA, 0x00557B8, 0x0055809, 0x0055838, 0x0055849, 0x0055878, 0x0055889,
+    0x00558B8, 0x0055901, 0x0055938, 0x0055941, 0x0055978, 0x0055981, 0x0055ADD, 0x0055AE1,
+    0x0055B55, 0x0055B60, 0x0055B81, 0x0055F1A, 0x0055F5C, 0x0055F62, 0x0055F70, 0x0055F83,
+    0x0055FD0, 0x0056001, 0x006BD20, 0x006BD81, 0x006BE38, 0x006BE59, 0x006BFE0, 0x007C801,
+    0x007D370, 0x007D381, 0x007D6D0, 0x007D801, 0x007D838, 0x007D899, 0x007D8C0, 0x007D8E9,
+    0x007D8F2, 0x007D8F9, 0x007D94D, 0x007D951, 0x007D9B8, 0x007D9C1, 0x007D9E8, 0x007D9F1,
+    0x007D9F8, 0x007DA01, 0x007DA10, 0x007DA19, 0x007DA28, 0x007DA31, 0x007DD95, 0x007DE18,
+    0x007DE99, 0x007E9F4, 0x007EA05, 0x007EA81, 0x007EC80, 0x007EC91, 0x007EE40, 0x007EE7D,
+    0x007EE80, 0x007EF81, 0x007EFE5, 0x007F002, 0x007F084, 0x007F0D0, 0x007F102, 0x007F184,
+    0x007F298, 0x007F2A4, 0x007F315, 0x007F31C, 0x007F325, 0x007F338, 0x007F344, 0x007F34D,
+    0x007F354, 0x007F360, 0x007F381, 0x007F3A8, 0x007F3B1, 0x007F7E8, 0x007F80C, 0x007F825,
+    0x007F82C, 0x007F85D, 0x007F864, 0x007F883, 0x007F8D4, 0x007F8E5, 0x007F8FC, 0x007F909,
+    0x007F9DC, 0x007F9F5, 0x007F9FC, 0x007FA05, 0x007FA09, 0x007FADC, 0x007FAE5, 0x007FAEC,
+    0x007FAF5, 0x007FAFC, 0x007FB31, 0x007FDF8, 0x007FE11, 0x007FE40, 0x007FE51, 0x007FE80,
+    0x007FE91, 0x007FEC0, 0x007FED1, 0x007FEE8, 0x007FF05, 0x007FF38, 0x007FF45, 0x007FF78,
+    0x007FFE5, 0x007FFF0, 0x0080001, 0x0080060, 0x0080069, 0x0080138, 0x0080141, 0x00801D8,
+    0x00801E1, 0x00801F0, 0x00801F9, 0x0080270, 0x0080281, 0x00802F0, 0x0080401, 0x00807D8,
+    0x0080804, 0x0080818, 0x008083B, 0x00809A0, 0x00809BD, 0x0080A03, 0x0080BCD, 0x0080C53,
+    0x0080C65, 0x0080C78, 0x0080C85, 0x0080CE8, 0x0080D05, 0x0080D08, 0x0080E85, 0x0080FEA,
+    0x0080FF0, 0x0081401, 0x00814E8, 0x0081501, 0x0081688, 0x0081702, 0x008170B, 0x00817E0,
+    0x0081801, 0x0081903, 0x0081920, 0x0081969, 0x0081A0B, 0x0081A11, 0x0081A53, 0x0081A58,
+    0x0081A81, 0x0081BB2, 0x0081BD8, 0x0081C01, 0x0081CF0, 0x0081CFC, 0x0081D01, 0x0081E20,
+    0x0081E41, 0x0081E84, 0x0081E8B, 0x0081EB0, 0x0082001, 0x00824F0, 0x0082503, 0x0082550,
+    0x0082581, 0x00826A0, 0x00826C1, 0x00827E0, 0x0082801, 0x0082940, 0x0082981, 0x0082B20,
+    0x0082B7C, 0x0082B81, 0x0082BD8, 0x0082BE1, 0x0082C58, 0x0082C61, 0x0082C98, 0x0082CA1,
+    0x0082CB0, 0x0082CB9, 0x0082D10, 0x0082D19, 0x0082D90, 0x0082D99, 0x0082DD0, 0x0082DD9,
+    0x0082DE8, 0x0083001, 0x00839B8, 0x0083A01, 0x0083AB0, 0x0083B01, 0x0083B40, 0x0083C01,
+    0x0083C30, 0x0083C39, 0x0083D88, 0x0083D91, 0x0083DD8, 0x0084001, 0x0084030, 0x0084041,
+    0x0084048, 0x0084051, 0x00841B0, 0x00841B9, 0x00841C8, 0x00841E1, 0x00841E8, 0x00841F9,
+    0x00842B0, 0x00842BC, 0x00842C3, 0x0084301, 0x00843BD, 0x00843CB, 0x0084401, 0x00844F8,
+    0x008453B, 0x0084580, 0x0084701, 0x0084798, 0x00847A1, 0x00847B0, 0x00847DB, 0x0084801,
+    0x00848B3, 0x00848E0, 0x00848FC, 0x0084901, 0x00849D0, 0x00849FC, 0x0084A00, 0x0084C01,
+    0x0084DC0, 0x0084DE3, 0x0084DF1, 0x0084E03, 0x0084E80, 0x0084E93, 0x0085001, 0x008500A,
+    0x0085020, 0x008502A, 0x0085038, 0x0085062, 0x0085081, 0x00850A0, 0x00850A9, 0x00850C0,
+    0x00850C9, 0x00851B0, 0x00851C2, 0x00851D8, 0x00851FA, 0x0085203, 0x0085248, 0x0085284,
+    0x00852C8, 0x0085301, 0x00853EB, 0x00853FC, 0x0085401, 0x00854EB, 0x0085500, 0x0085601,
+    0x0085645, 0x0085649, 0x008572A, 0x0085738, 0x008575B, 0x0085784, 0x00857B8, 0x0085801,
+    0x00859B0, 0x00859CC, 0x0085A01, 0x0085AB0, 0x0085AC3, 0x0085B01, 0x0085B98, 0x0085BC3,
+    0x0085C01, 0x0085C90, 0x0085CCC, 0x0085CE8, 0x0085D4B, 0x0085D80, 0x0086001, 0x0086248,
+    0x0086401, 0x0086598, 0x0086601, 0x0086798, 0x00867D3, 0x0086801, 0x0086922, 0x0086940,
+    0x0086983, 0x00869D0, 0x0087303, 0x00873F8, 0x0087401, 0x0087550, 0x008755A, 0x008756C,
+    0x0087570, 0x0087581, 0x0087590, 0x0087801, 0x00878EB, 0x0087939, 0x0087940, 0x0087981,
+    0x0087A32, 0x0087A8B, 0x0087AAC, 0x0087AD0, 0x0087B81, 0x0087C12, 0x0087C34, 0x0087C50,
+    0x0087D81, 0x0087E2B, 0x0087E60, 0x0087F01, 0x0087FB8, 0x0088002, 0x0088019, 0x00881C2,
+    0x008823C, 0x0088270, 0x0088293, 0x0088382, 0x0088389, 0x008839A, 0x00883A9, 0x00883B0,
+    0x00883FA, 0x0088419, 0x0088582, 0x00885DC, 0x00885E8, 0x00885F4, 0x0088612, 0x0088618,
+    0x0088681, 0x0088748, 0x0088783, 0x00887D0, 0x0088802, 0x0088819, 0x008893A, 0x00889A8,
+    0x00889B3, 0x0088A04, 0x0088A21, 0x0088A2A, 0x0088A39, 0x0088A40, 0x0088A81, 0x0088B9A,
+    0x0088BA4, 0x0088BB1, 0x0088BB8, 0x0088C02, 0x0088C19, 0x0088D9A, 0x0088E09, 0x0088E2C,
+    0x0088E4A, 0x0088E6C, 0x0088E72, 0x0088E83, 0x0088ED1, 0x0088EDC, 0x0088EE1, 0x0088EEC,
+    0x0088F00, 0x0088F0B, 0x0088FA8, 0x0089001, 0x0089090, 0x0089099, 0x0089162, 0x00891C4,
+    0x00891F2, 0x00891F8, 0x0089401, 0x0089438, 0x0089441, 0x0089448, 0x0089451, 0x0089470,
+    0x0089479, 0x00894F0, 0x00894F9, 0x008954C, 0x0089550, 0x0089581, 0x00896FA, 0x0089758,
+    0x0089783, 0x00897D0, 0x0089802, 0x0089820, 0x0089829, 0x0089868, 0x0089879, 0x0089888,
+    0x0089899, 0x0089948, 0x0089951, 0x0089988, 0x0089991, 0x00899A0, 0x00899A9, 0x00899D0,
+    0x00899DA, 0x00899E9, 0x00899F2, 0x0089A28, 0x0089A3A, 0x0089A48, 0x0089A5A, 0x0089A70,
+    0x0089A81, 0x0089A88, 0x0089ABA, 0x0089AC0, 0x0089AE9, 0x0089B12, 0x0089B20, 0x0089B32,
+    0x0089B68, 0x0089B82, 0x0089BA8, 0x008A001, 0x008A1AA, 0x008A239, 0x008A25C, 0x008A283,
+    0x008A2D4, 0x008A2E0, 0x008A2EC, 0x008A2F2, 0x008A2F9, 0x008A310, 0x008A401, 0x008A582,
+    0x008A621, 0x008A634, 0x008A639, 0x008A640, 0x008A683, 0x008A6D0, 0x008AC01, 0x008AD7A,
+    0x008ADB0, 0x008ADC2, 0x008AE0C, 0x008AEC1, 0x008AEE2, 0x008AEF0, 0x008B001, 0x008B182,
+    0x008B20C, 0x008B221, 0x008B228, 0x008B283, 0x008B2D0, 0x008B304, 0x008B368, 0x008B401,
+    0x008B55A, 0x008B5C1, 0x008B5CC, 0x008B5D0, 0x008B603, 0x008B650, 0x008B801, 0x008B8D8,
+    0x008B8EA, 0x008B960, 0x008B983, 0x008B9E4, 0x008B9FD, 0x008BA01, 0x008BA38, 0x008C001,
+    0x008C162, 0x008C1DC, 0x008C1E0, 0x008C501, 0x008C703, 0x008C798, 0x008C7F9, 0x008C838,
+    0x008C849, 0x008C850, 0x008C861, 0x008C8A0, 0x008C8A9, 0x008C8B8, 0x008C8C1, 0x008C982,
+    0x008C9B0, 0x008C9BA, 0x008C9C8, 0x008C9DA, 0x008C9F9, 0x008CA02, 0x008CA09, 0x008CA12,
+    0x008CA24, 0x008CA38, 0x008CA83, 0x008CAD0, 0x008CD01, 0x008CD40, 0x008CD51, 0x008CE8A,
+    0x008CEC0, 0x008CED2, 0x008CF09, 0x008CF14, 0x008CF19, 0x008CF22, 0x008CF28, 0x008D001,
+    0x008D00A, 0x008D059, 0x008D19A, 0x008D1D1, 0x008D1DA, 0x008D1FC, 0x008D23A, 0x008D240,
+    0x008D281, 0x008D28A, 0x008D2E1, 0x008D452, 0x008D4D4, 0x008D4E9, 0x008D4F4, 0x008D518,
+    0x008D581, 0x008D7C8, 0x008E001, 0x008E048, 0x008E051, 0x008E17A, 0x008E1B8, 0x008E1C2,
+    0x008E201, 0x008E20C, 0x008E230, 0x008E283, 0x008E368, 0x008E384, 0x008E391, 0x008E480,
+    0x008E492, 0x008E540, 0x008E54A, 0x008E5B8, 0x008E801, 0x008E838, 0x008E841, 0x008E850,
+    0x008E859, 0x008E98A, 0x008E9B8, 0x008E9D2, 0x008E9D8, 0x008E9E2, 0x008E9F0, 0x008E9FA,
+    0x008EA31, 0x008EA3A, 0x008EA40, 0x008EA83, 0x008EAD0, 0x008EB01, 0x008EB30, 0x008EB39,
+    0x008EB48, 0x008EB51, 0x008EC52, 0x008EC78, 0x008EC82, 0x008EC90, 0x008EC9A, 0x008ECC1,
+    0x008ECC8, 0x008ED03, 0x008ED50, 0x008F701, 0x008F79A, 0x008F7BC, 0x008F7C8, 0x008FD81,
+    0x008FD88, 0x008FE03, 0x008FEAD, 0x008FF90, 0x008FFFC, 0x0090001, 0x0091CD0, 0x0092003,
+    0x0092378, 0x0092384, 0x00923A8, 0x0092401, 0x0092A20, 0x0097C81, 0x0097F8C, 0x0097F98,
+    0x0098001, 0x009A178, 0x00A2001, 0x00A3238, 0x00B4001, 0x00B51C8, 0x00B5201, 0x00B52F8,
+    0x00B5303, 0x00B5350, 0x00B5374, 0x00B5381, 0x00B55F8, 0x00B5603, 0x00B5650, 0x00B5681,
+    0x00B5770, 0x00B5782, 0x00B57AC, 0x00B57B0, 0x00B5801, 0x00B5982, 0x00B59BC, 0x00B59E5,
+    0x00B5A01, 0x00B5A24, 0x00B5A2D, 0x00B5A30, 0x00B5A83, 0x00B5AD0, 0x00B5ADB, 0x00B5B10,
+    0x00B5B19, 0x00B5BC0, 0x00B5BE9, 0x00B5C80, 0x00B7201, 0x00B7403, 0x00B74BC, 0x00B74D8,
+    0x00B7801, 0x00B7A58, 0x00B7A7A, 0x00B7A81, 0x00B7A8A, 0x00B7C40, 0x00B7C7A, 0x00B7C99,
+    0x00B7D00, 0x00B7F01, 0x00B7F14, 0x00B7F19, 0x00B7F22, 0x00B7F28, 0x00B7F82, 0x00B7F90,
+    0x00B8001, 0x00C3FC0, 0x00C4001, 0x00C66B0, 0x00C6801, 0x00C6848, 0x00D7F81, 0x00D7FA0,
+    0x00D7FA9, 0x00D7FE0, 0x00D7FE9, 0x00D7FF8, 0x00D8001, 0x00D8918, 0x00D8A81, 0x00D8A98,
+    0x00D8B21, 0x00D8B40, 0x00D8B81, 0x00D97E0, 0x00DE001, 0x00DE358, 0x00DE381, 0x00DE3E8,
+    0x00DE401, 0x00DE448, 0x00DE481, 0x00DE4D0, 0x00DE4E5, 0x00DE4EA, 0x00DE4FC, 0x00DE500,
+    0x00E7802, 0x00E7970, 0x00E7982, 0x00E7A38, 0x00E7A85, 0x00E7E20, 0x00E8005, 0x00E87B0,
+    0x00E8805, 0x00E8938, 0x00E894D, 0x00E8B2A, 0x00E8B55, 0x00E8B6A, 0x00E8B98, 0x00E8BDA,
+    0x00E8C1D, 0x00E8C2A, 0x00E8C65, 0x00E8D52, 0x00E8D75, 0x00E8F58, 0x00E9005, 0x00E9212,
+    0x00E922D, 0x00E9230, 0x00E9703, 0x00E97A0, 0x00E9805, 0x00E9AB8, 0x00E9B03, 0x00E9BC8,
+    0x00EA001, 0x00EA2A8, 0x00EA2B1, 0x00EA4E8, 0x00EA4F1, 0x00EA500, 0x00EA511, 0x00EA518,
+    0x00EA529, 0x00EA538, 0x00EA549, 0x00EA568, 0x00EA571, 0x00EA5D0, 0x00EA5D9, 0x00EA5E0,
+    0x00EA5E9, 0x00EA620, 0x00EA629, 0x00EA830, 0x00EA839, 0x00EA858, 0x00EA869, 0x00EA8A8,
+    0x00EA8B1, 0x00EA8E8, 0x00EA8F1, 0x00EA9D0, 0x00EA9D9, 0x00EA9F8, 0x00EAA01, 0x00EAA28,
+    0x00EAA31, 0x00EAA38, 0x00EAA51, 0x00EAA88, 0x00EAA91, 0x00EB530, 0x00EB541, 0x00EB60D,
+    0x00EB611, 0x00EB6DD, 0x00EB6E1, 0x00EB7DD, 0x00EB7E1, 0x00EB8AD, 0x00EB8B1, 0x00EB9AD,
+    0x00EB9B1, 0x00EBA7D, 0x00EBA81, 0x00EBB7D, 0x00EBB81, 0x00EBC4D, 0x00EBC51, 0x00EBD4D,
+    0x00EBD51, 0x00EBE1D, 0x00EBE21, 0x00EBE60, 0x00EBE73, 0x00EC005, 0x00ED002, 0x00ED1BD,
+    0x00ED1DA, 0x00ED36D, 0x00ED3AA, 0x00ED3B5, 0x00ED422, 0x00ED42D, 0x00ED43C, 0x00ED460,
+    0x00ED4DA, 0x00ED500, 0x00ED50A, 0x00ED580, 0x00EF801, 0x00EF8F8, 0x00F0002, 0x00F0038,
+    0x00F0042, 0x00F00C8, 0x00F00DA, 0x00F0110, 0x00F011A, 0x00F0128, 0x00F0132, 0x00F0158,
+    0x00F0801, 0x00F0968, 0x00F0982, 0x00F09B9, 0x00F09F0, 0x00F0A03, 0x00F0A50, 0x00F0A71,
+    0x00F0A7D, 0x00F0A80, 0x00F1481, 0x00F1572, 0x00F1578, 0x00F1601, 0x00F1762, 0x00F1783,
+    0x00F17D0, 0x00F17FD, 0x00F1800, 0x00F3F01, 0x00F3F38, 0x00F3F41, 0x00F3F60, 0x00F3F69,
+    0x00F3F78, 0x00F3F81, 0x00F3FF8, 0x00F4001, 0x00F4628, 0x00F463B, 0x00F4682, 0x00F46B8,
+    0x00F4801, 0x00F4A22, 0x00F4A59, 0x00F4A60, 0x00F4A83, 0x00F4AD0, 0x00F4AF4, 0x00F4B00,
+    0x00F638B, 0x00F6565, 0x00F656B, 0x00F6585, 0x00F658B, 0x00F65A8, 0x00F680B, 0x00F6975,
+    0x00F697B, 0x00F69F0, 0x00F7001, 0x00F7020, 0x00F7029, 0x00F7100, 0x00F7109, 0x00F7118,
+    0x00F7121, 0x00F7128, 0x00F7139, 0x00F7140, 0x00F7149, 0x00F7198, 0x00F71A1, 0x00F71C0,
+    0x00F71C9, 0x00F71D0, 0x00F71D9, 0x00F71E0, 0x00F7211, 0x00F7218, 0x00F7239, 0x00F7240,
+    0x00F7249, 0x00F7250, 0x00F7259, 0x00F7260, 0x00F7269, 0x00F7280, 0x00F7289, 0x00F7298,
+    0x00F72A1, 0x00F72A8, 0x00F72B9, 0x00F72C0, 0x00F72C9, 0x00F72D0, 0x00F72D9, 0x00F72E0,
+    0x00F72E9, 0x00F72F0, 0x00F72F9, 0x00F7300, 0x00F7309, 0x00F7318, 0x00F7321, 0x00F7328,
+    0x00F7339, 0x00F7358, 0x00F7361, 0x00F7398, 0x00F73A1, 0x00F73C0, 0x00F73C9, 0x00F73E8,
+    0x00F73F1, 0x00F73F8, 0x00F7401, 0x00F7450, 0x00F7459, 0x00F74E0, 0x00F7509, 0x00F7520,
+    0x00F7529, 0x00F7550, 0x00F7559, 0x00F75E0, 0x00F7785, 0x00F7790, 0x00F8005, 0x00F8160,
+    0x00F8185, 0x00F84A0, 0x00F8505, 0x00F8578, 0x00F858D, 0x00F8600, 0x00F860D, 0x00F8680,
+    0x00F868D, 0x00F87B0, 0x00F8803, 0x00F886D, 0x00F8D70, 0x00F8F35, 0x00F9018, 0x00F9085,
+    0x00F91E0, 0x00F9205, 0x00F9248, 0x00F9285, 0x00F9290, 0x00F9305, 0x00F9330, 0x00F9805,
+    0x00FB6C0, 0x00FB6ED, 0x00FB768, 0x00FB785, 0x00FB7E8, 0x00FB805, 0x00FBBA0, 0x00FBC05,
+    0x00FBEC8, 0x00FBF05, 0x00FBF60, 0x00FBF85, 0x00FBF88, 0x00FC005, 0x00FC060, 0x00FC085,
+    0x00FC240, 0x00FC285, 0x00FC2D0, 0x00FC305, 0x00FC440, 0x00FC485, 0x00FC570, 0x00FC585,
+    0x00FC590, 0x00FC805, 0x00FD2A0, 0x00FD305, 0x00FD370, 0x00FD385, 0x00FD3A8, 0x00FD3C5,
+    0x00FD3E8, 0x00FD405, 0x00FD438, 0x00FD485, 0x00FD568, 0x00FD585, 0x00FD5D8, 0x00FD605,
+    0x00FD630, 0x00FD685, 0x00FD6D0, 0x00FD705, 0x00FD740, 0x00FD785, 0x00FD7B8, 0x00FD805,
+    0x00FDC98, 0x00FDCA5, 0x00FDE58, 0x00FDF83, 0x00FDFD0, 0x0100001, 0x0153700, 0x0153801,
+    0x015B9C8, 0x015BA01, 0x015C0F0, 0x015C101, 0x0167510, 0x0167581, 0x0175F08, 0x017C001,
+    0x017D0F0, 0x0180001, 0x0189A58, 0x0700802, 0x0700F80,
+};
+
+inline UnicodeGroup unicode_group(char32_t code_point) noexcept {
+  if (code_point > 0x10FFFF) return UnicodeGroup::other;
+  const std::uint32_t key = static_cast<std::uint32_t>(code_point) << 3 | 7;
+  const auto run = std::upper_bound(std::begin(kUnicodeGroupRuns), std::end(kUnicodeGroupRuns), key);
+  return static_cast<UnicodeGroup>(*std::prev(run) & 7);
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+// Unicode's White_Space property (PropList.txt): the set llama.cpp's pre-tokenizers match as \s.
+constexpr bool is_unicode_space(char32_t c) noexcept {
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+         c == 0x205F || c == 0x3000;
+}
+
+inline constexpr char32_t kReplacementCharacter = 0xFFFD;
+
+// One code point of a text, and where its bytes start.
+struct TextUnit {
+  char32_t code_point;  // U+FFFD for each byte of ill-formed UTF-8
+  std::size_t offset;   // of its first byte in the text
+  UnicodeGroup group;
+  bool space;  // White_Space
+};
+
+// The code point of a complete, well-formed UTF-8 sequence.
+inline char32_t decode_utf8(std::string_view sequence) noexcept {
+  const auto byte = [&](std::size_t i) { return static_cast<char32_t>(static_cast<unsigned char>(sequence[i])); };
+  switch (sequence.size()) {
+    case 1: return byte(0);
+    case 2: return (byte(0) & 0x1F) << 6 | (byte(1) & 0x3F);
+    case 3: return (byte(0) & 0x0F) << 12 | (byte(1) & 0x3F) << 6 | (byte(2) & 0x3F);
+    default: return (byte(0) & 0x07) << 18 | (byte(1) & 0x3F) << 12 | (byte(2) & 0x3F) << 6 | (byte(3) & 0x3F);
+  }
+}
+
+inline void append_utf8(std::string& out, char32_t c) {
+  if (c < 0x80) {
+    out += static_cast<char>(c);
+  } else if (c < 0x800) {
+    out += static_cast<char>(0xC0 | (c >> 6));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  } else if (c < 0x10000) {
+    out += static_cast<char>(0xE0 | (c >> 12));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (c >> 18));
+    out += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  }
+}
+
+// Cuts a text into code points. llama.cpp replaces each byte of ill-formed UTF-8 by U+FFFD; here
+// such a byte is classed as U+FFFD but keeps its place, so the pieces still hold the original
+// bytes and decoding gives them back.
+inline std::vector<TextUnit> split_code_points(std::string_view text) {
+  std::vector<TextUnit> units;
+  units.reserve(text.size());
+  for (std::size_t pos = 0; pos < text.size();) {
+    const Utf8Sequence seq = next_utf8_sequence(text.substr(pos));
+    const bool complete = seq.kind == Utf8Sequence::Kind::complete;
+    const char32_t c = complete ? decode_utf8(text.substr(pos, seq.length)) : kReplacementCharacter;
+    units.push_back({c, pos, unicode_group(c), is_unicode_space(c)});
+    pos += complete ? seq.length : 1;
+  }
+  return units;
+}
+
+// GPT-2's byte encoder: the printable bytes ('!'..'~', U+00A1..U+00AC, U+00AE..U+00FF) stand for
+// themselves, and the other 68 bytes, in order, for U+0100..U+0143, so that every byte string
+// becomes printable text and a BPE vocabulary never holds a space or a control byte.
+constexpr bool gpt2_byte_is_printable(std::uint32_t b) noexcept {
+  return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+}
+
+inline constexpr int kGpt2ShiftedBytes = 68;
+
+inline constexpr std::array<char32_t, 256> kGpt2ByteCodePoints = [] {
+  std::array<char32_t, 256> table{};
+  char32_t next = 0x100;
+  for (std::uint32_t b = 0; b < 256; ++b) table[b] = gpt2_byte_is_printable(b) ? b : next++;
+  return table;
+}();
+
+inline constexpr std::array<std::uint8_t, kGpt2ShiftedBytes> kGpt2ShiftedByteValues = [] {
+  std::array<std::uint8_t, kGpt2ShiftedBytes> table{};
+  std::size_t n = 0;
+  for (std::uint32_t b = 0; b < 256; ++b)
+    if (!gpt2_byte_is_printable(b)) table[n++] = static_cast<std::uint8_t>(b);
+  return table;
+}();
+
+// The byte a code point of GPT-2's byte encoder stands for, or -1.
+constexpr int gpt2_code_point_byte(char32_t c) noexcept {
+  if (c < 0x100) return gpt2_byte_is_printable(c) ? int(c) : -1;
+  if (c < 0x100 + kGpt2ShiftedBytes) return kGpt2ShiftedByteValues[c - 0x100];
+  return -1;
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+enum class PreTokenizer {
+  default_,        // llama.cpp's choice when tokenizer.ggml.pre is "default" or absent
+  gpt2,            // gpt-2, mpt, olmo, ...
+  llama3,          // llama3 / llama-bpe, dbrx, smaug-bpe
+  qwen2,           // llama3's expression with single digits
+  falcon,
+  starcoder,       // starcoder, refact, command-r, ...: single digits, then GPT-2's expression
+  deepseek_llm,
+  deepseek_coder,
+};
+
+// What a tokenizer.ggml.pre name selects: the split, and the vocabulary flags llama.cpp ties to it.
+struct PreTokenizerPreset {
+  PreTokenizer split;
+  bool ignore_merges = false;  // a word that is a token is taken whole, before any merging
+  bool add_bos = false;        // llama.cpp's default for tokenizer.ggml.add_bos_token
+};
+
+// The names llama.cpp maps to these splits; nullopt for any other name.
+inline std::optional<PreTokenizerPreset> find_pre_tokenizer(std::string_view name) {
+  using P = PreTokenizer;
+  const auto any_of = [&](std::initializer_list<std::string_view> names) {
+    return std::find(names.begin(), names.end(), name) != names.end();
+  };
+  if (name.empty() || name == "default") return PreTokenizerPreset{P::default_};
+  if (any_of({"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"}))
+    return PreTokenizerPreset{P::llama3, true, true};
+  if (any_of({"dbrx", "smaug-bpe"})) return PreTokenizerPreset{P::llama3};
+  if (any_of({"gpt-2", "phi-2", "mpt", "olmo", "jais", "gigachat", "exaone4", "trillion", "granite-docling"}))
+    return PreTokenizerPreset{P::gpt2};
+  if (any_of({"qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "hunyuan", "solar-open", "kormo"}))
+    return PreTokenizerPreset{P::qwen2};
+  if (name == "falcon") return PreTokenizerPreset{P::falcon};
+  if (any_of({"starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"}))
+    return PreTokenizerPreset{P::starcoder};
+  if (name == "deepseek-llm") return PreTokenizerPreset{P::deepseek_llm};
+  if (name == "deepseek-coder") return PreTokenizerPreset{P::deepseek_coder};
+  return std::nullopt;
+}
+
+namespace pretokenize_detail {
+
+struct Range {
+  std::size_t begin, end;  // unit indices, end exclusive
+};
+
+using Units = std::vector<TextUnit>;
+
+inline bool is_letter(const TextUnit& u) { return u.group == UnicodeGroup::letter; }
+inline bool is_number(const TextUnit& u) { return u.group == UnicodeGroup::number; }
+inline bool is_punctuation(const TextUnit& u) { return u.group == UnicodeGroup::punctuation; }
+inline bool is_newline(const TextUnit& u) { return u.code_point == '\r' || u.code_point == '\n'; }
+inline bool is_ascii_digit(const TextUnit& u) { return u.code_point >= '0' && u.code_point <= '9'; }
+// [^\s\p{L}\p{N}]
+inline bool is_other(const TextUnit& u) { return !u.space && !is_letter(u) && !is_number(u); }
+
+// Cuts every range into the matches of `match` and the text between them. match(units, pos, end)
+// is the length of the match starting at pos within [pos, end), 0 for none.
+template <class Match>
+void cut(const Units& units, std::vector<Range>& ranges, Match match) {
+  std::vector<Range> out;
+  out.reserve(ranges.size() * 2);
+  for (const Range r : ranges) {
+    std::size_t gap = r.begin;
+    for (std::size_t pos = r.begin; pos < r.end;) {
+      const std::size_t n = match(units, pos, r.end);
+      if (n == 0) {
+        ++pos;
+        continue;
+      }
+      if (gap < pos) out.push_back({gap, pos});
+      out.push_back({pos, pos + n});
+      pos += n;
+      gap = pos;
+    }
+    if (gap < r.end) out.push_back({gap, r.end});
+  }
+  ranges = std::move(out);
+}
+
+// The length of the run of units from pos satisfying `in`.
+template <class In>
+std::size_t run(const Units& u, std::size_t pos, std::size_t end, In in) {
+  std::size_t p = pos;
+  while (p < end && in(u[p])) ++p;
+  return p - pos;
+}
+
+// X+
+template <class In>
+auto runs_of(In in) {
+  return [in](const Units& u, std::size_t pos, std::size_t end) { return run(u, pos, end, in); };
+}
+
+// X
+template <class In>
+auto each(In in) {
+  return [in](const Units& u, std::size_t pos, std::size_t) -> std::size_t { return in(u[pos]) ? 1 : 0; };
+}
+
+// \s?X+
+template <class In>
+auto space_then_runs_of(In in) {
+  return [in](const Units& u, std::size_t pos, std::size_t end) -> std::size_t {
+    if (u[pos].space && pos + 1 < end && in(u[pos + 1])) return 1 + run(u, pos + 1, end, in);
+    return run(u, pos, end, in);
+  };
+}
+
+// [0-9][0-9][0-9]
+inline std::size_t three_digits(const Units& u, std::size_t pos, std::size_t end) {
+  return pos + 3 <= end && is_ascii_digit(u[pos]) && is_ascii_digit(u[pos + 1]) && is_ascii_digit(u[pos + 2]) ? 3 : 0;
+}
+
+// \s+$ (the end of the piece)
+inline std::size_t trailing_space(const Units& u, std::size_t pos, std::size_t end) {
+  const std::size_t n = run(u, pos, end, [](const TextUnit& x) { return x.space; });
+  return pos + n == end ? n : 0;
+}
+
+// Lengths of the contractions 's 't 're 've 'm 'll 'd at pos (ASCII letters only: no other code
+// point lowercases to one of these letters); 0 for none.
+inline std::size_t contraction(const Units& u, std::size_t pos, std::size_t end, bool any_case) {
+  if (u[pos].code_point != '\'' || pos + 1 >= end) return 0;
+  const auto letter = [&](std::size_t i) {
+    const char32_t c = u[i].code_point;
+    return any_case && c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
+  };
+  const char32_t a = letter(pos + 1);
+  if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+  if (pos + 2 >= end) return 0;
+  const char32_t b = letter(pos + 2);
+  return (a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l') ? 3 : 0;
+}
+
+// \s+(?!\S)|\s+ given the run of n spaces at pos: all of them at the end of the piece, else all but
+// the last, which goes with the word after it.
+inline std::size_t spaces(std::size_t pos, std::size_t n, std::size_t end) {
+  return n > 1 && pos + n < end ? n - 1 : n;
+}
+
+// GPT-2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+inline std::size_t gpt2_word(const Units& u, std::size_t pos, std::size_t end) {
+  if (const std::size_t n = contraction(u, pos, end, false)) return n;
+  const std::size_t start = u[pos].code_point == ' ' ? pos + 1 : pos;  // the optional space
+  if (start < end) {
+    for (const auto in : {is_letter, is_number, is_other}) {
+      if (in(u[start])) return start - pos + run(u, start, end, in);
+    }
+  }
+  const std::size_t n = run(u, pos, end, [](const TextUnit& x) { return x.space; });
+  return n > 0 ? spaces(pos, n, end) : 1;
+}
+
+// Llama 3 (max_digits 3) and Qwen2 (max_digits 1):
+// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+inline std::size_t llama3_word(const Units& u, std::size_t pos, std::size_t end, std::size_t max_digits) {
+  if (const std::size_t n = contraction(u, pos, end, true)) return n;
+  const TextUnit& c = u[pos];
+  if (is_letter(c)) return run(u, pos, end, is_letter);
+  if (!is_newline(c) && !is_number(c) && pos + 1 < end && is_letter(u[pos + 1]))
+    return 1 + run(u, pos + 1, end, is_letter);
+  if (is_number(c)) return std::min(max_digits, run(u, pos, end, is_number));
+  const std::size_t start = c.code_point == ' ' ? pos + 1 : pos;
+  if (start < end && is_other(u[start])) {
+    const std::size_t p = start + run(u, start, end, is_other);
+    return p - pos + run(u, p, end, is_newline);
+  }
+  std::size_t n = 0, through_newline = 0;
+  for (; pos + n < end && u[pos + n].space; ++n)
+    if (is_newline(u[pos + n])) through_newline = n + 1;
+  if (through_newline > 0) return through_newline;
+  return n > 0 ? spaces(pos, n, end) : 1;
+}
+
+// Inclusive code point ranges, sorted.
+struct CodePointRange {
+  char32_t first, last;
+};
+
+template <std::size_t N>
+bool in_ranges(const CodePointRange (&ranges)[N], char32_t c) {
+  const auto it = std::upper_bound(std::begin(ranges), std::end(ranges), c,
+                                   [](char32_t x, const CodePointRange& r) { return x < r.first; });
+  return it != std::begin(ranges) && c <= std::prev(it)->last;
+}
+
+// The classes DeepSeek's tokenizer.json spells out code point by code point (and llama.cpp copies
+// into its expressions). llama.cpp's std::wregex sees every non-ASCII space as U+000B, so no space
+// is ever in one of these classes.
+inline constexpr CodePointRange kDeepseekLetters[] = {
+    {0x41, 0x5A}, {0x61, 0x7A}, {0xB5, 0xB5}, {0xC0, 0xD6}, {0xD8, 0xF6}, {0xF8, 0x1BA},
+    {0x1BC, 0x1BF}, {0x1C4, 0x293}, {0x295, 0x2AF}, {0x370, 0x373}, {0x376, 0x377},
+    {0x37B, 0x37D}, {0x37F, 0x37F}, {0x386, 0x386}, {0x388, 0x38A}, {0x38C, 0x38C},
+    {0x38E, 0x3A1}, {0x3A3, 0x3F5}, {0x3F7, 0x481}, {0x48A, 0x52F}, {0x531, 0x556},
+    {0x10A0, 0x10C5}, {0x13A0, 0x13F5}, {0x13F8, 0x13FD}, {0x1C90, 0x1CBA}, {0x1CBD, 0x1CBF},
+    {0x1D00, 0x1D2B}, {0x1D6B, 0x1D77}, {0x1D79, 0x1D9A}, {0x1E00, 0x1F15}, {0x1F18, 0x1F1D},
+    {0x1F20, 0x1F45}, {0x1F48, 0x1F4D}, {0x1F50, 0x1F57}, {0x1F59, 0x1F59}, {0x1F5B, 0x1F5B},
+    {0x1F5D, 0x1F5D}, {0x1F5F, 0x1F7D}, {0x1F80, 0x1FB4}, {0x1FB6, 0x1FBC}, {0x1FBE, 0x1FBE},
+    {0x1FC2, 0x1FC4}, {0x1FC6, 0x1FCC}, {0x1FD0, 0x1FD3}, {0x1FD6, 0x1FDB}, {0x1FE0, 0x1FEC},
+    {0x1FF2, 0x1FF4}, {0x1FF6, 0x1FFC}, {0x2102, 0x2102}, {0x2107, 0x2107}, {0x210A, 0x2113},
+    {0x2115, 0x2115}, {0x2119, 0x211D}, {0x2124, 0x2124}, {0x2126, 0x2126}, {0x2128, 0x2128},
+    {0x212A, 0x212D}, {0x212F, 0x2134}, {0x2139, 0x2139}, {0x213C, 0x213F}, {0x2145, 0x2149},
+    {0x214E, 0x214E}, {0x2183, 0x2184}, {0x2C00, 0x2C7B}, {0x2C7E, 0x2CE4}, {0x2CEB, 0x2CEE},
+    {0x2CF2, 0x2CF3}, {0xA640, 0xA66D}, {0xA680, 0xA69B}, {0xA722, 0xA76F}, {0xA771, 0xA787},
+    {0xA78B, 0xA78E}, {0xAB70, 0xABBF}, {0xFB00, 0xFB06}, {0xFB13, 0xFB17}, {0xFF21, 0xFF3A},
+    {0xFF41, 0xFF5A}, {0x10400, 0x1044F}, {0x104B0, 0x104D3}, {0x104D8, 0x104FB},
+    {0x10C80, 0x10CB2}, {0x10CC0, 0x10CF2}, {0x118A0, 0x118DF}, {0x1E900, 0x1E943},
+};
+inline constexpr CodePointRange kDeepseekPunctuation[] = {
+    {0x21, 0x2F}, {0x3A, 0x7E}, {0x2018, 0x201F}, {0x3000, 0x3002}, {0xFF01, 0xFF0F}, {0xFF1A, 0xFF5E},
+};
+inline constexpr CodePointRange kDeepseekCjk[] = {{0x800, 0x9FA5}, {0xAC00, 0xD7FF}};
+
+inline bool is_deepseek_letter(const TextUnit& u) { return !u.space && in_ranges(kDeepseekLetters, u.code_point); }
+inline bool is_deepseek_punctuation(const TextUnit& u) {
+  return !u.space && in_ranges(kDeepseekPunctuation, u.code_point);
+}
+inline bool is_deepseek_cjk(const TextUnit& u) { return !u.space && in_ranges(kDeepseekCjk, u.code_point); }
+
+// [\p{P}$+<=>^~|`] (Falcon) and the same without '`' (llama.cpp's default).
+inline bool is_falcon_punctuation(const TextUnit& u) {
+  return is_punctuation(u) || std::u32string_view(U"$+<=>^~|`").find(u.code_point) != std::u32string_view::npos;
+}
+inline bool is_default_punctuation(const TextUnit& u) { return is_falcon_punctuation(u) && u.code_point != '`'; }
+
+}  // namespace pretokenize_detail
+
+// Splits `text` into the words `split` makes of it: consecutive, non-empty, together the whole
+// text byte for byte (ill-formed UTF-8 included).
+inline std::vector<std::string_view> pre_tokenize(PreTokenizer split, std::string_view text) {
+  using namespace pretokenize_detail;
+  const Units units = split_code_points(text);
+  std::vector<Range> ranges;
+  if (!units.empty()) ranges.push_back({0, units.size()});
+  const auto gpt2 = gpt2_word;
+  const auto llama3 = [](const Units& u, std::size_t pos, std::size_t end) { return llama3_word(u, pos, end, 3); };
+  const auto qwen2 = [](const Units& u, std::size_t pos, std::size_t end) { return llama3_word(u, pos, end, 1); };
+  switch (split) {
+    case PreTokenizer::default_:
+      cut(units, ranges, runs_of(is_default_punctuation));
+      cut(units, ranges, gpt2);
+      cut(units, ranges, runs_of(is_number));
+      cut(units, ranges, three_digits);
+      break;
+    case PreTokenizer::gpt2:
+      cut(units, ranges, gpt2);
+      break;
+    case PreTokenizer::llama3:
+      cut(units, ranges, llama3);
+      break;
+    case PreTokenizer::qwen2:
+      cut(units, ranges, qwen2);
+      break;
+    case PreTokenizer::falcon:
+      cut(units, ranges, runs_of(is_falcon_punctuation));
+      cut(units, ranges, gpt2);
+      cut(units, ranges, three_digits);
+      break;
+    case PreTokenizer::starcoder:
+      cut(units, ranges, each(is_number));
+      cut(units, ranges, gpt2);
+      break;
+    case PreTokenizer::deepseek_llm:
+      cut(units, ranges, each(is_newline));
+      cut(units, ranges, space_then_runs_of(is_deepseek_letter));
+      cut(units, ranges, space_then_runs_of(is_deepseek_punctuation));
+      cut(units, ranges, trailing_space);
+      cut(units, ranges, runs_of(is_deepseek_cjk));
+      cut(units, ranges, runs_of(is_number));
+      break;
+    case PreTokenizer::deepseek_coder:
+      cut(units, ranges, each(is_newline));
+      cut(units, ranges, space_then_runs_of(is_letter));
+      cut(units, ranges, space_then_runs_of(is_punctuation));
+      cut(units, ranges, runs_of(is_deepseek_cjk));
+      cut(units, ranges, each(is_number));
+      break;
+  }
+  std::vector<std::string_view> words;
+  words.reserve(ranges.size());
+  for (const Range r : ranges) {
+    const std::size_t begin = units[r.begin].offset;
+    const std::size_t end = r.end < units.size() ? units[r.end].offset : text.size();
+    words.push_back(text.substr(begin, end - begin));
+  }
+  return words;
+}
+
+}  // namespace tinyllm
+// ---- tinyllm/text/vocab.hpp ----
+// A tokenizer's vocabulary: each token's text, score and type, and the lookup from text to token.
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+
+namespace tinyllm {
+
+// GGUF's tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
+enum class TokenType : std::uint8_t {
+  undefined = 0,
+  normal = 1,
+  unknown = 2,       // UNK
+  control = 3,       // BOS, EOS, chat markers: written in the text only with parse_special
+  user_defined = 4,  // always matched in the text, before any other splitting
+  unused = 5,
+  byte = 6,          // "<0xAB>": the byte 0xAB
+};
+
+class Vocab {
+ public:
+  Vocab() = default;
+
+  Vocab(std::vector<std::string> texts, std::vector<float> scores, std::vector<TokenType> types,
+        const std::string& where)
+      : texts_(std::move(texts)), scores_(std::move(scores)), types_(std::move(types)) {
+    if (texts_.empty()) throw Error("the vocabulary is empty", where, "at least one token");
+    if (texts_.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+      throw Error("the vocabulary has " + std::to_string(texts_.size()) + " tokens", where, "fewer than 2^31");
+    if (scores_.size() != texts_.size() || types_.size() != texts_.size())
+      throw Error("the vocabulary has " + std::to_string(texts_.size()) + " tokens but " +
+                      std::to_string(scores_.size()) + " scores and " + std::to_string(types_.size()) + " types",
+                  where, "one score and one type per token");
+    ids_.reserve(texts_.size());
+    for (std::int32_t id = 0; id < size(); ++id) {
+      if (std::isnan(scores_[id]))
+        throw Error("score is NaN", where + ", token " + std::to_string(id), "a number");
+      ids_.try_emplace(texts_[id], id);
+    }
+  }
+
+  std::int32_t size() const noexcept { return static_cast<std::int32_t>(texts_.size()); }
+  bool contains(std::int32_t id) const noexcept { return id >= 0 && id < size(); }
+
+  // Unchecked: id must be in [0, size()).
+  const std::string& text(std::int32_t id) const { return texts_[id]; }
+  float score(std::int32_t id) const { return scores_[id]; }
+  TokenType type(std::int32_t id) const { return types_[id]; }
+
+  // The first token whose text is `text`, or -1.
+  std::int32_t find(std::string_view text) const {
+    const auto it = ids_.find(text);
+    return it == ids_.end() ? -1 : it->second;
+  }
+
+ private:
+  struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+
+  std::vector<std::string> texts_;
+  std::vector<float> scores_;
+  std::vector<TokenType> types_;
+  std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>> ids_;
+};
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+class ByteLevelBpe {
+ public:
+  ByteLevelBpe() { byte_tokens_.fill(-1); }
+
+  // A merge whose two sides or whose result is no token is left out: it could only join symbols
+  // that are no tokens, which llama.cpp then drops from its output.
+  ByteLevelBpe(const Vocab& vocab, std::span<const std::string> merges, PreTokenizerPreset preset, std::int32_t unk)
+      : preset_(preset), unk_(unk) {
+    for (int b = 0; b < 256; ++b) {
+      std::string code_point;
+      append_utf8(code_point, kGpt2ByteCodePoints[b]);
+      byte_tokens_[b] = vocab.find(code_point);
+    }
+    merges_.reserve(merges.size());
+    std::string joined;
+    for (std::size_t rank = 0; rank < merges.size(); ++rank) {
+      const std::string_view line = merges[rank];
+      const std::size_t space = line.find(' ', 1);  // as llama.cpp splits: a side may start with ' '
+      if (space == std::string_view::npos) continue;
+      const std::string_view first = line.substr(0, space), second = line.substr(space + 1);
+      joined.assign(first).append(second);
+      const std::int32_t left = vocab.find(first), right = vocab.find(second), merged = vocab.find(joined);
+      if (left < 0 || right < 0 || merged < 0) continue;
+      merges_.try_emplace(key(left, right), Merge{static_cast<std::int32_t>(rank), merged});
+    }
+  }
+
+  const PreTokenizerPreset& preset() const noexcept { return preset_; }
+
+  // Appends the tokens of `text` to `out`.
+  void encode(const Vocab& vocab, std::string_view text, std::vector<std::int32_t>& out) const {
+    std::vector<Symbol> symbols;
+    std::string encoded;
+    for (const std::string_view word : pre_tokenize(preset_.split, text)) {
+      if (preset_.ignore_merges) {
+        encoded.clear();
+        for (const char c : word) append_utf8(encoded, kGpt2ByteCodePoints[static_cast<unsigned char>(c)]);
+        if (const std::int32_t id = vocab.find(encoded); id >= 0) {
+          out.push_back(id);
+          continue;
+        }
+      }
+      merge_word(word, symbols, out);
+    }
+  }
+
+  // The bytes a byte-level token text stands for. A code point outside GPT-2's byte encoder is
+  // kept as its UTF-8 bytes (llama.cpp writes "[UNK_BYTE_0x..]" there).
+  static void append_decoded(std::string& out, std::string_view token_text) {
+    for (std::size_t pos = 0; pos < token_text.size();) {
+      const Utf8Sequence seq = next_utf8_sequence(token_text.substr(pos));
+      const std::size_t length = seq.kind == Utf8Sequence::Kind::complete ? seq.length : 1;
+      const std::string_view sequence = token_text.substr(pos, length);
+      const int byte = seq.kind == Utf8Sequence::Kind::complete ? gpt2_code_point_byte(decode_utf8(sequence)) : -1;
+      if (byte >= 0) {
+        out += static_cast<char>(byte);
+      } else {
+        out.append(sequence);
+      }
+      pos += length;
+    }
+  }
+
+ private:
+  struct Merge {
+    std::int32_t rank;
+    std::int32_t merged;
+  };
+
+  struct Symbol {
+    std::int32_t id;          // -1: no token (or merged away)
+    std::int32_t prev, next;  // indices into the symbol list; -1 at either end
+  };
+
+  struct Pair {
+    std::int32_t rank;
+    std::int32_t left, right;        // symbol indices
+    std::int32_t left_id, right_id;  // their tokens when queued
+    std::int32_t merged;
+  };
+
+  // Lowest rank first; on ties the leftmost pair.
+  struct PairOrder {
+    bool operator()(const Pair& a, const Pair& b) const noexcept {
+      return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
+    }
+  };
+
+  static std::uint64_t key(std::int32_t left, std::int32_t right) {
+    return static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32 | static_cast<std::uint32_t>(right);
+  }
+
+  void merge_word(std::string_view word, std::vector<Symbol>& symbols, std::vector<std::int32_t>& out) const {
+    symbols.clear();
+    const auto n = static_cast<std::int32_t>(word.size());
+    for (std::int32_t i = 0; i < n; ++i)
+      symbols.push_back({byte_tokens_[static_cast<unsigned char>(word[i])], i - 1, i + 1 < n ? i + 1 : -1});
+    std::priority_queue<Pair, std::vector<Pair>, PairOrder> queue;
+    const auto queue_pair = [&](std::int32_t left, std::int32_t right) {
+      if (left < 0 || right < 0 || symbols[left].id < 0 || symbols[right].id < 0) return;
+      const auto it = merges_.find(key(symbols[left].id, symbols[right].id));
+      if (it != merges_.end())
+        queue.push({it->second.rank, left, right, symbols[left].id, symbols[right].id, it->second.merged});
+    };
+    for (std::int32_t i = 1; i < n; ++i) queue_pair(i - 1, i);
+    while (!queue.empty()) {
+      const Pair pair = queue.top();
+      queue.pop();
+      Symbol& left = symbols[pair.left];
+      Symbol& right = symbols[pair.right];
+      if (left.id != pair.left_id || right.id != pair.right_id) continue;  // stale
+      left.id = pair.merged;
+      left.next = right.next;
+      if (right.next >= 0) symbols[right.next].prev = pair.left;
+      right.id = -1;
+      queue_pair(left.prev, pair.left);
+      queue_pair(pair.left, left.next);
+    }
+    for (std::int32_t i = 0; i >= 0 && i < n; i = symbols[i].next) {
+      if (symbols[i].id >= 0) {
+        out.push_back(symbols[i].id);
+      } else if (unk_ >= 0) {
+        out.push_back(unk_);
+      } else {
+        throw Error("byte " + std::to_string(static_cast<unsigned char>(word[i])) +
+                        " has no token of its own and the vocabulary no UNK",
+                    "Tokenizer::encode", "GPT-2's 256 byte tokens in the vocabulary");
+      }
+    }
+  }
+
+  PreTokenizerPreset preset_{PreTokenizer::gpt2};
+  std::int32_t unk_ = -1;
+  std::array<std::int32_t, 256> byte_tokens_;  // byte -> the token of its code point, -1 where absent
+  std::unordered_map<std::uint64_t, Merge> merges_;  // (left token, right token) -> rank, result
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/text/special_tokens.hpp ----
+// Special tokens written in a text: control and unknown tokens (only when the caller asks for
+// them, parse_special) and user-defined tokens (always) are cut out of the text before it is
+// tokenized, as llama.cpp's tokenizer_st_partition does: longest token text first, each token's
+// occurrences left to right in every piece of text still uncut.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+namespace tinyllm {
+
+// A piece of a text: a special token, or the bytes [begin, end) to tokenize.
+struct TextFragment {
+  std::int32_t token;  // -1 for text
+  std::size_t begin, end;
+};
+
+class SpecialTokens {
+ public:
+  SpecialTokens() = default;
+
+  explicit SpecialTokens(const Vocab& vocab) {
+    for (std::int32_t id = 0; id < vocab.size(); ++id) {
+      const TokenType type = vocab.type(id);
+      if (type == TokenType::control || type == TokenType::unknown || type == TokenType::user_defined)
+        entries_.push_back({id, type == TokenType::user_defined, false, false});
+    }
+    // llama.cpp sorts by length alone with std::sort; equal lengths here keep id order.
+    std::stable_sort(entries_.begin(), entries_.end(), [&](const Entry& a, const Entry& b) {
+      return vocab.text(a.id).size() > vocab.text(b.id).size();
+    });
+    nodes_.emplace_back();
+    for (std::size_t e = 0; e < entries_.size(); ++e) insert(vocab.text(entries_[e].id), e);
+  }
+
+  // Whether spaces after (rstrip) or before (lstrip) the token are dropped where it is found; llama.cpp
+  // sets these by model name, as GGUF does not carry them.
+  void set_strip(std::int32_t id, bool lstrip, bool rstrip) {
+    for (Entry& e : entries_)
+      if (e.id == id) e.lstrip = lstrip, e.rstrip = rstrip;
+  }
+  void set_strip_all(bool lstrip, bool rstrip) {
+    for (Entry& e : entries_) e.lstrip = lstrip, e.rstrip = rstrip;
+  }
+
+  std::vector<TextFragment> split(const Vocab& vocab, std::string_view text, bool parse_special) const {
+    std::vector<TextFragment> fragments;
+    if (text.empty()) return fragments;
+    fragments.push_back({-1, 0, text.size()});
+    const std::vector<bool> present = find_present(text, parse_special);
+    std::vector<TextFragment> next;
+    for (std::size_t e = 0; e < entries_.size(); ++e) {
+      if (!present[e]) continue;
+      const Entry& entry = entries_[e];
+      const std::string_view needle = vocab.text(entry.id);
+      next.clear();
+      for (const TextFragment& f : fragments) {
+        if (f.token >= 0) {
+          next.push_back(f);
+          continue;
+        }
+        std::size_t begin = f.begin;
+        while (begin < f.end) {
+          const std::size_t match = text.substr(0, f.end).find(needle, begin);
+          if (match == std::string_view::npos) break;
+          std::size_t left_end = match;
+          if (entry.lstrip)
+            while (left_end > begin && is_c_space(text[left_end - 1])) --left_end;
+          if (left_end > begin) next.push_back({-1, begin, left_end});
+          next.push_back({entry.id, match, match + needle.size()});
+          begin = match + needle.size();
+          if (entry.rstrip)
+            while (begin < f.end && is_c_space(text[begin])) ++begin;
+        }
+        if (begin < f.end) next.push_back({-1, begin, f.end});
+      }
+      fragments.swap(next);
+    }
+    return fragments;
+  }
+
+ private:
+  struct Entry {
+    std::int32_t id;
+    bool always;  // user-defined: matched without parse_special
+    bool lstrip, rstrip;
+  };
+
+  // A trie of the token texts, to learn in one pass which tokens occur at all.
+  struct Node {
+    std::vector<std::pair<unsigned char, std::uint32_t>> children;  // sorted by byte
+    std::int64_t entry = -1;
+  };
+
+  // isspace in the C locale, as llama.cpp strips.
+  static bool is_c_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+  std::uint32_t child(std::uint32_t node, unsigned char byte) const {
+    const auto& c = nodes_[node].children;
+    const auto it = std::lower_bound(c.begin(), c.end(), byte, [](const auto& p, unsigned char b) { return p.first < b; });
+    return it != c.end() && it->first == byte ? it->second : 0;
+  }
+
+  void insert(std::string_view key, std::size_t entry) {
+    std::uint32_t node = 0;
+    for (const char ch : key) {
+      const auto byte = static_cast<unsigned char>(ch);
+      std::uint32_t next = child(node, byte);
+      if (next == 0) {
+        next = static_cast<std::uint32_t>(nodes_.size());
+        nodes_.emplace_back();
+        auto& c = nodes_[node].children;
+        c.insert(std::lower_bound(c.begin(), c.end(), byte, [](const auto& p, unsigned char b) { return p.first < b; }),
+                 {byte, next});
+      }
+      node = next;
+    }
+    // Should two tokens share a text, the first in order finds every occurrence, as in llama.cpp.
+    if (nodes_[node].entry < 0) nodes_[node].entry = static_cast<std::int64_t>(entry);
+  }
+
+  std::vector<bool> find_present(std::string_view text, bool parse_special) const {
+    std::vector<bool> present(entries_.size(), false);
+    if (entries_.empty()) return present;
+    for (std::size_t pos = 0; pos < text.size(); ++pos) {
+      std::uint32_t node = 0;
+      for (std::size_t k = pos; k < text.size(); ++k) {
+        node = child(node, static_cast<unsigned char>(text[k]));
+        if (node == 0) break;
+        const std::int64_t e = nodes_[node].entry;
+        if (e >= 0 && (parse_special || entries_[e].always)) present[e] = true;
+      }
+    }
+    return present;
+  }
+
+  std::vector<Entry> entries_;  // longest text first
+  std::vector<Node> nodes_;     // node 0 is the root
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/text/spm.hpp ----
+// SentencePiece BPE as llama.cpp runs it for tokenizer.ggml.model "llama" (llm_tokenizer_spm):
+// the text, spaces already written as U+2581, is cut into UTF-8 characters; the adjacent pair
+// whose concatenation is a token of the highest score is merged, the leftmost on ties, until no
+// pair is a token; a piece that is no token becomes its bytes' tokens ("<0xAB>").
+// One difference, for ill-formed UTF-8 only: each such byte is a character of its own, where
+// llama.cpp takes as many bytes as a lead byte announces and so can swallow the first byte of the
+// next character; were that a space's U+2581, the space would come back from decoding as U+2581.
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <queue>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+namespace tinyllm {
+
+class SentencePieceBpe {
+ public:
+  SentencePieceBpe() { byte_tokens_.fill(-1); }
+
+  // A byte becomes the token "<0xAB>", else the token of that one byte, else `unk` (-1: none).
+  SentencePieceBpe(const Vocab& vocab, std::int32_t unk) {
+    static constexpr char hex[] = "0123456789ABCDEF";
+    for (int b = 0; b < 256; ++b) {
+      const char name[] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+      std::int32_t id = vocab.find(std::string_view(name, sizeof(name)));
+      if (id < 0) id = vocab.find(std::string(1, static_cast<char>(b)));
+      byte_tokens_[b] = id >= 0 ? id : unk;
+    }
+  }
+
+  // Appends the tokens of `text` to `out`.
+  void encode(const Vocab& vocab, std::string_view text, std::vector<std::int32_t>& out) const {
+    if (text.empty()) return;
+    std::vector<Symbol> symbols;
+    symbols.reserve(text.size());
+    for (std::size_t pos = 0; pos < text.size();) {
+      const Utf8Sequence seq = next_utf8_sequence(text.substr(pos));
+      const std::size_t length = seq.kind == Utf8Sequence::Kind::complete ? seq.length : 1;
+      const auto index = static_cast<std::int32_t>(symbols.size());
+      symbols.push_back({pos, length, index - 1, pos + length == text.size() ? -1 : index + 1});
+      pos += length;
+    }
+    std::priority_queue<Pair, std::vector<Pair>, PairOrder> queue;
+    const auto queue_pair = [&](std::int32_t left, std::int32_t right) {
+      if (left < 0 || right < 0) return;
+      const std::string_view joined = text.substr(symbols[left].begin, symbols[left].length + symbols[right].length);
+      const std::int32_t id = vocab.find(joined);
+      if (id >= 0) queue.push({vocab.score(id), left, right, joined.size()});
+    };
+    for (std::int32_t i = 1; i < static_cast<std::int32_t>(symbols.size()); ++i) queue_pair(i - 1, i);
+    while (!queue.empty()) {
+      const Pair pair = queue.top();
+      queue.pop();
+      Symbol& left = symbols[pair.left];
+      Symbol& right = symbols[pair.right];
+      // Stale once either side has been merged into another symbol.
+      if (left.length == 0 || right.length == 0 || left.length + right.length != pair.length) continue;
+      left.length += right.length;
+      right.length = 0;
+      left.next = right.next;
+      if (right.next >= 0) symbols[right.next].prev = pair.left;
+      queue_pair(left.prev, pair.left);
+      queue_pair(pair.left, left.next);
+    }
+    for (std::int32_t i = 0; i >= 0; i = symbols[i].next) {
+      const std::string_view piece = text.substr(symbols[i].begin, symbols[i].length);
+      if (const std::int32_t id = vocab.find(piece); id >= 0) {
+        out.push_back(id);
+        continue;
+      }
+      for (const char c : piece) {
+        const std::int32_t id = byte_tokens_[static_cast<unsigned char>(c)];
+        if (id < 0) {
+          static constexpr char hex[] = "0123456789ABCDEF";
+          const auto b = static_cast<unsigned char>(c);
+          const std::string name = std::string("<0x") + hex[b >> 4] + hex[b & 15] + ">";
+          throw Error("byte " + name + " has no token and the vocabulary no UNK", "Tokenizer::encode",
+                      "the token \"" + name + "\"");
+        }
+        out.push_back(id);
+      }
+    }
+  }
+
+ private:
+  struct Symbol {
+    std::size_t begin, length;  // bytes of the text; length 0 once merged into its left neighbour
+    std::int32_t prev, next;    // indices into the symbol list; -1 at either end
+  };
+
+  struct Pair {
+    float score;
+    std::int32_t left, right;
+    std::size_t length;  // of both symbols together when queued
+  };
+
+  // Highest score first; on ties the leftmost pair.
+  struct PairOrder {
+    bool operator()(const Pair& a, const Pair& b) const noexcept {
+      return a.score < b.score || (a.score == b.score && a.left > b.left);
+    }
+  };
+
+  std::array<std::int32_t, 256> byte_tokens_;
+};
+
+}  // namespace tinyllm
 
 namespace tinyllm {
 
 class Tokenizer {
  public:
-  // pieces[i] is token i's text, spaces as plain ' '. Byte-fallback tokens are the pieces
-  // "<0x00>".."<0xFF>" wherever they sit in the vocabulary.
+  enum class Kind { llama2c, sentencepiece, byte_level_bpe };
+
+  struct EncodeOptions {
+    bool add_special = true;     // BOS and EOS where the vocabulary asks for them: adds_bos(), adds_eos()
+    bool parse_special = false;  // control tokens written in the text ("<s>", "<|endoftext|>") are those tokens
+  };
+
+  // A llama2.c vocabulary. pieces[i] is token i's text, spaces as plain ' '. Byte-fallback tokens
+  // are the pieces "<0x00>".."<0xFF>" wherever they sit in the vocabulary.
   Tokenizer(std::vector<std::string> pieces, std::vector<float> scores, std::int32_t bos = 1,
             std::int32_t eos = 2)
-      : pieces_(std::move(pieces)), scores_(std::move(scores)), bos_(bos), eos_(eos) {
-    if (pieces_.empty()) throw Error("the vocabulary is empty", "Tokenizer", "at least one piece");
-    if (pieces_.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
-      throw Error("the vocabulary has " + std::to_string(pieces_.size()) + " pieces", "Tokenizer",
+      : bos_(bos), eos_(eos) {
+    if (pieces.empty()) throw Error("the vocabulary is empty", "Tokenizer", "at least one piece");
+    if (pieces.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+      throw Error("the vocabulary has " + std::to_string(pieces.size()) + " pieces", "Tokenizer",
                   "fewer than 2^31");
-    if (scores_.size() != pieces_.size())
-      throw Error("the vocabulary has " + std::to_string(pieces_.size()) + " pieces but " +
-                      std::to_string(scores_.size()) + " scores",
+    if (scores.size() != pieces.size())
+      throw Error("the vocabulary has " + std::to_string(pieces.size()) + " pieces but " +
+                      std::to_string(scores.size()) + " scores",
                   "Tokenizer", "one score per piece");
-    check_id(bos_, "Tokenizer, BOS id");
-    check_id(eos_, "Tokenizer, EOS id");
+    const auto n = static_cast<std::int32_t>(pieces.size());
+    for (const std::int32_t id : {bos_, eos_})
+      if (id < 0 || id >= n)
+        throw Error("token id " + std::to_string(id) + " is out of range",
+                    id == bos_ ? "Tokenizer, BOS id" : "Tokenizer, EOS id", "an id in [0, " + std::to_string(n) + ")");
     byte_ids_.fill(-1);
-    ids_.reserve(pieces_.size());
-    for (std::int32_t id = 0; id < static_cast<std::int32_t>(pieces_.size()); ++id) {
-      if (std::isnan(scores_[id]))
+    ids_.reserve(pieces.size());
+    std::vector<TokenType> types(pieces.size(), TokenType::normal);
+    for (std::int32_t id = 0; id < n; ++id) {
+      if (std::isnan(scores[id]))
         throw Error("score is NaN", "Tokenizer, token " + std::to_string(id), "a number");
       // Byte tokens are reached only through byte fallback and control tokens never from text,
       // so neither may be spelled by, or merged from, the input.
-      if (const int byte = byte_value(pieces_[id]); byte >= 0) {
+      if (const int byte = byte_value(pieces[id]); byte >= 0) {
         if (byte_ids_[byte] < 0) byte_ids_[byte] = id;
+        types[id] = TokenType::byte;
       } else if (id != bos_ && id != eos_) {
-        ids_.emplace(pieces_[id], id);  // the first of duplicate pieces wins
+        ids_.emplace(pieces[id], id);  // the first of duplicate pieces wins
+      } else {
+        types[id] = TokenType::control;
       }
     }
+    vocab_ = Vocab(std::move(pieces), std::move(scores), std::move(types), "Tokenizer");
   }
 
-  // Encodes like llama2.c: optional BOS; a dummy space before non-empty text; each code point as
-  // its piece, else its bytes as byte tokens (so are bytes of ill-formed UTF-8); then, repeatedly,
-  // the adjacent pair whose concatenation is a piece of the highest score is merged (leftmost on
-  // ties); optional EOS. Throws when a byte needs fallback and the vocabulary lacks its token.
+  // The vocabulary a GGUF file's tokenizer.ggml.* metadata describes, as llama.cpp reads it.
+  static Tokenizer from_gguf(const GGUFFile& file);
+
+  // llama2c: encodes like llama2.c: optional BOS; a dummy space before non-empty text; each code
+  // point as its piece, else its bytes as byte tokens (so are bytes of ill-formed UTF-8); then,
+  // repeatedly, the adjacent pair whose concatenation is a piece of the highest score is merged
+  // (leftmost on ties); optional EOS. Throws when a byte needs fallback and the vocabulary lacks
+  // its token.
+  // GGUF vocabularies: the text as llama.cpp's llama_tokenize(add_special = false,
+  // parse_special = false) gives it, between the optional BOS and EOS.
   std::vector<std::int32_t> encode(std::string_view text, bool add_bos,
                                    bool add_eos = false) const {
+    if (kind_ != Kind::llama2c) return encode_gguf(text, add_bos, add_eos, false);
     std::vector<std::int32_t> tokens;
     if (add_bos) tokens.push_back(bos_);
     if (!text.empty()) {
@@ -2321,14 +3587,30 @@ class Tokenizer {
     return tokens;
   }
 
-  // The text of `token` printed after `prev`, as llama2.c prints it: after BOS a leading space is
-  // dropped, and a "<0xAB>" piece is the raw byte. BOS and EOS print nothing: llama2.c never
-  // prints them, and their stored pieces ("\n<s>\n") are an artefact of its export script.
+  // As llama.cpp's llama_tokenize(text, add_special, parse_special). A llama2.c vocabulary knows
+  // no special tokens but BOS (which add_special adds) and EOS.
+  std::vector<std::int32_t> encode(std::string_view text, const EncodeOptions& options) const {
+    if (kind_ == Kind::llama2c) return encode(text, options.add_special && add_bos_, options.add_special && add_eos_);
+    return encode_gguf(text, options.add_special && add_bos_, options.add_special && add_eos_, options.parse_special);
+  }
+
+  // The bytes of `token` printed after `prev`. Bytes, not text: a byte token may hold part of a
+  // character, so a stream of them goes through Utf8Stream.
+  // llama2c, as llama2.c prints it: after BOS a leading space is dropped, and a "<0xAB>" piece is
+  // the raw byte. BOS and EOS print nothing: llama2.c never prints them, and their stored pieces
+  // ("\n<s>\n") are an artefact of its export script.
+  // GGUF vocabularies, as llama.cpp's llama_token_to_piece(special = false): control, unknown and
+  // unused tokens print nothing, user-defined tokens their text, byte tokens their byte;
+  // SentencePiece writes U+2581 as a space, and after BOS drops the space it added before the text;
+  // byte-level BPE turns GPT-2's code points back into bytes.
   std::string decode(std::int32_t prev, std::int32_t token) const {
     std::string text;
     append_decoded(text, prev, token);
     return text;
   }
+
+  // The bytes of `token` on their own, after no token.
+  std::string decode(std::int32_t token) const { return decode(-1, token); }
 
   // The whole sequence, each token decoded after the one before it (the first after none).
   std::string decode(std::span<const std::int32_t> tokens) const {
@@ -2341,16 +3623,31 @@ class Tokenizer {
     return text;
   }
 
-  std::int32_t bos() const noexcept { return bos_; }
-  std::int32_t eos() const noexcept { return eos_; }
-  std::size_t size() const noexcept { return pieces_.size(); }
+  Kind kind() const noexcept { return kind_; }
+  std::int32_t bos() const noexcept { return bos_; }  // -1: none
+  std::int32_t eos() const noexcept { return eos_; }  // -1: none
+  std::int32_t unk() const noexcept { return unk_; }  // -1: none
+  std::int32_t pad() const noexcept { return pad_; }  // -1: none
+  // Whether encode(text, {.add_special = true}) adds BOS, EOS (tokenizer.ggml.add_bos_token, ...).
+  bool adds_bos() const noexcept { return add_bos_; }
+  bool adds_eos() const noexcept { return add_eos_; }
+  std::size_t size() const noexcept { return static_cast<std::size_t>(vocab_.size()); }
 
+  // Token `id`'s text as the vocabulary stores it: for GGUF vocabularies with U+2581 for spaces
+  // (SentencePiece) or in GPT-2's code points (byte-level BPE).
   const std::string& piece(std::int32_t id) const {
     check_id(id, "Tokenizer::piece");
-    return pieces_[id];
+    return vocab_.text(id);
+  }
+
+  TokenType token_type(std::int32_t id) const {
+    check_id(id, "Tokenizer::token_type");
+    return vocab_.type(id);
   }
 
  private:
+  Tokenizer() = default;
+
   struct Symbol {
     std::int32_t id;          // -1 once merged into its left neighbour
     std::int32_t prev, next;  // indices into the symbol list; -1 at either end
@@ -2390,21 +3687,103 @@ class Tokenizer {
   }
 
   void check_id(std::int32_t id, const char* where) const {
-    if (id < 0 || static_cast<std::size_t>(id) >= pieces_.size())
+    if (!vocab_.contains(id))
       throw Error("token id " + std::to_string(id) + " is out of range", where,
-                  "an id in [0, " + std::to_string(pieces_.size()) + ")");
+                  "an id in [0, " + std::to_string(vocab_.size()) + ")");
   }
 
   void append_decoded(std::string& text, std::int32_t prev, std::int32_t token) const {
     check_id(token, "Tokenizer::decode");
+    if (kind_ != Kind::llama2c) return append_gguf_decoded(text, prev, token);
     if (token == bos_ || token == eos_) return;
-    std::string_view piece = pieces_[token];
+    std::string_view piece = vocab_.text(token);
     if (prev == bos_ && piece.starts_with(' ')) piece.remove_prefix(1);
     if (const int byte = byte_value(piece); byte >= 0) {
       text.push_back(static_cast<char>(byte));
     } else {
       text.append(piece);
     }
+  }
+
+  void append_gguf_decoded(std::string& text, std::int32_t prev, std::int32_t token) const {
+    const std::string& piece = vocab_.text(token);
+    switch (vocab_.type(token)) {
+      case TokenType::normal:
+        if (kind_ == Kind::byte_level_bpe) {
+          ByteLevelBpe::append_decoded(text, piece);
+        } else {
+          const std::size_t start = text.size();
+          for (std::size_t i = 0; i < piece.size(); ++i) {
+            if (piece.compare(i, kSpaceMarker.size(), kSpaceMarker) == 0) {
+              text += ' ';
+              i += kSpaceMarker.size() - 1;
+            } else {
+              text += piece[i];
+            }
+          }
+          if (bos_ >= 0 && prev == bos_ && add_space_prefix_ && text.size() > start && text[start] == ' ')
+            text.erase(start, 1);
+        }
+        return;
+      case TokenType::user_defined:
+        text.append(piece);
+        return;
+      case TokenType::byte:
+        if (const int byte = hex_byte_value(piece); byte >= 0) text.push_back(static_cast<char>(byte));
+        return;
+      default:  // control, unknown, unused, undefined
+        return;
+    }
+  }
+
+  // The byte of a byte token "<0xab>", either case, as llama.cpp reads it; -1 if malformed.
+  static int hex_byte_value(std::string_view piece) noexcept {
+    if (piece.size() != 6 || !piece.starts_with("<0x") || piece[5] != '>') return -1;
+    const auto hex = [](char c) {
+      const int lower = c | 0x20;
+      return c >= '0' && c <= '9' ? c - '0' : lower >= 'a' && lower <= 'f' ? lower - 'a' + 10 : -1;
+    };
+    const int hi = hex(piece[3]), lo = hex(piece[4]);
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+  }
+
+  std::vector<std::int32_t> encode_gguf(std::string_view text, bool add_bos, bool add_eos,
+                                        bool parse_special) const {
+    std::vector<std::int32_t> tokens;
+    if (add_bos) {
+      if (bos_ < 0) throw Error("BOS was asked for but the vocabulary has none", "Tokenizer::encode");
+      tokens.push_back(bos_);
+    }
+    std::string escaped;
+    bool after_special = true;  // SentencePiece: text at the start or after a special token gets a space first
+    for (const TextFragment& f : special_.split(vocab_, text, parse_special)) {
+      if (f.token >= 0) {
+        tokens.push_back(f.token);
+        after_special = true;
+        continue;
+      }
+      const std::string_view fragment = text.substr(f.begin, f.end - f.begin);
+      if (kind_ == Kind::byte_level_bpe) {
+        bpe_.encode(vocab_, fragment, tokens);
+        continue;
+      }
+      escaped.clear();
+      if (add_space_prefix_ && after_special) escaped += kSpaceMarker;
+      for (const char c : fragment) {
+        if (c == ' ') {
+          escaped += kSpaceMarker;
+        } else {
+          escaped += c;
+        }
+      }
+      spm_.encode(vocab_, escaped, tokens);
+      after_special = false;
+    }
+    if (add_eos) {
+      if (eos_ < 0) throw Error("EOS was asked for but the vocabulary has none", "Tokenizer::encode");
+      tokens.push_back(eos_);
+    }
+    return tokens;
   }
 
   void push_symbol(std::vector<Symbol>& symbols, std::int32_t id, bool from_byte_fallback) const {
@@ -2450,9 +3829,9 @@ class Tokenizer {
       const Symbol& l = symbols[left];
       const Symbol& r = symbols[right];
       if (l.from_byte_fallback || r.from_byte_fallback) return;
-      joined.assign(pieces_[l.id]).append(pieces_[r.id]);
+      joined.assign(vocab_.text(l.id)).append(vocab_.text(r.id));
       if (const auto it = ids_.find(joined); it != ids_.end())
-        queue.push({scores_[it->second], left, right, l.id, r.id, it->second});
+        queue.push({vocab_.score(it->second), left, right, l.id, r.id, it->second});
     };
     for (std::int32_t i = 0; i + 1 < static_cast<std::int32_t>(symbols.size()); ++i)
       queue_pair(i, i + 1);
@@ -2471,12 +3850,134 @@ class Tokenizer {
     }
   }
 
-  std::vector<std::string> pieces_;
-  std::vector<float> scores_;
-  std::int32_t bos_, eos_;
+  static constexpr std::string_view kSpaceMarker = "\xE2\x96\x81";  // U+2581, SentencePiece's space
+
+  Kind kind_ = Kind::llama2c;
+  Vocab vocab_;
+  std::int32_t bos_ = -1, eos_ = -1, unk_ = -1, pad_ = -1;
+  bool add_bos_ = true, add_eos_ = false;
+  bool add_space_prefix_ = true;  // SentencePiece: a space before the text (tokenizer.ggml.add_space_prefix)
+
+  // llama2c
   std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>> ids_;  // text -> token
   std::array<std::int32_t, 256> byte_ids_{};  // byte -> its fallback token, -1 where absent
+
+  // GGUF vocabularies
+  SpecialTokens special_;
+  SentencePieceBpe spm_;
+  ByteLevelBpe bpe_;
 };
+
+inline Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
+  const std::string& name = file.name();
+  const auto at = [&](std::string_view key) { return name + ", key " + std::string(key); };
+  Tokenizer t;
+  const std::string model = file.get_string("tokenizer.ggml.model");
+  if (model == "llama") {
+    t.kind_ = Kind::sentencepiece;
+  } else if (model == "gpt2") {
+    t.kind_ = Kind::byte_level_bpe;
+  } else {
+    throw Error("unsupported tokenizer model '" + model + "'", at("tokenizer.ggml.model"),
+                "\"llama\" (SentencePiece) or \"gpt2\" (byte-level BPE)");
+  }
+
+  std::vector<std::string> texts = file.get_string_array("tokenizer.ggml.tokens");
+  const std::size_t n = texts.size();
+  for (std::size_t i = 0; i < n; ++i)  // as llama.cpp names them, so that texts stay unique
+    if (texts[i].empty()) texts[i] = "[EMPTY_" + std::to_string(i) + "]";
+  std::vector<float> scores(n, 0.0f);
+  if (const GGUFValue* v = file.find("tokenizer.ggml.scores")) {
+    if (v->type() == GGUFType::ARRAY && v->array_type() == GGUFType::INT32) {
+      const std::vector<std::int32_t> ints = file.get_i32_array("tokenizer.ggml.scores");
+      scores.assign(ints.begin(), ints.end());
+    } else {
+      scores = file.get_f32_array("tokenizer.ggml.scores");
+    }
+    if (scores.size() < n)
+      throw Error(std::to_string(scores.size()) + " scores for " + std::to_string(n) + " tokens",
+                  at("tokenizer.ggml.scores"), "one score per token");
+    scores.resize(n);
+  }
+  std::vector<TokenType> types(n, TokenType::normal);
+  if (file.has("tokenizer.ggml.token_type")) {
+    const std::vector<std::int32_t> raw = file.get_i32_array("tokenizer.ggml.token_type");
+    if (raw.size() < n)
+      throw Error(std::to_string(raw.size()) + " token types for " + std::to_string(n) + " tokens",
+                  at("tokenizer.ggml.token_type"), "one type per token");
+    for (std::size_t i = 0; i < n; ++i)
+      types[i] = raw[i] >= 1 && raw[i] <= 6 ? static_cast<TokenType>(raw[i]) : TokenType::undefined;
+  }
+  t.vocab_ = Vocab(std::move(texts), std::move(scores), std::move(types), at("tokenizer.ggml.tokens"));
+  const Vocab& vocab = t.vocab_;
+  for (std::int32_t id = 0; id < vocab.size(); ++id)
+    if (const std::int32_t first = vocab.find(vocab.text(id)); first != id)
+      throw Error("token " + std::to_string(id) + " repeats the text of token " + std::to_string(first) +
+                      ", '" + vocab.text(id) + "'",
+                  at("tokenizer.ggml.tokens"), "unique token texts");
+
+  // llama.cpp's defaults per model, then the file's keys.
+  const bool spm = t.kind_ == Kind::sentencepiece;
+  PreTokenizerPreset preset{PreTokenizer::default_};
+  if (!spm) {
+    const std::string pre = file.has("tokenizer.ggml.pre") ? file.get_string("tokenizer.ggml.pre") : "default";
+    const auto found = find_pre_tokenizer(pre);
+    if (!found)
+      throw Error("unknown pre-tokenizer '" + pre + "'", at("tokenizer.ggml.pre"),
+                  "one of default, gpt-2, llama3 (llama-bpe), falcon, deepseek-llm, deepseek-coder, qwen2, "
+                  "starcoder, refact, mpt, or a name llama.cpp maps to one of these");
+    preset = *found;
+  }
+  const auto id_or_none = [&](std::int32_t id) { return vocab.contains(id) ? id : -1; };
+  t.bos_ = id_or_none(spm ? 1 : 11);
+  t.eos_ = id_or_none(spm ? 2 : 11);
+  t.unk_ = spm ? id_or_none(0) : -1;
+  t.pad_ = -1;
+  // A key whose id is outside the vocabulary leaves the default, as llama.cpp does.
+  const auto read_id = [&](std::string_view key, std::int32_t& id) {
+    const GGUFValue* v = file.find(key);
+    if (!v) return;
+    const auto value = v->to_integer<std::int64_t>();
+    if (!value) throw Error("metadata key has type " + std::string(gguf_type_name(v->type())), at(key), "an integer");
+    if (*value >= 0 && *value < vocab.size()) id = static_cast<std::int32_t>(*value);
+  };
+  read_id("tokenizer.ggml.bos_token_id", t.bos_);
+  read_id("tokenizer.ggml.eos_token_id", t.eos_);
+  read_id("tokenizer.ggml.unknown_token_id", t.unk_);
+  read_id("tokenizer.ggml.padding_token_id", t.pad_);
+  t.add_bos_ = file.get_bool_or("tokenizer.ggml.add_bos_token", spm || preset.add_bos);
+  t.add_eos_ = file.get_bool_or("tokenizer.ggml.add_eos_token", false);
+  t.add_space_prefix_ = spm && file.get_bool_or("tokenizer.ggml.add_space_prefix", true);
+  if (t.add_bos_ && t.bos_ < 0)
+    throw Error("BOS is to be added but there is no BOS token", at("tokenizer.ggml.add_bos_token"),
+                "tokenizer.ggml.bos_token_id");
+  if (t.add_eos_ && t.eos_ < 0)
+    throw Error("EOS is to be added but there is no EOS token", at("tokenizer.ggml.add_eos_token"),
+                "tokenizer.ggml.eos_token_id");
+
+  t.special_ = SpecialTokens(vocab);
+  // GGUF has no per-token strip flags; llama.cpp sets Phi-3's by model name: its special tokens
+  // swallow the spaces after them, but for <unk>, <s> and <|endoftext|>.
+  std::string model_name = file.has("general.name") ? file.get_string("general.name") : "";
+  std::transform(model_name.begin(), model_name.end(), model_name.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (model_name.find("phi-3") != std::string::npos || model_name.find("phi3") != std::string::npos) {
+    t.special_.set_strip_all(false, true);
+    for (const std::string_view text : {"<unk>", "<s>", "<|endoftext|>"})
+      if (const std::int32_t id = vocab.find(text); id >= 0) t.special_.set_strip(id, false, false);
+  }
+
+  if (spm) {
+    t.spm_ = SentencePieceBpe(vocab, t.unk_);
+  } else {
+    const std::vector<std::string> merges = file.get_string_array("tokenizer.ggml.merges");
+    t.bpe_ = ByteLevelBpe(vocab, merges, preset, t.unk_);
+  }
+  return t;
+}
+
+// What a model loader calls: the tokenizer of a GGUF file.
+inline Tokenizer tokenizer_from_gguf(const GGUFFile& file) { return Tokenizer::from_gguf(file); }
 
 }  // namespace tinyllm
 // ---- tinyllm/model/load.hpp ----
@@ -2920,18 +4421,33 @@ struct TransformerWeights {
   AlignedBuffer<float> rope_freq_factors;     // [head_dim / 2]: Llama 3.1 divides each RoPE frequency; may be empty
 };
 
+// One sequence's share of a batched step: tokens [first, first + count) of the batch.
+struct SequenceSlice {
+  KVCache* cache = nullptr;
+  std::size_t first = 0, count = 0;
+  bool wants_logits = false;   // the logits of its last token are wanted
+};
+
 // The architecture-independent face of a model, so a loader can return any architecture.
 class Model {
  public:
   virtual ~Model() = default;
   virtual const ModelConfig& config() const = 0;
   virtual const TransformerWeights& weights() const = 0;
-  // tokens[i] at positions[i]; K/V of these positions are written to `cache`, and each token
-  // attends to the cache up to its own position. logits has n_tok rows (every position) or one
-  // row (the last token only, which saves the classifier for the rest of a prompt).
+  virtual std::size_t max_batch() const = 0;
+  // tokens[i] at positions[i], all of one sequence; K/V of these positions are written to
+  // `cache`, and each token attends to the cache up to its own position. logits has n_tok rows
+  // (every position) or one row (the last token only, which saves the classifier for the rest of
+  // a prompt). Any number of tokens: more than max_batch() run in chunks.
   virtual void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
                        std::span<const std::int32_t> positions, KVCache& cache,
                        MatrixView<float> logits) = 0;
+  // Tokens of several sequences in one step (continuous batching): every weight is read once for
+  // all of them. Slices partition the batch in order; logits gets one row per slice that wants
+  // logits, in slice order. At most max_batch() tokens.
+  virtual void forward_batch(ThreadPool& pool, std::span<const std::int32_t> tokens,
+                             std::span<const std::int32_t> positions, std::span<const SequenceSlice> seqs,
+                             MatrixView<float> logits) = 0;
 
   std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0) const {
     return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context);
@@ -2974,24 +4490,57 @@ class Transformer final : public Model {
     att_.resize(b * cfg_.q_dim());
     gate_.resize(b * cfg_.n_ff);
     up_.resize(b * cfg_.n_ff);
+    all_rows_.resize(b);
+    for (std::size_t i = 0; i < b; ++i) all_rows_[i] = i;
+    logit_rows_.resize(b);
+    seq_of_token_.resize(b);
+    views_.resize(16);
     plan_layers();
   }
 
   const ModelConfig& config() const override { return cfg_; }
   const TransformerWeights& weights() const override { return w_; }
 
+  std::size_t max_batch() const override { return max_batch_; }
+
   void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
                std::span<const std::int32_t> positions, KVCache& cache,
                MatrixView<float> logits) override {
-    check_inputs(tokens, positions, cache, logits);
+    check_tokens(tokens, positions);
+    if (logits.cols != cfg_.vocab_size || (logits.rows != tokens.size() && logits.rows != 1))
+      throw Error("forward: logits must be [n_tokens or 1, " + std::to_string(cfg_.vocab_size) + "]");
     const bool all_rows = logits.rows == tokens.size();
     for (std::size_t first = 0; first < tokens.size(); first += max_batch_) {
       const std::size_t n = std::min(max_batch_, tokens.size() - first);
       const bool last_chunk = first + n == tokens.size();
-      MatrixView<float> out = all_rows ? logits.rows_slice(first, n)
-                                       : (last_chunk ? logits : MatrixView<float>{});
-      forward_chunk(pool, tokens.subspan(first, n), positions.subspan(first, n), cache, out);
+      const SequenceSlice seq{&cache, 0, n, last_chunk};
+      const auto rows = all_rows ? std::span<const std::size_t>(all_rows_).first(n)
+                                 : (last_chunk ? std::span<const std::size_t>(&all_rows_[n - 1], 1)
+                                               : std::span<const std::size_t>());
+      forward_chunk(pool, tokens.subspan(first, n), positions.subspan(first, n), std::span(&seq, 1), rows,
+                    all_rows ? logits.rows_slice(first, n) : logits);
     }
+  }
+
+  void forward_batch(ThreadPool& pool, std::span<const std::int32_t> tokens,
+                     std::span<const std::int32_t> positions, std::span<const SequenceSlice> seqs,
+                     MatrixView<float> logits) override {
+    check_tokens(tokens, positions);
+    if (tokens.size() > max_batch_)
+      throw Error("forward_batch: " + std::to_string(tokens.size()) + " tokens", "forward_batch",
+                  "at most max_batch = " + std::to_string(max_batch_));
+    std::size_t next = 0, n_rows = 0;
+    for (const SequenceSlice& s : seqs) {
+      if (s.first != next || s.count == 0 || s.cache == nullptr)
+        throw Error("forward_batch: sequence slices must partition the batch in order, each non-empty");
+      next += s.count;
+      if (s.wants_logits) logit_rows_[n_rows++] = s.first + s.count - 1;
+    }
+    if (next != tokens.size()) throw Error("forward_batch: sequence slices cover " + std::to_string(next) + " of " +
+                                           std::to_string(tokens.size()) + " tokens");
+    if (logits.cols != cfg_.vocab_size || logits.rows != n_rows)
+      throw Error("forward_batch: logits must be [" + std::to_string(n_rows) + ", " + std::to_string(cfg_.vocab_size) + "]");
+    forward_chunk(pool, tokens, positions, seqs, std::span<const std::size_t>(logit_rows_).first(n_rows), logits);
   }
 
  private:
@@ -3021,8 +4570,10 @@ class Transformer final : public Model {
     }
   }
 
-  void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens,
-                     std::span<const std::int32_t> positions, KVCache& cache, MatrixView<float> logits) {
+  // n <= max_batch tokens of the sequences `seqs`; logits row i is for token logit_rows[i].
+  void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                     std::span<const SequenceSlice> seqs, std::span<const std::size_t> logit_rows,
+                     MatrixView<float> logits) {
     const ModelConfig& c = cfg_;
     const std::size_t n = tokens.size(), dim = c.n_embd;
     MatrixView<float> x(x_.data(), n, dim);            // [n, n_embd] the residual stream
@@ -3035,10 +4586,22 @@ class Transformer final : public Model {
     MatrixView<float> up(up_.data(), n, c.n_ff);
     MatrixView<float> proj(xb_.data(), n, dim);        // [n, n_embd] block output, reuses xb
 
-    if (scores_.rows < pool.size() || scores_.cols < cache.capacity()) {  // first call or more threads
-      scores_buf_.resize(pool.size() * cache.capacity());
-      scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), cache.capacity());
+    std::size_t longest = 0;   // cache positions any token can attend to
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      const SequenceSlice& s = seqs[i];
+      for (std::size_t t = s.first; t < s.first + s.count; ++t) {
+        if (std::size_t(positions[t]) >= s.cache->capacity())
+          throw Error("position " + std::to_string(positions[t]) + " does not fit the KV cache", "input " + std::to_string(t),
+                      "0 <= position < " + std::to_string(s.cache->capacity()));
+        seq_of_token_[t] = std::uint32_t(i);
+      }
+      longest = std::max(longest, s.cache->capacity());
     }
+    if (scores_.rows < pool.size() || scores_.cols < longest) {  // first call, more threads or a longer cache
+      scores_buf_.resize(pool.size() * longest);
+      scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), longest);
+    }
+    if (views_.size() < seqs.size()) views_.resize(std::max(seqs.size(), 2 * views_.size()));
     AttentionParams ap;
     ap.scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(c.head_dim));
     if constexpr (Arch::attn_softcap) ap.softcap = c.attn_softcap;
@@ -3059,8 +4622,9 @@ class Transformer final : public Model {
         matmul(pool, lw.w_gate, xb, gate);
         matmul(pool, lw.w_up, xb, up);
       }
-      const KVLayerView kv = cache.layer(l);
+      for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
       for (std::size_t t = 0; t < n; ++t) {
+        const KVLayerView& kv = views_[seq_of_token_[t]];
         if constexpr (Arch::qkv_bias) {
           add_in_place(q.row(t), lw.bq.data(), c.q_dim());
           add_in_place(k.row(t), lw.bk.data(), c.kv_dim());
@@ -3079,7 +4643,8 @@ class Transformer final : public Model {
         std::copy_n(v.row(t), c.kv_dim(), kv.value(pos));
       }
       ap.window = plans_[l].window;
-      cpu::attention(pool, q, positions, kv, c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
+      cpu::attention(pool, q, positions, [&](std::size_t t) -> const KVLayerView& { return views_[seq_of_token_[t]]; },
+                     c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
       matmul(pool, lw.wo, att, proj);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
       add_rows(x, proj);
@@ -3098,11 +4663,10 @@ class Transformer final : public Model {
       add_rows(x, proj);
     }
 
-    if (logits.rows == 0) return;   // a prompt chunk whose logits nobody asked for
-    const std::size_t first = n - logits.rows;  // all rows, or only the last
-    MatrixView<float> xf = xb.rows_slice(0, logits.rows);
-    for (std::size_t t = 0; t < logits.rows; ++t)
-      cpu::rmsnorm(x.row(first + t), w_.output_norm.data(), xf.row(t), dim, c.norm_eps);
+    if (logit_rows.empty()) return;   // a prompt chunk whose logits nobody asked for
+    MatrixView<float> xf = xb.rows_slice(0, logit_rows.size());   // [rows wanted, n_embd]
+    for (std::size_t r = 0; r < logit_rows.size(); ++r)
+      cpu::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
     matmul(pool, w_.output, xf, logits);
     if constexpr (Arch::final_softcap)
       for (std::size_t t = 0; t < logits.rows; ++t) cpu::softcap(logits.row(t), logits.cols, c.final_softcap);
@@ -3121,8 +4685,7 @@ class Transformer final : public Model {
     for (std::size_t t = 0; t < x.rows; ++t) add_in_place(x.row(t), y.row(t), x.cols);
   }
 
-  void check_inputs(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
-                    KVCache& cache, MatrixView<float> logits) const {
+  void check_tokens(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions) const {
     if (tokens.size() != positions.size())
       throw Error("forward: " + std::to_string(tokens.size()) + " tokens but " +
                   std::to_string(positions.size()) + " positions");
@@ -3131,12 +4694,8 @@ class Transformer final : public Model {
       if (tokens[i] < 0 || std::size_t(tokens[i]) >= cfg_.vocab_size)
         throw Error("token id " + std::to_string(tokens[i]) + " out of range", "input " + std::to_string(i),
                     "0 <= id < " + std::to_string(cfg_.vocab_size));
-      if (positions[i] < 0 || std::size_t(positions[i]) >= cache.capacity())
-        throw Error("position " + std::to_string(positions[i]) + " does not fit the KV cache",
-                    "input " + std::to_string(i), "0 <= position < " + std::to_string(cache.capacity()));
+      if (positions[i] < 0) throw Error("negative position " + std::to_string(positions[i]), "input " + std::to_string(i));
     }
-    if (logits.cols != cfg_.vocab_size || (logits.rows != tokens.size() && logits.rows != 1))
-      throw Error("forward: logits must be [n_tokens or 1, " + std::to_string(cfg_.vocab_size) + "]");
   }
 
   ModelConfig cfg_;
@@ -3144,6 +4703,10 @@ class Transformer final : public Model {
   std::size_t max_batch_;
   std::vector<float> inv_freq_global_, inv_freq_local_;   // [head_dim / 2] RoPE tables
   std::vector<LayerPlan> plans_;                          // [n_layers]
+  std::vector<std::size_t> all_rows_;       // 0, 1, ..., max_batch - 1
+  std::vector<std::size_t> logit_rows_;     // [max_batch] tokens whose logits a batch wants
+  std::vector<std::uint32_t> seq_of_token_; // [max_batch] slice index of each token
+  std::vector<KVLayerView> views_;          // one per sequence of the current step
   // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   AlignedBuffer<float> scores_buf_;   // [threads, cache capacity] attention scores

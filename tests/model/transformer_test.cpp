@@ -135,3 +135,44 @@ TEST_CASE("loader: an unknown architecture or shape is named") {
   }
   CHECK_THROWS_AS(synthetic_shape("llama-9000"), Error);
 }
+
+TEST_CASE("forward_batch: sequences stepped together give the logits each gives alone") {
+  LoadedModel lm = load_synthetic("tiny", DType::F32, 4);
+  Model& m = lm.model();
+  const std::size_t vocab = lm.config().vocab_size;
+  ThreadPool pool(2);
+  const auto a = some_tokens(6, vocab), b = some_tokens(9, vocab), c = some_tokens(1, vocab);
+  // Alone: the last-token logits of a[0..6), b[0..9), c[0..1).
+  auto last_alone = [&](const std::vector<std::int32_t>& ids) {
+    std::vector<float> out(vocab);
+    auto cache = m.new_kv_cache(16);
+    m.forward(pool, ids, iota_positions(ids.size()), *cache, MatrixView<float>(out.data(), 1, vocab));
+    return out;
+  };
+  // Together: a has its first 5 tokens already in its cache and decodes its 6th; b prefills all
+  // 9 (no logits wanted: as if chunked); c prefills its one token.
+  auto ca = m.new_kv_cache(16), cb = m.new_kv_cache(16), cc = m.new_kv_cache(16);
+  std::vector<float> scratch(vocab);
+  m.forward(pool, std::span(a).first(5), iota_positions(5), *ca, MatrixView<float>(scratch.data(), 1, vocab));
+  std::vector<std::int32_t> tokens = {a[5]}, positions = {5};
+  tokens.insert(tokens.end(), b.begin(), b.end());
+  const auto pb = iota_positions(9);
+  positions.insert(positions.end(), pb.begin(), pb.end());
+  tokens.push_back(c[0]);
+  positions.push_back(0);
+  const SequenceSlice seqs[] = {{ca.get(), 0, 1, true}, {cb.get(), 1, 9, false}, {cc.get(), 10, 1, true}};
+  std::vector<float> out(2 * vocab);
+  m.forward_batch(pool, tokens, positions, seqs, MatrixView<float>(out.data(), 2, vocab));
+  CHECK(max_abs_diff(std::vector<float>(out.begin(), out.begin() + vocab), last_alone(a)) < 1e-4f);
+  CHECK(max_abs_diff(std::vector<float>(out.begin() + vocab, out.end()), last_alone(c)) < 1e-4f);
+  // b's cache now holds its prompt: decoding one more token there equals b + that token alone.
+  const std::int32_t next = 77, at = 9;
+  std::vector<float> after(vocab);
+  m.forward(pool, std::span(&next, 1), std::span(&at, 1), *cb, MatrixView<float>(after.data(), 1, vocab));
+  auto b_next = b;
+  b_next.push_back(next);
+  CHECK(max_abs_diff(after, last_alone(b_next)) < 1e-4f);
+  // Slices that do not partition the batch are refused.
+  const SequenceSlice gap[] = {{ca.get(), 0, 1, true}, {cb.get(), 2, 9, false}};
+  CHECK_THROWS_AS(m.forward_batch(pool, tokens, positions, gap, MatrixView<float>(out.data(), 1, vocab)), Error);
+}

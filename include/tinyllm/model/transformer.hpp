@@ -48,18 +48,33 @@ struct TransformerWeights {
   AlignedBuffer<float> rope_freq_factors;     // [head_dim / 2]: Llama 3.1 divides each RoPE frequency; may be empty
 };
 
+// One sequence's share of a batched step: tokens [first, first + count) of the batch.
+struct SequenceSlice {
+  KVCache* cache = nullptr;
+  std::size_t first = 0, count = 0;
+  bool wants_logits = false;   // the logits of its last token are wanted
+};
+
 // The architecture-independent face of a model, so a loader can return any architecture.
 class Model {
  public:
   virtual ~Model() = default;
   virtual const ModelConfig& config() const = 0;
   virtual const TransformerWeights& weights() const = 0;
-  // tokens[i] at positions[i]; K/V of these positions are written to `cache`, and each token
-  // attends to the cache up to its own position. logits has n_tok rows (every position) or one
-  // row (the last token only, which saves the classifier for the rest of a prompt).
+  virtual std::size_t max_batch() const = 0;
+  // tokens[i] at positions[i], all of one sequence; K/V of these positions are written to
+  // `cache`, and each token attends to the cache up to its own position. logits has n_tok rows
+  // (every position) or one row (the last token only, which saves the classifier for the rest of
+  // a prompt). Any number of tokens: more than max_batch() run in chunks.
   virtual void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
                        std::span<const std::int32_t> positions, KVCache& cache,
                        MatrixView<float> logits) = 0;
+  // Tokens of several sequences in one step (continuous batching): every weight is read once for
+  // all of them. Slices partition the batch in order; logits gets one row per slice that wants
+  // logits, in slice order. At most max_batch() tokens.
+  virtual void forward_batch(ThreadPool& pool, std::span<const std::int32_t> tokens,
+                             std::span<const std::int32_t> positions, std::span<const SequenceSlice> seqs,
+                             MatrixView<float> logits) = 0;
 
   std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0) const {
     return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context);
@@ -102,24 +117,57 @@ class Transformer final : public Model {
     att_.resize(b * cfg_.q_dim());
     gate_.resize(b * cfg_.n_ff);
     up_.resize(b * cfg_.n_ff);
+    all_rows_.resize(b);
+    for (std::size_t i = 0; i < b; ++i) all_rows_[i] = i;
+    logit_rows_.resize(b);
+    seq_of_token_.resize(b);
+    views_.resize(16);
     plan_layers();
   }
 
   const ModelConfig& config() const override { return cfg_; }
   const TransformerWeights& weights() const override { return w_; }
 
+  std::size_t max_batch() const override { return max_batch_; }
+
   void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
                std::span<const std::int32_t> positions, KVCache& cache,
                MatrixView<float> logits) override {
-    check_inputs(tokens, positions, cache, logits);
+    check_tokens(tokens, positions);
+    if (logits.cols != cfg_.vocab_size || (logits.rows != tokens.size() && logits.rows != 1))
+      throw Error("forward: logits must be [n_tokens or 1, " + std::to_string(cfg_.vocab_size) + "]");
     const bool all_rows = logits.rows == tokens.size();
     for (std::size_t first = 0; first < tokens.size(); first += max_batch_) {
       const std::size_t n = std::min(max_batch_, tokens.size() - first);
       const bool last_chunk = first + n == tokens.size();
-      MatrixView<float> out = all_rows ? logits.rows_slice(first, n)
-                                       : (last_chunk ? logits : MatrixView<float>{});
-      forward_chunk(pool, tokens.subspan(first, n), positions.subspan(first, n), cache, out);
+      const SequenceSlice seq{&cache, 0, n, last_chunk};
+      const auto rows = all_rows ? std::span<const std::size_t>(all_rows_).first(n)
+                                 : (last_chunk ? std::span<const std::size_t>(&all_rows_[n - 1], 1)
+                                               : std::span<const std::size_t>());
+      forward_chunk(pool, tokens.subspan(first, n), positions.subspan(first, n), std::span(&seq, 1), rows,
+                    all_rows ? logits.rows_slice(first, n) : logits);
     }
+  }
+
+  void forward_batch(ThreadPool& pool, std::span<const std::int32_t> tokens,
+                     std::span<const std::int32_t> positions, std::span<const SequenceSlice> seqs,
+                     MatrixView<float> logits) override {
+    check_tokens(tokens, positions);
+    if (tokens.size() > max_batch_)
+      throw Error("forward_batch: " + std::to_string(tokens.size()) + " tokens", "forward_batch",
+                  "at most max_batch = " + std::to_string(max_batch_));
+    std::size_t next = 0, n_rows = 0;
+    for (const SequenceSlice& s : seqs) {
+      if (s.first != next || s.count == 0 || s.cache == nullptr)
+        throw Error("forward_batch: sequence slices must partition the batch in order, each non-empty");
+      next += s.count;
+      if (s.wants_logits) logit_rows_[n_rows++] = s.first + s.count - 1;
+    }
+    if (next != tokens.size()) throw Error("forward_batch: sequence slices cover " + std::to_string(next) + " of " +
+                                           std::to_string(tokens.size()) + " tokens");
+    if (logits.cols != cfg_.vocab_size || logits.rows != n_rows)
+      throw Error("forward_batch: logits must be [" + std::to_string(n_rows) + ", " + std::to_string(cfg_.vocab_size) + "]");
+    forward_chunk(pool, tokens, positions, seqs, std::span<const std::size_t>(logit_rows_).first(n_rows), logits);
   }
 
  private:
@@ -149,8 +197,10 @@ class Transformer final : public Model {
     }
   }
 
-  void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens,
-                     std::span<const std::int32_t> positions, KVCache& cache, MatrixView<float> logits) {
+  // n <= max_batch tokens of the sequences `seqs`; logits row i is for token logit_rows[i].
+  void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                     std::span<const SequenceSlice> seqs, std::span<const std::size_t> logit_rows,
+                     MatrixView<float> logits) {
     const ModelConfig& c = cfg_;
     const std::size_t n = tokens.size(), dim = c.n_embd;
     MatrixView<float> x(x_.data(), n, dim);            // [n, n_embd] the residual stream
@@ -163,10 +213,22 @@ class Transformer final : public Model {
     MatrixView<float> up(up_.data(), n, c.n_ff);
     MatrixView<float> proj(xb_.data(), n, dim);        // [n, n_embd] block output, reuses xb
 
-    if (scores_.rows < pool.size() || scores_.cols < cache.capacity()) {  // first call or more threads
-      scores_buf_.resize(pool.size() * cache.capacity());
-      scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), cache.capacity());
+    std::size_t longest = 0;   // cache positions any token can attend to
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      const SequenceSlice& s = seqs[i];
+      for (std::size_t t = s.first; t < s.first + s.count; ++t) {
+        if (std::size_t(positions[t]) >= s.cache->capacity())
+          throw Error("position " + std::to_string(positions[t]) + " does not fit the KV cache", "input " + std::to_string(t),
+                      "0 <= position < " + std::to_string(s.cache->capacity()));
+        seq_of_token_[t] = std::uint32_t(i);
+      }
+      longest = std::max(longest, s.cache->capacity());
     }
+    if (scores_.rows < pool.size() || scores_.cols < longest) {  // first call, more threads or a longer cache
+      scores_buf_.resize(pool.size() * longest);
+      scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), longest);
+    }
+    if (views_.size() < seqs.size()) views_.resize(std::max(seqs.size(), 2 * views_.size()));
     AttentionParams ap;
     ap.scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(c.head_dim));
     if constexpr (Arch::attn_softcap) ap.softcap = c.attn_softcap;
@@ -187,8 +249,9 @@ class Transformer final : public Model {
         matmul(pool, lw.w_gate, xb, gate);
         matmul(pool, lw.w_up, xb, up);
       }
-      const KVLayerView kv = cache.layer(l);
+      for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
       for (std::size_t t = 0; t < n; ++t) {
+        const KVLayerView& kv = views_[seq_of_token_[t]];
         if constexpr (Arch::qkv_bias) {
           add_in_place(q.row(t), lw.bq.data(), c.q_dim());
           add_in_place(k.row(t), lw.bk.data(), c.kv_dim());
@@ -207,7 +270,8 @@ class Transformer final : public Model {
         std::copy_n(v.row(t), c.kv_dim(), kv.value(pos));
       }
       ap.window = plans_[l].window;
-      cpu::attention(pool, q, positions, kv, c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
+      cpu::attention(pool, q, positions, [&](std::size_t t) -> const KVLayerView& { return views_[seq_of_token_[t]]; },
+                     c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
       matmul(pool, lw.wo, att, proj);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
       add_rows(x, proj);
@@ -226,11 +290,10 @@ class Transformer final : public Model {
       add_rows(x, proj);
     }
 
-    if (logits.rows == 0) return;   // a prompt chunk whose logits nobody asked for
-    const std::size_t first = n - logits.rows;  // all rows, or only the last
-    MatrixView<float> xf = xb.rows_slice(0, logits.rows);
-    for (std::size_t t = 0; t < logits.rows; ++t)
-      cpu::rmsnorm(x.row(first + t), w_.output_norm.data(), xf.row(t), dim, c.norm_eps);
+    if (logit_rows.empty()) return;   // a prompt chunk whose logits nobody asked for
+    MatrixView<float> xf = xb.rows_slice(0, logit_rows.size());   // [rows wanted, n_embd]
+    for (std::size_t r = 0; r < logit_rows.size(); ++r)
+      cpu::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
     matmul(pool, w_.output, xf, logits);
     if constexpr (Arch::final_softcap)
       for (std::size_t t = 0; t < logits.rows; ++t) cpu::softcap(logits.row(t), logits.cols, c.final_softcap);
@@ -249,8 +312,7 @@ class Transformer final : public Model {
     for (std::size_t t = 0; t < x.rows; ++t) add_in_place(x.row(t), y.row(t), x.cols);
   }
 
-  void check_inputs(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
-                    KVCache& cache, MatrixView<float> logits) const {
+  void check_tokens(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions) const {
     if (tokens.size() != positions.size())
       throw Error("forward: " + std::to_string(tokens.size()) + " tokens but " +
                   std::to_string(positions.size()) + " positions");
@@ -259,12 +321,8 @@ class Transformer final : public Model {
       if (tokens[i] < 0 || std::size_t(tokens[i]) >= cfg_.vocab_size)
         throw Error("token id " + std::to_string(tokens[i]) + " out of range", "input " + std::to_string(i),
                     "0 <= id < " + std::to_string(cfg_.vocab_size));
-      if (positions[i] < 0 || std::size_t(positions[i]) >= cache.capacity())
-        throw Error("position " + std::to_string(positions[i]) + " does not fit the KV cache",
-                    "input " + std::to_string(i), "0 <= position < " + std::to_string(cache.capacity()));
+      if (positions[i] < 0) throw Error("negative position " + std::to_string(positions[i]), "input " + std::to_string(i));
     }
-    if (logits.cols != cfg_.vocab_size || (logits.rows != tokens.size() && logits.rows != 1))
-      throw Error("forward: logits must be [n_tokens or 1, " + std::to_string(cfg_.vocab_size) + "]");
   }
 
   ModelConfig cfg_;
@@ -272,6 +330,10 @@ class Transformer final : public Model {
   std::size_t max_batch_;
   std::vector<float> inv_freq_global_, inv_freq_local_;   // [head_dim / 2] RoPE tables
   std::vector<LayerPlan> plans_;                          // [n_layers]
+  std::vector<std::size_t> all_rows_;       // 0, 1, ..., max_batch - 1
+  std::vector<std::size_t> logit_rows_;     // [max_batch] tokens whose logits a batch wants
+  std::vector<std::uint32_t> seq_of_token_; // [max_batch] slice index of each token
+  std::vector<KVLayerView> views_;          // one per sequence of the current step
   // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   AlignedBuffer<float> scores_buf_;   // [threads, cache capacity] attention scores

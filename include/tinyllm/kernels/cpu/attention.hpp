@@ -25,22 +25,22 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::si
   const DF d;
   const std::size_t N = hn::Lanes(d);
   for (std::size_t j = 0; j < head_dim; j += 4 * N) {
-    const std::size_t left = head_dim - j;
-    const auto m0 = hn::FirstN(d, left), m1 = hn::FirstN(d, left > N ? left - N : 0),
-               m2 = hn::FirstN(d, left > 2 * N ? left - 2 * N : 0), m3 = hn::FirstN(d, left > 3 * N ? left - 3 * N : 0);
+    const std::size_t left = head_dim - j;  // values of this pass for the four vectors: up to N each
+    const std::size_t c0 = left, c1 = left > N ? left - N : 0, c2 = left > 2 * N ? left - 2 * N : 0,
+                      c3 = left > 3 * N ? left - 3 * N : 0;
     VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
     for (std::size_t p = 0; p < n_pos; ++p) {
       const float* v = kv.value(first + p) + offset + j;
       const VF s = hn::Set(d, weights[p]);
-      a0 = hn::MulAdd(s, hn::MaskedLoad(m0, d, v), a0);
-      a1 = hn::MulAdd(s, hn::MaskedLoad(m1, d, v + N), a1);
-      a2 = hn::MulAdd(s, hn::MaskedLoad(m2, d, v + 2 * N), a2);
-      a3 = hn::MulAdd(s, hn::MaskedLoad(m3, d, v + 3 * N), a3);
+      a0 = hn::MulAdd(s, load_upto(d, v, c0), a0);
+      a1 = hn::MulAdd(s, load_upto(d, v + N, c1), a1);
+      a2 = hn::MulAdd(s, load_upto(d, v + 2 * N, c2), a2);
+      a3 = hn::MulAdd(s, load_upto(d, v + 3 * N, c3), a3);
     }
-    hn::BlendedStore(a0, m0, d, out + j);
-    hn::BlendedStore(a1, m1, d, out + j + N);
-    hn::BlendedStore(a2, m2, d, out + j + 2 * N);
-    hn::BlendedStore(a3, m3, d, out + j + 3 * N);
+    store_upto(a0, d, out + j, c0);
+    store_upto(a1, d, out + j + N, c1);
+    store_upto(a2, d, out + j + 2 * N, c2);
+    store_upto(a3, d, out + j + 3 * N, c3);
   }
 }
 
@@ -56,14 +56,16 @@ HWY_INLINE void attend_head(const float* q, std::size_t first, std::size_t n_pos
 
 }  // namespace detail
 
-// Causal attention with grouped-query heads. q, out: [n_tok, n_heads * head_dim]. Token t attends
-// to cache positions attention_start(positions[t], window)..positions[t] (already written); head h
-// reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= max(positions) + 1], one row
-// of scores per thread. (token, head) pairs are handed out one at a time, since their costs differ
-// with the position.
-inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
-                      const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+// Causal attention with grouped-query heads over tokens of one or more sequences.
+// q, out: [n_tok, n_heads * head_dim]. Token t reads the KV view view_of(t) (its sequence's) and
+// attends to positions attention_start(positions[t], window)..positions[t] there (already
+// written); head h reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= max
+// position + 1], one row of scores per thread. (token, head) pairs are handed out one at a time,
+// since their costs differ with the position.
+template <class ViewOf>
+void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions, ViewOf&& view_of,
+               std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
+               MatrixView<float> out, MatrixView<float> scratch) {
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
   assert(scratch.rows >= pool.size());
   const std::size_t group = n_heads / n_kv_heads;
@@ -77,10 +79,19 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
       const auto pos = static_cast<std::size_t>(positions[t]);
       const std::size_t first = attention_start(pos, params.window);
       assert(pos < scratch.cols);
+      const KVLayerView& kv = view_of(t);
       detail::attend_head(q.row(t) + h * head_dim, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim,
                           params, scores, out.row(t) + h * head_dim);
     }
   });
+}
+
+// All tokens of one sequence.
+inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                      const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+  attention(pool, q, positions, [&](std::size_t) -> const KVLayerView& { return kv; }, n_heads, n_kv_heads, head_dim,
+            params, out, scratch);
 }
 
 }  // namespace tinyllm::cpu
