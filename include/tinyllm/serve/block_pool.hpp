@@ -1,0 +1,137 @@
+#pragma once
+// The paged KV cache's memory (vLLM's PagedAttention): one pool of fixed-size blocks allocated up
+// front. A block holds block_size positions of K and V for every layer. Blocks are ref-counted so
+// sequences can share them; a full block can be registered under the hash of its tokens (chained
+// with the hashes of the blocks before it), so a later request with the same prefix finds it.
+// Released blocks keep their contents and hash until reused, least recently released first.
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <tinyllm/core/buffer.hpp>
+#include <tinyllm/core/error.hpp>
+#include <tinyllm/model/config.hpp>
+
+namespace tinyllm {
+
+using BlockId = std::uint32_t;
+
+class KVBlockPool {
+ public:
+  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks)
+      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), blocks_(n_blocks) {
+    if (block_size == 0 || n_blocks == 0)
+      throw Error("a KV block pool needs blocks of at least one position", "KVBlockPool",
+                  "block_size >= 1 and n_blocks >= 1");
+    storage_.resize(n_blocks * block_floats());   // [n_blocks][n_layers][K, V][block_size][kv_dim]
+    for (BlockId b = 0; b < n_blocks; ++b) free_queue_.push_back({b, 0});
+    n_free_ = n_blocks;
+  }
+
+  // The most blocks whose storage fits in `bytes`.
+  static std::size_t blocks_for_bytes(const ModelConfig& cfg, std::size_t block_size, std::size_t bytes) {
+    return bytes / (block_size * cfg.n_layers * 2 * cfg.kv_dim() * sizeof(float));
+  }
+
+  std::size_t block_size() const { return block_size_; }
+  std::size_t n_blocks() const { return blocks_.size(); }
+  std::size_t n_free() const { return n_free_; }
+  std::size_t n_used() const { return blocks_.size() - n_free_; }
+  std::uint32_t ref_count(BlockId b) const { return blocks_.at(b).refs; }
+
+  float* keys(BlockId b, std::size_t layer) { return storage_.data() + b * block_floats() + layer * 2 * plane(); }
+  float* values(BlockId b, std::size_t layer) { return keys(b, layer) + plane(); }
+
+  // A block no one holds (evicting the oldest released one and its hash), with one reference;
+  // nullopt when every block is in use.
+  std::optional<BlockId> allocate() {
+    while (!free_queue_.empty()) {
+      const auto [b, stamp] = free_queue_.front();
+      free_queue_.pop_front();
+      Block& blk = blocks_[b];
+      if (blk.refs != 0 || blk.stamp != stamp) continue;   // revived or re-queued since: a stale entry
+      forget_hash(b);
+      blk.refs = 1;
+      --n_free_;
+      return b;
+    }
+    return std::nullopt;
+  }
+
+  void retain(BlockId b) {
+    Block& blk = blocks_.at(b);
+    if (blk.refs++ == 0) --n_free_;   // revived from the released-but-cached state
+  }
+
+  void release(BlockId b) {
+    Block& blk = blocks_.at(b);
+    if (blk.refs == 0) throw Error("KV block " + std::to_string(b) + " released more often than held", "KVBlockPool");
+    if (--blk.refs == 0) {
+      ++n_free_;
+      free_queue_.push_back({b, ++blk.stamp});
+    }
+  }
+
+  // Prefix cache: a full block's contents are known by the hash chain of the tokens up to its end.
+  void register_full(BlockId b, std::uint64_t hash) {
+    if (by_hash_.contains(hash)) return;   // an equal block is cached already
+    forget_hash(b);
+    blocks_.at(b).hash = hash;
+    by_hash_[hash] = b;
+  }
+  // The cached block with this hash, retained for the caller, or nullopt.
+  std::optional<BlockId> lookup(std::uint64_t hash) {
+    const auto it = by_hash_.find(hash);
+    if (it == by_hash_.end()) return std::nullopt;
+    retain(it->second);
+    return it->second;
+  }
+
+  // The hash of a block given the hash of the blocks before it (0 for the first) and its tokens.
+  static std::uint64_t chain_hash(std::uint64_t previous, std::span<const std::int32_t> tokens) {
+    std::uint64_t h = previous ^ 0x9e3779b97f4a7c15ull;   // FNV-1a over the 32-bit tokens, seeded by the chain
+    for (std::int32_t t : tokens) {
+      for (int byte = 0; byte < 4; ++byte) {
+        h ^= (std::uint32_t(t) >> (8 * byte)) & 0xffu;
+        h *= 0x100000001b3ull;
+      }
+    }
+    return h;
+  }
+
+ private:
+  struct Block {
+    std::uint32_t refs = 0;
+    std::uint32_t stamp = 0;                 // bumped at each release; tells live queue entries from stale
+    std::optional<std::uint64_t> hash;       // set while registered in the prefix cache
+  };
+  struct QueueEntry {
+    BlockId block;
+    std::uint32_t stamp;
+  };
+
+  std::size_t plane() const { return block_size_ * kv_dim_; }
+  std::size_t block_floats() const { return n_layers_ * 2 * plane(); }
+  void forget_hash(BlockId b) {
+    Block& blk = blocks_[b];
+    if (blk.hash) {
+      const auto it = by_hash_.find(*blk.hash);
+      if (it != by_hash_.end() && it->second == b) by_hash_.erase(it);
+      blk.hash.reset();
+    }
+  }
+
+  std::size_t block_size_, n_layers_, kv_dim_;
+  AlignedBuffer<float> storage_;
+  std::vector<Block> blocks_;
+  std::deque<QueueEntry> free_queue_;
+  std::size_t n_free_ = 0;
+  std::unordered_map<std::uint64_t, BlockId> by_hash_;
+};
+
+}  // namespace tinyllm
