@@ -1,0 +1,389 @@
+#pragma once
+// The serving engine: continuous batching over a paged KV cache (vLLM's design, small).
+//
+// Each step() schedules within a token budget: every running sequence that has caught up
+// decodes one token; sequences still prefilling get the next chunk of their prompt; waiting
+// requests are admitted while the budget, the sequence cap and free blocks allow. All scheduled
+// tokens of all sequences run as ONE batched forward, so every weight is read once per step.
+// When a sequence needs a block and none is free, the most recently admitted running sequence is
+// preempted: its blocks are released and it waits to be recomputed (its tokens so far are kept).
+// Full blocks are registered in the prefix cache, so requests sharing a prompt prefix reuse them.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include <tinyllm/core/buffer.hpp>
+#include <tinyllm/core/error.hpp>
+#include <tinyllm/core/thread_pool.hpp>
+#include <tinyllm/model/load.hpp>
+#include <tinyllm/sample/sampler.hpp>
+#include <tinyllm/serve/block_pool.hpp>
+#include <tinyllm/serve/paged_kv_cache.hpp>
+#include <tinyllm/serve/request.hpp>
+#include <tinyllm/text/utf8.hpp>
+
+namespace tinyllm {
+
+struct EngineOptions {
+  std::size_t max_batch_tokens = 256;     // tokens per step (at most the model's max_batch)
+  std::size_t max_sequences = 64;         // running sequences at most
+  std::size_t block_size = 16;            // positions per KV block
+  std::size_t kv_blocks = 0;              // blocks in the pool; 0 = as many as kv_bytes holds
+  std::size_t kv_bytes = 256u << 20;
+  bool prefix_caching = true;
+  std::size_t max_waiting = 0;            // 0 = unbounded queue; else submit() refuses beyond it
+};
+
+struct EngineMetrics {
+  std::size_t blocks_total = 0, blocks_used = 0, blocks_free = 0;
+  std::size_t running = 0, waiting = 0, preemptions = 0, steps = 0;
+  std::size_t prefix_lookups = 0, prefix_hits = 0;   // full prompt blocks looked up / found
+  std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' blocks
+  double prefix_hit_rate() const { return prefix_lookups ? double(prefix_hits) / prefix_lookups : 0; }
+  double kv_waste() const { return slots_allocated ? double(slots_allocated - slots_used) / slots_allocated : 0; }
+};
+
+class Engine {
+ public:
+  using Callback = std::function<void(const TokenEvent&)>;
+
+  Engine(LoadedModel& model, ThreadPool& pool, const EngineOptions& opt = {})
+      : lm_(model), model_(model.model()), pool_(pool), opt_(opt),
+        blocks_(model.config(), opt.block_size,
+                opt.kv_blocks ? opt.kv_blocks : KVBlockPool::blocks_for_bytes(model.config(), opt.block_size, opt.kv_bytes)) {
+    opt_.max_batch_tokens = std::min(opt_.max_batch_tokens, model_.max_batch());
+    if (opt_.max_batch_tokens == 0 || opt_.max_sequences == 0)
+      throw Error("engine needs a token budget and a sequence cap", "EngineOptions", "both >= 1");
+    logits_.resize(opt_.max_sequences * model.config().vocab_size);
+  }
+
+  // Thread-safe. Throws tinyllm::Error for a request that can never run (empty, bad tokens,
+  // longer than the context or the whole KV cache) or when the queue is full.
+  RequestId submit(Request req, Callback on_event) {
+    std::vector<std::int32_t> tokens = req.tokens.empty() ? lm_.tokenizer().encode(req.prompt, true) : req.tokens;
+    if (tokens.empty()) throw Error("request has an empty prompt", "submit", "at least one token");
+    const std::size_t vocab = model_.config().vocab_size;
+    for (std::int32_t t : tokens)
+      if (t < 0 || std::size_t(t) >= vocab)
+        throw Error("prompt token " + std::to_string(t) + " out of range", "submit", "0 <= id < " + std::to_string(vocab));
+    const std::size_t need = tokens.size() + req.max_tokens;
+    const std::size_t limit = std::min(model_.config().context, blocks_.n_blocks() * blocks_.block_size());
+    if (tokens.size() + 1 > limit || (req.max_tokens == 0))
+      throw Error("prompt of " + std::to_string(tokens.size()) + " tokens does not fit", "submit",
+                  "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
+    auto seq = std::make_unique<Sequence>(blocks_, model_.config(), req, std::move(on_event), vocab);
+    seq->tokens = std::move(tokens);
+    seq->n_prompt = seq->tokens.size();
+    seq->max_total = std::min(need, limit);
+    seq->submitted = Clock::now();
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    if (opt_.max_waiting && inbox_.size() + n_waiting_ >= opt_.max_waiting)
+      throw Error("the request queue is full", "submit", "at most " + std::to_string(opt_.max_waiting) + " waiting");
+    seq->id = next_id_++;
+    inbox_.push_back(std::move(seq));
+    return next_id_ - 1;
+  }
+
+  // Thread-safe; takes effect at the next step. Unknown or finished ids are ignored.
+  void cancel(RequestId id) {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    cancelled_.insert(id);
+  }
+
+  // One scheduler iteration. Returns false when there was nothing to do.
+  bool step() {
+    take_inbox();
+    if (running_.empty() && waiting_.empty()) return false;
+    schedule();
+    if (!batch_tokens_.empty()) run_batch();
+    ++metrics_.steps;
+    return true;
+  }
+
+  void run_until_idle() {
+    while (step()) {}
+  }
+
+  bool idle() {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    return inbox_.empty() && running_.empty() && waiting_.empty();
+  }
+
+  EngineMetrics metrics() const {
+    EngineMetrics m = metrics_;
+    m.blocks_total = blocks_.n_blocks();
+    m.blocks_free = blocks_.n_free();
+    m.blocks_used = blocks_.n_used();
+    m.running = running_.size();
+    m.waiting = waiting_.size();
+    m.slots_allocated = m.slots_used = 0;
+    for (const auto& s : running_) {
+      m.slots_allocated += s->cache.capacity();
+      m.slots_used += s->n_computed;
+    }
+    return m;
+  }
+  const KVBlockPool& block_pool() const { return blocks_; }
+
+  // Block accounting: every block's reference count equals the number of running sequences'
+  // tables that hold it, and waiting sequences hold none. Throws tinyllm::Error naming the first
+  // block that disagrees (a leak or a double free).
+  void audit() const {
+    std::vector<std::uint32_t> held(blocks_.n_blocks(), 0);
+    for (const auto& s : running_)
+      for (BlockId b : s->cache.blocks()) ++held[b];
+    for (const auto& s : waiting_)
+      if (!s->cache.blocks().empty()) throw Error("waiting request " + std::to_string(s->id) + " holds KV blocks", "Engine::audit");
+    std::size_t used = 0;
+    for (BlockId b = 0; b < held.size(); ++b) {
+      if (blocks_.ref_count(b) != held[b])
+        throw Error("KV block " + std::to_string(b) + " has " + std::to_string(blocks_.ref_count(b)) + " references",
+                    "Engine::audit", std::to_string(held[b]) + " held by sequences");
+      used += held[b] > 0;
+    }
+    if (used != blocks_.n_used())
+      throw Error(std::to_string(blocks_.n_used()) + " blocks counted as used", "Engine::audit", std::to_string(used));
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  struct Sequence {
+    Sequence(KVBlockPool& pool, const ModelConfig& c, const Request& r, Callback cb, std::size_t vocab)
+        : cache(pool, c.n_layers, c.kv_dim()), request(r), on_event(std::move(cb)), sampler(r.sampling, vocab) {}
+    RequestId id = 0;
+    PagedKVCache cache;
+    Request request;
+    Callback on_event;
+    Sampler sampler;
+    std::vector<std::int32_t> tokens;     // prompt, then generated
+    std::size_t n_prompt = 0, max_total = 0;
+    std::size_t n_computed = 0;           // tokens whose K/V are in the cache
+    std::size_t n_registered = 0;         // full blocks entered in the prefix cache
+    std::uint64_t last_hash = 0;          // chain hash of the registered blocks
+    std::size_t chunk = 0;                // tokens scheduled this step
+    Utf8Stream utf8;
+    std::string held;                     // text held back while it may begin a stop string
+    RequestMetrics metrics;
+    Clock::time_point submitted;
+    bool started = false;
+  };
+  using SeqPtr = std::unique_ptr<Sequence>;
+
+  void take_inbox() {
+    std::unordered_set<RequestId> cancelled;
+    {
+      std::lock_guard<std::mutex> lock(inbox_mutex_);
+      for (auto& s : inbox_) waiting_.push_back(std::move(s));
+      inbox_.clear();
+      cancelled.swap(cancelled_);
+      n_waiting_ = waiting_.size();
+    }
+    if (cancelled.empty()) return;
+    auto drop = [&](std::deque<SeqPtr>& q) {
+      for (auto it = q.begin(); it != q.end();) {
+        if (cancelled.contains((*it)->id)) {
+          finish(**it, FinishReason::cancelled);
+          it = q.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    };
+    drop(running_);
+    drop(waiting_);
+  }
+
+  // Gives `s` blocks up to `n` positions, preempting the newest running sequences other than `s`
+  // when the pool is empty. False when even that cannot free enough.
+  bool reserve(Sequence& s, std::size_t n) {
+    while (!s.cache.reserve(n)) {
+      if (running_.empty() || running_.back().get() == &s) return false;
+      preempt_newest();
+    }
+    return true;
+  }
+
+  void preempt_newest() {
+    SeqPtr victim = std::move(running_.back());
+    running_.pop_back();
+    victim->cache.clear();
+    victim->n_computed = victim->n_registered = 0;
+    victim->last_hash = 0;
+    ++victim->metrics.preemptions;
+    ++metrics_.preemptions;
+    waiting_.push_front(std::move(victim));
+  }
+
+  // Prefix cache: take the cached blocks of the known tokens' full blocks (but leave at least the
+  // last token to compute, whose logits are needed).
+  void reuse_prefix(Sequence& s) {
+    if (!opt_.prefix_caching) return;
+    const std::size_t bs = blocks_.block_size();
+    std::uint64_t h = 0;
+    for (std::size_t b = 0; (b + 1) * bs < s.tokens.size(); ++b) {
+      h = KVBlockPool::chain_hash(h, std::span(s.tokens).subspan(b * bs, bs));
+      ++metrics_.prefix_lookups;
+      const auto hit = blocks_.lookup(h);
+      if (!hit) break;
+      ++metrics_.prefix_hits;
+      s.cache.append(*hit);
+      s.n_computed = s.n_registered = b + 1;
+      s.n_computed *= bs;
+      s.last_hash = h;
+    }
+    s.metrics.cached_prompt_tokens = std::max(s.metrics.cached_prompt_tokens, s.n_computed);
+  }
+
+  void schedule() {
+    batch_tokens_.clear();
+    batch_positions_.clear();
+    slices_.clear();
+    std::size_t budget = opt_.max_batch_tokens;
+    // Running sequences first, oldest first: decodes (1 token) and prefill chunks.
+    for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
+      Sequence& s = *running_[i];
+      const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed);
+      if (!reserve(s, s.n_computed + want)) {   // nothing left to preempt: this one waits too
+        preempt_newest();
+        --i;
+        continue;
+      }
+      s.chunk = want;
+      budget -= want;
+    }
+    // Then admit waiting requests while the budget, the cap and the blocks allow.
+    while (budget > 0 && !waiting_.empty() && running_.size() < opt_.max_sequences) {
+      Sequence& s = *waiting_.front();
+      reuse_prefix(s);
+      const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed);
+      if (!s.cache.reserve(s.n_computed + want)) {
+        s.cache.clear();   // its prefix blocks go back too; it is first in line next step
+        s.n_computed = s.n_registered = 0;
+        s.last_hash = 0;
+        break;
+      }
+      if (!s.started) {
+        s.started = true;
+        s.metrics.queue_seconds = seconds_since(s.submitted);
+      }
+      s.chunk = want;
+      budget -= want;
+      running_.push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+    }
+    for (auto& sp : running_) {
+      Sequence& s = *sp;
+      if (s.chunk == 0) continue;
+      for (std::size_t t = 0; t < s.chunk; ++t) {
+        batch_tokens_.push_back(s.tokens[s.n_computed + t]);
+        batch_positions_.push_back(std::int32_t(s.n_computed + t));
+      }
+      const bool reaches_end = s.n_computed + s.chunk == s.tokens.size();
+      slices_.push_back({&s.cache, batch_tokens_.size() - s.chunk, s.chunk, reaches_end});
+    }
+  }
+
+  void run_batch() {
+    std::size_t n_logits = 0;
+    for (const auto& sl : slices_) n_logits += sl.wants_logits;
+    const std::size_t vocab = model_.config().vocab_size;
+    model_.forward_batch(pool_, batch_tokens_, batch_positions_, slices_,
+                         MatrixView<float>(logits_.data(), n_logits, vocab));
+    std::size_t row = 0;
+    std::vector<Sequence*> done;
+    for (auto& sp : running_) {
+      Sequence& s = *sp;
+      if (s.chunk == 0) continue;
+      s.n_computed += s.chunk;
+      const bool sampled = s.n_computed == s.tokens.size();
+      s.chunk = 0;
+      register_full_blocks(s);
+      if (!sampled) continue;
+      const std::int32_t next = s.sampler.sample(std::span(logits_.data() + row++ * vocab, vocab), s.tokens);
+      if (emit(s, next) != FinishReason::none) done.push_back(&s);
+    }
+    for (Sequence* s : done) {
+      const auto it = std::find_if(running_.begin(), running_.end(), [&](const SeqPtr& p) { return p.get() == s; });
+      running_.erase(it);
+    }
+  }
+
+  void register_full_blocks(Sequence& s) {
+    if (!opt_.prefix_caching) return;
+    const std::size_t bs = blocks_.block_size();
+    while ((s.n_registered + 1) * bs <= s.n_computed) {
+      s.last_hash = KVBlockPool::chain_hash(s.last_hash, std::span(s.tokens).subspan(s.n_registered * bs, bs));
+      blocks_.register_full(s.cache.blocks()[s.n_registered], s.last_hash);
+      ++s.n_registered;
+    }
+  }
+
+  // Appends a sampled token, streams its text, and finishes the sequence when a stop condition
+  // holds. Returns the finish reason (none while it goes on).
+  FinishReason emit(Sequence& s, std::int32_t token) {
+    const Tokenizer& tok = lm_.tokenizer();
+    if (s.metrics.generated_tokens == 0) s.metrics.first_token_seconds = seconds_since(s.submitted);
+    ++s.metrics.generated_tokens;
+    const std::int32_t prev = s.tokens.back();
+    s.tokens.push_back(token);
+    if (s.request.stop_at_eos && token == tok.eos()) return finish(s, FinishReason::eos, token);
+    s.held += s.utf8.push(tok.decode(prev, token));
+    std::size_t cut = std::string::npos;
+    for (const auto& stop : s.request.stop)
+      if (!stop.empty()) cut = std::min(cut, s.held.find(stop));
+    if (cut != std::string::npos) {
+      s.held.resize(cut);
+      return finish(s, FinishReason::stop, token);
+    }
+    if (s.tokens.size() >= s.max_total) return finish(s, FinishReason::length, token);
+    // Hold back the longest tail that could still grow into a stop string.
+    std::size_t keep = 0;
+    for (const auto& stop : s.request.stop)
+      for (std::size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), s.held.size()); k > keep; --k)
+        if (s.held.compare(s.held.size() - k, k, stop, 0, k) == 0) { keep = k; break; }
+    TokenEvent ev{.id = s.id, .token = token, .text = s.held.substr(0, s.held.size() - keep)};
+    s.held.erase(0, s.held.size() - keep);
+    s.on_event(ev);
+    return FinishReason::none;
+  }
+
+  FinishReason finish(Sequence& s, FinishReason why, std::int32_t token = -1) {
+    if (why != FinishReason::stop && why != FinishReason::cancelled) s.held += s.utf8.flush();
+    s.metrics.prompt_tokens = s.n_prompt;
+    s.metrics.total_seconds = seconds_since(s.submitted);
+    TokenEvent ev{.id = s.id, .token = token, .text = why == FinishReason::cancelled ? "" : s.held,
+                  .finished = true, .reason = why, .metrics = s.metrics};
+    s.cache.clear();
+    s.on_event(ev);
+    return why;
+  }
+
+  static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+  LoadedModel& lm_;
+  Model& model_;
+  ThreadPool& pool_;
+  EngineOptions opt_;
+  KVBlockPool blocks_;
+  std::deque<SeqPtr> running_, waiting_;   // running_ in admission order
+  std::mutex inbox_mutex_;
+  std::vector<SeqPtr> inbox_;
+  std::unordered_set<RequestId> cancelled_;
+  std::size_t n_waiting_ = 0;
+  RequestId next_id_ = 1;
+  std::vector<std::int32_t> batch_tokens_, batch_positions_;
+  std::vector<SequenceSlice> slices_;
+  AlignedBuffer<float> logits_;            // [max_sequences, vocab]
+  EngineMetrics metrics_;
+};
+
+}  // namespace tinyllm

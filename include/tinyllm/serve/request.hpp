@@ -1,0 +1,57 @@
+#pragma once
+// What a client asks the engine for, and what it gets back while a request runs.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <tinyllm/sample/sampler.hpp>
+
+namespace tinyllm {
+
+using RequestId = std::uint64_t;
+
+struct Request {
+  std::string prompt;                     // encoded with BOS, unless `tokens` is given
+  std::vector<std::int32_t> tokens;       // the prompt as token ids (used when not empty)
+  std::size_t max_tokens = 128;           // generated tokens at most
+  SamplingParams sampling;
+  std::vector<std::string> stop;          // generation ends before the first of these strings
+  bool stop_at_eos = true;
+};
+
+enum class FinishReason { none, eos, stop, length, cancelled };
+
+inline const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::none: return "none";
+    case FinishReason::eos: return "eos";
+    case FinishReason::stop: return "stop";
+    case FinishReason::length: return "length";
+    case FinishReason::cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+struct RequestMetrics {
+  std::size_t prompt_tokens = 0, generated_tokens = 0, cached_prompt_tokens = 0, preemptions = 0;
+  double queue_seconds = 0;        // submit to first scheduled
+  double first_token_seconds = 0;  // submit to first generated token
+  double total_seconds = 0;        // submit to finish
+  double tokens_per_second() const {
+    const double decode = total_seconds - first_token_seconds;
+    return generated_tokens > 1 && decode > 0 ? double(generated_tokens - 1) / decode : 0;
+  }
+};
+
+// One streamed event: a generated token and its text (UTF-8 safe: a character split across
+// tokens arrives whole), or the end of the request with its reason and metrics.
+struct TokenEvent {
+  RequestId id = 0;
+  std::int32_t token = -1;      // -1 on a final event that carries no token
+  std::string text;
+  bool finished = false;
+  FinishReason reason = FinishReason::none;
+  RequestMetrics metrics;       // complete when finished
+};
+
+}  // namespace tinyllm
