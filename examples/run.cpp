@@ -1,11 +1,13 @@
 // tinyllm-run: generate text from a model, streamed as it is generated.
 //   tinyllm-run -m stories260K.bin -z tok512.bin -p "Once upon a time" -n 200 --temp 0
 // With no -m it runs the embedded default: a small random-weight Llama whose text is noise.
+// --chat renders the conversation with the model's chat template (or --chat-template NAME).
 #include <tinyllm/tinyllm.hpp>
 
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <iostream>
 #include <string>
 
 int main(int argc, char** argv) {
@@ -25,7 +27,13 @@ int main(int argc, char** argv) {
   app.add_option("--repeat-penalty", sp.repetition_penalty, "repetition penalty; 1 = off")->capture_default_str();
   app.add_option("--seed", sp.seed, "random seed")->capture_default_str();
   app.add_option("-t,--threads", threads, "threads; 0 = all cores")->capture_default_str();
+  bool chat = false;
+  std::string system, template_name;
+  app.add_flag("--chat", chat, "chat: -p is one user turn; without -p, each line of stdin is a turn");
+  app.add_option("--system", system, "system message for --chat");
+  app.add_option("--chat-template", template_name, "llama3, llama2, mistral, gemma or chatml (default: from the model)");
   CLI11_PARSE(app, argc, argv);
+  const bool prompt_given = app.count("--prompt") > 0;
 
   try {
     tinyllm::LoadOptions opt;
@@ -37,26 +45,54 @@ int main(int argc, char** argv) {
     const tinyllm::Tokenizer& tok = lm.tokenizer();
     tinyllm::ThreadPool pool(threads);
 
-    const std::vector<std::int32_t> ids = tok.encode(prompt, /*add_bos=*/true);
     tinyllm::GenerateOptions g;
     g.max_new_tokens = n_new;
     g.sampling = sp;
     g.stop_tokens = {tok.eos(), tok.bos()};   // a model that starts a new document has ended this one
 
-    tinyllm::Utf8Stream out;
-    for (std::size_t i = 1; i < ids.size(); ++i) std::fputs(out.push(tok.decode(ids[i - 1], ids[i])).c_str(), stdout);
-    std::int32_t prev = ids.back();
-    const auto stats = tinyllm::generate(pool, lm.model(), ids, g, [&](std::int32_t id) {
-      std::fputs(out.push(tok.decode(prev, id)).c_str(), stdout);
-      std::fflush(stdout);
-      prev = id;
-      return true;
-    });
-    std::fputs(out.flush().c_str(), stdout);
-    std::fputs("\n", stdout);
-    std::fprintf(stderr, "\nprompt: %zu tokens, %.2f tokens/s | generation: %zu tokens, %.2f tokens/s | %u threads\n",
-                 stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,
-                 stats.generate_tokens_per_second(), pool.size());
+    // Streams the reply to `ids` and returns its text.
+    auto reply = [&](const std::vector<std::int32_t>& ids, bool echo_prompt) {
+      tinyllm::Utf8Stream out;
+      std::string text;
+      if (echo_prompt)
+        for (std::size_t i = 1; i < ids.size(); ++i) std::fputs(out.push(tok.decode(ids[i - 1], ids[i])).c_str(), stdout);
+      std::int32_t prev = ids.back();
+      const auto stats = tinyllm::generate(pool, lm.model(), ids, g, [&](std::int32_t id) {
+        const std::string piece = tok.decode(prev, id);
+        text += piece;
+        std::fputs(out.push(piece).c_str(), stdout);
+        std::fflush(stdout);
+        prev = id;
+        return true;
+      });
+      std::fputs(out.flush().c_str(), stdout);
+      std::fputs("\n", stdout);
+      std::fprintf(stderr, "\nprompt: %zu tokens, %.2f tokens/s | generation: %zu tokens, %.2f tokens/s | %u threads\n",
+                   stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,
+                   stats.generate_tokens_per_second(), pool.size());
+      return text;
+    };
+
+    if (!chat) {
+      reply(tok.encode(prompt, /*add_bos=*/true), true);
+      return 0;
+    }
+    const auto detected = tinyllm::detect_chat_format(lm.chat_template());
+    if (template_name.empty() && !detected)
+      throw tinyllm::Error("the model has no chat template this build recognises", lm.path(),
+                           "--chat-template llama3, llama2, mistral, gemma or chatml");
+    const tinyllm::ChatFormat format = template_name.empty() ? *detected : tinyllm::chat_format_from_name(template_name);
+    const auto end_of_turn = tok.encode(tinyllm::chat_end_of_turn(format), {.add_special = false, .parse_special = true});
+    if (end_of_turn.size() == 1) g.stop_tokens.push_back(end_of_turn[0]);
+    std::vector<tinyllm::ChatMessage> messages;
+    if (!system.empty()) messages.push_back({"system", system});
+    std::string line;
+    while (prompt_given ? messages.empty() || messages.back().role != "assistant" : bool(std::getline(std::cin, line))) {
+      messages.push_back({"user", prompt_given ? prompt : line});
+      const std::string rendered = tinyllm::render_chat(format, messages);
+      const auto ids = tok.encode(rendered, {.add_special = true, .parse_special = true});
+      messages.push_back({"assistant", reply(ids, false)});
+    }
   } catch (const tinyllm::Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -6,7 +6,7 @@
 
 #include "test_util.hpp"
 
-#if defined(TINYLLM_RUN_BIN) && defined(TINYLLM_LOGITS_BIN)
+#if defined(TINYLLM_RUN_BIN) && defined(TINYLLM_LOGITS_BIN) && defined(TINYLLM_TOKENIZE_BIN)
 
 namespace {
 
@@ -58,6 +58,35 @@ TEST_CASE("tinyllm-logits writes llama2.c's 25 rows of logits for stories260K") 
   for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
   CHECK(worst <= 1e-4f);
   std::filesystem::remove(out);
+}
+
+TEST_CASE("tinyllm-tokenize reproduces llama.cpp's tokenizations of its test strings, file bytes exact") {
+  TINYLLM_REQUIRE_TESTDATA("vocab/ggml-vocab-llama-spm.gguf.inp");
+  for (const std::string name : {"llama-spm", "gpt-2"}) {
+    CAPTURE(name);
+    const auto vocab = tinyllm::test::testdata("vocab/ggml-vocab-" + name + ".gguf");
+    const auto inp = tinyllm::test::read_bytes(vocab.string() + ".inp");
+    const auto out = tinyllm::test::read_bytes(vocab.string() + ".out");
+    const std::string all(inp.begin(), inp.end()), expected(out.begin(), out.end());
+    // Test strings are separated by "\n__ggml_vocab_test__\n"; take the first few.
+    const std::string sep = "\n__ggml_vocab_test__\n";
+    std::size_t at = 0, line_at = 0;
+    for (int i = 0; i < 6; ++i) {
+      const std::size_t end = all.find(sep, at);
+      const std::string text = all.substr(at, end - at);
+      const std::size_t line_end = expected.find('\n', line_at);
+      std::string want = expected.substr(line_at, line_end - line_at);   // " 474 287 ...": ids after a space
+      want.erase(0, want.find_first_not_of(' ') == std::string::npos ? want.size() : want.find_first_not_of(' '));
+      at = end + sep.size();
+      line_at = line_end + 1;
+      const auto file = std::filesystem::temp_directory_path() / "tinyllm_cli_tokenize.txt";
+      { std::ofstream(file, std::ios::binary) << text; }
+      const Outcome r = shell(std::string(TINYLLM_TOKENIZE_BIN) + " -m " + q(vocab) + " -f " + q(file) + " --no-bos");
+      CHECK(r.status == 0);
+      CHECK(r.out == want + "\n");
+      std::filesystem::remove(file);
+    }
+  }
 }
 
 TEST_CASE("bad input to the programs is a clear error and exit status 1") {

@@ -44,12 +44,16 @@ class LoadedModel {
     return *tokenizer_;
   }
   const std::string& path() const { return path_; }
+  // The file's tokenizer.chat_template (Jinja source), empty when it has none.
+  const std::string& chat_template() const { return chat_template_; }
+  void set_chat_template(std::string t) { chat_template_ = std::move(t); }
 
  private:
   std::shared_ptr<const void> storage_;   // declared first: destroyed after the model that points into it
   std::unique_ptr<Model> model_;
   std::optional<Tokenizer> tokenizer_;
   std::string path_;
+  std::string chat_template_;
 };
 
 namespace detail {
@@ -79,25 +83,6 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
     throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
                 "F32 or F16");
   return {tensor, t.dtype, t.data, rows, cols};
-}
-
-inline std::optional<Tokenizer> gguf_tokenizer(const GGUFFile& f) {
-  if (!f.has("tokenizer.ggml.tokens") || f.get_string("tokenizer.ggml.model") != "llama") return std::nullopt;
-  std::vector<std::string> pieces = f.get_string_array("tokenizer.ggml.tokens");
-  const std::string marker = "\xE2\x96\x81";   // SentencePiece writes spaces as U+2581
-  for (auto& p : pieces) {
-    std::string spaced;
-    for (std::size_t i = 0; i < p.size();) {
-      if (p.compare(i, marker.size(), marker) == 0) { spaced += ' '; i += marker.size(); }
-      else { spaced += p[i++]; }
-    }
-    p = std::move(spaced);
-  }
-  std::vector<float> scores = f.has("tokenizer.ggml.scores") ? f.get_f32_array("tokenizer.ggml.scores")
-                                                              : std::vector<float>(pieces.size(), 0.0f);
-  return Tokenizer(std::move(pieces), std::move(scores),
-                   std::int32_t(f.get_u32_or("tokenizer.ggml.bos_token_id", 1)),
-                   std::int32_t(f.get_u32_or("tokenizer.ggml.eos_token_id", 2)));
 }
 
 inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size_t vocab) {
@@ -226,11 +211,13 @@ LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<cons
   else model = bind_gguf<Arch>(f, std::move(c), opt);
 
   std::optional<Tokenizer> tok = tokenizer_file(opt, vocab);
-  if (!tok) tok = gguf_tokenizer(f);
+  if (!tok && f.has("tokenizer.ggml.tokens")) tok = tokenizer_from_gguf(f);
   if (tok && tok->size() != vocab)
     throw Error("tokenizer has " + std::to_string(tok->size()) + " tokens", f.name(),
                 std::to_string(vocab) + " as token_embd.weight");
-  return LoadedModel(std::move(storage), std::move(model), std::move(tok), f.name());
+  LoadedModel lm(std::move(storage), std::move(model), std::move(tok), f.name());
+  if (f.has("tokenizer.chat_template")) lm.set_chat_template(f.get_string("tokenizer.chat_template"));
+  return lm;
 }
 
 // A llama2.c tokenizer beside the model: tok<vocab>.bin, or tokenizer.bin when vocab is 32000.
