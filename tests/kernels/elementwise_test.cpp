@@ -123,7 +123,7 @@ TEST_CASE("cpu::silu and cpu::swiglu equal the reference, extremes included") {
   }
 }
 
-TEST_CASE("cpu::geglu and cpu::softcap equal the reference; GELU and the cap at known points") {
+TEST_CASE("cpu::geglu and cpu::softcap equal the reference, and GELU and the cap at known points") {
   std::mt19937 rng(5);
   for (std::size_t n : kSizes) {
     CAPTURE(n);

@@ -45,7 +45,7 @@ TEST_CASE("ref::rmsnorm of known vectors") {
   CHECK(out[1] == doctest::Approx(4 / std::sqrt(13.0)).epsilon(1e-7));
 }
 
-TEST_CASE("ref::rope rotates by a known angle; the styles pair different values") {
+TEST_CASE("ref::rope rotates by a known angle, and the styles pair different values") {
   const float inv_freq[] = {0.5f};
   float a[] = {1, 0}, b[] = {0, 1};
   ref::rope(a, 1, 2, 2, inv_freq, RopeStyle::adjacent_pairs);  // angle = 2 * 0.5 = 1 rad
@@ -93,7 +93,7 @@ TEST_CASE("ref::softmax, silu and swiglu of known values") {
   CHECK(gate[1] == doctest::Approx(-2 / (1 + std::exp(-2.0))).epsilon(1e-7));
 }
 
-TEST_CASE("ref::attention: weights 1/4 and 3/4 from known scores; GQA head mapping") {
+TEST_CASE("ref::attention: weights 1/4 and 3/4 from known scores, and the GQA head mapping") {
   ThreadPool pool(1);
   // One KV head, head_dim 2, positions 0 and 1. q.k0 = 0, q.k1 = ln 3: softmax gives 1/4, 3/4.
   float k[] = {0, 0, float(std::log(3.0)), 0}, v[] = {4, 0, 0, 8};  // [2 positions, 2]

@@ -56,7 +56,7 @@ TEST_CASE("ChatML format") {
   CHECK(render_chat(ChatFormat::chatml, std::vector<ChatMessage>{{"user", "x"}}, false) == "<|im_start|>user\nx<|im_end|>\n");
 }
 
-TEST_CASE("formats are recognised from Jinja sources and by name; bad roles are errors") {
+TEST_CASE("formats are recognised from Jinja sources and by name, bad roles are errors") {
   CHECK(detect_chat_format("{{ '<|start_header_id|>' + message['role'] }}") == ChatFormat::llama3);
   CHECK(detect_chat_format("{{ '<start_of_turn>' + role }}") == ChatFormat::gemma);
   CHECK(detect_chat_format("{{'<|im_start|>' + message['role']}}") == ChatFormat::chatml);

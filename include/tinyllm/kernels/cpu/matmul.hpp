@@ -4,9 +4,8 @@
 // Weight rows and token rows are both contiguous along n_in, so every output is a dot product.
 // A register block of kRowBlock weight rows × kTokBlock tokens keeps that many vector
 // accumulators: each loaded weight vector serves kTokBlock tokens, each token vector kRowBlock
-// rows, and the accumulators are independent FMA chains. For one token this streams kRowBlock
-// rows at once at memory bandwidth; for many tokens it runs toward the FMA peak, provided the
-// operands come from cache. Hence the loop nest (per thread, over its share of the output rows):
+// rows, and the accumulators are independent FMA chains. That runs toward the FMA peak when the
+// operands come from cache, hence the loop nest (per thread, over its share of the output rows):
 //
 //   for each panel of weight rows (sized to stay in L2)
 //     for each chunk of kKChunk inputs
@@ -14,7 +13,12 @@
 //         for each block of kRowBlock rows of the panel (streamed from L2)
 //           register block; add its sums into y
 //
-// so each weight is read from memory once, and y is revisited once per input chunk.
+// so each weight is read from memory once and y is revisited once per input chunk. A single
+// token streams kDecodeRows rows at a time at memory bandwidth instead.
+//
+// Every output is summed the same way whatever the token count, block or thread: lane-wise
+// FMAs over each input chunk in order, the same reduction, chunk sums added in order. So a
+// token's outputs are bit-identical alone or in a batch, on any number of threads.
 #include <algorithm>
 #include <cassert>
 #include <cstddef>
@@ -28,12 +32,16 @@
 namespace tinyllm::cpu {
 namespace detail {
 
-inline constexpr std::size_t kRowBlock = 4;
 // 4 × 6 accumulators + 4 weights + 1 token vector fit AVX-512's 32 registers; AVX2 has 16.
+inline constexpr std::size_t kRowBlock = 4;
 inline constexpr std::size_t kTokBlock = HWY_TARGET <= HWY_AVX3 ? 6 : 2;
-// Inputs per pass when there are several token blocks: kTokBlock rows of 1024 floats (24 KiB) stay in L1.
+// A single token (decode) has no reuse to gain, only loads to keep in flight: more weight
+// streams at once, one accumulator each as for every other token count.
+inline constexpr std::size_t kDecodeRows = HWY_TARGET <= HWY_AVX3 ? 8 : 4;
+// Inputs per pass: kTokBlock token rows of 1024 floats (24 KiB) stay in L1. Multiple of every
+// vector length, so only the last chunk of a row has a tail.
 inline constexpr std::size_t kKChunk = 1024;
-// Weight bytes per row panel: a quarter of a 1 MiB L2.
+// Weight bytes per row panel: a quarter of a 1 MiB L2 (64 F32 or 128 F16 rows of a chunk).
 inline constexpr std::size_t kPanelBytes = 256 * 1024;
 
 // Out of registers (R * T accumulators), GCC folds the token load into each of the R FMAs that
@@ -74,42 +82,16 @@ HWY_INLINE hn::Vec<hn::Full128<float>> sum_of_four(DF d, VF a, VF b, VF c, VF e)
 template <std::size_t R, std::size_t T>
 HWY_INLINE void store_sums(const VF (&acc)[R][T], float* y, std::size_t y_stride, bool accumulate) {
   const DF d;
+  const hn::Full128<float> d4;
   for (std::size_t t = 0; t < T; ++t) {
     float* out = y + t * y_stride;
-    if constexpr (R == 4) {
-      const hn::Full128<float> d4;
-      const auto sums = sum_of_four(d, acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
-      hn::StoreU(accumulate ? hn::Add(hn::LoadU(d4, out), sums) : sums, d4, out);
-    } else {
-      for (std::size_t r = 0; r < R; ++r) out[r] = (accumulate ? out[r] : 0.0f) + reduce_sum(d, acc[r][t]);
+    std::size_t r = 0;
+    for (; r + 4 <= R; r += 4) {
+      const auto sums = sum_of_four(d, acc[r][t], acc[r + 1][t], acc[r + 2][t], acc[r + 3][t]);
+      hn::StoreU(accumulate ? hn::Add(hn::LoadU(d4, out + r), sums) : sums, d4, out + r);
     }
+    for (; r < R; ++r) out[r] = (accumulate ? out[r] : 0.0f) + reduce_sum(d, acc[r][t]);
   }
-}
-
-// y[r] (+)= dot(w row r, x) for one token. Streaming weights from memory needs parallelism more
-// than reuse: two accumulators per row double the loads and FMA chains in flight.
-template <std::size_t R, class W>
-HWY_INLINE void dot_rows(const W* HWY_RESTRICT w, std::size_t w_stride, const float* HWY_RESTRICT x, std::size_t n,
-                         float* HWY_RESTRICT y, bool accumulate) {
-  const DF d;
-  const std::size_t N = hn::Lanes(d);
-  VF acc[R][1], acc2[R];
-  for (std::size_t r = 0; r < R; ++r) acc[r][0] = acc2[r] = hn::Zero(d);
-  std::size_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    const VF x0 = hn::LoadU(d, x + i), x1 = hn::LoadU(d, x + i + N);
-    for (std::size_t r = 0; r < R; ++r) {
-      acc[r][0] = hn::MulAdd(load_f32(d, w + r * w_stride + i), x0, acc[r][0]);
-      acc2[r] = hn::MulAdd(load_f32(d, w + r * w_stride + i + N), x1, acc2[r]);
-    }
-  }
-  for (; i < n; i += N) {
-    const std::size_t left = std::min(N, n - i);
-    const VF xv = load_f32_partial(d, x + i, left);
-    for (std::size_t r = 0; r < R; ++r) acc[r][0] = hn::MulAdd(load_f32_partial(d, w + r * w_stride + i, left), xv, acc[r][0]);
-  }
-  for (std::size_t r = 0; r < R; ++r) acc[r][0] = hn::Add(acc[r][0], acc2[r]);
-  store_sums<R, 1>(acc, y, 0, accumulate);
 }
 
 // y[t * y_stride + r] (+)= dot(w row r, x row t) over n values, for r < R, t < T.
@@ -156,10 +138,7 @@ HWY_INLINE void dot_block_any(std::size_t r_count, std::size_t t_count, const W*
   if constexpr (T > 1)
     if (t_count < T)
       return dot_block_any<R, T - 1>(r_count, t_count, w, w_stride, x, x_stride, n, y, y_stride, accumulate);
-  if constexpr (T == 1)
-    dot_rows<R>(w, w_stride, x, n, y, accumulate);
-  else
-    dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
+  dot_block<R, T>(w, w_stride, x, x_stride, n, y, y_stride, accumulate);
 }
 
 // y[:, o0 .. o1] for one thread's share of the output rows.
@@ -167,13 +146,18 @@ template <class W>
 void matmul_rows(MatrixView<const W> w, MatrixView<const float> x, MatrixView<float> y, std::size_t o0,
                  std::size_t o1) {
   const std::size_t n_in = w.cols, n_tok = x.rows;
-  // A single token block has no token rows to keep in L1, so it takes the whole row in one pass.
-  const std::size_t k_chunk = n_tok <= kTokBlock ? n_in : std::min(n_in, kKChunk);
-  const std::size_t panel_rows = std::max(kRowBlock, kPanelBytes / (k_chunk * sizeof(W)) / kRowBlock * kRowBlock);
+  if (n_tok == 1) {  // each row block streams its rows through, chunk after chunk
+    for (std::size_t o = o0; o < o1; o += kDecodeRows)
+      for (std::size_t k0 = 0; k0 < n_in; k0 += kKChunk)
+        dot_block_any<kDecodeRows, 1>(std::min(kDecodeRows, o1 - o), 1, w.row(o) + k0, w.stride, x.row(0) + k0,
+                                      x.stride, std::min(kKChunk, n_in - k0), y.row(0) + o, y.stride, k0 > 0);
+    return;
+  }
+  const std::size_t panel_rows = kPanelBytes / (kKChunk * sizeof(W));
   for (std::size_t p0 = o0; p0 < o1; p0 += panel_rows) {
     const std::size_t p1 = std::min(o1, p0 + panel_rows);
-    for (std::size_t k0 = 0; k0 < n_in; k0 += k_chunk) {
-      const std::size_t k_count = std::min(k_chunk, n_in - k0);
+    for (std::size_t k0 = 0; k0 < n_in; k0 += kKChunk) {
+      const std::size_t k_count = std::min(kKChunk, n_in - k0);
       for (std::size_t t = 0; t < n_tok; t += kTokBlock)
         for (std::size_t o = p0; o < p1; o += kRowBlock)
           dot_block_any(std::min(kRowBlock, p1 - o), std::min(kTokBlock, n_tok - t), w.row(o) + k0, w.stride,
@@ -191,7 +175,7 @@ void matmul(ThreadPool& pool, MatrixView<const W> w, MatrixView<const float> x, 
   static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16>, "cpu::matmul: float or F16 weights");
   assert(w.cols > 0 && w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
   pool.parallel_for(
-      w.rows, [&](std::size_t o0, std::size_t o1) { detail::matmul_rows(w, x, y, o0, o1); }, detail::kRowBlock);
+      w.rows, [&](std::size_t o0, std::size_t o1) { detail::matmul_rows(w, x, y, o0, o1); }, detail::kDecodeRows);
 }
 
 }  // namespace tinyllm::cpu

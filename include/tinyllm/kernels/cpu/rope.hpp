@@ -23,10 +23,9 @@ HWY_INLINE void rope_adjacent_chunk(float* x, std::size_t n_heads, std::size_t h
   for (std::size_t h = 0; h < n_heads; ++h) {
     float* p = x + h * head_dim + first;
     for (std::size_t j = 0; j < count; j += N) {
-      const auto m = hn::FirstN(d, count - j);  // N is even, so a mask never splits a pair
-      const VF v = hn::MaskedLoad(m, d, p + j);
+      const VF v = load_upto(d, p + j, count - j);  // N is even, so a tail never splits a pair
       const VF r = hn::MulAdd(v, hn::LoadU(d, cos2 + j), hn::Mul(hn::Reverse2(d, v), hn::LoadU(d, sin2 + j)));
-      hn::BlendedStore(r, m, d, p + j);
+      store_upto(r, d, p + j, count - j);
     }
   }
 }
@@ -40,11 +39,10 @@ HWY_INLINE void rope_half_split_chunk(float* x, std::size_t n_heads, std::size_t
     float* lo_p = x + h * head_dim + first;
     float* hi_p = lo_p + half;
     for (std::size_t j = 0; j < count; j += N) {
-      const auto m = hn::FirstN(d, count - j);
-      const VF lo = hn::MaskedLoad(m, d, lo_p + j), hi = hn::MaskedLoad(m, d, hi_p + j);
+      const VF lo = load_upto(d, lo_p + j, count - j), hi = load_upto(d, hi_p + j, count - j);
       const VF c = hn::LoadU(d, cos1 + j), s = hn::LoadU(d, sin1 + j);
-      hn::BlendedStore(hn::MulSub(lo, c, hn::Mul(hi, s)), m, d, lo_p + j);
-      hn::BlendedStore(hn::MulAdd(hi, c, hn::Mul(lo, s)), m, d, hi_p + j);
+      store_upto(hn::MulSub(lo, c, hn::Mul(hi, s)), d, lo_p + j, count - j);
+      store_upto(hn::MulAdd(hi, c, hn::Mul(lo, s)), d, hi_p + j, count - j);
     }
   }
 }

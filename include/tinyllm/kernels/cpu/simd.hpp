@@ -30,11 +30,32 @@ HWY_INLINE VF load_f32(DF d, const F16* p) {
   return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
 }
 
-// The first n < N values, zeros after; reads nothing past p[n - 1].
-HWY_INLINE VF load_f32_partial(DF d, const float* p, std::size_t n) {
-  return hn::MaskedLoad(hn::FirstN(d, n), d, p);
+// AVX2 and AVX-512 mask 32-bit loads and stores in hardware, touching no memory in lanes that are
+// off. Highway emulates them on SSE4/SSSE3 with full-width accesses, which would read and write
+// past the end of a row; there the tail goes through a buffer on the stack.
+inline constexpr bool kNativeMasking = HWY_TARGET <= HWY_AVX2;
+
+// The first min(n, N) values of p, zeros after; reads nothing past p[n - 1].
+HWY_INLINE VF load_upto(DF d, const float* p, std::size_t n) {
+  if (n >= hn::Lanes(d)) return hn::LoadU(d, p);
+  if constexpr (kNativeMasking) return hn::MaskedLoad(hn::FirstN(d, n), d, p);
+  alignas(64) float buf[hn::MaxLanes(DF())] = {};
+  std::memcpy(buf, p, n * sizeof(float));
+  return hn::Load(d, buf);
 }
-// Copied through a zeroed buffer: AVX2 emulates 16-bit masked loads with a full-width load.
+
+// Stores the first min(n, N) lanes of v; writes nothing past p[n - 1].
+HWY_INLINE void store_upto(VF v, DF d, float* p, std::size_t n) {
+  if (n >= hn::Lanes(d)) return hn::StoreU(v, d, p);
+  if constexpr (kNativeMasking) return hn::BlendedStore(v, hn::FirstN(d, n), d, p);
+  alignas(64) float buf[hn::MaxLanes(DF())];
+  hn::Store(v, d, buf);
+  std::memcpy(p, buf, n * sizeof(float));
+}
+
+// The first n < N values, zeros after; reads nothing past p[n - 1].
+HWY_INLINE VF load_f32_partial(DF d, const float* p, std::size_t n) { return load_upto(d, p, n); }
+// Copied through a zeroed buffer: below AVX-512, Highway emulates 16-bit masked loads at full width.
 HWY_INLINE VF load_f32_partial(DF d, const F16* p, std::size_t n) {
   F16 buf[hn::MaxLanes(DF())] = {};
   std::memcpy(buf, p, n * sizeof(F16));
@@ -68,10 +89,7 @@ HWY_INLINE void map2(const float* a, const float* b, float* out, std::size_t n, 
   const std::size_t N = hn::Lanes(d);
   std::size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(f(hn::LoadU(d, a + i), hn::LoadU(d, b + i)), d, out + i);
-  if (i < n) {
-    const auto m = hn::FirstN(d, n - i);
-    hn::BlendedStore(f(hn::MaskedLoad(m, d, a + i), hn::MaskedLoad(m, d, b + i)), m, d, out + i);
-  }
+  if (i < n) store_upto(f(load_upto(d, a + i, n - i), load_upto(d, b + i, n - i)), d, out + i, n - i);
 }
 
 // x[i] = f(x[i]) in place.

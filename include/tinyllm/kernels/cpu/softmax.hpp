@@ -20,10 +20,7 @@ inline void softmax(float* x, std::size_t n) {
   VF vmax = neg_inf;
   std::size_t i = 0;
   for (; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(d, x + i));
-  if (i < n) {
-    const auto m = hn::FirstN(d, n - i);
-    vmax = hn::Max(vmax, hn::IfThenElse(m, hn::MaskedLoad(m, d, x + i), neg_inf));
-  }
+  if (i < n) vmax = hn::Max(vmax, hn::IfThenElse(hn::FirstN(d, n - i), detail::load_upto(d, x + i, n - i), neg_inf));
   vmax = hn::MaxOfLanes(d, vmax);
 
   VF vsum = hn::Zero(d);
@@ -33,10 +30,9 @@ inline void softmax(float* x, std::size_t n) {
     hn::StoreU(e, d, x + i);
   }
   if (i < n) {
-    const auto m = hn::FirstN(d, n - i);
-    const VF e = hn::IfThenElseZero(m, hn::Exp(d, hn::Sub(hn::MaskedLoad(m, d, x + i), vmax)));
+    const VF e = hn::IfThenElseZero(hn::FirstN(d, n - i), hn::Exp(d, hn::Sub(detail::load_upto(d, x + i, n - i), vmax)));
     vsum = hn::Add(vsum, e);
-    hn::BlendedStore(e, m, d, x + i);
+    detail::store_upto(e, d, x + i, n - i);
   }
 
   const VF inv_sum = hn::Set(d, 1.0f / detail::reduce_sum(d, vsum));
