@@ -1,27 +1,30 @@
 // tinyllm-synth: write a seeded random-weight Llama GGUF of a named shape, for tests and benchmarks.
-//   tinyllm-synth --shape tinyllama-1.1b --type F32 -o tinyllama-f32.gguf
+//   tinyllm-synth --shape tinyllama-1.1b --type Q4_K_M --vocab ggml-vocab-llama-spm.gguf -o tl-q4km.gguf
+// With --vocab the tokenizer metadata is copied from that GGUF, so llama.cpp loads the file too.
 #include <tinyllm/tinyllm.hpp>
 
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 
 int main(int argc, char** argv) {
   CLI::App app{"tinyllm-synth: write a random-weight Llama GGUF"};
-  std::string shape = "tiny", type = "F32", out;
+  std::string shape = "tiny", type = "F32", vocab_path, out;
   std::uint64_t seed = 42;
   app.add_option("--shape", shape, "tiny, tinyllama-1.1b or llama-7b")->capture_default_str();
-  app.add_option("--type", type, "weight type: F32 or F16")->capture_default_str();
+  app.add_option("--type", type, "F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K")->capture_default_str();
+  app.add_option("--vocab", vocab_path, "GGUF file whose tokenizer metadata to copy");
   app.add_option("--seed", seed, "random seed")->capture_default_str();
   app.add_option("-o,--output", out, "output .gguf")->required();
   CLI11_PARSE(app, argc, argv);
   try {
-    const tinyllm::DType t = type == "F32" ? tinyllm::DType::F32
-                           : type == "F16" ? tinyllm::DType::F16
-                           : throw tinyllm::Error("unknown --type '" + type + "'", "--type", "F32 or F16");
+    std::optional<tinyllm::GGUFFile> vocab;
+    if (!vocab_path.empty()) vocab = tinyllm::GGUFFile::open(vocab_path);
     tinyllm::GGUFWriter w;
-    tinyllm::write_synthetic_llama(w, tinyllm::synthetic_shape(shape), t, seed);
+    tinyllm::write_synthetic_llama(w, tinyllm::synthetic_shape(shape), tinyllm::weight_mix(type), seed, "llama",
+                                   vocab ? &*vocab : nullptr);
     w.write(out);
     std::fprintf(stderr, "wrote %s\n", out.c_str());
   } catch (const tinyllm::Error& e) {

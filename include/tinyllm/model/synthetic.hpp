@@ -10,8 +10,9 @@
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
-#include <tinyllm/core/half.hpp>
+#include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/io/gguf.hpp>
+#include <tinyllm/quant/quantize.hpp>
 
 namespace tinyllm {
 
@@ -22,6 +23,7 @@ struct SyntheticShape {
 
 inline constexpr SyntheticShape kSyntheticShapes[] = {
     {"tiny", 128, 4, 4, 2, 344, 512, 512},
+    {"small", 256, 4, 4, 2, 768, 512, 512},   // widths that are whole K-quant blocks
     {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, 2048},
     {"llama-7b", 4096, 32, 32, 32, 11008, 32000, 4096},
 };
@@ -96,17 +98,43 @@ inline void add_synthetic_vocab(GGUFWriter& out, std::size_t vocab) {
   out.set_u32("tokenizer.ggml.unknown_token_id", 0);
 }
 
-// Writes a Llama of the given shape with weights of `type` (F32 or F16) into `out`, under the
-// architecture name `arch` (a Llama-shaped one: llama, mistral).
-inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed,
-                                  std::string_view arch = "llama") {
-  if (type != DType::F32 && type != DType::F16)
-    throw Error("synthetic models are written as F32 or F16", "write_synthetic_llama",
-                "F32 or F16, got " + std::string(name(type)));
+// The weight types of a file type, as llama-quantize mixes them: "_M" mixes give the output,
+// and attn_v / ffn_down in some layers (first and last eighth, every third between), more bits.
+struct WeightMix {
+  std::string_view name;
+  DType base, embedding, output, more_bits;
+  std::uint32_t file_type;   // general.file_type (llama_ftype)
+};
+
+inline constexpr WeightMix kWeightMixes[] = {
+    {"F32", DType::F32, DType::F32, DType::F32, DType::F32, 0},
+    {"F16", DType::F16, DType::F16, DType::F16, DType::F16, 1},
+    {"Q8_0", DType::Q8_0, DType::Q8_0, DType::Q8_0, DType::Q8_0, 7},
+    {"Q4_0", DType::Q4_0, DType::Q4_0, DType::Q6_K, DType::Q4_0, 2},
+    {"Q4_K_M", DType::Q4_K, DType::Q4_K, DType::Q6_K, DType::Q6_K, 15},
+    {"Q5_K_M", DType::Q5_K, DType::Q5_K, DType::Q6_K, DType::Q6_K, 17},
+    {"Q6_K", DType::Q6_K, DType::Q6_K, DType::Q6_K, DType::Q6_K, 18},
+};
+
+inline const WeightMix& weight_mix(std::string_view name) {
+  std::string known;
+  for (const auto& m : kWeightMixes) {
+    if (m.name == name) return m;
+    known += (known.empty() ? "" : ", ") + std::string(m.name);
+  }
+  throw Error("unknown weight type '" + std::string(name) + "'", "weight_mix", "one of " + known);
+}
+
+// Writes a Llama of the given shape with weights of the mix `mix` into `out`, under the
+// architecture name `arch` (a Llama-shaped one: llama, mistral). The tokenizer metadata comes
+// from `vocab` (every tokenizer.* key, so the file also loads in llama.cpp) or, when null, from a
+// synthetic vocabulary of the shape's size.
+inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, const WeightMix& mix, std::uint64_t seed,
+                                  std::string_view arch = "llama", const GGUFFile* vocab = nullptr) {
   const std::string a = std::string(arch) + ".";
   out.set_string("general.architecture", std::string(arch));
-  out.set_string("general.name", "tinyllm synthetic " + std::string(s.name));
-  out.set_u32("general.file_type", type == DType::F32 ? 0 : 1);
+  out.set_string("general.name", "tinyllm synthetic " + std::string(s.name) + " " + std::string(mix.name));
+  out.set_u32("general.file_type", mix.file_type);
   out.set_u32(a + "context_length", std::uint32_t(s.context));
   out.set_u32(a + "embedding_length", std::uint32_t(s.n_embd));
   out.set_u32(a + "block_count", std::uint32_t(s.n_layers));
@@ -116,42 +144,58 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DTyp
   out.set_u32(a + "rope.dimension_count", std::uint32_t(s.n_embd / s.n_heads));
   out.set_f32(a + "rope.freq_base", 10000.0f);
   out.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
-  add_synthetic_vocab(out, s.vocab);
+  std::size_t n_vocab = s.vocab;
+  if (vocab) {
+    for (const auto& [key, value] : vocab->metadata())
+      if (key.rfind("tokenizer.", 0) == 0) out.set(key, value);
+    n_vocab = vocab->get_string_array("tokenizer.ggml.tokens").size();
+  } else {
+    add_synthetic_vocab(out, s.vocab);
+  }
 
   SplitMix64 rng(seed);
+  ThreadPool pool;
   std::vector<float> values;
-  std::vector<F16> halves;
+  std::vector<std::byte> packed;
   // dims in GGUF order: {columns (inputs), rows (outputs)}
-  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd,
-                 DType t) {
+  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd, DType t) {
     values.resize(cols * rows);
     for (float& v : values) v = mean + sd * rng.normal();
     std::vector<std::uint64_t> dims = rows == 1 ? std::vector<std::uint64_t>{cols}
                                                 : std::vector<std::uint64_t>{cols, rows};
-    if (t == DType::F32) {
-      out.add_tensor(name, t, dims, values.data(), values.size() * sizeof(float));
-    } else {
-      halves.resize(values.size());
-      for (std::size_t i = 0; i < values.size(); ++i) halves[i] = F16{f32_to_f16(values[i])};
-      out.add_tensor(name, t, dims, halves.data(), halves.size() * sizeof(F16));
-    }
+    const std::size_t row_size = quantized_bytes(t, cols);
+    packed.resize(row_size * rows);
+    pool.parallel_for(rows, [&](std::size_t r0, std::size_t r1) {
+      for (std::size_t r = r0; r < r1; ++r) quantize_row(t, values.data() + r * cols, packed.data() + r * row_size, cols);
+    });
+    out.add_tensor(name, t, dims, packed.data(), packed.size());
   };
-  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads;
-  add("token_embd.weight", s.n_embd, s.vocab, 0.0f, 0.02f, type);
-  for (std::size_t l = 0; l < s.n_layers; ++l) {
+  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads, n = s.n_layers;
+  add("token_embd.weight", s.n_embd, n_vocab, 0.0f, 0.02f, mix.embedding);
+  for (std::size_t l = 0; l < n; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
+    const bool more_bits = l < n / 8 || l >= 7 * n / 8 || (l - n / 8) % 3 == 2;
+    const DType sensitive = more_bits ? mix.more_bits : mix.base;
     add(p + "attn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
-    add(p + "attn_q.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, type);
-    add(p + "attn_k.weight", s.n_embd, kv_dim, 0.0f, 0.02f, type);
-    add(p + "attn_v.weight", s.n_embd, kv_dim, 0.0f, 0.02f, type);
-    add(p + "attn_output.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, type);
+    add(p + "attn_q.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
+    add(p + "attn_k.weight", s.n_embd, kv_dim, 0.0f, 0.02f, mix.base);
+    add(p + "attn_v.weight", s.n_embd, kv_dim, 0.0f, 0.02f, sensitive);
+    add(p + "attn_output.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
     add(p + "ffn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
-    add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, type);
-    add(p + "ffn_up.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, type);
-    add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.0f, 0.02f, type);
+    add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
+    add(p + "ffn_up.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
+    add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.0f, 0.02f, sensitive);
   }
   add("output_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
-  add("output.weight", s.n_embd, s.vocab, 0.0f, 0.02f, type);
+  add("output.weight", s.n_embd, n_vocab, 0.0f, 0.02f, mix.output);
+}
+
+// F32 or F16 throughout.
+inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed,
+                                  std::string_view arch = "llama") {
+  if (type != DType::F32 && type != DType::F16)
+    throw Error("plain synthetic models are F32 or F16", "write_synthetic_llama", "a weight mix for quantized ones");
+  write_synthetic_llama(out, s, weight_mix(type == DType::F32 ? "F32" : "F16"), seed, arch);
 }
 
 }  // namespace tinyllm

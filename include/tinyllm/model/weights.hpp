@@ -11,6 +11,7 @@
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/kernels/cpu/matmul.hpp>
+#include <tinyllm/quant/dequantize.hpp>
 
 namespace tinyllm {
 
@@ -41,18 +42,9 @@ inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const flo
 
 // out[cols] = row `r` of w, as f32 (token embedding lookup).
 inline void dequantize_row(const WeightMatrix& w, std::size_t r, float* out) {
-  switch (w.type) {
-    case DType::F32:
-      std::memcpy(out, static_cast<const float*>(w.data) + r * w.cols, w.cols * sizeof(float));
-      return;
-    case DType::F16: {
-      const auto* src = static_cast<const F16*>(w.data) + r * w.cols;
-      for (std::size_t i = 0; i < w.cols; ++i) out[i] = to_f32(src[i]);
-      return;
-    }
-    default:
-      throw Error("cannot read rows of tensor type " + std::string(name(w.type)), w.name);
-  }
+  if (!can_dequantize(w.type))
+    throw Error("cannot read rows of tensor type " + std::string(name(w.type)), w.name);
+  dequantize_row(w.type, static_cast<const std::byte*>(w.data) + r * row_bytes(w.type, w.cols), out, w.cols);
 }
 
 }  // namespace tinyllm
