@@ -139,3 +139,54 @@ TEST_CASE("Gemma 3 (QK-norm, 5 local : 1 global, two RoPE bases) matches llama.c
   TINYLLM_REQUIRE_TESTDATA("arch/gemma3.gguf");
   check_against_llama_cpp("gemma3", "gemma3", 2e-3f);
 }
+
+// llama.gguf quantized by llama-quantize, against llama.cpp's plain (non-repacked) path. Its
+// activations are rounded to 8 bits too, but not always to the same values as ours: 0.05.
+TEST_CASE("quantized llama files (Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K) match llama.cpp within 0.05") {
+  for (const std::string type : {"Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"}) {
+    TINYLLM_REQUIRE_TESTDATA("arch/llama-" + type + ".gguf");
+    CAPTURE(type);
+    check_against_llama_cpp("llama-" + type, "llama-" + type + ".norepack", 0.05f);
+  }
+}
+
+TEST_CASE("a synthetic model quantized to each type stays close to its F32 original") {
+  ThreadPool pool(2);
+  const auto& shape = synthetic_shape("small");
+  auto logits_of = [&](const std::string& mix) {
+    GGUFWriter w;
+    write_synthetic_llama(w, shape, weight_mix(mix), 17);
+    LoadedModel lm = load_gguf_bytes(w.to_bytes(), mix);
+    const std::size_t n = 32, vocab = lm.config().vocab_size;
+    std::vector<std::int32_t> ids(n), pos(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      ids[i] = std::int32_t(3 + (i * 97) % (vocab - 3));
+      pos[i] = std::int32_t(i);
+    }
+    std::vector<float> out(n * vocab);
+    auto cache = lm.model().new_kv_cache(n);
+    lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(out.data(), n, vocab));
+    return out;
+  };
+  const auto f32 = logits_of("F32");
+  double rms = 0;
+  for (float v : f32) rms += double(v) * v / f32.size();
+  rms = std::sqrt(rms);
+  // Relative to the RMS of the F32 logits; bounds are about twice what was measured (mean 0.0005,
+  // 0.015, 0.039, 0.069, 0.148, 0.181 in this order): activations are rounded to 8 bits as well.
+  const std::pair<std::string, double> bounds[] = {{"F16", 0.001}, {"Q8_0", 0.03}, {"Q6_K", 0.08},
+                                                   {"Q5_K_M", 0.14}, {"Q4_K_M", 0.3}, {"Q4_0", 0.36}};
+  for (const auto& [mix, bound] : bounds) {
+    CAPTURE(mix);
+    const auto q = logits_of(mix);
+    double mean = 0, worst = 0;
+    for (std::size_t i = 0; i < q.size(); ++i) {
+      const double e = std::fabs(double(q[i]) - f32[i]) / rms;
+      mean += e / q.size();
+      worst = std::max(worst, e);
+    }
+    MESSAGE(mix << ": mean relative error " << mean << ", max " << worst << " (of the F32 logits' RMS " << rms << ")");
+    CHECK(mean < bound);
+    CHECK(worst < 6 * bound);
+  }
+}

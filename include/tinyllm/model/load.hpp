@@ -81,7 +81,7 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
                 f.name() + ", tensor " + tensor, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
   if (!matmul_supports(t.dtype))
     throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
-                "F32 or F16");
+                "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
   return {tensor, t.dtype, t.data, rows, cols};
 }
 

@@ -117,6 +117,7 @@ class Transformer final : public Model {
     att_.resize(b * cfg_.q_dim());
     gate_.resize(b * cfg_.n_ff);
     up_.resize(b * cfg_.n_ff);
+    qscratch_.reserve(b, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff}));
     all_rows_.resize(b);
     for (std::size_t i = 0; i < b; ++i) all_rows_[i] = i;
     logit_rows_.resize(b);
@@ -242,12 +243,12 @@ class Transformer final : public Model {
       const LayerWeights& lw = w_.layers[l];
       // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
       for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
-      matmul(pool, lw.wq, xb, q);
-      matmul(pool, lw.wk, xb, k);
-      matmul(pool, lw.wv, xb, v);
+      matmul(pool, lw.wq, xb, q, qscratch_);
+      matmul(pool, lw.wk, xb, k, qscratch_);
+      matmul(pool, lw.wv, xb, v, qscratch_);
       if constexpr (Arch::parallel_blocks) {   // the FFN reads the same normalised input
-        matmul(pool, lw.w_gate, xb, gate);
-        matmul(pool, lw.w_up, xb, up);
+        matmul(pool, lw.w_gate, xb, gate, qscratch_);
+        matmul(pool, lw.w_up, xb, up, qscratch_);
       }
       for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
       for (std::size_t t = 0; t < n; ++t) {
@@ -272,20 +273,20 @@ class Transformer final : public Model {
       ap.window = plans_[l].window;
       cpu::attention(pool, q, positions, [&](std::size_t t) -> const KVLayerView& { return views_[seq_of_token_[t]]; },
                      c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
-      matmul(pool, lw.wo, att, proj);
+      matmul(pool, lw.wo, att, proj, qscratch_);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
       add_rows(x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       if constexpr (!Arch::parallel_blocks) {
         for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
-        matmul(pool, lw.w_gate, xb, gate);
-        matmul(pool, lw.w_up, xb, up);
+        matmul(pool, lw.w_gate, xb, gate, qscratch_);
+        matmul(pool, lw.w_up, xb, up, qscratch_);
       }
       if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::geglu) cpu::geglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-      matmul(pool, lw.w_down, gate, proj);
+      matmul(pool, lw.w_down, gate, proj, qscratch_);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
       add_rows(x, proj);
     }
@@ -294,7 +295,7 @@ class Transformer final : public Model {
     MatrixView<float> xf = xb.rows_slice(0, logit_rows.size());   // [rows wanted, n_embd]
     for (std::size_t r = 0; r < logit_rows.size(); ++r)
       cpu::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
-    matmul(pool, w_.output, xf, logits);
+    matmul(pool, w_.output, xf, logits, qscratch_);
     if constexpr (Arch::final_softcap)
       for (std::size_t t = 0; t < logits.rows; ++t) cpu::softcap(logits.row(t), logits.cols, c.final_softcap);
   }
@@ -337,6 +338,7 @@ class Transformer final : public Model {
   // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   AlignedBuffer<float> scores_buf_;   // [threads, cache capacity] attention scores
+  cpu::QuantScratch qscratch_;        // activations quantized for the quantized matmuls
   MatrixView<float> scores_;
 };
 

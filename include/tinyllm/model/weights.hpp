@@ -10,7 +10,7 @@
 #include <tinyllm/core/half.hpp>
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
-#include <tinyllm/kernels/cpu/matmul.hpp>
+#include <tinyllm/kernels/cpu/qmatmul.hpp>
 #include <tinyllm/quant/dequantize.hpp>
 
 namespace tinyllm {
@@ -23,21 +23,20 @@ struct WeightMatrix {
   std::size_t rows = 0, cols = 0;
 };
 
-// Types the kernels can multiply by today; loading checks every weight against this.
-inline bool matmul_supports(DType t) { return t == DType::F32 || t == DType::F16; }
-
-// y[n_tok, w.rows] = x[n_tok, w.cols] · wᵀ
-inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
-  switch (w.type) {
-    case DType::F32:
-      cpu::matmul(pool, MatrixView<const float>(static_cast<const float*>(w.data), w.rows, w.cols), x, y);
-      return;
-    case DType::F16:
-      cpu::matmul(pool, MatrixView<const F16>(static_cast<const F16*>(w.data), w.rows, w.cols), x, y);
-      return;
-    default:
-      throw Error("no matmul kernel for tensor type " + std::string(name(w.type)), w.name);
+// Types the kernels can multiply by; loading checks every weight against this.
+inline bool matmul_supports(DType t) {
+  switch (t) {
+    case DType::F32: case DType::F16: case DType::Q8_0: case DType::Q4_0:
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return true;
+    default: return false;
   }
+}
+
+// y[n_tok, w.rows] = x[n_tok, w.cols] · wᵀ. Quantized weights multiply 8-bit-quantized
+// activations (held in `scratch`, sized at load time) without dequantizing the matrix.
+inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y,
+                   cpu::QuantScratch& scratch) {
+  cpu::qmatmul(pool, w.type, w.data, w.rows, w.cols, x, y, scratch);
 }
 
 // out[cols] = row `r` of w, as f32 (token embedding lookup).

@@ -1,0 +1,177 @@
+// Quantized matmul microbenchmarks: cpu::qmatmul for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights at
+// TinyLlama-1.1B shapes, beside the two rooflines it is measured against.
+//   decode  (one token): bytes_per_second = weight bytes streamed; compare BM_read_bandwidth.
+//   prefill (many tokens): OP/s = 2 * n_out * n_in * n_tok / s; compare BM_vnni_peak.
+//
+//   tinyllm-quant-bench --benchmark_min_time=0.1 --benchmark_filter='read|peak|qmatvec'
+#include <tinyllm/core/blocks.hpp>
+#include <tinyllm/core/buffer.hpp>
+#include <tinyllm/core/half.hpp>
+#include <tinyllm/core/tensor.hpp>
+#include <tinyllm/core/thread_pool.hpp>
+#include <tinyllm/kernels/cpu/qmatmul.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512VNNI__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+using namespace tinyllm;
+namespace hn = hwy::HWY_NAMESPACE;
+
+// A decode matmul reads its weights from DRAM: cycle through enough copies to defeat the caches.
+constexpr std::size_t kColdBytes = 512u << 20;
+
+std::uint64_t splitmix(std::uint64_t& s) {
+  std::uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Random quants with sane f16 scales, as in a real file.
+template <class Block>
+void fill_blocks(Block* blocks, std::size_t n, std::uint64_t seed) {
+  auto* bytes = reinterpret_cast<std::uint8_t*>(blocks);
+  for (std::size_t i = 0; i + 8 <= n * sizeof(Block); i += 8) {
+    const std::uint64_t r = splitmix(seed);
+    std::memcpy(bytes + i, &r, 8);
+  }
+  for (std::size_t b = 0; b < n; ++b) {
+    blocks[b].d = f32_to_f16(0.01f);
+    if constexpr (requires { blocks[b].dmin; }) blocks[b].dmin = f32_to_f16(0.005f);
+  }
+}
+
+float sum_range(const float* p, std::size_t n) {
+  const hn::ScalableTag<float> d;
+  const std::size_t N = hn::Lanes(d);
+  auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+  for (std::size_t i = 0; i + 4 * N <= n; i += 4 * N) {
+    a0 = hn::Add(a0, hn::LoadU(d, p + i));
+    a1 = hn::Add(a1, hn::LoadU(d, p + i + N));
+    a2 = hn::Add(a2, hn::LoadU(d, p + i + 2 * N));
+    a3 = hn::Add(a3, hn::LoadU(d, p + i + 3 * N));
+  }
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+}
+
+// Args: threads. Reads 1 GiB, each thread a contiguous share: the decode roofline.
+void BM_read_bandwidth(benchmark::State& state) {
+  ThreadPool pool(unsigned(state.range(0)));
+  const std::size_t n = (std::size_t(1) << 30) / sizeof(float);
+  AlignedBuffer<float> buf(n);
+  for (std::size_t i = 0; i < n; ++i) buf[i] = float(i % 7);
+  std::vector<float> partial(pool.size());
+  for (auto _ : state) {
+    pool.run([&](unsigned t, unsigned nt) {
+      const std::size_t chunk = n / nt / 64 * 64;
+      const std::size_t b = t * chunk, e = t + 1 == nt ? n : b + chunk;
+      partial[t] = sum_range(buf.data() + b, e - b);
+    });
+    benchmark::DoNotOptimize(partial.data());
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(n * sizeof(float)));
+}
+BENCHMARK(BM_read_bandwidth)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+#if defined(__AVX512VNNI__)
+// Args: threads. Independent vpdpbusd chains on registers: the int8 roofline for prefill
+// (one vpdpbusd = 64 multiply-adds = 128 operations).
+void BM_vnni_peak(benchmark::State& state) {
+  ThreadPool pool(unsigned(state.range(0)));
+  constexpr int kChains = 12;
+  constexpr std::size_t kSteps = 1 << 18;
+  std::vector<std::int32_t> sink(pool.size() * 16);
+  for (auto _ : state) {
+    pool.run([&](unsigned t, unsigned) {
+      __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(char(t + 5));
+      __m512i acc[kChains];
+      for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_epi32(j);
+      for (std::size_t i = 0; i < kSteps; ++i) {
+#pragma GCC unroll 12
+        for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbusd_epi32(acc[j], a, b);
+        asm("" : "+v"(a), "+v"(b));
+      }
+      __m512i s = acc[0];
+      for (int j = 1; j < kChains; ++j) s = _mm512_add_epi32(s, acc[j]);
+      _mm512_storeu_si512(sink.data() + t * 16, s);
+    });
+    benchmark::DoNotOptimize(sink.data());
+  }
+  state.counters["OP/s"] =
+      benchmark::Counter(128.0 * kChains * kSteps * pool.size(), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_vnni_peak)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime();
+#endif
+
+// Args: n_out, n_in, n_tok, threads. y[n_tok, n_out] = x[n_tok, n_in] · w[n_out, n_in]ᵀ, quantizing
+// x included. One token cycles through cold copies of the weights; more tokens reuse one copy.
+template <class Block>
+void BM_qmatmul(benchmark::State& state) {
+  const std::size_t n_out = state.range(0), n_in = state.range(1), n_tok = state.range(2);
+  ThreadPool pool(unsigned(state.range(3)));
+  const std::size_t row_blocks = n_in / cpu::block_values<Block>;
+  const std::size_t w_bytes = n_out * row_blocks * sizeof(Block);
+  const std::size_t copies = n_tok == 1 ? (kColdBytes + w_bytes - 1) / w_bytes : 1;
+  AlignedBuffer<Block> weights(copies * n_out * row_blocks);
+  fill_blocks(weights.data(), n_out * row_blocks, 42);
+  for (std::size_t c = 1; c < copies; ++c)
+    std::memcpy(weights.data() + c * n_out * row_blocks, weights.data(), w_bytes);
+  AlignedBuffer<float> x(n_tok * n_in), y(n_tok * n_out);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 97) / 97.0f - 0.5f;
+  cpu::QuantScratch scratch(n_tok, n_in);
+  std::size_t next = 0;
+  for (auto _ : state) {
+    cpu::qmatmul(pool, MatrixView<const Block>(weights.data() + next * n_out * row_blocks, n_out, n_in, row_blocks),
+                 MatrixView<const float>(x.data(), n_tok, n_in), MatrixView<float>(y.data(), n_tok, n_out), scratch);
+    next = (next + 1) % copies;
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(w_bytes));
+  state.counters["OP/s"] =
+      benchmark::Counter(2.0 * double(n_out) * double(n_in) * double(n_tok), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// TinyLlama-1.1B: q/o projection, gate/up, down, and the output head.
+constexpr std::int64_t kShapes[][2] = {{2048, 2048}, {5632, 2048}, {2048, 5632}, {32000, 2048}};
+
+void matvec_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n_out", "n_in", "n_tok", "threads"});
+  for (const auto& s : kShapes)
+    for (std::int64_t threads : {1, 2}) b->Args({s[0], s[1], 1, threads});
+}
+void gemm_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n_out", "n_in", "n_tok", "threads"});
+  for (std::int64_t n_tok : {128, 512})
+    for (int s = 0; s < 3; ++s)
+      for (std::int64_t threads : {1, 2}) b->Args({kShapes[s][0], kShapes[s][1], n_tok, threads});
+}
+// Few tokens: where the decode kernel hands over to the panel kernel.
+void small_batch_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n_out", "n_in", "n_tok", "threads"});
+  for (std::int64_t n_tok : {2, 3, 4, 6, 8, 16}) b->Args({5632, 2048, n_tok, 2});
+}
+
+#define TINYLLM_QUANT_BENCH(Block)                                                                                       \
+  BENCHMARK_TEMPLATE(BM_qmatmul, Block)->Name("BM_qmatvec<" #Block ">")->Apply(matvec_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond); \
+  BENCHMARK_TEMPLATE(BM_qmatmul, Block)->Name("BM_qgemm<" #Block ">")->Apply(gemm_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);    \
+  BENCHMARK_TEMPLATE(BM_qmatmul, Block)->Name("BM_qsmall<" #Block ">")->Apply(small_batch_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond)
+
+TINYLLM_QUANT_BENCH(BlockQ8_0);
+TINYLLM_QUANT_BENCH(BlockQ4_0);
+TINYLLM_QUANT_BENCH(BlockQ4_K);
+TINYLLM_QUANT_BENCH(BlockQ5_K);
+TINYLLM_QUANT_BENCH(BlockQ6_K);
+
+}  // namespace
+
+BENCHMARK_MAIN();
