@@ -1,0 +1,480 @@
+// tinyllm-server: an OpenAI-compatible HTTP server over the continuous-batching engine.
+//   tinyllm-server -m stories260K.bin -m model.gguf --synthetic --port 8080
+// Each model (id: its file stem; the embedded random model is "default") has its own Engine, KV
+// budget and stepping thread. See examples/server/README.md for the endpoints and fields.
+#include "model_service.hpp"
+#include "openai_api.hpp"
+
+#include <tinyllm/tinyllm.hpp>
+
+#include <CLI/CLI.hpp>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace server {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+// One line per request on stderr: method, path, status, model, tokens, milliseconds.
+void log_request(const httplib::Request& req, int status, const std::string& model, std::size_t prompt_tokens,
+                 std::size_t completion_tokens, Clock::time_point start, const std::string& note = "") {
+  std::fprintf(stderr, "%s %s %d model=%s prompt_tokens=%zu completion_tokens=%zu ms=%.1f%s%s\n",
+               req.method.empty() ? "-" : req.method.c_str(), req.path.empty() ? "-" : req.path.c_str(), status, model.empty() ? "-" : model.c_str(), prompt_tokens, completion_tokens,
+               ms_since(start), note.empty() ? "" : " ", note.c_str());
+}
+
+void reply_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump(body), "application/json");
+}
+
+// What the engine's callback (stepping thread) hands to the HTTP thread serving the request.
+struct RequestState {
+  std::mutex m;
+  std::condition_variable cv;
+  std::string text;                      // generated text not yet taken by the HTTP thread
+  bool finished = false;
+  bool end_of_turn = false;              // the chat template's end-of-turn token came
+  tinyllm::FinishReason reason = tinyllm::FinishReason::none;
+  tinyllm::RequestMetrics metrics;
+};
+
+class Server {
+ public:
+  Server(std::vector<std::unique_ptr<ModelService>>& models) : models_(models), rng_(std::random_device{}()) {}
+
+  void routes(httplib::Server& http) {
+    http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, Endpoint::completions); });
+    http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, Endpoint::chat); });
+    http.Get("/v1/models", [this](const httplib::Request& q, httplib::Response& r) { list_models(q, r); });
+    http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& q, httplib::Response& r) { get_model(q, r); });
+    http.Get("/health", [this](const httplib::Request& q, httplib::Response& r) { health(q, r); });
+    // Statuses httplib sets itself (no route: 404; a body over the limit: 413; ...) get an
+    // OpenAI-style body too. Replies that already have one pass through.
+    http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& q, httplib::Response& r) {
+      if (!r.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      const auto start = Clock::now();
+      ApiError e{.status = r.status, .message = "HTTP status " + std::to_string(r.status) + " for " + q.method + " " + q.path};
+      if (r.status == 404) {
+        e.message = "no such endpoint: " + q.method + " " + q.path;
+        e.code = "not_found";
+      } else if (r.status == 413) {
+        e.message = "the request body is too large";
+      } else if (r.status >= 500) {
+        e.type = "server_error";
+      }
+      reply_json(r, r.status, e.to_json());
+      log_request(q, r.status, "", 0, 0, start);
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    http.set_exception_handler([](const httplib::Request& q, httplib::Response& r, std::exception_ptr ep) {
+      std::string what = "internal error";
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {
+      }
+      reply_json(r, 500, ApiError{.status = 500, .message = what, .type = "server_error"}.to_json());
+      log_request(q, 500, "", 0, 0, Clock::now(), what);
+    });
+  }
+
+  void cancel_all() {
+    for (auto& m : models_) m->cancel_all();
+  }
+
+ private:
+  ModelService& route(const std::string& model) {
+    if (model.empty()) {
+      if (models_.size() == 1) return *models_[0];
+      throw ApiError{.status = 400, .message = "'model' is required when several models are served", .param = "model"};
+    }
+    for (auto& m : models_)
+      if (m->id() == model) return *m;
+    throw ApiError{.status = 404, .message = "the model '" + model + "' does not exist", .param = "model",
+                   .code = "model_not_found"};
+  }
+
+  tinyllm::Request engine_request(const ParsedRequest& p, const ModelService& svc) {
+    const tinyllm::Tokenizer& tok = svc.model().tokenizer();
+    const tinyllm::Tokenizer::EncodeOptions encode{.add_special = true, .parse_special = true};
+    tinyllm::Request r;
+    if (p.endpoint == Endpoint::chat) {
+      for (std::size_t i = 0; i < p.messages.size(); ++i) {
+        const std::string& role = p.messages[i].role;
+        if (role != "system" && role != "user" && role != "assistant")
+          throw bad_field("messages[" + std::to_string(i) + "].role", "role '" + role + "' is not system, user or assistant");
+      }
+      const std::string text = svc.chat_format() ? tinyllm::render_chat(*svc.chat_format(), p.messages, true)
+                                                 : render_plain_chat(p.messages);
+      r.tokens = tok.encode(text, encode);
+    } else {
+      r.tokens = p.prompt_tokens.empty() ? tok.encode(p.prompt, encode) : p.prompt_tokens;
+    }
+    // OpenAI's defaults: 16 tokens for a completion; a chat reply may run to the end of the context.
+    r.max_tokens = p.max_tokens.value_or(p.endpoint == Endpoint::chat ? svc.model().config().context : 16);
+    r.sampling = p.sampling;
+    if (!p.seeded) {
+      std::lock_guard<std::mutex> lock(rng_mutex_);
+      r.sampling.seed = rng_();
+    }
+    r.stop = p.stop;
+    return r;
+  }
+
+  void generate(const httplib::Request& req, httplib::Response& res, Endpoint ep) {
+    const auto start = Clock::now();
+    std::string model_id;
+    try {
+      json body;
+      try {
+        body = json::parse(req.body);
+      } catch (const json::exception& e) {
+        throw ApiError{.status = 400, .message = std::string("the request body is not valid JSON: ") + e.what()};
+      }
+      const ParsedRequest p = parse_request(body, ep);
+      ModelService& svc = route(p.model);
+      model_id = svc.id();
+      const tinyllm::Request r = engine_request(p, svc);
+
+      auto st = std::make_shared<RequestState>();
+      const auto eot = svc.end_of_turn();
+      ModelService* svcp = &svc;
+      auto on_event = [st, eot, svcp](const tinyllm::TokenEvent& e) {
+        bool end_turn = false;
+        {
+          std::lock_guard<std::mutex> lock(st->m);
+          st->text += e.text;
+          if (e.finished) {
+            st->finished = true;
+            st->reason = st->end_of_turn ? tinyllm::FinishReason::stop : e.reason;
+            st->metrics = e.metrics;
+          } else if (eot && e.token == *eot && !st->end_of_turn) {
+            st->end_of_turn = end_turn = true;
+          }
+        }
+        st->cv.notify_all();
+        if (end_turn) svcp->cancel(e.id);   // takes effect before the next token is computed
+      };
+      tinyllm::RequestId id = 0;
+      try {
+        id = svc.submit(r, on_event);
+      } catch (const tinyllm::Error& e) {
+        const std::string what = e.what();
+        if (what.find("does not fit") != std::string::npos)
+          throw ApiError{.status = 400,
+                         .message = "the prompt (" + std::to_string(r.tokens.size()) + " tokens) does not fit the model's context or KV cache: " + what,
+                         .param = ep == Endpoint::chat ? "messages" : "prompt", .code = "context_length_exceeded"};
+        if (what.find("queue is full") != std::string::npos)
+          throw ApiError{.status = 503, .message = "the server is busy (its request queue is full); try again later",
+                         .type = "server_error", .code = "queue_full"};
+        throw;
+      }
+
+      const std::string rid = (ep == Endpoint::chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
+      const std::int64_t created = std::int64_t(std::time(nullptr));
+      if (!p.stream) {
+        std::unique_lock<std::mutex> lock(st->m);
+        st->cv.wait(lock, [&] { return st->finished; });
+        reply_json(res, 200, completion_json(ep, rid, created, model_id, st->text, st->reason, st->metrics));
+        log_request(req, 200, model_id, st->metrics.prompt_tokens, st->metrics.generated_tokens, start,
+                    finish_reason(st->reason));
+        return;
+      }
+      stream(req, res, ep, st, svc, id, rid, created, p.include_usage, start);
+    } catch (const ApiError& e) {
+      reply_json(res, e.status, e.to_json());
+      log_request(req, e.status, model_id, 0, 0, start, e.message);
+    } catch (const tinyllm::Error& e) {
+      const ApiError a{.status = 400, .message = e.what()};
+      reply_json(res, a.status, a.to_json());
+      log_request(req, a.status, model_id, 0, 0, start, e.what());
+    }
+  }
+
+  // Server-sent events in OpenAI's chunk format, ending with "data: [DONE]". A failed write (the
+  // client went away) ends the stream, and the resource releaser then cancels the request.
+  void stream(const httplib::Request& req, httplib::Response& res, Endpoint ep, std::shared_ptr<RequestState> st,
+              ModelService& svc, tinyllm::RequestId id, const std::string& rid, std::int64_t created, bool include_usage,
+              Clock::time_point start) {
+    struct Ctx {
+      std::shared_ptr<RequestState> st;
+      ModelService* svc;
+      tinyllm::RequestId id;
+      Endpoint ep;
+      std::string rid, model, method, path;
+      std::int64_t created;
+      bool include_usage, started = false, done = false;
+      Clock::time_point start;
+    };
+    auto ctx = std::make_shared<Ctx>(Ctx{st, &svc, id, ep, rid, svc.id(), req.method, req.path, created, include_usage,
+                                         false, false, start});
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [ctx](std::size_t, httplib::DataSink& sink) {
+          auto send = [&](const json& j) {
+            const std::string s = sse(j);
+            return sink.write(s.data(), s.size());
+          };
+          if (!ctx->started) {
+            ctx->started = true;
+            if (ctx->ep == Endpoint::chat &&
+                !send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, {{"role", "assistant"}, {"content", ""}}, nullptr)))
+              return false;
+          }
+          std::string text;
+          bool finished = false;
+          {
+            std::unique_lock<std::mutex> lock(ctx->st->m);
+            while (ctx->st->text.empty() && !ctx->st->finished) {
+              if (ctx->st->cv.wait_for(lock, std::chrono::seconds(1)) == std::cv_status::timeout) {
+                lock.unlock();
+                if (!sink.is_writable()) return false;
+                lock.lock();
+              }
+            }
+            text.swap(ctx->st->text);
+            finished = ctx->st->finished;
+          }
+          if (!text.empty()) {
+            const json delta = ctx->ep == Endpoint::chat ? json{{"content", text}} : json(text);
+            if (!send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, delta, nullptr))) return false;
+          }
+          if (finished) {
+            const json empty = ctx->ep == Endpoint::chat ? json::object() : json("");
+            if (!send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, empty, finish_reason(ctx->st->reason))))
+              return false;
+            if (ctx->include_usage) {
+              json u = chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, empty, nullptr);
+              u["choices"] = json::array();
+              u["usage"] = usage_json(ctx->st->metrics);
+              if (!send(u)) return false;
+            }
+            static constexpr char kDone[] = "data: [DONE]\n\n";
+            if (!sink.write(kDone, sizeof(kDone) - 1)) return false;
+            ctx->done = true;
+            sink.done();
+          }
+          return true;
+        },
+        [ctx](bool success) {
+          tinyllm::RequestMetrics m;
+          bool finished;
+          {
+            std::lock_guard<std::mutex> lock(ctx->st->m);
+            finished = ctx->st->finished;
+            m = ctx->st->metrics;
+          }
+          if (!finished) ctx->svc->cancel(ctx->id);
+          const bool ok = success && ctx->done;
+          std::fprintf(stderr, "%s %s 200 model=%s prompt_tokens=%zu completion_tokens=%zu ms=%.1f stream %s\n",
+                       ctx->method.c_str(), ctx->path.c_str(), ctx->model.c_str(), m.prompt_tokens, m.generated_tokens,
+                       ms_since(ctx->start),
+                       ok ? finish_reason(ctx->st->reason)
+                          : finished ? "client disconnected at the end" : "client disconnected: cancelled");
+        });
+  }
+
+  json model_json(const ModelService& m) const {
+    return {{"id", m.id()}, {"object", "model"}, {"created", started_}, {"owned_by", "tinyllm"}};
+  }
+
+  void list_models(const httplib::Request& req, httplib::Response& res) {
+    const auto start = Clock::now();
+    json data = json::array();
+    for (const auto& m : models_) data.push_back(model_json(*m));
+    reply_json(res, 200, {{"object", "list"}, {"data", data}});
+    log_request(req, 200, "", 0, 0, start);
+  }
+
+  void get_model(const httplib::Request& req, httplib::Response& res) {
+    const auto start = Clock::now();
+    const std::string id = req.matches[1];
+    for (const auto& m : models_)
+      if (m->id() == id) {
+        reply_json(res, 200, model_json(*m));
+        log_request(req, 200, id, 0, 0, start);
+        return;
+      }
+    const ApiError e{.status = 404, .message = "the model '" + id + "' does not exist", .param = "model", .code = "model_not_found"};
+    reply_json(res, 404, e.to_json());
+    log_request(req, 404, id, 0, 0, start);
+  }
+
+  // Status, and per model the KV blocks (used = held by running requests; blocks released to the
+  // prefix cache count as free), the scheduler's queues and the engine's own block audit.
+  void health(const httplib::Request& req, httplib::Response& res) {
+    const auto start = Clock::now();
+    json models = json::array();
+    bool ok = true;
+    for (const auto& m : models_) {
+      const ModelStats s = m->stats();
+      ok = ok && s.error.empty() && s.audit == "ok";
+      models.push_back({{"id", m->id()},
+                        {"kv_blocks", {{"used", s.engine.blocks_used}, {"free", s.engine.blocks_free}, {"total", s.engine.blocks_total}}},
+                        {"running", s.engine.running},
+                        {"waiting", s.engine.waiting},
+                        {"in_flight", s.in_flight},
+                        {"requests", {{"submitted", s.submitted}, {"finished", s.finished}, {"cancelled", s.cancelled}}},
+                        {"preemptions", s.engine.preemptions},
+                        {"steps", s.engine.steps},
+                        {"prefix_hit_rate", s.engine.prefix_hit_rate()},
+                        {"kv_audit", s.audit},
+                        {"error", s.error.empty() ? json(nullptr) : json(s.error)}});
+    }
+    reply_json(res, 200, {{"status", ok ? "ok" : "error"}, {"models", models}});
+    log_request(req, 200, "", 0, 0, start);
+  }
+
+  std::vector<std::unique_ptr<ModelService>>& models_;
+  std::mutex rng_mutex_;
+  std::mt19937_64 rng_;
+  std::atomic<std::uint64_t> next_id_{1};
+  std::int64_t started_ = std::int64_t(std::time(nullptr));
+};
+
+bool is_gguf(const std::string& path) {
+  char magic[4] = {};
+  std::ifstream in(path, std::ios::binary);
+  in.read(magic, 4);
+  return in.gcount() == 4 && std::string_view(magic, 4) == "GGUF";
+}
+
+// The chat format: --chat-template when given ("plain": none), else the one the file's
+// tokenizer.chat_template implements, else none (the plain "role: content" rendering).
+std::optional<tinyllm::ChatFormat> chat_format_for(const std::string& path, const std::string& forced, const std::string& id) {
+  if (forced == "plain") return std::nullopt;
+  if (!forced.empty()) return tinyllm::chat_format_from_name(forced);
+  if (path.empty() || !is_gguf(path)) return std::nullopt;
+  const tinyllm::GGUFFile f = tinyllm::GGUFFile::open(path);
+  if (!f.has("tokenizer.chat_template")) return std::nullopt;
+  const auto format = tinyllm::detect_chat_format(f.get_string("tokenizer.chat_template"));
+  if (!format)
+    std::fprintf(stderr, "model %s: chat template not recognised; chat uses the plain \"role: content\" format\n", id.c_str());
+  return format;
+}
+
+}  // namespace
+}  // namespace server
+
+int main(int argc, char** argv) {
+  CLI::App app{"tinyllm-server: an OpenAI-compatible server (completions, chat completions, streaming)"};
+  std::vector<std::string> model_paths, tokenizer_paths;
+  std::string host = "127.0.0.1", chat_template;
+  int port = 8080;
+  unsigned threads = 0;
+  std::size_t kv_mib = 256, parallel = 8, max_queue = 64, batch_tokens = 256, http_threads = 64;
+  bool synthetic = false;
+  app.add_option("-m,--model", model_paths, "model file (.gguf or llama2.c .bin); repeat to serve several; id = file stem");
+  app.add_option("-z,--tokenizer", tokenizer_paths, "llama2.c tokenizer .bin for the -m at the same position (or for all, given once)");
+  app.add_flag("--synthetic", synthetic, "also serve the embedded random model as \"default\" (the default with no -m)");
+  app.add_option("--host", host, "address to listen on")->capture_default_str();
+  app.add_option("--port", port, "port; 0 = any free port (printed on stdout)")->capture_default_str();
+  app.add_option("-t,--threads", threads, "compute threads, shared by all models; 0 = all cores");
+  app.add_option("--kv-mib", kv_mib, "KV cache budget per model in MiB")->capture_default_str();
+  app.add_option("--parallel", parallel, "sequences decoded together per model at most")->capture_default_str();
+  app.add_option("--max-queue", max_queue, "waiting requests per model at most (then 503); 0 = unbounded")->capture_default_str();
+  app.add_option("--batch-tokens", batch_tokens, "tokens per engine step")->capture_default_str();
+  app.add_option("--http-threads", http_threads, "HTTP worker threads (each open stream holds one)")->capture_default_str();
+  app.add_option("--chat-template", chat_template, "chat format for every model: llama3, llama2, mistral, gemma, chatml or plain; "
+                                                    "default: detected from each file's tokenizer.chat_template");
+  CLI11_PARSE(app, argc, argv);
+  if (!tokenizer_paths.empty() && tokenizer_paths.size() != 1 && tokenizer_paths.size() != model_paths.size()) {
+    std::fprintf(stderr, "give -z once, or once per -m\n");
+    return 2;
+  }
+
+  // SIGPIPE would kill the server when a client goes away mid-stream; a failed write is handled.
+  std::signal(SIGPIPE, SIG_IGN);
+  // SIGINT/SIGTERM are taken by one thread (below), so every other thread is started with them blocked.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::vector<std::unique_ptr<server::ModelService>> models;
+  tinyllm::ThreadPool pool(threads);
+  std::mutex compute;
+  try {
+    const tinyllm::EngineOptions opt{.max_batch_tokens = batch_tokens, .max_sequences = parallel,
+                                     .kv_bytes = kv_mib << 20, .max_waiting = max_queue};
+    for (std::size_t i = 0; i < model_paths.size(); ++i) {
+      const std::string& path = model_paths[i];
+      const std::string id = std::filesystem::path(path).stem().string();
+      for (const auto& m : models)
+        if (m->id() == id) throw tinyllm::Error("two models have the id '" + id + "'", path, "distinct file stems");
+      tinyllm::LoadOptions lo;
+      if (!tokenizer_paths.empty()) lo.tokenizer_path = tokenizer_paths[tokenizer_paths.size() == 1 ? 0 : i];
+      tinyllm::LoadedModel lm = tinyllm::load(path, lo);
+      if (!lm.has_tokenizer()) throw tinyllm::Error("the model has no tokenizer", path, "a tokenizer file (-z)");
+      auto format = server::chat_format_for(path, chat_template, id);
+      models.push_back(std::make_unique<server::ModelService>(id, std::move(lm), pool, compute, opt, format));
+    }
+    if (synthetic || model_paths.empty()) {
+      for (const auto& m : models)
+        if (m->id() == "default") throw tinyllm::Error("a model file is named 'default', the synthetic model's id", m->model().path());
+      models.push_back(std::make_unique<server::ModelService>("default", tinyllm::load_synthetic(), pool, compute, opt,
+                                                              server::chat_format_for("", chat_template, "default")));
+    }
+    for (const auto& m : models) {
+      const auto s = m->stats();
+      std::fprintf(stderr, "model %s: %zu KV blocks, chat format %s\n", m->id().c_str(), s.engine.blocks_total,
+                   m->chat_format() ? std::string(tinyllm::chat_format_name(*m->chat_format())).c_str() : "plain");
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+
+  server::Server api(models);
+  httplib::Server http;
+  http.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
+  http.set_payload_max_length(16u << 20);
+  http.set_keep_alive_timeout(2);
+  api.routes(http);
+
+  const int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
+  if (bound < 0) {
+    std::fprintf(stderr, "cannot listen on %s:%d\n", host.c_str(), port);
+    return 1;
+  }
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    if (sig == SIGUSR1) return;   // the server stopped on its own
+    std::fprintf(stderr, "signal %d: stopping\n", sig);
+    api.cancel_all();
+    http.stop();
+  });
+  std::printf("tinyllm-server listening on http://%s:%d\n", host.c_str(), bound);
+  std::fflush(stdout);
+  const bool ok = http.listen_after_bind();
+  pthread_kill(signal_thread.native_handle(), SIGUSR1);
+  signal_thread.join();
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,173 @@
+#pragma once
+// One served model: its weights, its Engine (with its own KV budget) and the thread that steps it.
+// HTTP threads submit and cancel; only the stepping thread calls Engine::step(). The stepping
+// thread sleeps on a condition variable while the engine has nothing to do and is woken by
+// submit() and cancel(). Models share one compute ThreadPool, so their steps take turns under
+// `compute` (on a CPU they would contend for the same cores anyway).
+#include <tinyllm/tinyllm.hpp>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_set>
+
+namespace server {
+
+// A consistent snapshot for GET /health, taken by the stepping thread after each step.
+struct ModelStats {
+  tinyllm::EngineMetrics engine;
+  std::size_t submitted = 0, finished = 0, cancelled = 0;
+  std::size_t in_flight = 0;
+  std::string audit = "ok";       // Engine::audit() while idle: "ok" or what it found
+  std::string error;              // the last exception a step threw, if any
+};
+
+class ModelService {
+ public:
+  ModelService(std::string id, tinyllm::LoadedModel model, tinyllm::ThreadPool& pool, std::mutex& compute,
+               const tinyllm::EngineOptions& opt, std::optional<tinyllm::ChatFormat> chat_format)
+      : id_(std::move(id)), model_(std::move(model)), engine_(model_, pool, opt), compute_(compute),
+        chat_format_(chat_format) {
+    if (chat_format_) {
+      // The token that ends an assistant turn (<|eot_id|>, <end_of_turn>, ...) when it is not EOS.
+      const auto t = model_.tokenizer().encode(std::string(tinyllm::chat_end_of_turn(*chat_format_)),
+                                               tinyllm::Tokenizer::EncodeOptions{.add_special = false, .parse_special = true});
+      if (t.size() == 1 && t[0] != model_.tokenizer().eos()) end_of_turn_ = t[0];
+    }
+    {
+      std::lock_guard<std::mutex> lock(stats_mutex_);
+      stats_.engine = engine_.metrics();
+    }
+    thread_ = std::thread([this] { loop(); });
+  }
+  ModelService(const ModelService&) = delete;
+  ModelService& operator=(const ModelService&) = delete;
+
+  ~ModelService() {
+    {
+      std::lock_guard<std::mutex> lock(wake_mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
+
+  const std::string& id() const { return id_; }
+  const tinyllm::LoadedModel& model() const { return model_; }
+  std::optional<tinyllm::ChatFormat> chat_format() const { return chat_format_; }
+  std::optional<std::int32_t> end_of_turn() const { return end_of_turn_; }
+
+  // Thread-safe; throws tinyllm::Error as Engine::submit does. The callback runs on the stepping
+  // thread and must not block.
+  tinyllm::RequestId submit(tinyllm::Request req, tinyllm::Engine::Callback on_event) {
+    auto wrapped = [this, cb = std::move(on_event)](const tinyllm::TokenEvent& e) {
+      if (e.finished) {
+        std::lock_guard<std::mutex> lock(stats_mutex_);
+        in_flight_.erase(e.id);
+        ++stats_.finished;
+        if (e.reason == tinyllm::FinishReason::cancelled) ++stats_.cancelled;
+      }
+      cb(e);
+    };
+    // Held across submit so the finished event (on the stepping thread) cannot precede the insert.
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    const tinyllm::RequestId id = engine_.submit(std::move(req), std::move(wrapped));
+    in_flight_.insert(id);
+    ++stats_.submitted;
+    wake();
+    return id;
+  }
+
+  void cancel(tinyllm::RequestId id) {
+    engine_.cancel(id);
+    wake();
+  }
+
+  void cancel_all() {
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    for (tinyllm::RequestId id : in_flight_) engine_.cancel(id);
+    wake();
+  }
+
+  ModelStats stats() const {
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    ModelStats s = stats_;
+    s.in_flight = in_flight_.size();
+    return s;
+  }
+
+ private:
+  void wake() {
+    {
+      std::lock_guard<std::mutex> lock(wake_mutex_);
+      work_ = true;
+    }
+    wake_.notify_one();
+  }
+
+  void loop() {
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(wake_mutex_);
+        if (stop_) return;
+        work_ = false;   // a submit from now on sets it again, so the wait below cannot miss it
+      }
+      bool busy = false;
+      std::string error, audit = "ok";
+      {
+        std::lock_guard<std::mutex> lock(compute_);
+        try {
+          busy = engine_.step();
+        } catch (const std::exception& e) {
+          error = e.what();
+          busy = true;   // look again: the failed step may have left work
+        }
+        if (!busy) {
+          try {
+            engine_.audit();
+          } catch (const std::exception& e) {
+            audit = e.what();
+          }
+        }
+      }
+      publish(error, audit, busy);
+      if (!error.empty()) {
+        std::fprintf(stderr, "model %s: step failed: %s\n", id_.c_str(), error.c_str());
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      if (!busy) {
+        std::unique_lock<std::mutex> lock(wake_mutex_);
+        wake_.wait(lock, [&] { return stop_ || work_; });
+      }
+    }
+  }
+
+  void publish(const std::string& error, const std::string& audit, bool busy) {
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    stats_.engine = engine_.metrics();
+    if (!error.empty()) stats_.error = error;
+    if (!busy) stats_.audit = audit;
+  }
+
+  std::string id_;
+  tinyllm::LoadedModel model_;
+  tinyllm::Engine engine_;
+  std::mutex& compute_;
+  std::optional<tinyllm::ChatFormat> chat_format_;
+  std::optional<std::int32_t> end_of_turn_;
+
+  mutable std::mutex stats_mutex_;
+  ModelStats stats_;
+  std::unordered_set<tinyllm::RequestId> in_flight_;
+
+  std::mutex wake_mutex_;
+  std::condition_variable wake_;
+  bool work_ = false, stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace server
