@@ -346,9 +346,9 @@ class MappedFile {
 }  // namespace tinyllm
 // ---- tinyllm/core/thread_pool.hpp ----
 // A fixed set of worker threads, passed explicitly to every parallel kernel. The calling thread
-// takes part as thread 0. Dispatch does not allocate: the task is a function pointer and a
-// context pointer, and workers spin briefly before sleeping, so back-to-back kernel calls within
-// one token are cheap.
+// takes part. Dispatch does not allocate: the task is a function pointer and a context pointer,
+// and workers spin briefly before sleeping, so back-to-back kernel calls within one token are
+// cheap.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -368,6 +368,10 @@ class MappedFile {
 
 namespace tinyllm {
 
+// A job is split into size() chunks, chunk i being "thread i"'s share. Every thread, the caller
+// included, claims chunks until none are left, so a worker the OS has not scheduled yet (a busy
+// machine, more threads than cores) delays nothing: the others take its chunk. A chunk runs on
+// one thread at a time, so per-thread scratch indexed by the chunk number stays private.
 class ThreadPool {
  public:
   // n_threads = 0 means one per hardware thread.
@@ -375,7 +379,7 @@ class ThreadPool {
     if (n_threads == 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
     n_threads_ = n_threads;
     threads_.reserve(n_threads - 1);
-    for (unsigned t = 1; t < n_threads; ++t) threads_.emplace_back([this, t] { worker(t); });
+    for (unsigned t = 1; t < n_threads; ++t) threads_.emplace_back([this] { worker(); });
   }
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -391,30 +395,28 @@ class ThreadPool {
 
   unsigned size() const noexcept { return n_threads_; }
 
-  // Calls f(thread_index, n_threads) once on every thread and returns when all are done.
+  // Calls f(i, size()) once for every chunk i < size() and returns when all are done.
   template <class F>
   void run(F&& f) {
     using Fn = std::remove_reference_t<F>;
     if (n_threads_ == 1) { f(0u, 1u); return; }
-    task_ = [](void* ctx, unsigned t, unsigned n) { (*static_cast<Fn*>(ctx))(t, n); };
+    task_ = [](void* ctx, unsigned i, unsigned n) { (*static_cast<Fn*>(ctx))(i, n); };
     ctx_ = const_cast<void*>(static_cast<const void*>(&f));
     error_ = nullptr;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    const std::uint32_t job = ++job_;
+    claim_.store(std::uint64_t(job) << 32, std::memory_order_release);   // chunk 0 is next
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      generation_.fetch_add(1, std::memory_order_release);
+      generation_.store(job, std::memory_order_release);
     }
     wake_.notify_all();
-    try {
-      f(0u, n_threads_);
-    } catch (...) {
-      record(std::current_exception());
-    }
-    while (pending_.load(std::memory_order_acquire) != 0) TINYLLM_CPU_RELAX();
+    work_on(job);
+    while (done_.load(std::memory_order_acquire) != n_threads_) TINYLLM_CPU_RELAX();
     if (error_) std::rethrow_exception(error_);
   }
 
-  // Splits [0, n) into one contiguous range per thread, each a multiple of `grain` (but the last),
+  // Splits [0, n) into one contiguous range per chunk, each a multiple of `grain` (but the last),
   // and calls f(begin, end) for every non-empty range.
   template <class F>
   void parallel_for(std::size_t n, F&& f, std::size_t grain = 1) {
@@ -434,10 +436,27 @@ class ThreadPool {
     if (!error_) error_ = e;
   }
 
-  void worker(unsigned t) {
-    std::uint64_t seen = 0;
+  // Claims and runs chunks of `job` until none are left. A successful claim proves the job is
+  // still running (it cannot finish before this chunk does), so its task is still valid.
+  void work_on(std::uint32_t job) {
+    std::uint64_t cur = claim_.load(std::memory_order_acquire);
     for (;;) {
-      std::uint64_t g = generation_.load(std::memory_order_acquire);
+      if ((cur >> 32) != job || (cur & 0xffffffffu) >= n_threads_) return;
+      if (!claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+      try {
+        task_(ctx_, unsigned(cur & 0xffffffffu), n_threads_);
+      } catch (...) {
+        record(std::current_exception());
+      }
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      cur = claim_.load(std::memory_order_acquire);
+    }
+  }
+
+  void worker() {
+    std::uint32_t seen = 0;
+    for (;;) {
+      std::uint32_t g = generation_.load(std::memory_order_acquire);
       for (int spin = 0; g == seen && spin < 20000; ++spin) {
         TINYLLM_CPU_RELAX();
         g = generation_.load(std::memory_order_acquire);
@@ -449,12 +468,7 @@ class ThreadPool {
       }
       seen = g;
       if (stop_) return;
-      try {
-        task_(ctx_, t, n_threads_);
-      } catch (...) {
-        record(std::current_exception());
-      }
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      work_on(g);
     }
   }
 
@@ -462,8 +476,10 @@ class ThreadPool {
   std::vector<std::thread> threads_;
   void (*task_)(void*, unsigned, unsigned) = nullptr;
   void* ctx_ = nullptr;
-  std::atomic<std::uint64_t> generation_{0};
-  std::atomic<unsigned> pending_{0};
+  std::uint32_t job_ = 0;                      // the caller's count of jobs
+  std::atomic<std::uint64_t> claim_{0};        // (job << 32) | next chunk to claim
+  std::atomic<unsigned> done_{0};              // chunks of the current job finished
+  std::atomic<std::uint32_t> generation_{0};   // the latest job, for waking workers
   std::mutex mutex_;
   std::condition_variable wake_;
   std::atomic<bool> stop_{false};
@@ -472,6 +488,665 @@ class ThreadPool {
 };
 
 }  // namespace tinyllm
+// ---- tinyllm/core/blocks.hpp ----
+// GGUF's quantized block layouts, byte for byte as ggml stores them (little-endian). A block holds
+// block_size consecutive values of one row; the quant/ layer gives their meaning.
+#include <cstdint>
+
+
+namespace tinyllm {
+
+inline constexpr int kQK = 32;    // values per block of the legacy formats (Q4_0, Q8_0)
+inline constexpr int kQKK = 256;  // values per super-block of the K-quants
+
+// Q8_0: value = d * qs[i].
+struct BlockQ8_0 {
+  std::uint16_t d;      // f16 scale
+  std::int8_t qs[kQK];
+};
+
+// Q4_0: value i (i < 16) = d * ((qs[i] & 15) - 8); value i + 16 = d * ((qs[i] >> 4) - 8).
+struct BlockQ4_0 {
+  std::uint16_t d;      // f16 scale
+  std::uint8_t qs[kQK / 2];
+};
+
+// Q4_K: 8 sub-blocks of 32 with 6-bit scales and mins packed in `scales`;
+// value = d * scale_j * q - dmin * min_j, q a 4-bit quant.
+struct BlockQ4_K {
+  std::uint16_t d;      // f16 super-block scale of the scales
+  std::uint16_t dmin;   // f16 super-block scale of the mins
+  std::uint8_t scales[12];
+  std::uint8_t qs[kQKK / 2];
+};
+
+// Q5_K: as Q4_K with a fifth bit per quant in qh.
+struct BlockQ5_K {
+  std::uint16_t d;
+  std::uint16_t dmin;
+  std::uint8_t scales[12];
+  std::uint8_t qh[kQKK / 8];
+  std::uint8_t qs[kQKK / 2];
+};
+
+// Q6_K: 16 sub-blocks of 16 with signed 8-bit scales; value = d * scales[j] * (q - 32), q 6-bit
+// split into 4 low bits (ql) and 2 high bits (qh).
+struct BlockQ6_K {
+  std::uint8_t ql[kQKK / 2];
+  std::uint8_t qh[kQKK / 4];
+  std::int8_t scales[kQKK / 16];
+  std::uint16_t d;      // f16
+};
+
+// Q8_K: the 8-bit form activations take for dot products with K-quant weights.
+struct BlockQ8_K {
+  float d;
+  std::int8_t qs[kQKK];
+  std::int16_t bsums[kQKK / 16];   // sums of each 16 quants
+};
+
+// The block type of each DType, for templates that take a DType at compile time.
+template <DType> struct BlockOf;
+template <> struct BlockOf<DType::Q8_0> { using type = BlockQ8_0; };
+template <> struct BlockOf<DType::Q4_0> { using type = BlockQ4_0; };
+template <> struct BlockOf<DType::Q4_K> { using type = BlockQ4_K; };
+template <> struct BlockOf<DType::Q5_K> { using type = BlockQ5_K; };
+template <> struct BlockOf<DType::Q6_K> { using type = BlockQ6_K; };
+template <> struct BlockOf<DType::Q8_K> { using type = BlockQ8_K; };
+
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_K) == 144 &&
+              sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292,
+              "block layouts must match GGUF byte for byte");
+
+}  // namespace tinyllm
+// ---- tinyllm/quant/quant.hpp ----
+// The quant/ layer: GGUF block formats to and from f32.
+// ---- tinyllm/quant/dequantize.hpp ----
+// Dequantization: GGUF blocks to f32, value for value as ggml defines each format. This is the
+// reference that the fused kernels are tested against, so it is plain scalar code.
+//
+// Every result is exact or rounded once: a scale is an f16 (11 significant bits) times a 6- or
+// 8-bit sub-block scale times a quant of at most 6 bits, which f32 holds exactly, and only the
+// K-quants' "- min" (or Q8_K's f32 scale) rounds. So the values do not depend on evaluation order
+// or FMA contraction, and tests can compare them bit for bit.
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+
+namespace tinyllm {
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K or Q5_K super-block. Sub-blocks 0-3
+// keep theirs in the low 6 bits of scales[j] (scale) and scales[j + 4] (min); sub-blocks 4-7 keep
+// their low 4 bits in the nibbles of scales[j + 4] (scale low, min high) and their top 2 bits in
+// the otherwise unused top bits of scales[j - 4] (scale) and scales[j] (min).
+inline void get_scale_min_k4(int j, const std::uint8_t* scales, std::uint8_t& sc, std::uint8_t& m) {
+  assert(j >= 0 && j < 8);
+  if (j < 4) {
+    sc = scales[j] & 63;
+    m = scales[j + 4] & 63;
+  } else {
+    sc = std::uint8_t((scales[j + 4] & 15) | ((scales[j - 4] >> 6) << 4));
+    m = std::uint8_t((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
+  }
+}
+
+inline void dequantize_row(const float* src, float* dst, std::size_t n) {
+  std::memcpy(dst, src, n * sizeof(float));
+}
+
+inline void dequantize_row(const F16* src, float* dst, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) dst[i] = to_f32(src[i]);
+}
+
+inline void dequantize_row(const BF16* src, float* dst, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) dst[i] = to_f32(src[i]);
+}
+
+// value i = d * qs[i]
+inline void dequantize_row(const BlockQ8_0* src, float* dst, std::size_t n) {
+  assert(n % kQK == 0);
+  for (std::size_t b = 0; b < n / kQK; ++b, dst += kQK) {
+    const float d = f16_to_f32(src[b].d);
+    for (int i = 0; i < kQK; ++i) dst[i] = d * float(src[b].qs[i]);
+  }
+}
+
+// value i = d * (q_i - 8); byte l holds value l in its low nibble and value l + 16 in its high one.
+inline void dequantize_row(const BlockQ4_0* src, float* dst, std::size_t n) {
+  assert(n % kQK == 0);
+  for (std::size_t b = 0; b < n / kQK; ++b, dst += kQK) {
+    const float d = f16_to_f32(src[b].d);
+    for (int l = 0; l < kQK / 2; ++l) {
+      dst[l] = d * float((src[b].qs[l] & 15) - 8);
+      dst[l + kQK / 2] = d * float((src[b].qs[l] >> 4) - 8);
+    }
+  }
+}
+
+// Q4_K and Q5_K share their layout of quants: each 64-value group g uses 32 bytes of qs, whose low
+// nibbles are the group's first 32 values (sub-block 2g) and whose high nibbles are the next 32
+// (sub-block 2g + 1). Q5_K's fifth bit of value 32s + l (sub-block s) is bit s of qh[l].
+// value = d * scale_s * q - dmin * min_s.
+namespace quant_detail {
+template <bool kHighBit>
+inline void dequantize_k4_super_block(std::uint16_t d_bits, std::uint16_t dmin_bits,
+                                      const std::uint8_t* scales, const std::uint8_t* qs,
+                                      const std::uint8_t* qh, float* dst) {
+  const float d = f16_to_f32(d_bits), dmin = f16_to_f32(dmin_bits);
+  for (int s = 0; s < 8; ++s) {
+    std::uint8_t sc, m;
+    get_scale_min_k4(s, scales, sc, m);
+    const float scale = d * float(sc), min = dmin * float(m);
+    const std::uint8_t* q = qs + 32 * (s / 2);
+    const int shift = 4 * (s % 2);
+    for (int l = 0; l < 32; ++l) {
+      int v = (q[l] >> shift) & 15;
+      if constexpr (kHighBit) v |= ((qh[l] >> s) & 1) << 4;
+      *dst++ = scale * float(v) - min;
+    }
+  }
+}
+}  // namespace quant_detail
+
+inline void dequantize_row(const BlockQ4_K* src, float* dst, std::size_t n) {
+  assert(n % kQKK == 0);
+  for (std::size_t b = 0; b < n / kQKK; ++b, dst += kQKK)
+    quant_detail::dequantize_k4_super_block<false>(src[b].d, src[b].dmin, src[b].scales,
+                                                   src[b].qs, nullptr, dst);
+}
+
+inline void dequantize_row(const BlockQ5_K* src, float* dst, std::size_t n) {
+  assert(n % kQKK == 0);
+  for (std::size_t b = 0; b < n / kQKK; ++b, dst += kQKK)
+    quant_detail::dequantize_k4_super_block<true>(src[b].d, src[b].dmin, src[b].scales,
+                                                  src[b].qs, src[b].qh, dst);
+}
+
+// value i = d * scales[i / 16] * (q_i - 32), q_i 6 bits. The super-block is two halves of 128
+// values, each with 64 bytes of ql and 32 of qh. In a half, value 32k + l (k = 0..3) takes its low
+// 4 bits from ql[l + 32 * (k % 2)] (low nibble for k < 2, high for k >= 2) and its top 2 bits from
+// bits 2k, 2k + 1 of qh[l].
+inline void dequantize_row(const BlockQ6_K* src, float* dst, std::size_t n) {
+  assert(n % kQKK == 0);
+  for (std::size_t b = 0; b < n / kQKK; ++b) {
+    const float d = f16_to_f32(src[b].d);
+    for (int half = 0; half < 2; ++half, dst += 128) {
+      const std::uint8_t* ql = src[b].ql + 64 * half;
+      const std::uint8_t* qh = src[b].qh + 32 * half;
+      const std::int8_t* sc = src[b].scales + 8 * half;
+      for (int k = 0; k < 4; ++k) {
+        for (int l = 0; l < 32; ++l) {
+          const int low = (ql[l + 32 * (k % 2)] >> (4 * (k / 2))) & 15;
+          const int high = (qh[l] >> (2 * k)) & 3;
+          const int i = 32 * k + l;
+          dst[i] = d * float(sc[i / 16]) * float((low | (high << 4)) - 32);
+        }
+      }
+    }
+  }
+}
+
+// value i = d * qs[i], d an f32.
+inline void dequantize_row(const BlockQ8_K* src, float* dst, std::size_t n) {
+  assert(n % kQKK == 0);
+  for (std::size_t b = 0; b < n / kQKK; ++b, dst += kQKK)
+    for (int i = 0; i < kQKK; ++i) dst[i] = src[b].d * float(src[b].qs[i]);
+}
+
+// Whether dequantize_row(type, ...) handles this type.
+inline bool can_dequantize(DType type) {
+  switch (type) {
+    case DType::F32: case DType::F16: case DType::BF16: case DType::Q8_0: case DType::Q4_0:
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::Q8_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// dst[n] = the n values at src, which hold a whole number of blocks of `type`.
+inline void dequantize_row(DType type, const void* src, float* dst, std::size_t n) {
+  if (!can_dequantize(type))
+    throw Error("cannot dequantize tensor type " + std::string(name(type)), "dequantize_row",
+                "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K or Q8_K");
+  const std::size_t block = info(type).block_size;
+  if (n % block != 0)
+    throw Error("a row of " + std::to_string(n) + " " + std::string(name(type)) +
+                " values is not a whole number of blocks", "dequantize_row",
+                "a multiple of " + std::to_string(block));
+  switch (type) {
+    case DType::F32: return dequantize_row(static_cast<const float*>(src), dst, n);
+    case DType::F16: return dequantize_row(static_cast<const F16*>(src), dst, n);
+    case DType::BF16: return dequantize_row(static_cast<const BF16*>(src), dst, n);
+    case DType::Q8_0: return dequantize_row(static_cast<const BlockQ8_0*>(src), dst, n);
+    case DType::Q4_0: return dequantize_row(static_cast<const BlockQ4_0*>(src), dst, n);
+    case DType::Q4_K: return dequantize_row(static_cast<const BlockQ4_K*>(src), dst, n);
+    case DType::Q5_K: return dequantize_row(static_cast<const BlockQ5_K*>(src), dst, n);
+    case DType::Q6_K: return dequantize_row(static_cast<const BlockQ6_K*>(src), dst, n);
+    case DType::Q8_K: return dequantize_row(static_cast<const BlockQ8_K*>(src), dst, n);
+    default: break;
+  }
+}
+
+}  // namespace tinyllm
+// ---- tinyllm/quant/quantize.hpp ----
+// Quantization: f32 rows to GGUF blocks by ggml's reference rules (its quantize_row_*_ref, which
+// llama-quantize uses when no importance matrix is given), so a row quantized here decodes as the
+// same row quantized by llama.cpp would. Q8_0, Q4_0 and Q8_K have closed-form rules; the K-quants
+// search for their scales as ggml does: Q4_K and Q5_K by make_qkx2_quants' weighted least-squares
+// fit of a scale and an offset per sub-block of 32, Q6_K by make_qx_quants' search for a symmetric
+// scale per sub-block of 16; the sub-block scales are then themselves quantized (6 or 8 bits under
+// an f16 super-block scale) and the quants recomputed against the scales as stored.
+//
+// The bytes match llama.cpp's (tests/quant/llama_files_test.cpp checks every block of
+// its Q8_0, Q4_0, Q4_K, Q5_K and Q6_K test models). Scalar code: this runs when weights are
+// written, not in the inference loop. Inputs must be finite.
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+
+// The rules hold as written, each operation rounded: a fused multiply-add rounds differently and
+// in rare ties picks another level or scale than llama.cpp does (about 1% of Q4_K blocks). g++
+// fuses by default when targeting FMA hardware, so fusion is off for this header alone (clang's
+// -ffp-contract=fast overrides the pragma).
+#if defined(__clang__)
+#pragma float_control(push)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+namespace tinyllm {
+
+namespace quant_detail {
+
+// Round half to even, as ggml's nearest_int does (it adds 1.5 * 2^23 and reads the mantissa).
+inline int nearest_int(float x) {
+  assert(std::fabs(x) <= 4194303.0f);
+  return static_cast<int>(std::nearbyint(x));
+}
+
+// Fits x[i] ~ scale * L[i] - offset with levels L[i] in 0..nmax and offset >= 0: one sub-block of
+// Q4_K or Q5_K, w the weight of each value's squared error. ggml's make_qkx2_quants search: start
+// from the min-max fit, then for k = 0..nstep round against the inverse scale
+// (nmax + rmin + k * rdelta) / (max - min), solve the weighted least-squares problem for scale and
+// offset in closed form (2x2 normal equations), and keep the fit of least error. As in ggml, each
+// candidate measures x from the best offset found so far. Returns the scale.
+inline float fit_scale_offset(int n, int nmax, const float* x, const float* w, std::uint8_t* L,
+                              float& offset, float rmin, float rdelta, int nstep) {
+  assert(n <= 32);
+  float lo = x[0], hi = x[0];
+  float sum_w = w[0], sum_x = w[0] * x[0];
+  for (int i = 1; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
+  }
+  float min = std::min(lo, 0.0f);  // the offset is only ever subtracted: 0 stays in range
+  if (hi == min) {
+    std::fill(L, L + n, std::uint8_t{0});
+    offset = -min;
+    return 0.0f;
+  }
+  const float range = hi - min;
+  const auto level = [&](float inv_scale, float from, float v) {
+    return std::clamp(nearest_int(inv_scale * (v - from)), 0, nmax);
+  };
+
+  const float first_inv_scale = float(nmax) / range;
+  float scale = 1.0f / first_inv_scale;
+  float best_error = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    L[i] = std::uint8_t(level(first_inv_scale, min, x[i]));
+    const float diff = scale * float(L[i]) + min - x[i];
+    best_error += w[i] * (diff * diff);
+  }
+  std::uint8_t trial[32];
+  for (int k = 0; k <= nstep; ++k) {
+    const float inv_scale = (rmin + rdelta * float(k) + float(nmax)) / (hi - min);
+    float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const int l = level(inv_scale, min, x[i]);
+      trial[i] = std::uint8_t(l);
+      sum_l += w[i] * float(l);
+      sum_l2 += w[i] * float(l) * float(l);
+      sum_xl += w[i] * float(l) * x[i];
+    }
+    const float det = sum_w * sum_l2 - sum_l * sum_l;
+    if (!(det > 0.0f)) continue;
+    float trial_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+    float trial_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+    if (trial_min > 0.0f) {  // a positive offset is not representable: refit the scale alone
+      trial_min = 0.0f;
+      trial_scale = sum_xl / sum_l2;
+    }
+    float error = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float diff = trial_scale * float(trial[i]) + trial_min - x[i];
+      error += w[i] * (diff * diff);
+    }
+    if (error < best_error) {
+      std::copy(trial, trial + n, L);
+      best_error = error;
+      scale = trial_scale;
+      min = trial_min;
+    }
+  }
+  offset = -min;
+  return scale;
+}
+
+// Fits x[i] ~ scale * (L[i] - nmax) with L[i] - nmax in -nmax..nmax-1, the squared error of each
+// value weighted by x[i]^2: one sub-block of Q6_K. ggml's make_qx_quants (rmse_type 1): the
+// largest-magnitude value maps to -nmax; inverse scales -(nmax + k/10)/max for k = -9..9 are
+// tried, each with its least-squares scale, and the one that explains the most of x is kept.
+// The scale is negative when the largest-magnitude value is positive. Returns the scale.
+inline float fit_symmetric_scale(int n, int nmax, const float* x, std::uint8_t* L) {
+  float max = 0.0f, amax = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  if (amax < 1e-15f) {
+    std::fill(L, L + n, std::uint8_t{0});
+    return 0.0f;
+  }
+  const auto level = [&](float inv_scale, float v) {
+    return std::clamp(nearest_int(inv_scale * v), -nmax, nmax - 1);
+  };
+  // Sums of x.l and l.l, weighted by x^2, for the levels of one inverse scale.
+  const auto sums = [&](float inv_scale, float& sum_xl, float& sum_l2) {
+    sum_xl = sum_l2 = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float l = float(level(inv_scale, x[i]));
+      const float weight = x[i] * x[i];
+      sum_xl += weight * x[i] * l;
+      sum_l2 += weight * l * l;
+    }
+  };
+  const auto set_levels = [&](float inv_scale) {
+    for (int i = 0; i < n; ++i) L[i] = std::uint8_t(level(inv_scale, x[i]) + nmax);
+  };
+
+  float inv_scale = float(-nmax) / max;
+  float sum_xl, sum_l2;
+  sums(inv_scale, sum_xl, sum_l2);
+  set_levels(inv_scale);
+  float scale = sum_l2 != 0.0f ? sum_xl / sum_l2 : 0.0f;
+  float best = scale * sum_xl;  // the squared norm of the fit: larger is a smaller error
+  for (int k = -9; k <= 9; ++k) {
+    if (k == 0) continue;
+    inv_scale = -(float(nmax) + 0.1f * float(k)) / max;
+    sums(inv_scale, sum_xl, sum_l2);
+    if (sum_l2 > 0.0f && sum_xl * sum_xl > best * sum_l2) {
+      set_levels(inv_scale);
+      scale = sum_xl / sum_l2;
+      best = scale * sum_xl;
+    }
+  }
+  return scale;
+}
+
+// Q4_K and Q5_K share all but the width of their quants (nmax 15 or 31) and the search grid.
+// Fills the super-block's f16 scales, its 12 packed scale/min bytes and its 256 levels.
+inline void quantize_k4_super_block(const float* x, int nmax, float rmin, int nstep,
+                                    std::uint16_t& d_bits, std::uint16_t& dmin_bits,
+                                    std::uint8_t* packed, std::uint8_t* L) {
+  float scales[8], offsets[8];
+  float max_scale = 0.0f, max_offset = 0.0f;
+  for (int s = 0; s < 8; ++s) {
+    const float* xs = x + 32 * s;
+    // Weights favour large values, which dominate a dot product, over the sub-block's RMS.
+    float sum_x2 = 0.0f;
+    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+    const float rms = std::sqrt(sum_x2 / 32.0f);
+    float w[32];
+    for (int l = 0; l < 32; ++l) w[l] = rms + std::fabs(xs[l]);
+    scales[s] = fit_scale_offset(32, nmax, xs, w, L + 32 * s, offsets[s], rmin, 0.1f, nstep);
+    max_scale = std::max(max_scale, scales[s]);
+    max_offset = std::max(max_offset, offsets[s]);
+  }
+
+  // 6-bit scales and offsets relative to the super-block's largest.
+  const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
+  const float inv_offset = max_offset > 0.0f ? 63.0f / max_offset : 0.0f;
+  std::memset(packed, 0, 12);
+  for (int s = 0; s < 8; ++s) {
+    const auto ls = std::min<std::uint8_t>(63, std::uint8_t(nearest_int(inv_scale * scales[s])));
+    const auto lm = std::min<std::uint8_t>(63, std::uint8_t(nearest_int(inv_offset * offsets[s])));
+    if (s < 4) {
+      packed[s] |= ls;
+      packed[s + 4] |= lm;
+    } else {  // the layout get_scale_min_k4 reads
+      packed[s + 4] = std::uint8_t((ls & 15) | ((lm & 15) << 4));
+      packed[s - 4] |= std::uint8_t((ls >> 4) << 6);
+      packed[s] |= std::uint8_t((lm >> 4) << 6);
+    }
+  }
+  d_bits = f32_to_f16(max_scale / 63.0f);
+  dmin_bits = f32_to_f16(max_offset / 63.0f);
+
+  // Levels again, against the scales as stored.
+  const float d = f16_to_f32(d_bits), dmin = f16_to_f32(dmin_bits);
+  for (int s = 0; s < 8; ++s) {
+    std::uint8_t sc, m;
+    get_scale_min_k4(s, packed, sc, m);
+    const float scale = d * float(sc);
+    if (scale == 0.0f) continue;
+    const float offset = dmin * float(m);
+    for (int l = 0; l < 32; ++l) {
+      const int q = nearest_int((x[32 * s + l] + offset) / scale);
+      L[32 * s + l] = std::uint8_t(std::clamp(q, 0, nmax));
+    }
+  }
+}
+
+}  // namespace quant_detail
+
+inline void quantize_row(const float* src, float* dst, std::size_t n) {
+  std::memcpy(dst, src, n * sizeof(float));
+}
+
+inline void quantize_row(const float* src, F16* dst, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) dst[i] = F16{f32_to_f16(src[i])};
+}
+
+inline void quantize_row(const float* src, BF16* dst, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) dst[i] = BF16{f32_to_bf16(src[i])};
+}
+
+// d = amax / 127, q = round(x / d), halves away from zero.
+inline void quantize_row(const float* src, BlockQ8_0* dst, std::size_t n) {
+  assert(n % kQK == 0);
+  for (std::size_t b = 0; b < n / kQK; ++b, src += kQK) {
+    float amax = 0.0f;
+    for (int i = 0; i < kQK; ++i) amax = std::max(amax, std::fabs(src[i]));
+    const float d = amax / 127.0f;
+    const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
+    dst[b].d = f32_to_f16(d);
+    for (int i = 0; i < kQK; ++i) dst[b].qs[i] = std::int8_t(std::round(src[i] * inv_d));
+  }
+}
+
+// d = (the value of largest magnitude, with its sign) / -8, so that value is exactly level 0;
+// q = min(15, floor(x / d + 8.5)). Its opposite would be level 16 and is clamped to 15.
+inline void quantize_row(const float* src, BlockQ4_0* dst, std::size_t n) {
+  assert(n % kQK == 0);
+  for (std::size_t b = 0; b < n / kQK; ++b, src += kQK) {
+    float amax = 0.0f, max = 0.0f;
+    for (int i = 0; i < kQK; ++i) {
+      if (std::fabs(src[i]) > amax) {
+        amax = std::fabs(src[i]);
+        max = src[i];
+      }
+    }
+    const float d = max / -8.0f;
+    const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
+    dst[b].d = f32_to_f16(d);
+    // x / d + 8.5 lies in [0.5, 16.5]: truncation is floor.
+    const auto level = [&](float x) { return std::min(15, int(x * inv_d + 8.5f)); };
+    for (int l = 0; l < kQK / 2; ++l)
+      dst[b].qs[l] = std::uint8_t(level(src[l]) | (level(src[l + kQK / 2]) << 4));
+  }
+}
+
+inline void quantize_row(const float* src, BlockQ4_K* dst, std::size_t n) {
+  assert(n % kQKK == 0);
+  for (std::size_t b = 0; b < n / kQKK; ++b, src += kQKK) {
+    std::uint8_t L[kQKK];
+    quant_detail::quantize_k4_super_block(src, 15, -1.0f, 20, dst[b].d, dst[b].dmin,
+                                          dst[b].scales, L);
+    for (int g = 0; g < 4; ++g)  // 64-value group g: low nibbles first 32, high nibbles next 32
+      for (int l = 0; l < 32; ++l)
+        dst[b].qs[32 * g + l] = std::uint8_t(L[64 * g + l] | (L[64 * g + 32 + l] << 4));
+  }
+}
+
+inline void quantize_row(const float* src, BlockQ5_K* dst, std::size_t n) {
+  assert(n % kQKK == 0);
+  for (std::size_t b = 0; b < n / kQKK; ++b, src += kQKK) {
+    std::uint8_t L[kQKK];
+    quant_detail::quantize_k4_super_block(src, 31, -0.5f, 15, dst[b].d, dst[b].dmin,
+                                          dst[b].scales, L);
+    std::memset(dst[b].qh, 0, sizeof dst[b].qh);
+    for (int g = 0; g < 4; ++g) {
+      for (int l = 0; l < 32; ++l) {
+        const int first = L[64 * g + l], second = L[64 * g + 32 + l];  // sub-blocks 2g, 2g + 1
+        dst[b].qs[32 * g + l] = std::uint8_t((first & 15) | ((second & 15) << 4));
+        dst[b].qh[l] |= std::uint8_t(((first >> 4) << (2 * g)) | ((second >> 4) << (2 * g + 1)));
+      }
+    }
+  }
+}
+
+inline void quantize_row(const float* src, BlockQ6_K* dst, std::size_t n) {
+  assert(n % kQKK == 0);
+  for (std::size_t b = 0; b < n / kQKK; ++b, src += kQKK) {
+    std::uint8_t L[kQKK];
+    float scales[16];
+    float max_scale = 0.0f, max_abs_scale = 0.0f;
+    for (int s = 0; s < 16; ++s) {
+      scales[s] = quant_detail::fit_symmetric_scale(16, 32, src + 16 * s, L + 16 * s);
+      if (std::fabs(scales[s]) > max_abs_scale) {
+        max_abs_scale = std::fabs(scales[s]);
+        max_scale = scales[s];
+      }
+    }
+    BlockQ6_K& out = dst[b];
+    std::memset(&out, 0, sizeof out);
+    if (max_abs_scale < 1e-15f) continue;  // all zero (d = 0)
+
+    // 8-bit sub-block scales; the largest maps to -128, so d takes the sign that makes it so.
+    const float inv_scale = -128.0f / max_scale;
+    out.d = f32_to_f16(1.0f / inv_scale);
+    for (int s = 0; s < 16; ++s)
+      out.scales[s] = std::int8_t(std::min(127, quant_detail::nearest_int(inv_scale * scales[s])));
+    const float d = f16_to_f32(out.d);
+    for (int s = 0; s < 16; ++s) {
+      const float scale = d * float(out.scales[s]);
+      if (scale == 0.0f) continue;
+      for (int l = 0; l < 16; ++l)
+        L[16 * s + l] = std::uint8_t(
+            std::clamp(quant_detail::nearest_int(src[16 * s + l] / scale), -32, 31) + 32);
+    }
+
+    // Two halves of 128; in a half, value 32k + l goes to ql[l + 32 * (k % 2)] (nibble k / 2)
+    // and bits 2k, 2k + 1 of qh[l].
+    for (int half = 0; half < 2; ++half) {
+      std::uint8_t* ql = out.ql + 64 * half;
+      std::uint8_t* qh = out.qh + 32 * half;
+      const std::uint8_t* q = L + 128 * half;
+      for (int k = 0; k < 4; ++k) {
+        for (int l = 0; l < 32; ++l) {
+          ql[l + 32 * (k % 2)] |= std::uint8_t((q[32 * k + l] & 15) << (4 * (k / 2)));
+          qh[l] |= std::uint8_t((q[32 * k + l] >> 4) << (2 * k));
+        }
+      }
+    }
+  }
+}
+
+// The largest-magnitude value maps to -127: d = -max / 127 (an f32), q = min(127, round(x / d)),
+// ties to even; bsums[j] = the sum of quants 16j..16j+15.
+inline void quantize_row(const float* src, BlockQ8_K* dst, std::size_t n) {
+  assert(n % kQKK == 0);
+  for (std::size_t b = 0; b < n / kQKK; ++b, src += kQKK) {
+    BlockQ8_K& out = dst[b];
+    float max = 0.0f, amax = 0.0f;
+    for (int i = 0; i < kQKK; ++i) {
+      if (std::fabs(src[i]) > amax) {
+        amax = std::fabs(src[i]);
+        max = src[i];
+      }
+    }
+    if (amax == 0.0f) {
+      std::memset(&out, 0, sizeof out);
+      continue;
+    }
+    const float inv_d = -127.0f / max;
+    for (int i = 0; i < kQKK; ++i)
+      out.qs[i] = std::int8_t(std::min(127, quant_detail::nearest_int(inv_d * src[i])));
+    for (int j = 0; j < kQKK / 16; ++j) {
+      int sum = 0;
+      for (int i = 0; i < 16; ++i) sum += out.qs[16 * j + i];
+      out.bsums[j] = std::int16_t(sum);
+    }
+    out.d = 1.0f / inv_d;
+  }
+}
+
+// Whether quantize_row(type, ...) handles this type.
+inline bool can_quantize(DType type) { return can_dequantize(type); }
+
+// Bytes that n values of `type` take; n must be a whole number of blocks.
+inline std::size_t quantized_bytes(DType type, std::size_t n) {
+  const std::size_t block = info(type).block_size;
+  if (n % block != 0)
+    throw Error("a row of " + std::to_string(n) + " " + std::string(name(type)) +
+                " values is not a whole number of blocks", "quantized_bytes",
+                "a multiple of " + std::to_string(block));
+  return row_bytes(type, n);
+}
+
+// dst[quantized_bytes(type, n)] = the n values at src, quantized to `type`.
+inline void quantize_row(DType type, const float* src, void* dst, std::size_t n) {
+  if (!can_quantize(type))
+    throw Error("cannot quantize to tensor type " + std::string(name(type)), "quantize_row",
+                "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K or Q8_K");
+  quantized_bytes(type, n);  // checks n
+  switch (type) {
+    case DType::F32: return quantize_row(src, static_cast<float*>(dst), n);
+    case DType::F16: return quantize_row(src, static_cast<F16*>(dst), n);
+    case DType::BF16: return quantize_row(src, static_cast<BF16*>(dst), n);
+    case DType::Q8_0: return quantize_row(src, static_cast<BlockQ8_0*>(dst), n);
+    case DType::Q4_0: return quantize_row(src, static_cast<BlockQ4_0*>(dst), n);
+    case DType::Q4_K: return quantize_row(src, static_cast<BlockQ4_K*>(dst), n);
+    case DType::Q5_K: return quantize_row(src, static_cast<BlockQ5_K*>(dst), n);
+    case DType::Q6_K: return quantize_row(src, static_cast<BlockQ6_K*>(dst), n);
+    case DType::Q8_K: return quantize_row(src, static_cast<BlockQ8_K*>(dst), n);
+    default: break;
+  }
+}
+
+}  // namespace tinyllm
+
+#if defined(__clang__)
+#pragma float_control(pop)
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
 // ---- tinyllm/kernels/reference.hpp ----
 // The specification of every kernel: plain scalar loops, accumulating in double so that each
 // result is (close to) the exact value of its formula. The SIMD kernels of cpu/ have the same
@@ -725,7 +1400,7 @@ HWY_INLINE void store_upto(VF v, DF d, float* p, std::size_t n) {
 
 // The first n < N values, zeros after; reads nothing past p[n - 1].
 HWY_INLINE VF load_f32_partial(DF d, const float* p, std::size_t n) { return load_upto(d, p, n); }
-// Copied through a zeroed buffer: no target masks 16-bit loads in hardware for Highway 1.0.3 but AVX3.
+// Copied through a zeroed buffer: below AVX-512, Highway emulates 16-bit masked loads at full width.
 HWY_INLINE VF load_f32_partial(DF d, const F16* p, std::size_t n) {
   F16 buf[hn::MaxLanes(DF())] = {};
   std::memcpy(buf, p, n * sizeof(F16));
@@ -2264,9 +2939,7 @@ class Utf8Stream {
 //                   the pre-tokenizer tokenizer.ggml.pre names, pretokenize.hpp).
 // GGUF vocabularies carry token types; control and user-defined tokens written in a text are
 // found as special_tokens.hpp describes.
-#include <algorithm>
 #include <array>
-#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -2288,6 +2961,7 @@ class Utf8Stream {
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <queue>
 #include <span>
 #include <string>
@@ -2858,10 +3532,17 @@ inline std::size_t three_digits(const Units& u, std::size_t pos, std::size_t end
   return pos + 3 <= end && is_ascii_digit(u[pos]) && is_ascii_digit(u[pos + 1]) && is_ascii_digit(u[pos + 2]) ? 3 : 0;
 }
 
-// \s+$ (the end of the piece)
-inline std::size_t trailing_space(const Units& u, std::size_t pos, std::size_t end) {
-  const std::size_t n = run(u, pos, end, [](const TextUnit& x) { return x.space; });
-  return pos + n == end ? n : 0;
+// \s+$: the spaces at the end of each range, apart.
+inline void cut_trailing_space(const Units& units, std::vector<Range>& ranges) {
+  std::vector<Range> out;
+  out.reserve(ranges.size() * 2);
+  for (const Range r : ranges) {
+    std::size_t start = r.end;
+    while (start > r.begin && units[start - 1].space) --start;
+    if (start > r.begin) out.push_back({r.begin, start});
+    if (start < r.end) out.push_back({start, r.end});
+  }
+  ranges = std::move(out);
 }
 
 // Lengths of the contractions 's 't 're 've 'm 'll 'd at pos (ASCII letters only: no other code
@@ -2899,7 +3580,8 @@ inline std::size_t gpt2_word(const Units& u, std::size_t pos, std::size_t end) {
 }
 
 // Llama 3 (max_digits 3) and Qwen2 (max_digits 1):
-// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}
+//   | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
 inline std::size_t llama3_word(const Units& u, std::size_t pos, std::size_t end, std::size_t max_digits) {
   if (const std::size_t n = contraction(u, pos, end, true)) return n;
   const TextUnit& c = u[pos];
@@ -2923,6 +3605,13 @@ inline std::size_t llama3_word(const Units& u, std::size_t pos, std::size_t end,
 struct CodePointRange {
   char32_t first, last;
 };
+
+template <std::size_t N>
+constexpr bool sorted_and_disjoint(const CodePointRange (&ranges)[N]) {
+  for (std::size_t i = 0; i < N; ++i)
+    if (ranges[i].first > ranges[i].last || (i > 0 && ranges[i - 1].last >= ranges[i].first)) return false;
+  return true;
+}
 
 template <std::size_t N>
 bool in_ranges(const CodePointRange (&ranges)[N], char32_t c) {
@@ -2956,7 +3645,9 @@ inline constexpr CodePointRange kDeepseekLetters[] = {
 inline constexpr CodePointRange kDeepseekPunctuation[] = {
     {0x21, 0x2F}, {0x3A, 0x7E}, {0x2018, 0x201F}, {0x3000, 0x3002}, {0xFF01, 0xFF0F}, {0xFF1A, 0xFF5E},
 };
-inline constexpr CodePointRange kDeepseekCjk[] = {{0x800, 0x9FA5}, {0xAC00, 0xD7FF}};
+inline constexpr CodePointRange kDeepseekCjk[] = {{0x800, 0x9FA5}, {0xAC00, 0xD7FF}};  // [一-龥ࠀ-一가-퟿]
+static_assert(sorted_and_disjoint(kDeepseekLetters) && sorted_and_disjoint(kDeepseekPunctuation) &&
+              sorted_and_disjoint(kDeepseekCjk));
 
 inline bool is_deepseek_letter(const TextUnit& u) { return !u.space && in_ranges(kDeepseekLetters, u.code_point); }
 inline bool is_deepseek_punctuation(const TextUnit& u) {
@@ -3011,7 +3702,7 @@ inline std::vector<std::string_view> pre_tokenize(PreTokenizer split, std::strin
       cut(units, ranges, each(is_newline));
       cut(units, ranges, space_then_runs_of(is_deepseek_letter));
       cut(units, ranges, space_then_runs_of(is_deepseek_punctuation));
-      cut(units, ranges, trailing_space);
+      cut_trailing_space(units, ranges);
       cut(units, ranges, runs_of(is_deepseek_cjk));
       cut(units, ranges, runs_of(is_number));
       break;
@@ -3116,8 +3807,8 @@ class ByteLevelBpe {
  public:
   ByteLevelBpe() { byte_tokens_.fill(-1); }
 
-  // A merge whose two sides or whose result is no token is left out: it could only join symbols
-  // that are no tokens, which llama.cpp then drops from its output.
+  // A merge whose sides or result are no tokens is left out. llama.cpp would make it, and then
+  // drop the bytes of a merged symbol that is no token; here they keep the tokens they had.
   ByteLevelBpe(const Vocab& vocab, std::span<const std::string> merges, PreTokenizerPreset preset, std::int32_t unk)
       : preset_(preset), unk_(unk) {
     for (int b = 0; b < 256; ++b) {
@@ -3138,8 +3829,6 @@ class ByteLevelBpe {
       merges_.try_emplace(key(left, right), Merge{static_cast<std::int32_t>(rank), merged});
     }
   }
-
-  const PreTokenizerPreset& preset() const noexcept { return preset_; }
 
   // Appends the tokens of `text` to `out`.
   void encode(const Vocab& vocab, std::string_view text, std::vector<std::int32_t>& out) const {
@@ -3205,6 +3894,9 @@ class ByteLevelBpe {
   }
 
   void merge_word(std::string_view word, std::vector<Symbol>& symbols, std::vector<std::int32_t>& out) const {
+    if (word.size() >= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+      throw Error("a word of " + std::to_string(word.size()) + " bytes", "Tokenizer::encode",
+                  "fewer than 2^31 - 1 bytes");
     symbols.clear();
     const auto n = static_cast<std::int32_t>(word.size());
     for (std::int32_t i = 0; i < n; ++i)
@@ -3230,15 +3922,13 @@ class ByteLevelBpe {
       queue_pair(left.prev, pair.left);
       queue_pair(pair.left, left.next);
     }
+    // A byte whose code point is no token (Falcon lacks 28 of them) becomes UNK, or, as in
+    // llama.cpp, nothing.
     for (std::int32_t i = 0; i >= 0 && i < n; i = symbols[i].next) {
       if (symbols[i].id >= 0) {
         out.push_back(symbols[i].id);
       } else if (unk_ >= 0) {
         out.push_back(unk_);
-      } else {
-        throw Error("byte " + std::to_string(static_cast<unsigned char>(word[i])) +
-                        " has no token of its own and the vocabulary no UNK",
-                    "Tokenizer::encode", "GPT-2's 256 byte tokens in the vocabulary");
       }
     }
   }
@@ -3345,15 +4035,22 @@ class SpecialTokens {
   // A trie of the token texts, to learn in one pass which tokens occur at all.
   struct Node {
     std::vector<std::pair<unsigned char, std::uint32_t>> children;  // sorted by byte
-    std::int64_t entry = -1;
+    std::int64_t entry = -1;                                        // into entries_
   };
 
   // isspace in the C locale, as llama.cpp strips.
   static bool is_c_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
+  using Children = std::vector<std::pair<unsigned char, std::uint32_t>>;
+
+  static Children::const_iterator find_child(const Children& c, unsigned char byte) {
+    return std::lower_bound(c.begin(), c.end(), byte, [](const auto& p, unsigned char b) { return p.first < b; });
+  }
+
+  // The child of `node` along `byte`, 0 for none.
   std::uint32_t child(std::uint32_t node, unsigned char byte) const {
-    const auto& c = nodes_[node].children;
-    const auto it = std::lower_bound(c.begin(), c.end(), byte, [](const auto& p, unsigned char b) { return p.first < b; });
+    const Children& c = nodes_[node].children;
+    const auto it = find_child(c, byte);
     return it != c.end() && it->first == byte ? it->second : 0;
   }
 
@@ -3365,9 +4062,8 @@ class SpecialTokens {
       if (next == 0) {
         next = static_cast<std::uint32_t>(nodes_.size());
         nodes_.emplace_back();
-        auto& c = nodes_[node].children;
-        c.insert(std::lower_bound(c.begin(), c.end(), byte, [](const auto& p, unsigned char b) { return p.first < b; }),
-                 {byte, next});
+        Children& c = nodes_[node].children;
+        c.insert(find_child(c, byte), {byte, next});
       }
       node = next;
     }
@@ -3403,10 +4099,10 @@ class SpecialTokens {
 // One difference, for ill-formed UTF-8 only: each such byte is a character of its own, where
 // llama.cpp takes as many bytes as a lead byte announces and so can swallow the first byte of the
 // next character; were that a space's U+2581, the space would come back from decoding as U+2581.
-#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <queue>
 #include <string>
 #include <string_view>
@@ -3433,6 +4129,9 @@ class SentencePieceBpe {
   // Appends the tokens of `text` to `out`.
   void encode(const Vocab& vocab, std::string_view text, std::vector<std::int32_t>& out) const {
     if (text.empty()) return;
+    if (text.size() >= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+      throw Error("text of " + std::to_string(text.size()) + " bytes, spaces written as U+2581",
+                  "Tokenizer::encode", "fewer than 2^31 - 1 bytes");
     std::vector<Symbol> symbols;
     symbols.reserve(text.size());
     for (std::size_t pos = 0; pos < text.size();) {
@@ -3514,9 +4213,12 @@ class Tokenizer {
  public:
   enum class Kind { llama2c, sentencepiece, byte_level_bpe };
 
+  // Spell the options out, encode(text, {.parse_special = true}) or encode(text, EncodeOptions{}):
+  // a bare {} picks encode(text, add_bos = false).
   struct EncodeOptions {
     bool add_special = true;     // BOS and EOS where the vocabulary asks for them: adds_bos(), adds_eos()
-    bool parse_special = false;  // control tokens written in the text ("<s>", "<|endoftext|>") are those tokens
+    bool parse_special = false;  // control tokens written in the text ("<s>", "<|endoftext|>") are
+                                 // those tokens
   };
 
   // A llama2.c vocabulary. pieces[i] is token i's text, spaces as plain ' '. Byte-fallback tokens
@@ -3536,7 +4238,8 @@ class Tokenizer {
     for (const std::int32_t id : {bos_, eos_})
       if (id < 0 || id >= n)
         throw Error("token id " + std::to_string(id) + " is out of range",
-                    id == bos_ ? "Tokenizer, BOS id" : "Tokenizer, EOS id", "an id in [0, " + std::to_string(n) + ")");
+                    id == bos_ ? "Tokenizer, BOS id" : "Tokenizer, EOS id",
+                    "an id in [0, " + std::to_string(n) + ")");
     byte_ids_.fill(-1);
     ids_.reserve(pieces.size());
     std::vector<TokenType> types(pieces.size(), TokenType::normal);
@@ -3590,8 +4293,9 @@ class Tokenizer {
   // As llama.cpp's llama_tokenize(text, add_special, parse_special). A llama2.c vocabulary knows
   // no special tokens but BOS (which add_special adds) and EOS.
   std::vector<std::int32_t> encode(std::string_view text, const EncodeOptions& options) const {
-    if (kind_ == Kind::llama2c) return encode(text, options.add_special && add_bos_, options.add_special && add_eos_);
-    return encode_gguf(text, options.add_special && add_bos_, options.add_special && add_eos_, options.parse_special);
+    const bool add_bos = options.add_special && add_bos_, add_eos = options.add_special && add_eos_;
+    if (kind_ == Kind::llama2c) return encode(text, add_bos, add_eos);
+    return encode_gguf(text, add_bos, add_eos, options.parse_special);
   }
 
   // The bytes of `token` printed after `prev`. Bytes, not text: a byte token may hold part of a
@@ -3959,8 +4663,8 @@ inline Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
   // GGUF has no per-token strip flags; llama.cpp sets Phi-3's by model name: its special tokens
   // swallow the spaces after them, but for <unk>, <s> and <|endoftext|>.
   std::string model_name = file.has("general.name") ? file.get_string("general.name") : "";
-  std::transform(model_name.begin(), model_name.end(), model_name.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (char& c : model_name)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
   if (model_name.find("phi-3") != std::string::npos || model_name.find("phi3") != std::string::npos) {
     t.special_.set_strip_all(false, true);
     for (const std::string_view text : {"<unk>", "<s>", "<|endoftext|>"})
@@ -3978,6 +4682,128 @@ inline Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
 
 // What a model loader calls: the tokenizer of a GGUF file.
 inline Tokenizer tokenizer_from_gguf(const GGUFFile& file) { return Tokenizer::from_gguf(file); }
+
+}  // namespace tinyllm
+// ---- tinyllm/text/chat_template.hpp ----
+// Chat templates: a conversation rendered into the prompt text a chat model was trained on.
+// A GGUF file carries its template as Jinja source (tokenizer.chat_template); instead of running
+// Jinja, the format is recognised by its marker tokens, and can always be named explicitly.
+// As in llama.cpp, the rendered text leaves out the leading BOS: the tokenizer adds it. Special
+// tokens inside the text (<|eot_id|>, <end_of_turn>, ...) must be encoded with parse_special.
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+
+namespace tinyllm {
+
+enum class ChatFormat {
+  llama3,   // <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>
+  llama2,   // [INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] assistant </s><s>[INST] ...
+  mistral,  // [INST] user [/INST]assistant</s>[INST] ...   (system prepended to the first user turn)
+  gemma,    // <start_of_turn>user\ncontent<end_of_turn>\n<start_of_turn>model\n ...
+  chatml,   // <|im_start|>role\ncontent<|im_end|>\n   (Qwen and many others)
+};
+
+struct ChatMessage {
+  std::string role;     // "system", "user" or "assistant"
+  std::string content;
+};
+
+inline constexpr std::string_view chat_format_name(ChatFormat f) {
+  switch (f) {
+    case ChatFormat::llama3: return "llama3";
+    case ChatFormat::llama2: return "llama2";
+    case ChatFormat::mistral: return "mistral";
+    case ChatFormat::gemma: return "gemma";
+    case ChatFormat::chatml: return "chatml";
+  }
+  return "?";
+}
+
+inline ChatFormat chat_format_from_name(std::string_view name) {
+  for (ChatFormat f : {ChatFormat::llama3, ChatFormat::llama2, ChatFormat::mistral, ChatFormat::gemma, ChatFormat::chatml})
+    if (chat_format_name(f) == name) return f;
+  throw Error("unknown chat template '" + std::string(name) + "'", "chat template",
+              "llama3, llama2, mistral, gemma or chatml");
+}
+
+// The format a Jinja chat template implements, recognised by the markers it emits.
+inline std::optional<ChatFormat> detect_chat_format(std::string_view jinja) {
+  auto has = [&](std::string_view s) { return jinja.find(s) != std::string_view::npos; };
+  if (has("<|start_header_id|>")) return ChatFormat::llama3;
+  if (has("<start_of_turn>")) return ChatFormat::gemma;
+  if (has("<|im_start|>")) return ChatFormat::chatml;
+  if (has("[INST]")) return has("<<SYS>>") ? ChatFormat::llama2 : ChatFormat::mistral;
+  return std::nullopt;
+}
+
+// The tokens that end an assistant turn in each format, as text.
+inline std::string_view chat_end_of_turn(ChatFormat f) {
+  switch (f) {
+    case ChatFormat::llama3: return "<|eot_id|>";
+    case ChatFormat::gemma: return "<end_of_turn>";
+    case ChatFormat::chatml: return "<|im_end|>";
+    case ChatFormat::llama2:
+    case ChatFormat::mistral: return "</s>";
+  }
+  return "";
+}
+
+// Renders the conversation; with add_generation_prompt it ends where the assistant's reply begins.
+// A system message may come only first; roles are system, user and assistant.
+inline std::string render_chat(ChatFormat f, std::span<const ChatMessage> messages, bool add_generation_prompt = true) {
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    const std::string& r = messages[i].role;
+    if (r != "user" && r != "assistant" && !(r == "system" && i == 0))
+      throw Error("chat message " + std::to_string(i) + " has role '" + r + "'", "render_chat",
+                  "system (first message only), user or assistant");
+  }
+  const bool has_system = !messages.empty() && messages[0].role == "system";
+  const std::string system = has_system ? messages[0].content : "";
+  const auto turns = messages.subspan(has_system ? 1 : 0);
+  std::string out;
+  switch (f) {
+    case ChatFormat::llama3:
+      for (const auto& m : messages) out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
+      if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+      return out;
+    case ChatFormat::chatml:
+      for (const auto& m : messages) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+      if (add_generation_prompt) out += "<|im_start|>assistant\n";
+      return out;
+    case ChatFormat::gemma: {
+      bool first_user = true;
+      for (const auto& m : turns) {
+        std::string content = m.content;
+        if (m.role == "user" && first_user && has_system) content = system + "\n\n" + content;
+        if (m.role == "user") first_user = false;
+        out += "<start_of_turn>" + std::string(m.role == "assistant" ? "model" : "user") + "\n" + content + "<end_of_turn>\n";
+      }
+      if (add_generation_prompt) out += "<start_of_turn>model\n";
+      return out;
+    }
+    case ChatFormat::llama2:
+    case ChatFormat::mistral: {
+      const bool llama2 = f == ChatFormat::llama2;
+      bool first_user = true;
+      for (const auto& m : turns) {
+        if (m.role == "user") {
+          std::string content = m.content;
+          if (first_user && has_system)
+            content = llama2 ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content : system + "\n\n" + content;
+          out += std::string(llama2 && !first_user ? "<s>" : "") + "[INST] " + content + " [/INST]";
+          first_user = false;
+        } else {
+          out += (llama2 ? " " : "") + m.content + (llama2 ? " </s>" : "</s>");
+        }
+      }
+      return out;   // the reply follows [/INST] directly: no separate generation prompt
+    }
+  }
+  return out;
+}
 
 }  // namespace tinyllm
 // ---- tinyllm/model/load.hpp ----
@@ -4126,6 +4952,7 @@ struct SyntheticShape {
 
 inline constexpr SyntheticShape kSyntheticShapes[] = {
     {"tiny", 128, 4, 4, 2, 344, 512, 512},
+    {"small", 256, 4, 4, 2, 768, 512, 512},   // widths that are whole K-quant blocks
     {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, 2048},
     {"llama-7b", 4096, 32, 32, 32, 11008, 32000, 4096},
 };
@@ -4200,17 +5027,43 @@ inline void add_synthetic_vocab(GGUFWriter& out, std::size_t vocab) {
   out.set_u32("tokenizer.ggml.unknown_token_id", 0);
 }
 
-// Writes a Llama of the given shape with weights of `type` (F32 or F16) into `out`, under the
-// architecture name `arch` (a Llama-shaped one: llama, mistral).
-inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed,
-                                  std::string_view arch = "llama") {
-  if (type != DType::F32 && type != DType::F16)
-    throw Error("synthetic models are written as F32 or F16", "write_synthetic_llama",
-                "F32 or F16, got " + std::string(name(type)));
+// The weight types of a file type, as llama-quantize mixes them: "_M" mixes give the output,
+// and attn_v / ffn_down in some layers (first and last eighth, every third between), more bits.
+struct WeightMix {
+  std::string_view name;
+  DType base, embedding, output, more_bits;
+  std::uint32_t file_type;   // general.file_type (llama_ftype)
+};
+
+inline constexpr WeightMix kWeightMixes[] = {
+    {"F32", DType::F32, DType::F32, DType::F32, DType::F32, 0},
+    {"F16", DType::F16, DType::F16, DType::F16, DType::F16, 1},
+    {"Q8_0", DType::Q8_0, DType::Q8_0, DType::Q8_0, DType::Q8_0, 7},
+    {"Q4_0", DType::Q4_0, DType::Q4_0, DType::Q6_K, DType::Q4_0, 2},
+    {"Q4_K_M", DType::Q4_K, DType::Q4_K, DType::Q6_K, DType::Q6_K, 15},
+    {"Q5_K_M", DType::Q5_K, DType::Q5_K, DType::Q6_K, DType::Q6_K, 17},
+    {"Q6_K", DType::Q6_K, DType::Q6_K, DType::Q6_K, DType::Q6_K, 18},
+};
+
+inline const WeightMix& weight_mix(std::string_view name) {
+  std::string known;
+  for (const auto& m : kWeightMixes) {
+    if (m.name == name) return m;
+    known += (known.empty() ? "" : ", ") + std::string(m.name);
+  }
+  throw Error("unknown weight type '" + std::string(name) + "'", "weight_mix", "one of " + known);
+}
+
+// Writes a Llama of the given shape with weights of the mix `mix` into `out`, under the
+// architecture name `arch` (a Llama-shaped one: llama, mistral). The tokenizer metadata comes
+// from `vocab` (every tokenizer.* key, so the file also loads in llama.cpp) or, when null, from a
+// synthetic vocabulary of the shape's size.
+inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, const WeightMix& mix, std::uint64_t seed,
+                                  std::string_view arch = "llama", const GGUFFile* vocab = nullptr) {
   const std::string a = std::string(arch) + ".";
   out.set_string("general.architecture", std::string(arch));
-  out.set_string("general.name", "tinyllm synthetic " + std::string(s.name));
-  out.set_u32("general.file_type", type == DType::F32 ? 0 : 1);
+  out.set_string("general.name", "tinyllm synthetic " + std::string(s.name) + " " + std::string(mix.name));
+  out.set_u32("general.file_type", mix.file_type);
   out.set_u32(a + "context_length", std::uint32_t(s.context));
   out.set_u32(a + "embedding_length", std::uint32_t(s.n_embd));
   out.set_u32(a + "block_count", std::uint32_t(s.n_layers));
@@ -4220,42 +5073,58 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DTyp
   out.set_u32(a + "rope.dimension_count", std::uint32_t(s.n_embd / s.n_heads));
   out.set_f32(a + "rope.freq_base", 10000.0f);
   out.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
-  add_synthetic_vocab(out, s.vocab);
+  std::size_t n_vocab = s.vocab;
+  if (vocab) {
+    for (const auto& [key, value] : vocab->metadata())
+      if (key.rfind("tokenizer.", 0) == 0) out.set(key, value);
+    n_vocab = vocab->get_string_array("tokenizer.ggml.tokens").size();
+  } else {
+    add_synthetic_vocab(out, s.vocab);
+  }
 
   SplitMix64 rng(seed);
+  ThreadPool pool;
   std::vector<float> values;
-  std::vector<F16> halves;
+  std::vector<std::byte> packed;
   // dims in GGUF order: {columns (inputs), rows (outputs)}
-  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd,
-                 DType t) {
+  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd, DType t) {
     values.resize(cols * rows);
     for (float& v : values) v = mean + sd * rng.normal();
     std::vector<std::uint64_t> dims = rows == 1 ? std::vector<std::uint64_t>{cols}
                                                 : std::vector<std::uint64_t>{cols, rows};
-    if (t == DType::F32) {
-      out.add_tensor(name, t, dims, values.data(), values.size() * sizeof(float));
-    } else {
-      halves.resize(values.size());
-      for (std::size_t i = 0; i < values.size(); ++i) halves[i] = F16{f32_to_f16(values[i])};
-      out.add_tensor(name, t, dims, halves.data(), halves.size() * sizeof(F16));
-    }
+    const std::size_t row_size = quantized_bytes(t, cols);
+    packed.resize(row_size * rows);
+    pool.parallel_for(rows, [&](std::size_t r0, std::size_t r1) {
+      for (std::size_t r = r0; r < r1; ++r) quantize_row(t, values.data() + r * cols, packed.data() + r * row_size, cols);
+    });
+    out.add_tensor(name, t, dims, packed.data(), packed.size());
   };
-  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads;
-  add("token_embd.weight", s.n_embd, s.vocab, 0.0f, 0.02f, type);
-  for (std::size_t l = 0; l < s.n_layers; ++l) {
+  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads, n = s.n_layers;
+  add("token_embd.weight", s.n_embd, n_vocab, 0.0f, 0.02f, mix.embedding);
+  for (std::size_t l = 0; l < n; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
+    const bool more_bits = l < n / 8 || l >= 7 * n / 8 || (l - n / 8) % 3 == 2;
+    const DType sensitive = more_bits ? mix.more_bits : mix.base;
     add(p + "attn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
-    add(p + "attn_q.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, type);
-    add(p + "attn_k.weight", s.n_embd, kv_dim, 0.0f, 0.02f, type);
-    add(p + "attn_v.weight", s.n_embd, kv_dim, 0.0f, 0.02f, type);
-    add(p + "attn_output.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, type);
+    add(p + "attn_q.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
+    add(p + "attn_k.weight", s.n_embd, kv_dim, 0.0f, 0.02f, mix.base);
+    add(p + "attn_v.weight", s.n_embd, kv_dim, 0.0f, 0.02f, sensitive);
+    add(p + "attn_output.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
     add(p + "ffn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
-    add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, type);
-    add(p + "ffn_up.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, type);
-    add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.0f, 0.02f, type);
+    add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
+    add(p + "ffn_up.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
+    add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.0f, 0.02f, sensitive);
   }
   add("output_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
-  add("output.weight", s.n_embd, s.vocab, 0.0f, 0.02f, type);
+  add("output.weight", s.n_embd, n_vocab, 0.0f, 0.02f, mix.output);
+}
+
+// F32 or F16 throughout.
+inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed,
+                                  std::string_view arch = "llama") {
+  if (type != DType::F32 && type != DType::F16)
+    throw Error("plain synthetic models are F32 or F16", "write_synthetic_llama", "a weight mix for quantized ones");
+  write_synthetic_llama(out, s, weight_mix(type == DType::F32 ? "F32" : "F16"), seed, arch);
 }
 
 }  // namespace tinyllm
@@ -4352,6 +5221,1069 @@ class ContiguousKVCache final : public KVCache {
 #include <cstring>
 #include <string>
 
+// ---- tinyllm/kernels/cpu/qmatmul.hpp ----
+// y = x · wᵀ with quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), read where the file keeps them.
+//
+// The activations are quantized once per call to 8-bit blocks (quantize_act.hpp), so every
+// weight block meets them in integer dot products: VNNI's vpdpbusd multiplies 64 unsigned bytes by
+// 64 signed bytes and adds each four products into one of 16 int32 lanes. The weights are the
+// unsigned operand: 4-, 5- and 6-bit quants are unsigned already (Q4_0's -8 and Q6_K's -32 come
+// back as a correction from the activation sums), Q8_0's signed bytes are read as w + 128. The
+// scales are applied per block or sub-block, in float or, for the K-quants' integer sub-block
+// scales, with vpdpwssd before one conversion per 256 values.
+//
+// Two loop nests; the threads claim ranges of output rows in turn (claim_ranges):
+//   decode (fewer than kPrefillMinTokens tokens): 4 weight rows × 2 tokens in registers, dot
+//     products along the rows; each weight vector is unpacked once for the tokens, the weights
+//     stream from memory once, with the next rows prefetched.
+//   prefill: a panel of 16 weight rows × kPanelInputs inputs is unpacked into L1 with the rows
+//     in the vector lanes ([input / 4][row][4 quants]); then 4 quants of a token at a time are
+//     broadcast against it: one vpdpbusd per 16 rows × 4 inputs, no horizontal sums, and each
+//     block's scales applied to 16 rows at once. Every unpacked panel serves all the tokens, 8 at
+//     a time (the activations are stored interleaved by 8 tokens for this). The weights stay as
+//     the file has them; only the L1 panel is rewritten.
+//
+// Without AVX-512 VNNI (or with TINYLLM_QMATMUL_PORTABLE defined) a portable Highway path computes
+// the same integer sums with int16 multiply-adds.
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+// ---- tinyllm/kernels/cpu/quantize_act.hpp ----
+// Activations quantized to 8 bits, the other operand of qmatmul's integer dot products.
+//
+// Each token row is cut into blocks: of 32 values for Q8_0 and Q4_0 weights (as llama.cpp's
+// Q8_0), of 256 for the K-quants (as Q8_K). A block keeps d = max|x| / 127 and the quants
+// q = round(x / d) in [-127, 127], so x ≈ d * q. Beside them the quantizer stores what the
+// kernels would otherwise recompute for every weight row:
+//   bsums  the sum of each 16 quants (K-quants), as Q8_K has them;
+//   aux    per weight unit, what the kernel adds for the weights' offset or minimum:
+//            Q4_0, Q8_0  int32 per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the kernel
+//                        reads the signed weights as unsigned w + 128);
+//            Q6_K        int32 per 16:  -32 * sum(q) (the weights are stored as q + 32);
+//            Q4_K, Q5_K  float per 32:  sum(q), for the term -dmin * m * sum(x).
+// The planes are laid out in one buffer that QuantScratch owns; it is sized once for the
+// largest batch, so a call allocates nothing.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+
+namespace tinyllm::cpu {
+
+// How the activations that meet a weight block type are quantized.
+template <class Block> struct ActFormat;
+template <> struct ActFormat<BlockQ8_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 128; };
+template <> struct ActFormat<BlockQ4_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 8; };
+template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
+template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
+template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 256, aux_group = 16; static constexpr int offset = 32; };
+
+// One call's quantized activations [n_tok, n_in]: a view into QuantScratch.
+//
+// Tokens are stored in groups of `group` (1, or 8 for the prefill kernel, which broadcasts 4
+// quants of each of 8 tokens in turn and then wants them side by side): with g = t / group and
+// l = t % group,
+//   quant i    at qs   [g * group * qs_stride  + (i / 4) * 4 * group + 4 * l + i % 4]
+//   block b    at d    [g * group * d_stride   + b * group + l]
+//   unit u     at aux  [g * group * aux_stride + u * group + l]
+// so group 1 is plain rows. bsums are always plain rows: [t * bsums_stride + i / 16].
+struct QuantizedActs {
+  std::int8_t* qs = nullptr;
+  float* d = nullptr;               // one scale per block
+  std::int32_t* aux = nullptr;      // int32, or float bits for Q4_K/Q5_K
+  std::int16_t* bsums = nullptr;    // sum of each 16 quants (K-quants)
+  std::size_t qs_stride = 0, d_stride = 0, aux_stride = 0, bsums_stride = 0;  // elements per token row
+  std::size_t n_tok = 0, n_in = 0, group = 1;
+
+  // Rows of token t (group 1 only).
+  const std::int8_t* q_row(std::size_t t) const noexcept { return qs + t * qs_stride; }
+  const float* d_row(std::size_t t) const noexcept { return d + t * d_stride; }
+  const std::int32_t* aux_row(std::size_t t) const noexcept { return aux + t * aux_stride; }
+  const std::int16_t* bsums_row(std::size_t t) const noexcept { return bsums + t * bsums_stride; }
+
+  // Any layout.
+  std::size_t q_index(std::size_t t, std::size_t i) const noexcept {
+    return (t - t % group) * qs_stride + (i / 4) * 4 * group + 4 * (t % group) + i % 4;
+  }
+  std::int8_t q_at(std::size_t t, std::size_t i) const noexcept { return qs[q_index(t, i)]; }
+  float d_at(std::size_t t, std::size_t b) const noexcept { return d[(t - t % group) * d_stride + b * group + t % group]; }
+  std::int32_t aux_at(std::size_t t, std::size_t u) const noexcept {
+    return aux[(t - t % group) * aux_stride + u * group + t % group];
+  }
+  float aux_f32_at(std::size_t t, std::size_t u) const noexcept {
+    float f;
+    std::memcpy(&f, &aux[(t - t % group) * aux_stride + u * group + t % group], sizeof f);
+    return f;
+  }
+};
+
+// Scratch for the quantized activations. reserve() once (at model load) for the largest batch
+// and input width; a call that needs more grows the buffer (an allocation), one that fits does not.
+class QuantScratch {
+ public:
+  QuantScratch() = default;
+  QuantScratch(std::size_t n_tok, std::size_t n_in) { reserve(n_tok, n_in); }
+
+  void reserve(std::size_t n_tok, std::size_t n_in) {
+    const std::size_t need = bytes_for(n_tok, n_in);
+    if (need > buf_.size()) buf_.resize(need);
+  }
+  std::size_t capacity_bytes() const noexcept { return buf_.size(); }
+
+  // Bytes that [n_tok, n_in] activations take, in any grouping up to kMaxGroup: the quants plus
+  // about half as much again.
+  static std::size_t bytes_for(std::size_t n_tok, std::size_t n_in) {
+    const Strides s = strides(n_in);
+    return round_up(n_tok, kMaxGroup) * (s.qs + 4 * s.d + 4 * s.aux + 2 * s.bsums);
+  }
+
+  static constexpr std::size_t kMaxGroup = 8;
+
+  // The planes for [n_tok, n_in] in groups of `group` tokens; grows the buffer if reserve was too small.
+  QuantizedActs layout(std::size_t n_tok, std::size_t n_in, std::size_t group = 1) {
+    reserve(n_tok, n_in);
+    const Strides s = strides(n_in);
+    const std::size_t rows = round_up(n_tok, kMaxGroup);
+    std::byte* p = buf_.data();
+    QuantizedActs a;
+    a.n_tok = n_tok;
+    a.n_in = n_in;
+    a.group = group;
+    a.qs_stride = s.qs, a.d_stride = s.d, a.aux_stride = s.aux, a.bsums_stride = s.bsums;
+    a.qs = reinterpret_cast<std::int8_t*>(p);
+    p += rows * s.qs;
+    a.d = reinterpret_cast<float*>(p);
+    p += rows * s.d * 4;
+    a.aux = reinterpret_cast<std::int32_t*>(p);
+    p += rows * s.aux * 4;
+    a.bsums = reinterpret_cast<std::int16_t*>(p);
+    return a;
+  }
+
+ private:
+  struct Strides { std::size_t qs, d, aux, bsums; };  // elements per row, each row a multiple of 64 bytes
+  static std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
+  static Strides strides(std::size_t n_in) {
+    return {round_up(n_in, 64), round_up((n_in + 31) / 32, 16), round_up((n_in + 15) / 16, 16),
+            round_up((n_in + 15) / 16, 32)};
+  }
+
+  AlignedBuffer<std::byte> buf_;
+};
+
+namespace detail {
+
+// Quantizes one token row of n values (a multiple of ActFormat<Block>::block) into row t of a.
+template <class Block>
+void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::size_t t) {
+  using F = ActFormat<Block>;
+  const hn::CappedTag<float, 16> df;  // at most one group of 16 per vector
+  const hn::Rebind<std::int32_t, decltype(df)> di;
+  const hn::Rebind<std::int8_t, decltype(df)> d8;
+  const std::size_t N = hn::Lanes(df), n = a.n_in, G = a.group, lane = t % G;
+  // Token t's first quant, scale and aux value; quant dwords are 4 * G bytes apart, the others G.
+  std::int8_t* HWY_RESTRICT qs = a.qs + a.q_index(t, 0);
+  float* HWY_RESTRICT d = a.d + (t - lane) * a.d_stride + lane;
+  std::int32_t* HWY_RESTRICT aux = a.aux + (t - lane) * a.aux_stride + lane;
+  std::int16_t* HWY_RESTRICT bsums = a.bsums + t * a.bsums_stride;
+  alignas(64) std::int8_t q16[16];
+
+  for (std::size_t b0 = 0; b0 < n; b0 += F::block) {
+    auto vmax = hn::Zero(df);
+    for (std::size_t i = 0; i < F::block; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + b0 + i)));
+    const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+    const float scale = amax / 127.0f;
+    const auto inv = hn::Set(df, scale != 0.0f ? 1.0f / scale : 0.0f);
+    d[b0 / F::block * G] = scale;
+
+    std::int32_t group32 = 0;  // running sum over the current 32
+    for (std::size_t g = b0; g < b0 + F::block; g += 16) {
+      auto sum = hn::Zero(di);
+      for (std::size_t i = 0; i < 16; i += N) {
+        const auto q = hn::NearestInt(hn::Mul(hn::LoadU(df, x + g + i), inv));
+        sum = hn::Add(sum, q);
+        hn::StoreU(hn::DemoteTo(d8, q), d8, q16 + i);
+      }
+      if (G == 1) {
+        std::memcpy(qs + g, q16, 16);
+      } else {
+        for (std::size_t k = 0; k < 4; ++k) std::memcpy(qs + (g / 4 + k) * 4 * G, q16 + 4 * k, 4);
+      }
+      const std::int32_t s16 = hn::GetLane(hn::SumOfLanes(di, sum));
+      if constexpr (F::block == 256) bsums[g / 16] = static_cast<std::int16_t>(s16);
+      if constexpr (F::aux_group == 16) {
+        aux[g / 16 * G] = -F::offset * s16;
+      } else {
+        group32 += s16;
+        if ((g / 16) % 2 == 1) {
+          if constexpr (F::offset == 0) {
+            const float f = static_cast<float>(group32);
+            std::memcpy(&aux[g / 32 * G], &f, sizeof f);
+          } else {
+            aux[g / 32 * G] = -F::offset * group32;
+          }
+          group32 = 0;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace detail
+
+// Quantizes x [n_tok, n_in] for weights of type Block, in groups of `group` tokens (<= 8),
+// tokens split over the pool's threads. n_in must be a multiple of ActFormat<Block>::block.
+template <class Block>
+QuantizedActs quantize_activations(ThreadPool& pool, MatrixView<const float> x, QuantScratch& scratch,
+                                   std::size_t group = 1) {
+  QuantizedActs a = scratch.layout(x.rows, x.cols, group);
+  if (x.rows == 1) {
+    detail::quantize_act_row<Block>(x.row(0), a, 0);
+  } else {
+    pool.parallel_for(x.rows, [&](std::size_t t0, std::size_t t1) {
+      for (std::size_t t = t0; t < t1; ++t) detail::quantize_act_row<Block>(x.row(t), a, t);
+    });
+  }
+  return a;
+}
+
+}  // namespace tinyllm::cpu
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VBMI__) && \
+    defined(__F16C__) && !defined(TINYLLM_QMATMUL_PORTABLE)
+#define TINYLLM_QMATMUL_VNNI 1
+#include <immintrin.h>
+#else
+#define TINYLLM_QMATMUL_VNNI 0
+#endif
+
+namespace tinyllm::cpu {
+
+template <class Block>
+inline constexpr bool is_qmatmul_block =
+    std::is_same_v<Block, BlockQ8_0> || std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ4_K> ||
+    std::is_same_v<Block, BlockQ5_K> || std::is_same_v<Block, BlockQ6_K>;
+
+// Values per block of each weight type.
+template <class Block>
+inline constexpr std::size_t block_values = ActFormat<Block>::block;
+
+namespace qdetail {
+
+#if TINYLLM_QMATMUL_VNNI
+
+// g++ 12 warns that the placeholders (_mm512_undefined_*) inside its own AVX-512 intrinsics are
+// used uninitialized (GCC bug 105593, fixed in 13).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Weights as unsigned bytes, 64 values (a "chunk") at a time, and their scales.
+
+HWY_INLINE float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
+
+// A 64-byte table of words (or dwords) made from a function of the position.
+template <class F>
+constexpr auto make_words(F f) {
+  struct { alignas(64) std::uint16_t v[32]; } t{};
+  for (int i = 0; i < 32; ++i) t.v[i] = static_cast<std::uint16_t>(f(i));
+  return t;
+}
+template <class F>
+constexpr auto make_dwords(F f) {
+  struct { alignas(64) std::uint32_t v[16]; } t{};
+  for (int i = 0; i < 16; ++i) t.v[i] = static_cast<std::uint32_t>(f(i));
+  return t;
+}
+template <class T>
+HWY_INLINE __m512i load_table(const T& t) { return _mm512_load_si512(t.v); }
+
+// Q4_0: two blocks of 18 bytes; value i of a block is d * ((qs[i % 16] >> (i / 16 * 4) & 15) - 8).
+struct FmtQ4_0 {
+  using Block = BlockQ4_0;
+  static constexpr int offset = 8;
+  // Quants [block 0: 32 | block 1: 32], zeros for a missing second block. Plain loads only: masked
+  // ones defeat the hardware prefetcher on some CPUs (Zen 5: 4x slower).
+  template <bool kTwo>
+  static HWY_INLINE __m512i weights(const Block* p) {
+    const __m512i q0 = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[0].qs)));
+    const __m512i z =  // [qs0, qs0, qs1, qs1]
+        kTwo ? _mm512_mask_broadcast_i32x4(q0, 0xFF00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p[1].qs)))
+             : _mm512_maskz_mov_epi64(0x0F, q0);
+    return _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xFF00FF00u, z, 4), _mm512_set1_epi8(0x0F));
+  }
+};
+
+// Q8_0: two blocks of 34 bytes; value = d * qs[i]. The quants are read as qs + 128.
+struct FmtQ8_0 {
+  using Block = BlockQ8_0;
+  static constexpr int offset = 128;
+  template <bool kTwo>
+  static HWY_INLINE __m512i weights(const Block* p) {
+    const __m256i q0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[0].qs));
+    const __m256i q1 = kTwo ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[1].qs)) : _mm256_setzero_si256();
+    return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), _mm512_set1_epi8(char(0x80)));
+  }
+};
+
+// The f16 scales that lead blocks p[0 .. n), n <= 16, as floats; zeros after.
+template <class Block>
+HWY_INLINE __m512 block_scales(const Block* p, std::size_t n) {
+  static constexpr auto kOffsets = make_dwords([](int i) { return i * int(sizeof(Block)); });
+  const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), __mmask16((1u << n) - 1), load_table(kOffsets), p, 1);
+  return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+}
+
+// The 6-bit scales and mins of Q4_K and Q5_K as 16 bytes [sc0..sc7, m0..m7] (llama.cpp's unpacking).
+HWY_INLINE __m128i k4_scales_mins(const std::uint8_t* s) {
+  std::uint32_t u[4];
+  std::memcpy(u, s, 12);
+  constexpr std::uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+  u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
+  const std::uint32_t mins_lo = u[1] & m1;
+  u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
+  u[2] = mins_lo;
+  u[0] &= m1;
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+}
+
+// 32 bytes of packed nibbles as 64 quants [low nibbles | high nibbles].
+HWY_INLINE __m512i nibbles(const std::uint8_t* q) {
+  const __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+  return _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xFFFF0000u, z, 4), _mm512_set1_epi8(0x0F));
+}
+
+// Per chunk c of a K-quant super-block: each int32 lane of vpdpbusd's result (4 values) times the
+// scale of its sub-block, as vpdpwssd pairs [scale, 0] (a lane's sum fits in its low int16).
+// `sc` holds the super-block's scales as int16 words.
+template <int kLanesPerScale>
+HWY_INLINE __m512i lane_scales(__m256i sc, int c) {
+  static constexpr auto kIdx = [] {
+    struct { alignas(64) std::uint16_t v[4][32]; } t{};
+    for (int cc = 0; cc < 4; ++cc)
+      for (int i = 0; i < 32; ++i) t.v[cc][i] = static_cast<std::uint16_t>(cc * 16 / kLanesPerScale + i / 2 / kLanesPerScale);
+    return t;
+  }();
+  return _mm512_maskz_permutexvar_epi16(0x55555555u, _mm512_load_si512(kIdx.v[c]), _mm512_castsi256_si512(sc));
+}
+
+// The scales and mins of a Q4_K or Q5_K super-block as int16 words [sc0..sc7, m0..m7].
+struct K4Scales {
+  __m256i sm;
+  HWY_INLINE explicit K4Scales(const std::uint8_t* packed) : sm(_mm256_cvtepu8_epi16(k4_scales_mins(packed))) {}
+  HWY_INLINE __m512i lanes(int c) const { return lane_scales<8>(sm, c); }
+  // Words [m0, m0, m1, m1, ..., m7, m7], against the 16 sums of 16 activations.
+  HWY_INLINE __m256i min_pairs() const {
+    static constexpr auto kIdx = make_words([](int i) { return 8 + (i % 16) / 2; });
+    return _mm256_permutexvar_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(kIdx.v)), sm);
+  }
+  // [d * sc0..7, dmin * m0..7]
+  HWY_INLINE __m512 units(float d, float dmin) const {
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(sm));
+    return _mm512_mul_ps(f, _mm512_insertf32x8(_mm512_set1_ps(d), _mm256_set1_ps(dmin), 1));
+  }
+};
+
+// Q4_K: value = d * sc_j * q - dmin * m_j for sub-block j of 32; chunk c holds sub-blocks 2c, 2c + 1
+// as the low and high nibbles of qs[32c .. 32c + 32).
+struct FmtQ4_K {
+  using Block = BlockQ4_K;
+  static constexpr bool has_min = true;
+  struct Row {
+    const Block* b;
+    K4Scales k;
+    HWY_INLINE explicit Row(const Block* p) : b(p), k(p->scales) {}
+    HWY_INLINE __m512i weights(int c) const { return nibbles(b->qs + 32 * c); }
+    HWY_INLINE __m512i scales(int c) const { return k.lanes(c); }
+    HWY_INLINE __m256i min_pairs() const { return k.min_pairs(); }
+    HWY_INLINE float d() const { return half_to_float(b->d); }
+    HWY_INLINE float dmin() const { return half_to_float(b->dmin); }
+    HWY_INLINE __m512 unit_scales() const { return k.units(d(), dmin()); }
+  };
+};
+
+// Q5_K: Q4_K with a fifth bit: chunk c takes bit 2c of qh[l] for its first 32 values and bit
+// 2c + 1 for the others.
+struct FmtQ5_K {
+  using Block = BlockQ5_K;
+  static constexpr bool has_min = true;
+  struct Row {
+    const Block* b;
+    K4Scales k;
+    __m512i qh;  // the 32 high-bit bytes, twice
+    HWY_INLINE explicit Row(const Block* p)
+        : b(p), k(p->scales), qh(_mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p->qh)))) {}
+    HWY_INLINE __m512i weights(int c) const {
+      static constexpr auto kBits = [] {
+        struct { alignas(64) std::uint8_t v[4][64]; } t{};
+        for (int cc = 0; cc < 4; ++cc)
+          for (int i = 0; i < 64; ++i) t.v[cc][i] = static_cast<std::uint8_t>(1u << (2 * cc + i / 32));
+        return t;
+      }();
+      const __m512i lo = nibbles(b->qs + 32 * c);
+      const __mmask64 high = _mm512_test_epi8_mask(qh, _mm512_load_si512(kBits.v[c]));
+      return _mm512_mask_add_epi8(lo, high, lo, _mm512_set1_epi8(16));
+    }
+    HWY_INLINE __m512i scales(int c) const { return k.lanes(c); }
+    HWY_INLINE __m256i min_pairs() const { return k.min_pairs(); }
+    HWY_INLINE float d() const { return half_to_float(b->d); }
+    HWY_INLINE float dmin() const { return half_to_float(b->dmin); }
+    HWY_INLINE __m512 unit_scales() const { return k.units(d(), dmin()); }
+  };
+};
+
+// Q6_K: value = d * sc[i / 16] * (q - 32), q = 4 low bits from ql and 2 high bits from qh.
+struct FmtQ6_K {
+  using Block = BlockQ6_K;
+  static constexpr bool has_min = false;
+  struct Row {
+    const Block* b;
+    __m256i sc;  // 16 signed scales as words
+    HWY_INLINE explicit Row(const Block* p)
+        : b(p), sc(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p->scales)))) {}
+    // Chunk c = 64 values of half h = c / 2: ql[64h + l] low (c even) or high (c odd) nibbles, with
+    // qh[32h + l % 32] bits 2 * (2 * (c % 2) + l / 32) and up as bits 4 and 5.
+    HWY_INLINE __m512i weights(int c) const {
+      static constexpr auto kShift = make_words([](int i) { return i < 16 ? 4 : 2; });
+      const int h = c >> 1;
+      const __m512i ql = _mm512_loadu_si512(b->ql + 64 * h);
+      const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh + 32 * h)));
+      const __m512i mask4 = _mm512_set1_epi8(0x0F);
+      __m512i lo, hi;
+      if ((c & 1) == 0) {
+        lo = _mm512_and_si512(ql, mask4);
+        hi = _mm512_sllv_epi16(qh, load_table(kShift));  // bits 0-1 or 2-3 up to 4-5
+      } else {
+        lo = _mm512_and_si512(_mm512_srli_epi16(ql, 4), mask4);
+        hi = _mm512_mask_srli_epi16(qh, 0xFFFF0000u, qh, 2);  // bits 4-5 stay, 6-7 down to 4-5
+      }
+      return _mm512_ternarylogic_epi32(lo, hi, _mm512_set1_epi8(0x30), 0xF8);  // lo | (hi & 0x30)
+    }
+    HWY_INLINE __m512i scales(int c) const { return lane_scales<4>(sc, c); }
+    // -32 * sc: the weights' offset against the 16 sums of 16 activations.
+    HWY_INLINE __m256i offset_scales() const { return _mm256_mullo_epi16(sc, _mm256_set1_epi16(-32)); }
+    HWY_INLINE float d() const { return half_to_float(b->d); }
+    HWY_INLINE __m512 unit_scales() const {
+      return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(sc)), _mm512_set1_ps(d()));
+    }
+  };
+};
+
+template <class Block> struct VnniFmt;
+template <> struct VnniFmt<BlockQ4_0> { using type = FmtQ4_0; };
+template <> struct VnniFmt<BlockQ8_0> { using type = FmtQ8_0; };
+template <> struct VnniFmt<BlockQ4_K> { using type = FmtQ4_K; };
+template <> struct VnniFmt<BlockQ5_K> { using type = FmtQ5_K; };
+template <> struct VnniFmt<BlockQ6_K> { using type = FmtQ6_K; };
+
+HWY_INLINE __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
+
+// Four activation quants broadcast to every lane.
+HWY_INLINE __m512i broadcast4(const std::int8_t* p) {
+  std::int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode: R rows × T tokens, dot products along the row.
+
+// Prefetches [p, p + bytes) spread evenly over `steps` calls of step(): the rows of the next
+// register block while this one is computed. Reading R rows at once makes R short interleaved
+// streams, which the hardware prefetcher alone serves poorly (Zen 5: a third of the bandwidth).
+class Prefetcher {
+ public:
+  Prefetcher(const void* p, std::size_t bytes, std::size_t steps)
+      : p_(static_cast<const char*>(p)), end_(p_ + bytes), per_step_(steps ? (bytes / 64 + steps) / steps * 64 : 0) {}
+  HWY_INLINE void step() {
+    const char* stop = std::min(end_, p_ + per_step_);
+    for (; p_ < stop; p_ += 64) _mm_prefetch(p_, _MM_HINT_T0);
+  }
+
+ private:
+  const char* p_;
+  const char* end_;
+  std::size_t per_step_;
+};
+
+// y[t * y_stride + r] = row r of w · token t0 + t, for Q4_0 / Q8_0 weights of nb blocks per row.
+// Per 16 blocks, each row's scales times each token's come as one vector (a gather); a chunk of
+// two blocks then takes its pair of them with one permute.
+template <class Fmt, std::size_t R, std::size_t T>
+void legacy_dot(const typename Fmt::Block* w, std::size_t w_stride, std::size_t nb, const QuantizedActs& a,
+                std::size_t t0, float* y, std::size_t y_stride, Prefetcher next) {
+  static constexpr auto kPair = make_dwords([](int i) { return i / 8; });
+  const __m512i offset = _mm512_set1_epi8(char(Fmt::offset));
+  const __m512i zero = _mm512_setzero_si512();
+  __m512 acc[R][T];
+  for (std::size_t r = 0; r < R; ++r)
+    for (std::size_t t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+
+  for (std::size_t g = 0; g < nb; g += 16) {
+    const std::size_t ng = std::min<std::size_t>(16, nb - g);
+    __m512 scale[R][T];  // lane i: d_w * d_x of block g + i
+    {
+      __m512 dx[T];
+      for (std::size_t t = 0; t < T; ++t) dx[t] = _mm512_maskz_loadu_ps(__mmask16((1u << ng) - 1), a.d_row(t0 + t) + g);
+      for (std::size_t r = 0; r < R; ++r) {
+        const __m512 dw = block_scales(w + r * w_stride + g, ng);
+        for (std::size_t t = 0; t < T; ++t) scale[r][t] = _mm512_mul_ps(dw, dx[t]);
+      }
+    }
+    auto chunk = [&](std::size_t c, auto two) {  // blocks g + c and, if two, g + c + 1
+      constexpr bool kTwo = decltype(two)::value;
+      __m512i xq[T], bias[T];
+      for (std::size_t t = 0; t < T; ++t) {
+        const std::int8_t* q = a.q_row(t0 + t) + 32 * (g + c);
+        xq[t] = kTwo ? _mm512_loadu_si512(q) : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+        // Each lane's share of -offset * sum(x) for the weights' offset.
+        bias[t] = _mm512_sub_epi32(zero, dpbusd(zero, offset, xq[t]));
+      }
+      const __m512i pair = _mm512_add_epi32(load_table(kPair), _mm512_set1_epi32(int(c)));
+      for (std::size_t r = 0; r < R; ++r) {
+        const __m512i wq = Fmt::template weights<kTwo>(w + r * w_stride + g + c);
+        for (std::size_t t = 0; t < T; ++t)
+          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dpbusd(bias[t], wq, xq[t])),
+                                      _mm512_permutexvar_ps(pair, scale[r][t]), acc[r][t]);
+      }
+    };
+    std::size_t c = 0;
+    for (; c + 2 <= ng; c += 2) {
+      next.step();
+      chunk(c, std::true_type{});
+    }
+    if (c < ng) chunk(c, std::false_type{});
+  }
+  for (std::size_t t = 0; t < T; ++t)
+    for (std::size_t r = 0; r < R; ++r) y[t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// Row views of the super-block s of R consecutive rows.
+template <class Fmt, std::size_t R>
+HWY_INLINE std::array<typename Fmt::Row, R> make_rows(const typename Fmt::Block* w, std::size_t w_stride, std::size_t s) {
+  return [&]<std::size_t... I>(std::index_sequence<I...>) {
+    return std::array<typename Fmt::Row, R>{typename Fmt::Row(w + I * w_stride + s)...};
+  }(std::make_index_sequence<R>());
+}
+
+// The same for K-quant weights of ns super-blocks per row.
+template <class Fmt, std::size_t R, std::size_t T>
+void kquant_dot(const typename Fmt::Block* w, std::size_t w_stride, std::size_t ns, const QuantizedActs& a,
+                std::size_t t0, float* y, std::size_t y_stride, Prefetcher next) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512 acc[R][T];
+  for (std::size_t r = 0; r < R; ++r)
+    for (std::size_t t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+
+  for (std::size_t s = 0; s < ns; ++s) {
+    next.step();
+    const auto rows = make_rows<Fmt, R>(w, w_stride, s);
+    __m512i sum[R][T];
+    for (std::size_t r = 0; r < R; ++r)
+      for (std::size_t t = 0; t < T; ++t) sum[r][t] = zero;
+    for (int c = 0; c < 4; ++c) {
+      __m512i xq[T];
+      for (std::size_t t = 0; t < T; ++t) xq[t] = _mm512_loadu_si512(a.q_row(t0 + t) + 256 * s + 64 * c);
+      for (std::size_t r = 0; r < R; ++r) {
+        const __m512i wq = rows[r].weights(c), sc = rows[r].scales(c);
+        for (std::size_t t = 0; t < T; ++t) sum[r][t] = _mm512_dpwssd_epi32(sum[r][t], dpbusd(zero, wq, xq[t]), sc);
+      }
+    }
+    for (std::size_t t = 0; t < T; ++t) {
+      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsums_row(t0 + t) + 16 * s));
+      const float dx = a.d_row(t0 + t)[s];
+      for (std::size_t r = 0; r < R; ++r) {
+        if constexpr (Fmt::has_min) {
+          const __m256i m = _mm256_dpwssd_epi32(_mm256_setzero_si256(), rows[r].min_pairs(), bsums);
+          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r][t]), _mm512_set1_ps(rows[r].d() * dx), acc[r][t]);
+          acc[r][t] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(m)), _mm512_set1_ps(rows[r].dmin() * dx),
+                                       acc[r][t]);
+        } else {
+          const __m512i s2 = _mm512_dpwssd_epi32(sum[r][t], _mm512_zextsi256_si512(rows[r].offset_scales()),
+                                                 _mm512_zextsi256_si512(bsums));
+          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s2), _mm512_set1_ps(rows[r].d() * dx), acc[r][t]);
+        }
+      }
+    }
+  }
+  for (std::size_t t = 0; t < T; ++t)
+    for (std::size_t r = 0; r < R; ++r) y[t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill: a panel of 16 rows unpacked with the rows in the lanes, against every token.
+
+inline constexpr std::size_t kPanelRows = 16;
+inline constexpr std::size_t kPanelInputs = 1024;  // 16 KiB of unpacked quants: L1 holds them and the tokens' share
+inline constexpr std::size_t kPanelTokens = 8;     // tokens per register block: 8 sums, 8 accumulators (+ 8 for K)
+
+struct Panel {
+  alignas(64) std::uint8_t w[kPanelInputs / 4][64];  // [input / 4][row][4 quants]
+  alignas(64) float scale[kPanelInputs / 16][16];    // per block or sub-block: [row]
+  alignas(64) float min[kPanelInputs / 32][16];      // Q4_K, Q5_K: dmin * m_j per sub-block: [row]
+};
+
+// The 16 x 16 matrix of dwords in v, transposed in place (64 shuffles).
+HWY_INLINE void transpose16(__m512i (&v)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  // u[4g + k] holds, in 128-bit lane L, column 4L + k of rows 4g .. 4g + 3.
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g + 0], t[4 * g + 2]);
+    u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g + 0], t[4 * g + 2]);
+    u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    t[k] = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88);
+    t[4 + k] = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
+    t[8 + k] = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88);
+    t[12 + k] = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
+  }
+  for (int k = 0; k < 4; ++k) {
+    v[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
+    v[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xDD);
+    v[4 + k] = _mm512_shuffle_i32x4(t[4 + k], t[12 + k], 0x88);
+    v[12 + k] = _mm512_shuffle_i32x4(t[4 + k], t[12 + k], 0xDD);
+  }
+}
+
+// Blocks [b0, b0 + nb) of rows w[0 .. nr), nr <= 16, into p; rows nr.. are zeros.
+template <class Fmt>
+void unpack_legacy(const typename Fmt::Block* w, std::size_t w_stride, std::size_t nr, std::size_t b0, std::size_t nb,
+                   Panel& p) {
+  using Block = typename Fmt::Block;
+  for (std::size_t c = 0; c < nb; c += 2) {
+    const bool two = c + 1 < nb;
+    __m512i v[16];
+    for (std::size_t r = 0; r < 16; ++r) {
+      v[r] = r >= nr ? _mm512_setzero_si512()
+             : two   ? Fmt::template weights<true>(w + r * w_stride + b0 + c)
+                     : Fmt::template weights<false>(w + r * w_stride + b0 + c);
+    }
+    transpose16(v);
+    for (std::size_t k = 0; k < (two ? 16u : 8u); ++k) _mm512_store_si512(p.w[8 * c + k], v[k]);
+  }
+  // The f16 scale leads each block: gather it from the 16 rows at once.
+  static constexpr auto kRow = make_dwords([](int i) { return i; });
+  const __m512i offsets = _mm512_mullo_epi32(load_table(kRow), _mm512_set1_epi32(int(w_stride * sizeof(Block))));
+  const __mmask16 rows = __mmask16((1u << nr) - 1);
+  for (std::size_t b = 0; b < nb; ++b) {
+    const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rows, offsets, w + b0 + b, 1);
+    _mm512_store_ps(p.scale[b], _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)));
+  }
+}
+
+// Super-blocks [s0, s0 + ns) of rows w[0 .. nr) into p.
+template <class Fmt>
+void unpack_kquant(const typename Fmt::Block* w, std::size_t w_stride, std::size_t nr, std::size_t s0, std::size_t ns,
+                   Panel& p) {
+  for (std::size_t s = 0; s < ns; ++s) {
+    __m512i q[4][16], sc[16];
+    for (std::size_t r = 0; r < 16; ++r) {
+      if (r < nr) {
+        const typename Fmt::Row row(w + r * w_stride + s0 + s);
+        for (int c = 0; c < 4; ++c) q[c][r] = row.weights(c);
+        sc[r] = _mm512_castps_si512(row.unit_scales());
+      } else {
+        for (int c = 0; c < 4; ++c) q[c][r] = _mm512_setzero_si512();
+        sc[r] = _mm512_setzero_si512();
+      }
+    }
+    for (int c = 0; c < 4; ++c) {
+      transpose16(q[c]);
+      for (int k = 0; k < 16; ++k) _mm512_store_si512(p.w[64 * s + 16 * c + k], q[c][k]);
+    }
+    transpose16(sc);
+    if constexpr (Fmt::has_min) {
+      for (int j = 0; j < 8; ++j) {
+        _mm512_store_si512(p.scale[8 * s + j], sc[j]);
+        _mm512_store_si512(p.min[8 * s + j], sc[8 + j]);
+      }
+    } else {
+      for (int j = 0; j < 16; ++j) _mm512_store_si512(p.scale[16 * s + j], sc[j]);
+    }
+  }
+}
+
+// y[t * y_stride + r] (+)= the panel's row r · token t, for the lanes in `rows`.
+HWY_INLINE void store_rows(float* y, __m512 v, __mmask16 rows, bool accumulate) {
+  if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(rows, y));
+  _mm512_mask_storeu_ps(y, rows, v);
+}
+
+// T <= 8 tokens of the group at t0 against blocks [b0, b0 + nb) of a legacy panel. The
+// activations are grouped by 8 tokens (QuantizedActs::group), so one pointer reaches them all.
+template <class Fmt, std::size_t T>
+void legacy_panel(const Panel& p, std::size_t b0, std::size_t nb, const QuantizedActs& a, std::size_t t0, float* y,
+                  std::size_t y_stride, __mmask16 rows, bool accumulate) {
+  constexpr std::size_t G = kPanelTokens;
+  assert(a.group == G && t0 % G == 0);
+  const std::int8_t* xq = a.qs + a.q_index(t0, 32 * b0);  // 4 quants of token t at xq + 4 * (G * step + t)
+  const float* dx = a.d + t0 * a.d_stride + G * b0;       // block b of token t at dx[G * b + t]
+  const std::int32_t* bias = a.aux + t0 * a.aux_stride + G * b0;
+  __m512 acc[T];
+  for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (std::size_t b = 0; b < nb; ++b) {
+    __m512i sum[T];
+    for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(bias[G * b + t]);
+#pragma GCC unroll 8
+    for (std::size_t k = 0; k < 8; ++k) {
+      const __m512i wq = _mm512_load_si512(p.w[8 * b + k]);
+      for (std::size_t t = 0; t < T; ++t) sum[t] = dpbusd(sum[t], wq, broadcast4(xq + 4 * (G * (8 * b + k) + t)));
+    }
+    const __m512 ws = _mm512_load_ps(p.scale[b]);
+    for (std::size_t t = 0; t < T; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(ws, _mm512_set1_ps(dx[G * b + t])), acc[t]);
+  }
+  for (std::size_t t = 0; t < T; ++t) store_rows(y + t * y_stride, acc[t], rows, accumulate);
+}
+
+// The same against super-blocks [s0, s0 + ns) of a K-quant panel. Units are the sub-blocks (32
+// values for Q4_K and Q5_K, 16 for Q6_K); their float sums are scaled by the token's d once per
+// super-block.
+template <class Fmt, std::size_t T>
+void kquant_panel(const Panel& p, std::size_t s0, std::size_t ns, const QuantizedActs& a, std::size_t t0, float* y,
+                  std::size_t y_stride, __mmask16 rows, bool accumulate) {
+  constexpr std::size_t G = kPanelTokens;
+  constexpr std::size_t kUnits = Fmt::has_min ? 8 : 16, kSteps = 64 / kUnits;  // 4-quant steps per unit
+  assert(a.group == G && t0 % G == 0);
+  const std::int8_t* xq = a.qs + a.q_index(t0, 256 * s0);
+  const float* dx = a.d + t0 * a.d_stride + G * s0;
+  const std::int32_t* aux = a.aux + t0 * a.aux_stride + G * kUnits * s0;
+  __m512 acc[T];
+  for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (std::size_t s = 0; s < ns; ++s) {
+    __m512 part[T];
+    for (std::size_t t = 0; t < T; ++t) part[t] = _mm512_setzero_ps();
+    for (std::size_t u = 0; u < kUnits; ++u) {
+      const std::size_t unit = kUnits * s + u;
+      __m512i sum[T];
+      for (std::size_t t = 0; t < T; ++t)  // Q6_K: -32 * sum(x) for the weights' offset
+        sum[t] = Fmt::has_min ? _mm512_setzero_si512() : _mm512_set1_epi32(aux[G * unit + t]);
+#pragma GCC unroll 8
+      for (std::size_t k = 0; k < kSteps; ++k) {
+        const __m512i wq = _mm512_load_si512(p.w[kSteps * unit + k]);
+        for (std::size_t t = 0; t < T; ++t)
+          sum[t] = dpbusd(sum[t], wq, broadcast4(xq + 4 * (G * (kSteps * unit + k) + t)));
+      }
+      const __m512 ws = _mm512_load_ps(p.scale[unit]);
+      for (std::size_t t = 0; t < T; ++t) part[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), ws, part[t]);
+      if constexpr (Fmt::has_min) {
+        const __m512 wm = _mm512_load_ps(p.min[unit]);
+        for (std::size_t t = 0; t < T; ++t) {
+          float xsum;  // the sum of the sub-block's quants, as float bits
+          std::memcpy(&xsum, &aux[G * unit + t], sizeof xsum);
+          part[t] = _mm512_fnmadd_ps(wm, _mm512_set1_ps(xsum), part[t]);
+        }
+      }
+    }
+    for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(part[t], _mm512_set1_ps(dx[G * s + t]), acc[t]);
+  }
+  for (std::size_t t = 0; t < T; ++t) store_rows(y + t * y_stride, acc[t], rows, accumulate);
+}
+
+template <class Fmt>
+inline constexpr bool is_kquant = !std::is_same_v<Fmt, FmtQ4_0> && !std::is_same_v<Fmt, FmtQ8_0>;
+
+// The panel kernel for t_count <= T tokens, T a compile-time bound.
+template <class Fmt, std::size_t T = kPanelTokens>
+HWY_INLINE void panel_any(std::size_t t_count, const Panel& p, std::size_t first, std::size_t count,
+                          const QuantizedActs& a, std::size_t t0, float* y, std::size_t y_stride, __mmask16 rows,
+                          bool accumulate) {
+  if constexpr (T > 1)
+    if (t_count < T) return panel_any<Fmt, T - 1>(t_count, p, first, count, a, t0, y, y_stride, rows, accumulate);
+  if constexpr (is_kquant<Fmt>) kquant_panel<Fmt, T>(p, first, count, a, t0, y, y_stride, rows, accumulate);
+  else legacy_panel<Fmt, T>(p, first, count, a, t0, y, y_stride, rows, accumulate);
+}
+
+// Asks for blocks [first, first + count) of rows w[0 .. nr) to be brought into L2.
+template <class Block>
+HWY_INLINE void prefetch_rows(const Block* w, std::size_t w_stride, std::size_t nr, std::size_t first, std::size_t count) {
+  for (std::size_t r = 0; r < nr; ++r) {
+    const char* p = reinterpret_cast<const char*>(w + r * w_stride + first);
+    for (std::size_t i = 0; i < count * sizeof(Block); i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
+  }
+}
+
+template <class Fmt>
+void prefill_rows(MatrixView<const typename Fmt::Block> w, const QuantizedActs& a, MatrixView<float> y,
+                  std::size_t o0, std::size_t o1) {
+  constexpr std::size_t kBlock = block_values<typename Fmt::Block>, kChunk = kPanelInputs / kBlock;
+  const std::size_t n_blocks = w.cols / kBlock;
+  Panel panel;
+  for (std::size_t o = o0; o < o1; o += kPanelRows) {
+    const std::size_t nr = std::min(kPanelRows, o1 - o);
+    const __mmask16 rows = __mmask16((1u << nr) - 1);
+    for (std::size_t first = 0; first < n_blocks; first += kChunk) {
+      const std::size_t count = std::min(kChunk, n_blocks - first);
+      if constexpr (is_kquant<Fmt>) unpack_kquant<Fmt>(w.row(o), w.stride, nr, first, count, panel);
+      else unpack_legacy<Fmt>(w.row(o), w.stride, nr, first, count, panel);
+      // The next panel's 16 short row pieces arrive while this one is used: with few tokens the
+      // panels follow each other quickly, and the hardware prefetcher does not follow 16 streams.
+      if (first + count < n_blocks)
+        prefetch_rows(w.row(o), w.stride, nr, first + count, std::min(kChunk, n_blocks - first - count));
+      else if (o + kPanelRows < o1)
+        prefetch_rows(w.row(o + kPanelRows), w.stride, std::min(kPanelRows, o1 - o - kPanelRows), 0,
+                      std::min(kChunk, n_blocks));
+      for (std::size_t t = 0; t < a.n_tok; t += kPanelTokens)
+        panel_any<Fmt>(std::min(kPanelTokens, a.n_tok - t), panel, first, count, a, t, y.row(t) + o, y.stride, rows,
+                       first > 0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers.
+
+inline constexpr std::size_t kDecodeRows = 4;
+inline constexpr std::size_t kDecodeTokens = 2;
+// From this many tokens on, the panel kernel is faster (measured on Zen 5 at 5632 x 2048: 4 tokens
+// take 25% longer with panels, 6 tokens 10-25% less).
+inline constexpr std::size_t kPrefillMinTokens = 5;
+
+template <class Fmt, std::size_t R = kDecodeRows, std::size_t T = kDecodeTokens>
+HWY_INLINE void dot_any(std::size_t r_count, std::size_t t_count, const typename Fmt::Block* w, std::size_t w_stride,
+                        std::size_t n_blocks, const QuantizedActs& a, std::size_t t0, float* y, std::size_t y_stride,
+                        Prefetcher next) {
+  if constexpr (R > 1)
+    if (r_count < R) return dot_any<Fmt, R - 1, T>(r_count, t_count, w, w_stride, n_blocks, a, t0, y, y_stride, next);
+  if constexpr (T > 1)
+    if (t_count < T) return dot_any<Fmt, R, T - 1>(r_count, t_count, w, w_stride, n_blocks, a, t0, y, y_stride, next);
+  if constexpr (is_kquant<Fmt>) kquant_dot<Fmt, R, T>(w, w_stride, n_blocks, a, t0, y, y_stride, next);
+  else legacy_dot<Fmt, R, T>(w, w_stride, n_blocks, a, t0, y, y_stride, next);
+}
+
+template <class Fmt>
+void decode_rows(MatrixView<const typename Fmt::Block> w, const QuantizedActs& a, MatrixView<float> y, std::size_t o0,
+                 std::size_t o1) {
+  using Block = typename Fmt::Block;
+  const std::size_t n_blocks = w.cols / block_values<Block>;
+  const std::size_t steps = is_kquant<Fmt> ? n_blocks : n_blocks / 2;
+  for (std::size_t o = o0; o < o1; o += kDecodeRows) {
+    // The next block's rows, or nothing past this thread's share.
+    const std::size_t next_rows = std::min(kDecodeRows, o1 - std::min(o1, o + kDecodeRows));
+    for (std::size_t t = 0; t < a.n_tok; t += kDecodeTokens)
+      dot_any<Fmt>(std::min(kDecodeRows, o1 - o), std::min(kDecodeTokens, a.n_tok - t), w.row(o), w.stride, n_blocks,
+                   a, t, y.row(t) + o, y.stride,
+                   Prefetcher(w.row(o) + kDecodeRows * w.stride * (next_rows > 0),
+                              t == 0 ? next_rows * w.stride * sizeof(Block) : 0, steps));
+  }
+}
+
+// Runs f(begin, end) over [0, n) in ranges of `chunk` that the pool's threads claim in turn, so
+// a thread slowed by a busy core leaves more of the work to the others. Each range is computed
+// by one thread in a fixed order: the results do not depend on who claimed what.
+template <class F>
+void claim_ranges(ThreadPool& pool, std::size_t n, std::size_t chunk, F&& f) {
+  std::atomic<std::size_t> next{0};
+  pool.run([&](unsigned, unsigned) {
+    for (std::size_t b; (b = next.fetch_add(chunk, std::memory_order_relaxed)) < n;) f(b, std::min(n, b + chunk));
+  });
+}
+
+// Rows per claimed range: decode about 64 KiB of weights (a few microseconds of streaming),
+// prefill one panel of 16 rows (all the tokens against it).
+inline constexpr std::size_t kDecodeClaimBytes = 64 * 1024;
+
+template <class Block>
+void qmatmul_vnni(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float> x, MatrixView<float> y,
+                  QuantScratch& scratch) {
+  using Fmt = typename VnniFmt<Block>::type;
+  if (x.rows < kPrefillMinTokens) {
+    const QuantizedActs a = quantize_activations<Block>(pool, x, scratch);
+    const std::size_t row_bytes = w.cols / block_values<Block> * sizeof(Block);
+    const std::size_t chunk = std::max<std::size_t>(1, kDecodeClaimBytes / row_bytes / kDecodeRows) * kDecodeRows;
+    claim_ranges(pool, w.rows, chunk, [&](std::size_t o0, std::size_t o1) { decode_rows<Fmt>(w, a, y, o0, o1); });
+  } else {
+    const QuantizedActs a = quantize_activations<Block>(pool, x, scratch, kPanelTokens);
+    claim_ranges(pool, w.rows, kPanelRows, [&](std::size_t o0, std::size_t o1) { prefill_rows<Fmt>(w, a, y, o0, o1); });
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#else  // !TINYLLM_QMATMUL_VNNI
+
+// ---------------------------------------------------------------------------------------------
+// Portable path: each weight block as int8 values with a float scale (and min) per unit.
+
+template <class Block> struct IntForm;
+
+// value i = scale[i / unit] * q[i] - min[i / unit]
+template <> struct IntForm<BlockQ8_0> {
+  static constexpr std::size_t unit = 32;
+  static void unpack(const BlockQ8_0& b, std::int8_t* q, float* scale, float* min) {
+    std::memcpy(q, b.qs, 32);
+    scale[0] = f16_to_f32(b.d), min[0] = 0;
+  }
+};
+template <> struct IntForm<BlockQ4_0> {
+  static constexpr std::size_t unit = 32;
+  static void unpack(const BlockQ4_0& b, std::int8_t* q, float* scale, float* min) {
+    for (int i = 0; i < 16; ++i) {
+      q[i] = std::int8_t((b.qs[i] & 15) - 8);
+      q[i + 16] = std::int8_t((b.qs[i] >> 4) - 8);
+    }
+    scale[0] = f16_to_f32(b.d), min[0] = 0;
+  }
+};
+template <class Block>
+void unpack_k4(const Block& b, const std::uint8_t* qh, std::int8_t* q, float* scale, float* min) {
+  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
+  for (int j = 0; j < 8; ++j) {
+    std::uint8_t sc, m;
+    get_scale_min_k4(j, b.scales, sc, m);
+    scale[j] = d * float(sc), min[j] = dmin * float(m);
+  }
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) {
+      const std::uint8_t byte = b.qs[32 * c + l];
+      q[64 * c + l] = std::int8_t((byte & 15) | (qh && (qh[l] >> (2 * c) & 1) ? 16 : 0));
+      q[64 * c + 32 + l] = std::int8_t((byte >> 4) | (qh && (qh[l] >> (2 * c + 1) & 1) ? 16 : 0));
+    }
+}
+template <> struct IntForm<BlockQ4_K> {
+  static constexpr std::size_t unit = 32;
+  static void unpack(const BlockQ4_K& b, std::int8_t* q, float* scale, float* min) { unpack_k4(b, nullptr, q, scale, min); }
+};
+template <> struct IntForm<BlockQ5_K> {
+  static constexpr std::size_t unit = 32;
+  static void unpack(const BlockQ5_K& b, std::int8_t* q, float* scale, float* min) { unpack_k4(b, b.qh, q, scale, min); }
+};
+template <> struct IntForm<BlockQ6_K> {
+  static constexpr std::size_t unit = 16;
+  static void unpack(const BlockQ6_K& b, std::int8_t* q, float* scale, float* min) {
+    const float d = f16_to_f32(b.d);
+    for (int j = 0; j < 16; ++j) scale[j] = d * float(b.scales[j]), min[j] = 0;
+    for (int h = 0; h < 2; ++h)
+      for (int l = 0; l < 32; ++l) {
+        const std::uint8_t* ql = b.ql + 64 * h;
+        const std::uint8_t qh = b.qh[32 * h + l];
+        std::int8_t* out = q + 128 * h;
+        out[l] = std::int8_t(((ql[l] & 15) | (qh & 3) << 4) - 32);
+        out[l + 32] = std::int8_t(((ql[l + 32] & 15) | (qh >> 2 & 3) << 4) - 32);
+        out[l + 64] = std::int8_t(((ql[l] >> 4) | (qh >> 4 & 3) << 4) - 32);
+        out[l + 96] = std::int8_t(((ql[l + 32] >> 4) | (qh >> 6 & 3) << 4) - 32);
+      }
+  }
+};
+
+// sum_i a[i] * b[i] over n int8 values (n a multiple of 16), in int16 multiply-adds.
+HWY_INLINE std::int32_t dot_i8(const std::int8_t* a, const std::int8_t* b, std::size_t n) {
+  const hn::CappedTag<std::int16_t, 16> d16;
+  const hn::Rebind<std::int8_t, decltype(d16)> d8;
+  const hn::RepartitionToWide<decltype(d16)> d32;
+  auto s0 = hn::Zero(d32), s1 = hn::Zero(d32);
+  for (std::size_t i = 0; i < n; i += hn::Lanes(d16))
+    s0 = hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, hn::LoadU(d8, a + i)),
+                                       hn::PromoteTo(d16, hn::LoadU(d8, b + i)), s0, s1);
+  return hn::GetLane(hn::SumOfLanes(d32, hn::Add(s0, s1)));
+}
+
+template <class Block>
+void portable_rows(MatrixView<const Block> w, const QuantizedActs& a, MatrixView<float> y, std::size_t o0,
+                   std::size_t o1) {
+  using Int = IntForm<Block>;
+  constexpr std::size_t kBlock = block_values<Block>, kUnits = kBlock / Int::unit;
+  constexpr bool has_min = std::is_same_v<Block, BlockQ4_K> || std::is_same_v<Block, BlockQ5_K>;
+  alignas(64) std::int8_t q[kBlock];
+  float scale[kUnits], min[kUnits];
+  for (std::size_t o = o0; o < o1; ++o) {
+    for (std::size_t t = 0; t < a.n_tok; ++t) y.row(t)[o] = 0;
+    for (std::size_t b = 0; b < w.cols / kBlock; ++b) {
+      Int::unpack(w.row(o)[b], q, scale, min);
+      for (std::size_t t = 0; t < a.n_tok; ++t) {
+        const std::int8_t* xq = a.q_row(t) + kBlock * b;
+        float sum = 0;
+        for (std::size_t u = 0; u < kUnits; ++u) {
+          sum += scale[u] * float(dot_i8(q + Int::unit * u, xq + Int::unit * u, Int::unit));
+          if constexpr (has_min) sum -= min[u] * a.aux_f32_at(t, kUnits * b + u);
+        }
+        y.row(t)[o] += a.d_row(t)[b] * sum;
+      }
+    }
+  }
+}
+
+template <class Block>
+void qmatmul_portable(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float> x, MatrixView<float> y,
+                      QuantScratch& scratch) {
+  const QuantizedActs a = quantize_activations<Block>(pool, x, scratch);
+  pool.parallel_for(w.rows, [&](std::size_t o0, std::size_t o1) { portable_rows(w, a, y, o0, o1); });
+}
+
+#endif  // TINYLLM_QMATMUL_VNNI
+
+}  // namespace qdetail
+
+// y[t, o] = sum_i w[o, i] * x[t, i] with quantized weights.  w: [n_out, n_in] (a row holds
+// n_in / block_values<Block> blocks; stride in blocks), x: [n_tok, n_in], y: [n_tok, n_out];
+// n_in a multiple of the block size. Threads split the output rows. The result differs from
+// dequantize-then-multiply by the 8-bit rounding of x: at most about sum_i |w[o, i]| * d_i / 2,
+// d_i = max|x| / 127 over x's block of 32 (Q8_0, Q4_0) or 256 (K-quants) around i.
+template <class Block>
+void qmatmul(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float> x, MatrixView<float> y,
+             QuantScratch& scratch) {
+  static_assert(is_qmatmul_block<Block>, "cpu::qmatmul: Q8_0, Q4_0, Q4_K, Q5_K or Q6_K weights");
+  assert(w.cols == x.cols && y.rows == x.rows && y.cols == w.rows && w.cols % block_values<Block> == 0);
+  if (x.rows == 0 || w.rows == 0) return;
+  if (w.cols == 0) {  // empty sums
+    for (std::size_t t = 0; t < y.rows; ++t) std::fill_n(y.row(t), y.cols, 0.0f);
+    return;
+  }
+#if TINYLLM_QMATMUL_VNNI
+  qdetail::qmatmul_vnni(pool, w, x, y, scratch);
+#else
+  qdetail::qmatmul_portable(pool, w, x, y, scratch);
+#endif
+}
+
+// The same with the weight type known at run time: w holds n_out contiguous rows of n_in values
+// of type `type`. F32 and F16 weights go to cpu::matmul.
+inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
+                    MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
+  auto typed = [&]<class Block>(std::type_identity<Block>) {
+    if (n_in % block_values<Block> != 0)
+      throw Error("weight rows of " + std::to_string(n_in) + " values", "cpu::qmatmul (" + std::string(name(type)) + ")",
+                  "a multiple of " + std::to_string(block_values<Block>));
+    qmatmul(pool, MatrixView<const Block>(static_cast<const Block*>(w), n_out, n_in, n_in / block_values<Block>), x, y,
+            scratch);
+  };
+  switch (type) {
+    case DType::F32: return matmul(pool, MatrixView<const float>(static_cast<const float*>(w), n_out, n_in), x, y);
+    case DType::F16: return matmul(pool, MatrixView<const F16>(static_cast<const F16*>(w), n_out, n_in), x, y);
+    case DType::Q8_0: return typed(std::type_identity<BlockQ8_0>{});
+    case DType::Q4_0: return typed(std::type_identity<BlockQ4_0>{});
+    case DType::Q4_K: return typed(std::type_identity<BlockQ4_K>{});
+    case DType::Q5_K: return typed(std::type_identity<BlockQ5_K>{});
+    case DType::Q6_K: return typed(std::type_identity<BlockQ6_K>{});
+    default: break;
+  }
+  const auto info = dtype_info(static_cast<std::uint32_t>(type));
+  throw Error("no matmul kernel for weight type " +
+                  (info ? std::string(info->name) : "id " + std::to_string(static_cast<std::uint32_t>(type))),
+              "cpu::qmatmul", "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+}
+
+}  // namespace tinyllm::cpu
 
 namespace tinyllm {
 
@@ -4363,37 +6295,27 @@ struct WeightMatrix {
   std::size_t rows = 0, cols = 0;
 };
 
-// Types the kernels can multiply by today; loading checks every weight against this.
-inline bool matmul_supports(DType t) { return t == DType::F32 || t == DType::F16; }
-
-// y[n_tok, w.rows] = x[n_tok, w.cols] · wᵀ
-inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
-  switch (w.type) {
-    case DType::F32:
-      cpu::matmul(pool, MatrixView<const float>(static_cast<const float*>(w.data), w.rows, w.cols), x, y);
-      return;
-    case DType::F16:
-      cpu::matmul(pool, MatrixView<const F16>(static_cast<const F16*>(w.data), w.rows, w.cols), x, y);
-      return;
-    default:
-      throw Error("no matmul kernel for tensor type " + std::string(name(w.type)), w.name);
+// Types the kernels can multiply by; loading checks every weight against this.
+inline bool matmul_supports(DType t) {
+  switch (t) {
+    case DType::F32: case DType::F16: case DType::Q8_0: case DType::Q4_0:
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return true;
+    default: return false;
   }
+}
+
+// y[n_tok, w.rows] = x[n_tok, w.cols] · wᵀ. Quantized weights multiply 8-bit-quantized
+// activations (held in `scratch`, sized at load time) without dequantizing the matrix.
+inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y,
+                   cpu::QuantScratch& scratch) {
+  cpu::qmatmul(pool, w.type, w.data, w.rows, w.cols, x, y, scratch);
 }
 
 // out[cols] = row `r` of w, as f32 (token embedding lookup).
 inline void dequantize_row(const WeightMatrix& w, std::size_t r, float* out) {
-  switch (w.type) {
-    case DType::F32:
-      std::memcpy(out, static_cast<const float*>(w.data) + r * w.cols, w.cols * sizeof(float));
-      return;
-    case DType::F16: {
-      const auto* src = static_cast<const F16*>(w.data) + r * w.cols;
-      for (std::size_t i = 0; i < w.cols; ++i) out[i] = to_f32(src[i]);
-      return;
-    }
-    default:
-      throw Error("cannot read rows of tensor type " + std::string(name(w.type)), w.name);
-  }
+  if (!can_dequantize(w.type))
+    throw Error("cannot read rows of tensor type " + std::string(name(w.type)), w.name);
+  dequantize_row(w.type, static_cast<const std::byte*>(w.data) + r * row_bytes(w.type, w.cols), out, w.cols);
 }
 
 }  // namespace tinyllm
@@ -4490,6 +6412,7 @@ class Transformer final : public Model {
     att_.resize(b * cfg_.q_dim());
     gate_.resize(b * cfg_.n_ff);
     up_.resize(b * cfg_.n_ff);
+    qscratch_.reserve(b, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff}));
     all_rows_.resize(b);
     for (std::size_t i = 0; i < b; ++i) all_rows_[i] = i;
     logit_rows_.resize(b);
@@ -4615,12 +6538,12 @@ class Transformer final : public Model {
       const LayerWeights& lw = w_.layers[l];
       // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
       for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
-      matmul(pool, lw.wq, xb, q);
-      matmul(pool, lw.wk, xb, k);
-      matmul(pool, lw.wv, xb, v);
+      matmul(pool, lw.wq, xb, q, qscratch_);
+      matmul(pool, lw.wk, xb, k, qscratch_);
+      matmul(pool, lw.wv, xb, v, qscratch_);
       if constexpr (Arch::parallel_blocks) {   // the FFN reads the same normalised input
-        matmul(pool, lw.w_gate, xb, gate);
-        matmul(pool, lw.w_up, xb, up);
+        matmul(pool, lw.w_gate, xb, gate, qscratch_);
+        matmul(pool, lw.w_up, xb, up, qscratch_);
       }
       for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
       for (std::size_t t = 0; t < n; ++t) {
@@ -4645,20 +6568,20 @@ class Transformer final : public Model {
       ap.window = plans_[l].window;
       cpu::attention(pool, q, positions, [&](std::size_t t) -> const KVLayerView& { return views_[seq_of_token_[t]]; },
                      c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
-      matmul(pool, lw.wo, att, proj);
+      matmul(pool, lw.wo, att, proj, qscratch_);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
       add_rows(x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       if constexpr (!Arch::parallel_blocks) {
         for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
-        matmul(pool, lw.w_gate, xb, gate);
-        matmul(pool, lw.w_up, xb, up);
+        matmul(pool, lw.w_gate, xb, gate, qscratch_);
+        matmul(pool, lw.w_up, xb, up, qscratch_);
       }
       if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::geglu) cpu::geglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-      matmul(pool, lw.w_down, gate, proj);
+      matmul(pool, lw.w_down, gate, proj, qscratch_);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
       add_rows(x, proj);
     }
@@ -4667,7 +6590,7 @@ class Transformer final : public Model {
     MatrixView<float> xf = xb.rows_slice(0, logit_rows.size());   // [rows wanted, n_embd]
     for (std::size_t r = 0; r < logit_rows.size(); ++r)
       cpu::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
-    matmul(pool, w_.output, xf, logits);
+    matmul(pool, w_.output, xf, logits, qscratch_);
     if constexpr (Arch::final_softcap)
       for (std::size_t t = 0; t < logits.rows; ++t) cpu::softcap(logits.row(t), logits.cols, c.final_softcap);
   }
@@ -4710,6 +6633,7 @@ class Transformer final : public Model {
   // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   AlignedBuffer<float> scores_buf_;   // [threads, cache capacity] attention scores
+  cpu::QuantScratch qscratch_;        // activations quantized for the quantized matmuls
   MatrixView<float> scores_;
 };
 
@@ -4739,12 +6663,16 @@ class LoadedModel {
     return *tokenizer_;
   }
   const std::string& path() const { return path_; }
+  // The file's tokenizer.chat_template (Jinja source), empty when it has none.
+  const std::string& chat_template() const { return chat_template_; }
+  void set_chat_template(std::string t) { chat_template_ = std::move(t); }
 
  private:
   std::shared_ptr<const void> storage_;   // declared first: destroyed after the model that points into it
   std::unique_ptr<Model> model_;
   std::optional<Tokenizer> tokenizer_;
   std::string path_;
+  std::string chat_template_;
 };
 
 namespace detail {
@@ -4772,27 +6700,8 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
                 f.name() + ", tensor " + tensor, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
   if (!matmul_supports(t.dtype))
     throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
-                "F32 or F16");
+                "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
   return {tensor, t.dtype, t.data, rows, cols};
-}
-
-inline std::optional<Tokenizer> gguf_tokenizer(const GGUFFile& f) {
-  if (!f.has("tokenizer.ggml.tokens") || f.get_string("tokenizer.ggml.model") != "llama") return std::nullopt;
-  std::vector<std::string> pieces = f.get_string_array("tokenizer.ggml.tokens");
-  const std::string marker = "\xE2\x96\x81";   // SentencePiece writes spaces as U+2581
-  for (auto& p : pieces) {
-    std::string spaced;
-    for (std::size_t i = 0; i < p.size();) {
-      if (p.compare(i, marker.size(), marker) == 0) { spaced += ' '; i += marker.size(); }
-      else { spaced += p[i++]; }
-    }
-    p = std::move(spaced);
-  }
-  std::vector<float> scores = f.has("tokenizer.ggml.scores") ? f.get_f32_array("tokenizer.ggml.scores")
-                                                              : std::vector<float>(pieces.size(), 0.0f);
-  return Tokenizer(std::move(pieces), std::move(scores),
-                   std::int32_t(f.get_u32_or("tokenizer.ggml.bos_token_id", 1)),
-                   std::int32_t(f.get_u32_or("tokenizer.ggml.eos_token_id", 2)));
 }
 
 inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size_t vocab) {
@@ -4921,11 +6830,13 @@ LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<cons
   else model = bind_gguf<Arch>(f, std::move(c), opt);
 
   std::optional<Tokenizer> tok = tokenizer_file(opt, vocab);
-  if (!tok) tok = gguf_tokenizer(f);
+  if (!tok && f.has("tokenizer.ggml.tokens")) tok = tokenizer_from_gguf(f);
   if (tok && tok->size() != vocab)
     throw Error("tokenizer has " + std::to_string(tok->size()) + " tokens", f.name(),
                 std::to_string(vocab) + " as token_embd.weight");
-  return LoadedModel(std::move(storage), std::move(model), std::move(tok), f.name());
+  LoadedModel lm(std::move(storage), std::move(model), std::move(tok), f.name());
+  if (f.has("tokenizer.chat_template")) lm.set_chat_template(f.get_string("tokenizer.chat_template"));
+  return lm;
 }
 
 // A llama2.c tokenizer beside the model: tok<vocab>.bin, or tokenizer.bin when vocab is 32000.
@@ -5359,5 +7270,653 @@ inline GenerateStats generate(ThreadPool& pool, Model& model, std::span<const st
   stats.generate_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   return stats;
 }
+
+}  // namespace tinyllm
+// ---- tinyllm/serve/block_pool.hpp ----
+// The paged KV cache's memory (vLLM's PagedAttention): one pool of fixed-size blocks allocated up
+// front. A block holds block_size positions of K and V for every layer. Blocks are ref-counted so
+// sequences can share them; a full block can be registered under the hash of its tokens (chained
+// with the hashes of the blocks before it), so a later request with the same prefix finds it.
+// Released blocks keep their contents and hash until reused, least recently released first.
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+
+namespace tinyllm {
+
+using BlockId = std::uint32_t;
+
+class KVBlockPool {
+ public:
+  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks)
+      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), blocks_(n_blocks) {
+    if (block_size == 0 || n_blocks == 0)
+      throw Error("a KV block pool needs blocks of at least one position", "KVBlockPool",
+                  "block_size >= 1 and n_blocks >= 1");
+    storage_.resize(n_blocks * block_floats());   // [n_blocks][n_layers][K, V][block_size][kv_dim]
+    for (BlockId b = 0; b < n_blocks; ++b) free_queue_.push_back({b, 0});
+    n_free_ = n_blocks;
+  }
+
+  // The most blocks whose storage fits in `bytes`.
+  static std::size_t blocks_for_bytes(const ModelConfig& cfg, std::size_t block_size, std::size_t bytes) {
+    return bytes / (block_size * cfg.n_layers * 2 * cfg.kv_dim() * sizeof(float));
+  }
+
+  std::size_t block_size() const { return block_size_; }
+  std::size_t n_blocks() const { return blocks_.size(); }
+  std::size_t n_free() const { return n_free_; }
+  std::size_t n_used() const { return blocks_.size() - n_free_; }
+  std::uint32_t ref_count(BlockId b) const { return blocks_.at(b).refs; }
+
+  float* keys(BlockId b, std::size_t layer) { return storage_.data() + b * block_floats() + layer * 2 * plane(); }
+  float* values(BlockId b, std::size_t layer) { return keys(b, layer) + plane(); }
+
+  // A block no one holds (evicting the oldest released one and its hash), with one reference;
+  // nullopt when every block is in use.
+  std::optional<BlockId> allocate() {
+    while (!free_queue_.empty()) {
+      const auto [b, stamp] = free_queue_.front();
+      free_queue_.pop_front();
+      Block& blk = blocks_[b];
+      if (blk.refs != 0 || blk.stamp != stamp) continue;   // revived or re-queued since: a stale entry
+      forget_hash(b);
+      blk.refs = 1;
+      --n_free_;
+      return b;
+    }
+    return std::nullopt;
+  }
+
+  void retain(BlockId b) {
+    Block& blk = blocks_.at(b);
+    if (blk.refs++ == 0) --n_free_;   // revived from the released-but-cached state
+  }
+
+  void release(BlockId b) {
+    Block& blk = blocks_.at(b);
+    if (blk.refs == 0) throw Error("KV block " + std::to_string(b) + " released more often than held", "KVBlockPool");
+    if (--blk.refs == 0) {
+      ++n_free_;
+      free_queue_.push_back({b, ++blk.stamp});
+    }
+  }
+
+  // Prefix cache: a full block's contents are known by the hash chain of the tokens up to its end.
+  void register_full(BlockId b, std::uint64_t hash) {
+    if (by_hash_.contains(hash)) return;   // an equal block is cached already
+    forget_hash(b);
+    blocks_.at(b).hash = hash;
+    by_hash_[hash] = b;
+  }
+  // The cached block with this hash, retained for the caller, or nullopt.
+  std::optional<BlockId> lookup(std::uint64_t hash) {
+    const auto it = by_hash_.find(hash);
+    if (it == by_hash_.end()) return std::nullopt;
+    retain(it->second);
+    return it->second;
+  }
+
+  // The hash of a block given the hash of the blocks before it (0 for the first) and its tokens.
+  static std::uint64_t chain_hash(std::uint64_t previous, std::span<const std::int32_t> tokens) {
+    std::uint64_t h = previous ^ 0x9e3779b97f4a7c15ull;   // FNV-1a over the 32-bit tokens, seeded by the chain
+    for (std::int32_t t : tokens) {
+      for (int byte = 0; byte < 4; ++byte) {
+        h ^= (std::uint32_t(t) >> (8 * byte)) & 0xffu;
+        h *= 0x100000001b3ull;
+      }
+    }
+    return h;
+  }
+
+ private:
+  struct Block {
+    std::uint32_t refs = 0;
+    std::uint32_t stamp = 0;                 // bumped at each release; tells live queue entries from stale
+    std::optional<std::uint64_t> hash;       // set while registered in the prefix cache
+  };
+  struct QueueEntry {
+    BlockId block;
+    std::uint32_t stamp;
+  };
+
+  std::size_t plane() const { return block_size_ * kv_dim_; }
+  std::size_t block_floats() const { return n_layers_ * 2 * plane(); }
+  void forget_hash(BlockId b) {
+    Block& blk = blocks_[b];
+    if (blk.hash) {
+      const auto it = by_hash_.find(*blk.hash);
+      if (it != by_hash_.end() && it->second == b) by_hash_.erase(it);
+      blk.hash.reset();
+    }
+  }
+
+  std::size_t block_size_, n_layers_, kv_dim_;
+  AlignedBuffer<float> storage_;
+  std::vector<Block> blocks_;
+  std::deque<QueueEntry> free_queue_;
+  std::size_t n_free_ = 0;
+  std::unordered_map<std::uint64_t, BlockId> by_hash_;
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/serve/paged_kv_cache.hpp ----
+// One sequence's view of the paged KV cache: a block table into a shared KVBlockPool. Position p
+// lives in block table[p / block_size] at row p % block_size; the model reaches it through
+// KVCache::layer like any other cache.
+#include <algorithm>
+#include <cstddef>
+#include <span>
+#include <vector>
+
+
+namespace tinyllm {
+
+class PagedKVCache final : public KVCache {
+ public:
+  PagedKVCache(KVBlockPool& pool, std::size_t n_layers, std::size_t kv_dim)
+      : pool_(&pool), kv_dim_(kv_dim), k_ptrs_(n_layers), v_ptrs_(n_layers) {}
+  PagedKVCache(const PagedKVCache&) = delete;
+  PagedKVCache& operator=(const PagedKVCache&) = delete;
+  ~PagedKVCache() override { clear(); }
+
+  KVLayerView layer(std::size_t l) override {
+    return {k_ptrs_[l].data(), v_ptrs_[l].data(), pool_->block_size(), kv_dim_};
+  }
+  std::size_t capacity() const override { return table_.size() * pool_->block_size(); }
+  std::span<const BlockId> blocks() const { return table_; }
+
+  // Appends a block the caller already holds a reference to; the table now owns that reference.
+  void append(BlockId b) {
+    table_.push_back(b);
+    for (std::size_t l = 0; l < k_ptrs_.size(); ++l) {
+      k_ptrs_[l].push_back(pool_->keys(b, l));
+      v_ptrs_[l].push_back(pool_->values(b, l));
+    }
+  }
+
+  // Grows the table until positions [0, n) fit; false (keeping what it got) when the pool runs out.
+  bool reserve(std::size_t n) {
+    while (capacity() < n) {
+      const auto b = pool_->allocate();
+      if (!b) return false;
+      append(*b);
+    }
+    return true;
+  }
+
+  // Copy on write: gives the block holding `pos` to this sequence alone before it is written.
+  bool make_writable(std::size_t pos) {
+    const std::size_t i = pos / pool_->block_size();
+    const BlockId shared = table_.at(i);
+    if (pool_->ref_count(shared) == 1) return true;
+    const auto fresh = pool_->allocate();
+    if (!fresh) return false;
+    for (std::size_t l = 0; l < k_ptrs_.size(); ++l) {
+      std::copy_n(pool_->keys(shared, l), 2 * pool_->block_size() * kv_dim_, pool_->keys(*fresh, l));  // K and V
+      k_ptrs_[l][i] = pool_->keys(*fresh, l);
+      v_ptrs_[l][i] = pool_->values(*fresh, l);
+    }
+    table_[i] = *fresh;
+    pool_->release(shared);
+    return true;
+  }
+
+  // Releases every block (they stay in the prefix cache until reused).
+  void clear() {
+    for (BlockId b : table_) pool_->release(b);
+    table_.clear();
+    for (auto& p : k_ptrs_) p.clear();
+    for (auto& p : v_ptrs_) p.clear();
+  }
+
+ private:
+  KVBlockPool* pool_;
+  std::size_t kv_dim_;
+  std::vector<BlockId> table_;
+  std::vector<std::vector<float*>> k_ptrs_, v_ptrs_;   // [n_layers][blocks]: the layer's K/V base of each block
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/serve/request.hpp ----
+// What a client asks the engine for, and what it gets back while a request runs.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+
+namespace tinyllm {
+
+using RequestId = std::uint64_t;
+
+struct Request {
+  std::string prompt;                     // encoded with BOS, unless `tokens` is given
+  std::vector<std::int32_t> tokens;       // the prompt as token ids (used when not empty)
+  std::size_t max_tokens = 128;           // generated tokens at most
+  SamplingParams sampling;
+  std::vector<std::string> stop;          // generation ends before the first of these strings
+  bool stop_at_eos = true;
+};
+
+enum class FinishReason { none, eos, stop, length, cancelled };
+
+inline const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::none: return "none";
+    case FinishReason::eos: return "eos";
+    case FinishReason::stop: return "stop";
+    case FinishReason::length: return "length";
+    case FinishReason::cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+struct RequestMetrics {
+  std::size_t prompt_tokens = 0, generated_tokens = 0, cached_prompt_tokens = 0, preemptions = 0;
+  double queue_seconds = 0;        // submit to first scheduled
+  double first_token_seconds = 0;  // submit to first generated token
+  double total_seconds = 0;        // submit to finish
+  double tokens_per_second() const {
+    const double decode = total_seconds - first_token_seconds;
+    return generated_tokens > 1 && decode > 0 ? double(generated_tokens - 1) / decode : 0;
+  }
+};
+
+// One streamed event: a generated token and its text (UTF-8 safe: a character split across
+// tokens arrives whole), or the end of the request with its reason and metrics.
+struct TokenEvent {
+  RequestId id = 0;
+  std::int32_t token = -1;      // -1 on a final event that carries no token
+  std::string text;
+  bool finished = false;
+  FinishReason reason = FinishReason::none;
+  RequestMetrics metrics;       // complete when finished
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/serve/engine.hpp ----
+// The serving engine: continuous batching over a paged KV cache (vLLM's design, small).
+//
+// Each step() schedules within a token budget: every running sequence that has caught up
+// decodes one token; sequences still prefilling get the next chunk of their prompt; waiting
+// requests are admitted while the budget, the sequence cap and free blocks allow. All scheduled
+// tokens of all sequences run as ONE batched forward, so every weight is read once per step.
+// When a sequence needs a block and none is free, the most recently admitted running sequence is
+// preempted: its blocks are released and it waits to be recomputed (its tokens so far are kept).
+// Full blocks are registered in the prefix cache, so requests sharing a prompt prefix reuse them.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+
+namespace tinyllm {
+
+struct EngineOptions {
+  std::size_t max_batch_tokens = 256;     // tokens per step (at most the model's max_batch)
+  std::size_t max_sequences = 64;         // running sequences at most
+  std::size_t block_size = 16;            // positions per KV block
+  std::size_t kv_blocks = 0;              // blocks in the pool; 0 = as many as kv_bytes holds
+  std::size_t kv_bytes = 256u << 20;
+  bool prefix_caching = true;
+  std::size_t max_waiting = 0;            // 0 = unbounded queue; else submit() refuses beyond it
+};
+
+struct EngineMetrics {
+  std::size_t blocks_total = 0, blocks_used = 0, blocks_free = 0;
+  std::size_t running = 0, waiting = 0, preemptions = 0, steps = 0;
+  std::size_t prefix_lookups = 0, prefix_hits = 0;   // full prompt blocks looked up / found
+  std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' blocks
+  double prefix_hit_rate() const { return prefix_lookups ? double(prefix_hits) / prefix_lookups : 0; }
+  double kv_waste() const { return slots_allocated ? double(slots_allocated - slots_used) / slots_allocated : 0; }
+};
+
+class Engine {
+ public:
+  using Callback = std::function<void(const TokenEvent&)>;
+
+  Engine(LoadedModel& model, ThreadPool& pool, const EngineOptions& opt = {})
+      : lm_(model), model_(model.model()), pool_(pool), opt_(opt),
+        blocks_(model.config(), opt.block_size,
+                opt.kv_blocks ? opt.kv_blocks : KVBlockPool::blocks_for_bytes(model.config(), opt.block_size, opt.kv_bytes)) {
+    opt_.max_batch_tokens = std::min(opt_.max_batch_tokens, model_.max_batch());
+    if (opt_.max_batch_tokens == 0 || opt_.max_sequences == 0)
+      throw Error("engine needs a token budget and a sequence cap", "EngineOptions", "both >= 1");
+    logits_.resize(opt_.max_sequences * model.config().vocab_size);
+  }
+
+  // Thread-safe. Throws tinyllm::Error for a request that can never run (empty, bad tokens,
+  // longer than the context or the whole KV cache) or when the queue is full.
+  RequestId submit(Request req, Callback on_event) {
+    std::vector<std::int32_t> tokens = req.tokens.empty() ? lm_.tokenizer().encode(req.prompt, true) : req.tokens;
+    if (tokens.empty()) throw Error("request has an empty prompt", "submit", "at least one token");
+    const std::size_t vocab = model_.config().vocab_size;
+    for (std::int32_t t : tokens)
+      if (t < 0 || std::size_t(t) >= vocab)
+        throw Error("prompt token " + std::to_string(t) + " out of range", "submit", "0 <= id < " + std::to_string(vocab));
+    const std::size_t need = tokens.size() + req.max_tokens;
+    const std::size_t limit = std::min(model_.config().context, blocks_.n_blocks() * blocks_.block_size());
+    if (tokens.size() + 1 > limit || (req.max_tokens == 0))
+      throw Error("prompt of " + std::to_string(tokens.size()) + " tokens does not fit", "submit",
+                  "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
+    auto seq = std::make_unique<Sequence>(blocks_, model_.config(), req, std::move(on_event), vocab);
+    seq->tokens = std::move(tokens);
+    seq->n_prompt = seq->tokens.size();
+    seq->max_total = std::min(need, limit);
+    seq->submitted = Clock::now();
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    if (opt_.max_waiting && inbox_.size() + n_waiting_ >= opt_.max_waiting)
+      throw Error("the request queue is full", "submit", "at most " + std::to_string(opt_.max_waiting) + " waiting");
+    seq->id = next_id_++;
+    inbox_.push_back(std::move(seq));
+    return next_id_ - 1;
+  }
+
+  // Thread-safe; takes effect at the next step. Unknown or finished ids are ignored.
+  void cancel(RequestId id) {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    cancelled_.insert(id);
+  }
+
+  // One scheduler iteration. Returns false when there was nothing to do.
+  bool step() {
+    take_inbox();
+    if (running_.empty() && waiting_.empty()) return false;
+    schedule();
+    if (!batch_tokens_.empty()) run_batch();
+    ++metrics_.steps;
+    return true;
+  }
+
+  void run_until_idle() {
+    while (step()) {}
+  }
+
+  bool idle() {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    return inbox_.empty() && running_.empty() && waiting_.empty();
+  }
+
+  EngineMetrics metrics() const {
+    EngineMetrics m = metrics_;
+    m.blocks_total = blocks_.n_blocks();
+    m.blocks_free = blocks_.n_free();
+    m.blocks_used = blocks_.n_used();
+    m.running = running_.size();
+    m.waiting = waiting_.size();
+    m.slots_allocated = m.slots_used = 0;
+    for (const auto& s : running_) {
+      m.slots_allocated += s->cache.capacity();
+      m.slots_used += s->n_computed;
+    }
+    return m;
+  }
+  const KVBlockPool& block_pool() const { return blocks_; }
+
+  // Block accounting: every block's reference count equals the number of running sequences'
+  // tables that hold it, and waiting sequences hold none. Throws tinyllm::Error naming the first
+  // block that disagrees (a leak or a double free).
+  void audit() const {
+    std::vector<std::uint32_t> held(blocks_.n_blocks(), 0);
+    for (const auto& s : running_)
+      for (BlockId b : s->cache.blocks()) ++held[b];
+    for (const auto& s : waiting_)
+      if (!s->cache.blocks().empty()) throw Error("waiting request " + std::to_string(s->id) + " holds KV blocks", "Engine::audit");
+    std::size_t used = 0;
+    for (BlockId b = 0; b < held.size(); ++b) {
+      if (blocks_.ref_count(b) != held[b])
+        throw Error("KV block " + std::to_string(b) + " has " + std::to_string(blocks_.ref_count(b)) + " references",
+                    "Engine::audit", std::to_string(held[b]) + " held by sequences");
+      used += held[b] > 0;
+    }
+    if (used != blocks_.n_used())
+      throw Error(std::to_string(blocks_.n_used()) + " blocks counted as used", "Engine::audit", std::to_string(used));
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  struct Sequence {
+    Sequence(KVBlockPool& pool, const ModelConfig& c, const Request& r, Callback cb, std::size_t vocab)
+        : cache(pool, c.n_layers, c.kv_dim()), request(r), on_event(std::move(cb)), sampler(r.sampling, vocab) {}
+    RequestId id = 0;
+    PagedKVCache cache;
+    Request request;
+    Callback on_event;
+    Sampler sampler;
+    std::vector<std::int32_t> tokens;     // prompt, then generated
+    std::size_t n_prompt = 0, max_total = 0;
+    std::size_t n_computed = 0;           // tokens whose K/V are in the cache
+    std::size_t n_registered = 0;         // full blocks entered in the prefix cache
+    std::uint64_t last_hash = 0;          // chain hash of the registered blocks
+    std::size_t chunk = 0;                // tokens scheduled this step
+    Utf8Stream utf8;
+    std::string held;                     // text held back while it may begin a stop string
+    RequestMetrics metrics;
+    Clock::time_point submitted;
+    bool started = false;
+  };
+  using SeqPtr = std::unique_ptr<Sequence>;
+
+  void take_inbox() {
+    std::unordered_set<RequestId> cancelled;
+    {
+      std::lock_guard<std::mutex> lock(inbox_mutex_);
+      for (auto& s : inbox_) waiting_.push_back(std::move(s));
+      inbox_.clear();
+      cancelled.swap(cancelled_);
+      n_waiting_ = waiting_.size();
+    }
+    if (cancelled.empty()) return;
+    auto drop = [&](std::deque<SeqPtr>& q) {
+      for (auto it = q.begin(); it != q.end();) {
+        if (cancelled.contains((*it)->id)) {
+          finish(**it, FinishReason::cancelled);
+          it = q.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    };
+    drop(running_);
+    drop(waiting_);
+  }
+
+  // Gives `s` blocks up to `n` positions, preempting the newest running sequences other than `s`
+  // when the pool is empty. False when even that cannot free enough.
+  bool reserve(Sequence& s, std::size_t n) {
+    while (!s.cache.reserve(n)) {
+      if (running_.empty() || running_.back().get() == &s) return false;
+      preempt_newest();
+    }
+    return true;
+  }
+
+  void preempt_newest() {
+    SeqPtr victim = std::move(running_.back());
+    running_.pop_back();
+    victim->cache.clear();
+    victim->n_computed = victim->n_registered = 0;
+    victim->last_hash = 0;
+    ++victim->metrics.preemptions;
+    ++metrics_.preemptions;
+    waiting_.push_front(std::move(victim));
+  }
+
+  // Prefix cache: take the cached blocks of the known tokens' full blocks (but leave at least the
+  // last token to compute, whose logits are needed).
+  void reuse_prefix(Sequence& s) {
+    if (!opt_.prefix_caching) return;
+    const std::size_t bs = blocks_.block_size();
+    std::uint64_t h = 0;
+    for (std::size_t b = 0; (b + 1) * bs < s.tokens.size(); ++b) {
+      h = KVBlockPool::chain_hash(h, std::span(s.tokens).subspan(b * bs, bs));
+      ++metrics_.prefix_lookups;
+      const auto hit = blocks_.lookup(h);
+      if (!hit) break;
+      ++metrics_.prefix_hits;
+      s.cache.append(*hit);
+      s.n_computed = s.n_registered = b + 1;
+      s.n_computed *= bs;
+      s.last_hash = h;
+    }
+    s.metrics.cached_prompt_tokens = std::max(s.metrics.cached_prompt_tokens, s.n_computed);
+  }
+
+  void schedule() {
+    batch_tokens_.clear();
+    batch_positions_.clear();
+    slices_.clear();
+    std::size_t budget = opt_.max_batch_tokens;
+    // Running sequences first, oldest first: decodes (1 token) and prefill chunks.
+    for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
+      Sequence& s = *running_[i];
+      const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed);
+      if (!reserve(s, s.n_computed + want)) {   // nothing left to preempt: this one waits too
+        preempt_newest();
+        --i;
+        continue;
+      }
+      s.chunk = want;
+      budget -= want;
+    }
+    // Then admit waiting requests while the budget, the cap and the blocks allow.
+    while (budget > 0 && !waiting_.empty() && running_.size() < opt_.max_sequences) {
+      Sequence& s = *waiting_.front();
+      reuse_prefix(s);
+      const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed);
+      if (!s.cache.reserve(s.n_computed + want)) {
+        s.cache.clear();   // its prefix blocks go back too; it is first in line next step
+        s.n_computed = s.n_registered = 0;
+        s.last_hash = 0;
+        break;
+      }
+      if (!s.started) {
+        s.started = true;
+        s.metrics.queue_seconds = seconds_since(s.submitted);
+      }
+      s.chunk = want;
+      budget -= want;
+      running_.push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+    }
+    for (auto& sp : running_) {
+      Sequence& s = *sp;
+      if (s.chunk == 0) continue;
+      for (std::size_t t = 0; t < s.chunk; ++t) {
+        batch_tokens_.push_back(s.tokens[s.n_computed + t]);
+        batch_positions_.push_back(std::int32_t(s.n_computed + t));
+      }
+      const bool reaches_end = s.n_computed + s.chunk == s.tokens.size();
+      slices_.push_back({&s.cache, batch_tokens_.size() - s.chunk, s.chunk, reaches_end});
+    }
+  }
+
+  void run_batch() {
+    std::size_t n_logits = 0;
+    for (const auto& sl : slices_) n_logits += sl.wants_logits;
+    const std::size_t vocab = model_.config().vocab_size;
+    model_.forward_batch(pool_, batch_tokens_, batch_positions_, slices_,
+                         MatrixView<float>(logits_.data(), n_logits, vocab));
+    std::size_t row = 0;
+    std::vector<Sequence*> done;
+    for (auto& sp : running_) {
+      Sequence& s = *sp;
+      if (s.chunk == 0) continue;
+      s.n_computed += s.chunk;
+      const bool sampled = s.n_computed == s.tokens.size();
+      s.chunk = 0;
+      register_full_blocks(s);
+      if (!sampled) continue;
+      const std::int32_t next = s.sampler.sample(std::span(logits_.data() + row++ * vocab, vocab), s.tokens);
+      if (emit(s, next) != FinishReason::none) done.push_back(&s);
+    }
+    for (Sequence* s : done) {
+      const auto it = std::find_if(running_.begin(), running_.end(), [&](const SeqPtr& p) { return p.get() == s; });
+      running_.erase(it);
+    }
+  }
+
+  void register_full_blocks(Sequence& s) {
+    if (!opt_.prefix_caching) return;
+    const std::size_t bs = blocks_.block_size();
+    while ((s.n_registered + 1) * bs <= s.n_computed) {
+      s.last_hash = KVBlockPool::chain_hash(s.last_hash, std::span(s.tokens).subspan(s.n_registered * bs, bs));
+      blocks_.register_full(s.cache.blocks()[s.n_registered], s.last_hash);
+      ++s.n_registered;
+    }
+  }
+
+  // Appends a sampled token, streams its text, and finishes the sequence when a stop condition
+  // holds. Returns the finish reason (none while it goes on).
+  FinishReason emit(Sequence& s, std::int32_t token) {
+    const Tokenizer& tok = lm_.tokenizer();
+    if (s.metrics.generated_tokens == 0) s.metrics.first_token_seconds = seconds_since(s.submitted);
+    ++s.metrics.generated_tokens;
+    const std::int32_t prev = s.tokens.back();
+    s.tokens.push_back(token);
+    if (s.request.stop_at_eos && token == tok.eos()) return finish(s, FinishReason::eos, token);
+    s.held += s.utf8.push(tok.decode(prev, token));
+    std::size_t cut = std::string::npos;
+    for (const auto& stop : s.request.stop)
+      if (!stop.empty()) cut = std::min(cut, s.held.find(stop));
+    if (cut != std::string::npos) {
+      s.held.resize(cut);
+      return finish(s, FinishReason::stop, token);
+    }
+    if (s.tokens.size() >= s.max_total) return finish(s, FinishReason::length, token);
+    // Hold back the longest tail that could still grow into a stop string.
+    std::size_t keep = 0;
+    for (const auto& stop : s.request.stop)
+      for (std::size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), s.held.size()); k > keep; --k)
+        if (s.held.compare(s.held.size() - k, k, stop, 0, k) == 0) { keep = k; break; }
+    TokenEvent ev{.id = s.id, .token = token, .text = s.held.substr(0, s.held.size() - keep)};
+    s.held.erase(0, s.held.size() - keep);
+    s.on_event(ev);
+    return FinishReason::none;
+  }
+
+  FinishReason finish(Sequence& s, FinishReason why, std::int32_t token = -1) {
+    if (why != FinishReason::stop && why != FinishReason::cancelled) s.held += s.utf8.flush();
+    s.metrics.prompt_tokens = s.n_prompt;
+    s.metrics.total_seconds = seconds_since(s.submitted);
+    TokenEvent ev{.id = s.id, .token = token, .text = why == FinishReason::cancelled ? "" : s.held,
+                  .finished = true, .reason = why, .metrics = s.metrics};
+    s.cache.clear();
+    s.on_event(ev);
+    return why;
+  }
+
+  static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+  LoadedModel& lm_;
+  Model& model_;
+  ThreadPool& pool_;
+  EngineOptions opt_;
+  KVBlockPool blocks_;
+  std::deque<SeqPtr> running_, waiting_;   // running_ in admission order
+  std::mutex inbox_mutex_;
+  std::vector<SeqPtr> inbox_;
+  std::unordered_set<RequestId> cancelled_;
+  std::size_t n_waiting_ = 0;
+  RequestId next_id_ = 1;
+  std::vector<std::int32_t> batch_tokens_, batch_positions_;
+  std::vector<SequenceSlice> slices_;
+  AlignedBuffer<float> logits_;            // [max_sequences, vocab]
+  EngineMetrics metrics_;
+};
 
 }  // namespace tinyllm

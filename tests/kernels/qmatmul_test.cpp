@@ -76,7 +76,7 @@ struct Weights {
   std::size_t rows, cols, stride;
   std::vector<Block> data;
   Weights(std::size_t r, std::size_t c, std::size_t pad, std::mt19937& rng)
-      : rows(r), cols(c), stride(c / cpu::block_values<Block> + pad), data(r * stride + 1, poison_block<Block>()) {
+      : rows(r), cols(c), stride(c / cpu::block_values<Block> + pad), data(r * stride, poison_block<Block>()) {
     for (std::size_t o = 0; o < rows; ++o)
       for (std::size_t b = 0; b < cols / cpu::block_values<Block>; ++b) data[o * stride + b] = random_block<Block>(rng);
   }
@@ -283,7 +283,7 @@ TEST_CASE(QMATMUL_TEST_PREFIX " extreme quants and activations") {
   }
 }
 
-TEST_CASE(QMATMUL_TEST_PREFIX " run-time dispatch: same bits as the typed call; unsupported types throw") {
+TEST_CASE(QMATMUL_TEST_PREFIX " run-time dispatch gives the typed call's bits and throws for unsupported types") {
   ThreadPool pool(2);
   cpu::QuantScratch scratch(5, 512);
   std::mt19937 rng(99);
@@ -379,7 +379,7 @@ void check_quantizer(std::size_t group) {
   }
 }
 
-TEST_CASE(QMATMUL_TEST_PREFIX " activation quantizer: scales, rounding, sums; agrees with quant/") {
+TEST_CASE(QMATMUL_TEST_PREFIX " activation quantizer: scales and rounding and sums agree with quant/") {
   for (std::size_t group : {1, 8}) {
     check_quantizer<BlockQ8_0>(group);
     check_quantizer<BlockQ4_0>(group);
