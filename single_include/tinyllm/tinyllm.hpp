@@ -5232,7 +5232,7 @@ class ContiguousKVCache final : public KVCache {
 // scales are applied per block or sub-block, in float or, for the K-quants' integer sub-block
 // scales, with vpdpwssd before one conversion per 256 values.
 //
-// Two loop nests; the threads claim ranges of output rows in turn (claim_ranges):
+// Two loop nests, both split over the output rows:
 //   decode (fewer than kPrefillMinTokens tokens): 4 weight rows × 2 tokens in registers, dot
 //     products along the rows; each weight vector is unpacked once for the tokens, the weights
 //     stream from memory once, with the next rows prefetched.
@@ -5247,7 +5247,6 @@ class ContiguousKVCache final : public KVCache {
 // the same integer sums with int16 multiply-adds.
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
@@ -5514,15 +5513,17 @@ HWY_INLINE __m512i load_table(const T& t) { return _mm512_load_si512(t.v); }
 struct FmtQ4_0 {
   using Block = BlockQ4_0;
   static constexpr int offset = 8;
-  // Quants [block 0: 32 | block 1: 32], zeros for a missing second block. Plain loads only: masked
-  // ones defeat the hardware prefetcher on some CPUs (Zen 5: 4x slower).
+  // Quants [block 0: 32 | block 1: 32] (zeros for a missing second block) and scales [d0 × 8, d1 × 8].
+  // Plain loads only: masked ones defeat the hardware prefetcher on some CPUs (Zen 5: 4x slower).
   template <bool kTwo>
-  static HWY_INLINE __m512i weights(const Block* p) {
+  static HWY_INLINE void load(const Block* p, __m512i& w, __m512& s) {
     const __m512i q0 = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[0].qs)));
     const __m512i z =  // [qs0, qs0, qs1, qs1]
         kTwo ? _mm512_mask_broadcast_i32x4(q0, 0xFF00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p[1].qs)))
              : _mm512_maskz_mov_epi64(0x0F, q0);
-    return _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xFF00FF00u, z, 4), _mm512_set1_epi8(0x0F));
+    w = _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xFF00FF00u, z, 4), _mm512_set1_epi8(0x0F));
+    const __m256i d0 = _mm256_set1_epi16(short(p[0].d));
+    s = _mm512_cvtph_ps(kTwo ? _mm256_mask_set1_epi16(d0, 0xFF00, short(p[1].d)) : _mm256_maskz_mov_epi16(0x00FF, d0));
   }
 };
 
@@ -5531,20 +5532,16 @@ struct FmtQ8_0 {
   using Block = BlockQ8_0;
   static constexpr int offset = 128;
   template <bool kTwo>
-  static HWY_INLINE __m512i weights(const Block* p) {
-    const __m256i q0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[0].qs));
-    const __m256i q1 = kTwo ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[1].qs)) : _mm256_setzero_si256();
-    return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), _mm512_set1_epi8(char(0x80)));
+  static HWY_INLINE void load(const Block* p, __m512i& w, __m512& s) {
+    static constexpr auto kScales = make_words([](int i) { return i < 8 ? 0 : 17; });
+    const auto* b = reinterpret_cast<const std::uint8_t*>(p);
+    const __m256i q0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
+    const __m256i q1 = kTwo ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 36)) : _mm256_setzero_si256();
+    w = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), _mm512_set1_epi8(char(0x80)));
+    const __m512i v = kTwo ? _mm512_loadu_si512(b) : _mm512_maskz_loadu_epi8((1ull << 34) - 1, b);
+    s = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(load_table(kScales), v)));
   }
 };
-
-// The f16 scales that lead blocks p[0 .. n), n <= 16, as floats; zeros after.
-template <class Block>
-HWY_INLINE __m512 block_scales(const Block* p, std::size_t n) {
-  static constexpr auto kOffsets = make_dwords([](int i) { return i * int(sizeof(Block)); });
-  const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), __mmask16((1u << n) - 1), load_table(kOffsets), p, 1);
-  return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
-}
 
 // The 6-bit scales and mins of Q4_K and Q5_K as 16 bytes [sc0..sc7, m0..m7] (llama.cpp's unpacking).
 HWY_INLINE __m128i k4_scales_mins(const std::uint8_t* s) {
@@ -5719,53 +5716,45 @@ class Prefetcher {
 };
 
 // y[t * y_stride + r] = row r of w · token t0 + t, for Q4_0 / Q8_0 weights of nb blocks per row.
-// Per 16 blocks, each row's scales times each token's come as one vector (a gather); a chunk of
-// two blocks then takes its pair of them with one permute.
 template <class Fmt, std::size_t R, std::size_t T>
 void legacy_dot(const typename Fmt::Block* w, std::size_t w_stride, std::size_t nb, const QuantizedActs& a,
                 std::size_t t0, float* y, std::size_t y_stride, Prefetcher next) {
   static constexpr auto kPair = make_dwords([](int i) { return i / 8; });
+  const __m512i pair = load_table(kPair);
   const __m512i offset = _mm512_set1_epi8(char(Fmt::offset));
   const __m512i zero = _mm512_setzero_si512();
   __m512 acc[R][T];
   for (std::size_t r = 0; r < R; ++r)
     for (std::size_t t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
 
-  for (std::size_t g = 0; g < nb; g += 16) {
-    const std::size_t ng = std::min<std::size_t>(16, nb - g);
-    __m512 scale[R][T];  // lane i: d_w * d_x of block g + i
-    {
-      __m512 dx[T];
-      for (std::size_t t = 0; t < T; ++t) dx[t] = _mm512_maskz_loadu_ps(__mmask16((1u << ng) - 1), a.d_row(t0 + t) + g);
-      for (std::size_t r = 0; r < R; ++r) {
-        const __m512 dw = block_scales(w + r * w_stride + g, ng);
-        for (std::size_t t = 0; t < T; ++t) scale[r][t] = _mm512_mul_ps(dw, dx[t]);
-      }
+  auto chunk = [&](std::size_t b, auto two) {
+    constexpr bool kTwo = decltype(two)::value;
+    __m512i xq[T], bias[T];
+    __m512 dx[T];
+    for (std::size_t t = 0; t < T; ++t) {
+      const std::int8_t* q = a.q_row(t0 + t) + 32 * b;
+      xq[t] = kTwo ? _mm512_loadu_si512(q) : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+      // Each lane's share of -offset * sum(x) for the weights' offset.
+      bias[t] = _mm512_sub_epi32(zero, dpbusd(zero, offset, xq[t]));
+      const float* d = a.d_row(t0 + t) + b;
+      const __m128 d2 = kTwo ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(d))) : _mm_load_ss(d);
+      dx[t] = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(d2));
     }
-    auto chunk = [&](std::size_t c, auto two) {  // blocks g + c and, if two, g + c + 1
-      constexpr bool kTwo = decltype(two)::value;
-      __m512i xq[T], bias[T];
-      for (std::size_t t = 0; t < T; ++t) {
-        const std::int8_t* q = a.q_row(t0 + t) + 32 * (g + c);
-        xq[t] = kTwo ? _mm512_loadu_si512(q) : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
-        // Each lane's share of -offset * sum(x) for the weights' offset.
-        bias[t] = _mm512_sub_epi32(zero, dpbusd(zero, offset, xq[t]));
-      }
-      const __m512i pair = _mm512_add_epi32(load_table(kPair), _mm512_set1_epi32(int(c)));
-      for (std::size_t r = 0; r < R; ++r) {
-        const __m512i wq = Fmt::template weights<kTwo>(w + r * w_stride + g + c);
-        for (std::size_t t = 0; t < T; ++t)
-          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dpbusd(bias[t], wq, xq[t])),
-                                      _mm512_permutexvar_ps(pair, scale[r][t]), acc[r][t]);
-      }
-    };
-    std::size_t c = 0;
-    for (; c + 2 <= ng; c += 2) {
-      next.step();
-      chunk(c, std::true_type{});
+    for (std::size_t r = 0; r < R; ++r) {
+      __m512i wq;
+      __m512 ws;
+      Fmt::template load<kTwo>(w + r * w_stride + b, wq, ws);
+      for (std::size_t t = 0; t < T; ++t)
+        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dpbusd(bias[t], wq, xq[t])), _mm512_mul_ps(ws, dx[t]), acc[r][t]);
     }
-    if (c < ng) chunk(c, std::false_type{});
+  };
+  std::size_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    next.step();
+    chunk(b, std::true_type{});
   }
+  if (b < nb) chunk(b, std::false_type{});
+
   for (std::size_t t = 0; t < T; ++t)
     for (std::size_t r = 0; r < R; ++r) y[t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
@@ -5872,9 +5861,11 @@ void unpack_legacy(const typename Fmt::Block* w, std::size_t w_stride, std::size
     const bool two = c + 1 < nb;
     __m512i v[16];
     for (std::size_t r = 0; r < 16; ++r) {
-      v[r] = r >= nr ? _mm512_setzero_si512()
-             : two   ? Fmt::template weights<true>(w + r * w_stride + b0 + c)
-                     : Fmt::template weights<false>(w + r * w_stride + b0 + c);
+      __m512 unused;
+      v[r] = _mm512_setzero_si512();
+      if (r >= nr) continue;
+      if (two) Fmt::template load<true>(w + r * w_stride + b0 + c, v[r], unused);
+      else Fmt::template load<false>(w + r * w_stride + b0 + c, v[r], unused);
     }
     transpose16(v);
     for (std::size_t k = 0; k < (two ? 16u : 8u); ++k) _mm512_store_si512(p.w[8 * c + k], v[k]);
@@ -6086,33 +6077,18 @@ void decode_rows(MatrixView<const typename Fmt::Block> w, const QuantizedActs& a
   }
 }
 
-// Runs f(begin, end) over [0, n) in ranges of `chunk` that the pool's threads claim in turn, so
-// a thread slowed by a busy core leaves more of the work to the others. Each range is computed
-// by one thread in a fixed order: the results do not depend on who claimed what.
-template <class F>
-void claim_ranges(ThreadPool& pool, std::size_t n, std::size_t chunk, F&& f) {
-  std::atomic<std::size_t> next{0};
-  pool.run([&](unsigned, unsigned) {
-    for (std::size_t b; (b = next.fetch_add(chunk, std::memory_order_relaxed)) < n;) f(b, std::min(n, b + chunk));
-  });
-}
-
-// Rows per claimed range: decode about 64 KiB of weights (a few microseconds of streaming),
-// prefill one panel of 16 rows (all the tokens against it).
-inline constexpr std::size_t kDecodeClaimBytes = 64 * 1024;
-
 template <class Block>
 void qmatmul_vnni(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float> x, MatrixView<float> y,
                   QuantScratch& scratch) {
   using Fmt = typename VnniFmt<Block>::type;
   if (x.rows < kPrefillMinTokens) {
     const QuantizedActs a = quantize_activations<Block>(pool, x, scratch);
-    const std::size_t row_bytes = w.cols / block_values<Block> * sizeof(Block);
-    const std::size_t chunk = std::max<std::size_t>(1, kDecodeClaimBytes / row_bytes / kDecodeRows) * kDecodeRows;
-    claim_ranges(pool, w.rows, chunk, [&](std::size_t o0, std::size_t o1) { decode_rows<Fmt>(w, a, y, o0, o1); });
+    pool.parallel_for(
+        w.rows, [&](std::size_t o0, std::size_t o1) { decode_rows<Fmt>(w, a, y, o0, o1); }, kDecodeRows);
   } else {
     const QuantizedActs a = quantize_activations<Block>(pool, x, scratch, kPanelTokens);
-    claim_ranges(pool, w.rows, kPanelRows, [&](std::size_t o0, std::size_t o1) { prefill_rows<Fmt>(w, a, y, o0, o1); });
+    pool.parallel_for(
+        w.rows, [&](std::size_t o0, std::size_t o1) { prefill_rows<Fmt>(w, a, y, o0, o1); }, kPanelRows);
   }
 }
 
