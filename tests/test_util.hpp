@@ -1,10 +1,13 @@
 #pragma once
 // Helpers shared by the tests: where the shared test data lives, and how a test skips without it.
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -29,6 +32,30 @@ inline std::vector<float> read_f32(const std::filesystem::path& p) {
   std::vector<float> v(b.size() / sizeof(float));
   std::memcpy(v.data(), b.data(), v.size() * sizeof(float));
   return v;
+}
+
+// The ids after "key:" on the first line of a reference header that starts with it (up to a "#").
+inline std::vector<std::int32_t> header_ids(const std::filesystem::path& header, const std::string& key) {
+  std::ifstream in(header);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) != 0) continue;
+    std::istringstream words(line.substr(key.size() + 1));
+    std::vector<std::int32_t> ids;
+    for (std::string w; words >> w && w != "#";) ids.push_back(std::stoi(w));
+    return ids;
+  }
+  FAIL("no '" << key << "' line in " << header);
+  return {};
+}
+
+// The gap between the largest and the second largest of n logits.
+inline float top2_gap(const float* row, std::size_t n) {
+  float a = -INFINITY, b = -INFINITY;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (row[i] > a) { b = a; a = row[i]; } else if (row[i] > b) { b = row[i]; }
+  }
+  return a - b;
 }
 
 }  // namespace tinyllm::test

@@ -16,35 +16,13 @@ using namespace tinyllm;
 
 namespace {
 
-std::vector<std::int32_t> header_ids(const std::filesystem::path& header, const std::string& key) {
-  std::ifstream in(header);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) != 0) continue;
-    std::istringstream words(line.substr(key.size() + 1));
-    std::vector<std::int32_t> ids;
-    for (std::string w; words >> w && w != "#";) ids.push_back(std::stoi(w));
-    return ids;
-  }
-  FAIL("no '" << key << "' line in " << header);
-  return {};
-}
-
-float top2_gap(const float* row, std::size_t n) {
-  float a = -INFINITY, b = -INFINITY;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (row[i] > a) { b = a; a = row[i]; } else if (row[i] > b) { b = row[i]; }
-  }
-  return a - b;
-}
-
 void compare(const float* got, const float* want, std::size_t rows, std::size_t vocab, float tol, const std::string& what) {
   float worst = 0;
   for (std::size_t r = 0; r < rows; ++r) {
     const float* g = got + r * vocab;
     const float* w = want + r * vocab;
     for (std::size_t i = 0; i < vocab; ++i) worst = std::max(worst, std::fabs(g[i] - w[i]));
-    if (top2_gap(w, vocab) > 1e-2f)
+    if (test::top2_gap(w, vocab) > 1e-2f)
       CHECK_MESSAGE(argmax(std::span(g, vocab)) == argmax(std::span(w, vocab)), what << " row " << r);
   }
   MESSAGE(what << ": max abs difference to llama.cpp " << worst << " (tolerance " << tol << ")");
@@ -56,8 +34,8 @@ void check_against_llama_cpp(const std::string& model, const std::string& ref, f
   const auto dir = test::testdata("arch");
   LoadedModel lm = load((dir / (model + ".gguf")).string());
   const auto header = dir / (ref + ".header.txt");
-  const auto ids = header_ids(header, "ids");
-  const auto greedy = header_ids(header, "greedy_ids");
+  const auto ids = test::header_ids(header, "ids");
+  const auto greedy = test::header_ids(header, "greedy_ids");
   const auto prompt_want = test::read_f32(dir / (ref + ".logits.f32"));
   const auto decode_want = test::read_f32(dir / (ref + ".decode.f32"));
   const std::size_t vocab = lm.config().vocab_size, n = ids.size(), steps = decode_want.size() / vocab;

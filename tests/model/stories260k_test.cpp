@@ -14,32 +14,10 @@ using namespace tinyllm;
 
 namespace {
 
-std::vector<std::int32_t> header_ids(const std::filesystem::path& header, const std::string& key) {
-  std::ifstream in(header);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) != 0) continue;
-    std::istringstream words(line.substr(key.size() + 1));
-    std::vector<std::int32_t> ids;
-    for (std::int32_t id; words >> id;) ids.push_back(id);
-    return ids;
-  }
-  FAIL("no '" << key << "' line in " << header);
-  return {};
-}
-
 LoadedModel load_stories() {
   LoadOptions opt;
   opt.tokenizer_path = test::testdata("llama2c/tok512.bin").string();
   return load(test::testdata("llama2c/stories260K.bin").string(), opt);
-}
-
-float top2_gap(const float* row, std::size_t n) {
-  float a = -INFINITY, b = -INFINITY;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (row[i] > a) { b = a; a = row[i]; } else if (row[i] > b) { b = row[i]; }
-  }
-  return a - b;
 }
 
 // Compares logits rows with llama2.c's: max abs difference, and argmax where the top-two gap is clear.
@@ -51,7 +29,7 @@ void compare_rows(const std::vector<float>& got, const std::vector<float>& want,
     const float* g = got.data() + r * vocab;
     const float* w = want.data() + r * vocab;
     for (std::size_t i = 0; i < vocab; ++i) worst = std::max(worst, std::fabs(g[i] - w[i]));
-    if (top2_gap(w, vocab) > clear_gap)
+    if (test::top2_gap(w, vocab) > clear_gap)
       REQUIRE_MESSAGE(argmax(std::span(g, vocab)) == argmax(std::span(w, vocab)), "row " << r);
   }
   MESSAGE("max abs logit difference to llama2.c: " << worst);
@@ -70,7 +48,7 @@ TEST_CASE("stories260K: prompt encodes like llama2.c") {
 TEST_CASE("stories260K: logits of 25 positions match llama2.c within 1e-4, batched and one by one") {
   TINYLLM_REQUIRE_TESTDATA("reference/once_upon_a_time_p25.logits.f32");
   LoadedModel lm = load_stories();
-  const auto ids = header_ids(test::testdata("reference/once_upon_a_time_p25.header.txt"), "input_tokens");
+  const auto ids = test::header_ids(test::testdata("reference/once_upon_a_time_p25.header.txt"), "input_tokens");
   const auto want = test::read_f32(test::testdata("reference/once_upon_a_time_p25.logits.f32"));
   const std::size_t vocab = lm.config().vocab_size, n = ids.size();
   REQUIRE(n == 25);
@@ -103,7 +81,7 @@ TEST_CASE("stories260K: 200 positions in chunks of 7 match llama2.c where its ar
   opt.max_batch = 7;   // prefill in chunks whose edges fall anywhere
   opt.tokenizer_path = test::testdata("llama2c/tok512.bin").string();
   LoadedModel lm = load(test::testdata("llama2c/stories260K.bin").string(), opt);
-  const auto ids = header_ids(test::testdata("reference/once_upon_a_time_p200.header.txt"), "input_tokens");
+  const auto ids = test::header_ids(test::testdata("reference/once_upon_a_time_p200.header.txt"), "input_tokens");
   const auto want = test::read_f32(test::testdata("reference/once_upon_a_time_p200.logits.f32"));
   const std::size_t vocab = lm.config().vocab_size, n = ids.size();
   std::vector<std::int32_t> pos(n);
