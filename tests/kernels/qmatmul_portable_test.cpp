@@ -3,3 +3,5 @@
 #define TINYLLM_QMATMUL_PORTABLE
 #define QMATMUL_TEST_PREFIX "cpu::qmatmul (portable path)"
 #include "qmatmul_test.cpp"
+
+static_assert(!TINYLLM_QMATMUL_VNNI, "this test must build the portable path");

@@ -11,6 +11,7 @@
 // A second, tighter check compares with sum_i w_i * d_b q_i computed in double from the same
 // quantized activations: only float rounding (kFloatRel) separates them.
 #include <tinyllm/kernels/cpu/qmatmul.hpp>
+#include <tinyllm/kernels/cpu/qpacked.hpp>
 #include <tinyllm/kernels/quant_reference.hpp>
 #include <tinyllm/quant/dequantize.hpp>
 #include <tinyllm/quant/quantize.hpp>
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -170,40 +172,63 @@ void check_shape(std::size_t n_out, std::size_t n_in, std::size_t n_tok, std::si
     }
   }
 
-  bool within = true;
-  for (std::size_t o = 0; o < n_out; ++o) {
-    const std::vector<float> row = w.dequantized_row(o);
-    for (std::size_t t = 0; t < n_tok; ++t) {
-      double rounding = 0, magnitude = 0, exact_q = 0, magnitude_q = 0;
-      for (std::size_t i = 0; i < n_in; ++i) {
-        const double wi = row[i], xi = x.at(t, i), xq = xhat[t * n_in + i];
-        rounding += std::abs(wi) * half_step[t * n_in + i];
-        magnitude += std::abs(wi * xi);
-        exact_q += wi * xq;
-        magnitude_q += std::abs(wi * xq);
-      }
-      const double got = first.at(t, o);
-      const double tol = rounding * (1 + 1e-6) + kFloatRel * magnitude + 1e-30;
-      const double err = std::abs(got - want.at(t, o));
-      const double err_q = std::abs(got - exact_q);
-      if (!(err <= tol) || !(err_q <= kFloatRel * magnitude_q + 1e-30)) {
-        if (within) {
-          CAPTURE(o);
-          CAPTURE(t);
-          CAPTURE(got);
-          CAPTURE(want.at(t, o));
-          CAPTURE(exact_q);
-          CAPTURE(tol);
-          CHECK(err <= tol);
-          CHECK(err_q <= kFloatRel * magnitude_q + 1e-30);
-        }
-        within = false;
-      }
-      worst.vs_ref = std::max(worst.vs_ref, err / tol);
-      worst.vs_quantized = std::max(worst.vs_quantized, err_q / std::max(magnitude_q, 1e-30));
+  // The same weights packed for the 16-row kernels (cpu/qpacked.hpp), where this build has them:
+  // the same integer sums, so the same tolerances, and the same bits on any thread count.
+  std::optional<Padded> packed;
+  if (cpu::can_pack(kDType<Block>)) {
+    std::vector<Block> rows(n_out * (n_in / kBlock));
+    for (std::size_t o = 0; o < n_out; ++o)
+      std::copy_n(w.data.data() + o * w.stride, n_in / kBlock, rows.data() + o * (n_in / kBlock));
+    AlignedBuffer<std::byte> p(cpu::packed_bytes(kDType<Block>, n_out, n_in));
+    cpu::pack_rows(kDType<Block>, rows.data(), n_out, n_in, p.data(), 0, (n_out + 15) / 16);
+    for (std::size_t i = 0; i < pools.size(); ++i) {
+      Padded got(n_tok, n_out, pad % 5);
+      cpu::qmatmul_packed(*pools[i], kDType<Block>, p.data(), n_out, n_in, x.cview(), got.view(), scratch);
+      CHECK(padding_untouched(got));
+      if (i == 0) packed = got;
+      else CHECK(same_bits(got, *packed));
     }
   }
-  CHECK(within);
+
+  const auto check_result = [&](const Padded& result, const char* layout) {
+    CAPTURE(layout);
+    bool within = true;
+    for (std::size_t o = 0; o < n_out; ++o) {
+      const std::vector<float> row = w.dequantized_row(o);
+      for (std::size_t t = 0; t < n_tok; ++t) {
+        double rounding = 0, magnitude = 0, exact_q = 0, magnitude_q = 0;
+        for (std::size_t i = 0; i < n_in; ++i) {
+          const double wi = row[i], xi = x.at(t, i), xq = xhat[t * n_in + i];
+          rounding += std::abs(wi) * half_step[t * n_in + i];
+          magnitude += std::abs(wi * xi);
+          exact_q += wi * xq;
+          magnitude_q += std::abs(wi * xq);
+        }
+        const double got = result.at(t, o);
+        const double tol = rounding * (1 + 1e-6) + kFloatRel * magnitude + 1e-30;
+        const double err = std::abs(got - want.at(t, o));
+        const double err_q = std::abs(got - exact_q);
+        if (!(err <= tol) || !(err_q <= kFloatRel * magnitude_q + 1e-30)) {
+          if (within) {
+            CAPTURE(o);
+            CAPTURE(t);
+            CAPTURE(got);
+            CAPTURE(want.at(t, o));
+            CAPTURE(exact_q);
+            CAPTURE(tol);
+            CHECK(err <= tol);
+            CHECK(err_q <= kFloatRel * magnitude_q + 1e-30);
+          }
+          within = false;
+        }
+        worst.vs_ref = std::max(worst.vs_ref, err / tol);
+        worst.vs_quantized = std::max(worst.vs_quantized, err_q / std::max(magnitude_q, 1e-30));
+      }
+    }
+    CHECK(within);
+  };
+  check_result(first, "file");
+  if (packed) check_result(*packed, "packed");
 }
 
 template <class Block>

@@ -1,7 +1,9 @@
 #pragma once
 // A whole file mapped read-only into memory (POSIX mmap). Model weights are used in place.
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <string>
@@ -51,6 +53,17 @@ class MappedFile {
   std::size_t size() const noexcept { return size_; }
   std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
   const std::string& path() const noexcept { return path_; }
+
+  // Drops the whole pages of [p, p + n) that lie in this mapping from the process's resident
+  // memory (once their bytes have been copied elsewhere); touched again, they are read back from
+  // the file, so the bytes stay valid.
+  void release(const void* p, std::size_t n) const noexcept {
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto lo = reinterpret_cast<std::uintptr_t>(data_), hi = lo + size_;
+    const auto b = std::max(lo, (reinterpret_cast<std::uintptr_t>(p) + page - 1) / page * page);
+    const auto e = std::min(hi, (reinterpret_cast<std::uintptr_t>(p) + n) / page * page);
+    if (data_ && page > 0 && b < e) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+  }
 
  private:
   void swap(MappedFile& o) noexcept {

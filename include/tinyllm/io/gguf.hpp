@@ -162,6 +162,9 @@ class GGUFFile {
   std::size_t alignment() const noexcept { return alignment_; }
   std::size_t data_offset() const noexcept { return data_offset_; }
   const std::string& name() const noexcept { return name_; }
+  // Lets the mapped pages of [p, p + n) go from resident memory (MappedFile::release); nothing
+  // for a file parsed from caller-owned bytes.
+  void release_pages(const void* p, std::size_t n) const noexcept { file_.release(p, n); }
   std::span<const std::byte> bytes() const noexcept { return bytes_; }
 
   const std::vector<std::pair<std::string, GGUFValue>>& metadata() const noexcept { return metadata_; }

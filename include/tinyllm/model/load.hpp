@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +26,11 @@ namespace tinyllm {
 struct LoadOptions {
   std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
   std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
+  bool pack_weights = true;        // regroup quantized matrices for the packed CPU kernels (cpu/qpacked.hpp)
+  // Called as the weight matrices are bound, with the bytes done so far and in all. With it, the
+  // loader also reads each matrix (one byte per page), so a cold file is paged in during the
+  // load, where the progress shows, rather than during the first forward pass.
+  std::function<void(std::size_t done, std::size_t total)> progress;
 };
 
 // A model together with the file its weights live in and its tokenizer.
@@ -83,6 +89,36 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
     throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
                 "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
   return {tensor, t.dtype, t.data, rows, cols};
+}
+
+// Gets the weight matrices ready for the forward pass, reporting progress after each one. Those
+// the CPU kernels have a packed layout for are packed (cpu/qpacked.hpp) and the file's pages of
+// them released (`file` null: nothing to release); with a progress callback the others are read,
+// one byte per page, so a cold file is paged in during the load, where the progress shows,
+// rather than during the first forward pass.
+inline void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFile* file) {
+  std::vector<WeightMatrix*> matrices = {&w.token_embd};
+  for (LayerWeights& l : w.layers)
+    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
+  matrices.push_back(&w.output);  // tied to token_embd: packed as a copy, the rows still read for embeddings
+  const auto bytes = [](const WeightMatrix& m) { return m.data ? m.rows * row_bytes(m.type, m.cols) : 0; };
+  std::size_t total = 0, done = 0;
+  for (const WeightMatrix* m : matrices) total += bytes(*m);
+  if (opt.progress) opt.progress(0, total);
+  unsigned char sum = 0;
+  for (WeightMatrix* m : matrices) {
+    const std::size_t n = bytes(*m);
+    if (m != &w.token_embd && opt.pack_weights && pack(*m)) {
+      if (file && m->data != w.token_embd.data) file->release_pages(m->data, n);
+    } else if (opt.progress) {
+      const auto* p = static_cast<const unsigned char*>(m->data);
+      for (std::size_t i = 0; i < n; i += 4096) sum ^= p[i];
+    }
+    done += n;
+    if (opt.progress) opt.progress(done, total);
+  }
+  volatile unsigned char keep = sum;  // the reads must happen
+  (void)keep;
 }
 
 inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size_t vocab) {
@@ -169,6 +205,7 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
   w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
   if (f.find_tensor("rope_freqs.weight")) w.rope_freq_factors = vector_tensor(f, "rope_freqs.weight", c.head_dim / 2);
+  prepare_weights(w, opt, &f);
   return std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
 }
 
@@ -275,6 +312,7 @@ LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   w.output = mat("wcls", lw.wcls, 0, c.vocab_size, c.n_embd);
 
   if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
+  prepare_weights(w, opt, nullptr);
   std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
   auto model = std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
   return LoadedModel(std::move(file), std::move(model), std::move(tok), path);

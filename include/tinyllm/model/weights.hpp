@@ -3,14 +3,17 @@
 // picks the kernel instantiation for that type.
 #include <cstddef>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include <tinyllm/core/dtype.hpp>
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/core/half.hpp>
 #include <tinyllm/core/tensor.hpp>
+#include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/kernels/cpu/qmatmul.hpp>
+#include <tinyllm/kernels/cpu/qpacked.hpp>
 #include <tinyllm/quant/dequantize.hpp>
 
 namespace tinyllm {
@@ -21,7 +24,20 @@ struct WeightMatrix {
   DType type = DType::F32;
   const void* data = nullptr;
   std::size_t rows = 0, cols = 0;
+  // The same weights regrouped for the CPU kernels (cpu::pack_rows), when pack() made them;
+  // matmul then reads these and `data` only serves row lookups (dequantize_row).
+  std::shared_ptr<const AlignedBuffer<std::byte>> packed;
 };
+
+// Regroups w for the packed CPU kernels when this build has one for its type; returns whether it
+// did. The model then holds both forms' bytes until the caller lets the original go.
+inline bool pack(WeightMatrix& w) {
+  if (w.packed || !cpu::can_pack(w.type) || w.rows == 0 || w.cols == 0) return false;
+  auto buf = std::make_shared<AlignedBuffer<std::byte>>(cpu::packed_bytes(w.type, w.rows, w.cols));
+  cpu::pack_rows(w.type, w.data, w.rows, w.cols, buf->data(), 0, (w.rows + cpu::kPackRows - 1) / cpu::kPackRows);
+  w.packed = std::move(buf);
+  return true;
+}
 
 // Types the kernels can multiply by; loading checks every weight against this.
 inline bool matmul_supports(DType t) {
@@ -36,6 +52,7 @@ inline bool matmul_supports(DType t) {
 // activations (held in `scratch`, sized at load time) without dequantizing the matrix.
 inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y,
                    cpu::QuantScratch& scratch) {
+  if (w.packed) return cpu::qmatmul_packed(pool, w.type, w.packed->data(), w.rows, w.cols, x, y, scratch);
   cpu::qmatmul(pool, w.type, w.data, w.rows, w.cols, x, y, scratch);
 }
 
