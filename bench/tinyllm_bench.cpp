@@ -5,6 +5,8 @@
 // full decode step), from an empty cache. Random token ids; each test runs once to warm up.
 #include <tinyllm/tinyllm.hpp>
 
+#include "../examples/common/progress.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -21,15 +23,22 @@ namespace {
 
 struct Result { double mean, sd; };
 
-Result measure(int reps, const std::function<void()>& run, std::size_t n_tokens) {
+// The bar (on a terminal only) counts the runs, the warm-up included.
+Result measure(int reps, const std::function<void()>& run, std::size_t n_tokens, const std::string& what) {
+  programs::ProgressBar bar(what);
+  const std::size_t runs = std::size_t(reps) + 1;
+  bar.update(0, runs);
   run();   // warm-up: page in the weights, size the workspace
+  bar.update(1, runs);
   std::vector<double> tps;
   for (int r = 0; r < reps; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     run();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     tps.push_back(double(n_tokens) / s);
+    bar.update(std::size_t(r) + 2, runs);
   }
+  bar.clear();   // before the table's row goes to stdout
   double mean = 0, var = 0;
   for (double v : tps) mean += v / tps.size();
   for (double v : tps) var += (v - mean) * (v - mean) / std::max<std::size_t>(1, tps.size() - 1);
@@ -63,6 +72,7 @@ int main(int argc, char** argv) {
     for (const auto& path : models) {
       tinyllm::LoadOptions opt;
       opt.max_batch = *std::max_element(pp.begin(), pp.end());
+      programs::show_load_progress(opt, path.empty() ? "the embedded model" : path);
       tinyllm::LoadedModel lm = path.empty() ? tinyllm::load_synthetic("tiny", tinyllm::DType::F32, 42, opt)
                                              : tinyllm::load(path, opt);
       tinyllm::Model& model = lm.model();
@@ -88,7 +98,8 @@ int main(int argc, char** argv) {
           const auto ids = random_tokens(n);
           std::vector<std::int32_t> pos(n);
           for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
-          const Result r = measure(reps, [&] { model.forward(pool, ids, pos, *cache, last); }, n);
+          const Result r = measure(reps, [&] { model.forward(pool, ids, pos, *cache, last); }, n,
+                                   "pp" + std::to_string(n) + ", " + std::to_string(pool.size()) + " threads");
           std::printf("| %s | %s | %s | CPU | %u | pp%zu | %.2f ± %.2f |\n", label, size, params, pool.size(), n, r.mean, r.sd);
           std::fflush(stdout);
         }
@@ -102,7 +113,7 @@ int main(int argc, char** argv) {
               const std::int32_t p = std::int32_t(i);
               model.forward(pool, std::span(&ids[i], 1), std::span(&p, 1), *cache, last);
             }
-          }, n);
+          }, n, "tg" + std::to_string(n) + ", " + std::to_string(pool.size()) + " threads");
           std::printf("| %s | %s | %s | CPU | %u | tg%zu | %.2f ± %.2f |\n", label, size, params, pool.size(), n, r.mean, r.sd);
           std::fflush(stdout);
         }

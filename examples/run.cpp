@@ -4,6 +4,8 @@
 // --chat renders the conversation with the model's chat template (or --chat-template NAME).
 #include <tinyllm/tinyllm.hpp>
 
+#include "common/progress.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -25,6 +27,10 @@ int main(int argc, char** argv) {
   app.add_option("--top-p", sp.top_p, "nucleus sampling mass; 1 = off")->capture_default_str();
   app.add_option("--min-p", sp.min_p, "drop tokens below min-p times the top probability; 0 = off")->capture_default_str();
   app.add_option("--repeat-penalty", sp.repetition_penalty, "repetition penalty; 1 = off")->capture_default_str();
+  app.add_option("--presence-penalty", sp.presence_penalty,
+                 "subtracted from each token already generated, in [-2, 2]; 0 = off")->capture_default_str();
+  app.add_option("--frequency-penalty", sp.frequency_penalty,
+                 "subtracted per time a token was generated, in [-2, 2]; 0 = off")->capture_default_str();
   app.add_option("--seed", sp.seed, "random seed")->capture_default_str();
   app.add_option("-t,--threads", threads, "threads; 0 = all cores")->capture_default_str();
   bool chat = false;
@@ -38,6 +44,7 @@ int main(int argc, char** argv) {
   try {
     tinyllm::LoadOptions opt;
     opt.tokenizer_path = tokenizer_path;
+    programs::show_load_progress(opt, model_path.empty() ? "the embedded model" : model_path);
     tinyllm::LoadedModel lm = model_path.empty() ? tinyllm::load_synthetic("tiny", tinyllm::DType::F32, 42, opt)
                                                  : tinyllm::load(model_path, opt);
     if (model_path.empty())

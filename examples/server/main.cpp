@@ -2,6 +2,7 @@
 //   tinyllm-server -m stories260K.bin -m model.gguf --synthetic --port 8080
 // Each model (id: its file stem; the embedded random model is "default") has its own Engine, KV
 // budget and stepping thread. See examples/server/README.md for the endpoints and fields.
+#include "../common/progress.hpp"
 #include "model_service.hpp"
 #include "openai_api.hpp"
 
@@ -195,15 +196,8 @@ class Server {
 
       const std::string rid = (ep == Endpoint::chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
       const std::int64_t created = std::int64_t(std::time(nullptr));
-      if (!p.stream) {
-        std::unique_lock<std::mutex> lock(st->m);
-        st->cv.wait(lock, [&] { return st->finished; });
-        reply_json(res, 200, completion_json(ep, rid, created, model_id, st->text, st->reason, st->metrics));
-        log_request(req, 200, model_id, st->metrics.prompt_tokens, st->metrics.generated_tokens, start,
-                    finish_reason(st->reason));
-        return;
-      }
-      stream(req, res, ep, st, svc, id, rid, created, p.include_usage, start);
+      if (p.stream) stream(req, res, ep, st, svc, id, rid, created, p.include_usage, start);
+      else answer_when_finished(req, res, ep, st, svc, id, rid, created, start);
     } catch (const ApiError& e) {
       reply_json(res, e.status, e.to_json());
       log_request(req, e.status, model_id, 0, 0, start, e.message);
@@ -212,6 +206,63 @@ class Server {
       reply_json(res, a.status, a.to_json());
       log_request(req, a.status, model_id, 0, 0, start, e.what());
     }
+  }
+
+  // A non-streamed reply, sent as one JSON object when the request finishes. httplib 0.11 cannot
+  // tell a handler that its client went away, and a closed peer is only noticed by writing to it.
+  // So the reply is a chunked body, and while the request runs the server writes a space (leading
+  // whitespace is legal JSON) every half second: once the client has gone, a write fails (the
+  // second one after the close at the latest) and the resource releaser cancels the request,
+  // which frees its KV blocks. A request that finishes within half a second writes only its JSON.
+  void answer_when_finished(const httplib::Request& req, httplib::Response& res, Endpoint ep,
+                            std::shared_ptr<RequestState> st, ModelService& svc, tinyllm::RequestId id,
+                            const std::string& rid, std::int64_t created, Clock::time_point start) {
+    struct Ctx {
+      std::shared_ptr<RequestState> st;
+      ModelService* svc;
+      tinyllm::RequestId id;
+      Endpoint ep;
+      std::string rid, model, method, path;
+      std::int64_t created;
+      bool done = false;
+      Clock::time_point start;
+    };
+    auto ctx = std::make_shared<Ctx>(Ctx{st, &svc, id, ep, rid, svc.id(), req.method, req.path, created, false, start});
+    res.status = 200;
+    res.set_chunked_content_provider(
+        "application/json",
+        [ctx](std::size_t, httplib::DataSink& sink) {
+          std::string body;
+          {
+            std::unique_lock<std::mutex> lock(ctx->st->m);
+            if (!ctx->st->cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return ctx->st->finished; })) {
+              lock.unlock();
+              return sink.write(" ", 1);   // false once the client has gone: httplib then stops
+            }
+            body = dump(completion_json(ctx->ep, ctx->rid, ctx->created, ctx->model, ctx->st->text, ctx->st->reason,
+                                        ctx->st->metrics));
+          }
+          if (!sink.write(body.data(), body.size())) return false;
+          ctx->done = true;
+          sink.done();
+          return true;
+        },
+        [ctx](bool success) {
+          tinyllm::RequestMetrics m;
+          bool finished;
+          {
+            std::lock_guard<std::mutex> lock(ctx->st->m);
+            finished = ctx->st->finished;
+            m = ctx->st->metrics;
+          }
+          if (!finished) ctx->svc->cancel(ctx->id);
+          std::fprintf(stderr, "%s %s 200 model=%s prompt_tokens=%zu completion_tokens=%zu ms=%.1f %s\n",
+                       ctx->method.c_str(), ctx->path.c_str(), ctx->model.c_str(), m.prompt_tokens, m.generated_tokens,
+                       ms_since(ctx->start),
+                       success && ctx->done ? finish_reason(ctx->st->reason)
+                       : finished           ? "client disconnected at the end"
+                                            : "client disconnected: cancelled");
+        });
   }
 
   // Server-sent events in OpenAI's chunk format, ending with "data: [DONE]". A failed write (the
@@ -388,6 +439,7 @@ int main(int argc, char** argv) {
   unsigned threads = 0;
   std::size_t kv_mib = 256, parallel = 8, max_queue = 64, batch_tokens = 256, http_threads = 64;
   bool synthetic = false;
+  unsigned step_delay_ms = 0;
   app.add_option("-m,--model", model_paths, "model file (.gguf or llama2.c .bin); repeat to serve several; id = file stem");
   app.add_option("-z,--tokenizer", tokenizer_paths, "llama2.c tokenizer .bin for the -m at the same position (or for all, given once)");
   app.add_flag("--synthetic", synthetic, "also serve the embedded random model as \"default\" (the default with no -m)");
@@ -401,7 +453,10 @@ int main(int argc, char** argv) {
   app.add_option("--http-threads", http_threads, "HTTP worker threads (each open stream holds one)")->capture_default_str();
   app.add_option("--chat-template", chat_template, "chat format for every model: llama3, llama2, mistral, gemma, chatml or plain; "
                                                     "default: detected from each file's tokenizer.chat_template");
+  app.add_option("--step-delay-ms", step_delay_ms, "pause after each engine step, in ms: slows generation down "
+                                                   "for tests and demos of streaming and cancellation")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  const std::chrono::milliseconds step_delay(step_delay_ms);
   if (!tokenizer_paths.empty() && tokenizer_paths.size() != 1 && tokenizer_paths.size() != model_paths.size()) {
     std::fprintf(stderr, "give -z once, or once per -m\n");
     return 2;
@@ -430,16 +485,18 @@ int main(int argc, char** argv) {
         if (m->id() == id) throw tinyllm::Error("two models have the id '" + id + "'", path, "distinct file stems");
       tinyllm::LoadOptions lo;
       if (!tokenizer_paths.empty()) lo.tokenizer_path = tokenizer_paths[tokenizer_paths.size() == 1 ? 0 : i];
+      programs::show_load_progress(lo, path);
       tinyllm::LoadedModel lm = tinyllm::load(path, lo);
       if (!lm.has_tokenizer()) throw tinyllm::Error("the model has no tokenizer", path, "a tokenizer file (-z)");
       auto format = server::chat_format_for(path, chat_template, id);
-      models.push_back(std::make_unique<server::ModelService>(id, std::move(lm), pool, compute, opt, format));
+      models.push_back(std::make_unique<server::ModelService>(id, std::move(lm), pool, compute, opt, format, step_delay));
     }
     if (synthetic || model_paths.empty()) {
       for (const auto& m : models)
         if (m->id() == "default") throw tinyllm::Error("a model file is named 'default', the synthetic model's id", m->model().path());
       models.push_back(std::make_unique<server::ModelService>("default", tinyllm::load_synthetic(), pool, compute, opt,
-                                                              server::chat_format_for("", chat_template, "default")));
+                                                              server::chat_format_for("", chat_template, "default"),
+                                                              step_delay));
     }
     for (const auto& m : models) {
       const auto s = m->stats();

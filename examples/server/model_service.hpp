@@ -29,9 +29,10 @@ struct ModelStats {
 class ModelService {
  public:
   ModelService(std::string id, tinyllm::LoadedModel model, tinyllm::ThreadPool& pool, std::mutex& compute,
-               const tinyllm::EngineOptions& opt, std::optional<tinyllm::ChatFormat> chat_format)
+               const tinyllm::EngineOptions& opt, std::optional<tinyllm::ChatFormat> chat_format,
+               std::chrono::milliseconds step_delay = {})
       : id_(std::move(id)), model_(std::move(model)), engine_(model_, pool, opt), compute_(compute),
-        chat_format_(chat_format) {
+        chat_format_(chat_format), step_delay_(step_delay) {
     if (chat_format_) {
       // The token that ends an assistant turn (<|eot_id|>, <end_of_turn>, ...) when it is not EOS.
       const auto t = model_.tokenizer().encode(std::string(tinyllm::chat_end_of_turn(*chat_format_)),
@@ -139,6 +140,7 @@ class ModelService {
         std::fprintf(stderr, "model %s: step failed: %s\n", id_.c_str(), error.c_str());
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
+      if (busy && step_delay_.count() > 0) std::this_thread::sleep_for(step_delay_);
       if (!busy) {
         std::unique_lock<std::mutex> lock(wake_mutex_);
         wake_.wait(lock, [&] { return stop_ || work_; });
@@ -159,6 +161,7 @@ class ModelService {
   std::mutex& compute_;
   std::optional<tinyllm::ChatFormat> chat_format_;
   std::optional<std::int32_t> end_of_turn_;
+  std::chrono::milliseconds step_delay_;   // a pause after each busy step (--step-delay-ms)
 
   mutable std::mutex stats_mutex_;
   ModelStats stats_;

@@ -162,10 +162,8 @@ inline ParsedRequest parse_request(const json& body, Endpoint endpoint) {
   if (const auto v = number(body, "min_p", 0, 1)) s.min_p = float(*v);
   if (const auto v = number(body, "repetition_penalty", 1e-3, 100)) s.repetition_penalty = float(*v);
   if (const auto v = integer(body, "repeat_last_n", -1, INT32_MAX)) s.repeat_last_n = std::int32_t(*v);
-  // Accepted for compatibility and checked, but not applied: the sampler has no additive
-  // presence/frequency penalties yet (use repetition_penalty).
-  number(body, "presence_penalty", -2, 2);
-  number(body, "frequency_penalty", -2, 2);
+  if (const auto v = number(body, "presence_penalty", -2, 2)) s.presence_penalty = float(*v);
+  if (const auto v = number(body, "frequency_penalty", -2, 2)) s.frequency_penalty = float(*v);
   if (const json* v = field(body, "seed")) {
     if (!v->is_number_integer()) throw bad_field("seed", "'seed' must be an integer");
     s.seed = v->is_number_unsigned() ? v->get<std::uint64_t>() : std::uint64_t(v->get<std::int64_t>());

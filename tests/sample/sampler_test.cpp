@@ -293,3 +293,93 @@ TEST_CASE("Sampler, degenerate inputs: equal logits, -inf entries, a vocabulary 
     }
   }
 }
+
+TEST_CASE("Sampler, presence and frequency penalties: OpenAI's rule over the generated tokens only") {
+  // logit[t] -= presence * (count[t] > 0) + frequency * count[t], counts over the tokens after the
+  // prompt (the history of the first call). Every expected logit below is worked out by hand.
+  const SamplingParams greedy = {
+      .temperature = 0.0f, .presence_penalty = 0.5f, .frequency_penalty = 0.25f};
+  Sampler sampler(greedy, 5);
+  std::vector<std::int32_t> history = {4, 4, 1};  // the prompt: repeats in it are not penalised
+  const std::vector<float> raw = {1.0f, 2.0f, 0.5f, -1.0f, 3.0f};
+
+  std::vector<float> logits = raw;
+  CHECK(sampler.sample(logits, history) == 4);
+  CHECK(logits == raw);
+  CHECK(sampler.prompt_length() == 3u);
+
+  history.insert(history.end(), {0, 2, 0});  // generated: token 0 twice, token 2 once
+  logits = raw;
+  CHECK(sampler.sample(logits, history) == 4);
+  // 1 - 0.5 - 2 * 0.25 = 0; 0.5 - 0.5 - 0.25 = -0.25
+  CHECK(logits == std::vector<float>{0.0f, 2.0f, -0.25f, -1.0f, 3.0f});
+
+  history.insert(history.end(), {4, 4, 4, 4});  // token 4 four times: 3 - 0.5 - 4 * 0.25 = 1.5
+  logits = raw;
+  CHECK(sampler.sample(logits, history) == 1);  // the argmax moves to token 1
+  CHECK(logits == std::vector<float>{0.0f, 2.0f, -0.25f, -1.0f, 1.5f});
+
+  SUBCASE("a history shorter than the prompt is an error") {
+    logits = raw;
+    CHECK_THROWS_AS(sampler.sample(logits, std::vector<std::int32_t>{4, 4}), Error);
+  }
+}
+
+TEST_CASE("Sampler, presence and frequency penalties: negative values favour repeats, 0 is off") {
+  SUBCASE("negative presence adds to every generated token once") {
+    Sampler sampler({.temperature = 0.0f, .presence_penalty = -1.0f}, 3);
+    std::vector<float> logits = {1.0f, 0.5f, 0.25f};
+    CHECK(sampler.sample(logits, {}) == 0);  // an empty prompt
+    logits = {1.0f, 0.5f, 0.25f};
+    CHECK(sampler.sample(logits, std::vector<std::int32_t>{1, 1, 2}) == 1);
+    CHECK(logits == std::vector<float>{1.0f, 1.5f, 1.25f});
+  }
+  SUBCASE("negative frequency adds per occurrence") {
+    Sampler sampler({.temperature = 0.0f, .frequency_penalty = -0.5f}, 3);
+    std::vector<float> logits = {1.0f, 0.5f, 0.25f};
+    CHECK(sampler.sample(logits, std::vector<std::int32_t>{2}) == 0);
+    logits = {1.0f, 0.5f, 0.25f};
+    CHECK(sampler.sample(logits, std::vector<std::int32_t>{2, 2, 2, 1}) == 2);
+    CHECK(logits == std::vector<float>{1.0f, 1.0f, 1.25f});  // 0.25 + 2 * 0.5 (the prompt's 2 not counted)
+  }
+  SUBCASE("both 0: the logits are untouched") {
+    Sampler sampler({.temperature = 0.0f}, 3);
+    std::vector<float> logits = {1.0f, 0.5f, 0.25f};
+    CHECK(sampler.sample(logits, {}) == 0);
+    CHECK(sampler.sample(logits, std::vector<std::int32_t>{0, 0, 0}) == 0);
+    CHECK(logits == std::vector<float>{1.0f, 0.5f, 0.25f});
+  }
+  SUBCASE("after the repetition penalty, which counts the prompt too") {
+    Sampler sampler({.temperature = 0.0f, .repetition_penalty = 2.0f, .presence_penalty = 0.5f}, 3);
+    std::vector<float> logits = {3.0f, 0.5f, 0.25f};
+    CHECK(sampler.sample(logits, std::vector<std::int32_t>{1}) == 0);
+    CHECK(logits == std::vector<float>{3.0f, 0.25f, 0.25f});      // 0.5 / 2; no presence: a prompt token
+    logits = {3.0f, 0.5f, 0.25f};
+    CHECK(sampler.sample(logits, std::vector<std::int32_t>{1, 0}) == 0);
+    CHECK(logits == std::vector<float>{1.0f, 0.25f, 0.25f});      // 3 / 2 - 0.5, not (3 - 0.5) / 2
+  }
+  SUBCASE("a bad token id among the generated ones throws") {
+    Sampler sampler({.temperature = 0.0f, .frequency_penalty = 1.0f}, 3);
+    std::vector<float> logits = {1.0f, 0.5f, 0.25f};
+    CHECK(sampler.sample(logits, {}) == 0);
+    CHECK_THROWS_AS(sampler.sample(logits, std::vector<std::int32_t>{3}), Error);
+  }
+}
+
+TEST_CASE("Sampler validates presence and frequency penalties: finite, in [-2, 2]") {
+  const float nan = std::nanf("");
+  for (const float bad : {2.5f, -2.01f, nan, kInf, -kInf}) {
+    CHECK_THROWS_AS(Sampler({.presence_penalty = bad}, 10), Error);
+    CHECK_THROWS_AS(Sampler({.frequency_penalty = bad}, 10), Error);
+  }
+  CHECK_NOTHROW(Sampler({.presence_penalty = 2.0f, .frequency_penalty = -2.0f}, 10));
+  CHECK_NOTHROW(Sampler({.presence_penalty = -2.0f, .frequency_penalty = 2.0f}, 10));
+  try {
+    Sampler({.frequency_penalty = 3.0f}, 10);
+    FAIL("no error");
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    CHECK(what.find("frequency_penalty") != std::string::npos);
+    CHECK(what.find("[-2, 2]") != std::string::npos);
+  }
+}

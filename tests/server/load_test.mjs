@@ -6,7 +6,9 @@
 //     the same request got alone before the load (greedy and seeded sampling are deterministic);
 //   - every malformed request gets its status and an OpenAI-style error body;
 //   - afterwards the server is healthy, no KV block is held, the engine audits are clean, the
-//     abandoned streams were cancelled, and it logged one line per request.
+//     abandoned streams were cancelled, and it logged one line per request;
+//   - on a second, slowed-down server: a non-streamed request whose client hangs up while it runs
+//     is cancelled and its KV blocks are freed.
 // Needs only Node (no npm packages): global fetch, node:http and node:net.
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -260,4 +262,60 @@ console.log(`log lines: ${logged} for ${httpRequests} non-GET requests (+ up to 
 if (logged < httpRequests || logged > httpRequests + uncertainRequests)
   fail(`the server logged ${logged} requests, expected ${httpRequests} to ${httpRequests + uncertainRequests}`);
 if (Date.now() - t0 > TIME_LIMIT_MS) fail(`took ${Date.now() - t0} ms, over the ${TIME_LIMIT_MS} ms bound`);
+
+// ---- a non-streamed request whose client goes away is cancelled and frees its blocks ----
+// A second server whose engine pauses 20 ms after each step: a 400-token request would run at
+// least 8 s, so one that ends within 5 s of the client's disconnect was cancelled, not finished.
+const slow = await startServer(['--synthetic', '-t', '1', '--step-delay-ms', '20', '--parallel', '2']);
+const slowFail = (message) => {
+  console.log(`FAIL ${message}`);
+  console.log('--- slow server log (last 20 lines) ---');
+  console.log(slow.log.slice(-20).join('\n'));
+  slow.stop().then(() => process.exit(1));
+  throw new Error(message);
+};
+const slowModel = async () => (await getJson(`${slow.url}/health`)).body.models[0];
+const before = await slowModel();
+{
+  // A request that outlasts the half-second keep-alive writes still parses as one JSON object.
+  const r = await fetch(`${slow.url}/v1/completions`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 60, temperature: 0 }),
+  });
+  const text = await r.text();
+  if (r.status !== 200 || !/^ +\{/.test(text)) slowFail(`slow non-streamed reply: ${r.status} ${JSON.stringify(text.slice(0, 80))}`);
+  const j = JSON.parse(text);
+  if (j.usage.completion_tokens < 1 || typeof j.choices[0].text !== 'string') slowFail(`slow reply ${text}`);
+}
+const abortedAt = await new Promise((resolve) => {
+  const body = JSON.stringify({ prompt: 'Once upon a time', max_tokens: 400, temperature: 0 });
+  const req = http.request({ host: '127.0.0.1', port: slow.port, path: '/v1/completions', method: 'POST',
+                             headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) } });
+  req.on('response', async (res) => {
+    if (res.statusCode !== 200) slowFail(`abandoned non-streamed request: status ${res.statusCode}`);
+    res.on('error', () => {});
+    // Wait until it runs and holds KV blocks, then hang up.
+    for (const deadline = Date.now() + 5000; ;) {
+      const m = await slowModel();
+      if (m.running === 1 && m.kv_blocks.used > 0) break;
+      if (Date.now() > deadline) slowFail(`the request never ran: ${JSON.stringify(m)}`);
+      await sleep(20);
+    }
+    req.destroy();
+    resolve(Date.now());
+  });
+  req.on('error', () => {});
+  req.end(body);
+});
+const after = (await settledHealth(slow.url, 5000)).models[0];
+const settleMs = Date.now() - abortedAt;
+if (after.in_flight || after.running) slowFail(`still running ${settleMs} ms after the client left: ${JSON.stringify(after)}`);
+if (after.kv_blocks.used !== 0 || after.kv_blocks.free !== after.kv_blocks.total || after.kv_audit !== 'ok')
+  slowFail(`blocks not freed: ${JSON.stringify(after)}`);
+if (after.requests.cancelled !== before.requests.cancelled + 1) slowFail(`not cancelled: ${JSON.stringify(after)}`);
+const slowExit = await slow.stop();
+if (!slow.log.some((l) => l.startsWith('POST /v1/completions 200') && l.includes('client disconnected: cancelled')) ||
+    slowExit.code !== 0)
+  slowFail(`no "client disconnected: cancelled" log line, or exit ${JSON.stringify(slowExit)}`);
+console.log(`abandoned non-streamed request cancelled and its blocks freed ${settleMs} ms after the client left`);
 console.log('load test passed');

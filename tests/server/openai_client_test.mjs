@@ -125,6 +125,18 @@ for (const model of MODELS) {
 }
 
 checks.push(
+  ['presence and frequency penalties are applied, streamed = not streamed', async () => {
+    const params = { model: 'stories260K', prompt: PROMPT, max_tokens: 60, temperature: 0 };
+    const plain = await completion(params);
+    const penalised = { ...params, presence_penalty: 0.5, frequency_penalty: 2 };
+    const full = await completion(penalised);
+    // Greedy stories260K repeats "Lily" and "play"; penalising the generated tokens changes the text.
+    assert.notEqual(full.choices[0].text, plain.choices[0].text);
+    const s = await streamedCompletion(penalised);
+    assert.equal(s.text, full.choices[0].text);
+    await assert.rejects(client.completions.create({ ...params, frequency_penalty: 2.5 }),
+                         (e) => e.status === 400 && e.param === 'frequency_penalty');
+  }],
   ['stop strings end the text before them, streamed and not', async () => {
     const params = { model: 'stories260K', prompt: PROMPT, max_tokens: 60, temperature: 0, stop: ['Lily'] };
     const full = await completion(params);

@@ -1,11 +1,12 @@
 #pragma once
-// Sampler: picks the next token from logits. Repetition penalty, then greedy, or top-k,
-// temperature, softmax, top-p, min-p and a seeded draw. Draws come from the library's own PRNG,
+// Sampler: picks the next token from logits. Repetition penalty, presence and frequency
+// penalties, then greedy, or top-k, temperature, softmax, top-p, min-p and a seeded draw. Draws come from the library's own PRNG,
 // so a seed gives the same tokens on every platform and standard library.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -22,6 +23,10 @@ struct SamplingParams {
   float min_p = 0.05f;              // <= 0: off; keeps tokens with p >= min_p * p_max
   float repetition_penalty = 1.0f;  // 1: off; logit > 0 ? logit / penalty : logit * penalty (CTRL)
   std::int32_t repeat_last_n = 64;  // the penalty's window of history; each distinct token once
+  // OpenAI's additive penalties over the tokens generated so far (not the prompt), in [-2, 2]:
+  // logit[t] -= presence_penalty * (count[t] > 0) + frequency_penalty * count[t]. 0: off.
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
   std::uint64_t seed = 0;
 };
 
@@ -40,6 +45,9 @@ inline std::int32_t argmax(std::span<const float> logits) {
   return static_cast<std::int32_t>(best);
 }
 
+// A Sampler follows one sequence. The history of its first sample() call is the prompt; the
+// tokens appended to the history after it are the generated ones, which the presence and
+// frequency penalties count (as OpenAI and vLLM do).
 class Sampler {
  public:
   Sampler(const SamplingParams& params, std::size_t vocab_size)
@@ -53,13 +61,21 @@ class Sampler {
     penalised_.resize(vocab_size, 0);
   }
 
-  // Picks a token; may change `logits` (the repetition penalty is applied in place).
-  // `history` holds the tokens so far, prompt and generated, for the repetition penalty.
+  // The number of history tokens taken as the prompt; none before the first sample() call.
+  std::optional<std::size_t> prompt_length() const { return n_prompt_; }
+
+  // Picks a token; may change `logits` (the penalties are applied in place). `history` holds the
+  // tokens so far, prompt and generated; each call's history extends the previous call's.
   std::int32_t sample(std::span<float> logits, std::span<const std::int32_t> history) {
     if (logits.size() != candidates_.size())
       throw Error(std::to_string(logits.size()) + " logits", "Sampler::sample",
                   std::to_string(candidates_.size()) + ", the vocabulary size");
+    if (!n_prompt_) n_prompt_ = history.size();
+    if (history.size() < *n_prompt_)
+      throw Error("history of " + std::to_string(history.size()) + " tokens", "Sampler::sample",
+                  "at least the " + std::to_string(*n_prompt_) + " prompt tokens of the first call");
     apply_repetition_penalty(logits, history);
+    apply_presence_frequency_penalties(logits, history.subspan(*n_prompt_));
     check_logits(logits);
     if (params_.temperature <= 0.0f) return argmax(logits);
 
@@ -199,9 +215,20 @@ class Sampler {
       fail("min_p", p.min_p, "a number <= 1 (<= 0 turns it off)");
     if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0.0f)
       fail("repetition_penalty", p.repetition_penalty, "a finite number > 0 (1 turns it off)");
+    if (!std::isfinite(p.presence_penalty) || std::fabs(p.presence_penalty) > 2.0f)
+      fail("presence_penalty", p.presence_penalty, "a finite number in [-2, 2] (0 turns it off)");
+    if (!std::isfinite(p.frequency_penalty) || std::fabs(p.frequency_penalty) > 2.0f)
+      fail("frequency_penalty", p.frequency_penalty, "a finite number in [-2, 2] (0 turns it off)");
     if (p.repeat_last_n < 0)
       throw Error("repeat_last_n is " + std::to_string(p.repeat_last_n),
                   "SamplingParams::repeat_last_n", "a count >= 0");
+  }
+
+  static void check_ids(std::span<const std::int32_t> tokens, std::size_t vocab) {
+    for (const std::int32_t token : tokens)
+      if (token < 0 || static_cast<std::size_t>(token) >= vocab)
+        throw Error("token id " + std::to_string(token) + " in the history", "Sampler::sample",
+                    "an id in [0, " + std::to_string(vocab) + ")");
   }
 
   void apply_repetition_penalty(std::span<float> logits, std::span<const std::int32_t> history) {
@@ -209,10 +236,7 @@ class Sampler {
     const std::size_t window =
         std::min(history.size(), static_cast<std::size_t>(params_.repeat_last_n));
     const auto recent = history.last(window);
-    for (const std::int32_t token : recent)
-      if (token < 0 || static_cast<std::size_t>(token) >= logits.size())
-        throw Error("token id " + std::to_string(token) + " in the history", "Sampler::sample",
-                    "an id in [0, " + std::to_string(logits.size()) + ")");
+    check_ids(recent, logits.size());
     for (const std::int32_t token : recent) {
       if (penalised_[token]) continue;
       penalised_[token] = 1;
@@ -223,10 +247,27 @@ class Sampler {
     for (const std::int32_t token : recent) penalised_[token] = 0;
   }
 
+  // Counted afresh from the history at each call: a few hundred tokens against a forward pass.
+  void apply_presence_frequency_penalties(std::span<float> logits,
+                                          std::span<const std::int32_t> generated) {
+    if (params_.presence_penalty == 0.0f && params_.frequency_penalty == 0.0f) return;
+    check_ids(generated, logits.size());
+    if (counts_.empty()) counts_.resize(logits.size(), 0);
+    for (const std::int32_t token : generated) ++counts_[token];
+    for (const std::int32_t token : generated) {
+      const std::uint32_t count = counts_[token];
+      if (count == 0) continue;  // already penalised
+      logits[token] -= params_.presence_penalty + params_.frequency_penalty * float(count);
+      counts_[token] = 0;
+    }
+  }
+
   SamplingParams params_;
   Xoshiro256 rng_;
   std::vector<Candidate> candidates_;    // [vocab_size] scratch, reused by every call
   std::vector<std::uint8_t> penalised_;  // [vocab_size] marks, all zero between calls
+  std::vector<std::uint32_t> counts_;    // [vocab_size] when penalties are on, all zero between calls
+  std::optional<std::size_t> n_prompt_;  // the first call's history length
 };
 
 }  // namespace tinyllm
