@@ -100,7 +100,10 @@ inline void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const
   std::vector<WeightMatrix*> matrices = {&w.token_embd};
   for (LayerWeights& l : w.layers)
     for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
-  matrices.push_back(&w.output);  // tied to token_embd: packed as a copy, the rows still read for embeddings
+  // Tied to token_embd, the output is only work here when it gets a packed copy (the embedding
+  // lookups keep reading the file's rows).
+  if (w.output.data != w.token_embd.data || (opt.pack_weights && cpu::can_pack(w.output.type)))
+    matrices.push_back(&w.output);
   const auto bytes = [](const WeightMatrix& m) { return m.data ? m.rows * row_bytes(m.type, m.cols) : 0; };
   std::size_t total = 0, done = 0;
   for (const WeightMatrix* m : matrices) total += bytes(*m);

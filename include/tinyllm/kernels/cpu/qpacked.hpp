@@ -199,8 +199,7 @@ HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t
   if constexpr (std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0>) {
     constexpr bool kQ4 = std::is_same_v<Block, BlockQ4_0>;
     constexpr std::size_t kBlockBytes = kQ4 ? 256 : 512, kScales = 2 * kBlockBytes;
-    const __m512i sh = _mm512_load_si512(unit + kScales);
-    const __m512 scale[2] = {_mm512_cvtph_ps(_mm512_castsi512_si256(sh)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64(sh, 1))};
+    const __m512 scale[2] = {f16x16(unit + kScales), f16x16(unit + kScales + 32)};
     for (std::size_t h = 0; h < 2; ++h) {
       const std::size_t b = 2 * u + h;
       if (b >= nb) break;
