@@ -1,18 +1,21 @@
 // Quantized matmul microbenchmarks: cpu::qmatmul for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights at
-// TinyLlama-1.1B shapes, beside the two rooflines it is measured against.
+// TinyLlama-1.1B shapes, beside the two rooflines it is measured against; BM_packed_* are the
+// same on the 16-row packed layout the loader gives Q8_0, Q4_0, Q4_K and Q6_K (cpu/qpacked.hpp).
 //   decode  (one token): bytes_per_second = weight bytes streamed; compare BM_read_bandwidth.
 //   prefill (many tokens): OP/s = 2 * n_out * n_in * n_tok / s; compare BM_vnni_peak.
 //
-//   tinyllm-quant-bench --benchmark_min_time=0.1 --benchmark_filter='BM_(read|vnni|qmatvec)'
+//   tinyllm-quant-bench --benchmark_min_time=0.1 --benchmark_filter='BM_(read|vnni|qmatvec|packed_qmatvec)'
 //   tinyllm-quant-bench --benchmark_min_time=0.1 --benchmark_filter='BM_(vnni|qgemm)'
 #include <tinyllm/core/blocks.hpp>
 #include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/kernels/cpu/qmatmul.hpp>
+#include <tinyllm/kernels/cpu/qpacked.hpp>
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -164,6 +167,44 @@ void small_batch_shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n_out", "n_in", "n_tok", "threads"});
   for (std::int64_t n_tok : {2, 3, 4, 6, 8, 16}) b->Args({5632, 2048, n_tok, 2});
 }
+
+// The same on packed weights: copies packed from the cold bytes, 256 MiB of them for decode.
+template <class Block, DType kType>
+void BM_qmatmul_packed(benchmark::State& state) {
+  const std::size_t n_out = state.range(0), n_in = state.range(1), n_tok = state.range(2);
+  ThreadPool pool(unsigned(state.range(3)));
+  const std::size_t w_bytes = n_out * (n_in / cpu::block_values<Block>) * sizeof(Block);
+  const std::size_t slot = (cpu::packed_bytes(kType, n_out, n_in) + 63) / 64 * 64;
+  const std::size_t copies = n_tok < 64 ? std::max<std::size_t>(1, (kColdBytes / 2) / slot) : 1;
+  AlignedBuffer<std::byte> packed(copies * slot);
+  for (std::size_t c = 0; c < copies; ++c)
+    cpu::pack_rows(kType, cold_bytes() + (c * w_bytes) % (kColdBytes - w_bytes), n_out, n_in, packed.data() + c * slot, 0,
+                   (n_out + cpu::kPackRows - 1) / cpu::kPackRows);
+  AlignedBuffer<float> x(n_tok * n_in), y(n_tok * n_out);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 97) / 97.0f - 0.5f;
+  cpu::QuantScratch scratch(n_tok, n_in);
+  std::size_t next = 0;
+  for (auto _ : state) {
+    cpu::qmatmul_packed(pool, kType, packed.data() + next * slot, n_out, n_in,
+                        MatrixView<const float>(x.data(), n_tok, n_in), MatrixView<float>(y.data(), n_tok, n_out), scratch);
+    next = (next + 1) % copies;
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(w_bytes));
+  state.counters["OP/s"] =
+      benchmark::Counter(2.0 * double(n_out) * double(n_in) * double(n_tok), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+#define TINYLLM_PACKED_BENCH(Block, Type)                                                                              \
+  BENCHMARK_TEMPLATE(BM_qmatmul_packed, Block, Type)->Name("BM_packed_qmatvec<" #Block ">")->Apply(matvec_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond); \
+  BENCHMARK_TEMPLATE(BM_qmatmul_packed, Block, Type)->Name("BM_packed_qgemm<" #Block ">")->Apply(gemm_shapes)->UseRealTime()->Unit(benchmark::kMillisecond)
+
+#if TINYLLM_QMATMUL_VNNI
+TINYLLM_PACKED_BENCH(BlockQ8_0, DType::Q8_0);
+TINYLLM_PACKED_BENCH(BlockQ4_0, DType::Q4_0);
+TINYLLM_PACKED_BENCH(BlockQ4_K, DType::Q4_K);
+TINYLLM_PACKED_BENCH(BlockQ6_K, DType::Q6_K);
+#endif
 
 #define TINYLLM_QUANT_BENCH(Block)                                                                                       \
   BENCHMARK_TEMPLATE(BM_qmatmul, Block)->Name("BM_qmatvec<" #Block ">")->Apply(matvec_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond); \

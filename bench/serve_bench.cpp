@@ -1,7 +1,7 @@
 // tinyllm-serve-bench: aggregate throughput of the continuous-batching engine for several
 // numbers of concurrent streams, each a random prompt of -p tokens and -n generated tokens
 // (EOS ignored), like llama.cpp's llama-batched-bench.
-//   tinyllm-serve-bench -m model.gguf -c 1,4,8,16 -p 128 -n 128 -t 2 [--json]
+//   tinyllm-serve-bench -m model.gguf -c 1,4,8,16 -p 128 -n 128 -t 2 [--kv-type f16] [--json]
 // Prompt t/s: all prompt tokens / time until every stream has its first token. Generation t/s:
 // the remaining generated tokens / the rest of the time.
 #include <tinyllm/tinyllm.hpp>
@@ -31,17 +31,21 @@ int main(int argc, char** argv) {
   std::size_t n_prompt = 128, n_gen = 128;
   unsigned threads = 2;
   bool json = false;
+  std::string kv_type = "f32";
   app.add_option("-m,--model", model_path, "model file; default: the embedded random model");
   app.add_option("-c,--concurrency", concurrency, "concurrent streams (comma separated)")->delimiter(',')->capture_default_str();
   app.add_option("-p,--n-prompt", n_prompt, "prompt tokens per stream")->capture_default_str();
   app.add_option("-n,--n-gen", n_gen, "generated tokens per stream")->capture_default_str();
   app.add_option("-t,--threads", threads, "threads")->capture_default_str();
+  app.add_option("--kv-type", kv_type, "K/V storage: f32 or f16")
+      ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
   app.add_flag("--json", json, "print one JSON object instead of a table");
   CLI11_PARSE(app, argc, argv);
   using Clock = std::chrono::steady_clock;
   try {
     tinyllm::LoadedModel lm = model_path.empty() ? tinyllm::load_synthetic() : tinyllm::load(model_path);
     tinyllm::ThreadPool pool(threads);
+    const tinyllm::KVType kv = kv_type == "f16" ? tinyllm::KVType::f16 : tinyllm::KVType::f32;
     const std::size_t max_c = *std::max_element(concurrency.begin(), concurrency.end());
     const std::size_t per_stream = n_prompt + n_gen;
     tinyllm::SplitMix64 rng(7);
@@ -51,7 +55,8 @@ int main(int argc, char** argv) {
     for (std::size_t c : concurrency) {
       const std::size_t bs = 16;
       tinyllm::Engine engine(lm, pool, {.max_batch_tokens = 512, .max_sequences = max_c, .block_size = bs,
-                                        .kv_blocks = max_c * ((per_stream + bs - 1) / bs + 1), .prefix_caching = false});
+                                        .kv_blocks = max_c * ((per_stream + bs - 1) / bs + 1), .kv_type = kv,
+                                        .prefix_caching = false});
       std::vector<double> ttft, gaps;
       std::vector<Clock::time_point> last(c);
       Clock::time_point all_first;
@@ -93,8 +98,9 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
-    if (json) std::printf("{\"model\": \"%s\", \"n_prompt\": %zu, \"n_gen\": %zu, \"threads\": %u, \"results\": [%s]}\n",
-                          model_path.empty() ? "embedded" : model_path.c_str(), n_prompt, n_gen, pool.size(), rows.c_str());
+    if (json) std::printf("{\"model\": \"%s\", \"n_prompt\": %zu, \"n_gen\": %zu, \"threads\": %u, \"kv_type\": \"%s\", \"results\": [%s]}\n",
+                          model_path.empty() ? "embedded" : model_path.c_str(), n_prompt, n_gen, pool.size(),
+                          kv_type.c_str(), rows.c_str());
   } catch (const tinyllm::Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   std::size_t n_new = 64, parallel = 8, kv_mib = 256;
   unsigned threads = 0;
   tinyllm::SamplingParams sp;
+  std::string kv_type = "f32";
   app.add_option("-m,--model", model_path, "model file (.gguf or llama2.c .bin); default: the embedded random model");
   app.add_option("-z,--tokenizer", tokenizer_path, "llama2.c tokenizer .bin");
   app.add_option("-f,--file", prompts_path, "prompts, one per line")->required();
@@ -25,6 +26,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", sp.seed, "random seed (request i uses seed + i)")->capture_default_str();
   app.add_option("--parallel", parallel, "sequences decoded together at most")->capture_default_str();
   app.add_option("--kv-mib", kv_mib, "KV cache budget in MiB")->capture_default_str();
+  app.add_option("--kv-type", kv_type, "K/V storage: f32, or f16 (twice the blocks in the budget)")
+      ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
   app.add_option("-t,--threads", threads, "threads; 0 = all cores");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -37,7 +40,8 @@ int main(int argc, char** argv) {
     for (std::string line; std::getline(in, line);) prompts.push_back(line);
 
     tinyllm::ThreadPool pool(threads);
-    tinyllm::Engine engine(lm, pool, {.max_sequences = parallel, .kv_bytes = kv_mib << 20});
+    const tinyllm::KVType kv = kv_type == "f16" ? tinyllm::KVType::f16 : tinyllm::KVType::f32;
+    tinyllm::Engine engine(lm, pool, {.max_sequences = parallel, .kv_bytes = kv_mib << 20, .kv_type = kv});
     std::vector<std::string> texts(prompts.size());
     for (std::size_t i = 0; i < prompts.size(); ++i) {
       tinyllm::Request r{.prompt = prompts[i], .max_tokens = n_new, .sampling = sp};

@@ -231,10 +231,14 @@ struct TensorView {
 #include <span>
 #include <type_traits>
 
+#include <stdlib.h>
+#include <sys/mman.h>
+
 
 namespace tinyllm {
 
 inline constexpr std::size_t kAlignment = 64;
+inline constexpr std::size_t kHugePage = std::size_t(2) << 20;
 
 template <class T>
 class AlignedBuffer {
@@ -251,9 +255,16 @@ class AlignedBuffer {
     size_ = 0;
     if (n == 0) return;
     if (n > (SIZE_MAX - kAlignment) / sizeof(T)) throw Error("buffer size overflows", "AlignedBuffer");
+    // Large buffers (weights, KV caches) start on a 2 MiB boundary and ask for transparent huge
+    // pages: a stream through them then takes one TLB entry per 2 MiB instead of per 4 KiB.
+    const std::size_t align = n * sizeof(T) >= kHugePage ? kHugePage : kAlignment;
     const std::size_t bytes = (n * sizeof(T) + kAlignment - 1) / kAlignment * kAlignment;
-    void* p = std::aligned_alloc(kAlignment, bytes);
+    void* p = nullptr;
+    if (::posix_memalign(&p, align, bytes) != 0) p = nullptr;
     if (!p) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes", "AlignedBuffer");
+#ifdef MADV_HUGEPAGE
+    if (align == kHugePage) ::madvise(p, bytes, MADV_HUGEPAGE);
+#endif
     std::memset(p, 0, bytes);
     data_.reset(static_cast<T*>(p));
     size_ = n;
@@ -281,8 +292,10 @@ class AlignedBuffer {
 }  // namespace tinyllm
 // ---- tinyllm/core/mapped_file.hpp ----
 // A whole file mapped read-only into memory (POSIX mmap). Model weights are used in place.
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <string>
@@ -331,6 +344,17 @@ class MappedFile {
   std::size_t size() const noexcept { return size_; }
   std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
   const std::string& path() const noexcept { return path_; }
+
+  // Drops the whole pages of [p, p + n) that lie in this mapping from the process's resident
+  // memory (once their bytes have been copied elsewhere); touched again, they are read back from
+  // the file, so the bytes stay valid.
+  void release(const void* p, std::size_t n) const noexcept {
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto lo = reinterpret_cast<std::uintptr_t>(data_), hi = lo + size_;
+    const auto b = std::max(lo, (reinterpret_cast<std::uintptr_t>(p) + page - 1) / page * page);
+    const auto e = std::min(hi, (reinterpret_cast<std::uintptr_t>(p) + n) / page * page);
+    if (data_ && page > 0 && b < e) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+  }
 
  private:
   void swap(MappedFile& o) noexcept {
@@ -1180,18 +1204,70 @@ inline std::size_t attention_start(std::size_t pos, std::size_t window) {
 // ---- tinyllm/kernels/kv_view.hpp ----
 // The keys and values of one layer of one sequence, reached through a block table. A contiguous
 // cache is one block of `capacity` tokens; a paged cache hands out many blocks in any order.
+// Storage is F32 or F16 (half the memory; attention widens to f32 as it reads). A block-table
+// entry may be null: a block released because no query can reach it any more (outside every
+// layer's sliding window), which attention never reads.
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
 
 namespace tinyllm {
 
-struct KVLayerView {
-  float* const* k_blocks = nullptr;  // k_blocks[b]: [block_size, kv_dim]
-  float* const* v_blocks = nullptr;  // v_blocks[b]: [block_size, kv_dim]
-  std::size_t block_size = 0;        // tokens per block
-  std::size_t kv_dim = 0;            // n_kv_heads * head_dim
+enum class KVType : std::uint8_t { f32, f16 };
 
+inline constexpr std::size_t kv_type_size(KVType t) { return t == KVType::f16 ? sizeof(F16) : sizeof(float); }
+inline constexpr const char* kv_type_name(KVType t) { return t == KVType::f16 ? "f16" : "f32"; }
+
+struct KVLayerView {
+  float* const* k_blocks = nullptr;    // F32 storage: k_blocks[b]: [block_size, kv_dim]
+  float* const* v_blocks = nullptr;    // v_blocks[b]: [block_size, kv_dim]
+  std::size_t block_size = 0;          // tokens per block
+  std::size_t kv_dim = 0;              // n_kv_heads * head_dim
+  F16* const* k_blocks_f16 = nullptr;  // F16 storage instead (k_blocks and v_blocks stay null)
+  F16* const* v_blocks_f16 = nullptr;
+
+  KVType type() const { return k_blocks_f16 ? KVType::f16 : KVType::f32; }
+
+  // Rows of F32 storage.
   float* key(std::size_t pos) const { return k_blocks[pos / block_size] + (pos % block_size) * kv_dim; }
   float* value(std::size_t pos) const { return v_blocks[pos / block_size] + (pos % block_size) * kv_dim; }
+  // Rows of F16 storage.
+  F16* key_f16(std::size_t pos) const { return k_blocks_f16[pos / block_size] + (pos % block_size) * kv_dim; }
+  F16* value_f16(std::size_t pos) const { return v_blocks_f16[pos / block_size] + (pos % block_size) * kv_dim; }
+  // The row as the storage type T (float or F16), for kernels templated on it.
+  template <class T>
+  const T* key_as(std::size_t pos) const {
+    if constexpr (std::is_same_v<T, F16>) return key_f16(pos); else return key(pos);
+  }
+  template <class T>
+  const T* value_as(std::size_t pos) const {
+    if constexpr (std::is_same_v<T, F16>) return value_f16(pos); else return value(pos);
+  }
+
+  // Element i of a row as f32, whatever the storage (for the scalar reference).
+  float key_at(std::size_t pos, std::size_t i) const {
+    return type() == KVType::f16 ? to_f32(key_f16(pos)[i]) : key(pos)[i];
+  }
+  float value_at(std::size_t pos, std::size_t i) const {
+    return type() == KVType::f16 ? to_f32(value_f16(pos)[i]) : value(pos)[i];
+  }
+
+  // Writes position pos: k and v are [kv_dim] f32, rounded to nearest even for F16 storage.
+  void store(std::size_t pos, const float* k, const float* v) const {
+    if (type() == KVType::f32) {
+      std::copy_n(k, kv_dim, key(pos));
+      std::copy_n(v, kv_dim, value(pos));
+      return;
+    }
+    F16* kd = key_f16(pos);
+    F16* vd = value_f16(pos);
+    for (std::size_t i = 0; i < kv_dim; ++i) {
+      kd[i].bits = f32_to_f16(k[i]);
+      vd[i].bits = f32_to_f16(v[i]);
+    }
+  }
 };
 
 }  // namespace tinyllm
@@ -1302,9 +1378,9 @@ inline void softcap(float* x, std::size_t n, float cap) {
   for (std::size_t i = 0; i < n; ++i) x[i] = static_cast<float>(cap * std::tanh(double(x[i]) / cap));
 }
 
-// Causal grouped-query attention. q, out: [n_tok, n_heads * head_dim]. Token t attends to cache
-// positions attention_start(positions[t], window)..positions[t]; head h reads KV head
-// h / (n_heads / n_kv_heads). scratch: at least one row of max(positions) + 1 floats (the
+// Causal grouped-query attention over F32 or F16 K/V (read as f32). q, out: [n_tok, n_heads *
+// head_dim]. Token t attends to cache positions attention_start(positions[t], window)..positions[t];
+// head h reads KV head h / (n_heads / n_kv_heads). scratch: at least one row of max(positions) + 1 floats (the
 // reference uses only row 0).
 inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span<const std::int32_t> positions,
                       const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
@@ -1320,9 +1396,8 @@ inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span
       const float* qh = q.row(t) + h * head_dim;
       const std::size_t kv_offset = (h / group) * head_dim;
       for (std::size_t p = 0; p < n_pos; ++p) {
-        const float* k = kv.key(first + p) + kv_offset;
         double dot = 0;
-        for (std::size_t i = 0; i < head_dim; ++i) dot += double(qh[i]) * k[i];
+        for (std::size_t i = 0; i < head_dim; ++i) dot += double(qh[i]) * kv.key_at(first + p, kv_offset + i);
         dot *= params.scale;
         if (params.softcap > 0) dot = params.softcap * std::tanh(dot / params.softcap);
         scores[p] = static_cast<float>(dot);
@@ -1330,7 +1405,7 @@ inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span
       softmax(scores, n_pos);
       for (std::size_t i = 0; i < head_dim; ++i) {
         double acc = 0;
-        for (std::size_t p = 0; p < n_pos; ++p) acc += double(scores[p]) * kv.value(first + p)[kv_offset + i];
+        for (std::size_t p = 0; p < n_pos; ++p) acc += double(scores[p]) * kv.value_at(first + p, kv_offset + i);
         out.row(t)[h * head_dim + i] = static_cast<float>(acc);
       }
     }
@@ -1407,20 +1482,25 @@ HWY_INLINE VF load_f32_partial(DF d, const F16* p, std::size_t n) {
   return load_f32(d, buf);
 }
 
+HWY_INLINE VF load_upto(DF d, const F16* p, std::size_t n) {
+  return n >= hn::Lanes(d) ? load_f32(d, p) : load_f32_partial(d, p, n);
+}
+
 HWY_INLINE float reduce_sum(DF d, VF v) { return hn::GetLane(hn::SumOfLanes(d, v)); }
 
-// sum_i a[i] * b[i] in float, two accumulators to hide the FMA latency.
-HWY_INLINE float dot(const float* a, const float* b, std::size_t n) {
+// sum_i a[i] * b[i] in float, b stored as float or F16; two accumulators hide the FMA latency.
+template <class T>
+HWY_INLINE float dot(const float* a, const T* b, std::size_t n) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   VF acc0 = hn::Zero(d), acc1 = hn::Zero(d);
   std::size_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
-    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
-    acc1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), acc1);
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), load_f32(d, b + i), acc0);
+    acc1 = hn::MulAdd(hn::LoadU(d, a + i + N), load_f32(d, b + i + N), acc1);
   }
   if (i + N <= n) {
-    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), load_f32(d, b + i), acc0);
     i += N;
   }
   if (i < n) acc1 = hn::MulAdd(load_f32_partial(d, a + i, n - i), load_f32_partial(d, b + i, n - i), acc1);
@@ -1492,7 +1572,7 @@ inline void softcap(float* x, std::size_t n, float cap) {
 
 }  // namespace tinyllm::cpu
 // ---- tinyllm/kernels/cpu/attention.hpp ----
-// Causal grouped-query attention over a block-table KV view (Highway).
+// Causal grouped-query attention over a block-table KV view (Highway), K/V stored as F32 or F16.
 #include <algorithm>
 #include <atomic>
 #include <cassert>
@@ -1545,8 +1625,9 @@ inline void softmax(float* x, std::size_t n) {
 namespace tinyllm::cpu {
 namespace detail {
 
-// out[0, head_dim) = sum_p weights[p] * value(first + p)[offset ..]. Up to four vectors of the output
-// stay in registers while the positions stream past.
+// out[0, head_dim) = sum_p weights[p] * value(first + p)[offset ..], values stored as T (float or
+// F16). Up to four vectors of the output stay in registers while the positions stream past.
+template <class T>
 HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
                                 std::size_t offset, std::size_t head_dim, float* out) {
   const DF d;
@@ -1557,7 +1638,7 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::si
                       c3 = left > 3 * N ? left - 3 * N : 0;
     VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
     for (std::size_t p = 0; p < n_pos; ++p) {
-      const float* v = kv.value(first + p) + offset + j;
+      const T* v = kv.value_as<T>(first + p) + offset + j;
       const VF s = hn::Set(d, weights[p]);
       a0 = hn::MulAdd(s, load_upto(d, v, c0), a0);
       a1 = hn::MulAdd(s, load_upto(d, v + N, c1), a1);
@@ -1572,13 +1653,14 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::si
 }
 
 // One query head against cache positions [first, first + n_pos) of its KV head; scores: n_pos floats.
+template <class T>
 HWY_INLINE void attend_head(const float* q, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
                             std::size_t offset, std::size_t head_dim, const AttentionParams& params, float* scores,
                             float* out) {
-  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key(first + p) + offset, head_dim) * params.scale;
+  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key_as<T>(first + p) + offset, head_dim) * params.scale;
   if (params.softcap > 0) softcap(scores, n_pos, params.softcap);
   softmax(scores, n_pos);
-  weighted_values(scores, first, n_pos, kv, offset, head_dim, out);
+  weighted_values<T>(scores, first, n_pos, kv, offset, head_dim, out);
 }
 
 }  // namespace detail
@@ -1607,8 +1689,12 @@ void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std:
       const std::size_t first = attention_start(pos, params.window);
       assert(pos < scratch.cols);
       const KVLayerView& kv = view_of(t);
-      detail::attend_head(q.row(t) + h * head_dim, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim,
-                          params, scores, out.row(t) + h * head_dim);
+      const float* qh = q.row(t) + h * head_dim;
+      float* oh = out.row(t) + h * head_dim;
+      if (kv.type() == KVType::f16)
+        detail::attend_head<F16>(qh, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim, params, scores, oh);
+      else
+        detail::attend_head<float>(qh, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim, params, scores, oh);
     }
   });
 }
@@ -2135,6 +2221,9 @@ class GGUFFile {
   std::size_t alignment() const noexcept { return alignment_; }
   std::size_t data_offset() const noexcept { return data_offset_; }
   const std::string& name() const noexcept { return name_; }
+  // Lets the mapped pages of [p, p + n) go from resident memory (MappedFile::release); nothing
+  // for a file parsed from caller-owned bytes.
+  void release_pages(const void* p, std::size_t n) const noexcept { file_.release(p, n); }
   std::span<const std::byte> bytes() const noexcept { return bytes_; }
 
   const std::vector<std::pair<std::string, GGUFValue>>& metadata() const noexcept { return metadata_; }
@@ -4812,6 +4901,7 @@ inline std::string render_chat(ChatFormat f, std::span<const ChatMessage> messag
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -5189,28 +5279,42 @@ class KVCache {
   virtual std::size_t capacity() const = 0;   // positions 0..capacity-1 can be stored
 };
 
-// One block per layer holding every position: the simplest cache, for one sequence.
+// One block per layer holding every position: the simplest cache, for one sequence. K and V are
+// stored as F32 (the default) or F16.
 class ContiguousKVCache final : public KVCache {
  public:
-  ContiguousKVCache(const ModelConfig& cfg, std::size_t capacity)
-      : capacity_(capacity), kv_dim_(cfg.kv_dim()),
-        k_(cfg.n_layers * capacity * cfg.kv_dim()), v_(cfg.n_layers * capacity * cfg.kv_dim()),
-        k_blocks_(cfg.n_layers), v_blocks_(cfg.n_layers) {
+  ContiguousKVCache(const ModelConfig& cfg, std::size_t capacity, KVType type = KVType::f32)
+      : capacity_(capacity), kv_dim_(cfg.kv_dim()), type_(type) {
     if (capacity == 0) throw Error("a KV cache needs room for at least one position", "ContiguousKVCache");
-    for (std::size_t l = 0; l < cfg.n_layers; ++l) {
-      k_blocks_[l] = k_.data() + l * capacity * kv_dim_;   // [capacity, kv_dim]
-      v_blocks_[l] = v_.data() + l * capacity * kv_dim_;
-    }
+    if (type == KVType::f16) table(cfg.n_layers, k16_, v16_, k16_blocks_, v16_blocks_);
+    else table(cfg.n_layers, k_, v_, k_blocks_, v_blocks_);
   }
   KVLayerView layer(std::size_t l) override {
+    if (type_ == KVType::f16) return {.block_size = capacity_, .kv_dim = kv_dim_, .k_blocks_f16 = &k16_blocks_[l],
+                                      .v_blocks_f16 = &v16_blocks_[l]};
     return {&k_blocks_[l], &v_blocks_[l], capacity_, kv_dim_};
   }
   std::size_t capacity() const override { return capacity_; }
+  KVType type() const { return type_; }
 
  private:
+  template <class T>
+  void table(std::size_t n_layers, AlignedBuffer<T>& k, AlignedBuffer<T>& v, std::vector<T*>& k_blocks,
+             std::vector<T*>& v_blocks) {
+    k.resize(n_layers * capacity_ * kv_dim_);
+    v.resize(n_layers * capacity_ * kv_dim_);
+    for (std::size_t l = 0; l < n_layers; ++l) {
+      k_blocks.push_back(k.data() + l * capacity_ * kv_dim_);   // [capacity, kv_dim]
+      v_blocks.push_back(v.data() + l * capacity_ * kv_dim_);
+    }
+  }
+
   std::size_t capacity_, kv_dim_;
-  AlignedBuffer<float> k_, v_;   // [n_layers, capacity, kv_dim]
+  KVType type_;
+  AlignedBuffer<float> k_, v_;   // [n_layers, capacity, kv_dim] for F32 storage
+  AlignedBuffer<F16> k16_, v16_; // ... or for F16
   std::vector<float*> k_blocks_, v_blocks_;
+  std::vector<F16*> k16_blocks_, v16_blocks_;
 };
 
 }  // namespace tinyllm
@@ -5219,6 +5323,7 @@ class ContiguousKVCache final : public KVCache {
 // picks the kernel instantiation for that type.
 #include <cstddef>
 #include <cstring>
+#include <memory>
 #include <string>
 
 // ---- tinyllm/kernels/cpu/qmatmul.hpp ----
@@ -6260,6 +6365,454 @@ inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_o
 }
 
 }  // namespace tinyllm::cpu
+// ---- tinyllm/kernels/cpu/qpacked.hpp ----
+// Quantized weights regrouped ("packed") for the VNNI kernels: 16 consecutive rows side by side.
+//
+// In the file's layout every row is its own short stream of blocks, so a decode step that reads
+// a few rows at once makes many short interleaved streams that the hardware prefetcher follows
+// poorly, and each weight vector needs a horizontal sum per row. Packed, a group of 16 rows is
+// one contiguous run of "units" (2 blocks of Q8_0/Q4_0, one super-block of Q4_K/Q6_K) in which
+// every 64-byte vector holds 4 consecutive inputs of each of the 16 rows ([row][4 quants]; 4-bit
+// formats keep two such steps in the low and high nibbles). One vpdpbusd of such a vector by 4
+// broadcast activation quants gives 16 rows' partial sums in 16 lanes: no horizontal sums, the
+// scales of 16 rows are applied by one vector op, and the whole matrix is read as one stream.
+// The prefill kernel unpacks the same units into its L1 panel (qmatmul.hpp) with a few shifts.
+//
+// Unit layouts (bytes; q are the unsigned quants the kernels use: Q4_0 0..15 with offset 8, Q8_0
+// q + 128, Q4_K 0..15, Q6_K 0..63 with offset 32; row r's 4 bytes of a vector at 4r):
+//   Q4_0 (576):  per block h of 2: 4 vectors, vector k: low nibbles inputs 8k..8k+3, high
+//                8k+4..8k+7 of the block; then 16 f16 scales of block 0, 16 of block 1.
+//   Q8_0 (1088): per block of 2: 8 vectors of inputs 4k..4k+3; then 16 + 16 f16 scales.
+//   Q4_K (2368): 32 vectors, 4 per sub-block j of 32, vector 4j + k: low nibbles inputs
+//                32j + 8k + 0..3, high + 4..7; scales [j][row] u8 (128), mins [j][row] u8 (128),
+//                d [row] f16 (32), dmin [row] f16 (32).
+//   Q6_K (3392): per sub-block j of 16: 2 vectors of low nibbles (inputs 16j + 0..3 | 4..7, then
+//                8..11 | 12..15) at 128j; high bit pairs at 2048 + 64j (bits 2i..2i+1 of byte
+//                l: input 16j + 4i + l); scales [j][row] i8 (256) at 3072, d [row] f16 at 3328,
+//                32 bytes of padding.
+// Rows past n_out in the last group and blocks past the row's end in the last unit are zeros.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+
+namespace tinyllm::cpu {
+
+inline constexpr std::size_t kPackRows = 16;
+
+namespace pdetail {
+
+// The unsigned quants of one block (or super-block) as the kernels use them.
+inline void quants(const BlockQ4_0& b, std::uint8_t* q) {
+  for (int i = 0; i < 16; ++i) q[i] = b.qs[i] & 15, q[i + 16] = b.qs[i] >> 4;
+}
+inline void quants(const BlockQ8_0& b, std::uint8_t* q) {
+  for (int i = 0; i < 32; ++i) q[i] = std::uint8_t(b.qs[i] + 128);
+}
+inline void quants(const BlockQ4_K& b, std::uint8_t* q) {
+  for (int j = 0; j < 8; ++j)
+    for (int l = 0; l < 32; ++l) q[32 * j + l] = (b.qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 15;
+}
+inline void quants(const BlockQ6_K& b, std::uint8_t* q) {
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const std::uint8_t* ql = b.ql + 64 * h;
+      const int qh = b.qh[32 * h + l];
+      std::uint8_t* o = q + 128 * h;
+      o[l] = std::uint8_t((ql[l] & 15) | (qh & 3) << 4);
+      o[l + 32] = std::uint8_t((ql[l + 32] & 15) | (qh >> 2 & 3) << 4);
+      o[l + 64] = std::uint8_t((ql[l] >> 4) | (qh >> 4 & 3) << 4);
+      o[l + 96] = std::uint8_t((ql[l + 32] >> 4) | (qh >> 6 & 3) << 4);
+    }
+}
+
+template <class Block> struct Pack;
+
+template <> struct Pack<BlockQ4_0> {
+  static constexpr std::size_t unit_blocks = 2, unit_bytes = 576;
+  // rows[r] points at the unit's first block of row r (null: a zero row); nb blocks (1 or 2).
+  static void pack(const BlockQ4_0* const* rows, std::size_t nb, std::uint8_t* o) {
+    std::uint8_t q[32];
+    for (std::size_t h = 0; h < nb; ++h)
+      for (std::size_t r = 0; r < kPackRows; ++r) {
+        if (!rows[r]) continue;
+        quants(rows[r][h], q);
+        for (int k = 0; k < 4; ++k)
+          for (int i = 0; i < 4; ++i) o[256 * h + 64 * k + 4 * r + i] = std::uint8_t(q[8 * k + i] | q[8 * k + 4 + i] << 4);
+        std::memcpy(o + 512 + 32 * h + 2 * r, &rows[r][h].d, 2);
+      }
+  }
+};
+
+template <> struct Pack<BlockQ8_0> {
+  static constexpr std::size_t unit_blocks = 2, unit_bytes = 1088;
+  static void pack(const BlockQ8_0* const* rows, std::size_t nb, std::uint8_t* o) {
+    std::uint8_t q[32];
+    for (std::size_t h = 0; h < nb; ++h)
+      for (std::size_t r = 0; r < kPackRows; ++r) {
+        if (!rows[r]) continue;
+        quants(rows[r][h], q);
+        for (int k = 0; k < 8; ++k) std::memcpy(o + 512 * h + 64 * k + 4 * r, q + 4 * k, 4);
+        std::memcpy(o + 1024 + 32 * h + 2 * r, &rows[r][h].d, 2);
+      }
+  }
+};
+
+template <> struct Pack<BlockQ4_K> {
+  static constexpr std::size_t unit_blocks = 1, unit_bytes = 2368;
+  static void pack(const BlockQ4_K* const* rows, std::size_t, std::uint8_t* o) {
+    std::uint8_t q[256];
+    for (std::size_t r = 0; r < kPackRows; ++r) {
+      if (!rows[r]) continue;
+      const BlockQ4_K& b = rows[r][0];
+      quants(b, q);
+      for (int j = 0; j < 8; ++j) {
+        for (int k = 0; k < 4; ++k)
+          for (int i = 0; i < 4; ++i)
+            o[64 * (4 * j + k) + 4 * r + i] = std::uint8_t(q[32 * j + 8 * k + i] | q[32 * j + 8 * k + 4 + i] << 4);
+        get_scale_min_k4(j, b.scales, o[2048 + 16 * j + r], o[2176 + 16 * j + r]);
+      }
+      std::memcpy(o + 2304 + 2 * r, &b.d, 2);
+      std::memcpy(o + 2336 + 2 * r, &b.dmin, 2);
+    }
+  }
+};
+
+template <> struct Pack<BlockQ6_K> {
+  static constexpr std::size_t unit_blocks = 1, unit_bytes = 3392;
+  static void pack(const BlockQ6_K* const* rows, std::size_t, std::uint8_t* o) {
+    std::uint8_t q[256];
+    for (std::size_t r = 0; r < kPackRows; ++r) {
+      if (!rows[r]) continue;
+      const BlockQ6_K& b = rows[r][0];
+      quants(b, q);
+      for (int j = 0; j < 16; ++j) {
+        const std::uint8_t* s = q + 16 * j;
+        for (int i = 0; i < 4; ++i) {
+          o[128 * j + 4 * r + i] = std::uint8_t((s[i] & 15) | (s[4 + i] & 15) << 4);
+          o[128 * j + 64 + 4 * r + i] = std::uint8_t((s[8 + i] & 15) | (s[12 + i] & 15) << 4);
+          o[2048 + 64 * j + 4 * r + i] =
+              std::uint8_t((s[i] >> 4) | (s[4 + i] >> 4) << 2 | (s[8 + i] >> 4) << 4 | (s[12 + i] >> 4) << 6);
+        }
+        o[3072 + 16 * j + r] = std::uint8_t(b.scales[j]);
+      }
+      std::memcpy(o + 3328 + 2 * r, &b.d, 2);
+    }
+  }
+};
+
+template <class Block>
+inline constexpr bool is_packable = std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0> ||
+                                    std::is_same_v<Block, BlockQ4_K> || std::is_same_v<Block, BlockQ6_K>;
+
+template <class Block>
+std::size_t units_per_row(std::size_t n_in) {
+  const std::size_t nb = n_in / block_values<Block>;
+  return (nb + Pack<Block>::unit_blocks - 1) / Pack<Block>::unit_blocks;
+}
+
+#if TINYLLM_QMATMUL_VNNI
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+using qdetail::broadcast4;
+using qdetail::dpbusd;
+using qdetail::Panel;
+
+HWY_INLINE __m512i low4(__m512i v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0F)); }
+HWY_INLINE __m512i high4(__m512i v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)); }
+HWY_INLINE __m512i load(const std::uint8_t* p) { return _mm512_load_si512(p); }
+HWY_INLINE __m512 f16x16(const std::uint8_t* p) {
+  return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+}
+HWY_INLINE __m512i u8x16(const std::uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+}
+HWY_INLINE __m512i i8x16(const std::uint8_t* p) {
+  return _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+}
+HWY_INLINE std::int32_t aux_as_int(const QuantizedActs& a, std::size_t t, std::size_t u) {
+  float f;
+  std::memcpy(&f, a.aux_row(t) + u, sizeof f);
+  return std::int32_t(f);  // a sum of quants: an integer
+}
+
+// The four 6-bit quant steps of a Q6_K sub-block: low nibbles from lo0/lo1, bits 4-5 from hb.
+HWY_INLINE void q6_steps(const std::uint8_t* unit, int j, __m512i (&q)[4]) {
+  const __m512i lo0 = load(unit + 128 * j), lo1 = load(unit + 128 * j + 64), hb = load(unit + 2048 + 64 * j);
+  const __m512i m30 = _mm512_set1_epi8(0x30);
+  q[0] = _mm512_ternarylogic_epi32(low4(lo0), _mm512_slli_epi16(hb, 4), m30, 0xF8);  // a | (b & c)
+  q[1] = _mm512_ternarylogic_epi32(high4(lo0), _mm512_slli_epi16(hb, 2), m30, 0xF8);
+  q[2] = _mm512_ternarylogic_epi32(low4(lo1), hb, m30, 0xF8);
+  q[3] = _mm512_ternarylogic_epi32(high4(lo1), _mm512_srli_epi16(hb, 2), m30, 0xF8);
+}
+
+// acc[t] (16 rows) += unit u of the group · tokens t0 .. t0 + T (plain-row activations).
+template <class Block, std::size_t T>
+HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t nb, const QuantizedActs& a,
+                            std::size_t t0, __m512 (&acc)[T]) {
+  if constexpr (std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0>) {
+    constexpr bool kQ4 = std::is_same_v<Block, BlockQ4_0>;
+    constexpr std::size_t kBlockBytes = kQ4 ? 256 : 512, kScales = 2 * kBlockBytes;
+    const __m512 scale[2] = {f16x16(unit + kScales), f16x16(unit + kScales + 32)};
+    for (std::size_t h = 0; h < 2; ++h) {
+      const std::size_t b = 2 * u + h;
+      if (b >= nb) break;
+      const std::uint8_t* q = unit + kBlockBytes * h;
+      // Two chains of vpdpbusd per token, so their latency overlaps.
+      __m512i sum[T], sum2[T];
+      for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(a.aux_row(t0 + t)[b]), sum2[t] = _mm512_setzero_si512();
+      if constexpr (kQ4) {
+        for (int k = 0; k < 4; ++k) {
+          const __m512i v = load(q + 64 * k), lo = low4(v), hi = high4(v);
+          for (std::size_t t = 0; t < T; ++t) {
+            const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 8 * k;
+            sum[t] = dpbusd(sum[t], lo, broadcast4(x));
+            sum2[t] = dpbusd(sum2[t], hi, broadcast4(x + 4));
+          }
+        }
+      } else {
+        for (int k = 0; k < 8; k += 2) {
+          const __m512i v = load(q + 64 * k), v2 = load(q + 64 * k + 64);
+          for (std::size_t t = 0; t < T; ++t) {
+            const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 4 * k;
+            sum[t] = dpbusd(sum[t], v, broadcast4(x));
+            sum2[t] = dpbusd(sum2[t], v2, broadcast4(x + 4));
+          }
+        }
+      }
+      for (std::size_t t = 0; t < T; ++t)
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sum[t], sum2[t])),
+                                 _mm512_mul_ps(scale[h], _mm512_set1_ps(a.d_row(t0 + t)[b])), acc[t]);
+    }
+  } else if constexpr (std::is_same_v<Block, BlockQ4_K>) {
+    // Sub-block sums times their 6-bit scales stay in int32 (< 2^25); the mins meet sum(x).
+    __m512i tot[T], mins[T];
+    for (std::size_t t = 0; t < T; ++t) tot[t] = mins[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) {
+      __m512i sum[T];
+      for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k) {
+        const __m512i v = load(unit + 64 * (4 * j + k)), lo = low4(v), hi = high4(v);
+        for (std::size_t t = 0; t < T; ++t) {
+          const std::int8_t* x = a.q_row(t0 + t) + 256 * u + 32 * j + 8 * k;
+          sum[t] = dpbusd(dpbusd(sum[t], lo, broadcast4(x)), hi, broadcast4(x + 4));
+        }
+      }
+      const __m512i sc = u8x16(unit + 2048 + 16 * j), m = u8x16(unit + 2176 + 16 * j);
+      for (std::size_t t = 0; t < T; ++t) {
+        tot[t] = _mm512_add_epi32(tot[t], _mm512_mullo_epi32(sum[t], sc));
+        mins[t] = _mm512_add_epi32(mins[t], _mm512_mullo_epi32(m, _mm512_set1_epi32(aux_as_int(a, t0 + t, 8 * u + j))));
+      }
+    }
+    const __m512 d = f16x16(unit + 2304), dmin = f16x16(unit + 2336);
+    for (std::size_t t = 0; t < T; ++t) {
+      const __m512 dx = _mm512_set1_ps(a.d_row(t0 + t)[u]);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[t]), _mm512_mul_ps(d, dx), acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[t]), _mm512_mul_ps(dmin, dx), acc[t]);
+    }
+  } else {  // Q6_K: (q - 32) per sub-block of 16 times a signed 8-bit scale, in int32 (< 2^29)
+    __m512i tot[T];
+    for (std::size_t t = 0; t < T; ++t) tot[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 16; ++j) {
+      __m512i q[4];
+      q6_steps(unit, j, q);
+      const __m512i sc = i8x16(unit + 3072 + 16 * j);
+      for (std::size_t t = 0; t < T; ++t) {
+        const std::int8_t* x = a.q_row(t0 + t) + 256 * u + 16 * j;
+        __m512i sum = _mm512_set1_epi32(a.aux_row(t0 + t)[16 * u + j]);  // -32 * sum(x)
+        for (int i = 0; i < 4; ++i) sum = dpbusd(sum, q[i], broadcast4(x + 4 * i));
+        tot[t] = _mm512_add_epi32(tot[t], _mm512_mullo_epi32(sum, sc));
+      }
+    }
+    const __m512 d = f16x16(unit + 3328);
+    for (std::size_t t = 0; t < T; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[t]), _mm512_mul_ps(d, _mm512_set1_ps(a.d_row(t0 + t)[u])), acc[t]);
+  }
+}
+
+// Unit u into the panel at unit position i (blocks or super-blocks from i * unit_blocks).
+template <class Block>
+HWY_INLINE void unpack_unit(const std::uint8_t* unit, std::size_t u, std::size_t nb, std::size_t i, Panel& p) {
+  if constexpr (std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0>) {
+    constexpr bool kQ4 = std::is_same_v<Block, BlockQ4_0>;
+    constexpr std::size_t kBlockBytes = kQ4 ? 256 : 512;
+    for (std::size_t h = 0; h < 2 && 2 * u + h < nb; ++h) {
+      const std::size_t c = 2 * i + h;  // the panel's block
+      for (int k = 0; k < (kQ4 ? 4 : 8); ++k) {
+        const __m512i v = load(unit + kBlockBytes * h + 64 * k);
+        if constexpr (kQ4) {
+          _mm512_store_si512(p.w[8 * c + 2 * k], low4(v));
+          _mm512_store_si512(p.w[8 * c + 2 * k + 1], high4(v));
+        } else {
+          _mm512_store_si512(p.w[8 * c + k], v);
+        }
+      }
+      _mm512_store_ps(p.scale[c], f16x16(unit + 2 * kBlockBytes + 32 * h));
+    }
+  } else if constexpr (std::is_same_v<Block, BlockQ4_K>) {
+    const __m512 d = f16x16(unit + 2304), dmin = f16x16(unit + 2336);
+    for (int j = 0; j < 8; ++j) {
+      for (int k = 0; k < 4; ++k) {
+        const __m512i v = load(unit + 64 * (4 * j + k));
+        _mm512_store_si512(p.w[64 * i + 8 * j + 2 * k], low4(v));
+        _mm512_store_si512(p.w[64 * i + 8 * j + 2 * k + 1], high4(v));
+      }
+      _mm512_store_ps(p.scale[8 * i + j], _mm512_mul_ps(_mm512_cvtepi32_ps(u8x16(unit + 2048 + 16 * j)), d));
+      _mm512_store_ps(p.min[8 * i + j], _mm512_mul_ps(_mm512_cvtepi32_ps(u8x16(unit + 2176 + 16 * j)), dmin));
+    }
+  } else {
+    const __m512 d = f16x16(unit + 3328);
+    for (int j = 0; j < 16; ++j) {
+      __m512i q[4];
+      q6_steps(unit, j, q);
+      for (int s = 0; s < 4; ++s) _mm512_store_si512(p.w[64 * i + 4 * j + s], q[s]);
+      _mm512_store_ps(p.scale[16 * i + j], _mm512_mul_ps(_mm512_cvtepi32_ps(i8x16(unit + 3072 + 16 * j)), d));
+    }
+  }
+}
+
+// Groups [g0, g1) against 1 .. T tokens from t0.
+template <class Block, std::size_t T>
+void decode_groups(const std::uint8_t* w, std::size_t units, std::size_t nb, std::size_t n_out, const QuantizedActs& a,
+                   std::size_t t0, MatrixView<float> y, std::size_t g0, std::size_t g1) {
+  constexpr std::size_t kUnit = Pack<Block>::unit_bytes, kAhead = 4096;
+  for (std::size_t g = g0; g < g1; ++g) {
+    const std::uint8_t* unit = w + g * units * kUnit;
+    __m512 acc[T];
+    for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (std::size_t u = 0; u < units; ++u, unit += kUnit) {
+      // Ahead of the hardware prefetcher, which restarts at every 4 KiB page.
+      for (std::size_t l = 0; l < kUnit; l += 64) _mm_prefetch(reinterpret_cast<const char*>(unit) + kAhead + l, _MM_HINT_T0);
+      decode_unit<Block, T>(unit, u, nb, a, t0, acc);
+    }
+    const std::size_t rows = std::min(kPackRows, n_out - kPackRows * g);
+    for (std::size_t t = 0; t < T; ++t)
+      qdetail::store_rows(y.row(t0 + t) + kPackRows * g, acc[t], __mmask16((1u << rows) - 1), false);
+  }
+}
+
+template <class Block, std::size_t T = 4>
+HWY_INLINE void decode_any(std::size_t t_count, const std::uint8_t* w, std::size_t units, std::size_t nb,
+                           std::size_t n_out, const QuantizedActs& a, std::size_t t0, MatrixView<float> y,
+                           std::size_t g0, std::size_t g1) {
+  if constexpr (T > 1)
+    if (t_count < T) return decode_any<Block, T - 1>(t_count, w, units, nb, n_out, a, t0, y, g0, g1);
+  decode_groups<Block, T>(w, units, nb, n_out, a, t0, y, g0, g1);
+}
+
+template <class Block>
+void prefill_groups(const std::uint8_t* w, std::size_t units, std::size_t nb, std::size_t n_out, const QuantizedActs& a,
+                    MatrixView<float> y, std::size_t g0, std::size_t g1) {
+  using Fmt = typename qdetail::VnniFmt<Block>::type;
+  constexpr std::size_t kUnit = Pack<Block>::unit_bytes, kPer = Pack<Block>::unit_blocks;
+  constexpr std::size_t kPanelUnits = qdetail::kPanelInputs / (kPer * block_values<Block>);
+  Panel panel;
+  for (std::size_t g = g0; g < g1; ++g) {
+    const std::size_t rows = std::min(kPackRows, n_out - kPackRows * g);
+    const __mmask16 mask = __mmask16((1u << rows) - 1);
+    for (std::size_t u0 = 0; u0 < units; u0 += kPanelUnits) {
+      const std::size_t count_units = std::min(kPanelUnits, units - u0);
+      for (std::size_t i = 0; i < count_units; ++i)
+        unpack_unit<Block>(w + (g * units + u0 + i) * kUnit, u0 + i, nb, i, panel);
+      const std::size_t first = u0 * kPer, count = std::min(count_units * kPer, nb - first);
+      for (std::size_t t = 0; t < a.n_tok; t += qdetail::kPanelTokens)
+        qdetail::panel_any<Fmt>(std::min(qdetail::kPanelTokens, a.n_tok - t), panel, first, count, a, t,
+                                y.row(t) + kPackRows * g, y.stride, mask, u0 > 0);
+    }
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif  // TINYLLM_QMATMUL_VNNI
+
+}  // namespace pdetail
+
+// Whether qmatmul_packed has a kernel for `type` in this build (VNNI: Q4_0, Q8_0, Q4_K, Q6_K).
+inline bool can_pack(DType type) {
+  if (!TINYLLM_QMATMUL_VNNI) return false;
+  return type == DType::Q4_0 || type == DType::Q8_0 || type == DType::Q4_K || type == DType::Q6_K;
+}
+
+namespace pdetail {
+template <class F>
+decltype(auto) with_block(DType type, const char* where, F&& f) {
+  switch (type) {
+    case DType::Q4_0: return f(std::type_identity<BlockQ4_0>{});
+    case DType::Q8_0: return f(std::type_identity<BlockQ8_0>{});
+    case DType::Q4_K: return f(std::type_identity<BlockQ4_K>{});
+    case DType::Q6_K: return f(std::type_identity<BlockQ6_K>{});
+    default: throw Error("no packed layout for weight type " + std::string(name(type)), where, "Q4_0, Q8_0, Q4_K or Q6_K");
+  }
+}
+}  // namespace pdetail
+
+// Bytes of a packed [n_out, n_in] matrix of `type` (n_in a multiple of its block size).
+inline std::size_t packed_bytes(DType type, std::size_t n_out, std::size_t n_in) {
+  return pdetail::with_block(type, "cpu::packed_bytes", [&]<class Block>(std::type_identity<Block>) {
+    return (n_out + kPackRows - 1) / kPackRows * pdetail::units_per_row<Block>(n_in) * pdetail::Pack<Block>::unit_bytes;
+  });
+}
+
+// Packs groups [g0, g1) of n_out rows of n_in values stored as the file has them (contiguous rows)
+// into `out`, packed_bytes(type, n_out, n_in) bytes, 64-byte aligned. Threads may pack disjoint
+// group ranges at once.
+inline void pack_rows(DType type, const void* w, std::size_t n_out, std::size_t n_in, std::byte* out, std::size_t g0,
+                      std::size_t g1) {
+  pdetail::with_block(type, "cpu::pack_rows", [&]<class Block>(std::type_identity<Block>) {
+    using P = pdetail::Pack<Block>;
+    const std::size_t nb = n_in / block_values<Block>, units = pdetail::units_per_row<Block>(n_in);
+    const Block* blocks = static_cast<const Block*>(w);
+    for (std::size_t g = g0; g < g1; ++g)
+      for (std::size_t u = 0; u < units; ++u) {
+        auto* o = reinterpret_cast<std::uint8_t*>(out) + (g * units + u) * P::unit_bytes;
+        std::memset(o, 0, P::unit_bytes);
+        const Block* rows[kPackRows];
+        for (std::size_t r = 0; r < kPackRows; ++r) {
+          const std::size_t row = kPackRows * g + r;
+          rows[r] = row < n_out ? blocks + row * nb + u * P::unit_blocks : nullptr;
+        }
+        P::pack(rows, std::min(P::unit_blocks, nb - u * P::unit_blocks), o);
+      }
+  });
+}
+
+// y[n_tok, n_out] = x[n_tok, n_in] · wᵀ for a packed w: the same integer sums as qmatmul on the
+// file's layout (so the same result up to float summation order).
+inline void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std::size_t n_out, std::size_t n_in,
+                           MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
+  assert(x.cols == n_in && y.rows == x.rows && y.cols == n_out);
+  if (x.rows == 0 || n_out == 0) return;
+#if TINYLLM_QMATMUL_VNNI
+  pdetail::with_block(type, "cpu::qmatmul_packed", [&]<class Block>(std::type_identity<Block>) {
+    const std::size_t nb = n_in / block_values<Block>, units = pdetail::units_per_row<Block>(n_in);
+    const std::size_t groups = (n_out + kPackRows - 1) / kPackRows;
+    const auto* p = reinterpret_cast<const std::uint8_t*>(w);
+    if (x.rows < qdetail::kPrefillMinTokens) {
+      const QuantizedActs a = quantize_activations<Block>(pool, x, scratch);
+      pool.parallel_for(groups, [&](std::size_t g0, std::size_t g1) {
+        for (std::size_t t = 0; t < a.n_tok; t += 4)
+          pdetail::decode_any<Block>(std::min<std::size_t>(4, a.n_tok - t), p, units, nb, n_out, a, t, y, g0, g1);
+      });
+    } else {
+      const QuantizedActs a = quantize_activations<Block>(pool, x, scratch, qdetail::kPanelTokens);
+      pool.parallel_for(groups, [&](std::size_t g0, std::size_t g1) {
+        pdetail::prefill_groups<Block>(p, units, nb, n_out, a, y, g0, g1);
+      });
+    }
+  });
+#else
+  throw Error("packed weights need the AVX-512 VNNI kernels", "cpu::qmatmul_packed");
+#endif
+}
+
+}  // namespace tinyllm::cpu
 
 namespace tinyllm {
 
@@ -6269,7 +6822,23 @@ struct WeightMatrix {
   DType type = DType::F32;
   const void* data = nullptr;
   std::size_t rows = 0, cols = 0;
+  // The same weights regrouped for the CPU kernels (cpu::pack_rows), when pack() made them;
+  // matmul then reads these and `data` only serves row lookups (dequantize_row).
+  std::shared_ptr<const AlignedBuffer<std::byte>> packed;
 };
+
+// Regroups w for the packed CPU kernels when this build has one for its type, on the pool's
+// threads; returns whether it did. The model then holds both forms' bytes until the caller lets
+// the original go.
+inline bool pack(WeightMatrix& w, ThreadPool& pool) {
+  if (w.packed || !cpu::can_pack(w.type) || w.rows == 0 || w.cols == 0) return false;
+  auto buf = std::make_shared<AlignedBuffer<std::byte>>(cpu::packed_bytes(w.type, w.rows, w.cols));
+  pool.parallel_for((w.rows + cpu::kPackRows - 1) / cpu::kPackRows, [&](std::size_t g0, std::size_t g1) {
+    cpu::pack_rows(w.type, w.data, w.rows, w.cols, buf->data(), g0, g1);
+  });
+  w.packed = std::move(buf);
+  return true;
+}
 
 // Types the kernels can multiply by; loading checks every weight against this.
 inline bool matmul_supports(DType t) {
@@ -6284,6 +6853,7 @@ inline bool matmul_supports(DType t) {
 // activations (held in `scratch`, sized at load time) without dequantizing the matrix.
 inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y,
                    cpu::QuantScratch& scratch) {
+  if (w.packed) return cpu::qmatmul_packed(pool, w.type, w.packed->data(), w.rows, w.cols, x, y, scratch);
   cpu::qmatmul(pool, w.type, w.data, w.rows, w.cols, x, y, scratch);
 }
 
@@ -6347,8 +6917,12 @@ class Model {
                              std::span<const std::int32_t> positions, std::span<const SequenceSlice> seqs,
                              MatrixView<float> logits) = 0;
 
-  std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0) const {
-    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context);
+  // How far back every layer reads: the widest sliding window when every layer has one, else 0
+  // (some layer reads the whole sequence). Cache positions older than that can be dropped.
+  virtual std::size_t kv_window() const = 0;
+
+  std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0, KVType type = KVType::f32) const {
+    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context, type);
   }
   // Parameters in weight matrices, norms and biases (an embedding tied to the output counts once).
   std::size_t n_params() const { return count_weights([](const WeightMatrix& m) { return m.rows * m.cols; }, 1); }
@@ -6401,6 +6975,15 @@ class Transformer final : public Model {
   const TransformerWeights& weights() const override { return w_; }
 
   std::size_t max_batch() const override { return max_batch_; }
+
+  std::size_t kv_window() const override {
+    std::size_t widest = 0;
+    for (const LayerPlan& p : plans_) {
+      if (p.window == 0) return 0;
+      widest = std::max(widest, p.window);
+    }
+    return widest;
+  }
 
   void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
                std::span<const std::int32_t> positions, KVCache& cache,
@@ -6538,8 +7121,7 @@ class Transformer final : public Model {
         const auto pos = std::size_t(positions[t]);
         cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
         cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
-        std::copy_n(k.row(t), c.kv_dim(), kv.key(pos));
-        std::copy_n(v.row(t), c.kv_dim(), kv.value(pos));
+        kv.store(pos, k.row(t), v.row(t));
       }
       ap.window = plans_[l].window;
       cpu::attention(pool, q, positions, [&](std::size_t t) -> const KVLayerView& { return views_[seq_of_token_[t]]; },
@@ -6620,6 +7202,11 @@ namespace tinyllm {
 struct LoadOptions {
   std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
   std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
+  bool pack_weights = true;        // regroup quantized matrices for the packed CPU kernels (cpu/qpacked.hpp)
+  // Called as the weight matrices are bound, with the bytes done so far and in all. With it, the
+  // loader also reads each matrix (one byte per page), so a cold file is paged in during the
+  // load, where the progress shows, rather than during the first forward pass.
+  std::function<void(std::size_t done, std::size_t total)> progress;
 };
 
 // A model together with the file its weights live in and its tokenizer.
@@ -6678,6 +7265,42 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
     throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
                 "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
   return {tensor, t.dtype, t.data, rows, cols};
+}
+
+// Gets the weight matrices ready for the forward pass, reporting progress after each one. Those
+// the CPU kernels have a packed layout for are packed (cpu/qpacked.hpp) and the file's pages of
+// them released (`file` null: nothing to release); with a progress callback the others are read,
+// one byte per page, so a cold file is paged in during the load, where the progress shows,
+// rather than during the first forward pass.
+inline void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFile* file) {
+  std::vector<WeightMatrix*> matrices = {&w.token_embd};
+  for (LayerWeights& l : w.layers)
+    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
+  // Tied to token_embd, the output is only work here when it gets a packed copy (the embedding
+  // lookups keep reading the file's rows).
+  if (w.output.data != w.token_embd.data || (opt.pack_weights && cpu::can_pack(w.output.type)))
+    matrices.push_back(&w.output);
+  const auto bytes = [](const WeightMatrix& m) { return m.data ? m.rows * row_bytes(m.type, m.cols) : 0; };
+  std::size_t total = 0, done = 0;
+  for (const WeightMatrix* m : matrices) total += bytes(*m);
+  if (opt.progress) opt.progress(0, total);
+  unsigned char sum = 0;
+  std::optional<ThreadPool> pool;  // started when the first matrix is packed
+  for (WeightMatrix* m : matrices) {
+    const std::size_t n = bytes(*m);
+    const bool packable = m != &w.token_embd && opt.pack_weights && cpu::can_pack(m->type);
+    if (packable && !pool) pool.emplace();  // one thread per hardware thread
+    if (packable && pack(*m, *pool)) {
+      if (file && m->data != w.token_embd.data) file->release_pages(m->data, n);
+    } else if (opt.progress) {
+      const auto* p = static_cast<const unsigned char*>(m->data);
+      for (std::size_t i = 0; i < n; i += 4096) sum ^= p[i];
+    }
+    done += n;
+    if (opt.progress) opt.progress(done, total);
+  }
+  volatile unsigned char keep = sum;  // the reads must happen
+  (void)keep;
 }
 
 inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size_t vocab) {
@@ -6764,6 +7387,7 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
   w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
   if (f.find_tensor("rope_freqs.weight")) w.rope_freq_factors = vector_tensor(f, "rope_freqs.weight", c.head_dim / 2);
+  prepare_weights(w, opt, &f);
   return std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
 }
 
@@ -6870,6 +7494,7 @@ LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   w.output = mat("wcls", lw.wcls, 0, c.vocab_size, c.n_embd);
 
   if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
+  prepare_weights(w, opt, nullptr);
   std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
   auto model = std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
   return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
@@ -6912,13 +7537,14 @@ inline LoadedModel load_synthetic(std::string_view shape = "tiny", DType type = 
 
 }  // namespace tinyllm
 // ---- tinyllm/sample/sampler.hpp ----
-// Sampler: picks the next token from logits. Repetition penalty, then greedy, or top-k,
-// temperature, softmax, top-p, min-p and a seeded draw. Draws come from the library's own PRNG,
+// Sampler: picks the next token from logits. Repetition penalty, presence and frequency
+// penalties, then greedy, or top-k, temperature, softmax, top-p, min-p and a seeded draw. Draws come from the library's own PRNG,
 // so a seed gives the same tokens on every platform and standard library.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -6974,6 +7600,10 @@ struct SamplingParams {
   float min_p = 0.05f;              // <= 0: off; keeps tokens with p >= min_p * p_max
   float repetition_penalty = 1.0f;  // 1: off; logit > 0 ? logit / penalty : logit * penalty (CTRL)
   std::int32_t repeat_last_n = 64;  // the penalty's window of history; each distinct token once
+  // OpenAI's additive penalties over the tokens generated so far (not the prompt), in [-2, 2]:
+  // logit[t] -= presence_penalty * (count[t] > 0) + frequency_penalty * count[t]. 0: off.
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
   std::uint64_t seed = 0;
 };
 
@@ -6992,6 +7622,9 @@ inline std::int32_t argmax(std::span<const float> logits) {
   return static_cast<std::int32_t>(best);
 }
 
+// A Sampler follows one sequence. The history of its first sample() call is the prompt; the
+// tokens appended to the history after it are the generated ones, which the presence and
+// frequency penalties count (as OpenAI and vLLM do).
 class Sampler {
  public:
   Sampler(const SamplingParams& params, std::size_t vocab_size)
@@ -7005,13 +7638,21 @@ class Sampler {
     penalised_.resize(vocab_size, 0);
   }
 
-  // Picks a token; may change `logits` (the repetition penalty is applied in place).
-  // `history` holds the tokens so far, prompt and generated, for the repetition penalty.
+  // The number of history tokens taken as the prompt; none before the first sample() call.
+  std::optional<std::size_t> prompt_length() const { return n_prompt_; }
+
+  // Picks a token; may change `logits` (the penalties are applied in place). `history` holds the
+  // tokens so far, prompt and generated; each call's history extends the previous call's.
   std::int32_t sample(std::span<float> logits, std::span<const std::int32_t> history) {
     if (logits.size() != candidates_.size())
       throw Error(std::to_string(logits.size()) + " logits", "Sampler::sample",
                   std::to_string(candidates_.size()) + ", the vocabulary size");
+    if (!n_prompt_) n_prompt_ = history.size();
+    if (history.size() < *n_prompt_)
+      throw Error("history of " + std::to_string(history.size()) + " tokens", "Sampler::sample",
+                  "at least the " + std::to_string(*n_prompt_) + " prompt tokens of the first call");
     apply_repetition_penalty(logits, history);
+    apply_presence_frequency_penalties(logits, history.subspan(*n_prompt_));
     check_logits(logits);
     if (params_.temperature <= 0.0f) return argmax(logits);
 
@@ -7151,9 +7792,20 @@ class Sampler {
       fail("min_p", p.min_p, "a number <= 1 (<= 0 turns it off)");
     if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0.0f)
       fail("repetition_penalty", p.repetition_penalty, "a finite number > 0 (1 turns it off)");
+    if (!std::isfinite(p.presence_penalty) || std::fabs(p.presence_penalty) > 2.0f)
+      fail("presence_penalty", p.presence_penalty, "a finite number in [-2, 2] (0 turns it off)");
+    if (!std::isfinite(p.frequency_penalty) || std::fabs(p.frequency_penalty) > 2.0f)
+      fail("frequency_penalty", p.frequency_penalty, "a finite number in [-2, 2] (0 turns it off)");
     if (p.repeat_last_n < 0)
       throw Error("repeat_last_n is " + std::to_string(p.repeat_last_n),
                   "SamplingParams::repeat_last_n", "a count >= 0");
+  }
+
+  static void check_ids(std::span<const std::int32_t> tokens, std::size_t vocab) {
+    for (const std::int32_t token : tokens)
+      if (token < 0 || static_cast<std::size_t>(token) >= vocab)
+        throw Error("token id " + std::to_string(token) + " in the history", "Sampler::sample",
+                    "an id in [0, " + std::to_string(vocab) + ")");
   }
 
   void apply_repetition_penalty(std::span<float> logits, std::span<const std::int32_t> history) {
@@ -7161,10 +7813,7 @@ class Sampler {
     const std::size_t window =
         std::min(history.size(), static_cast<std::size_t>(params_.repeat_last_n));
     const auto recent = history.last(window);
-    for (const std::int32_t token : recent)
-      if (token < 0 || static_cast<std::size_t>(token) >= logits.size())
-        throw Error("token id " + std::to_string(token) + " in the history", "Sampler::sample",
-                    "an id in [0, " + std::to_string(logits.size()) + ")");
+    check_ids(recent, logits.size());
     for (const std::int32_t token : recent) {
       if (penalised_[token]) continue;
       penalised_[token] = 1;
@@ -7175,10 +7824,27 @@ class Sampler {
     for (const std::int32_t token : recent) penalised_[token] = 0;
   }
 
+  // Counted afresh from the history at each call: a few hundred tokens against a forward pass.
+  void apply_presence_frequency_penalties(std::span<float> logits,
+                                          std::span<const std::int32_t> generated) {
+    if (params_.presence_penalty == 0.0f && params_.frequency_penalty == 0.0f) return;
+    check_ids(generated, logits.size());
+    if (counts_.empty()) counts_.resize(logits.size(), 0);
+    for (const std::int32_t token : generated) ++counts_[token];
+    for (const std::int32_t token : generated) {
+      const std::uint32_t count = counts_[token];
+      if (count == 0) continue;  // already penalised
+      logits[token] -= params_.presence_penalty + params_.frequency_penalty * float(count);
+      counts_[token] = 0;
+    }
+  }
+
   SamplingParams params_;
   Xoshiro256 rng_;
   std::vector<Candidate> candidates_;    // [vocab_size] scratch, reused by every call
   std::vector<std::uint8_t> penalised_;  // [vocab_size] marks, all zero between calls
+  std::vector<std::uint32_t> counts_;    // [vocab_size] when penalties are on, all zero between calls
+  std::optional<std::size_t> n_prompt_;  // the first call's history length
 };
 
 }  // namespace tinyllm
@@ -7200,6 +7866,7 @@ struct GenerateOptions {
   std::size_t max_new_tokens = 256;
   SamplingParams sampling;
   std::vector<std::int32_t> stop_tokens;   // generation ends at one of these (counted, not passed on)
+  KVType kv_type = KVType::f32;            // how the cache stores K and V
 };
 
 struct GenerateStats {
@@ -7219,7 +7886,7 @@ inline GenerateStats generate(ThreadPool& pool, Model& model, std::span<const st
   if (prompt.size() > model.config().context)
     throw Error("prompt of " + std::to_string(prompt.size()) + " tokens exceeds the context",
                 "generate", "at most " + std::to_string(model.config().context) + " tokens");
-  auto cache = model.new_kv_cache(capacity);
+  auto cache = model.new_kv_cache(capacity, opt.kv_type);
   Sampler sampler(opt.sampling, vocab);
   AlignedBuffer<float> logits(vocab);
   MatrixView<float> last(logits.data(), 1, vocab);
@@ -7250,10 +7917,12 @@ inline GenerateStats generate(ThreadPool& pool, Model& model, std::span<const st
 }  // namespace tinyllm
 // ---- tinyllm/serve/block_pool.hpp ----
 // The paged KV cache's memory (vLLM's PagedAttention): one pool of fixed-size blocks allocated up
-// front. A block holds block_size positions of K and V for every layer. Blocks are ref-counted so
+// front. A block holds block_size positions of K and V for every layer, as F32 or as F16 (half
+// the bytes, so twice the blocks for a memory budget). Blocks are ref-counted so
 // sequences can share them; a full block can be registered under the hash of its tokens (chained
 // with the hashes of the blocks before it), so a later request with the same prefix finds it.
 // Released blocks keep their contents and hash until reused, least recently released first.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -7270,29 +7939,47 @@ using BlockId = std::uint32_t;
 
 class KVBlockPool {
  public:
-  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks)
-      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), blocks_(n_blocks) {
+  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks, KVType type = KVType::f32)
+      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), type_(type), blocks_(n_blocks) {
     if (block_size == 0 || n_blocks == 0)
       throw Error("a KV block pool needs blocks of at least one position", "KVBlockPool",
                   "block_size >= 1 and n_blocks >= 1");
-    storage_.resize(n_blocks * block_floats());   // [n_blocks][n_layers][K, V][block_size][kv_dim]
+    // [n_blocks][n_layers][K, V][block_size][kv_dim]
+    if (type == KVType::f16) storage_f16_.resize(n_blocks * block_elements());
+    else storage_.resize(n_blocks * block_elements());
     for (BlockId b = 0; b < n_blocks; ++b) free_queue_.push_back({b, 0});
     n_free_ = n_blocks;
   }
 
+  // Bytes of one block: K and V of block_size positions for every layer.
+  static std::size_t block_bytes(const ModelConfig& cfg, std::size_t block_size, KVType type = KVType::f32) {
+    return block_size * cfg.n_layers * 2 * cfg.kv_dim() * kv_type_size(type);
+  }
   // The most blocks whose storage fits in `bytes`.
-  static std::size_t blocks_for_bytes(const ModelConfig& cfg, std::size_t block_size, std::size_t bytes) {
-    return bytes / (block_size * cfg.n_layers * 2 * cfg.kv_dim() * sizeof(float));
+  static std::size_t blocks_for_bytes(const ModelConfig& cfg, std::size_t block_size, std::size_t bytes,
+                                      KVType type = KVType::f32) {
+    return bytes / block_bytes(cfg, block_size, type);
   }
 
   std::size_t block_size() const { return block_size_; }
+  KVType type() const { return type_; }
   std::size_t n_blocks() const { return blocks_.size(); }
   std::size_t n_free() const { return n_free_; }
   std::size_t n_used() const { return blocks_.size() - n_free_; }
   std::uint32_t ref_count(BlockId b) const { return blocks_.at(b).refs; }
 
-  float* keys(BlockId b, std::size_t layer) { return storage_.data() + b * block_floats() + layer * 2 * plane(); }
+  // A layer's [block_size, kv_dim] keys and values in block b: F32 storage ...
+  float* keys(BlockId b, std::size_t layer) { return storage_.data() + offset(b, layer); }
   float* values(BlockId b, std::size_t layer) { return keys(b, layer) + plane(); }
+  // ... or F16 storage.
+  F16* keys_f16(BlockId b, std::size_t layer) { return storage_f16_.data() + offset(b, layer); }
+  F16* values_f16(BlockId b, std::size_t layer) { return keys_f16(b, layer) + plane(); }
+
+  // Copies every layer's K and V of block `from` into block `to`.
+  void copy_block(BlockId from, BlockId to) {
+    if (type_ == KVType::f16) std::copy_n(storage_f16_.data() + offset(from, 0), block_elements(), storage_f16_.data() + offset(to, 0));
+    else std::copy_n(storage_.data() + offset(from, 0), block_elements(), storage_.data() + offset(to, 0));
+  }
 
   // A block no one holds (evicting the oldest released one and its hash), with one reference;
   // nullopt when every block is in use.
@@ -7363,7 +8050,8 @@ class KVBlockPool {
   };
 
   std::size_t plane() const { return block_size_ * kv_dim_; }
-  std::size_t block_floats() const { return n_layers_ * 2 * plane(); }
+  std::size_t block_elements() const { return n_layers_ * 2 * plane(); }
+  std::size_t offset(BlockId b, std::size_t layer) const { return b * block_elements() + layer * 2 * plane(); }
   void forget_hash(BlockId b) {
     Block& blk = blocks_[b];
     if (blk.hash) {
@@ -7374,7 +8062,9 @@ class KVBlockPool {
   }
 
   std::size_t block_size_, n_layers_, kv_dim_;
-  AlignedBuffer<float> storage_;
+  KVType type_;
+  AlignedBuffer<float> storage_;     // F32 storage, or
+  AlignedBuffer<F16> storage_f16_;   // F16 storage
   std::vector<Block> blocks_;
   std::deque<QueueEntry> free_queue_;
   std::size_t n_free_ = 0;
@@ -7385,10 +8075,14 @@ class KVBlockPool {
 // ---- tinyllm/serve/paged_kv_cache.hpp ----
 // One sequence's view of the paged KV cache: a block table into a shared KVBlockPool. Position p
 // lives in block table[p / block_size] at row p % block_size; the model reaches it through
-// KVCache::layer like any other cache.
+// KVCache::layer like any other cache. When every layer of the model has a sliding window, the
+// blocks that fell out of it are released early (release_before): their table entries become
+// kReleased tombstones with null pointers, which attention never reaches.
 #include <algorithm>
 #include <cstddef>
+#include <limits>
 #include <span>
+#include <string>
 #include <vector>
 
 
@@ -7396,24 +8090,34 @@ namespace tinyllm {
 
 class PagedKVCache final : public KVCache {
  public:
+  // A table entry whose block went back to the pool: no position in it is read again.
+  static constexpr BlockId kReleased = std::numeric_limits<BlockId>::max();
+
   PagedKVCache(KVBlockPool& pool, std::size_t n_layers, std::size_t kv_dim)
-      : pool_(&pool), kv_dim_(kv_dim), k_ptrs_(n_layers), v_ptrs_(n_layers) {}
+      : pool_(&pool), kv_dim_(kv_dim), ptrs_(n_layers), ptrs_f16_(n_layers) {}
   PagedKVCache(const PagedKVCache&) = delete;
   PagedKVCache& operator=(const PagedKVCache&) = delete;
   ~PagedKVCache() override { clear(); }
 
   KVLayerView layer(std::size_t l) override {
-    return {k_ptrs_[l].data(), v_ptrs_[l].data(), pool_->block_size(), kv_dim_};
+    if (pool_->type() == KVType::f16)
+      return {.block_size = pool_->block_size(), .kv_dim = kv_dim_, .k_blocks_f16 = ptrs_f16_[l].k.data(),
+              .v_blocks_f16 = ptrs_f16_[l].v.data()};
+    return {ptrs_[l].k.data(), ptrs_[l].v.data(), pool_->block_size(), kv_dim_};
   }
+  // Positions [0, capacity) are addressable; those of released blocks are no longer stored.
   std::size_t capacity() const override { return table_.size() * pool_->block_size(); }
+  // The block table, kReleased where a block was released early.
   std::span<const BlockId> blocks() const { return table_; }
+  std::size_t n_released() const { return n_released_; }             // leading kReleased entries
+  std::size_t n_held() const { return table_.size() - n_released_; }  // blocks this sequence holds
 
   // Appends a block the caller already holds a reference to; the table now owns that reference.
   void append(BlockId b) {
     table_.push_back(b);
-    for (std::size_t l = 0; l < k_ptrs_.size(); ++l) {
-      k_ptrs_[l].push_back(pool_->keys(b, l));
-      v_ptrs_[l].push_back(pool_->values(b, l));
+    for (std::size_t l = 0; l < ptrs_.size(); ++l) {
+      if (pool_->type() == KVType::f16) ptrs_f16_[l].push(pool_->keys_f16(b, l), pool_->values_f16(b, l));
+      else ptrs_[l].push(pool_->keys(b, l), pool_->values(b, l));
     }
   }
 
@@ -7431,32 +8135,74 @@ class PagedKVCache final : public KVCache {
   bool make_writable(std::size_t pos) {
     const std::size_t i = pos / pool_->block_size();
     const BlockId shared = table_.at(i);
+    if (shared == kReleased) throw Error("position " + std::to_string(pos) + " is in a released KV block", "make_writable");
     if (pool_->ref_count(shared) == 1) return true;
     const auto fresh = pool_->allocate();
     if (!fresh) return false;
-    for (std::size_t l = 0; l < k_ptrs_.size(); ++l) {
-      std::copy_n(pool_->keys(shared, l), 2 * pool_->block_size() * kv_dim_, pool_->keys(*fresh, l));  // K and V
-      k_ptrs_[l][i] = pool_->keys(*fresh, l);
-      v_ptrs_[l][i] = pool_->values(*fresh, l);
-    }
-    table_[i] = *fresh;
+    pool_->copy_block(shared, *fresh);
+    set(i, *fresh);
     pool_->release(shared);
     return true;
   }
 
+  // Releases the blocks all of whose positions lie before `pos` (no query reads them again). They
+  // keep their contents and prefix-cache hash until the pool reuses them, so a later request with
+  // the same prefix may still find them. Returns how many were released.
+  std::size_t release_before(std::size_t pos) {
+    const std::size_t end = std::min(pos / pool_->block_size(), table_.size());
+    std::size_t n = 0;
+    for (; n_released_ < end; ++n_released_, ++n) {
+      pool_->release(table_[n_released_]);
+      set(n_released_, kReleased);
+    }
+    return n;
+  }
+
   // Releases every block (they stay in the prefix cache until reused).
   void clear() {
-    for (BlockId b : table_) pool_->release(b);
+    for (BlockId b : table_)
+      if (b != kReleased) pool_->release(b);
     table_.clear();
-    for (auto& p : k_ptrs_) p.clear();
-    for (auto& p : v_ptrs_) p.clear();
+    n_released_ = 0;
+    for (auto& p : ptrs_) p.clear();
+    for (auto& p : ptrs_f16_) p.clear();
   }
 
  private:
+  template <class T>
+  struct LayerTable {
+    std::vector<T*> k, v;   // [blocks]: the layer's K/V base in each block
+    void push(T* kb, T* vb) {
+      k.push_back(kb);
+      v.push_back(vb);
+    }
+    void clear() {
+      k.clear();
+      v.clear();
+    }
+  };
+
+  // Points entry i of every layer at block b (null for kReleased).
+  void set(std::size_t i, BlockId b) {
+    table_[i] = b;
+    const bool live = b != kReleased;
+    for (std::size_t l = 0; l < ptrs_.size(); ++l) {
+      if (pool_->type() == KVType::f16) {
+        ptrs_f16_[l].k[i] = live ? pool_->keys_f16(b, l) : nullptr;
+        ptrs_f16_[l].v[i] = live ? pool_->values_f16(b, l) : nullptr;
+      } else {
+        ptrs_[l].k[i] = live ? pool_->keys(b, l) : nullptr;
+        ptrs_[l].v[i] = live ? pool_->values(b, l) : nullptr;
+      }
+    }
+  }
+
   KVBlockPool* pool_;
   std::size_t kv_dim_;
   std::vector<BlockId> table_;
-  std::vector<std::vector<float*>> k_ptrs_, v_ptrs_;   // [n_layers][blocks]: the layer's K/V base of each block
+  std::size_t n_released_ = 0;
+  std::vector<LayerTable<float>> ptrs_;    // [n_layers], F32 storage
+  std::vector<LayerTable<F16>> ptrs_f16_;  // [n_layers], F16 storage
 };
 
 }  // namespace tinyllm
@@ -7526,6 +8272,10 @@ struct TokenEvent {
 // When a sequence needs a block and none is free, the most recently admitted running sequence is
 // preempted: its blocks are released and it waits to be recomputed (its tokens so far are kept).
 // Full blocks are registered in the prefix cache, so requests sharing a prompt prefix reuse them.
+// K and V are stored as F32 or F16 (EngineOptions::kv_type; F16 fits twice the blocks in kv_bytes).
+// When every layer of the model has a sliding window (Mistral), a sequence releases the blocks
+// that fell out of the window as it goes, so a long generation holds about window / block_size + 2
+// blocks.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -7547,6 +8297,7 @@ struct EngineOptions {
   std::size_t block_size = 16;            // positions per KV block
   std::size_t kv_blocks = 0;              // blocks in the pool; 0 = as many as kv_bytes holds
   std::size_t kv_bytes = 256u << 20;
+  KVType kv_type = KVType::f32;           // how K and V are stored: f16 halves their memory
   bool prefix_caching = true;
   std::size_t max_waiting = 0;            // 0 = unbounded queue; else submit() refuses beyond it
 };
@@ -7555,7 +8306,8 @@ struct EngineMetrics {
   std::size_t blocks_total = 0, blocks_used = 0, blocks_free = 0;
   std::size_t running = 0, waiting = 0, preemptions = 0, steps = 0;
   std::size_t prefix_lookups = 0, prefix_hits = 0;   // full prompt blocks looked up / found
-  std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' blocks
+  std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' held blocks
+  std::size_t window_releases = 0;                   // blocks released early, out of every layer's window
   double prefix_hit_rate() const { return prefix_lookups ? double(prefix_hits) / prefix_lookups : 0; }
   double kv_waste() const { return slots_allocated ? double(slots_allocated - slots_used) / slots_allocated : 0; }
 };
@@ -7567,7 +8319,10 @@ class Engine {
   Engine(LoadedModel& model, ThreadPool& pool, const EngineOptions& opt = {})
       : lm_(model), model_(model.model()), pool_(pool), opt_(opt),
         blocks_(model.config(), opt.block_size,
-                opt.kv_blocks ? opt.kv_blocks : KVBlockPool::blocks_for_bytes(model.config(), opt.block_size, opt.kv_bytes)) {
+                opt.kv_blocks ? opt.kv_blocks
+                              : KVBlockPool::blocks_for_bytes(model.config(), opt.block_size, opt.kv_bytes, opt.kv_type),
+                opt.kv_type),
+        window_(model.model().kv_window()) {
     opt_.max_batch_tokens = std::min(opt_.max_batch_tokens, model_.max_batch());
     if (opt_.max_batch_tokens == 0 || opt_.max_sequences == 0)
       throw Error("engine needs a token budget and a sequence cap", "EngineOptions", "both >= 1");
@@ -7584,7 +8339,7 @@ class Engine {
       if (t < 0 || std::size_t(t) >= vocab)
         throw Error("prompt token " + std::to_string(t) + " out of range", "submit", "0 <= id < " + std::to_string(vocab));
     const std::size_t need = tokens.size() + req.max_tokens;
-    const std::size_t limit = std::min(model_.config().context, blocks_.n_blocks() * blocks_.block_size());
+    const std::size_t limit = std::min(model_.config().context, longest_fitting());
     if (tokens.size() + 1 > limit || (req.max_tokens == 0))
       throw Error("prompt of " + std::to_string(tokens.size()) + " tokens does not fit", "submit",
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
@@ -7635,8 +8390,8 @@ class Engine {
     m.waiting = waiting_.size();
     m.slots_allocated = m.slots_used = 0;
     for (const auto& s : running_) {
-      m.slots_allocated += s->cache.capacity();
-      m.slots_used += s->n_computed;
+      m.slots_allocated += s->cache.n_held() * blocks_.block_size();
+      m.slots_used += s->n_computed - s->cache.n_released() * blocks_.block_size();
     }
     return m;
   }
@@ -7648,7 +8403,8 @@ class Engine {
   void audit() const {
     std::vector<std::uint32_t> held(blocks_.n_blocks(), 0);
     for (const auto& s : running_)
-      for (BlockId b : s->cache.blocks()) ++held[b];
+      for (BlockId b : s->cache.blocks())
+        if (b != PagedKVCache::kReleased) ++held[b];
     for (const auto& s : waiting_)
       if (!s->cache.blocks().empty()) throw Error("waiting request " + std::to_string(s->id) + " holds KV blocks", "Engine::audit");
     std::size_t used = 0;
@@ -7711,6 +8467,23 @@ class Engine {
     drop(waiting_);
   }
 
+  // The longest sequence the pool can always hold: all of it, or with a window that releases
+  // blocks, any within the context once the pool fits a window plus a step's tokens.
+  std::size_t longest_fitting() const {
+    const std::size_t bs = blocks_.block_size(), all = blocks_.n_blocks() * bs;
+    if (window_ > 0 && blocks_.n_blocks() >= (window_ + opt_.max_batch_tokens + bs - 2) / bs + 1)
+      return std::max(all, model_.config().context);
+    return all;
+  }
+
+  // Releases the blocks of `s` that no query of it will read again: those before the window of
+  // its next position, n_computed. Prefix-cache hits among them stay cached (their contents are
+  // the K/V of that exact token prefix), so another request may still take them.
+  void release_out_of_window(Sequence& s) {
+    if (window_ > 0 && s.n_computed + 1 > window_)
+      metrics_.window_releases += s.cache.release_before(s.n_computed + 1 - window_);
+  }
+
   // Gives `s` blocks up to `n` positions, preempting the newest running sequences other than `s`
   // when the pool is empty. False when even that cannot free enough.
   bool reserve(Sequence& s, std::size_t n) {
@@ -7750,6 +8523,7 @@ class Engine {
       s.last_hash = h;
     }
     s.metrics.cached_prompt_tokens = std::max(s.metrics.cached_prompt_tokens, s.n_computed);
+    release_out_of_window(s);
   }
 
   void schedule() {
@@ -7816,6 +8590,7 @@ class Engine {
       const bool sampled = s.n_computed == s.tokens.size();
       s.chunk = 0;
       register_full_blocks(s);
+      release_out_of_window(s);
       if (!sampled) continue;
       const std::int32_t next = s.sampler.sample(std::span(logits_.data() + row++ * vocab, vocab), s.tokens);
       if (emit(s, next) != FinishReason::none) done.push_back(&s);
@@ -7883,6 +8658,7 @@ class Engine {
   ThreadPool& pool_;
   EngineOptions opt_;
   KVBlockPool blocks_;
+  std::size_t window_;                     // Model::kv_window(): > 0 lets sequences release old blocks
   std::deque<SeqPtr> running_, waiting_;   // running_ in admission order
   std::mutex inbox_mutex_;
   std::vector<SeqPtr> inbox_;

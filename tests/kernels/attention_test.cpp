@@ -1,5 +1,6 @@
 // cpu::attention against ref::attention: GQA ratios 1, 2, 4, 8, tokens at arbitrary positions,
-// a contiguous KV cache and the same data in shuffled blocks of a paged one, 1 to 3 threads.
+// a contiguous KV cache and the same data in shuffled blocks of a paged one, 1 to 3 threads; K/V
+// stored as F16; sliding windows over tables whose out-of-window blocks were released.
 #include <tinyllm/kernels/cpu/attention.hpp>
 #include <tinyllm/kernels/kv_view.hpp>
 #include <tinyllm/kernels/reference.hpp>
@@ -11,6 +12,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "test_util.hpp"
@@ -21,36 +23,52 @@ namespace {
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// One layer's K and V for positions [0, n_ctx), kept in blocks of block_size tokens whose order
-// in storage is a random permutation of their order in the table. block_size >= n_ctx gives a
-// contiguous cache.
-struct BlockKV {
+// One layer's K and V for positions [0, n_ctx), stored as T (float or F16) in blocks of
+// block_size tokens whose order in storage is a random permutation of their order in the table.
+// block_size >= n_ctx gives a contiguous cache.
+template <class T>
+struct BlockKVOf {
   std::size_t block_size, kv_dim;
-  std::vector<float> k_storage, v_storage;
-  std::vector<float*> k_table, v_table;
+  std::vector<T> k_storage, v_storage;
+  std::vector<T*> k_table, v_table;
 
-  BlockKV(const std::vector<float>& k, const std::vector<float>& v, std::size_t n_ctx, std::size_t kv_dim_,
-          std::size_t block_size_, std::mt19937& rng)
+  BlockKVOf(const std::vector<float>& k, const std::vector<float>& v, std::size_t n_ctx, std::size_t kv_dim_,
+            std::size_t block_size_, std::mt19937& rng)
       : block_size(block_size_), kv_dim(kv_dim_) {
     const std::size_t n_blocks = (n_ctx + block_size - 1) / block_size, spare = 2;
     std::vector<std::size_t> slot(n_blocks + spare);
     std::iota(slot.begin(), slot.end(), 0);
     std::shuffle(slot.begin(), slot.end(), rng);
-    k_storage.assign(slot.size() * block_size * kv_dim, kNaN);  // unused slots and tails stay NaN
-    v_storage.assign(k_storage.size(), kNaN);
+    T nan;
+    if constexpr (std::is_same_v<T, F16>) nan.bits = 0x7e00; else nan = kNaN;
+    k_storage.assign(slot.size() * block_size * kv_dim, nan);  // unused slots and tails stay NaN
+    v_storage.assign(k_storage.size(), nan);
     for (std::size_t b = 0; b < n_blocks; ++b) {
       k_table.push_back(k_storage.data() + slot[b] * block_size * kv_dim);
       v_table.push_back(v_storage.data() + slot[b] * block_size * kv_dim);
     }
     const KVLayerView view = this->view();
-    for (std::size_t p = 0; p < n_ctx; ++p)
-      for (std::size_t i = 0; i < kv_dim; ++i) {
-        view.key(p)[i] = k[p * kv_dim + i];
-        view.value(p)[i] = v[p * kv_dim + i];
-      }
+    for (std::size_t p = 0; p < n_ctx; ++p) view.store(p, k.data() + p * kv_dim, v.data() + p * kv_dim);
   }
-  KVLayerView view() const { return {k_table.data(), v_table.data(), block_size, kv_dim}; }
+  KVLayerView view() const {
+    if constexpr (std::is_same_v<T, F16>)
+      return {.block_size = block_size, .kv_dim = kv_dim, .k_blocks_f16 = k_table.data(), .v_blocks_f16 = v_table.data()};
+    else
+      return {k_table.data(), v_table.data(), block_size, kv_dim};
+  }
+  // Forgets (nulls) the table entries of blocks that hold only positions before `pos`, as a
+  // sliding-window cache does when it releases them.
+  void release_before(std::size_t pos) {
+    for (std::size_t b = 0; (b + 1) * block_size <= pos && b < k_table.size(); ++b) k_table[b] = v_table[b] = nullptr;
+  }
 };
+using BlockKV = BlockKVOf<float>;
+
+// Each value rounded to the nearest F16 and back.
+std::vector<float> round_to_f16(std::vector<float> v) {
+  for (float& e : v) e = f16_to_f32(f32_to_f16(e));
+  return v;
+}
 
 std::vector<float> random_vector(std::size_t n, std::mt19937& rng) {
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -175,6 +193,78 @@ TEST_CASE("attention with a sliding window equals full attention over the window
         const std::vector<float> row(want.begin() + t * s.n_heads * s.head_dim, want.begin() + (t + 1) * s.n_heads * s.head_dim);
         CHECK(max_abs_error(alone, row) <= 1e-6);
       }
+    }
+  }
+}
+
+TEST_CASE("cpu::attention over F16 K/V equals attention over the F16-rounded values, and is close to F32") {
+  ThreadPool pool1(1), pool3(3);
+  std::mt19937 rng(17);
+  const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {16, 2, 128}, {8, 1, 17}, {6, 3, 8}, {2, 2, 1}};
+  const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
+  double worst_vs_f32 = 0;
+  for (const Shape& s : shapes)
+    for (const auto& positions : position_sets)
+      for (std::size_t block_size : {1, 5, 16}) {
+        CAPTURE(s.n_heads);
+        CAPTURE(s.n_kv_heads);
+        CAPTURE(s.head_dim);
+        CAPTURE(positions.size());
+        CAPTURE(block_size);
+        const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
+        const std::size_t kv_dim = s.n_kv_heads * s.head_dim;
+        const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
+        const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
+        const BlockKVOf<F16> half(k, v, n_ctx, kv_dim, block_size, rng);
+        const BlockKV rounded(round_to_f16(k), round_to_f16(v), n_ctx, kv_dim, block_size, rng);
+        const BlockKV exact(k, v, n_ctx, kv_dim, block_size, rng);
+
+        // The reference reads F16 storage as exactly its rounded values.
+        const auto want = run(ref_attention, pool1, q, positions, rounded.view(), s);
+        CHECK(run(ref_attention, pool1, q, positions, half.view(), s) == want);
+        // The kernel widens each F16 to the same float the F32 path loads: the same arithmetic.
+        const auto got = run(cpu_attention, pool1, q, positions, half.view(), s);
+        CHECK(got == run(cpu_attention, pool1, q, positions, rounded.view(), s));
+        CHECK(max_abs_error(got, want) <= 2e-5);
+        CHECK(run(cpu_attention, pool3, q, positions, half.view(), s) == got);
+        // Against unrounded F32: |k|, |v| <= 1 move by at most 2^-11, so each score moves by at
+        // most scale * head_dim * 2^-11 and the output by 2^-11 plus twice that.
+        const double scale = 1.0 / std::sqrt(double(s.head_dim)), ulp = std::ldexp(1.0, -11);
+        const double err = max_abs_error(got, run(ref_attention, pool1, q, positions, exact.view(), s));
+        CHECK(err <= ulp + 2 * scale * double(s.head_dim) * ulp + 2e-5);
+        worst_vs_f32 = std::max(worst_vs_f32, err);
+      }
+  MESSAGE("F16 K/V against F32 K/V: max abs output difference " << worst_vs_f32);
+  CHECK(worst_vs_f32 > 0);   // the F16 path really rounds
+}
+
+TEST_CASE("sliding-window attention never reads the released blocks before the window") {
+  ThreadPool pool(2);
+  std::mt19937 rng(19);
+  const Shape s{8, 2, 16};
+  const std::size_t kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 61;
+  const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
+  for (std::size_t window : {1u, 7u, 16u, 30u}) {
+    for (std::size_t block_size : {1u, 4u, 7u}) {
+      CAPTURE(window);
+      CAPTURE(block_size);
+      // A prefill chunk ending the cache: the earliest query sets what can be released.
+      const std::vector<std::int32_t> positions = {56, 57, 58, 59, 60};
+      const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
+      const AttentionParams params{.scale = 0.25f, .window = window};
+      const BlockKV full(k, v, n_ctx, kv_dim, block_size, rng);
+      BlockKV released(k, v, n_ctx, kv_dim, block_size, rng);
+      BlockKVOf<F16> released16(k, v, n_ctx, kv_dim, block_size, rng);
+      released.release_before(attention_start(56, window));
+      released16.release_before(attention_start(56, window));
+      REQUIRE(released.k_table[0] == nullptr);
+      const auto want = run(cpu_attention, pool, q, positions, full.view(), s, params);
+      CHECK(run(cpu_attention, pool, q, positions, released.view(), s, params) == want);
+      CHECK(run(ref_attention, pool, q, positions, released.view(), s, params) ==
+            run(ref_attention, pool, q, positions, full.view(), s, params));
+      const BlockKV rounded(round_to_f16(k), round_to_f16(v), n_ctx, kv_dim, block_size, rng);
+      CHECK(run(cpu_attention, pool, q, positions, released16.view(), s, params) ==
+            run(cpu_attention, pool, q, positions, rounded.view(), s, params));
     }
   }
 }

@@ -98,9 +98,9 @@ inline void softcap(float* x, std::size_t n, float cap) {
   for (std::size_t i = 0; i < n; ++i) x[i] = static_cast<float>(cap * std::tanh(double(x[i]) / cap));
 }
 
-// Causal grouped-query attention. q, out: [n_tok, n_heads * head_dim]. Token t attends to cache
-// positions attention_start(positions[t], window)..positions[t]; head h reads KV head
-// h / (n_heads / n_kv_heads). scratch: at least one row of max(positions) + 1 floats (the
+// Causal grouped-query attention over F32 or F16 K/V (read as f32). q, out: [n_tok, n_heads *
+// head_dim]. Token t attends to cache positions attention_start(positions[t], window)..positions[t];
+// head h reads KV head h / (n_heads / n_kv_heads). scratch: at least one row of max(positions) + 1 floats (the
 // reference uses only row 0).
 inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span<const std::int32_t> positions,
                       const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
@@ -116,9 +116,8 @@ inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span
       const float* qh = q.row(t) + h * head_dim;
       const std::size_t kv_offset = (h / group) * head_dim;
       for (std::size_t p = 0; p < n_pos; ++p) {
-        const float* k = kv.key(first + p) + kv_offset;
         double dot = 0;
-        for (std::size_t i = 0; i < head_dim; ++i) dot += double(qh[i]) * k[i];
+        for (std::size_t i = 0; i < head_dim; ++i) dot += double(qh[i]) * kv.key_at(first + p, kv_offset + i);
         dot *= params.scale;
         if (params.softcap > 0) dot = params.softcap * std::tanh(dot / params.softcap);
         scores[p] = static_cast<float>(dot);
@@ -126,7 +125,7 @@ inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span
       softmax(scores, n_pos);
       for (std::size_t i = 0; i < head_dim; ++i) {
         double acc = 0;
-        for (std::size_t p = 0; p < n_pos; ++p) acc += double(scores[p]) * kv.value(first + p)[kv_offset + i];
+        for (std::size_t p = 0; p < n_pos; ++p) acc += double(scores[p]) * kv.value_at(first + p, kv_offset + i);
         out.row(t)[h * head_dim + i] = static_cast<float>(acc);
       }
     }

@@ -109,9 +109,12 @@ inline void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const
   for (const WeightMatrix* m : matrices) total += bytes(*m);
   if (opt.progress) opt.progress(0, total);
   unsigned char sum = 0;
+  std::optional<ThreadPool> pool;  // started when the first matrix is packed
   for (WeightMatrix* m : matrices) {
     const std::size_t n = bytes(*m);
-    if (m != &w.token_embd && opt.pack_weights && pack(*m)) {
+    const bool packable = m != &w.token_embd && opt.pack_weights && cpu::can_pack(m->type);
+    if (packable && !pool) pool.emplace();  // one thread per hardware thread
+    if (packable && pack(*m, *pool)) {
       if (file && m->data != w.token_embd.data) file->release_pages(m->data, n);
     } else if (opt.progress) {
       const auto* p = static_cast<const unsigned char*>(m->data);

@@ -76,8 +76,12 @@ class Model {
                              std::span<const std::int32_t> positions, std::span<const SequenceSlice> seqs,
                              MatrixView<float> logits) = 0;
 
-  std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0) const {
-    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context);
+  // How far back every layer reads: the widest sliding window when every layer has one, else 0
+  // (some layer reads the whole sequence). Cache positions older than that can be dropped.
+  virtual std::size_t kv_window() const = 0;
+
+  std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0, KVType type = KVType::f32) const {
+    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context, type);
   }
   // Parameters in weight matrices, norms and biases (an embedding tied to the output counts once).
   std::size_t n_params() const { return count_weights([](const WeightMatrix& m) { return m.rows * m.cols; }, 1); }
@@ -130,6 +134,15 @@ class Transformer final : public Model {
   const TransformerWeights& weights() const override { return w_; }
 
   std::size_t max_batch() const override { return max_batch_; }
+
+  std::size_t kv_window() const override {
+    std::size_t widest = 0;
+    for (const LayerPlan& p : plans_) {
+      if (p.window == 0) return 0;
+      widest = std::max(widest, p.window);
+    }
+    return widest;
+  }
 
   void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
                std::span<const std::int32_t> positions, KVCache& cache,
@@ -267,8 +280,7 @@ class Transformer final : public Model {
         const auto pos = std::size_t(positions[t]);
         cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
         cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
-        std::copy_n(k.row(t), c.kv_dim(), kv.key(pos));
-        std::copy_n(v.row(t), c.kv_dim(), kv.value(pos));
+        kv.store(pos, k.row(t), v.row(t));
       }
       ap.window = plans_[l].window;
       cpu::attention(pool, q, positions, [&](std::size_t t) -> const KVLayerView& { return views_[seq_of_token_[t]]; },

@@ -29,12 +29,15 @@ struct WeightMatrix {
   std::shared_ptr<const AlignedBuffer<std::byte>> packed;
 };
 
-// Regroups w for the packed CPU kernels when this build has one for its type; returns whether it
-// did. The model then holds both forms' bytes until the caller lets the original go.
-inline bool pack(WeightMatrix& w) {
+// Regroups w for the packed CPU kernels when this build has one for its type, on the pool's
+// threads; returns whether it did. The model then holds both forms' bytes until the caller lets
+// the original go.
+inline bool pack(WeightMatrix& w, ThreadPool& pool) {
   if (w.packed || !cpu::can_pack(w.type) || w.rows == 0 || w.cols == 0) return false;
   auto buf = std::make_shared<AlignedBuffer<std::byte>>(cpu::packed_bytes(w.type, w.rows, w.cols));
-  cpu::pack_rows(w.type, w.data, w.rows, w.cols, buf->data(), 0, (w.rows + cpu::kPackRows - 1) / cpu::kPackRows);
+  pool.parallel_for((w.rows + cpu::kPackRows - 1) / cpu::kPackRows, [&](std::size_t g0, std::size_t g1) {
+    cpu::pack_rows(w.type, w.data, w.rows, w.cols, buf->data(), g0, g1);
+  });
   w.packed = std::move(buf);
   return true;
 }

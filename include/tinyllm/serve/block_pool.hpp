@@ -1,9 +1,11 @@
 #pragma once
 // The paged KV cache's memory (vLLM's PagedAttention): one pool of fixed-size blocks allocated up
-// front. A block holds block_size positions of K and V for every layer. Blocks are ref-counted so
+// front. A block holds block_size positions of K and V for every layer, as F32 or as F16 (half
+// the bytes, so twice the blocks for a memory budget). Blocks are ref-counted so
 // sequences can share them; a full block can be registered under the hash of its tokens (chained
 // with the hashes of the blocks before it), so a later request with the same prefix finds it.
 // Released blocks keep their contents and hash until reused, least recently released first.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -15,6 +17,8 @@
 
 #include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/error.hpp>
+#include <tinyllm/core/half.hpp>
+#include <tinyllm/kernels/kv_view.hpp>
 #include <tinyllm/model/config.hpp>
 
 namespace tinyllm {
@@ -23,29 +27,47 @@ using BlockId = std::uint32_t;
 
 class KVBlockPool {
  public:
-  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks)
-      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), blocks_(n_blocks) {
+  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks, KVType type = KVType::f32)
+      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), type_(type), blocks_(n_blocks) {
     if (block_size == 0 || n_blocks == 0)
       throw Error("a KV block pool needs blocks of at least one position", "KVBlockPool",
                   "block_size >= 1 and n_blocks >= 1");
-    storage_.resize(n_blocks * block_floats());   // [n_blocks][n_layers][K, V][block_size][kv_dim]
+    // [n_blocks][n_layers][K, V][block_size][kv_dim]
+    if (type == KVType::f16) storage_f16_.resize(n_blocks * block_elements());
+    else storage_.resize(n_blocks * block_elements());
     for (BlockId b = 0; b < n_blocks; ++b) free_queue_.push_back({b, 0});
     n_free_ = n_blocks;
   }
 
+  // Bytes of one block: K and V of block_size positions for every layer.
+  static std::size_t block_bytes(const ModelConfig& cfg, std::size_t block_size, KVType type = KVType::f32) {
+    return block_size * cfg.n_layers * 2 * cfg.kv_dim() * kv_type_size(type);
+  }
   // The most blocks whose storage fits in `bytes`.
-  static std::size_t blocks_for_bytes(const ModelConfig& cfg, std::size_t block_size, std::size_t bytes) {
-    return bytes / (block_size * cfg.n_layers * 2 * cfg.kv_dim() * sizeof(float));
+  static std::size_t blocks_for_bytes(const ModelConfig& cfg, std::size_t block_size, std::size_t bytes,
+                                      KVType type = KVType::f32) {
+    return bytes / block_bytes(cfg, block_size, type);
   }
 
   std::size_t block_size() const { return block_size_; }
+  KVType type() const { return type_; }
   std::size_t n_blocks() const { return blocks_.size(); }
   std::size_t n_free() const { return n_free_; }
   std::size_t n_used() const { return blocks_.size() - n_free_; }
   std::uint32_t ref_count(BlockId b) const { return blocks_.at(b).refs; }
 
-  float* keys(BlockId b, std::size_t layer) { return storage_.data() + b * block_floats() + layer * 2 * plane(); }
+  // A layer's [block_size, kv_dim] keys and values in block b: F32 storage ...
+  float* keys(BlockId b, std::size_t layer) { return storage_.data() + offset(b, layer); }
   float* values(BlockId b, std::size_t layer) { return keys(b, layer) + plane(); }
+  // ... or F16 storage.
+  F16* keys_f16(BlockId b, std::size_t layer) { return storage_f16_.data() + offset(b, layer); }
+  F16* values_f16(BlockId b, std::size_t layer) { return keys_f16(b, layer) + plane(); }
+
+  // Copies every layer's K and V of block `from` into block `to`.
+  void copy_block(BlockId from, BlockId to) {
+    if (type_ == KVType::f16) std::copy_n(storage_f16_.data() + offset(from, 0), block_elements(), storage_f16_.data() + offset(to, 0));
+    else std::copy_n(storage_.data() + offset(from, 0), block_elements(), storage_.data() + offset(to, 0));
+  }
 
   // A block no one holds (evicting the oldest released one and its hash), with one reference;
   // nullopt when every block is in use.
@@ -116,7 +138,8 @@ class KVBlockPool {
   };
 
   std::size_t plane() const { return block_size_ * kv_dim_; }
-  std::size_t block_floats() const { return n_layers_ * 2 * plane(); }
+  std::size_t block_elements() const { return n_layers_ * 2 * plane(); }
+  std::size_t offset(BlockId b, std::size_t layer) const { return b * block_elements() + layer * 2 * plane(); }
   void forget_hash(BlockId b) {
     Block& blk = blocks_[b];
     if (blk.hash) {
@@ -127,7 +150,9 @@ class KVBlockPool {
   }
 
   std::size_t block_size_, n_layers_, kv_dim_;
-  AlignedBuffer<float> storage_;
+  KVType type_;
+  AlignedBuffer<float> storage_;     // F32 storage, or
+  AlignedBuffer<F16> storage_f16_;   // F16 storage
   std::vector<Block> blocks_;
   std::deque<QueueEntry> free_queue_;
   std::size_t n_free_ = 0;

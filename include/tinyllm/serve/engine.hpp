@@ -8,6 +8,10 @@
 // When a sequence needs a block and none is free, the most recently admitted running sequence is
 // preempted: its blocks are released and it waits to be recomputed (its tokens so far are kept).
 // Full blocks are registered in the prefix cache, so requests sharing a prompt prefix reuse them.
+// K and V are stored as F32 or F16 (EngineOptions::kv_type; F16 fits twice the blocks in kv_bytes).
+// When every layer of the model has a sliding window (Mistral), a sequence releases the blocks
+// that fell out of the window as it goes, so a long generation holds about window / block_size + 2
+// blocks.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -38,6 +42,7 @@ struct EngineOptions {
   std::size_t block_size = 16;            // positions per KV block
   std::size_t kv_blocks = 0;              // blocks in the pool; 0 = as many as kv_bytes holds
   std::size_t kv_bytes = 256u << 20;
+  KVType kv_type = KVType::f32;           // how K and V are stored: f16 halves their memory
   bool prefix_caching = true;
   std::size_t max_waiting = 0;            // 0 = unbounded queue; else submit() refuses beyond it
 };
@@ -46,7 +51,8 @@ struct EngineMetrics {
   std::size_t blocks_total = 0, blocks_used = 0, blocks_free = 0;
   std::size_t running = 0, waiting = 0, preemptions = 0, steps = 0;
   std::size_t prefix_lookups = 0, prefix_hits = 0;   // full prompt blocks looked up / found
-  std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' blocks
+  std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' held blocks
+  std::size_t window_releases = 0;                   // blocks released early, out of every layer's window
   double prefix_hit_rate() const { return prefix_lookups ? double(prefix_hits) / prefix_lookups : 0; }
   double kv_waste() const { return slots_allocated ? double(slots_allocated - slots_used) / slots_allocated : 0; }
 };
@@ -58,7 +64,10 @@ class Engine {
   Engine(LoadedModel& model, ThreadPool& pool, const EngineOptions& opt = {})
       : lm_(model), model_(model.model()), pool_(pool), opt_(opt),
         blocks_(model.config(), opt.block_size,
-                opt.kv_blocks ? opt.kv_blocks : KVBlockPool::blocks_for_bytes(model.config(), opt.block_size, opt.kv_bytes)) {
+                opt.kv_blocks ? opt.kv_blocks
+                              : KVBlockPool::blocks_for_bytes(model.config(), opt.block_size, opt.kv_bytes, opt.kv_type),
+                opt.kv_type),
+        window_(model.model().kv_window()) {
     opt_.max_batch_tokens = std::min(opt_.max_batch_tokens, model_.max_batch());
     if (opt_.max_batch_tokens == 0 || opt_.max_sequences == 0)
       throw Error("engine needs a token budget and a sequence cap", "EngineOptions", "both >= 1");
@@ -75,7 +84,7 @@ class Engine {
       if (t < 0 || std::size_t(t) >= vocab)
         throw Error("prompt token " + std::to_string(t) + " out of range", "submit", "0 <= id < " + std::to_string(vocab));
     const std::size_t need = tokens.size() + req.max_tokens;
-    const std::size_t limit = std::min(model_.config().context, blocks_.n_blocks() * blocks_.block_size());
+    const std::size_t limit = std::min(model_.config().context, longest_fitting());
     if (tokens.size() + 1 > limit || (req.max_tokens == 0))
       throw Error("prompt of " + std::to_string(tokens.size()) + " tokens does not fit", "submit",
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
@@ -126,8 +135,8 @@ class Engine {
     m.waiting = waiting_.size();
     m.slots_allocated = m.slots_used = 0;
     for (const auto& s : running_) {
-      m.slots_allocated += s->cache.capacity();
-      m.slots_used += s->n_computed;
+      m.slots_allocated += s->cache.n_held() * blocks_.block_size();
+      m.slots_used += s->n_computed - s->cache.n_released() * blocks_.block_size();
     }
     return m;
   }
@@ -139,7 +148,8 @@ class Engine {
   void audit() const {
     std::vector<std::uint32_t> held(blocks_.n_blocks(), 0);
     for (const auto& s : running_)
-      for (BlockId b : s->cache.blocks()) ++held[b];
+      for (BlockId b : s->cache.blocks())
+        if (b != PagedKVCache::kReleased) ++held[b];
     for (const auto& s : waiting_)
       if (!s->cache.blocks().empty()) throw Error("waiting request " + std::to_string(s->id) + " holds KV blocks", "Engine::audit");
     std::size_t used = 0;
@@ -202,6 +212,23 @@ class Engine {
     drop(waiting_);
   }
 
+  // The longest sequence the pool can always hold: all of it, or with a window that releases
+  // blocks, any within the context once the pool fits a window plus a step's tokens.
+  std::size_t longest_fitting() const {
+    const std::size_t bs = blocks_.block_size(), all = blocks_.n_blocks() * bs;
+    if (window_ > 0 && blocks_.n_blocks() >= (window_ + opt_.max_batch_tokens + bs - 2) / bs + 1)
+      return std::max(all, model_.config().context);
+    return all;
+  }
+
+  // Releases the blocks of `s` that no query of it will read again: those before the window of
+  // its next position, n_computed. Prefix-cache hits among them stay cached (their contents are
+  // the K/V of that exact token prefix), so another request may still take them.
+  void release_out_of_window(Sequence& s) {
+    if (window_ > 0 && s.n_computed + 1 > window_)
+      metrics_.window_releases += s.cache.release_before(s.n_computed + 1 - window_);
+  }
+
   // Gives `s` blocks up to `n` positions, preempting the newest running sequences other than `s`
   // when the pool is empty. False when even that cannot free enough.
   bool reserve(Sequence& s, std::size_t n) {
@@ -241,6 +268,7 @@ class Engine {
       s.last_hash = h;
     }
     s.metrics.cached_prompt_tokens = std::max(s.metrics.cached_prompt_tokens, s.n_computed);
+    release_out_of_window(s);
   }
 
   void schedule() {
@@ -307,6 +335,7 @@ class Engine {
       const bool sampled = s.n_computed == s.tokens.size();
       s.chunk = 0;
       register_full_blocks(s);
+      release_out_of_window(s);
       if (!sampled) continue;
       const std::int32_t next = s.sampler.sample(std::span(logits_.data() + row++ * vocab, vocab), s.tokens);
       if (emit(s, next) != FinishReason::none) done.push_back(&s);
@@ -374,6 +403,7 @@ class Engine {
   ThreadPool& pool_;
   EngineOptions opt_;
   KVBlockPool blocks_;
+  std::size_t window_;                     // Model::kv_window(): > 0 lets sequences release old blocks
   std::deque<SeqPtr> running_, waiting_;   // running_ in admission order
   std::mutex inbox_mutex_;
   std::vector<SeqPtr> inbox_;

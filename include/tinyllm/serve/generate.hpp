@@ -22,6 +22,7 @@ struct GenerateOptions {
   std::size_t max_new_tokens = 256;
   SamplingParams sampling;
   std::vector<std::int32_t> stop_tokens;   // generation ends at one of these (counted, not passed on)
+  KVType kv_type = KVType::f32;            // how the cache stores K and V
 };
 
 struct GenerateStats {
@@ -41,7 +42,7 @@ inline GenerateStats generate(ThreadPool& pool, Model& model, std::span<const st
   if (prompt.size() > model.config().context)
     throw Error("prompt of " + std::to_string(prompt.size()) + " tokens exceeds the context",
                 "generate", "at most " + std::to_string(model.config().context) + " tokens");
-  auto cache = model.new_kv_cache(capacity);
+  auto cache = model.new_kv_cache(capacity, opt.kv_type);
   Sampler sampler(opt.sampling, vocab);
   AlignedBuffer<float> logits(vocab);
   MatrixView<float> last(logits.data(), 1, vocab);

@@ -1,10 +1,14 @@
 #pragma once
 // One sequence's view of the paged KV cache: a block table into a shared KVBlockPool. Position p
 // lives in block table[p / block_size] at row p % block_size; the model reaches it through
-// KVCache::layer like any other cache.
+// KVCache::layer like any other cache. When every layer of the model has a sliding window, the
+// blocks that fell out of it are released early (release_before): their table entries become
+// kReleased tombstones with null pointers, which attention never reaches.
 #include <algorithm>
 #include <cstddef>
+#include <limits>
 #include <span>
+#include <string>
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
@@ -15,24 +19,34 @@ namespace tinyllm {
 
 class PagedKVCache final : public KVCache {
  public:
+  // A table entry whose block went back to the pool: no position in it is read again.
+  static constexpr BlockId kReleased = std::numeric_limits<BlockId>::max();
+
   PagedKVCache(KVBlockPool& pool, std::size_t n_layers, std::size_t kv_dim)
-      : pool_(&pool), kv_dim_(kv_dim), k_ptrs_(n_layers), v_ptrs_(n_layers) {}
+      : pool_(&pool), kv_dim_(kv_dim), ptrs_(n_layers), ptrs_f16_(n_layers) {}
   PagedKVCache(const PagedKVCache&) = delete;
   PagedKVCache& operator=(const PagedKVCache&) = delete;
   ~PagedKVCache() override { clear(); }
 
   KVLayerView layer(std::size_t l) override {
-    return {k_ptrs_[l].data(), v_ptrs_[l].data(), pool_->block_size(), kv_dim_};
+    if (pool_->type() == KVType::f16)
+      return {.block_size = pool_->block_size(), .kv_dim = kv_dim_, .k_blocks_f16 = ptrs_f16_[l].k.data(),
+              .v_blocks_f16 = ptrs_f16_[l].v.data()};
+    return {ptrs_[l].k.data(), ptrs_[l].v.data(), pool_->block_size(), kv_dim_};
   }
+  // Positions [0, capacity) are addressable; those of released blocks are no longer stored.
   std::size_t capacity() const override { return table_.size() * pool_->block_size(); }
+  // The block table, kReleased where a block was released early.
   std::span<const BlockId> blocks() const { return table_; }
+  std::size_t n_released() const { return n_released_; }             // leading kReleased entries
+  std::size_t n_held() const { return table_.size() - n_released_; }  // blocks this sequence holds
 
   // Appends a block the caller already holds a reference to; the table now owns that reference.
   void append(BlockId b) {
     table_.push_back(b);
-    for (std::size_t l = 0; l < k_ptrs_.size(); ++l) {
-      k_ptrs_[l].push_back(pool_->keys(b, l));
-      v_ptrs_[l].push_back(pool_->values(b, l));
+    for (std::size_t l = 0; l < ptrs_.size(); ++l) {
+      if (pool_->type() == KVType::f16) ptrs_f16_[l].push(pool_->keys_f16(b, l), pool_->values_f16(b, l));
+      else ptrs_[l].push(pool_->keys(b, l), pool_->values(b, l));
     }
   }
 
@@ -50,32 +64,74 @@ class PagedKVCache final : public KVCache {
   bool make_writable(std::size_t pos) {
     const std::size_t i = pos / pool_->block_size();
     const BlockId shared = table_.at(i);
+    if (shared == kReleased) throw Error("position " + std::to_string(pos) + " is in a released KV block", "make_writable");
     if (pool_->ref_count(shared) == 1) return true;
     const auto fresh = pool_->allocate();
     if (!fresh) return false;
-    for (std::size_t l = 0; l < k_ptrs_.size(); ++l) {
-      std::copy_n(pool_->keys(shared, l), 2 * pool_->block_size() * kv_dim_, pool_->keys(*fresh, l));  // K and V
-      k_ptrs_[l][i] = pool_->keys(*fresh, l);
-      v_ptrs_[l][i] = pool_->values(*fresh, l);
-    }
-    table_[i] = *fresh;
+    pool_->copy_block(shared, *fresh);
+    set(i, *fresh);
     pool_->release(shared);
     return true;
   }
 
+  // Releases the blocks all of whose positions lie before `pos` (no query reads them again). They
+  // keep their contents and prefix-cache hash until the pool reuses them, so a later request with
+  // the same prefix may still find them. Returns how many were released.
+  std::size_t release_before(std::size_t pos) {
+    const std::size_t end = std::min(pos / pool_->block_size(), table_.size());
+    std::size_t n = 0;
+    for (; n_released_ < end; ++n_released_, ++n) {
+      pool_->release(table_[n_released_]);
+      set(n_released_, kReleased);
+    }
+    return n;
+  }
+
   // Releases every block (they stay in the prefix cache until reused).
   void clear() {
-    for (BlockId b : table_) pool_->release(b);
+    for (BlockId b : table_)
+      if (b != kReleased) pool_->release(b);
     table_.clear();
-    for (auto& p : k_ptrs_) p.clear();
-    for (auto& p : v_ptrs_) p.clear();
+    n_released_ = 0;
+    for (auto& p : ptrs_) p.clear();
+    for (auto& p : ptrs_f16_) p.clear();
   }
 
  private:
+  template <class T>
+  struct LayerTable {
+    std::vector<T*> k, v;   // [blocks]: the layer's K/V base in each block
+    void push(T* kb, T* vb) {
+      k.push_back(kb);
+      v.push_back(vb);
+    }
+    void clear() {
+      k.clear();
+      v.clear();
+    }
+  };
+
+  // Points entry i of every layer at block b (null for kReleased).
+  void set(std::size_t i, BlockId b) {
+    table_[i] = b;
+    const bool live = b != kReleased;
+    for (std::size_t l = 0; l < ptrs_.size(); ++l) {
+      if (pool_->type() == KVType::f16) {
+        ptrs_f16_[l].k[i] = live ? pool_->keys_f16(b, l) : nullptr;
+        ptrs_f16_[l].v[i] = live ? pool_->values_f16(b, l) : nullptr;
+      } else {
+        ptrs_[l].k[i] = live ? pool_->keys(b, l) : nullptr;
+        ptrs_[l].v[i] = live ? pool_->values(b, l) : nullptr;
+      }
+    }
+  }
+
   KVBlockPool* pool_;
   std::size_t kv_dim_;
   std::vector<BlockId> table_;
-  std::vector<std::vector<float*>> k_ptrs_, v_ptrs_;   // [n_layers][blocks]: the layer's K/V base of each block
+  std::size_t n_released_ = 0;
+  std::vector<LayerTable<float>> ptrs_;    // [n_layers], F32 storage
+  std::vector<LayerTable<F16>> ptrs_f16_;  // [n_layers], F16 storage
 };
 
 }  // namespace tinyllm

@@ -1,5 +1,5 @@
 #pragma once
-// Causal grouped-query attention over a block-table KV view (Highway).
+// Causal grouped-query attention over a block-table KV view (Highway), K/V stored as F32 or F16.
 #include <algorithm>
 #include <atomic>
 #include <cassert>
@@ -18,8 +18,9 @@
 namespace tinyllm::cpu {
 namespace detail {
 
-// out[0, head_dim) = sum_p weights[p] * value(first + p)[offset ..]. Up to four vectors of the output
-// stay in registers while the positions stream past.
+// out[0, head_dim) = sum_p weights[p] * value(first + p)[offset ..], values stored as T (float or
+// F16). Up to four vectors of the output stay in registers while the positions stream past.
+template <class T>
 HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
                                 std::size_t offset, std::size_t head_dim, float* out) {
   const DF d;
@@ -30,7 +31,7 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::si
                       c3 = left > 3 * N ? left - 3 * N : 0;
     VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
     for (std::size_t p = 0; p < n_pos; ++p) {
-      const float* v = kv.value(first + p) + offset + j;
+      const T* v = kv.value_as<T>(first + p) + offset + j;
       const VF s = hn::Set(d, weights[p]);
       a0 = hn::MulAdd(s, load_upto(d, v, c0), a0);
       a1 = hn::MulAdd(s, load_upto(d, v + N, c1), a1);
@@ -45,13 +46,14 @@ HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::si
 }
 
 // One query head against cache positions [first, first + n_pos) of its KV head; scores: n_pos floats.
+template <class T>
 HWY_INLINE void attend_head(const float* q, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
                             std::size_t offset, std::size_t head_dim, const AttentionParams& params, float* scores,
                             float* out) {
-  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key(first + p) + offset, head_dim) * params.scale;
+  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key_as<T>(first + p) + offset, head_dim) * params.scale;
   if (params.softcap > 0) softcap(scores, n_pos, params.softcap);
   softmax(scores, n_pos);
-  weighted_values(scores, first, n_pos, kv, offset, head_dim, out);
+  weighted_values<T>(scores, first, n_pos, kv, offset, head_dim, out);
 }
 
 }  // namespace detail
@@ -80,8 +82,12 @@ void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std:
       const std::size_t first = attention_start(pos, params.window);
       assert(pos < scratch.cols);
       const KVLayerView& kv = view_of(t);
-      detail::attend_head(q.row(t) + h * head_dim, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim,
-                          params, scores, out.row(t) + h * head_dim);
+      const float* qh = q.row(t) + h * head_dim;
+      float* oh = out.row(t) + h * head_dim;
+      if (kv.type() == KVType::f16)
+        detail::attend_head<F16>(qh, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim, params, scores, oh);
+      else
+        detail::attend_head<float>(qh, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim, params, scores, oh);
     }
   });
 }

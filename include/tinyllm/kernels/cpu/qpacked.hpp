@@ -204,24 +204,30 @@ HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t
       const std::size_t b = 2 * u + h;
       if (b >= nb) break;
       const std::uint8_t* q = unit + kBlockBytes * h;
-      __m512i sum[T];
-      for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(a.aux_row(t0 + t)[b]);
+      // Two chains of vpdpbusd per token, so their latency overlaps.
+      __m512i sum[T], sum2[T];
+      for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(a.aux_row(t0 + t)[b]), sum2[t] = _mm512_setzero_si512();
       if constexpr (kQ4) {
         for (int k = 0; k < 4; ++k) {
           const __m512i v = load(q + 64 * k), lo = low4(v), hi = high4(v);
           for (std::size_t t = 0; t < T; ++t) {
             const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 8 * k;
-            sum[t] = dpbusd(dpbusd(sum[t], lo, broadcast4(x)), hi, broadcast4(x + 4));
+            sum[t] = dpbusd(sum[t], lo, broadcast4(x));
+            sum2[t] = dpbusd(sum2[t], hi, broadcast4(x + 4));
           }
         }
       } else {
-        for (int k = 0; k < 8; ++k) {
-          const __m512i v = load(q + 64 * k);
-          for (std::size_t t = 0; t < T; ++t) sum[t] = dpbusd(sum[t], v, broadcast4(a.q_row(t0 + t) + 32 * b + 4 * k));
+        for (int k = 0; k < 8; k += 2) {
+          const __m512i v = load(q + 64 * k), v2 = load(q + 64 * k + 64);
+          for (std::size_t t = 0; t < T; ++t) {
+            const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 4 * k;
+            sum[t] = dpbusd(sum[t], v, broadcast4(x));
+            sum2[t] = dpbusd(sum2[t], v2, broadcast4(x + 4));
+          }
         }
       }
       for (std::size_t t = 0; t < T; ++t)
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]),
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sum[t], sum2[t])),
                                  _mm512_mul_ps(scale[h], _mm512_set1_ps(a.d_row(t0 + t)[b])), acc[t]);
     }
   } else if constexpr (std::is_same_v<Block, BlockQ4_K>) {
@@ -315,14 +321,14 @@ HWY_INLINE void unpack_unit(const std::uint8_t* unit, std::size_t u, std::size_t
 template <class Block, std::size_t T>
 void decode_groups(const std::uint8_t* w, std::size_t units, std::size_t nb, std::size_t n_out, const QuantizedActs& a,
                    std::size_t t0, MatrixView<float> y, std::size_t g0, std::size_t g1) {
-  constexpr std::size_t kUnit = Pack<Block>::unit_bytes;
+  constexpr std::size_t kUnit = Pack<Block>::unit_bytes, kAhead = 4096;
   for (std::size_t g = g0; g < g1; ++g) {
     const std::uint8_t* unit = w + g * units * kUnit;
     __m512 acc[T];
     for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
     for (std::size_t u = 0; u < units; ++u, unit += kUnit) {
       // Ahead of the hardware prefetcher, which restarts at every 4 KiB page.
-      for (std::size_t l = 0; l < kUnit; l += 64) _mm_prefetch(reinterpret_cast<const char*>(unit) + 2048 + l, _MM_HINT_T0);
+      for (std::size_t l = 0; l < kUnit; l += 64) _mm_prefetch(reinterpret_cast<const char*>(unit) + kAhead + l, _MM_HINT_T0);
       decode_unit<Block, T>(unit, u, nb, a, t0, acc);
     }
     const std::size_t rows = std::min(kPackRows, n_out - kPackRows * g);

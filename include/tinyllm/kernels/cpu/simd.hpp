@@ -62,20 +62,25 @@ HWY_INLINE VF load_f32_partial(DF d, const F16* p, std::size_t n) {
   return load_f32(d, buf);
 }
 
+HWY_INLINE VF load_upto(DF d, const F16* p, std::size_t n) {
+  return n >= hn::Lanes(d) ? load_f32(d, p) : load_f32_partial(d, p, n);
+}
+
 HWY_INLINE float reduce_sum(DF d, VF v) { return hn::GetLane(hn::SumOfLanes(d, v)); }
 
-// sum_i a[i] * b[i] in float, two accumulators to hide the FMA latency.
-HWY_INLINE float dot(const float* a, const float* b, std::size_t n) {
+// sum_i a[i] * b[i] in float, b stored as float or F16; two accumulators hide the FMA latency.
+template <class T>
+HWY_INLINE float dot(const float* a, const T* b, std::size_t n) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   VF acc0 = hn::Zero(d), acc1 = hn::Zero(d);
   std::size_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
-    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
-    acc1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), acc1);
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), load_f32(d, b + i), acc0);
+    acc1 = hn::MulAdd(hn::LoadU(d, a + i + N), load_f32(d, b + i + N), acc1);
   }
   if (i + N <= n) {
-    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), load_f32(d, b + i), acc0);
     i += N;
   }
   if (i < n) acc1 = hn::MulAdd(load_f32_partial(d, a + i, n - i), load_f32_partial(d, b + i, n - i), acc1);
