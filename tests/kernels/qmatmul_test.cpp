@@ -240,7 +240,7 @@ void check_many_shapes() {
   const std::vector<std::size_t> n_ins =
       kLegacy ? std::vector<std::size_t>{32, 64, 96, 160, 1056, 4096} : std::vector<std::size_t>{256, 512, 768, 1280, 4096};
   const std::size_t n_outs[] = {1, 3, 17, 33};
-  const std::size_t n_toks[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 33, 64};
+  const std::size_t n_toks[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 33, 64};
   cpu::QuantScratch scratch(64, 4096);
   const std::size_t capacity = scratch.capacity_bytes();
   Worst worst;
