@@ -5350,6 +5350,10 @@ class ContiguousKVCache final : public KVCache {
 //
 // Without AVX-512 VNNI (or with TINYLLM_QMATMUL_PORTABLE defined) a portable Highway path computes
 // the same integer sums with int16 multiply-adds.
+//
+// Models loaded from files use qpacked.hpp instead where it has a layout for the type: the same
+// sums over weights regrouped 16 rows at a time at load (faster decode); this file keeps the
+// kernels for weights as the file lays them out, and the panel kernels both share.
 #include <algorithm>
 #include <array>
 #include <cassert>
@@ -6508,10 +6512,6 @@ template <> struct Pack<BlockQ6_K> {
 };
 
 template <class Block>
-inline constexpr bool is_packable = std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0> ||
-                                    std::is_same_v<Block, BlockQ4_K> || std::is_same_v<Block, BlockQ6_K>;
-
-template <class Block>
 std::size_t units_per_row(std::size_t n_in) {
   const std::size_t nb = n_in / block_values<Block>;
   return (nb + Pack<Block>::unit_blocks - 1) / Pack<Block>::unit_blocks;
@@ -6568,7 +6568,9 @@ HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t
       const std::size_t b = 2 * u + h;
       if (b >= nb) break;
       const std::uint8_t* q = unit + kBlockBytes * h;
-      // Two chains of vpdpbusd per token, so their latency overlaps.
+      // Few tokens: two chains of vpdpbusd per token, so their latency overlaps (more tokens
+      // overlap anyway, and the registers are wanted).
+      constexpr bool kTwo = T < 4;
       __m512i sum[T], sum2[T];
       for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(a.aux_row(t0 + t)[b]), sum2[t] = _mm512_setzero_si512();
       if constexpr (kQ4) {
@@ -6577,7 +6579,7 @@ HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t
           for (std::size_t t = 0; t < T; ++t) {
             const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 8 * k;
             sum[t] = dpbusd(sum[t], lo, broadcast4(x));
-            sum2[t] = dpbusd(sum2[t], hi, broadcast4(x + 4));
+            (kTwo ? sum2[t] : sum[t]) = dpbusd(kTwo ? sum2[t] : sum[t], hi, broadcast4(x + 4));
           }
         }
       } else {
@@ -6586,12 +6588,12 @@ HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t
           for (std::size_t t = 0; t < T; ++t) {
             const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 4 * k;
             sum[t] = dpbusd(sum[t], v, broadcast4(x));
-            sum2[t] = dpbusd(sum2[t], v2, broadcast4(x + 4));
+            (kTwo ? sum2[t] : sum[t]) = dpbusd(kTwo ? sum2[t] : sum[t], v2, broadcast4(x + 4));
           }
         }
       }
       for (std::size_t t = 0; t < T; ++t)
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sum[t], sum2[t])),
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(kTwo ? _mm512_add_epi32(sum[t], sum2[t]) : sum[t]),
                                  _mm512_mul_ps(scale[h], _mm512_set1_ps(a.d_row(t0 + t)[b])), acc[t]);
     }
   } else if constexpr (std::is_same_v<Block, BlockQ4_K>) {

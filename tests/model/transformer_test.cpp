@@ -176,3 +176,39 @@ TEST_CASE("forward_batch: sequences stepped together give the logits each gives 
   const SequenceSlice gap[] = {{ca.get(), 0, 1, true}, {cb.get(), 2, 9, false}};
   CHECK_THROWS_AS(m.forward_batch(pool, tokens, positions, gap, MatrixView<float>(out.data(), 1, vocab)), Error);
 }
+
+TEST_CASE("synthetic Llama: weights packed at load give the file layout's logits") {
+  for (std::string mix : {"Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"}) {
+    CAPTURE(mix);
+    const auto load = [&](bool pack) {
+      GGUFWriter w;
+      write_synthetic_llama(w, synthetic_shape("small"), weight_mix(mix), 5);
+      LoadOptions opt;
+      opt.pack_weights = pack;
+      return load_gguf_bytes(w.to_bytes(), mix, opt);
+    };
+    LoadedModel packed = load(true), in_place = load(false);
+    const WeightMatrix& wq = packed.model().weights().layers[0].wq;
+    CHECK(bool(wq.packed) == cpu::can_pack(wq.type));
+    CHECK(!in_place.model().weights().layers[0].wq.packed);
+    const auto ids = some_tokens(29, packed.config().vocab_size);
+    ThreadPool two(2);
+    // A prompt goes through the panel kernel, which unpacks both layouts into the same panel: the
+    // same bits. One token at a time, the packed decode kernel adds each row's block sums in the
+    // panel kernel's order, so it too gives the prompt's logits up to float rounding. The file
+    // layout's decode kernel adds them in another order; the next layer's 8-bit activation
+    // rounding turns such last-bit differences into whole quantization steps now and then, so it
+    // agrees with both to about 1 % of the logits' scale only (measured up to 1.5 %, against its
+    // own prompt logits as well). A wrongly packed matrix would change them entirely.
+    const auto prompt_packed = all_logits(packed, two, ids, false), prompt_in_place = all_logits(in_place, two, ids, false);
+    const auto decode_packed = all_logits(packed, two, ids, true), decode_in_place = all_logits(in_place, two, ids, true);
+    float top = 0;
+    for (float v : prompt_in_place) top = std::max(top, std::fabs(v));
+    CHECK(max_abs_diff(prompt_packed, prompt_in_place) <= 1e-6f * top);
+    bool all_packed = bool(packed.model().weights().output.packed);  // Q5_K_M keeps its Q5_K matrices as they are
+    for (const LayerWeights& l : packed.model().weights().layers)
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) all_packed = all_packed && m->packed;
+    if (all_packed) CHECK(max_abs_diff(decode_packed, prompt_packed) <= 1e-4f * top);
+    CHECK(max_abs_diff(decode_packed, decode_in_place) < 0.05f * top);
+  }
+}

@@ -22,6 +22,10 @@
 //
 // Without AVX-512 VNNI (or with TINYLLM_QMATMUL_PORTABLE defined) a portable Highway path computes
 // the same integer sums with int16 multiply-adds.
+//
+// Models loaded from files use qpacked.hpp instead where it has a layout for the type: the same
+// sums over weights regrouped 16 rows at a time at load (faster decode); this file keeps the
+// kernels for weights as the file lays them out, and the panel kernels both share.
 #include <algorithm>
 #include <array>
 #include <cassert>

@@ -149,10 +149,6 @@ template <> struct Pack<BlockQ6_K> {
 };
 
 template <class Block>
-inline constexpr bool is_packable = std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0> ||
-                                    std::is_same_v<Block, BlockQ4_K> || std::is_same_v<Block, BlockQ6_K>;
-
-template <class Block>
 std::size_t units_per_row(std::size_t n_in) {
   const std::size_t nb = n_in / block_values<Block>;
   return (nb + Pack<Block>::unit_blocks - 1) / Pack<Block>::unit_blocks;
@@ -209,7 +205,9 @@ HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t
       const std::size_t b = 2 * u + h;
       if (b >= nb) break;
       const std::uint8_t* q = unit + kBlockBytes * h;
-      // Two chains of vpdpbusd per token, so their latency overlaps.
+      // Few tokens: two chains of vpdpbusd per token, so their latency overlaps (more tokens
+      // overlap anyway, and the registers are wanted).
+      constexpr bool kTwo = T < 4;
       __m512i sum[T], sum2[T];
       for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(a.aux_row(t0 + t)[b]), sum2[t] = _mm512_setzero_si512();
       if constexpr (kQ4) {
@@ -218,7 +216,7 @@ HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t
           for (std::size_t t = 0; t < T; ++t) {
             const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 8 * k;
             sum[t] = dpbusd(sum[t], lo, broadcast4(x));
-            sum2[t] = dpbusd(sum2[t], hi, broadcast4(x + 4));
+            (kTwo ? sum2[t] : sum[t]) = dpbusd(kTwo ? sum2[t] : sum[t], hi, broadcast4(x + 4));
           }
         }
       } else {
@@ -227,12 +225,12 @@ HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t
           for (std::size_t t = 0; t < T; ++t) {
             const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 4 * k;
             sum[t] = dpbusd(sum[t], v, broadcast4(x));
-            sum2[t] = dpbusd(sum2[t], v2, broadcast4(x + 4));
+            (kTwo ? sum2[t] : sum[t]) = dpbusd(kTwo ? sum2[t] : sum[t], v2, broadcast4(x + 4));
           }
         }
       }
       for (std::size_t t = 0; t < T; ++t)
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sum[t], sum2[t])),
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(kTwo ? _mm512_add_epi32(sum[t], sum2[t]) : sum[t]),
                                  _mm512_mul_ps(scale[h], _mm512_set1_ps(a.d_row(t0 + t)[b])), acc[t]);
     }
   } else if constexpr (std::is_same_v<Block, BlockQ4_K>) {
