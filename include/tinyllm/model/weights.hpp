@@ -33,7 +33,8 @@ struct WeightMatrix {
 // threads; returns whether it did. The model then holds both forms' bytes until the caller lets
 // the original go.
 inline bool pack(WeightMatrix& w, ThreadPool& pool) {
-  if (w.packed || !cpu::can_pack(w.type) || w.rows == 0 || w.cols == 0) return false;
+  if (w.packed || !cpu::can_pack(w.type) || w.rows == 0 || w.cols == 0 || w.cols % info(w.type).block_size != 0)
+    return false;  // (a row that is not whole blocks gets cpu::qmatmul's Error instead)
   auto buf = std::make_shared<AlignedBuffer<std::byte>>(cpu::packed_bytes(w.type, w.rows, w.cols));
   pool.parallel_for((w.rows + cpu::kPackRows - 1) / cpu::kPackRows, [&](std::size_t g0, std::size_t g1) {
     cpu::pack_rows(w.type, w.data, w.rows, w.cols, buf->data(), g0, g1);
