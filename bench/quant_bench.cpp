@@ -15,6 +15,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "read_bandwidth.hpp"
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -28,10 +30,8 @@
 namespace {
 
 using namespace tinyllm;
-namespace hn = hwy::HWY_NAMESPACE;
+using bench::kColdBytes;
 
-// A decode matmul reads its weights from DRAM: cycle through enough copies to defeat the caches.
-constexpr std::size_t kColdBytes = 512u << 20;
 
 std::uint64_t splitmix(std::uint64_t& s) {
   std::uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -58,37 +58,6 @@ const std::uint8_t* cold_bytes() {
   return bytes.data();
 }
 
-float sum_range(const float* p, std::size_t n) {
-  const hn::ScalableTag<float> d;
-  const std::size_t N = hn::Lanes(d);
-  auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
-  for (std::size_t i = 0; i + 4 * N <= n; i += 4 * N) {
-    a0 = hn::Add(a0, hn::LoadU(d, p + i));
-    a1 = hn::Add(a1, hn::LoadU(d, p + i + N));
-    a2 = hn::Add(a2, hn::LoadU(d, p + i + 2 * N));
-    a3 = hn::Add(a3, hn::LoadU(d, p + i + 3 * N));
-  }
-  return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
-}
-
-// Args: threads. Reads 1 GiB, each thread a contiguous share: the decode roofline.
-void BM_read_bandwidth(benchmark::State& state) {
-  ThreadPool pool(unsigned(state.range(0)));
-  const std::size_t n = (std::size_t(1) << 30) / sizeof(float);
-  AlignedBuffer<float> buf(n);
-  for (std::size_t i = 0; i < n; ++i) buf[i] = float(i % 7);  // also faults the pages in
-  std::vector<float> partial(pool.size());
-  for (auto _ : state) {
-    pool.run([&](unsigned t, unsigned nt) {
-      const std::size_t chunk = n / nt / 64 * 64;
-      const std::size_t b = t * chunk, e = t + 1 == nt ? n : b + chunk;
-      partial[t] = sum_range(buf.data() + b, e - b);
-    });
-    benchmark::DoNotOptimize(partial.data());
-  }
-  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(n * sizeof(float)));
-}
-BENCHMARK(BM_read_bandwidth)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 #if defined(__AVX512VNNI__)
 // Args: threads. Independent vpdpbusd chains on registers: the int8 roofline for prefill
@@ -120,32 +89,42 @@ void BM_vnni_peak(benchmark::State& state) {
 BENCHMARK(BM_vnni_peak)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime();
 #endif
 
-// Args: n_out, n_in, n_tok, threads. y[n_tok, n_out] = x[n_tok, n_in] · w[n_out, n_in]ᵀ, quantizing
-// x included.
-template <class Block>
-void BM_qmatmul(benchmark::State& state) {
+// Args: n_out, n_in, n_tok, threads. Times run(pool, x, y, scratch, copy) for y[n_tok, n_out] =
+// x[n_tok, n_in] · w[n_out, n_in]ᵀ, quantizing x included, over weight copies 0 .. copies - 1 in
+// turn; w_bytes of weights (as the file stores them) count as read per call.
+template <class Run>
+void time_qmatmul(benchmark::State& state, std::size_t w_bytes, std::size_t copies, Run run) {
   const std::size_t n_out = state.range(0), n_in = state.range(1), n_tok = state.range(2);
   ThreadPool pool(unsigned(state.range(3)));
-  const std::size_t row_blocks = n_in / cpu::block_values<Block>;
-  const std::size_t w_bytes = n_out * row_blocks * sizeof(Block);
-  const std::size_t slot = (w_bytes + 63) / 64 * 64;
-  // Few tokens stream the weights from DRAM; many reuse each weight block from cache anyway.
-  const std::size_t copies = n_tok < 64 ? kColdBytes / slot : 1;
-  const std::uint8_t* weights = cold_bytes();
   AlignedBuffer<float> x(n_tok * n_in), y(n_tok * n_out);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 97) / 97.0f - 0.5f;
   cpu::QuantScratch scratch(n_tok, n_in);
+  const MatrixView<const float> xv(x.data(), n_tok, n_in);
+  const MatrixView<float> yv(y.data(), n_tok, n_out);
   std::size_t next = 0;
   for (auto _ : state) {
-    cpu::qmatmul(pool,
-                 MatrixView<const Block>(reinterpret_cast<const Block*>(weights + next * slot), n_out, n_in, row_blocks),
-                 MatrixView<const float>(x.data(), n_tok, n_in), MatrixView<float>(y.data(), n_tok, n_out), scratch);
+    run(pool, xv, yv, scratch, next);
     next = (next + 1) % copies;
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(w_bytes));
   state.counters["OP/s"] =
       benchmark::Counter(2.0 * double(n_out) * double(n_in) * double(n_tok), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// cpu::qmatmul on weights as the file lays them out, straight from the cold bytes.
+template <class Block>
+void BM_qmatmul(benchmark::State& state) {
+  const std::size_t n_out = state.range(0), n_in = state.range(1), n_tok = state.range(2);
+  const std::size_t row_blocks = n_in / cpu::block_values<Block>;
+  const std::size_t w_bytes = n_out * row_blocks * sizeof(Block);
+  const std::size_t slot = (w_bytes + 63) / 64 * 64;
+  // Few tokens stream the weights from DRAM; many reuse each weight block from cache anyway.
+  const std::size_t copies = n_tok < 64 ? kColdBytes / slot : 1;
+  time_qmatmul(state, w_bytes, copies, [&](ThreadPool& pool, auto x, auto y, cpu::QuantScratch& scratch, std::size_t c) {
+    cpu::qmatmul(pool, MatrixView<const Block>(reinterpret_cast<const Block*>(cold_bytes() + c * slot), n_out, n_in, row_blocks),
+                 x, y, scratch);
+  });
 }
 
 // TinyLlama-1.1B: q/o projection, gate/up, down, and the output head.
@@ -172,7 +151,6 @@ void small_batch_shapes(benchmark::internal::Benchmark* b) {
 template <class Block, DType kType>
 void BM_qmatmul_packed(benchmark::State& state) {
   const std::size_t n_out = state.range(0), n_in = state.range(1), n_tok = state.range(2);
-  ThreadPool pool(unsigned(state.range(3)));
   const std::size_t w_bytes = n_out * (n_in / cpu::block_values<Block>) * sizeof(Block);
   const std::size_t slot = (cpu::packed_bytes(kType, n_out, n_in) + 63) / 64 * 64;
   const std::size_t copies = n_tok < 64 ? std::max<std::size_t>(1, (kColdBytes / 2) / slot) : 1;
@@ -180,19 +158,9 @@ void BM_qmatmul_packed(benchmark::State& state) {
   for (std::size_t c = 0; c < copies; ++c)
     cpu::pack_rows(kType, cold_bytes() + (c * w_bytes) % (kColdBytes - w_bytes), n_out, n_in, packed.data() + c * slot, 0,
                    (n_out + cpu::kPackRows - 1) / cpu::kPackRows);
-  AlignedBuffer<float> x(n_tok * n_in), y(n_tok * n_out);
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 97) / 97.0f - 0.5f;
-  cpu::QuantScratch scratch(n_tok, n_in);
-  std::size_t next = 0;
-  for (auto _ : state) {
-    cpu::qmatmul_packed(pool, kType, packed.data() + next * slot, n_out, n_in,
-                        MatrixView<const float>(x.data(), n_tok, n_in), MatrixView<float>(y.data(), n_tok, n_out), scratch);
-    next = (next + 1) % copies;
-    benchmark::ClobberMemory();
-  }
-  state.SetBytesProcessed(std::int64_t(state.iterations()) * std::int64_t(w_bytes));
-  state.counters["OP/s"] =
-      benchmark::Counter(2.0 * double(n_out) * double(n_in) * double(n_tok), benchmark::Counter::kIsIterationInvariantRate);
+  time_qmatmul(state, w_bytes, copies, [&](ThreadPool& pool, auto x, auto y, cpu::QuantScratch& scratch, std::size_t c) {
+    cpu::qmatmul_packed(pool, kType, packed.data() + c * slot, n_out, n_in, x, y, scratch);
+  });
 }
 
 #define TINYLLM_PACKED_BENCH(Block, Type)                                                                              \

@@ -1,5 +1,6 @@
 #pragma once
 // Helpers shared by the tests: where the shared test data lives, and how a test skips without it.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -56,6 +57,20 @@ inline float top2_gap(const float* row, std::size_t n) {
     if (row[i] > a) { b = a; a = row[i]; } else if (row[i] > b) { b = row[i]; }
   }
   return a - b;
+}
+
+// Positions from, from + 1, ..., from + n - 1.
+inline std::vector<std::int32_t> iota(std::size_t n, std::int32_t from = 0) {
+  std::vector<std::int32_t> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = from + std::int32_t(i);
+  return v;
+}
+
+// The largest |a[i] - b[i]|.
+inline float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
 }
 
 }  // namespace tinyllm::test

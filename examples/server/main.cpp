@@ -61,6 +61,37 @@ struct RequestState {
   tinyllm::RequestMetrics metrics;
 };
 
+// A request whose reply httplib sends in chunks, as its content provider and releaser see it.
+struct Reply {
+  std::shared_ptr<RequestState> st;
+  ModelService* svc;
+  tinyllm::RequestId id;
+  Endpoint ep;
+  std::string rid, model, method, path;
+  std::int64_t created;
+  Clock::time_point start;
+  bool include_usage = false, started = false, done = false;
+};
+
+// The releaser of a chunked reply, called once httplib has sent it all (`success`) or given up on
+// the client: a request the engine has not finished is cancelled, which frees its KV blocks; the
+// request's log line says how it ended. `kind`: "" or "stream ".
+void release_reply(const Reply& r, bool success, const char* kind) {
+  tinyllm::RequestMetrics m;
+  bool finished;
+  {
+    std::lock_guard<std::mutex> lock(r.st->m);
+    finished = r.st->finished;
+    m = r.st->metrics;
+  }
+  if (!finished) r.svc->cancel(r.id);
+  std::fprintf(stderr, "%s %s 200 model=%s prompt_tokens=%zu completion_tokens=%zu ms=%.1f %s%s\n", r.method.c_str(),
+               r.path.c_str(), r.model.c_str(), m.prompt_tokens, m.generated_tokens, ms_since(r.start), kind,
+               success && r.done ? finish_reason(r.st->reason)
+               : finished        ? "client disconnected at the end"
+                                 : "client disconnected: cancelled");
+}
+
 class Server {
  public:
   Server(std::vector<std::unique_ptr<ModelService>>& models) : models_(models), rng_(std::random_device{}()) {}
@@ -217,17 +248,7 @@ class Server {
   void answer_when_finished(const httplib::Request& req, httplib::Response& res, Endpoint ep,
                             std::shared_ptr<RequestState> st, ModelService& svc, tinyllm::RequestId id,
                             const std::string& rid, std::int64_t created, Clock::time_point start) {
-    struct Ctx {
-      std::shared_ptr<RequestState> st;
-      ModelService* svc;
-      tinyllm::RequestId id;
-      Endpoint ep;
-      std::string rid, model, method, path;
-      std::int64_t created;
-      bool done = false;
-      Clock::time_point start;
-    };
-    auto ctx = std::make_shared<Ctx>(Ctx{st, &svc, id, ep, rid, svc.id(), req.method, req.path, created, false, start});
+    auto ctx = std::make_shared<Reply>(Reply{st, &svc, id, ep, rid, svc.id(), req.method, req.path, created, start});
     res.status = 200;
     res.set_chunked_content_provider(
         "application/json",
@@ -247,22 +268,7 @@ class Server {
           sink.done();
           return true;
         },
-        [ctx](bool success) {
-          tinyllm::RequestMetrics m;
-          bool finished;
-          {
-            std::lock_guard<std::mutex> lock(ctx->st->m);
-            finished = ctx->st->finished;
-            m = ctx->st->metrics;
-          }
-          if (!finished) ctx->svc->cancel(ctx->id);
-          std::fprintf(stderr, "%s %s 200 model=%s prompt_tokens=%zu completion_tokens=%zu ms=%.1f %s\n",
-                       ctx->method.c_str(), ctx->path.c_str(), ctx->model.c_str(), m.prompt_tokens, m.generated_tokens,
-                       ms_since(ctx->start),
-                       success && ctx->done ? finish_reason(ctx->st->reason)
-                       : finished           ? "client disconnected at the end"
-                                            : "client disconnected: cancelled");
-        });
+        [ctx](bool success) { release_reply(*ctx, success, ""); });
   }
 
   // Server-sent events in OpenAI's chunk format, ending with "data: [DONE]". A failed write (the
@@ -270,18 +276,8 @@ class Server {
   void stream(const httplib::Request& req, httplib::Response& res, Endpoint ep, std::shared_ptr<RequestState> st,
               ModelService& svc, tinyllm::RequestId id, const std::string& rid, std::int64_t created, bool include_usage,
               Clock::time_point start) {
-    struct Ctx {
-      std::shared_ptr<RequestState> st;
-      ModelService* svc;
-      tinyllm::RequestId id;
-      Endpoint ep;
-      std::string rid, model, method, path;
-      std::int64_t created;
-      bool include_usage, started = false, done = false;
-      Clock::time_point start;
-    };
-    auto ctx = std::make_shared<Ctx>(Ctx{st, &svc, id, ep, rid, svc.id(), req.method, req.path, created, include_usage,
-                                         false, false, start});
+    auto ctx = std::make_shared<Reply>(
+        Reply{st, &svc, id, ep, rid, svc.id(), req.method, req.path, created, start, include_usage});
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
@@ -331,22 +327,7 @@ class Server {
           }
           return true;
         },
-        [ctx](bool success) {
-          tinyllm::RequestMetrics m;
-          bool finished;
-          {
-            std::lock_guard<std::mutex> lock(ctx->st->m);
-            finished = ctx->st->finished;
-            m = ctx->st->metrics;
-          }
-          if (!finished) ctx->svc->cancel(ctx->id);
-          const bool ok = success && ctx->done;
-          std::fprintf(stderr, "%s %s 200 model=%s prompt_tokens=%zu completion_tokens=%zu ms=%.1f stream %s\n",
-                       ctx->method.c_str(), ctx->path.c_str(), ctx->model.c_str(), m.prompt_tokens, m.generated_tokens,
-                       ms_since(ctx->start),
-                       ok ? finish_reason(ctx->st->reason)
-                          : finished ? "client disconnected at the end" : "client disconnected: cancelled");
-        });
+        [ctx](bool success) { release_reply(*ctx, success, "stream "); });
   }
 
   json model_json(const ModelService& m) const {

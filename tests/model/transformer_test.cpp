@@ -9,14 +9,9 @@
 #include "test_util.hpp"
 
 using namespace tinyllm;
+using test::max_abs_diff;
 
 namespace {
-
-std::vector<std::int32_t> iota_positions(std::size_t n) {
-  std::vector<std::int32_t> p(n);
-  for (std::size_t i = 0; i < n; ++i) p[i] = std::int32_t(i);
-  return p;
-}
 
 std::vector<std::int32_t> some_tokens(std::size_t n, std::size_t vocab) {
   std::vector<std::int32_t> ids(n);
@@ -25,15 +20,9 @@ std::vector<std::int32_t> some_tokens(std::size_t n, std::size_t vocab) {
   return ids;
 }
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  float m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
-
 std::vector<float> all_logits(LoadedModel& lm, ThreadPool& pool, const std::vector<std::int32_t>& ids, bool one_by_one) {
   const std::size_t vocab = lm.config().vocab_size, n = ids.size();
-  const auto pos = iota_positions(n);
+  const auto pos = test::iota(n);
   std::vector<float> out(n * vocab);
   auto cache = lm.model().new_kv_cache();
   if (!one_by_one) {
@@ -65,7 +54,7 @@ TEST_CASE("synthetic Llama: prefill, decode, chunked prefill and thread counts a
     // The last-row-only form gives the last row.
     std::vector<float> last(whole.config().vocab_size);
     auto cache = whole.model().new_kv_cache();
-    whole.model().forward(one, ids, iota_positions(ids.size()), *cache, MatrixView<float>(last.data(), 1, last.size()));
+    whole.model().forward(one, ids, test::iota(ids.size()), *cache, MatrixView<float>(last.data(), 1, last.size()));
     CHECK(max_abs_diff(last, std::vector<float>(batch.end() - last.size(), batch.end())) < 1e-4f);
   }
 }
@@ -146,17 +135,17 @@ TEST_CASE("forward_batch: sequences stepped together give the logits each gives 
   auto last_alone = [&](const std::vector<std::int32_t>& ids) {
     std::vector<float> out(vocab);
     auto cache = m.new_kv_cache(16);
-    m.forward(pool, ids, iota_positions(ids.size()), *cache, MatrixView<float>(out.data(), 1, vocab));
+    m.forward(pool, ids, test::iota(ids.size()), *cache, MatrixView<float>(out.data(), 1, vocab));
     return out;
   };
   // Together: a has its first 5 tokens already in its cache and decodes its 6th; b prefills all
   // 9 (no logits wanted: as if chunked); c prefills its one token.
   auto ca = m.new_kv_cache(16), cb = m.new_kv_cache(16), cc = m.new_kv_cache(16);
   std::vector<float> scratch(vocab);
-  m.forward(pool, std::span(a).first(5), iota_positions(5), *ca, MatrixView<float>(scratch.data(), 1, vocab));
+  m.forward(pool, std::span(a).first(5), test::iota(5), *ca, MatrixView<float>(scratch.data(), 1, vocab));
   std::vector<std::int32_t> tokens = {a[5]}, positions = {5};
   tokens.insert(tokens.end(), b.begin(), b.end());
-  const auto pb = iota_positions(9);
+  const auto pb = test::iota(9);
   positions.insert(positions.end(), pb.begin(), pb.end());
   tokens.push_back(c[0]);
   positions.push_back(0);

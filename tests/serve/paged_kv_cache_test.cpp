@@ -9,26 +9,16 @@
 #include "test_util.hpp"
 
 using namespace tinyllm;
+using test::iota;
+using test::max_abs_diff;
 
 namespace {
-
-std::vector<std::int32_t> iota(std::size_t n, std::int32_t from = 0) {
-  std::vector<std::int32_t> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = from + std::int32_t(i);
-  return v;
-}
 
 std::vector<float> last_logits(Model& m, KVCache& cache, const std::vector<std::int32_t>& tokens, std::int32_t first_pos) {
   ThreadPool pool(2);
   std::vector<float> out(m.config().vocab_size);
   m.forward(pool, tokens, iota(tokens.size(), first_pos), cache, MatrixView<float>(out.data(), 1, out.size()));
   return out;
-}
-
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  float m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
 }
 
 }  // namespace
