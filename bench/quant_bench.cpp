@@ -146,6 +146,11 @@ void small_batch_shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n_out", "n_in", "n_tok", "threads"});
   for (std::int64_t n_tok : {2, 3, 4, 6, 8, 16}) b->Args({5632, 2048, n_tok, 2});
 }
+// Batched decode of a serving step (one token per stream), on packed weights.
+void stream_batch_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n_out", "n_in", "n_tok", "threads"});
+  for (std::int64_t n_tok : {8, 12, 16, 24, 32}) b->Args({5632, 2048, n_tok, 2});
+}
 
 // The same on packed weights: copies packed from the cold bytes, 256 MiB of them for decode.
 template <class Block, DType kType>
@@ -165,7 +170,8 @@ void BM_qmatmul_packed(benchmark::State& state) {
 
 #define TINYLLM_PACKED_BENCH(Block, Type)                                                                              \
   BENCHMARK_TEMPLATE(BM_qmatmul_packed, Block, Type)->Name("BM_packed_qmatvec<" #Block ">")->Apply(matvec_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond); \
-  BENCHMARK_TEMPLATE(BM_qmatmul_packed, Block, Type)->Name("BM_packed_qgemm<" #Block ">")->Apply(gemm_shapes)->UseRealTime()->Unit(benchmark::kMillisecond)
+  BENCHMARK_TEMPLATE(BM_qmatmul_packed, Block, Type)->Name("BM_packed_qgemm<" #Block ">")->Apply(gemm_shapes)->UseRealTime()->Unit(benchmark::kMillisecond); \
+  BENCHMARK_TEMPLATE(BM_qmatmul_packed, Block, Type)->Name("BM_packed_qbatch<" #Block ">")->Apply(stream_batch_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond)
 
 #if TINYLLM_QMATMUL_VNNI
 TINYLLM_PACKED_BENCH(BlockQ8_0, DType::Q8_0);

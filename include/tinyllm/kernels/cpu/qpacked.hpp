@@ -42,10 +42,11 @@ namespace tinyllm::cpu {
 
 inline constexpr std::size_t kPackRows = 16;
 // Fewer tokens than kPackedPrefillMinTokens run through the decode kernel, up to
-// kPackedDecodeTokens at a time against each group (measured at 5632 x 2048, 2 threads, Q4_0 and
-// Q4_K: 8 tokens 540-660 GOP/s against the panel kernel's 300-400; 16 tokens 500-580 against 750).
+// kPackedDecodeTokens at a time against each group; more unpack each group into the panel kernel
+// (tinyllm-quant-bench BM_packed_qbatch, 5632 x 2048, 2 threads, Q4_0: 12 tokens 410 us decode
+// against 480-510 panel, 16 tokens 510-540 against 450-510, 24 tokens 770-840 against 680-690).
 inline constexpr std::size_t kPackedDecodeTokens = 8;
-inline constexpr std::size_t kPackedPrefillMinTokens = 12;
+inline constexpr std::size_t kPackedPrefillMinTokens = 16;
 
 namespace pdetail {
 
@@ -367,8 +368,13 @@ void prefill_groups(const std::uint8_t* w, std::size_t units, std::size_t nb, st
     const __mmask16 mask = __mmask16((1u << rows) - 1);
     for (std::size_t u0 = 0; u0 < units; u0 += kPanelUnits) {
       const std::size_t count_units = std::min(kPanelUnits, units - u0);
-      for (std::size_t i = 0; i < count_units; ++i)
-        unpack_unit<Block>(w + (g * units + u0 + i) * kUnit, u0 + i, nb, i, panel);
+      for (std::size_t i = 0; i < count_units; ++i) {
+        const std::uint8_t* unit = w + (g * units + u0 + i) * kUnit;
+        // The next panel's bytes (the same group's or the next group's) arrive while this one computes.
+        for (std::size_t l = 0; l < kUnit; l += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(unit) + kPanelUnits * kUnit + l, _MM_HINT_T0);
+        unpack_unit<Block>(unit, u0 + i, nb, i, panel);
+      }
       const std::size_t first = u0 * kPer, count = std::min(count_units * kPer, nb - first);
       for (std::size_t t = 0; t < a.n_tok; t += qdetail::kPanelTokens)
         qdetail::panel_any<Fmt>(std::min(qdetail::kPanelTokens, a.n_tok - t), panel, first, count, a, t,
