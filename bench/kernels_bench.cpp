@@ -137,7 +137,7 @@ void BM_attention(benchmark::State& state) {
   ThreadPool pool(unsigned(state.range(2)));
   const std::size_t kv_dim = n_kv * head_dim, q_dim = n_heads * head_dim;
   AlignedBuffer<float> k(n_ctx * kv_dim), v(n_ctx * kv_dim), q(n_tok * q_dim), out(n_tok * q_dim),
-      scratch(pool.size() * n_ctx);
+      scratch(pool.size() * cpu::attention_scratch_cols(n_heads, n_kv, n_ctx));
   fill(k, 1.0f);
   fill(v, 1.0f);
   fill(q, 1.0f);
@@ -150,7 +150,7 @@ void BM_attention(benchmark::State& state) {
   for (std::int32_t p : positions) flops += 4.0 * double(n_heads) * double(head_dim) * double(p + 1);
   for (auto _ : state) {
     cpu::attention(pool, MatrixView<const float>(q.data(), n_tok, q_dim), positions, kv, n_heads, n_kv, head_dim,
-                   {.scale = 0.125f}, MatrixView<float>(out.data(), n_tok, q_dim), MatrixView<float>(scratch.data(), pool.size(), n_ctx));
+                   {.scale = 0.125f}, MatrixView<float>(out.data(), n_tok, q_dim), MatrixView<float>(scratch.data(), pool.size(), cpu::attention_scratch_cols(n_heads, n_kv, n_ctx)));
     benchmark::ClobberMemory();
   }
   state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);

@@ -1,7 +1,7 @@
 // tinyllm-serve-bench: aggregate throughput of the continuous-batching engine for several
 // numbers of concurrent streams, each a random prompt of -p tokens and -n generated tokens
 // (EOS ignored), like llama.cpp's llama-batched-bench.
-//   tinyllm-serve-bench -m model.gguf -c 1,4,8,16 -p 128 -n 128 -t 2 [--kv-type f16] [--json]
+//   tinyllm-serve-bench -m model.gguf -c 1,4,8,16 -p 128 -n 128 -t 2 [--kv-type f32] [--json]
 // Prompt t/s: all prompt tokens / time until every stream has its first token. Generation t/s:
 // the remaining generated tokens / the rest of the time.
 #include <tinyllm/tinyllm.hpp>
@@ -31,13 +31,13 @@ int main(int argc, char** argv) {
   std::size_t n_prompt = 128, n_gen = 128;
   unsigned threads = 2;
   bool json = false;
-  std::string kv_type = "f32";
+  std::string kv_type = "f16";  // as llama.cpp's default cache type
   app.add_option("-m,--model", model_path, "model file; default: the embedded random model");
   app.add_option("-c,--concurrency", concurrency, "concurrent streams (comma separated)")->delimiter(',')->capture_default_str();
   app.add_option("-p,--n-prompt", n_prompt, "prompt tokens per stream")->capture_default_str();
   app.add_option("-n,--n-gen", n_gen, "generated tokens per stream")->capture_default_str();
   app.add_option("-t,--threads", threads, "threads")->capture_default_str();
-  app.add_option("--kv-type", kv_type, "K/V storage: f32 or f16")
+  app.add_option("--kv-type", kv_type, "K/V storage: f16 or f32")
       ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
   app.add_flag("--json", json, "print one JSON object instead of a table");
   CLI11_PARSE(app, argc, argv);

@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
   std::size_t n_new = 64, parallel = 8, kv_mib = 256;
   unsigned threads = 0;
   tinyllm::SamplingParams sp;
-  std::string kv_type = "f32";
+  std::string kv_type = "f16";  // as llama.cpp's default cache type
   app.add_option("-m,--model", model_path, "model file (.gguf or llama2.c .bin); default: the embedded random model");
   app.add_option("-z,--tokenizer", tokenizer_path, "llama2.c tokenizer .bin");
   app.add_option("-f,--file", prompts_path, "prompts, one per line")->required();
@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", sp.seed, "random seed (request i uses seed + i)")->capture_default_str();
   app.add_option("--parallel", parallel, "sequences decoded together at most")->capture_default_str();
   app.add_option("--kv-mib", kv_mib, "KV cache budget in MiB")->capture_default_str();
-  app.add_option("--kv-type", kv_type, "K/V storage: f32, or f16 (twice the blocks in the budget)")
+  app.add_option("--kv-type", kv_type, "K/V storage: f16 (twice the blocks of f32 in the budget) or f32")
       ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
   app.add_option("-t,--threads", threads, "threads; 0 = all cores");
   CLI11_PARSE(app, argc, argv);

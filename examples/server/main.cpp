@@ -421,6 +421,7 @@ int main(int argc, char** argv) {
   std::size_t kv_mib = 256, parallel = 8, max_queue = 64, batch_tokens = 256, http_threads = 64;
   bool synthetic = false;
   unsigned step_delay_ms = 0;
+  std::string kv_type = "f16";  // as llama.cpp's default cache type
   app.add_option("-m,--model", model_paths, "model file (.gguf or llama2.c .bin); repeat to serve several; id = file stem");
   app.add_option("-z,--tokenizer", tokenizer_paths, "llama2.c tokenizer .bin for the -m at the same position (or for all, given once)");
   app.add_flag("--synthetic", synthetic, "also serve the embedded random model as \"default\" (the default with no -m)");
@@ -428,6 +429,8 @@ int main(int argc, char** argv) {
   app.add_option("--port", port, "port; 0 = any free port (printed on stdout)")->capture_default_str();
   app.add_option("-t,--threads", threads, "compute threads, shared by all models; 0 = all cores");
   app.add_option("--kv-mib", kv_mib, "KV cache budget per model in MiB")->capture_default_str();
+  app.add_option("--kv-type", kv_type, "K/V storage: f16 (twice the blocks of f32 in the budget) or f32")
+      ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
   app.add_option("--parallel", parallel, "sequences decoded together per model at most")->capture_default_str();
   app.add_option("--max-queue", max_queue, "waiting requests per model at most (then 503); 0 = unbounded")->capture_default_str();
   app.add_option("--batch-tokens", batch_tokens, "tokens per engine step")->capture_default_str();
@@ -458,7 +461,9 @@ int main(int argc, char** argv) {
   std::mutex compute;
   try {
     const tinyllm::EngineOptions opt{.max_batch_tokens = batch_tokens, .max_sequences = parallel,
-                                     .kv_bytes = kv_mib << 20, .max_waiting = max_queue};
+                                     .kv_bytes = kv_mib << 20,
+                                     .kv_type = kv_type == "f32" ? tinyllm::KVType::f32 : tinyllm::KVType::f16,
+                                     .max_waiting = max_queue};
     for (std::size_t i = 0; i < model_paths.size(); ++i) {
       const std::string& path = model_paths[i];
       const std::string id = std::filesystem::path(path).stem().string();

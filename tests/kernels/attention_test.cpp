@@ -91,11 +91,12 @@ std::vector<float> run(Kernel kernel, ThreadPool& pool, const std::vector<float>
   std::vector<float> q_padded(n_tok * stride, kNaN), out_padded(n_tok * stride, kNaN);
   for (std::size_t t = 0; t < n_tok; ++t) std::copy_n(q.data() + t * q_dim, q_dim, q_padded.data() + t * stride);
   const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
-  std::vector<float> scratch(pool.size() * n_ctx, kNaN);
+  const std::size_t cols = cpu::attention_scratch_cols(s.n_heads, s.n_kv_heads, n_ctx);
+  std::vector<float> scratch(pool.size() * cols, kNaN);
   kernel(pool, MatrixView<const float>(q_padded.data(), n_tok, q_dim, stride), std::span(positions), kv, s.n_heads,
          s.n_kv_heads, s.head_dim, params,
          MatrixView<float>(out_padded.data(), n_tok, q_dim, stride),
-         MatrixView<float>(scratch.data(), pool.size(), n_ctx));
+         MatrixView<float>(scratch.data(), pool.size(), cols));
   std::vector<float> out(n_tok * q_dim);
   for (std::size_t t = 0; t < n_tok; ++t) {
     std::copy_n(out_padded.data() + t * stride, q_dim, out.data() + t * q_dim);

@@ -1,12 +1,18 @@
-// tinyllm-run and tinyllm-logits as a user runs them: output, exit codes, error messages.
+// tinyllm-run, tinyllm-logits, tinyllm-tokenize and tinyllm-batch as a user runs them: output,
+// exit codes, error messages.
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <set>
+#include <sstream>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "test_util.hpp"
 
-#if defined(TINYLLM_RUN_BIN) && defined(TINYLLM_LOGITS_BIN) && defined(TINYLLM_TOKENIZE_BIN)
+#if defined(TINYLLM_RUN_BIN) && defined(TINYLLM_LOGITS_BIN) && defined(TINYLLM_TOKENIZE_BIN) && defined(TINYLLM_BATCH_BIN)
 
 namespace {
 
@@ -23,7 +29,12 @@ Outcome shell(const std::string& cmd, bool with_stderr = false) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
-std::string q(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
+std::string q(const std::filesystem::path& p) {
+  std::string quoted = "'";   // appended piece by piece: GCC 12 warns (wrongly) on "'" + s + "'"
+  quoted += p.string();
+  quoted += '\'';
+  return quoted;
+}
 
 }  // namespace
 
@@ -89,6 +100,53 @@ TEST_CASE("tinyllm-tokenize reproduces llama.cpp's tokenizations of its test str
   }
 }
 
+TEST_CASE("tinyllm-batch completes every line through the engine: llama2.c's text, tinyllm-run's text") {
+  TINYLLM_REQUIRE_TESTDATA("reference/Once_upon_a_time_n200.txt");
+  const std::vector<std::string> prompts{"Once upon a time", "The cat sat", "Lily and Tom", "One day, a big dog",
+                                         "She was happy"};
+  const auto file = std::filesystem::temp_directory_path() / "tinyllm_cli_batch_prompts.txt";
+  {
+    std::ofstream f(file);
+    for (const auto& p : prompts) f << p << "\n";
+  }
+  const std::string model = " -m " + q(tinyllm::test::testdata("llama2c/stories260K.bin")) + " -z " +
+                            q(tinyllm::test::testdata("llama2c/tok512.bin"));
+  // One JSON object per line, each index once: index -> text.
+  const auto run_batch = [&](const std::string& kv) {
+    const Outcome r = shell(std::string(TINYLLM_BATCH_BIN) + model + " -f " + q(file) +
+                            " -n 40 --temp 0 --parallel 3 -t 2 --kv-type " + kv);
+    CHECK(r.status == 0);
+    std::vector<std::string> texts(prompts.size());
+    std::set<std::size_t> seen;
+    std::istringstream lines(r.out);
+    for (std::string line; std::getline(lines, line);) {
+      const auto j = nlohmann::json::parse(line);
+      const std::size_t i = j.at("index").get<std::size_t>();
+      REQUIRE(i < prompts.size());
+      CHECK(seen.insert(i).second);
+      texts[i] = j.at("text").get<std::string>();
+    }
+    CHECK(seen.size() == prompts.size());
+    return texts;
+  };
+  const auto texts = run_batch("f32");
+  // llama2.c's greedy continuation of the first prompt (independent of tinyllm).
+  const auto ref = tinyllm::test::read_bytes(tinyllm::test::testdata("reference/Once_upon_a_time_n200.txt"));
+  const std::string continuation = std::string(ref.begin(), ref.end()).substr(prompts[0].size());
+  CHECK(texts[0].size() > 40);
+  CHECK(continuation.compare(0, texts[0].size(), texts[0]) == 0);
+  // The others: what tinyllm-run (one sequence, contiguous cache) prints after the prompt.
+  for (std::size_t i = 1; i < prompts.size(); ++i) {
+    CAPTURE(prompts[i]);
+    const Outcome r = shell(std::string(TINYLLM_RUN_BIN) + model + " -p '" + prompts[i] + "' -n 40 --temp 0 -t 2");
+    REQUIRE(r.status == 0);
+    CHECK(r.out == prompts[i] + texts[i] + "\n");
+  }
+  // F16 K/V storage (the default) changes no greedy token of this model.
+  CHECK(run_batch("f16") == texts);
+  std::filesystem::remove(file);
+}
+
 TEST_CASE("bad input to the programs is a clear error and exit status 1") {
   Outcome r = shell(std::string(TINYLLM_RUN_BIN) + " -m /nonexistent/model.gguf", true);
   CHECK(r.status == 1);
@@ -100,6 +158,9 @@ TEST_CASE("bad input to the programs is a clear error and exit status 1") {
   r = shell(std::string(TINYLLM_LOGITS_BIN) + " -m " + q(model) + " --ids '1' -o /dev/null", true);
   CHECK(r.status == 1);
   CHECK(r.out.find("tinyllm:") != std::string::npos);
+  r = shell(std::string(TINYLLM_BATCH_BIN) + " -f /nonexistent/prompts.txt -n 4", true);
+  CHECK(r.status == 1);
+  CHECK(r.out.find("/nonexistent/prompts.txt") != std::string::npos);
   std::filesystem::remove(model);
 }
 

@@ -238,9 +238,10 @@ class Transformer final : public Model {
       }
       longest = std::max(longest, s.cache->capacity());
     }
-    if (scores_.rows < pool.size() || scores_.cols < longest) {  // first call, more threads or a longer cache
-      scores_buf_.resize(pool.size() * longest);
-      scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), longest);
+    const std::size_t score_cols = cpu::attention_scratch_cols(c.n_heads, c.n_kv_heads, longest);
+    if (scores_.rows < pool.size() || scores_.cols < score_cols) {  // first call, more threads or a longer cache
+      scores_buf_.resize(pool.size() * score_cols);
+      scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), score_cols);
     }
     if (views_.size() < seqs.size()) views_.resize(std::max(seqs.size(), 2 * views_.size()));
     AttentionParams ap;
@@ -349,7 +350,7 @@ class Transformer final : public Model {
   std::vector<KVLayerView> views_;          // one per sequence of the current step
   // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
-  AlignedBuffer<float> scores_buf_;   // [threads, cache capacity] attention scores
+  AlignedBuffer<float> scores_buf_;   // [threads, query heads per KV head * cache capacity] attention scores
   cpu::QuantScratch qscratch_;        // activations quantized for the quantized matmuls
   MatrixView<float> scores_;
 };

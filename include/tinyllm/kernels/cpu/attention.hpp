@@ -16,44 +16,120 @@
 #include <tinyllm/kernels/kv_view.hpp>
 
 namespace tinyllm::cpu {
+
+// Columns of attention scratch per thread: the scores of one KV head's query heads over n_ctx
+// cache positions.
+inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
+  return n_heads / n_kv_heads * n_ctx;
+}
+
 namespace detail {
 
-// out[0, head_dim) = sum_p weights[p] * value(first + p)[offset ..], values stored as T (float or
-// F16). Up to four vectors of the output stay in registers while the positions stream past.
-template <class T>
-HWY_INLINE void weighted_values(const float* weights, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
-                                std::size_t offset, std::size_t head_dim, float* out) {
+// s[h * s_stride + r] = q_h · k[r] for heads h < H (q_h at q + h * head_dim) and rows r < rows
+// (k has 4 rows; past `rows` they repeat a valid one). Each loaded key vector serves H heads, and
+// every score is reduced by the same tree (sum_of_four) whatever its slot, so a score does not
+// depend on how its position was grouped.
+template <class T, std::size_t H>
+HWY_INLINE void scores_4(const T* const (&k)[4], std::size_t rows, const float* q, std::size_t head_dim, float* s,
+                         std::size_t s_stride) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
-  for (std::size_t j = 0; j < head_dim; j += 4 * N) {
-    const std::size_t left = head_dim - j;  // values of this pass for the four vectors: up to N each
-    const std::size_t c0 = left, c1 = left > N ? left - N : 0, c2 = left > 2 * N ? left - 2 * N : 0,
-                      c3 = left > 3 * N ? left - 3 * N : 0;
-    VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
-    for (std::size_t p = 0; p < n_pos; ++p) {
-      const T* v = kv.value_as<T>(first + p) + offset + j;
-      const VF s = hn::Set(d, weights[p]);
-      a0 = hn::MulAdd(s, load_upto(d, v, c0), a0);
-      a1 = hn::MulAdd(s, load_upto(d, v + N, c1), a1);
-      a2 = hn::MulAdd(s, load_upto(d, v + 2 * N, c2), a2);
-      a3 = hn::MulAdd(s, load_upto(d, v + 3 * N, c3), a3);
+  VF acc[H][4];
+  for (std::size_t h = 0; h < H; ++h)
+    for (std::size_t r = 0; r < 4; ++r) acc[h][r] = hn::Zero(d);
+  for (std::size_t i = 0; i < head_dim; i += N) {
+    const std::size_t n = std::min(N, head_dim - i);
+    VF kv[4];
+    for (std::size_t r = 0; r < 4; ++r) kv[r] = load_upto(d, k[r] + i, n);
+    for (std::size_t h = 0; h < H; ++h) {
+      const VF qv = load_upto(d, q + h * head_dim + i, n);
+      for (std::size_t r = 0; r < 4; ++r) acc[h][r] = hn::MulAdd(qv, kv[r], acc[h][r]);
     }
-    store_upto(a0, d, out + j, c0);
-    store_upto(a1, d, out + j + N, c1);
-    store_upto(a2, d, out + j + 2 * N, c2);
-    store_upto(a3, d, out + j + 3 * N, c3);
+  }
+  const hn::Full128<float> d4;
+  for (std::size_t h = 0; h < H; ++h) {
+    const auto sums = sum_of_four(d, acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+    if (rows == 4) {
+      hn::StoreU(sums, d4, s + h * s_stride);
+    } else {
+      alignas(16) float buf[4];
+      hn::Store(sums, d4, buf);
+      std::copy_n(buf, rows, s + h * s_stride);
+    }
   }
 }
 
-// One query head against cache positions [first, first + n_pos) of its KV head; scores: n_pos floats.
+template <class T, std::size_t H = 4>
+HWY_INLINE void scores_any(std::size_t heads, const T* const (&k)[4], std::size_t rows, const float* q,
+                           std::size_t head_dim, float* s, std::size_t s_stride) {
+  if constexpr (H > 1)
+    if (heads < H) return scores_any<T, H - 1>(heads, k, rows, q, head_dim, s, s_stride);
+  scores_4<T, H>(k, rows, q, head_dim, s, s_stride);
+}
+
+// out_h[0, head_dim) = sum_p w_h[p] * value(first + p)[offset ..] for heads h < H (w_h at
+// w + h * w_stride, out_h at out + h * head_dim), values stored as T (float or F16). V vectors of
+// the output per head stay in registers while the positions stream past, so each value vector is
+// loaded once for all H heads. A block's rows are consecutive: one table lookup per block.
+template <class T, std::size_t H, std::size_t V = (H > 4 ? 2 : 4)>
+HWY_INLINE void values_group(const float* w, std::size_t w_stride, std::size_t first, std::size_t n_pos,
+                             const KVLayerView& kv, std::size_t offset, std::size_t head_dim, float* out) {
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  for (std::size_t j = 0; j < head_dim; j += V * N) {
+    std::size_t count[V];  // values of this pass in vector c: up to N
+    for (std::size_t c = 0; c < V; ++c) count[c] = head_dim > j + c * N ? head_dim - j - c * N : 0;
+    VF acc[H][V];
+    for (std::size_t h = 0; h < H; ++h)
+      for (std::size_t c = 0; c < V; ++c) acc[h][c] = hn::Zero(d);
+    for (std::size_t p = 0; p < n_pos;) {
+      const std::size_t block_end = std::min(n_pos, ((first + p) / kv.block_size + 1) * kv.block_size - first);
+      for (const T* v = kv.value_as<T>(first + p) + offset + j; p < block_end; ++p, v += kv.kv_dim) {
+        VF vv[V];
+        for (std::size_t c = 0; c < V; ++c) vv[c] = load_upto(d, v + c * N, count[c]);
+        for (std::size_t h = 0; h < H; ++h) {
+          const VF s = hn::Set(d, w[h * w_stride + p]);
+          for (std::size_t c = 0; c < V; ++c) acc[h][c] = hn::MulAdd(s, vv[c], acc[h][c]);
+        }
+      }
+    }
+    for (std::size_t h = 0; h < H; ++h)
+      for (std::size_t c = 0; c < V; ++c) store_upto(acc[h][c], d, out + h * head_dim + j + c * N, count[c]);
+  }
+}
+
+template <class T, std::size_t H = 8>
+HWY_INLINE void values_any(std::size_t heads, const float* w, std::size_t w_stride, std::size_t first,
+                           std::size_t n_pos, const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
+                           float* out) {
+  if constexpr (H > 1)
+    if (heads < H) return values_any<T, H - 1>(heads, w, w_stride, first, n_pos, kv, offset, head_dim, out);
+  values_group<T, H>(w, w_stride, first, n_pos, kv, offset, head_dim, out);
+}
+
+// Query heads q_h (h < heads, at q + h * head_dim) of one KV head against cache positions
+// [first, first + n_pos); scores: heads rows of s_stride >= n_pos floats.
 template <class T>
-HWY_INLINE void attend_head(const float* q, std::size_t first, std::size_t n_pos, const KVLayerView& kv,
-                            std::size_t offset, std::size_t head_dim, const AttentionParams& params, float* scores,
-                            float* out) {
-  for (std::size_t p = 0; p < n_pos; ++p) scores[p] = dot(q, kv.key_as<T>(first + p) + offset, head_dim) * params.scale;
-  if (params.softcap > 0) softcap(scores, n_pos, params.softcap);
-  softmax(scores, n_pos);
-  weighted_values<T>(scores, first, n_pos, kv, offset, head_dim, out);
+HWY_INLINE void attend_group(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
+                             const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
+                             const AttentionParams& params, float* scores, std::size_t s_stride, float* out) {
+  for (std::size_t p = 0; p < n_pos; p += 4) {
+    const std::size_t rows = std::min<std::size_t>(4, n_pos - p);
+    const T* k[4];
+    for (std::size_t r = 0; r < 4; ++r) k[r] = kv.key_as<T>(first + p + std::min(r, rows - 1)) + offset;
+    for (std::size_t h = 0; h < heads; h += 4)
+      scores_any<T>(std::min<std::size_t>(4, heads - h), k, rows, q + h * head_dim, head_dim, scores + h * s_stride + p,
+                    s_stride);
+  }
+  for (std::size_t h = 0; h < heads; ++h) {
+    float* s = scores + h * s_stride;
+    map1(s, n_pos, [&](VF v) { return hn::Mul(v, hn::Set(DF(), params.scale)); });
+    if (params.softcap > 0) softcap(s, n_pos, params.softcap);
+    softmax(s, n_pos);
+  }
+  for (std::size_t h = 0; h < heads; h += 8)
+    values_any<T>(std::min<std::size_t>(8, heads - h), scores + h * s_stride, s_stride, first, n_pos, kv, offset,
+                  head_dim, out + h * head_dim);
 }
 
 }  // namespace detail
@@ -61,33 +137,34 @@ HWY_INLINE void attend_head(const float* q, std::size_t first, std::size_t n_pos
 // Causal attention with grouped-query heads over tokens of one or more sequences.
 // q, out: [n_tok, n_heads * head_dim]. Token t reads the KV view view_of(t) (its sequence's) and
 // attends to positions attention_start(positions[t], window)..positions[t] there (already
-// written); head h reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= max
-// position + 1], one row of scores per thread. (token, head) pairs are handed out one at a time,
-// since their costs differ with the position.
+// written); head h reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(),
+// >= attention_scratch_cols(n_heads, n_kv_heads, max position + 1)]. A work item is a token's KV
+// head with all its query heads, which share every key and value loaded; items are handed out one
+// at a time, since their costs differ with the position.
 template <class ViewOf>
 void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions, ViewOf&& view_of,
                std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
                MatrixView<float> out, MatrixView<float> scratch) {
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
   assert(scratch.rows >= pool.size());
-  const std::size_t group = n_heads / n_kv_heads;
-  const std::size_t n_items = positions.size() * n_heads;
+  const std::size_t group = n_heads / n_kv_heads, s_stride = scratch.cols / group;
+  const std::size_t n_items = positions.size() * n_kv_heads;
   std::atomic<std::size_t> next{0};
   pool.run([&](unsigned tid, unsigned) {
     float* scores = scratch.row(tid);
     for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
          item = next.fetch_add(1, std::memory_order_relaxed)) {
-      const std::size_t t = item / n_heads, h = item % n_heads;
+      const std::size_t t = item / n_kv_heads, g = item % n_kv_heads;
       const auto pos = static_cast<std::size_t>(positions[t]);
-      const std::size_t first = attention_start(pos, params.window);
-      assert(pos < scratch.cols);
+      const std::size_t first = attention_start(pos, params.window), n_pos = pos + 1 - first;
+      assert(pos < s_stride);
       const KVLayerView& kv = view_of(t);
-      const float* qh = q.row(t) + h * head_dim;
-      float* oh = out.row(t) + h * head_dim;
+      const float* qg = q.row(t) + g * group * head_dim;
+      float* og = out.row(t) + g * group * head_dim;
       if (kv.type() == KVType::f16)
-        detail::attend_head<F16>(qh, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim, params, scores, oh);
+        detail::attend_group<F16>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, scores, s_stride, og);
       else
-        detail::attend_head<float>(qh, first, pos + 1 - first, kv, (h / group) * head_dim, head_dim, params, scores, oh);
+        detail::attend_group<float>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, scores, s_stride, og);
     }
   });
 }

@@ -55,29 +55,6 @@ HWY_INLINE void keep_in_register(VF& v) {
 #endif
 }
 
-// The 128-bit blocks of v added together.
-template <class D>
-HWY_INLINE hn::Vec<hn::Full128<float>> add_blocks(D d, hn::Vec<D> v) {
-  if constexpr (hn::MaxLanes(D()) > 4) {
-    const hn::Half<D> dh;
-    return add_blocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
-  } else {
-    return v;
-  }
-}
-
-// [sum(a), sum(b), sum(c), sum(e)]: one transposing tree instead of four separate reductions.
-HWY_INLINE hn::Vec<hn::Full128<float>> sum_of_four(DF d, VF a, VF b, VF c, VF e) {
-  const hn::Repartition<double, DF> dd;
-  // Within each 128-bit block: (a0 + a2, b0 + b2, a1 + a3, b1 + b3), likewise for c and e.
-  const VF ab = hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
-  const VF ce = hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e));
-  // Within each block: the block's partial sums of a, b, c, e.
-  const VF abce = hn::Add(hn::BitCast(d, hn::InterleaveLower(dd, hn::BitCast(dd, ab), hn::BitCast(dd, ce))),
-                          hn::BitCast(d, hn::InterleaveUpper(dd, hn::BitCast(dd, ab), hn::BitCast(dd, ce))));
-  return add_blocks(d, abce);
-}
-
 // y[t * y_stride + r] (+)= the sum of the lanes of acc[r][t].
 template <std::size_t R, std::size_t T>
 HWY_INLINE void store_sums(const VF (&acc)[R][T], float* y, std::size_t y_stride, bool accumulate) {
