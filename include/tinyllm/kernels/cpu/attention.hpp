@@ -107,12 +107,39 @@ HWY_INLINE void values_any(std::size_t heads, const float* w, std::size_t w_stri
   values_group<T, H>(w, w_stride, first, n_pos, kv, offset, head_dim, out);
 }
 
+// The whole 32-bit words of [row, row + bytes) summed: plain loads, which the core keeps many of
+// in flight, bring the row's lines into cache faster than the FMA-heavy passes would meet them.
+using DU32 = hn::ScalableTag<std::uint32_t>;
+HWY_INLINE hn::Vec<DU32> sum_words(const void* row, std::size_t bytes) {
+  const DU32 du;
+  const std::size_t N = hn::Lanes(du), n = bytes / 4;
+  const auto* w = static_cast<const std::uint32_t*>(row);
+  auto x = hn::Zero(du);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) x = hn::Add(x, hn::LoadU(du, w + i));
+  if constexpr (kNativeMasking)
+    if (i < n) x = hn::Add(x, hn::MaskedLoad(hn::FirstN(du, n - i), du, w + i));
+  return x;
+}
+
 // Query heads q_h (h < heads, at q + h * head_dim) of one KV head against cache positions
-// [first, first + n_pos); scores: heads rows of s_stride >= n_pos floats.
+// [first, first + n_pos); scores: heads rows of s_stride >= n_pos floats. `cold`: the rows are
+// likely in memory rather than cache (no earlier token of this call read them), so they are
+// fetched first: measured on 16 sequences of 192 positions, 22 layers, 2 threads, that pass
+// takes the attention from 12.5 to 7.5-8.7 ms (F32) and 9.0 to 6.0-6.8 ms (F16).
 template <class T>
 HWY_INLINE void attend_group(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
                              const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
-                             const AttentionParams& params, float* scores, std::size_t s_stride, float* out) {
+                             const AttentionParams& params, bool cold, float* scores, std::size_t s_stride,
+                             float* out) {
+  if (cold) {
+    auto x = hn::Zero(DU32());
+    for (std::size_t p = 0; p < n_pos; ++p)
+      x = hn::Add(x, hn::Add(sum_words(kv.key_as<T>(first + p) + offset, head_dim * sizeof(T)),
+                             sum_words(kv.value_as<T>(first + p) + offset, head_dim * sizeof(T))));
+    volatile std::uint32_t sink = hn::GetLane(x);  // the loads must happen
+    (void)sink;
+  }
   for (std::size_t p = 0; p < n_pos; p += 4) {
     const std::size_t rows = std::min<std::size_t>(4, n_pos - p);
     const T* k[4];
@@ -159,12 +186,14 @@ void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std:
       const std::size_t first = attention_start(pos, params.window), n_pos = pos + 1 - first;
       assert(pos < s_stride);
       const KVLayerView& kv = view_of(t);
+      const bool cold = t == 0 || &view_of(t - 1) != &kv;  // the first token of its sequence here
       const float* qg = q.row(t) + g * group * head_dim;
       float* og = out.row(t) + g * group * head_dim;
       if (kv.type() == KVType::f16)
-        detail::attend_group<F16>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, scores, s_stride, og);
+        detail::attend_group<F16>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride, og);
       else
-        detail::attend_group<float>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, scores, s_stride, og);
+        detail::attend_group<float>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride,
+                                    og);
     }
   });
 }
