@@ -326,17 +326,24 @@ template <class Block, std::size_t T>
 HWY_INLINE void decode_group(const std::uint8_t* w, std::size_t units, std::size_t nb, std::size_t n_out,
                              const QuantizedActs& a, std::size_t t0, MatrixView<float> y, std::size_t g) {
   constexpr std::size_t kUnit = Pack<Block>::unit_bytes, kAhead = 4096;
+  // Sums per chunk of the prefill kernel's panel, added up in the same order as it adds them, so
+  // a token's outputs match whichever kernel a batch size picks (up to the K-quants' scale order).
+  constexpr std::size_t kChunk = qdetail::kPanelInputs / (Pack<Block>::unit_blocks * block_values<Block>);
   const std::uint8_t* unit = w + g * units * kUnit;
-  __m512 acc[T];
-  for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  for (std::size_t u = 0; u < units; ++u, unit += kUnit) {
-    // Ahead of the hardware prefetcher, which restarts at every 4 KiB page.
-    for (std::size_t l = 0; l < kUnit; l += 64) _mm_prefetch(reinterpret_cast<const char*>(unit) + kAhead + l, _MM_HINT_T0);
-    decode_unit<Block, T>(unit, u, nb, a, t0, acc);
+  __m512 total[T];
+  for (std::size_t u0 = 0; u0 < units; u0 += kChunk) {
+    __m512 acc[T];
+    for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (std::size_t u = u0; u < std::min(units, u0 + kChunk); ++u, unit += kUnit) {
+      // Ahead of the hardware prefetcher, which restarts at every 4 KiB page.
+      for (std::size_t l = 0; l < kUnit; l += 64) _mm_prefetch(reinterpret_cast<const char*>(unit) + kAhead + l, _MM_HINT_T0);
+      decode_unit<Block, T>(unit, u, nb, a, t0, acc);
+    }
+    for (std::size_t t = 0; t < T; ++t) total[t] = u0 == 0 ? acc[t] : _mm512_add_ps(total[t], acc[t]);
   }
   const std::size_t rows = std::min(kPackRows, n_out - kPackRows * g);
   for (std::size_t t = 0; t < T; ++t)
-    qdetail::store_rows(y.row(t0 + t) + kPackRows * g, acc[t], __mmask16((1u << rows) - 1), false);
+    qdetail::store_rows(y.row(t0 + t) + kPackRows * g, total[t], __mmask16((1u << rows) - 1), false);
 }
 
 template <class Block, std::size_t T = kPackedDecodeTokens>
