@@ -173,12 +173,11 @@ void BM_qmatmul_packed(benchmark::State& state) {
   BENCHMARK_TEMPLATE(BM_qmatmul_packed, Block, Type)->Name("BM_packed_qgemm<" #Block ">")->Apply(gemm_shapes)->UseRealTime()->Unit(benchmark::kMillisecond); \
   BENCHMARK_TEMPLATE(BM_qmatmul_packed, Block, Type)->Name("BM_packed_qbatch<" #Block ">")->Apply(stream_batch_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond)
 
-#if TINYLLM_QMATMUL_VNNI
 TINYLLM_PACKED_BENCH(BlockQ8_0, DType::Q8_0);
 TINYLLM_PACKED_BENCH(BlockQ4_0, DType::Q4_0);
 TINYLLM_PACKED_BENCH(BlockQ4_K, DType::Q4_K);
+TINYLLM_PACKED_BENCH(BlockQ5_K, DType::Q5_K);
 TINYLLM_PACKED_BENCH(BlockQ6_K, DType::Q6_K);
-#endif
 
 #define TINYLLM_QUANT_BENCH(Block)                                                                                       \
   BENCHMARK_TEMPLATE(BM_qmatmul, Block)->Name("BM_qmatvec<" #Block ">")->Apply(matvec_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond); \

@@ -11,7 +11,6 @@
 // A second, tighter check compares with sum_i w_i * d_b q_i computed in double from the same
 // quantized activations: only float rounding (kFloatRel) separates them.
 #include <tinyllm/kernels/cpu/qmatmul.hpp>
-#include <tinyllm/kernels/cpu/qpacked.hpp>
 #include <tinyllm/kernels/quant_reference.hpp>
 #include <tinyllm/quant/dequantize.hpp>
 #include <tinyllm/quant/quantize.hpp>
@@ -172,10 +171,10 @@ void check_shape(std::size_t n_out, std::size_t n_in, std::size_t n_tok, std::si
     }
   }
 
-  // The same weights packed for the 16-row kernels (cpu/qpacked.hpp), where this build has them:
-  // the same integer sums, so the same tolerances, and the same bits on any thread count.
+  // The same weights packed once (cpu/qpack.hpp), as models hold them: the kernels pack the
+  // file's layout the same way group by group, so the same bits on any thread count.
   std::optional<Padded> packed;
-  if (cpu::can_pack(kDType<Block>)) {
+  {
     std::vector<Block> rows(n_out * (n_in / kBlock));
     for (std::size_t o = 0; o < n_out; ++o)
       std::copy_n(w.data.data() + o * w.stride, n_in / kBlock, rows.data() + o * (n_in / kBlock));
@@ -185,8 +184,8 @@ void check_shape(std::size_t n_out, std::size_t n_in, std::size_t n_tok, std::si
       Padded got(n_tok, n_out, pad % 5);
       cpu::qmatmul_packed(*pools[i], kDType<Block>, p.data(), n_out, n_in, x.cview(), got.view(), scratch);
       CHECK(padding_untouched(got));
+      CHECK(same_bits(got, first));
       if (i == 0) packed = got;
-      else CHECK(same_bits(got, *packed));
     }
   }
 
@@ -236,7 +235,7 @@ void check_many_shapes() {
   ThreadPool pool1(1), pool2(2), pool3(3);
   std::mt19937 rng(4321);
   constexpr bool kLegacy = cpu::block_values<Block> == 32;
-  // Block multiples, odd counts, and past the kernels' 1024-value panels (1056 = 1024 + one block).
+  // Block multiples, odd counts, and past the kernels' 512-value panels (1056 = 2 * 512 + one block).
   const std::vector<std::size_t> n_ins =
       kLegacy ? std::vector<std::size_t>{32, 64, 96, 160, 1056, 4096} : std::vector<std::size_t>{256, 512, 768, 1280, 4096};
   const std::size_t n_outs[] = {1, 3, 17, 33};
@@ -266,6 +265,39 @@ TEST_CASE(QMATMUL_TEST_PREFIX " Q4_0 equals ref::qmatmul within the activation r
 TEST_CASE(QMATMUL_TEST_PREFIX " Q4_K equals ref::qmatmul within the activation rounding") { check_many_shapes<BlockQ4_K>(); }
 TEST_CASE(QMATMUL_TEST_PREFIX " Q5_K equals ref::qmatmul within the activation rounding") { check_many_shapes<BlockQ5_K>(); }
 TEST_CASE(QMATMUL_TEST_PREFIX " Q6_K equals ref::qmatmul within the activation rounding") { check_many_shapes<BlockQ6_K>(); }
+
+// A token's outputs do not depend on the batch it is in: one token alone (plain activation rows),
+// a few (the decode kernel) and many (the panel kernel) give the same bits.
+TEST_CASE(QMATMUL_TEST_PREFIX " a token gets the same bits alone, in a small batch and in a large one") {
+  ThreadPool pool(2);
+  cpu::QuantScratch scratch;
+  std::mt19937 rng(11);
+  auto check = [&]<class Block>(std::type_identity<Block>) {
+    CAPTURE(name(kDType<Block>));
+    const std::size_t n_in = 1536, n_out = 37;
+    const Weights<Block> w(n_out, n_in, 1, rng);
+    const Padded x = random_activations(40, n_in, 3, rng);
+    Padded all(40, n_out, 0);
+    cpu::qmatmul(pool, w.view(), x.cview(), all.view(), scratch);
+    for (std::size_t first : {0, 5, 17, 39})
+      for (std::size_t n : {1, 3, 8, 13, 20}) {
+        if (first + n > 40) continue;
+        CAPTURE(first);
+        CAPTURE(n);
+        Padded some(n, n_out, 0);
+        cpu::qmatmul(pool, w.view(), MatrixView<const float>(&x.data[first * x.stride], n, n_in, x.stride), some.view(),
+                     scratch);
+        bool same = true;
+        for (std::size_t t = 0; t < n; ++t) same = same && std::memcmp(&some.at(t, 0), &all.at(first + t, 0), n_out * 4) == 0;
+        CHECK(same);
+      }
+  };
+  check(std::type_identity<BlockQ8_0>{});
+  check(std::type_identity<BlockQ4_0>{});
+  check(std::type_identity<BlockQ4_K>{});
+  check(std::type_identity<BlockQ5_K>{});
+  check(std::type_identity<BlockQ6_K>{});
+}
 
 // Larger magnitudes: all quants at their extremes (saturating intermediate sums would show).
 TEST_CASE(QMATMUL_TEST_PREFIX " extreme quants and activations") {

@@ -14,6 +14,10 @@
 
 #include <tinyllm/core/half.hpp>
 
+// Fully unrolls a loop of compile-time length, so that arrays of vectors indexed by it stay in
+// registers (g++ -O2 leaves nested loops rolled otherwise, and the vectors go through memory).
+#define TINYLLM_UNROLL _Pragma("GCC unroll 16")
+
 namespace tinyllm::cpu {
 
 namespace hn = hwy::HWY_NAMESPACE;
