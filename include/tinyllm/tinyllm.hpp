@@ -10,7 +10,9 @@
 #include <tinyllm/core/blocks.hpp>
 #include <tinyllm/quant/quant.hpp>
 #include <tinyllm/kernels/reference.hpp>
+#include <tinyllm/kernels/reference_backend.hpp>
 #include <tinyllm/kernels/cpu/cpu.hpp>
+#include <tinyllm/kernels/cpu/backend.hpp>
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/io/llama2c.hpp>
 #include <tinyllm/text/utf8.hpp>

@@ -1,6 +1,7 @@
 #pragma once
 // Loading a model file: GGUF (architecture from general.architecture, weights bound by tensor
-// name, zero-copy over mmap) or llama2.c's .bin. The file stays mapped for the model's life.
+// name, zero-copy over mmap) or llama2.c's .bin. The file stays mapped for the model's life. The
+// model runs on the CPU backend unless another is named: load<ReferenceBackend>(path).
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -26,7 +27,7 @@ namespace tinyllm {
 struct LoadOptions {
   std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
   std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
-  bool pack_weights = true;        // regroup quantized matrices for the packed CPU kernels (cpu/qpacked.hpp)
+  bool pack_weights = true;        // let the backend regroup matrices into its own layout (CPU: cpu/qpacked.hpp)
   // Called as the weight matrices are bound, with the bytes done so far and in all. With it, the
   // loader also reads each matrix (one byte per page), so a cold file is paged in during the
   // load, where the progress shows, rather than during the first forward pass.
@@ -91,18 +92,19 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
   return {tensor, t.dtype, t.data, rows, cols};
 }
 
-// Gets the weight matrices ready for the forward pass, reporting progress after each one. Those
-// the CPU kernels have a packed layout for are packed (cpu/qpacked.hpp) and the file's pages of
-// them released (`file` null: nothing to release); with a progress callback the others are read,
-// one byte per page, so a cold file is paged in during the load, where the progress shows,
-// rather than during the first forward pass.
-inline void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFile* file) {
+// Gets the weight matrices ready for the forward pass on Backend, reporting progress after each
+// one. Those the backend has a layout of its own for are packed (CPU: cpu/qpacked.hpp) and the
+// file's pages of them released (`file` null: nothing to release); with a progress callback the
+// others are read, one byte per page, so a cold file is paged in during the load, where the
+// progress shows, rather than during the first forward pass.
+template <class Backend>
+void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFile* file) {
   std::vector<WeightMatrix*> matrices = {&w.token_embd};
   for (LayerWeights& l : w.layers)
     for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
   // Tied to token_embd, the output is only work here when it gets a packed copy (the embedding
   // lookups keep reading the file's rows).
-  if (w.output.data != w.token_embd.data || (opt.pack_weights && cpu::can_pack(w.output.type)))
+  if (w.output.data != w.token_embd.data || (opt.pack_weights && can_pack<Backend>(w.output.type)))
     matrices.push_back(&w.output);
   const auto bytes = [](const WeightMatrix& m) { return m.data ? m.rows * row_bytes(m.type, m.cols) : 0; };
   std::size_t total = 0, done = 0;
@@ -112,9 +114,9 @@ inline void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const
   std::optional<ThreadPool> pool;  // started when the first matrix is packed
   for (WeightMatrix* m : matrices) {
     const std::size_t n = bytes(*m);
-    const bool packable = m != &w.token_embd && opt.pack_weights && cpu::can_pack(m->type);
+    const bool packable = m != &w.token_embd && opt.pack_weights && can_pack<Backend>(m->type);
     if (packable && !pool) pool.emplace();  // one thread per hardware thread
-    if (packable && pack(*m, *pool)) {
+    if (packable && pack<Backend>(*m, *pool)) {
       if (file && m->data != w.token_embd.data) file->release_pages(m->data, n);
     } else if (opt.progress) {
       const auto* p = static_cast<const unsigned char*>(m->data);
@@ -177,7 +179,7 @@ inline ModelConfig read_config(const GGUFFile& f, const std::string& arch) {
 }
 
 // Binds the tensors an architecture's traits call for, checking each one's shape and type.
-template <class Arch>
+template <class Arch, class Backend>
 std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
   TransformerWeights w;
   w.token_embd = matrix(f, "token_embd.weight", c.vocab_size, c.n_embd);
@@ -211,8 +213,8 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
   w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
   if (f.find_tensor("rope_freqs.weight")) w.rope_freq_factors = vector_tensor(f, "rope_freqs.weight", c.head_dim / 2);
-  prepare_weights(w, opt, &f);
-  return std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
+  prepare_weights<Backend>(w, opt, &f);
+  return std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch);
 }
 
 inline std::string known_arch_names() {
@@ -222,20 +224,20 @@ inline std::string known_arch_names() {
 }
 
 // Binds the model with the traits type named `c.arch`, or returns null when no traits have that name.
-template <std::size_t I = 0>
+template <class Backend, std::size_t I = 0>
 std::unique_ptr<Model> bind_known_arch(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
   if constexpr (I == std::tuple_size_v<KnownArchs>) {
     return nullptr;
   } else {
     using Arch = std::tuple_element_t<I, KnownArchs>;
-    if (c.arch == Arch::name) return bind_gguf<Arch>(f, std::move(c), opt);
-    return bind_known_arch<I + 1>(f, std::move(c), opt);
+    if (c.arch == Arch::name) return bind_gguf<Arch, Backend>(f, std::move(c), opt);
+    return bind_known_arch<Backend, I + 1>(f, std::move(c), opt);
   }
 }
 
 // Arch = void: the traits named by general.architecture; otherwise the given traits, over the
 // file's hyperparameters and Llama-style tensor names (a user's own architecture).
-template <class Arch = void>
+template <class Arch, class Backend>
 LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
                       const LoadOptions& opt) {
   const GGUFFile& f = *file;
@@ -250,8 +252,8 @@ LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<cons
   }
   ModelConfig c = read_config(f, arch);
   const std::size_t vocab = c.vocab_size;
-  if constexpr (std::is_void_v<Arch>) model = bind_known_arch(f, std::move(c), opt);
-  else model = bind_gguf<Arch>(f, std::move(c), opt);
+  if constexpr (std::is_void_v<Arch>) model = bind_known_arch<Backend>(f, std::move(c), opt);
+  else model = bind_gguf<Arch, Backend>(f, std::move(c), opt);
 
   std::optional<Tokenizer> tok = tokenizer_file(opt, vocab);
   if (!tok && f.has("tokenizer.ggml.tokens")) tok = tokenizer_from_gguf(f);
@@ -273,7 +275,7 @@ inline std::string find_llama2c_tokenizer(const std::string& model_path, std::si
   return {};
 }
 
-template <class Arch = Llama>
+template <class Arch, class Backend>
 LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   auto file = std::make_shared<const Llama2cFile>(Llama2cFile::open(path));
   const Llama2cConfig& lc = file->config();
@@ -318,36 +320,47 @@ LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   w.output = mat("wcls", lw.wcls, 0, c.vocab_size, c.n_embd);
 
   if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
-  prepare_weights(w, opt, nullptr);
+  prepare_weights<Backend>(w, opt, nullptr);
   std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
-  auto model = std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
+  auto model = std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch);
   return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
 }
 
 }  // namespace detail
 
 // Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic. load<MyArch>(path)
-// runs the file's weights with a user's own architecture traits instead of the file's.
-template <class Arch = void>
+// runs the file's weights with a user's own architecture traits instead of the file's;
+// load<ReferenceBackend>(path) runs them on another kernel backend, load<MyArch, ReferenceBackend>
+// both.
+template <class Arch = void, KernelBackend Backend = CpuBackend>
 LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
-  char magic[4] = {};
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open model file", path);
-  in.read(magic, 4);
-  if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
-    auto file = std::make_shared<const GGUFFile>(GGUFFile::open(path));
-    return detail::load_gguf<Arch>(file, file, opt);
+  if constexpr (KernelBackend<Arch>) {   // load<SomeBackend>(path): the file's architecture
+    return load<void, Arch>(path, opt);
+  } else {
+    char magic[4] = {};
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error("cannot open model file", path);
+    in.read(magic, 4);
+    if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
+      auto file = std::make_shared<const GGUFFile>(GGUFFile::open(path));
+      return detail::load_gguf<Arch, Backend>(file, file, opt);
+    }
+    return detail::load_llama2c<std::conditional_t<std::is_void_v<Arch>, Llama, Arch>, Backend>(path, opt);
   }
-  return detail::load_llama2c<std::conditional_t<std::is_void_v<Arch>, Llama, Arch>>(path, opt);
 }
 
 // Loads a GGUF image held in memory (an embedded or freshly written model); the model keeps it.
-template <class Arch = void>
+// The template arguments are load's.
+template <class Arch = void, KernelBackend Backend = CpuBackend>
 LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& name, const LoadOptions& opt = {}) {
-  auto owned = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
-  auto file = std::make_shared<const GGUFFile>(GGUFFile::parse(std::span<const std::byte>(*owned), name));
-  auto storage = std::make_shared<std::pair<std::shared_ptr<const std::vector<std::byte>>, std::shared_ptr<const GGUFFile>>>(owned, file);
-  return detail::load_gguf<Arch>(file, storage, opt);
+  if constexpr (KernelBackend<Arch>) {
+    return load_gguf_bytes<void, Arch>(std::move(bytes), name, opt);
+  } else {
+    auto owned = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
+    auto file = std::make_shared<const GGUFFile>(GGUFFile::parse(std::span<const std::byte>(*owned), name));
+    auto storage = std::make_shared<std::pair<std::shared_ptr<const std::vector<std::byte>>, std::shared_ptr<const GGUFFile>>>(owned, file);
+    return detail::load_gguf<Arch, Backend>(file, storage, opt);
+  }
 }
 
 // A seeded random-weight Llama of a named shape, written by the GGUF writer and loaded from

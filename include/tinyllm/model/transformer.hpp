@@ -1,7 +1,9 @@
 #pragma once
 // A decoder-only transformer written once against architecture traits. forward() is the whole
 // model, top to bottom, in the spirit of llama2.c's forward(): it takes a batch of tokens of one
-// sequence at given positions (a prompt prefill, or one token of decode) and writes logits.
+// sequence at given positions (a prompt prefill, or one token of decode) and writes logits. Every
+// kernel is called through the Backend parameter: CpuBackend (Highway, kernels/cpu/backend.hpp,
+// which lists a backend's members) or ReferenceBackend (the scalar specification, for tests).
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -15,10 +17,9 @@
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
-#include <tinyllm/kernels/cpu/activation.hpp>
-#include <tinyllm/kernels/cpu/attention.hpp>
-#include <tinyllm/kernels/cpu/norm.hpp>
-#include <tinyllm/kernels/cpu/rope.hpp>
+#include <tinyllm/kernels/attention_params.hpp>
+#include <tinyllm/kernels/cpu/backend.hpp>
+#include <tinyllm/kernels/kv_view.hpp>
 #include <tinyllm/kernels/rope.hpp>
 #include <tinyllm/model/arch/traits.hpp>
 #include <tinyllm/model/config.hpp>
@@ -106,12 +107,17 @@ class Model {
   }
 };
 
-template <class Arch>
+// A type whose static members are the kernels the model calls (listed in kernels/cpu/backend.hpp).
+template <class B>
+concept KernelBackend = requires { typename B::Workspace; B::packs_weights; &B::matmul; &B::attention; };
+
+template <class Arch, KernelBackend Backend = CpuBackend>
 class Transformer final : public Model {
  public:
   // max_batch bounds the tokens of one internal forward step; longer inputs run in chunks.
   Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
-      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)) {
+      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
+        ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff})) {
     const std::size_t b = max_batch_;
     x_.resize(b * cfg_.n_embd);
     xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
@@ -121,7 +127,6 @@ class Transformer final : public Model {
     att_.resize(b * cfg_.q_dim());
     gate_.resize(b * cfg_.n_ff);
     up_.resize(b * cfg_.n_ff);
-    qscratch_.reserve(b, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff}));
     all_rows_.resize(b);
     for (std::size_t i = 0; i < b; ++i) all_rows_[i] = i;
     logit_rows_.resize(b);
@@ -238,7 +243,7 @@ class Transformer final : public Model {
       }
       longest = std::max(longest, s.cache->capacity());
     }
-    const std::size_t score_cols = cpu::attention_scratch_cols(c.n_heads, c.n_kv_heads, longest);
+    const std::size_t score_cols = Backend::attention_scratch_cols(c.n_heads, c.n_kv_heads, longest);
     if (scores_.rows < pool.size() || scores_.cols < score_cols) {  // first call, more threads or a longer cache
       scores_buf_.resize(pool.size() * score_cols);
       scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), score_cols);
@@ -256,13 +261,13 @@ class Transformer final : public Model {
     for (std::size_t l = 0; l < c.n_layers; ++l) {
       const LayerWeights& lw = w_.layers[l];
       // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
-      for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
-      matmul(pool, lw.wq, xb, q, qscratch_);
-      matmul(pool, lw.wk, xb, k, qscratch_);
-      matmul(pool, lw.wv, xb, v, qscratch_);
+      for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
+      matmul(pool, lw.wq, xb, q);
+      matmul(pool, lw.wk, xb, k);
+      matmul(pool, lw.wv, xb, v);
       if constexpr (Arch::parallel_blocks) {   // the FFN reads the same normalised input
-        matmul(pool, lw.w_gate, xb, gate, qscratch_);
-        matmul(pool, lw.w_up, xb, up, qscratch_);
+        matmul(pool, lw.w_gate, xb, gate);
+        matmul(pool, lw.w_up, xb, up);
       }
       for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
       for (std::size_t t = 0; t < n; ++t) {
@@ -274,32 +279,35 @@ class Transformer final : public Model {
         }
         if constexpr (Arch::qk_norm) {
           for (std::size_t h = 0; h < c.n_heads; ++h)
-            cpu::rmsnorm(q.row(t) + h * c.head_dim, lw.q_norm.data(), q.row(t) + h * c.head_dim, c.head_dim, c.norm_eps);
+            Backend::rmsnorm(q.row(t) + h * c.head_dim, lw.q_norm.data(), q.row(t) + h * c.head_dim, c.head_dim,
+                             c.norm_eps);
           for (std::size_t h = 0; h < c.n_kv_heads; ++h)
-            cpu::rmsnorm(k.row(t) + h * c.head_dim, lw.k_norm.data(), k.row(t) + h * c.head_dim, c.head_dim, c.norm_eps);
+            Backend::rmsnorm(k.row(t) + h * c.head_dim, lw.k_norm.data(), k.row(t) + h * c.head_dim, c.head_dim,
+                             c.norm_eps);
         }
         const auto pos = std::size_t(positions[t]);
-        cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
-        cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
+        Backend::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
+        Backend::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
         kv.store(pos, k.row(t), v.row(t));
       }
       ap.window = plans_[l].window;
-      cpu::attention(pool, q, positions, [&](std::size_t t) -> const KVLayerView& { return views_[seq_of_token_[t]]; },
-                     c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
-      matmul(pool, lw.wo, att, proj, qscratch_);
+      Backend::attention(pool, q, positions, std::span<const KVLayerView>(views_).first(seqs.size()),
+                         std::span<const std::uint32_t>(seq_of_token_).first(n), c.n_heads, c.n_kv_heads, c.head_dim,
+                         ap, att, scores_);
+      matmul(pool, lw.wo, att, proj);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
       add_rows(x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       if constexpr (!Arch::parallel_blocks) {
-        for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
-        matmul(pool, lw.w_gate, xb, gate, qscratch_);
-        matmul(pool, lw.w_up, xb, up, qscratch_);
+        for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
+        matmul(pool, lw.w_gate, xb, gate);
+        matmul(pool, lw.w_up, xb, up);
       }
-      if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
-      if constexpr (Arch::ffn == Ffn::geglu) cpu::geglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-      matmul(pool, lw.w_down, gate, proj, qscratch_);
+      matmul(pool, lw.w_down, gate, proj);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
       add_rows(x, proj);
     }
@@ -307,14 +315,17 @@ class Transformer final : public Model {
     if (logit_rows.empty()) return;   // a prompt chunk whose logits nobody asked for
     MatrixView<float> xf = xb.rows_slice(0, logit_rows.size());   // [rows wanted, n_embd]
     for (std::size_t r = 0; r < logit_rows.size(); ++r)
-      cpu::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
-    matmul(pool, w_.output, xf, logits, qscratch_);
+      Backend::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
+    matmul(pool, w_.output, xf, logits);
     if constexpr (Arch::final_softcap)
-      for (std::size_t t = 0; t < logits.rows; ++t) cpu::softcap(logits.row(t), logits.cols, c.final_softcap);
+      for (std::size_t t = 0; t < logits.rows; ++t) Backend::softcap(logits.row(t), logits.cols, c.final_softcap);
   }
 
+  void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
+    tinyllm::matmul<Backend>(pool, w, x, y, ws_);
+  }
   void norm_rows_in_place(MatrixView<float> m, const float* w) const {
-    for (std::size_t t = 0; t < m.rows; ++t) cpu::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
+    for (std::size_t t = 0; t < m.rows; ++t) Backend::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
   }
   static void scale_in_place(float* a, std::size_t n, float s) {
     for (std::size_t i = 0; i < n; ++i) a[i] *= s;
@@ -348,11 +359,11 @@ class Transformer final : public Model {
   std::vector<std::size_t> logit_rows_;     // [max_batch] tokens whose logits a batch wants
   std::vector<std::uint32_t> seq_of_token_; // [max_batch] slice index of each token
   std::vector<KVLayerView> views_;          // one per sequence of the current step
-  // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
+  // Buffers for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
-  AlignedBuffer<float> scores_buf_;   // [threads, query heads per KV head * cache capacity] attention scores
-  cpu::QuantScratch qscratch_;        // activations quantized for the quantized matmuls
+  AlignedBuffer<float> scores_buf_;   // [threads, Backend::attention_scratch_cols(...)] attention scores
   MatrixView<float> scores_;
+  typename Backend::Workspace ws_;    // the backend's own state (CPU: activations quantized for the matmuls)
 };
 
 }  // namespace tinyllm

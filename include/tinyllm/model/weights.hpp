@@ -1,6 +1,7 @@
 #pragma once
-// Weights as the model sees them: a matrix of a type known at run time, plus the one switch that
-// picks the kernel instantiation for that type.
+// Weights as the model sees them: a matrix of a type known at run time (and, optionally, the same
+// matrix in a kernel backend's own layout), and the matmul that hands it to a backend, whose one
+// switch on that type picks the kernel instantiation. kernels/cpu/backend.hpp lists a backend's members.
 #include <cstddef>
 #include <cstring>
 #include <memory>
@@ -12,8 +13,6 @@
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/thread_pool.hpp>
-#include <tinyllm/kernels/cpu/qmatmul.hpp>
-#include <tinyllm/kernels/cpu/qpacked.hpp>
 #include <tinyllm/quant/dequantize.hpp>
 
 namespace tinyllm {
@@ -24,23 +23,36 @@ struct WeightMatrix {
   DType type = DType::F32;
   const void* data = nullptr;
   std::size_t rows = 0, cols = 0;
-  // The same weights regrouped for the CPU kernels (cpu::pack_rows), when pack() made them;
-  // matmul then reads these and `data` only serves row lookups (dequantize_row).
+  // The same weights in the backend's own layout, when pack<Backend>() made them (the CPU's:
+  // groups of rows interleaved, kernels/cpu/qpacked.hpp); matmul then reads these and `data`
+  // only serves row lookups (dequantize_row).
   std::shared_ptr<const AlignedBuffer<std::byte>> packed;
 };
 
-// Regroups w for the packed CPU kernels when this build has one for its type, on the pool's
-// threads; returns whether it did. The model then holds both forms' bytes until the caller lets
-// the original go.
-inline bool pack(WeightMatrix& w, ThreadPool& pool) {
-  if (w.packed || !cpu::can_pack(w.type) || w.rows == 0 || w.cols == 0 || w.cols % info(w.type).block_size != 0)
-    return false;  // (a row that is not whole blocks gets cpu::qmatmul's Error instead)
-  auto buf = std::make_shared<AlignedBuffer<std::byte>>(cpu::packed_bytes(w.type, w.rows, w.cols));
-  pool.parallel_for((w.rows + cpu::kPackRows - 1) / cpu::kPackRows, [&](std::size_t g0, std::size_t g1) {
-    cpu::pack_rows(w.type, w.data, w.rows, w.cols, buf->data(), g0, g1);
-  });
-  w.packed = std::move(buf);
-  return true;
+// Whether Backend keeps matrices of `type` in a layout of its own (pack_weights at load).
+template <class Backend>
+bool can_pack(DType type) {
+  if constexpr (Backend::packs_weights) return Backend::can_pack(type);
+  else return false;
+}
+
+// Regroups w into Backend's own layout when it has one for w's type, on the pool's threads;
+// returns whether it did. The model then holds both forms' bytes until the caller lets the
+// original go.
+template <class Backend>
+bool pack(WeightMatrix& w, ThreadPool& pool) {
+  if constexpr (!Backend::packs_weights) {
+    return false;
+  } else {
+    if (w.packed || !Backend::can_pack(w.type) || w.rows == 0 || w.cols == 0 || w.cols % info(w.type).block_size != 0)
+      return false;  // (a row that is not whole blocks gets the matmul's Error instead)
+    auto buf = std::make_shared<AlignedBuffer<std::byte>>(Backend::packed_bytes(w.type, w.rows, w.cols));
+    pool.parallel_for((w.rows + Backend::kPackRows - 1) / Backend::kPackRows, [&](std::size_t g0, std::size_t g1) {
+      Backend::pack_rows(w.type, w.data, w.rows, w.cols, buf->data(), g0, g1);
+    });
+    w.packed = std::move(buf);
+    return true;
+  }
 }
 
 // Types the kernels can multiply by; loading checks every weight against this.
@@ -52,12 +64,16 @@ inline bool matmul_supports(DType t) {
   }
 }
 
-// y[n_tok, w.rows] = x[n_tok, w.cols] · wᵀ. Quantized weights multiply 8-bit-quantized
-// activations (held in `scratch`, sized at load time) without dequantizing the matrix.
-inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y,
-                   cpu::QuantScratch& scratch) {
-  if (w.packed) return cpu::qmatmul_packed(pool, w.type, w.packed->data(), w.rows, w.cols, x, y, scratch);
-  cpu::qmatmul(pool, w.type, w.data, w.rows, w.cols, x, y, scratch);
+// y[n_tok, w.rows] = x[n_tok, w.cols] · wᵀ on Backend, from its packed form when it made one.
+// ws is the backend's per-model state (the CPU's: the activations quantized to 8 bits, sized at
+// load time).
+template <class Backend>
+void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y,
+            typename Backend::Workspace& ws) {
+  if constexpr (Backend::packs_weights) {
+    if (w.packed) return Backend::matmul_packed(pool, w.type, w.packed->data(), w.rows, w.cols, x, y, ws);
+  }
+  Backend::matmul(pool, w.type, w.data, w.rows, w.cols, x, y, ws);
 }
 
 // out[cols] = row `r` of w, as f32 (token embedding lookup).
