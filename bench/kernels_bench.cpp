@@ -12,6 +12,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "bench_main.hpp"
 #include "read_bandwidth.hpp"
 
 #include <algorithm>
@@ -165,4 +166,4 @@ BENCHMARK(BM_attention)
 
 }  // namespace
 
-BENCHMARK_MAIN();
+TINYLLM_BENCHMARK_MAIN()

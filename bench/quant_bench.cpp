@@ -1,6 +1,7 @@
 // Quantized matmul microbenchmarks: cpu::qmatmul for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights at
 // TinyLlama-1.1B shapes, beside the two rooflines it is measured against; BM_packed_* are the
-// same on the 16-row packed layout the loader gives Q8_0, Q4_0, Q4_K and Q6_K (cpu/qpacked.hpp).
+// same on the 16-row packed layout the loader gives them (cpu/qpack.hpp). --target=AVX2 (or SSE4,
+// AVX3, AVX3_DL) runs the kernels of that target instead of this CPU's best.
 //   decode  (one token): bytes_per_second = weight bytes streamed; compare BM_read_bandwidth.
 //   prefill (many tokens): OP/s = 2 * n_out * n_in * n_tok / s; compare BM_vnni_peak.
 //
@@ -10,11 +11,11 @@
 #include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
-#include <tinyllm/kernels/cpu/qmatmul.hpp>
-#include <tinyllm/kernels/cpu/qpacked.hpp>
+#include <tinyllm/kernels/cpu/cpu.hpp>
 
 #include <benchmark/benchmark.h>
 
+#include "bench_main.hpp"
 #include "read_bandwidth.hpp"
 
 #include <algorithm>
@@ -23,7 +24,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX512VNNI__)
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -59,34 +60,39 @@ const std::uint8_t* cold_bytes() {
 }
 
 
-#if defined(__AVX512VNNI__)
-// Args: threads. Independent vpdpbusd chains on registers: the int8 roofline for prefill
-// (one vpdpbusd = 64 multiply-adds = 128 operations).
+#if defined(__x86_64__)
+constexpr int kChains = 12;
+constexpr std::size_t kSteps = 1 << 18;
+
+// kSteps rounds of kChains independent vpdpbusd chains on registers; the sum into out[0 .. 16).
+__attribute__((target("avx512f,avx512vnni"))) void vnni_chains(std::int32_t seed, std::int32_t* out) {
+  __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(char(seed));
+  __m512i acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_epi32(j);
+  for (std::size_t i = 0; i < kSteps; ++i) {
+#pragma GCC unroll 12
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbusd_epi32(acc[j], a, b);
+    asm("" : "+v"(a), "+v"(b));
+  }
+  __m512i s = acc[0];
+  for (int j = 1; j < kChains; ++j) s = _mm512_add_epi32(s, acc[j]);
+  _mm512_storeu_si512(out, s);
+}
+
+// Args: threads. The int8 roofline for prefill (one vpdpbusd = 64 multiply-adds = 128
+// operations). Registered where the CPU has AVX-512 VNNI.
 void BM_vnni_peak(benchmark::State& state) {
   ThreadPool pool(unsigned(state.range(0)));
-  constexpr int kChains = 12;
-  constexpr std::size_t kSteps = 1 << 18;
   std::vector<std::int32_t> sink(pool.size() * 16);
   for (auto _ : state) {
-    pool.run([&](unsigned t, unsigned) {
-      __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(char(t + 5));
-      __m512i acc[kChains];
-      for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_epi32(j);
-      for (std::size_t i = 0; i < kSteps; ++i) {
-#pragma GCC unroll 12
-        for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbusd_epi32(acc[j], a, b);
-        asm("" : "+v"(a), "+v"(b));
-      }
-      __m512i s = acc[0];
-      for (int j = 1; j < kChains; ++j) s = _mm512_add_epi32(s, acc[j]);
-      _mm512_storeu_si512(sink.data() + t * 16, s);
-    });
+    pool.run([&](unsigned t, unsigned) { vnni_chains(std::int32_t(t + 5), sink.data() + t * 16); });
     benchmark::DoNotOptimize(sink.data());
   }
   state.counters["OP/s"] =
       benchmark::Counter(128.0 * kChains * kSteps * pool.size(), benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_vnni_peak)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime();
+const bool vnni_peak_registered = __builtin_cpu_supports("avx512vnni") &&
+    benchmark::RegisterBenchmark("BM_vnni_peak", BM_vnni_peak)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime();
 #endif
 
 // Args: n_out, n_in, n_tok, threads. Times run(pool, x, y, scratch, copy) for y[n_tok, n_out] =
@@ -113,7 +119,7 @@ void time_qmatmul(benchmark::State& state, std::size_t w_bytes, std::size_t copi
 }
 
 // cpu::qmatmul on weights as the file lays them out, straight from the cold bytes.
-template <class Block>
+template <class Block, DType kType>
 void BM_qmatmul(benchmark::State& state) {
   const std::size_t n_out = state.range(0), n_in = state.range(1), n_tok = state.range(2);
   const std::size_t row_blocks = n_in / cpu::block_values<Block>;
@@ -122,8 +128,7 @@ void BM_qmatmul(benchmark::State& state) {
   // Few tokens stream the weights from DRAM; many reuse each weight block from cache anyway.
   const std::size_t copies = n_tok < 64 ? kColdBytes / slot : 1;
   time_qmatmul(state, w_bytes, copies, [&](ThreadPool& pool, auto x, auto y, cpu::QuantScratch& scratch, std::size_t c) {
-    cpu::qmatmul(pool, MatrixView<const Block>(reinterpret_cast<const Block*>(cold_bytes() + c * slot), n_out, n_in, row_blocks),
-                 x, y, scratch);
+    cpu::qmatmul(pool, kType, cold_bytes() + c * slot, n_out, n_in, x, y, scratch);
   });
 }
 
@@ -179,17 +184,17 @@ TINYLLM_PACKED_BENCH(BlockQ4_K, DType::Q4_K);
 TINYLLM_PACKED_BENCH(BlockQ5_K, DType::Q5_K);
 TINYLLM_PACKED_BENCH(BlockQ6_K, DType::Q6_K);
 
-#define TINYLLM_QUANT_BENCH(Block)                                                                                       \
-  BENCHMARK_TEMPLATE(BM_qmatmul, Block)->Name("BM_qmatvec<" #Block ">")->Apply(matvec_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond); \
-  BENCHMARK_TEMPLATE(BM_qmatmul, Block)->Name("BM_qgemm<" #Block ">")->Apply(gemm_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);    \
-  BENCHMARK_TEMPLATE(BM_qmatmul, Block)->Name("BM_qsmall<" #Block ">")->Apply(small_batch_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond)
+#define TINYLLM_QUANT_BENCH(Block, Type)                                                                                 \
+  BENCHMARK_TEMPLATE(BM_qmatmul, Block, Type)->Name("BM_qmatvec<" #Block ">")->Apply(matvec_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond); \
+  BENCHMARK_TEMPLATE(BM_qmatmul, Block, Type)->Name("BM_qgemm<" #Block ">")->Apply(gemm_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);    \
+  BENCHMARK_TEMPLATE(BM_qmatmul, Block, Type)->Name("BM_qsmall<" #Block ">")->Apply(small_batch_shapes)->UseRealTime()->Unit(benchmark::kMicrosecond)
 
-TINYLLM_QUANT_BENCH(BlockQ8_0);
-TINYLLM_QUANT_BENCH(BlockQ4_0);
-TINYLLM_QUANT_BENCH(BlockQ4_K);
-TINYLLM_QUANT_BENCH(BlockQ5_K);
-TINYLLM_QUANT_BENCH(BlockQ6_K);
+TINYLLM_QUANT_BENCH(BlockQ8_0, DType::Q8_0);
+TINYLLM_QUANT_BENCH(BlockQ4_0, DType::Q4_0);
+TINYLLM_QUANT_BENCH(BlockQ4_K, DType::Q4_K);
+TINYLLM_QUANT_BENCH(BlockQ5_K, DType::Q5_K);
+TINYLLM_QUANT_BENCH(BlockQ6_K, DType::Q6_K);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+TINYLLM_BENCHMARK_MAIN()

@@ -4,7 +4,7 @@
 // program (it registers BM_read_bandwidth).
 #include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/thread_pool.hpp>
-#include <tinyllm/kernels/cpu/simd.hpp>
+#include <hwy/highway.h>
 
 #include <benchmark/benchmark.h>
 

@@ -63,10 +63,16 @@ int main(int argc, char** argv) {
   app.add_option("-n,--n-gen", tg, "generation lengths (comma separated; 0 = skip)")->delimiter(',')->capture_default_str();
   app.add_option("-t,--threads", threads, "thread counts (comma separated)")->delimiter(',')->capture_default_str();
   app.add_option("-r,--repetitions", reps, "timed repetitions per test")->capture_default_str()->check(CLI::Range(1, 1000));
+  std::vector<std::string> targets;
+  app.add_option("--target", targets,
+                 "kernel targets to measure side by side, e.g. AVX3_DL,AVX2 (comma separated; default: this CPU's best)")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   if (models.empty()) models.push_back("");
+  if (targets.empty()) targets.push_back("");
 
   try {
+    for (const auto& target : targets) tinyllm::cpu::use_kernel_target(target);  // each exists, or an Error now
     std::printf("| model | size | params | backend | threads | test | t/s |\n");
     std::printf("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n");
     for (const auto& path : models) {
@@ -98,24 +104,32 @@ int main(int argc, char** argv) {
           const auto ids = random_tokens(n);
           std::vector<std::int32_t> pos(n);
           for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
-          const Result r = measure(reps, [&] { model.forward(pool, ids, pos, *cache, last); }, n,
-                                   "pp" + std::to_string(n) + ", " + std::to_string(pool.size()) + " threads");
-          std::printf("| %s | %s | %s | CPU | %u | pp%zu | %.2f ± %.2f |\n", label, size, params, pool.size(), n, r.mean, r.sd);
-          std::fflush(stdout);
+          for (const auto& target : targets) {
+            tinyllm::cpu::use_kernel_target(target);
+            const Result r = measure(reps, [&] { model.forward(pool, ids, pos, *cache, last); }, n,
+                                     "pp" + std::to_string(n) + ", " + std::to_string(pool.size()) + " threads");
+            std::printf("| %s | %s | %s | CPU %s | %u | pp%zu | %.2f ± %.2f |\n", label, size, params,
+                        tinyllm::cpu::kernel_target(), pool.size(), n, r.mean, r.sd);
+            std::fflush(stdout);
+          }
         }
         for (std::size_t n : tg) {
           if (n == 0) continue;
           if (n > cfg.context) throw tinyllm::Error("-n " + std::to_string(n) + " exceeds the model's context", path, "<= " + std::to_string(cfg.context));
           auto cache = model.new_kv_cache(n);
           const auto ids = random_tokens(n);
-          const Result r = measure(reps, [&] {
-            for (std::size_t i = 0; i < n; ++i) {
-              const std::int32_t p = std::int32_t(i);
-              model.forward(pool, std::span(&ids[i], 1), std::span(&p, 1), *cache, last);
-            }
-          }, n, "tg" + std::to_string(n) + ", " + std::to_string(pool.size()) + " threads");
-          std::printf("| %s | %s | %s | CPU | %u | tg%zu | %.2f ± %.2f |\n", label, size, params, pool.size(), n, r.mean, r.sd);
-          std::fflush(stdout);
+          for (const auto& target : targets) {
+            tinyllm::cpu::use_kernel_target(target);
+            const Result r = measure(reps, [&] {
+              for (std::size_t i = 0; i < n; ++i) {
+                const std::int32_t p = std::int32_t(i);
+                model.forward(pool, std::span(&ids[i], 1), std::span(&p, 1), *cache, last);
+              }
+            }, n, "tg" + std::to_string(n) + ", " + std::to_string(pool.size()) + " threads");
+            std::printf("| %s | %s | %s | CPU %s | %u | tg%zu | %.2f ± %.2f |\n", label, size, params,
+                        tinyllm::cpu::kernel_target(), pool.size(), n, r.mean, r.sd);
+            std::fflush(stdout);
+          }
         }
       }
     }

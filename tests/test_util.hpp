@@ -13,8 +13,50 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <hwy/targets.h>
+
+#include <tinyllm/kernels/cpu/cpu.hpp>
 
 namespace tinyllm::test {
+
+// Runs f() once for every kernel target: under run-time dispatch, for each target the binary
+// has and this CPU supports (SSE4, AVX2, AVX3, AVX3_DL on an AVX-512 VNNI machine), forcing the
+// dispatch to it; under static dispatch, once. A failure names the target.
+template <class F>
+void for_each_target(F&& f) {
+#if defined(TINYLLM_DYNAMIC_DISPATCH)
+  for (const std::int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    const std::string name = cpu::kernel_target();
+    REQUIRE(name == hwy::TargetName(target));
+    CAPTURE(name);
+    f();
+  }
+  hwy::SetSupportedTargetsForTest(0);
+#else
+  const std::string name = cpu::kernel_target();
+  CAPTURE(name);
+  f();
+#endif
+}
+
+// Runs f() on this CPU's best kernels, then with AVX2 forced (the path of every x86 CPU without
+// AVX-512) where the build and the CPU have it.
+template <class F>
+void on_best_and_avx2(F&& f) {
+  for (const char* target : {"", "AVX2"}) {
+    try {
+      cpu::use_kernel_target(target);
+    } catch (const Error&) {
+      MESSAGE("no AVX2 kernels in this build on this CPU: checked on " << cpu::kernel_target() << " only");
+      continue;
+    }
+    const std::string name = cpu::kernel_target();
+    CAPTURE(name);
+    f();
+  }
+  cpu::use_kernel_target("");
+}
 
 inline std::filesystem::path testdata_dir() {
   if (const char* env = std::getenv("TINYLLM_TESTDATA")) return env;

@@ -586,8 +586,9 @@ static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(Block
 // ---- tinyllm/quant/quant.hpp ----
 // The quant/ layer: GGUF block formats to and from f32.
 // ---- tinyllm/quant/dequantize.hpp ----
-// Dequantization: GGUF blocks to f32, value for value as ggml defines each format. This is the
-// reference that the fused kernels are tested against, so it is plain scalar code.
+// Dequantization: GGUF blocks to f32, value for value as ggml defines each format (the formats'
+// bits are read in block_ints.hpp). This is the reference that the fused kernels are tested
+// against, so it is plain scalar code.
 //
 // Every result is exact or rounded once: a scale is an f16 (11 significant bits) times a 6- or
 // 8-bit sub-block scale times a quant of at most 6 bits, which f32 holds exactly, and only the
@@ -599,15 +600,65 @@ static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(Block
 #include <cstring>
 #include <string>
 
+// ---- tinyllm/quant/block_ints.hpp ----
+// The one place that reads each quantized format's bits: a block turned into its integer quants
+// and its scales. Dequantization (dequantize.hpp), the packer of the CPU kernels
+// (kernels/cpu/qpack.hpp) and through it every quantized matmul start from here.
+//
+// For a block of type B with the traits BlockFormat<B>, value i is
+//   scale(u) * (q[i] - offset)                        without mins (Q8_0, Q4_0, Q6_K)
+//   scale(u) * q[i] - dmin * m[u]                     with mins (Q4_K, Q5_K)
+// where u = i / unit, scale(u) = d * sc[u] for the K-quants (integer sub-block scales) and d for
+// the legacy formats.
+#include <cstddef>
+#include <cstdint>
+
 
 namespace tinyllm {
+
+// Compile-time facts of a block format: values per block, values per scale, the quants' offset,
+// the largest quant as decode_block() gives it, and whether there are sub-block scales and mins.
+template <class Block> struct BlockFormat;
+template <> struct BlockFormat<BlockQ8_0> {
+  static constexpr std::size_t values = 32, unit = 32;
+  static constexpr int offset = 0, max_quant = 127;
+  static constexpr bool sub_scales = false, has_min = false;
+};
+template <> struct BlockFormat<BlockQ4_0> {
+  static constexpr std::size_t values = 32, unit = 32;
+  static constexpr int offset = 8, max_quant = 15;
+  static constexpr bool sub_scales = false, has_min = false;
+};
+template <> struct BlockFormat<BlockQ4_K> {
+  static constexpr std::size_t values = 256, unit = 32;
+  static constexpr int offset = 0, max_quant = 15;
+  static constexpr bool sub_scales = true, has_min = true;
+};
+template <> struct BlockFormat<BlockQ5_K> {
+  static constexpr std::size_t values = 256, unit = 32;
+  static constexpr int offset = 0, max_quant = 31;
+  static constexpr bool sub_scales = true, has_min = true;
+};
+template <> struct BlockFormat<BlockQ6_K> {
+  static constexpr std::size_t values = 256, unit = 16;
+  static constexpr int offset = 32, max_quant = 63;
+  static constexpr bool sub_scales = true, has_min = false;
+};
+
+// One block in integer form. Quants as stored: Q8_0 -128..127, Q4_0 0..15, Q4_K 0..15,
+// Q5_K 0..31, Q6_K 0..63.
+struct BlockInts {
+  float d = 0, dmin = 0;
+  std::int8_t q[256];
+  std::int8_t sc[16];   // sub-block scales: Q4_K, Q5_K 0..63 (8 of them); Q6_K signed (16)
+  std::uint8_t m[8];    // sub-block mins: Q4_K, Q5_K 0..63
+};
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K or Q5_K super-block. Sub-blocks 0-3
 // keep theirs in the low 6 bits of scales[j] (scale) and scales[j + 4] (min); sub-blocks 4-7 keep
 // their low 4 bits in the nibbles of scales[j + 4] (scale low, min high) and their top 2 bits in
 // the otherwise unused top bits of scales[j - 4] (scale) and scales[j] (min).
 inline void get_scale_min_k4(int j, const std::uint8_t* scales, std::uint8_t& sc, std::uint8_t& m) {
-  assert(j >= 0 && j < 8);
   if (j < 4) {
     sc = scales[j] & 63;
     m = scales[j + 4] & 63;
@@ -616,6 +667,68 @@ inline void get_scale_min_k4(int j, const std::uint8_t* scales, std::uint8_t& sc
     m = std::uint8_t((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
   }
 }
+
+// value i = d * qs[i]
+inline void decode_block(const BlockQ8_0& b, BlockInts& out) {
+  out.d = f16_to_f32(b.d);
+  for (int i = 0; i < 32; ++i) out.q[i] = b.qs[i];
+}
+
+// value i = d * (q_i - 8); byte l holds value l in its low nibble and value l + 16 in its high one.
+inline void decode_block(const BlockQ4_0& b, BlockInts& out) {
+  out.d = f16_to_f32(b.d);
+  for (int l = 0; l < 16; ++l) {
+    out.q[l] = std::int8_t(b.qs[l] & 15);
+    out.q[l + 16] = std::int8_t(b.qs[l] >> 4);
+  }
+}
+
+// Q4_K and Q5_K share their layout of quants: each 64-value group g uses 32 bytes of qs, whose low
+// nibbles are the group's first 32 values (sub-block 2g) and whose high nibbles are the next 32
+// (sub-block 2g + 1). Q5_K's fifth bit of value 32s + l (sub-block s) is bit s of qh[l].
+namespace quant_detail {
+inline void decode_k4(std::uint16_t d, std::uint16_t dmin, const std::uint8_t* scales, const std::uint8_t* qs,
+                      const std::uint8_t* qh, BlockInts& out) {
+  out.d = f16_to_f32(d), out.dmin = f16_to_f32(dmin);
+  for (int s = 0; s < 8; ++s) {
+    std::uint8_t sc, m;
+    get_scale_min_k4(s, scales, sc, m);
+    out.sc[s] = std::int8_t(sc), out.m[s] = m;
+    for (int l = 0; l < 32; ++l) {
+      int v = (qs[32 * (s / 2) + l] >> (4 * (s % 2))) & 15;
+      if (qh) v |= ((qh[l] >> s) & 1) << 4;
+      out.q[32 * s + l] = std::int8_t(v);
+    }
+  }
+}
+}  // namespace quant_detail
+
+inline void decode_block(const BlockQ4_K& b, BlockInts& out) {
+  quant_detail::decode_k4(b.d, b.dmin, b.scales, b.qs, nullptr, out);
+}
+inline void decode_block(const BlockQ5_K& b, BlockInts& out) {
+  quant_detail::decode_k4(b.d, b.dmin, b.scales, b.qs, b.qh, out);
+}
+
+// value i = d * scales[i / 16] * (q_i - 32), q_i 6 bits. The super-block is two halves of 128
+// values, each with 64 bytes of ql and 32 of qh. In a half, value 32k + l (k = 0..3) takes its low
+// 4 bits from ql[l + 32 * (k % 2)] (low nibble for k < 2, high for k >= 2) and its top 2 bits from
+// bits 2k, 2k + 1 of qh[l].
+inline void decode_block(const BlockQ6_K& b, BlockInts& out) {
+  out.d = f16_to_f32(b.d);
+  for (int j = 0; j < 16; ++j) out.sc[j] = b.scales[j];
+  for (int half = 0; half < 2; ++half)
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < 32; ++l) {
+        const int low = (b.ql[64 * half + l + 32 * (k % 2)] >> (4 * (k / 2))) & 15;
+        const int high = (b.qh[32 * half + l] >> (2 * k)) & 3;
+        out.q[128 * half + 32 * k + l] = std::int8_t(low | high << 4);
+      }
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm {
 
 inline void dequantize_row(const float* src, float* dst, std::size_t n) {
   std::memcpy(dst, src, n * sizeof(float));
@@ -629,86 +742,20 @@ inline void dequantize_row(const BF16* src, float* dst, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) dst[i] = to_f32(src[i]);
 }
 
-// value i = d * qs[i]
-inline void dequantize_row(const BlockQ8_0* src, float* dst, std::size_t n) {
-  assert(n % kQK == 0);
-  for (std::size_t b = 0; b < n / kQK; ++b, dst += kQK) {
-    const float d = f16_to_f32(src[b].d);
-    for (int i = 0; i < kQK; ++i) dst[i] = d * float(src[b].qs[i]);
-  }
-}
-
-// value i = d * (q_i - 8); byte l holds value l in its low nibble and value l + 16 in its high one.
-inline void dequantize_row(const BlockQ4_0* src, float* dst, std::size_t n) {
-  assert(n % kQK == 0);
-  for (std::size_t b = 0; b < n / kQK; ++b, dst += kQK) {
-    const float d = f16_to_f32(src[b].d);
-    for (int l = 0; l < kQK / 2; ++l) {
-      dst[l] = d * float((src[b].qs[l] & 15) - 8);
-      dst[l + kQK / 2] = d * float((src[b].qs[l] >> 4) - 8);
-    }
-  }
-}
-
-// Q4_K and Q5_K share their layout of quants: each 64-value group g uses 32 bytes of qs, whose low
-// nibbles are the group's first 32 values (sub-block 2g) and whose high nibbles are the next 32
-// (sub-block 2g + 1). Q5_K's fifth bit of value 32s + l (sub-block s) is bit s of qh[l].
-// value = d * scale_s * q - dmin * min_s.
-namespace quant_detail {
-template <bool kHighBit>
-inline void dequantize_k4_super_block(std::uint16_t d_bits, std::uint16_t dmin_bits,
-                                      const std::uint8_t* scales, const std::uint8_t* qs,
-                                      const std::uint8_t* qh, float* dst) {
-  const float d = f16_to_f32(d_bits), dmin = f16_to_f32(dmin_bits);
-  for (int s = 0; s < 8; ++s) {
-    std::uint8_t sc, m;
-    get_scale_min_k4(s, scales, sc, m);
-    const float scale = d * float(sc), min = dmin * float(m);
-    const std::uint8_t* q = qs + 32 * (s / 2);
-    const int shift = 4 * (s % 2);
-    for (int l = 0; l < 32; ++l) {
-      int v = (q[l] >> shift) & 15;
-      if constexpr (kHighBit) v |= ((qh[l] >> s) & 1) << 4;
-      *dst++ = scale * float(v) - min;
-    }
-  }
-}
-}  // namespace quant_detail
-
-inline void dequantize_row(const BlockQ4_K* src, float* dst, std::size_t n) {
-  assert(n % kQKK == 0);
-  for (std::size_t b = 0; b < n / kQKK; ++b, dst += kQKK)
-    quant_detail::dequantize_k4_super_block<false>(src[b].d, src[b].dmin, src[b].scales,
-                                                   src[b].qs, nullptr, dst);
-}
-
-inline void dequantize_row(const BlockQ5_K* src, float* dst, std::size_t n) {
-  assert(n % kQKK == 0);
-  for (std::size_t b = 0; b < n / kQKK; ++b, dst += kQKK)
-    quant_detail::dequantize_k4_super_block<true>(src[b].d, src[b].dmin, src[b].scales,
-                                                  src[b].qs, src[b].qh, dst);
-}
-
-// value i = d * scales[i / 16] * (q_i - 32), q_i 6 bits. The super-block is two halves of 128
-// values, each with 64 bytes of ql and 32 of qh. In a half, value 32k + l (k = 0..3) takes its low
-// 4 bits from ql[l + 32 * (k % 2)] (low nibble for k < 2, high for k >= 2) and its top 2 bits from
-// bits 2k, 2k + 1 of qh[l].
-inline void dequantize_row(const BlockQ6_K* src, float* dst, std::size_t n) {
-  assert(n % kQKK == 0);
-  for (std::size_t b = 0; b < n / kQKK; ++b) {
-    const float d = f16_to_f32(src[b].d);
-    for (int half = 0; half < 2; ++half, dst += 128) {
-      const std::uint8_t* ql = src[b].ql + 64 * half;
-      const std::uint8_t* qh = src[b].qh + 32 * half;
-      const std::int8_t* sc = src[b].scales + 8 * half;
-      for (int k = 0; k < 4; ++k) {
-        for (int l = 0; l < 32; ++l) {
-          const int low = (ql[l + 32 * (k % 2)] >> (4 * (k / 2))) & 15;
-          const int high = (qh[l] >> (2 * k)) & 3;
-          const int i = 32 * k + l;
-          dst[i] = d * float(sc[i / 16]) * float((low | (high << 4)) - 32);
-        }
-      }
+// The five formats of block_ints.hpp, each value computed as BlockFormat describes it.
+template <class Block>
+  requires requires { BlockFormat<Block>::values; }
+inline void dequantize_row(const Block* src, float* dst, std::size_t n) {
+  using F = BlockFormat<Block>;
+  assert(n % F::values == 0);
+  BlockInts b;
+  for (std::size_t k = 0; k < n / F::values; ++k) {
+    decode_block(src[k], b);
+    for (std::size_t u = 0; u < F::values / F::unit; ++u) {
+      const float scale = F::sub_scales ? b.d * float(b.sc[u]) : b.d;
+      const float min = F::has_min ? b.dmin * float(b.m[u]) : 0.0f;
+      for (std::size_t i = F::unit * u; i < F::unit * (u + 1); ++i)
+        *dst++ = F::has_min ? scale * float(b.q[i]) - min : scale * float(b.q[i] - F::offset);
     }
   }
 }
@@ -1413,15 +1460,476 @@ inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span
 }
 
 }  // namespace tinyllm::ref
+// ---- tinyllm/kernels/reference_backend.hpp ----
+// The scalar specification (reference.hpp, quant_reference.hpp) as a backend, with the members that
+// cpu/backend.hpp lists: a whole model runs on it as an end-to-end specification in tests
+// (load<ReferenceBackend>(path)). Serial and slow on purpose. Weights are read as the file stores
+// them, never packed, and activations are never rounded to 8 bits: its logits are those of the
+// formulas, which the CPU backend approximates.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+// ---- tinyllm/kernels/quant_reference.hpp ----
+// The specification of matmul with quantized weights: each weight row dequantized by GGUF's rules
+// (quant/), then plain dot products with the float activations, accumulated in double. The fused
+// kernel cpu::qmatmul is tested against it; it differs by its 8-bit rounding of the activations.
+#include <cassert>
+#include <cstddef>
+#include <vector>
+
+
+namespace tinyllm::ref {
+
+// y[t, o] = sum_i dequantized w[o, i] * x[t, i].  w: [n_out, n_in] in blocks, x: [n_tok, n_in],
+// y: [n_tok, n_out].
+template <class Block>
+void qmatmul(ThreadPool& /*pool*/, MatrixView<const Block> w, MatrixView<const float> x, MatrixView<float> y) {
+  assert(w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
+  std::vector<float> row(w.cols);
+  for (std::size_t o = 0; o < w.rows; ++o) {
+    dequantize_row(w.row(o), row.data(), w.cols);
+    for (std::size_t t = 0; t < x.rows; ++t) {
+      double sum = 0;
+      for (std::size_t i = 0; i < w.cols; ++i) sum += double(row[i]) * x.row(t)[i];
+      y.row(t)[o] = static_cast<float>(sum);
+    }
+  }
+}
+
+// The same with the weight type known at run time: n_out contiguous rows of n_in values.
+inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
+                    MatrixView<const float> x, MatrixView<float> y) {
+  assert(x.cols == n_in && y.rows == x.rows && y.cols == n_out);
+  (void)pool;
+  const std::size_t row_bytes = tinyllm::row_bytes(type, n_in);
+  std::vector<float> row(n_in);
+  for (std::size_t o = 0; o < n_out; ++o) {
+    dequantize_row(type, static_cast<const std::byte*>(w) + o * row_bytes, row.data(), n_in);
+    for (std::size_t t = 0; t < x.rows; ++t) {
+      double sum = 0;
+      for (std::size_t i = 0; i < n_in; ++i) sum += double(row[i]) * x.row(t)[i];
+      y.row(t)[o] = static_cast<float>(sum);
+    }
+  }
+}
+
+}  // namespace tinyllm::ref
+
+namespace tinyllm {
+
+struct ReferenceBackend {
+  struct Workspace {   // the reference needs no scratch of its own
+    Workspace(std::size_t /*max_tokens*/, std::size_t /*max_in*/) {}
+  };
+
+  static void matmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
+                     MatrixView<const float> x, MatrixView<float> y, Workspace& /*ws*/) {
+    ref::qmatmul(pool, type, w, n_out, n_in, x, y);
+  }
+  static constexpr bool packs_weights = false;
+
+  static void rmsnorm(const float* x, const float* w, float* out, std::size_t n, float eps) {
+    ref::rmsnorm(x, w, out, n, eps);
+  }
+  static void rope(float* x, std::size_t n_heads, std::size_t head_dim, std::size_t pos, const float* inv_freq,
+                   RopeStyle style) {
+    ref::rope(x, n_heads, head_dim, pos, inv_freq, style);
+  }
+  static void swiglu(float* gate, const float* up, std::size_t n) { ref::swiglu(gate, up, n); }
+  static void geglu(float* gate, const float* up, std::size_t n) { ref::geglu(gate, up, n); }
+  static void softcap(float* x, std::size_t n, float cap) { ref::softcap(x, n, cap); }
+
+  // One row of scores over the cache (only the first thread's row is used).
+  static constexpr std::size_t attention_scratch_cols(std::size_t /*n_heads*/, std::size_t /*n_kv_heads*/,
+                                                      std::size_t n_ctx) {
+    return n_ctx;
+  }
+  // Token t reads the KV view views[view_of_token[t]]; one token at a time, as each may be of
+  // another sequence.
+  static void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                        std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
+                        std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                        const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+    for (std::size_t t = 0; t < q.rows; ++t)
+      ref::attention(pool, q.rows_slice(t, 1), positions.subspan(t, 1), views[view_of_token[t]], n_heads, n_kv_heads,
+                     head_dim, params, out.rows_slice(t, 1), scratch);
+  }
+};
+
+}  // namespace tinyllm
 // ---- tinyllm/kernels/cpu/cpu.hpp ----
-// Every CPU (Highway) kernel.
+// The CPU kernels' entry points: the hot operations of a forward pass as plain functions.
+//
+// Two ways to build:
+//   static dispatch (the default): every kernel is inline, compiled for the one Highway target
+//     that the compiler flags allow (-march=native: this machine's best). Truly header-only.
+//   run-time dispatch (TINYLLM_DYNAMIC_DISPATCH defined in every translation unit): these are
+//     declarations only, and one translation unit compiles every kernel for every x86 target
+//     (SSE4, AVX2, AVX-512, AVX-512 VNNI) by defining TINYLLM_DISPATCH_IMPLEMENTATION before
+//     including <tinyllm/dispatch.hpp>. One binary then runs at its best on any x86-64 CPU, and
+//     the other translation units never parse a kernel.
+// The kernels themselves are in per_target.hpp and the headers it includes.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+// ---- tinyllm/kernels/cpu/qpack.hpp ----
+// Quantized weights regrouped ("packed") for the CPU kernels: 16 consecutive rows side by side.
+//
+// In the file's layout every row is its own short stream of blocks, so a kernel that reads a few
+// rows at once makes many short interleaved streams that the hardware prefetcher follows poorly,
+// and each weight vector needs a horizontal sum per row. Packed, a group of 16 rows is one
+// contiguous run of "units" (2 blocks of Q8_0/Q4_0, one super-block of a K-quant) in which every
+// 64-byte step holds 4 consecutive quants of each of the 16 rows ([row][4 quants]; int8_dot.hpp),
+// so one multiply-add of a step by 4 broadcast activation quants gives 16 rows' partial sums in
+// 16 lanes, the scales of 16 rows are applied by one vector op, and the matrix is read as one
+// stream. The quants are the unsigned ones of block_ints.hpp (Q8_0's as q + 128).
+//
+// Unit layouts (bytes; "nibble step pair" = 64 bytes whose low nibbles are one step and whose
+// high nibbles the next; row r's bytes at 4r):
+//   Q4_0 (576):  block h of 2 at 256h: 4 nibble step pairs (inputs 8k..8k+3 | 8k+4..8k+7 of
+//                the block); then 16 f16 scales of block 0 at 512, of block 1 at 544.
+//   Q8_0 (1088): block h at 512h: 8 steps; 16 + 16 f16 scales at 1024.
+//   Q4_K (2368): sub-block j of 32 at 256j: 4 nibble step pairs; scales [j][row] u8 at 2048,
+//                mins [j][row] u8 at 2176, d [row] f16 at 2304, dmin [row] f16 at 2336.
+//   Q5_K (2880): Q4_K's nibbles, then the fifth bits at 2048 + 64j: bit k of byte 4r + i is
+//                input 32j + 8k + i's, bit 4 + k input 32j + 8k + 4 + i's; scales at 2560, mins
+//                at 2688, d at 2816, dmin at 2848.
+//   Q6_K (3392): sub-block j of 16 at 128j: 2 nibble step pairs (inputs 0..3 | 4..7, 8..11 |
+//                12..15); the top bit pairs at 2048 + 64j (bits 2s, 2s + 1 of byte 4r + i: input
+//                16j + 4s + i); scales [j][row] i8 at 3072, d [row] f16 at 3328, 32 bytes padding.
+// Rows past n_out in the last group and blocks past the row's end in the last unit are zeros.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+
+namespace tinyllm::cpu {
+
+inline constexpr std::size_t kPackRows = 16;
+
+template <class Block>
+inline constexpr bool is_qmatmul_block =
+    std::is_same_v<Block, BlockQ8_0> || std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ4_K> ||
+    std::is_same_v<Block, BlockQ5_K> || std::is_same_v<Block, BlockQ6_K>;
+
+// Values per block of each weight type.
+template <class Block>
+inline constexpr std::size_t block_values = BlockFormat<Block>::values;
+
+// Where each part of a packed unit lives (the layouts above).
+template <class Block> struct PackedUnit;
+template <> struct PackedUnit<BlockQ4_0> {
+  static constexpr std::size_t blocks = 2, bytes = 576, block_bytes = 256, scales = 512;
+};
+template <> struct PackedUnit<BlockQ8_0> {
+  static constexpr std::size_t blocks = 2, bytes = 1088, block_bytes = 512, scales = 1024;
+};
+template <> struct PackedUnit<BlockQ4_K> {
+  static constexpr std::size_t blocks = 1, bytes = 2368, high = 0, scales = 2048, mins = 2176, d = 2304, dmin = 2336;
+};
+template <> struct PackedUnit<BlockQ5_K> {
+  static constexpr std::size_t blocks = 1, bytes = 2880, high = 2048, scales = 2560, mins = 2688, d = 2816, dmin = 2848;
+};
+template <> struct PackedUnit<BlockQ6_K> {
+  static constexpr std::size_t blocks = 1, bytes = 3392, high = 2048, scales = 3072, d = 3328;
+};
+
+namespace pack_detail {
+
+// Row r's 4 quants q[0..3] into step byte 4r, as a low (kHigh false) or high nibble.
+inline void put_nibbles(std::uint8_t* step, std::size_t r, const std::int8_t* q, bool high) {
+  for (int i = 0; i < 4; ++i) step[4 * r + i] |= std::uint8_t((q[i] & 15) << (high ? 4 : 0));
+}
+
+// Row r of the unit from its decoded block(s) b[0 .. nb).
+template <class Block>
+void pack_row(const BlockInts* b, std::size_t nb, std::size_t r, std::uint8_t* o) {
+  using U = PackedUnit<Block>;
+  if constexpr (std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0>) {
+    for (std::size_t h = 0; h < nb; ++h) {
+      std::uint8_t* q = o + U::block_bytes * h;
+      for (int k = 0; k < 4; ++k) {
+        if constexpr (std::is_same_v<Block, BlockQ4_0>) {
+          put_nibbles(q + 64 * k, r, b[h].q + 8 * k, false);
+          put_nibbles(q + 64 * k, r, b[h].q + 8 * k + 4, true);
+        } else {
+          for (int s = 0; s < 2; ++s)
+            for (int i = 0; i < 4; ++i) q[64 * (2 * k + s) + 4 * r + i] = std::uint8_t(b[h].q[8 * k + 4 * s + i] + 128);
+        }
+      }
+      const std::uint16_t d = f32_to_f16(b[h].d);
+      std::memcpy(o + U::scales + 32 * h + 2 * r, &d, 2);
+    }
+  } else if constexpr (std::is_same_v<Block, BlockQ4_K> || std::is_same_v<Block, BlockQ5_K>) {
+    for (int j = 0; j < 8; ++j) {
+      const std::int8_t* q = b->q + 32 * j;
+      for (int k = 0; k < 4; ++k) {
+        put_nibbles(o + 256 * j + 64 * k, r, q + 8 * k, false);
+        put_nibbles(o + 256 * j + 64 * k, r, q + 8 * k + 4, true);
+        if constexpr (std::is_same_v<Block, BlockQ5_K>)
+          for (int i = 0; i < 4; ++i)
+            o[U::high + 64 * j + 4 * r + i] |= std::uint8_t((q[8 * k + i] >> 4) << k | (q[8 * k + 4 + i] >> 4) << (4 + k));
+      }
+      o[U::scales + 16 * j + r] = std::uint8_t(b->sc[j]);
+      o[U::mins + 16 * j + r] = b->m[j];
+    }
+    const std::uint16_t d = f32_to_f16(b->d), dmin = f32_to_f16(b->dmin);
+    std::memcpy(o + U::d + 2 * r, &d, 2);
+    std::memcpy(o + U::dmin + 2 * r, &dmin, 2);
+  } else {
+    for (int j = 0; j < 16; ++j) {
+      const std::int8_t* q = b->q + 16 * j;
+      for (int s = 0; s < 2; ++s) {
+        put_nibbles(o + 128 * j + 64 * s, r, q + 8 * s, false);
+        put_nibbles(o + 128 * j + 64 * s, r, q + 8 * s + 4, true);
+      }
+      for (int s = 0; s < 4; ++s)
+        for (int i = 0; i < 4; ++i) o[U::high + 64 * j + 4 * r + i] |= std::uint8_t((q[4 * s + i] >> 4) << (2 * s));
+      o[U::scales + 16 * j + r] = std::uint8_t(b->sc[j]);
+    }
+    const std::uint16_t d = f32_to_f16(b->d);
+    std::memcpy(o + U::d + 2 * r, &d, 2);
+  }
+}
+
+}  // namespace pack_detail
+
+template <class Block>
+std::size_t packed_units_per_row(std::size_t n_in) {
+  const std::size_t nb = n_in / block_values<Block>;
+  return (nb + PackedUnit<Block>::blocks - 1) / PackedUnit<Block>::blocks;
+}
+
+// Packs groups [g0, g1) of the [n_out, n_in] matrix w (rows of n_in / block_values blocks,
+// `stride` blocks apart) into out, which holds whole groups from group g0 on.
+template <class Block>
+void pack_groups(const Block* w, std::size_t stride, std::size_t n_out, std::size_t n_in, std::uint8_t* out,
+                 std::size_t g0, std::size_t g1) {
+  using U = PackedUnit<Block>;
+  const std::size_t nb = n_in / block_values<Block>, units = packed_units_per_row<Block>(n_in);
+  BlockInts b[U::blocks];
+  for (std::size_t g = g0; g < g1; ++g)
+    for (std::size_t u = 0; u < units; ++u) {
+      std::uint8_t* o = out + ((g - g0) * units + u) * U::bytes;
+      std::memset(o, 0, U::bytes);
+      const std::size_t first = u * U::blocks, count = std::min(U::blocks, nb - first);
+      for (std::size_t r = 0; r < kPackRows && kPackRows * g + r < n_out; ++r) {
+        for (std::size_t h = 0; h < count; ++h) decode_block(w[(kPackRows * g + r) * stride + first + h], b[h]);
+        pack_detail::pack_row<Block>(b, count, r, o);
+      }
+    }
+}
+
+// Every packed type; the switch that turns a run-time DType into the block type.
+template <class F>
+decltype(auto) with_qblock(DType type, const char* where, F&& f) {
+  switch (type) {
+    case DType::Q4_0: return f(std::type_identity<BlockQ4_0>{});
+    case DType::Q8_0: return f(std::type_identity<BlockQ8_0>{});
+    case DType::Q4_K: return f(std::type_identity<BlockQ4_K>{});
+    case DType::Q5_K: return f(std::type_identity<BlockQ5_K>{});
+    case DType::Q6_K: return f(std::type_identity<BlockQ6_K>{});
+    default: throw Error("no quantized kernel for weight type " + std::string(name(type)), where, "Q4_0, Q8_0, Q4_K, Q5_K or Q6_K");
+  }
+}
+
+// Whether qmatmul_packed has a kernel for `type` (every quantized type qmatmul takes).
+inline bool can_pack(DType type) {
+  return type == DType::Q4_0 || type == DType::Q8_0 || type == DType::Q4_K || type == DType::Q5_K || type == DType::Q6_K;
+}
+
+// Bytes of a packed [n_out, n_in] matrix of `type` (n_in a multiple of its block size).
+inline std::size_t packed_bytes(DType type, std::size_t n_out, std::size_t n_in) {
+  return with_qblock(type, "cpu::packed_bytes", [&]<class Block>(std::type_identity<Block>) {
+    return (n_out + kPackRows - 1) / kPackRows * packed_units_per_row<Block>(n_in) * PackedUnit<Block>::bytes;
+  });
+}
+
+// Packs groups [g0, g1) of n_out rows of n_in values stored as the file has them (contiguous rows)
+// into `out`, packed_bytes(type, n_out, n_in) bytes, 64-byte aligned. Threads may pack disjoint
+// group ranges at once.
+inline void pack_rows(DType type, const void* w, std::size_t n_out, std::size_t n_in, std::byte* out, std::size_t g0,
+                      std::size_t g1) {
+  with_qblock(type, "cpu::pack_rows", [&]<class Block>(std::type_identity<Block>) {
+    const std::size_t units = packed_units_per_row<Block>(n_in);
+    pack_groups(static_cast<const Block*>(w), n_in / block_values<Block>, n_out, n_in,
+                reinterpret_cast<std::uint8_t*>(out) + g0 * units * PackedUnit<Block>::bytes, g0, g1);
+  });
+}
+
+}  // namespace tinyllm::cpu
+// ---- tinyllm/kernels/cpu/quant_acts.hpp ----
+// Activations quantized to 8 bits, the other operand of qmatmul's integer dot products.
+//
+// Each token row is cut into blocks: of 32 values for Q8_0 and Q4_0 weights (as llama.cpp's
+// Q8_0), of 256 for the K-quants (as Q8_K). A block keeps d = max|x| / 127 and the quants
+// q = round(x / d) in [-127, 127], so x ≈ d * q. Beside them the quantizer stores what the
+// kernels would otherwise recompute for every weight row:
+//   bsums  the sum of each 16 quants (K-quants), as Q8_K has them;
+//   aux    per weight unit, what the kernel adds for the weights' offset or minimum:
+//            Q4_0, Q8_0  int32 per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the kernel
+//                        reads the signed weights as unsigned w + 128);
+//            Q6_K        int32 per 16:  -32 * sum(q) (the weights are stored as q + 32);
+//            Q4_K, Q5_K  float per 32:  sum(q), for the term -dmin * m * sum(x).
+// The planes are laid out in one buffer that QuantScratch owns; it is sized once for the
+// largest batch, so a call allocates nothing.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+
+namespace tinyllm::cpu {
+
+// How the activations that meet a weight block type are quantized.
+template <class Block> struct ActFormat;
+template <> struct ActFormat<BlockQ8_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 128; };
+template <> struct ActFormat<BlockQ4_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 8; };
+template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
+template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
+template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 256, aux_group = 16; static constexpr int offset = 32; };
+
+// One call's quantized activations [n_tok, n_in]: a view into QuantScratch.
+//
+// Tokens are stored in groups of `group` (1, or 8 for the prefill kernel, which broadcasts 4
+// quants of each of 8 tokens in turn and then wants them side by side): with g = t / group and
+// l = t % group,
+//   quant i    at qs   [g * group * qs_stride  + (i / 4) * 4 * group + 4 * l + i % 4]
+//   block b    at d    [g * group * d_stride   + b * group + l]
+//   unit u     at aux  [g * group * aux_stride + u * group + l]
+// so group 1 is plain rows. bsums are always plain rows: [t * bsums_stride + i / 16].
+struct QuantizedActs {
+  std::int8_t* qs = nullptr;
+  float* d = nullptr;               // one scale per block
+  std::int32_t* aux = nullptr;      // int32, or float bits for Q4_K/Q5_K
+  std::int16_t* bsums = nullptr;    // sum of each 16 quants (K-quants)
+  std::size_t qs_stride = 0, d_stride = 0, aux_stride = 0, bsums_stride = 0;  // elements per token row
+  std::size_t n_tok = 0, n_in = 0, group = 1;
+
+  // Rows of token t (group 1 only).
+  const std::int8_t* q_row(std::size_t t) const noexcept { return qs + t * qs_stride; }
+  const float* d_row(std::size_t t) const noexcept { return d + t * d_stride; }
+  const std::int32_t* aux_row(std::size_t t) const noexcept { return aux + t * aux_stride; }
+  const std::int16_t* bsums_row(std::size_t t) const noexcept { return bsums + t * bsums_stride; }
+
+  // Any layout.
+  std::size_t q_index(std::size_t t, std::size_t i) const noexcept {
+    return (t - t % group) * qs_stride + (i / 4) * 4 * group + 4 * (t % group) + i % 4;
+  }
+  std::int8_t q_at(std::size_t t, std::size_t i) const noexcept { return qs[q_index(t, i)]; }
+  float d_at(std::size_t t, std::size_t b) const noexcept { return d[(t - t % group) * d_stride + b * group + t % group]; }
+  std::int32_t aux_at(std::size_t t, std::size_t u) const noexcept {
+    return aux[(t - t % group) * aux_stride + u * group + t % group];
+  }
+  float aux_f32_at(std::size_t t, std::size_t u) const noexcept {
+    float f;
+    std::memcpy(&f, &aux[(t - t % group) * aux_stride + u * group + t % group], sizeof f);
+    return f;
+  }
+};
+
+// Scratch for the quantized activations. reserve() once (at model load) for the largest batch
+// and input width; a call that needs more grows the buffer (an allocation), one that fits does not.
+class QuantScratch {
+ public:
+  QuantScratch() = default;
+  QuantScratch(std::size_t n_tok, std::size_t n_in) { reserve(n_tok, n_in); }
+
+  void reserve(std::size_t n_tok, std::size_t n_in) {
+    const std::size_t need = bytes_for(n_tok, n_in);
+    if (need > buf_.size()) buf_.resize(need);
+  }
+  std::size_t capacity_bytes() const noexcept { return buf_.size(); }
+
+  // Bytes that [n_tok, n_in] activations take, in any grouping up to kMaxGroup: the quants plus
+  // about half as much again.
+  static std::size_t bytes_for(std::size_t n_tok, std::size_t n_in) {
+    const Strides s = strides(n_in);
+    return round_up(n_tok, kMaxGroup) * (s.qs + 4 * s.d + 4 * s.aux + 2 * s.bsums);
+  }
+
+  static constexpr std::size_t kMaxGroup = 8;
+
+  // The planes for [n_tok, n_in] in groups of `group` tokens; grows the buffer if reserve was too small.
+  QuantizedActs layout(std::size_t n_tok, std::size_t n_in, std::size_t group = 1) {
+    reserve(n_tok, n_in);
+    const Strides s = strides(n_in);
+    const std::size_t rows = round_up(n_tok, kMaxGroup);
+    std::byte* p = buf_.data();
+    QuantizedActs a;
+    a.n_tok = n_tok;
+    a.n_in = n_in;
+    a.group = group;
+    a.qs_stride = s.qs, a.d_stride = s.d, a.aux_stride = s.aux, a.bsums_stride = s.bsums;
+    a.qs = reinterpret_cast<std::int8_t*>(p);
+    p += rows * s.qs;
+    a.d = reinterpret_cast<float*>(p);
+    p += rows * s.d * 4;
+    a.aux = reinterpret_cast<std::int32_t*>(p);
+    p += rows * s.aux * 4;
+    a.bsums = reinterpret_cast<std::int16_t*>(p);
+    return a;
+  }
+
+ private:
+  struct Strides { std::size_t qs, d, aux, bsums; };  // elements per row, each row a multiple of 64 bytes
+  static std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
+  static Strides strides(std::size_t n_in) {
+    return {round_up(n_in, 64), round_up((n_in + 31) / 32, 16), round_up((n_in + 15) / 16, 16),
+            round_up((n_in + 15) / 16, 32)};
+  }
+
+  AlignedBuffer<std::byte> buf_;
+};
+
+}  // namespace tinyllm::cpu
+
+#if !defined(TINYLLM_DYNAMIC_DISPATCH)
+// ---- tinyllm/kernels/cpu/per_target.hpp ----
+// Every CPU kernel for the current Highway target, and the entry points that cpu.hpp exposes: one
+// plain function per hot operation, named *_kernel so that HWY_EXPORT can take its address.
+// cpu.hpp includes this once (static dispatch); dispatch.hpp has foreach_target.h include it once
+// per target (run-time dispatch).
+#if defined(TINYLLM_KERNELS_CPU_PER_TARGET_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_PER_TARGET_HPP_
+#undef TINYLLM_KERNELS_CPU_PER_TARGET_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_PER_TARGET_HPP_
+#endif
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
 // ---- tinyllm/kernels/cpu/activation.hpp ----
 // Element-wise activations (Highway).
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_ACTIVATION_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_ACTIVATION_HPP_
+#undef TINYLLM_KERNELS_CPU_ACTIVATION_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_ACTIVATION_HPP_
+#endif
 #include <cstddef>
 
 // ---- tinyllm/kernels/cpu/simd.hpp ----
 // Highway helpers shared by the CPU kernels. Static dispatch: HWY_NAMESPACE is the target the
 // compiler flags allow (AVX3 under -march=native on AVX-512 machines).
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_SIMD_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_SIMD_HPP_
+#undef TINYLLM_KERNELS_CPU_SIMD_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_SIMD_HPP_
+#endif
 #include <cstddef>
 #include <cstring>
 
@@ -1434,7 +1942,14 @@ inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span
 #include <hwy/contrib/math/math-inl.h>
 
 
-namespace tinyllm::cpu {
+// Fully unrolls a loop of compile-time length, so that arrays of vectors indexed by it stay in
+// registers (g++ -O2 leaves nested loops rolled otherwise, and the vectors go through memory).
+#ifndef TINYLLM_UNROLL
+#define TINYLLM_UNROLL _Pragma("GCC unroll 16")
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 
 namespace hn = hwy::HWY_NAMESPACE;
 
@@ -1543,13 +2058,17 @@ HWY_INLINE void map2(const float* a, const float* b, float* out, std::size_t n, 
 // x[i] = f(x[i]) in place.
 template <class F>
 HWY_INLINE void map1(float* x, std::size_t n, F f) {
-  map2(x, x, x, n, [&](VF v, VF) { return f(v); });
+  map2(x, x, x, n, [&](VF v, VF) HWY_ATTR { return f(v); });
 }
 
 }  // namespace detail
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
 
-namespace tinyllm::cpu {
+#endif  // per-target include guard
+
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 namespace detail {
 
 // x * sigmoid(x). exp is only taken of -|x| <= 0, where it cannot overflow:
@@ -1573,29 +2092,40 @@ HWY_INLINE VF gelu_vec(VF x) {
 
 // x[i] = x[i] * sigmoid(x[i]), in place.
 inline void silu(float* x, std::size_t n) {
-  detail::map1(x, n, [](detail::VF v) { return detail::silu_vec(v); });
+  detail::map1(x, n, [](detail::VF v) HWY_ATTR { return detail::silu_vec(v); });
 }
 
 // gate[i] = silu(gate[i]) * up[i].
 inline void swiglu(float* gate, const float* up, std::size_t n) {
-  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) { return hn::Mul(detail::silu_vec(g), u); });
+  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) HWY_ATTR { return hn::Mul(detail::silu_vec(g), u); });
 }
 
 // gate[i] = gelu(gate[i]) * up[i].
 inline void geglu(float* gate, const float* up, std::size_t n) {
-  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) { return hn::Mul(detail::gelu_vec(g), u); });
+  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) HWY_ATTR { return hn::Mul(detail::gelu_vec(g), u); });
 }
 
 // x[i] = cap * tanh(x[i] / cap), in place.
 inline void softcap(float* x, std::size_t n, float cap) {
   const detail::DF d;
   const float inv = 1.0f / cap;
-  detail::map1(x, n, [&](detail::VF v) { return hn::Mul(hn::Set(d, cap), hn::Tanh(d, hn::Mul(v, hn::Set(d, inv)))); });
+  detail::map1(x, n, [&](detail::VF v) HWY_ATTR { return hn::Mul(hn::Set(d, cap), hn::Tanh(d, hn::Mul(v, hn::Set(d, inv)))); });
 }
 
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
 // ---- tinyllm/kernels/cpu/attention.hpp ----
 // Causal grouped-query attention over a block-table KV view (Highway), K/V stored as F32 or F16.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_ATTENTION_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_ATTENTION_HPP_
+#undef TINYLLM_KERNELS_CPU_ATTENTION_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_ATTENTION_HPP_
+#endif
 #include <algorithm>
 #include <atomic>
 #include <cassert>
@@ -1605,11 +2135,20 @@ inline void softcap(float* x, std::size_t n, float cap) {
 
 // ---- tinyllm/kernels/cpu/softmax.hpp ----
 // Numerically stable softmax (Highway).
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_SOFTMAX_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_SOFTMAX_HPP_
+#undef TINYLLM_KERNELS_CPU_SOFTMAX_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_SOFTMAX_HPP_
+#endif
 #include <cstddef>
 #include <limits>
 
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 
 // In place: x[i] = exp(x[i] - max) / sum_j exp(x[j] - max). Subtracting the maximum keeps every
 // exponent <= 0, so nothing overflows and at least one term is 1.
@@ -1640,18 +2179,16 @@ inline void softmax(float* x, std::size_t n) {
   }
 
   const VF inv_sum = hn::Set(d, 1.0f / detail::reduce_sum(d, vsum));
-  detail::map1(x, n, [&](VF v) { return hn::Mul(v, inv_sum); });
+  detail::map1(x, n, [&](VF v) HWY_ATTR { return hn::Mul(v, inv_sum); });
 }
 
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
 
-namespace tinyllm::cpu {
+#endif  // per-target include guard
 
-// Columns of attention scratch per thread: the scores of one KV head's query heads over n_ctx
-// cache positions.
-inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
-  return n_heads / n_kv_heads * n_ctx;
-}
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 
 namespace detail {
 
@@ -1780,7 +2317,7 @@ HWY_INLINE void attend_group(const float* q, std::size_t heads, std::size_t firs
   }
   for (std::size_t h = 0; h < heads; ++h) {
     float* s = scores + h * s_stride;
-    map1(s, n_pos, [&](VF v) { return hn::Mul(v, hn::Set(DF(), params.scale)); });
+    map1(s, n_pos, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
     if (params.softcap > 0) softcap(s, n_pos, params.softcap);
     softmax(s, n_pos);
   }
@@ -1792,22 +2329,26 @@ HWY_INLINE void attend_group(const float* q, std::size_t heads, std::size_t firs
 }  // namespace detail
 
 // Causal attention with grouped-query heads over tokens of one or more sequences.
-// q, out: [n_tok, n_heads * head_dim]. Token t reads the KV view view_of(t) (its sequence's) and
-// attends to positions attention_start(positions[t], window)..positions[t] there (already
-// written); head h reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(),
-// >= attention_scratch_cols(n_heads, n_kv_heads, max position + 1)]. A work item is a token's KV
-// head with all its query heads, which share every key and value loaded; items are handed out one
-// at a time, since their costs differ with the position.
-template <class ViewOf>
-void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions, ViewOf&& view_of,
-               std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
-               MatrixView<float> out, MatrixView<float> scratch) {
+// q, out: [n_tok, n_heads * head_dim]. Token t reads the KV view views[view_of_token[t]] (its
+// sequence's; views[0] for every token where view_of_token is empty) and attends to positions
+// attention_start(positions[t], window)..positions[t] there (already written); head h reads KV
+// head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= attention_scratch_cols(n_heads,
+// n_kv_heads, max position + 1)] (cpu.hpp). A work item is a token's KV head with all its query
+// heads, which share every key and value loaded; items are handed out one at a time, since their
+// costs differ with the position.
+inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                      std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
+                      std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
+                      MatrixView<float> out, MatrixView<float> scratch) {
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
-  assert(scratch.rows >= pool.size());
+  assert(scratch.rows >= pool.size() && !views.empty() && (view_of_token.empty() || view_of_token.size() >= q.rows));
   const std::size_t group = n_heads / n_kv_heads, s_stride = scratch.cols / group;
   const std::size_t n_items = positions.size() * n_kv_heads;
+  const auto view_of = [&](std::size_t t) -> const KVLayerView& {
+    return views[view_of_token.empty() ? 0 : view_of_token[t]];
+  };
   std::atomic<std::size_t> next{0};
-  pool.run([&](unsigned tid, unsigned) {
+  pool.run([&](unsigned tid, unsigned) HWY_ATTR {
     float* scores = scratch.row(tid);
     for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
          item = next.fetch_add(1, std::memory_order_relaxed)) {
@@ -1828,15 +2369,10 @@ void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std:
   });
 }
 
-// All tokens of one sequence.
-inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
-                      const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
-  attention(pool, q, positions, [&](std::size_t) -> const KVLayerView& { return kv; }, n_heads, n_kv_heads, head_dim,
-            params, out, scratch);
-}
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
 
-}  // namespace tinyllm::cpu
+#endif  // per-target include guard
 // ---- tinyllm/kernels/cpu/matmul.hpp ----
 // y = x · wᵀ with float or F16 weights (Highway).
 //
@@ -1858,13 +2394,22 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
 // Every output is summed the same way whatever the token count, block or thread: lane-wise
 // FMAs over each input chunk in order, the same reduction, chunk sums added in order. So a
 // token's outputs are bit-identical alone or in a batch, on any number of threads.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_MATMUL_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_MATMUL_HPP_
+#undef TINYLLM_KERNELS_CPU_MATMUL_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_MATMUL_HPP_
+#endif
 #include <algorithm>
 #include <cassert>
 #include <cstddef>
 #include <type_traits>
 
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 namespace detail {
 
 // 4 × 6 accumulators + 4 weights + 1 token vector fit AVX-512's 32 registers; AVX2 has 16.
@@ -1987,37 +2532,881 @@ void matmul(ThreadPool& pool, MatrixView<const W> w, MatrixView<const float> x, 
   static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16>, "cpu::matmul: float or F16 weights");
   assert(w.cols > 0 && w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
   pool.parallel_for(
-      w.rows, [&](std::size_t o0, std::size_t o1) { detail::matmul_rows(w, x, y, o0, o1); }, detail::kDecodeRows);
+      w.rows, [&](std::size_t o0, std::size_t o1) HWY_ATTR { detail::matmul_rows(w, x, y, o0, o1); }, detail::kDecodeRows);
 }
 
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
 // ---- tinyllm/kernels/cpu/norm.hpp ----
 // RMS normalisation (Highway).
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_NORM_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_NORM_HPP_
+#undef TINYLLM_KERNELS_CPU_NORM_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_NORM_HPP_
+#endif
 #include <cmath>
 #include <cstddef>
 
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x.
 inline void rmsnorm(const float* x, const float* w, float* out, std::size_t n, float eps) {
   const float sum_sq = detail::dot(x, x, n);
   const float inv_rms = 1.0f / std::sqrt(sum_sq / static_cast<float>(n) + eps);
   const detail::VF scale = hn::Set(detail::DF(), inv_rms);
-  detail::map2(x, w, out, n, [&](detail::VF xv, detail::VF wv) { return hn::Mul(hn::Mul(xv, scale), wv); });
+  detail::map2(x, w, out, n, [&](detail::VF xv, detail::VF wv) HWY_ATTR { return hn::Mul(hn::Mul(xv, scale), wv); });
 }
 
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
+// ---- tinyllm/kernels/cpu/qmatmul.hpp ----
+// y = x · wᵀ with quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K): the entry points.
+//
+// The activations are quantized once per call to 8-bit blocks (quantize_act.hpp), so every
+// weight block meets them in integer dot products (int8_dot.hpp). The weights are read packed,
+// 16 rows side by side (qpack.hpp): models pack them at load (qmatmul_packed); weights in the
+// file's layout (qmatmul) are packed one group of 16 rows at a time into a per-thread buffer
+// on every call, which costs about what a decode step's arithmetic does, so hot paths pack once.
+// Threads split the groups of rows. Fewer than kPrefillMinTokens tokens run the decode kernel,
+// more the panel kernel (qkernel.hpp); both give a token the same bits.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_QMATMUL_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_QMATMUL_HPP_
+#undef TINYLLM_KERNELS_CPU_QMATMUL_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_QMATMUL_HPP_
+#endif
+#include <algorithm>
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+// ---- tinyllm/kernels/cpu/qkernel.hpp ----
+// The quantized matmul kernels on one packed group of 16 weight rows (qpack.hpp), for every SIMD
+// target: the integer dot products of int8_dot.hpp, the per-row scales of qunit.hpp.
+//
+// The inputs are taken in chunks of kPanelInputs. For each chunk, tokens in register blocks of
+// T, and each part (kParts vectors make the 16 rows) in turn:
+//   sums[t]  = int32 sums of a sub-block's steps: one multiply-add per step and token, 16 rows
+//              at once, no horizontal sums;
+//   then in float, with the same operations in the same order for every kernel below:
+//     legacy formats  acc[t] += float(sums[t]) * (scale * d_x)            per block of 32
+//     Q4_K, Q5_K      part[t] += float(sums[t]) * scale - min * sum(x)    per sub-block,
+//                     acc[t] += part[t] * d_x                             per super-block
+//     Q6_K            tot[t] += sums[t] * sc (int32)                      per sub-block,
+//                     acc[t] += float(tot[t]) * (d * d_x)                 per super-block
+//   and y += acc after each chunk.
+// Decode (few tokens) takes the steps straight from the packed units, which stream from memory
+// once. Prefill first unpacks the chunk of each group into an L1 panel of plain steps and float
+// scales, then runs every token over it. Both run the same accumulate(), so a token gets the
+// same bits from either, and from any batch it is part of.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_QKERNEL_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_QKERNEL_HPP_
+#undef TINYLLM_KERNELS_CPU_QKERNEL_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_QKERNEL_HPP_
+#endif
+#include <algorithm>
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include <hwy/cache_control.h>
+
+// ---- tinyllm/kernels/cpu/int8_dot.hpp ----
+// The one instruction the quantized kernels are built on, for each SIMD target: in every int32
+// lane, add the four products of 4 unsigned weight bytes by 4 signed activation bytes.
+//
+//   AVX-512 VNNI     vpdpbusd (AVX3_DL, or AVX3 when the compiler targets VNNI)
+//   AVX2, AVX-512    vpmaddubsw (u8 x s8 pairs to int16) then vpmaddwd by ones (pairs to int32):
+//   SSSE3, SSE4      the widening multiply-add idiom; exact while a pair's sum fits int16
+//   NEON             sdot where the CPU has the dot-product extension, else widening multiplies
+//   others           scalar
+//
+// Two forms, because vpmaddubsw saturates: dot_small for weights below 128 (every format but
+// Q8_0, whose pairs stay under 2 * 127 * 127), and dot_q8 for Q8_0's weights stored as w + 128.
+// dot_q8 gives sum(w * x) plus, where kQ8Biased, 128 * sum(x), which the kernel then removes
+// with the activation sums quantize_act.hpp stores (VNNI multiplies unsigned by signed only);
+// elsewhere it gives sum(w * x) itself, by the sign trick |w| * (x * sign(w)).
+//
+// A "step" is 64 bytes: 4 consecutive quants of each of 16 weight rows ([row][4]); it fills one
+// AVX-512 vector, two AVX2 vectors, four 128-bit ones. The kernels work on vectors of kVecBytes.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_INT8_DOT_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_INT8_DOT_HPP_
+#undef TINYLLM_KERNELS_CPU_INT8_DOT_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_INT8_DOT_HPP_
+#endif
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+
+#if HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
+#include <arm_neon.h>
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE::detail {
+
+inline constexpr std::size_t kStepRows = 16, kStepBytes = 64;
+#if HWY_HAVE_SCALABLE
+inline constexpr std::size_t kVecBytes = 16;
+#else
+inline constexpr std::size_t kVecBytes = HWY_MAX_BYTES < kStepBytes ? HWY_MAX_BYTES : kStepBytes;
+#endif
+inline constexpr std::size_t kParts = kStepBytes / kVecBytes;   // vectors per step
+inline constexpr std::size_t kPartRows = kStepRows / kParts;    // weight rows per vector
+
+using DU8 = hn::FixedTag<std::uint8_t, kVecBytes>;
+using DI8 = hn::FixedTag<std::int8_t, kVecBytes>;
+using DI32 = hn::FixedTag<std::int32_t, kVecBytes / 4>;
+using DF32 = hn::FixedTag<float, kVecBytes / 4>;
+using VU8 = hn::Vec<DU8>;
+using VI8 = hn::Vec<DI8>;
+using VI32 = hn::Vec<DI32>;
+using VF32 = hn::Vec<DF32>;
+
+#if HWY_TARGET == HWY_AVX3_DL || (HWY_TARGET == HWY_AVX3 && defined(__AVX512VNNI__))
+inline constexpr bool kQ8Biased = true;
+HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) {
+#if defined(__AVX512VNNI__)
+  return VI32{_mm512_dpbusd_epi32(acc.raw, w.raw, x.raw)};
+#else
+  // AVX3_DL under run-time dispatch: Highway 1.0.3's attributes for it leave out avx512vnni, so
+  // the intrinsic cannot be inlined; every CPU Highway picks AVX3_DL for has the instruction.
+  __m512i r = acc.raw;
+  asm("vpdpbusd %2, %1, %0" : "+v"(r) : "v"(w.raw), "v"(x.raw));
+  return VI32{r};
+#endif
+}
+HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_small(acc, w, x); }
+
+#elif HWY_TARGET == HWY_AVX3
+inline constexpr bool kQ8Biased = false;
+HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) {
+  const __m512i pairs = _mm512_maddubs_epi16(w.raw, x.raw);
+  return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))};
+}
+HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
+  const __m512i s = _mm512_xor_si512(w.raw, _mm512_set1_epi8(char(0x80)));  // the signed weights
+  const __m512i sx = _mm512_mask_sub_epi8(x.raw, _mm512_movepi8_mask(s), _mm512_setzero_si512(), x.raw);
+  const __m512i pairs = _mm512_maddubs_epi16(_mm512_abs_epi8(s), sx);
+  return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))};
+}
+
+#elif HWY_TARGET == HWY_AVX2
+inline constexpr bool kQ8Biased = false;
+HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) {
+  const __m256i pairs = _mm256_maddubs_epi16(w.raw, x.raw);
+  return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))};
+}
+HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
+  const __m256i s = _mm256_xor_si256(w.raw, _mm256_set1_epi8(char(0x80)));
+  const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(s), _mm256_sign_epi8(x.raw, s));
+  return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))};
+}
+
+#elif HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3
+inline constexpr bool kQ8Biased = false;
+HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) {
+  const __m128i pairs = _mm_maddubs_epi16(w.raw, x.raw);
+  return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(pairs, _mm_set1_epi16(1)))};
+}
+HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
+  const __m128i s = _mm_xor_si128(w.raw, _mm_set1_epi8(char(0x80)));
+  const __m128i pairs = _mm_maddubs_epi16(_mm_abs_epi8(s), _mm_sign_epi8(x.raw, s));
+  return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(pairs, _mm_set1_epi16(1)))};
+}
+
+#elif HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
+inline constexpr bool kQ8Biased = false;
+// Signed 8-bit dot products: weights below 128 are the same bytes signed.
+HWY_INLINE int32x4_t sdot4(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#if defined(__ARM_FEATURE_DOTPROD)
+  return vdotq_s32(acc, a, b);
+#else
+  // 16 products in int16 (|a * b| <= 128 * 128), pairs to int32, then adjacent pairs again.
+  const int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+  const int32x4_t hi = vpaddlq_s16(vmull_high_s8(a, b));
+  return vaddq_s32(acc, vpaddq_s32(lo, hi));
+#endif
+}
+HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) { return VI32{sdot4(acc.raw, vreinterpretq_s8_u8(w.raw), x.raw)}; }
+HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
+  return VI32{sdot4(acc.raw, vreinterpretq_s8_u8(veorq_u8(w.raw, vdupq_n_u8(0x80))), x.raw)};
+}
+
+#else
+inline constexpr bool kQ8Biased = false;
+template <bool kQ8>
+HWY_INLINE VI32 dot_scalar(VI32 acc, VU8 w, VI8 x) {
+  alignas(64) std::uint8_t wb[kVecBytes];
+  alignas(64) std::int8_t xb[kVecBytes];
+  alignas(64) std::int32_t sb[kVecBytes / 4];
+  hn::Store(w, DU8(), wb);
+  hn::Store(x, DI8(), xb);
+  hn::Store(acc, DI32(), sb);
+  for (std::size_t i = 0; i < kVecBytes; ++i) sb[i / 4] += (kQ8 ? int(wb[i]) - 128 : int(wb[i])) * int(xb[i]);
+  return hn::Load(DI32(), sb);
+}
+HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) { return dot_scalar<false>(acc, w, x); }
+HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_scalar<true>(acc, w, x); }
+#endif
+
+// The 4 activation quants at p in every int32 lane.
+HWY_INLINE VI8 broadcast4(const std::int8_t* p) {
+  std::int32_t v;
+  std::memcpy(&v, p, 4);
+  return hn::BitCast(DI8(), hn::Set(DI32(), v));
+}
+
+}  // namespace tinyllm::cpu::HWY_NAMESPACE::detail
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
+// ---- tinyllm/kernels/cpu/qunit.hpp ----
+// Reading packed units (qpack.hpp) with SIMD: for each format, the unsigned 8-bit quants of
+// every 4-input step of a sub-block (the unit of one scale), and the sub-block's per-row float
+// scale and min. Both kernels take their weights from here: decode straight from the units,
+// prefill through the L1 panel (qkernel.hpp) that it fills from here once per group.
+//
+// Vectors are kVecBytes wide (int8_dot.hpp): a 64-byte step is kParts vectors, part p holding rows
+// p * kPartRows .. + kPartRows; every function takes the part.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_QUNIT_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_QUNIT_HPP_
+#undef TINYLLM_KERNELS_CPU_QUNIT_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_QUNIT_HPP_
+#endif
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE::detail {
+
+HWY_INLINE VU8 load_part(const std::uint8_t* step, std::size_t p) { return hn::Load(DU8(), step + p * kVecBytes); }
+HWY_INLINE VU8 low4(VU8 v) { return hn::And(v, hn::Set(DU8(), 0x0F)); }
+// Shifts by 16-bit lanes where the caller masks the bits that cross bytes anyway.
+template <int kBits>
+HWY_INLINE VU8 shift_left(VU8 v) {
+  const hn::Repartition<std::uint16_t, DU8> d16;
+  if constexpr (kBits == 0) return v;
+  else if constexpr (kBits > 0) return hn::BitCast(DU8(), hn::ShiftLeft<kBits>(hn::BitCast(d16, v)));
+  else return hn::BitCast(DU8(), hn::ShiftRight<-kBits>(hn::BitCast(d16, v)));
+}
+HWY_INLINE VU8 high4(VU8 v) { return low4(shift_left<-4>(v)); }
+// Bits kFrom .. kFrom + kWidth of every byte, moved to bit 4 and up.
+template <int kFrom, int kWidth>
+HWY_INLINE VU8 bits_to_4(VU8 v) {
+  return hn::And(shift_left<4 - kFrom>(v), hn::Set(DU8(), std::uint8_t(((1 << kWidth) - 1) << 4)));
+}
+
+// Per-row values of part p as floats: f16, unsigned and signed bytes.
+HWY_INLINE VF32 f16_rows(const std::uint8_t* p16, std::size_t p) {
+  const hn::Rebind<hwy::float16_t, DF32> dh;
+  return hn::PromoteTo(DF32(), hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p16) + p * kPartRows));
+}
+template <class T>
+HWY_INLINE VF32 byte_rows(const std::uint8_t* p8, std::size_t p) {
+  const hn::Rebind<T, DI32> d8;
+  return hn::ConvertTo(DF32(), hn::PromoteTo(DI32(), hn::LoadU(d8, reinterpret_cast<const T*>(p8) + p * kPartRows)));
+}
+
+// What each format's unit holds, in the kernels' terms:
+//   subs         sub-blocks (scales) per unit; sub_values inputs each, steps = sub_values / 4
+//   act_subs     sub-blocks per activation block (one d per 32 inputs, or per 256 for K-quants)
+//   q8           the weights are Q8_0's (dot_q8); otherwise below 128 (dot_small)
+//   bias         the sums start at the activations' aux value (-offset * sum(x), see quantize_act.hpp)
+//   has_min      the K-quants' "- dmin * m * sum(x)", sum(x) from aux
+//   int_scales   sub-block scales applied in int32 (int_scale), then scale() once per unit;
+//                otherwise scale() is each sub-block's float scale
+//   steps(u, j, p, f)  f(k, weights) for steps k of sub-block j, part p
+template <class Block> struct QUnit;
+
+template <class Block>
+struct LegacyUnit {
+  using U = PackedUnit<Block>;
+  static constexpr bool q8 = std::is_same_v<Block, BlockQ8_0>;
+  static constexpr std::size_t subs = 2, sub_values = 32, steps_per_sub = 8, act_subs = 1;
+  static constexpr bool bias = q8 ? kQ8Biased : true, has_min = false, int_scales = false;
+  static HWY_INLINE VI32 int_scale(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DI32()); }
+  template <class F>
+  static HWY_INLINE void steps(const std::uint8_t* u, std::size_t j, std::size_t p, F&& f) {
+    const std::uint8_t* q = u + U::block_bytes * j;
+    if constexpr (q8) {
+      TINYLLM_UNROLL
+      for (std::size_t k = 0; k < 8; ++k) f(k, load_part(q + 64 * k, p));
+    } else {
+      TINYLLM_UNROLL
+      for (std::size_t k = 0; k < 4; ++k) {
+        const VU8 v = load_part(q + 64 * k, p);
+        f(2 * k, low4(v));
+        f(2 * k + 1, high4(v));
+      }
+    }
+  }
+  static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
+    return f16_rows(u + U::scales + 32 * j, p);
+  }
+  static HWY_INLINE VF32 min(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DF32()); }
+};
+template <> struct QUnit<BlockQ4_0> : LegacyUnit<BlockQ4_0> {};
+template <> struct QUnit<BlockQ8_0> : LegacyUnit<BlockQ8_0> {};
+
+template <class Block>
+struct K4Unit {
+  using U = PackedUnit<Block>;
+  static constexpr bool q8 = false, bias = false, has_min = true, int_scales = false;
+  static HWY_INLINE VI32 int_scale(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DI32()); }
+  static constexpr std::size_t subs = 8, sub_values = 32, steps_per_sub = 8, act_subs = 8;
+  template <class F>
+  static HWY_INLINE void steps(const std::uint8_t* u, std::size_t j, std::size_t p, F&& f) {
+    constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
+    VU8 hb;
+    if constexpr (kFifthBit) hb = load_part(u + U::high + 64 * j, p);
+    auto pair = [&]<int k>(std::integral_constant<int, k>) HWY_ATTR {
+      const VU8 v = load_part(u + 256 * j + 64 * k, p);
+      VU8 lo = low4(v), hi = high4(v);
+      if constexpr (kFifthBit) {
+        lo = hn::Or(lo, bits_to_4<k, 1>(hb));
+        hi = hn::Or(hi, bits_to_4<4 + k, 1>(hb));
+      }
+      f(2 * k, lo);
+      f(2 * k + 1, hi);
+    };
+    pair(std::integral_constant<int, 0>{});
+    pair(std::integral_constant<int, 1>{});
+    pair(std::integral_constant<int, 2>{});
+    pair(std::integral_constant<int, 3>{});
+  }
+  static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
+    return hn::Mul(f16_rows(u + U::d, p), byte_rows<std::uint8_t>(u + U::scales + 16 * j, p));
+  }
+  static HWY_INLINE VF32 min(const std::uint8_t* u, std::size_t j, std::size_t p) {
+    return hn::Mul(f16_rows(u + U::dmin, p), byte_rows<std::uint8_t>(u + U::mins + 16 * j, p));
+  }
+};
+template <> struct QUnit<BlockQ4_K> : K4Unit<BlockQ4_K> {};
+template <> struct QUnit<BlockQ5_K> : K4Unit<BlockQ5_K> {};
+
+template <> struct QUnit<BlockQ6_K> {
+  using U = PackedUnit<BlockQ6_K>;
+  static constexpr bool q8 = false, bias = true, has_min = false;
+  static constexpr std::size_t subs = 16, sub_values = 16, steps_per_sub = 4, act_subs = 16;
+  template <class F>
+  static HWY_INLINE void steps(const std::uint8_t* u, std::size_t j, std::size_t p, F&& f) {
+    const VU8 lo0 = load_part(u + 128 * j, p), lo1 = load_part(u + 128 * j + 64, p);
+    const VU8 hb = load_part(u + U::high + 64 * j, p);
+    f(0, hn::Or(low4(lo0), bits_to_4<0, 2>(hb)));
+    f(1, hn::Or(high4(lo0), bits_to_4<2, 2>(hb)));
+    f(2, hn::Or(low4(lo1), bits_to_4<4, 2>(hb)));
+    f(3, hn::Or(high4(lo1), bits_to_4<6, 2>(hb)));
+  }
+  // The sub-block sums times their integer scales add up exactly in int32 (< 2^28 per unit); d
+  // applies once per unit.
+  static constexpr bool int_scales = true;
+  static HWY_INLINE VI32 int_scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
+    const hn::Rebind<std::int8_t, DI32> d8;
+    return hn::PromoteTo(DI32(), hn::LoadU(d8, reinterpret_cast<const std::int8_t*>(u + U::scales + 16 * j) + p * kPartRows));
+  }
+  static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::d, p); }
+  static HWY_INLINE VF32 min(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DF32()); }
+};
+
+}  // namespace tinyllm::cpu::HWY_NAMESPACE::detail
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
+// ---- tinyllm/kernels/cpu/quantize_act.hpp ----
+// The activation quantizer (Highway): x rows to the 8-bit blocks of quant_acts.hpp.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_QUANTIZE_ACT_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_QUANTIZE_ACT_HPP_
+#undef TINYLLM_KERNELS_CPU_QUANTIZE_ACT_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_QUANTIZE_ACT_HPP_
+#endif
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
+
+namespace detail {
+
+// Quantizes one token row of n values (a multiple of ActFormat<Block>::block) into row t of a.
+template <class Block>
+void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::size_t t) {
+  using F = ActFormat<Block>;
+  const hn::CappedTag<float, 16> df;  // at most one group of 16 per vector
+  const hn::Rebind<std::int32_t, decltype(df)> di;
+  const hn::Rebind<std::int8_t, decltype(df)> d8;
+  const std::size_t N = hn::Lanes(df), n = a.n_in, G = a.group, lane = t % G;
+  // Token t's first quant, scale and aux value; quant dwords are 4 * G bytes apart, the others G.
+  std::int8_t* HWY_RESTRICT qs = a.qs + a.q_index(t, 0);
+  float* HWY_RESTRICT d = a.d + (t - lane) * a.d_stride + lane;
+  std::int32_t* HWY_RESTRICT aux = a.aux + (t - lane) * a.aux_stride + lane;
+  std::int16_t* HWY_RESTRICT bsums = a.bsums + t * a.bsums_stride;
+  alignas(64) std::int8_t q16[16];
+
+  for (std::size_t b0 = 0; b0 < n; b0 += F::block) {
+    auto vmax = hn::Zero(df);
+    for (std::size_t i = 0; i < F::block; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + b0 + i)));
+    const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+    const float scale = amax / 127.0f;
+    const auto inv = hn::Set(df, scale != 0.0f ? 1.0f / scale : 0.0f);
+    d[b0 / F::block * G] = scale;
+
+    std::int32_t group32 = 0;  // running sum over the current 32
+    for (std::size_t g = b0; g < b0 + F::block; g += 16) {
+      auto sum = hn::Zero(di);
+      for (std::size_t i = 0; i < 16; i += N) {
+        const auto q = hn::NearestInt(hn::Mul(hn::LoadU(df, x + g + i), inv));
+        sum = hn::Add(sum, q);
+        hn::StoreU(hn::DemoteTo(d8, q), d8, q16 + i);
+      }
+      if (G == 1) {
+        std::memcpy(qs + g, q16, 16);
+      } else {
+        for (std::size_t k = 0; k < 4; ++k) std::memcpy(qs + (g / 4 + k) * 4 * G, q16 + 4 * k, 4);
+      }
+      const std::int32_t s16 = hn::GetLane(hn::SumOfLanes(di, sum));
+      if constexpr (F::block == 256) bsums[g / 16] = static_cast<std::int16_t>(s16);
+      if constexpr (F::aux_group == 16) {
+        aux[g / 16 * G] = -F::offset * s16;
+      } else {
+        group32 += s16;
+        if ((g / 16) % 2 == 1) {
+          if constexpr (F::offset == 0) {
+            const float f = static_cast<float>(group32);
+            std::memcpy(&aux[g / 32 * G], &f, sizeof f);
+          } else {
+            aux[g / 32 * G] = -F::offset * group32;
+          }
+          group32 = 0;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace detail
+
+// Quantizes x [n_tok, n_in] for weights of type Block, in groups of `group` tokens (<= 8),
+// tokens split over the pool's threads. n_in must be a multiple of ActFormat<Block>::block.
+template <class Block>
+QuantizedActs quantize_activations(ThreadPool& pool, MatrixView<const float> x, QuantScratch& scratch,
+                                   std::size_t group = 1) {
+  QuantizedActs a = scratch.layout(x.rows, x.cols, group);
+  if (x.rows == 1) {
+    detail::quantize_act_row<Block>(x.row(0), a, 0);
+  } else {
+    pool.parallel_for(x.rows, [&](std::size_t t0, std::size_t t1) HWY_ATTR {
+      for (std::size_t t = t0; t < t1; ++t) detail::quantize_act_row<Block>(x.row(t), a, t);
+    });
+  }
+  return a;
+}
+
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
+
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE::detail {
+
+inline constexpr std::size_t kPanelInputs = 512;
+inline constexpr std::size_t kActGroup = 8;  // the prefill activations' token grouping (quantize_act.hpp)
+// Tokens held in registers at once: sums, accumulators and K-quant parts for T tokens of a part.
+inline constexpr std::size_t kPanelTokens = kParts == 1 ? 8 : 4;
+inline constexpr std::size_t kDecodeTokens = kParts == 1 ? 8 : kParts == 2 ? 4 : 2;
+
+// Quantized activations of the tokens from t0, grouped by G tokens (quantize_act.hpp; G = 1 is
+// plain rows, for a single token): every offset below is known at compile time.
+template <std::size_t G>
+struct ActView {
+  const std::int8_t* q;
+  const float* d;
+  const std::int32_t* aux;
+
+  static ActView at(const QuantizedActs& a, std::size_t t0) {
+    assert(a.group == G);
+    const std::size_t l = t0 % G, row = t0 - l;
+    return {a.qs + a.q_index(t0, 0), a.d + row * a.d_stride + l, a.aux + row * a.aux_stride + l};
+  }
+  // 4 quants of step s (inputs 4s ..) of token t; the scale of block b; the aux value of unit u.
+  HWY_INLINE const std::int8_t* step(std::size_t s, std::size_t t) const { return q + 4 * (G * s + t); }
+  HWY_INLINE float scale(std::size_t b, std::size_t t) const { return d[G * b + t]; }
+  HWY_INLINE std::int32_t aux_int(std::size_t u, std::size_t t) const { return aux[G * u + t]; }
+  HWY_INLINE float aux_float(std::size_t u, std::size_t t) const {
+    float f;
+    std::memcpy(&f, aux + G * u + t, sizeof f);
+    return f;
+  }
+};
+
+// One chunk's weights unpacked: the same accessors as QUnit<Block>, over plain steps.
+struct Panel {
+  alignas(64) std::uint8_t w[kPanelInputs / 4][kStepBytes];   // [step][row][4 quants]
+  alignas(64) float scale[kPanelInputs / 16][kStepRows];      // [sub-block][row]
+  alignas(64) float min[kPanelInputs / 32][kStepRows];        // K-quants with mins: [sub-block][row]
+  alignas(64) std::int32_t int_scale[kPanelInputs / 16][kStepRows];  // int_scales formats: [sub-block][row]
+};
+
+template <class Block>
+struct PanelSource {
+  using Q = QUnit<Block>;
+  const Panel& panel;
+  template <class F>
+  HWY_INLINE void steps(std::size_t j, std::size_t p, F&& f) const {
+    TINYLLM_UNROLL
+    for (std::size_t k = 0; k < Q::steps_per_sub; ++k) f(k, load_part(panel.w[j * Q::steps_per_sub + k], p));
+  }
+  HWY_INLINE VF32 scale(std::size_t j, std::size_t p) const { return hn::Load(DF32(), panel.scale[j] + p * kPartRows); }
+  HWY_INLINE VF32 min(std::size_t j, std::size_t p) const { return hn::Load(DF32(), panel.min[j] + p * kPartRows); }
+  HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const {
+    return hn::Load(DI32(), panel.int_scale[j] + p * kPartRows);
+  }
+};
+
+// The units from `first` of one group, sub-blocks numbered from there.
+template <class Block>
+struct UnitSource {
+  using Q = QUnit<Block>;
+  const std::uint8_t* first;
+  HWY_INLINE const std::uint8_t* unit(std::size_t j) const { return first + j / Q::subs * PackedUnit<Block>::bytes; }
+  template <class F>
+  HWY_INLINE void steps(std::size_t j, std::size_t p, F&& f) const {
+    // Each unit asks for the bytes kAhead further on: the hardware prefetcher restarts at every
+    // 4 KiB page and follows the stream late.
+    constexpr std::size_t kAhead = 4096;
+    if (p == 0 && j % Q::subs == 0)
+      for (std::size_t l = 0; l < PackedUnit<Block>::bytes; l += 64) hwy::Prefetch(unit(j) + kAhead + l);
+    Q::steps(unit(j), j % Q::subs, p, f);
+  }
+  HWY_INLINE VF32 scale(std::size_t j, std::size_t p) const { return Q::scale(unit(j), j % Q::subs, p); }
+  HWY_INLINE VF32 min(std::size_t j, std::size_t p) const { return Q::min(unit(j), j % Q::subs, p); }
+  HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const { return Q::int_scale(unit(j), j % Q::subs, p); }
+};
+
+// acc[t] (+)= part p of sub-blocks [0, n_subs) of src · tokens t of x, whose sub-block 0 is the
+// activations' sub-block s0 (a whole number of activation blocks).
+template <class Block, std::size_t T, std::size_t G, class Src>
+HWY_INLINE void accumulate(const Src& src, std::size_t n_subs, const ActView<G>& x, std::size_t s0, std::size_t p,
+                           VF32 (&acc)[T]) {
+  using Q = QUnit<Block>;
+  const DF32 df;
+  VF32 part[T];
+  VI32 tot[T];
+  for (std::size_t j = 0; j < n_subs; ++j) {
+    const std::size_t s = s0 + j;   // the activations' sub-block
+    // Few tokens: two chains of multiply-adds per token, so that their latencies overlap.
+    constexpr std::size_t kChains = T < 4 ? 2 : 1;
+    VI32 sums[kChains][T];
+    TINYLLM_UNROLL
+    for (std::size_t t = 0; t < T; ++t) {
+      sums[0][t] = Q::bias ? hn::Set(DI32(), x.aux_int(s, t)) : hn::Zero(DI32());
+      if constexpr (kChains == 2) sums[1][t] = hn::Zero(DI32());
+    }
+    src.steps(j, p, [&](std::size_t k, VU8 w) HWY_ATTR {
+      TINYLLM_UNROLL
+      for (std::size_t t = 0; t < T; ++t) {
+        const VI8 xk = broadcast4(x.step(s * Q::steps_per_sub + k, t));
+        VI32& sum = sums[k % kChains][t];
+        sum = Q::q8 ? dot_q8(sum, w, xk) : dot_small(sum, w, xk);
+      }
+    });
+    if constexpr (kChains == 2)
+      TINYLLM_UNROLL
+      for (std::size_t t = 0; t < T; ++t) sums[0][t] = hn::Add(sums[0][t], sums[1][t]);
+    if constexpr (Q::int_scales) {
+      if (j % Q::act_subs == 0)
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Zero(DI32());
+      const VI32 isc = src.int_scale(j, p);
+      TINYLLM_UNROLL
+      for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Add(tot[t], hn::Mul(sums[0][t], isc));
+      if (j % Q::act_subs == Q::act_subs - 1) {
+        const VF32 d = src.scale(j, p);
+        const std::size_t b = s / Q::act_subs;
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t)
+          acc[t] = hn::MulAdd(hn::ConvertTo(df, tot[t]), hn::Mul(d, hn::Set(df, x.scale(b, t))), acc[t]);
+      }
+      continue;
+    }
+    const VF32 sc = src.scale(j, p);
+    if constexpr (Q::act_subs == 1) {
+      TINYLLM_UNROLL
+      for (std::size_t t = 0; t < T; ++t)
+        acc[t] = hn::MulAdd(hn::ConvertTo(df, sums[0][t]), hn::Mul(sc, hn::Set(df, x.scale(s, t))), acc[t]);
+    } else {
+      if (j % Q::act_subs == 0)
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) part[t] = hn::Zero(df);
+      TINYLLM_UNROLL
+      for (std::size_t t = 0; t < T; ++t) part[t] = hn::MulAdd(hn::ConvertTo(df, sums[0][t]), sc, part[t]);
+      if constexpr (Q::has_min) {
+        const VF32 mn = src.min(j, p);
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) part[t] = hn::NegMulAdd(mn, hn::Set(df, x.aux_float(s, t)), part[t]);
+      }
+      if (j % Q::act_subs == Q::act_subs - 1) {
+        const std::size_t b = s / Q::act_subs;
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) acc[t] = hn::MulAdd(part[t], hn::Set(df, x.scale(b, t)), acc[t]);
+      }
+    }
+  }
+}
+
+// y[t][p's rows] (+)= acc[t], for the first `rows` rows of the group.
+template <std::size_t T>
+HWY_INLINE void store_part(VF32 (&acc)[T], float* y, std::size_t y_stride, std::size_t p, std::size_t rows, bool add) {
+  const DF32 df;
+  const std::size_t r0 = p * kPartRows;
+  if (r0 >= rows) return;
+  const std::size_t n = std::min(kPartRows, rows - r0);
+  TINYLLM_UNROLL
+  for (std::size_t t = 0; t < T; ++t) {
+    float* out = y + t * y_stride + r0;
+    if (n == kPartRows) {
+      hn::StoreU(add ? hn::Add(acc[t], hn::LoadU(df, out)) : acc[t], df, out);
+    } else {
+      alignas(64) float buf[kPartRows];
+      hn::Store(acc[t], df, buf);
+      for (std::size_t r = 0; r < n; ++r) out[r] = add ? out[r] + buf[r] : buf[r];
+    }
+  }
+}
+
+// Sub-blocks [0, n_subs) of src against T tokens from t0, part by part, into y (+=).
+template <class Block, std::size_t T, std::size_t G, class Src>
+HWY_INLINE void run_tokens(const Src& src, std::size_t n_subs, const QuantizedActs& a, std::size_t t0, std::size_t s0,
+                           float* y, std::size_t y_stride, std::size_t rows, bool add) {
+  const auto x = ActView<G>::at(a, t0);
+  TINYLLM_UNROLL
+  for (std::size_t p = 0; p < kParts; ++p) {
+    VF32 acc[T];
+    TINYLLM_UNROLL
+    for (std::size_t t = 0; t < T; ++t) acc[t] = hn::Zero(DF32());
+    accumulate<Block, T>(src, n_subs, x, s0, p, acc);
+    store_part(acc, y + t0 * y_stride, y_stride, p, rows, add);
+  }
+}
+
+// The same for t_count <= T tokens, T a compile-time bound.
+template <class Block, std::size_t T, std::size_t G, class Src>
+HWY_INLINE void run_any(std::size_t t_count, const Src& src, std::size_t n_subs, const QuantizedActs& a, std::size_t t0,
+                        std::size_t s0, float* y, std::size_t y_stride, std::size_t rows, bool add) {
+  if constexpr (T > 1)
+    if (t_count < T) return run_any<Block, T - 1, G>(t_count, src, n_subs, a, t0, s0, y, y_stride, rows, add);
+  run_tokens<Block, T, G>(src, n_subs, a, t0, s0, y, y_stride, rows, add);
+}
+
+// The group of packed units at w (`units` of them, nb blocks in a row) against every token of a,
+// into y[t][0 .. rows).
+template <class Block>
+void decode_group(const std::uint8_t* w, std::size_t units, std::size_t nb, const QuantizedActs& a, float* y,
+                  std::size_t y_stride, std::size_t rows) {
+  using Q = QUnit<Block>;
+  constexpr std::size_t kUnit = PackedUnit<Block>::bytes, kChunk = kPanelInputs / (Q::subs * Q::sub_values);
+  const std::size_t n_subs = nb * BlockFormat<Block>::values / Q::sub_values;
+  for (std::size_t u0 = 0; u0 < units; u0 += kChunk) {
+    const std::uint8_t* first = w + u0 * kUnit;
+    const std::size_t count = std::min(kChunk, units - u0);
+    const std::size_t s0 = u0 * Q::subs, subs = std::min(count * Q::subs, n_subs - s0);
+    const UnitSource<Block> src{first};
+    if (a.group == 1) {  // one token
+      run_tokens<Block, 1, 1>(src, subs, a, 0, s0, y, y_stride, rows, u0 > 0);
+    } else {
+      for (std::size_t t = 0; t < a.n_tok; t += kDecodeTokens)
+        run_any<Block, kDecodeTokens, kActGroup>(std::min(kDecodeTokens, a.n_tok - t), src, subs, a, t, s0, y, y_stride,
+                                                 rows, u0 > 0);
+    }
+  }
+}
+
+// The same through the panel (activations grouped by kActGroup tokens).
+template <class Block>
+void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, const QuantizedActs& a, float* y,
+                   std::size_t y_stride, std::size_t rows, Panel& panel) {
+  using Q = QUnit<Block>;
+  constexpr std::size_t kUnit = PackedUnit<Block>::bytes, kChunk = kPanelInputs / (Q::subs * Q::sub_values);
+  const std::size_t n_subs = nb * BlockFormat<Block>::values / Q::sub_values;
+  for (std::size_t u0 = 0; u0 < units; u0 += kChunk) {
+    const std::size_t count = std::min(kChunk, units - u0);
+    const std::size_t s0 = u0 * Q::subs, subs = std::min(count * Q::subs, n_subs - s0);
+    // The next chunk's bytes (this group's or the next one's) arrive while this one computes.
+    for (std::size_t l = 0; l < count * kUnit; l += 64) hwy::Prefetch(w + (u0 + kChunk) * kUnit + l);
+    const UnitSource<Block> units_src{w + u0 * kUnit};
+    for (std::size_t j = 0; j < subs; ++j)
+      TINYLLM_UNROLL
+      for (std::size_t p = 0; p < kParts; ++p) {
+        units_src.steps(j, p, [&](std::size_t k, VU8 v) HWY_ATTR {
+          hn::Store(v, DU8(), panel.w[j * Q::steps_per_sub + k] + p * kVecBytes);
+        });
+        hn::Store(units_src.scale(j, p), DF32(), panel.scale[j] + p * kPartRows);
+        if constexpr (Q::has_min) hn::Store(units_src.min(j, p), DF32(), panel.min[j] + p * kPartRows);
+        if constexpr (Q::int_scales) hn::Store(units_src.int_scale(j, p), DI32(), panel.int_scale[j] + p * kPartRows);
+      }
+    for (std::size_t t = 0; t < a.n_tok; t += kActGroup)
+      for (std::size_t tt = t; tt < std::min(a.n_tok, t + kActGroup); tt += kPanelTokens)
+        run_any<Block, kPanelTokens, kActGroup>(std::min({kPanelTokens, a.n_tok - tt, t + kActGroup - tt}), PanelSource<Block>{panel},
+                                     subs, a, tt, s0, y, y_stride, rows, u0 > 0);
+  }
+}
+
+}  // namespace tinyllm::cpu::HWY_NAMESPACE::detail
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
+
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
+
+// From this many tokens on, the panel kernel is faster (tinyllm-quant-bench BM_packed_qbatch).
+inline constexpr std::size_t kPrefillMinTokens = 16;
+
+namespace detail {
+
+// Groups [g0, g1) of a matrix; group(g) gives group g's packed units.
+template <class Block, class GroupUnits>
+void qmatmul_groups(const QuantizedActs& a, std::size_t n_out, std::size_t n_in, MatrixView<float> y, std::size_t g0,
+                    std::size_t g1, GroupUnits&& group) {
+  const std::size_t nb = n_in / block_values<Block>, units = packed_units_per_row<Block>(n_in);
+  Panel* panel = nullptr;
+  alignas(64) static thread_local Panel thread_panel;
+  if (a.n_tok >= kPrefillMinTokens) panel = &thread_panel;
+  for (std::size_t g = g0; g < g1; ++g) {
+    const std::uint8_t* w = group(g);
+    const std::size_t rows = std::min(kPackRows, n_out - kPackRows * g);
+    if (panel) prefill_group<Block>(w, units, nb, a, y.row(0) + kPackRows * g, y.stride, rows, *panel);
+    else decode_group<Block>(w, units, nb, a, y.row(0) + kPackRows * g, y.stride, rows);
+  }
+}
+
+template <class Block>
+QuantizedActs quantize_for_kernel(ThreadPool& pool, MatrixView<const float> x, QuantScratch& scratch) {
+  return quantize_activations<Block>(pool, x, scratch, x.rows == 1 ? 1 : kActGroup);
+}
+
+}  // namespace detail
+
+// y[t, o] = sum_i w[o, i] * x[t, i] with quantized weights in the file's layout.  w: [n_out, n_in]
+// (a row holds n_in / block_values<Block> blocks; stride in blocks), x: [n_tok, n_in], y:
+// [n_tok, n_out]; n_in a multiple of the block size. The result differs from
+// dequantize-then-multiply by the 8-bit rounding of x: at most about sum_i |w[o, i]| * d_i / 2,
+// d_i = max|x| / 127 over x's block of 32 (Q8_0, Q4_0) or 256 (K-quants) around i.
+template <class Block>
+void qmatmul(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float> x, MatrixView<float> y,
+             QuantScratch& scratch) {
+  static_assert(is_qmatmul_block<Block>, "cpu::qmatmul: Q8_0, Q4_0, Q4_K, Q5_K or Q6_K weights");
+  assert(w.cols == x.cols && y.rows == x.rows && y.cols == w.rows && w.cols % block_values<Block> == 0);
+  if (x.rows == 0 || w.rows == 0) return;
+  if (w.cols == 0) {  // empty sums
+    for (std::size_t t = 0; t < y.rows; ++t) std::fill_n(y.row(t), y.cols, 0.0f);
+    return;
+  }
+  const QuantizedActs a = detail::quantize_for_kernel<Block>(pool, x, scratch);
+  const std::size_t group_bytes = packed_units_per_row<Block>(w.cols) * PackedUnit<Block>::bytes;
+  pool.parallel_for((w.rows + kPackRows - 1) / kPackRows, [&](std::size_t g0, std::size_t g1) HWY_ATTR {
+    static thread_local AlignedBuffer<std::uint8_t> packed;
+    if (packed.size() < group_bytes) packed.resize(group_bytes);
+    detail::qmatmul_groups<Block>(a, w.rows, w.cols, y, g0, g1, [&](std::size_t g) HWY_ATTR {
+      pack_groups(w.data, w.stride, w.rows, w.cols, packed.data(), g, g + 1);
+      return packed.data();
+    });
+  });
+}
+
+// The same with the weight type known at run time: w holds n_out contiguous rows of n_in values
+// of type `type`. F32 and F16 weights go to cpu::matmul.
+inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
+                    MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
+  if (type == DType::F32) return matmul(pool, MatrixView<const float>(static_cast<const float*>(w), n_out, n_in), x, y);
+  if (type == DType::F16) return matmul(pool, MatrixView<const F16>(static_cast<const F16*>(w), n_out, n_in), x, y);
+  if (!can_pack(type)) {
+    const auto info = dtype_info(static_cast<std::uint32_t>(type));
+    throw Error("no matmul kernel for weight type " +
+                    (info ? std::string(info->name) : "id " + std::to_string(static_cast<std::uint32_t>(type))),
+                "cpu::qmatmul", "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+  }
+  with_qblock(type, "cpu::qmatmul", [&]<class Block>(std::type_identity<Block>) HWY_ATTR {
+    if (n_in % block_values<Block> != 0)
+      throw Error("weight rows of " + std::to_string(n_in) + " values", "cpu::qmatmul (" + std::string(name(type)) + ")",
+                  "a multiple of " + std::to_string(block_values<Block>));
+    qmatmul(pool, MatrixView<const Block>(static_cast<const Block*>(w), n_out, n_in, n_in / block_values<Block>), x, y,
+            scratch);
+  });
+}
+
+// y[n_tok, n_out] = x[n_tok, n_in] · wᵀ for a packed w (pack_rows): the same bits as qmatmul on
+// the file's layout.
+inline void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std::size_t n_out, std::size_t n_in,
+                           MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
+  assert(x.cols == n_in && y.rows == x.rows && y.cols == n_out);
+  if (x.rows == 0 || n_out == 0) return;
+  with_qblock(type, "cpu::qmatmul_packed", [&]<class Block>(std::type_identity<Block>) HWY_ATTR {
+    const QuantizedActs a = detail::quantize_for_kernel<Block>(pool, x, scratch);
+    const std::size_t group_bytes = packed_units_per_row<Block>(n_in) * PackedUnit<Block>::bytes;
+    const auto* p = reinterpret_cast<const std::uint8_t*>(w);
+    pool.parallel_for((n_out + kPackRows - 1) / kPackRows, [&](std::size_t g0, std::size_t g1) HWY_ATTR {
+      detail::qmatmul_groups<Block>(a, n_out, n_in, y, g0, g1, [&](std::size_t g) HWY_ATTR { return p + g * group_bytes; });
+    });
+  });
+}
+
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
 // ---- tinyllm/kernels/cpu/rope.hpp ----
 // Rotary position embedding (Highway). The angles of a chunk of pairs are computed once with the
 // same float product as the reference (pos * inv_freq[i]) and applied to every head.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_ROPE_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_ROPE_HPP_
+#undef TINYLLM_KERNELS_CPU_ROPE_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_ROPE_HPP_
+#endif
 #include <algorithm>
 #include <cassert>
 #include <cmath>
 #include <cstddef>
 
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 namespace detail {
 
 // Pairs whose cos/sin are tabulated at once; the tables live on the stack (1 KiB).
@@ -2088,7 +3477,232 @@ inline void rope(float* x, std::size_t n_heads, std::size_t head_dim, std::size_
   }
 }
 
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
+
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
+
+inline void qmatmul_kernel(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
+                           MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
+  HWY_NAMESPACE::qmatmul(pool, type, w, n_out, n_in, x, y, scratch);
+}
+inline void qmatmul_packed_kernel(ThreadPool& pool, DType type, const std::byte* w, std::size_t n_out, std::size_t n_in,
+                                  MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
+  HWY_NAMESPACE::qmatmul_packed(pool, type, w, n_out, n_in, x, y, scratch);
+}
+inline void matmul_f32_kernel(ThreadPool& pool, MatrixView<const float> w, MatrixView<const float> x, MatrixView<float> y) {
+  HWY_NAMESPACE::matmul(pool, w, x, y);
+}
+inline void matmul_f16_kernel(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y) {
+  HWY_NAMESPACE::matmul(pool, w, x, y);
+}
+inline void attention_kernel(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                             std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
+                             std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                             const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+  HWY_NAMESPACE::attention(pool, q, positions, views, view_of_token, n_heads, n_kv_heads, head_dim, params, out, scratch);
+}
+inline void rmsnorm_kernel(const float* x, const float* w, float* out, std::size_t n, float eps) {
+  HWY_NAMESPACE::rmsnorm(x, w, out, n, eps);
+}
+inline void rope_kernel(float* x, std::size_t n_heads, std::size_t head_dim, std::size_t pos, const float* inv_freq,
+                        RopeStyle style) {
+  HWY_NAMESPACE::rope(x, n_heads, head_dim, pos, inv_freq, style);
+}
+inline void softmax_kernel(float* x, std::size_t n) { HWY_NAMESPACE::softmax(x, n); }
+inline void silu_kernel(float* x, std::size_t n) { HWY_NAMESPACE::silu(x, n); }
+inline void swiglu_kernel(float* gate, const float* up, std::size_t n) { HWY_NAMESPACE::swiglu(gate, up, n); }
+inline void geglu_kernel(float* gate, const float* up, std::size_t n) { HWY_NAMESPACE::geglu(gate, up, n); }
+inline void softcap_kernel(float* x, std::size_t n, float cap) { HWY_NAMESPACE::softcap(x, n, cap); }
+inline const char* target_name_kernel() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
+#else
+#include <hwy/targets.h>
+#endif
+
+namespace tinyllm::cpu {
+
+// Columns of attention scratch per thread: the scores of one KV head's query heads over n_ctx
+// cache positions.
+inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
+  return n_heads / n_kv_heads * n_ctx;
+}
+
+#if !defined(TINYLLM_DYNAMIC_DISPATCH)
+// y[n_tok, n_out] = x[n_tok, n_in] · wᵀ, w holding n_out contiguous rows of n_in values of `type`
+// (F32, F16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) as the file lays them out (qmatmul.hpp).
+inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
+                    MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
+  HWY_NAMESPACE::qmatmul_kernel(pool, type, w, n_out, n_in, x, y, scratch);
+}
+// The same for w packed by pack_rows (qpack.hpp): the same bits.
+inline void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std::size_t n_out, std::size_t n_in,
+                           MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
+  HWY_NAMESPACE::qmatmul_packed_kernel(pool, type, w, n_out, n_in, x, y, scratch);
+}
+// y[n_tok, n_out] = x[n_tok, n_in] · wᵀ for f32 or f16 weights, any strides (matmul.hpp).
+inline void matmul(ThreadPool& pool, MatrixView<const float> w, MatrixView<const float> x, MatrixView<float> y) {
+  HWY_NAMESPACE::matmul_f32_kernel(pool, w, x, y);
+}
+inline void matmul(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y) {
+  HWY_NAMESPACE::matmul_f16_kernel(pool, w, x, y);
+}
+// Attention of every token over its sequence's paged KV (attention.hpp).
+inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                      std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
+                      std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
+                      MatrixView<float> out, MatrixView<float> scratch) {
+  HWY_NAMESPACE::attention_kernel(pool, q, positions, views, view_of_token, n_heads, n_kv_heads, head_dim, params, out,
+                                  scratch);
+}
+inline void rmsnorm(const float* x, const float* w, float* out, std::size_t n, float eps) {
+  HWY_NAMESPACE::rmsnorm_kernel(x, w, out, n, eps);
+}
+inline void rope(float* x, std::size_t n_heads, std::size_t head_dim, std::size_t pos, const float* inv_freq,
+                 RopeStyle style) {
+  HWY_NAMESPACE::rope_kernel(x, n_heads, head_dim, pos, inv_freq, style);
+}
+inline void softmax(float* x, std::size_t n) { HWY_NAMESPACE::softmax_kernel(x, n); }
+inline void silu(float* x, std::size_t n) { HWY_NAMESPACE::silu_kernel(x, n); }
+inline void swiglu(float* gate, const float* up, std::size_t n) { HWY_NAMESPACE::swiglu_kernel(gate, up, n); }
+inline void geglu(float* gate, const float* up, std::size_t n) { HWY_NAMESPACE::geglu_kernel(gate, up, n); }
+inline void softcap(float* x, std::size_t n, float cap) { HWY_NAMESPACE::softcap_kernel(x, n, cap); }
+// The Highway target the kernels run on ("AVX3_DL", "AVX2", "NEON", ...).
+inline const char* kernel_target() { return HWY_NAMESPACE::target_name_kernel(); }
+#else
+void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in, MatrixView<const float> x,
+             MatrixView<float> y, QuantScratch& scratch);
+void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std::size_t n_out, std::size_t n_in,
+                    MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch);
+void matmul(ThreadPool& pool, MatrixView<const float> w, MatrixView<const float> x, MatrixView<float> y);
+void matmul(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y);
+void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+               std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token, std::size_t n_heads,
+               std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params, MatrixView<float> out,
+               MatrixView<float> scratch);
+void rmsnorm(const float* x, const float* w, float* out, std::size_t n, float eps);
+void rope(float* x, std::size_t n_heads, std::size_t head_dim, std::size_t pos, const float* inv_freq, RopeStyle style);
+void softmax(float* x, std::size_t n);
+void silu(float* x, std::size_t n);
+void swiglu(float* gate, const float* up, std::size_t n);
+void geglu(float* gate, const float* up, std::size_t n);
+void softcap(float* x, std::size_t n, float cap);
+const char* kernel_target();
+#endif
+
+// Runs the kernels of the named target ("AVX2", "SSE4", "AVX3", "AVX3_DL", "NEON", ...) instead of
+// the best one this CPU supports, from now on; "" goes back to the best. For benchmarks and
+// tests. Under static dispatch only the compiled target exists. Throws an Error naming the
+// choices otherwise.
+inline void use_kernel_target(std::string_view name) {
+  std::string available;
+  if (name.empty()) {
+#if defined(TINYLLM_DYNAMIC_DISPATCH)
+    hwy::SetSupportedTargetsForTest(0);
+#endif
+    return;
+  }
+#if defined(TINYLLM_DYNAMIC_DISPATCH)
+  for (const std::int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    if (name == hwy::TargetName(target)) return hwy::SetSupportedTargetsForTest(target);
+    available += std::string(available.empty() ? "" : ", ") + hwy::TargetName(target);
+  }
+#else
+  if (name == kernel_target()) return;
+  available = std::string(kernel_target()) + " (static dispatch)";
+#endif
+  throw Error("no kernel target " + std::string(name) + " in this build on this CPU", "cpu::use_kernel_target",
+              "one of " + available);
+}
+
+// All tokens of one sequence.
+inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                      const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+  attention(pool, q, positions, std::span(&kv, 1), {}, n_heads, n_kv_heads, head_dim, params, out, scratch);
+}
+
 }  // namespace tinyllm::cpu
+// ---- tinyllm/kernels/cpu/backend.hpp ----
+// The CPU (Highway) kernels as a backend. A backend is the seam between the model and its
+// kernels: Transformer<Arch, Backend> (model/transformer.hpp) names no kernel namespace but calls
+// a backend's static members, so one forward pass runs on any backend. Every backend has:
+//
+//   Workspace        per-model state the backend owns, built once as Workspace(max_tokens, max_in)
+//                    (here: the activations quantized to 8 bits for the quantized matmuls)
+//   matmul           y[n_tok, n_out] = x[n_tok, n_in] · wᵀ, w of a run-time DType as the file stores it
+//   rmsnorm, rope, swiglu, geglu, softcap     one row or vector, as in kernels/reference.hpp
+//   attention        every token over its own sequence's KV, views[view_of_token[t]], with scratch
+//                    [threads, attention_scratch_cols(n_heads, n_kv_heads, n_ctx)]
+//   packs_weights    whether it keeps some matrices in a layout of its own; if so, also can_pack,
+//                    packed_bytes, kPackRows, pack_rows (at load) and matmul_packed
+//
+// ReferenceBackend (kernels/reference_backend.hpp) is the scalar specification; it packs nothing.
+// A CUDA backend would own its device buffers the same way, in its Workspace. Each member here
+// forwards to a cpu:: entry point in one line.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+
+namespace tinyllm {
+
+struct CpuBackend {
+  using Workspace = cpu::QuantScratch;
+
+  static void matmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
+                     MatrixView<const float> x, MatrixView<float> y, Workspace& ws) {
+    cpu::qmatmul(pool, type, w, n_out, n_in, x, y, ws);
+  }
+
+  // Quantized matrices regrouped kPackRows rows at a time (cpu/qpack.hpp), where this build has
+  // a kernel for that layout.
+  static constexpr bool packs_weights = true;
+  static constexpr std::size_t kPackRows = cpu::kPackRows;
+  static bool can_pack(DType type) { return cpu::can_pack(type); }
+  static std::size_t packed_bytes(DType type, std::size_t n_out, std::size_t n_in) {
+    return cpu::packed_bytes(type, n_out, n_in);
+  }
+  static void pack_rows(DType type, const void* w, std::size_t n_out, std::size_t n_in, std::byte* out, std::size_t g0,
+                        std::size_t g1) {
+    cpu::pack_rows(type, w, n_out, n_in, out, g0, g1);
+  }
+  static void matmul_packed(ThreadPool& pool, DType type, const std::byte* w, std::size_t n_out, std::size_t n_in,
+                            MatrixView<const float> x, MatrixView<float> y, Workspace& ws) {
+    cpu::qmatmul_packed(pool, type, w, n_out, n_in, x, y, ws);
+  }
+
+  static void rmsnorm(const float* x, const float* w, float* out, std::size_t n, float eps) {
+    cpu::rmsnorm(x, w, out, n, eps);
+  }
+  static void rope(float* x, std::size_t n_heads, std::size_t head_dim, std::size_t pos, const float* inv_freq,
+                   RopeStyle style) {
+    cpu::rope(x, n_heads, head_dim, pos, inv_freq, style);
+  }
+  static void swiglu(float* gate, const float* up, std::size_t n) { cpu::swiglu(gate, up, n); }
+  static void geglu(float* gate, const float* up, std::size_t n) { cpu::geglu(gate, up, n); }
+  static void softcap(float* x, std::size_t n, float cap) { cpu::softcap(x, n, cap); }
+
+  static constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
+    return cpu::attention_scratch_cols(n_heads, n_kv_heads, n_ctx);
+  }
+  // Token t reads the KV view views[view_of_token[t]] (its sequence's, for this layer).
+  static void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                        std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
+                        std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                        const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+    cpu::attention(pool, q, positions, views, view_of_token, n_heads, n_kv_heads, head_dim, params, out, scratch);
+  }
+};
+
+}  // namespace tinyllm
 // ---- tinyllm/io/gguf.hpp ----
 // GGUF: the reader (versions 2 and 3; typed metadata and zero-copy tensor views into the mapped
 // file) and the writer (version 3).
@@ -5003,7 +6617,8 @@ inline std::string render_chat(ChatFormat f, std::span<const ChatMessage> messag
 }  // namespace tinyllm
 // ---- tinyllm/model/load.hpp ----
 // Loading a model file: GGUF (architecture from general.architecture, weights bound by tensor
-// name, zero-copy over mmap) or llama2.c's .bin. The file stays mapped for the model's life.
+// name, zero-copy over mmap) or llama2.c's .bin. The file stays mapped for the model's life. The
+// model runs on the CPU backend unless another is named: load<ReferenceBackend>(path).
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -5327,7 +6942,9 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DTyp
 // ---- tinyllm/model/transformer.hpp ----
 // A decoder-only transformer written once against architecture traits. forward() is the whole
 // model, top to bottom, in the spirit of llama2.c's forward(): it takes a batch of tokens of one
-// sequence at given positions (a prompt prefill, or one token of decode) and writes logits.
+// sequence at given positions (a prompt prefill, or one token of decode) and writes logits. Every
+// kernel is called through the Backend parameter: CpuBackend (Highway, kernels/cpu/backend.hpp,
+// which lists a backend's members) or ReferenceBackend (the scalar specification, for tests).
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -5425,1528 +7042,14 @@ class ContiguousKVCache final : public KVCache {
 
 }  // namespace tinyllm
 // ---- tinyllm/model/weights.hpp ----
-// Weights as the model sees them: a matrix of a type known at run time, plus the one switch that
-// picks the kernel instantiation for that type.
+// Weights as the model sees them: a matrix of a type known at run time (and, optionally, the same
+// matrix in a kernel backend's own layout), and the matmul that hands it to a backend, whose one
+// switch on that type picks the kernel instantiation. kernels/cpu/backend.hpp lists a backend's members.
 #include <cstddef>
 #include <cstring>
 #include <memory>
 #include <string>
 
-// ---- tinyllm/kernels/cpu/qmatmul.hpp ----
-// y = x · wᵀ with quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), read where the file keeps them.
-//
-// The activations are quantized once per call to 8-bit blocks (quantize_act.hpp), so every
-// weight block meets them in integer dot products: VNNI's vpdpbusd multiplies 64 unsigned bytes by
-// 64 signed bytes and adds each four products into one of 16 int32 lanes. The weights are the
-// unsigned operand: 4-, 5- and 6-bit quants are unsigned already (Q4_0's -8 and Q6_K's -32 come
-// back as a correction from the activation sums), Q8_0's signed bytes are read as w + 128. The
-// scales are applied per block or sub-block, in float or, for the K-quants' integer sub-block
-// scales, with vpdpwssd before one conversion per 256 values.
-//
-// Two loop nests, both split over the output rows:
-//   decode (fewer than kPrefillMinTokens tokens): 4 weight rows × 2 tokens in registers, dot
-//     products along the rows; each weight vector is unpacked once for the tokens, the weights
-//     stream from memory once, with the next rows prefetched.
-//   prefill: a panel of 16 weight rows × kPanelInputs inputs is unpacked into L1 with the rows
-//     in the vector lanes ([input / 4][row][4 quants]); then 4 quants of a token at a time are
-//     broadcast against it: one vpdpbusd per 16 rows × 4 inputs, no horizontal sums, and each
-//     block's scales applied to 16 rows at once. Every unpacked panel serves all the tokens, 8 at
-//     a time (the activations are stored interleaved by 8 tokens for this). The weights stay as
-//     the file has them; only the L1 panel is rewritten.
-//
-// Without AVX-512 VNNI (or with TINYLLM_QMATMUL_PORTABLE defined) a portable Highway path computes
-// the same integer sums with int16 multiply-adds.
-//
-// Models loaded from files use qpacked.hpp instead where it has a layout for the type: the same
-// sums over weights regrouped 16 rows at a time at load (faster decode); this file keeps the
-// kernels for weights as the file lays them out, and the panel kernels both share.
-#include <algorithm>
-#include <array>
-#include <cassert>
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-#include <string>
-#include <type_traits>
-#include <utility>
-
-// ---- tinyllm/kernels/cpu/quantize_act.hpp ----
-// Activations quantized to 8 bits, the other operand of qmatmul's integer dot products.
-//
-// Each token row is cut into blocks: of 32 values for Q8_0 and Q4_0 weights (as llama.cpp's
-// Q8_0), of 256 for the K-quants (as Q8_K). A block keeps d = max|x| / 127 and the quants
-// q = round(x / d) in [-127, 127], so x ≈ d * q. Beside them the quantizer stores what the
-// kernels would otherwise recompute for every weight row:
-//   bsums  the sum of each 16 quants (K-quants), as Q8_K has them;
-//   aux    per weight unit, what the kernel adds for the weights' offset or minimum:
-//            Q4_0, Q8_0  int32 per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the kernel
-//                        reads the signed weights as unsigned w + 128);
-//            Q6_K        int32 per 16:  -32 * sum(q) (the weights are stored as q + 32);
-//            Q4_K, Q5_K  float per 32:  sum(q), for the term -dmin * m * sum(x).
-// The planes are laid out in one buffer that QuantScratch owns; it is sized once for the
-// largest batch, so a call allocates nothing.
-#include <algorithm>
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-
-
-namespace tinyllm::cpu {
-
-// How the activations that meet a weight block type are quantized.
-template <class Block> struct ActFormat;
-template <> struct ActFormat<BlockQ8_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 128; };
-template <> struct ActFormat<BlockQ4_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 8; };
-template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
-template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
-template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 256, aux_group = 16; static constexpr int offset = 32; };
-
-// One call's quantized activations [n_tok, n_in]: a view into QuantScratch.
-//
-// Tokens are stored in groups of `group` (1, or 8 for the prefill kernel, which broadcasts 4
-// quants of each of 8 tokens in turn and then wants them side by side): with g = t / group and
-// l = t % group,
-//   quant i    at qs   [g * group * qs_stride  + (i / 4) * 4 * group + 4 * l + i % 4]
-//   block b    at d    [g * group * d_stride   + b * group + l]
-//   unit u     at aux  [g * group * aux_stride + u * group + l]
-// so group 1 is plain rows. bsums are always plain rows: [t * bsums_stride + i / 16].
-struct QuantizedActs {
-  std::int8_t* qs = nullptr;
-  float* d = nullptr;               // one scale per block
-  std::int32_t* aux = nullptr;      // int32, or float bits for Q4_K/Q5_K
-  std::int16_t* bsums = nullptr;    // sum of each 16 quants (K-quants)
-  std::size_t qs_stride = 0, d_stride = 0, aux_stride = 0, bsums_stride = 0;  // elements per token row
-  std::size_t n_tok = 0, n_in = 0, group = 1;
-
-  // Rows of token t (group 1 only).
-  const std::int8_t* q_row(std::size_t t) const noexcept { return qs + t * qs_stride; }
-  const float* d_row(std::size_t t) const noexcept { return d + t * d_stride; }
-  const std::int32_t* aux_row(std::size_t t) const noexcept { return aux + t * aux_stride; }
-  const std::int16_t* bsums_row(std::size_t t) const noexcept { return bsums + t * bsums_stride; }
-
-  // Any layout.
-  std::size_t q_index(std::size_t t, std::size_t i) const noexcept {
-    return (t - t % group) * qs_stride + (i / 4) * 4 * group + 4 * (t % group) + i % 4;
-  }
-  std::int8_t q_at(std::size_t t, std::size_t i) const noexcept { return qs[q_index(t, i)]; }
-  float d_at(std::size_t t, std::size_t b) const noexcept { return d[(t - t % group) * d_stride + b * group + t % group]; }
-  std::int32_t aux_at(std::size_t t, std::size_t u) const noexcept {
-    return aux[(t - t % group) * aux_stride + u * group + t % group];
-  }
-  float aux_f32_at(std::size_t t, std::size_t u) const noexcept {
-    float f;
-    std::memcpy(&f, &aux[(t - t % group) * aux_stride + u * group + t % group], sizeof f);
-    return f;
-  }
-};
-
-// Scratch for the quantized activations. reserve() once (at model load) for the largest batch
-// and input width; a call that needs more grows the buffer (an allocation), one that fits does not.
-class QuantScratch {
- public:
-  QuantScratch() = default;
-  QuantScratch(std::size_t n_tok, std::size_t n_in) { reserve(n_tok, n_in); }
-
-  void reserve(std::size_t n_tok, std::size_t n_in) {
-    const std::size_t need = bytes_for(n_tok, n_in);
-    if (need > buf_.size()) buf_.resize(need);
-  }
-  std::size_t capacity_bytes() const noexcept { return buf_.size(); }
-
-  // Bytes that [n_tok, n_in] activations take, in any grouping up to kMaxGroup: the quants plus
-  // about half as much again.
-  static std::size_t bytes_for(std::size_t n_tok, std::size_t n_in) {
-    const Strides s = strides(n_in);
-    return round_up(n_tok, kMaxGroup) * (s.qs + 4 * s.d + 4 * s.aux + 2 * s.bsums);
-  }
-
-  static constexpr std::size_t kMaxGroup = 8;
-
-  // The planes for [n_tok, n_in] in groups of `group` tokens; grows the buffer if reserve was too small.
-  QuantizedActs layout(std::size_t n_tok, std::size_t n_in, std::size_t group = 1) {
-    reserve(n_tok, n_in);
-    const Strides s = strides(n_in);
-    const std::size_t rows = round_up(n_tok, kMaxGroup);
-    std::byte* p = buf_.data();
-    QuantizedActs a;
-    a.n_tok = n_tok;
-    a.n_in = n_in;
-    a.group = group;
-    a.qs_stride = s.qs, a.d_stride = s.d, a.aux_stride = s.aux, a.bsums_stride = s.bsums;
-    a.qs = reinterpret_cast<std::int8_t*>(p);
-    p += rows * s.qs;
-    a.d = reinterpret_cast<float*>(p);
-    p += rows * s.d * 4;
-    a.aux = reinterpret_cast<std::int32_t*>(p);
-    p += rows * s.aux * 4;
-    a.bsums = reinterpret_cast<std::int16_t*>(p);
-    return a;
-  }
-
- private:
-  struct Strides { std::size_t qs, d, aux, bsums; };  // elements per row, each row a multiple of 64 bytes
-  static std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
-  static Strides strides(std::size_t n_in) {
-    return {round_up(n_in, 64), round_up((n_in + 31) / 32, 16), round_up((n_in + 15) / 16, 16),
-            round_up((n_in + 15) / 16, 32)};
-  }
-
-  AlignedBuffer<std::byte> buf_;
-};
-
-namespace detail {
-
-// Quantizes one token row of n values (a multiple of ActFormat<Block>::block) into row t of a.
-template <class Block>
-void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::size_t t) {
-  using F = ActFormat<Block>;
-  const hn::CappedTag<float, 16> df;  // at most one group of 16 per vector
-  const hn::Rebind<std::int32_t, decltype(df)> di;
-  const hn::Rebind<std::int8_t, decltype(df)> d8;
-  const std::size_t N = hn::Lanes(df), n = a.n_in, G = a.group, lane = t % G;
-  // Token t's first quant, scale and aux value; quant dwords are 4 * G bytes apart, the others G.
-  std::int8_t* HWY_RESTRICT qs = a.qs + a.q_index(t, 0);
-  float* HWY_RESTRICT d = a.d + (t - lane) * a.d_stride + lane;
-  std::int32_t* HWY_RESTRICT aux = a.aux + (t - lane) * a.aux_stride + lane;
-  std::int16_t* HWY_RESTRICT bsums = a.bsums + t * a.bsums_stride;
-  alignas(64) std::int8_t q16[16];
-
-  for (std::size_t b0 = 0; b0 < n; b0 += F::block) {
-    auto vmax = hn::Zero(df);
-    for (std::size_t i = 0; i < F::block; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + b0 + i)));
-    const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-    const float scale = amax / 127.0f;
-    const auto inv = hn::Set(df, scale != 0.0f ? 1.0f / scale : 0.0f);
-    d[b0 / F::block * G] = scale;
-
-    std::int32_t group32 = 0;  // running sum over the current 32
-    for (std::size_t g = b0; g < b0 + F::block; g += 16) {
-      auto sum = hn::Zero(di);
-      for (std::size_t i = 0; i < 16; i += N) {
-        const auto q = hn::NearestInt(hn::Mul(hn::LoadU(df, x + g + i), inv));
-        sum = hn::Add(sum, q);
-        hn::StoreU(hn::DemoteTo(d8, q), d8, q16 + i);
-      }
-      if (G == 1) {
-        std::memcpy(qs + g, q16, 16);
-      } else {
-        for (std::size_t k = 0; k < 4; ++k) std::memcpy(qs + (g / 4 + k) * 4 * G, q16 + 4 * k, 4);
-      }
-      const std::int32_t s16 = hn::GetLane(hn::SumOfLanes(di, sum));
-      if constexpr (F::block == 256) bsums[g / 16] = static_cast<std::int16_t>(s16);
-      if constexpr (F::aux_group == 16) {
-        aux[g / 16 * G] = -F::offset * s16;
-      } else {
-        group32 += s16;
-        if ((g / 16) % 2 == 1) {
-          if constexpr (F::offset == 0) {
-            const float f = static_cast<float>(group32);
-            std::memcpy(&aux[g / 32 * G], &f, sizeof f);
-          } else {
-            aux[g / 32 * G] = -F::offset * group32;
-          }
-          group32 = 0;
-        }
-      }
-    }
-  }
-}
-
-}  // namespace detail
-
-// Quantizes x [n_tok, n_in] for weights of type Block, in groups of `group` tokens (<= 8),
-// tokens split over the pool's threads. n_in must be a multiple of ActFormat<Block>::block.
-template <class Block>
-QuantizedActs quantize_activations(ThreadPool& pool, MatrixView<const float> x, QuantScratch& scratch,
-                                   std::size_t group = 1) {
-  QuantizedActs a = scratch.layout(x.rows, x.cols, group);
-  if (x.rows == 1) {
-    detail::quantize_act_row<Block>(x.row(0), a, 0);
-  } else {
-    pool.parallel_for(x.rows, [&](std::size_t t0, std::size_t t1) {
-      for (std::size_t t = t0; t < t1; ++t) detail::quantize_act_row<Block>(x.row(t), a, t);
-    });
-  }
-  return a;
-}
-
-}  // namespace tinyllm::cpu
-
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VBMI__) && \
-    defined(__F16C__) && !defined(TINYLLM_QMATMUL_PORTABLE)
-#define TINYLLM_QMATMUL_VNNI 1
-#include <immintrin.h>
-#else
-#define TINYLLM_QMATMUL_VNNI 0
-#endif
-
-namespace tinyllm::cpu {
-
-template <class Block>
-inline constexpr bool is_qmatmul_block =
-    std::is_same_v<Block, BlockQ8_0> || std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ4_K> ||
-    std::is_same_v<Block, BlockQ5_K> || std::is_same_v<Block, BlockQ6_K>;
-
-// Values per block of each weight type.
-template <class Block>
-inline constexpr std::size_t block_values = ActFormat<Block>::block;
-
-namespace qdetail {
-
-#if TINYLLM_QMATMUL_VNNI
-
-// g++ 12 warns that the placeholders (_mm512_undefined_*) inside its own AVX-512 intrinsics are
-// used uninitialized (GCC bug 105593, fixed in 13).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
-// ---------------------------------------------------------------------------------------------
-// Weights as unsigned bytes, 64 values (a "chunk") at a time, and their scales.
-
-HWY_INLINE float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
-
-// A 64-byte table of words (or dwords) made from a function of the position.
-template <class F>
-constexpr auto make_words(F f) {
-  struct { alignas(64) std::uint16_t v[32]; } t{};
-  for (int i = 0; i < 32; ++i) t.v[i] = static_cast<std::uint16_t>(f(i));
-  return t;
-}
-template <class F>
-constexpr auto make_dwords(F f) {
-  struct { alignas(64) std::uint32_t v[16]; } t{};
-  for (int i = 0; i < 16; ++i) t.v[i] = static_cast<std::uint32_t>(f(i));
-  return t;
-}
-template <class T>
-HWY_INLINE __m512i load_table(const T& t) { return _mm512_load_si512(t.v); }
-
-// Q4_0: two blocks of 18 bytes; value i of a block is d * ((qs[i % 16] >> (i / 16 * 4) & 15) - 8).
-struct FmtQ4_0 {
-  using Block = BlockQ4_0;
-  static constexpr int offset = 8;
-  // Quants [block 0: 32 | block 1: 32] (zeros for a missing second block) and scales [d0 × 8, d1 × 8].
-  // Plain loads only: masked ones defeat the hardware prefetcher on some CPUs (Zen 5: 4x slower).
-  template <bool kTwo>
-  static HWY_INLINE void load(const Block* p, __m512i& w, __m512& s) {
-    const __m512i q0 = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[0].qs)));
-    const __m512i z =  // [qs0, qs0, qs1, qs1]
-        kTwo ? _mm512_mask_broadcast_i32x4(q0, 0xFF00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p[1].qs)))
-             : _mm512_maskz_mov_epi64(0x0F, q0);
-    w = _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xFF00FF00u, z, 4), _mm512_set1_epi8(0x0F));
-    const __m256i d0 = _mm256_set1_epi16(short(p[0].d));
-    s = _mm512_cvtph_ps(kTwo ? _mm256_mask_set1_epi16(d0, 0xFF00, short(p[1].d)) : _mm256_maskz_mov_epi16(0x00FF, d0));
-  }
-};
-
-// Q8_0: two blocks of 34 bytes; value = d * qs[i]. The quants are read as qs + 128.
-struct FmtQ8_0 {
-  using Block = BlockQ8_0;
-  static constexpr int offset = 128;
-  template <bool kTwo>
-  static HWY_INLINE void load(const Block* p, __m512i& w, __m512& s) {
-    static constexpr auto kScales = make_words([](int i) { return i < 8 ? 0 : 17; });
-    const auto* b = reinterpret_cast<const std::uint8_t*>(p);
-    const __m256i q0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
-    const __m256i q1 = kTwo ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 36)) : _mm256_setzero_si256();
-    w = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), _mm512_set1_epi8(char(0x80)));
-    const __m512i v = kTwo ? _mm512_loadu_si512(b) : _mm512_maskz_loadu_epi8((1ull << 34) - 1, b);
-    s = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(load_table(kScales), v)));
-  }
-};
-
-// The 6-bit scales and mins of Q4_K and Q5_K as 16 bytes [sc0..sc7, m0..m7] (llama.cpp's unpacking).
-HWY_INLINE __m128i k4_scales_mins(const std::uint8_t* s) {
-  std::uint32_t u[4];
-  std::memcpy(u, s, 12);
-  constexpr std::uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
-  u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
-  const std::uint32_t mins_lo = u[1] & m1;
-  u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
-  u[2] = mins_lo;
-  u[0] &= m1;
-  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
-}
-
-// 32 bytes of packed nibbles as 64 quants [low nibbles | high nibbles].
-HWY_INLINE __m512i nibbles(const std::uint8_t* q) {
-  const __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
-  return _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xFFFF0000u, z, 4), _mm512_set1_epi8(0x0F));
-}
-
-// Per chunk c of a K-quant super-block: each int32 lane of vpdpbusd's result (4 values) times the
-// scale of its sub-block, as vpdpwssd pairs [scale, 0] (a lane's sum fits in its low int16).
-// `sc` holds the super-block's scales as int16 words.
-template <int kLanesPerScale>
-HWY_INLINE __m512i lane_scales(__m256i sc, int c) {
-  static constexpr auto kIdx = [] {
-    struct { alignas(64) std::uint16_t v[4][32]; } t{};
-    for (int cc = 0; cc < 4; ++cc)
-      for (int i = 0; i < 32; ++i) t.v[cc][i] = static_cast<std::uint16_t>(cc * 16 / kLanesPerScale + i / 2 / kLanesPerScale);
-    return t;
-  }();
-  return _mm512_maskz_permutexvar_epi16(0x55555555u, _mm512_load_si512(kIdx.v[c]), _mm512_castsi256_si512(sc));
-}
-
-// The scales and mins of a Q4_K or Q5_K super-block as int16 words [sc0..sc7, m0..m7].
-struct K4Scales {
-  __m256i sm;
-  HWY_INLINE explicit K4Scales(const std::uint8_t* packed) : sm(_mm256_cvtepu8_epi16(k4_scales_mins(packed))) {}
-  HWY_INLINE __m512i lanes(int c) const { return lane_scales<8>(sm, c); }
-  // Words [m0, m0, m1, m1, ..., m7, m7], against the 16 sums of 16 activations.
-  HWY_INLINE __m256i min_pairs() const {
-    static constexpr auto kIdx = make_words([](int i) { return 8 + (i % 16) / 2; });
-    return _mm256_permutexvar_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(kIdx.v)), sm);
-  }
-  // [d * sc0..7, dmin * m0..7]
-  HWY_INLINE __m512 units(float d, float dmin) const {
-    const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(sm));
-    return _mm512_mul_ps(f, _mm512_insertf32x8(_mm512_set1_ps(d), _mm256_set1_ps(dmin), 1));
-  }
-};
-
-// Q4_K: value = d * sc_j * q - dmin * m_j for sub-block j of 32; chunk c holds sub-blocks 2c, 2c + 1
-// as the low and high nibbles of qs[32c .. 32c + 32).
-struct FmtQ4_K {
-  using Block = BlockQ4_K;
-  static constexpr bool has_min = true;
-  struct Row {
-    const Block* b;
-    K4Scales k;
-    HWY_INLINE explicit Row(const Block* p) : b(p), k(p->scales) {}
-    HWY_INLINE __m512i weights(int c) const { return nibbles(b->qs + 32 * c); }
-    HWY_INLINE __m512i scales(int c) const { return k.lanes(c); }
-    HWY_INLINE __m256i min_pairs() const { return k.min_pairs(); }
-    HWY_INLINE float d() const { return half_to_float(b->d); }
-    HWY_INLINE float dmin() const { return half_to_float(b->dmin); }
-    HWY_INLINE __m512 unit_scales() const { return k.units(d(), dmin()); }
-  };
-};
-
-// Q5_K: Q4_K with a fifth bit: chunk c takes bit 2c of qh[l] for its first 32 values and bit
-// 2c + 1 for the others.
-struct FmtQ5_K {
-  using Block = BlockQ5_K;
-  static constexpr bool has_min = true;
-  struct Row {
-    const Block* b;
-    K4Scales k;
-    __m512i qh;  // the 32 high-bit bytes, twice
-    HWY_INLINE explicit Row(const Block* p)
-        : b(p), k(p->scales), qh(_mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p->qh)))) {}
-    HWY_INLINE __m512i weights(int c) const {
-      static constexpr auto kBits = [] {
-        struct { alignas(64) std::uint8_t v[4][64]; } t{};
-        for (int cc = 0; cc < 4; ++cc)
-          for (int i = 0; i < 64; ++i) t.v[cc][i] = static_cast<std::uint8_t>(1u << (2 * cc + i / 32));
-        return t;
-      }();
-      const __m512i lo = nibbles(b->qs + 32 * c);
-      const __mmask64 high = _mm512_test_epi8_mask(qh, _mm512_load_si512(kBits.v[c]));
-      return _mm512_mask_add_epi8(lo, high, lo, _mm512_set1_epi8(16));
-    }
-    HWY_INLINE __m512i scales(int c) const { return k.lanes(c); }
-    HWY_INLINE __m256i min_pairs() const { return k.min_pairs(); }
-    HWY_INLINE float d() const { return half_to_float(b->d); }
-    HWY_INLINE float dmin() const { return half_to_float(b->dmin); }
-    HWY_INLINE __m512 unit_scales() const { return k.units(d(), dmin()); }
-  };
-};
-
-// Q6_K: value = d * sc[i / 16] * (q - 32), q = 4 low bits from ql and 2 high bits from qh.
-struct FmtQ6_K {
-  using Block = BlockQ6_K;
-  static constexpr bool has_min = false;
-  struct Row {
-    const Block* b;
-    __m256i sc;  // 16 signed scales as words
-    HWY_INLINE explicit Row(const Block* p)
-        : b(p), sc(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p->scales)))) {}
-    // Chunk c = 64 values of half h = c / 2: ql[64h + l] low (c even) or high (c odd) nibbles, with
-    // qh[32h + l % 32] bits 2 * (2 * (c % 2) + l / 32) and up as bits 4 and 5.
-    HWY_INLINE __m512i weights(int c) const {
-      static constexpr auto kShift = make_words([](int i) { return i < 16 ? 4 : 2; });
-      const int h = c >> 1;
-      const __m512i ql = _mm512_loadu_si512(b->ql + 64 * h);
-      const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b->qh + 32 * h)));
-      const __m512i mask4 = _mm512_set1_epi8(0x0F);
-      __m512i lo, hi;
-      if ((c & 1) == 0) {
-        lo = _mm512_and_si512(ql, mask4);
-        hi = _mm512_sllv_epi16(qh, load_table(kShift));  // bits 0-1 or 2-3 up to 4-5
-      } else {
-        lo = _mm512_and_si512(_mm512_srli_epi16(ql, 4), mask4);
-        hi = _mm512_mask_srli_epi16(qh, 0xFFFF0000u, qh, 2);  // bits 4-5 stay, 6-7 down to 4-5
-      }
-      return _mm512_ternarylogic_epi32(lo, hi, _mm512_set1_epi8(0x30), 0xF8);  // lo | (hi & 0x30)
-    }
-    HWY_INLINE __m512i scales(int c) const { return lane_scales<4>(sc, c); }
-    // -32 * sc: the weights' offset against the 16 sums of 16 activations.
-    HWY_INLINE __m256i offset_scales() const { return _mm256_mullo_epi16(sc, _mm256_set1_epi16(-32)); }
-    HWY_INLINE float d() const { return half_to_float(b->d); }
-    HWY_INLINE __m512 unit_scales() const {
-      return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(sc)), _mm512_set1_ps(d()));
-    }
-  };
-};
-
-template <class Block> struct VnniFmt;
-template <> struct VnniFmt<BlockQ4_0> { using type = FmtQ4_0; };
-template <> struct VnniFmt<BlockQ8_0> { using type = FmtQ8_0; };
-template <> struct VnniFmt<BlockQ4_K> { using type = FmtQ4_K; };
-template <> struct VnniFmt<BlockQ5_K> { using type = FmtQ5_K; };
-template <> struct VnniFmt<BlockQ6_K> { using type = FmtQ6_K; };
-
-HWY_INLINE __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
-
-// Four activation quants broadcast to every lane.
-HWY_INLINE __m512i broadcast4(const std::int8_t* p) {
-  std::int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Decode: R rows × T tokens, dot products along the row.
-
-// Prefetches [p, p + bytes) spread evenly over `steps` calls of step(): the rows of the next
-// register block while this one is computed. Reading R rows at once makes R short interleaved
-// streams, which the hardware prefetcher alone serves poorly (Zen 5: a third of the bandwidth).
-class Prefetcher {
- public:
-  Prefetcher(const void* p, std::size_t bytes, std::size_t steps)
-      : p_(static_cast<const char*>(p)), end_(p_ + bytes), per_step_(steps ? (bytes / 64 + steps) / steps * 64 : 0) {}
-  HWY_INLINE void step() {
-    const char* stop = std::min(end_, p_ + per_step_);
-    for (; p_ < stop; p_ += 64) _mm_prefetch(p_, _MM_HINT_T0);
-  }
-
- private:
-  const char* p_;
-  const char* end_;
-  std::size_t per_step_;
-};
-
-// y[t * y_stride + r] = row r of w · token t0 + t, for Q4_0 / Q8_0 weights of nb blocks per row.
-template <class Fmt, std::size_t R, std::size_t T>
-void legacy_dot(const typename Fmt::Block* w, std::size_t w_stride, std::size_t nb, const QuantizedActs& a,
-                std::size_t t0, float* y, std::size_t y_stride, Prefetcher next) {
-  static constexpr auto kPair = make_dwords([](int i) { return i / 8; });
-  const __m512i pair = load_table(kPair);
-  const __m512i offset = _mm512_set1_epi8(char(Fmt::offset));
-  const __m512i zero = _mm512_setzero_si512();
-  __m512 acc[R][T];
-  for (std::size_t r = 0; r < R; ++r)
-    for (std::size_t t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-
-  auto chunk = [&](std::size_t b, auto two) {
-    constexpr bool kTwo = decltype(two)::value;
-    __m512i xq[T], bias[T];
-    __m512 dx[T];
-    for (std::size_t t = 0; t < T; ++t) {
-      const std::int8_t* q = a.q_row(t0 + t) + 32 * b;
-      xq[t] = kTwo ? _mm512_loadu_si512(q) : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
-      // Each lane's share of -offset * sum(x) for the weights' offset.
-      bias[t] = _mm512_sub_epi32(zero, dpbusd(zero, offset, xq[t]));
-      const float* d = a.d_row(t0 + t) + b;
-      const __m128 d2 = kTwo ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(d))) : _mm_load_ss(d);
-      dx[t] = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(d2));
-    }
-    for (std::size_t r = 0; r < R; ++r) {
-      __m512i wq;
-      __m512 ws;
-      Fmt::template load<kTwo>(w + r * w_stride + b, wq, ws);
-      for (std::size_t t = 0; t < T; ++t)
-        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dpbusd(bias[t], wq, xq[t])), _mm512_mul_ps(ws, dx[t]), acc[r][t]);
-    }
-  };
-  std::size_t b = 0;
-  for (; b + 2 <= nb; b += 2) {
-    next.step();
-    chunk(b, std::true_type{});
-  }
-  if (b < nb) chunk(b, std::false_type{});
-
-  for (std::size_t t = 0; t < T; ++t)
-    for (std::size_t r = 0; r < R; ++r) y[t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
-}
-
-// Row views of the super-block s of R consecutive rows.
-template <class Fmt, std::size_t R>
-HWY_INLINE std::array<typename Fmt::Row, R> make_rows(const typename Fmt::Block* w, std::size_t w_stride, std::size_t s) {
-  return [&]<std::size_t... I>(std::index_sequence<I...>) {
-    return std::array<typename Fmt::Row, R>{typename Fmt::Row(w + I * w_stride + s)...};
-  }(std::make_index_sequence<R>());
-}
-
-// The same for K-quant weights of ns super-blocks per row.
-template <class Fmt, std::size_t R, std::size_t T>
-void kquant_dot(const typename Fmt::Block* w, std::size_t w_stride, std::size_t ns, const QuantizedActs& a,
-                std::size_t t0, float* y, std::size_t y_stride, Prefetcher next) {
-  const __m512i zero = _mm512_setzero_si512();
-  __m512 acc[R][T];
-  for (std::size_t r = 0; r < R; ++r)
-    for (std::size_t t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-
-  for (std::size_t s = 0; s < ns; ++s) {
-    next.step();
-    const auto rows = make_rows<Fmt, R>(w, w_stride, s);
-    __m512i sum[R][T];
-    for (std::size_t r = 0; r < R; ++r)
-      for (std::size_t t = 0; t < T; ++t) sum[r][t] = zero;
-    for (int c = 0; c < 4; ++c) {
-      __m512i xq[T];
-      for (std::size_t t = 0; t < T; ++t) xq[t] = _mm512_loadu_si512(a.q_row(t0 + t) + 256 * s + 64 * c);
-      for (std::size_t r = 0; r < R; ++r) {
-        const __m512i wq = rows[r].weights(c), sc = rows[r].scales(c);
-        for (std::size_t t = 0; t < T; ++t) sum[r][t] = _mm512_dpwssd_epi32(sum[r][t], dpbusd(zero, wq, xq[t]), sc);
-      }
-    }
-    for (std::size_t t = 0; t < T; ++t) {
-      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsums_row(t0 + t) + 16 * s));
-      const float dx = a.d_row(t0 + t)[s];
-      for (std::size_t r = 0; r < R; ++r) {
-        if constexpr (Fmt::has_min) {
-          const __m256i m = _mm256_dpwssd_epi32(_mm256_setzero_si256(), rows[r].min_pairs(), bsums);
-          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r][t]), _mm512_set1_ps(rows[r].d() * dx), acc[r][t]);
-          acc[r][t] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(m)), _mm512_set1_ps(rows[r].dmin() * dx),
-                                       acc[r][t]);
-        } else {
-          const __m512i s2 = _mm512_dpwssd_epi32(sum[r][t], _mm512_zextsi256_si512(rows[r].offset_scales()),
-                                                 _mm512_zextsi256_si512(bsums));
-          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s2), _mm512_set1_ps(rows[r].d() * dx), acc[r][t]);
-        }
-      }
-    }
-  }
-  for (std::size_t t = 0; t < T; ++t)
-    for (std::size_t r = 0; r < R; ++r) y[t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Prefill: a panel of 16 rows unpacked with the rows in the lanes, against every token.
-
-inline constexpr std::size_t kPanelRows = 16;
-// 8 KiB of unpacked quants: the two threads of a core share its L1, each with a panel, its tokens'
-// share and the next chunk on the way (tinyllm-quant-bench BM_packed_qbatch, 5632 x 2048, Q4_0, 2
-// threads: 16 tokens 432-438 us against 490-506 with 1024 inputs, 32 tokens 800-830 against 860).
-inline constexpr std::size_t kPanelInputs = 512;
-inline constexpr std::size_t kPanelTokens = 8;     // tokens per register block: 8 sums, 8 accumulators (+ 8 for K)
-
-struct Panel {
-  alignas(64) std::uint8_t w[kPanelInputs / 4][64];  // [input / 4][row][4 quants]
-  alignas(64) float scale[kPanelInputs / 16][16];    // per block or sub-block: [row]
-  alignas(64) float min[kPanelInputs / 32][16];      // Q4_K, Q5_K: dmin * m_j per sub-block: [row]
-};
-
-// The 16 x 16 matrix of dwords in v, transposed in place (64 shuffles).
-HWY_INLINE void transpose16(__m512i (&v)[16]) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-  }
-  // u[4g + k] holds, in 128-bit lane L, column 4L + k of rows 4g .. 4g + 3.
-  for (int g = 0; g < 4; ++g) {
-    u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g + 0], t[4 * g + 2]);
-    u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g + 0], t[4 * g + 2]);
-    u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
-    u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
-  }
-  for (int k = 0; k < 4; ++k) {
-    t[k] = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88);
-    t[4 + k] = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
-    t[8 + k] = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88);
-    t[12 + k] = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
-  }
-  for (int k = 0; k < 4; ++k) {
-    v[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
-    v[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xDD);
-    v[4 + k] = _mm512_shuffle_i32x4(t[4 + k], t[12 + k], 0x88);
-    v[12 + k] = _mm512_shuffle_i32x4(t[4 + k], t[12 + k], 0xDD);
-  }
-}
-
-// Blocks [b0, b0 + nb) of rows w[0 .. nr), nr <= 16, into p; rows nr.. are zeros.
-template <class Fmt>
-void unpack_legacy(const typename Fmt::Block* w, std::size_t w_stride, std::size_t nr, std::size_t b0, std::size_t nb,
-                   Panel& p) {
-  using Block = typename Fmt::Block;
-  for (std::size_t c = 0; c < nb; c += 2) {
-    const bool two = c + 1 < nb;
-    __m512i v[16];
-    for (std::size_t r = 0; r < 16; ++r) {
-      __m512 unused;
-      v[r] = _mm512_setzero_si512();
-      if (r >= nr) continue;
-      if (two) Fmt::template load<true>(w + r * w_stride + b0 + c, v[r], unused);
-      else Fmt::template load<false>(w + r * w_stride + b0 + c, v[r], unused);
-    }
-    transpose16(v);
-    for (std::size_t k = 0; k < (two ? 16u : 8u); ++k) _mm512_store_si512(p.w[8 * c + k], v[k]);
-  }
-  // The f16 scale leads each block: gather it from the 16 rows at once.
-  static constexpr auto kRow = make_dwords([](int i) { return i; });
-  const __m512i offsets = _mm512_mullo_epi32(load_table(kRow), _mm512_set1_epi32(int(w_stride * sizeof(Block))));
-  const __mmask16 rows = __mmask16((1u << nr) - 1);
-  for (std::size_t b = 0; b < nb; ++b) {
-    const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rows, offsets, w + b0 + b, 1);
-    _mm512_store_ps(p.scale[b], _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)));
-  }
-}
-
-// Super-blocks [s0, s0 + ns) of rows w[0 .. nr) into p.
-template <class Fmt>
-void unpack_kquant(const typename Fmt::Block* w, std::size_t w_stride, std::size_t nr, std::size_t s0, std::size_t ns,
-                   Panel& p) {
-  for (std::size_t s = 0; s < ns; ++s) {
-    __m512i q[4][16], sc[16];
-    for (std::size_t r = 0; r < 16; ++r) {
-      if (r < nr) {
-        const typename Fmt::Row row(w + r * w_stride + s0 + s);
-        for (int c = 0; c < 4; ++c) q[c][r] = row.weights(c);
-        sc[r] = _mm512_castps_si512(row.unit_scales());
-      } else {
-        for (int c = 0; c < 4; ++c) q[c][r] = _mm512_setzero_si512();
-        sc[r] = _mm512_setzero_si512();
-      }
-    }
-    for (int c = 0; c < 4; ++c) {
-      transpose16(q[c]);
-      for (int k = 0; k < 16; ++k) _mm512_store_si512(p.w[64 * s + 16 * c + k], q[c][k]);
-    }
-    transpose16(sc);
-    if constexpr (Fmt::has_min) {
-      for (int j = 0; j < 8; ++j) {
-        _mm512_store_si512(p.scale[8 * s + j], sc[j]);
-        _mm512_store_si512(p.min[8 * s + j], sc[8 + j]);
-      }
-    } else {
-      for (int j = 0; j < 16; ++j) _mm512_store_si512(p.scale[16 * s + j], sc[j]);
-    }
-  }
-}
-
-// y[t * y_stride + r] (+)= the panel's row r · token t, for the lanes in `rows`.
-HWY_INLINE void store_rows(float* y, __m512 v, __mmask16 rows, bool accumulate) {
-  if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(rows, y));
-  _mm512_mask_storeu_ps(y, rows, v);
-}
-
-// T <= 8 tokens of the group at t0 against blocks [b0, b0 + nb) of a legacy panel. The
-// activations are grouped by 8 tokens (QuantizedActs::group), so one pointer reaches them all.
-template <class Fmt, std::size_t T>
-void legacy_panel(const Panel& p, std::size_t b0, std::size_t nb, const QuantizedActs& a, std::size_t t0, float* y,
-                  std::size_t y_stride, __mmask16 rows, bool accumulate) {
-  constexpr std::size_t G = kPanelTokens;
-  assert(a.group == G && t0 % G == 0);
-  const std::int8_t* xq = a.qs + a.q_index(t0, 32 * b0);  // 4 quants of token t at xq + 4 * (G * step + t)
-  const float* dx = a.d + t0 * a.d_stride + G * b0;       // block b of token t at dx[G * b + t]
-  const std::int32_t* bias = a.aux + t0 * a.aux_stride + G * b0;
-  __m512 acc[T];
-  for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  for (std::size_t b = 0; b < nb; ++b) {
-    __m512i sum[T];
-    for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(bias[G * b + t]);
-#pragma GCC unroll 8
-    for (std::size_t k = 0; k < 8; ++k) {
-      const __m512i wq = _mm512_load_si512(p.w[8 * b + k]);
-      for (std::size_t t = 0; t < T; ++t) sum[t] = dpbusd(sum[t], wq, broadcast4(xq + 4 * (G * (8 * b + k) + t)));
-    }
-    const __m512 ws = _mm512_load_ps(p.scale[b]);
-    for (std::size_t t = 0; t < T; ++t)
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(ws, _mm512_set1_ps(dx[G * b + t])), acc[t]);
-  }
-  for (std::size_t t = 0; t < T; ++t) store_rows(y + t * y_stride, acc[t], rows, accumulate);
-}
-
-// The same against super-blocks [s0, s0 + ns) of a K-quant panel. Units are the sub-blocks (32
-// values for Q4_K and Q5_K, 16 for Q6_K); their float sums are scaled by the token's d once per
-// super-block.
-template <class Fmt, std::size_t T>
-void kquant_panel(const Panel& p, std::size_t s0, std::size_t ns, const QuantizedActs& a, std::size_t t0, float* y,
-                  std::size_t y_stride, __mmask16 rows, bool accumulate) {
-  constexpr std::size_t G = kPanelTokens;
-  constexpr std::size_t kUnits = Fmt::has_min ? 8 : 16, kSteps = 64 / kUnits;  // 4-quant steps per unit
-  assert(a.group == G && t0 % G == 0);
-  const std::int8_t* xq = a.qs + a.q_index(t0, 256 * s0);
-  const float* dx = a.d + t0 * a.d_stride + G * s0;
-  const std::int32_t* aux = a.aux + t0 * a.aux_stride + G * kUnits * s0;
-  __m512 acc[T];
-  for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  for (std::size_t s = 0; s < ns; ++s) {
-    __m512 part[T];
-    for (std::size_t t = 0; t < T; ++t) part[t] = _mm512_setzero_ps();
-    for (std::size_t u = 0; u < kUnits; ++u) {
-      const std::size_t unit = kUnits * s + u;
-      __m512i sum[T];
-      for (std::size_t t = 0; t < T; ++t)  // Q6_K: -32 * sum(x) for the weights' offset
-        sum[t] = Fmt::has_min ? _mm512_setzero_si512() : _mm512_set1_epi32(aux[G * unit + t]);
-#pragma GCC unroll 8
-      for (std::size_t k = 0; k < kSteps; ++k) {
-        const __m512i wq = _mm512_load_si512(p.w[kSteps * unit + k]);
-        for (std::size_t t = 0; t < T; ++t)
-          sum[t] = dpbusd(sum[t], wq, broadcast4(xq + 4 * (G * (kSteps * unit + k) + t)));
-      }
-      const __m512 ws = _mm512_load_ps(p.scale[unit]);
-      for (std::size_t t = 0; t < T; ++t) part[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), ws, part[t]);
-      if constexpr (Fmt::has_min) {
-        const __m512 wm = _mm512_load_ps(p.min[unit]);
-        for (std::size_t t = 0; t < T; ++t) {
-          float xsum;  // the sum of the sub-block's quants, as float bits
-          std::memcpy(&xsum, &aux[G * unit + t], sizeof xsum);
-          part[t] = _mm512_fnmadd_ps(wm, _mm512_set1_ps(xsum), part[t]);
-        }
-      }
-    }
-    for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(part[t], _mm512_set1_ps(dx[G * s + t]), acc[t]);
-  }
-  for (std::size_t t = 0; t < T; ++t) store_rows(y + t * y_stride, acc[t], rows, accumulate);
-}
-
-template <class Fmt>
-inline constexpr bool is_kquant = !std::is_same_v<Fmt, FmtQ4_0> && !std::is_same_v<Fmt, FmtQ8_0>;
-
-// The panel kernel for t_count <= T tokens, T a compile-time bound.
-template <class Fmt, std::size_t T = kPanelTokens>
-HWY_INLINE void panel_any(std::size_t t_count, const Panel& p, std::size_t first, std::size_t count,
-                          const QuantizedActs& a, std::size_t t0, float* y, std::size_t y_stride, __mmask16 rows,
-                          bool accumulate) {
-  if constexpr (T > 1)
-    if (t_count < T) return panel_any<Fmt, T - 1>(t_count, p, first, count, a, t0, y, y_stride, rows, accumulate);
-  if constexpr (is_kquant<Fmt>) kquant_panel<Fmt, T>(p, first, count, a, t0, y, y_stride, rows, accumulate);
-  else legacy_panel<Fmt, T>(p, first, count, a, t0, y, y_stride, rows, accumulate);
-}
-
-// Asks for blocks [first, first + count) of rows w[0 .. nr) to be brought into L2.
-template <class Block>
-HWY_INLINE void prefetch_rows(const Block* w, std::size_t w_stride, std::size_t nr, std::size_t first, std::size_t count) {
-  for (std::size_t r = 0; r < nr; ++r) {
-    const char* p = reinterpret_cast<const char*>(w + r * w_stride + first);
-    for (std::size_t i = 0; i < count * sizeof(Block); i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
-  }
-}
-
-template <class Fmt>
-void prefill_rows(MatrixView<const typename Fmt::Block> w, const QuantizedActs& a, MatrixView<float> y,
-                  std::size_t o0, std::size_t o1) {
-  constexpr std::size_t kBlock = block_values<typename Fmt::Block>, kChunk = kPanelInputs / kBlock;
-  const std::size_t n_blocks = w.cols / kBlock;
-  Panel panel;
-  for (std::size_t o = o0; o < o1; o += kPanelRows) {
-    const std::size_t nr = std::min(kPanelRows, o1 - o);
-    const __mmask16 rows = __mmask16((1u << nr) - 1);
-    for (std::size_t first = 0; first < n_blocks; first += kChunk) {
-      const std::size_t count = std::min(kChunk, n_blocks - first);
-      if constexpr (is_kquant<Fmt>) unpack_kquant<Fmt>(w.row(o), w.stride, nr, first, count, panel);
-      else unpack_legacy<Fmt>(w.row(o), w.stride, nr, first, count, panel);
-      // The next panel's 16 short row pieces arrive while this one is used: with few tokens the
-      // panels follow each other quickly, and the hardware prefetcher does not follow 16 streams.
-      if (first + count < n_blocks)
-        prefetch_rows(w.row(o), w.stride, nr, first + count, std::min(kChunk, n_blocks - first - count));
-      else if (o + kPanelRows < o1)
-        prefetch_rows(w.row(o + kPanelRows), w.stride, std::min(kPanelRows, o1 - o - kPanelRows), 0,
-                      std::min(kChunk, n_blocks));
-      for (std::size_t t = 0; t < a.n_tok; t += kPanelTokens)
-        panel_any<Fmt>(std::min(kPanelTokens, a.n_tok - t), panel, first, count, a, t, y.row(t) + o, y.stride, rows,
-                       first > 0);
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Drivers.
-
-inline constexpr std::size_t kDecodeRows = 4;
-inline constexpr std::size_t kDecodeTokens = 2;
-// From this many tokens on, the panel kernel is faster (measured on Zen 5 at 5632 x 2048: 4 tokens
-// take 25% longer with panels, 6 tokens 10-25% less).
-inline constexpr std::size_t kPrefillMinTokens = 5;
-
-template <class Fmt, std::size_t R = kDecodeRows, std::size_t T = kDecodeTokens>
-HWY_INLINE void dot_any(std::size_t r_count, std::size_t t_count, const typename Fmt::Block* w, std::size_t w_stride,
-                        std::size_t n_blocks, const QuantizedActs& a, std::size_t t0, float* y, std::size_t y_stride,
-                        Prefetcher next) {
-  if constexpr (R > 1)
-    if (r_count < R) return dot_any<Fmt, R - 1, T>(r_count, t_count, w, w_stride, n_blocks, a, t0, y, y_stride, next);
-  if constexpr (T > 1)
-    if (t_count < T) return dot_any<Fmt, R, T - 1>(r_count, t_count, w, w_stride, n_blocks, a, t0, y, y_stride, next);
-  if constexpr (is_kquant<Fmt>) kquant_dot<Fmt, R, T>(w, w_stride, n_blocks, a, t0, y, y_stride, next);
-  else legacy_dot<Fmt, R, T>(w, w_stride, n_blocks, a, t0, y, y_stride, next);
-}
-
-template <class Fmt>
-void decode_rows(MatrixView<const typename Fmt::Block> w, const QuantizedActs& a, MatrixView<float> y, std::size_t o0,
-                 std::size_t o1) {
-  using Block = typename Fmt::Block;
-  const std::size_t n_blocks = w.cols / block_values<Block>;
-  const std::size_t steps = is_kquant<Fmt> ? n_blocks : n_blocks / 2;
-  for (std::size_t o = o0; o < o1; o += kDecodeRows) {
-    // The next block's rows, or nothing past this thread's share.
-    const std::size_t next_rows = std::min(kDecodeRows, o1 - std::min(o1, o + kDecodeRows));
-    for (std::size_t t = 0; t < a.n_tok; t += kDecodeTokens)
-      dot_any<Fmt>(std::min(kDecodeRows, o1 - o), std::min(kDecodeTokens, a.n_tok - t), w.row(o), w.stride, n_blocks,
-                   a, t, y.row(t) + o, y.stride,
-                   Prefetcher(w.row(o) + kDecodeRows * w.stride * (next_rows > 0),
-                              t == 0 ? next_rows * w.stride * sizeof(Block) : 0, steps));
-  }
-}
-
-template <class Block>
-void qmatmul_vnni(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float> x, MatrixView<float> y,
-                  QuantScratch& scratch) {
-  using Fmt = typename VnniFmt<Block>::type;
-  if (x.rows < kPrefillMinTokens) {
-    const QuantizedActs a = quantize_activations<Block>(pool, x, scratch);
-    pool.parallel_for(
-        w.rows, [&](std::size_t o0, std::size_t o1) { decode_rows<Fmt>(w, a, y, o0, o1); }, kDecodeRows);
-  } else {
-    const QuantizedActs a = quantize_activations<Block>(pool, x, scratch, kPanelTokens);
-    pool.parallel_for(
-        w.rows, [&](std::size_t o0, std::size_t o1) { prefill_rows<Fmt>(w, a, y, o0, o1); }, kPanelRows);
-  }
-}
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
-#else  // !TINYLLM_QMATMUL_VNNI
-
-// ---------------------------------------------------------------------------------------------
-// Portable path: each weight block as int8 values with a float scale (and min) per unit.
-
-template <class Block> struct IntForm;
-
-// value i = scale[i / unit] * q[i] - min[i / unit]
-template <> struct IntForm<BlockQ8_0> {
-  static constexpr std::size_t unit = 32;
-  static void unpack(const BlockQ8_0& b, std::int8_t* q, float* scale, float* min) {
-    std::memcpy(q, b.qs, 32);
-    scale[0] = f16_to_f32(b.d), min[0] = 0;
-  }
-};
-template <> struct IntForm<BlockQ4_0> {
-  static constexpr std::size_t unit = 32;
-  static void unpack(const BlockQ4_0& b, std::int8_t* q, float* scale, float* min) {
-    for (int i = 0; i < 16; ++i) {
-      q[i] = std::int8_t((b.qs[i] & 15) - 8);
-      q[i + 16] = std::int8_t((b.qs[i] >> 4) - 8);
-    }
-    scale[0] = f16_to_f32(b.d), min[0] = 0;
-  }
-};
-template <class Block>
-void unpack_k4(const Block& b, const std::uint8_t* qh, std::int8_t* q, float* scale, float* min) {
-  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
-  for (int j = 0; j < 8; ++j) {
-    std::uint8_t sc, m;
-    get_scale_min_k4(j, b.scales, sc, m);
-    scale[j] = d * float(sc), min[j] = dmin * float(m);
-  }
-  for (int c = 0; c < 4; ++c)
-    for (int l = 0; l < 32; ++l) {
-      const std::uint8_t byte = b.qs[32 * c + l];
-      q[64 * c + l] = std::int8_t((byte & 15) | (qh && (qh[l] >> (2 * c) & 1) ? 16 : 0));
-      q[64 * c + 32 + l] = std::int8_t((byte >> 4) | (qh && (qh[l] >> (2 * c + 1) & 1) ? 16 : 0));
-    }
-}
-template <> struct IntForm<BlockQ4_K> {
-  static constexpr std::size_t unit = 32;
-  static void unpack(const BlockQ4_K& b, std::int8_t* q, float* scale, float* min) { unpack_k4(b, nullptr, q, scale, min); }
-};
-template <> struct IntForm<BlockQ5_K> {
-  static constexpr std::size_t unit = 32;
-  static void unpack(const BlockQ5_K& b, std::int8_t* q, float* scale, float* min) { unpack_k4(b, b.qh, q, scale, min); }
-};
-template <> struct IntForm<BlockQ6_K> {
-  static constexpr std::size_t unit = 16;
-  static void unpack(const BlockQ6_K& b, std::int8_t* q, float* scale, float* min) {
-    const float d = f16_to_f32(b.d);
-    for (int j = 0; j < 16; ++j) scale[j] = d * float(b.scales[j]), min[j] = 0;
-    for (int h = 0; h < 2; ++h)
-      for (int l = 0; l < 32; ++l) {
-        const std::uint8_t* ql = b.ql + 64 * h;
-        const std::uint8_t qh = b.qh[32 * h + l];
-        std::int8_t* out = q + 128 * h;
-        out[l] = std::int8_t(((ql[l] & 15) | (qh & 3) << 4) - 32);
-        out[l + 32] = std::int8_t(((ql[l + 32] & 15) | (qh >> 2 & 3) << 4) - 32);
-        out[l + 64] = std::int8_t(((ql[l] >> 4) | (qh >> 4 & 3) << 4) - 32);
-        out[l + 96] = std::int8_t(((ql[l + 32] >> 4) | (qh >> 6 & 3) << 4) - 32);
-      }
-  }
-};
-
-// sum_i a[i] * b[i] over n int8 values (n a multiple of 16), in int16 multiply-adds.
-HWY_INLINE std::int32_t dot_i8(const std::int8_t* a, const std::int8_t* b, std::size_t n) {
-  const hn::CappedTag<std::int16_t, 16> d16;
-  const hn::Rebind<std::int8_t, decltype(d16)> d8;
-  const hn::RepartitionToWide<decltype(d16)> d32;
-  auto s0 = hn::Zero(d32), s1 = hn::Zero(d32);
-  for (std::size_t i = 0; i < n; i += hn::Lanes(d16))
-    s0 = hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, hn::LoadU(d8, a + i)),
-                                       hn::PromoteTo(d16, hn::LoadU(d8, b + i)), s0, s1);
-  return hn::GetLane(hn::SumOfLanes(d32, hn::Add(s0, s1)));
-}
-
-template <class Block>
-void portable_rows(MatrixView<const Block> w, const QuantizedActs& a, MatrixView<float> y, std::size_t o0,
-                   std::size_t o1) {
-  using Int = IntForm<Block>;
-  constexpr std::size_t kBlock = block_values<Block>, kUnits = kBlock / Int::unit;
-  constexpr bool has_min = std::is_same_v<Block, BlockQ4_K> || std::is_same_v<Block, BlockQ5_K>;
-  alignas(64) std::int8_t q[kBlock];
-  float scale[kUnits], min[kUnits];
-  for (std::size_t o = o0; o < o1; ++o) {
-    for (std::size_t t = 0; t < a.n_tok; ++t) y.row(t)[o] = 0;
-    for (std::size_t b = 0; b < w.cols / kBlock; ++b) {
-      Int::unpack(w.row(o)[b], q, scale, min);
-      for (std::size_t t = 0; t < a.n_tok; ++t) {
-        const std::int8_t* xq = a.q_row(t) + kBlock * b;
-        float sum = 0;
-        for (std::size_t u = 0; u < kUnits; ++u) {
-          sum += scale[u] * float(dot_i8(q + Int::unit * u, xq + Int::unit * u, Int::unit));
-          if constexpr (has_min) sum -= min[u] * a.aux_f32_at(t, kUnits * b + u);
-        }
-        y.row(t)[o] += a.d_row(t)[b] * sum;
-      }
-    }
-  }
-}
-
-template <class Block>
-void qmatmul_portable(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float> x, MatrixView<float> y,
-                      QuantScratch& scratch) {
-  const QuantizedActs a = quantize_activations<Block>(pool, x, scratch);
-  pool.parallel_for(w.rows, [&](std::size_t o0, std::size_t o1) { portable_rows(w, a, y, o0, o1); });
-}
-
-#endif  // TINYLLM_QMATMUL_VNNI
-
-}  // namespace qdetail
-
-// y[t, o] = sum_i w[o, i] * x[t, i] with quantized weights.  w: [n_out, n_in] (a row holds
-// n_in / block_values<Block> blocks; stride in blocks), x: [n_tok, n_in], y: [n_tok, n_out];
-// n_in a multiple of the block size. Threads split the output rows. The result differs from
-// dequantize-then-multiply by the 8-bit rounding of x: at most about sum_i |w[o, i]| * d_i / 2,
-// d_i = max|x| / 127 over x's block of 32 (Q8_0, Q4_0) or 256 (K-quants) around i.
-template <class Block>
-void qmatmul(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float> x, MatrixView<float> y,
-             QuantScratch& scratch) {
-  static_assert(is_qmatmul_block<Block>, "cpu::qmatmul: Q8_0, Q4_0, Q4_K, Q5_K or Q6_K weights");
-  assert(w.cols == x.cols && y.rows == x.rows && y.cols == w.rows && w.cols % block_values<Block> == 0);
-  if (x.rows == 0 || w.rows == 0) return;
-  if (w.cols == 0) {  // empty sums
-    for (std::size_t t = 0; t < y.rows; ++t) std::fill_n(y.row(t), y.cols, 0.0f);
-    return;
-  }
-#if TINYLLM_QMATMUL_VNNI
-  qdetail::qmatmul_vnni(pool, w, x, y, scratch);
-#else
-  qdetail::qmatmul_portable(pool, w, x, y, scratch);
-#endif
-}
-
-// The same with the weight type known at run time: w holds n_out contiguous rows of n_in values
-// of type `type`. F32 and F16 weights go to cpu::matmul.
-inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
-                    MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
-  auto typed = [&]<class Block>(std::type_identity<Block>) {
-    if (n_in % block_values<Block> != 0)
-      throw Error("weight rows of " + std::to_string(n_in) + " values", "cpu::qmatmul (" + std::string(name(type)) + ")",
-                  "a multiple of " + std::to_string(block_values<Block>));
-    qmatmul(pool, MatrixView<const Block>(static_cast<const Block*>(w), n_out, n_in, n_in / block_values<Block>), x, y,
-            scratch);
-  };
-  switch (type) {
-    case DType::F32: return matmul(pool, MatrixView<const float>(static_cast<const float*>(w), n_out, n_in), x, y);
-    case DType::F16: return matmul(pool, MatrixView<const F16>(static_cast<const F16*>(w), n_out, n_in), x, y);
-    case DType::Q8_0: return typed(std::type_identity<BlockQ8_0>{});
-    case DType::Q4_0: return typed(std::type_identity<BlockQ4_0>{});
-    case DType::Q4_K: return typed(std::type_identity<BlockQ4_K>{});
-    case DType::Q5_K: return typed(std::type_identity<BlockQ5_K>{});
-    case DType::Q6_K: return typed(std::type_identity<BlockQ6_K>{});
-    default: break;
-  }
-  const auto info = dtype_info(static_cast<std::uint32_t>(type));
-  throw Error("no matmul kernel for weight type " +
-                  (info ? std::string(info->name) : "id " + std::to_string(static_cast<std::uint32_t>(type))),
-              "cpu::qmatmul", "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
-}
-
-}  // namespace tinyllm::cpu
-// ---- tinyllm/kernels/cpu/qpacked.hpp ----
-// Quantized weights regrouped ("packed") for the VNNI kernels: 16 consecutive rows side by side.
-//
-// In the file's layout every row is its own short stream of blocks, so a decode step that reads
-// a few rows at once makes many short interleaved streams that the hardware prefetcher follows
-// poorly, and each weight vector needs a horizontal sum per row. Packed, a group of 16 rows is
-// one contiguous run of "units" (2 blocks of Q8_0/Q4_0, one super-block of Q4_K/Q6_K) in which
-// every 64-byte vector holds 4 consecutive inputs of each of the 16 rows ([row][4 quants]; 4-bit
-// formats keep two such steps in the low and high nibbles). One vpdpbusd of such a vector by 4
-// broadcast activation quants gives 16 rows' partial sums in 16 lanes: no horizontal sums, the
-// scales of 16 rows are applied by one vector op, and the whole matrix is read as one stream.
-// The prefill kernel unpacks the same units into its L1 panel (qmatmul.hpp) with a few shifts.
-//
-// Unit layouts (bytes; q are the unsigned quants the kernels use: Q4_0 0..15 with offset 8, Q8_0
-// q + 128, Q4_K 0..15, Q6_K 0..63 with offset 32; row r's 4 bytes of a vector at 4r):
-//   Q4_0 (576):  per block h of 2: 4 vectors, vector k: low nibbles inputs 8k..8k+3, high
-//                8k+4..8k+7 of the block; then 16 f16 scales of block 0, 16 of block 1.
-//   Q8_0 (1088): per block of 2: 8 vectors of inputs 4k..4k+3; then 16 + 16 f16 scales.
-//   Q4_K (2368): 32 vectors, 4 per sub-block j of 32, vector 4j + k: low nibbles inputs
-//                32j + 8k + 0..3, high + 4..7; scales [j][row] u8 (128), mins [j][row] u8 (128),
-//                d [row] f16 (32), dmin [row] f16 (32).
-//   Q6_K (3392): per sub-block j of 16: 2 vectors of low nibbles (inputs 16j + 0..3 | 4..7, then
-//                8..11 | 12..15) at 128j; high bit pairs at 2048 + 64j (bits 2i..2i+1 of byte
-//                l: input 16j + 4i + l); scales [j][row] i8 (256) at 3072, d [row] f16 at 3328,
-//                32 bytes of padding.
-// Rows past n_out in the last group and blocks past the row's end in the last unit are zeros.
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-#include <string>
-
-
-namespace tinyllm::cpu {
-
-inline constexpr std::size_t kPackRows = 16;
-// Fewer tokens than kPackedPrefillMinTokens run through the decode kernel, up to
-// kPackedDecodeTokens at a time against each group; more unpack each group into the panel kernel
-// (tinyllm-quant-bench BM_packed_qbatch, 5632 x 2048, 2 threads, Q4_0: 12 tokens 410 us decode
-// against 480-510 panel, 16 tokens 510-540 against 450-510, 24 tokens 770-840 against 680-690).
-inline constexpr std::size_t kPackedDecodeTokens = 8;
-inline constexpr std::size_t kPackedPrefillMinTokens = 16;
-
-namespace pdetail {
-
-// The unsigned quants of one block (or super-block) as the kernels use them.
-inline void quants(const BlockQ4_0& b, std::uint8_t* q) {
-  for (int i = 0; i < 16; ++i) q[i] = b.qs[i] & 15, q[i + 16] = b.qs[i] >> 4;
-}
-inline void quants(const BlockQ8_0& b, std::uint8_t* q) {
-  for (int i = 0; i < 32; ++i) q[i] = std::uint8_t(b.qs[i] + 128);
-}
-inline void quants(const BlockQ4_K& b, std::uint8_t* q) {
-  for (int j = 0; j < 8; ++j)
-    for (int l = 0; l < 32; ++l) q[32 * j + l] = (b.qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 15;
-}
-inline void quants(const BlockQ6_K& b, std::uint8_t* q) {
-  for (int h = 0; h < 2; ++h)
-    for (int l = 0; l < 32; ++l) {
-      const std::uint8_t* ql = b.ql + 64 * h;
-      const int qh = b.qh[32 * h + l];
-      std::uint8_t* o = q + 128 * h;
-      o[l] = std::uint8_t((ql[l] & 15) | (qh & 3) << 4);
-      o[l + 32] = std::uint8_t((ql[l + 32] & 15) | (qh >> 2 & 3) << 4);
-      o[l + 64] = std::uint8_t((ql[l] >> 4) | (qh >> 4 & 3) << 4);
-      o[l + 96] = std::uint8_t((ql[l + 32] >> 4) | (qh >> 6 & 3) << 4);
-    }
-}
-
-template <class Block> struct Pack;
-
-template <> struct Pack<BlockQ4_0> {
-  static constexpr std::size_t unit_blocks = 2, unit_bytes = 576;
-  // rows[r] points at the unit's first block of row r (null: a zero row); nb blocks (1 or 2).
-  static void pack(const BlockQ4_0* const* rows, std::size_t nb, std::uint8_t* o) {
-    std::uint8_t q[32];
-    for (std::size_t h = 0; h < nb; ++h)
-      for (std::size_t r = 0; r < kPackRows; ++r) {
-        if (!rows[r]) continue;
-        quants(rows[r][h], q);
-        for (int k = 0; k < 4; ++k)
-          for (int i = 0; i < 4; ++i) o[256 * h + 64 * k + 4 * r + i] = std::uint8_t(q[8 * k + i] | q[8 * k + 4 + i] << 4);
-        std::memcpy(o + 512 + 32 * h + 2 * r, &rows[r][h].d, 2);
-      }
-  }
-};
-
-template <> struct Pack<BlockQ8_0> {
-  static constexpr std::size_t unit_blocks = 2, unit_bytes = 1088;
-  static void pack(const BlockQ8_0* const* rows, std::size_t nb, std::uint8_t* o) {
-    std::uint8_t q[32];
-    for (std::size_t h = 0; h < nb; ++h)
-      for (std::size_t r = 0; r < kPackRows; ++r) {
-        if (!rows[r]) continue;
-        quants(rows[r][h], q);
-        for (int k = 0; k < 8; ++k) std::memcpy(o + 512 * h + 64 * k + 4 * r, q + 4 * k, 4);
-        std::memcpy(o + 1024 + 32 * h + 2 * r, &rows[r][h].d, 2);
-      }
-  }
-};
-
-template <> struct Pack<BlockQ4_K> {
-  static constexpr std::size_t unit_blocks = 1, unit_bytes = 2368;
-  static void pack(const BlockQ4_K* const* rows, std::size_t, std::uint8_t* o) {
-    std::uint8_t q[256];
-    for (std::size_t r = 0; r < kPackRows; ++r) {
-      if (!rows[r]) continue;
-      const BlockQ4_K& b = rows[r][0];
-      quants(b, q);
-      for (int j = 0; j < 8; ++j) {
-        for (int k = 0; k < 4; ++k)
-          for (int i = 0; i < 4; ++i)
-            o[64 * (4 * j + k) + 4 * r + i] = std::uint8_t(q[32 * j + 8 * k + i] | q[32 * j + 8 * k + 4 + i] << 4);
-        get_scale_min_k4(j, b.scales, o[2048 + 16 * j + r], o[2176 + 16 * j + r]);
-      }
-      std::memcpy(o + 2304 + 2 * r, &b.d, 2);
-      std::memcpy(o + 2336 + 2 * r, &b.dmin, 2);
-    }
-  }
-};
-
-template <> struct Pack<BlockQ6_K> {
-  static constexpr std::size_t unit_blocks = 1, unit_bytes = 3392;
-  static void pack(const BlockQ6_K* const* rows, std::size_t, std::uint8_t* o) {
-    std::uint8_t q[256];
-    for (std::size_t r = 0; r < kPackRows; ++r) {
-      if (!rows[r]) continue;
-      const BlockQ6_K& b = rows[r][0];
-      quants(b, q);
-      for (int j = 0; j < 16; ++j) {
-        const std::uint8_t* s = q + 16 * j;
-        for (int i = 0; i < 4; ++i) {
-          o[128 * j + 4 * r + i] = std::uint8_t((s[i] & 15) | (s[4 + i] & 15) << 4);
-          o[128 * j + 64 + 4 * r + i] = std::uint8_t((s[8 + i] & 15) | (s[12 + i] & 15) << 4);
-          o[2048 + 64 * j + 4 * r + i] =
-              std::uint8_t((s[i] >> 4) | (s[4 + i] >> 4) << 2 | (s[8 + i] >> 4) << 4 | (s[12 + i] >> 4) << 6);
-        }
-        o[3072 + 16 * j + r] = std::uint8_t(b.scales[j]);
-      }
-      std::memcpy(o + 3328 + 2 * r, &b.d, 2);
-    }
-  }
-};
-
-template <class Block>
-std::size_t units_per_row(std::size_t n_in) {
-  const std::size_t nb = n_in / block_values<Block>;
-  return (nb + Pack<Block>::unit_blocks - 1) / Pack<Block>::unit_blocks;
-}
-
-#if TINYLLM_QMATMUL_VNNI
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
-using qdetail::broadcast4;
-using qdetail::dpbusd;
-using qdetail::Panel;
-
-HWY_INLINE __m512i low4(__m512i v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0F)); }
-HWY_INLINE __m512i high4(__m512i v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)); }
-HWY_INLINE __m512i load(const std::uint8_t* p) { return _mm512_load_si512(p); }
-HWY_INLINE __m512 f16x16(const std::uint8_t* p) {
-  return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
-}
-HWY_INLINE __m512i u8x16(const std::uint8_t* p) {
-  return _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
-}
-HWY_INLINE __m512i i8x16(const std::uint8_t* p) {
-  return _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
-}
-HWY_INLINE std::int32_t aux_as_int(const QuantizedActs& a, std::size_t t, std::size_t u) {
-  float f;
-  std::memcpy(&f, a.aux_row(t) + u, sizeof f);
-  return std::int32_t(f);  // a sum of quants: an integer
-}
-
-// The four 6-bit quant steps of a Q6_K sub-block: low nibbles from lo0/lo1, bits 4-5 from hb.
-HWY_INLINE void q6_steps(const std::uint8_t* unit, int j, __m512i (&q)[4]) {
-  const __m512i lo0 = load(unit + 128 * j), lo1 = load(unit + 128 * j + 64), hb = load(unit + 2048 + 64 * j);
-  const __m512i m30 = _mm512_set1_epi8(0x30);
-  q[0] = _mm512_ternarylogic_epi32(low4(lo0), _mm512_slli_epi16(hb, 4), m30, 0xF8);  // a | (b & c)
-  q[1] = _mm512_ternarylogic_epi32(high4(lo0), _mm512_slli_epi16(hb, 2), m30, 0xF8);
-  q[2] = _mm512_ternarylogic_epi32(low4(lo1), hb, m30, 0xF8);
-  q[3] = _mm512_ternarylogic_epi32(high4(lo1), _mm512_srli_epi16(hb, 2), m30, 0xF8);
-}
-
-// acc[t] (16 rows) += unit u of the group · tokens t0 .. t0 + T (plain-row activations).
-template <class Block, std::size_t T>
-HWY_INLINE void decode_unit(const std::uint8_t* unit, std::size_t u, std::size_t nb, const QuantizedActs& a,
-                            std::size_t t0, __m512 (&acc)[T]) {
-  if constexpr (std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0>) {
-    constexpr bool kQ4 = std::is_same_v<Block, BlockQ4_0>;
-    constexpr std::size_t kBlockBytes = kQ4 ? 256 : 512, kScales = 2 * kBlockBytes;
-    const __m512 scale[2] = {f16x16(unit + kScales), f16x16(unit + kScales + 32)};
-    for (std::size_t h = 0; h < 2; ++h) {
-      const std::size_t b = 2 * u + h;
-      if (b >= nb) break;
-      const std::uint8_t* q = unit + kBlockBytes * h;
-      // Few tokens: two chains of vpdpbusd per token, so their latency overlaps (more tokens
-      // overlap anyway, and the registers are wanted).
-      constexpr bool kTwo = T < 4;
-      __m512i sum[T], sum2[T];
-      for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(a.aux_row(t0 + t)[b]), sum2[t] = _mm512_setzero_si512();
-      if constexpr (kQ4) {
-        for (int k = 0; k < 4; ++k) {
-          const __m512i v = load(q + 64 * k), lo = low4(v), hi = high4(v);
-          for (std::size_t t = 0; t < T; ++t) {
-            const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 8 * k;
-            sum[t] = dpbusd(sum[t], lo, broadcast4(x));
-            (kTwo ? sum2[t] : sum[t]) = dpbusd(kTwo ? sum2[t] : sum[t], hi, broadcast4(x + 4));
-          }
-        }
-      } else {
-        for (int k = 0; k < 8; k += 2) {
-          const __m512i v = load(q + 64 * k), v2 = load(q + 64 * k + 64);
-          for (std::size_t t = 0; t < T; ++t) {
-            const std::int8_t* x = a.q_row(t0 + t) + 32 * b + 4 * k;
-            sum[t] = dpbusd(sum[t], v, broadcast4(x));
-            (kTwo ? sum2[t] : sum[t]) = dpbusd(kTwo ? sum2[t] : sum[t], v2, broadcast4(x + 4));
-          }
-        }
-      }
-      for (std::size_t t = 0; t < T; ++t)
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(kTwo ? _mm512_add_epi32(sum[t], sum2[t]) : sum[t]),
-                                 _mm512_mul_ps(scale[h], _mm512_set1_ps(a.d_row(t0 + t)[b])), acc[t]);
-    }
-  } else if constexpr (std::is_same_v<Block, BlockQ4_K>) {
-    // Sub-block sums times their 6-bit scales stay in int32 (< 2^25); the mins meet sum(x).
-    __m512i tot[T], mins[T];
-    for (std::size_t t = 0; t < T; ++t) tot[t] = mins[t] = _mm512_setzero_si512();
-    for (int j = 0; j < 8; ++j) {
-      __m512i sum[T];
-      for (std::size_t t = 0; t < T; ++t) sum[t] = _mm512_setzero_si512();
-      for (int k = 0; k < 4; ++k) {
-        const __m512i v = load(unit + 64 * (4 * j + k)), lo = low4(v), hi = high4(v);
-        for (std::size_t t = 0; t < T; ++t) {
-          const std::int8_t* x = a.q_row(t0 + t) + 256 * u + 32 * j + 8 * k;
-          sum[t] = dpbusd(dpbusd(sum[t], lo, broadcast4(x)), hi, broadcast4(x + 4));
-        }
-      }
-      const __m512i sc = u8x16(unit + 2048 + 16 * j), m = u8x16(unit + 2176 + 16 * j);
-      for (std::size_t t = 0; t < T; ++t) {
-        tot[t] = _mm512_add_epi32(tot[t], _mm512_mullo_epi32(sum[t], sc));
-        mins[t] = _mm512_add_epi32(mins[t], _mm512_mullo_epi32(m, _mm512_set1_epi32(aux_as_int(a, t0 + t, 8 * u + j))));
-      }
-    }
-    const __m512 d = f16x16(unit + 2304), dmin = f16x16(unit + 2336);
-    for (std::size_t t = 0; t < T; ++t) {
-      const __m512 dx = _mm512_set1_ps(a.d_row(t0 + t)[u]);
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[t]), _mm512_mul_ps(d, dx), acc[t]);
-      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[t]), _mm512_mul_ps(dmin, dx), acc[t]);
-    }
-  } else {  // Q6_K: (q - 32) per sub-block of 16 times a signed 8-bit scale, in int32 (< 2^29)
-    __m512i tot[T];
-    for (std::size_t t = 0; t < T; ++t) tot[t] = _mm512_setzero_si512();
-    for (int j = 0; j < 16; ++j) {
-      __m512i q[4];
-      q6_steps(unit, j, q);
-      const __m512i sc = i8x16(unit + 3072 + 16 * j);
-      for (std::size_t t = 0; t < T; ++t) {
-        const std::int8_t* x = a.q_row(t0 + t) + 256 * u + 16 * j;
-        __m512i sum = _mm512_set1_epi32(a.aux_row(t0 + t)[16 * u + j]);  // -32 * sum(x)
-        for (int i = 0; i < 4; ++i) sum = dpbusd(sum, q[i], broadcast4(x + 4 * i));
-        tot[t] = _mm512_add_epi32(tot[t], _mm512_mullo_epi32(sum, sc));
-      }
-    }
-    const __m512 d = f16x16(unit + 3328);
-    for (std::size_t t = 0; t < T; ++t)
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[t]), _mm512_mul_ps(d, _mm512_set1_ps(a.d_row(t0 + t)[u])), acc[t]);
-  }
-}
-
-// Unit u into the panel at unit position i (blocks or super-blocks from i * unit_blocks).
-template <class Block>
-HWY_INLINE void unpack_unit(const std::uint8_t* unit, std::size_t u, std::size_t nb, std::size_t i, Panel& p) {
-  if constexpr (std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0>) {
-    constexpr bool kQ4 = std::is_same_v<Block, BlockQ4_0>;
-    constexpr std::size_t kBlockBytes = kQ4 ? 256 : 512;
-    for (std::size_t h = 0; h < 2 && 2 * u + h < nb; ++h) {
-      const std::size_t c = 2 * i + h;  // the panel's block
-      for (int k = 0; k < (kQ4 ? 4 : 8); ++k) {
-        const __m512i v = load(unit + kBlockBytes * h + 64 * k);
-        if constexpr (kQ4) {
-          _mm512_store_si512(p.w[8 * c + 2 * k], low4(v));
-          _mm512_store_si512(p.w[8 * c + 2 * k + 1], high4(v));
-        } else {
-          _mm512_store_si512(p.w[8 * c + k], v);
-        }
-      }
-      _mm512_store_ps(p.scale[c], f16x16(unit + 2 * kBlockBytes + 32 * h));
-    }
-  } else if constexpr (std::is_same_v<Block, BlockQ4_K>) {
-    const __m512 d = f16x16(unit + 2304), dmin = f16x16(unit + 2336);
-    for (int j = 0; j < 8; ++j) {
-      for (int k = 0; k < 4; ++k) {
-        const __m512i v = load(unit + 64 * (4 * j + k));
-        _mm512_store_si512(p.w[64 * i + 8 * j + 2 * k], low4(v));
-        _mm512_store_si512(p.w[64 * i + 8 * j + 2 * k + 1], high4(v));
-      }
-      _mm512_store_ps(p.scale[8 * i + j], _mm512_mul_ps(_mm512_cvtepi32_ps(u8x16(unit + 2048 + 16 * j)), d));
-      _mm512_store_ps(p.min[8 * i + j], _mm512_mul_ps(_mm512_cvtepi32_ps(u8x16(unit + 2176 + 16 * j)), dmin));
-    }
-  } else {
-    const __m512 d = f16x16(unit + 3328);
-    for (int j = 0; j < 16; ++j) {
-      __m512i q[4];
-      q6_steps(unit, j, q);
-      for (int s = 0; s < 4; ++s) _mm512_store_si512(p.w[64 * i + 4 * j + s], q[s]);
-      _mm512_store_ps(p.scale[16 * i + j], _mm512_mul_ps(_mm512_cvtepi32_ps(i8x16(unit + 3072 + 16 * j)), d));
-    }
-  }
-}
-
-// Group g against 1 .. T tokens from t0.
-template <class Block, std::size_t T>
-HWY_INLINE void decode_group(const std::uint8_t* w, std::size_t units, std::size_t nb, std::size_t n_out,
-                             const QuantizedActs& a, std::size_t t0, MatrixView<float> y, std::size_t g) {
-  constexpr std::size_t kUnit = Pack<Block>::unit_bytes, kAhead = 4096;
-  // Sums per chunk of the prefill kernel's panel, added up in the same order as it adds them, so
-  // a token's outputs match whichever kernel a batch size picks (up to the K-quants' scale order).
-  constexpr std::size_t kChunk = qdetail::kPanelInputs / (Pack<Block>::unit_blocks * block_values<Block>);
-  const std::uint8_t* unit = w + g * units * kUnit;
-  __m512 total[T];
-  for (std::size_t u0 = 0; u0 < units; u0 += kChunk) {
-    __m512 acc[T];
-    for (std::size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-    for (std::size_t u = u0; u < std::min(units, u0 + kChunk); ++u, unit += kUnit) {
-      // Ahead of the hardware prefetcher, which restarts at every 4 KiB page.
-      for (std::size_t l = 0; l < kUnit; l += 64) _mm_prefetch(reinterpret_cast<const char*>(unit) + kAhead + l, _MM_HINT_T0);
-      decode_unit<Block, T>(unit, u, nb, a, t0, acc);
-    }
-    for (std::size_t t = 0; t < T; ++t) total[t] = u0 == 0 ? acc[t] : _mm512_add_ps(total[t], acc[t]);
-  }
-  const std::size_t rows = std::min(kPackRows, n_out - kPackRows * g);
-  for (std::size_t t = 0; t < T; ++t)
-    qdetail::store_rows(y.row(t0 + t) + kPackRows * g, total[t], __mmask16((1u << rows) - 1), false);
-}
-
-template <class Block, std::size_t T = kPackedDecodeTokens>
-HWY_INLINE void decode_any(std::size_t t_count, const std::uint8_t* w, std::size_t units, std::size_t nb,
-                           std::size_t n_out, const QuantizedActs& a, std::size_t t0, MatrixView<float> y, std::size_t g) {
-  if constexpr (T > 1)
-    if (t_count < T) return decode_any<Block, T - 1>(t_count, w, units, nb, n_out, a, t0, y, g);
-  decode_group<Block, T>(w, units, nb, n_out, a, t0, y, g);
-}
-
-// Groups [g0, g1) against every token, 8 at a time: a group's later passes find it in cache.
-template <class Block>
-void decode_groups(const std::uint8_t* w, std::size_t units, std::size_t nb, std::size_t n_out, const QuantizedActs& a,
-                   MatrixView<float> y, std::size_t g0, std::size_t g1) {
-  for (std::size_t g = g0; g < g1; ++g)
-    for (std::size_t t = 0; t < a.n_tok; t += kPackedDecodeTokens)
-      decode_any<Block>(std::min(kPackedDecodeTokens, a.n_tok - t), w, units, nb, n_out, a, t, y, g);
-}
-
-template <class Block>
-void prefill_groups(const std::uint8_t* w, std::size_t units, std::size_t nb, std::size_t n_out, const QuantizedActs& a,
-                    MatrixView<float> y, std::size_t g0, std::size_t g1) {
-  using Fmt = typename qdetail::VnniFmt<Block>::type;
-  constexpr std::size_t kUnit = Pack<Block>::unit_bytes, kPer = Pack<Block>::unit_blocks;
-  constexpr std::size_t kPanelUnits = qdetail::kPanelInputs / (kPer * block_values<Block>);
-  Panel panel;
-  for (std::size_t g = g0; g < g1; ++g) {
-    const std::size_t rows = std::min(kPackRows, n_out - kPackRows * g);
-    const __mmask16 mask = __mmask16((1u << rows) - 1);
-    for (std::size_t u0 = 0; u0 < units; u0 += kPanelUnits) {
-      const std::size_t count_units = std::min(kPanelUnits, units - u0);
-      for (std::size_t i = 0; i < count_units; ++i) {
-        const std::uint8_t* unit = w + (g * units + u0 + i) * kUnit;
-        // The next panel's bytes (the same group's or the next group's) arrive while this one computes.
-        for (std::size_t l = 0; l < kUnit; l += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(unit) + kPanelUnits * kUnit + l, _MM_HINT_T0);
-        unpack_unit<Block>(unit, u0 + i, nb, i, panel);
-      }
-      const std::size_t first = u0 * kPer, count = std::min(count_units * kPer, nb - first);
-      for (std::size_t t = 0; t < a.n_tok; t += qdetail::kPanelTokens)
-        qdetail::panel_any<Fmt>(std::min(qdetail::kPanelTokens, a.n_tok - t), panel, first, count, a, t,
-                                y.row(t) + kPackRows * g, y.stride, mask, u0 > 0);
-    }
-  }
-}
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif  // TINYLLM_QMATMUL_VNNI
-
-}  // namespace pdetail
-
-// Whether qmatmul_packed has a kernel for `type` in this build (VNNI: Q4_0, Q8_0, Q4_K, Q6_K).
-inline bool can_pack(DType type) {
-  if (!TINYLLM_QMATMUL_VNNI) return false;
-  return type == DType::Q4_0 || type == DType::Q8_0 || type == DType::Q4_K || type == DType::Q6_K;
-}
-
-namespace pdetail {
-template <class F>
-decltype(auto) with_block(DType type, const char* where, F&& f) {
-  switch (type) {
-    case DType::Q4_0: return f(std::type_identity<BlockQ4_0>{});
-    case DType::Q8_0: return f(std::type_identity<BlockQ8_0>{});
-    case DType::Q4_K: return f(std::type_identity<BlockQ4_K>{});
-    case DType::Q6_K: return f(std::type_identity<BlockQ6_K>{});
-    default: throw Error("no packed layout for weight type " + std::string(name(type)), where, "Q4_0, Q8_0, Q4_K or Q6_K");
-  }
-}
-}  // namespace pdetail
-
-// Bytes of a packed [n_out, n_in] matrix of `type` (n_in a multiple of its block size).
-inline std::size_t packed_bytes(DType type, std::size_t n_out, std::size_t n_in) {
-  return pdetail::with_block(type, "cpu::packed_bytes", [&]<class Block>(std::type_identity<Block>) {
-    return (n_out + kPackRows - 1) / kPackRows * pdetail::units_per_row<Block>(n_in) * pdetail::Pack<Block>::unit_bytes;
-  });
-}
-
-// Packs groups [g0, g1) of n_out rows of n_in values stored as the file has them (contiguous rows)
-// into `out`, packed_bytes(type, n_out, n_in) bytes, 64-byte aligned. Threads may pack disjoint
-// group ranges at once.
-inline void pack_rows(DType type, const void* w, std::size_t n_out, std::size_t n_in, std::byte* out, std::size_t g0,
-                      std::size_t g1) {
-  pdetail::with_block(type, "cpu::pack_rows", [&]<class Block>(std::type_identity<Block>) {
-    using P = pdetail::Pack<Block>;
-    const std::size_t nb = n_in / block_values<Block>, units = pdetail::units_per_row<Block>(n_in);
-    const Block* blocks = static_cast<const Block*>(w);
-    for (std::size_t g = g0; g < g1; ++g)
-      for (std::size_t u = 0; u < units; ++u) {
-        auto* o = reinterpret_cast<std::uint8_t*>(out) + (g * units + u) * P::unit_bytes;
-        std::memset(o, 0, P::unit_bytes);
-        const Block* rows[kPackRows];
-        for (std::size_t r = 0; r < kPackRows; ++r) {
-          const std::size_t row = kPackRows * g + r;
-          rows[r] = row < n_out ? blocks + row * nb + u * P::unit_blocks : nullptr;
-        }
-        P::pack(rows, std::min(P::unit_blocks, nb - u * P::unit_blocks), o);
-      }
-  });
-}
-
-// y[n_tok, n_out] = x[n_tok, n_in] · wᵀ for a packed w: the same integer sums as qmatmul on the
-// file's layout (so the same result up to float summation order).
-inline void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std::size_t n_out, std::size_t n_in,
-                           MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
-  assert(x.cols == n_in && y.rows == x.rows && y.cols == n_out);
-  if (x.rows == 0 || n_out == 0) return;
-#if TINYLLM_QMATMUL_VNNI
-  pdetail::with_block(type, "cpu::qmatmul_packed", [&]<class Block>(std::type_identity<Block>) {
-    const std::size_t nb = n_in / block_values<Block>, units = pdetail::units_per_row<Block>(n_in);
-    const std::size_t groups = (n_out + kPackRows - 1) / kPackRows;
-    const auto* p = reinterpret_cast<const std::uint8_t*>(w);
-    if (x.rows < kPackedPrefillMinTokens) {
-      const QuantizedActs a = quantize_activations<Block>(pool, x, scratch);
-      pool.parallel_for(groups, [&](std::size_t g0, std::size_t g1) {
-        pdetail::decode_groups<Block>(p, units, nb, n_out, a, y, g0, g1);
-      });
-    } else {
-      const QuantizedActs a = quantize_activations<Block>(pool, x, scratch, qdetail::kPanelTokens);
-      pool.parallel_for(groups, [&](std::size_t g0, std::size_t g1) {
-        pdetail::prefill_groups<Block>(p, units, nb, n_out, a, y, g0, g1);
-      });
-    }
-  });
-#else
-  throw Error("packed weights need the AVX-512 VNNI kernels", "cpu::qmatmul_packed");
-#endif
-}
-
-}  // namespace tinyllm::cpu
 
 namespace tinyllm {
 
@@ -6956,23 +7059,36 @@ struct WeightMatrix {
   DType type = DType::F32;
   const void* data = nullptr;
   std::size_t rows = 0, cols = 0;
-  // The same weights regrouped for the CPU kernels (cpu::pack_rows), when pack() made them;
-  // matmul then reads these and `data` only serves row lookups (dequantize_row).
+  // The same weights in the backend's own layout, when pack<Backend>() made them (the CPU's:
+  // groups of rows interleaved, kernels/cpu/qpack.hpp); matmul then reads these and `data`
+  // only serves row lookups (dequantize_row).
   std::shared_ptr<const AlignedBuffer<std::byte>> packed;
 };
 
-// Regroups w for the packed CPU kernels when this build has one for its type, on the pool's
-// threads; returns whether it did. The model then holds both forms' bytes until the caller lets
-// the original go.
-inline bool pack(WeightMatrix& w, ThreadPool& pool) {
-  if (w.packed || !cpu::can_pack(w.type) || w.rows == 0 || w.cols == 0 || w.cols % info(w.type).block_size != 0)
-    return false;  // (a row that is not whole blocks gets cpu::qmatmul's Error instead)
-  auto buf = std::make_shared<AlignedBuffer<std::byte>>(cpu::packed_bytes(w.type, w.rows, w.cols));
-  pool.parallel_for((w.rows + cpu::kPackRows - 1) / cpu::kPackRows, [&](std::size_t g0, std::size_t g1) {
-    cpu::pack_rows(w.type, w.data, w.rows, w.cols, buf->data(), g0, g1);
-  });
-  w.packed = std::move(buf);
-  return true;
+// Whether Backend keeps matrices of `type` in a layout of its own (pack_weights at load).
+template <class Backend>
+bool can_pack(DType type) {
+  if constexpr (Backend::packs_weights) return Backend::can_pack(type);
+  else return false;
+}
+
+// Regroups w into Backend's own layout when it has one for w's type, on the pool's threads;
+// returns whether it did. The model then holds both forms' bytes until the caller lets the
+// original go.
+template <class Backend>
+bool pack(WeightMatrix& w, ThreadPool& pool) {
+  if constexpr (!Backend::packs_weights) {
+    return false;
+  } else {
+    if (w.packed || !Backend::can_pack(w.type) || w.rows == 0 || w.cols == 0 || w.cols % info(w.type).block_size != 0)
+      return false;  // (a row that is not whole blocks gets the matmul's Error instead)
+    auto buf = std::make_shared<AlignedBuffer<std::byte>>(Backend::packed_bytes(w.type, w.rows, w.cols));
+    pool.parallel_for((w.rows + Backend::kPackRows - 1) / Backend::kPackRows, [&](std::size_t g0, std::size_t g1) {
+      Backend::pack_rows(w.type, w.data, w.rows, w.cols, buf->data(), g0, g1);
+    });
+    w.packed = std::move(buf);
+    return true;
+  }
 }
 
 // Types the kernels can multiply by; loading checks every weight against this.
@@ -6984,12 +7100,16 @@ inline bool matmul_supports(DType t) {
   }
 }
 
-// y[n_tok, w.rows] = x[n_tok, w.cols] · wᵀ. Quantized weights multiply 8-bit-quantized
-// activations (held in `scratch`, sized at load time) without dequantizing the matrix.
-inline void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y,
-                   cpu::QuantScratch& scratch) {
-  if (w.packed) return cpu::qmatmul_packed(pool, w.type, w.packed->data(), w.rows, w.cols, x, y, scratch);
-  cpu::qmatmul(pool, w.type, w.data, w.rows, w.cols, x, y, scratch);
+// y[n_tok, w.rows] = x[n_tok, w.cols] · wᵀ on Backend, from its packed form when it made one.
+// ws is the backend's per-model state (the CPU's: the activations quantized to 8 bits, sized at
+// load time).
+template <class Backend>
+void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y,
+            typename Backend::Workspace& ws) {
+  if constexpr (Backend::packs_weights) {
+    if (w.packed) return Backend::matmul_packed(pool, w.type, w.packed->data(), w.rows, w.cols, x, y, ws);
+  }
+  Backend::matmul(pool, w.type, w.data, w.rows, w.cols, x, y, ws);
 }
 
 // out[cols] = row `r` of w, as f32 (token embedding lookup).
@@ -7082,12 +7202,17 @@ class Model {
   }
 };
 
-template <class Arch>
+// A type whose static members are the kernels the model calls (listed in kernels/cpu/backend.hpp).
+template <class B>
+concept KernelBackend = requires { typename B::Workspace; B::packs_weights; &B::matmul; &B::attention; };
+
+template <class Arch, KernelBackend Backend = CpuBackend>
 class Transformer final : public Model {
  public:
   // max_batch bounds the tokens of one internal forward step; longer inputs run in chunks.
   Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
-      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)) {
+      : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
+        ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff})) {
     const std::size_t b = max_batch_;
     x_.resize(b * cfg_.n_embd);
     xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
@@ -7097,7 +7222,6 @@ class Transformer final : public Model {
     att_.resize(b * cfg_.q_dim());
     gate_.resize(b * cfg_.n_ff);
     up_.resize(b * cfg_.n_ff);
-    qscratch_.reserve(b, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff}));
     all_rows_.resize(b);
     for (std::size_t i = 0; i < b; ++i) all_rows_[i] = i;
     logit_rows_.resize(b);
@@ -7214,7 +7338,7 @@ class Transformer final : public Model {
       }
       longest = std::max(longest, s.cache->capacity());
     }
-    const std::size_t score_cols = cpu::attention_scratch_cols(c.n_heads, c.n_kv_heads, longest);
+    const std::size_t score_cols = Backend::attention_scratch_cols(c.n_heads, c.n_kv_heads, longest);
     if (scores_.rows < pool.size() || scores_.cols < score_cols) {  // first call, more threads or a longer cache
       scores_buf_.resize(pool.size() * score_cols);
       scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), score_cols);
@@ -7232,13 +7356,13 @@ class Transformer final : public Model {
     for (std::size_t l = 0; l < c.n_layers; ++l) {
       const LayerWeights& lw = w_.layers[l];
       // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
-      for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
-      matmul(pool, lw.wq, xb, q, qscratch_);
-      matmul(pool, lw.wk, xb, k, qscratch_);
-      matmul(pool, lw.wv, xb, v, qscratch_);
+      for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
+      matmul(pool, lw.wq, xb, q);
+      matmul(pool, lw.wk, xb, k);
+      matmul(pool, lw.wv, xb, v);
       if constexpr (Arch::parallel_blocks) {   // the FFN reads the same normalised input
-        matmul(pool, lw.w_gate, xb, gate, qscratch_);
-        matmul(pool, lw.w_up, xb, up, qscratch_);
+        matmul(pool, lw.w_gate, xb, gate);
+        matmul(pool, lw.w_up, xb, up);
       }
       for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
       for (std::size_t t = 0; t < n; ++t) {
@@ -7250,32 +7374,35 @@ class Transformer final : public Model {
         }
         if constexpr (Arch::qk_norm) {
           for (std::size_t h = 0; h < c.n_heads; ++h)
-            cpu::rmsnorm(q.row(t) + h * c.head_dim, lw.q_norm.data(), q.row(t) + h * c.head_dim, c.head_dim, c.norm_eps);
+            Backend::rmsnorm(q.row(t) + h * c.head_dim, lw.q_norm.data(), q.row(t) + h * c.head_dim, c.head_dim,
+                             c.norm_eps);
           for (std::size_t h = 0; h < c.n_kv_heads; ++h)
-            cpu::rmsnorm(k.row(t) + h * c.head_dim, lw.k_norm.data(), k.row(t) + h * c.head_dim, c.head_dim, c.norm_eps);
+            Backend::rmsnorm(k.row(t) + h * c.head_dim, lw.k_norm.data(), k.row(t) + h * c.head_dim, c.head_dim,
+                             c.norm_eps);
         }
         const auto pos = std::size_t(positions[t]);
-        cpu::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
-        cpu::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
+        Backend::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
+        Backend::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
         kv.store(pos, k.row(t), v.row(t));
       }
       ap.window = plans_[l].window;
-      cpu::attention(pool, q, positions, [&](std::size_t t) -> const KVLayerView& { return views_[seq_of_token_[t]]; },
-                     c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
-      matmul(pool, lw.wo, att, proj, qscratch_);
+      Backend::attention(pool, q, positions, std::span<const KVLayerView>(views_).first(seqs.size()),
+                         std::span<const std::uint32_t>(seq_of_token_).first(n), c.n_heads, c.n_kv_heads, c.head_dim,
+                         ap, att, scores_);
+      matmul(pool, lw.wo, att, proj);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
       add_rows(x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       if constexpr (!Arch::parallel_blocks) {
-        for (std::size_t t = 0; t < n; ++t) cpu::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
-        matmul(pool, lw.w_gate, xb, gate, qscratch_);
-        matmul(pool, lw.w_up, xb, up, qscratch_);
+        for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
+        matmul(pool, lw.w_gate, xb, gate);
+        matmul(pool, lw.w_up, xb, up);
       }
-      if constexpr (Arch::ffn == Ffn::swiglu) cpu::swiglu(gate.data, up.data, n * c.n_ff);
-      if constexpr (Arch::ffn == Ffn::geglu) cpu::geglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-      matmul(pool, lw.w_down, gate, proj, qscratch_);
+      matmul(pool, lw.w_down, gate, proj);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
       add_rows(x, proj);
     }
@@ -7283,14 +7410,17 @@ class Transformer final : public Model {
     if (logit_rows.empty()) return;   // a prompt chunk whose logits nobody asked for
     MatrixView<float> xf = xb.rows_slice(0, logit_rows.size());   // [rows wanted, n_embd]
     for (std::size_t r = 0; r < logit_rows.size(); ++r)
-      cpu::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
-    matmul(pool, w_.output, xf, logits, qscratch_);
+      Backend::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
+    matmul(pool, w_.output, xf, logits);
     if constexpr (Arch::final_softcap)
-      for (std::size_t t = 0; t < logits.rows; ++t) cpu::softcap(logits.row(t), logits.cols, c.final_softcap);
+      for (std::size_t t = 0; t < logits.rows; ++t) Backend::softcap(logits.row(t), logits.cols, c.final_softcap);
   }
 
+  void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
+    tinyllm::matmul<Backend>(pool, w, x, y, ws_);
+  }
   void norm_rows_in_place(MatrixView<float> m, const float* w) const {
-    for (std::size_t t = 0; t < m.rows; ++t) cpu::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
+    for (std::size_t t = 0; t < m.rows; ++t) Backend::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
   }
   static void scale_in_place(float* a, std::size_t n, float s) {
     for (std::size_t i = 0; i < n; ++i) a[i] *= s;
@@ -7324,11 +7454,11 @@ class Transformer final : public Model {
   std::vector<std::size_t> logit_rows_;     // [max_batch] tokens whose logits a batch wants
   std::vector<std::uint32_t> seq_of_token_; // [max_batch] slice index of each token
   std::vector<KVLayerView> views_;          // one per sequence of the current step
-  // Workspace for max_batch_ tokens, allocated once: the forward pass never allocates.
+  // Buffers for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
-  AlignedBuffer<float> scores_buf_;   // [threads, query heads per KV head * cache capacity] attention scores
-  cpu::QuantScratch qscratch_;        // activations quantized for the quantized matmuls
+  AlignedBuffer<float> scores_buf_;   // [threads, Backend::attention_scratch_cols(...)] attention scores
   MatrixView<float> scores_;
+  typename Backend::Workspace ws_;    // the backend's own state (CPU: activations quantized for the matmuls)
 };
 
 }  // namespace tinyllm
@@ -7338,7 +7468,7 @@ namespace tinyllm {
 struct LoadOptions {
   std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
   std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
-  bool pack_weights = true;        // regroup quantized matrices for the packed CPU kernels (cpu/qpacked.hpp)
+  bool pack_weights = true;        // let the backend regroup matrices into its own layout (CPU: cpu/qpack.hpp)
   // Called as the weight matrices are bound, with the bytes done so far and in all. With it, the
   // loader also reads each matrix (one byte per page), so a cold file is paged in during the
   // load, where the progress shows, rather than during the first forward pass.
@@ -7403,18 +7533,19 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
   return {tensor, t.dtype, t.data, rows, cols};
 }
 
-// Gets the weight matrices ready for the forward pass, reporting progress after each one. Those
-// the CPU kernels have a packed layout for are packed (cpu/qpacked.hpp) and the file's pages of
-// them released (`file` null: nothing to release); with a progress callback the others are read,
-// one byte per page, so a cold file is paged in during the load, where the progress shows,
-// rather than during the first forward pass.
-inline void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFile* file) {
+// Gets the weight matrices ready for the forward pass on Backend, reporting progress after each
+// one. Those the backend has a layout of its own for are packed (CPU: cpu/qpack.hpp) and the
+// file's pages of them released (`file` null: nothing to release); with a progress callback the
+// others are read, one byte per page, so a cold file is paged in during the load, where the
+// progress shows, rather than during the first forward pass.
+template <class Backend>
+void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFile* file) {
   std::vector<WeightMatrix*> matrices = {&w.token_embd};
   for (LayerWeights& l : w.layers)
     for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
   // Tied to token_embd, the output is only work here when it gets a packed copy (the embedding
   // lookups keep reading the file's rows).
-  if (w.output.data != w.token_embd.data || (opt.pack_weights && cpu::can_pack(w.output.type)))
+  if (w.output.data != w.token_embd.data || (opt.pack_weights && can_pack<Backend>(w.output.type)))
     matrices.push_back(&w.output);
   const auto bytes = [](const WeightMatrix& m) { return m.data ? m.rows * row_bytes(m.type, m.cols) : 0; };
   std::size_t total = 0, done = 0;
@@ -7424,9 +7555,9 @@ inline void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const
   std::optional<ThreadPool> pool;  // started when the first matrix is packed
   for (WeightMatrix* m : matrices) {
     const std::size_t n = bytes(*m);
-    const bool packable = m != &w.token_embd && opt.pack_weights && cpu::can_pack(m->type);
+    const bool packable = m != &w.token_embd && opt.pack_weights && can_pack<Backend>(m->type);
     if (packable && !pool) pool.emplace();  // one thread per hardware thread
-    if (packable && pack(*m, *pool)) {
+    if (packable && pack<Backend>(*m, *pool)) {
       if (file && m->data != w.token_embd.data) file->release_pages(m->data, n);
     } else if (opt.progress) {
       const auto* p = static_cast<const unsigned char*>(m->data);
@@ -7489,7 +7620,7 @@ inline ModelConfig read_config(const GGUFFile& f, const std::string& arch) {
 }
 
 // Binds the tensors an architecture's traits call for, checking each one's shape and type.
-template <class Arch>
+template <class Arch, class Backend>
 std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
   TransformerWeights w;
   w.token_embd = matrix(f, "token_embd.weight", c.vocab_size, c.n_embd);
@@ -7523,8 +7654,8 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
   w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
   if (f.find_tensor("rope_freqs.weight")) w.rope_freq_factors = vector_tensor(f, "rope_freqs.weight", c.head_dim / 2);
-  prepare_weights(w, opt, &f);
-  return std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
+  prepare_weights<Backend>(w, opt, &f);
+  return std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch);
 }
 
 inline std::string known_arch_names() {
@@ -7534,20 +7665,20 @@ inline std::string known_arch_names() {
 }
 
 // Binds the model with the traits type named `c.arch`, or returns null when no traits have that name.
-template <std::size_t I = 0>
+template <class Backend, std::size_t I = 0>
 std::unique_ptr<Model> bind_known_arch(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
   if constexpr (I == std::tuple_size_v<KnownArchs>) {
     return nullptr;
   } else {
     using Arch = std::tuple_element_t<I, KnownArchs>;
-    if (c.arch == Arch::name) return bind_gguf<Arch>(f, std::move(c), opt);
-    return bind_known_arch<I + 1>(f, std::move(c), opt);
+    if (c.arch == Arch::name) return bind_gguf<Arch, Backend>(f, std::move(c), opt);
+    return bind_known_arch<Backend, I + 1>(f, std::move(c), opt);
   }
 }
 
 // Arch = void: the traits named by general.architecture; otherwise the given traits, over the
 // file's hyperparameters and Llama-style tensor names (a user's own architecture).
-template <class Arch = void>
+template <class Arch, class Backend>
 LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<const void> storage,
                       const LoadOptions& opt) {
   const GGUFFile& f = *file;
@@ -7562,8 +7693,8 @@ LoadedModel load_gguf(std::shared_ptr<const GGUFFile> file, std::shared_ptr<cons
   }
   ModelConfig c = read_config(f, arch);
   const std::size_t vocab = c.vocab_size;
-  if constexpr (std::is_void_v<Arch>) model = bind_known_arch(f, std::move(c), opt);
-  else model = bind_gguf<Arch>(f, std::move(c), opt);
+  if constexpr (std::is_void_v<Arch>) model = bind_known_arch<Backend>(f, std::move(c), opt);
+  else model = bind_gguf<Arch, Backend>(f, std::move(c), opt);
 
   std::optional<Tokenizer> tok = tokenizer_file(opt, vocab);
   if (!tok && f.has("tokenizer.ggml.tokens")) tok = tokenizer_from_gguf(f);
@@ -7585,7 +7716,7 @@ inline std::string find_llama2c_tokenizer(const std::string& model_path, std::si
   return {};
 }
 
-template <class Arch = Llama>
+template <class Arch, class Backend>
 LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   auto file = std::make_shared<const Llama2cFile>(Llama2cFile::open(path));
   const Llama2cConfig& lc = file->config();
@@ -7630,36 +7761,56 @@ LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   w.output = mat("wcls", lw.wcls, 0, c.vocab_size, c.n_embd);
 
   if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
-  prepare_weights(w, opt, nullptr);
+  prepare_weights<Backend>(w, opt, nullptr);
   std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
-  auto model = std::make_unique<Transformer<Arch>>(std::move(c), std::move(w), opt.max_batch);
+  auto model = std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch);
   return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
 }
+
+// Under run-time dispatch the loaders for the files' own architectures on the CPU backend (every
+// Transformer they can build) are compiled once, in the file that includes tinyllm/dispatch.hpp,
+// rather than in every file that calls load().
+#if defined(TINYLLM_DYNAMIC_DISPATCH)
+extern template LoadedModel load_gguf<void, CpuBackend>(std::shared_ptr<const GGUFFile>, std::shared_ptr<const void>,
+                                                        const LoadOptions&);
+extern template LoadedModel load_llama2c<Llama, CpuBackend>(const std::string&, LoadOptions);
+#endif
 
 }  // namespace detail
 
 // Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic. load<MyArch>(path)
-// runs the file's weights with a user's own architecture traits instead of the file's.
-template <class Arch = void>
+// runs the file's weights with a user's own architecture traits instead of the file's;
+// load<ReferenceBackend>(path) runs them on another kernel backend, load<MyArch, ReferenceBackend>
+// both.
+template <class Arch = void, KernelBackend Backend = CpuBackend>
 LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
-  char magic[4] = {};
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open model file", path);
-  in.read(magic, 4);
-  if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
-    auto file = std::make_shared<const GGUFFile>(GGUFFile::open(path));
-    return detail::load_gguf<Arch>(file, file, opt);
+  if constexpr (KernelBackend<Arch>) {   // load<SomeBackend>(path): the file's architecture
+    return load<void, Arch>(path, opt);
+  } else {
+    char magic[4] = {};
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error("cannot open model file", path);
+    in.read(magic, 4);
+    if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
+      auto file = std::make_shared<const GGUFFile>(GGUFFile::open(path));
+      return detail::load_gguf<Arch, Backend>(file, file, opt);
+    }
+    return detail::load_llama2c<std::conditional_t<std::is_void_v<Arch>, Llama, Arch>, Backend>(path, opt);
   }
-  return detail::load_llama2c<std::conditional_t<std::is_void_v<Arch>, Llama, Arch>>(path, opt);
 }
 
 // Loads a GGUF image held in memory (an embedded or freshly written model); the model keeps it.
-template <class Arch = void>
+// The template arguments are load's.
+template <class Arch = void, KernelBackend Backend = CpuBackend>
 LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& name, const LoadOptions& opt = {}) {
-  auto owned = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
-  auto file = std::make_shared<const GGUFFile>(GGUFFile::parse(std::span<const std::byte>(*owned), name));
-  auto storage = std::make_shared<std::pair<std::shared_ptr<const std::vector<std::byte>>, std::shared_ptr<const GGUFFile>>>(owned, file);
-  return detail::load_gguf<Arch>(file, storage, opt);
+  if constexpr (KernelBackend<Arch>) {
+    return load_gguf_bytes<void, Arch>(std::move(bytes), name, opt);
+  } else {
+    auto owned = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
+    auto file = std::make_shared<const GGUFFile>(GGUFFile::parse(std::span<const std::byte>(*owned), name));
+    auto storage = std::make_shared<std::pair<std::shared_ptr<const std::vector<std::byte>>, std::shared_ptr<const GGUFFile>>>(owned, file);
+    return detail::load_gguf<Arch, Backend>(file, storage, opt);
+  }
 }
 
 // A seeded random-weight Llama of a named shape, written by the GGUF writer and loaded from

@@ -1,8 +1,8 @@
 // cpu::attention against ref::attention: GQA ratios 1, 2, 4, 8, tokens at arbitrary positions,
 // a contiguous KV cache and the same data in shuffled blocks of a paged one, 1 to 3 threads; K/V
 // stored as F16; sliding windows over tables whose out-of-window blocks were released.
-#include <tinyllm/kernels/cpu/attention.hpp>
 #include <tinyllm/kernels/kv_view.hpp>
+#include <tinyllm/kernels/cpu/cpu.hpp>
 #include <tinyllm/kernels/reference.hpp>
 
 #include <algorithm>
@@ -120,152 +120,162 @@ const auto cpu_attention = [](auto&&... args) { cpu::attention(args...); };
 }  // namespace
 
 TEST_CASE("cpu::attention equals ref::attention: GQA, arbitrary positions, paged KV, 1-3 threads") {
-  ThreadPool pool1(1), pool2(2), pool3(3);
-  ThreadPool* pools[] = {&pool1, &pool2, &pool3};
-  std::mt19937 rng(7);
-  const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {16, 2, 128}, {8, 1, 17}, {6, 3, 8}, {4, 1, 80},
-                          {2, 2, 1}};
-  const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
-  for (const Shape& s : shapes)
-    for (const auto& positions : position_sets)
-      for (std::size_t block_size : {1, 5, 16}) {
-        CAPTURE(s.n_heads);
-        CAPTURE(s.n_kv_heads);
-        CAPTURE(s.head_dim);
-        CAPTURE(positions.size());
-        CAPTURE(block_size);
-        const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
-        const std::size_t kv_dim = s.n_kv_heads * s.head_dim;
-        const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
-        const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
-        const BlockKV contiguous(k, v, n_ctx, kv_dim, n_ctx, rng), paged(k, v, n_ctx, kv_dim, block_size, rng);
+  test::for_each_target([&] {
+    ThreadPool pool1(1), pool2(2), pool3(3);
+    ThreadPool* pools[] = {&pool1, &pool2, &pool3};
+    std::mt19937 rng(7);
+    const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {16, 2, 128}, {8, 1, 17}, {6, 3, 8}, {4, 1, 80},
+                            {2, 2, 1}};
+    const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
+    for (const Shape& s : shapes)
+      for (const auto& positions : position_sets)
+        for (std::size_t block_size : {1, 5, 16}) {
+          CAPTURE(s.n_heads);
+          CAPTURE(s.n_kv_heads);
+          CAPTURE(s.head_dim);
+          CAPTURE(positions.size());
+          CAPTURE(block_size);
+          const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
+          const std::size_t kv_dim = s.n_kv_heads * s.head_dim;
+          const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
+          const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
+          const BlockKV contiguous(k, v, n_ctx, kv_dim, n_ctx, rng), paged(k, v, n_ctx, kv_dim, block_size, rng);
 
-        const auto want = run(ref_attention, pool1, q, positions, contiguous.view(), s);
-        CHECK(run(ref_attention, pool1, q, positions, paged.view(), s) == want);
-        const auto got = run(cpu_attention, pool1, q, positions, contiguous.view(), s);
-        // Scores q.k/sqrt(d) are off by ~1e-6 at most; weights sum to 1 and |v| <= 1, so the
-        // output is off by about the same, plus a float sum over at most 201 positions.
-        CHECK(max_abs_error(got, want) <= 2e-5);
-        for (ThreadPool* pool : pools) {
-          CAPTURE(pool->size());
-          CHECK(run(cpu_attention, *pool, q, positions, paged.view(), s) == got);  // same arithmetic, any order
+          const auto want = run(ref_attention, pool1, q, positions, contiguous.view(), s);
+          CHECK(run(ref_attention, pool1, q, positions, paged.view(), s) == want);
+          const auto got = run(cpu_attention, pool1, q, positions, contiguous.view(), s);
+          // Scores q.k/sqrt(d) are off by ~1e-6 at most; weights sum to 1 and |v| <= 1, so the
+          // output is off by about the same, plus a float sum over at most 201 positions.
+          CHECK(max_abs_error(got, want) <= 2e-5);
+          for (ThreadPool* pool : pools) {
+            CAPTURE(pool->size());
+            CHECK(run(cpu_attention, *pool, q, positions, paged.view(), s) == got);  // same arithmetic, any order
+          }
         }
-      }
+  });
 }
 
 TEST_CASE("cpu::attention: a token at position 0 returns value 0 of its KV head") {
-  ThreadPool pool(2);
-  std::mt19937 rng(8);
-  const Shape s{8, 2, 64};
-  const auto k = random_vector(2 * 64, rng), v = random_vector(2 * 64, rng);
-  const auto q = random_vector(8 * 64, rng);
-  const BlockKV kv(k, v, 1, 128, 4, rng);
-  const auto out = run(cpu_attention, pool, q, {0}, kv.view(), s);
-  for (std::size_t h = 0; h < 8; ++h)
-    for (std::size_t i = 0; i < 64; ++i) CHECK(out[h * 64 + i] == v[(h / 4) * 64 + i]);
+  test::for_each_target([&] {
+    ThreadPool pool(2);
+    std::mt19937 rng(8);
+    const Shape s{8, 2, 64};
+    const auto k = random_vector(2 * 64, rng), v = random_vector(2 * 64, rng);
+    const auto q = random_vector(8 * 64, rng);
+    const BlockKV kv(k, v, 1, 128, 4, rng);
+    const auto out = run(cpu_attention, pool, q, {0}, kv.view(), s);
+    for (std::size_t h = 0; h < 8; ++h)
+      for (std::size_t i = 0; i < 64; ++i) CHECK(out[h * 64 + i] == v[(h / 4) * 64 + i]);
+  });
 }
 
 TEST_CASE("attention with a sliding window equals full attention over the window's positions alone") {
-  ThreadPool pool(2);
-  std::mt19937 rng(11);
-  const Shape s{8, 2, 16};
-  const std::size_t kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 40;
-  const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
-  const BlockKV kv(k, v, n_ctx, kv_dim, 7, rng);
-  for (std::size_t window : {1u, 3u, 16u, 39u, 40u, 100u}) {
-    for (float cap : {0.0f, 0.5f}) {   // a cap of 0.5 bends scores of this size strongly
-      CAPTURE(window);
-      CAPTURE(cap);
-      const std::vector<std::int32_t> positions = {0, 2, 17, 39};
-      const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
-      const AttentionParams params{.scale = 0.25f, .window = window, .softcap = cap};
-      const auto want = run(ref_attention, pool, q, positions, kv.view(), s, params);
-      CHECK(max_abs_error(run(cpu_attention, pool, q, positions, kv.view(), s, params), want) <= 2e-5);
-      // Independently: each token alone, against a cache that holds only its window, re-indexed from 0.
-      for (std::size_t t = 0; t < positions.size(); ++t) {
-        const std::size_t pos = std::size_t(positions[t]), first = pos + 1 > window ? pos + 1 - window : 0;
-        const std::size_t n = pos + 1 - first;
-        const std::vector<float> k_win(k.begin() + first * kv_dim, k.begin() + (pos + 1) * kv_dim),
-            v_win(v.begin() + first * kv_dim, v.begin() + (pos + 1) * kv_dim);
-        const BlockKV only(k_win, v_win, n, kv_dim, n, rng);
-        const std::vector<float> q_t(q.begin() + t * s.n_heads * s.head_dim, q.begin() + (t + 1) * s.n_heads * s.head_dim);
-        const AttentionParams full{.scale = 0.25f, .softcap = cap};
-        const auto alone = run(ref_attention, pool, q_t, {std::int32_t(n - 1)}, only.view(), s, full);
-        const std::vector<float> row(want.begin() + t * s.n_heads * s.head_dim, want.begin() + (t + 1) * s.n_heads * s.head_dim);
-        CHECK(max_abs_error(alone, row) <= 1e-6);
+  test::for_each_target([&] {
+    ThreadPool pool(2);
+    std::mt19937 rng(11);
+    const Shape s{8, 2, 16};
+    const std::size_t kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 40;
+    const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
+    const BlockKV kv(k, v, n_ctx, kv_dim, 7, rng);
+    for (std::size_t window : {1u, 3u, 16u, 39u, 40u, 100u}) {
+      for (float cap : {0.0f, 0.5f}) {   // a cap of 0.5 bends scores of this size strongly
+        CAPTURE(window);
+        CAPTURE(cap);
+        const std::vector<std::int32_t> positions = {0, 2, 17, 39};
+        const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
+        const AttentionParams params{.scale = 0.25f, .window = window, .softcap = cap};
+        const auto want = run(ref_attention, pool, q, positions, kv.view(), s, params);
+        CHECK(max_abs_error(run(cpu_attention, pool, q, positions, kv.view(), s, params), want) <= 2e-5);
+        // Independently: each token alone, against a cache that holds only its window, re-indexed from 0.
+        for (std::size_t t = 0; t < positions.size(); ++t) {
+          const std::size_t pos = std::size_t(positions[t]), first = pos + 1 > window ? pos + 1 - window : 0;
+          const std::size_t n = pos + 1 - first;
+          const std::vector<float> k_win(k.begin() + first * kv_dim, k.begin() + (pos + 1) * kv_dim),
+              v_win(v.begin() + first * kv_dim, v.begin() + (pos + 1) * kv_dim);
+          const BlockKV only(k_win, v_win, n, kv_dim, n, rng);
+          const std::vector<float> q_t(q.begin() + t * s.n_heads * s.head_dim, q.begin() + (t + 1) * s.n_heads * s.head_dim);
+          const AttentionParams full{.scale = 0.25f, .softcap = cap};
+          const auto alone = run(ref_attention, pool, q_t, {std::int32_t(n - 1)}, only.view(), s, full);
+          const std::vector<float> row(want.begin() + t * s.n_heads * s.head_dim, want.begin() + (t + 1) * s.n_heads * s.head_dim);
+          CHECK(max_abs_error(alone, row) <= 1e-6);
+        }
       }
     }
-  }
+  });
 }
 
 TEST_CASE("cpu::attention over F16 K/V equals attention over the F16-rounded values, and is close to F32") {
-  ThreadPool pool1(1), pool3(3);
-  std::mt19937 rng(17);
-  const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {16, 2, 128}, {8, 1, 17}, {6, 3, 8}, {2, 2, 1}};
-  const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
-  double worst_vs_f32 = 0;
-  for (const Shape& s : shapes)
-    for (const auto& positions : position_sets)
-      for (std::size_t block_size : {1, 5, 16}) {
-        CAPTURE(s.n_heads);
-        CAPTURE(s.n_kv_heads);
-        CAPTURE(s.head_dim);
-        CAPTURE(positions.size());
-        CAPTURE(block_size);
-        const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
-        const std::size_t kv_dim = s.n_kv_heads * s.head_dim;
-        const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
-        const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
-        const BlockKVOf<F16> half(k, v, n_ctx, kv_dim, block_size, rng);
-        const BlockKV rounded(round_to_f16(k), round_to_f16(v), n_ctx, kv_dim, block_size, rng);
-        const BlockKV exact(k, v, n_ctx, kv_dim, block_size, rng);
+  test::for_each_target([&] {
+    ThreadPool pool1(1), pool3(3);
+    std::mt19937 rng(17);
+    const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {16, 2, 128}, {8, 1, 17}, {6, 3, 8}, {2, 2, 1}};
+    const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
+    double worst_vs_f32 = 0;
+    for (const Shape& s : shapes)
+      for (const auto& positions : position_sets)
+        for (std::size_t block_size : {1, 5, 16}) {
+          CAPTURE(s.n_heads);
+          CAPTURE(s.n_kv_heads);
+          CAPTURE(s.head_dim);
+          CAPTURE(positions.size());
+          CAPTURE(block_size);
+          const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
+          const std::size_t kv_dim = s.n_kv_heads * s.head_dim;
+          const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
+          const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
+          const BlockKVOf<F16> half(k, v, n_ctx, kv_dim, block_size, rng);
+          const BlockKV rounded(round_to_f16(k), round_to_f16(v), n_ctx, kv_dim, block_size, rng);
+          const BlockKV exact(k, v, n_ctx, kv_dim, block_size, rng);
 
-        // The reference reads F16 storage as exactly its rounded values.
-        const auto want = run(ref_attention, pool1, q, positions, rounded.view(), s);
-        CHECK(run(ref_attention, pool1, q, positions, half.view(), s) == want);
-        // The kernel widens each F16 to the same float the F32 path loads: the same arithmetic.
-        const auto got = run(cpu_attention, pool1, q, positions, half.view(), s);
-        CHECK(got == run(cpu_attention, pool1, q, positions, rounded.view(), s));
-        CHECK(max_abs_error(got, want) <= 2e-5);
-        CHECK(run(cpu_attention, pool3, q, positions, half.view(), s) == got);
-        // Against unrounded F32: |k|, |v| <= 1 move by at most 2^-11, so each score moves by at
-        // most scale * head_dim * 2^-11 and the output by 2^-11 plus twice that.
-        const double scale = 1.0 / std::sqrt(double(s.head_dim)), ulp = std::ldexp(1.0, -11);
-        const double err = max_abs_error(got, run(ref_attention, pool1, q, positions, exact.view(), s));
-        CHECK(err <= ulp + 2 * scale * double(s.head_dim) * ulp + 2e-5);
-        worst_vs_f32 = std::max(worst_vs_f32, err);
-      }
-  MESSAGE("F16 K/V against F32 K/V: max abs output difference " << worst_vs_f32);
-  CHECK(worst_vs_f32 > 0);   // the F16 path really rounds
+          // The reference reads F16 storage as exactly its rounded values.
+          const auto want = run(ref_attention, pool1, q, positions, rounded.view(), s);
+          CHECK(run(ref_attention, pool1, q, positions, half.view(), s) == want);
+          // The kernel widens each F16 to the same float the F32 path loads: the same arithmetic.
+          const auto got = run(cpu_attention, pool1, q, positions, half.view(), s);
+          CHECK(got == run(cpu_attention, pool1, q, positions, rounded.view(), s));
+          CHECK(max_abs_error(got, want) <= 2e-5);
+          CHECK(run(cpu_attention, pool3, q, positions, half.view(), s) == got);
+          // Against unrounded F32: |k|, |v| <= 1 move by at most 2^-11, so each score moves by at
+          // most scale * head_dim * 2^-11 and the output by 2^-11 plus twice that.
+          const double scale = 1.0 / std::sqrt(double(s.head_dim)), ulp = std::ldexp(1.0, -11);
+          const double err = max_abs_error(got, run(ref_attention, pool1, q, positions, exact.view(), s));
+          CHECK(err <= ulp + 2 * scale * double(s.head_dim) * ulp + 2e-5);
+          worst_vs_f32 = std::max(worst_vs_f32, err);
+        }
+    MESSAGE("F16 K/V against F32 K/V: max abs output difference " << worst_vs_f32);
+    CHECK(worst_vs_f32 > 0);   // the F16 path really rounds
+  });
 }
 
 TEST_CASE("sliding-window attention never reads the released blocks before the window") {
-  ThreadPool pool(2);
-  std::mt19937 rng(19);
-  const Shape s{8, 2, 16};
-  const std::size_t kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 61;
-  const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
-  for (std::size_t window : {1u, 7u, 16u, 30u}) {
-    for (std::size_t block_size : {1u, 4u, 7u}) {
-      CAPTURE(window);
-      CAPTURE(block_size);
-      // A prefill chunk ending the cache: the earliest query sets what can be released.
-      const std::vector<std::int32_t> positions = {56, 57, 58, 59, 60};
-      const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
-      const AttentionParams params{.scale = 0.25f, .window = window};
-      const BlockKV full(k, v, n_ctx, kv_dim, block_size, rng);
-      BlockKV released(k, v, n_ctx, kv_dim, block_size, rng);
-      BlockKVOf<F16> released16(k, v, n_ctx, kv_dim, block_size, rng);
-      released.release_before(attention_start(56, window));
-      released16.release_before(attention_start(56, window));
-      REQUIRE(released.k_table[0] == nullptr);
-      const auto want = run(cpu_attention, pool, q, positions, full.view(), s, params);
-      CHECK(run(cpu_attention, pool, q, positions, released.view(), s, params) == want);
-      CHECK(run(ref_attention, pool, q, positions, released.view(), s, params) ==
-            run(ref_attention, pool, q, positions, full.view(), s, params));
-      const BlockKV rounded(round_to_f16(k), round_to_f16(v), n_ctx, kv_dim, block_size, rng);
-      CHECK(run(cpu_attention, pool, q, positions, released16.view(), s, params) ==
-            run(cpu_attention, pool, q, positions, rounded.view(), s, params));
+  test::for_each_target([&] {
+    ThreadPool pool(2);
+    std::mt19937 rng(19);
+    const Shape s{8, 2, 16};
+    const std::size_t kv_dim = s.n_kv_heads * s.head_dim, n_ctx = 61;
+    const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
+    for (std::size_t window : {1u, 7u, 16u, 30u}) {
+      for (std::size_t block_size : {1u, 4u, 7u}) {
+        CAPTURE(window);
+        CAPTURE(block_size);
+        // A prefill chunk ending the cache: the earliest query sets what can be released.
+        const std::vector<std::int32_t> positions = {56, 57, 58, 59, 60};
+        const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
+        const AttentionParams params{.scale = 0.25f, .window = window};
+        const BlockKV full(k, v, n_ctx, kv_dim, block_size, rng);
+        BlockKV released(k, v, n_ctx, kv_dim, block_size, rng);
+        BlockKVOf<F16> released16(k, v, n_ctx, kv_dim, block_size, rng);
+        released.release_before(attention_start(56, window));
+        released16.release_before(attention_start(56, window));
+        REQUIRE(released.k_table[0] == nullptr);
+        const auto want = run(cpu_attention, pool, q, positions, full.view(), s, params);
+        CHECK(run(cpu_attention, pool, q, positions, released.view(), s, params) == want);
+        CHECK(run(ref_attention, pool, q, positions, released.view(), s, params) ==
+              run(ref_attention, pool, q, positions, full.view(), s, params));
+        const BlockKV rounded(round_to_f16(k), round_to_f16(v), n_ctx, kv_dim, block_size, rng);
+        CHECK(run(cpu_attention, pool, q, positions, released16.view(), s, params) ==
+              run(cpu_attention, pool, q, positions, rounded.view(), s, params));
+      }
     }
-  }
+  });
 }

@@ -1,6 +1,6 @@
 // cpu::matmul against ref::matmul on random inputs of many shapes, both weight types, strided
 // views and 1, 2 and 3 threads; and bit-identical results across thread counts and batch sizes.
-#include <tinyllm/kernels/cpu/matmul.hpp>
+#include <tinyllm/kernels/cpu/cpu.hpp>
 #include <tinyllm/kernels/reference.hpp>
 
 #include <algorithm>
@@ -137,16 +137,22 @@ void check_many_shapes() {
 
 }  // namespace
 
-TEST_CASE("cpu::matmul f32 equals ref::matmul over many shapes and strides") { check_many_shapes<float>(); }
+TEST_CASE("cpu::matmul f32 equals ref::matmul over many shapes and strides") {
+  test::for_each_target([&] { check_many_shapes<float>(); });
+}
 
-TEST_CASE("cpu::matmul f16 equals ref::matmul over many shapes and strides") { check_many_shapes<F16>(); }
+TEST_CASE("cpu::matmul f16 equals ref::matmul over many shapes and strides") {
+  test::for_each_target([&] { check_many_shapes<F16>(); });
+}
 
 TEST_CASE("cpu::matmul: token counts beyond one L2 chunk, 1 to 3 threads") {
-  ThreadPool pool1(1), pool2(2), pool3(3);
-  std::mt19937 rng(99);
-  for (std::size_t n_in : {4096, 5003})
-    for (std::size_t n_tok : {17, 70}) {
-      check_shape<float>(37, n_in, n_tok, 3, rng, {&pool1, &pool2, &pool3});
-      check_shape<F16>(37, n_in, n_tok, 3, rng, {&pool1, &pool2, &pool3});
-    }
+  test::for_each_target([&] {
+    ThreadPool pool1(1), pool2(2), pool3(3);
+    std::mt19937 rng(99);
+    for (std::size_t n_in : {4096, 5003})
+      for (std::size_t n_tok : {17, 70}) {
+        check_shape<float>(37, n_in, n_tok, 3, rng, {&pool1, &pool2, &pool3});
+        check_shape<F16>(37, n_in, n_tok, 3, rng, {&pool1, &pool2, &pool3});
+      }
+  });
 }

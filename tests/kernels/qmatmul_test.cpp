@@ -10,7 +10,8 @@
 // below ~2e-7; 1e-5 is the stated bound). The first is at most sum_i |w_i| * max|x| / 254.
 // A second, tighter check compares with sum_i w_i * d_b q_i computed in double from the same
 // quantized activations: only float rounding (kFloatRel) separates them.
-#include <tinyllm/kernels/cpu/qmatmul.hpp>
+#include <tinyllm/kernels/cpu/cpu.hpp>
+#include <tinyllm/kernels/cpu/per_target.hpp>  // the activation quantizer, for the static target
 #include <tinyllm/kernels/quant_reference.hpp>
 #include <tinyllm/quant/dequantize.hpp>
 #include <tinyllm/quant/quantize.hpp>
@@ -82,6 +83,13 @@ struct Weights {
       for (std::size_t b = 0; b < cols / cpu::block_values<Block>; ++b) data[o * stride + b] = random_block<Block>(rng);
   }
   MatrixView<const Block> view() const { return {data.data(), rows, cols, stride}; }
+  // The rows without their padding, as a file holds them.
+  std::vector<Block> contiguous() const {
+    std::vector<Block> v(rows * (cols / cpu::block_values<Block>));
+    for (std::size_t o = 0; o < rows; ++o)
+      std::copy_n(data.data() + o * stride, cols / cpu::block_values<Block>, v.data() + o * (cols / cpu::block_values<Block>));
+    return v;
+  }
   std::vector<float> dequantized_row(std::size_t o) const {
     std::vector<float> v(cols);
     dequantize_row(data.data() + o * stride, v.data(), cols);
@@ -100,6 +108,14 @@ struct Padded {
   MatrixView<float> view() { return {data.data(), rows, cols, stride}; }
   MatrixView<const float> cview() const { return {data.data(), rows, cols, stride}; }
 };
+
+// cpu::qmatmul (the dispatched entry point) of w's rows by x.
+template <class Block>
+void qmatmul(ThreadPool& pool, const Weights<Block>& w, MatrixView<const float> x, MatrixView<float> y,
+             cpu::QuantScratch& scratch) {
+  const std::vector<Block> rows = w.contiguous();
+  cpu::qmatmul(pool, kDType<Block>, rows.data(), w.rows, w.cols, x, y, scratch);
+}
 
 // Activations with some structure: a per-token magnitude, an outlier now and then, and a zero
 // token and a zero block when there is room for them.
@@ -149,7 +165,7 @@ void check_shape(std::size_t n_out, std::size_t n_in, std::size_t n_tok, std::si
 
   // The activations as the kernel sees them, and the per-value rounding bound d_b / 2.
   cpu::QuantScratch own;
-  const cpu::QuantizedActs a = cpu::quantize_activations<Block>(*pools[0], x.cview(), own);
+  const cpu::QuantizedActs a = cpu::HWY_NAMESPACE::quantize_activations<Block>(*pools[0], x.cview(), own);
   std::vector<double> xhat(n_tok * n_in), half_step(n_tok * n_in);
   for (std::size_t t = 0; t < n_tok; ++t)
     for (std::size_t i = 0; i < n_in; ++i) {
@@ -162,7 +178,7 @@ void check_shape(std::size_t n_out, std::size_t n_in, std::size_t n_tok, std::si
   for (std::size_t p = 0; p < pools.size(); ++p) {
     CAPTURE(pools[p]->size());
     Padded got(n_tok, n_out, pad % 5);
-    cpu::qmatmul(*pools[p], w.view(), x.cview(), got.view(), scratch);
+    qmatmul(*pools[p], w, x.cview(), got.view(), scratch);
     CHECK(padding_untouched(got));
     if (p == 0) {
       first = got;
@@ -175,9 +191,7 @@ void check_shape(std::size_t n_out, std::size_t n_in, std::size_t n_tok, std::si
   // file's layout the same way group by group, so the same bits on any thread count.
   std::optional<Padded> packed;
   {
-    std::vector<Block> rows(n_out * (n_in / kBlock));
-    for (std::size_t o = 0; o < n_out; ++o)
-      std::copy_n(w.data.data() + o * w.stride, n_in / kBlock, rows.data() + o * (n_in / kBlock));
+    const std::vector<Block> rows = w.contiguous();
     AlignedBuffer<std::byte> p(cpu::packed_bytes(kDType<Block>, n_out, n_in));
     cpu::pack_rows(kDType<Block>, rows.data(), n_out, n_in, p.data(), 0, (n_out + 15) / 16);
     for (std::size_t i = 0; i < pools.size(); ++i) {
@@ -260,121 +274,118 @@ void check_many_shapes() {
 
 }  // namespace
 
-TEST_CASE(QMATMUL_TEST_PREFIX " Q8_0 equals ref::qmatmul within the activation rounding") { check_many_shapes<BlockQ8_0>(); }
-TEST_CASE(QMATMUL_TEST_PREFIX " Q4_0 equals ref::qmatmul within the activation rounding") { check_many_shapes<BlockQ4_0>(); }
-TEST_CASE(QMATMUL_TEST_PREFIX " Q4_K equals ref::qmatmul within the activation rounding") { check_many_shapes<BlockQ4_K>(); }
-TEST_CASE(QMATMUL_TEST_PREFIX " Q5_K equals ref::qmatmul within the activation rounding") { check_many_shapes<BlockQ5_K>(); }
-TEST_CASE(QMATMUL_TEST_PREFIX " Q6_K equals ref::qmatmul within the activation rounding") { check_many_shapes<BlockQ6_K>(); }
+TEST_CASE(QMATMUL_TEST_PREFIX " Q8_0 equals ref::qmatmul within the activation rounding") {
+  test::for_each_target([&] { check_many_shapes<BlockQ8_0>(); });
+}
+TEST_CASE(QMATMUL_TEST_PREFIX " Q4_0 equals ref::qmatmul within the activation rounding") {
+  test::for_each_target([&] { check_many_shapes<BlockQ4_0>(); });
+}
+TEST_CASE(QMATMUL_TEST_PREFIX " Q4_K equals ref::qmatmul within the activation rounding") {
+  test::for_each_target([&] { check_many_shapes<BlockQ4_K>(); });
+}
+TEST_CASE(QMATMUL_TEST_PREFIX " Q5_K equals ref::qmatmul within the activation rounding") {
+  test::for_each_target([&] { check_many_shapes<BlockQ5_K>(); });
+}
+TEST_CASE(QMATMUL_TEST_PREFIX " Q6_K equals ref::qmatmul within the activation rounding") {
+  test::for_each_target([&] { check_many_shapes<BlockQ6_K>(); });
+}
 
 // A token's outputs do not depend on the batch it is in: one token alone (plain activation rows),
 // a few (the decode kernel) and many (the panel kernel) give the same bits.
 TEST_CASE(QMATMUL_TEST_PREFIX " a token gets the same bits alone, in a small batch and in a large one") {
-  ThreadPool pool(2);
-  cpu::QuantScratch scratch;
-  std::mt19937 rng(11);
-  auto check = [&]<class Block>(std::type_identity<Block>) {
-    CAPTURE(name(kDType<Block>));
-    const std::size_t n_in = 1536, n_out = 37;
-    const Weights<Block> w(n_out, n_in, 1, rng);
-    const Padded x = random_activations(40, n_in, 3, rng);
-    Padded all(40, n_out, 0);
-    cpu::qmatmul(pool, w.view(), x.cview(), all.view(), scratch);
-    for (std::size_t first : {0, 5, 17, 39})
-      for (std::size_t n : {1, 3, 8, 13, 20}) {
-        if (first + n > 40) continue;
-        CAPTURE(first);
-        CAPTURE(n);
-        Padded some(n, n_out, 0);
-        cpu::qmatmul(pool, w.view(), MatrixView<const float>(&x.data[first * x.stride], n, n_in, x.stride), some.view(),
-                     scratch);
-        bool same = true;
-        for (std::size_t t = 0; t < n; ++t) same = same && std::memcmp(&some.at(t, 0), &all.at(first + t, 0), n_out * 4) == 0;
-        CHECK(same);
-      }
-  };
-  check(std::type_identity<BlockQ8_0>{});
-  check(std::type_identity<BlockQ4_0>{});
-  check(std::type_identity<BlockQ4_K>{});
-  check(std::type_identity<BlockQ5_K>{});
-  check(std::type_identity<BlockQ6_K>{});
+  test::for_each_target([&] {
+    ThreadPool pool(2);
+    cpu::QuantScratch scratch;
+    std::mt19937 rng(11);
+    auto check = [&]<class Block>(std::type_identity<Block>) {
+      CAPTURE(name(kDType<Block>));
+      const std::size_t n_in = 1536, n_out = 37;
+      const Weights<Block> w(n_out, n_in, 1, rng);
+      const Padded x = random_activations(40, n_in, 3, rng);
+      Padded all(40, n_out, 0);
+      qmatmul(pool, w, x.cview(), all.view(), scratch);
+      for (std::size_t first : {0, 5, 17, 39})
+        for (std::size_t n : {1, 3, 8, 13, 20}) {
+          if (first + n > 40) continue;
+          CAPTURE(first);
+          CAPTURE(n);
+          Padded some(n, n_out, 0);
+          qmatmul(pool, w, MatrixView<const float>(&x.data[first * x.stride], n, n_in, x.stride), some.view(), scratch);
+          bool same = true;
+          for (std::size_t t = 0; t < n; ++t) same = same && std::memcmp(&some.at(t, 0), &all.at(first + t, 0), n_out * 4) == 0;
+          CHECK(same);
+        }
+    };
+    check(std::type_identity<BlockQ8_0>{});
+    check(std::type_identity<BlockQ4_0>{});
+    check(std::type_identity<BlockQ4_K>{});
+    check(std::type_identity<BlockQ5_K>{});
+    check(std::type_identity<BlockQ6_K>{});
+  });
 }
 
 // Larger magnitudes: all quants at their extremes (saturating intermediate sums would show).
 TEST_CASE(QMATMUL_TEST_PREFIX " extreme quants and activations") {
-  ThreadPool pool(2);
-  cpu::QuantScratch scratch;
-  auto run = [&]<class Block>(std::type_identity<Block>, std::uint8_t fill) {
-    CAPTURE(name(kDType<Block>));
-    CAPTURE(int(fill));
-    const std::size_t n_in = 512, n_out = 20;
-    for (std::size_t n_tok : {1, 9}) {
-      std::mt19937 rng(7);
-      Weights<Block> w(n_out, n_in, 0, rng);
-      for (auto& b : w.data) {
-        const std::uint16_t d = b.d;
-        std::memset(&b, fill, sizeof b);
-        b.d = d;
-        if constexpr (requires { b.dmin; }) b.dmin = 0x2000;
-      }
-      Padded x(n_tok, n_in, 0);
-      for (std::size_t t = 0; t < n_tok; ++t)
-        for (std::size_t i = 0; i < n_in; ++i) x.at(t, i) = (t % 2 ? -1.0f : 1.0f) * ((i % 3) == 0 ? 1.0f : 0.999f);
-      Padded want(n_tok, n_out, 0), got(n_tok, n_out, 0);
-      ref::qmatmul(pool, w.view(), x.cview(), want.view());
-      cpu::qmatmul(pool, w.view(), x.cview(), got.view(), scratch);
-      for (std::size_t t = 0; t < n_tok; ++t)
-        for (std::size_t o = 0; o < n_out; ++o) {
-          const std::vector<float> row = w.dequantized_row(o);
-          double bound = 0;
-          for (std::size_t i = 0; i < n_in; ++i) bound += std::abs(row[i]) * (0.5 / 127 + kFloatRel);
-          CHECK(std::abs(got.at(t, o) - want.at(t, o)) <= bound);
+  test::for_each_target([&] {
+    ThreadPool pool(2);
+    cpu::QuantScratch scratch;
+    auto run = [&]<class Block>(std::type_identity<Block>, std::uint8_t fill) {
+      CAPTURE(name(kDType<Block>));
+      CAPTURE(int(fill));
+      const std::size_t n_in = 512, n_out = 20;
+      for (std::size_t n_tok : {1, 9}) {
+        std::mt19937 rng(7);
+        Weights<Block> w(n_out, n_in, 0, rng);
+        for (auto& b : w.data) {
+          const std::uint16_t d = b.d;
+          std::memset(&b, fill, sizeof b);
+          b.d = d;
+          if constexpr (requires { b.dmin; }) b.dmin = 0x2000;
         }
+        Padded x(n_tok, n_in, 0);
+        for (std::size_t t = 0; t < n_tok; ++t)
+          for (std::size_t i = 0; i < n_in; ++i) x.at(t, i) = (t % 2 ? -1.0f : 1.0f) * ((i % 3) == 0 ? 1.0f : 0.999f);
+        Padded want(n_tok, n_out, 0), got(n_tok, n_out, 0);
+        ref::qmatmul(pool, w.view(), x.cview(), want.view());
+        qmatmul(pool, w, x.cview(), got.view(), scratch);
+        for (std::size_t t = 0; t < n_tok; ++t)
+          for (std::size_t o = 0; o < n_out; ++o) {
+            const std::vector<float> row = w.dequantized_row(o);
+            double bound = 0;
+            for (std::size_t i = 0; i < n_in; ++i) bound += std::abs(row[i]) * (0.5 / 127 + kFloatRel);
+            CHECK(std::abs(got.at(t, o) - want.at(t, o)) <= bound);
+          }
+      }
+    };
+    for (std::uint8_t fill : {0x00, 0xFF, 0x80, 0x7F}) {
+      run(std::type_identity<BlockQ8_0>{}, fill);
+      run(std::type_identity<BlockQ4_0>{}, fill);
+      run(std::type_identity<BlockQ4_K>{}, fill);
+      run(std::type_identity<BlockQ5_K>{}, fill);
+      run(std::type_identity<BlockQ6_K>{}, fill);
     }
-  };
-  for (std::uint8_t fill : {0x00, 0xFF, 0x80, 0x7F}) {
-    run(std::type_identity<BlockQ8_0>{}, fill);
-    run(std::type_identity<BlockQ4_0>{}, fill);
-    run(std::type_identity<BlockQ4_K>{}, fill);
-    run(std::type_identity<BlockQ5_K>{}, fill);
-    run(std::type_identity<BlockQ6_K>{}, fill);
-  }
+  });
 }
 
-TEST_CASE(QMATMUL_TEST_PREFIX " run-time dispatch gives the typed call's bits and throws for unsupported types") {
-  ThreadPool pool(2);
-  cpu::QuantScratch scratch(5, 512);
-  std::mt19937 rng(99);
-  auto check = [&]<class Block>(std::type_identity<Block>) {
-    CAPTURE(name(kDType<Block>));
-    const Weights<Block> w(7, 512, 0, rng);
-    const Padded x = random_activations(5, 512, 0, rng);
-    Padded typed(5, 7, 0), dispatched(5, 7, 0), reference(5, 7, 0), reference_typed(5, 7, 0);
-    cpu::qmatmul(pool, w.view(), x.cview(), typed.view(), scratch);
-    cpu::qmatmul(pool, kDType<Block>, w.data.data(), 7, 512, x.cview(), dispatched.view(), scratch);
-    CHECK(same_bits(typed, dispatched));
-    ref::qmatmul(pool, kDType<Block>, w.data.data(), 7, 512, x.cview(), reference.view());
-    ref::qmatmul(pool, w.view(), x.cview(), reference_typed.view());
-    CHECK(same_bits(reference, reference_typed));
-  };
-  check(std::type_identity<BlockQ8_0>{});
-  check(std::type_identity<BlockQ4_0>{});
-  check(std::type_identity<BlockQ4_K>{});
-  check(std::type_identity<BlockQ5_K>{});
-  check(std::type_identity<BlockQ6_K>{});
+TEST_CASE(QMATMUL_TEST_PREFIX " F32 weights go to cpu::matmul; other types and partial blocks throw") {
+  test::for_each_target([&] {
+    ThreadPool pool(2);
+    cpu::QuantScratch scratch(5, 512);
+    std::mt19937 rng(99);
+    // F32 weights go to cpu::matmul.
+    std::vector<float> wf(3 * 64, 0.5f);
+    const Padded x = random_activations(2, 64, 0, rng);
+    Padded y(2, 3, 0), want(2, 3, 0);
+    cpu::qmatmul(pool, DType::F32, wf.data(), 3, 64, x.cview(), y.view(), scratch);
+    cpu::matmul(pool, MatrixView<const float>(wf.data(), 3, 64), x.cview(), want.view());
+    CHECK(same_bits(y, want));
 
-  // F32 weights go to cpu::matmul.
-  std::vector<float> wf(3 * 64, 0.5f);
-  const Padded x = random_activations(2, 64, 0, rng);
-  Padded y(2, 3, 0), want(2, 3, 0);
-  cpu::qmatmul(pool, DType::F32, wf.data(), 3, 64, x.cview(), y.view(), scratch);
-  cpu::matmul(pool, MatrixView<const float>(wf.data(), 3, 64), x.cview(), want.view());
-  CHECK(same_bits(y, want));
-
-  std::vector<std::uint8_t> raw(1 << 16);
-  Padded y2(2, 2, 0);
-  CHECK_THROWS_AS(cpu::qmatmul(pool, DType::Q4_1, raw.data(), 2, 64, x.cview(), y2.view(), scratch), Error);
-  CHECK_THROWS_AS(cpu::qmatmul(pool, DType::Q8_K, raw.data(), 2, 256, x.cview(), y2.view(), scratch), Error);
-  CHECK_THROWS_AS(cpu::qmatmul(pool, DType::Q4_K, raw.data(), 2, 64, x.cview(), y2.view(), scratch), Error);
+    std::vector<std::uint8_t> raw(1 << 16);
+    Padded y2(2, 2, 0);
+    CHECK_THROWS_AS(cpu::qmatmul(pool, DType::Q4_1, raw.data(), 2, 64, x.cview(), y2.view(), scratch), Error);
+    CHECK_THROWS_AS(cpu::qmatmul(pool, DType::Q8_K, raw.data(), 2, 256, x.cview(), y2.view(), scratch), Error);
+    CHECK_THROWS_AS(cpu::qmatmul(pool, DType::Q4_K, raw.data(), 2, 64, x.cview(), y2.view(), scratch), Error);
+  });
 }
 
 // The quantizer on its own: d = max|x| / 127 per block, |x - d q| <= d / 2, the sums, and
@@ -388,7 +399,7 @@ void check_quantizer(std::size_t group) {
   std::mt19937 rng(11);
   const Padded x = random_activations(n_tok, n_in, 3, rng);
   cpu::QuantScratch scratch(n_tok, n_in);
-  const cpu::QuantizedActs a = cpu::quantize_activations<Block>(pool, x.cview(), scratch, group);
+  const cpu::QuantizedActs a = cpu::HWY_NAMESPACE::quantize_activations<Block>(pool, x.cview(), scratch, group);
   CHECK(scratch.capacity_bytes() == cpu::QuantScratch::bytes_for(n_tok, n_in));
   for (std::size_t t = 0; t < n_tok; ++t) {
     CAPTURE(t);

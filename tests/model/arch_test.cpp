@@ -29,34 +29,37 @@ void compare(const float* got, const float* want, std::size_t rows, std::size_t 
   CHECK(worst <= tol);
 }
 
-// Runs NAME.gguf on NAME.header.txt's ids and compares with NAME.logits.f32 and NAME.decode.f32.
+// Runs NAME.gguf on NAME.header.txt's ids and compares with NAME.logits.f32 and NAME.decode.f32,
+// on this CPU's best kernels and on AVX2's.
 void check_against_llama_cpp(const std::string& model, const std::string& ref, float tol) {
   const auto dir = test::testdata("arch");
   LoadedModel lm = load((dir / (model + ".gguf")).string());
-  const auto header = dir / (ref + ".header.txt");
-  const auto ids = test::header_ids(header, "ids");
-  const auto greedy = test::header_ids(header, "greedy_ids");
-  const auto prompt_want = test::read_f32(dir / (ref + ".logits.f32"));
-  const auto decode_want = test::read_f32(dir / (ref + ".decode.f32"));
-  const std::size_t vocab = lm.config().vocab_size, n = ids.size(), steps = decode_want.size() / vocab;
-  REQUIRE(prompt_want.size() == n * vocab);
-  REQUIRE(greedy.size() >= steps);
+  test::on_best_and_avx2([&] {
+    const auto header = dir / (ref + ".header.txt");
+    const auto ids = test::header_ids(header, "ids");
+    const auto greedy = test::header_ids(header, "greedy_ids");
+    const auto prompt_want = test::read_f32(dir / (ref + ".logits.f32"));
+    const auto decode_want = test::read_f32(dir / (ref + ".decode.f32"));
+    const std::size_t vocab = lm.config().vocab_size, n = ids.size(), steps = decode_want.size() / vocab;
+    REQUIRE(prompt_want.size() == n * vocab);
+    REQUIRE(greedy.size() >= steps);
 
-  ThreadPool pool(2);
-  auto cache = lm.model().new_kv_cache(n + steps);
-  std::vector<std::int32_t> pos(n);
-  for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
-  std::vector<float> got(n * vocab);
-  lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(got.data(), n, vocab));
-  compare(got.data(), prompt_want.data(), n, vocab, tol, "prompt");
+    ThreadPool pool(2);
+    auto cache = lm.model().new_kv_cache(n + steps);
+    std::vector<std::int32_t> pos(n);
+    for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
+    std::vector<float> got(n * vocab);
+    lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(got.data(), n, vocab));
+    compare(got.data(), prompt_want.data(), n, vocab, tol, "prompt");
 
-  std::vector<float> dec(steps * vocab);
-  for (std::size_t s = 0; s < steps; ++s) {
-    const std::int32_t p = std::int32_t(n + s);
-    lm.model().forward(pool, std::span(&greedy[s], 1), std::span(&p, 1), *cache,
-                       MatrixView<float>(dec.data() + s * vocab, 1, vocab));
-  }
-  compare(dec.data(), decode_want.data(), steps, vocab, tol, "decode");
+    std::vector<float> dec(steps * vocab);
+    for (std::size_t s = 0; s < steps; ++s) {
+      const std::int32_t p = std::int32_t(n + s);
+      lm.model().forward(pool, std::span(&greedy[s], 1), std::span(&p, 1), *cache,
+                         MatrixView<float>(dec.data() + s * vocab, 1, vocab));
+    }
+    compare(dec.data(), decode_want.data(), steps, vocab, tol, "decode");
+  });
 }
 
 }  // namespace

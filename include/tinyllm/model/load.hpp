@@ -27,7 +27,7 @@ namespace tinyllm {
 struct LoadOptions {
   std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
   std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
-  bool pack_weights = true;        // let the backend regroup matrices into its own layout (CPU: cpu/qpacked.hpp)
+  bool pack_weights = true;        // let the backend regroup matrices into its own layout (CPU: cpu/qpack.hpp)
   // Called as the weight matrices are bound, with the bytes done so far and in all. With it, the
   // loader also reads each matrix (one byte per page), so a cold file is paged in during the
   // load, where the progress shows, rather than during the first forward pass.
@@ -93,7 +93,7 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
 }
 
 // Gets the weight matrices ready for the forward pass on Backend, reporting progress after each
-// one. Those the backend has a layout of its own for are packed (CPU: cpu/qpacked.hpp) and the
+// one. Those the backend has a layout of its own for are packed (CPU: cpu/qpack.hpp) and the
 // file's pages of them released (`file` null: nothing to release); with a progress callback the
 // others are read, one byte per page, so a cold file is paged in during the load, where the
 // progress shows, rather than during the first forward pass.
@@ -325,6 +325,15 @@ LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   auto model = std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch);
   return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
 }
+
+// Under run-time dispatch the loaders for the files' own architectures on the CPU backend (every
+// Transformer they can build) are compiled once, in the file that includes tinyllm/dispatch.hpp,
+// rather than in every file that calls load().
+#if defined(TINYLLM_DYNAMIC_DISPATCH)
+extern template LoadedModel load_gguf<void, CpuBackend>(std::shared_ptr<const GGUFFile>, std::shared_ptr<const void>,
+                                                        const LoadOptions&);
+extern template LoadedModel load_llama2c<Llama, CpuBackend>(const std::string&, LoadOptions);
+#endif
 
 }  // namespace detail
 

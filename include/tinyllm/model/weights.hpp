@@ -24,7 +24,7 @@ struct WeightMatrix {
   const void* data = nullptr;
   std::size_t rows = 0, cols = 0;
   // The same weights in the backend's own layout, when pack<Backend>() made them (the CPU's:
-  // groups of rows interleaved, kernels/cpu/qpacked.hpp); matmul then reads these and `data`
+  // groups of rows interleaved, kernels/cpu/qpack.hpp); matmul then reads these and `data`
   // only serves row lookups (dequantize_row).
   std::shared_ptr<const AlignedBuffer<std::byte>> packed;
 };

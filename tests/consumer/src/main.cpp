@@ -25,6 +25,6 @@ int main() {
     std::printf("tinyllm consumer: generation failed\n");
     return 1;
   }
-  std::printf("tinyllm consumer OK: %zu tokens\n", tokens);
+  std::printf("tinyllm consumer OK: %zu tokens, kernels for %s\n", tokens, tinyllm::cpu::kernel_target());
   return 0;
 }

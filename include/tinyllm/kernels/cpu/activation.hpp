@@ -1,10 +1,18 @@
-#pragma once
 // Element-wise activations (Highway).
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_ACTIVATION_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_ACTIVATION_HPP_
+#undef TINYLLM_KERNELS_CPU_ACTIVATION_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_ACTIVATION_HPP_
+#endif
 #include <cstddef>
 
 #include <tinyllm/kernels/cpu/simd.hpp>
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 namespace detail {
 
 // x * sigmoid(x). exp is only taken of -|x| <= 0, where it cannot overflow:
@@ -28,24 +36,27 @@ HWY_INLINE VF gelu_vec(VF x) {
 
 // x[i] = x[i] * sigmoid(x[i]), in place.
 inline void silu(float* x, std::size_t n) {
-  detail::map1(x, n, [](detail::VF v) { return detail::silu_vec(v); });
+  detail::map1(x, n, [](detail::VF v) HWY_ATTR { return detail::silu_vec(v); });
 }
 
 // gate[i] = silu(gate[i]) * up[i].
 inline void swiglu(float* gate, const float* up, std::size_t n) {
-  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) { return hn::Mul(detail::silu_vec(g), u); });
+  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) HWY_ATTR { return hn::Mul(detail::silu_vec(g), u); });
 }
 
 // gate[i] = gelu(gate[i]) * up[i].
 inline void geglu(float* gate, const float* up, std::size_t n) {
-  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) { return hn::Mul(detail::gelu_vec(g), u); });
+  detail::map2(gate, up, gate, n, [](detail::VF g, detail::VF u) HWY_ATTR { return hn::Mul(detail::gelu_vec(g), u); });
 }
 
 // x[i] = cap * tanh(x[i] / cap), in place.
 inline void softcap(float* x, std::size_t n, float cap) {
   const detail::DF d;
   const float inv = 1.0f / cap;
-  detail::map1(x, n, [&](detail::VF v) { return hn::Mul(hn::Set(d, cap), hn::Tanh(d, hn::Mul(v, hn::Set(d, inv)))); });
+  detail::map1(x, n, [&](detail::VF v) HWY_ATTR { return hn::Mul(hn::Set(d, cap), hn::Tanh(d, hn::Mul(v, hn::Set(d, inv)))); });
 }
 
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

@@ -1,5 +1,12 @@
-#pragma once
 // Causal grouped-query attention over a block-table KV view (Highway), K/V stored as F32 or F16.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_ATTENTION_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_ATTENTION_HPP_
+#undef TINYLLM_KERNELS_CPU_ATTENTION_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_ATTENTION_HPP_
+#endif
 #include <algorithm>
 #include <atomic>
 #include <cassert>
@@ -15,13 +22,8 @@
 #include <tinyllm/kernels/attention_params.hpp>
 #include <tinyllm/kernels/kv_view.hpp>
 
-namespace tinyllm::cpu {
-
-// Columns of attention scratch per thread: the scores of one KV head's query heads over n_ctx
-// cache positions.
-inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
-  return n_heads / n_kv_heads * n_ctx;
-}
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 
 namespace detail {
 
@@ -150,7 +152,7 @@ HWY_INLINE void attend_group(const float* q, std::size_t heads, std::size_t firs
   }
   for (std::size_t h = 0; h < heads; ++h) {
     float* s = scores + h * s_stride;
-    map1(s, n_pos, [&](VF v) { return hn::Mul(v, hn::Set(DF(), params.scale)); });
+    map1(s, n_pos, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
     if (params.softcap > 0) softcap(s, n_pos, params.softcap);
     softmax(s, n_pos);
   }
@@ -162,22 +164,26 @@ HWY_INLINE void attend_group(const float* q, std::size_t heads, std::size_t firs
 }  // namespace detail
 
 // Causal attention with grouped-query heads over tokens of one or more sequences.
-// q, out: [n_tok, n_heads * head_dim]. Token t reads the KV view view_of(t) (its sequence's) and
-// attends to positions attention_start(positions[t], window)..positions[t] there (already
-// written); head h reads KV head h / (n_heads / n_kv_heads). scratch: [pool.size(),
-// >= attention_scratch_cols(n_heads, n_kv_heads, max position + 1)]. A work item is a token's KV
-// head with all its query heads, which share every key and value loaded; items are handed out one
-// at a time, since their costs differ with the position.
-template <class ViewOf>
-void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions, ViewOf&& view_of,
-               std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
-               MatrixView<float> out, MatrixView<float> scratch) {
+// q, out: [n_tok, n_heads * head_dim]. Token t reads the KV view views[view_of_token[t]] (its
+// sequence's; views[0] for every token where view_of_token is empty) and attends to positions
+// attention_start(positions[t], window)..positions[t] there (already written); head h reads KV
+// head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= attention_scratch_cols(n_heads,
+// n_kv_heads, max position + 1)] (cpu.hpp). A work item is a token's KV head with all its query
+// heads, which share every key and value loaded; items are handed out one at a time, since their
+// costs differ with the position.
+inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
+                      std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
+                      std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
+                      MatrixView<float> out, MatrixView<float> scratch) {
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
-  assert(scratch.rows >= pool.size());
+  assert(scratch.rows >= pool.size() && !views.empty() && (view_of_token.empty() || view_of_token.size() >= q.rows));
   const std::size_t group = n_heads / n_kv_heads, s_stride = scratch.cols / group;
   const std::size_t n_items = positions.size() * n_kv_heads;
+  const auto view_of = [&](std::size_t t) -> const KVLayerView& {
+    return views[view_of_token.empty() ? 0 : view_of_token[t]];
+  };
   std::atomic<std::size_t> next{0};
-  pool.run([&](unsigned tid, unsigned) {
+  pool.run([&](unsigned tid, unsigned) HWY_ATTR {
     float* scores = scratch.row(tid);
     for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
          item = next.fetch_add(1, std::memory_order_relaxed)) {
@@ -198,12 +204,7 @@ void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std:
   });
 }
 
-// All tokens of one sequence.
-inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
-                      const KVLayerView& kv, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                      const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
-  attention(pool, q, positions, [&](std::size_t) -> const KVLayerView& { return kv; }, n_heads, n_kv_heads, head_dim,
-            params, out, scratch);
-}
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
 
-}  // namespace tinyllm::cpu
+#endif  // per-target include guard

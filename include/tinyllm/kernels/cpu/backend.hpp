@@ -24,7 +24,6 @@
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/kernels/attention_params.hpp>
 #include <tinyllm/kernels/cpu/cpu.hpp>
-#include <tinyllm/kernels/cpu/qmatmul.hpp>
 #include <tinyllm/kernels/kv_view.hpp>
 #include <tinyllm/kernels/rope.hpp>
 
@@ -74,8 +73,7 @@ struct CpuBackend {
                         std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
                         std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
                         const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
-    cpu::attention(pool, q, positions, [&](std::size_t t) -> const KVLayerView& { return views[view_of_token[t]]; },
-                   n_heads, n_kv_heads, head_dim, params, out, scratch);
+    cpu::attention(pool, q, positions, views, view_of_token, n_heads, n_kv_heads, head_dim, params, out, scratch);
   }
 };
 

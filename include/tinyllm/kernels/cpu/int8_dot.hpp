@@ -1,4 +1,3 @@
-#pragma once
 // The one instruction the quantized kernels are built on, for each SIMD target: in every int32
 // lane, add the four products of 4 unsigned weight bytes by 4 signed activation bytes.
 //
@@ -16,6 +15,14 @@
 //
 // A "step" is 64 bytes: 4 consecutive quants of each of 16 weight rows ([row][4]); it fills one
 // AVX-512 vector, two AVX2 vectors, four 128-bit ones. The kernels work on vectors of kVecBytes.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_INT8_DOT_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_INT8_DOT_HPP_
+#undef TINYLLM_KERNELS_CPU_INT8_DOT_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_INT8_DOT_HPP_
+#endif
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -26,7 +33,8 @@
 #include <arm_neon.h>
 #endif
 
-namespace tinyllm::cpu::detail {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE::detail {
 
 inline constexpr std::size_t kStepRows = 16, kStepBytes = 64;
 #if HWY_HAVE_SCALABLE
@@ -48,7 +56,17 @@ using VF32 = hn::Vec<DF32>;
 
 #if HWY_TARGET == HWY_AVX3_DL || (HWY_TARGET == HWY_AVX3 && defined(__AVX512VNNI__))
 inline constexpr bool kQ8Biased = true;
-HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) { return VI32{_mm512_dpbusd_epi32(acc.raw, w.raw, x.raw)}; }
+HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) {
+#if defined(__AVX512VNNI__)
+  return VI32{_mm512_dpbusd_epi32(acc.raw, w.raw, x.raw)};
+#else
+  // AVX3_DL under run-time dispatch: Highway 1.0.3's attributes for it leave out avx512vnni, so
+  // the intrinsic cannot be inlined; every CPU Highway picks AVX3_DL for has the instruction.
+  __m512i r = acc.raw;
+  asm("vpdpbusd %2, %1, %0" : "+v"(r) : "v"(w.raw), "v"(x.raw));
+  return VI32{r};
+#endif
+}
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_small(acc, w, x); }
 
 #elif HWY_TARGET == HWY_AVX3
@@ -130,4 +148,7 @@ HWY_INLINE VI8 broadcast4(const std::int8_t* p) {
   return hn::BitCast(DI8(), hn::Set(DI32(), v));
 }
 
-}  // namespace tinyllm::cpu::detail
+}  // namespace tinyllm::cpu::HWY_NAMESPACE::detail
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

@@ -1,4 +1,3 @@
-#pragma once
 // y = x · wᵀ with float or F16 weights (Highway).
 //
 // Weight rows and token rows are both contiguous along n_in, so every output is a dot product.
@@ -19,6 +18,14 @@
 // Every output is summed the same way whatever the token count, block or thread: lane-wise
 // FMAs over each input chunk in order, the same reduction, chunk sums added in order. So a
 // token's outputs are bit-identical alone or in a batch, on any number of threads.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_MATMUL_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_MATMUL_HPP_
+#undef TINYLLM_KERNELS_CPU_MATMUL_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_MATMUL_HPP_
+#endif
 #include <algorithm>
 #include <cassert>
 #include <cstddef>
@@ -29,7 +36,8 @@
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/kernels/cpu/simd.hpp>
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 namespace detail {
 
 // 4 × 6 accumulators + 4 weights + 1 token vector fit AVX-512's 32 registers; AVX2 has 16.
@@ -152,7 +160,10 @@ void matmul(ThreadPool& pool, MatrixView<const W> w, MatrixView<const float> x, 
   static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16>, "cpu::matmul: float or F16 weights");
   assert(w.cols > 0 && w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
   pool.parallel_for(
-      w.rows, [&](std::size_t o0, std::size_t o1) { detail::matmul_rows(w, x, y, o0, o1); }, detail::kDecodeRows);
+      w.rows, [&](std::size_t o0, std::size_t o1) HWY_ATTR { detail::matmul_rows(w, x, y, o0, o1); }, detail::kDecodeRows);
 }
 
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

@@ -1,4 +1,3 @@
-#pragma once
 // The quantized matmul kernels on one packed group of 16 weight rows (qpack.hpp), for every SIMD
 // target: the integer dot products of int8_dot.hpp, the per-row scales of qunit.hpp.
 //
@@ -17,6 +16,14 @@
 // once. Prefill first unpacks the chunk of each group into an L1 panel of plain steps and float
 // scales, then runs every token over it. Both run the same accumulate(), so a token gets the
 // same bits from either, and from any batch it is part of.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_QKERNEL_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_QKERNEL_HPP_
+#undef TINYLLM_KERNELS_CPU_QKERNEL_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_QKERNEL_HPP_
+#endif
 #include <algorithm>
 #include <cassert>
 #include <cstddef>
@@ -29,7 +36,8 @@
 #include <tinyllm/kernels/cpu/qunit.hpp>
 #include <tinyllm/kernels/cpu/quantize_act.hpp>
 
-namespace tinyllm::cpu::detail {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE::detail {
 
 inline constexpr std::size_t kPanelInputs = 512;
 inline constexpr std::size_t kActGroup = 8;  // the prefill activations' token grouping (quantize_act.hpp)
@@ -273,4 +281,7 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
   }
 }
 
-}  // namespace tinyllm::cpu::detail
+}  // namespace tinyllm::cpu::HWY_NAMESPACE::detail
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

@@ -1,4 +1,3 @@
-#pragma once
 // y = x · wᵀ with quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K): the entry points.
 //
 // The activations are quantized once per call to 8-bit blocks (quantize_act.hpp), so every
@@ -8,6 +7,14 @@
 // on every call, which costs about what a decode step's arithmetic does, so hot paths pack once.
 // Threads split the groups of rows. Fewer than kPrefillMinTokens tokens run the decode kernel,
 // more the panel kernel (qkernel.hpp); both give a token the same bits.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_QMATMUL_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_QMATMUL_HPP_
+#undef TINYLLM_KERNELS_CPU_QMATMUL_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_QMATMUL_HPP_
+#endif
 #include <algorithm>
 #include <cassert>
 #include <cstddef>
@@ -26,7 +33,8 @@
 #include <tinyllm/kernels/cpu/qpack.hpp>
 #include <tinyllm/kernels/cpu/quantize_act.hpp>
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 
 // From this many tokens on, the panel kernel is faster (tinyllm-quant-bench BM_packed_qbatch).
 inline constexpr std::size_t kPrefillMinTokens = 16;
@@ -73,10 +81,10 @@ void qmatmul(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float
   }
   const QuantizedActs a = detail::quantize_for_kernel<Block>(pool, x, scratch);
   const std::size_t group_bytes = packed_units_per_row<Block>(w.cols) * PackedUnit<Block>::bytes;
-  pool.parallel_for((w.rows + kPackRows - 1) / kPackRows, [&](std::size_t g0, std::size_t g1) {
+  pool.parallel_for((w.rows + kPackRows - 1) / kPackRows, [&](std::size_t g0, std::size_t g1) HWY_ATTR {
     static thread_local AlignedBuffer<std::uint8_t> packed;
     if (packed.size() < group_bytes) packed.resize(group_bytes);
-    detail::qmatmul_groups<Block>(a, w.rows, w.cols, y, g0, g1, [&](std::size_t g) {
+    detail::qmatmul_groups<Block>(a, w.rows, w.cols, y, g0, g1, [&](std::size_t g) HWY_ATTR {
       pack_groups(w.data, w.stride, w.rows, w.cols, packed.data(), g, g + 1);
       return packed.data();
     });
@@ -95,7 +103,7 @@ inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_o
                     (info ? std::string(info->name) : "id " + std::to_string(static_cast<std::uint32_t>(type))),
                 "cpu::qmatmul", "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
   }
-  with_qblock(type, "cpu::qmatmul", [&]<class Block>(std::type_identity<Block>) {
+  with_qblock(type, "cpu::qmatmul", [&]<class Block>(std::type_identity<Block>) HWY_ATTR {
     if (n_in % block_values<Block> != 0)
       throw Error("weight rows of " + std::to_string(n_in) + " values", "cpu::qmatmul (" + std::string(name(type)) + ")",
                   "a multiple of " + std::to_string(block_values<Block>));
@@ -110,14 +118,17 @@ inline void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std
                            MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
   assert(x.cols == n_in && y.rows == x.rows && y.cols == n_out);
   if (x.rows == 0 || n_out == 0) return;
-  with_qblock(type, "cpu::qmatmul_packed", [&]<class Block>(std::type_identity<Block>) {
+  with_qblock(type, "cpu::qmatmul_packed", [&]<class Block>(std::type_identity<Block>) HWY_ATTR {
     const QuantizedActs a = detail::quantize_for_kernel<Block>(pool, x, scratch);
     const std::size_t group_bytes = packed_units_per_row<Block>(n_in) * PackedUnit<Block>::bytes;
     const auto* p = reinterpret_cast<const std::uint8_t*>(w);
-    pool.parallel_for((n_out + kPackRows - 1) / kPackRows, [&](std::size_t g0, std::size_t g1) {
-      detail::qmatmul_groups<Block>(a, n_out, n_in, y, g0, g1, [&](std::size_t g) { return p + g * group_bytes; });
+    pool.parallel_for((n_out + kPackRows - 1) / kPackRows, [&](std::size_t g0, std::size_t g1) HWY_ATTR {
+      detail::qmatmul_groups<Block>(a, n_out, n_in, y, g0, g1, [&](std::size_t g) HWY_ATTR { return p + g * group_bytes; });
     });
   });
 }
 
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

@@ -1,4 +1,3 @@
-#pragma once
 // Reading packed units (qpack.hpp) with SIMD: for each format, the unsigned 8-bit quants of
 // every 4-input step of a sub-block (the unit of one scale), and the sub-block's per-row float
 // scale and min. Both kernels take their weights from here: decode straight from the units,
@@ -6,6 +5,14 @@
 //
 // Vectors are kVecBytes wide (int8_dot.hpp): a 64-byte step is kParts vectors, part p holding rows
 // p * kPartRows .. + kPartRows; every function takes the part.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_QUNIT_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_QUNIT_HPP_
+#undef TINYLLM_KERNELS_CPU_QUNIT_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_QUNIT_HPP_
+#endif
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -15,7 +22,8 @@
 #include <tinyllm/kernels/cpu/qpack.hpp>
 #include <tinyllm/quant/block_ints.hpp>
 
-namespace tinyllm::cpu::detail {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE::detail {
 
 HWY_INLINE VU8 load_part(const std::uint8_t* step, std::size_t p) { return hn::Load(DU8(), step + p * kVecBytes); }
 HWY_INLINE VU8 low4(VU8 v) { return hn::And(v, hn::Set(DU8(), 0x0F)); }
@@ -146,4 +154,7 @@ template <> struct QUnit<BlockQ6_K> {
   static HWY_INLINE VF32 min(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DF32()); }
 };
 
-}  // namespace tinyllm::cpu::detail
+}  // namespace tinyllm::cpu::HWY_NAMESPACE::detail
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

@@ -1,6 +1,13 @@
-#pragma once
 // Rotary position embedding (Highway). The angles of a chunk of pairs are computed once with the
 // same float product as the reference (pos * inv_freq[i]) and applied to every head.
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_ROPE_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_ROPE_HPP_
+#undef TINYLLM_KERNELS_CPU_ROPE_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_ROPE_HPP_
+#endif
 #include <algorithm>
 #include <cassert>
 #include <cmath>
@@ -9,7 +16,8 @@
 #include <tinyllm/kernels/cpu/simd.hpp>
 #include <tinyllm/kernels/rope.hpp>
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 namespace detail {
 
 // Pairs whose cos/sin are tabulated at once; the tables live on the stack (1 KiB).
@@ -80,4 +88,7 @@ inline void rope(float* x, std::size_t n_heads, std::size_t head_dim, std::size_
   }
 }
 
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

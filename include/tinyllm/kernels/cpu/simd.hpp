@@ -1,6 +1,13 @@
-#pragma once
 // Highway helpers shared by the CPU kernels. Static dispatch: HWY_NAMESPACE is the target the
 // compiler flags allow (AVX3 under -march=native on AVX-512 machines).
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_SIMD_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_SIMD_HPP_
+#undef TINYLLM_KERNELS_CPU_SIMD_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_SIMD_HPP_
+#endif
 #include <cstddef>
 #include <cstring>
 
@@ -16,9 +23,12 @@
 
 // Fully unrolls a loop of compile-time length, so that arrays of vectors indexed by it stay in
 // registers (g++ -O2 leaves nested loops rolled otherwise, and the vectors go through memory).
+#ifndef TINYLLM_UNROLL
 #define TINYLLM_UNROLL _Pragma("GCC unroll 16")
+#endif
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 
 namespace hn = hwy::HWY_NAMESPACE;
 
@@ -127,8 +137,11 @@ HWY_INLINE void map2(const float* a, const float* b, float* out, std::size_t n, 
 // x[i] = f(x[i]) in place.
 template <class F>
 HWY_INLINE void map1(float* x, std::size_t n, F f) {
-  map2(x, x, x, n, [&](VF v, VF) { return f(v); });
+  map2(x, x, x, n, [&](VF v, VF) HWY_ATTR { return f(v); });
 }
 
 }  // namespace detail
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard

@@ -1,11 +1,19 @@
-#pragma once
 // Numerically stable softmax (Highway).
+// Per-target code: compiled once for the static target, or once per target where
+// foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
+#if defined(TINYLLM_KERNELS_CPU_SOFTMAX_HPP_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TINYLLM_KERNELS_CPU_SOFTMAX_HPP_
+#undef TINYLLM_KERNELS_CPU_SOFTMAX_HPP_
+#else
+#define TINYLLM_KERNELS_CPU_SOFTMAX_HPP_
+#endif
 #include <cstddef>
 #include <limits>
 
 #include <tinyllm/kernels/cpu/simd.hpp>
 
-namespace tinyllm::cpu {
+HWY_BEFORE_NAMESPACE();
+namespace tinyllm::cpu::HWY_NAMESPACE {
 
 // In place: x[i] = exp(x[i] - max) / sum_j exp(x[j] - max). Subtracting the maximum keeps every
 // exponent <= 0, so nothing overflows and at least one term is 1.
@@ -36,7 +44,10 @@ inline void softmax(float* x, std::size_t n) {
   }
 
   const VF inv_sum = hn::Set(d, 1.0f / detail::reduce_sum(d, vsum));
-  detail::map1(x, n, [&](VF v) { return hn::Mul(v, inv_sum); });
+  detail::map1(x, n, [&](VF v) HWY_ATTR { return hn::Mul(v, inv_sum); });
 }
 
-}  // namespace tinyllm::cpu
+}  // namespace tinyllm::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
