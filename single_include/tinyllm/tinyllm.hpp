@@ -3603,19 +3603,15 @@ const char* kernel_target();
 // choices otherwise.
 inline void use_kernel_target(std::string_view name) {
   std::string available;
-  if (name.empty()) {
 #if defined(TINYLLM_DYNAMIC_DISPATCH)
-    hwy::SetSupportedTargetsForTest(0);
-#endif
-    return;
-  }
-#if defined(TINYLLM_DYNAMIC_DISPATCH)
+  hwy::SetSupportedTargetsForTest(0);  // every target again, not only the one chosen last
+  if (name.empty()) return;
   for (const std::int64_t target : hwy::SupportedAndGeneratedTargets()) {
     if (name == hwy::TargetName(target)) return hwy::SetSupportedTargetsForTest(target);
     available += std::string(available.empty() ? "" : ", ") + hwy::TargetName(target);
   }
 #else
-  if (name == kernel_target()) return;
+  if (name.empty() || name == kernel_target()) return;
   available = std::string(kernel_target()) + " (static dispatch)";
 #endif
   throw Error("no kernel target " + std::string(name) + " in this build on this CPU", "cpu::use_kernel_target",
