@@ -5,10 +5,9 @@
 // Q8_0), of 256 for the K-quants (as Q8_K). A block keeps d = max|x| / 127 and the quants
 // q = round(x / d) in [-127, 127], so x ≈ d * q. Beside them the quantizer stores what the
 // kernels would otherwise recompute for every weight row:
-//   bsums  the sum of each 16 quants (K-quants), as Q8_K has them;
 //   aux    per weight unit, what the kernel adds for the weights' offset or minimum:
-//            Q4_0, Q8_0  int32 per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the kernel
-//                        reads the signed weights as unsigned w + 128);
+//            Q4_0, Q8_0  int32 per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the VNNI
+//                        kernels read the signed weights as unsigned w + 128; int8_dot.hpp);
 //            Q6_K        int32 per 16:  -32 * sum(q) (the weights are stored as q + 32);
 //            Q4_K, Q5_K  float per 32:  sum(q), for the term -dmin * m * sum(x).
 // The planes are laid out in one buffer that QuantScratch owns; it is sized once for the
@@ -39,20 +38,18 @@ template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 2
 //   quant i    at qs   [g * group * qs_stride  + (i / 4) * 4 * group + 4 * l + i % 4]
 //   block b    at d    [g * group * d_stride   + b * group + l]
 //   unit u     at aux  [g * group * aux_stride + u * group + l]
-// so group 1 is plain rows. bsums are always plain rows: [t * bsums_stride + i / 16].
+// so group 1 is plain rows.
 struct QuantizedActs {
   std::int8_t* qs = nullptr;
   float* d = nullptr;               // one scale per block
   std::int32_t* aux = nullptr;      // int32, or float bits for Q4_K/Q5_K
-  std::int16_t* bsums = nullptr;    // sum of each 16 quants (K-quants)
-  std::size_t qs_stride = 0, d_stride = 0, aux_stride = 0, bsums_stride = 0;  // elements per token row
+  std::size_t qs_stride = 0, d_stride = 0, aux_stride = 0;  // elements per token row
   std::size_t n_tok = 0, n_in = 0, group = 1;
 
   // Rows of token t (group 1 only).
   const std::int8_t* q_row(std::size_t t) const noexcept { return qs + t * qs_stride; }
   const float* d_row(std::size_t t) const noexcept { return d + t * d_stride; }
   const std::int32_t* aux_row(std::size_t t) const noexcept { return aux + t * aux_stride; }
-  const std::int16_t* bsums_row(std::size_t t) const noexcept { return bsums + t * bsums_stride; }
 
   // Any layout.
   std::size_t q_index(std::size_t t, std::size_t i) const noexcept {
@@ -87,7 +84,7 @@ class QuantScratch {
   // about half as much again.
   static std::size_t bytes_for(std::size_t n_tok, std::size_t n_in) {
     const Strides s = strides(n_in);
-    return round_up(n_tok, kMaxGroup) * (s.qs + 4 * s.d + 4 * s.aux + 2 * s.bsums);
+    return round_up(n_tok, kMaxGroup) * (s.qs + 4 * s.d + 4 * s.aux);
   }
 
   static constexpr std::size_t kMaxGroup = 8;
@@ -102,23 +99,20 @@ class QuantScratch {
     a.n_tok = n_tok;
     a.n_in = n_in;
     a.group = group;
-    a.qs_stride = s.qs, a.d_stride = s.d, a.aux_stride = s.aux, a.bsums_stride = s.bsums;
+    a.qs_stride = s.qs, a.d_stride = s.d, a.aux_stride = s.aux;
     a.qs = reinterpret_cast<std::int8_t*>(p);
     p += rows * s.qs;
     a.d = reinterpret_cast<float*>(p);
     p += rows * s.d * 4;
     a.aux = reinterpret_cast<std::int32_t*>(p);
-    p += rows * s.aux * 4;
-    a.bsums = reinterpret_cast<std::int16_t*>(p);
     return a;
   }
 
  private:
-  struct Strides { std::size_t qs, d, aux, bsums; };  // elements per row, each row a multiple of 64 bytes
+  struct Strides { std::size_t qs, d, aux; };  // elements per row, each row a multiple of 64 bytes
   static std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
   static Strides strides(std::size_t n_in) {
-    return {round_up(n_in, 64), round_up((n_in + 31) / 32, 16), round_up((n_in + 15) / 16, 16),
-            round_up((n_in + 15) / 16, 32)};
+    return {round_up(n_in, 64), round_up((n_in + 31) / 32, 16), round_up((n_in + 15) / 16, 16)};
   }
 
   AlignedBuffer<std::byte> buf_;

@@ -35,7 +35,6 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
   std::int8_t* HWY_RESTRICT qs = a.qs + a.q_index(t, 0);
   float* HWY_RESTRICT d = a.d + (t - lane) * a.d_stride + lane;
   std::int32_t* HWY_RESTRICT aux = a.aux + (t - lane) * a.aux_stride + lane;
-  std::int16_t* HWY_RESTRICT bsums = a.bsums + t * a.bsums_stride;
   alignas(64) std::int8_t q16[16];
 
   for (std::size_t b0 = 0; b0 < n; b0 += F::block) {
@@ -60,7 +59,6 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
         for (std::size_t k = 0; k < 4; ++k) std::memcpy(qs + (g / 4 + k) * 4 * G, q16 + 4 * k, 4);
       }
       const std::int32_t s16 = hn::GetLane(hn::SumOfLanes(di, sum));
-      if constexpr (F::block == 256) bsums[g / 16] = static_cast<std::int16_t>(s16);
       if constexpr (F::aux_group == 16) {
         aux[g / 16 * G] = -F::offset * s16;
       } else {
