@@ -74,9 +74,10 @@ int main(int argc, char** argv) {
       });
       std::fputs(out.flush().c_str(), stdout);
       std::fputs("\n", stdout);
-      std::fprintf(stderr, "\nprompt: %zu tokens, %.2f tokens/s | generation: %zu tokens, %.2f tokens/s | %u threads\n",
+      std::fprintf(stderr,
+                   "\nprompt: %zu tokens, %.2f tokens/s | generation: %zu tokens, %.2f tokens/s | %u threads, %s kernels\n",
                    stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,
-                   stats.generate_tokens_per_second(), pool.size());
+                   stats.generate_tokens_per_second(), pool.size(), tinyllm::cpu::kernel_target());
       return text;
     };
 
