@@ -1,0 +1,49 @@
+# Cross build for 64-bit ARM with Debian 12's cross compiler; the programs run under qemu-user.
+# Needs (on an x86-64 Debian host; ./quickstart test installs them):
+#   dpkg --add-architecture arm64 && apt-get update
+#   apt-get install --no-install-recommends g++-aarch64-linux-gnu qemu-user libhwy-dev:arm64
+# Highway for arm64 comes from Debian's multiarch package (config under
+# /usr/lib/aarch64-linux-gnu/cmake/hwy); Eigen and doctest are architecture-independent headers.
+# Used with TINYLLM_NATIVE=OFF (run-time dispatch) by tests/aarch64/run.sh:
+#   cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DTINYLLM_NATIVE=OFF
+#
+# TINYLLM_AARCH64_MARCH: the baseline (default armv8-a, plain NEON; armv8.2-a+dotprod gives the
+# int8 kernels the sdot instruction through __ARM_FEATURE_DOTPROD). Highway 1.0.3's NEON target
+# also wants the AES instructions: under static dispatch the baseline must then be
+# armv8-a+crypto, or every Highway op called outside its per-target code fails to inline
+# ("target specific option mismatch"); run-time dispatch adds them itself.
+# TINYLLM_AARCH64_SVE (default OFF): whether Highway's SVE targets are compiled. Run-time
+# dispatch on aarch64 compiles SVE and SVE2 beside NEON, and the kernels do not compile for them
+# yet (arrays of vectors, e.g. kernels/cpu/attention.hpp and matmul.hpp: SVE vectors are sizeless
+# types, which cannot be array elements), so OFF disables them (HWY_DISABLED_TARGETS).
+set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_SYSTEM_PROCESSOR aarch64)
+
+set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
+set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
+
+# Debian's cross compiler searches /usr/include and /usr/lib/aarch64-linux-gnu after its own
+# folders, so multiarch packages (libhwy-dev:arm64) are found without a CMAKE_FIND_ROOT_PATH; the
+# library architecture keeps find_package away from the host's /usr/lib/x86_64-linux-gnu.
+set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)
+
+set(TINYLLM_AARCH64_MARCH "armv8-a" CACHE STRING "-march of the aarch64 build")
+option(TINYLLM_AARCH64_SVE "Compile Highway's SVE/SVE2 targets in the aarch64 build" OFF)
+set(tinyllm_aarch64_flags "-march=${TINYLLM_AARCH64_MARCH}")
+if(NOT TINYLLM_AARCH64_SVE)
+  # HWY_SVE2_128 | HWY_SVE_256 | HWY_SVE2 | HWY_SVE (bits 24-27 in Highway 1.0.3's targets).
+  string(APPEND tinyllm_aarch64_flags " -DHWY_DISABLED_TARGETS=0xF000000")
+endif()
+set(CMAKE_C_FLAGS_INIT "${tinyllm_aarch64_flags}")
+set(CMAKE_CXX_FLAGS_INIT "${tinyllm_aarch64_flags}")
+list(APPEND CMAKE_TRY_COMPILE_PLATFORM_VARIABLES TINYLLM_AARCH64_MARCH TINYLLM_AARCH64_SVE)
+
+# ctest and doctest_discover_tests run every test program through qemu, on the arm64 C library
+# of the multiarch packages (libc6:arm64, libstdc++6:arm64, libhwy1:arm64 under
+# /usr/lib/aarch64-linux-gnu, found by their loader /lib/ld-linux-aarch64.so.1). Not
+# "-L /usr/aarch64-linux-gnu" plus a library path: that loads the cross package's ld.so with the
+# multiarch libc.so.6, two builds of glibc, and the first test hangs at start-up.
+# TINYLLM_QEMU_CPU (default max: every feature qemu emulates, the dot product, AES and SVE2).
+find_program(TINYLLM_QEMU_AARCH64 qemu-aarch64 REQUIRED)
+set(TINYLLM_QEMU_CPU "max" CACHE STRING "qemu-aarch64 -cpu model that runs the tests")
+set(CMAKE_CROSSCOMPILING_EMULATOR ${TINYLLM_QEMU_AARCH64} -cpu ${TINYLLM_QEMU_CPU} -L /)
