@@ -12,10 +12,7 @@
 # also wants the AES instructions: under static dispatch the baseline must then be
 # armv8-a+crypto, or every Highway op called outside its per-target code fails to inline
 # ("target specific option mismatch"); run-time dispatch adds them itself.
-# TINYLLM_AARCH64_SVE (default OFF): whether Highway's SVE targets are compiled. Run-time
-# dispatch on aarch64 compiles SVE and SVE2 beside NEON, and the kernels do not compile for them
-# yet (arrays of vectors, e.g. kernels/cpu/attention.hpp and matmul.hpp: SVE vectors are sizeless
-# types, which cannot be array elements), so OFF disables them (HWY_DISABLED_TARGETS).
+# Highway's SVE targets are left out by the top-level CMakeLists.txt (NEON only).
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
 
@@ -28,15 +25,9 @@ set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
 set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)
 
 set(TINYLLM_AARCH64_MARCH "armv8-a" CACHE STRING "-march of the aarch64 build")
-option(TINYLLM_AARCH64_SVE "Compile Highway's SVE/SVE2 targets in the aarch64 build" OFF)
-set(tinyllm_aarch64_flags "-march=${TINYLLM_AARCH64_MARCH}")
-if(NOT TINYLLM_AARCH64_SVE)
-  # HWY_SVE2_128 | HWY_SVE_256 | HWY_SVE2 | HWY_SVE (bits 24-27 in Highway 1.0.3's targets).
-  string(APPEND tinyllm_aarch64_flags " -DHWY_DISABLED_TARGETS=0xF000000")
-endif()
-set(CMAKE_C_FLAGS_INIT "${tinyllm_aarch64_flags}")
-set(CMAKE_CXX_FLAGS_INIT "${tinyllm_aarch64_flags}")
-list(APPEND CMAKE_TRY_COMPILE_PLATFORM_VARIABLES TINYLLM_AARCH64_MARCH TINYLLM_AARCH64_SVE)
+set(CMAKE_C_FLAGS_INIT "-march=${TINYLLM_AARCH64_MARCH}")
+set(CMAKE_CXX_FLAGS_INIT "-march=${TINYLLM_AARCH64_MARCH}")
+list(APPEND CMAKE_TRY_COMPILE_PLATFORM_VARIABLES TINYLLM_AARCH64_MARCH)
 
 # ctest and doctest_discover_tests run every test program through qemu, on the arm64 C library
 # of the multiarch packages (libc6:arm64, libstdc++6:arm64, libhwy1:arm64 under

@@ -9,13 +9,11 @@
 #   TINYLLM_AARCH64_MARCH  the baselines to build and test, space-separated; default: plain NEON
 #                          (armv8-a: the int8 dot product by widening multiplies) and NEON with
 #                          the dot-product instruction (armv8.2-a+dotprod: sdot)
-#   TINYLLM_AARCH64_SVE=ON also compile Highway's SVE/SVE2 targets (they do not compile yet)
 # qemu-aarch64's default CPU (max) runs every one of them.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-build-aarch64}
 marches=${TINYLLM_AARCH64_MARCH:-armv8-a armv8.2-a+dotprod}
-sve=${TINYLLM_AARCH64_SVE:-OFF}
 jobs=${JOBS:-$(nproc)}
 
 skip() { echo "TINYLLM_SKIP: $*"; exit 77; }
@@ -27,11 +25,10 @@ command -v qemu-aarch64 >/dev/null || skip "no qemu-aarch64 (apt-get install qem
 status=0
 for march in $marches; do
   dir="$build/${march//[^A-Za-z0-9.]/_}"
-  case "$sve" in ON|on|1|TRUE|true) dir+="_sve" ;; esac
-  echo "== aarch64 -march=$march (SVE targets $sve) in $dir"
+  echo "== aarch64 -march=$march in $dir"
   start=$SECONDS
   cmake -S "$src" -B "$dir" -DCMAKE_TOOLCHAIN_FILE="$src/cmake/aarch64-linux-gnu.cmake" \
-    -DTINYLLM_AARCH64_MARCH="$march" -DTINYLLM_AARCH64_SVE="$sve" -DCMAKE_BUILD_TYPE=Release \
+    -DTINYLLM_AARCH64_MARCH="$march" -DCMAKE_BUILD_TYPE=Release \
     -DTINYLLM_NATIVE=OFF -DTINYLLM_BUILD_EXAMPLES=OFF -DTINYLLM_BUILD_BENCH=OFF -DTINYLLM_INSTALL=OFF >/dev/null
   # The programs of tests/kernels, tests/quant and tests/model, and what they need.
   if ! cmake --build "$dir" -j"$jobs" --target tinyllm_layer_tests; then
