@@ -95,6 +95,17 @@ int main(int argc, char** argv) {
       };
       std::vector<float> logits(cfg.vocab_size);
       tinyllm::MatrixView<float> last(logits.data(), 1, cfg.vocab_size);
+      // Times `run` (n tokens) on each kernel target in turn, a table row each.
+      auto on_each_target = [&](tinyllm::ThreadPool& pool, const std::string& test, std::size_t n,
+                                const std::function<void()>& run) {
+        for (const auto& target : targets) {
+          tinyllm::cpu::use_kernel_target(target);
+          const Result r = measure(reps, run, n, test + ", " + std::to_string(pool.size()) + " threads");
+          std::printf("| %s | %s | %s | CPU %s | %u | %s | %.2f ± %.2f |\n", label, size, params,
+                      tinyllm::cpu::kernel_target(), pool.size(), test.c_str(), r.mean, r.sd);
+          std::fflush(stdout);
+        }
+      };
       for (unsigned t : threads) {
         tinyllm::ThreadPool pool(t);
         for (std::size_t n : pp) {
@@ -104,32 +115,19 @@ int main(int argc, char** argv) {
           const auto ids = random_tokens(n);
           std::vector<std::int32_t> pos(n);
           for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
-          for (const auto& target : targets) {
-            tinyllm::cpu::use_kernel_target(target);
-            const Result r = measure(reps, [&] { model.forward(pool, ids, pos, *cache, last); }, n,
-                                     "pp" + std::to_string(n) + ", " + std::to_string(pool.size()) + " threads");
-            std::printf("| %s | %s | %s | CPU %s | %u | pp%zu | %.2f ± %.2f |\n", label, size, params,
-                        tinyllm::cpu::kernel_target(), pool.size(), n, r.mean, r.sd);
-            std::fflush(stdout);
-          }
+          on_each_target(pool, "pp" + std::to_string(n), n, [&] { model.forward(pool, ids, pos, *cache, last); });
         }
         for (std::size_t n : tg) {
           if (n == 0) continue;
           if (n > cfg.context) throw tinyllm::Error("-n " + std::to_string(n) + " exceeds the model's context", path, "<= " + std::to_string(cfg.context));
           auto cache = model.new_kv_cache(n);
           const auto ids = random_tokens(n);
-          for (const auto& target : targets) {
-            tinyllm::cpu::use_kernel_target(target);
-            const Result r = measure(reps, [&] {
-              for (std::size_t i = 0; i < n; ++i) {
-                const std::int32_t p = std::int32_t(i);
-                model.forward(pool, std::span(&ids[i], 1), std::span(&p, 1), *cache, last);
-              }
-            }, n, "tg" + std::to_string(n) + ", " + std::to_string(pool.size()) + " threads");
-            std::printf("| %s | %s | %s | CPU %s | %u | tg%zu | %.2f ± %.2f |\n", label, size, params,
-                        tinyllm::cpu::kernel_target(), pool.size(), n, r.mean, r.sd);
-            std::fflush(stdout);
-          }
+          on_each_target(pool, "tg" + std::to_string(n), n, [&] {
+            for (std::size_t i = 0; i < n; ++i) {
+              const std::int32_t p = std::int32_t(i);
+              model.forward(pool, std::span(&ids[i], 1), std::span(&p, 1), *cache, last);
+            }
+          });
         }
       }
     }

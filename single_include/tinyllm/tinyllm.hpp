@@ -617,31 +617,31 @@ static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(Block
 namespace tinyllm {
 
 // Compile-time facts of a block format: values per block, values per scale, the quants' offset,
-// the largest quant as decode_block() gives it, and whether there are sub-block scales and mins.
+// and whether there are sub-block scales and mins.
 template <class Block> struct BlockFormat;
 template <> struct BlockFormat<BlockQ8_0> {
   static constexpr std::size_t values = 32, unit = 32;
-  static constexpr int offset = 0, max_quant = 127;
+  static constexpr int offset = 0;
   static constexpr bool sub_scales = false, has_min = false;
 };
 template <> struct BlockFormat<BlockQ4_0> {
   static constexpr std::size_t values = 32, unit = 32;
-  static constexpr int offset = 8, max_quant = 15;
+  static constexpr int offset = 8;
   static constexpr bool sub_scales = false, has_min = false;
 };
 template <> struct BlockFormat<BlockQ4_K> {
   static constexpr std::size_t values = 256, unit = 32;
-  static constexpr int offset = 0, max_quant = 15;
+  static constexpr int offset = 0;
   static constexpr bool sub_scales = true, has_min = true;
 };
 template <> struct BlockFormat<BlockQ5_K> {
   static constexpr std::size_t values = 256, unit = 32;
-  static constexpr int offset = 0, max_quant = 31;
+  static constexpr int offset = 0;
   static constexpr bool sub_scales = true, has_min = true;
 };
 template <> struct BlockFormat<BlockQ6_K> {
   static constexpr std::size_t values = 256, unit = 16;
-  static constexpr int offset = 32, max_quant = 63;
+  static constexpr int offset = 32;
   static constexpr bool sub_scales = true, has_min = false;
 };
 
@@ -1643,7 +1643,7 @@ template <> struct PackedUnit<BlockQ6_K> {
 
 namespace pack_detail {
 
-// Row r's 4 quants q[0..3] into step byte 4r, as a low (kHigh false) or high nibble.
+// Row r's 4 quants q[0..3] into step byte 4r, as their low nibbles, or their high ones where `high`.
 inline void put_nibbles(std::uint8_t* step, std::size_t r, const std::int8_t* q, bool high) {
   for (int i = 0; i < 4; ++i) step[4 * r + i] |= std::uint8_t((q[i] & 15) << (high ? 4 : 0));
 }
@@ -3256,8 +3256,8 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
   for (std::size_t u0 = 0; u0 < units; u0 += kChunk) {
     const std::size_t count = std::min(kChunk, units - u0);
     const std::size_t s0 = u0 * Q::subs, subs = std::min(count * Q::subs, n_subs - s0);
-    // The next chunk's bytes (this group's or the next one's) arrive while this one computes.
-    for (std::size_t l = 0; l < count * kUnit; l += 64) hwy::Prefetch(w + (u0 + kChunk) * kUnit + l);
+    // (UnitSource asks for the bytes 4 KiB ahead as it unpacks: the next chunk arrives while this
+    // one computes.)
     const UnitSource<Block> units_src{w + u0 * kUnit};
     for (std::size_t j = 0; j < subs; ++j)
       TINYLLM_UNROLL
@@ -3294,13 +3294,11 @@ template <class Block, class GroupUnits>
 void qmatmul_groups(const QuantizedActs& a, std::size_t n_out, std::size_t n_in, MatrixView<float> y, std::size_t g0,
                     std::size_t g1, GroupUnits&& group) {
   const std::size_t nb = n_in / block_values<Block>, units = packed_units_per_row<Block>(n_in);
-  Panel* panel = nullptr;
-  alignas(64) static thread_local Panel thread_panel;
-  if (a.n_tok >= kPrefillMinTokens) panel = &thread_panel;
+  static thread_local Panel panel;
   for (std::size_t g = g0; g < g1; ++g) {
     const std::uint8_t* w = group(g);
     const std::size_t rows = std::min(kPackRows, n_out - kPackRows * g);
-    if (panel) prefill_group<Block>(w, units, nb, a, y.row(0) + kPackRows * g, y.stride, rows, *panel);
+    if (a.n_tok >= kPrefillMinTokens) prefill_group<Block>(w, units, nb, a, y.row(0) + kPackRows * g, y.stride, rows, panel);
     else decode_group<Block>(w, units, nb, a, y.row(0) + kPackRows * g, y.stride, rows);
   }
 }

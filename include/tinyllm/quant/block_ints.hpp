@@ -17,31 +17,31 @@
 namespace tinyllm {
 
 // Compile-time facts of a block format: values per block, values per scale, the quants' offset,
-// the largest quant as decode_block() gives it, and whether there are sub-block scales and mins.
+// and whether there are sub-block scales and mins.
 template <class Block> struct BlockFormat;
 template <> struct BlockFormat<BlockQ8_0> {
   static constexpr std::size_t values = 32, unit = 32;
-  static constexpr int offset = 0, max_quant = 127;
+  static constexpr int offset = 0;
   static constexpr bool sub_scales = false, has_min = false;
 };
 template <> struct BlockFormat<BlockQ4_0> {
   static constexpr std::size_t values = 32, unit = 32;
-  static constexpr int offset = 8, max_quant = 15;
+  static constexpr int offset = 8;
   static constexpr bool sub_scales = false, has_min = false;
 };
 template <> struct BlockFormat<BlockQ4_K> {
   static constexpr std::size_t values = 256, unit = 32;
-  static constexpr int offset = 0, max_quant = 15;
+  static constexpr int offset = 0;
   static constexpr bool sub_scales = true, has_min = true;
 };
 template <> struct BlockFormat<BlockQ5_K> {
   static constexpr std::size_t values = 256, unit = 32;
-  static constexpr int offset = 0, max_quant = 31;
+  static constexpr int offset = 0;
   static constexpr bool sub_scales = true, has_min = true;
 };
 template <> struct BlockFormat<BlockQ6_K> {
   static constexpr std::size_t values = 256, unit = 16;
-  static constexpr int offset = 32, max_quant = 63;
+  static constexpr int offset = 32;
   static constexpr bool sub_scales = true, has_min = false;
 };
 

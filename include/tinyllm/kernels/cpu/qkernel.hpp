@@ -261,8 +261,8 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
   for (std::size_t u0 = 0; u0 < units; u0 += kChunk) {
     const std::size_t count = std::min(kChunk, units - u0);
     const std::size_t s0 = u0 * Q::subs, subs = std::min(count * Q::subs, n_subs - s0);
-    // The next chunk's bytes (this group's or the next one's) arrive while this one computes.
-    for (std::size_t l = 0; l < count * kUnit; l += 64) hwy::Prefetch(w + (u0 + kChunk) * kUnit + l);
+    // (UnitSource asks for the bytes 4 KiB ahead as it unpacks: the next chunk arrives while this
+    // one computes.)
     const UnitSource<Block> units_src{w + u0 * kUnit};
     for (std::size_t j = 0; j < subs; ++j)
       TINYLLM_UNROLL

@@ -46,13 +46,11 @@ template <class Block, class GroupUnits>
 void qmatmul_groups(const QuantizedActs& a, std::size_t n_out, std::size_t n_in, MatrixView<float> y, std::size_t g0,
                     std::size_t g1, GroupUnits&& group) {
   const std::size_t nb = n_in / block_values<Block>, units = packed_units_per_row<Block>(n_in);
-  Panel* panel = nullptr;
-  alignas(64) static thread_local Panel thread_panel;
-  if (a.n_tok >= kPrefillMinTokens) panel = &thread_panel;
+  static thread_local Panel panel;
   for (std::size_t g = g0; g < g1; ++g) {
     const std::uint8_t* w = group(g);
     const std::size_t rows = std::min(kPackRows, n_out - kPackRows * g);
-    if (panel) prefill_group<Block>(w, units, nb, a, y.row(0) + kPackRows * g, y.stride, rows, *panel);
+    if (a.n_tok >= kPrefillMinTokens) prefill_group<Block>(w, units, nb, a, y.row(0) + kPackRows * g, y.stride, rows, panel);
     else decode_group<Block>(w, units, nb, a, y.row(0) + kPackRows * g, y.stride, rows);
   }
 }

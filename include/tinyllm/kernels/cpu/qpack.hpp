@@ -69,7 +69,7 @@ template <> struct PackedUnit<BlockQ6_K> {
 
 namespace pack_detail {
 
-// Row r's 4 quants q[0..3] into step byte 4r, as a low (kHigh false) or high nibble.
+// Row r's 4 quants q[0..3] into step byte 4r, as their low nibbles, or their high ones where `high`.
 inline void put_nibbles(std::uint8_t* step, std::size_t r, const std::int8_t* q, bool high) {
   for (int i = 0; i < 4; ++i) step[4 * r + i] |= std::uint8_t((q[i] & 15) << (high ? 4 : 0));
 }
