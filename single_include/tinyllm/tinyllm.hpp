@@ -1588,19 +1588,20 @@ struct ReferenceBackend {
 // 16 lanes, the scales of 16 rows are applied by one vector op, and the matrix is read as one
 // stream. The quants are the unsigned ones of block_ints.hpp (Q8_0's as q + 128).
 //
-// Unit layouts (bytes; "nibble step pair" = 64 bytes whose low nibbles are one step and whose
-// high nibbles the next; row r's bytes at 4r):
-//   Q4_0 (576):  block h of 2 at 256h: 4 nibble step pairs (inputs 8k..8k+3 | 8k+4..8k+7 of
-//                the block); then 16 f16 scales of block 0 at 512, of block 1 at 544.
-//   Q8_0 (1088): block h at 512h: 8 steps; 16 + 16 f16 scales at 1024.
-//   Q4_K (2368): sub-block j of 32 at 256j: 4 nibble step pairs; scales [j][row] u8 at 2048,
-//                mins [j][row] u8 at 2176, d [row] f16 at 2304, dmin [row] f16 at 2336.
-//   Q5_K (2880): Q4_K's nibbles, then the fifth bits at 2048 + 64j: bit k of byte 4r + i is
-//                input 32j + 8k + i's, bit 4 + k input 32j + 8k + 4 + i's; scales at 2560, mins
-//                at 2688, d at 2816, dmin at 2848.
-//   Q6_K (3392): sub-block j of 16 at 128j: 2 nibble step pairs (inputs 0..3 | 4..7, 8..11 |
-//                12..15); the top bit pairs at 2048 + 64j (bits 2s, 2s + 1 of byte 4r + i: input
-//                16j + 4s + i); scales [j][row] i8 at 3072, d [row] f16 at 3328, 32 bytes padding.
+// Unit layouts (bytes). Each unit starts with its scales, then its sub-blocks in input order,
+// each with its high bits right after it, so that a kernel reads the unit front to back and the
+// whole group is one forward stream for the hardware prefetcher. "Nibble step pair" = 64 bytes
+// whose low nibbles are one step and whose high nibbles the next; row r's bytes at 4r.
+//   Q4_0 (576):  16 f16 scales of block 0 at 0, of block 1 at 32; block h at 64 + 256h: 4 nibble
+//                step pairs (inputs 8k..8k+3 | 8k+4..8k+7 of the block).
+//   Q8_0 (1088): 16 + 16 f16 scales at 0; block h at 64 + 512h: 8 steps.
+//   Q4_K (2368): d [row] f16 at 0, dmin [row] f16 at 32, scales [j][row] u8 at 64, mins [j][row]
+//                u8 at 192; sub-block j of 32 at 320 + 256j: 4 nibble step pairs.
+//   Q5_K (2880): Q4_K's header; sub-block j at 320 + 320j: Q4_K's nibbles, then at 256 the fifth
+//                bits: bit k of byte 4r + i is input 32j + 8k + i's, bit 4 + k input 32j + 8k + 4 + i's.
+//   Q6_K (3392): d [row] f16 at 0, 32 bytes padding, scales [j][row] i8 at 64; sub-block j of 16
+//                at 320 + 192j: 2 nibble step pairs (inputs 0..3 | 4..7, 8..11 | 12..15), then at
+//                128 the top bit pairs (bits 2s, 2s + 1 of byte 4r + i: input 16j + 4s + i).
 // Rows past n_out in the last group and blocks past the row's end in the last unit are zeros.
 #include <algorithm>
 #include <cstddef>
@@ -1625,20 +1626,24 @@ inline constexpr std::size_t block_values = BlockFormat<Block>::values;
 
 // Where each part of a packed unit lives (the layouts above).
 template <class Block> struct PackedUnit;
+// (body: the first sub-block or block; sub_bytes: from one to the next; high: a sub-block's high
+// bits, from its start.)
 template <> struct PackedUnit<BlockQ4_0> {
-  static constexpr std::size_t blocks = 2, bytes = 576, block_bytes = 256, scales = 512;
+  static constexpr std::size_t blocks = 2, bytes = 576, scales = 0, body = 64, sub_bytes = 256;
 };
 template <> struct PackedUnit<BlockQ8_0> {
-  static constexpr std::size_t blocks = 2, bytes = 1088, block_bytes = 512, scales = 1024;
+  static constexpr std::size_t blocks = 2, bytes = 1088, scales = 0, body = 64, sub_bytes = 512;
 };
 template <> struct PackedUnit<BlockQ4_K> {
-  static constexpr std::size_t blocks = 1, bytes = 2368, high = 0, scales = 2048, mins = 2176, d = 2304, dmin = 2336;
+  static constexpr std::size_t blocks = 1, bytes = 2368, d = 0, dmin = 32, scales = 64, mins = 192, body = 320,
+                               sub_bytes = 256;
 };
 template <> struct PackedUnit<BlockQ5_K> {
-  static constexpr std::size_t blocks = 1, bytes = 2880, high = 2048, scales = 2560, mins = 2688, d = 2816, dmin = 2848;
+  static constexpr std::size_t blocks = 1, bytes = 2880, d = 0, dmin = 32, scales = 64, mins = 192, body = 320,
+                               sub_bytes = 320, high = 256;
 };
 template <> struct PackedUnit<BlockQ6_K> {
-  static constexpr std::size_t blocks = 1, bytes = 3392, high = 2048, scales = 3072, d = 3328;
+  static constexpr std::size_t blocks = 1, bytes = 3392, d = 0, scales = 64, body = 320, sub_bytes = 192, high = 128;
 };
 
 namespace pack_detail {
@@ -1654,7 +1659,7 @@ void pack_row(const BlockInts* b, std::size_t nb, std::size_t r, std::uint8_t* o
   using U = PackedUnit<Block>;
   if constexpr (std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0>) {
     for (std::size_t h = 0; h < nb; ++h) {
-      std::uint8_t* q = o + U::block_bytes * h;
+      std::uint8_t* q = o + U::body + U::sub_bytes * h;
       for (int k = 0; k < 4; ++k) {
         if constexpr (std::is_same_v<Block, BlockQ4_0>) {
           put_nibbles(q + 64 * k, r, b[h].q + 8 * k, false);
@@ -1670,12 +1675,13 @@ void pack_row(const BlockInts* b, std::size_t nb, std::size_t r, std::uint8_t* o
   } else if constexpr (std::is_same_v<Block, BlockQ4_K> || std::is_same_v<Block, BlockQ5_K>) {
     for (int j = 0; j < 8; ++j) {
       const std::int8_t* q = b->q + 32 * j;
+      std::uint8_t* sub = o + U::body + U::sub_bytes * j;
       for (int k = 0; k < 4; ++k) {
-        put_nibbles(o + 256 * j + 64 * k, r, q + 8 * k, false);
-        put_nibbles(o + 256 * j + 64 * k, r, q + 8 * k + 4, true);
+        put_nibbles(sub + 64 * k, r, q + 8 * k, false);
+        put_nibbles(sub + 64 * k, r, q + 8 * k + 4, true);
         if constexpr (std::is_same_v<Block, BlockQ5_K>)
           for (int i = 0; i < 4; ++i)
-            o[U::high + 64 * j + 4 * r + i] |= std::uint8_t((q[8 * k + i] >> 4) << k | (q[8 * k + 4 + i] >> 4) << (4 + k));
+            sub[U::high + 4 * r + i] |= std::uint8_t((q[8 * k + i] >> 4) << k | (q[8 * k + 4 + i] >> 4) << (4 + k));
       }
       o[U::scales + 16 * j + r] = std::uint8_t(b->sc[j]);
       o[U::mins + 16 * j + r] = b->m[j];
@@ -1686,12 +1692,13 @@ void pack_row(const BlockInts* b, std::size_t nb, std::size_t r, std::uint8_t* o
   } else {
     for (int j = 0; j < 16; ++j) {
       const std::int8_t* q = b->q + 16 * j;
+      std::uint8_t* sub = o + U::body + U::sub_bytes * j;
       for (int s = 0; s < 2; ++s) {
-        put_nibbles(o + 128 * j + 64 * s, r, q + 8 * s, false);
-        put_nibbles(o + 128 * j + 64 * s, r, q + 8 * s + 4, true);
+        put_nibbles(sub + 64 * s, r, q + 8 * s, false);
+        put_nibbles(sub + 64 * s, r, q + 8 * s + 4, true);
       }
       for (int s = 0; s < 4; ++s)
-        for (int i = 0; i < 4; ++i) o[U::high + 64 * j + 4 * r + i] |= std::uint8_t((q[4 * s + i] >> 4) << (2 * s));
+        for (int i = 0; i < 4; ++i) sub[U::high + 4 * r + i] |= std::uint8_t((q[4 * s + i] >> 4) << (2 * s));
       o[U::scales + 16 * j + r] = std::uint8_t(b->sc[j]);
     }
     const std::uint16_t d = f32_to_f16(b->d);
@@ -1772,28 +1779,28 @@ inline void pack_rows(DType type, const void* w, std::size_t n_out, std::size_t 
 // Q8_0), of 256 for the K-quants (as Q8_K). A block keeps d = max|x| / 127 and the quants
 // q = round(x / d) in [-127, 127], so x ≈ d * q. Beside them the quantizer stores what the
 // kernels would otherwise recompute for every weight row:
-//   aux    per weight unit, what the kernel adds for the weights' offset or minimum:
-//            Q4_0, Q8_0  int32 per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the VNNI
+//   aux    per weight sub-block, aux_factor * sum(q), what the kernel adds for the weights'
+//          offset or minimum (int32):
+//            Q4_0, Q8_0  per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the VNNI
 //                        kernels read the signed weights as unsigned w + 128; int8_dot.hpp);
-//            Q6_K        int32 per 16:  -32 * sum(q) (the weights are stored as q + 32);
-//            Q4_K, Q5_K  float per 32:  sum(q), for the term -dmin * m * sum(x).
+//            Q6_K        per 16:  -32 * sum(q) (the weights are stored as q + 32);
+//            Q4_K, Q5_K  per 32:  sum(q), for the term -dmin * m * sum(x).
 // The planes are laid out in one buffer that QuantScratch owns; it is sized once for the
 // largest batch, so a call allocates nothing.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 
 
 namespace tinyllm::cpu {
 
 // How the activations that meet a weight block type are quantized.
 template <class Block> struct ActFormat;
-template <> struct ActFormat<BlockQ8_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 128; };
-template <> struct ActFormat<BlockQ4_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 8; };
-template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
-template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
-template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 256, aux_group = 16; static constexpr int offset = 32; };
+template <> struct ActFormat<BlockQ8_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int aux_factor = -128; };
+template <> struct ActFormat<BlockQ4_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int aux_factor = -8; };
+template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int aux_factor = 1; };
+template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int aux_factor = 1; };
+template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 256, aux_group = 16; static constexpr int aux_factor = -32; };
 
 // One call's quantized activations [n_tok, n_in]: a view into QuantScratch.
 //
@@ -1807,7 +1814,7 @@ template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 2
 struct QuantizedActs {
   std::int8_t* qs = nullptr;
   float* d = nullptr;               // one scale per block
-  std::int32_t* aux = nullptr;      // int32, or float bits for Q4_K/Q5_K
+  std::int32_t* aux = nullptr;
   std::size_t qs_stride = 0, d_stride = 0, aux_stride = 0;  // elements per token row
   std::size_t n_tok = 0, n_in = 0, group = 1;
 
@@ -1824,11 +1831,6 @@ struct QuantizedActs {
   float d_at(std::size_t t, std::size_t b) const noexcept { return d[(t - t % group) * d_stride + b * group + t % group]; }
   std::int32_t aux_at(std::size_t t, std::size_t u) const noexcept {
     return aux[(t - t % group) * aux_stride + u * group + t % group];
-  }
-  float aux_f32_at(std::size_t t, std::size_t u) const noexcept {
-    float f;
-    std::memcpy(&f, &aux[(t - t % group) * aux_stride + u * group + t % group], sizeof f);
-    return f;
   }
 };
 
@@ -2593,14 +2595,15 @@ HWY_AFTER_NAMESPACE();
 //
 // The inputs are taken in chunks of kPanelInputs. For each chunk, tokens in register blocks of
 // T, and each part (kParts vectors make the 16 rows) in turn:
-//   sums[t]  = int32 sums of a sub-block's steps: one multiply-add per step and token, 16 rows
-//              at once, no horizontal sums;
-//   then in float, with the same operations in the same order for every kernel below:
-//     legacy formats  acc[t] += float(sums[t]) * (scale * d_x)            per block of 32
-//     Q4_K, Q5_K      part[t] += float(sums[t]) * scale - min * sum(x)    per sub-block,
-//                     acc[t] += part[t] * d_x                             per super-block
-//     Q6_K            tot[t] += sums[t] * sc (int32)                      per sub-block,
-//                     acc[t] += float(tot[t]) * (d * d_x)                 per super-block
+//   legacy formats (Q4_0, Q8_0), per block of 32:
+//     sums[t]  = int32 sums of the block's steps: one multiply-add per step and token, 16 rows
+//                at once, no horizontal sums;
+//     acc[t]  += float(sums[t]) * (scale * d_x)
+//   K-quants, exact in int32 over a super-block of 256 (< 2^29):
+//     tot[t]  += sc * (sum of a sub-block's steps)   where vpmaddubsw's int16 pairs exist, sc
+//                takes the place of vpmaddwd's ones (dot_scaled); else sums[t] * sc once;
+//     mtot[t] += m * sum(q)                          (Q4_K, Q5_K)
+//     acc[t]  += float(tot[t]) * (d * d_x) - float(mtot[t]) * (dmin * d_x)   per super-block
 //   and y += acc after each chunk.
 // Decode (few tokens) takes the steps straight from the packed units, which stream from memory
 // once. Prefill first unpacks the chunk of each group into an L1 panel of plain steps and float
@@ -2620,8 +2623,6 @@ HWY_AFTER_NAMESPACE();
 #include <cstdint>
 #include <cstring>
 
-#include <hwy/cache_control.h>
-
 // ---- tinyllm/kernels/cpu/int8_dot.hpp ----
 // The one instruction the quantized kernels are built on, for each SIMD target: in every int32
 // lane, add the four products of 4 unsigned weight bytes by 4 signed activation bytes.
@@ -2637,6 +2638,11 @@ HWY_AFTER_NAMESPACE();
 // dot_q8 gives sum(w * x) plus, where kQ8Biased, 128 * sum(x), which the kernel then removes
 // with the activation sums quantize_act.hpp stores (VNNI multiplies unsigned by signed only);
 // elsewhere it gives sum(w * x) itself, by the sign trick |w| * (x * sign(w)).
+//
+// Where the int16 pairs of vpmaddubsw exist (kScaleInMadd), dot_scaled multiplies them by a
+// per-lane integer scale in place of vpmaddwd's ones, so that a K-quant sub-block's scale costs
+// nothing; elsewhere the kernels multiply a sub-block's int32 sums by it once. (K-quant weights
+// have at most 6 bits: a pair is at most 2 * 63 * 127, times a scale of at most 128.)
 //
 // A "step" is 64 bytes: 4 consecutive quants of each of 16 weight rows ([row][4]); it fills one
 // AVX-512 vector, two AVX2 vectors, four 128-bit ones. The kernels work on vectors of kVecBytes.
@@ -2692,6 +2698,7 @@ HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) {
 #endif
 }
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_small(acc, w, x); }
+inline constexpr bool kScaleInMadd = false;
 
 #elif HWY_TARGET == HWY_AVX3
 inline constexpr bool kQ8Biased = false;
@@ -2705,6 +2712,10 @@ HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   const __m512i pairs = _mm512_maddubs_epi16(_mm512_abs_epi8(s), sx);
   return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))};
 }
+inline constexpr bool kScaleInMadd = true;
+HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
+  return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(_mm512_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
+}
 
 #elif HWY_TARGET == HWY_AVX2
 inline constexpr bool kQ8Biased = false;
@@ -2717,6 +2728,10 @@ HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(s), _mm256_sign_epi8(x.raw, s));
   return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))};
 }
+inline constexpr bool kScaleInMadd = true;
+HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
+  return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(_mm256_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
+}
 
 #elif HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3
 inline constexpr bool kQ8Biased = false;
@@ -2728,6 +2743,10 @@ HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   const __m128i s = _mm_xor_si128(w.raw, _mm_set1_epi8(char(0x80)));
   const __m128i pairs = _mm_maddubs_epi16(_mm_abs_epi8(s), _mm_sign_epi8(x.raw, s));
   return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(pairs, _mm_set1_epi16(1)))};
+}
+inline constexpr bool kScaleInMadd = true;
+HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
+  return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(_mm_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
 }
 
 #elif HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
@@ -2747,6 +2766,7 @@ HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) { return VI32{sdot4(acc.raw, v
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   return VI32{sdot4(acc.raw, vreinterpretq_s8_u8(veorq_u8(w.raw, vdupq_n_u8(0x80))), x.raw)};
 }
+inline constexpr bool kScaleInMadd = false;
 
 #else
 inline constexpr bool kQ8Biased = false;
@@ -2763,7 +2783,11 @@ HWY_INLINE VI32 dot_scalar(VI32 acc, VU8 w, VI8 x) {
 }
 HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) { return dot_scalar<false>(acc, w, x); }
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_scalar<true>(acc, w, x); }
+inline constexpr bool kScaleInMadd = false;
 #endif
+
+// dot_scaled's scales: each int32 lane's s (|s| < 2^15) as two int16 halves s, s.
+HWY_INLINE VI32 scale_pairs(VI32 s) { return hn::Or(hn::And(s, hn::Set(DI32(), 0xFFFF)), hn::ShiftLeft<16>(s)); }
 
 // The 4 activation quants at p in every int32 lane.
 HWY_INLINE VI8 broadcast4(const std::int8_t* p) {
@@ -2817,25 +2841,27 @@ HWY_INLINE VU8 bits_to_4(VU8 v) {
   return hn::And(shift_left<4 - kFrom>(v), hn::Set(DU8(), std::uint8_t(((1 << kWidth) - 1) << 4)));
 }
 
-// Per-row values of part p as floats: f16, unsigned and signed bytes.
+// Per-row values of part p: f16 as floats, unsigned or signed bytes as int32.
 HWY_INLINE VF32 f16_rows(const std::uint8_t* p16, std::size_t p) {
   const hn::Rebind<hwy::float16_t, DF32> dh;
   return hn::PromoteTo(DF32(), hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p16) + p * kPartRows));
 }
 template <class T>
-HWY_INLINE VF32 byte_rows(const std::uint8_t* p8, std::size_t p) {
+HWY_INLINE VI32 byte_ints(const std::uint8_t* p8, std::size_t p) {
   const hn::Rebind<T, DI32> d8;
-  return hn::ConvertTo(DF32(), hn::PromoteTo(DI32(), hn::LoadU(d8, reinterpret_cast<const T*>(p8) + p * kPartRows)));
+  return hn::PromoteTo(DI32(), hn::LoadU(d8, reinterpret_cast<const T*>(p8) + p * kPartRows));
 }
 
 // What each format's unit holds, in the kernels' terms:
 //   subs         sub-blocks (scales) per unit; sub_values inputs each, steps = sub_values / 4
 //   act_subs     sub-blocks per activation block (one d per 32 inputs, or per 256 for K-quants)
-//   q8           the weights are Q8_0's (dot_q8); otherwise below 128 (dot_small)
-//   bias         the sums start at the activations' aux value (-offset * sum(x), see quantize_act.hpp)
-//   has_min      the K-quants' "- dmin * m * sum(x)", sum(x) from aux
-//   int_scales   sub-block scales applied in int32 (int_scale), then scale() once per unit;
-//                otherwise scale() is each sub-block's float scale
+//   q8           the weights are Q8_0's (dot_q8); otherwise below 64 (dot_small, dot_scaled)
+//   bias         add the activations' aux value (-offset * sum(q), quant_acts.hpp) to the sums
+//   int_scales   the K-quants: sub-block sums times the integer scale int_scale() add up in
+//                int32 over the unit, then scale() (d) applies once; otherwise scale() is each
+//                sub-block's float scale
+//   has_min      Q4_K, Q5_K: "- dmin * m * sum(q)" likewise, int_min() (m) times aux (sum(q))
+//                in int32, min() (dmin) once per unit
 //   steps(u, j, p, f)  f(k, weights) for steps k of sub-block j, part p
 template <class Block> struct QUnit;
 
@@ -2845,10 +2871,9 @@ struct LegacyUnit {
   static constexpr bool q8 = std::is_same_v<Block, BlockQ8_0>;
   static constexpr std::size_t subs = 2, sub_values = 32, steps_per_sub = 8, act_subs = 1;
   static constexpr bool bias = q8 ? kQ8Biased : true, has_min = false, int_scales = false;
-  static HWY_INLINE VI32 int_scale(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DI32()); }
   template <class F>
   static HWY_INLINE void steps(const std::uint8_t* u, std::size_t j, std::size_t p, F&& f) {
-    const std::uint8_t* q = u + U::block_bytes * j;
+    const std::uint8_t* q = u + U::body + U::sub_bytes * j;
     if constexpr (q8) {
       TINYLLM_UNROLL
       for (std::size_t k = 0; k < 8; ++k) f(k, load_part(q + 64 * k, p));
@@ -2864,7 +2889,6 @@ struct LegacyUnit {
   static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
     return f16_rows(u + U::scales + 32 * j, p);
   }
-  static HWY_INLINE VF32 min(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DF32()); }
 };
 template <> struct QUnit<BlockQ4_0> : LegacyUnit<BlockQ4_0> {};
 template <> struct QUnit<BlockQ8_0> : LegacyUnit<BlockQ8_0> {};
@@ -2872,16 +2896,16 @@ template <> struct QUnit<BlockQ8_0> : LegacyUnit<BlockQ8_0> {};
 template <class Block>
 struct K4Unit {
   using U = PackedUnit<Block>;
-  static constexpr bool q8 = false, bias = false, has_min = true, int_scales = false;
-  static HWY_INLINE VI32 int_scale(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DI32()); }
+  static constexpr bool q8 = false, bias = false, int_scales = true, has_min = true;
   static constexpr std::size_t subs = 8, sub_values = 32, steps_per_sub = 8, act_subs = 8;
   template <class F>
   static HWY_INLINE void steps(const std::uint8_t* u, std::size_t j, std::size_t p, F&& f) {
     constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
+    const std::uint8_t* sub = u + U::body + U::sub_bytes * j;
     VU8 hb;
-    if constexpr (kFifthBit) hb = load_part(u + U::high + 64 * j, p);
+    if constexpr (kFifthBit) hb = load_part(sub + U::high, p);
     auto pair = [&]<int k>(std::integral_constant<int, k>) HWY_ATTR {
-      const VU8 v = load_part(u + 256 * j + 64 * k, p);
+      const VU8 v = load_part(sub + 64 * k, p);
       VU8 lo = low4(v), hi = high4(v);
       if constexpr (kFifthBit) {
         lo = hn::Or(lo, bits_to_4<k, 1>(hb));
@@ -2895,38 +2919,35 @@ struct K4Unit {
     pair(std::integral_constant<int, 2>{});
     pair(std::integral_constant<int, 3>{});
   }
-  static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
-    return hn::Mul(f16_rows(u + U::d, p), byte_rows<std::uint8_t>(u + U::scales + 16 * j, p));
+  static HWY_INLINE VI32 int_scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
+    return byte_ints<std::uint8_t>(u + U::scales + 16 * j, p);
   }
-  static HWY_INLINE VF32 min(const std::uint8_t* u, std::size_t j, std::size_t p) {
-    return hn::Mul(f16_rows(u + U::dmin, p), byte_rows<std::uint8_t>(u + U::mins + 16 * j, p));
+  static HWY_INLINE VI32 int_min(const std::uint8_t* u, std::size_t j, std::size_t p) {
+    return byte_ints<std::uint8_t>(u + U::mins + 16 * j, p);
   }
+  static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::d, p); }
+  static HWY_INLINE VF32 min(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::dmin, p); }
 };
 template <> struct QUnit<BlockQ4_K> : K4Unit<BlockQ4_K> {};
 template <> struct QUnit<BlockQ5_K> : K4Unit<BlockQ5_K> {};
 
 template <> struct QUnit<BlockQ6_K> {
   using U = PackedUnit<BlockQ6_K>;
-  static constexpr bool q8 = false, bias = true, has_min = false;
+  static constexpr bool q8 = false, bias = true, int_scales = true, has_min = false;
   static constexpr std::size_t subs = 16, sub_values = 16, steps_per_sub = 4, act_subs = 16;
   template <class F>
   static HWY_INLINE void steps(const std::uint8_t* u, std::size_t j, std::size_t p, F&& f) {
-    const VU8 lo0 = load_part(u + 128 * j, p), lo1 = load_part(u + 128 * j + 64, p);
-    const VU8 hb = load_part(u + U::high + 64 * j, p);
+    const std::uint8_t* sub = u + U::body + U::sub_bytes * j;
+    const VU8 lo0 = load_part(sub, p), lo1 = load_part(sub + 64, p), hb = load_part(sub + U::high, p);
     f(0, hn::Or(low4(lo0), bits_to_4<0, 2>(hb)));
     f(1, hn::Or(high4(lo0), bits_to_4<2, 2>(hb)));
     f(2, hn::Or(low4(lo1), bits_to_4<4, 2>(hb)));
     f(3, hn::Or(high4(lo1), bits_to_4<6, 2>(hb)));
   }
-  // The sub-block sums times their integer scales add up exactly in int32 (< 2^28 per unit); d
-  // applies once per unit.
-  static constexpr bool int_scales = true;
   static HWY_INLINE VI32 int_scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
-    const hn::Rebind<std::int8_t, DI32> d8;
-    return hn::PromoteTo(DI32(), hn::LoadU(d8, reinterpret_cast<const std::int8_t*>(u + U::scales + 16 * j) + p * kPartRows));
+    return byte_ints<std::int8_t>(u + U::scales + 16 * j, p);
   }
   static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::d, p); }
-  static HWY_INLINE VF32 min(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DF32()); }
 };
 
 }  // namespace tinyllm::cpu::HWY_NAMESPACE::detail
@@ -2991,16 +3012,11 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
       }
       const std::int32_t s16 = hn::GetLane(hn::SumOfLanes(di, sum));
       if constexpr (F::aux_group == 16) {
-        aux[g / 16 * G] = -F::offset * s16;
+        aux[g / 16 * G] = F::aux_factor * s16;
       } else {
         group32 += s16;
         if ((g / 16) % 2 == 1) {
-          if constexpr (F::offset == 0) {
-            const float f = static_cast<float>(group32);
-            std::memcpy(&aux[g / 32 * G], &f, sizeof f);
-          } else {
-            aux[g / 32 * G] = -F::offset * group32;
-          }
+          aux[g / 32 * G] = F::aux_factor * group32;
           group32 = 0;
         }
       }
@@ -3053,23 +3069,19 @@ struct ActView {
     const std::size_t l = t0 % G, row = t0 - l;
     return {a.qs + a.q_index(t0, 0), a.d + row * a.d_stride + l, a.aux + row * a.aux_stride + l};
   }
-  // 4 quants of step s (inputs 4s ..) of token t; the scale of block b; the aux value of unit u.
+  // 4 quants of step s (inputs 4s ..) of token t; the scale of block b; the aux value of sub-block u.
   HWY_INLINE const std::int8_t* step(std::size_t s, std::size_t t) const { return q + 4 * (G * s + t); }
   HWY_INLINE float scale(std::size_t b, std::size_t t) const { return d[G * b + t]; }
   HWY_INLINE std::int32_t aux_int(std::size_t u, std::size_t t) const { return aux[G * u + t]; }
-  HWY_INLINE float aux_float(std::size_t u, std::size_t t) const {
-    float f;
-    std::memcpy(&f, aux + G * u + t, sizeof f);
-    return f;
-  }
 };
 
 // One chunk's weights unpacked: the same accessors as QUnit<Block>, over plain steps.
 struct Panel {
   alignas(64) std::uint8_t w[kPanelInputs / 4][kStepBytes];   // [step][row][4 quants]
   alignas(64) float scale[kPanelInputs / 16][kStepRows];      // [sub-block][row]
-  alignas(64) float min[kPanelInputs / 32][kStepRows];        // K-quants with mins: [sub-block][row]
+  alignas(64) float min[kPanelInputs / 32][kStepRows];        // has_min formats: [sub-block][row]
   alignas(64) std::int32_t int_scale[kPanelInputs / 16][kStepRows];  // int_scales formats: [sub-block][row]
+  alignas(64) std::int32_t int_min[kPanelInputs / 32][kStepRows];    // has_min formats: [sub-block][row]
 };
 
 template <class Block>
@@ -3086,6 +3098,7 @@ struct PanelSource {
   HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const {
     return hn::Load(DI32(), panel.int_scale[j] + p * kPartRows);
   }
+  HWY_INLINE VI32 int_min(std::size_t j, std::size_t p) const { return hn::Load(DI32(), panel.int_min[j] + p * kPartRows); }
 };
 
 // The units from `first` of one group, sub-blocks numbered from there.
@@ -3096,16 +3109,12 @@ struct UnitSource {
   HWY_INLINE const std::uint8_t* unit(std::size_t j) const { return first + j / Q::subs * PackedUnit<Block>::bytes; }
   template <class F>
   HWY_INLINE void steps(std::size_t j, std::size_t p, F&& f) const {
-    // Each unit asks for the bytes kAhead further on: the hardware prefetcher restarts at every
-    // 4 KiB page and follows the stream late.
-    constexpr std::size_t kAhead = 4096;
-    if (p == 0 && j % Q::subs == 0)
-      for (std::size_t l = 0; l < PackedUnit<Block>::bytes; l += 64) hwy::Prefetch(unit(j) + kAhead + l);
     Q::steps(unit(j), j % Q::subs, p, f);
   }
   HWY_INLINE VF32 scale(std::size_t j, std::size_t p) const { return Q::scale(unit(j), j % Q::subs, p); }
   HWY_INLINE VF32 min(std::size_t j, std::size_t p) const { return Q::min(unit(j), j % Q::subs, p); }
   HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const { return Q::int_scale(unit(j), j % Q::subs, p); }
+  HWY_INLINE VI32 int_min(std::size_t j, std::size_t p) const { return Q::int_min(unit(j), j % Q::subs, p); }
 };
 
 // acc[t] (+)= part p of sub-blocks [0, n_subs) of src · tokens t of x, whose sub-block 0 is the
@@ -3115,65 +3124,72 @@ HWY_INLINE void accumulate(const Src& src, std::size_t n_subs, const ActView<G>&
                            VF32 (&acc)[T]) {
   using Q = QUnit<Block>;
   const DF32 df;
-  VF32 part[T];
-  VI32 tot[T];
+  VI32 tot[T], mtot[T];  // K-quants
   for (std::size_t j = 0; j < n_subs; ++j) {
     const std::size_t s = s0 + j;   // the activations' sub-block
-    // Few tokens: two chains of multiply-adds per token, so that their latencies overlap.
-    constexpr std::size_t kChains = T < 4 ? 2 : 1;
-    VI32 sums[kChains][T];
-    TINYLLM_UNROLL
-    for (std::size_t t = 0; t < T; ++t) {
-      sums[0][t] = Q::bias ? hn::Set(DI32(), x.aux_int(s, t)) : hn::Zero(DI32());
-      if constexpr (kChains == 2) sums[1][t] = hn::Zero(DI32());
-    }
-    src.steps(j, p, [&](std::size_t k, VU8 w) HWY_ATTR {
+    if constexpr (!Q::int_scales) {
+      // Few tokens: two chains of multiply-adds per token, so that their latencies overlap.
+      constexpr std::size_t kChains = T < 4 ? 2 : 1;
+      VI32 sums[kChains][T];
       TINYLLM_UNROLL
       for (std::size_t t = 0; t < T; ++t) {
-        const VI8 xk = broadcast4(x.step(s * Q::steps_per_sub + k, t));
-        VI32& sum = sums[k % kChains][t];
-        sum = Q::q8 ? dot_q8(sum, w, xk) : dot_small(sum, w, xk);
+        sums[0][t] = Q::bias ? hn::Set(DI32(), x.aux_int(s, t)) : hn::Zero(DI32());
+        if constexpr (kChains == 2) sums[1][t] = hn::Zero(DI32());
       }
-    });
-    if constexpr (kChains == 2)
+      src.steps(j, p, [&](std::size_t k, VU8 w) HWY_ATTR {
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) {
+          const VI8 xk = broadcast4(x.step(s * Q::steps_per_sub + k, t));
+          VI32& sum = sums[k % kChains][t];
+          sum = Q::q8 ? dot_q8(sum, w, xk) : dot_small(sum, w, xk);
+        }
+      });
+      const VF32 sc = src.scale(j, p);
       TINYLLM_UNROLL
-      for (std::size_t t = 0; t < T; ++t) sums[0][t] = hn::Add(sums[0][t], sums[1][t]);
-    if constexpr (Q::int_scales) {
+      for (std::size_t t = 0; t < T; ++t) {
+        if constexpr (kChains == 2) sums[0][t] = hn::Add(sums[0][t], sums[1][t]);
+        acc[t] = hn::MulAdd(hn::ConvertTo(df, sums[0][t]), hn::Mul(sc, hn::Set(df, x.scale(s, t))), acc[t]);
+      }
+    } else {
       if (j % Q::act_subs == 0)
         TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Zero(DI32());
+        for (std::size_t t = 0; t < T; ++t) tot[t] = mtot[t] = hn::Zero(DI32());
       const VI32 isc = src.int_scale(j, p);
-      TINYLLM_UNROLL
-      for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Add(tot[t], hn::Mul(sums[0][t], isc));
+      if constexpr (kScaleInMadd) {
+        const VI32 pairs = scale_pairs(isc);
+        src.steps(j, p, [&](std::size_t k, VU8 w) HWY_ATTR {
+          TINYLLM_UNROLL
+          for (std::size_t t = 0; t < T; ++t)
+            tot[t] = dot_scaled(tot[t], w, broadcast4(x.step(s * Q::steps_per_sub + k, t)), pairs);
+        });
+        if constexpr (Q::bias)
+          TINYLLM_UNROLL
+          for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Add(tot[t], hn::Mul(isc, hn::Set(DI32(), x.aux_int(s, t))));
+      } else {
+        VI32 sums[T];
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) sums[t] = Q::bias ? hn::Set(DI32(), x.aux_int(s, t)) : hn::Zero(DI32());
+        src.steps(j, p, [&](std::size_t k, VU8 w) HWY_ATTR {
+          TINYLLM_UNROLL
+          for (std::size_t t = 0; t < T; ++t) sums[t] = dot_small(sums[t], w, broadcast4(x.step(s * Q::steps_per_sub + k, t)));
+        });
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Add(tot[t], hn::Mul(sums[t], isc));
+      }
+      if constexpr (Q::has_min) {
+        const VI32 m = src.int_min(j, p);
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) mtot[t] = hn::Add(mtot[t], hn::Mul(m, hn::Set(DI32(), x.aux_int(s, t))));
+      }
       if (j % Q::act_subs == Q::act_subs - 1) {
         const VF32 d = src.scale(j, p);
         const std::size_t b = s / Q::act_subs;
         TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t)
-          acc[t] = hn::MulAdd(hn::ConvertTo(df, tot[t]), hn::Mul(d, hn::Set(df, x.scale(b, t))), acc[t]);
-      }
-      continue;
-    }
-    const VF32 sc = src.scale(j, p);
-    if constexpr (Q::act_subs == 1) {
-      TINYLLM_UNROLL
-      for (std::size_t t = 0; t < T; ++t)
-        acc[t] = hn::MulAdd(hn::ConvertTo(df, sums[0][t]), hn::Mul(sc, hn::Set(df, x.scale(s, t))), acc[t]);
-    } else {
-      if (j % Q::act_subs == 0)
-        TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) part[t] = hn::Zero(df);
-      TINYLLM_UNROLL
-      for (std::size_t t = 0; t < T; ++t) part[t] = hn::MulAdd(hn::ConvertTo(df, sums[0][t]), sc, part[t]);
-      if constexpr (Q::has_min) {
-        const VF32 mn = src.min(j, p);
-        TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) part[t] = hn::NegMulAdd(mn, hn::Set(df, x.aux_float(s, t)), part[t]);
-      }
-      if (j % Q::act_subs == Q::act_subs - 1) {
-        const std::size_t b = s / Q::act_subs;
-        TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) acc[t] = hn::MulAdd(part[t], hn::Set(df, x.scale(b, t)), acc[t]);
+        for (std::size_t t = 0; t < T; ++t) {
+          const VF32 dx = hn::Set(df, x.scale(b, t));
+          acc[t] = hn::MulAdd(hn::ConvertTo(df, tot[t]), hn::Mul(d, dx), acc[t]);
+          if constexpr (Q::has_min) acc[t] = hn::NegMulAdd(hn::ConvertTo(df, mtot[t]), hn::Mul(src.min(j, p), dx), acc[t]);
+        }
       }
     }
   }
@@ -3256,8 +3272,6 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
   for (std::size_t u0 = 0; u0 < units; u0 += kChunk) {
     const std::size_t count = std::min(kChunk, units - u0);
     const std::size_t s0 = u0 * Q::subs, subs = std::min(count * Q::subs, n_subs - s0);
-    // (UnitSource asks for the bytes 4 KiB ahead as it unpacks: the next chunk arrives while this
-    // one computes.)
     const UnitSource<Block> units_src{w + u0 * kUnit};
     for (std::size_t j = 0; j < subs; ++j)
       TINYLLM_UNROLL
@@ -3266,8 +3280,11 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
           hn::Store(v, DU8(), panel.w[j * Q::steps_per_sub + k] + p * kVecBytes);
         });
         hn::Store(units_src.scale(j, p), DF32(), panel.scale[j] + p * kPartRows);
-        if constexpr (Q::has_min) hn::Store(units_src.min(j, p), DF32(), panel.min[j] + p * kPartRows);
         if constexpr (Q::int_scales) hn::Store(units_src.int_scale(j, p), DI32(), panel.int_scale[j] + p * kPartRows);
+        if constexpr (Q::has_min) {
+          hn::Store(units_src.min(j, p), DF32(), panel.min[j] + p * kPartRows);
+          hn::Store(units_src.int_min(j, p), DI32(), panel.int_min[j] + p * kPartRows);
+        }
       }
     for (std::size_t t = 0; t < a.n_tok; t += kActGroup)
       for (std::size_t tt = t; tt < std::min(a.n_tok, t + kActGroup); tt += kPanelTokens)

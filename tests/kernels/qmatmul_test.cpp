@@ -426,7 +426,7 @@ void check_quantizer(std::size_t group) {
       if constexpr (std::is_same_v<Block, BlockQ8_0>) CHECK(a.aux_at(t, g) == -128 * s);
       if constexpr (std::is_same_v<Block, BlockQ4_0>) CHECK(a.aux_at(t, g) == -8 * s);
       if constexpr (std::is_same_v<Block, BlockQ4_K> || std::is_same_v<Block, BlockQ5_K>)
-        CHECK(a.aux_f32_at(t, g) == float(s));
+        CHECK(a.aux_at(t, g) == s);
     }
     // quant/'s 8-bit formats: Q8_0 rounds x * (1 / d) as we do (halves away from zero rather
     // than to even: random data has no exact halves), so the quants are equal; Q8_K uses the

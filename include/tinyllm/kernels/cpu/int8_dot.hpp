@@ -13,6 +13,11 @@
 // with the activation sums quantize_act.hpp stores (VNNI multiplies unsigned by signed only);
 // elsewhere it gives sum(w * x) itself, by the sign trick |w| * (x * sign(w)).
 //
+// Where the int16 pairs of vpmaddubsw exist (kScaleInMadd), dot_scaled multiplies them by a
+// per-lane integer scale in place of vpmaddwd's ones, so that a K-quant sub-block's scale costs
+// nothing; elsewhere the kernels multiply a sub-block's int32 sums by it once. (K-quant weights
+// have at most 6 bits: a pair is at most 2 * 63 * 127, times a scale of at most 128.)
+//
 // A "step" is 64 bytes: 4 consecutive quants of each of 16 weight rows ([row][4]); it fills one
 // AVX-512 vector, two AVX2 vectors, four 128-bit ones. The kernels work on vectors of kVecBytes.
 // Per-target code: compiled once for the static target, or once per target where
@@ -68,6 +73,7 @@ HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) {
 #endif
 }
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_small(acc, w, x); }
+inline constexpr bool kScaleInMadd = false;
 
 #elif HWY_TARGET == HWY_AVX3
 inline constexpr bool kQ8Biased = false;
@@ -81,6 +87,10 @@ HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   const __m512i pairs = _mm512_maddubs_epi16(_mm512_abs_epi8(s), sx);
   return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))};
 }
+inline constexpr bool kScaleInMadd = true;
+HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
+  return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(_mm512_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
+}
 
 #elif HWY_TARGET == HWY_AVX2
 inline constexpr bool kQ8Biased = false;
@@ -93,6 +103,10 @@ HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(s), _mm256_sign_epi8(x.raw, s));
   return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))};
 }
+inline constexpr bool kScaleInMadd = true;
+HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
+  return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(_mm256_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
+}
 
 #elif HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3
 inline constexpr bool kQ8Biased = false;
@@ -104,6 +118,10 @@ HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   const __m128i s = _mm_xor_si128(w.raw, _mm_set1_epi8(char(0x80)));
   const __m128i pairs = _mm_maddubs_epi16(_mm_abs_epi8(s), _mm_sign_epi8(x.raw, s));
   return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(pairs, _mm_set1_epi16(1)))};
+}
+inline constexpr bool kScaleInMadd = true;
+HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
+  return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(_mm_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
 }
 
 #elif HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
@@ -123,6 +141,7 @@ HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) { return VI32{sdot4(acc.raw, v
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   return VI32{sdot4(acc.raw, vreinterpretq_s8_u8(veorq_u8(w.raw, vdupq_n_u8(0x80))), x.raw)};
 }
+inline constexpr bool kScaleInMadd = false;
 
 #else
 inline constexpr bool kQ8Biased = false;
@@ -139,7 +158,11 @@ HWY_INLINE VI32 dot_scalar(VI32 acc, VU8 w, VI8 x) {
 }
 HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) { return dot_scalar<false>(acc, w, x); }
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_scalar<true>(acc, w, x); }
+inline constexpr bool kScaleInMadd = false;
 #endif
+
+// dot_scaled's scales: each int32 lane's s (|s| < 2^15) as two int16 halves s, s.
+HWY_INLINE VI32 scale_pairs(VI32 s) { return hn::Or(hn::And(s, hn::Set(DI32(), 0xFFFF)), hn::ShiftLeft<16>(s)); }
 
 // The 4 activation quants at p in every int32 lane.
 HWY_INLINE VI8 broadcast4(const std::int8_t* p) {

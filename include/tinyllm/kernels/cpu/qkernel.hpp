@@ -3,14 +3,15 @@
 //
 // The inputs are taken in chunks of kPanelInputs. For each chunk, tokens in register blocks of
 // T, and each part (kParts vectors make the 16 rows) in turn:
-//   sums[t]  = int32 sums of a sub-block's steps: one multiply-add per step and token, 16 rows
-//              at once, no horizontal sums;
-//   then in float, with the same operations in the same order for every kernel below:
-//     legacy formats  acc[t] += float(sums[t]) * (scale * d_x)            per block of 32
-//     Q4_K, Q5_K      part[t] += float(sums[t]) * scale - min * sum(x)    per sub-block,
-//                     acc[t] += part[t] * d_x                             per super-block
-//     Q6_K            tot[t] += sums[t] * sc (int32)                      per sub-block,
-//                     acc[t] += float(tot[t]) * (d * d_x)                 per super-block
+//   legacy formats (Q4_0, Q8_0), per block of 32:
+//     sums[t]  = int32 sums of the block's steps: one multiply-add per step and token, 16 rows
+//                at once, no horizontal sums;
+//     acc[t]  += float(sums[t]) * (scale * d_x)
+//   K-quants, exact in int32 over a super-block of 256 (< 2^29):
+//     tot[t]  += sc * (sum of a sub-block's steps)   where vpmaddubsw's int16 pairs exist, sc
+//                takes the place of vpmaddwd's ones (dot_scaled); else sums[t] * sc once;
+//     mtot[t] += m * sum(q)                          (Q4_K, Q5_K)
+//     acc[t]  += float(tot[t]) * (d * d_x) - float(mtot[t]) * (dmin * d_x)   per super-block
 //   and y += acc after each chunk.
 // Decode (few tokens) takes the steps straight from the packed units, which stream from memory
 // once. Prefill first unpacks the chunk of each group into an L1 panel of plain steps and float
@@ -29,8 +30,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-
-#include <hwy/cache_control.h>
 
 #include <tinyllm/kernels/cpu/int8_dot.hpp>
 #include <tinyllm/kernels/cpu/qunit.hpp>
@@ -58,23 +57,19 @@ struct ActView {
     const std::size_t l = t0 % G, row = t0 - l;
     return {a.qs + a.q_index(t0, 0), a.d + row * a.d_stride + l, a.aux + row * a.aux_stride + l};
   }
-  // 4 quants of step s (inputs 4s ..) of token t; the scale of block b; the aux value of unit u.
+  // 4 quants of step s (inputs 4s ..) of token t; the scale of block b; the aux value of sub-block u.
   HWY_INLINE const std::int8_t* step(std::size_t s, std::size_t t) const { return q + 4 * (G * s + t); }
   HWY_INLINE float scale(std::size_t b, std::size_t t) const { return d[G * b + t]; }
   HWY_INLINE std::int32_t aux_int(std::size_t u, std::size_t t) const { return aux[G * u + t]; }
-  HWY_INLINE float aux_float(std::size_t u, std::size_t t) const {
-    float f;
-    std::memcpy(&f, aux + G * u + t, sizeof f);
-    return f;
-  }
 };
 
 // One chunk's weights unpacked: the same accessors as QUnit<Block>, over plain steps.
 struct Panel {
   alignas(64) std::uint8_t w[kPanelInputs / 4][kStepBytes];   // [step][row][4 quants]
   alignas(64) float scale[kPanelInputs / 16][kStepRows];      // [sub-block][row]
-  alignas(64) float min[kPanelInputs / 32][kStepRows];        // K-quants with mins: [sub-block][row]
+  alignas(64) float min[kPanelInputs / 32][kStepRows];        // has_min formats: [sub-block][row]
   alignas(64) std::int32_t int_scale[kPanelInputs / 16][kStepRows];  // int_scales formats: [sub-block][row]
+  alignas(64) std::int32_t int_min[kPanelInputs / 32][kStepRows];    // has_min formats: [sub-block][row]
 };
 
 template <class Block>
@@ -91,6 +86,7 @@ struct PanelSource {
   HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const {
     return hn::Load(DI32(), panel.int_scale[j] + p * kPartRows);
   }
+  HWY_INLINE VI32 int_min(std::size_t j, std::size_t p) const { return hn::Load(DI32(), panel.int_min[j] + p * kPartRows); }
 };
 
 // The units from `first` of one group, sub-blocks numbered from there.
@@ -101,16 +97,12 @@ struct UnitSource {
   HWY_INLINE const std::uint8_t* unit(std::size_t j) const { return first + j / Q::subs * PackedUnit<Block>::bytes; }
   template <class F>
   HWY_INLINE void steps(std::size_t j, std::size_t p, F&& f) const {
-    // Each unit asks for the bytes kAhead further on: the hardware prefetcher restarts at every
-    // 4 KiB page and follows the stream late.
-    constexpr std::size_t kAhead = 4096;
-    if (p == 0 && j % Q::subs == 0)
-      for (std::size_t l = 0; l < PackedUnit<Block>::bytes; l += 64) hwy::Prefetch(unit(j) + kAhead + l);
     Q::steps(unit(j), j % Q::subs, p, f);
   }
   HWY_INLINE VF32 scale(std::size_t j, std::size_t p) const { return Q::scale(unit(j), j % Q::subs, p); }
   HWY_INLINE VF32 min(std::size_t j, std::size_t p) const { return Q::min(unit(j), j % Q::subs, p); }
   HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const { return Q::int_scale(unit(j), j % Q::subs, p); }
+  HWY_INLINE VI32 int_min(std::size_t j, std::size_t p) const { return Q::int_min(unit(j), j % Q::subs, p); }
 };
 
 // acc[t] (+)= part p of sub-blocks [0, n_subs) of src · tokens t of x, whose sub-block 0 is the
@@ -120,65 +112,72 @@ HWY_INLINE void accumulate(const Src& src, std::size_t n_subs, const ActView<G>&
                            VF32 (&acc)[T]) {
   using Q = QUnit<Block>;
   const DF32 df;
-  VF32 part[T];
-  VI32 tot[T];
+  VI32 tot[T], mtot[T];  // K-quants
   for (std::size_t j = 0; j < n_subs; ++j) {
     const std::size_t s = s0 + j;   // the activations' sub-block
-    // Few tokens: two chains of multiply-adds per token, so that their latencies overlap.
-    constexpr std::size_t kChains = T < 4 ? 2 : 1;
-    VI32 sums[kChains][T];
-    TINYLLM_UNROLL
-    for (std::size_t t = 0; t < T; ++t) {
-      sums[0][t] = Q::bias ? hn::Set(DI32(), x.aux_int(s, t)) : hn::Zero(DI32());
-      if constexpr (kChains == 2) sums[1][t] = hn::Zero(DI32());
-    }
-    src.steps(j, p, [&](std::size_t k, VU8 w) HWY_ATTR {
+    if constexpr (!Q::int_scales) {
+      // Few tokens: two chains of multiply-adds per token, so that their latencies overlap.
+      constexpr std::size_t kChains = T < 4 ? 2 : 1;
+      VI32 sums[kChains][T];
       TINYLLM_UNROLL
       for (std::size_t t = 0; t < T; ++t) {
-        const VI8 xk = broadcast4(x.step(s * Q::steps_per_sub + k, t));
-        VI32& sum = sums[k % kChains][t];
-        sum = Q::q8 ? dot_q8(sum, w, xk) : dot_small(sum, w, xk);
+        sums[0][t] = Q::bias ? hn::Set(DI32(), x.aux_int(s, t)) : hn::Zero(DI32());
+        if constexpr (kChains == 2) sums[1][t] = hn::Zero(DI32());
       }
-    });
-    if constexpr (kChains == 2)
+      src.steps(j, p, [&](std::size_t k, VU8 w) HWY_ATTR {
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) {
+          const VI8 xk = broadcast4(x.step(s * Q::steps_per_sub + k, t));
+          VI32& sum = sums[k % kChains][t];
+          sum = Q::q8 ? dot_q8(sum, w, xk) : dot_small(sum, w, xk);
+        }
+      });
+      const VF32 sc = src.scale(j, p);
       TINYLLM_UNROLL
-      for (std::size_t t = 0; t < T; ++t) sums[0][t] = hn::Add(sums[0][t], sums[1][t]);
-    if constexpr (Q::int_scales) {
+      for (std::size_t t = 0; t < T; ++t) {
+        if constexpr (kChains == 2) sums[0][t] = hn::Add(sums[0][t], sums[1][t]);
+        acc[t] = hn::MulAdd(hn::ConvertTo(df, sums[0][t]), hn::Mul(sc, hn::Set(df, x.scale(s, t))), acc[t]);
+      }
+    } else {
       if (j % Q::act_subs == 0)
         TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Zero(DI32());
+        for (std::size_t t = 0; t < T; ++t) tot[t] = mtot[t] = hn::Zero(DI32());
       const VI32 isc = src.int_scale(j, p);
-      TINYLLM_UNROLL
-      for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Add(tot[t], hn::Mul(sums[0][t], isc));
+      if constexpr (kScaleInMadd) {
+        const VI32 pairs = scale_pairs(isc);
+        src.steps(j, p, [&](std::size_t k, VU8 w) HWY_ATTR {
+          TINYLLM_UNROLL
+          for (std::size_t t = 0; t < T; ++t)
+            tot[t] = dot_scaled(tot[t], w, broadcast4(x.step(s * Q::steps_per_sub + k, t)), pairs);
+        });
+        if constexpr (Q::bias)
+          TINYLLM_UNROLL
+          for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Add(tot[t], hn::Mul(isc, hn::Set(DI32(), x.aux_int(s, t))));
+      } else {
+        VI32 sums[T];
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) sums[t] = Q::bias ? hn::Set(DI32(), x.aux_int(s, t)) : hn::Zero(DI32());
+        src.steps(j, p, [&](std::size_t k, VU8 w) HWY_ATTR {
+          TINYLLM_UNROLL
+          for (std::size_t t = 0; t < T; ++t) sums[t] = dot_small(sums[t], w, broadcast4(x.step(s * Q::steps_per_sub + k, t)));
+        });
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Add(tot[t], hn::Mul(sums[t], isc));
+      }
+      if constexpr (Q::has_min) {
+        const VI32 m = src.int_min(j, p);
+        TINYLLM_UNROLL
+        for (std::size_t t = 0; t < T; ++t) mtot[t] = hn::Add(mtot[t], hn::Mul(m, hn::Set(DI32(), x.aux_int(s, t))));
+      }
       if (j % Q::act_subs == Q::act_subs - 1) {
         const VF32 d = src.scale(j, p);
         const std::size_t b = s / Q::act_subs;
         TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t)
-          acc[t] = hn::MulAdd(hn::ConvertTo(df, tot[t]), hn::Mul(d, hn::Set(df, x.scale(b, t))), acc[t]);
-      }
-      continue;
-    }
-    const VF32 sc = src.scale(j, p);
-    if constexpr (Q::act_subs == 1) {
-      TINYLLM_UNROLL
-      for (std::size_t t = 0; t < T; ++t)
-        acc[t] = hn::MulAdd(hn::ConvertTo(df, sums[0][t]), hn::Mul(sc, hn::Set(df, x.scale(s, t))), acc[t]);
-    } else {
-      if (j % Q::act_subs == 0)
-        TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) part[t] = hn::Zero(df);
-      TINYLLM_UNROLL
-      for (std::size_t t = 0; t < T; ++t) part[t] = hn::MulAdd(hn::ConvertTo(df, sums[0][t]), sc, part[t]);
-      if constexpr (Q::has_min) {
-        const VF32 mn = src.min(j, p);
-        TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) part[t] = hn::NegMulAdd(mn, hn::Set(df, x.aux_float(s, t)), part[t]);
-      }
-      if (j % Q::act_subs == Q::act_subs - 1) {
-        const std::size_t b = s / Q::act_subs;
-        TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) acc[t] = hn::MulAdd(part[t], hn::Set(df, x.scale(b, t)), acc[t]);
+        for (std::size_t t = 0; t < T; ++t) {
+          const VF32 dx = hn::Set(df, x.scale(b, t));
+          acc[t] = hn::MulAdd(hn::ConvertTo(df, tot[t]), hn::Mul(d, dx), acc[t]);
+          if constexpr (Q::has_min) acc[t] = hn::NegMulAdd(hn::ConvertTo(df, mtot[t]), hn::Mul(src.min(j, p), dx), acc[t]);
+        }
       }
     }
   }
@@ -261,8 +260,6 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
   for (std::size_t u0 = 0; u0 < units; u0 += kChunk) {
     const std::size_t count = std::min(kChunk, units - u0);
     const std::size_t s0 = u0 * Q::subs, subs = std::min(count * Q::subs, n_subs - s0);
-    // (UnitSource asks for the bytes 4 KiB ahead as it unpacks: the next chunk arrives while this
-    // one computes.)
     const UnitSource<Block> units_src{w + u0 * kUnit};
     for (std::size_t j = 0; j < subs; ++j)
       TINYLLM_UNROLL
@@ -271,8 +268,11 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
           hn::Store(v, DU8(), panel.w[j * Q::steps_per_sub + k] + p * kVecBytes);
         });
         hn::Store(units_src.scale(j, p), DF32(), panel.scale[j] + p * kPartRows);
-        if constexpr (Q::has_min) hn::Store(units_src.min(j, p), DF32(), panel.min[j] + p * kPartRows);
         if constexpr (Q::int_scales) hn::Store(units_src.int_scale(j, p), DI32(), panel.int_scale[j] + p * kPartRows);
+        if constexpr (Q::has_min) {
+          hn::Store(units_src.min(j, p), DF32(), panel.min[j] + p * kPartRows);
+          hn::Store(units_src.int_min(j, p), DI32(), panel.int_min[j] + p * kPartRows);
+        }
       }
     for (std::size_t t = 0; t < a.n_tok; t += kActGroup)
       for (std::size_t tt = t; tt < std::min(a.n_tok, t + kActGroup); tt += kPanelTokens)

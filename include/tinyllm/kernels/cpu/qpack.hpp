@@ -10,19 +10,20 @@
 // 16 lanes, the scales of 16 rows are applied by one vector op, and the matrix is read as one
 // stream. The quants are the unsigned ones of block_ints.hpp (Q8_0's as q + 128).
 //
-// Unit layouts (bytes; "nibble step pair" = 64 bytes whose low nibbles are one step and whose
-// high nibbles the next; row r's bytes at 4r):
-//   Q4_0 (576):  block h of 2 at 256h: 4 nibble step pairs (inputs 8k..8k+3 | 8k+4..8k+7 of
-//                the block); then 16 f16 scales of block 0 at 512, of block 1 at 544.
-//   Q8_0 (1088): block h at 512h: 8 steps; 16 + 16 f16 scales at 1024.
-//   Q4_K (2368): sub-block j of 32 at 256j: 4 nibble step pairs; scales [j][row] u8 at 2048,
-//                mins [j][row] u8 at 2176, d [row] f16 at 2304, dmin [row] f16 at 2336.
-//   Q5_K (2880): Q4_K's nibbles, then the fifth bits at 2048 + 64j: bit k of byte 4r + i is
-//                input 32j + 8k + i's, bit 4 + k input 32j + 8k + 4 + i's; scales at 2560, mins
-//                at 2688, d at 2816, dmin at 2848.
-//   Q6_K (3392): sub-block j of 16 at 128j: 2 nibble step pairs (inputs 0..3 | 4..7, 8..11 |
-//                12..15); the top bit pairs at 2048 + 64j (bits 2s, 2s + 1 of byte 4r + i: input
-//                16j + 4s + i); scales [j][row] i8 at 3072, d [row] f16 at 3328, 32 bytes padding.
+// Unit layouts (bytes). Each unit starts with its scales, then its sub-blocks in input order,
+// each with its high bits right after it, so that a kernel reads the unit front to back and the
+// whole group is one forward stream for the hardware prefetcher. "Nibble step pair" = 64 bytes
+// whose low nibbles are one step and whose high nibbles the next; row r's bytes at 4r.
+//   Q4_0 (576):  16 f16 scales of block 0 at 0, of block 1 at 32; block h at 64 + 256h: 4 nibble
+//                step pairs (inputs 8k..8k+3 | 8k+4..8k+7 of the block).
+//   Q8_0 (1088): 16 + 16 f16 scales at 0; block h at 64 + 512h: 8 steps.
+//   Q4_K (2368): d [row] f16 at 0, dmin [row] f16 at 32, scales [j][row] u8 at 64, mins [j][row]
+//                u8 at 192; sub-block j of 32 at 320 + 256j: 4 nibble step pairs.
+//   Q5_K (2880): Q4_K's header; sub-block j at 320 + 320j: Q4_K's nibbles, then at 256 the fifth
+//                bits: bit k of byte 4r + i is input 32j + 8k + i's, bit 4 + k input 32j + 8k + 4 + i's.
+//   Q6_K (3392): d [row] f16 at 0, 32 bytes padding, scales [j][row] i8 at 64; sub-block j of 16
+//                at 320 + 192j: 2 nibble step pairs (inputs 0..3 | 4..7, 8..11 | 12..15), then at
+//                128 the top bit pairs (bits 2s, 2s + 1 of byte 4r + i: input 16j + 4s + i).
 // Rows past n_out in the last group and blocks past the row's end in the last unit are zeros.
 #include <algorithm>
 #include <cstddef>
@@ -51,20 +52,24 @@ inline constexpr std::size_t block_values = BlockFormat<Block>::values;
 
 // Where each part of a packed unit lives (the layouts above).
 template <class Block> struct PackedUnit;
+// (body: the first sub-block or block; sub_bytes: from one to the next; high: a sub-block's high
+// bits, from its start.)
 template <> struct PackedUnit<BlockQ4_0> {
-  static constexpr std::size_t blocks = 2, bytes = 576, block_bytes = 256, scales = 512;
+  static constexpr std::size_t blocks = 2, bytes = 576, scales = 0, body = 64, sub_bytes = 256;
 };
 template <> struct PackedUnit<BlockQ8_0> {
-  static constexpr std::size_t blocks = 2, bytes = 1088, block_bytes = 512, scales = 1024;
+  static constexpr std::size_t blocks = 2, bytes = 1088, scales = 0, body = 64, sub_bytes = 512;
 };
 template <> struct PackedUnit<BlockQ4_K> {
-  static constexpr std::size_t blocks = 1, bytes = 2368, high = 0, scales = 2048, mins = 2176, d = 2304, dmin = 2336;
+  static constexpr std::size_t blocks = 1, bytes = 2368, d = 0, dmin = 32, scales = 64, mins = 192, body = 320,
+                               sub_bytes = 256;
 };
 template <> struct PackedUnit<BlockQ5_K> {
-  static constexpr std::size_t blocks = 1, bytes = 2880, high = 2048, scales = 2560, mins = 2688, d = 2816, dmin = 2848;
+  static constexpr std::size_t blocks = 1, bytes = 2880, d = 0, dmin = 32, scales = 64, mins = 192, body = 320,
+                               sub_bytes = 320, high = 256;
 };
 template <> struct PackedUnit<BlockQ6_K> {
-  static constexpr std::size_t blocks = 1, bytes = 3392, high = 2048, scales = 3072, d = 3328;
+  static constexpr std::size_t blocks = 1, bytes = 3392, d = 0, scales = 64, body = 320, sub_bytes = 192, high = 128;
 };
 
 namespace pack_detail {
@@ -80,7 +85,7 @@ void pack_row(const BlockInts* b, std::size_t nb, std::size_t r, std::uint8_t* o
   using U = PackedUnit<Block>;
   if constexpr (std::is_same_v<Block, BlockQ4_0> || std::is_same_v<Block, BlockQ8_0>) {
     for (std::size_t h = 0; h < nb; ++h) {
-      std::uint8_t* q = o + U::block_bytes * h;
+      std::uint8_t* q = o + U::body + U::sub_bytes * h;
       for (int k = 0; k < 4; ++k) {
         if constexpr (std::is_same_v<Block, BlockQ4_0>) {
           put_nibbles(q + 64 * k, r, b[h].q + 8 * k, false);
@@ -96,12 +101,13 @@ void pack_row(const BlockInts* b, std::size_t nb, std::size_t r, std::uint8_t* o
   } else if constexpr (std::is_same_v<Block, BlockQ4_K> || std::is_same_v<Block, BlockQ5_K>) {
     for (int j = 0; j < 8; ++j) {
       const std::int8_t* q = b->q + 32 * j;
+      std::uint8_t* sub = o + U::body + U::sub_bytes * j;
       for (int k = 0; k < 4; ++k) {
-        put_nibbles(o + 256 * j + 64 * k, r, q + 8 * k, false);
-        put_nibbles(o + 256 * j + 64 * k, r, q + 8 * k + 4, true);
+        put_nibbles(sub + 64 * k, r, q + 8 * k, false);
+        put_nibbles(sub + 64 * k, r, q + 8 * k + 4, true);
         if constexpr (std::is_same_v<Block, BlockQ5_K>)
           for (int i = 0; i < 4; ++i)
-            o[U::high + 64 * j + 4 * r + i] |= std::uint8_t((q[8 * k + i] >> 4) << k | (q[8 * k + 4 + i] >> 4) << (4 + k));
+            sub[U::high + 4 * r + i] |= std::uint8_t((q[8 * k + i] >> 4) << k | (q[8 * k + 4 + i] >> 4) << (4 + k));
       }
       o[U::scales + 16 * j + r] = std::uint8_t(b->sc[j]);
       o[U::mins + 16 * j + r] = b->m[j];
@@ -112,12 +118,13 @@ void pack_row(const BlockInts* b, std::size_t nb, std::size_t r, std::uint8_t* o
   } else {
     for (int j = 0; j < 16; ++j) {
       const std::int8_t* q = b->q + 16 * j;
+      std::uint8_t* sub = o + U::body + U::sub_bytes * j;
       for (int s = 0; s < 2; ++s) {
-        put_nibbles(o + 128 * j + 64 * s, r, q + 8 * s, false);
-        put_nibbles(o + 128 * j + 64 * s, r, q + 8 * s + 4, true);
+        put_nibbles(sub + 64 * s, r, q + 8 * s, false);
+        put_nibbles(sub + 64 * s, r, q + 8 * s + 4, true);
       }
       for (int s = 0; s < 4; ++s)
-        for (int i = 0; i < 4; ++i) o[U::high + 64 * j + 4 * r + i] |= std::uint8_t((q[4 * s + i] >> 4) << (2 * s));
+        for (int i = 0; i < 4; ++i) sub[U::high + 4 * r + i] |= std::uint8_t((q[4 * s + i] >> 4) << (2 * s));
       o[U::scales + 16 * j + r] = std::uint8_t(b->sc[j]);
     }
     const std::uint16_t d = f32_to_f16(b->d);

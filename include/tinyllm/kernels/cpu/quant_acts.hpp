@@ -5,17 +5,17 @@
 // Q8_0), of 256 for the K-quants (as Q8_K). A block keeps d = max|x| / 127 and the quants
 // q = round(x / d) in [-127, 127], so x ≈ d * q. Beside them the quantizer stores what the
 // kernels would otherwise recompute for every weight row:
-//   aux    per weight unit, what the kernel adds for the weights' offset or minimum:
-//            Q4_0, Q8_0  int32 per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the VNNI
+//   aux    per weight sub-block, aux_factor * sum(q), what the kernel adds for the weights'
+//          offset or minimum (int32):
+//            Q4_0, Q8_0  per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the VNNI
 //                        kernels read the signed weights as unsigned w + 128; int8_dot.hpp);
-//            Q6_K        int32 per 16:  -32 * sum(q) (the weights are stored as q + 32);
-//            Q4_K, Q5_K  float per 32:  sum(q), for the term -dmin * m * sum(x).
+//            Q6_K        per 16:  -32 * sum(q) (the weights are stored as q + 32);
+//            Q4_K, Q5_K  per 32:  sum(q), for the term -dmin * m * sum(x).
 // The planes are laid out in one buffer that QuantScratch owns; it is sized once for the
 // largest batch, so a call allocates nothing.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 
 #include <tinyllm/core/blocks.hpp>
 #include <tinyllm/core/buffer.hpp>
@@ -24,11 +24,11 @@ namespace tinyllm::cpu {
 
 // How the activations that meet a weight block type are quantized.
 template <class Block> struct ActFormat;
-template <> struct ActFormat<BlockQ8_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 128; };
-template <> struct ActFormat<BlockQ4_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int offset = 8; };
-template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
-template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int offset = 0; };
-template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 256, aux_group = 16; static constexpr int offset = 32; };
+template <> struct ActFormat<BlockQ8_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int aux_factor = -128; };
+template <> struct ActFormat<BlockQ4_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int aux_factor = -8; };
+template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int aux_factor = 1; };
+template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int aux_factor = 1; };
+template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 256, aux_group = 16; static constexpr int aux_factor = -32; };
 
 // One call's quantized activations [n_tok, n_in]: a view into QuantScratch.
 //
@@ -42,7 +42,7 @@ template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 2
 struct QuantizedActs {
   std::int8_t* qs = nullptr;
   float* d = nullptr;               // one scale per block
-  std::int32_t* aux = nullptr;      // int32, or float bits for Q4_K/Q5_K
+  std::int32_t* aux = nullptr;
   std::size_t qs_stride = 0, d_stride = 0, aux_stride = 0;  // elements per token row
   std::size_t n_tok = 0, n_in = 0, group = 1;
 
@@ -59,11 +59,6 @@ struct QuantizedActs {
   float d_at(std::size_t t, std::size_t b) const noexcept { return d[(t - t % group) * d_stride + b * group + t % group]; }
   std::int32_t aux_at(std::size_t t, std::size_t u) const noexcept {
     return aux[(t - t % group) * aux_stride + u * group + t % group];
-  }
-  float aux_f32_at(std::size_t t, std::size_t u) const noexcept {
-    float f;
-    std::memcpy(&f, &aux[(t - t % group) * aux_stride + u * group + t % group], sizeof f);
-    return f;
   }
 };
 

@@ -60,16 +60,11 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
       }
       const std::int32_t s16 = hn::GetLane(hn::SumOfLanes(di, sum));
       if constexpr (F::aux_group == 16) {
-        aux[g / 16 * G] = -F::offset * s16;
+        aux[g / 16 * G] = F::aux_factor * s16;
       } else {
         group32 += s16;
         if ((g / 16) % 2 == 1) {
-          if constexpr (F::offset == 0) {
-            const float f = static_cast<float>(group32);
-            std::memcpy(&aux[g / 32 * G], &f, sizeof f);
-          } else {
-            aux[g / 32 * G] = -F::offset * group32;
-          }
+          aux[g / 32 * G] = F::aux_factor * group32;
           group32 = 0;
         }
       }

@@ -42,25 +42,27 @@ HWY_INLINE VU8 bits_to_4(VU8 v) {
   return hn::And(shift_left<4 - kFrom>(v), hn::Set(DU8(), std::uint8_t(((1 << kWidth) - 1) << 4)));
 }
 
-// Per-row values of part p as floats: f16, unsigned and signed bytes.
+// Per-row values of part p: f16 as floats, unsigned or signed bytes as int32.
 HWY_INLINE VF32 f16_rows(const std::uint8_t* p16, std::size_t p) {
   const hn::Rebind<hwy::float16_t, DF32> dh;
   return hn::PromoteTo(DF32(), hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p16) + p * kPartRows));
 }
 template <class T>
-HWY_INLINE VF32 byte_rows(const std::uint8_t* p8, std::size_t p) {
+HWY_INLINE VI32 byte_ints(const std::uint8_t* p8, std::size_t p) {
   const hn::Rebind<T, DI32> d8;
-  return hn::ConvertTo(DF32(), hn::PromoteTo(DI32(), hn::LoadU(d8, reinterpret_cast<const T*>(p8) + p * kPartRows)));
+  return hn::PromoteTo(DI32(), hn::LoadU(d8, reinterpret_cast<const T*>(p8) + p * kPartRows));
 }
 
 // What each format's unit holds, in the kernels' terms:
 //   subs         sub-blocks (scales) per unit; sub_values inputs each, steps = sub_values / 4
 //   act_subs     sub-blocks per activation block (one d per 32 inputs, or per 256 for K-quants)
-//   q8           the weights are Q8_0's (dot_q8); otherwise below 128 (dot_small)
-//   bias         the sums start at the activations' aux value (-offset * sum(x), see quantize_act.hpp)
-//   has_min      the K-quants' "- dmin * m * sum(x)", sum(x) from aux
-//   int_scales   sub-block scales applied in int32 (int_scale), then scale() once per unit;
-//                otherwise scale() is each sub-block's float scale
+//   q8           the weights are Q8_0's (dot_q8); otherwise below 64 (dot_small, dot_scaled)
+//   bias         add the activations' aux value (-offset * sum(q), quant_acts.hpp) to the sums
+//   int_scales   the K-quants: sub-block sums times the integer scale int_scale() add up in
+//                int32 over the unit, then scale() (d) applies once; otherwise scale() is each
+//                sub-block's float scale
+//   has_min      Q4_K, Q5_K: "- dmin * m * sum(q)" likewise, int_min() (m) times aux (sum(q))
+//                in int32, min() (dmin) once per unit
 //   steps(u, j, p, f)  f(k, weights) for steps k of sub-block j, part p
 template <class Block> struct QUnit;
 
@@ -70,10 +72,9 @@ struct LegacyUnit {
   static constexpr bool q8 = std::is_same_v<Block, BlockQ8_0>;
   static constexpr std::size_t subs = 2, sub_values = 32, steps_per_sub = 8, act_subs = 1;
   static constexpr bool bias = q8 ? kQ8Biased : true, has_min = false, int_scales = false;
-  static HWY_INLINE VI32 int_scale(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DI32()); }
   template <class F>
   static HWY_INLINE void steps(const std::uint8_t* u, std::size_t j, std::size_t p, F&& f) {
-    const std::uint8_t* q = u + U::block_bytes * j;
+    const std::uint8_t* q = u + U::body + U::sub_bytes * j;
     if constexpr (q8) {
       TINYLLM_UNROLL
       for (std::size_t k = 0; k < 8; ++k) f(k, load_part(q + 64 * k, p));
@@ -89,7 +90,6 @@ struct LegacyUnit {
   static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
     return f16_rows(u + U::scales + 32 * j, p);
   }
-  static HWY_INLINE VF32 min(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DF32()); }
 };
 template <> struct QUnit<BlockQ4_0> : LegacyUnit<BlockQ4_0> {};
 template <> struct QUnit<BlockQ8_0> : LegacyUnit<BlockQ8_0> {};
@@ -97,16 +97,16 @@ template <> struct QUnit<BlockQ8_0> : LegacyUnit<BlockQ8_0> {};
 template <class Block>
 struct K4Unit {
   using U = PackedUnit<Block>;
-  static constexpr bool q8 = false, bias = false, has_min = true, int_scales = false;
-  static HWY_INLINE VI32 int_scale(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DI32()); }
+  static constexpr bool q8 = false, bias = false, int_scales = true, has_min = true;
   static constexpr std::size_t subs = 8, sub_values = 32, steps_per_sub = 8, act_subs = 8;
   template <class F>
   static HWY_INLINE void steps(const std::uint8_t* u, std::size_t j, std::size_t p, F&& f) {
     constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
+    const std::uint8_t* sub = u + U::body + U::sub_bytes * j;
     VU8 hb;
-    if constexpr (kFifthBit) hb = load_part(u + U::high + 64 * j, p);
+    if constexpr (kFifthBit) hb = load_part(sub + U::high, p);
     auto pair = [&]<int k>(std::integral_constant<int, k>) HWY_ATTR {
-      const VU8 v = load_part(u + 256 * j + 64 * k, p);
+      const VU8 v = load_part(sub + 64 * k, p);
       VU8 lo = low4(v), hi = high4(v);
       if constexpr (kFifthBit) {
         lo = hn::Or(lo, bits_to_4<k, 1>(hb));
@@ -120,38 +120,35 @@ struct K4Unit {
     pair(std::integral_constant<int, 2>{});
     pair(std::integral_constant<int, 3>{});
   }
-  static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
-    return hn::Mul(f16_rows(u + U::d, p), byte_rows<std::uint8_t>(u + U::scales + 16 * j, p));
+  static HWY_INLINE VI32 int_scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
+    return byte_ints<std::uint8_t>(u + U::scales + 16 * j, p);
   }
-  static HWY_INLINE VF32 min(const std::uint8_t* u, std::size_t j, std::size_t p) {
-    return hn::Mul(f16_rows(u + U::dmin, p), byte_rows<std::uint8_t>(u + U::mins + 16 * j, p));
+  static HWY_INLINE VI32 int_min(const std::uint8_t* u, std::size_t j, std::size_t p) {
+    return byte_ints<std::uint8_t>(u + U::mins + 16 * j, p);
   }
+  static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::d, p); }
+  static HWY_INLINE VF32 min(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::dmin, p); }
 };
 template <> struct QUnit<BlockQ4_K> : K4Unit<BlockQ4_K> {};
 template <> struct QUnit<BlockQ5_K> : K4Unit<BlockQ5_K> {};
 
 template <> struct QUnit<BlockQ6_K> {
   using U = PackedUnit<BlockQ6_K>;
-  static constexpr bool q8 = false, bias = true, has_min = false;
+  static constexpr bool q8 = false, bias = true, int_scales = true, has_min = false;
   static constexpr std::size_t subs = 16, sub_values = 16, steps_per_sub = 4, act_subs = 16;
   template <class F>
   static HWY_INLINE void steps(const std::uint8_t* u, std::size_t j, std::size_t p, F&& f) {
-    const VU8 lo0 = load_part(u + 128 * j, p), lo1 = load_part(u + 128 * j + 64, p);
-    const VU8 hb = load_part(u + U::high + 64 * j, p);
+    const std::uint8_t* sub = u + U::body + U::sub_bytes * j;
+    const VU8 lo0 = load_part(sub, p), lo1 = load_part(sub + 64, p), hb = load_part(sub + U::high, p);
     f(0, hn::Or(low4(lo0), bits_to_4<0, 2>(hb)));
     f(1, hn::Or(high4(lo0), bits_to_4<2, 2>(hb)));
     f(2, hn::Or(low4(lo1), bits_to_4<4, 2>(hb)));
     f(3, hn::Or(high4(lo1), bits_to_4<6, 2>(hb)));
   }
-  // The sub-block sums times their integer scales add up exactly in int32 (< 2^28 per unit); d
-  // applies once per unit.
-  static constexpr bool int_scales = true;
   static HWY_INLINE VI32 int_scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
-    const hn::Rebind<std::int8_t, DI32> d8;
-    return hn::PromoteTo(DI32(), hn::LoadU(d8, reinterpret_cast<const std::int8_t*>(u + U::scales + 16 * j) + p * kPartRows));
+    return byte_ints<std::int8_t>(u + U::scales + 16 * j, p);
   }
   static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::d, p); }
-  static HWY_INLINE VF32 min(const std::uint8_t*, std::size_t, std::size_t) { return hn::Zero(DF32()); }
 };
 
 }  // namespace tinyllm::cpu::HWY_NAMESPACE::detail
