@@ -1595,8 +1595,9 @@ struct ReferenceBackend {
 //   Q4_0 (576):  16 f16 scales of block 0 at 0, of block 1 at 32; block h at 64 + 256h: 4 nibble
 //                step pairs (inputs 8k..8k+3 | 8k+4..8k+7 of the block).
 //   Q8_0 (1088): 16 + 16 f16 scales at 0; block h at 64 + 512h: 8 steps.
-//   Q4_K (2368): d [row] f16 at 0, dmin [row] f16 at 32, scales [j][row] u8 at 64, mins [j][row]
-//                u8 at 192; sub-block j of 32 at 320 + 256j: 4 nibble step pairs.
+//   Q4_K (2368): d [row] f16 at 0, dmin [row] f16 at 32, scales [j][row] u8 at 64, mins
+//                [j / 2][row][j % 2] u8 at 192 (two sub-blocks' per row side by side); sub-block j
+//                of 32 at 320 + 256j: 4 nibble step pairs.
 //   Q5_K (2880): Q4_K's header; sub-block j at 320 + 320j: Q4_K's nibbles, then at 256 the fifth
 //                bits: bit k of byte 4r + i is input 32j + 8k + i's, bit 4 + k input 32j + 8k + 4 + i's.
 //   Q6_K (3392): d [row] f16 at 0, 32 bytes padding, scales [j][row] i8 at 64; sub-block j of 16
@@ -1684,7 +1685,7 @@ void pack_row(const BlockInts* b, std::size_t nb, std::size_t r, std::uint8_t* o
             sub[U::high + 4 * r + i] |= std::uint8_t((q[8 * k + i] >> 4) << k | (q[8 * k + 4 + i] >> 4) << (4 + k));
       }
       o[U::scales + 16 * j + r] = std::uint8_t(b->sc[j]);
-      o[U::mins + 16 * j + r] = b->m[j];
+      o[U::mins + 32 * (j / 2) + 2 * r + j % 2] = b->m[j];
     }
     const std::uint16_t d = f32_to_f16(b->d), dmin = f32_to_f16(b->dmin);
     std::memcpy(o + U::d + 2 * r, &d, 2);
@@ -1779,12 +1780,12 @@ inline void pack_rows(DType type, const void* w, std::size_t n_out, std::size_t 
 // Q8_0), of 256 for the K-quants (as Q8_K). A block keeps d = max|x| / 127 and the quants
 // q = round(x / d) in [-127, 127], so x ≈ d * q. Beside them the quantizer stores what the
 // kernels would otherwise recompute for every weight row:
-//   aux    per weight sub-block, aux_factor * sum(q), what the kernel adds for the weights'
-//          offset or minimum (int32):
+//   aux    int32 per weight sub-block, what the kernel adds for the weights' offset or minimum:
 //            Q4_0, Q8_0  per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the VNNI
 //                        kernels read the signed weights as unsigned w + 128; int8_dot.hpp);
 //            Q6_K        per 16:  -32 * sum(q) (the weights are stored as q + 32);
-//            Q4_K, Q5_K  per 32:  sum(q), for the term -dmin * m * sum(x).
+//            Q4_K, Q5_K  per 64:  the sums of q over its two halves of 32, as the low and high
+//                        int16 halves, for the term -dmin * m * sum(x) (|sum| <= 32 * 127).
 // The planes are laid out in one buffer that QuantScratch owns; it is sized once for the
 // largest batch, so a call allocates nothing.
 #include <algorithm>
@@ -1798,8 +1799,8 @@ namespace tinyllm::cpu {
 template <class Block> struct ActFormat;
 template <> struct ActFormat<BlockQ8_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int aux_factor = -128; };
 template <> struct ActFormat<BlockQ4_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int aux_factor = -8; };
-template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int aux_factor = 1; };
-template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int aux_factor = 1; };
+template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 64; static constexpr int aux_factor = 1; };
+template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 64; static constexpr int aux_factor = 1; };
 template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 256, aux_group = 16; static constexpr int aux_factor = -32; };
 
 // One call's quantized activations [n_tok, n_in]: a view into QuantScratch.
@@ -2602,7 +2603,7 @@ HWY_AFTER_NAMESPACE();
 //   K-quants, exact in int32 over a super-block of 256 (< 2^29):
 //     tot[t]  += sc * (sum of a sub-block's steps)   where vpmaddubsw's int16 pairs exist, sc
 //                takes the place of vpmaddwd's ones (dot_scaled); else sums[t] * sc once;
-//     mtot[t] += m * sum(q)                          (Q4_K, Q5_K)
+//     mtot[t] += m * sum(q)                          (Q4_K, Q5_K; two sub-blocks per madd16)
 //     acc[t]  += float(tot[t]) * (d * d_x) - float(mtot[t]) * (dmin * d_x)   per super-block
 //   and y += acc after each chunk.
 // Decode (few tokens) takes the steps straight from the packed units, which stream from memory
@@ -2642,7 +2643,8 @@ HWY_AFTER_NAMESPACE();
 // Where the int16 pairs of vpmaddubsw exist (kScaleInMadd), dot_scaled multiplies them by a
 // per-lane integer scale in place of vpmaddwd's ones, so that a K-quant sub-block's scale costs
 // nothing; elsewhere the kernels multiply a sub-block's int32 sums by it once. (K-quant weights
-// have at most 6 bits: a pair is at most 2 * 63 * 127, times a scale of at most 128.)
+// have at most 6 bits: a pair is at most 2 * 63 * 127, times a scale of at most 128.) madd16 is
+// vpmaddwd alone, for the K-quants' mins: two sub-blocks' m * sum(q) in one op.
 //
 // A "step" is 64 bytes: 4 consecutive quants of each of 16 weight rows ([row][4]); it fills one
 // AVX-512 vector, two AVX2 vectors, four 128-bit ones. The kernels work on vectors of kVecBytes.
@@ -2699,6 +2701,7 @@ HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) {
 }
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_small(acc, w, x); }
 inline constexpr bool kScaleInMadd = false;
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) { return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(a.raw, b.raw))}; }
 
 #elif HWY_TARGET == HWY_AVX3
 inline constexpr bool kQ8Biased = false;
@@ -2716,6 +2719,7 @@ inline constexpr bool kScaleInMadd = true;
 HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
   return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(_mm512_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
 }
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) { return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(a.raw, b.raw))}; }
 
 #elif HWY_TARGET == HWY_AVX2
 inline constexpr bool kQ8Biased = false;
@@ -2732,6 +2736,7 @@ inline constexpr bool kScaleInMadd = true;
 HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
   return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(_mm256_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
 }
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) { return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(a.raw, b.raw))}; }
 
 #elif HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3
 inline constexpr bool kQ8Biased = false;
@@ -2748,6 +2753,7 @@ inline constexpr bool kScaleInMadd = true;
 HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
   return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(_mm_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
 }
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) { return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(a.raw, b.raw))}; }
 
 #elif HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
 inline constexpr bool kQ8Biased = false;
@@ -2767,6 +2773,11 @@ HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   return VI32{sdot4(acc.raw, vreinterpretq_s8_u8(veorq_u8(w.raw, vdupq_n_u8(0x80))), x.raw)};
 }
 inline constexpr bool kScaleInMadd = false;
+// acc + a.lo * b.lo + a.hi * b.hi in every int32 lane, its int16 halves signed.
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) {
+  const VI32 alo = hn::ShiftRight<16>(hn::ShiftLeft<16>(a)), blo = hn::ShiftRight<16>(hn::ShiftLeft<16>(b));
+  return hn::Add(acc, hn::Add(hn::Mul(alo, blo), hn::Mul(hn::ShiftRight<16>(a), hn::ShiftRight<16>(b))));
+}
 
 #else
 inline constexpr bool kQ8Biased = false;
@@ -2784,6 +2795,11 @@ HWY_INLINE VI32 dot_scalar(VI32 acc, VU8 w, VI8 x) {
 HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) { return dot_scalar<false>(acc, w, x); }
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_scalar<true>(acc, w, x); }
 inline constexpr bool kScaleInMadd = false;
+// acc + a.lo * b.lo + a.hi * b.hi in every int32 lane, its int16 halves signed.
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) {
+  const VI32 alo = hn::ShiftRight<16>(hn::ShiftLeft<16>(a)), blo = hn::ShiftRight<16>(hn::ShiftLeft<16>(b));
+  return hn::Add(acc, hn::Add(hn::Mul(alo, blo), hn::Mul(hn::ShiftRight<16>(a), hn::ShiftRight<16>(b))));
+}
 #endif
 
 // dot_scaled's scales: each int32 lane's s (|s| < 2^15) as two int16 halves s, s.
@@ -2860,8 +2876,9 @@ HWY_INLINE VI32 byte_ints(const std::uint8_t* p8, std::size_t p) {
 //   int_scales   the K-quants: sub-block sums times the integer scale int_scale() add up in
 //                int32 over the unit, then scale() (d) applies once; otherwise scale() is each
 //                sub-block's float scale
-//   has_min      Q4_K, Q5_K: "- dmin * m * sum(q)" likewise, int_min() (m) times aux (sum(q))
-//                in int32, min() (dmin) once per unit
+//   has_min      Q4_K, Q5_K: "- dmin * m * sum(q)" likewise, two sub-blocks at a time (the
+//                int16 pairs of int_min_pair() (m) and of aux (sum(q)) through madd16), min()
+//                (dmin) once per unit
 //   steps(u, j, p, f)  f(k, weights) for steps k of sub-block j, part p
 template <class Block> struct QUnit;
 
@@ -2922,8 +2939,11 @@ struct K4Unit {
   static HWY_INLINE VI32 int_scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
     return byte_ints<std::uint8_t>(u + U::scales + 16 * j, p);
   }
-  static HWY_INLINE VI32 int_min(const std::uint8_t* u, std::size_t j, std::size_t p) {
-    return byte_ints<std::uint8_t>(u + U::mins + 16 * j, p);
+  // The mins of sub-blocks 2i and 2i + 1 as the int16 halves of each row's lane (madd16).
+  static HWY_INLINE VI32 int_min_pair(const std::uint8_t* u, std::size_t i, std::size_t p) {
+    const hn::Repartition<std::uint16_t, DI32> d16;
+    const hn::Rebind<std::uint8_t, decltype(d16)> d8;
+    return hn::BitCast(DI32(), hn::PromoteTo(d16, hn::LoadU(d8, u + U::mins + 32 * i + 2 * kPartRows * p)));
   }
   static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::d, p); }
   static HWY_INLINE VF32 min(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::dmin, p); }
@@ -2997,7 +3017,7 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
     const auto inv = hn::Set(df, scale != 0.0f ? 1.0f / scale : 0.0f);
     d[b0 / F::block * G] = scale;
 
-    std::int32_t group32 = 0;  // running sum over the current 32
+    std::int32_t group32 = 0, low32 = 0;  // running sum over the current 32; the previous 32's
     for (std::size_t g = b0; g < b0 + F::block; g += 16) {
       auto sum = hn::Zero(di);
       for (std::size_t i = 0; i < 16; i += N) {
@@ -3016,7 +3036,14 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
       } else {
         group32 += s16;
         if ((g / 16) % 2 == 1) {
-          aux[g / 32 * G] = F::aux_factor * group32;
+          if constexpr (F::aux_group == 32) {
+            aux[g / 32 * G] = F::aux_factor * group32;
+          } else if ((g / 32) % 2 == 0) {
+            low32 = group32;
+          } else {  // 64: two int16 halves
+            aux[g / 64 * G] = std::int32_t(std::uint32_t(std::uint16_t(F::aux_factor * low32)) |
+                                           std::uint32_t(F::aux_factor * group32) << 16);
+          }
           group32 = 0;
         }
       }
@@ -3081,7 +3108,7 @@ struct Panel {
   alignas(64) float scale[kPanelInputs / 16][kStepRows];      // [sub-block][row]
   alignas(64) float min[kPanelInputs / 32][kStepRows];        // has_min formats: [sub-block][row]
   alignas(64) std::int32_t int_scale[kPanelInputs / 16][kStepRows];  // int_scales formats: [sub-block][row]
-  alignas(64) std::int32_t int_min[kPanelInputs / 32][kStepRows];    // has_min formats: [sub-block][row]
+  alignas(64) std::int32_t int_min_pair[kPanelInputs / 64][kStepRows];  // has_min formats: [sub-block pair][row]
 };
 
 template <class Block>
@@ -3098,7 +3125,9 @@ struct PanelSource {
   HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const {
     return hn::Load(DI32(), panel.int_scale[j] + p * kPartRows);
   }
-  HWY_INLINE VI32 int_min(std::size_t j, std::size_t p) const { return hn::Load(DI32(), panel.int_min[j] + p * kPartRows); }
+  HWY_INLINE VI32 int_min_pair(std::size_t i, std::size_t p) const {
+    return hn::Load(DI32(), panel.int_min_pair[i] + p * kPartRows);
+  }
 };
 
 // The units from `first` of one group, sub-blocks numbered from there.
@@ -3114,7 +3143,9 @@ struct UnitSource {
   HWY_INLINE VF32 scale(std::size_t j, std::size_t p) const { return Q::scale(unit(j), j % Q::subs, p); }
   HWY_INLINE VF32 min(std::size_t j, std::size_t p) const { return Q::min(unit(j), j % Q::subs, p); }
   HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const { return Q::int_scale(unit(j), j % Q::subs, p); }
-  HWY_INLINE VI32 int_min(std::size_t j, std::size_t p) const { return Q::int_min(unit(j), j % Q::subs, p); }
+  HWY_INLINE VI32 int_min_pair(std::size_t i, std::size_t p) const {
+    return Q::int_min_pair(unit(2 * i), i % (Q::subs / 2), p);
+  }
 };
 
 // acc[t] (+)= part p of sub-blocks [0, n_subs) of src · tokens t of x, whose sub-block 0 is the
@@ -3176,11 +3207,12 @@ HWY_INLINE void accumulate(const Src& src, std::size_t n_subs, const ActView<G>&
         TINYLLM_UNROLL
         for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Add(tot[t], hn::Mul(sums[t], isc));
       }
-      if constexpr (Q::has_min) {
-        const VI32 m = src.int_min(j, p);
-        TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) mtot[t] = hn::Add(mtot[t], hn::Mul(m, hn::Set(DI32(), x.aux_int(s, t))));
-      }
+      if constexpr (Q::has_min)
+        if (j % 2 == 1) {
+          const VI32 m = src.int_min_pair(j / 2, p);
+          TINYLLM_UNROLL
+          for (std::size_t t = 0; t < T; ++t) mtot[t] = madd16(mtot[t], m, hn::Set(DI32(), x.aux_int(s / 2, t)));
+        }
       if (j % Q::act_subs == Q::act_subs - 1) {
         const VF32 d = src.scale(j, p);
         const std::size_t b = s / Q::act_subs;
@@ -3283,7 +3315,7 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
         if constexpr (Q::int_scales) hn::Store(units_src.int_scale(j, p), DI32(), panel.int_scale[j] + p * kPartRows);
         if constexpr (Q::has_min) {
           hn::Store(units_src.min(j, p), DF32(), panel.min[j] + p * kPartRows);
-          hn::Store(units_src.int_min(j, p), DI32(), panel.int_min[j] + p * kPartRows);
+          if (j % 2 == 1) hn::Store(units_src.int_min_pair(j / 2, p), DI32(), panel.int_min_pair[j / 2] + p * kPartRows);
         }
       }
     for (std::size_t t = 0; t < a.n_tok; t += kActGroup)

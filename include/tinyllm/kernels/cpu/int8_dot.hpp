@@ -16,7 +16,8 @@
 // Where the int16 pairs of vpmaddubsw exist (kScaleInMadd), dot_scaled multiplies them by a
 // per-lane integer scale in place of vpmaddwd's ones, so that a K-quant sub-block's scale costs
 // nothing; elsewhere the kernels multiply a sub-block's int32 sums by it once. (K-quant weights
-// have at most 6 bits: a pair is at most 2 * 63 * 127, times a scale of at most 128.)
+// have at most 6 bits: a pair is at most 2 * 63 * 127, times a scale of at most 128.) madd16 is
+// vpmaddwd alone, for the K-quants' mins: two sub-blocks' m * sum(q) in one op.
 //
 // A "step" is 64 bytes: 4 consecutive quants of each of 16 weight rows ([row][4]); it fills one
 // AVX-512 vector, two AVX2 vectors, four 128-bit ones. The kernels work on vectors of kVecBytes.
@@ -74,6 +75,7 @@ HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) {
 }
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_small(acc, w, x); }
 inline constexpr bool kScaleInMadd = false;
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) { return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(a.raw, b.raw))}; }
 
 #elif HWY_TARGET == HWY_AVX3
 inline constexpr bool kQ8Biased = false;
@@ -91,6 +93,7 @@ inline constexpr bool kScaleInMadd = true;
 HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
   return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(_mm512_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
 }
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) { return VI32{_mm512_add_epi32(acc.raw, _mm512_madd_epi16(a.raw, b.raw))}; }
 
 #elif HWY_TARGET == HWY_AVX2
 inline constexpr bool kQ8Biased = false;
@@ -107,6 +110,7 @@ inline constexpr bool kScaleInMadd = true;
 HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
   return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(_mm256_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
 }
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) { return VI32{_mm256_add_epi32(acc.raw, _mm256_madd_epi16(a.raw, b.raw))}; }
 
 #elif HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3
 inline constexpr bool kQ8Biased = false;
@@ -123,6 +127,7 @@ inline constexpr bool kScaleInMadd = true;
 HWY_INLINE VI32 dot_scaled(VI32 acc, VU8 w, VI8 x, VI32 scale_pairs) {
   return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(_mm_maddubs_epi16(w.raw, x.raw), scale_pairs.raw))};
 }
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) { return VI32{_mm_add_epi32(acc.raw, _mm_madd_epi16(a.raw, b.raw))}; }
 
 #elif HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
 inline constexpr bool kQ8Biased = false;
@@ -142,6 +147,11 @@ HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) {
   return VI32{sdot4(acc.raw, vreinterpretq_s8_u8(veorq_u8(w.raw, vdupq_n_u8(0x80))), x.raw)};
 }
 inline constexpr bool kScaleInMadd = false;
+// acc + a.lo * b.lo + a.hi * b.hi in every int32 lane, its int16 halves signed.
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) {
+  const VI32 alo = hn::ShiftRight<16>(hn::ShiftLeft<16>(a)), blo = hn::ShiftRight<16>(hn::ShiftLeft<16>(b));
+  return hn::Add(acc, hn::Add(hn::Mul(alo, blo), hn::Mul(hn::ShiftRight<16>(a), hn::ShiftRight<16>(b))));
+}
 
 #else
 inline constexpr bool kQ8Biased = false;
@@ -159,6 +169,11 @@ HWY_INLINE VI32 dot_scalar(VI32 acc, VU8 w, VI8 x) {
 HWY_INLINE VI32 dot_small(VI32 acc, VU8 w, VI8 x) { return dot_scalar<false>(acc, w, x); }
 HWY_INLINE VI32 dot_q8(VI32 acc, VU8 w, VI8 x) { return dot_scalar<true>(acc, w, x); }
 inline constexpr bool kScaleInMadd = false;
+// acc + a.lo * b.lo + a.hi * b.hi in every int32 lane, its int16 halves signed.
+HWY_INLINE VI32 madd16(VI32 acc, VI32 a, VI32 b) {
+  const VI32 alo = hn::ShiftRight<16>(hn::ShiftLeft<16>(a)), blo = hn::ShiftRight<16>(hn::ShiftLeft<16>(b));
+  return hn::Add(acc, hn::Add(hn::Mul(alo, blo), hn::Mul(hn::ShiftRight<16>(a), hn::ShiftRight<16>(b))));
+}
 #endif
 
 // dot_scaled's scales: each int32 lane's s (|s| < 2^15) as two int16 halves s, s.

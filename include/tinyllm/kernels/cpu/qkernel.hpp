@@ -10,7 +10,7 @@
 //   K-quants, exact in int32 over a super-block of 256 (< 2^29):
 //     tot[t]  += sc * (sum of a sub-block's steps)   where vpmaddubsw's int16 pairs exist, sc
 //                takes the place of vpmaddwd's ones (dot_scaled); else sums[t] * sc once;
-//     mtot[t] += m * sum(q)                          (Q4_K, Q5_K)
+//     mtot[t] += m * sum(q)                          (Q4_K, Q5_K; two sub-blocks per madd16)
 //     acc[t]  += float(tot[t]) * (d * d_x) - float(mtot[t]) * (dmin * d_x)   per super-block
 //   and y += acc after each chunk.
 // Decode (few tokens) takes the steps straight from the packed units, which stream from memory
@@ -69,7 +69,7 @@ struct Panel {
   alignas(64) float scale[kPanelInputs / 16][kStepRows];      // [sub-block][row]
   alignas(64) float min[kPanelInputs / 32][kStepRows];        // has_min formats: [sub-block][row]
   alignas(64) std::int32_t int_scale[kPanelInputs / 16][kStepRows];  // int_scales formats: [sub-block][row]
-  alignas(64) std::int32_t int_min[kPanelInputs / 32][kStepRows];    // has_min formats: [sub-block][row]
+  alignas(64) std::int32_t int_min_pair[kPanelInputs / 64][kStepRows];  // has_min formats: [sub-block pair][row]
 };
 
 template <class Block>
@@ -86,7 +86,9 @@ struct PanelSource {
   HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const {
     return hn::Load(DI32(), panel.int_scale[j] + p * kPartRows);
   }
-  HWY_INLINE VI32 int_min(std::size_t j, std::size_t p) const { return hn::Load(DI32(), panel.int_min[j] + p * kPartRows); }
+  HWY_INLINE VI32 int_min_pair(std::size_t i, std::size_t p) const {
+    return hn::Load(DI32(), panel.int_min_pair[i] + p * kPartRows);
+  }
 };
 
 // The units from `first` of one group, sub-blocks numbered from there.
@@ -102,7 +104,9 @@ struct UnitSource {
   HWY_INLINE VF32 scale(std::size_t j, std::size_t p) const { return Q::scale(unit(j), j % Q::subs, p); }
   HWY_INLINE VF32 min(std::size_t j, std::size_t p) const { return Q::min(unit(j), j % Q::subs, p); }
   HWY_INLINE VI32 int_scale(std::size_t j, std::size_t p) const { return Q::int_scale(unit(j), j % Q::subs, p); }
-  HWY_INLINE VI32 int_min(std::size_t j, std::size_t p) const { return Q::int_min(unit(j), j % Q::subs, p); }
+  HWY_INLINE VI32 int_min_pair(std::size_t i, std::size_t p) const {
+    return Q::int_min_pair(unit(2 * i), i % (Q::subs / 2), p);
+  }
 };
 
 // acc[t] (+)= part p of sub-blocks [0, n_subs) of src · tokens t of x, whose sub-block 0 is the
@@ -164,11 +168,12 @@ HWY_INLINE void accumulate(const Src& src, std::size_t n_subs, const ActView<G>&
         TINYLLM_UNROLL
         for (std::size_t t = 0; t < T; ++t) tot[t] = hn::Add(tot[t], hn::Mul(sums[t], isc));
       }
-      if constexpr (Q::has_min) {
-        const VI32 m = src.int_min(j, p);
-        TINYLLM_UNROLL
-        for (std::size_t t = 0; t < T; ++t) mtot[t] = hn::Add(mtot[t], hn::Mul(m, hn::Set(DI32(), x.aux_int(s, t))));
-      }
+      if constexpr (Q::has_min)
+        if (j % 2 == 1) {
+          const VI32 m = src.int_min_pair(j / 2, p);
+          TINYLLM_UNROLL
+          for (std::size_t t = 0; t < T; ++t) mtot[t] = madd16(mtot[t], m, hn::Set(DI32(), x.aux_int(s / 2, t)));
+        }
       if (j % Q::act_subs == Q::act_subs - 1) {
         const VF32 d = src.scale(j, p);
         const std::size_t b = s / Q::act_subs;
@@ -271,7 +276,7 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
         if constexpr (Q::int_scales) hn::Store(units_src.int_scale(j, p), DI32(), panel.int_scale[j] + p * kPartRows);
         if constexpr (Q::has_min) {
           hn::Store(units_src.min(j, p), DF32(), panel.min[j] + p * kPartRows);
-          hn::Store(units_src.int_min(j, p), DI32(), panel.int_min[j] + p * kPartRows);
+          if (j % 2 == 1) hn::Store(units_src.int_min_pair(j / 2, p), DI32(), panel.int_min_pair[j / 2] + p * kPartRows);
         }
       }
     for (std::size_t t = 0; t < a.n_tok; t += kActGroup)

@@ -17,8 +17,9 @@
 //   Q4_0 (576):  16 f16 scales of block 0 at 0, of block 1 at 32; block h at 64 + 256h: 4 nibble
 //                step pairs (inputs 8k..8k+3 | 8k+4..8k+7 of the block).
 //   Q8_0 (1088): 16 + 16 f16 scales at 0; block h at 64 + 512h: 8 steps.
-//   Q4_K (2368): d [row] f16 at 0, dmin [row] f16 at 32, scales [j][row] u8 at 64, mins [j][row]
-//                u8 at 192; sub-block j of 32 at 320 + 256j: 4 nibble step pairs.
+//   Q4_K (2368): d [row] f16 at 0, dmin [row] f16 at 32, scales [j][row] u8 at 64, mins
+//                [j / 2][row][j % 2] u8 at 192 (two sub-blocks' per row side by side); sub-block j
+//                of 32 at 320 + 256j: 4 nibble step pairs.
 //   Q5_K (2880): Q4_K's header; sub-block j at 320 + 320j: Q4_K's nibbles, then at 256 the fifth
 //                bits: bit k of byte 4r + i is input 32j + 8k + i's, bit 4 + k input 32j + 8k + 4 + i's.
 //   Q6_K (3392): d [row] f16 at 0, 32 bytes padding, scales [j][row] i8 at 64; sub-block j of 16
@@ -110,7 +111,7 @@ void pack_row(const BlockInts* b, std::size_t nb, std::size_t r, std::uint8_t* o
             sub[U::high + 4 * r + i] |= std::uint8_t((q[8 * k + i] >> 4) << k | (q[8 * k + 4 + i] >> 4) << (4 + k));
       }
       o[U::scales + 16 * j + r] = std::uint8_t(b->sc[j]);
-      o[U::mins + 16 * j + r] = b->m[j];
+      o[U::mins + 32 * (j / 2) + 2 * r + j % 2] = b->m[j];
     }
     const std::uint16_t d = f32_to_f16(b->d), dmin = f32_to_f16(b->dmin);
     std::memcpy(o + U::d + 2 * r, &d, 2);

@@ -5,12 +5,12 @@
 // Q8_0), of 256 for the K-quants (as Q8_K). A block keeps d = max|x| / 127 and the quants
 // q = round(x / d) in [-127, 127], so x ≈ d * q. Beside them the quantizer stores what the
 // kernels would otherwise recompute for every weight row:
-//   aux    per weight sub-block, aux_factor * sum(q), what the kernel adds for the weights'
-//          offset or minimum (int32):
+//   aux    int32 per weight sub-block, what the kernel adds for the weights' offset or minimum:
 //            Q4_0, Q8_0  per 32:  -offset * sum(q), offset 8 (Q4_0) or 128 (Q8_0: the VNNI
 //                        kernels read the signed weights as unsigned w + 128; int8_dot.hpp);
 //            Q6_K        per 16:  -32 * sum(q) (the weights are stored as q + 32);
-//            Q4_K, Q5_K  per 32:  sum(q), for the term -dmin * m * sum(x).
+//            Q4_K, Q5_K  per 64:  the sums of q over its two halves of 32, as the low and high
+//                        int16 halves, for the term -dmin * m * sum(x) (|sum| <= 32 * 127).
 // The planes are laid out in one buffer that QuantScratch owns; it is sized once for the
 // largest batch, so a call allocates nothing.
 #include <algorithm>
@@ -26,8 +26,8 @@ namespace tinyllm::cpu {
 template <class Block> struct ActFormat;
 template <> struct ActFormat<BlockQ8_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int aux_factor = -128; };
 template <> struct ActFormat<BlockQ4_0> { static constexpr std::size_t block = 32, aux_group = 32; static constexpr int aux_factor = -8; };
-template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int aux_factor = 1; };
-template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 32; static constexpr int aux_factor = 1; };
+template <> struct ActFormat<BlockQ4_K> { static constexpr std::size_t block = 256, aux_group = 64; static constexpr int aux_factor = 1; };
+template <> struct ActFormat<BlockQ5_K> { static constexpr std::size_t block = 256, aux_group = 64; static constexpr int aux_factor = 1; };
 template <> struct ActFormat<BlockQ6_K> { static constexpr std::size_t block = 256, aux_group = 16; static constexpr int aux_factor = -32; };
 
 // One call's quantized activations [n_tok, n_in]: a view into QuantScratch.

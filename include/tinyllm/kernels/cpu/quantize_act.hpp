@@ -45,7 +45,7 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
     const auto inv = hn::Set(df, scale != 0.0f ? 1.0f / scale : 0.0f);
     d[b0 / F::block * G] = scale;
 
-    std::int32_t group32 = 0;  // running sum over the current 32
+    std::int32_t group32 = 0, low32 = 0;  // running sum over the current 32; the previous 32's
     for (std::size_t g = b0; g < b0 + F::block; g += 16) {
       auto sum = hn::Zero(di);
       for (std::size_t i = 0; i < 16; i += N) {
@@ -64,7 +64,14 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
       } else {
         group32 += s16;
         if ((g / 16) % 2 == 1) {
-          aux[g / 32 * G] = F::aux_factor * group32;
+          if constexpr (F::aux_group == 32) {
+            aux[g / 32 * G] = F::aux_factor * group32;
+          } else if ((g / 32) % 2 == 0) {
+            low32 = group32;
+          } else {  // 64: two int16 halves
+            aux[g / 64 * G] = std::int32_t(std::uint32_t(std::uint16_t(F::aux_factor * low32)) |
+                                           std::uint32_t(F::aux_factor * group32) << 16);
+          }
           group32 = 0;
         }
       }

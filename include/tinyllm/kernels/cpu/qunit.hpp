@@ -61,8 +61,9 @@ HWY_INLINE VI32 byte_ints(const std::uint8_t* p8, std::size_t p) {
 //   int_scales   the K-quants: sub-block sums times the integer scale int_scale() add up in
 //                int32 over the unit, then scale() (d) applies once; otherwise scale() is each
 //                sub-block's float scale
-//   has_min      Q4_K, Q5_K: "- dmin * m * sum(q)" likewise, int_min() (m) times aux (sum(q))
-//                in int32, min() (dmin) once per unit
+//   has_min      Q4_K, Q5_K: "- dmin * m * sum(q)" likewise, two sub-blocks at a time (the
+//                int16 pairs of int_min_pair() (m) and of aux (sum(q)) through madd16), min()
+//                (dmin) once per unit
 //   steps(u, j, p, f)  f(k, weights) for steps k of sub-block j, part p
 template <class Block> struct QUnit;
 
@@ -123,8 +124,11 @@ struct K4Unit {
   static HWY_INLINE VI32 int_scale(const std::uint8_t* u, std::size_t j, std::size_t p) {
     return byte_ints<std::uint8_t>(u + U::scales + 16 * j, p);
   }
-  static HWY_INLINE VI32 int_min(const std::uint8_t* u, std::size_t j, std::size_t p) {
-    return byte_ints<std::uint8_t>(u + U::mins + 16 * j, p);
+  // The mins of sub-blocks 2i and 2i + 1 as the int16 halves of each row's lane (madd16).
+  static HWY_INLINE VI32 int_min_pair(const std::uint8_t* u, std::size_t i, std::size_t p) {
+    const hn::Repartition<std::uint16_t, DI32> d16;
+    const hn::Rebind<std::uint8_t, decltype(d16)> d8;
+    return hn::BitCast(DI32(), hn::PromoteTo(d16, hn::LoadU(d8, u + U::mins + 32 * i + 2 * kPartRows * p)));
   }
   static HWY_INLINE VF32 scale(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::d, p); }
   static HWY_INLINE VF32 min(const std::uint8_t* u, std::size_t, std::size_t p) { return f16_rows(u + U::dmin, p); }
