@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 
 namespace {
@@ -55,6 +56,23 @@ double available_memory_bytes() {
   return 0;
 }
 
+// --metadata and --tensors.
+int print_lists(const tinyllm::GGUFFile& f, bool all_metadata, bool all_tensors) {
+  if (all_metadata) {
+    std::printf("\nmetadata:\n");
+    for (const auto& [key, value] : f.metadata()) std::printf("  %s = %s\n", key.c_str(), value_text(value).c_str());
+  }
+  if (all_tensors) {
+    std::printf("\ntensors:\n");
+    for (const auto& t : f.tensors()) {
+      std::string shape;
+      for (std::uint32_t i = 0; i < t.n_dims; ++i) shape += (i ? " x " : "") + std::to_string(t.dims[i]);
+      std::printf("  %-32s %-6s [%s]\n", t.name.c_str(), std::string(tinyllm::name(t.dtype)).c_str(), shape.c_str());
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -82,6 +100,28 @@ int main(int argc, char** argv) {
                 f.tensors().size(), f.metadata().size());
     std::printf("name:          %s\n", f.has("general.name") ? f.get_string("general.name").c_str() : "(none)");
     std::printf("architecture:  %s\n", arch.c_str());
+    if (f.has("general.type") && f.get_string("general.type") == "adapter") {
+      // A LoRA adapter (model/lora.hpp): no model of its own, a low-rank update of one.
+      const std::string kind = f.has("adapter.type") ? f.get_string("adapter.type") : "(unknown)";
+      std::set<std::uint64_t> ranks;
+      std::set<std::string> targets;
+      std::size_t pairs = 0;
+      for (const auto& t : f.tensors())
+        if (t.name.ends_with(".weight.lora_a") && t.n_dims == 2) {
+          ++pairs;
+          ranks.insert(t.dims[1]);
+          const std::string n = t.name.substr(0, t.name.size() - std::string(".weight.lora_a").size());
+          targets.insert(n.substr(n.find('.', n.find('.') + 1) + 1));   // after "blk.N."
+        }
+      std::string rank_text, target_text;
+      for (const auto r : ranks) rank_text += (rank_text.empty() ? "" : ", ") + std::to_string(r);
+      for (const auto& t : targets) target_text += (target_text.empty() ? "" : ", ") + t;
+      std::printf("type:          %s adapter for a %s model (apply with tinyllm-run --lora)\n", kind.c_str(), arch.c_str());
+      std::printf("adapter:       alpha %g, rank %s, %zu matrices (%s), %.0f parameters, %s\n",
+                  f.get_f32_or("adapter.lora.alpha", 0.0f), rank_text.c_str(), pairs, target_text.c_str(), params,
+                  bytes_text(bytes).c_str());
+      return print_lists(f, all_metadata, all_tensors);
+    }
     std::printf("parameters:    %.3f B (%.0f)\n", params / 1e9, params);
     const bool general = params <= 30e9;
     std::printf("class:         %s\n", general ? "SLM (general-purpose, at most 30B parameters)"
@@ -114,18 +154,7 @@ int main(int argc, char** argv) {
     if (avail > 0)
       std::printf("this machine:  %s available: the weights %s\n", bytes_text(avail).c_str(),
                   bytes < avail ? "fit" : "do NOT fit");
-    if (all_metadata) {
-      std::printf("\nmetadata:\n");
-      for (const auto& [key, value] : f.metadata()) std::printf("  %s = %s\n", key.c_str(), value_text(value).c_str());
-    }
-    if (all_tensors) {
-      std::printf("\ntensors:\n");
-      for (const auto& t : f.tensors()) {
-        std::string shape;
-        for (std::uint32_t i = 0; i < t.n_dims; ++i) shape += (i ? " x " : "") + std::to_string(t.dims[i]);
-        std::printf("  %-32s %-6s [%s]\n", t.name.c_str(), std::string(tinyllm::name(t.dtype)).c_str(), shape.c_str());
-      }
-    }
+    return print_lists(f, all_metadata, all_tensors);
   } catch (const tinyllm::Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

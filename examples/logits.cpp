@@ -2,7 +2,10 @@
 // other implementation. The given tokens are fed as one batch, then --greedy N steps one token at
 // a time; the file holds (n_tokens + N) rows of vocab_size floats.
 //   tinyllm-logits -m stories260K.bin --ids "1 403 407 261 378" --greedy 20 -o out.f32
+// --lora FILE / --lora-scaled FILE SCALE (repeatable) add LoRA adapters.
 #include <tinyllm/tinyllm.hpp>
+
+#include "common/lora_flags.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -24,12 +27,15 @@ int main(int argc, char** argv) {
   app.add_option("--greedy", greedy, "greedy steps after the batch, one token at a time")->capture_default_str();
   app.add_option("-o,--output", out_path, "output file")->required();
   app.add_option("-t,--threads", threads, "threads; 0 = all cores");
+  programs::LoraFlags lora;
+  lora.add_to(app);
   CLI11_PARSE(app, argc, argv);
 
   try {
     tinyllm::LoadOptions opt;
     opt.tokenizer_path = tokenizer_path;
     tinyllm::LoadedModel lm = tinyllm::load(model_path, opt);
+    lora.apply(lm.model());
     std::vector<std::int32_t> ids;
     if (!ids_opt->empty()) {
       std::istringstream in(ids_text);

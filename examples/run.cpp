@@ -2,8 +2,10 @@
 //   tinyllm-run -m stories260K.bin -z tok512.bin -p "Once upon a time" -n 200 --temp 0
 // With no -m it runs the embedded default: a small random-weight Llama whose text is noise.
 // --chat renders the conversation with the model's chat template (or --chat-template NAME).
+// --lora FILE / --lora-scaled FILE SCALE (repeatable) add LoRA adapters.
 #include <tinyllm/tinyllm.hpp>
 
+#include "common/lora_flags.hpp"
 #include "common/progress.hpp"
 
 #include <CLI/CLI.hpp>
@@ -38,6 +40,8 @@ int main(int argc, char** argv) {
   app.add_flag("--chat", chat, "chat: -p is one user turn; without -p, each line of stdin is a turn");
   app.add_option("--system", system, "system message for --chat");
   app.add_option("--chat-template", template_name, "llama3, llama2, mistral, gemma or chatml (default: from the model)");
+  programs::LoraFlags lora;
+  lora.add_to(app);
   CLI11_PARSE(app, argc, argv);
   const bool prompt_given = app.count("--prompt") > 0;
 
@@ -49,6 +53,7 @@ int main(int argc, char** argv) {
                                                  : tinyllm::load(model_path, opt);
     if (model_path.empty())
       std::fprintf(stderr, "tinyllm-run: no model given (-m): using the embedded random-weight model; its text is noise\n");
+    lora.apply(lm.model());
     const tinyllm::Tokenizer& tok = lm.tokenizer();
     tinyllm::ThreadPool pool(threads);
 

@@ -7076,6 +7076,25 @@ class ContiguousKVCache final : public KVCache {
 };
 
 }  // namespace tinyllm
+// ---- tinyllm/model/lora.hpp ----
+// LoRA adapters: a low-rank update of some of a model's matrices,
+//   y = W x + scale * (alpha / r) * B (A x),      A [r, n_in], B [n_out, r],
+// read from GGUF files in the layout llama.cpp writes and reads: general.type = "adapter",
+// adapter.type = "lora", adapter.lora.alpha, general.architecture as the base model's, and for
+// each adapted matrix "<weight name>.lora_a" (GGUF dims [n_in, r]) and ".lora_b" ([r, n_out]).
+// The base weights are never touched (quantized or not): Transformer adds the low-rank product
+// after each matmul, per sequence of a batch (SequenceSlice::adapters) or for every token
+// (Transformer::set_adapters).
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cctype>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
 // ---- tinyllm/model/weights.hpp ----
 // Weights as the model sees them: a matrix of a type known at run time (and, optionally, the same
 // matrix in a kernel backend's own layout), and the matmul that hands it to a backend, whose one
@@ -7158,6 +7177,170 @@ inline void dequantize_row(const WeightMatrix& w, std::size_t r, float* out) {
 
 namespace tinyllm {
 
+// The matrices of a block that an adapter may change, with their GGUF names (blk.N.<name>.weight).
+enum class LoraTarget : std::uint8_t { q, k, v, o, gate, up, down };
+inline constexpr std::size_t kLoraTargets = 7;
+inline constexpr std::array<std::string_view, kLoraTargets> kLoraTargetNames = {
+    "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+
+// [n_out, n_in] of a target in a model of this configuration.
+inline std::array<std::size_t, 2> lora_target_shape(const ModelConfig& c, LoraTarget t) {
+  switch (t) {
+    case LoraTarget::q: return {c.q_dim(), c.n_embd};
+    case LoraTarget::k: case LoraTarget::v: return {c.kv_dim(), c.n_embd};
+    case LoraTarget::o: return {c.n_embd, c.q_dim()};
+    case LoraTarget::gate: case LoraTarget::up: return {c.n_ff, c.n_embd};
+    case LoraTarget::down: return {c.n_embd, c.n_ff};
+  }
+  return {0, 0};
+}
+
+// One adapted matrix; empty (a.data null) where the adapter leaves the matrix alone.
+struct LoraMatrix {
+  WeightMatrix a;  // [r, n_in]
+  WeightMatrix b;  // [n_out, r]
+  explicit operator bool() const noexcept { return a.data != nullptr; }
+  std::size_t rank() const noexcept { return a.rows; }
+};
+
+class LoraAdapter {
+ public:
+  // Opens a LoRA GGUF and checks it against the base model's configuration: an adapter file
+  // (not a model), of the same architecture, every tensor a known "<weight>.lora_a/_b" pair of
+  // a block the model has, shapes [r, n_in] and [n_out, r] with n_in, n_out the model's, in a
+  // type the matmul takes.
+  static std::shared_ptr<const LoraAdapter> load(const std::string& path, const ModelConfig& base) {
+    return std::shared_ptr<const LoraAdapter>(new LoraAdapter(GGUFFile::open(path), base));
+  }
+  // The same from a parsed file (bytes owned by the caller, who keeps them alive).
+  static std::shared_ptr<const LoraAdapter> from_gguf(GGUFFile file, const ModelConfig& base) {
+    return std::shared_ptr<const LoraAdapter>(new LoraAdapter(std::move(file), base));
+  }
+
+  const std::string& path() const noexcept { return file_.name(); }
+  // Unique among the adapters this process loads (never reused, unlike an address).
+  std::uint64_t id() const noexcept { return id_; }
+  float alpha() const noexcept { return alpha_; }
+  std::size_t max_rank() const noexcept { return max_rank_; }
+  std::size_t n_layers() const noexcept { return layers_.size(); }
+  std::size_t n_matrices() const noexcept { return n_matrices_; }
+  const LoraMatrix& matrix(std::size_t layer, LoraTarget t) const { return layers_[layer][std::size_t(t)]; }
+  // Whether every matrix has the shapes of a model with this configuration.
+  bool fits(const ModelConfig& c) const {
+    if (layers_.size() != c.n_layers) return false;
+    for (const auto& l : layers_)
+      for (std::size_t i = 0; i < kLoraTargets; ++i)
+        if (l[i]) {
+          const auto [n_out, n_in] = lora_target_shape(c, LoraTarget(i));
+          if (l[i].a.cols != n_in || l[i].b.rows != n_out) return false;
+        }
+    return true;
+  }
+  // Parameters in all A and B matrices.
+  std::size_t n_params() const {
+    std::size_t n = 0;
+    for (const auto& l : layers_)
+      for (const LoraMatrix& m : l)
+        if (m) n += m.a.rows * m.a.cols + m.b.rows * m.b.cols;
+    return n;
+  }
+  // The factor of B (A x) for a user's scale: scale * alpha / r (alpha 0 in the file: scale alone,
+  // as llama.cpp reads it).
+  float factor(const LoraMatrix& m, float scale) const noexcept {
+    return alpha_ > 0 ? scale * alpha_ / float(m.rank()) : scale;
+  }
+
+ private:
+  LoraAdapter(GGUFFile file, const ModelConfig& base) : file_(std::move(file)), layers_(base.n_layers) {
+    const std::string& where = file_.name();
+    const std::string type = file_.has("general.type") ? file_.get_string("general.type") : "";
+    if (type != "adapter")
+      throw Error("not an adapter file (general.type is \"" + type + "\")", where, "general.type = \"adapter\"");
+    const std::string kind = file_.has("adapter.type") ? file_.get_string("adapter.type") : "";
+    if (kind != "lora") throw Error("adapter of type \"" + kind + "\"", where, "adapter.type = \"lora\"");
+    const std::string arch = file_.has("general.architecture") ? file_.get_string("general.architecture") : "";
+    if (arch != base.arch)
+      throw Error("adapter for architecture \"" + arch + "\"", where, "the base model's \"" + base.arch + "\"");
+    alpha_ = file_.get_f32_or("adapter.lora.alpha", 0.0f);
+    if (!(alpha_ >= 0.0f) || alpha_ > 1e6f) throw Error("adapter.lora.alpha = " + std::to_string(alpha_), where, "0 <= alpha");
+
+    for (const TensorView& t : file_.tensors()) {
+      const std::string& name = t.name;
+      const bool is_a = name.ends_with(".weight.lora_a"), is_b = name.ends_with(".weight.lora_b");
+      if (!is_a && !is_b) throw Error("tensor " + name + " is not a LoRA A or B matrix", where, "<weight>.lora_a, <weight>.lora_b");
+      const auto [layer, target] = parse_name(name, base, where);
+      LoraMatrix& m = layers_[layer][std::size_t(target)];
+      WeightMatrix& w = is_a ? m.a : m.b;
+      if (w.data) throw Error("tensor " + name + " appears twice", where);
+      if (t.n_dims != 2 || !matmul_supports(t.dtype))
+        throw Error("tensor " + name + " has " + std::to_string(t.n_dims) + " dims of type " + std::string(tinyllm::name(t.dtype)),
+                    where, "2 dims of F32, F16 or Q8_0");
+      w = {name, t.dtype, t.data, t.rows(), t.cols()};
+    }
+    for (std::size_t l = 0; l < layers_.size(); ++l)
+      for (std::size_t i = 0; i < kLoraTargets; ++i) {
+        LoraMatrix& m = layers_[l][i];
+        if (!m.a.data && !m.b.data) continue;
+        const std::string base_name = "blk." + std::to_string(l) + "." + std::string(kLoraTargetNames[i]) + ".weight";
+        if (!m.a.data || !m.b.data) throw Error(base_name + " has only one of lora_a and lora_b", where);
+        const auto [n_out, n_in] = lora_target_shape(base, LoraTarget(i));
+        const std::size_t r = m.a.rows;
+        if (r == 0 || r > n_in || m.a.cols != n_in || m.b.rows != n_out || m.b.cols != r)
+          throw Error(base_name + ": lora_a is [" + std::to_string(m.a.rows) + ", " + std::to_string(m.a.cols) +
+                          "] and lora_b [" + std::to_string(m.b.rows) + ", " + std::to_string(m.b.cols) + "]",
+                      where, "[r, " + std::to_string(n_in) + "] and [" + std::to_string(n_out) + ", r], 0 < r <= " + std::to_string(n_in));
+        if (m.b.cols % info(m.b.type).block_size != 0)
+          throw Error(base_name + ".lora_b of type " + std::string(tinyllm::name(m.b.type)) + " with rank " + std::to_string(r),
+                      where, "a rank that is whole blocks of its type (F32 or F16 for any rank)");
+        max_rank_ = std::max(max_rank_, r);
+        ++n_matrices_;
+      }
+    if (n_matrices_ == 0) throw Error("adapter has no LoRA matrices", where);
+  }
+
+  // "blk.N.<target>.weight.lora_a" -> N, target.
+  static std::pair<std::size_t, LoraTarget> parse_name(const std::string& name, const ModelConfig& base,
+                                                        const std::string& where) {
+    std::size_t layer = 0, i = 4;
+    if (name.rfind("blk.", 0) != 0 || i >= name.size() || !std::isdigit(static_cast<unsigned char>(name[i])))
+      throw Error("tensor " + name + " is not a block's matrix", where, "blk.N.<matrix>.weight.lora_a/b");
+    for (; i < name.size() && std::isdigit(static_cast<unsigned char>(name[i])) && layer <= base.n_layers; ++i)
+      layer = layer * 10 + std::size_t(name[i] - '0');
+    if (layer >= base.n_layers)
+      throw Error("tensor " + name + " is for block " + std::to_string(layer), where,
+                  "blocks below " + std::to_string(base.n_layers));
+    const std::string_view rest = std::string_view(name).substr(i);  // ".<target>.weight.lora_x"
+    for (std::size_t t = 0; t < kLoraTargets; ++t)
+      if (rest.size() == kLoraTargetNames[t].size() + 1 + std::string_view(".weight.lora_a").size() &&
+          rest.substr(1, kLoraTargetNames[t].size()) == kLoraTargetNames[t] && rest[0] == '.')
+        return {layer, LoraTarget(t)};
+    throw Error("tensor " + name + " adapts no matrix this model has", where,
+                "attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up or ffn_down");
+  }
+
+  GGUFFile file_;
+  float alpha_ = 0.0f;
+  std::vector<std::array<LoraMatrix, kLoraTargets>> layers_;
+  std::size_t max_rank_ = 0, n_matrices_ = 0;
+  std::uint64_t id_ = next_id();
+
+  static std::uint64_t next_id() {
+    static std::atomic<std::uint64_t> n{0};
+    return ++n;
+  }
+};
+
+// An adapter and the scale it is applied with (llama.cpp's --lora-scaled; 1 for --lora).
+struct AdapterRef {
+  std::shared_ptr<const LoraAdapter> adapter;
+  float scale = 1.0f;
+  friend bool operator==(const AdapterRef&, const AdapterRef&) = default;
+};
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
 // Weights of one block. Optional parts (biases, QK-norm, post-norms) stay empty unless the
 // architecture's traits use them.
 struct LayerWeights {
@@ -7184,6 +7367,10 @@ struct SequenceSlice {
   KVCache* cache = nullptr;
   std::size_t first = 0, count = 0;
   bool wants_logits = false;   // the logits of its last token are wanted
+  // LoRA adapters of this sequence (adding up), on top of the model's own (set_adapters); the
+  // caller keeps them alive for the call. Consecutive slices with the same adapters share one
+  // low-rank product per matrix.
+  std::span<const AdapterRef> adapters = {};
 };
 
 // The architecture-independent face of a model, so a loader can return any architecture.
@@ -7210,6 +7397,11 @@ class Model {
   // How far back every layer reads: the widest sliding window when every layer has one, else 0
   // (some layer reads the whole sequence). Cache positions older than that can be dropped.
   virtual std::size_t kv_window() const = 0;
+
+  // LoRA adapters applied to every token from now on (adding up; empty: none), as llama.cpp's
+  // --lora; each must have been loaded for this model's configuration.
+  virtual void set_adapters(std::vector<AdapterRef> adapters) = 0;
+  virtual const std::vector<AdapterRef>& adapters() const = 0;
 
   std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0, KVType type = KVType::f32) const {
     return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context, type);
@@ -7279,6 +7471,12 @@ class Transformer final : public Model {
     return widest;
   }
 
+  void set_adapters(std::vector<AdapterRef> adapters) override {
+    for (const AdapterRef& a : adapters) check_adapter(a);
+    adapters_ = std::move(adapters);
+  }
+  const std::vector<AdapterRef>& adapters() const override { return adapters_; }
+
   void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
                std::span<const std::int32_t> positions, KVCache& cache,
                MatrixView<float> logits) override {
@@ -7311,6 +7509,7 @@ class Transformer final : public Model {
         throw Error("forward_batch: sequence slices must partition the batch in order, each non-empty");
       next += s.count;
       if (s.wants_logits) logit_rows_[n_rows++] = s.first + s.count - 1;
+      for (const AdapterRef& a : s.adapters) check_adapter(a);
     }
     if (next != tokens.size()) throw Error("forward_batch: sequence slices cover " + std::to_string(next) + " of " +
                                            std::to_string(tokens.size()) + " tokens");
@@ -7392,12 +7591,12 @@ class Transformer final : public Model {
       const LayerWeights& lw = w_.layers[l];
       // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
       for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
-      matmul(pool, lw.wq, xb, q);
-      matmul(pool, lw.wk, xb, k);
-      matmul(pool, lw.wv, xb, v);
+      matmul(pool, lw.wq, xb, q, l, LoraTarget::q, seqs);
+      matmul(pool, lw.wk, xb, k, l, LoraTarget::k, seqs);
+      matmul(pool, lw.wv, xb, v, l, LoraTarget::v, seqs);
       if constexpr (Arch::parallel_blocks) {   // the FFN reads the same normalised input
-        matmul(pool, lw.w_gate, xb, gate);
-        matmul(pool, lw.w_up, xb, up);
+        matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
+        matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
       for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
       for (std::size_t t = 0; t < n; ++t) {
@@ -7424,20 +7623,20 @@ class Transformer final : public Model {
       Backend::attention(pool, q, positions, std::span<const KVLayerView>(views_).first(seqs.size()),
                          std::span<const std::uint32_t>(seq_of_token_).first(n), c.n_heads, c.n_kv_heads, c.head_dim,
                          ap, att, scores_);
-      matmul(pool, lw.wo, att, proj);
+      matmul(pool, lw.wo, att, proj, l, LoraTarget::o, seqs);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
       add_rows(x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       if constexpr (!Arch::parallel_blocks) {
         for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
-        matmul(pool, lw.w_gate, xb, gate);
-        matmul(pool, lw.w_up, xb, up);
+        matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
+        matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
       if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-      matmul(pool, lw.w_down, gate, proj);
+      matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
       add_rows(x, proj);
     }
@@ -7453,6 +7652,46 @@ class Transformer final : public Model {
 
   void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
     tinyllm::matmul<Backend>(pool, w, x, y, ws_);
+  }
+  // The same for a block's matrix, plus the LoRA updates: the model's adapters for every token,
+  // then each run of consecutive slices with the same adapters, y += factor * B (A x) over its rows.
+  void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y, std::size_t l,
+              LoraTarget target, std::span<const SequenceSlice> seqs) {
+    matmul(pool, w, x, y);
+    for (const AdapterRef& a : adapters_) add_lora(pool, a, l, target, x, y);
+    for (std::size_t i = 0; i < seqs.size();) {
+      std::size_t j = i + 1;
+      while (j < seqs.size() && std::ranges::equal(seqs[j].adapters, seqs[i].adapters)) ++j;
+      const std::size_t first = seqs[i].first, count = seqs[j - 1].first + seqs[j - 1].count - first;
+      for (const AdapterRef& a : seqs[i].adapters)
+        add_lora(pool, a, l, target, x.rows_slice(first, count), y.rows_slice(first, count));
+      i = j;
+    }
+  }
+  void add_lora(ThreadPool& pool, const AdapterRef& a, std::size_t l, LoraTarget target, MatrixView<const float> x,
+                MatrixView<float> y) {
+    const LoraMatrix& m = a.adapter->matrix(l, target);
+    if (!m || a.scale == 0.0f) return;
+    const std::size_t r = m.rank(), n = x.rows;
+    if (lora_ax_.size() < max_batch_ * r) lora_ax_.resize(max_batch_ * r);   // set_adapters sized them
+    if (lora_out_.size() < max_batch_ * y.cols) lora_out_.resize(max_batch_ * y.cols);
+    MatrixView<float> ax(lora_ax_.data(), n, r), out(lora_out_.data(), n, y.cols);
+    matmul(pool, m.a, x, ax);
+    matmul(pool, m.b, ax, out);
+    const float f = a.adapter->factor(m, a.scale);
+    for (std::size_t t = 0; t < n; ++t) {
+      float* yr = y.row(t);
+      const float* o = out.row(t);
+      for (std::size_t i = 0; i < y.cols; ++i) yr[i] += f * o[i];
+    }
+  }
+  void check_adapter(const AdapterRef& a) {
+    if (!a.adapter) throw Error("null adapter");
+    if (!a.adapter->fits(cfg_))
+      throw Error("adapter does not fit this model's shapes", a.adapter->path(), "an adapter loaded for this model");
+    const std::size_t widest = std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.kv_dim(), cfg_.n_ff});
+    if (lora_ax_.size() < max_batch_ * a.adapter->max_rank()) lora_ax_.resize(max_batch_ * a.adapter->max_rank());
+    if (lora_out_.size() < max_batch_ * widest) lora_out_.resize(max_batch_ * widest);
   }
   void norm_rows_in_place(MatrixView<float> m, const float* w) const {
     for (std::size_t t = 0; t < m.rows; ++t) Backend::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
@@ -7489,6 +7728,8 @@ class Transformer final : public Model {
   std::vector<std::size_t> logit_rows_;     // [max_batch] tokens whose logits a batch wants
   std::vector<std::uint32_t> seq_of_token_; // [max_batch] slice index of each token
   std::vector<KVLayerView> views_;          // one per sequence of the current step
+  std::vector<AdapterRef> adapters_;        // LoRA adapters for every token (set_adapters)
+  AlignedBuffer<float> lora_ax_, lora_out_; // [max_batch, rank], [max_batch, n_out] LoRA products
   // Buffers for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   AlignedBuffer<float> scores_buf_;   // [threads, Backend::attention_scratch_cols(...)] attention scores
@@ -8546,6 +8787,9 @@ struct Request {
   SamplingParams sampling;
   std::vector<std::string> stop;          // generation ends before the first of these strings
   bool stop_at_eos = true;
+  // LoRA adapters for this request (adding up; empty: the base model). The request holds them:
+  // an adapter unloaded elsewhere stays alive until its requests end.
+  std::vector<AdapterRef> adapters;
 };
 
 enum class FinishReason { none, eos, stop, length, cancelled };
@@ -8600,6 +8844,7 @@ struct TokenEvent {
 // blocks.
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -8665,6 +8910,10 @@ class Engine {
     if (tokens.size() + 1 > limit || (req.max_tokens == 0))
       throw Error("prompt of " + std::to_string(tokens.size()) + " tokens does not fit", "submit",
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
+    for (const AdapterRef& a : req.adapters)
+      if (!a.adapter || !a.adapter->fits(model_.config()))
+        throw Error("the request's LoRA adapter does not fit this model", "submit",
+                    "an adapter loaded for this model");
     auto seq = std::make_unique<Sequence>(blocks_, model_.config(), req, std::move(on_event), vocab);
     seq->tokens = std::move(tokens);
     seq->n_prompt = seq->tokens.size();
@@ -8745,7 +8994,8 @@ class Engine {
 
   struct Sequence {
     Sequence(KVBlockPool& pool, const ModelConfig& c, const Request& r, Callback cb, std::size_t vocab)
-        : cache(pool, c.n_layers, c.kv_dim()), request(r), on_event(std::move(cb)), sampler(r.sampling, vocab) {}
+        : cache(pool, c.n_layers, c.kv_dim()), request(r), on_event(std::move(cb)), sampler(r.sampling, vocab),
+          hash_seed(adapters_hash(r.adapters)), last_hash(hash_seed) {}
     RequestId id = 0;
     PagedKVCache cache;
     Request request;
@@ -8755,7 +9005,10 @@ class Engine {
     std::size_t n_prompt = 0, max_total = 0;
     std::size_t n_computed = 0;           // tokens whose K/V are in the cache
     std::size_t n_registered = 0;         // full blocks entered in the prefix cache
-    std::uint64_t last_hash = 0;          // chain hash of the registered blocks
+    // The prefix cache's chain of block hashes starts from the adapters' identity, so that blocks
+    // computed with one adapter (or none) are never found by a request with another.
+    std::uint64_t hash_seed;
+    std::uint64_t last_hash;              // chain hash of the registered blocks
     std::size_t chunk = 0;                // tokens scheduled this step
     Utf8Stream utf8;
     std::string held;                     // text held back while it may begin a stop string
@@ -8821,7 +9074,7 @@ class Engine {
     running_.pop_back();
     victim->cache.clear();
     victim->n_computed = victim->n_registered = 0;
-    victim->last_hash = 0;
+    victim->last_hash = victim->hash_seed;
     ++victim->metrics.preemptions;
     ++metrics_.preemptions;
     waiting_.push_front(std::move(victim));
@@ -8832,7 +9085,7 @@ class Engine {
   void reuse_prefix(Sequence& s) {
     if (!opt_.prefix_caching) return;
     const std::size_t bs = blocks_.block_size();
-    std::uint64_t h = 0;
+    std::uint64_t h = s.hash_seed;
     for (std::size_t b = 0; (b + 1) * bs < s.tokens.size(); ++b) {
       h = KVBlockPool::chain_hash(h, std::span(s.tokens).subspan(b * bs, bs));
       ++metrics_.prefix_lookups;
@@ -8873,7 +9126,7 @@ class Engine {
       if (!s.cache.reserve(s.n_computed + want)) {
         s.cache.clear();   // its prefix blocks go back too; it is first in line next step
         s.n_computed = s.n_registered = 0;
-        s.last_hash = 0;
+        s.last_hash = s.hash_seed;
         break;
       }
       if (!s.started) {
@@ -8893,7 +9146,7 @@ class Engine {
         batch_positions_.push_back(std::int32_t(s.n_computed + t));
       }
       const bool reaches_end = s.n_computed + s.chunk == s.tokens.size();
-      slices_.push_back({&s.cache, batch_tokens_.size() - s.chunk, s.chunk, reaches_end});
+      slices_.push_back({&s.cache, batch_tokens_.size() - s.chunk, s.chunk, reaches_end, s.request.adapters});
     }
   }
 
@@ -8971,6 +9224,18 @@ class Engine {
     s.cache.clear();
     s.on_event(ev);
     return why;
+  }
+
+  // 0 for the base model; else a hash of each adapter's id and scale.
+  static std::uint64_t adapters_hash(const std::vector<AdapterRef>& adapters) {
+    std::uint64_t h = 0;
+    for (const AdapterRef& a : adapters) {
+      std::uint32_t scale_bits;
+      std::memcpy(&scale_bits, &a.scale, sizeof scale_bits);
+      for (const std::uint64_t v : {a.adapter->id(), std::uint64_t(scale_bits)})
+        h = (h ^ v) * 0x100000001b3ull + 0x9e3779b97f4a7c15ull;
+    }
+    return h;
   }
 
   static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }

@@ -24,6 +24,7 @@
 #include <tinyllm/model/arch/traits.hpp>
 #include <tinyllm/model/config.hpp>
 #include <tinyllm/model/kv_cache.hpp>
+#include <tinyllm/model/lora.hpp>
 #include <tinyllm/model/weights.hpp>
 
 namespace tinyllm {
@@ -54,6 +55,10 @@ struct SequenceSlice {
   KVCache* cache = nullptr;
   std::size_t first = 0, count = 0;
   bool wants_logits = false;   // the logits of its last token are wanted
+  // LoRA adapters of this sequence (adding up), on top of the model's own (set_adapters); the
+  // caller keeps them alive for the call. Consecutive slices with the same adapters share one
+  // low-rank product per matrix.
+  std::span<const AdapterRef> adapters = {};
 };
 
 // The architecture-independent face of a model, so a loader can return any architecture.
@@ -80,6 +85,11 @@ class Model {
   // How far back every layer reads: the widest sliding window when every layer has one, else 0
   // (some layer reads the whole sequence). Cache positions older than that can be dropped.
   virtual std::size_t kv_window() const = 0;
+
+  // LoRA adapters applied to every token from now on (adding up; empty: none), as llama.cpp's
+  // --lora; each must have been loaded for this model's configuration.
+  virtual void set_adapters(std::vector<AdapterRef> adapters) = 0;
+  virtual const std::vector<AdapterRef>& adapters() const = 0;
 
   std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0, KVType type = KVType::f32) const {
     return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context, type);
@@ -149,6 +159,12 @@ class Transformer final : public Model {
     return widest;
   }
 
+  void set_adapters(std::vector<AdapterRef> adapters) override {
+    for (const AdapterRef& a : adapters) check_adapter(a);
+    adapters_ = std::move(adapters);
+  }
+  const std::vector<AdapterRef>& adapters() const override { return adapters_; }
+
   void forward(ThreadPool& pool, std::span<const std::int32_t> tokens,
                std::span<const std::int32_t> positions, KVCache& cache,
                MatrixView<float> logits) override {
@@ -181,6 +197,7 @@ class Transformer final : public Model {
         throw Error("forward_batch: sequence slices must partition the batch in order, each non-empty");
       next += s.count;
       if (s.wants_logits) logit_rows_[n_rows++] = s.first + s.count - 1;
+      for (const AdapterRef& a : s.adapters) check_adapter(a);
     }
     if (next != tokens.size()) throw Error("forward_batch: sequence slices cover " + std::to_string(next) + " of " +
                                            std::to_string(tokens.size()) + " tokens");
@@ -262,12 +279,12 @@ class Transformer final : public Model {
       const LayerWeights& lw = w_.layers[l];
       // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
       for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
-      matmul(pool, lw.wq, xb, q);
-      matmul(pool, lw.wk, xb, k);
-      matmul(pool, lw.wv, xb, v);
+      matmul(pool, lw.wq, xb, q, l, LoraTarget::q, seqs);
+      matmul(pool, lw.wk, xb, k, l, LoraTarget::k, seqs);
+      matmul(pool, lw.wv, xb, v, l, LoraTarget::v, seqs);
       if constexpr (Arch::parallel_blocks) {   // the FFN reads the same normalised input
-        matmul(pool, lw.w_gate, xb, gate);
-        matmul(pool, lw.w_up, xb, up);
+        matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
+        matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
       for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
       for (std::size_t t = 0; t < n; ++t) {
@@ -294,20 +311,20 @@ class Transformer final : public Model {
       Backend::attention(pool, q, positions, std::span<const KVLayerView>(views_).first(seqs.size()),
                          std::span<const std::uint32_t>(seq_of_token_).first(n), c.n_heads, c.n_kv_heads, c.head_dim,
                          ap, att, scores_);
-      matmul(pool, lw.wo, att, proj);
+      matmul(pool, lw.wo, att, proj, l, LoraTarget::o, seqs);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
       add_rows(x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       if constexpr (!Arch::parallel_blocks) {
         for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
-        matmul(pool, lw.w_gate, xb, gate);
-        matmul(pool, lw.w_up, xb, up);
+        matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
+        matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
       if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-      matmul(pool, lw.w_down, gate, proj);
+      matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
       if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
       add_rows(x, proj);
     }
@@ -323,6 +340,46 @@ class Transformer final : public Model {
 
   void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
     tinyllm::matmul<Backend>(pool, w, x, y, ws_);
+  }
+  // The same for a block's matrix, plus the LoRA updates: the model's adapters for every token,
+  // then each run of consecutive slices with the same adapters, y += factor * B (A x) over its rows.
+  void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y, std::size_t l,
+              LoraTarget target, std::span<const SequenceSlice> seqs) {
+    matmul(pool, w, x, y);
+    for (const AdapterRef& a : adapters_) add_lora(pool, a, l, target, x, y);
+    for (std::size_t i = 0; i < seqs.size();) {
+      std::size_t j = i + 1;
+      while (j < seqs.size() && std::ranges::equal(seqs[j].adapters, seqs[i].adapters)) ++j;
+      const std::size_t first = seqs[i].first, count = seqs[j - 1].first + seqs[j - 1].count - first;
+      for (const AdapterRef& a : seqs[i].adapters)
+        add_lora(pool, a, l, target, x.rows_slice(first, count), y.rows_slice(first, count));
+      i = j;
+    }
+  }
+  void add_lora(ThreadPool& pool, const AdapterRef& a, std::size_t l, LoraTarget target, MatrixView<const float> x,
+                MatrixView<float> y) {
+    const LoraMatrix& m = a.adapter->matrix(l, target);
+    if (!m || a.scale == 0.0f) return;
+    const std::size_t r = m.rank(), n = x.rows;
+    if (lora_ax_.size() < max_batch_ * r) lora_ax_.resize(max_batch_ * r);   // set_adapters sized them
+    if (lora_out_.size() < max_batch_ * y.cols) lora_out_.resize(max_batch_ * y.cols);
+    MatrixView<float> ax(lora_ax_.data(), n, r), out(lora_out_.data(), n, y.cols);
+    matmul(pool, m.a, x, ax);
+    matmul(pool, m.b, ax, out);
+    const float f = a.adapter->factor(m, a.scale);
+    for (std::size_t t = 0; t < n; ++t) {
+      float* yr = y.row(t);
+      const float* o = out.row(t);
+      for (std::size_t i = 0; i < y.cols; ++i) yr[i] += f * o[i];
+    }
+  }
+  void check_adapter(const AdapterRef& a) {
+    if (!a.adapter) throw Error("null adapter");
+    if (!a.adapter->fits(cfg_))
+      throw Error("adapter does not fit this model's shapes", a.adapter->path(), "an adapter loaded for this model");
+    const std::size_t widest = std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.kv_dim(), cfg_.n_ff});
+    if (lora_ax_.size() < max_batch_ * a.adapter->max_rank()) lora_ax_.resize(max_batch_ * a.adapter->max_rank());
+    if (lora_out_.size() < max_batch_ * widest) lora_out_.resize(max_batch_ * widest);
   }
   void norm_rows_in_place(MatrixView<float> m, const float* w) const {
     for (std::size_t t = 0; t < m.rows; ++t) Backend::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
@@ -359,6 +416,8 @@ class Transformer final : public Model {
   std::vector<std::size_t> logit_rows_;     // [max_batch] tokens whose logits a batch wants
   std::vector<std::uint32_t> seq_of_token_; // [max_batch] slice index of each token
   std::vector<KVLayerView> views_;          // one per sequence of the current step
+  std::vector<AdapterRef> adapters_;        // LoRA adapters for every token (set_adapters)
+  AlignedBuffer<float> lora_ax_, lora_out_; // [max_batch, rank], [max_batch, n_out] LoRA products
   // Buffers for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   AlignedBuffer<float> scores_buf_;   // [threads, Backend::attention_scratch_cols(...)] attention scores

@@ -14,6 +14,7 @@
 // blocks.
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -88,6 +89,10 @@ class Engine {
     if (tokens.size() + 1 > limit || (req.max_tokens == 0))
       throw Error("prompt of " + std::to_string(tokens.size()) + " tokens does not fit", "submit",
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
+    for (const AdapterRef& a : req.adapters)
+      if (!a.adapter || !a.adapter->fits(model_.config()))
+        throw Error("the request's LoRA adapter does not fit this model", "submit",
+                    "an adapter loaded for this model");
     auto seq = std::make_unique<Sequence>(blocks_, model_.config(), req, std::move(on_event), vocab);
     seq->tokens = std::move(tokens);
     seq->n_prompt = seq->tokens.size();
@@ -168,7 +173,8 @@ class Engine {
 
   struct Sequence {
     Sequence(KVBlockPool& pool, const ModelConfig& c, const Request& r, Callback cb, std::size_t vocab)
-        : cache(pool, c.n_layers, c.kv_dim()), request(r), on_event(std::move(cb)), sampler(r.sampling, vocab) {}
+        : cache(pool, c.n_layers, c.kv_dim()), request(r), on_event(std::move(cb)), sampler(r.sampling, vocab),
+          hash_seed(adapters_hash(r.adapters)), last_hash(hash_seed) {}
     RequestId id = 0;
     PagedKVCache cache;
     Request request;
@@ -178,7 +184,10 @@ class Engine {
     std::size_t n_prompt = 0, max_total = 0;
     std::size_t n_computed = 0;           // tokens whose K/V are in the cache
     std::size_t n_registered = 0;         // full blocks entered in the prefix cache
-    std::uint64_t last_hash = 0;          // chain hash of the registered blocks
+    // The prefix cache's chain of block hashes starts from the adapters' identity, so that blocks
+    // computed with one adapter (or none) are never found by a request with another.
+    std::uint64_t hash_seed;
+    std::uint64_t last_hash;              // chain hash of the registered blocks
     std::size_t chunk = 0;                // tokens scheduled this step
     Utf8Stream utf8;
     std::string held;                     // text held back while it may begin a stop string
@@ -244,7 +253,7 @@ class Engine {
     running_.pop_back();
     victim->cache.clear();
     victim->n_computed = victim->n_registered = 0;
-    victim->last_hash = 0;
+    victim->last_hash = victim->hash_seed;
     ++victim->metrics.preemptions;
     ++metrics_.preemptions;
     waiting_.push_front(std::move(victim));
@@ -255,7 +264,7 @@ class Engine {
   void reuse_prefix(Sequence& s) {
     if (!opt_.prefix_caching) return;
     const std::size_t bs = blocks_.block_size();
-    std::uint64_t h = 0;
+    std::uint64_t h = s.hash_seed;
     for (std::size_t b = 0; (b + 1) * bs < s.tokens.size(); ++b) {
       h = KVBlockPool::chain_hash(h, std::span(s.tokens).subspan(b * bs, bs));
       ++metrics_.prefix_lookups;
@@ -296,7 +305,7 @@ class Engine {
       if (!s.cache.reserve(s.n_computed + want)) {
         s.cache.clear();   // its prefix blocks go back too; it is first in line next step
         s.n_computed = s.n_registered = 0;
-        s.last_hash = 0;
+        s.last_hash = s.hash_seed;
         break;
       }
       if (!s.started) {
@@ -316,7 +325,7 @@ class Engine {
         batch_positions_.push_back(std::int32_t(s.n_computed + t));
       }
       const bool reaches_end = s.n_computed + s.chunk == s.tokens.size();
-      slices_.push_back({&s.cache, batch_tokens_.size() - s.chunk, s.chunk, reaches_end});
+      slices_.push_back({&s.cache, batch_tokens_.size() - s.chunk, s.chunk, reaches_end, s.request.adapters});
     }
   }
 
@@ -394,6 +403,18 @@ class Engine {
     s.cache.clear();
     s.on_event(ev);
     return why;
+  }
+
+  // 0 for the base model; else a hash of each adapter's id and scale.
+  static std::uint64_t adapters_hash(const std::vector<AdapterRef>& adapters) {
+    std::uint64_t h = 0;
+    for (const AdapterRef& a : adapters) {
+      std::uint32_t scale_bits;
+      std::memcpy(&scale_bits, &a.scale, sizeof scale_bits);
+      for (const std::uint64_t v : {a.adapter->id(), std::uint64_t(scale_bits)})
+        h = (h ^ v) * 0x100000001b3ull + 0x9e3779b97f4a7c15ull;
+    }
+    return h;
   }
 
   static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include <tinyllm/model/lora.hpp>
 #include <tinyllm/sample/sampler.hpp>
 
 namespace tinyllm {
@@ -17,6 +18,9 @@ struct Request {
   SamplingParams sampling;
   std::vector<std::string> stop;          // generation ends before the first of these strings
   bool stop_at_eos = true;
+  // LoRA adapters for this request (adding up; empty: the base model). The request holds them:
+  // an adapter unloaded elsewhere stays alive until its requests end.
+  std::vector<AdapterRef> adapters;
 };
 
 enum class FinishReason { none, eos, stop, length, cancelled };
