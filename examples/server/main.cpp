@@ -16,6 +16,8 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cctype>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
@@ -92,9 +94,19 @@ void release_reply(const Reply& r, bool success, const char* kind) {
                                  : "client disconnected: cancelled");
 }
 
+// Adapter names: they appear in "BASE:NAME" model ids and in URLs.
+bool valid_adapter_name(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (const char c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;
+  return true;
+}
+
 class Server {
  public:
-  Server(std::vector<std::unique_ptr<ModelService>>& models) : models_(models), rng_(std::random_device{}()) {}
+  // lora_dir: where POST /v1/adapters may load adapter files from (empty: it may not).
+  Server(std::vector<std::unique_ptr<ModelService>>& models, std::string lora_dir = "")
+      : models_(models), lora_dir_(std::move(lora_dir)), rng_(std::random_device{}()) {}
 
   void routes(httplib::Server& http) {
     http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, Endpoint::completions); });
@@ -102,6 +114,9 @@ class Server {
     http.Get("/v1/models", [this](const httplib::Request& q, httplib::Response& r) { list_models(q, r); });
     http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& q, httplib::Response& r) { get_model(q, r); });
     http.Get("/health", [this](const httplib::Request& q, httplib::Response& r) { health(q, r); });
+    http.Get("/v1/adapters", [this](const httplib::Request& q, httplib::Response& r) { list_adapters(q, r); });
+    http.Post("/v1/adapters", [this](const httplib::Request& q, httplib::Response& r) { load_adapter(q, r); });
+    http.Delete(R"(/v1/adapters/(.+))", [this](const httplib::Request& q, httplib::Response& r) { unload_adapter(q, r); });
     // Statuses httplib sets itself (no route: 404; a body over the limit: 413; ...) get an
     // OpenAI-style body too. Replies that already have one pass through.
     http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& q, httplib::Response& r) {
@@ -138,15 +153,40 @@ class Server {
   }
 
  private:
-  ModelService& route(const std::string& model) {
+  // What a request's "model" names: a base model, "BASE:ADAPTER", or an adapter's name alone
+  // where one model has it.
+  struct Route {
+    ModelService* svc = nullptr;
+    std::vector<tinyllm::AdapterRef> adapters;
+    std::string id;   // echoed in replies
+  };
+  Route route(const std::string& model) {
+    auto not_found = [&] {
+      return ApiError{.status = 404, .message = "the model '" + model + "' does not exist", .param = "model",
+                      .code = "model_not_found"};
+    };
     if (model.empty()) {
-      if (models_.size() == 1) return *models_[0];
+      if (models_.size() == 1) return {models_[0].get(), {}, models_[0]->id()};
       throw ApiError{.status = 400, .message = "'model' is required when several models are served", .param = "model"};
     }
     for (auto& m : models_)
-      if (m->id() == model) return *m;
-    throw ApiError{.status = 404, .message = "the model '" + model + "' does not exist", .param = "model",
-                   .code = "model_not_found"};
+      if (m->id() == model) return {m.get(), {}, m->id()};
+    if (const auto colon = model.find(':'); colon != std::string::npos) {
+      for (auto& m : models_)
+        if (m->id() == model.substr(0, colon))
+          if (const auto a = m->adapter(model.substr(colon + 1))) return {m.get(), {*a}, model};
+      throw not_found();
+    }
+    Route found;
+    for (auto& m : models_)
+      if (const auto a = m->adapter(model)) {
+        if (found.svc)
+          throw ApiError{.status = 400, .message = "the adapter '" + model + "' is loaded for several models: name one as '" +
+                                                       found.svc->id() + ":" + model + "'", .param = "model"};
+        found = {m.get(), {*a}, model};
+      }
+    if (!found.svc) throw not_found();
+    return found;
   }
 
   tinyllm::Request engine_request(const ParsedRequest& p, const ModelService& svc) {
@@ -187,9 +227,11 @@ class Server {
         throw ApiError{.status = 400, .message = std::string("the request body is not valid JSON: ") + e.what()};
       }
       const ParsedRequest p = parse_request(body, ep);
-      ModelService& svc = route(p.model);
-      model_id = svc.id();
-      const tinyllm::Request r = engine_request(p, svc);
+      Route to = route(p.model);
+      ModelService& svc = *to.svc;
+      model_id = to.id;
+      tinyllm::Request r = engine_request(p, svc);
+      r.adapters = std::move(to.adapters);
 
       auto st = std::make_shared<RequestState>();
       const auto eot = svc.end_of_turn();
@@ -227,8 +269,8 @@ class Server {
 
       const std::string rid = (ep == Endpoint::chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
       const std::int64_t created = std::int64_t(std::time(nullptr));
-      if (p.stream) stream(req, res, ep, st, svc, id, rid, created, p.include_usage, start);
-      else answer_when_finished(req, res, ep, st, svc, id, rid, created, start);
+      if (p.stream) stream(req, res, ep, st, svc, model_id, id, rid, created, p.include_usage, start);
+      else answer_when_finished(req, res, ep, st, svc, model_id, id, rid, created, start);
     } catch (const ApiError& e) {
       reply_json(res, e.status, e.to_json());
       log_request(req, e.status, model_id, 0, 0, start, e.message);
@@ -246,9 +288,9 @@ class Server {
   // second one after the close at the latest) and the resource releaser cancels the request,
   // which frees its KV blocks. A request that finishes within half a second writes only its JSON.
   void answer_when_finished(const httplib::Request& req, httplib::Response& res, Endpoint ep,
-                            std::shared_ptr<RequestState> st, ModelService& svc, tinyllm::RequestId id,
-                            const std::string& rid, std::int64_t created, Clock::time_point start) {
-    auto ctx = std::make_shared<Reply>(Reply{st, &svc, id, ep, rid, svc.id(), req.method, req.path, created, start});
+                            std::shared_ptr<RequestState> st, ModelService& svc, const std::string& model_id,
+                            tinyllm::RequestId id, const std::string& rid, std::int64_t created, Clock::time_point start) {
+    auto ctx = std::make_shared<Reply>(Reply{st, &svc, id, ep, rid, model_id, req.method, req.path, created, start});
     res.status = 200;
     res.set_chunked_content_provider(
         "application/json",
@@ -274,10 +316,10 @@ class Server {
   // Server-sent events in OpenAI's chunk format, ending with "data: [DONE]". A failed write (the
   // client went away) ends the stream, and the resource releaser then cancels the request.
   void stream(const httplib::Request& req, httplib::Response& res, Endpoint ep, std::shared_ptr<RequestState> st,
-              ModelService& svc, tinyllm::RequestId id, const std::string& rid, std::int64_t created, bool include_usage,
-              Clock::time_point start) {
+              ModelService& svc, const std::string& model_id, tinyllm::RequestId id, const std::string& rid,
+              std::int64_t created, bool include_usage, Clock::time_point start) {
     auto ctx = std::make_shared<Reply>(
-        Reply{st, &svc, id, ep, rid, svc.id(), req.method, req.path, created, start, include_usage});
+        Reply{st, &svc, id, ep, rid, model_id, req.method, req.path, created, start, include_usage});
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
@@ -333,27 +375,123 @@ class Server {
   json model_json(const ModelService& m) const {
     return {{"id", m.id()}, {"object", "model"}, {"created", started_}, {"owned_by", "tinyllm"}};
   }
+  json adapter_json(const ModelService& m, const std::string& name, const tinyllm::AdapterRef& a) const {
+    return {{"id", m.id() + ":" + name}, {"object", "model"}, {"created", started_}, {"owned_by", "tinyllm"},
+            {"parent", m.id()}, {"adapter", {{"name", name}, {"type", "lora"}, {"scale", a.scale},
+                                             {"alpha", a.adapter->alpha()}, {"rank", a.adapter->max_rank()}}}};
+  }
+  json models_list() const {
+    json data = json::array();
+    for (const auto& m : models_) {
+      data.push_back(model_json(*m));
+      for (const auto& [name, a] : m->adapters()) data.push_back(adapter_json(*m, name, a));
+    }
+    return data;
+  }
 
   void list_models(const httplib::Request& req, httplib::Response& res) {
     const auto start = Clock::now();
-    json data = json::array();
-    for (const auto& m : models_) data.push_back(model_json(*m));
-    reply_json(res, 200, {{"object", "list"}, {"data", data}});
+    reply_json(res, 200, {{"object", "list"}, {"data", models_list()}});
     log_request(req, 200, "", 0, 0, start);
   }
 
   void get_model(const httplib::Request& req, httplib::Response& res) {
     const auto start = Clock::now();
     const std::string id = req.matches[1];
-    for (const auto& m : models_)
-      if (m->id() == id) {
-        reply_json(res, 200, model_json(*m));
+    for (const json& m : models_list())
+      if (m["id"] == id) {
+        reply_json(res, 200, m);
         log_request(req, 200, id, 0, 0, start);
         return;
       }
     const ApiError e{.status = 404, .message = "the model '" + id + "' does not exist", .param = "model", .code = "model_not_found"};
     reply_json(res, 404, e.to_json());
     log_request(req, 404, id, 0, 0, start);
+  }
+
+  // LoRA adapters at run time. GET lists them; POST {"name", "path", "model"?, "scale"?} loads
+  // path (a file name inside --lora-dir) for the named base model, or for every served model it
+  // fits; DELETE /v1/adapters/NAME (or BASE:NAME) unloads it: requests already running keep it.
+  void list_adapters(const httplib::Request& req, httplib::Response& res) {
+    const auto start = Clock::now();
+    json data = json::array();
+    for (const auto& m : models_)
+      for (const auto& [name, a] : m->adapters()) data.push_back(adapter_json(*m, name, a));
+    reply_json(res, 200, {{"object", "list"}, {"data", data}});
+    log_request(req, 200, "", 0, 0, start);
+  }
+
+  void load_adapter(const httplib::Request& req, httplib::Response& res) {
+    const auto start = Clock::now();
+    try {
+      if (lora_dir_.empty())
+        throw ApiError{.status = 403, .message = "loading adapters over HTTP is off (start the server with --lora-dir DIR)"};
+      json body;
+      try {
+        body = json::parse(req.body);
+      } catch (const json::exception& e) {
+        throw ApiError{.status = 400, .message = std::string("the request body is not valid JSON: ") + e.what()};
+      }
+      if (!body.is_object()) throw ApiError{.status = 400, .message = "the request body must be a JSON object"};
+      auto text = [&](const char* key, bool required) -> std::string {
+        const auto it = body.find(key);
+        if (it == body.end() || it->is_null()) {
+          if (required) throw ApiError{.status = 400, .message = std::string("'") + key + "' is required", .param = key};
+          return "";
+        }
+        if (!it->is_string()) throw ApiError{.status = 400, .message = std::string("'") + key + "' must be a string", .param = key};
+        return it->get<std::string>();
+      };
+      const std::string name = text("name", true), file = text("path", true), base = text("model", false);
+      if (!valid_adapter_name(name))
+        throw ApiError{.status = 400, .message = "adapter names are 1 to 64 letters, digits, '.', '_' or '-'", .param = "name"};
+      if (file.empty() || file.find('/') != std::string::npos || file.find('\\') != std::string::npos || file[0] == '.')
+        throw ApiError{.status = 400, .message = "'path' must be a file name inside the server's --lora-dir", .param = "path"};
+      float scale = 1.0f;
+      if (const auto it = body.find("scale"); it != body.end() && !it->is_null()) {
+        if (!it->is_number() || !std::isfinite(it->get<double>()) || std::fabs(it->get<double>()) > 1e4)
+          throw ApiError{.status = 400, .message = "'scale' must be a finite number", .param = "scale"};
+        scale = it->get<float>();
+      }
+      const std::string path = (std::filesystem::path(lora_dir_) / file).string();
+      json loaded = json::array();
+      std::string why;
+      for (auto& m : models_) {
+        if (!base.empty() && m->id() != base) continue;
+        try {
+          m->add_adapter(name, path, scale);
+          loaded.push_back(adapter_json(*m, name, *m->adapter(name)));
+        } catch (const tinyllm::Error& e) {
+          why = e.what();
+        }
+      }
+      if (!base.empty() && why.empty() && loaded.empty())
+        throw ApiError{.status = 404, .message = "the model '" + base + "' does not exist", .param = "model", .code = "model_not_found"};
+      if (loaded.empty()) throw ApiError{.status = 400, .message = "the adapter was not loaded: " + why, .param = "path"};
+      reply_json(res, 200, {{"object", "list"}, {"data", loaded}});
+      log_request(req, 200, name, 0, 0, start);
+    } catch (const ApiError& e) {
+      reply_json(res, e.status, e.to_json());
+      log_request(req, e.status, "", 0, 0, start, e.message);
+    }
+  }
+
+  void unload_adapter(const httplib::Request& req, httplib::Response& res) {
+    const auto start = Clock::now();
+    const std::string id = req.matches[1];
+    const auto colon = id.find(':');
+    std::size_t removed = 0;
+    for (auto& m : models_)
+      if (colon == std::string::npos || m->id() == id.substr(0, colon))
+        removed += m->remove_adapter(colon == std::string::npos ? id : id.substr(colon + 1));
+    if (removed == 0) {
+      const ApiError e{.status = 404, .message = "no adapter '" + id + "' is loaded", .param = "model", .code = "model_not_found"};
+      reply_json(res, 404, e.to_json());
+      log_request(req, 404, id, 0, 0, start, e.message);
+      return;
+    }
+    reply_json(res, 200, {{"id", id}, {"object", "adapter"}, {"deleted", true}});
+    log_request(req, 200, id, 0, 0, start);
   }
 
   // Status, and per model the KV blocks (used = held by running requests; blocks released to the
@@ -382,6 +520,7 @@ class Server {
   }
 
   std::vector<std::unique_ptr<ModelService>>& models_;
+  std::string lora_dir_;
   std::mutex rng_mutex_;
   std::mt19937_64 rng_;
   std::atomic<std::uint64_t> next_id_{1};
@@ -437,6 +576,10 @@ int main(int argc, char** argv) {
   app.add_option("--http-threads", http_threads, "HTTP worker threads (each open stream holds one)")->capture_default_str();
   app.add_option("--chat-template", chat_template, "chat format for every model: llama3, llama2, mistral, gemma, chatml or plain; "
                                                     "default: detected from each file's tokenizer.chat_template");
+  std::vector<std::string> loras;
+  std::string lora_dir;
+  app.add_option("--lora", loras, "NAME=PATH[:SCALE]: a LoRA adapter served as MODEL:NAME for every model it fits; repeatable");
+  app.add_option("--lora-dir", lora_dir, "directory POST /v1/adapters may load adapter files from (default: loading over HTTP is off)");
   app.add_option("--step-delay-ms", step_delay_ms, "pause after each engine step, in ms: slows generation down "
                                                    "for tests and demos of streaming and cancellation")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -484,6 +627,39 @@ int main(int argc, char** argv) {
                                                               server::chat_format_for("", chat_template, "default"),
                                                               step_delay));
     }
+    for (const std::string& spec : loras) {
+      // NAME=PATH[:SCALE]
+      const auto eq = spec.find('=');
+      if (eq == std::string::npos || !server::valid_adapter_name(spec.substr(0, eq)))
+        throw tinyllm::Error("--lora " + spec, "tinyllm-server", "NAME=PATH[:SCALE], NAME of letters, digits, '.', '_' or '-'");
+      const std::string name = spec.substr(0, eq);
+      std::string path = spec.substr(eq + 1);
+      float scale = 1.0f;
+      if (const auto colon = path.rfind(':'); colon != std::string::npos) {
+        try {
+          std::size_t used = 0;
+          const std::string tail = path.substr(colon + 1);
+          scale = std::stof(tail, &used);
+          if (used != tail.size() || !std::isfinite(scale)) throw std::invalid_argument(tail);
+          path.resize(colon);
+        } catch (const std::exception&) {
+          throw tinyllm::Error("--lora " + spec + ": the text after the last ':' is not a scale", "tinyllm-server",
+                               "NAME=PATH[:SCALE]");
+        }
+      }
+      std::string why;
+      bool loaded = false;
+      for (const auto& m : models) {
+        try {
+          m->add_adapter(name, path, scale);
+          loaded = true;
+          std::fprintf(stderr, "model %s:%s: LoRA adapter %s at scale %g\n", m->id().c_str(), name.c_str(), path.c_str(), scale);
+        } catch (const tinyllm::Error& e) {
+          why = e.what();
+        }
+      }
+      if (!loaded) throw tinyllm::Error("--lora " + spec + " fits no served model: " + why);
+    }
     for (const auto& m : models) {
       const auto s = m->stats();
       std::fprintf(stderr, "model %s: %zu KV blocks, chat format %s\n", m->id().c_str(), s.engine.blocks_total,
@@ -494,7 +670,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  server::Server api(models);
+  server::Server api(models, lora_dir);
   httplib::Server http;
   http.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
   http.set_payload_max_length(16u << 20);

@@ -7,6 +7,7 @@
 #include <tinyllm/tinyllm.hpp>
 
 #include <chrono>
+#include <map>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -58,6 +59,29 @@ class ModelService {
   }
 
   const std::string& id() const { return id_; }
+
+  // LoRA adapters served as "<id>:<name>" (model/lora.hpp). Thread-safe. Loading throws
+  // tinyllm::Error for a bad file or one that does not fit this model; an adapter removed while
+  // requests use it stays alive until they end (each request holds it).
+  void add_adapter(const std::string& name, const std::string& path, float scale) {
+    auto adapter = tinyllm::LoraAdapter::load(path, model_.model().config());
+    std::lock_guard<std::mutex> lock(adapters_mutex_);
+    if (adapters_.count(name)) throw tinyllm::Error("an adapter named '" + name + "' is already loaded", id_);
+    adapters_[name] = {std::move(adapter), scale};
+  }
+  bool remove_adapter(const std::string& name) {
+    std::lock_guard<std::mutex> lock(adapters_mutex_);
+    return adapters_.erase(name) > 0;
+  }
+  std::optional<tinyllm::AdapterRef> adapter(const std::string& name) const {
+    std::lock_guard<std::mutex> lock(adapters_mutex_);
+    const auto it = adapters_.find(name);
+    return it == adapters_.end() ? std::nullopt : std::optional(it->second);
+  }
+  std::map<std::string, tinyllm::AdapterRef> adapters() const {
+    std::lock_guard<std::mutex> lock(adapters_mutex_);
+    return adapters_;
+  }
   const tinyllm::LoadedModel& model() const { return model_; }
   std::optional<tinyllm::ChatFormat> chat_format() const { return chat_format_; }
   std::optional<std::int32_t> end_of_turn() const { return end_of_turn_; }
@@ -162,6 +186,9 @@ class ModelService {
   std::optional<tinyllm::ChatFormat> chat_format_;
   std::optional<std::int32_t> end_of_turn_;
   std::chrono::milliseconds step_delay_;   // a pause after each busy step (--step-delay-ms)
+
+  mutable std::mutex adapters_mutex_;
+  std::map<std::string, tinyllm::AdapterRef> adapters_;
 
   mutable std::mutex stats_mutex_;
   ModelStats stats_;
