@@ -1,7 +1,9 @@
 // tinyllm-serve-bench: aggregate throughput of the continuous-batching engine for several
 // numbers of concurrent streams, each a random prompt of -p tokens and -n generated tokens
 // (EOS ignored), like llama.cpp's llama-batched-bench.
-//   tinyllm-serve-bench -m model.gguf -c 1,4,8,16 -p 128 -n 128 -t 2 [--kv-type f32] [--json]
+//   tinyllm-serve-bench -m model.gguf -c 1,4,8,16 -p 128 -n 128 -t 2 [--kv-type f32] [--json] [--lora A.gguf ...]
+// With --lora (repeatable) each concurrency runs twice: without adapters, then stream s with
+// adapter s mod (number of adapters), all in the same batches.
 // Prompt t/s: all prompt tokens / time until every stream has its first token. Generation t/s:
 // the remaining generated tokens / the rest of the time.
 #include <tinyllm/tinyllm.hpp>
@@ -40,6 +42,8 @@ int main(int argc, char** argv) {
   app.add_option("--kv-type", kv_type, "K/V storage: f16 or f32")
       ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
   app.add_flag("--json", json, "print one JSON object instead of a table");
+  std::vector<std::string> loras;
+  app.add_option("--lora", loras, "LoRA adapters (GGUF): stream s uses adapter s mod their number, after a run without");
   CLI11_PARSE(app, argc, argv);
   using Clock = std::chrono::steady_clock;
   try {
@@ -50,9 +54,14 @@ int main(int argc, char** argv) {
     const std::size_t per_stream = n_prompt + n_gen;
     tinyllm::SplitMix64 rng(7);
     std::string rows;
-    if (!json) std::printf("| streams | prompt t/s | generation t/s | TTFT p50 ms | TTFT p90 ms | token latency p50 ms | p90 ms | p99 ms |\n"
-                           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for (std::size_t c : concurrency) {
+    std::vector<tinyllm::AdapterRef> adapters;
+    for (const auto& f : loras) adapters.push_back({tinyllm::LoraAdapter::load(f, lm.config()), 1.0f});
+    if (!json) std::printf("| streams | adapters | prompt t/s | generation t/s | TTFT p50 ms | TTFT p90 ms | token latency p50 ms | p90 ms | p99 ms |\n"
+                           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    std::vector<std::size_t> adapter_counts = {0};   // then with all of them, when given
+    if (!adapters.empty()) adapter_counts.push_back(adapters.size());
+    for (std::size_t c : concurrency)
+    for (const std::size_t n_adapters : adapter_counts) {
       const std::size_t bs = 16;
       tinyllm::Engine engine(lm, pool, {.max_batch_tokens = 512, .max_sequences = max_c, .block_size = bs,
                                         .kv_blocks = max_c * ((per_stream + bs - 1) / bs + 1), .kv_type = kv,
@@ -66,6 +75,7 @@ int main(int argc, char** argv) {
         std::vector<std::int32_t> prompt(n_prompt);
         for (auto& id : prompt) id = std::int32_t(3 + rng.next() % (lm.config().vocab_size - 3));
         tinyllm::Request r{.tokens = prompt, .max_tokens = n_gen, .sampling = {.temperature = 0.0f}, .stop_at_eos = false};
+        if (n_adapters > 0) r.adapters = {adapters[s % n_adapters]};
         engine.submit(r, [&, s](const tinyllm::TokenEvent& e) {
           const auto now = Clock::now();
           if (e.token < 0) return;
@@ -86,13 +96,13 @@ int main(int argc, char** argv) {
       if (json) {
         char buf[512];
         std::snprintf(buf, sizeof buf,
-                      "%s{\"streams\": %zu, \"prompt_tps\": %.2f, \"generation_tps\": %.2f, \"ttft_p50_ms\": %.1f, "
+                      "%s{\"streams\": %zu, \"adapters\": %zu, \"prompt_tps\": %.2f, \"generation_tps\": %.2f, \"ttft_p50_ms\": %.1f, "
                       "\"ttft_p90_ms\": %.1f, \"token_latency_p50_ms\": %.2f, \"token_latency_p90_ms\": %.2f, \"token_latency_p99_ms\": %.2f}",
-                      rows.empty() ? "" : ", ", c, pp, tg, 1e3 * percentile(ttft, 0.5), 1e3 * percentile(ttft, 0.9),
+                      rows.empty() ? "" : ", ", c, n_adapters, pp, tg, 1e3 * percentile(ttft, 0.5), 1e3 * percentile(ttft, 0.9),
                       1e3 * percentile(gaps, 0.5), 1e3 * percentile(gaps, 0.9), 1e3 * percentile(gaps, 0.99));
         rows += buf;
       } else {
-        std::printf("| %zu | %.2f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", c, pp, tg, 1e3 * percentile(ttft, 0.5),
+        std::printf("| %zu | %zu | %.2f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", c, n_adapters, pp, tg, 1e3 * percentile(ttft, 0.5),
                     1e3 * percentile(ttft, 0.9), 1e3 * percentile(gaps, 0.5), 1e3 * percentile(gaps, 0.9),
                     1e3 * percentile(gaps, 0.99));
         std::fflush(stdout);

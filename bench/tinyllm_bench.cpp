@@ -67,6 +67,8 @@ int main(int argc, char** argv) {
   app.add_option("--target", targets,
                  "kernel targets to measure side by side, e.g. AVX3_DL,AVX2 (comma separated; default: this CPU's best)")
       ->delimiter(',');
+  std::vector<std::string> loras;
+  app.add_option("--lora", loras, "LoRA adapters (GGUF, scale 1): every test runs without them, then with them all");
   CLI11_PARSE(app, argc, argv);
   if (models.empty()) models.push_back("");
   if (targets.empty()) targets.push_back("");
@@ -83,6 +85,8 @@ int main(int argc, char** argv) {
                                              : tinyllm::load(path, opt);
       tinyllm::Model& model = lm.model();
       const auto& cfg = model.config();
+      std::vector<tinyllm::AdapterRef> adapters;
+      for (const auto& f : loras) adapters.push_back({tinyllm::LoraAdapter::load(f, cfg), 1.0f});
       char label[128], size[32], params[32];
       std::snprintf(label, sizeof label, "%s %.2fB %s", cfg.arch.c_str(), model.n_params() / 1e9, weight_type(model).c_str());
       std::snprintf(size, sizeof size, "%.2f MiB", model.weight_bytes() / 1048576.0);
@@ -98,13 +102,19 @@ int main(int argc, char** argv) {
       // Times `run` (n tokens) on each kernel target in turn, a table row each.
       auto on_each_target = [&](tinyllm::ThreadPool& pool, const std::string& test, std::size_t n,
                                 const std::function<void()>& run) {
-        for (const auto& target : targets) {
-          tinyllm::cpu::use_kernel_target(target);
-          const Result r = measure(reps, run, n, test + ", " + std::to_string(pool.size()) + " threads");
-          std::printf("| %s | %s | %s | CPU %s | %u | %s | %.2f ± %.2f |\n", label, size, params,
-                      tinyllm::cpu::kernel_target(), pool.size(), test.c_str(), r.mean, r.sd);
-          std::fflush(stdout);
-        }
+        for (const auto& target : targets)
+          for (const bool with_lora : {false, true}) {
+            if (with_lora && adapters.empty()) continue;
+            model.set_adapters(with_lora ? adapters : std::vector<tinyllm::AdapterRef>{});
+            tinyllm::cpu::use_kernel_target(target);
+            const Result r = measure(reps, run, n, test + ", " + std::to_string(pool.size()) + " threads");
+            const std::string backend = std::string("CPU ") + tinyllm::cpu::kernel_target() +
+                                        (with_lora ? " +" + std::to_string(adapters.size()) + " LoRA" : "");
+            std::printf("| %s | %s | %s | %s | %u | %s | %.2f ± %.2f |\n", label, size, params, backend.c_str(),
+                        pool.size(), test.c_str(), r.mean, r.sd);
+            std::fflush(stdout);
+          }
+        model.set_adapters({});
       };
       for (unsigned t : threads) {
         tinyllm::ThreadPool pool(t);

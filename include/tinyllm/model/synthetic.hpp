@@ -2,11 +2,13 @@
 // Seeded random-weight Llama models written with the library's own GGUF writer: the embedded
 // default model, test models, and benchmark models of real shapes (TinyLlama, Llama 7B). Their
 // weights are N(0, 0.02) and their norms 1 + N(0, 0.1), so the text they generate is noise.
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
@@ -196,6 +198,43 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DTyp
   if (type != DType::F32 && type != DType::F16)
     throw Error("plain synthetic models are F32 or F16", "write_synthetic_llama", "a weight mix for quantized ones");
   write_synthetic_llama(out, s, weight_mix(type == DType::F32 ? "F32" : "F16"), seed, arch);
+}
+
+// A random LoRA adapter of rank r for a synthetic Llama of shape s on all seven matrices of every
+// block, in llama.cpp's adapter layout (model/lora.hpp): A ~ N(0, 1 / sqrt(n_in)), B ~ N(0, 0.01),
+// alpha = r, of type F32 or F16. For benchmarks (its update is noise, small beside the weights).
+inline void write_synthetic_lora(GGUFWriter& out, const SyntheticShape& s, std::size_t rank, DType type,
+                                 std::uint64_t seed, std::string_view arch = "llama") {
+  if (type != DType::F32 && type != DType::F16) throw Error("synthetic adapters are F32 or F16", "write_synthetic_lora");
+  if (rank == 0 || rank > s.n_embd) throw Error("rank " + std::to_string(rank), "write_synthetic_lora", "1 to n_embd");
+  out.set_string("general.architecture", std::string(arch));
+  out.set_string("general.type", "adapter");
+  out.set_string("general.name", "tinyllm synthetic LoRA r" + std::to_string(rank) + " for " + std::string(s.name));
+  out.set_string("adapter.type", "lora");
+  out.set_f32("adapter.lora.alpha", float(rank));
+  SplitMix64 rng(seed);
+  std::vector<float> values;
+  std::vector<std::byte> bytes;
+  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float sd) {
+    values.resize(cols * rows);
+    for (float& v : values) v = sd * rng.normal();
+    bytes.resize(quantized_bytes(type, cols) * rows);
+    for (std::size_t r = 0; r < rows; ++r)
+      quantize_row(type, values.data() + r * cols, bytes.data() + r * quantized_bytes(type, cols), cols);
+    out.add_tensor(name, type, {cols, rows}, bytes.data(), bytes.size());
+  };
+  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads;
+  const std::pair<const char*, std::array<std::size_t, 2>> targets[] = {
+      {"attn_q", {s.n_embd, s.n_embd}}, {"attn_k", {kv_dim, s.n_embd}},  {"attn_v", {kv_dim, s.n_embd}},
+      {"attn_output", {s.n_embd, s.n_embd}}, {"ffn_gate", {s.n_ff, s.n_embd}}, {"ffn_up", {s.n_ff, s.n_embd}},
+      {"ffn_down", {s.n_embd, s.n_ff}}};
+  for (std::size_t l = 0; l < s.n_layers; ++l)
+    for (const auto& [name, shape] : targets) {
+      const auto [n_out, n_in] = shape;
+      const std::string w = "blk." + std::to_string(l) + "." + name + ".weight";
+      add(w + ".lora_a", n_in, rank, 1.0f / std::sqrt(float(n_in)));
+      add(w + ".lora_b", rank, n_out, 0.01f);
+    }
 }
 
 }  // namespace tinyllm
