@@ -360,12 +360,13 @@ class Transformer final : public Model {
                 MatrixView<float> y) {
     const LoraMatrix& m = a.adapter->matrix(l, target);
     if (!m || a.scale == 0.0f) return;
-    const std::size_t r = m.rank(), n = x.rows;
-    if (lora_ax_.size() < max_batch_ * r) lora_ax_.resize(max_batch_ * r);   // set_adapters sized them
-    if (lora_out_.size() < max_batch_ * y.cols) lora_out_.resize(max_batch_ * y.cols);
+    const std::size_t r = m.rank(), n = x.rows;   // check_adapter sized the buffers
     MatrixView<float> ax(lora_ax_.data(), n, r), out(lora_out_.data(), n, y.cols);
-    matmul(pool, m.a, x, ax);
-    matmul(pool, m.b, ax, out);
+    // A few tokens' low-rank products are too small to share out: the threads would spend
+    // longer meeting than computing. They run on the calling thread.
+    ThreadPool& p = n <= kLoraInlineTokens ? inline_pool_ : pool;
+    tinyllm::matmul<Backend>(p, m.a, x, ax, ws_);
+    tinyllm::matmul<Backend>(p, m.b, ax, out, ws_);
     const float f = a.adapter->factor(m, a.scale);
     for (std::size_t t = 0; t < n; ++t) {
       float* yr = y.row(t);
@@ -373,6 +374,7 @@ class Transformer final : public Model {
       for (std::size_t i = 0; i < y.cols; ++i) yr[i] += f * o[i];
     }
   }
+  // Refuses an adapter made for other shapes, and sizes the buffers of the low-rank products.
   void check_adapter(const AdapterRef& a) {
     if (!a.adapter) throw Error("null adapter");
     if (!a.adapter->fits(cfg_))
@@ -418,6 +420,8 @@ class Transformer final : public Model {
   std::vector<KVLayerView> views_;          // one per sequence of the current step
   std::vector<AdapterRef> adapters_;        // LoRA adapters for every token (set_adapters)
   AlignedBuffer<float> lora_ax_, lora_out_; // [max_batch, rank], [max_batch, n_out] LoRA products
+  static constexpr std::size_t kLoraInlineTokens = 4;
+  ThreadPool inline_pool_{1};               // runs on the calling thread
   // Buffers for max_batch_ tokens, allocated once: the forward pass never allocates.
   AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
   AlignedBuffer<float> scores_buf_;   // [threads, Backend::attention_scratch_cols(...)] attention scores
