@@ -1,8 +1,10 @@
-// tinyllm-run, tinyllm-logits, tinyllm-tokenize and tinyllm-batch as a user runs them: output,
+// tinyllm-run, tinyllm-logits, tinyllm-tokenize, tinyllm-batch and tinyllm-perplexity as a user runs them: output,
 // exit codes, error messages.
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <numeric>
 #include <set>
 #include <sstream>
 #include <string>
@@ -12,7 +14,8 @@
 
 #include "test_util.hpp"
 
-#if defined(TINYLLM_RUN_BIN) && defined(TINYLLM_LOGITS_BIN) && defined(TINYLLM_TOKENIZE_BIN) && defined(TINYLLM_BATCH_BIN)
+#if defined(TINYLLM_RUN_BIN) && defined(TINYLLM_LOGITS_BIN) && defined(TINYLLM_TOKENIZE_BIN) && defined(TINYLLM_BATCH_BIN) && \
+    defined(TINYLLM_PERPLEXITY_BIN)
 
 namespace {
 
@@ -147,6 +150,40 @@ TEST_CASE("tinyllm-batch completes every line through the engine: llama2.c's tex
   std::filesystem::remove(file);
 }
 
+TEST_CASE("tinyllm-perplexity: stories260K finds a story likelier than the same words shuffled") {
+  TINYLLM_REQUIRE_TESTDATA("llama2c/stories260K.bin");
+  const std::string story =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her mom. "
+      "One day, she saw a big red ball under a tree. She ran to the ball and picked it up. Lily was very happy.";
+  // The same words in another order (a fixed permutation): grammar and story gone.
+  std::vector<std::string> words;
+  for (std::istringstream in(story); in;) {
+    std::string w;
+    if (in >> w) words.push_back(w);
+  }
+  std::string shuffled;
+  for (std::size_t i = 0; i < words.size(); ++i) shuffled += (i ? " " : "") + words[(i * 17 + 5) % words.size()];
+  REQUIRE(std::gcd(std::size_t(17), words.size()) == 1);   // a permutation
+  auto perplexity = [&](const std::string& text, std::size_t ctx) {
+    const auto file = std::filesystem::temp_directory_path() / "tinyllm_cli_test_ppl.txt";
+    { std::ofstream(file) << text; }
+    const Outcome r = shell(std::string(TINYLLM_PERPLEXITY_BIN) + " -m " + q(tinyllm::test::testdata("llama2c/stories260K.bin")) +
+                            " -f " + q(file) + " --ctx " + std::to_string(ctx) + " -t 2");
+    std::filesystem::remove(file);
+    REQUIRE(r.status == 0);
+    const auto at = r.out.rfind("perplexity: ");
+    REQUIRE(at != std::string::npos);
+    return std::stod(r.out.substr(at + 12));
+  };
+  const double story_ppl = perplexity(story, 256), shuffled_ppl = perplexity(shuffled, 256);
+  MESSAGE("stories260K perplexity: story " << story_ppl << ", shuffled " << shuffled_ppl);
+  CHECK(story_ppl > 1.0);
+  CHECK(story_ppl < 512.0);   // better than a uniform guess over its 512 tokens
+  CHECK(story_ppl * 2 < shuffled_ppl);
+  // Short windows see less context: the story gets no likelier.
+  CHECK(perplexity(story, 8) > story_ppl);
+}
+
 TEST_CASE("bad input to the programs is a clear error and exit status 1") {
   Outcome r = shell(std::string(TINYLLM_RUN_BIN) + " -m /nonexistent/model.gguf", true);
   CHECK(r.status == 1);
@@ -158,6 +195,9 @@ TEST_CASE("bad input to the programs is a clear error and exit status 1") {
   r = shell(std::string(TINYLLM_LOGITS_BIN) + " -m " + q(model) + " --ids '1' -o /dev/null", true);
   CHECK(r.status == 1);
   CHECK(r.out.find("tinyllm:") != std::string::npos);
+  r = shell(std::string(TINYLLM_PERPLEXITY_BIN) + " -m " + q(model) + " -f /nonexistent/text.txt", true);
+  CHECK(r.status == 1);
+  CHECK(r.out.find("/nonexistent/text.txt") != std::string::npos);
   r = shell(std::string(TINYLLM_BATCH_BIN) + " -f /nonexistent/prompts.txt -n 4", true);
   CHECK(r.status == 1);
   CHECK(r.out.find("/nonexistent/prompts.txt") != std::string::npos);
