@@ -176,12 +176,14 @@ HWY_INLINE void accumulate(const Src& src, std::size_t n_subs, const ActView<G>&
         }
       if (j % Q::act_subs == Q::act_subs - 1) {
         const VF32 d = src.scale(j, p);
+        VF32 dmin = hn::Zero(df);
+        if constexpr (Q::has_min) dmin = src.min(j, p);
         const std::size_t b = s / Q::act_subs;
         TINYLLM_UNROLL
         for (std::size_t t = 0; t < T; ++t) {
           const VF32 dx = hn::Set(df, x.scale(b, t));
           acc[t] = hn::MulAdd(hn::ConvertTo(df, tot[t]), hn::Mul(d, dx), acc[t]);
-          if constexpr (Q::has_min) acc[t] = hn::NegMulAdd(hn::ConvertTo(df, mtot[t]), hn::Mul(src.min(j, p), dx), acc[t]);
+          if constexpr (Q::has_min) acc[t] = hn::NegMulAdd(hn::ConvertTo(df, mtot[t]), hn::Mul(dmin, dx), acc[t]);
         }
       }
     }
