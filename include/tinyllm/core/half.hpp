@@ -3,13 +3,15 @@
 #include <bit>
 #include <cstdint>
 
+#include <tinyllm/core/host_device.hpp>
+
 namespace tinyllm {
 
 // Storage types: distinct from uint16_t so that templates can tell the element types apart.
 struct F16 { std::uint16_t bits; };
 struct BF16 { std::uint16_t bits; };
 
-inline float f16_to_f32(std::uint16_t h) {
+TINYLLM_HOST_DEVICE inline float f16_to_f32(std::uint16_t h) {
   const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
   const std::uint32_t exp = (h >> 10) & 0x1fu;
   std::uint32_t mant = h & 0x3ffu;
@@ -29,7 +31,7 @@ inline float f16_to_f32(std::uint16_t h) {
 }
 
 // Round to nearest even, overflow to inf, NaN stays NaN (quiet).
-inline std::uint16_t f32_to_f16(float f) {
+TINYLLM_HOST_DEVICE inline std::uint16_t f32_to_f16(float f) {
   const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
   const std::uint16_t sign = std::uint16_t((x >> 16) & 0x8000u);
   const std::uint32_t abs = x & 0x7fffffffu;
@@ -51,16 +53,16 @@ inline std::uint16_t f32_to_f16(float f) {
   return sign | std::uint16_t(r);
 }
 
-inline float bf16_to_f32(std::uint16_t h) { return std::bit_cast<float>(std::uint32_t(h) << 16); }
+TINYLLM_HOST_DEVICE inline float bf16_to_f32(std::uint16_t h) { return std::bit_cast<float>(std::uint32_t(h) << 16); }
 
-inline std::uint16_t f32_to_bf16(float f) {
+TINYLLM_HOST_DEVICE inline std::uint16_t f32_to_bf16(float f) {
   std::uint32_t x = std::bit_cast<std::uint32_t>(f);
   if ((x & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((x >> 16) | 0x40u);  // quiet NaN
   x += 0x7fffu + ((x >> 16) & 1u);                                                // nearest even
   return std::uint16_t(x >> 16);
 }
 
-inline float to_f32(F16 h) { return f16_to_f32(h.bits); }
-inline float to_f32(BF16 h) { return bf16_to_f32(h.bits); }
+TINYLLM_HOST_DEVICE inline float to_f32(F16 h) { return f16_to_f32(h.bits); }
+TINYLLM_HOST_DEVICE inline float to_f32(BF16 h) { return bf16_to_f32(h.bits); }
 
 }  // namespace tinyllm

@@ -10,9 +10,11 @@
 // the legacy formats.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include <tinyllm/core/blocks.hpp>
 #include <tinyllm/core/half.hpp>
+#include <tinyllm/core/host_device.hpp>
 
 namespace tinyllm {
 
@@ -58,7 +60,7 @@ struct BlockInts {
 // keep theirs in the low 6 bits of scales[j] (scale) and scales[j + 4] (min); sub-blocks 4-7 keep
 // their low 4 bits in the nibbles of scales[j + 4] (scale low, min high) and their top 2 bits in
 // the otherwise unused top bits of scales[j - 4] (scale) and scales[j] (min).
-inline void get_scale_min_k4(int j, const std::uint8_t* scales, std::uint8_t& sc, std::uint8_t& m) {
+TINYLLM_HOST_DEVICE inline void get_scale_min_k4(int j, const std::uint8_t* scales, std::uint8_t& sc, std::uint8_t& m) {
   if (j < 4) {
     sc = scales[j] & 63;
     m = scales[j + 4] & 63;
@@ -68,62 +70,119 @@ inline void get_scale_min_k4(int j, const std::uint8_t* scales, std::uint8_t& sc
   }
 }
 
-// value i = d * qs[i]
-inline void decode_block(const BlockQ8_0& b, BlockInts& out) {
-  out.d = f16_to_f32(b.d);
-  for (int i = 0; i < 32; ++i) out.q[i] = b.qs[i];
+// ---- four quants at a time ----
+// quants4(b, j): values 4j..4j+3 of block b as the signed bytes q - offset (offset as in
+// BlockFormat), packed little-endian into an int32: one operand of a 4-way int8 dot product
+// (CUDA's __dp4a), and what decode_block unpacks. Every quant fits a signed byte once the offset
+// is removed (Q4_0 -8..7, Q6_K -32..31).
+namespace quant_detail {
+// Four bytes at p. The blocks of Q8_0, Q4_0 and Q6_K are only 2-byte aligned, those of Q4_K and
+// Q5_K 4-byte aligned (their quants start at byte 16 or 48 of a 4-byte-multiple block); on the
+// GPU the widest aligned loads are what keep a warp's reads few.
+TINYLLM_HOST_DEVICE inline std::uint32_t load4_align2(const std::uint8_t* p) {
+#if defined(__CUDA_ARCH__)
+  const auto* h = reinterpret_cast<const std::uint16_t*>(p);
+  return std::uint32_t(h[0]) | std::uint32_t(h[1]) << 16;
+#else
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+#endif
+}
+TINYLLM_HOST_DEVICE inline std::uint32_t load4_align4(const std::uint8_t* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const std::uint32_t*>(p);
+#else
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+#endif
+}
+// Each byte of x minus `offset`, as signed bytes; every byte of x is below 128. Setting the top
+// bit first keeps a byte's borrow from reaching its neighbour.
+TINYLLM_HOST_DEVICE inline std::int32_t minus_per_byte(std::uint32_t x, std::uint32_t offset) {
+  return std::int32_t(((x | 0x80808080u) - offset * 0x01010101u) ^ 0x80808080u);
+}
+}  // namespace quant_detail
+
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ8_0& b, int j) {
+  return std::int32_t(quant_detail::load4_align2(reinterpret_cast<const std::uint8_t*>(b.qs) + 4 * j));
 }
 
-// value i = d * (q_i - 8); byte l holds value l in its low nibble and value l + 16 in its high one.
-inline void decode_block(const BlockQ4_0& b, BlockInts& out) {
-  out.d = f16_to_f32(b.d);
-  for (int l = 0; l < 16; ++l) {
-    out.q[l] = std::int8_t(b.qs[l] & 15);
-    out.q[l + 16] = std::int8_t(b.qs[l] >> 4);
-  }
+// Byte l holds value l in its low nibble and value l + 16 in its high one.
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ4_0& b, int j) {
+  const std::uint32_t bytes = quant_detail::load4_align2(b.qs + 4 * (j % 4));
+  return quant_detail::minus_per_byte((bytes >> (4 * (j / 4))) & 0x0f0f0f0fu, 8);
 }
 
 // Q4_K and Q5_K share their layout of quants: each 64-value group g uses 32 bytes of qs, whose low
 // nibbles are the group's first 32 values (sub-block 2g) and whose high nibbles are the next 32
 // (sub-block 2g + 1). Q5_K's fifth bit of value 32s + l (sub-block s) is bit s of qh[l].
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ4_K& b, int j) {
+  const int s = j / 8, l = 4 * (j % 8);
+  return std::int32_t((quant_detail::load4_align4(b.qs + 32 * (s / 2) + l) >> (4 * (s % 2))) & 0x0f0f0f0fu);
+}
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ5_K& b, int j) {
+  const int s = j / 8, l = 4 * (j % 8);
+  const std::uint32_t low = (quant_detail::load4_align4(b.qs + 32 * (s / 2) + l) >> (4 * (s % 2))) & 0x0f0f0f0fu;
+  const std::uint32_t high = (quant_detail::load4_align4(b.qh + l) >> s) & 0x01010101u;
+  return std::int32_t(low | high << 4);
+}
+
+// q_i 6 bits, stored as q + 32. The super-block is two halves of 128 values, each with 64 bytes of
+// ql and 32 of qh. In a half, value 32k + l (k = 0..3) takes its low 4 bits from
+// ql[l + 32 * (k % 2)] (low nibble for k < 2, high for k >= 2) and its top 2 bits from bits 2k,
+// 2k + 1 of qh[l].
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ6_K& b, int j) {
+  const int half = j / 32, k = (j / 8) % 4, l = 4 * (j % 8);
+  const std::uint32_t low = (quant_detail::load4_align2(b.ql + 64 * half + l + 32 * (k % 2)) >> (4 * (k / 2))) & 0x0f0f0f0fu;
+  const std::uint32_t high = (quant_detail::load4_align2(b.qh + 32 * half + l) >> (2 * k)) & 0x03030303u;
+  return quant_detail::minus_per_byte(low | high << 4, 32);
+}
+
+// value i = d * qs[i], value i = d * (q_i - 8), value i = d * scales[i / 16] * (q_i - 32): the
+// quants of every format, read through quants4 and stored with their offset (BlockInts).
 namespace quant_detail {
-inline void decode_k4(std::uint16_t d, std::uint16_t dmin, const std::uint8_t* scales, const std::uint8_t* qs,
-                      const std::uint8_t* qh, BlockInts& out) {
-  out.d = f16_to_f32(d), out.dmin = f16_to_f32(dmin);
-  for (int s = 0; s < 8; ++s) {
-    std::uint8_t sc, m;
-    get_scale_min_k4(s, scales, sc, m);
-    out.sc[s] = std::int8_t(sc), out.m[s] = m;
-    for (int l = 0; l < 32; ++l) {
-      int v = (qs[32 * (s / 2) + l] >> (4 * (s % 2))) & 15;
-      if (qh) v |= ((qh[l] >> s) & 1) << 4;
-      out.q[32 * s + l] = std::int8_t(v);
-    }
+template <class Block>
+inline void decode_quants(const Block& b, BlockInts& out) {
+  constexpr int offset = BlockFormat<Block>::offset;
+  for (int j = 0; j < int(BlockFormat<Block>::values / 4); ++j) {
+    const auto packed = std::uint32_t(quants4(b, j));
+    for (int k = 0; k < 4; ++k) out.q[4 * j + k] = std::int8_t(std::int8_t(packed >> (8 * k)) + offset);
   }
 }
 }  // namespace quant_detail
 
-inline void decode_block(const BlockQ4_K& b, BlockInts& out) {
-  quant_detail::decode_k4(b.d, b.dmin, b.scales, b.qs, nullptr, out);
-}
-inline void decode_block(const BlockQ5_K& b, BlockInts& out) {
-  quant_detail::decode_k4(b.d, b.dmin, b.scales, b.qs, b.qh, out);
+inline void decode_block(const BlockQ8_0& b, BlockInts& out) {
+  out.d = f16_to_f32(b.d);
+  quant_detail::decode_quants(b, out);
 }
 
-// value i = d * scales[i / 16] * (q_i - 32), q_i 6 bits. The super-block is two halves of 128
-// values, each with 64 bytes of ql and 32 of qh. In a half, value 32k + l (k = 0..3) takes its low
-// 4 bits from ql[l + 32 * (k % 2)] (low nibble for k < 2, high for k >= 2) and its top 2 bits from
-// bits 2k, 2k + 1 of qh[l].
+inline void decode_block(const BlockQ4_0& b, BlockInts& out) {
+  out.d = f16_to_f32(b.d);
+  quant_detail::decode_quants(b, out);
+}
+
+namespace quant_detail {
+template <class Block>
+inline void decode_k4(const Block& b, BlockInts& out) {
+  out.d = f16_to_f32(b.d), out.dmin = f16_to_f32(b.dmin);
+  for (int s = 0; s < 8; ++s) {
+    std::uint8_t sc, m;
+    get_scale_min_k4(s, b.scales, sc, m);
+    out.sc[s] = std::int8_t(sc), out.m[s] = m;
+  }
+  decode_quants(b, out);
+}
+}  // namespace quant_detail
+
+inline void decode_block(const BlockQ4_K& b, BlockInts& out) { quant_detail::decode_k4(b, out); }
+inline void decode_block(const BlockQ5_K& b, BlockInts& out) { quant_detail::decode_k4(b, out); }
+
 inline void decode_block(const BlockQ6_K& b, BlockInts& out) {
   out.d = f16_to_f32(b.d);
   for (int j = 0; j < 16; ++j) out.sc[j] = b.scales[j];
-  for (int half = 0; half < 2; ++half)
-    for (int k = 0; k < 4; ++k)
-      for (int l = 0; l < 32; ++l) {
-        const int low = (b.ql[64 * half + l + 32 * (k % 2)] >> (4 * (k / 2))) & 15;
-        const int high = (b.qh[32 * half + l] >> (2 * k)) & 3;
-        out.q[128 * half + 32 * k + l] = std::int8_t(low | high << 4);
-      }
+  quant_detail::decode_quants(b, out);
 }
 
 }  // namespace tinyllm
