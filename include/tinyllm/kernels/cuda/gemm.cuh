@@ -36,13 +36,15 @@ __global__ void dequantize_f16_kernel(const Block* __restrict__ w, std::size_t n
   const std::size_t chunk = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (chunk >= n_rows * (n_in / kActChunk)) return;
   const WeightChunk c = load_chunk(w[chunk / per_block], int(chunk % per_block));
+  // Values l and l + 1 as one 32-bit word of two halves.
+  auto pair = [&](int l) {
+    const __half2 h = __halves2half2(to_half16(chunk_value(c, l)), to_half16(chunk_value(c, l + 1)));
+    unsigned word;
+    memcpy(&word, &h, sizeof word);
+    return word;
+  };
   uint4* dst = reinterpret_cast<uint4*>(out + chunk * kActChunk);
-  for (int v = 0; v < 4; ++v) {
-    __half2 pairs[4];
-    for (int k = 0; k < 4; ++k)
-      pairs[k] = __halves2half2(to_half16(chunk_value(c, 8 * v + 2 * k)), to_half16(chunk_value(c, 8 * v + 2 * k + 1)));
-    dst[v] = *reinterpret_cast<const uint4*>(pairs);
-  }
+  for (int v = 0; v < 4; ++v) dst[v] = make_uint4(pair(8 * v), pair(8 * v + 2), pair(8 * v + 4), pair(8 * v + 6));
 }
 
 namespace detail {
