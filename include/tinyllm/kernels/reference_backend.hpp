@@ -1,6 +1,6 @@
 #pragma once
 // The scalar specification (reference.hpp, quant_reference.hpp) as a backend, with the members that
-// cpu/backend.hpp lists: a whole model runs on it as an end-to-end specification in tests
+// cpu/backend.hpp lists (the step-level ones from HostBackend): a whole model runs on it as an end-to-end specification in tests
 // (load<ReferenceBackend>(path)). Serial and slow on purpose. Weights are read as the file stores
 // them, never packed, and activations are never rounded to 8 bits: its logits are those of the
 // formulas, which the CPU backend approximates.
@@ -12,6 +12,7 @@
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/kernels/attention_params.hpp>
+#include <tinyllm/kernels/host_backend.hpp>
 #include <tinyllm/kernels/kv_view.hpp>
 #include <tinyllm/kernels/quant_reference.hpp>
 #include <tinyllm/kernels/reference.hpp>
@@ -19,10 +20,13 @@
 
 namespace tinyllm {
 
-struct ReferenceBackend {
-  struct Workspace {   // the reference needs no scratch of its own
+struct ReferenceBackend : HostBackend<ReferenceBackend> {
+  struct Workspace : HostStep {   // the reference needs no scratch of its own
     Workspace(std::size_t /*max_tokens*/, std::size_t /*max_in*/) {}
   };
+  static const void* resident(Workspace&, const void* host, std::size_t /*bytes*/) { return host; }
+  using HostBackend::swiglu;   // the step-level forms, beside the per-vector kernels below
+  using HostBackend::geglu;
 
   static void matmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
                      MatrixView<const float> x, MatrixView<float> y, Workspace& /*ws*/) {
@@ -46,15 +50,14 @@ struct ReferenceBackend {
                                                       std::size_t n_ctx) {
     return n_ctx;
   }
-  // Token t reads the KV view views[view_of_token[t]]; one token at a time, as each may be of
-  // another sequence.
-  static void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
-                        std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
-                        std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                        const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+  // Token t reads the KV view ws.views[ws.view_of_token[t]]; one token at a time, as each may be
+  // of another sequence.
+  static void attention(ThreadPool& pool, Workspace& ws, MatrixView<const float> q, std::size_t n_heads,
+                        std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
+                        MatrixView<float> out, MatrixView<float> scratch) {
     for (std::size_t t = 0; t < q.rows; ++t)
-      ref::attention(pool, q.rows_slice(t, 1), positions.subspan(t, 1), views[view_of_token[t]], n_heads, n_kv_heads,
-                     head_dim, params, out.rows_slice(t, 1), scratch);
+      ref::attention(pool, q.rows_slice(t, 1), ws.positions.subspan(t, 1), ws.views[ws.view_of_token[t]], n_heads,
+                     n_kv_heads, head_dim, params, out.rows_slice(t, 1), scratch);
   }
 };
 

@@ -4,8 +4,8 @@
 #include <cstddef>
 #include <vector>
 
-#include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/error.hpp>
+#include <tinyllm/core/memory.hpp>
 #include <tinyllm/kernels/kv_view.hpp>
 #include <tinyllm/model/config.hpp>
 
@@ -19,11 +19,12 @@ class KVCache {
 };
 
 // One block per layer holding every position: the simplest cache, for one sequence. K and V are
-// stored as F32 (the default) or F16.
+// stored as F32 (the default) or F16, in host memory or in `mem`'s (a device backend's).
 class ContiguousKVCache final : public KVCache {
  public:
-  ContiguousKVCache(const ModelConfig& cfg, std::size_t capacity, KVType type = KVType::f32)
-      : capacity_(capacity), kv_dim_(cfg.kv_dim()), type_(type) {
+  ContiguousKVCache(const ModelConfig& cfg, std::size_t capacity, KVType type = KVType::f32,
+                    const MemoryResource* mem = nullptr)
+      : capacity_(capacity), kv_dim_(cfg.kv_dim()), type_(type), k_(mem), v_(mem), k16_(mem), v16_(mem) {
     if (capacity == 0) throw Error("a KV cache needs room for at least one position", "ContiguousKVCache");
     if (type == KVType::f16) table(cfg.n_layers, k16_, v16_, k16_blocks_, v16_blocks_);
     else table(cfg.n_layers, k_, v_, k_blocks_, v_blocks_);
@@ -38,7 +39,7 @@ class ContiguousKVCache final : public KVCache {
 
  private:
   template <class T>
-  void table(std::size_t n_layers, AlignedBuffer<T>& k, AlignedBuffer<T>& v, std::vector<T*>& k_blocks,
+  void table(std::size_t n_layers, MemoryBuffer<T>& k, MemoryBuffer<T>& v, std::vector<T*>& k_blocks,
              std::vector<T*>& v_blocks) {
     k.resize(n_layers * capacity_ * kv_dim_);
     v.resize(n_layers * capacity_ * kv_dim_);
@@ -50,8 +51,8 @@ class ContiguousKVCache final : public KVCache {
 
   std::size_t capacity_, kv_dim_;
   KVType type_;
-  AlignedBuffer<float> k_, v_;   // [n_layers, capacity, kv_dim] for F32 storage
-  AlignedBuffer<F16> k16_, v16_; // ... or for F16
+  MemoryBuffer<float> k_, v_;   // [n_layers, capacity, kv_dim] for F32 storage
+  MemoryBuffer<F16> k16_, v16_; // ... or for F16
   std::vector<float*> k_blocks_, v_blocks_;
   std::vector<F16*> k16_blocks_, v16_blocks_;
 };

@@ -3,7 +3,9 @@
 // model, top to bottom, in the spirit of llama2.c's forward(): it takes a batch of tokens of one
 // sequence at given positions (a prompt prefill, or one token of decode) and writes logits. Every
 // kernel is called through the Backend parameter: CpuBackend (Highway, kernels/cpu/backend.hpp,
-// which lists a backend's members) or ReferenceBackend (the scalar specification, for tests).
+// which lists a backend's members), ReferenceBackend (the scalar specification, for tests) or
+// CudaBackend (kernels/cuda/backend.hpp). The backend also says where activations and KV caches
+// live (Backend::memory()) and where the kernels read the weights (Backend::resident).
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -15,6 +17,7 @@
 
 #include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/error.hpp>
+#include <tinyllm/core/memory.hpp>
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/kernels/attention_params.hpp>
@@ -91,8 +94,12 @@ class Model {
   virtual void set_adapters(std::vector<AdapterRef> adapters) = 0;
   virtual const std::vector<AdapterRef>& adapters() const = 0;
 
+  // Where this model's activations and KV caches live: nullptr for host memory, else its
+  // backend's device memory (a KVBlockPool for it must allocate there too).
+  virtual const MemoryResource* memory() const = 0;
+
   std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0, KVType type = KVType::f32) const {
-    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context, type);
+    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context, type, memory());
   }
   // Parameters in weight matrices, norms and biases (an embedding tied to the output counts once).
   std::size_t n_params() const { return count_weights([](const WeightMatrix& m) { return m.rows * m.cols; }, 1); }
@@ -119,7 +126,7 @@ class Model {
 
 // A type whose static members are the kernels the model calls (listed in kernels/cpu/backend.hpp).
 template <class B>
-concept KernelBackend = requires { typename B::Workspace; B::packs_weights; &B::matmul; &B::attention; };
+concept KernelBackend = requires { typename B::Workspace; B::packs_weights; &B::matmul; &B::attention; &B::memory; };
 
 template <class Arch, KernelBackend Backend = CpuBackend>
 class Transformer final : public Model {
@@ -128,6 +135,11 @@ class Transformer final : public Model {
   Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
       : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
         ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff})) {
+    if (!can_dequantize(w_.token_embd.type))
+      throw Error("cannot read rows of tensor type " + std::string(name(w_.token_embd.type)), w_.token_embd.name);
+    if (Backend::memory() && Arch::ffn == Ffn::custom)
+      throw Error("a custom FFN activation runs on the host; this backend keeps activations in " +
+                  std::string(Backend::memory()->name) + " memory", std::string(Arch::name));
     const std::size_t b = max_batch_;
     x_.resize(b * cfg_.n_embd);
     xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
@@ -143,10 +155,12 @@ class Transformer final : public Model {
     seq_of_token_.resize(b);
     views_.resize(16);
     plan_layers();
+    make_resident();
   }
 
   const ModelConfig& config() const override { return cfg_; }
   const TransformerWeights& weights() const override { return w_; }
+  const MemoryResource* memory() const override { return Backend::memory(); }
 
   std::size_t max_batch() const override { return max_batch_; }
 
@@ -233,6 +247,37 @@ class Transformer final : public Model {
     }
   }
 
+  // A layer's weights where the backend's kernels read them (Backend::resident): the loaded
+  // weights themselves on a host backend, copies in device memory on CUDA.
+  struct ResidentLayer {
+    const float *attn_norm, *bq, *bk, *bv, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm;
+    WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+  };
+  const float* resident(const AlignedBuffer<float>& v) {
+    return v.empty() ? nullptr : static_cast<const float*>(Backend::resident(ws_, v.data(), v.size() * sizeof(float)));
+  }
+  const float* resident(const std::vector<float>& v) {
+    return static_cast<const float*>(Backend::resident(ws_, v.data(), v.size() * sizeof(float)));
+  }
+  WeightMatrix resident(const WeightMatrix& m) {
+    WeightMatrix r = m;
+    if (m.data) r.data = Backend::resident(ws_, m.data, row_bytes(m.type, m.cols) * m.rows);
+    return r;
+  }
+  void make_resident() {
+    for (const LayerWeights& l : w_.layers)
+      layers_.push_back({resident(l.attn_norm), resident(l.bq), resident(l.bk), resident(l.bv), resident(l.q_norm),
+                         resident(l.k_norm), resident(l.post_attn_norm), resident(l.ffn_norm),
+                         resident(l.post_ffn_norm), resident(l.wq), resident(l.wk), resident(l.wv), resident(l.wo),
+                         resident(l.w_gate), resident(l.w_up), resident(l.w_down)});
+    token_embd_ = resident(w_.token_embd);
+    output_ = resident(w_.output);
+    output_norm_ = resident(w_.output_norm);
+    const float* global = resident(inv_freq_global_);
+    const float* local = resident(inv_freq_local_);
+    for (LayerPlan& p : plans_) p.inv_freq = p.inv_freq == inv_freq_local_.data() ? local : global;
+  }
+
   // n <= max_batch tokens of the sequences `seqs`; logits row i is for token logit_rows[i].
   void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
                      std::span<const SequenceSlice> seqs, std::span<const std::size_t> logit_rows,
@@ -248,6 +293,8 @@ class Transformer final : public Model {
     MatrixView<float> gate(gate_.data(), n, c.n_ff);   // [n, n_ff]
     MatrixView<float> up(up_.data(), n, c.n_ff);
     MatrixView<float> proj(xb_.data(), n, dim);        // [n, n_embd] block output, reuses xb
+    MatrixView<float> q_heads(q_.data(), n * c.n_heads, c.head_dim);     // q and k as one row per head
+    MatrixView<float> k_heads(k_.data(), n * c.n_kv_heads, c.head_dim);
 
     std::size_t longest = 0;   // cache positions any token can attend to
     for (std::size_t i = 0; i < seqs.size(); ++i) {
@@ -270,15 +317,13 @@ class Transformer final : public Model {
     ap.scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(c.head_dim));
     if constexpr (Arch::attn_softcap) ap.softcap = c.attn_softcap;
 
-    for (std::size_t t = 0; t < n; ++t) {
-      dequantize_row(w_.token_embd, std::size_t(tokens[t]), x.row(t));
-      if constexpr (Arch::scale_embeddings) scale_in_place(x.row(t), dim, std::sqrt(float(dim)));
-    }
+    Backend::begin_step(ws_, tokens, positions, std::span<const std::uint32_t>(seq_of_token_).first(n));
+    Backend::embed(ws_, token_embd_.type, token_embd_.data, x, Arch::scale_embeddings ? std::sqrt(float(dim)) : 1.0f);
 
     for (std::size_t l = 0; l < c.n_layers; ++l) {
-      const LayerWeights& lw = w_.layers[l];
+      const ResidentLayer& lw = layers_[l];
       // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
-      for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
+      Backend::rmsnorm_rows(ws_, x, lw.attn_norm, xb, c.norm_eps);
       matmul(pool, lw.wq, xb, q, l, LoraTarget::q, seqs);
       matmul(pool, lw.wk, xb, k, l, LoraTarget::k, seqs);
       matmul(pool, lw.wv, xb, v, l, LoraTarget::v, seqs);
@@ -286,58 +331,54 @@ class Transformer final : public Model {
         matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
         matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
-      for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
-      for (std::size_t t = 0; t < n; ++t) {
-        const KVLayerView& kv = views_[seq_of_token_[t]];
-        if constexpr (Arch::qkv_bias) {
-          add_in_place(q.row(t), lw.bq.data(), c.q_dim());
-          add_in_place(k.row(t), lw.bk.data(), c.kv_dim());
-          add_in_place(v.row(t), lw.bv.data(), c.kv_dim());
-        }
-        if constexpr (Arch::qk_norm) {
-          for (std::size_t h = 0; h < c.n_heads; ++h)
-            Backend::rmsnorm(q.row(t) + h * c.head_dim, lw.q_norm.data(), q.row(t) + h * c.head_dim, c.head_dim,
-                             c.norm_eps);
-          for (std::size_t h = 0; h < c.n_kv_heads; ++h)
-            Backend::rmsnorm(k.row(t) + h * c.head_dim, lw.k_norm.data(), k.row(t) + h * c.head_dim, c.head_dim,
-                             c.norm_eps);
-        }
-        const auto pos = std::size_t(positions[t]);
-        Backend::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
-        Backend::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
-        kv.store(pos, k.row(t), v.row(t));
+      if constexpr (Arch::qkv_bias) {
+        Backend::add_bias(ws_, q, lw.bq);
+        Backend::add_bias(ws_, k, lw.bk);
+        Backend::add_bias(ws_, v, lw.bv);
       }
+      if constexpr (Arch::qk_norm) {
+        Backend::rmsnorm_rows(ws_, q_heads, lw.q_norm, q_heads, c.norm_eps);
+        Backend::rmsnorm_rows(ws_, k_heads, lw.k_norm, k_heads, c.norm_eps);
+      }
+      Backend::rope_rows(ws_, q, c.n_heads, c.head_dim, plans_[l].inv_freq, Arch::rope);
+      Backend::rope_rows(ws_, k, c.n_kv_heads, c.head_dim, plans_[l].inv_freq, Arch::rope);
+      for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
+      Backend::set_kv_views(ws_, std::span<const KVLayerView>(views_).first(seqs.size()));
+      Backend::store_kv(ws_, k, v);
       ap.window = plans_[l].window;
-      Backend::attention(pool, q, positions, std::span<const KVLayerView>(views_).first(seqs.size()),
-                         std::span<const std::uint32_t>(seq_of_token_).first(n), c.n_heads, c.n_kv_heads, c.head_dim,
-                         ap, att, scores_);
+      Backend::attention(pool, ws_, q, c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
       matmul(pool, lw.wo, att, proj, l, LoraTarget::o, seqs);
-      if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
-      add_rows(x, proj);
+      if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_attn_norm, proj, c.norm_eps);
+      Backend::add_rows(ws_, x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       if constexpr (!Arch::parallel_blocks) {
-        for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
+        Backend::rmsnorm_rows(ws_, x, lw.ffn_norm, xb, c.norm_eps);
         matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
         matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
-      if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(gate.data, up.data, n * c.n_ff);
-      if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
       matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
-      if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
-      add_rows(x, proj);
+      if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_ffn_norm, proj, c.norm_eps);
+      Backend::add_rows(ws_, x, proj);
     }
 
     if (logit_rows.empty()) return;   // a prompt chunk whose logits nobody asked for
     MatrixView<float> xf = xb.rows_slice(0, logit_rows.size());   // [rows wanted, n_embd]
-    for (std::size_t r = 0; r < logit_rows.size(); ++r)
-      Backend::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
-    matmul(pool, w_.output, xf, logits);
-    if constexpr (Arch::final_softcap)
-      for (std::size_t t = 0; t < logits.rows; ++t) Backend::softcap(logits.row(t), logits.cols, c.final_softcap);
+    Backend::gather_rows(ws_, x, logit_rows, xf);
+    Backend::rmsnorm_rows(ws_, xf, output_norm_, xf, c.norm_eps);
+    // Logits are computed where the activations live, then brought to the caller's (host) memory.
+    MatrixView<float> out = logits;
+    if (Backend::memory()) {
+      if (logits_dev_.size() < logits.rows * logits.cols) logits_dev_.resize(logits.rows * logits.cols);
+      out = MatrixView<float>(logits_dev_.data(), logits.rows, logits.cols);
+    }
+    matmul(pool, output_, xf, out);
+    if constexpr (Arch::final_softcap) Backend::softcap_rows(ws_, out, c.final_softcap);
+    Backend::to_host(ws_, out, logits);
   }
-
   void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
     tinyllm::matmul<Backend>(pool, w, x, y, ws_);
   }
@@ -367,35 +408,20 @@ class Transformer final : public Model {
     ThreadPool& p = n <= kLoraInlineTokens ? inline_pool_ : pool;
     tinyllm::matmul<Backend>(p, m.a, x, ax, ws_);
     tinyllm::matmul<Backend>(p, m.b, ax, out, ws_);
-    const float f = a.adapter->factor(m, a.scale);
-    for (std::size_t t = 0; t < n; ++t) {
-      float* yr = y.row(t);
-      const float* o = out.row(t);
-      for (std::size_t i = 0; i < y.cols; ++i) yr[i] += f * o[i];
-    }
+    Backend::add_rows(ws_, y, out, a.adapter->factor(m, a.scale));
   }
   // Refuses an adapter made for other shapes, and sizes the buffers of the low-rank products.
   void check_adapter(const AdapterRef& a) {
     if (!a.adapter) throw Error("null adapter");
+    if (Backend::memory())   // its matrices stay in host memory, where this backend's kernels cannot read
+      throw Error("LoRA adapters are not supported on the " + std::string(Backend::memory()->name) + " backend yet",
+                  a.adapter->path());
     if (!a.adapter->fits(cfg_))
       throw Error("adapter does not fit this model's shapes", a.adapter->path(), "an adapter loaded for this model");
     const std::size_t widest = std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.kv_dim(), cfg_.n_ff});
     if (lora_ax_.size() < max_batch_ * a.adapter->max_rank()) lora_ax_.resize(max_batch_ * a.adapter->max_rank());
     if (lora_out_.size() < max_batch_ * widest) lora_out_.resize(max_batch_ * widest);
   }
-  void norm_rows_in_place(MatrixView<float> m, const float* w) const {
-    for (std::size_t t = 0; t < m.rows; ++t) Backend::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
-  }
-  static void scale_in_place(float* a, std::size_t n, float s) {
-    for (std::size_t i = 0; i < n; ++i) a[i] *= s;
-  }
-  static void add_in_place(float* a, const float* b, std::size_t n) {
-    for (std::size_t i = 0; i < n; ++i) a[i] += b[i];
-  }
-  static void add_rows(MatrixView<float> x, MatrixView<const float> y) {
-    for (std::size_t t = 0; t < x.rows; ++t) add_in_place(x.row(t), y.row(t), x.cols);
-  }
-
   void check_tokens(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions) const {
     if (tokens.size() != positions.size())
       throw Error("forward: " + std::to_string(tokens.size()) + " tokens but " +
@@ -419,14 +445,20 @@ class Transformer final : public Model {
   std::vector<std::uint32_t> seq_of_token_; // [max_batch] slice index of each token
   std::vector<KVLayerView> views_;          // one per sequence of the current step
   std::vector<AdapterRef> adapters_;        // LoRA adapters for every token (set_adapters)
-  AlignedBuffer<float> lora_ax_, lora_out_; // [max_batch, rank], [max_batch, n_out] LoRA products
+  MemoryBuffer<float> lora_ax_{Backend::memory()}, lora_out_{Backend::memory()};   // [max_batch, rank], [max_batch, n_out]
   static constexpr std::size_t kLoraInlineTokens = 4;
   ThreadPool inline_pool_{1};               // runs on the calling thread
-  // Buffers for max_batch_ tokens, allocated once: the forward pass never allocates.
-  AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
-  AlignedBuffer<float> scores_buf_;   // [threads, Backend::attention_scratch_cols(...)] attention scores
-  MatrixView<float> scores_;
   typename Backend::Workspace ws_;    // the backend's own state (CPU: activations quantized for the matmuls)
+  std::vector<ResidentLayer> layers_; // [n_layers] weights where the kernels read them
+  WeightMatrix token_embd_, output_;
+  const float* output_norm_ = nullptr;
+  // Buffers for max_batch_ tokens in the backend's memory, allocated once: the forward pass
+  // never allocates.
+  MemoryBuffer<float> x_{Backend::memory()}, xb_{Backend::memory()}, q_{Backend::memory()}, k_{Backend::memory()},
+      v_{Backend::memory()}, att_{Backend::memory()}, gate_{Backend::memory()}, up_{Backend::memory()};
+  MemoryBuffer<float> scores_buf_{Backend::memory()};   // [threads, Backend::attention_scratch_cols(...)] scores
+  MatrixView<float> scores_;
+  MemoryBuffer<float> logits_dev_{Backend::memory()};   // [rows, vocab] logits before the copy to the host
 };
 
 }  // namespace tinyllm

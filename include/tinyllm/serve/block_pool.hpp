@@ -15,9 +15,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/core/half.hpp>
+#include <tinyllm/core/memory.hpp>
 #include <tinyllm/kernels/kv_view.hpp>
 #include <tinyllm/model/config.hpp>
 
@@ -27,8 +27,11 @@ using BlockId = std::uint32_t;
 
 class KVBlockPool {
  public:
-  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks, KVType type = KVType::f32)
-      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), type_(type), blocks_(n_blocks) {
+  // The blocks live in host memory, or in `mem`'s (the model's: Model::memory()).
+  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks, KVType type = KVType::f32,
+              const MemoryResource* mem = nullptr)
+      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), type_(type), storage_(mem),
+        storage_f16_(mem), blocks_(n_blocks) {
     if (block_size == 0 || n_blocks == 0)
       throw Error("a KV block pool needs blocks of at least one position", "KVBlockPool",
                   "block_size >= 1 and n_blocks >= 1");
@@ -65,8 +68,8 @@ class KVBlockPool {
 
   // Copies every layer's K and V of block `from` into block `to`.
   void copy_block(BlockId from, BlockId to) {
-    if (type_ == KVType::f16) std::copy_n(storage_f16_.data() + offset(from, 0), block_elements(), storage_f16_.data() + offset(to, 0));
-    else std::copy_n(storage_.data() + offset(from, 0), block_elements(), storage_.data() + offset(to, 0));
+    if (type_ == KVType::f16) copy_elements(storage_f16_, from, to);
+    else copy_elements(storage_, from, to);
   }
 
   // A block no one holds (evicting the oldest released one and its hash), with one reference;
@@ -140,6 +143,13 @@ class KVBlockPool {
   std::size_t plane() const { return block_size_ * kv_dim_; }
   std::size_t block_elements() const { return n_layers_ * 2 * plane(); }
   std::size_t offset(BlockId b, std::size_t layer) const { return b * block_elements() + layer * 2 * plane(); }
+  template <class T>
+  void copy_elements(MemoryBuffer<T>& storage, BlockId from, BlockId to) {
+    const T* src = storage.data() + offset(from, 0);
+    T* dst = storage.data() + offset(to, 0);
+    if (const MemoryResource* mem = storage.memory()) mem->copy(dst, src, block_elements() * sizeof(T));
+    else std::copy_n(src, block_elements(), dst);
+  }
   void forget_hash(BlockId b) {
     Block& blk = blocks_[b];
     if (blk.hash) {
@@ -151,8 +161,8 @@ class KVBlockPool {
 
   std::size_t block_size_, n_layers_, kv_dim_;
   KVType type_;
-  AlignedBuffer<float> storage_;     // F32 storage, or
-  AlignedBuffer<F16> storage_f16_;   // F16 storage
+  MemoryBuffer<float> storage_;     // F32 storage, or
+  MemoryBuffer<F16> storage_f16_;   // F16 storage
   std::vector<Block> blocks_;
   std::deque<QueueEntry> free_queue_;
   std::size_t n_free_ = 0;

@@ -67,7 +67,7 @@ class Engine {
         blocks_(model.config(), opt.block_size,
                 opt.kv_blocks ? opt.kv_blocks
                               : KVBlockPool::blocks_for_bytes(model.config(), opt.block_size, opt.kv_bytes, opt.kv_type),
-                opt.kv_type),
+                opt.kv_type, model.model().memory()),
         window_(model.model().kv_window()) {
     opt_.max_batch_tokens = std::min(opt_.max_batch_tokens, model_.max_batch());
     if (opt_.max_batch_tokens == 0 || opt_.max_sequences == 0)
