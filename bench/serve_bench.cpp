@@ -8,6 +8,8 @@
 // the remaining generated tokens / the rest of the time.
 #include <tinyllm/tinyllm.hpp>
 
+#include "../examples/common/device_flag.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -44,10 +46,12 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print one JSON object instead of a table");
   std::vector<std::string> loras;
   app.add_option("--lora", loras, "LoRA adapters (GGUF): stream s uses adapter s mod their number, after a run without");
+  programs::DeviceFlag device;
+  device.add(app);
   CLI11_PARSE(app, argc, argv);
   using Clock = std::chrono::steady_clock;
   try {
-    tinyllm::LoadedModel lm = model_path.empty() ? tinyllm::load_synthetic() : tinyllm::load(model_path);
+    tinyllm::LoadedModel lm = device.load(model_path);
     tinyllm::ThreadPool pool(threads);
     const tinyllm::KVType kv = kv_type == "f16" ? tinyllm::KVType::f16 : tinyllm::KVType::f32;
     const std::size_t max_c = *std::max_element(concurrency.begin(), concurrency.end());

@@ -5,6 +5,7 @@
 // full decode step), from an empty cache. Random token ids; each test runs once to warm up.
 #include <tinyllm/tinyllm.hpp>
 
+#include "../examples/common/device_flag.hpp"
 #include "../examples/common/progress.hpp"
 
 #include <CLI/CLI.hpp>
@@ -69,6 +70,8 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   std::vector<std::string> loras;
   app.add_option("--lora", loras, "LoRA adapters (GGUF, scale 1): every test runs without them, then with them all");
+  programs::DeviceFlag device;
+  device.add(app);
   CLI11_PARSE(app, argc, argv);
   if (models.empty()) models.push_back("");
   if (targets.empty()) targets.push_back("");
@@ -81,8 +84,7 @@ int main(int argc, char** argv) {
       tinyllm::LoadOptions opt;
       opt.max_batch = *std::max_element(pp.begin(), pp.end());
       programs::show_load_progress(opt, path.empty() ? "the embedded model" : path);
-      tinyllm::LoadedModel lm = path.empty() ? tinyllm::load_synthetic("tiny", tinyllm::DType::F32, 42, opt)
-                                             : tinyllm::load(path, opt);
+      tinyllm::LoadedModel lm = device.load(path, opt);
       tinyllm::Model& model = lm.model();
       const auto& cfg = model.config();
       std::vector<tinyllm::AdapterRef> adapters;
@@ -108,7 +110,8 @@ int main(int argc, char** argv) {
             model.set_adapters(with_lora ? adapters : std::vector<tinyllm::AdapterRef>{});
             tinyllm::cpu::use_kernel_target(target);
             const Result r = measure(reps, run, n, test + ", " + std::to_string(pool.size()) + " threads");
-            const std::string backend = std::string("CPU ") + tinyllm::cpu::kernel_target() +
+            const std::string backend = (device.device == "cpu" ? std::string("CPU ") + tinyllm::cpu::kernel_target()
+                                                                 : device.describe()) +
                                         (with_lora ? " +" + std::to_string(adapters.size()) + " LoRA" : "");
             std::printf("| %s | %s | %s | %s | %u | %s | %.2f ± %.2f |\n", label, size, params, backend.c_str(),
                         pool.size(), test.c_str(), r.mean, r.sd);

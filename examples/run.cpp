@@ -5,6 +5,7 @@
 // --lora FILE / --lora-scaled FILE SCALE (repeatable) add LoRA adapters.
 #include <tinyllm/tinyllm.hpp>
 
+#include "common/device_flag.hpp"
 #include "common/lora_flags.hpp"
 #include "common/progress.hpp"
 
@@ -42,6 +43,8 @@ int main(int argc, char** argv) {
   app.add_option("--chat-template", template_name, "llama3, llama2, mistral, gemma or chatml (default: from the model)");
   programs::LoraFlags lora;
   lora.add_to(app);
+  programs::DeviceFlag device;
+  device.add(app);
   CLI11_PARSE(app, argc, argv);
   const bool prompt_given = app.count("--prompt") > 0;
 
@@ -49,8 +52,7 @@ int main(int argc, char** argv) {
     tinyllm::LoadOptions opt;
     opt.tokenizer_path = tokenizer_path;
     programs::show_load_progress(opt, model_path.empty() ? "the embedded model" : model_path);
-    tinyllm::LoadedModel lm = model_path.empty() ? tinyllm::load_synthetic("tiny", tinyllm::DType::F32, 42, opt)
-                                                 : tinyllm::load(model_path, opt);
+    tinyllm::LoadedModel lm = device.load(model_path, opt);
     if (model_path.empty())
       std::fprintf(stderr, "tinyllm-run: no model given (-m): using the embedded random-weight model; its text is noise\n");
     lora.apply(lm.model());
@@ -82,7 +84,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "\nprompt: %zu tokens, %.2f tokens/s | generation: %zu tokens, %.2f tokens/s | %u threads, %s kernels\n",
                    stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,
-                   stats.generate_tokens_per_second(), pool.size(), tinyllm::cpu::kernel_target());
+                   stats.generate_tokens_per_second(), pool.size(),
+                   device.device == "cpu" ? tinyllm::cpu::kernel_target() : device.describe().c_str());
       return text;
     };
 

@@ -5,7 +5,8 @@
 # --device cuda. Every step has its own timeout and the script goes on when one fails; a summary
 # of every step's status ends the log.
 #
-#   OUT=/some/dir bench/cuda/device_check.sh         (the device runner sets OUT)
+#   bench/cuda/stage_testdata.sh                     (here: the test data to carry, device-testdata/)
+#   OUT=/some/dir bench/cuda/device_check.sh         (there: the device runner sets OUT)
 #
 # Environment: OUT (logs; default ./device-check-out), BUILD (build folder; default
 # build-device), WORK (the large model files, not copied back; default /tmp/tinyllm-device),
@@ -79,7 +80,7 @@ step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DTINYLLM_C
   -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" \
   -DTINYLLM_BUILD_EXAMPLES=OFF -DTINYLLM_INSTALL=OFF
 step build_cuda_library 180 cmake --build "$BUILD" -j "$JOBS" --target tinyllm_cuda
-step build_programs 300 cmake --build "$BUILD" -j "$JOBS" --target test_cuda_kernels_test \
+step build_programs 300 cmake --build "$BUILD" -j "$JOBS" --target test_cuda_kernels_test test_cuda_model_test \
   test_kernels_cuda_block_dot_test tinyllm-synth tinyllm-bench tinyllm-serve-bench
 
 # ---- synthetic models, written on the CPUs while the GPU runs the tests ----
@@ -99,6 +100,10 @@ else
 fi
 
 # ---- the GPU ----
+# The model tests read ../shared/testdata, or the part of it that bench/cuda/stage_testdata.sh
+# copied into device-testdata/ (carried to the machine with the working tree).
+if [ ! -d ../shared/testdata ] && [ -d device-testdata ]; then export TINYLLM_TESTDATA=$PWD/device-testdata; fi
+log "test data: ${TINYLLM_TESTDATA:-../shared/testdata}"
 step ctest_cuda 150 ctest --test-dir "$BUILD" -R cuda --output-on-failure --timeout 120
 step build_bandwidth 60 "$NVCC" -O2 -arch=sm_"$CUDA_ARCH" bench/cuda/bandwidth.cu -o "$WORK/bandwidth"
 step bandwidth 60 "$WORK/bandwidth" 4

@@ -2,6 +2,7 @@
 //   tinyllm-server -m stories260K.bin -m model.gguf --synthetic --port 8080
 // Each model (id: its file stem; the embedded random model is "default") has its own Engine, KV
 // budget and stepping thread. See examples/server/README.md for the endpoints and fields.
+#include "../common/device_flag.hpp"
 #include "../common/progress.hpp"
 #include "model_service.hpp"
 #include "openai_api.hpp"
@@ -579,6 +580,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> loras;
   std::string lora_dir;
   app.add_option("--lora", loras, "NAME=PATH[:SCALE]: a LoRA adapter served as MODEL:NAME for every model it fits; repeatable");
+  programs::DeviceFlag device;
+  device.add(app);
   app.add_option("--lora-dir", lora_dir, "directory POST /v1/adapters may load adapter files from (default: loading over HTTP is off)");
   app.add_option("--step-delay-ms", step_delay_ms, "pause after each engine step, in ms: slows generation down "
                                                    "for tests and demos of streaming and cancellation")->capture_default_str();
@@ -615,7 +618,7 @@ int main(int argc, char** argv) {
       tinyllm::LoadOptions lo;
       if (!tokenizer_paths.empty()) lo.tokenizer_path = tokenizer_paths[tokenizer_paths.size() == 1 ? 0 : i];
       programs::show_load_progress(lo, path);
-      tinyllm::LoadedModel lm = tinyllm::load(path, lo);
+      tinyllm::LoadedModel lm = device.load(path, lo);
       if (!lm.has_tokenizer()) throw tinyllm::Error("the model has no tokenizer", path, "a tokenizer file (-z)");
       auto format = server::chat_format_for(path, chat_template, id);
       models.push_back(std::make_unique<server::ModelService>(id, std::move(lm), pool, compute, opt, format, step_delay));
@@ -623,7 +626,7 @@ int main(int argc, char** argv) {
     if (synthetic || model_paths.empty()) {
       for (const auto& m : models)
         if (m->id() == "default") throw tinyllm::Error("a model file is named 'default', the synthetic model's id", m->model().path());
-      models.push_back(std::make_unique<server::ModelService>("default", tinyllm::load_synthetic(), pool, compute, opt,
+      models.push_back(std::make_unique<server::ModelService>("default", device.load(""), pool, compute, opt,
                                                               server::chat_format_for("", chat_template, "default"),
                                                               step_delay));
     }

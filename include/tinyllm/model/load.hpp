@@ -373,12 +373,14 @@ LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& nam
 }
 
 // A seeded random-weight Llama of a named shape, written by the GGUF writer and loaded from
-// memory. With no arguments: the embedded default model (its text is noise).
-inline LoadedModel load_synthetic(std::string_view shape = "tiny", DType type = DType::F32,
-                                  std::uint64_t seed = 42, const LoadOptions& opt = {}) {
+// memory (load_synthetic<ReferenceBackend>(...) on another backend). With no arguments: the
+// embedded default model (its text is noise).
+template <KernelBackend Backend = CpuBackend>
+LoadedModel load_synthetic(std::string_view shape = "tiny", DType type = DType::F32, std::uint64_t seed = 42,
+                           const LoadOptions& opt = {}) {
   GGUFWriter w;
   write_synthetic_llama(w, synthetic_shape(shape), type, seed);
-  return load_gguf_bytes(w.to_bytes(), "synthetic:" + std::string(shape), opt);
+  return load_gguf_bytes<void, Backend>(w.to_bytes(), "synthetic:" + std::string(shape), opt);
 }
 
 }  // namespace tinyllm

@@ -2,9 +2,11 @@
 // Paged causal attention with an online softmax (flash-decoding): a thread block takes one
 // (token, head) and one split of its positions; its warps take every fourth position of the
 // split, each keeping a running maximum, the sum of exponentials and the weighted sum of values,
-// so no score array exists and memory does not grow with the context. Where the step has few
-// (token, head) pairs (decoding) the positions are cut into several splits to fill the GPU, and a
-// second kernel merges the splits' partial results. nvcc only.
+// so no score array exists and memory does not grow with the context. A long context is cut into
+// splits of kSplitPositions positions, which fill the GPU when few tokens decode, and a second
+// kernel merges the splits' partial results. The split length is fixed, not chosen from the
+// step's size: a token's result then depends on its own positions only, so a request gives the
+// same output batched or alone. nvcc only.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -16,7 +18,7 @@ namespace tinyllm::cuda {
 
 inline constexpr int kAttentionWarps = 4;
 inline constexpr std::size_t kMaxHeadDim = 256;
-inline constexpr std::size_t kMinSplitPositions = 64;   // below this a split is more merging than work
+inline constexpr std::size_t kSplitPositions = 256;
 
 __device__ inline float kv_value(const float* p) { return *p; }
 __device__ inline float kv_value(const __half* p) { return __half2float(*p); }
@@ -161,13 +163,8 @@ void attention(Context& ctx, const float* q, std::size_t q_stride, std::size_t r
     const auto pos = std::size_t(ctx.host_positions[t]);
     longest = std::max(longest, pos + 1 - attention_start(pos, params.window));
   }
-  // Enough blocks for a few waves over every multiprocessor, but no split shorter than
-  // kMinSplitPositions.
-  const std::size_t pairs = rows * n_heads, wanted = 4 * std::size_t(ctx.multiprocessors);
-  const std::size_t max_splits = (longest + kMinSplitPositions - 1) / kMinSplitPositions;
-  std::size_t n_splits = std::clamp<std::size_t>((wanted + pairs - 1) / pairs, 1, max_splits);
-  const std::size_t split_positions = (longest + n_splits - 1) / n_splits;
-  n_splits = (longest + split_positions - 1) / split_positions;
+  const std::size_t pairs = rows * n_heads, split_positions = kSplitPositions;
+  const std::size_t n_splits = (longest + split_positions - 1) / split_positions;
 
   AttentionArgs args{q, q_stride, n_heads, n_heads / n_kv_heads, head_dim, params.scale, params.softcap,
                      params.window, split_positions, n_splits, ctx.views, ctx.positions, ctx.view_of_token,

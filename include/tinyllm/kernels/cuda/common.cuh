@@ -75,7 +75,6 @@ struct DeviceKVView {
 struct Context {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
-  int multiprocessors = 1;
 
   // Quantized activations of matmul: quants [n_tok, n_in] and one ActScale per chunk of 32.
   DeviceBuffer act_quants, act_scales;

@@ -72,9 +72,6 @@ Context* create_context(std::size_t max_tokens, std::size_t max_in) {
     TINYLLM_CUDA_CHECK(cudaStreamCreate(&ctx->stream));
     TINYLLM_CUDA_CHECK(cublasCreate(&ctx->cublas));
     TINYLLM_CUDA_CHECK(cublasSetStream(ctx->cublas, ctx->stream));
-    int device = 0;
-    TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-    TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&ctx->multiprocessors, cudaDevAttrMultiProcessorCount, device));
     const std::size_t padded_in = (max_in + kActChunk - 1) / kActChunk * kActChunk;
     ctx->act_quants.reserve(max_tokens * padded_in);
     ctx->act_scales.reserve_as<ActScale>(max_tokens * padded_in / kActChunk);
