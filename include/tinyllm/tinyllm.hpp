@@ -25,3 +25,5 @@
 #include <tinyllm/serve/paged_kv_cache.hpp>
 #include <tinyllm/serve/request.hpp>
 #include <tinyllm/serve/engine.hpp>
+#include <tinyllm/train/lora_trainer.hpp>
+#include <tinyllm/train/data.hpp>

@@ -37,13 +37,23 @@ class Error : public std::runtime_error {
 #include <bit>
 #include <cstdint>
 
+// ---- tinyllm/core/host_device.hpp ----
+// TINYLLM_HOST_DEVICE marks a small function that both the host compiler and nvcc's device pass
+// compile (a block format's decoding, f16 conversion), so that the CUDA kernels call the very
+// code the reference and the CPU kernels are tested with. Empty outside nvcc.
+#if defined(__CUDACC__)
+#define TINYLLM_HOST_DEVICE __host__ __device__
+#else
+#define TINYLLM_HOST_DEVICE
+#endif
+
 namespace tinyllm {
 
 // Storage types: distinct from uint16_t so that templates can tell the element types apart.
 struct F16 { std::uint16_t bits; };
 struct BF16 { std::uint16_t bits; };
 
-inline float f16_to_f32(std::uint16_t h) {
+TINYLLM_HOST_DEVICE inline float f16_to_f32(std::uint16_t h) {
   const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
   const std::uint32_t exp = (h >> 10) & 0x1fu;
   std::uint32_t mant = h & 0x3ffu;
@@ -63,7 +73,7 @@ inline float f16_to_f32(std::uint16_t h) {
 }
 
 // Round to nearest even, overflow to inf, NaN stays NaN (quiet).
-inline std::uint16_t f32_to_f16(float f) {
+TINYLLM_HOST_DEVICE inline std::uint16_t f32_to_f16(float f) {
   const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
   const std::uint16_t sign = std::uint16_t((x >> 16) & 0x8000u);
   const std::uint32_t abs = x & 0x7fffffffu;
@@ -85,17 +95,17 @@ inline std::uint16_t f32_to_f16(float f) {
   return sign | std::uint16_t(r);
 }
 
-inline float bf16_to_f32(std::uint16_t h) { return std::bit_cast<float>(std::uint32_t(h) << 16); }
+TINYLLM_HOST_DEVICE inline float bf16_to_f32(std::uint16_t h) { return std::bit_cast<float>(std::uint32_t(h) << 16); }
 
-inline std::uint16_t f32_to_bf16(float f) {
+TINYLLM_HOST_DEVICE inline std::uint16_t f32_to_bf16(float f) {
   std::uint32_t x = std::bit_cast<std::uint32_t>(f);
   if ((x & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((x >> 16) | 0x40u);  // quiet NaN
   x += 0x7fffu + ((x >> 16) & 1u);                                                // nearest even
   return std::uint16_t(x >> 16);
 }
 
-inline float to_f32(F16 h) { return f16_to_f32(h.bits); }
-inline float to_f32(BF16 h) { return bf16_to_f32(h.bits); }
+TINYLLM_HOST_DEVICE inline float to_f32(F16 h) { return f16_to_f32(h.bits); }
+TINYLLM_HOST_DEVICE inline float to_f32(BF16 h) { return bf16_to_f32(h.bits); }
 
 }  // namespace tinyllm
 // ---- tinyllm/core/dtype.hpp ----
@@ -612,6 +622,7 @@ static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(Block
 // the legacy formats.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 
 namespace tinyllm {
@@ -658,7 +669,7 @@ struct BlockInts {
 // keep theirs in the low 6 bits of scales[j] (scale) and scales[j + 4] (min); sub-blocks 4-7 keep
 // their low 4 bits in the nibbles of scales[j + 4] (scale low, min high) and their top 2 bits in
 // the otherwise unused top bits of scales[j - 4] (scale) and scales[j] (min).
-inline void get_scale_min_k4(int j, const std::uint8_t* scales, std::uint8_t& sc, std::uint8_t& m) {
+TINYLLM_HOST_DEVICE inline void get_scale_min_k4(int j, const std::uint8_t* scales, std::uint8_t& sc, std::uint8_t& m) {
   if (j < 4) {
     sc = scales[j] & 63;
     m = scales[j + 4] & 63;
@@ -668,62 +679,119 @@ inline void get_scale_min_k4(int j, const std::uint8_t* scales, std::uint8_t& sc
   }
 }
 
-// value i = d * qs[i]
-inline void decode_block(const BlockQ8_0& b, BlockInts& out) {
-  out.d = f16_to_f32(b.d);
-  for (int i = 0; i < 32; ++i) out.q[i] = b.qs[i];
+// ---- four quants at a time ----
+// quants4(b, j): values 4j..4j+3 of block b as the signed bytes q - offset (offset as in
+// BlockFormat), packed little-endian into an int32: one operand of a 4-way int8 dot product
+// (CUDA's __dp4a), and what decode_block unpacks. Every quant fits a signed byte once the offset
+// is removed (Q4_0 -8..7, Q6_K -32..31).
+namespace quant_detail {
+// Four bytes at p. The blocks of Q8_0, Q4_0 and Q6_K are only 2-byte aligned, those of Q4_K and
+// Q5_K 4-byte aligned (their quants start at byte 16 or 48 of a 4-byte-multiple block); on the
+// GPU the widest aligned loads are what keep a warp's reads few.
+TINYLLM_HOST_DEVICE inline std::uint32_t load4_align2(const std::uint8_t* p) {
+#if defined(__CUDA_ARCH__)
+  const auto* h = reinterpret_cast<const std::uint16_t*>(p);
+  return std::uint32_t(h[0]) | std::uint32_t(h[1]) << 16;
+#else
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+#endif
+}
+TINYLLM_HOST_DEVICE inline std::uint32_t load4_align4(const std::uint8_t* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const std::uint32_t*>(p);
+#else
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+#endif
+}
+// Each byte of x minus `offset`, as signed bytes; every byte of x is below 128. Setting the top
+// bit first keeps a byte's borrow from reaching its neighbour.
+TINYLLM_HOST_DEVICE inline std::int32_t minus_per_byte(std::uint32_t x, std::uint32_t offset) {
+  return std::int32_t(((x | 0x80808080u) - offset * 0x01010101u) ^ 0x80808080u);
+}
+}  // namespace quant_detail
+
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ8_0& b, int j) {
+  return std::int32_t(quant_detail::load4_align2(reinterpret_cast<const std::uint8_t*>(b.qs) + 4 * j));
 }
 
-// value i = d * (q_i - 8); byte l holds value l in its low nibble and value l + 16 in its high one.
-inline void decode_block(const BlockQ4_0& b, BlockInts& out) {
-  out.d = f16_to_f32(b.d);
-  for (int l = 0; l < 16; ++l) {
-    out.q[l] = std::int8_t(b.qs[l] & 15);
-    out.q[l + 16] = std::int8_t(b.qs[l] >> 4);
-  }
+// Byte l holds value l in its low nibble and value l + 16 in its high one.
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ4_0& b, int j) {
+  const std::uint32_t bytes = quant_detail::load4_align2(b.qs + 4 * (j % 4));
+  return quant_detail::minus_per_byte((bytes >> (4 * (j / 4))) & 0x0f0f0f0fu, 8);
 }
 
 // Q4_K and Q5_K share their layout of quants: each 64-value group g uses 32 bytes of qs, whose low
 // nibbles are the group's first 32 values (sub-block 2g) and whose high nibbles are the next 32
 // (sub-block 2g + 1). Q5_K's fifth bit of value 32s + l (sub-block s) is bit s of qh[l].
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ4_K& b, int j) {
+  const int s = j / 8, l = 4 * (j % 8);
+  return std::int32_t((quant_detail::load4_align4(b.qs + 32 * (s / 2) + l) >> (4 * (s % 2))) & 0x0f0f0f0fu);
+}
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ5_K& b, int j) {
+  const int s = j / 8, l = 4 * (j % 8);
+  const std::uint32_t low = (quant_detail::load4_align4(b.qs + 32 * (s / 2) + l) >> (4 * (s % 2))) & 0x0f0f0f0fu;
+  const std::uint32_t high = (quant_detail::load4_align4(b.qh + l) >> s) & 0x01010101u;
+  return std::int32_t(low | high << 4);
+}
+
+// q_i 6 bits, stored as q + 32. The super-block is two halves of 128 values, each with 64 bytes of
+// ql and 32 of qh. In a half, value 32k + l (k = 0..3) takes its low 4 bits from
+// ql[l + 32 * (k % 2)] (low nibble for k < 2, high for k >= 2) and its top 2 bits from bits 2k,
+// 2k + 1 of qh[l].
+TINYLLM_HOST_DEVICE inline std::int32_t quants4(const BlockQ6_K& b, int j) {
+  const int half = j / 32, k = (j / 8) % 4, l = 4 * (j % 8);
+  const std::uint32_t low = (quant_detail::load4_align2(b.ql + 64 * half + l + 32 * (k % 2)) >> (4 * (k / 2))) & 0x0f0f0f0fu;
+  const std::uint32_t high = (quant_detail::load4_align2(b.qh + 32 * half + l) >> (2 * k)) & 0x03030303u;
+  return quant_detail::minus_per_byte(low | high << 4, 32);
+}
+
+// value i = d * qs[i], value i = d * (q_i - 8), value i = d * scales[i / 16] * (q_i - 32): the
+// quants of every format, read through quants4 and stored with their offset (BlockInts).
 namespace quant_detail {
-inline void decode_k4(std::uint16_t d, std::uint16_t dmin, const std::uint8_t* scales, const std::uint8_t* qs,
-                      const std::uint8_t* qh, BlockInts& out) {
-  out.d = f16_to_f32(d), out.dmin = f16_to_f32(dmin);
-  for (int s = 0; s < 8; ++s) {
-    std::uint8_t sc, m;
-    get_scale_min_k4(s, scales, sc, m);
-    out.sc[s] = std::int8_t(sc), out.m[s] = m;
-    for (int l = 0; l < 32; ++l) {
-      int v = (qs[32 * (s / 2) + l] >> (4 * (s % 2))) & 15;
-      if (qh) v |= ((qh[l] >> s) & 1) << 4;
-      out.q[32 * s + l] = std::int8_t(v);
-    }
+template <class Block>
+inline void decode_quants(const Block& b, BlockInts& out) {
+  constexpr int offset = BlockFormat<Block>::offset;
+  for (int j = 0; j < int(BlockFormat<Block>::values / 4); ++j) {
+    const auto packed = std::uint32_t(quants4(b, j));
+    for (int k = 0; k < 4; ++k) out.q[4 * j + k] = std::int8_t(std::int8_t(packed >> (8 * k)) + offset);
   }
 }
 }  // namespace quant_detail
 
-inline void decode_block(const BlockQ4_K& b, BlockInts& out) {
-  quant_detail::decode_k4(b.d, b.dmin, b.scales, b.qs, nullptr, out);
-}
-inline void decode_block(const BlockQ5_K& b, BlockInts& out) {
-  quant_detail::decode_k4(b.d, b.dmin, b.scales, b.qs, b.qh, out);
+inline void decode_block(const BlockQ8_0& b, BlockInts& out) {
+  out.d = f16_to_f32(b.d);
+  quant_detail::decode_quants(b, out);
 }
 
-// value i = d * scales[i / 16] * (q_i - 32), q_i 6 bits. The super-block is two halves of 128
-// values, each with 64 bytes of ql and 32 of qh. In a half, value 32k + l (k = 0..3) takes its low
-// 4 bits from ql[l + 32 * (k % 2)] (low nibble for k < 2, high for k >= 2) and its top 2 bits from
-// bits 2k, 2k + 1 of qh[l].
+inline void decode_block(const BlockQ4_0& b, BlockInts& out) {
+  out.d = f16_to_f32(b.d);
+  quant_detail::decode_quants(b, out);
+}
+
+namespace quant_detail {
+template <class Block>
+inline void decode_k4(const Block& b, BlockInts& out) {
+  out.d = f16_to_f32(b.d), out.dmin = f16_to_f32(b.dmin);
+  for (int s = 0; s < 8; ++s) {
+    std::uint8_t sc, m;
+    get_scale_min_k4(s, b.scales, sc, m);
+    out.sc[s] = std::int8_t(sc), out.m[s] = m;
+  }
+  decode_quants(b, out);
+}
+}  // namespace quant_detail
+
+inline void decode_block(const BlockQ4_K& b, BlockInts& out) { quant_detail::decode_k4(b, out); }
+inline void decode_block(const BlockQ5_K& b, BlockInts& out) { quant_detail::decode_k4(b, out); }
+
 inline void decode_block(const BlockQ6_K& b, BlockInts& out) {
   out.d = f16_to_f32(b.d);
   for (int j = 0; j < 16; ++j) out.sc[j] = b.scales[j];
-  for (int half = 0; half < 2; ++half)
-    for (int k = 0; k < 4; ++k)
-      for (int l = 0; l < 32; ++l) {
-        const int low = (b.ql[64 * half + l + 32 * (k % 2)] >> (4 * (k / 2))) & 15;
-        const int high = (b.qh[32 * half + l] >> (2 * k)) & 3;
-        out.q[128 * half + 32 * k + l] = std::int8_t(low | high << 4);
-      }
+  quant_detail::decode_quants(b, out);
 }
 
 }  // namespace tinyllm
@@ -1462,7 +1530,7 @@ inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span
 }  // namespace tinyllm::ref
 // ---- tinyllm/kernels/reference_backend.hpp ----
 // The scalar specification (reference.hpp, quant_reference.hpp) as a backend, with the members that
-// cpu/backend.hpp lists: a whole model runs on it as an end-to-end specification in tests
+// cpu/backend.hpp lists (the step-level ones from HostBackend): a whole model runs on it as an end-to-end specification in tests
 // (load<ReferenceBackend>(path)). Serial and slow on purpose. Weights are read as the file stores
 // them, never packed, and activations are never rounded to 8 bits: its logits are those of the
 // formulas, which the CPU backend approximates.
@@ -1470,6 +1538,145 @@ inline void attention(ThreadPool& /*pool*/, MatrixView<const float> q, std::span
 #include <cstdint>
 #include <span>
 
+// ---- tinyllm/kernels/host_backend.hpp ----
+// The step-level members of a backend whose kernels run on host memory (CpuBackend, ReferenceBackend),
+// written once over the per-row kernels that each of them supplies (rmsnorm, rope, swiglu, geglu,
+// softcap, attention over one span of views). cpu/backend.hpp lists every member of a backend.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+// ---- tinyllm/core/memory.hpp ----
+// Where a model's activations and KV cache live. Host memory is the default (a null resource);
+// a backend with memory of its own (CUDA's device memory, kernels/cuda/backend.hpp) supplies a
+// MemoryResource, and the buffers and caches made for that model allocate through it. Nothing
+// here reads or writes another memory's bytes: only the resource's own functions touch them.
+#include <cstddef>
+#include <memory>
+#include <string_view>
+#include <utility>
+
+
+namespace tinyllm {
+
+struct MemoryResource {
+  std::string_view name;                                      // "cuda"
+  void* (*allocate)(std::size_t bytes);                       // zero-filled; throws Error when out of memory
+  void (*release)(void* p) noexcept;
+  void (*copy)(void* to, const void* from, std::size_t bytes);  // both in this memory
+  void (*upload)(void* to, const void* host, std::size_t bytes);
+};
+
+// An array of T in host memory (mem == nullptr: an AlignedBuffer) or in mem's; resize discards
+// the contents and zero-fills.
+template <class T>
+class MemoryBuffer {
+ public:
+  explicit MemoryBuffer(const MemoryResource* mem = nullptr) : mem_(mem) {}
+  MemoryBuffer(std::size_t n, const MemoryResource* mem) : mem_(mem) { resize(n); }
+
+  void resize(std::size_t n) {
+    if (!mem_) return host_.resize(n);
+    if (n == size_) return;
+    device_.reset();
+    size_ = 0;
+    if (n == 0) return;
+    if (n > SIZE_MAX / sizeof(T)) throw Error("buffer size overflows", "MemoryBuffer");
+    device_ = std::unique_ptr<T, Release>(static_cast<T*>(mem_->allocate(n * sizeof(T))), Release{mem_});
+    size_ = n;
+  }
+  T* data() noexcept { return mem_ ? device_.get() : host_.data(); }
+  const T* data() const noexcept { return mem_ ? device_.get() : host_.data(); }
+  std::size_t size() const noexcept { return mem_ ? size_ : host_.size(); }
+  bool empty() const noexcept { return size() == 0; }
+  const MemoryResource* memory() const noexcept { return mem_; }
+
+ private:
+  struct Release {
+    const MemoryResource* mem;
+    void operator()(T* p) const noexcept { mem->release(p); }
+  };
+  const MemoryResource* mem_;
+  AlignedBuffer<T> host_;
+  std::unique_ptr<T, Release> device_{nullptr, Release{nullptr}};
+  std::size_t size_ = 0;
+};
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+// What a step's kernels read besides their operands: the tokens, their positions and the KV views
+// of their sequences (begin_step, set_kv_views). A host backend's Workspace derives from it.
+struct HostStep {
+  std::span<const std::int32_t> tokens, positions;
+  std::span<const std::uint32_t> view_of_token;   // token t reads views[view_of_token[t]]
+  std::span<const KVLayerView> views;
+};
+
+template <class Kernels>
+struct HostBackend {
+  static const MemoryResource* memory() { return nullptr; }   // host memory: weights are used where they are
+
+  static void begin_step(HostStep& ws, std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                         std::span<const std::uint32_t> view_of_token) {
+    ws.tokens = tokens, ws.positions = positions, ws.view_of_token = view_of_token;
+  }
+  static void set_kv_views(HostStep& ws, std::span<const KVLayerView> views) { ws.views = views; }
+
+  // x[t, :] = scale * row tokens[t] of the table [vocab, n_embd].
+  static void embed(HostStep& ws, DType type, const void* table, MatrixView<float> x, float scale) {
+    const std::size_t rb = row_bytes(type, x.cols);
+    for (std::size_t t = 0; t < x.rows; ++t) {
+      float* row = x.row(t);
+      dequantize_row(type, static_cast<const std::byte*>(table) + std::size_t(ws.tokens[t]) * rb, row, x.cols);
+      if (scale != 1.0f) std::for_each(row, row + x.cols, [&](float& v) { v *= scale; });
+    }
+  }
+  static void rmsnorm_rows(HostStep&, MatrixView<const float> x, const float* w, MatrixView<float> out, float eps) {
+    for (std::size_t t = 0; t < x.rows; ++t) Kernels::rmsnorm(x.row(t), w, out.row(t), x.cols, eps);
+  }
+  static void gather_rows(HostStep&, MatrixView<const float> src, std::span<const std::size_t> rows,
+                          MatrixView<float> dst) {
+    for (std::size_t i = 0; i < rows.size(); ++i) std::copy_n(src.row(rows[i]), src.cols, dst.row(i));
+  }
+  // x += factor * y, row by row.
+  static void add_rows(HostStep&, MatrixView<float> x, MatrixView<const float> y, float factor = 1.0f) {
+    for (std::size_t t = 0; t < x.rows; ++t) {
+      float* xr = x.row(t);
+      const float* yr = y.row(t);
+      if (factor == 1.0f) for (std::size_t i = 0; i < x.cols; ++i) xr[i] += yr[i];
+      else for (std::size_t i = 0; i < x.cols; ++i) xr[i] += factor * yr[i];
+    }
+  }
+  static void add_bias(HostStep&, MatrixView<float> x, const float* bias) {
+    for (std::size_t t = 0; t < x.rows; ++t)
+      for (std::size_t i = 0; i < x.cols; ++i) x.row(t)[i] += bias[i];
+  }
+  // Row t holds n_heads heads of token t, turned by its position.
+  static void rope_rows(HostStep& ws, MatrixView<float> x, std::size_t n_heads, std::size_t head_dim,
+                        const float* inv_freq, RopeStyle style) {
+    for (std::size_t t = 0; t < x.rows; ++t)
+      Kernels::rope(x.row(t), n_heads, head_dim, std::size_t(ws.positions[t]), inv_freq, style);
+  }
+  static void store_kv(HostStep& ws, MatrixView<const float> k, MatrixView<const float> v) {
+    for (std::size_t t = 0; t < k.rows; ++t)
+      ws.views[ws.view_of_token[t]].store(std::size_t(ws.positions[t]), k.row(t), v.row(t));
+  }
+  static void swiglu(HostStep&, float* gate, const float* up, std::size_t n) { Kernels::swiglu(gate, up, n); }
+  static void geglu(HostStep&, float* gate, const float* up, std::size_t n) { Kernels::geglu(gate, up, n); }
+  static void softcap_rows(HostStep&, MatrixView<float> x, float cap) {
+    for (std::size_t t = 0; t < x.rows; ++t) Kernels::softcap(x.row(t), x.cols, cap);
+  }
+  // Host memory is where the caller reads: nothing to move unless the views differ.
+  static void to_host(HostStep&, MatrixView<const float> src, MatrixView<float> dst) {
+    if (src.data == dst.data) return;
+    for (std::size_t t = 0; t < src.rows; ++t) std::copy_n(src.row(t), src.cols, dst.row(t));
+  }
+};
+
+}  // namespace tinyllm
 // ---- tinyllm/kernels/quant_reference.hpp ----
 // The specification of matmul with quantized weights: each weight row dequantized by GGUF's rules
 // (quant/), then plain dot products with the float activations, accumulated in double. The fused
@@ -1518,10 +1725,13 @@ inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_o
 
 namespace tinyllm {
 
-struct ReferenceBackend {
-  struct Workspace {   // the reference needs no scratch of its own
+struct ReferenceBackend : HostBackend<ReferenceBackend> {
+  struct Workspace : HostStep {   // the reference needs no scratch of its own
     Workspace(std::size_t /*max_tokens*/, std::size_t /*max_in*/) {}
   };
+  static const void* resident(Workspace&, const void* host, std::size_t /*bytes*/) { return host; }
+  using HostBackend::swiglu;   // the step-level forms, beside the per-vector kernels below
+  using HostBackend::geglu;
 
   static void matmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
                      MatrixView<const float> x, MatrixView<float> y, Workspace& /*ws*/) {
@@ -1545,15 +1755,14 @@ struct ReferenceBackend {
                                                       std::size_t n_ctx) {
     return n_ctx;
   }
-  // Token t reads the KV view views[view_of_token[t]]; one token at a time, as each may be of
-  // another sequence.
-  static void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
-                        std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
-                        std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                        const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
+  // Token t reads the KV view ws.views[ws.view_of_token[t]]; one token at a time, as each may be
+  // of another sequence.
+  static void attention(ThreadPool& pool, Workspace& ws, MatrixView<const float> q, std::size_t n_heads,
+                        std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
+                        MatrixView<float> out, MatrixView<float> scratch) {
     for (std::size_t t = 0; t < q.rows; ++t)
-      ref::attention(pool, q.rows_slice(t, 1), positions.subspan(t, 1), views[view_of_token[t]], n_heads, n_kv_heads,
-                     head_dim, params, out.rows_slice(t, 1), scratch);
+      ref::attention(pool, q.rows_slice(t, 1), ws.positions.subspan(t, 1), ws.views[ws.view_of_token[t]], n_heads,
+                     n_kv_heads, head_dim, params, out.rows_slice(t, 1), scratch);
   }
 };
 
@@ -3672,18 +3881,25 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
 // kernels: Transformer<Arch, Backend> (model/transformer.hpp) names no kernel namespace but calls
 // a backend's static members, so one forward pass runs on any backend. Every backend has:
 //
+//   memory()         where activations and KV caches live: nullptr for host memory, else the
+//                    MemoryResource of the backend's device (core/memory.hpp)
 //   Workspace        per-model state the backend owns, built once as Workspace(max_tokens, max_in)
-//                    (here: the activations quantized to 8 bits for the quantized matmuls)
+//                    (here: the activations quantized to 8 bits, and the step's inputs)
+//   resident         a weight's bytes where the kernels read them (here: where they are)
+//   begin_step       the step's tokens, positions and each token's sequence; set_kv_views: one
+//                    layer's KV views of those sequences. The members below read them from ws.
 //   matmul           y[n_tok, n_out] = x[n_tok, n_in] · wᵀ, w of a run-time DType as the file stores it
-//   rmsnorm, rope, swiglu, geglu, softcap     one row or vector, as in kernels/reference.hpp
-//   attention        every token over its own sequence's KV, views[view_of_token[t]], with scratch
+//   embed, rmsnorm_rows, gather_rows, add_rows, add_bias, rope_rows, store_kv, swiglu, geglu,
+//   softcap_rows, to_host      the steps of a forward pass over a batch of rows (host_backend.hpp)
+//   attention        every token over its own sequence's KV view, with scratch
 //                    [threads, attention_scratch_cols(n_heads, n_kv_heads, n_ctx)]
 //   packs_weights    whether it keeps some matrices in a layout of its own; if so, also can_pack,
 //                    packed_bytes, kPackRows, pack_rows (at load) and matmul_packed
 //
 // ReferenceBackend (kernels/reference_backend.hpp) is the scalar specification; it packs nothing.
-// A CUDA backend would own its device buffers the same way, in its Workspace. Each member here
-// forwards to a cpu:: entry point in one line.
+// CudaBackend (kernels/cuda/backend.hpp) keeps weights, activations and KV blocks in device memory.
+// The per-row kernels here forward to cpu:: entry points in one line each; HostBackend turns
+// them into the step-level members.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -3691,8 +3907,13 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
 
 namespace tinyllm {
 
-struct CpuBackend {
-  using Workspace = cpu::QuantScratch;
+struct CpuBackend : HostBackend<CpuBackend> {
+  struct Workspace : cpu::QuantScratch, HostStep {
+    using QuantScratch::QuantScratch;
+  };
+  static const void* resident(Workspace&, const void* host, std::size_t /*bytes*/) { return host; }
+  using HostBackend::swiglu;   // the step-level forms, beside the per-vector kernels below
+  using HostBackend::geglu;
 
   static void matmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
                      MatrixView<const float> x, MatrixView<float> y, Workspace& ws) {
@@ -3730,12 +3951,12 @@ struct CpuBackend {
   static constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
     return cpu::attention_scratch_cols(n_heads, n_kv_heads, n_ctx);
   }
-  // Token t reads the KV view views[view_of_token[t]] (its sequence's, for this layer).
-  static void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
-                        std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
-                        std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
-                        const AttentionParams& params, MatrixView<float> out, MatrixView<float> scratch) {
-    cpu::attention(pool, q, positions, views, view_of_token, n_heads, n_kv_heads, head_dim, params, out, scratch);
+  // Token t reads the KV view ws.views[ws.view_of_token[t]] (its sequence's, for this layer).
+  static void attention(ThreadPool& pool, Workspace& ws, MatrixView<const float> q, std::size_t n_heads,
+                        std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
+                        MatrixView<float> out, MatrixView<float> scratch) {
+    cpu::attention(pool, q, ws.positions.first(q.rows), ws.views, ws.view_of_token.first(q.rows), n_heads, n_kv_heads,
+                   head_dim, params, out, scratch);
   }
 };
 
@@ -6707,6 +6928,22 @@ struct ArchDefaults {
   static constexpr std::size_t swa_period = 0;
 };
 
+// An architecture's traits as run-time values, for code that runs a model whose traits type it
+// never sees (the LoRA trainer of train/ works on any loaded Model).
+struct ArchInfo {
+  Ffn ffn;
+  RopeStyle rope;
+  bool scale_embeddings, qkv_bias, qk_norm, post_norms, parallel_blocks, attn_softcap, final_softcap;
+  std::size_t swa_period;
+};
+
+template <class Arch>
+constexpr ArchInfo arch_info() {
+  return {Arch::ffn,           Arch::rope,         Arch::scale_embeddings, Arch::qkv_bias,
+          Arch::qk_norm,       Arch::post_norms,   Arch::parallel_blocks,  Arch::attn_softcap,
+          Arch::final_softcap, Arch::swa_period};
+}
+
 }  // namespace tinyllm
 
 namespace tinyllm {
@@ -7020,7 +7257,9 @@ inline void write_synthetic_lora(GGUFWriter& out, const SyntheticShape& s, std::
 // model, top to bottom, in the spirit of llama2.c's forward(): it takes a batch of tokens of one
 // sequence at given positions (a prompt prefill, or one token of decode) and writes logits. Every
 // kernel is called through the Backend parameter: CpuBackend (Highway, kernels/cpu/backend.hpp,
-// which lists a backend's members) or ReferenceBackend (the scalar specification, for tests).
+// which lists a backend's members), ReferenceBackend (the scalar specification, for tests) or
+// CudaBackend (kernels/cuda/backend.hpp). The backend also says where activations and KV caches
+// live (Backend::memory()) and where the kernels read the weights (Backend::resident).
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -7079,11 +7318,12 @@ class KVCache {
 };
 
 // One block per layer holding every position: the simplest cache, for one sequence. K and V are
-// stored as F32 (the default) or F16.
+// stored as F32 (the default) or F16, in host memory or in `mem`'s (a device backend's).
 class ContiguousKVCache final : public KVCache {
  public:
-  ContiguousKVCache(const ModelConfig& cfg, std::size_t capacity, KVType type = KVType::f32)
-      : capacity_(capacity), kv_dim_(cfg.kv_dim()), type_(type) {
+  ContiguousKVCache(const ModelConfig& cfg, std::size_t capacity, KVType type = KVType::f32,
+                    const MemoryResource* mem = nullptr)
+      : capacity_(capacity), kv_dim_(cfg.kv_dim()), type_(type), k_(mem), v_(mem), k16_(mem), v16_(mem) {
     if (capacity == 0) throw Error("a KV cache needs room for at least one position", "ContiguousKVCache");
     if (type == KVType::f16) table(cfg.n_layers, k16_, v16_, k16_blocks_, v16_blocks_);
     else table(cfg.n_layers, k_, v_, k_blocks_, v_blocks_);
@@ -7098,7 +7338,7 @@ class ContiguousKVCache final : public KVCache {
 
  private:
   template <class T>
-  void table(std::size_t n_layers, AlignedBuffer<T>& k, AlignedBuffer<T>& v, std::vector<T*>& k_blocks,
+  void table(std::size_t n_layers, MemoryBuffer<T>& k, MemoryBuffer<T>& v, std::vector<T*>& k_blocks,
              std::vector<T*>& v_blocks) {
     k.resize(n_layers * capacity_ * kv_dim_);
     v.resize(n_layers * capacity_ * kv_dim_);
@@ -7110,8 +7350,8 @@ class ContiguousKVCache final : public KVCache {
 
   std::size_t capacity_, kv_dim_;
   KVType type_;
-  AlignedBuffer<float> k_, v_;   // [n_layers, capacity, kv_dim] for F32 storage
-  AlignedBuffer<F16> k16_, v16_; // ... or for F16
+  MemoryBuffer<float> k_, v_;   // [n_layers, capacity, kv_dim] for F32 storage
+  MemoryBuffer<F16> k16_, v16_; // ... or for F16
   std::vector<float*> k_blocks_, v_blocks_;
   std::vector<F16*> k16_blocks_, v16_blocks_;
 };
@@ -7419,6 +7659,7 @@ class Model {
  public:
   virtual ~Model() = default;
   virtual const ModelConfig& config() const = 0;
+  virtual ArchInfo arch() const = 0;   // the architecture's traits
   virtual const TransformerWeights& weights() const = 0;
   virtual std::size_t max_batch() const = 0;
   // tokens[i] at positions[i], all of one sequence; K/V of these positions are written to
@@ -7444,8 +7685,12 @@ class Model {
   virtual void set_adapters(std::vector<AdapterRef> adapters) = 0;
   virtual const std::vector<AdapterRef>& adapters() const = 0;
 
+  // Where this model's activations and KV caches live: nullptr for host memory, else its
+  // backend's device memory (a KVBlockPool for it must allocate there too).
+  virtual const MemoryResource* memory() const = 0;
+
   std::unique_ptr<KVCache> new_kv_cache(std::size_t capacity = 0, KVType type = KVType::f32) const {
-    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context, type);
+    return std::make_unique<ContiguousKVCache>(config(), capacity ? capacity : config().context, type, memory());
   }
   // Parameters in weight matrices, norms and biases (an embedding tied to the output counts once).
   std::size_t n_params() const { return count_weights([](const WeightMatrix& m) { return m.rows * m.cols; }, 1); }
@@ -7472,7 +7717,7 @@ class Model {
 
 // A type whose static members are the kernels the model calls (listed in kernels/cpu/backend.hpp).
 template <class B>
-concept KernelBackend = requires { typename B::Workspace; B::packs_weights; &B::matmul; &B::attention; };
+concept KernelBackend = requires { typename B::Workspace; B::packs_weights; &B::matmul; &B::attention; &B::memory; };
 
 template <class Arch, KernelBackend Backend = CpuBackend>
 class Transformer final : public Model {
@@ -7481,6 +7726,11 @@ class Transformer final : public Model {
   Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
       : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
         ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff})) {
+    if (!can_dequantize(w_.token_embd.type))
+      throw Error("cannot read rows of tensor type " + std::string(name(w_.token_embd.type)), w_.token_embd.name);
+    if (Backend::memory() && Arch::ffn == Ffn::custom)
+      throw Error("a custom FFN activation runs on the host; this backend keeps activations in " +
+                  std::string(Backend::memory()->name) + " memory", std::string(Arch::name));
     const std::size_t b = max_batch_;
     x_.resize(b * cfg_.n_embd);
     xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
@@ -7496,10 +7746,13 @@ class Transformer final : public Model {
     seq_of_token_.resize(b);
     views_.resize(16);
     plan_layers();
+    make_resident();
   }
 
   const ModelConfig& config() const override { return cfg_; }
+  ArchInfo arch() const override { return arch_info<Arch>(); }
   const TransformerWeights& weights() const override { return w_; }
+  const MemoryResource* memory() const override { return Backend::memory(); }
 
   std::size_t max_batch() const override { return max_batch_; }
 
@@ -7586,6 +7839,37 @@ class Transformer final : public Model {
     }
   }
 
+  // A layer's weights where the backend's kernels read them (Backend::resident): the loaded
+  // weights themselves on a host backend, copies in device memory on CUDA.
+  struct ResidentLayer {
+    const float *attn_norm, *bq, *bk, *bv, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm;
+    WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+  };
+  const float* resident(const AlignedBuffer<float>& v) {
+    return v.empty() ? nullptr : static_cast<const float*>(Backend::resident(ws_, v.data(), v.size() * sizeof(float)));
+  }
+  const float* resident(const std::vector<float>& v) {
+    return static_cast<const float*>(Backend::resident(ws_, v.data(), v.size() * sizeof(float)));
+  }
+  WeightMatrix resident(const WeightMatrix& m) {
+    WeightMatrix r = m;
+    if (m.data) r.data = Backend::resident(ws_, m.data, row_bytes(m.type, m.cols) * m.rows);
+    return r;
+  }
+  void make_resident() {
+    for (const LayerWeights& l : w_.layers)
+      layers_.push_back({resident(l.attn_norm), resident(l.bq), resident(l.bk), resident(l.bv), resident(l.q_norm),
+                         resident(l.k_norm), resident(l.post_attn_norm), resident(l.ffn_norm),
+                         resident(l.post_ffn_norm), resident(l.wq), resident(l.wk), resident(l.wv), resident(l.wo),
+                         resident(l.w_gate), resident(l.w_up), resident(l.w_down)});
+    token_embd_ = resident(w_.token_embd);
+    output_ = resident(w_.output);
+    output_norm_ = resident(w_.output_norm);
+    const float* global = resident(inv_freq_global_);
+    const float* local = resident(inv_freq_local_);
+    for (LayerPlan& p : plans_) p.inv_freq = p.inv_freq == inv_freq_local_.data() ? local : global;
+  }
+
   // n <= max_batch tokens of the sequences `seqs`; logits row i is for token logit_rows[i].
   void forward_chunk(ThreadPool& pool, std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
                      std::span<const SequenceSlice> seqs, std::span<const std::size_t> logit_rows,
@@ -7601,6 +7885,8 @@ class Transformer final : public Model {
     MatrixView<float> gate(gate_.data(), n, c.n_ff);   // [n, n_ff]
     MatrixView<float> up(up_.data(), n, c.n_ff);
     MatrixView<float> proj(xb_.data(), n, dim);        // [n, n_embd] block output, reuses xb
+    MatrixView<float> q_heads(q_.data(), n * c.n_heads, c.head_dim);     // q and k as one row per head
+    MatrixView<float> k_heads(k_.data(), n * c.n_kv_heads, c.head_dim);
 
     std::size_t longest = 0;   // cache positions any token can attend to
     for (std::size_t i = 0; i < seqs.size(); ++i) {
@@ -7623,15 +7909,13 @@ class Transformer final : public Model {
     ap.scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(float(c.head_dim));
     if constexpr (Arch::attn_softcap) ap.softcap = c.attn_softcap;
 
-    for (std::size_t t = 0; t < n; ++t) {
-      dequantize_row(w_.token_embd, std::size_t(tokens[t]), x.row(t));
-      if constexpr (Arch::scale_embeddings) scale_in_place(x.row(t), dim, std::sqrt(float(dim)));
-    }
+    Backend::begin_step(ws_, tokens, positions, std::span<const std::uint32_t>(seq_of_token_).first(n));
+    Backend::embed(ws_, token_embd_.type, token_embd_.data, x, Arch::scale_embeddings ? std::sqrt(float(dim)) : 1.0f);
 
     for (std::size_t l = 0; l < c.n_layers; ++l) {
-      const LayerWeights& lw = w_.layers[l];
+      const ResidentLayer& lw = layers_[l];
       // Attention block: x += wo · attention(rope(wq · norm(x)), rope(wk · norm(x)), wv · norm(x))
-      for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.attn_norm.data(), xb.row(t), dim, c.norm_eps);
+      Backend::rmsnorm_rows(ws_, x, lw.attn_norm, xb, c.norm_eps);
       matmul(pool, lw.wq, xb, q, l, LoraTarget::q, seqs);
       matmul(pool, lw.wk, xb, k, l, LoraTarget::k, seqs);
       matmul(pool, lw.wv, xb, v, l, LoraTarget::v, seqs);
@@ -7639,58 +7923,54 @@ class Transformer final : public Model {
         matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
         matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
-      for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
-      for (std::size_t t = 0; t < n; ++t) {
-        const KVLayerView& kv = views_[seq_of_token_[t]];
-        if constexpr (Arch::qkv_bias) {
-          add_in_place(q.row(t), lw.bq.data(), c.q_dim());
-          add_in_place(k.row(t), lw.bk.data(), c.kv_dim());
-          add_in_place(v.row(t), lw.bv.data(), c.kv_dim());
-        }
-        if constexpr (Arch::qk_norm) {
-          for (std::size_t h = 0; h < c.n_heads; ++h)
-            Backend::rmsnorm(q.row(t) + h * c.head_dim, lw.q_norm.data(), q.row(t) + h * c.head_dim, c.head_dim,
-                             c.norm_eps);
-          for (std::size_t h = 0; h < c.n_kv_heads; ++h)
-            Backend::rmsnorm(k.row(t) + h * c.head_dim, lw.k_norm.data(), k.row(t) + h * c.head_dim, c.head_dim,
-                             c.norm_eps);
-        }
-        const auto pos = std::size_t(positions[t]);
-        Backend::rope(q.row(t), c.n_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
-        Backend::rope(k.row(t), c.n_kv_heads, c.head_dim, pos, plans_[l].inv_freq, Arch::rope);
-        kv.store(pos, k.row(t), v.row(t));
+      if constexpr (Arch::qkv_bias) {
+        Backend::add_bias(ws_, q, lw.bq);
+        Backend::add_bias(ws_, k, lw.bk);
+        Backend::add_bias(ws_, v, lw.bv);
       }
+      if constexpr (Arch::qk_norm) {
+        Backend::rmsnorm_rows(ws_, q_heads, lw.q_norm, q_heads, c.norm_eps);
+        Backend::rmsnorm_rows(ws_, k_heads, lw.k_norm, k_heads, c.norm_eps);
+      }
+      Backend::rope_rows(ws_, q, c.n_heads, c.head_dim, plans_[l].inv_freq, Arch::rope);
+      Backend::rope_rows(ws_, k, c.n_kv_heads, c.head_dim, plans_[l].inv_freq, Arch::rope);
+      for (std::size_t i = 0; i < seqs.size(); ++i) views_[i] = seqs[i].cache->layer(l);
+      Backend::set_kv_views(ws_, std::span<const KVLayerView>(views_).first(seqs.size()));
+      Backend::store_kv(ws_, k, v);
       ap.window = plans_[l].window;
-      Backend::attention(pool, q, positions, std::span<const KVLayerView>(views_).first(seqs.size()),
-                         std::span<const std::uint32_t>(seq_of_token_).first(n), c.n_heads, c.n_kv_heads, c.head_dim,
-                         ap, att, scores_);
+      Backend::attention(pool, ws_, q, c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
       matmul(pool, lw.wo, att, proj, l, LoraTarget::o, seqs);
-      if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_attn_norm.data());
-      add_rows(x, proj);
+      if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_attn_norm, proj, c.norm_eps);
+      Backend::add_rows(ws_, x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
       if constexpr (!Arch::parallel_blocks) {
-        for (std::size_t t = 0; t < n; ++t) Backend::rmsnorm(x.row(t), lw.ffn_norm.data(), xb.row(t), dim, c.norm_eps);
+        Backend::rmsnorm_rows(ws_, x, lw.ffn_norm, xb, c.norm_eps);
         matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
         matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
-      if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(gate.data, up.data, n * c.n_ff);
-      if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate.data, up.data, n * c.n_ff);
+      if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate.data, up.data, n * c.n_ff);
       if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
       matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
-      if constexpr (Arch::post_norms) norm_rows_in_place(proj, lw.post_ffn_norm.data());
-      add_rows(x, proj);
+      if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_ffn_norm, proj, c.norm_eps);
+      Backend::add_rows(ws_, x, proj);
     }
 
     if (logit_rows.empty()) return;   // a prompt chunk whose logits nobody asked for
     MatrixView<float> xf = xb.rows_slice(0, logit_rows.size());   // [rows wanted, n_embd]
-    for (std::size_t r = 0; r < logit_rows.size(); ++r)
-      Backend::rmsnorm(x.row(logit_rows[r]), w_.output_norm.data(), xf.row(r), dim, c.norm_eps);
-    matmul(pool, w_.output, xf, logits);
-    if constexpr (Arch::final_softcap)
-      for (std::size_t t = 0; t < logits.rows; ++t) Backend::softcap(logits.row(t), logits.cols, c.final_softcap);
+    Backend::gather_rows(ws_, x, logit_rows, xf);
+    Backend::rmsnorm_rows(ws_, xf, output_norm_, xf, c.norm_eps);
+    // Logits are computed where the activations live, then brought to the caller's (host) memory.
+    MatrixView<float> out = logits;
+    if (Backend::memory()) {
+      if (logits_dev_.size() < logits.rows * logits.cols) logits_dev_.resize(logits.rows * logits.cols);
+      out = MatrixView<float>(logits_dev_.data(), logits.rows, logits.cols);
+    }
+    matmul(pool, output_, xf, out);
+    if constexpr (Arch::final_softcap) Backend::softcap_rows(ws_, out, c.final_softcap);
+    Backend::to_host(ws_, out, logits);
   }
-
   void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
     tinyllm::matmul<Backend>(pool, w, x, y, ws_);
   }
@@ -7720,35 +8000,20 @@ class Transformer final : public Model {
     ThreadPool& p = n <= kLoraInlineTokens ? inline_pool_ : pool;
     tinyllm::matmul<Backend>(p, m.a, x, ax, ws_);
     tinyllm::matmul<Backend>(p, m.b, ax, out, ws_);
-    const float f = a.adapter->factor(m, a.scale);
-    for (std::size_t t = 0; t < n; ++t) {
-      float* yr = y.row(t);
-      const float* o = out.row(t);
-      for (std::size_t i = 0; i < y.cols; ++i) yr[i] += f * o[i];
-    }
+    Backend::add_rows(ws_, y, out, a.adapter->factor(m, a.scale));
   }
   // Refuses an adapter made for other shapes, and sizes the buffers of the low-rank products.
   void check_adapter(const AdapterRef& a) {
     if (!a.adapter) throw Error("null adapter");
+    if (Backend::memory())   // its matrices stay in host memory, where this backend's kernels cannot read
+      throw Error("LoRA adapters are not supported on the " + std::string(Backend::memory()->name) + " backend yet",
+                  a.adapter->path());
     if (!a.adapter->fits(cfg_))
       throw Error("adapter does not fit this model's shapes", a.adapter->path(), "an adapter loaded for this model");
     const std::size_t widest = std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.kv_dim(), cfg_.n_ff});
     if (lora_ax_.size() < max_batch_ * a.adapter->max_rank()) lora_ax_.resize(max_batch_ * a.adapter->max_rank());
     if (lora_out_.size() < max_batch_ * widest) lora_out_.resize(max_batch_ * widest);
   }
-  void norm_rows_in_place(MatrixView<float> m, const float* w) const {
-    for (std::size_t t = 0; t < m.rows; ++t) Backend::rmsnorm(m.row(t), w, m.row(t), m.cols, cfg_.norm_eps);
-  }
-  static void scale_in_place(float* a, std::size_t n, float s) {
-    for (std::size_t i = 0; i < n; ++i) a[i] *= s;
-  }
-  static void add_in_place(float* a, const float* b, std::size_t n) {
-    for (std::size_t i = 0; i < n; ++i) a[i] += b[i];
-  }
-  static void add_rows(MatrixView<float> x, MatrixView<const float> y) {
-    for (std::size_t t = 0; t < x.rows; ++t) add_in_place(x.row(t), y.row(t), x.cols);
-  }
-
   void check_tokens(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions) const {
     if (tokens.size() != positions.size())
       throw Error("forward: " + std::to_string(tokens.size()) + " tokens but " +
@@ -7772,14 +8037,20 @@ class Transformer final : public Model {
   std::vector<std::uint32_t> seq_of_token_; // [max_batch] slice index of each token
   std::vector<KVLayerView> views_;          // one per sequence of the current step
   std::vector<AdapterRef> adapters_;        // LoRA adapters for every token (set_adapters)
-  AlignedBuffer<float> lora_ax_, lora_out_; // [max_batch, rank], [max_batch, n_out] LoRA products
+  MemoryBuffer<float> lora_ax_{Backend::memory()}, lora_out_{Backend::memory()};   // [max_batch, rank], [max_batch, n_out]
   static constexpr std::size_t kLoraInlineTokens = 4;
   ThreadPool inline_pool_{1};               // runs on the calling thread
-  // Buffers for max_batch_ tokens, allocated once: the forward pass never allocates.
-  AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
-  AlignedBuffer<float> scores_buf_;   // [threads, Backend::attention_scratch_cols(...)] attention scores
-  MatrixView<float> scores_;
   typename Backend::Workspace ws_;    // the backend's own state (CPU: activations quantized for the matmuls)
+  std::vector<ResidentLayer> layers_; // [n_layers] weights where the kernels read them
+  WeightMatrix token_embd_, output_;
+  const float* output_norm_ = nullptr;
+  // Buffers for max_batch_ tokens in the backend's memory, allocated once: the forward pass
+  // never allocates.
+  MemoryBuffer<float> x_{Backend::memory()}, xb_{Backend::memory()}, q_{Backend::memory()}, k_{Backend::memory()},
+      v_{Backend::memory()}, att_{Backend::memory()}, gate_{Backend::memory()}, up_{Backend::memory()};
+  MemoryBuffer<float> scores_buf_{Backend::memory()};   // [threads, Backend::attention_scratch_cols(...)] scores
+  MatrixView<float> scores_;
+  MemoryBuffer<float> logits_dev_{Backend::memory()};   // [rows, vocab] logits before the copy to the host
 };
 
 }  // namespace tinyllm
@@ -8135,12 +8406,14 @@ LoadedModel load_gguf_bytes(std::vector<std::byte> bytes, const std::string& nam
 }
 
 // A seeded random-weight Llama of a named shape, written by the GGUF writer and loaded from
-// memory. With no arguments: the embedded default model (its text is noise).
-inline LoadedModel load_synthetic(std::string_view shape = "tiny", DType type = DType::F32,
-                                  std::uint64_t seed = 42, const LoadOptions& opt = {}) {
+// memory (load_synthetic<ReferenceBackend>(...) on another backend). With no arguments: the
+// embedded default model (its text is noise).
+template <KernelBackend Backend = CpuBackend>
+LoadedModel load_synthetic(std::string_view shape = "tiny", DType type = DType::F32, std::uint64_t seed = 42,
+                           const LoadOptions& opt = {}) {
   GGUFWriter w;
   write_synthetic_llama(w, synthetic_shape(shape), type, seed);
-  return load_gguf_bytes(w.to_bytes(), "synthetic:" + std::string(shape), opt);
+  return load_gguf_bytes<void, Backend>(w.to_bytes(), "synthetic:" + std::string(shape), opt);
 }
 
 }  // namespace tinyllm
@@ -8547,8 +8820,11 @@ using BlockId = std::uint32_t;
 
 class KVBlockPool {
  public:
-  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks, KVType type = KVType::f32)
-      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), type_(type), blocks_(n_blocks) {
+  // The blocks live in host memory, or in `mem`'s (the model's: Model::memory()).
+  KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks, KVType type = KVType::f32,
+              const MemoryResource* mem = nullptr)
+      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), type_(type), storage_(mem),
+        storage_f16_(mem), blocks_(n_blocks) {
     if (block_size == 0 || n_blocks == 0)
       throw Error("a KV block pool needs blocks of at least one position", "KVBlockPool",
                   "block_size >= 1 and n_blocks >= 1");
@@ -8585,8 +8861,8 @@ class KVBlockPool {
 
   // Copies every layer's K and V of block `from` into block `to`.
   void copy_block(BlockId from, BlockId to) {
-    if (type_ == KVType::f16) std::copy_n(storage_f16_.data() + offset(from, 0), block_elements(), storage_f16_.data() + offset(to, 0));
-    else std::copy_n(storage_.data() + offset(from, 0), block_elements(), storage_.data() + offset(to, 0));
+    if (type_ == KVType::f16) copy_elements(storage_f16_, from, to);
+    else copy_elements(storage_, from, to);
   }
 
   // A block no one holds (evicting the oldest released one and its hash), with one reference;
@@ -8660,6 +8936,13 @@ class KVBlockPool {
   std::size_t plane() const { return block_size_ * kv_dim_; }
   std::size_t block_elements() const { return n_layers_ * 2 * plane(); }
   std::size_t offset(BlockId b, std::size_t layer) const { return b * block_elements() + layer * 2 * plane(); }
+  template <class T>
+  void copy_elements(MemoryBuffer<T>& storage, BlockId from, BlockId to) {
+    const T* src = storage.data() + offset(from, 0);
+    T* dst = storage.data() + offset(to, 0);
+    if (const MemoryResource* mem = storage.memory()) mem->copy(dst, src, block_elements() * sizeof(T));
+    else std::copy_n(src, block_elements(), dst);
+  }
   void forget_hash(BlockId b) {
     Block& blk = blocks_[b];
     if (blk.hash) {
@@ -8671,8 +8954,8 @@ class KVBlockPool {
 
   std::size_t block_size_, n_layers_, kv_dim_;
   KVType type_;
-  AlignedBuffer<float> storage_;     // F32 storage, or
-  AlignedBuffer<F16> storage_f16_;   // F16 storage
+  MemoryBuffer<float> storage_;     // F32 storage, or
+  MemoryBuffer<F16> storage_f16_;   // F16 storage
   std::vector<Block> blocks_;
   std::deque<QueueEntry> free_queue_;
   std::size_t n_free_ = 0;
@@ -8933,7 +9216,7 @@ class Engine {
         blocks_(model.config(), opt.block_size,
                 opt.kv_blocks ? opt.kv_blocks
                               : KVBlockPool::blocks_for_bytes(model.config(), opt.block_size, opt.kv_bytes, opt.kv_type),
-                opt.kv_type),
+                opt.kv_type, model.model().memory()),
         window_(model.model().kv_window()) {
     opt_.max_batch_tokens = std::min(opt_.max_batch_tokens, model_.max_batch());
     if (opt_.max_batch_tokens == 0 || opt_.max_sequences == 0)
@@ -9302,5 +9585,792 @@ class Engine {
   AlignedBuffer<float> logits_;            // [max_sequences, vocab]
   EngineMetrics metrics_;
 };
+
+}  // namespace tinyllm
+// ---- tinyllm/train/lora_trainer.hpp ----
+// LoRA fine-tuning on the CPU: the base model frozen in whatever type its file holds (F32 to the
+// K-quants: QLoRA), a low-rank pair (A, B) trained for each chosen matrix of each block. A
+// training step is a forward pass that keeps what the backward needs, the backward pass through
+// the cross-entropy, the classifier, RMSNorm, the FFN (SwiGLU or GeGLU), attention (causal,
+// grouped-query) and RoPE to the adapters' gradients (kernels/backward.hpp), and AdamW.
+//
+// The forward here is the model's (model/transformer.hpp) for the traits it supports, written
+// with Eigen matrices of T so that the same code runs in double for the gradient checks. Base
+// matrices are dequantized to T: kept for the whole run when they fit in cache_bytes, else
+// dequantized at each use. Sequences start at position 0 (a training window); a step's
+// sequences run in parallel on the pool, each thread adding to gradients of its own.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+// ---- tinyllm/kernels/backward.hpp ----
+// The ops of LoRA fine-tuning (train/): each forward op that saves what its backward needs, and
+// the backward beside it. Templates on the scalar T: float to train, double for the checks
+// against central finite differences (tests/kernels/backward_test.cpp). Matrices are Eigen's,
+// row-major like every other matrix of the library ([tokens, features]); their products are
+// Eigen's GEMMs, the dense f32 math the design card names Eigen for.
+#include <Eigen/Dense>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+
+namespace tinyllm::grad {
+
+template <class T>
+using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// ---- RMSNorm: y = x * r * w with r = 1 / sqrt(mean(x^2) + eps), row by row ----
+// Returns r of each row (the backward's saved value).
+template <class T>
+std::vector<T> rmsnorm(const Matrix<T>& x, const float* w, float eps, Matrix<T>& y) {
+  std::vector<T> r(std::size_t(x.rows()));
+  y.resize(x.rows(), x.cols());
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    r[t] = T(1) / std::sqrt(x.row(t).squaredNorm() / T(x.cols()) + T(eps));
+    for (Eigen::Index i = 0; i < x.cols(); ++i) y(t, i) = x(t, i) * r[t] * T(w[i]);
+  }
+  return r;
+}
+// dx += dL/dx for dy = dL/dy: with g = dy * w, dx = r g - x r^3 (g . x) / n.
+template <class T>
+void rmsnorm_backward(const Matrix<T>& x, const float* w, const std::vector<T>& r, const Matrix<T>& dy,
+                      Matrix<T>& dx) {
+  const T n = T(x.cols());
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    T dot = 0;
+    for (Eigen::Index i = 0; i < x.cols(); ++i) dot += dy(t, i) * T(w[i]) * x(t, i);
+    const T c = r[t] * r[t] * r[t] * dot / n;
+    for (Eigen::Index i = 0; i < x.cols(); ++i) dx(t, i) += r[t] * dy(t, i) * T(w[i]) - c * x(t, i);
+  }
+}
+
+// ---- RoPE: each head of row t turned by position positions[t] (as ref::rope); the backward of a
+// rotation is the rotation by the opposite angle ----
+template <class T>
+void rope(Matrix<T>& x, std::size_t head_dim, std::span<const std::int32_t> positions, const float* inv_freq,
+          RopeStyle style, bool inverse = false) {
+  const std::size_t half = head_dim / 2, n_heads = std::size_t(x.cols()) / head_dim;
+  for (Eigen::Index t = 0; t < x.rows(); ++t)
+    for (std::size_t h = 0; h < n_heads; ++h)
+      for (std::size_t i = 0; i < half; ++i) {
+        const float angle = float(positions[t]) * inv_freq[i];
+        const T c = T(std::cos(double(angle))), s = T(inverse ? -std::sin(double(angle)) : std::sin(double(angle)));
+        const std::size_t ia = h * head_dim + (style == RopeStyle::adjacent_pairs ? 2 * i : i);
+        const std::size_t ib = h * head_dim + (style == RopeStyle::adjacent_pairs ? 2 * i + 1 : i + half);
+        const T a = x(t, Eigen::Index(ia)), b = x(t, Eigen::Index(ib));
+        x(t, Eigen::Index(ia)) = a * c - b * s;
+        x(t, Eigen::Index(ib)) = a * s + b * c;
+      }
+}
+
+// ---- causal grouped-query attention over one sequence at positions 0..n-1 ----
+// q [n, n_heads * head_dim], k and v [n, n_kv_heads * head_dim] -> out [n, n_heads * head_dim];
+// probs[h] [n, n] (the softmax of each head, zero above the diagonal) is saved for the backward.
+template <class T>
+void attention(const Matrix<T>& q, const Matrix<T>& k, const Matrix<T>& v, std::size_t n_heads,
+               std::size_t n_kv_heads, std::size_t head_dim, T scale, Matrix<T>& out, std::vector<Matrix<T>>& probs) {
+  const Eigen::Index n = q.rows(), d = Eigen::Index(head_dim);
+  const std::size_t group = n_heads / n_kv_heads;
+  out.resize(n, q.cols());
+  probs.resize(n_heads);
+  for (std::size_t h = 0; h < n_heads; ++h) {
+    const Eigen::Index qc = Eigen::Index(h * head_dim), kc = Eigen::Index(h / group * head_dim);
+    Matrix<T>& p = probs[h];
+    p.noalias() = scale * q.middleCols(qc, d) * k.middleCols(kc, d).transpose();   // [n, n] scores
+    for (Eigen::Index t = 0; t < n; ++t) {
+      const T max = p.row(t).head(t + 1).maxCoeff();
+      T sum = 0;
+      for (Eigen::Index j = 0; j <= t; ++j) sum += p(t, j) = std::exp(p(t, j) - max);
+      p.row(t).head(t + 1) /= sum;
+      p.row(t).tail(n - t - 1).setZero();
+    }
+    out.middleCols(qc, d).noalias() = p * v.middleCols(kc, d);
+  }
+}
+// dq = dL/dq, and dk, dv += (every query head of a KV head adds to it).
+template <class T>
+void attention_backward(const Matrix<T>& q, const Matrix<T>& k, const Matrix<T>& v, const std::vector<Matrix<T>>& probs,
+                        const Matrix<T>& dout, std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                        T scale, Matrix<T>& dq, Matrix<T>& dk, Matrix<T>& dv) {
+  const Eigen::Index n = q.rows(), d = Eigen::Index(head_dim);
+  const std::size_t group = n_heads / n_kv_heads;
+  dq.setZero(n, q.cols());
+  Matrix<T> dp, ds;
+  for (std::size_t h = 0; h < n_heads; ++h) {
+    const Eigen::Index qc = Eigen::Index(h * head_dim), kc = Eigen::Index(h / group * head_dim);
+    const Matrix<T>& p = probs[h];
+    dp.noalias() = dout.middleCols(qc, d) * v.middleCols(kc, d).transpose();   // dL/dp [n, n]
+    // Through the softmax: ds = p * (dp - sum_j p_j dp_j), row by row (zero above the diagonal).
+    ds = p.cwiseProduct(dp);
+    const Eigen::Matrix<T, Eigen::Dynamic, 1> row_dot = ds.rowwise().sum();
+    ds -= p.cwiseProduct(row_dot.replicate(1, n));
+    ds *= scale;
+    dq.middleCols(qc, d).noalias() += ds * k.middleCols(kc, d);
+    dk.middleCols(kc, d).noalias() += ds.transpose() * q.middleCols(qc, d);
+    dv.middleCols(kc, d).noalias() += p.transpose() * dout.middleCols(qc, d);
+  }
+}
+
+// ---- gated activations: h = act(gate) * up ----
+template <class T>
+T silu(T g) { return g / (T(1) + std::exp(-g)); }
+template <class T>
+T silu_derivative(T g) {
+  const T s = T(1) / (T(1) + std::exp(-g));
+  return s * (T(1) + g * (T(1) - s));
+}
+// GELU in its tanh form, as ref::gelu_value.
+template <class T>
+T gelu(T g) { return T(0.5) * g * (T(1) + std::tanh(T(0.7978845608028654) * (g + T(0.044715) * g * g * g))); }
+template <class T>
+T gelu_derivative(T g) {
+  const T c = T(0.7978845608028654), z = c * (g + T(0.044715) * g * g * g), th = std::tanh(z);
+  return T(0.5) * (T(1) + th) + T(0.5) * g * (T(1) - th * th) * c * (T(1) + T(3 * 0.044715) * g * g);
+}
+template <class T>
+void gated(const Matrix<T>& gate, const Matrix<T>& up, bool geglu, Matrix<T>& h) {
+  h.resize(gate.rows(), gate.cols());
+  for (Eigen::Index i = 0; i < gate.size(); ++i)
+    h.data()[i] = (geglu ? gelu(gate.data()[i]) : silu(gate.data()[i])) * up.data()[i];
+}
+// dgate = dh * up * act'(gate), dup = dh * act(gate).
+template <class T>
+void gated_backward(const Matrix<T>& gate, const Matrix<T>& up, bool geglu, const Matrix<T>& dh, Matrix<T>& dgate,
+                    Matrix<T>& dup) {
+  dgate.resize(gate.rows(), gate.cols());
+  dup.resize(gate.rows(), gate.cols());
+  for (Eigen::Index i = 0; i < gate.size(); ++i) {
+    const T g = gate.data()[i];
+    dgate.data()[i] = dh.data()[i] * up.data()[i] * (geglu ? gelu_derivative(g) : silu_derivative(g));
+    dup.data()[i] = dh.data()[i] * (geglu ? gelu(g) : silu(g));
+  }
+}
+
+// ---- cross-entropy of next-token prediction ----
+// Row t of logits predicts targets[t] with weight weights[t] (0 = not scored, as a prompt token
+// of a chat). Returns sum_t weight_t * -log softmax(logits_t)[target_t]; dlogits = its gradient.
+template <class T>
+T cross_entropy(const Matrix<T>& logits, std::span<const std::int32_t> targets, std::span<const float> weights,
+                Matrix<T>& dlogits) {
+  dlogits.setZero(logits.rows(), logits.cols());
+  T loss = 0;
+  for (Eigen::Index t = 0; t < logits.rows(); ++t) {
+    if (weights[t] == 0.0f) continue;
+    const T max = logits.row(t).maxCoeff();
+    const T sum = (logits.row(t).array() - max).exp().sum();
+    const T log_z = max + std::log(sum);
+    loss += T(weights[t]) * (log_z - logits(t, targets[t]));
+    dlogits.row(t) = T(weights[t]) * ((logits.row(t).array() - log_z).exp()).matrix();
+    dlogits(t, targets[t]) -= T(weights[t]);
+  }
+  return loss;
+}
+
+// ---- the LoRA product y += f * (x Aᵀ) Bᵀ: A [r, n_in], B [n_out, r] ----
+// Forward: returns x Aᵀ [n, r] (saved) after adding the product to y.
+template <class T>
+Matrix<T> lora(const Matrix<T>& x, const Matrix<T>& a, const Matrix<T>& b, T f, Matrix<T>& y) {
+  Matrix<T> ax = x * a.transpose();
+  y.noalias() += f * (ax * b.transpose());
+  return ax;
+}
+// dA += f (dy B)ᵀ x, dB += f dyᵀ (x Aᵀ), dx += f (dy B) A.
+template <class T>
+void lora_backward(const Matrix<T>& x, const Matrix<T>& ax, const Matrix<T>& a, const Matrix<T>& b, T f,
+                   const Matrix<T>& dy, Matrix<T>& da, Matrix<T>& db, Matrix<T>& dx) {
+  const Matrix<T> dax = f * (dy * b);   // [n, r]
+  db.noalias() += f * (dy.transpose() * ax);
+  da.noalias() += dax.transpose() * x;
+  dx.noalias() += dax * a;
+}
+
+}  // namespace tinyllm::grad
+
+namespace tinyllm {
+
+struct LoraTrainOptions {
+  std::size_t rank = 8;
+  float alpha = 16.0f;
+  std::vector<LoraTarget> targets = {LoraTarget::q, LoraTarget::k, LoraTarget::v, LoraTarget::o,
+                                     LoraTarget::gate, LoraTarget::up, LoraTarget::down};
+  std::uint64_t seed = 1;            // A's initial values (B starts at zero: the adapter starts as a no-op)
+  float beta1 = 0.9f, beta2 = 0.999f, adam_eps = 1e-8f;
+  float weight_decay = 0.0f;         // AdamW's decoupled decay of A and B
+  std::size_t cache_bytes = std::size_t(1) << 30;   // dequantized base matrices kept up to this
+};
+
+// One training example: tokens[0..n) and, for each i < n - 1, the weight of predicting
+// tokens[i + 1] from tokens[0..i] (0: not scored, as a user turn of a chat; 1: scored).
+struct TrainingSequence {
+  std::vector<std::int32_t> tokens;
+  std::vector<float> weights;   // [tokens.size() - 1]
+};
+
+struct TrainingLoss {
+  double sum = 0, count = 0;    // weighted sum of -log p(target), and of the weights
+  double mean() const { return count > 0 ? sum / count : 0.0; }
+  TrainingLoss& operator+=(const TrainingLoss& o) {
+    sum += o.sum, count += o.count;
+    return *this;
+  }
+};
+
+template <class T = float>
+class LoraTrainer {
+ public:
+  using Mat = grad::Matrix<T>;
+
+  LoraTrainer(const Model& model, LoraTrainOptions opt) : model_(model), cfg_(model.config()), opt_(std::move(opt)) {
+    check_supported();
+    if (opt_.rank == 0 || opt_.targets.empty())
+      throw Error("LoRA training needs a rank >= 1 and at least one target matrix", "LoraTrainOptions");
+    const ArchInfo a = model_.arch();
+    const auto& w = model_.weights();
+    inv_freq_ = rope_inv_freq(cfg_.head_dim, cfg_.rope_theta);
+    for (std::size_t i = 0; i < inv_freq_.size(); ++i) {
+      if (!w.rope_freq_factors.empty()) inv_freq_[i] /= w.rope_freq_factors[i];
+      inv_freq_[i] /= cfg_.rope_linear_scale;
+    }
+    geglu_ = a.ffn == Ffn::geglu;
+    SplitMix64 rng(opt_.seed);
+    params_.resize(cfg_.n_layers);
+    for (auto& layer : params_)
+      for (LoraTarget t : opt_.targets) {
+        const auto [n_out, n_in] = lora_target_shape(cfg_, t);
+        Param& p = layer[std::size_t(t)];
+        p.used = true;
+        // A as Kaiming-uniform for a linear layer of n_in inputs, B zero (as the LoRA paper).
+        const T bound = T(1) / std::sqrt(T(n_in));
+        p.a.resize(Eigen::Index(opt_.rank), Eigen::Index(n_in));
+        for (Eigen::Index i = 0; i < p.a.size(); ++i) p.a.data()[i] = bound * T(2 * rng.uniform() - 1);
+        p.b.setZero(Eigen::Index(n_out), Eigen::Index(opt_.rank));
+        for (Mat* m : {&p.ga, &p.ma, &p.va}) m->setZero(p.a.rows(), p.a.cols());
+        for (Mat* m : {&p.gb, &p.mb, &p.vb}) m->setZero(p.b.rows(), p.b.cols());
+      }
+    cache_weights();
+  }
+
+  const LoraTrainOptions& options() const { return opt_; }
+  T factor() const { return T(opt_.alpha) / T(opt_.rank); }
+  std::size_t steps_done() const { return steps_; }
+  std::size_t n_params() const {
+    std::size_t n = 0;
+    for (const auto& layer : params_)
+      for (const Param& p : layer)
+        if (p.used) n += std::size_t(p.a.size() + p.b.size());
+    return n;
+  }
+  // The adapter of block l for a target (A [r, n_in], B [n_out, r]) and their gradients so far.
+  Mat& a(std::size_t l, LoraTarget t) { return param(l, t).a; }
+  Mat& b(std::size_t l, LoraTarget t) { return param(l, t).b; }
+  const Mat& grad_a(std::size_t l, LoraTarget t) { return param(l, t).ga; }
+  const Mat& grad_b(std::size_t l, LoraTarget t) { return param(l, t).gb; }
+
+  // Forward and backward of each sequence; their gradients add to those of earlier calls (gradient
+  // accumulation) until step(). Returns the sequences' loss.
+  TrainingLoss accumulate(ThreadPool& pool, std::span<const TrainingSequence> seqs) {
+    return run(pool, seqs, true);
+  }
+  // The loss without gradients (held-out evaluation).
+  TrainingLoss evaluate(ThreadPool& pool, std::span<const TrainingSequence> seqs) { return run(pool, seqs, false); }
+  // The logits [n, vocab] of the model with the adapters as trained so far, for tokens at
+  // positions 0..n-1.
+  Mat logits(std::span<const std::int32_t> tokens) {
+    check_sequence({{tokens.begin(), tokens.end()}, std::vector<float>(tokens.size() - 1)});
+    if (workers_.empty()) workers_.resize(1);
+    Mat x;
+    return forward(tokens, workers_[0], x);
+  }
+
+  // One AdamW step with learning rate lr on the gradients accumulated since the last step,
+  // averaged over their scored tokens; the gradients are then cleared.
+  void step(float lr) {
+    if (pending_.count == 0) throw Error("an optimizer step without gradients", "LoraTrainer::step",
+                                         "accumulate() with scored tokens first");
+    ++steps_;
+    const T inv = T(1) / T(pending_.count);
+    const T b1 = T(opt_.beta1), b2 = T(opt_.beta2);
+    const T c1 = T(1) - std::pow(b1, T(steps_)), c2 = T(1) - std::pow(b2, T(steps_));
+    auto update = [&](Mat& w, Mat& g, Mat& m, Mat& v) {
+      for (Eigen::Index i = 0; i < w.size(); ++i) {
+        const T gi = g.data()[i] * inv;
+        m.data()[i] = b1 * m.data()[i] + (T(1) - b1) * gi;
+        v.data()[i] = b2 * v.data()[i] + (T(1) - b2) * gi * gi;
+        const T m_hat = m.data()[i] / c1, v_hat = v.data()[i] / c2;
+        w.data()[i] -= T(lr) * (m_hat / (std::sqrt(v_hat) + T(opt_.adam_eps)) + T(opt_.weight_decay) * w.data()[i]);
+      }
+      g.setZero();
+    };
+    for (auto& layer : params_)
+      for (Param& p : layer)
+        if (p.used) {
+          update(p.a, p.ga, p.ma, p.va);
+          update(p.b, p.gb, p.mb, p.vb);
+        }
+    pending_ = {};
+  }
+
+  // The adapter as a GGUF file in llama.cpp's layout (model/lora.hpp), F32, for the base model's
+  // architecture: LoraAdapter::load reads it back.
+  void save_adapter(const std::string& path) const {
+    GGUFWriter out;
+    write_adapter(out);
+    out.write(path);
+  }
+  // The adapter plus what resuming needs: the optimizer's moments and the step count.
+  void save_checkpoint(const std::string& path) const {
+    GGUFWriter out;
+    write_adapter(out);
+    out.set_string("general.type", "tinyllm.lora_checkpoint");
+    out.set_u64("training.steps", steps_);
+    each_param(*this, [&](const std::string& name, const Param& p) {
+      add_f32(out, name + ".lora_a.adam_m", p.ma);
+      add_f32(out, name + ".lora_a.adam_v", p.va);
+      add_f32(out, name + ".lora_b.adam_m", p.mb);
+      add_f32(out, name + ".lora_b.adam_v", p.vb);
+    });
+    out.write(path);
+  }
+  // Restores a checkpoint of a trainer with the same model shapes, rank and targets.
+  void load_checkpoint(const std::string& path) {
+    const GGUFFile f = GGUFFile::open(path);
+    if (!f.has("general.type") || f.get_string("general.type") != "tinyllm.lora_checkpoint")
+      throw Error("not a LoRA training checkpoint", path, "general.type = tinyllm.lora_checkpoint");
+    if (f.get_string("general.architecture") != cfg_.arch)
+      throw Error("checkpoint for architecture " + f.get_string("general.architecture"), path, cfg_.arch);
+    each_param(*this, [&](const std::string& name, Param& p) {
+      read_f32(f, name + ".lora_a", p.a);
+      read_f32(f, name + ".lora_b", p.b);
+      read_f32(f, name + ".lora_a.adam_m", p.ma);
+      read_f32(f, name + ".lora_a.adam_v", p.va);
+      read_f32(f, name + ".lora_b.adam_m", p.mb);
+      read_f32(f, name + ".lora_b.adam_v", p.vb);
+      p.ga.setZero(), p.gb.setZero();
+    });
+    for (const TensorView& t : f.tensors()) {
+      bool known = false;
+      each_param(*this, [&](const std::string& name, const Param&) { known = known || t.name.rfind(name + ".lora_", 0) == 0; });
+      if (!known) throw Error("checkpoint tensor " + t.name + " is not one of this trainer's adapters", path,
+                              "the same rank and target matrices as the run that wrote it");
+    }
+    steps_ = f.get_u64("training.steps");
+    pending_ = {};
+  }
+
+ private:
+  struct Param {
+    bool used = false;
+    Mat a, b, ga, gb, ma, mb, va, vb;   // values, gradients, AdamW's first and second moments
+  };
+  // What the backward pass needs of one block.
+  struct LayerCache {
+    Mat x_in, xb, q, k, v, att, x_mid, xb2, gate, up, h;
+    std::vector<T> r1, r2;
+    std::vector<Mat> probs;
+    std::array<Mat, kLoraTargets> ax;   // x Aᵀ of each adapted matrix
+  };
+  // One thread's gradients and scratch.
+  struct Worker {
+    std::vector<std::array<Mat, kLoraTargets>> ga, gb;
+    std::vector<LayerCache> layers;
+    Mat scratch_weight;
+    TrainingLoss loss;
+  };
+
+  Param& param(std::size_t l, LoraTarget t) {
+    Param& p = params_.at(l)[std::size_t(t)];
+    if (!p.used) throw Error("no adapter trained for " + std::string(kLoraTargetNames[std::size_t(t)]), "LoraTrainer");
+    return p;
+  }
+  const Param* trained(std::size_t l, LoraTarget t) const {
+    const Param& p = params_[l][std::size_t(t)];
+    return p.used ? &p : nullptr;
+  }
+
+  void check_supported() const {
+    const ArchInfo a = model_.arch();
+    const char* missing = a.ffn == Ffn::custom ? "a custom FFN activation"
+                          : a.qk_norm          ? "QK-norm"
+                          : a.post_norms       ? "post-norms"
+                          : a.parallel_blocks  ? "parallel blocks"
+                          : a.attn_softcap || a.final_softcap ? "soft-capping"
+                          : cfg_.sliding_window > 0           ? "sliding-window attention"
+                                                              : nullptr;
+    if (missing)
+      throw Error("LoRA training does not support " + std::string(missing) + " yet", cfg_.arch,
+                  "a llama-family model (Llama, Mistral, Qwen2, Gemma)");
+    if (cfg_.n_heads % cfg_.n_kv_heads != 0) throw Error("n_heads not a multiple of n_kv_heads", cfg_.arch);
+  }
+
+  // ---- base weights as T ----
+  void cache_weights() {
+    std::size_t bytes = 0;
+    auto want = [&](const WeightMatrix& w) { bytes += w.rows * w.cols * sizeof(T); };
+    const auto& wt = model_.weights();
+    for (const auto& l : wt.layers)
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) want(*m);
+    want(wt.output);
+    if (bytes > opt_.cache_bytes) return;   // dequantized at each use instead
+    auto keep = [&](const WeightMatrix& w) {
+      if (!cached_.contains(w.data)) dequantize(w, cached_[w.data]);
+    };
+    for (const auto& l : wt.layers)
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) keep(*m);
+    keep(wt.output);
+  }
+  static void dequantize(const WeightMatrix& w, Mat& out) {
+    out.resize(Eigen::Index(w.rows), Eigen::Index(w.cols));
+    if constexpr (std::is_same_v<T, float>) {
+      for (std::size_t r = 0; r < w.rows; ++r) dequantize_row(w, r, out.row(Eigen::Index(r)).data());
+    } else {
+      std::vector<float> row(w.cols);
+      for (std::size_t r = 0; r < w.rows; ++r) {
+        dequantize_row(w, r, row.data());
+        for (std::size_t i = 0; i < w.cols; ++i) out(Eigen::Index(r), Eigen::Index(i)) = T(row[i]);
+      }
+    }
+  }
+  const Mat& weight(const WeightMatrix& w, Worker& wk) const {
+    if (const auto it = cached_.find(w.data); it != cached_.end()) return it->second;
+    dequantize(w, wk.scratch_weight);
+    return wk.scratch_weight;
+  }
+
+  // y = x Wᵀ (+ the adapter's product, its x Aᵀ saved in `ax`).
+  void linear(const WeightMatrix& w, const Mat& x, Mat& y, std::size_t l, LoraTarget t, Mat& ax, Worker& wk) const {
+    y.noalias() = x * weight(w, wk).transpose();
+    if (const Param* p = trained(l, t)) ax = grad::lora(x, p->a, p->b, factor(), y);
+  }
+  // dx += dy W, and the adapter's gradients.
+  void linear_backward(const WeightMatrix& w, const Mat& x, const Mat& dy, Mat& dx, std::size_t l, LoraTarget t,
+                       const Mat& ax, Worker& wk) const {
+    dx.noalias() += dy * weight(w, wk);
+    if (const Param* p = trained(l, t))
+      grad::lora_backward(x, ax, p->a, p->b, factor(), dy, wk.ga[l][std::size_t(t)], wk.gb[l][std::size_t(t)], dx);
+  }
+
+  TrainingLoss run(ThreadPool& pool, std::span<const TrainingSequence> seqs, bool backward) {
+    for (const TrainingSequence& s : seqs) check_sequence(s);
+    const std::size_t n_workers = std::min<std::size_t>(pool.size(), std::max<std::size_t>(1, seqs.size()));
+    if (workers_.size() < n_workers) workers_.resize(n_workers);
+    for (std::size_t i = 0; i < n_workers; ++i) prepare(workers_[i], backward);
+    // Sequence i runs on worker i % n_workers: the same split whatever the timing, so a run
+    // gives the same numbers each time.
+    pool.parallel_for(n_workers, [&](std::size_t w0, std::size_t w1) {
+      for (std::size_t w = w0; w < w1; ++w)
+        for (std::size_t i = w; i < seqs.size(); i += n_workers) sequence(seqs[i], backward, workers_[w]);
+    });
+    TrainingLoss total;
+    for (std::size_t w = 0; w < n_workers; ++w) {
+      total += workers_[w].loss;
+      if (!backward) continue;
+      for (std::size_t l = 0; l < params_.size(); ++l)
+        for (Param& p : params_[l])
+          if (p.used) {
+            const std::size_t t = std::size_t(&p - params_[l].data());
+            p.ga += workers_[w].ga[l][t];
+            p.gb += workers_[w].gb[l][t];
+          }
+    }
+    if (backward) pending_ += total;
+    return total;
+  }
+  void prepare(Worker& wk, bool backward) const {
+    wk.loss = {};
+    if (!backward) return;
+    wk.ga.resize(cfg_.n_layers), wk.gb.resize(cfg_.n_layers);
+    for (std::size_t l = 0; l < cfg_.n_layers; ++l)
+      for (std::size_t t = 0; t < kLoraTargets; ++t)
+        if (params_[l][t].used) {
+          wk.ga[l][t].setZero(params_[l][t].a.rows(), params_[l][t].a.cols());
+          wk.gb[l][t].setZero(params_[l][t].b.rows(), params_[l][t].b.cols());
+        }
+  }
+  void check_sequence(const TrainingSequence& s) const {
+    if (s.tokens.size() < 2 || s.weights.size() != s.tokens.size() - 1)
+      throw Error("a training sequence of " + std::to_string(s.tokens.size()) + " tokens and " +
+                      std::to_string(s.weights.size()) + " weights", "LoraTrainer",
+                  "at least 2 tokens and one weight per predicted token");
+    if (s.tokens.size() - 1 > cfg_.context)
+      throw Error("a training sequence of " + std::to_string(s.tokens.size()) + " tokens", "LoraTrainer",
+                  "at most the model's context + 1 = " + std::to_string(cfg_.context + 1));
+    for (std::int32_t id : s.tokens)
+      if (id < 0 || std::size_t(id) >= cfg_.vocab_size)
+        throw Error("token id " + std::to_string(id) + " out of range", "LoraTrainer",
+                    "0 <= id < " + std::to_string(cfg_.vocab_size));
+  }
+
+  T attention_scale() const { return cfg_.attn_scale > 0 ? T(cfg_.attn_scale) : T(1) / std::sqrt(T(cfg_.head_dim)); }
+
+  // The forward pass over `inputs` at positions 0..n-1, keeping each block's activations in the
+  // worker; x ends as the last block's output [n, n_embd]. Returns the logits [n, vocab].
+  Mat forward(std::span<const std::int32_t> inputs, Worker& wk, Mat& x) const {
+    const ModelConfig& c = cfg_;
+    const ArchInfo arch = model_.arch();
+    const TransformerWeights& w = model_.weights();
+    const std::size_t n = inputs.size();
+    const auto N = Eigen::Index(n);
+    const T scale = attention_scale();
+    std::vector<std::int32_t> positions(n);
+    for (std::size_t i = 0; i < n; ++i) positions[i] = std::int32_t(i);
+    wk.layers.resize(c.n_layers);
+
+    x.resize(N, Eigen::Index(c.n_embd));   // [n, n_embd] the residual stream
+    {
+      std::vector<float> row(c.n_embd);
+      const T embed_scale = arch.scale_embeddings ? std::sqrt(T(c.n_embd)) : T(1);
+      for (std::size_t t = 0; t < n; ++t) {
+        dequantize_row(w.token_embd, std::size_t(inputs[t]), row.data());
+        for (std::size_t i = 0; i < c.n_embd; ++i) x(Eigen::Index(t), Eigen::Index(i)) = T(row[i]) * embed_scale;
+      }
+    }
+    Mat proj;
+    for (std::size_t l = 0; l < c.n_layers; ++l) {
+      const LayerWeights& lw = w.layers[l];
+      LayerCache& lc = wk.layers[l];
+      auto bias = [&](Mat& m, const AlignedBuffer<float>& b) {
+        if (!arch.qkv_bias) return;
+        for (Eigen::Index t = 0; t < m.rows(); ++t)
+          for (Eigen::Index i = 0; i < m.cols(); ++i) m(t, i) += T(b[std::size_t(i)]);
+      };
+      lc.x_in = x;
+      lc.r1 = grad::rmsnorm(lc.x_in, lw.attn_norm.data(), c.norm_eps, lc.xb);
+      linear(lw.wq, lc.xb, lc.q, l, LoraTarget::q, lc.ax[0], wk);
+      linear(lw.wk, lc.xb, lc.k, l, LoraTarget::k, lc.ax[1], wk);
+      linear(lw.wv, lc.xb, lc.v, l, LoraTarget::v, lc.ax[2], wk);
+      bias(lc.q, lw.bq), bias(lc.k, lw.bk), bias(lc.v, lw.bv);
+      grad::rope(lc.q, c.head_dim, positions, inv_freq_.data(), arch.rope);
+      grad::rope(lc.k, c.head_dim, positions, inv_freq_.data(), arch.rope);
+      grad::attention(lc.q, lc.k, lc.v, c.n_heads, c.n_kv_heads, c.head_dim, scale, lc.att, lc.probs);
+      linear(lw.wo, lc.att, proj, l, LoraTarget::o, lc.ax[3], wk);
+      lc.x_mid = lc.x_in + proj;
+      lc.r2 = grad::rmsnorm(lc.x_mid, lw.ffn_norm.data(), c.norm_eps, lc.xb2);
+      linear(lw.w_gate, lc.xb2, lc.gate, l, LoraTarget::gate, lc.ax[4], wk);
+      linear(lw.w_up, lc.xb2, lc.up, l, LoraTarget::up, lc.ax[5], wk);
+      grad::gated(lc.gate, lc.up, geglu_, lc.h);
+      linear(lw.w_down, lc.h, proj, l, LoraTarget::down, lc.ax[6], wk);
+      x = lc.x_mid + proj;
+    }
+    Mat xf, logits;
+    grad::rmsnorm(x, w.output_norm.data(), c.norm_eps, xf);
+    logits.noalias() = xf * weight(w.output, wk).transpose();   // [n, vocab]
+    return logits;
+  }
+
+  // One sequence: the forward pass, then (when asked) the backward pass into the worker's
+  // gradients. Inputs are tokens[0..n-1), targets tokens[1..n).
+  void sequence(const TrainingSequence& s, bool backward, Worker& wk) const {
+    const ModelConfig& c = cfg_;
+    const ArchInfo arch = model_.arch();
+    const TransformerWeights& w = model_.weights();
+    const std::size_t n = s.tokens.size() - 1;
+    const auto N = Eigen::Index(n);
+    const T scale = attention_scale();
+    std::vector<std::int32_t> positions(n);
+    for (std::size_t i = 0; i < n; ++i) positions[i] = std::int32_t(i);
+    Mat x, dlogits;
+    const Mat logits = forward(std::span(s.tokens).first(n), wk, x);
+    const T loss = grad::cross_entropy(logits, std::span(s.tokens).subspan(1), s.weights, dlogits);
+    double count = 0;
+    for (float v : s.weights) count += v;
+    wk.loss += {double(loss), count};
+    if (!backward) return;
+
+    // Backward, from the loss to the adapters.
+    Mat xf;
+    const std::vector<T> rf = grad::rmsnorm(x, w.output_norm.data(), c.norm_eps, xf);
+    Mat dxf = dlogits * weight(w.output, wk);   // the classifier is frozen: only its input's gradient
+    Mat dx = Mat::Zero(N, Eigen::Index(c.n_embd));
+    grad::rmsnorm_backward(x, w.output_norm.data(), rf, dxf, dx);
+    Mat dh, dgate, dup, dxb, datt, dq, dk, dv;
+    for (std::size_t l = c.n_layers; l-- > 0;) {
+      const LayerWeights& lw = w.layers[l];
+      const LayerCache& lc = wk.layers[l];
+      // FFN block: x_out = x_mid + down(act(gate) * up); dx is dL/dx_out, and becomes dL/dx_mid.
+      dh.setZero(N, Eigen::Index(c.n_ff));
+      linear_backward(lw.w_down, lc.h, dx, dh, l, LoraTarget::down, lc.ax[6], wk);
+      grad::gated_backward(lc.gate, lc.up, geglu_, dh, dgate, dup);
+      dxb.setZero(N, Eigen::Index(c.n_embd));
+      linear_backward(lw.w_gate, lc.xb2, dgate, dxb, l, LoraTarget::gate, lc.ax[4], wk);
+      linear_backward(lw.w_up, lc.xb2, dup, dxb, l, LoraTarget::up, lc.ax[5], wk);
+      grad::rmsnorm_backward(lc.x_mid, lw.ffn_norm.data(), lc.r2, dxb, dx);
+      // Attention block: x_mid = x_in + o(attention(rope(q), rope(k), v)); dx becomes dL/dx_in.
+      datt.setZero(N, Eigen::Index(c.q_dim()));
+      linear_backward(lw.wo, lc.att, dx, datt, l, LoraTarget::o, lc.ax[3], wk);
+      dk.setZero(N, Eigen::Index(c.kv_dim()));
+      dv.setZero(N, Eigen::Index(c.kv_dim()));
+      grad::attention_backward(lc.q, lc.k, lc.v, lc.probs, datt, c.n_heads, c.n_kv_heads, c.head_dim, scale, dq, dk,
+                               dv);
+      grad::rope(dq, c.head_dim, positions, inv_freq_.data(), arch.rope, /*inverse=*/true);
+      grad::rope(dk, c.head_dim, positions, inv_freq_.data(), arch.rope, /*inverse=*/true);
+      dxb.setZero(N, Eigen::Index(c.n_embd));
+      linear_backward(lw.wq, lc.xb, dq, dxb, l, LoraTarget::q, lc.ax[0], wk);
+      linear_backward(lw.wk, lc.xb, dk, dxb, l, LoraTarget::k, lc.ax[1], wk);
+      linear_backward(lw.wv, lc.xb, dv, dxb, l, LoraTarget::v, lc.ax[2], wk);
+      grad::rmsnorm_backward(lc.x_in, lw.attn_norm.data(), lc.r1, dxb, dx);
+    }
+  }
+
+  // ---- files ----
+  // f(tensor name prefix "blk.L.<target>.weight", parameter) for each trained matrix.
+  template <class Self, class F>
+  static void each_param(Self& self, F&& f) {
+    for (std::size_t l = 0; l < self.params_.size(); ++l)
+      for (std::size_t t = 0; t < kLoraTargets; ++t)
+        if (self.params_[l][t].used)
+          f("blk." + std::to_string(l) + "." + std::string(kLoraTargetNames[t]) + ".weight", self.params_[l][t]);
+  }
+  void write_adapter(GGUFWriter& out) const {
+    out.set_string("general.architecture", cfg_.arch);
+    out.set_string("general.type", "adapter");
+    out.set_string("general.name", "tinyllm LoRA r" + std::to_string(opt_.rank));
+    out.set_string("adapter.type", "lora");
+    out.set_f32("adapter.lora.alpha", opt_.alpha);
+    each_param(*this, [&](const std::string& name, const Param& p) {
+      add_f32(out, name + ".lora_a", p.a);
+      add_f32(out, name + ".lora_b", p.b);
+    });
+  }
+  // A row-major [rows, cols] matrix as an F32 tensor of GGUF dims {cols, rows}.
+  static void add_f32(GGUFWriter& out, const std::string& name, const Mat& m) {
+    std::vector<float> values(std::size_t(m.size()));
+    for (Eigen::Index i = 0; i < m.size(); ++i) values[std::size_t(i)] = float(m.data()[i]);
+    out.add_tensor(name, DType::F32, {std::size_t(m.cols()), std::size_t(m.rows())}, values.data(),
+                   values.size() * sizeof(float));
+  }
+  static void read_f32(const GGUFFile& f, const std::string& name, Mat& m) {
+    const TensorView& t = f.tensor(name);
+    if (t.dtype != DType::F32 || t.cols() != std::size_t(m.cols()) || t.rows() != std::size_t(m.rows()))
+      throw Error("checkpoint tensor " + name + " has another type or shape", f.name(),
+                  "F32 [" + std::to_string(m.rows()) + ", " + std::to_string(m.cols()) + "]");
+    const auto* v = static_cast<const float*>(t.data);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = T(v[i]);
+  }
+
+  const Model& model_;
+  ModelConfig cfg_;
+  LoraTrainOptions opt_;
+  bool geglu_ = false;
+  std::vector<float> inv_freq_;                       // [head_dim / 2] RoPE frequencies
+  std::vector<std::array<Param, kLoraTargets>> params_;
+  std::map<const void*, Mat> cached_;                 // dequantized base matrices, by their data
+  std::vector<Worker> workers_;
+  TrainingLoss pending_;                              // accumulated since the last step
+  std::size_t steps_ = 0;
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/train/data.hpp ----
+// Training data for LoRA fine-tuning (lora_trainer.hpp), and the learning-rate schedule: a text
+// cut into windows of next-token prediction, chat conversations rendered with the model's chat
+// format and scored on the assistant's tokens only, and a seeded order of examples that depends
+// on the step alone (so a run resumed from a checkpoint sees what the uninterrupted run would).
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <numbers>
+#include <span>
+#include <string>
+#include <vector>
+
+
+namespace tinyllm {
+
+// The text's tokens in windows of `context` predictions: BOS (when the vocabulary has one), then
+// context tokens of the text, each window starting where the previous one ended. A last window
+// shorter than a quarter of the context is dropped. Every prediction is scored.
+inline std::vector<TrainingSequence> text_windows(const Tokenizer& tok, std::string_view text, std::size_t context) {
+  if (context < 2) throw Error("a training context of " + std::to_string(context) + " tokens", "text_windows", ">= 2");
+  const std::vector<std::int32_t> ids = tok.encode(text, /*add_bos=*/false);
+  const bool bos = tok.bos() >= 0;
+  const std::size_t body = bos ? context : context + 1;   // text tokens per window
+  std::vector<TrainingSequence> out;
+  for (std::size_t first = 0; first < ids.size(); first += body - 1) {
+    const std::size_t n = std::min(body, ids.size() - first);
+    if (n < std::max<std::size_t>(2, context / 4)) break;
+    TrainingSequence s;
+    if (bos) s.tokens.push_back(tok.bos());
+    s.tokens.insert(s.tokens.end(), ids.begin() + std::ptrdiff_t(first), ids.begin() + std::ptrdiff_t(first + n));
+    s.weights.assign(s.tokens.size() - 1, 1.0f);
+    out.push_back(std::move(s));
+    if (first + n == ids.size()) break;
+  }
+  return out;
+}
+
+// A conversation rendered in `format` and tokenized turn by turn (special tokens parsed), the loss
+// on the assistant turns' tokens (their content and end of turn) only; what follows the last
+// assistant turn teaches nothing and is left out. At most context + 1 tokens: a longer
+// conversation is cut.
+inline TrainingSequence chat_sequence(const Tokenizer& tok, ChatFormat format, std::span<const ChatMessage> messages,
+                                      std::size_t context) {
+  TrainingSequence s;
+  auto add = [&](std::string_view piece, float weight) {
+    const auto ids = tok.encode(piece, {.add_special = s.tokens.empty(), .parse_special = true});
+    for (std::int32_t id : ids) {
+      if (!s.tokens.empty()) s.weights.push_back(weight);
+      s.tokens.push_back(id);
+    }
+  };
+  std::string rendered;   // through the last assistant turn so far
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    if (messages[i].role != "assistant") continue;
+    // Everything before the assistant's first token (the generation prompt), then its turn.
+    const std::string before = render_chat(format, messages.first(i), true);
+    const std::string after = render_chat(format, messages.first(i + 1), false);
+    if (before.compare(0, rendered.size(), rendered) != 0 || after.compare(0, before.size(), before) != 0)
+      throw Error("the chat format does not render assistant message " + std::to_string(i) + " as a continuation",
+                  "chat_sequence", std::string(chat_format_name(format)));
+    add(std::string_view(before).substr(rendered.size()), 0.0f);
+    add(std::string_view(after).substr(before.size()), 1.0f);
+    rendered = after;
+  }
+  if (s.tokens.size() < 2) throw Error("a conversation without an assistant turn", "chat_sequence");
+  if (s.tokens.size() > context + 1) {
+    s.tokens.resize(context + 1);
+    s.weights.resize(context);
+  }
+  return s;
+}
+
+// The examples of optimizer step `step`: `count` indices into `n` examples, a fresh shuffle of all
+// of them each epoch (seeded by the epoch), read in order.
+inline std::vector<std::size_t> batch_indices(std::size_t n, std::size_t step, std::size_t count, std::uint64_t seed) {
+  if (n == 0) throw Error("no training examples", "batch_indices");
+  std::vector<std::size_t> out;
+  std::vector<std::size_t> order;
+  std::size_t epoch = std::size_t(-1);
+  for (std::size_t k = step * count; k < (step + 1) * count; ++k) {
+    if (k / n != epoch) {
+      epoch = k / n;
+      order.resize(n);
+      for (std::size_t i = 0; i < n; ++i) order[i] = i;
+      SplitMix64 rng(seed ^ (0x9e3779b97f4a7c15ull * (epoch + 1)));
+      for (std::size_t i = n; i > 1; --i) std::swap(order[i - 1], order[rng.next() % i]);
+    }
+    out.push_back(order[k % n]);
+  }
+  return out;
+}
+
+// Linear warm-up to `peak` over `warmup` steps, then a cosine decay to a tenth of it at `total`.
+inline float learning_rate(std::size_t step, std::size_t total, float peak, std::size_t warmup) {
+  if (step < warmup) return peak * float(step + 1) / float(warmup);
+  const double progress = total > warmup ? double(step - warmup) / double(total - warmup) : 1.0;
+  return float(peak * (0.1 + 0.9 * 0.5 * (1.0 + std::cos(std::numbers::pi * std::min(1.0, progress)))));
+}
 
 }  // namespace tinyllm

@@ -1,4 +1,5 @@
-// tinyllm-run, tinyllm-logits, tinyllm-tokenize, tinyllm-batch and tinyllm-perplexity as a user runs them: output,
+// tinyllm-run, tinyllm-logits, tinyllm-tokenize, tinyllm-batch, tinyllm-perplexity and tinyllm-finetune as a user
+// runs them: output,
 // exit codes, error messages.
 #include <array>
 #include <cmath>
@@ -15,7 +16,7 @@
 #include "test_util.hpp"
 
 #if defined(TINYLLM_RUN_BIN) && defined(TINYLLM_LOGITS_BIN) && defined(TINYLLM_TOKENIZE_BIN) && defined(TINYLLM_BATCH_BIN) && \
-    defined(TINYLLM_PERPLEXITY_BIN)
+    defined(TINYLLM_PERPLEXITY_BIN) && defined(TINYLLM_FINETUNE_BIN)
 
 namespace {
 
@@ -182,6 +183,44 @@ TEST_CASE("tinyllm-perplexity: stories260K finds a story likelier than the same 
   CHECK(story_ppl * 2 < shuffled_ppl);
   // Short windows see less context: the story gets no likelier.
   CHECK(perplexity(story, 8) > story_ppl);
+}
+
+TEST_CASE("tinyllm-finetune: an adapter trained on Captain Moss stories makes held-out ones likelier; resume") {
+  TINYLLM_REQUIRE_TESTDATA("llama2c/stories260K.bin");
+  const auto data = std::filesystem::path(TINYLLM_SOURCE_DIR) / "tests/train/data";
+  const auto tmp = std::filesystem::temp_directory_path();
+  const auto adapter = tmp / "tinyllm_cli_test_moss.gguf", checkpoint = tmp / "tinyllm_cli_test_moss.ckpt";
+  const std::string model = " -m " + q(tinyllm::test::testdata("llama2c/stories260K.bin")) + " -z " +
+                            q(tinyllm::test::testdata("llama2c/tok512.bin"));
+  const std::string train = std::string(TINYLLM_FINETUNE_BIN) + model + " --data " + q(data / "train.txt") +
+                            " --eval " + q(data / "heldout.txt") + " -o " + q(adapter) + " --ctx 128 --batch 4 -t 2" +
+                            " --checkpoint " + q(checkpoint) + " --checkpoint-every 20 --log-every 20";
+  Outcome r = shell(train + " --steps 40", true);
+  REQUIRE_MESSAGE(r.status == 0, r.out);
+  CHECK(r.out.find("step 40/40 | loss") != std::string::npos);
+  CHECK(r.out.find("tokens/s") != std::string::npos);
+  // Resumed at step 40 of 80 from the checkpoint, the run goes on to 80.
+  r = shell(train + " --steps 80 --resume " + q(checkpoint), true);
+  REQUIRE_MESSAGE(r.status == 0, r.out);
+  CHECK(r.out.find("step 60/80") != std::string::npos);
+  CHECK(r.out.find("step 20/80") == std::string::npos);
+  auto perplexity = [&](const std::string& extra) {
+    const Outcome p = shell(std::string(TINYLLM_PERPLEXITY_BIN) + model + " -f " + q(data / "heldout.txt") +
+                            " --ctx 128 -t 2" + extra);
+    REQUIRE(p.status == 0);
+    return std::stod(p.out.substr(p.out.rfind("perplexity: ") + 12));
+  };
+  const double base = perplexity(""), tuned = perplexity(" --lora " + q(adapter));
+  MESSAGE("held-out Captain Moss perplexity: base " << base << ", with the adapter " << tuned);
+  CHECK(tuned * 2 < base);
+  // Bad data is a clear error naming the line.
+  const auto bad = tmp / "tinyllm_cli_test_bad.jsonl";
+  { std::ofstream(bad) << "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\nnot json\n"; }
+  r = shell(std::string(TINYLLM_FINETUNE_BIN) + model + " --data " + q(bad) + " -o " + q(adapter) +
+                " --chat-template llama2", true);
+  CHECK(r.status == 1);
+  CHECK(r.out.find("tinyllm_cli_test_bad.jsonl:1") != std::string::npos);   // no assistant turn
+  for (const auto& f : {adapter, checkpoint, bad}) std::filesystem::remove(f);
 }
 
 TEST_CASE("bad input to the programs is a clear error and exit status 1") {

@@ -69,6 +69,7 @@ class Model {
  public:
   virtual ~Model() = default;
   virtual const ModelConfig& config() const = 0;
+  virtual ArchInfo arch() const = 0;   // the architecture's traits
   virtual const TransformerWeights& weights() const = 0;
   virtual std::size_t max_batch() const = 0;
   // tokens[i] at positions[i], all of one sequence; K/V of these positions are written to
@@ -159,6 +160,7 @@ class Transformer final : public Model {
   }
 
   const ModelConfig& config() const override { return cfg_; }
+  ArchInfo arch() const override { return arch_info<Arch>(); }
   const TransformerWeights& weights() const override { return w_; }
   const MemoryResource* memory() const override { return Backend::memory(); }
 

@@ -30,4 +30,20 @@ struct ArchDefaults {
   static constexpr std::size_t swa_period = 0;
 };
 
+// An architecture's traits as run-time values, for code that runs a model whose traits type it
+// never sees (the LoRA trainer of train/ works on any loaded Model).
+struct ArchInfo {
+  Ffn ffn;
+  RopeStyle rope;
+  bool scale_embeddings, qkv_bias, qk_norm, post_norms, parallel_blocks, attn_softcap, final_softcap;
+  std::size_t swa_period;
+};
+
+template <class Arch>
+constexpr ArchInfo arch_info() {
+  return {Arch::ffn,           Arch::rope,         Arch::scale_embeddings, Arch::qkv_bias,
+          Arch::qk_norm,       Arch::post_norms,   Arch::parallel_blocks,  Arch::attn_softcap,
+          Arch::final_softcap, Arch::swa_period};
+}
+
 }  // namespace tinyllm
