@@ -99,7 +99,7 @@ TEST_CASE("LoRA training: fine-tuning stories260K on Captain Moss stories lowers
   ThreadPool pool(2);
   LoraTrainer<float> tr(lm.model(), {.rank = 8, .alpha = 16.0f});
   const double before = tr.evaluate(pool, heldout).mean();
-  const std::size_t steps = 150, batch = 4;
+  const std::size_t steps = 200, batch = 4;
   double first_train = 0, last_train = 0;
   for (std::size_t step = 0; step < steps; ++step) {
     std::vector<TrainingSequence> b;
