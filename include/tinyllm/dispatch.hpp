@@ -37,6 +37,7 @@ HWY_EXPORT(qmatmul_kernel);
 HWY_EXPORT(qmatmul_packed_kernel);
 HWY_EXPORT(matmul_f32_kernel);
 HWY_EXPORT(matmul_f16_kernel);
+HWY_EXPORT(matmul_bf16_kernel);
 HWY_EXPORT(attention_kernel);
 HWY_EXPORT(rmsnorm_kernel);
 HWY_EXPORT(rope_kernel);
@@ -60,6 +61,9 @@ void matmul(ThreadPool& pool, MatrixView<const float> w, MatrixView<const float>
 }
 void matmul(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y) {
   HWY_DYNAMIC_DISPATCH(matmul_f16_kernel)(pool, w, x, y);
+}
+void matmul(ThreadPool& pool, MatrixView<const BF16> w, MatrixView<const float> x, MatrixView<float> y) {
+  HWY_DYNAMIC_DISPATCH(matmul_bf16_kernel)(pool, w, x, y);
 }
 void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
                std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token, std::size_t n_heads,
@@ -88,6 +92,7 @@ namespace tinyllm::detail {
 template LoadedModel load_gguf<void, CpuBackend>(std::shared_ptr<const GGUFFile>, std::shared_ptr<const void>,
                                                  const LoadOptions&);
 template LoadedModel load_llama2c<Llama, CpuBackend>(const std::string&, LoadOptions);
+template LoadedModel load_hf<void, CpuBackend>(const std::filesystem::path&, const LoadOptions&);
 }  // namespace tinyllm::detail
 
 #endif  // TINYLLM_DISPATCH_IMPLEMENTATION

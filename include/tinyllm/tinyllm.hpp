@@ -15,6 +15,7 @@
 #include <tinyllm/kernels/cpu/backend.hpp>
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/io/llama2c.hpp>
+#include <tinyllm/io/safetensors.hpp>
 #include <tinyllm/text/utf8.hpp>
 #include <tinyllm/text/tokenizer.hpp>
 #include <tinyllm/text/chat_template.hpp>

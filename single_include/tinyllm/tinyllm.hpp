@@ -1416,6 +1416,7 @@ namespace tinyllm::ref {
 
 inline double weight_value(float w) { return w; }
 inline double weight_value(F16 w) { return f16_to_f32(w.bits); }
+inline double weight_value(BF16 w) { return bf16_to_f32(w.bits); }
 
 // y[t, o] = sum_i w[o, i] * x[t, i].  w: [n_out, n_in], x: [n_tok, n_in], y: [n_tok, n_out].
 template <class W>
@@ -2170,6 +2171,12 @@ HWY_INLINE VF load_f32(DF d, const F16* p) {
   const hn::Rebind<hwy::float16_t, DF> dh;
   return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
 }
+// A bfloat16 is the top half of a float: widen the 16 bits and shift them up.
+HWY_INLINE VF load_f32(DF d, const BF16* p) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::Rebind<std::uint16_t, DF> du16;
+  return hn::BitCast(d, hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(du16, reinterpret_cast<const std::uint16_t*>(p)))));
+}
 
 // AVX2 and AVX-512 mask 32-bit loads and stores in hardware, touching no memory in lanes that are
 // off. Highway emulates them on SSE4/SSSE3 with full-width accesses, which would read and write
@@ -2197,13 +2204,15 @@ HWY_INLINE void store_upto(VF v, DF d, float* p, std::size_t n) {
 // The first n < N values, zeros after; reads nothing past p[n - 1].
 HWY_INLINE VF load_f32_partial(DF d, const float* p, std::size_t n) { return load_upto(d, p, n); }
 // Copied through a zeroed buffer: below AVX-512, Highway emulates 16-bit masked loads at full width.
-HWY_INLINE VF load_f32_partial(DF d, const F16* p, std::size_t n) {
-  F16 buf[hn::MaxLanes(DF())] = {};
-  std::memcpy(buf, p, n * sizeof(F16));
+template <class Half>   // F16 or BF16
+HWY_INLINE VF load_f32_partial(DF d, const Half* p, std::size_t n) {
+  Half buf[hn::MaxLanes(DF())] = {};
+  std::memcpy(buf, p, n * sizeof(Half));
   return load_f32(d, buf);
 }
 
-HWY_INLINE VF load_upto(DF d, const F16* p, std::size_t n) {
+template <class Half>
+HWY_INLINE VF load_upto(DF d, const Half* p, std::size_t n) {
   return n >= hn::Lanes(d) ? load_f32(d, p) : load_f32_partial(d, p, n);
 }
 
@@ -2580,7 +2589,7 @@ HWY_AFTER_NAMESPACE();
 
 #endif  // per-target include guard
 // ---- tinyllm/kernels/cpu/matmul.hpp ----
-// y = x · wᵀ with float or F16 weights (Highway).
+// y = x · wᵀ with float, F16 or BF16 weights (Highway), widened to f32 as they are loaded.
 //
 // Weight rows and token rows are both contiguous along n_in, so every output is a dot product.
 // A register block of kRowBlock weight rows × kTokBlock tokens keeps that many vector
@@ -2735,7 +2744,8 @@ void matmul_rows(MatrixView<const W> w, MatrixView<const float> x, MatrixView<fl
 // Threads split the output rows.
 template <class W>
 void matmul(ThreadPool& pool, MatrixView<const W> w, MatrixView<const float> x, MatrixView<float> y) {
-  static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16>, "cpu::matmul: float or F16 weights");
+  static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16> || std::is_same_v<W, BF16>,
+                "cpu::matmul: float, F16 or BF16 weights");
   assert(w.cols > 0 && w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
   pool.parallel_for(
       w.rows, [&](std::size_t o0, std::size_t o1) HWY_ATTR { detail::matmul_rows(w, x, y, o0, o1); }, detail::kDecodeRows);
@@ -3598,16 +3608,17 @@ void qmatmul(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float
 }
 
 // The same with the weight type known at run time: w holds n_out contiguous rows of n_in values
-// of type `type`. F32 and F16 weights go to cpu::matmul.
+// of type `type`. F32, F16 and BF16 weights go to cpu::matmul.
 inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
                     MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
   if (type == DType::F32) return matmul(pool, MatrixView<const float>(static_cast<const float*>(w), n_out, n_in), x, y);
   if (type == DType::F16) return matmul(pool, MatrixView<const F16>(static_cast<const F16*>(w), n_out, n_in), x, y);
+  if (type == DType::BF16) return matmul(pool, MatrixView<const BF16>(static_cast<const BF16*>(w), n_out, n_in), x, y);
   if (!can_pack(type)) {
     const auto info = dtype_info(static_cast<std::uint32_t>(type));
     throw Error("no matmul kernel for weight type " +
                     (info ? std::string(info->name) : "id " + std::to_string(static_cast<std::uint32_t>(type))),
-                "cpu::qmatmul", "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+                "cpu::qmatmul", "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
   }
   with_qblock(type, "cpu::qmatmul", [&]<class Block>(std::type_identity<Block>) HWY_ATTR {
     if (n_in % block_values<Block> != 0)
@@ -3749,6 +3760,9 @@ inline void matmul_f32_kernel(ThreadPool& pool, MatrixView<const float> w, Matri
 inline void matmul_f16_kernel(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y) {
   HWY_NAMESPACE::matmul(pool, w, x, y);
 }
+inline void matmul_bf16_kernel(ThreadPool& pool, MatrixView<const BF16> w, MatrixView<const float> x, MatrixView<float> y) {
+  HWY_NAMESPACE::matmul(pool, w, x, y);
+}
 inline void attention_kernel(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
                              std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
                              std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
@@ -3787,7 +3801,7 @@ inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::si
 
 #if !defined(TINYLLM_DYNAMIC_DISPATCH)
 // y[n_tok, n_out] = x[n_tok, n_in] · wᵀ, w holding n_out contiguous rows of n_in values of `type`
-// (F32, F16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) as the file lays them out (qmatmul.hpp).
+// (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) as the file lays them out (qmatmul.hpp).
 inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
                     MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
   HWY_NAMESPACE::qmatmul_kernel(pool, type, w, n_out, n_in, x, y, scratch);
@@ -3797,12 +3811,15 @@ inline void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std
                            MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
   HWY_NAMESPACE::qmatmul_packed_kernel(pool, type, w, n_out, n_in, x, y, scratch);
 }
-// y[n_tok, n_out] = x[n_tok, n_in] · wᵀ for f32 or f16 weights, any strides (matmul.hpp).
+// y[n_tok, n_out] = x[n_tok, n_in] · wᵀ for f32, f16 or bf16 weights, any strides (matmul.hpp).
 inline void matmul(ThreadPool& pool, MatrixView<const float> w, MatrixView<const float> x, MatrixView<float> y) {
   HWY_NAMESPACE::matmul_f32_kernel(pool, w, x, y);
 }
 inline void matmul(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y) {
   HWY_NAMESPACE::matmul_f16_kernel(pool, w, x, y);
+}
+inline void matmul(ThreadPool& pool, MatrixView<const BF16> w, MatrixView<const float> x, MatrixView<float> y) {
+  HWY_NAMESPACE::matmul_bf16_kernel(pool, w, x, y);
 }
 // Attention of every token over its sequence's paged KV (attention.hpp).
 inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
@@ -3833,6 +3850,7 @@ void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std::size_
                     MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch);
 void matmul(ThreadPool& pool, MatrixView<const float> w, MatrixView<const float> x, MatrixView<float> y);
 void matmul(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y);
+void matmul(ThreadPool& pool, MatrixView<const BF16> w, MatrixView<const float> x, MatrixView<float> y);
 void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
                std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token, std::size_t n_heads,
                std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params, MatrixView<float> out,
@@ -4914,6 +4932,304 @@ inline Llama2cVocab read_llama2c_vocab(const std::string& path, int vocab_size =
   const MappedFile file(path);
   return parse_llama2c_vocab(file.bytes(), path, vocab_size);
 }
+
+}  // namespace tinyllm
+// ---- tinyllm/io/safetensors.hpp ----
+// safetensors (Hugging Face's tensor file): an 8-byte little-endian header length N, N bytes of
+// JSON ({"name": {"dtype": "F32", "shape": [rows, cols], "data_offsets": [begin, end]}, ...,
+// optional "__metadata__": {string: string}}), then the tensors' bytes, offsets counted from the
+// end of the header. Every field is checked against the file before any tensor is used: a
+// header longer than the file, an offset range outside the data or overlapping another, a size
+// that is not the shape's, an unknown dtype are Errors naming the file and tensor. Tensors are
+// used in place over mmap. A checkpoint split into shards is read through its
+// model.safetensors.index.json (SafetensorsModel). The JSON is read with nlohmann::json.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace tinyllm {
+
+// The dtypes the format defines, with their element sizes; the library's DType where it has one.
+struct SafetensorsDType {
+  std::string_view name;
+  std::size_t bytes;
+  std::optional<DType> dtype;
+};
+inline constexpr SafetensorsDType kSafetensorsDTypes[] = {
+    {"BOOL", 1, std::nullopt},     {"U8", 1, std::nullopt},      {"I8", 1, DType::I8},
+    {"F8_E5M2", 1, std::nullopt},  {"F8_E4M3", 1, std::nullopt}, {"I16", 2, DType::I16},
+    {"U16", 2, std::nullopt},      {"F16", 2, DType::F16},       {"BF16", 2, DType::BF16},
+    {"I32", 4, DType::I32},        {"U32", 4, std::nullopt},     {"F32", 4, DType::F32},
+    {"F64", 8, DType::F64},        {"I64", 8, DType::I64},       {"U64", 8, std::nullopt}};
+
+inline const SafetensorsDType* safetensors_dtype(std::string_view name) {
+  for (const auto& d : kSafetensorsDTypes)
+    if (d.name == name) return &d;
+  return nullptr;
+}
+inline std::string_view safetensors_dtype_name(DType t) {
+  for (const auto& d : kSafetensorsDTypes)
+    if (d.dtype == t) return d.name;
+  throw Error("no safetensors dtype for " + std::string(name(t)), "safetensors");
+}
+
+struct SafetensorsTensor {
+  std::string name;
+  std::string dtype_name;          // as the file says ("BF16")
+  std::optional<DType> dtype;      // the library's type, when it has one
+  std::vector<std::uint64_t> shape;
+  const void* data = nullptr;
+  std::size_t bytes = 0;
+
+  std::uint64_t n_elements() const {
+    std::uint64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n;
+  }
+  // As the library's tensor views describe tensors: dims[0] the fastest-varying.
+  TensorView view(const std::string& file) const {
+    if (!dtype) throw Error("tensor of dtype " + dtype_name + " is not supported", file + ", tensor " + name);
+    if (shape.size() > 4) throw Error("tensor of " + std::to_string(shape.size()) + " dimensions", file + ", tensor " + name, "at most 4");
+    TensorView v;
+    v.name = name;
+    v.dtype = *dtype;
+    v.n_dims = std::uint32_t(shape.size());
+    for (std::size_t i = 0; i < shape.size(); ++i) v.dims[i] = shape[shape.size() - 1 - i];
+    v.data = data;
+    v.n_bytes = bytes;
+    return v;
+  }
+};
+
+class SafetensorsFile {
+ public:
+  static SafetensorsFile open(const std::string& path) {
+    SafetensorsFile f;
+    f.file_ = MappedFile(path);
+    f.parse(f.file_.bytes(), path);
+    return f;
+  }
+  // Does not own `bytes`. `name` is used in error messages.
+  static SafetensorsFile parse_bytes(std::span<const std::byte> bytes, std::string name) {
+    SafetensorsFile f;
+    f.parse(bytes, std::move(name));
+    return f;
+  }
+
+  const std::string& name() const noexcept { return name_; }
+  const std::vector<SafetensorsTensor>& tensors() const noexcept { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+  const SafetensorsTensor* find(std::string_view tensor) const {
+    const auto it = index_.find(std::string(tensor));
+    return it == index_.end() ? nullptr : &tensors_[it->second];
+  }
+  const SafetensorsTensor& tensor(std::string_view tensor) const {
+    if (const SafetensorsTensor* t = find(tensor)) return *t;
+    throw Error("missing tensor " + std::string(tensor), name_);
+  }
+
+ private:
+  void parse(std::span<const std::byte> bytes, std::string name) {
+    name_ = std::move(name);
+    if (bytes.size() < 8) throw Error("file of " + std::to_string(bytes.size()) + " bytes", name_, "an 8-byte header length first");
+    std::uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = n << 8 | std::uint64_t(bytes[std::size_t(i)]);
+    if (n > bytes.size() - 8)
+      throw Error("header of " + std::to_string(n) + " bytes in a file of " + std::to_string(bytes.size()), name_,
+                  "a header that fits in the file");
+    const auto* text = reinterpret_cast<const char*>(bytes.data() + 8);
+    nlohmann::json header;
+    try {
+      header = nlohmann::json::parse(text, text + n);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(std::string("header is not JSON: ") + e.what(), name_);
+    }
+    if (!header.is_object()) throw Error("header is not a JSON object", name_);
+    const std::span<const std::byte> data = bytes.subspan(8 + n);
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    for (const auto& [key, value] : header.items()) {
+      if (key == "__metadata__") {
+        if (!value.is_object()) throw Error("__metadata__ is not an object", name_);
+        for (const auto& [mk, mv] : value.items()) {
+          if (!mv.is_string()) throw Error("__metadata__." + mk + " is not a string", name_);
+          metadata_[mk] = mv.get<std::string>();
+        }
+        continue;
+      }
+      tensors_.push_back(entry(key, value, data));
+      ranges.push_back({std::uint64_t(static_cast<const std::byte*>(tensors_.back().data) - data.data()),
+                        tensors_.back().bytes});
+      index_[key] = tensors_.size() - 1;
+    }
+    // No byte may belong to two tensors.
+    std::vector<std::size_t> order(ranges.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ranges[a].first < ranges[b].first; });
+    for (std::size_t i = 1; i < order.size(); ++i) {
+      const auto& prev = ranges[order[i - 1]];
+      if (prev.second > 0 && prev.first + prev.second > ranges[order[i]].first)
+        throw Error("tensors " + tensors_[order[i - 1]].name + " and " + tensors_[order[i]].name + " overlap", name_);
+    }
+  }
+
+  SafetensorsTensor entry(const std::string& key, const nlohmann::json& v, std::span<const std::byte> data) const {
+    const std::string where = name_ + ", tensor " + key;
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
+      throw Error("tensor entry without dtype, shape and data_offsets", where);
+    const auto& dt = v["dtype"];
+    const auto& shape = v["shape"];
+    const auto& off = v["data_offsets"];
+    if (!dt.is_string()) throw Error("dtype is not a string", where);
+    const SafetensorsDType* d = safetensors_dtype(dt.get<std::string>());
+    if (!d) throw Error("unknown dtype " + dt.get<std::string>(), where, "one of the safetensors dtypes (F32, F16, BF16, ...)");
+    if (!shape.is_array() || shape.size() > 8) throw Error("shape is not an array of at most 8 sizes", where);
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+      throw Error("data_offsets is not [begin, end]", where);
+    SafetensorsTensor t;
+    t.name = key;
+    t.dtype_name = d->name;
+    t.dtype = d->dtype;
+    std::uint64_t elements = 1;
+    for (const auto& s : shape) {
+      if (!s.is_number_unsigned()) throw Error("a size in shape is not a non-negative integer", where);
+      const auto size = s.get<std::uint64_t>();
+      if (size != 0 && elements > (std::uint64_t(1) << 62) / size) throw Error("shape too large", where);
+      elements *= size;
+      t.shape.push_back(size);
+    }
+    const auto begin = off[0].get<std::uint64_t>(), end = off[1].get<std::uint64_t>();
+    if (begin > end || end > data.size())
+      throw Error("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "]", where,
+                  "within the " + std::to_string(data.size()) + " bytes of data");
+    if (end - begin != elements * d->bytes)
+      throw Error(std::to_string(end - begin) + " bytes of data", where,
+                  std::to_string(elements * d->bytes) + " for its shape and dtype");
+    t.data = data.data() + begin;
+    t.bytes = std::size_t(end - begin);
+    return t;
+  }
+
+  MappedFile file_;
+  std::string name_;
+  std::vector<SafetensorsTensor> tensors_;
+  std::map<std::string, std::size_t> index_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// The tensors of a checkpoint: model.safetensors, or the shards model.safetensors.index.json
+// names (each tensor in the shard its weight_map says; a missing shard or a tensor the shard
+// lacks is an Error naming both).
+class SafetensorsModel {
+ public:
+  static SafetensorsModel open_folder(const std::filesystem::path& dir) {
+    SafetensorsModel m;
+    const auto index = dir / "model.safetensors.index.json";
+    if (std::filesystem::exists(index)) {
+      std::ifstream in(index);
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(in);
+      } catch (const nlohmann::json::exception& e) {
+        throw Error(std::string("not JSON: ") + e.what(), index.string());
+      }
+      if (!j.contains("weight_map") || !j["weight_map"].is_object())
+        throw Error("no weight_map object", index.string(), "{\"weight_map\": {tensor: shard file}}");
+      std::map<std::string, std::size_t> shard_of_file;
+      for (const auto& [tensor, file] : j["weight_map"].items()) {
+        if (!file.is_string()) throw Error("weight_map." + tensor + " is not a file name", index.string());
+        const std::string f = file.get<std::string>();
+        if (f.find('/') != std::string::npos || f == "..")
+          throw Error("shard " + f + " outside the folder", index.string(), "a file name in " + dir.string());
+        if (!shard_of_file.contains(f)) {
+          const auto path = dir / f;
+          if (!std::filesystem::exists(path))
+            throw Error("missing shard " + f + " (holding tensor " + tensor + ")", index.string());
+          shard_of_file[f] = m.shards_.size();
+          m.shards_.push_back(std::make_shared<SafetensorsFile>(SafetensorsFile::open(path.string())));
+        }
+        m.where_[tensor] = shard_of_file[f];
+      }
+      for (const auto& [tensor, s] : m.where_)
+        if (!m.shards_[s]->find(tensor))
+          throw Error("tensor " + tensor + " is not in its shard " + m.shards_[s]->name(), index.string());
+      return m;
+    }
+    const auto single = dir / "model.safetensors";
+    if (!std::filesystem::exists(single))
+      throw Error("no model.safetensors or model.safetensors.index.json", dir.string());
+    m.shards_.push_back(std::make_shared<SafetensorsFile>(SafetensorsFile::open(single.string())));
+    for (const auto& t : m.shards_[0]->tensors()) m.where_[t.name] = 0;
+    return m;
+  }
+
+  const SafetensorsTensor* find(std::string_view tensor) const {
+    const auto it = where_.find(std::string(tensor));
+    return it == where_.end() ? nullptr : shards_[it->second]->find(tensor);
+  }
+  const SafetensorsTensor& tensor(std::string_view tensor) const {
+    if (const SafetensorsTensor* t = find(tensor)) return *t;
+    throw Error("missing tensor " + std::string(tensor), shards_.empty() ? "safetensors" : shards_[0]->name());
+  }
+  const std::string& file_of(std::string_view tensor) const { return shards_[where_.at(std::string(tensor))]->name(); }
+  std::size_t n_shards() const { return shards_.size(); }
+
+ private:
+  std::vector<std::shared_ptr<SafetensorsFile>> shards_;
+  std::map<std::string, std::size_t> where_;
+};
+
+// Writes tensors as one safetensors file: the header padded with spaces to a multiple of 8 bytes
+// (so every tensor's data is 8-byte aligned in the file), then the data in the order added.
+class SafetensorsWriter {
+ public:
+  void add_tensor(const std::string& name, DType type, std::vector<std::uint64_t> shape, const void* data,
+                  std::size_t bytes) {
+    std::uint64_t elements = 1;
+    for (auto s : shape) elements *= s;
+    const std::string_view dt = safetensors_dtype_name(type);
+    if (elements * safetensors_dtype(dt)->bytes != bytes)
+      throw Error(std::to_string(bytes) + " bytes for tensor " + name, "SafetensorsWriter",
+                  std::to_string(elements * safetensors_dtype(dt)->bytes) + " for its shape");
+    if (header_.contains(name)) throw Error("tensor " + name + " added twice", "SafetensorsWriter");
+    header_[name] = {{"dtype", std::string(dt)}, {"shape", shape}, {"data_offsets", nlohmann::json::array({data_.size(), data_.size() + bytes})}};
+    const auto* p = static_cast<const std::byte*>(data);
+    data_.insert(data_.end(), p, p + bytes);
+  }
+  void set_metadata(const std::string& key, const std::string& value) { header_["__metadata__"][key] = value; }
+
+  std::vector<std::byte> to_bytes() const {
+    std::string text = header_.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+    std::vector<std::byte> out(8 + text.size() + data_.size());
+    const std::uint64_t n = text.size();
+    for (int i = 0; i < 8; ++i) out[std::size_t(i)] = std::byte((n >> (8 * i)) & 0xff);
+    std::memcpy(out.data() + 8, text.data(), text.size());
+    if (!data_.empty()) std::memcpy(out.data() + 8 + text.size(), data_.data(), data_.size());
+    return out;
+  }
+  void write(const std::string& path) const {
+    const auto bytes = to_bytes();
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    if (!out) throw Error("cannot write", path);
+  }
+
+ private:
+  nlohmann::json header_ = nlohmann::json::object();
+  std::vector<std::byte> data_;
+};
 
 }  // namespace tinyllm
 // ---- tinyllm/text/utf8.hpp ----
@@ -7016,242 +7332,17 @@ namespace tinyllm {
 using KnownArchs = std::tuple<Llama, Mistral, Gemma, Gemma2, Gemma3, Qwen2, Qwen3>;
 
 }  // namespace tinyllm
-// ---- tinyllm/model/synthetic.hpp ----
-// Seeded random-weight Llama models written with the library's own GGUF writer: the embedded
-// default model, test models, and benchmark models of real shapes (TinyLlama, Llama 7B). Their
-// weights are N(0, 0.02) and their norms 1 + N(0, 0.1), so the text they generate is noise.
-#include <array>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
+// ---- tinyllm/model/bind.hpp ----
+// What every model loader shares (GGUF and llama2.c files in load.hpp, Hugging Face folders in
+// hf.hpp): the options, the loaded model with the storage its weights live in, and the binding
+// of weight matrices and norm vectors.
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <string>
-#include <string_view>
-#include <utility>
 #include <vector>
 
-
-namespace tinyllm {
-
-struct SyntheticShape {
-  std::string_view name;
-  std::size_t n_embd, n_layers, n_heads, n_kv_heads, n_ff, vocab, context;
-};
-
-inline constexpr SyntheticShape kSyntheticShapes[] = {
-    {"tiny", 128, 4, 4, 2, 344, 512, 512},
-    {"small", 256, 4, 4, 2, 768, 512, 512},   // widths that are whole K-quant blocks
-    {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, 2048},
-    {"llama-7b", 4096, 32, 32, 32, 11008, 32000, 4096},
-};
-
-inline const SyntheticShape& synthetic_shape(std::string_view name) {
-  std::string known;
-  for (const auto& s : kSyntheticShapes) {
-    if (s.name == name) return s;
-    known += (known.empty() ? "" : ", ") + std::string(s.name);
-  }
-  throw Error("unknown synthetic shape '" + std::string(name) + "'", "synthetic_shape", "one of " + known);
-}
-
-// splitmix64: a tiny generator whose output is the same on every platform.
-class SplitMix64 {
- public:
-  explicit SplitMix64(std::uint64_t seed) : state_(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  float uniform() { return float(next() >> 40) * 0x1.0p-24f; }   // [0, 1)
-  float normal() {                                               // Box-Muller
-    const float u1 = 1.0f - uniform(), u2 = uniform();
-    return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853f * u2);
-  }
-
- private:
-  std::uint64_t state_;
-};
-
-// A SentencePiece-style vocabulary: <unk>, <s>, </s>, the 256 byte tokens, then letter pieces
-// with and without the word-start marker, shortest first (higher scores merge first).
-inline void add_synthetic_vocab(GGUFWriter& out, std::size_t vocab) {
-  if (vocab < 3 + 256 + 1) throw Error("synthetic vocabulary too small", "vocab", ">= 260 tokens");
-  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
-  std::vector<std::int32_t> types = {2, 3, 3};   // unknown, control, control
-  for (int b = 0; b < 256; ++b) {
-    char hex[8];
-    std::snprintf(hex, sizeof hex, "<0x%02X>", b);
-    tokens.emplace_back(hex);
-    types.push_back(6);                          // byte
-  }
-  const std::string marker = "\xE2\x96\x81";     // U+2581, SentencePiece's space
-  tokens.push_back(marker);
-  types.push_back(1);                            // normal
-  const std::string letters = "etaoinshrdlcumwfgypbvkjxqz";
-  std::vector<std::string> words = {""};
-  while (tokens.size() < vocab) {
-    std::vector<std::string> longer;
-    for (const auto& w : words)
-      for (char ch : letters) longer.push_back(w + ch);
-    for (const auto& w : longer) {
-      for (const std::string& piece : {w, marker + w}) {
-        if (tokens.size() == vocab) break;
-        tokens.push_back(piece);
-        types.push_back(1);                      // normal
-      }
-    }
-    words = std::move(longer);
-  }
-  std::vector<float> scores(vocab);
-  for (std::size_t i = 0; i < vocab; ++i) scores[i] = i < 259 ? 0.0f : -float(i - 259);
-  out.set_string("tokenizer.ggml.model", "llama");
-  out.set_string_array("tokenizer.ggml.tokens", tokens);
-  out.set_f32_array("tokenizer.ggml.scores", scores);
-  out.set_i32_array("tokenizer.ggml.token_type", types);
-  out.set_u32("tokenizer.ggml.bos_token_id", 1);
-  out.set_u32("tokenizer.ggml.eos_token_id", 2);
-  out.set_u32("tokenizer.ggml.unknown_token_id", 0);
-}
-
-// The weight types of a file type, as llama-quantize mixes them: "_M" mixes give the output,
-// and attn_v / ffn_down in some layers (first and last eighth, every third between), more bits.
-struct WeightMix {
-  std::string_view name;
-  DType base, embedding, output, more_bits;
-  std::uint32_t file_type;   // general.file_type (llama_ftype)
-};
-
-inline constexpr WeightMix kWeightMixes[] = {
-    {"F32", DType::F32, DType::F32, DType::F32, DType::F32, 0},
-    {"F16", DType::F16, DType::F16, DType::F16, DType::F16, 1},
-    {"Q8_0", DType::Q8_0, DType::Q8_0, DType::Q8_0, DType::Q8_0, 7},
-    {"Q4_0", DType::Q4_0, DType::Q4_0, DType::Q6_K, DType::Q4_0, 2},
-    {"Q4_K_M", DType::Q4_K, DType::Q4_K, DType::Q6_K, DType::Q6_K, 15},
-    {"Q5_K_M", DType::Q5_K, DType::Q5_K, DType::Q6_K, DType::Q6_K, 17},
-    {"Q6_K", DType::Q6_K, DType::Q6_K, DType::Q6_K, DType::Q6_K, 18},
-};
-
-inline const WeightMix& weight_mix(std::string_view name) {
-  std::string known;
-  for (const auto& m : kWeightMixes) {
-    if (m.name == name) return m;
-    known += (known.empty() ? "" : ", ") + std::string(m.name);
-  }
-  throw Error("unknown weight type '" + std::string(name) + "'", "weight_mix", "one of " + known);
-}
-
-// Writes a Llama of the given shape with weights of the mix `mix` into `out`, under the
-// architecture name `arch` (a Llama-shaped one: llama, mistral). The tokenizer metadata comes
-// from `vocab` (every tokenizer.* key, so the file also loads in llama.cpp) or, when null, from a
-// synthetic vocabulary of the shape's size.
-inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, const WeightMix& mix, std::uint64_t seed,
-                                  std::string_view arch = "llama", const GGUFFile* vocab = nullptr) {
-  const std::string a = std::string(arch) + ".";
-  out.set_string("general.architecture", std::string(arch));
-  out.set_string("general.name", "tinyllm synthetic " + std::string(s.name) + " " + std::string(mix.name));
-  out.set_u32("general.file_type", mix.file_type);
-  out.set_u32(a + "context_length", std::uint32_t(s.context));
-  out.set_u32(a + "embedding_length", std::uint32_t(s.n_embd));
-  out.set_u32(a + "block_count", std::uint32_t(s.n_layers));
-  out.set_u32(a + "feed_forward_length", std::uint32_t(s.n_ff));
-  out.set_u32(a + "attention.head_count", std::uint32_t(s.n_heads));
-  out.set_u32(a + "attention.head_count_kv", std::uint32_t(s.n_kv_heads));
-  out.set_u32(a + "rope.dimension_count", std::uint32_t(s.n_embd / s.n_heads));
-  out.set_f32(a + "rope.freq_base", 10000.0f);
-  out.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
-  std::size_t n_vocab = s.vocab;
-  if (vocab) {
-    for (const auto& [key, value] : vocab->metadata())
-      if (key.rfind("tokenizer.", 0) == 0) out.set(key, value);
-    n_vocab = vocab->get_string_array("tokenizer.ggml.tokens").size();
-  } else {
-    add_synthetic_vocab(out, s.vocab);
-  }
-
-  SplitMix64 rng(seed);
-  ThreadPool pool;
-  std::vector<float> values;
-  std::vector<std::byte> packed;
-  // dims in GGUF order: {columns (inputs), rows (outputs)}
-  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd, DType t) {
-    values.resize(cols * rows);
-    for (float& v : values) v = mean + sd * rng.normal();
-    std::vector<std::uint64_t> dims = rows == 1 ? std::vector<std::uint64_t>{cols}
-                                                : std::vector<std::uint64_t>{cols, rows};
-    const std::size_t row_size = quantized_bytes(t, cols);
-    packed.resize(row_size * rows);
-    pool.parallel_for(rows, [&](std::size_t r0, std::size_t r1) {
-      for (std::size_t r = r0; r < r1; ++r) quantize_row(t, values.data() + r * cols, packed.data() + r * row_size, cols);
-    });
-    out.add_tensor(name, t, dims, packed.data(), packed.size());
-  };
-  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads, n = s.n_layers;
-  add("token_embd.weight", s.n_embd, n_vocab, 0.0f, 0.02f, mix.embedding);
-  for (std::size_t l = 0; l < n; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    const bool more_bits = l < n / 8 || l >= 7 * n / 8 || (l - n / 8) % 3 == 2;
-    const DType sensitive = more_bits ? mix.more_bits : mix.base;
-    add(p + "attn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
-    add(p + "attn_q.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
-    add(p + "attn_k.weight", s.n_embd, kv_dim, 0.0f, 0.02f, mix.base);
-    add(p + "attn_v.weight", s.n_embd, kv_dim, 0.0f, 0.02f, sensitive);
-    add(p + "attn_output.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
-    add(p + "ffn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
-    add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
-    add(p + "ffn_up.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
-    add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.0f, 0.02f, sensitive);
-  }
-  add("output_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
-  add("output.weight", s.n_embd, n_vocab, 0.0f, 0.02f, mix.output);
-}
-
-// F32 or F16 throughout.
-inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed,
-                                  std::string_view arch = "llama") {
-  if (type != DType::F32 && type != DType::F16)
-    throw Error("plain synthetic models are F32 or F16", "write_synthetic_llama", "a weight mix for quantized ones");
-  write_synthetic_llama(out, s, weight_mix(type == DType::F32 ? "F32" : "F16"), seed, arch);
-}
-
-// A random LoRA adapter of rank r for a synthetic Llama of shape s on all seven matrices of every
-// block, in llama.cpp's adapter layout (model/lora.hpp): A ~ N(0, 1 / sqrt(n_in)), B ~ N(0, 0.01),
-// alpha = r, of type F32 or F16. For benchmarks (its update is noise, small beside the weights).
-inline void write_synthetic_lora(GGUFWriter& out, const SyntheticShape& s, std::size_t rank, DType type,
-                                 std::uint64_t seed, std::string_view arch = "llama") {
-  if (type != DType::F32 && type != DType::F16) throw Error("synthetic adapters are F32 or F16", "write_synthetic_lora");
-  if (rank == 0 || rank > s.n_embd) throw Error("rank " + std::to_string(rank), "write_synthetic_lora", "1 to n_embd");
-  out.set_string("general.architecture", std::string(arch));
-  out.set_string("general.type", "adapter");
-  out.set_string("general.name", "tinyllm synthetic LoRA r" + std::to_string(rank) + " for " + std::string(s.name));
-  out.set_string("adapter.type", "lora");
-  out.set_f32("adapter.lora.alpha", float(rank));
-  SplitMix64 rng(seed);
-  std::vector<float> values;
-  std::vector<std::byte> bytes;
-  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float sd) {
-    values.resize(cols * rows);
-    for (float& v : values) v = sd * rng.normal();
-    bytes.resize(quantized_bytes(type, cols) * rows);
-    for (std::size_t r = 0; r < rows; ++r)
-      quantize_row(type, values.data() + r * cols, bytes.data() + r * quantized_bytes(type, cols), cols);
-    out.add_tensor(name, type, {cols, rows}, bytes.data(), bytes.size());
-  };
-  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads;
-  const std::pair<const char*, std::array<std::size_t, 2>> targets[] = {
-      {"attn_q", {s.n_embd, s.n_embd}}, {"attn_k", {kv_dim, s.n_embd}},  {"attn_v", {kv_dim, s.n_embd}},
-      {"attn_output", {s.n_embd, s.n_embd}}, {"ffn_gate", {s.n_ff, s.n_embd}}, {"ffn_up", {s.n_ff, s.n_embd}},
-      {"ffn_down", {s.n_embd, s.n_ff}}};
-  for (std::size_t l = 0; l < s.n_layers; ++l)
-    for (const auto& [name, shape] : targets) {
-      const auto [n_out, n_in] = shape;
-      const std::string w = "blk." + std::to_string(l) + "." + name + ".weight";
-      add(w + ".lora_a", n_in, rank, 1.0f / std::sqrt(float(n_in)));
-      add(w + ".lora_b", rank, n_out, 0.01f);
-    }
-}
-
-}  // namespace tinyllm
 // ---- tinyllm/model/transformer.hpp ----
 // A decoder-only transformer written once against architecture traits. forward() is the whole
 // model, top to bottom, in the spirit of llama2.c's forward(): it takes a batch of tokens of one
@@ -7429,7 +7520,7 @@ bool pack(WeightMatrix& w, ThreadPool& pool) {
 // Types the kernels can multiply by; loading checks every weight against this.
 inline bool matmul_supports(DType t) {
   switch (t) {
-    case DType::F32: case DType::F16: case DType::Q8_0: case DType::Q4_0:
+    case DType::F32: case DType::F16: case DType::BF16: case DType::Q8_0: case DType::Q4_0:
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return true;
     default: return false;
   }
@@ -7555,7 +7646,7 @@ class LoraAdapter {
       if (w.data) throw Error("tensor " + name + " appears twice", where);
       if (t.n_dims != 2 || !matmul_supports(t.dtype))
         throw Error("tensor " + name + " has " + std::to_string(t.n_dims) + " dims of type " + std::string(tinyllm::name(t.dtype)),
-                    where, "2 dims of a matmul type: F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+                    where, "2 dims of a matmul type: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
       w = {name, t.dtype, t.data, t.rows(), t.cols()};
     }
     for (std::size_t l = 0; l < layers_.size(); ++l)
@@ -8121,7 +8212,7 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
                 f.name() + ", tensor " + tensor, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
   if (!matmul_supports(t.dtype))
     throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
-                "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+                "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
   return {tensor, t.dtype, t.data, rows, cols};
 }
 
@@ -8167,6 +8258,481 @@ inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size
   Llama2cVocab v = read_llama2c_vocab(opt.tokenizer_path, int(vocab));
   return Tokenizer(std::move(v.pieces), std::move(v.scores));
 }
+
+}  // namespace detail
+}  // namespace tinyllm
+// ---- tinyllm/model/hf.hpp ----
+// Hugging Face checkpoint folders: config.json for the hyper-parameters, model.safetensors (or
+// shards through model.safetensors.index.json) for the weights, used in place over mmap. The
+// layout differences from GGUF are handled here, as llama.cpp's converter handles them, but
+// without rewriting weights:
+//   - Llama and Mistral: Hugging Face keeps Q and K rows in the order that rotates dimension i
+//     with i + head_dim/2; GGUF permutes them so adjacent pairs rotate. Rather than permute the
+//     rows back (a copy), the model runs with half-split RoPE (NeoxRope<Arch>), the same function.
+//   - Gemma: RMSNorm weights are stored as w and applied as (1 + w); GGUF stores 1 + w.
+//   - Tied embeddings: no lm_head.weight, the classifier is the embedding.
+// Models: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3 (model_type in config.json).
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <numbers>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+
+namespace tinyllm {
+
+// An architecture whose Q and K rows are in Hugging Face's order: RoPE rotates half-split pairs.
+template <class Arch>
+struct NeoxRope : Arch {
+  static constexpr RopeStyle rope = RopeStyle::half_split;
+};
+
+// Whether `path` names a Hugging Face folder (or its config.json) rather than a model file.
+inline bool is_hf_folder(const std::filesystem::path& path) {
+  if (std::filesystem::is_directory(path)) return std::filesystem::exists(path / "config.json");
+  return path.filename() == "config.json";
+}
+inline std::filesystem::path hf_folder(const std::filesystem::path& path) {
+  return std::filesystem::is_directory(path) ? path : path.parent_path();
+}
+
+namespace detail {
+
+inline nlohmann::json read_json(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw Error("cannot read", file.string());
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("not JSON: ") + e.what(), file.string());
+  }
+}
+
+// config.json's fields as ModelConfig, under the GGUF name of the architecture.
+struct HfConfig {
+  ModelConfig cfg;
+  bool tied = false;
+  std::vector<float> rope_freq_factors;   // Llama 3.1's, computed as llama.cpp's converter does
+};
+
+inline HfConfig read_hf_config(const std::filesystem::path& file) {
+  const nlohmann::json j = read_json(file);
+  const std::string where = file.string();
+  auto get = [&](const char* key) -> const nlohmann::json& {
+    if (!j.contains(key) || j[key].is_null()) throw Error("missing key " + std::string(key), where);
+    return j[key];
+  };
+  auto size = [&](const char* key) {
+    const auto& v = get(key);
+    if (!v.is_number_unsigned() || v.get<std::uint64_t>() == 0 || v.get<std::uint64_t>() > (1u << 24))
+      throw Error(std::string(key) + " is not a positive size", where);
+    return std::size_t(v.get<std::uint64_t>());
+  };
+  auto number = [&](const char* key, double dflt) {
+    if (!j.contains(key) || j[key].is_null()) return dflt;
+    if (!j[key].is_number()) throw Error(std::string(key) + " is not a number", where);
+    return j[key].get<double>();
+  };
+  HfConfig h;
+  ModelConfig& c = h.cfg;
+  std::string type = get("model_type").get<std::string>();
+  if (type == "gemma3_text") type = "gemma3";
+  const char* known[] = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"};
+  if (std::find(std::begin(known), std::end(known), type) == std::end(known))
+    throw Error("unsupported model_type '" + type + "'", where, "llama, mistral, qwen2, qwen3, gemma, gemma2 or gemma3");
+  c.arch = type;
+  c.n_embd = size("hidden_size");
+  c.n_layers = size("num_hidden_layers");
+  c.n_heads = size("num_attention_heads");
+  c.n_kv_heads = j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null() ? size("num_key_value_heads")
+                                                                                          : c.n_heads;
+  c.head_dim = j.contains("head_dim") && !j["head_dim"].is_null() ? size("head_dim") : c.n_embd / c.n_heads;
+  c.n_ff = size("intermediate_size");
+  c.vocab_size = size("vocab_size");
+  c.context = size("max_position_embeddings");
+  c.norm_eps = float(number("rms_norm_eps", 1e-6));
+  c.rope_theta = float(number("rope_theta", 10000.0));
+  if (c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0)
+    throw Error("heads " + std::to_string(c.n_heads) + ", KV heads " + std::to_string(c.n_kv_heads) + ", head_dim " +
+                    std::to_string(c.head_dim), where, "KV heads dividing heads and an even head_dim");
+  h.tied = j.value("tie_word_embeddings", type.starts_with("gemma"));
+  const bool sliding = j.value("use_sliding_window", type != "qwen2" && type != "qwen3");
+  if (sliding && j.contains("sliding_window") && j["sliding_window"].is_number_unsigned())
+    c.sliding_window = j["sliding_window"].get<std::size_t>();
+  if (type == "gemma2" || type == "gemma3") {
+    c.attn_scale = float(1.0 / std::sqrt(number("query_pre_attn_scalar", double(c.head_dim))));
+    c.attn_softcap = float(number("attn_logit_softcapping", 0.0));
+    c.final_softcap = float(number("final_logit_softcapping", 0.0));
+  }
+  if (type == "gemma3") c.rope_theta_swa = float(number("rope_local_base_freq", 10000.0));
+  if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) {
+    const auto& rs = j["rope_scaling"];
+    const std::string kind = rs.value("rope_type", rs.value("type", std::string()));
+    const double factor = rs.value("factor", 1.0);
+    if (kind == "linear") {
+      c.rope_linear_scale = float(factor);
+    } else if (kind == "llama3") {
+      // Long wavelengths slowed by `factor`, short ones kept, a smooth blend between.
+      const double low = rs.value("low_freq_factor", 1.0), high = rs.value("high_freq_factor", 4.0);
+      const double old_ctx = rs.value("original_max_position_embeddings", 8192.0);
+      const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
+      for (std::size_t i = 0; i < c.head_dim / 2; ++i) {
+        const double freq = 1.0 / std::pow(double(c.rope_theta), double(2 * i) / double(c.head_dim));
+        const double wavelen = 2 * std::numbers::pi / freq;
+        double f = 1.0;
+        if (wavelen > low_wavelen) {
+          f = factor;
+        } else if (wavelen >= high_wavelen) {
+          const double smooth = (old_ctx / wavelen - low) / (high - low);
+          f = 1.0 / ((1 - smooth) / factor + smooth);
+        }
+        h.rope_freq_factors.push_back(float(f));
+      }
+    } else if (!kind.empty() && kind != "default") {
+      throw Error("rope_scaling type '" + kind + "' is not supported", where, "linear or llama3");
+    }
+  }
+  return h;
+}
+
+inline WeightMatrix hf_matrix(const SafetensorsModel& m, const std::string& tensor, std::size_t rows, std::size_t cols) {
+  const SafetensorsTensor& t = m.tensor(tensor);
+  const std::string where = m.file_of(tensor) + ", tensor " + tensor;
+  if (t.shape.size() != 2 || t.shape[0] != rows || t.shape[1] != cols)
+    throw Error("tensor of another shape", where, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+  if (!t.dtype || !matmul_supports(*t.dtype))
+    throw Error("tensor type " + t.dtype_name + " is not supported yet", where, "F32, F16 or BF16");
+  return {tensor, *t.dtype, t.data, rows, cols};
+}
+
+// A norm or bias vector as f32; Gemma's norms get their 1 added (`plus_one`).
+inline AlignedBuffer<float> hf_vector(const SafetensorsModel& m, const std::string& tensor, std::size_t n,
+                                      bool plus_one = false) {
+  AlignedBuffer<float> v = norm_weights(m.tensor(tensor).view(m.file_of(tensor)), n, m.file_of(tensor));
+  if (plus_one) for (float& x : v) x += 1.0f;
+  return v;
+}
+
+template <class Arch, class Backend>
+std::unique_ptr<Model> bind_hf(const SafetensorsModel& m, const HfConfig& h, const LoadOptions& opt) {
+  const ModelConfig& c = h.cfg;
+  const bool gemma = c.arch.starts_with("gemma");
+  TransformerWeights w;
+  w.token_embd = hf_matrix(m, "model.embed_tokens.weight", c.vocab_size, c.n_embd);
+  w.layers.resize(c.n_layers);
+  for (std::size_t l = 0; l < c.n_layers; ++l) {
+    const std::string b = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& lw = w.layers[l];
+    lw.attn_norm = hf_vector(m, b + "input_layernorm.weight", c.n_embd, gemma);
+    lw.wq = hf_matrix(m, b + "self_attn.q_proj.weight", c.q_dim(), c.n_embd);
+    lw.wk = hf_matrix(m, b + "self_attn.k_proj.weight", c.kv_dim(), c.n_embd);
+    lw.wv = hf_matrix(m, b + "self_attn.v_proj.weight", c.kv_dim(), c.n_embd);
+    lw.wo = hf_matrix(m, b + "self_attn.o_proj.weight", c.n_embd, c.q_dim());
+    if constexpr (Arch::qkv_bias) {
+      lw.bq = hf_vector(m, b + "self_attn.q_proj.bias", c.q_dim());
+      lw.bk = hf_vector(m, b + "self_attn.k_proj.bias", c.kv_dim());
+      lw.bv = hf_vector(m, b + "self_attn.v_proj.bias", c.kv_dim());
+    }
+    if constexpr (Arch::qk_norm) {
+      lw.q_norm = hf_vector(m, b + "self_attn.q_norm.weight", c.head_dim, gemma);
+      lw.k_norm = hf_vector(m, b + "self_attn.k_norm.weight", c.head_dim, gemma);
+    }
+    if constexpr (Arch::post_norms) {   // Gemma 2 and 3: a norm on each side of both blocks
+      lw.post_attn_norm = hf_vector(m, b + "post_attention_layernorm.weight", c.n_embd, gemma);
+      lw.ffn_norm = hf_vector(m, b + "pre_feedforward_layernorm.weight", c.n_embd, gemma);
+      lw.post_ffn_norm = hf_vector(m, b + "post_feedforward_layernorm.weight", c.n_embd, gemma);
+    } else {
+      lw.ffn_norm = hf_vector(m, b + "post_attention_layernorm.weight", c.n_embd, gemma);
+    }
+    lw.w_gate = hf_matrix(m, b + "mlp.gate_proj.weight", c.n_ff, c.n_embd);
+    lw.w_up = hf_matrix(m, b + "mlp.up_proj.weight", c.n_ff, c.n_embd);
+    lw.w_down = hf_matrix(m, b + "mlp.down_proj.weight", c.n_embd, c.n_ff);
+  }
+  w.output_norm = hf_vector(m, "model.norm.weight", c.n_embd, gemma);
+  w.output = !h.tied && m.find("lm_head.weight") ? hf_matrix(m, "lm_head.weight", c.vocab_size, c.n_embd) : w.token_embd;
+  if (!h.rope_freq_factors.empty()) {
+    w.rope_freq_factors.resize(h.rope_freq_factors.size());
+    std::copy(h.rope_freq_factors.begin(), h.rope_freq_factors.end(), w.rope_freq_factors.begin());
+  }
+  prepare_weights<Backend>(w, opt, nullptr);
+  return std::make_unique<Transformer<Arch, Backend>>(c, std::move(w), opt.max_batch);
+}
+
+// Arch = void: the traits config.json's model_type names; otherwise the given traits over the
+// folder's weights. No tokenizer.json reader yet: a llama2.c tokenizer may be given
+// (LoadOptions::tokenizer_path); tokenizer_config.json's chat_template is kept.
+template <class Arch, class Backend>
+LoadedModel load_hf(const std::filesystem::path& dir, const LoadOptions& opt) {
+  const HfConfig h = read_hf_config(dir / "config.json");
+  auto st = std::make_shared<const SafetensorsModel>(SafetensorsModel::open_folder(dir));
+  std::unique_ptr<Model> model;
+  if constexpr (!std::is_void_v<Arch>) {
+    model = bind_hf<Arch, Backend>(*st, h, opt);
+  } else {
+    const std::string& a = h.cfg.arch;
+    if (a == "llama") model = bind_hf<NeoxRope<Llama>, Backend>(*st, h, opt);
+    else if (a == "mistral") model = bind_hf<NeoxRope<Mistral>, Backend>(*st, h, opt);
+    else if (a == "qwen2") model = bind_hf<Qwen2, Backend>(*st, h, opt);
+    else if (a == "qwen3") model = bind_hf<Qwen3, Backend>(*st, h, opt);
+    else if (a == "gemma") model = bind_hf<Gemma, Backend>(*st, h, opt);
+    else if (a == "gemma2") model = bind_hf<Gemma2, Backend>(*st, h, opt);
+    else model = bind_hf<Gemma3, Backend>(*st, h, opt);
+  }
+  std::optional<Tokenizer> tok = tokenizer_file(opt, h.cfg.vocab_size);
+  LoadedModel lm(st, std::move(model), std::move(tok), dir.string());
+  if (std::filesystem::exists(dir / "tokenizer_config.json")) {
+    const nlohmann::json tc = read_json(dir / "tokenizer_config.json");
+    if (tc.contains("chat_template") && tc["chat_template"].is_string())
+      lm.set_chat_template(tc["chat_template"].get<std::string>());
+  }
+  return lm;
+}
+
+}  // namespace detail
+}  // namespace tinyllm
+// ---- tinyllm/model/synthetic.hpp ----
+// Seeded random-weight Llama models written with the library's own GGUF writer: the embedded
+// default model, test models, and benchmark models of real shapes (TinyLlama, Llama 7B). Their
+// weights are N(0, 0.02) and their norms 1 + N(0, 0.1), so the text they generate is noise.
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+namespace tinyllm {
+
+struct SyntheticShape {
+  std::string_view name;
+  std::size_t n_embd, n_layers, n_heads, n_kv_heads, n_ff, vocab, context;
+};
+
+inline constexpr SyntheticShape kSyntheticShapes[] = {
+    {"tiny", 128, 4, 4, 2, 344, 512, 512},
+    {"small", 256, 4, 4, 2, 768, 512, 512},   // widths that are whole K-quant blocks
+    {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, 2048},
+    {"llama-7b", 4096, 32, 32, 32, 11008, 32000, 4096},
+};
+
+inline const SyntheticShape& synthetic_shape(std::string_view name) {
+  std::string known;
+  for (const auto& s : kSyntheticShapes) {
+    if (s.name == name) return s;
+    known += (known.empty() ? "" : ", ") + std::string(s.name);
+  }
+  throw Error("unknown synthetic shape '" + std::string(name) + "'", "synthetic_shape", "one of " + known);
+}
+
+// splitmix64: a tiny generator whose output is the same on every platform.
+class SplitMix64 {
+ public:
+  explicit SplitMix64(std::uint64_t seed) : state_(seed) {}
+  std::uint64_t next() {
+    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform() { return float(next() >> 40) * 0x1.0p-24f; }   // [0, 1)
+  float normal() {                                               // Box-Muller
+    const float u1 = 1.0f - uniform(), u2 = uniform();
+    return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853f * u2);
+  }
+
+ private:
+  std::uint64_t state_;
+};
+
+// A SentencePiece-style vocabulary: <unk>, <s>, </s>, the 256 byte tokens, then letter pieces
+// with and without the word-start marker, shortest first (higher scores merge first).
+inline void add_synthetic_vocab(GGUFWriter& out, std::size_t vocab) {
+  if (vocab < 3 + 256 + 1) throw Error("synthetic vocabulary too small", "vocab", ">= 260 tokens");
+  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+  std::vector<std::int32_t> types = {2, 3, 3};   // unknown, control, control
+  for (int b = 0; b < 256; ++b) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "<0x%02X>", b);
+    tokens.emplace_back(hex);
+    types.push_back(6);                          // byte
+  }
+  const std::string marker = "\xE2\x96\x81";     // U+2581, SentencePiece's space
+  tokens.push_back(marker);
+  types.push_back(1);                            // normal
+  const std::string letters = "etaoinshrdlcumwfgypbvkjxqz";
+  std::vector<std::string> words = {""};
+  while (tokens.size() < vocab) {
+    std::vector<std::string> longer;
+    for (const auto& w : words)
+      for (char ch : letters) longer.push_back(w + ch);
+    for (const auto& w : longer) {
+      for (const std::string& piece : {w, marker + w}) {
+        if (tokens.size() == vocab) break;
+        tokens.push_back(piece);
+        types.push_back(1);                      // normal
+      }
+    }
+    words = std::move(longer);
+  }
+  std::vector<float> scores(vocab);
+  for (std::size_t i = 0; i < vocab; ++i) scores[i] = i < 259 ? 0.0f : -float(i - 259);
+  out.set_string("tokenizer.ggml.model", "llama");
+  out.set_string_array("tokenizer.ggml.tokens", tokens);
+  out.set_f32_array("tokenizer.ggml.scores", scores);
+  out.set_i32_array("tokenizer.ggml.token_type", types);
+  out.set_u32("tokenizer.ggml.bos_token_id", 1);
+  out.set_u32("tokenizer.ggml.eos_token_id", 2);
+  out.set_u32("tokenizer.ggml.unknown_token_id", 0);
+}
+
+// The weight types of a file type, as llama-quantize mixes them: "_M" mixes give the output,
+// and attn_v / ffn_down in some layers (first and last eighth, every third between), more bits.
+struct WeightMix {
+  std::string_view name;
+  DType base, embedding, output, more_bits;
+  std::uint32_t file_type;   // general.file_type (llama_ftype)
+};
+
+inline constexpr WeightMix kWeightMixes[] = {
+    {"F32", DType::F32, DType::F32, DType::F32, DType::F32, 0},
+    {"F16", DType::F16, DType::F16, DType::F16, DType::F16, 1},
+    {"Q8_0", DType::Q8_0, DType::Q8_0, DType::Q8_0, DType::Q8_0, 7},
+    {"Q4_0", DType::Q4_0, DType::Q4_0, DType::Q6_K, DType::Q4_0, 2},
+    {"Q4_K_M", DType::Q4_K, DType::Q4_K, DType::Q6_K, DType::Q6_K, 15},
+    {"Q5_K_M", DType::Q5_K, DType::Q5_K, DType::Q6_K, DType::Q6_K, 17},
+    {"Q6_K", DType::Q6_K, DType::Q6_K, DType::Q6_K, DType::Q6_K, 18},
+};
+
+inline const WeightMix& weight_mix(std::string_view name) {
+  std::string known;
+  for (const auto& m : kWeightMixes) {
+    if (m.name == name) return m;
+    known += (known.empty() ? "" : ", ") + std::string(m.name);
+  }
+  throw Error("unknown weight type '" + std::string(name) + "'", "weight_mix", "one of " + known);
+}
+
+// Writes a Llama of the given shape with weights of the mix `mix` into `out`, under the
+// architecture name `arch` (a Llama-shaped one: llama, mistral). The tokenizer metadata comes
+// from `vocab` (every tokenizer.* key, so the file also loads in llama.cpp) or, when null, from a
+// synthetic vocabulary of the shape's size.
+inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, const WeightMix& mix, std::uint64_t seed,
+                                  std::string_view arch = "llama", const GGUFFile* vocab = nullptr) {
+  const std::string a = std::string(arch) + ".";
+  out.set_string("general.architecture", std::string(arch));
+  out.set_string("general.name", "tinyllm synthetic " + std::string(s.name) + " " + std::string(mix.name));
+  out.set_u32("general.file_type", mix.file_type);
+  out.set_u32(a + "context_length", std::uint32_t(s.context));
+  out.set_u32(a + "embedding_length", std::uint32_t(s.n_embd));
+  out.set_u32(a + "block_count", std::uint32_t(s.n_layers));
+  out.set_u32(a + "feed_forward_length", std::uint32_t(s.n_ff));
+  out.set_u32(a + "attention.head_count", std::uint32_t(s.n_heads));
+  out.set_u32(a + "attention.head_count_kv", std::uint32_t(s.n_kv_heads));
+  out.set_u32(a + "rope.dimension_count", std::uint32_t(s.n_embd / s.n_heads));
+  out.set_f32(a + "rope.freq_base", 10000.0f);
+  out.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  std::size_t n_vocab = s.vocab;
+  if (vocab) {
+    for (const auto& [key, value] : vocab->metadata())
+      if (key.rfind("tokenizer.", 0) == 0) out.set(key, value);
+    n_vocab = vocab->get_string_array("tokenizer.ggml.tokens").size();
+  } else {
+    add_synthetic_vocab(out, s.vocab);
+  }
+
+  SplitMix64 rng(seed);
+  ThreadPool pool;
+  std::vector<float> values;
+  std::vector<std::byte> packed;
+  // dims in GGUF order: {columns (inputs), rows (outputs)}
+  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd, DType t) {
+    values.resize(cols * rows);
+    for (float& v : values) v = mean + sd * rng.normal();
+    std::vector<std::uint64_t> dims = rows == 1 ? std::vector<std::uint64_t>{cols}
+                                                : std::vector<std::uint64_t>{cols, rows};
+    const std::size_t row_size = quantized_bytes(t, cols);
+    packed.resize(row_size * rows);
+    pool.parallel_for(rows, [&](std::size_t r0, std::size_t r1) {
+      for (std::size_t r = r0; r < r1; ++r) quantize_row(t, values.data() + r * cols, packed.data() + r * row_size, cols);
+    });
+    out.add_tensor(name, t, dims, packed.data(), packed.size());
+  };
+  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads, n = s.n_layers;
+  add("token_embd.weight", s.n_embd, n_vocab, 0.0f, 0.02f, mix.embedding);
+  for (std::size_t l = 0; l < n; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    const bool more_bits = l < n / 8 || l >= 7 * n / 8 || (l - n / 8) % 3 == 2;
+    const DType sensitive = more_bits ? mix.more_bits : mix.base;
+    add(p + "attn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
+    add(p + "attn_q.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
+    add(p + "attn_k.weight", s.n_embd, kv_dim, 0.0f, 0.02f, mix.base);
+    add(p + "attn_v.weight", s.n_embd, kv_dim, 0.0f, 0.02f, sensitive);
+    add(p + "attn_output.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
+    add(p + "ffn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
+    add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
+    add(p + "ffn_up.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
+    add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.0f, 0.02f, sensitive);
+  }
+  add("output_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
+  add("output.weight", s.n_embd, n_vocab, 0.0f, 0.02f, mix.output);
+}
+
+// F32 or F16 throughout.
+inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, DType type, std::uint64_t seed,
+                                  std::string_view arch = "llama") {
+  if (type != DType::F32 && type != DType::F16)
+    throw Error("plain synthetic models are F32 or F16", "write_synthetic_llama", "a weight mix for quantized ones");
+  write_synthetic_llama(out, s, weight_mix(type == DType::F32 ? "F32" : "F16"), seed, arch);
+}
+
+// A random LoRA adapter of rank r for a synthetic Llama of shape s on all seven matrices of every
+// block, in llama.cpp's adapter layout (model/lora.hpp): A ~ N(0, 1 / sqrt(n_in)), B ~ N(0, 0.01),
+// alpha = r, of type F32 or F16. For benchmarks (its update is noise, small beside the weights).
+inline void write_synthetic_lora(GGUFWriter& out, const SyntheticShape& s, std::size_t rank, DType type,
+                                 std::uint64_t seed, std::string_view arch = "llama") {
+  if (type != DType::F32 && type != DType::F16) throw Error("synthetic adapters are F32 or F16", "write_synthetic_lora");
+  if (rank == 0 || rank > s.n_embd) throw Error("rank " + std::to_string(rank), "write_synthetic_lora", "1 to n_embd");
+  out.set_string("general.architecture", std::string(arch));
+  out.set_string("general.type", "adapter");
+  out.set_string("general.name", "tinyllm synthetic LoRA r" + std::to_string(rank) + " for " + std::string(s.name));
+  out.set_string("adapter.type", "lora");
+  out.set_f32("adapter.lora.alpha", float(rank));
+  SplitMix64 rng(seed);
+  std::vector<float> values;
+  std::vector<std::byte> bytes;
+  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float sd) {
+    values.resize(cols * rows);
+    for (float& v : values) v = sd * rng.normal();
+    bytes.resize(quantized_bytes(type, cols) * rows);
+    for (std::size_t r = 0; r < rows; ++r)
+      quantize_row(type, values.data() + r * cols, bytes.data() + r * quantized_bytes(type, cols), cols);
+    out.add_tensor(name, type, {cols, rows}, bytes.data(), bytes.size());
+  };
+  const std::size_t kv_dim = s.n_embd / s.n_heads * s.n_kv_heads;
+  const std::pair<const char*, std::array<std::size_t, 2>> targets[] = {
+      {"attn_q", {s.n_embd, s.n_embd}}, {"attn_k", {kv_dim, s.n_embd}},  {"attn_v", {kv_dim, s.n_embd}},
+      {"attn_output", {s.n_embd, s.n_embd}}, {"ffn_gate", {s.n_ff, s.n_embd}}, {"ffn_up", {s.n_ff, s.n_embd}},
+      {"ffn_down", {s.n_embd, s.n_ff}}};
+  for (std::size_t l = 0; l < s.n_layers; ++l)
+    for (const auto& [name, shape] : targets) {
+      const auto [n_out, n_in] = shape;
+      const std::string w = "blk." + std::to_string(l) + "." + name + ".weight";
+      add(w + ".lora_a", n_in, rank, 1.0f / std::sqrt(float(n_in)));
+      add(w + ".lora_b", rank, n_out, 0.01f);
+    }
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+namespace detail {
 
 inline AlignedBuffer<float> vector_tensor(const GGUFFile& f, const std::string& tensor, std::size_t n) {
   return norm_weights(f.tensor(tensor), n, f.name());
@@ -8366,11 +8932,13 @@ LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
 extern template LoadedModel load_gguf<void, CpuBackend>(std::shared_ptr<const GGUFFile>, std::shared_ptr<const void>,
                                                         const LoadOptions&);
 extern template LoadedModel load_llama2c<Llama, CpuBackend>(const std::string&, LoadOptions);
+extern template LoadedModel load_hf<void, CpuBackend>(const std::filesystem::path&, const LoadOptions&);
 #endif
 
 }  // namespace detail
 
-// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic. load<MyArch>(path)
+// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic, or a Hugging Face
+// folder (a directory with config.json, or that config.json: model/hf.hpp). load<MyArch>(path)
 // runs the file's weights with a user's own architecture traits instead of the file's;
 // load<ReferenceBackend>(path) runs them on another kernel backend, load<MyArch, ReferenceBackend>
 // both.
@@ -8379,6 +8947,7 @@ LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
   if constexpr (KernelBackend<Arch>) {   // load<SomeBackend>(path): the file's architecture
     return load<void, Arch>(path, opt);
   } else {
+    if (is_hf_folder(path)) return detail::load_hf<Arch, Backend>(hf_folder(path), opt);
     char magic[4] = {};
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error("cannot open model file", path);

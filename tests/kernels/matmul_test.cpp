@@ -24,12 +24,14 @@ double dot_tolerance(std::size_t n) { return (double(n) / 8 + 16) * std::ldexp(1
 template <class T>
 T from_f32(float v) {
   if constexpr (std::is_same_v<T, F16>) return F16{f32_to_f16(v)};
+  else if constexpr (std::is_same_v<T, BF16>) return BF16{f32_to_bf16(v)};
   else return v;
 }
 
 template <class T>
 T quiet_nan() {
   if constexpr (std::is_same_v<T, F16>) return F16{0x7e00};
+  else if constexpr (std::is_same_v<T, BF16>) return BF16{0x7fc0};
   else return std::numeric_limits<float>::quiet_NaN();
 }
 
@@ -145,6 +147,10 @@ TEST_CASE("cpu::matmul f16 equals ref::matmul over many shapes and strides") {
   test::for_each_target([&] { check_many_shapes<F16>(); });
 }
 
+TEST_CASE("cpu::matmul bf16 equals ref::matmul over many shapes and strides") {
+  test::for_each_target([&] { check_many_shapes<BF16>(); });
+}
+
 TEST_CASE("cpu::matmul: token counts beyond one L2 chunk, 1 to 3 threads") {
   test::for_each_target([&] {
     ThreadPool pool1(1), pool2(2), pool3(3);
@@ -153,6 +159,7 @@ TEST_CASE("cpu::matmul: token counts beyond one L2 chunk, 1 to 3 threads") {
       for (std::size_t n_tok : {17, 70}) {
         check_shape<float>(37, n_in, n_tok, 3, rng, {&pool1, &pool2, &pool3});
         check_shape<F16>(37, n_in, n_tok, 3, rng, {&pool1, &pool2, &pool3});
+        check_shape<BF16>(37, n_in, n_tok, 3, rng, {&pool1, &pool2, &pool3});
       }
   });
 }

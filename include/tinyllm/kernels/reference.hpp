@@ -21,6 +21,7 @@ namespace tinyllm::ref {
 
 inline double weight_value(float w) { return w; }
 inline double weight_value(F16 w) { return f16_to_f32(w.bits); }
+inline double weight_value(BF16 w) { return bf16_to_f32(w.bits); }
 
 // y[t, o] = sum_i w[o, i] * x[t, i].  w: [n_out, n_in], x: [n_tok, n_in], y: [n_tok, n_out].
 template <class W>

@@ -18,122 +18,15 @@
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/io/llama2c.hpp>
 #include <tinyllm/model/arch/all.hpp>
+#include <tinyllm/model/bind.hpp>
+#include <tinyllm/model/hf.hpp>
 #include <tinyllm/model/synthetic.hpp>
 #include <tinyllm/model/transformer.hpp>
 #include <tinyllm/text/tokenizer.hpp>
 
 namespace tinyllm {
 
-struct LoadOptions {
-  std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
-  std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
-  bool pack_weights = true;        // let the backend regroup matrices into its own layout (CPU: cpu/qpack.hpp)
-  // Called as the weight matrices are bound, with the bytes done so far and in all. With it, the
-  // loader also reads each matrix (one byte per page), so a cold file is paged in during the
-  // load, where the progress shows, rather than during the first forward pass.
-  std::function<void(std::size_t done, std::size_t total)> progress;
-};
-
-// A model together with the file its weights live in and its tokenizer.
-class LoadedModel {
- public:
-  LoadedModel(std::shared_ptr<const void> storage, std::unique_ptr<Model> model,
-              std::optional<Tokenizer> tokenizer, std::string path)
-      : storage_(std::move(storage)), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
-        path_(std::move(path)) {}
-
-  Model& model() { return *model_; }
-  const Model& model() const { return *model_; }
-  const ModelConfig& config() const { return model_->config(); }
-  bool has_tokenizer() const { return tokenizer_.has_value(); }
-  const Tokenizer& tokenizer() const {
-    if (!tokenizer_) throw Error("the model file has no tokenizer this build can read", path_, "a tokenizer file (-z)");
-    return *tokenizer_;
-  }
-  const std::string& path() const { return path_; }
-  // The file's tokenizer.chat_template (Jinja source), empty when it has none.
-  const std::string& chat_template() const { return chat_template_; }
-  void set_chat_template(std::string t) { chat_template_ = std::move(t); }
-
- private:
-  std::shared_ptr<const void> storage_;   // declared first: destroyed after the model that points into it
-  std::unique_ptr<Model> model_;
-  std::optional<Tokenizer> tokenizer_;
-  std::string path_;
-  std::string chat_template_;
-};
-
 namespace detail {
-
-inline AlignedBuffer<float> norm_weights(const TensorView& t, std::size_t n, const std::string& where) {
-  if (t.n_elements() != n)
-    throw Error("norm tensor has " + std::to_string(t.n_elements()) + " values", where + ", tensor " + t.name,
-                std::to_string(n));
-  AlignedBuffer<float> out(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    switch (t.dtype) {
-      case DType::F32: std::memcpy(&out[i], static_cast<const float*>(t.data) + i, sizeof(float)); break;
-      case DType::F16: out[i] = f16_to_f32(static_cast<const std::uint16_t*>(t.data)[i]); break;
-      case DType::BF16: out[i] = bf16_to_f32(static_cast<const std::uint16_t*>(t.data)[i]); break;
-      default: throw Error("norm tensor of type " + std::string(name(t.dtype)), where + ", tensor " + t.name, "F32, F16 or BF16");
-    }
-  }
-  return out;
-}
-
-inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::size_t rows, std::size_t cols) {
-  const TensorView& t = f.tensor(tensor);
-  if (t.n_dims != 2 || t.rows() != rows || t.cols() != cols)
-    throw Error("tensor has shape [" + std::to_string(t.rows()) + ", " + std::to_string(t.cols()) + "]",
-                f.name() + ", tensor " + tensor, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
-  if (!matmul_supports(t.dtype))
-    throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
-                "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
-  return {tensor, t.dtype, t.data, rows, cols};
-}
-
-// Gets the weight matrices ready for the forward pass on Backend, reporting progress after each
-// one. Those the backend has a layout of its own for are packed (CPU: cpu/qpack.hpp) and the
-// file's pages of them released (`file` null: nothing to release); with a progress callback the
-// others are read, one byte per page, so a cold file is paged in during the load, where the
-// progress shows, rather than during the first forward pass.
-template <class Backend>
-void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFile* file) {
-  std::vector<WeightMatrix*> matrices = {&w.token_embd};
-  for (LayerWeights& l : w.layers)
-    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
-  // Tied to token_embd, the output is only work here when it gets a packed copy (the embedding
-  // lookups keep reading the file's rows).
-  if (w.output.data != w.token_embd.data || (opt.pack_weights && can_pack<Backend>(w.output.type)))
-    matrices.push_back(&w.output);
-  const auto bytes = [](const WeightMatrix& m) { return m.data ? m.rows * row_bytes(m.type, m.cols) : 0; };
-  std::size_t total = 0, done = 0;
-  for (const WeightMatrix* m : matrices) total += bytes(*m);
-  if (opt.progress) opt.progress(0, total);
-  unsigned char sum = 0;
-  std::optional<ThreadPool> pool;  // started when the first matrix is packed
-  for (WeightMatrix* m : matrices) {
-    const std::size_t n = bytes(*m);
-    const bool packable = m != &w.token_embd && opt.pack_weights && can_pack<Backend>(m->type);
-    if (packable && !pool) pool.emplace();  // one thread per hardware thread
-    if (packable && pack<Backend>(*m, *pool)) {
-      if (file && m->data != w.token_embd.data) file->release_pages(m->data, n);
-    } else if (opt.progress) {
-      const auto* p = static_cast<const unsigned char*>(m->data);
-      for (std::size_t i = 0; i < n; i += 4096) sum ^= p[i];
-    }
-    done += n;
-    if (opt.progress) opt.progress(done, total);
-  }
-  volatile unsigned char keep = sum;  // the reads must happen
-  (void)keep;
-}
-
-inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size_t vocab) {
-  if (opt.tokenizer_path.empty()) return std::nullopt;
-  Llama2cVocab v = read_llama2c_vocab(opt.tokenizer_path, int(vocab));
-  return Tokenizer(std::move(v.pieces), std::move(v.scores));
-}
 
 inline AlignedBuffer<float> vector_tensor(const GGUFFile& f, const std::string& tensor, std::size_t n) {
   return norm_weights(f.tensor(tensor), n, f.name());
@@ -333,11 +226,13 @@ LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
 extern template LoadedModel load_gguf<void, CpuBackend>(std::shared_ptr<const GGUFFile>, std::shared_ptr<const void>,
                                                         const LoadOptions&);
 extern template LoadedModel load_llama2c<Llama, CpuBackend>(const std::string&, LoadOptions);
+extern template LoadedModel load_hf<void, CpuBackend>(const std::filesystem::path&, const LoadOptions&);
 #endif
 
 }  // namespace detail
 
-// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic. load<MyArch>(path)
+// Loads a GGUF or llama2.c model file, telling them apart by the GGUF magic, or a Hugging Face
+// folder (a directory with config.json, or that config.json: model/hf.hpp). load<MyArch>(path)
 // runs the file's weights with a user's own architecture traits instead of the file's;
 // load<ReferenceBackend>(path) runs them on another kernel backend, load<MyArch, ReferenceBackend>
 // both.
@@ -346,6 +241,7 @@ LoadedModel load(const std::string& path, const LoadOptions& opt = {}) {
   if constexpr (KernelBackend<Arch>) {   // load<SomeBackend>(path): the file's architecture
     return load<void, Arch>(path, opt);
   } else {
+    if (is_hf_folder(path)) return detail::load_hf<Arch, Backend>(hf_folder(path), opt);
     char magic[4] = {};
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error("cannot open model file", path);

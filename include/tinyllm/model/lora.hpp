@@ -121,7 +121,7 @@ class LoraAdapter {
       if (w.data) throw Error("tensor " + name + " appears twice", where);
       if (t.n_dims != 2 || !matmul_supports(t.dtype))
         throw Error("tensor " + name + " has " + std::to_string(t.n_dims) + " dims of type " + std::string(tinyllm::name(t.dtype)),
-                    where, "2 dims of a matmul type: F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+                    where, "2 dims of a matmul type: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
       w = {name, t.dtype, t.data, t.rows(), t.cols()};
     }
     for (std::size_t l = 0; l < layers_.size(); ++l)

@@ -58,7 +58,7 @@ bool pack(WeightMatrix& w, ThreadPool& pool) {
 // Types the kernels can multiply by; loading checks every weight against this.
 inline bool matmul_supports(DType t) {
   switch (t) {
-    case DType::F32: case DType::F16: case DType::Q8_0: case DType::Q4_0:
+    case DType::F32: case DType::F16: case DType::BF16: case DType::Q8_0: case DType::Q4_0:
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return true;
     default: return false;
   }

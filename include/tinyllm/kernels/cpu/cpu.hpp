@@ -43,7 +43,7 @@ inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::si
 
 #if !defined(TINYLLM_DYNAMIC_DISPATCH)
 // y[n_tok, n_out] = x[n_tok, n_in] · wᵀ, w holding n_out contiguous rows of n_in values of `type`
-// (F32, F16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) as the file lays them out (qmatmul.hpp).
+// (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) as the file lays them out (qmatmul.hpp).
 inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
                     MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
   HWY_NAMESPACE::qmatmul_kernel(pool, type, w, n_out, n_in, x, y, scratch);
@@ -53,12 +53,15 @@ inline void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std
                            MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
   HWY_NAMESPACE::qmatmul_packed_kernel(pool, type, w, n_out, n_in, x, y, scratch);
 }
-// y[n_tok, n_out] = x[n_tok, n_in] · wᵀ for f32 or f16 weights, any strides (matmul.hpp).
+// y[n_tok, n_out] = x[n_tok, n_in] · wᵀ for f32, f16 or bf16 weights, any strides (matmul.hpp).
 inline void matmul(ThreadPool& pool, MatrixView<const float> w, MatrixView<const float> x, MatrixView<float> y) {
   HWY_NAMESPACE::matmul_f32_kernel(pool, w, x, y);
 }
 inline void matmul(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y) {
   HWY_NAMESPACE::matmul_f16_kernel(pool, w, x, y);
+}
+inline void matmul(ThreadPool& pool, MatrixView<const BF16> w, MatrixView<const float> x, MatrixView<float> y) {
+  HWY_NAMESPACE::matmul_bf16_kernel(pool, w, x, y);
 }
 // Attention of every token over its sequence's paged KV (attention.hpp).
 inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
@@ -89,6 +92,7 @@ void qmatmul_packed(ThreadPool& pool, DType type, const std::byte* w, std::size_
                     MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch);
 void matmul(ThreadPool& pool, MatrixView<const float> w, MatrixView<const float> x, MatrixView<float> y);
 void matmul(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y);
+void matmul(ThreadPool& pool, MatrixView<const BF16> w, MatrixView<const float> x, MatrixView<float> y);
 void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
                std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token, std::size_t n_heads,
                std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params, MatrixView<float> out,

@@ -1,4 +1,4 @@
-// y = x · wᵀ with float or F16 weights (Highway).
+// y = x · wᵀ with float, F16 or BF16 weights (Highway), widened to f32 as they are loaded.
 //
 // Weight rows and token rows are both contiguous along n_in, so every output is a dot product.
 // A register block of kRowBlock weight rows × kTokBlock tokens keeps that many vector
@@ -157,7 +157,8 @@ void matmul_rows(MatrixView<const W> w, MatrixView<const float> x, MatrixView<fl
 // Threads split the output rows.
 template <class W>
 void matmul(ThreadPool& pool, MatrixView<const W> w, MatrixView<const float> x, MatrixView<float> y) {
-  static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16>, "cpu::matmul: float or F16 weights");
+  static_assert(std::is_same_v<W, float> || std::is_same_v<W, F16> || std::is_same_v<W, BF16>,
+                "cpu::matmul: float, F16 or BF16 weights");
   assert(w.cols > 0 && w.cols == x.cols && y.rows == x.rows && y.cols == w.rows);
   pool.parallel_for(
       w.rows, [&](std::size_t o0, std::size_t o1) HWY_ATTR { detail::matmul_rows(w, x, y, o0, o1); }, detail::kDecodeRows);

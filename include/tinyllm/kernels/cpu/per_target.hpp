@@ -46,6 +46,9 @@ inline void matmul_f32_kernel(ThreadPool& pool, MatrixView<const float> w, Matri
 inline void matmul_f16_kernel(ThreadPool& pool, MatrixView<const F16> w, MatrixView<const float> x, MatrixView<float> y) {
   HWY_NAMESPACE::matmul(pool, w, x, y);
 }
+inline void matmul_bf16_kernel(ThreadPool& pool, MatrixView<const BF16> w, MatrixView<const float> x, MatrixView<float> y) {
+  HWY_NAMESPACE::matmul(pool, w, x, y);
+}
 inline void attention_kernel(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
                              std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
                              std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,

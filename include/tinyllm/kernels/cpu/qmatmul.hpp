@@ -90,16 +90,17 @@ void qmatmul(ThreadPool& pool, MatrixView<const Block> w, MatrixView<const float
 }
 
 // The same with the weight type known at run time: w holds n_out contiguous rows of n_in values
-// of type `type`. F32 and F16 weights go to cpu::matmul.
+// of type `type`. F32, F16 and BF16 weights go to cpu::matmul.
 inline void qmatmul(ThreadPool& pool, DType type, const void* w, std::size_t n_out, std::size_t n_in,
                     MatrixView<const float> x, MatrixView<float> y, QuantScratch& scratch) {
   if (type == DType::F32) return matmul(pool, MatrixView<const float>(static_cast<const float*>(w), n_out, n_in), x, y);
   if (type == DType::F16) return matmul(pool, MatrixView<const F16>(static_cast<const F16*>(w), n_out, n_in), x, y);
+  if (type == DType::BF16) return matmul(pool, MatrixView<const BF16>(static_cast<const BF16*>(w), n_out, n_in), x, y);
   if (!can_pack(type)) {
     const auto info = dtype_info(static_cast<std::uint32_t>(type));
     throw Error("no matmul kernel for weight type " +
                     (info ? std::string(info->name) : "id " + std::to_string(static_cast<std::uint32_t>(type))),
-                "cpu::qmatmul", "F32, F16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+                "cpu::qmatmul", "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
   }
   with_qblock(type, "cpu::qmatmul", [&]<class Block>(std::type_identity<Block>) HWY_ATTR {
     if (n_in % block_values<Block> != 0)

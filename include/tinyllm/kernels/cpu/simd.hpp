@@ -43,6 +43,12 @@ HWY_INLINE VF load_f32(DF d, const F16* p) {
   const hn::Rebind<hwy::float16_t, DF> dh;
   return hn::PromoteTo(d, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
 }
+// A bfloat16 is the top half of a float: widen the 16 bits and shift them up.
+HWY_INLINE VF load_f32(DF d, const BF16* p) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::Rebind<std::uint16_t, DF> du16;
+  return hn::BitCast(d, hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(du16, reinterpret_cast<const std::uint16_t*>(p)))));
+}
 
 // AVX2 and AVX-512 mask 32-bit loads and stores in hardware, touching no memory in lanes that are
 // off. Highway emulates them on SSE4/SSSE3 with full-width accesses, which would read and write
@@ -70,13 +76,15 @@ HWY_INLINE void store_upto(VF v, DF d, float* p, std::size_t n) {
 // The first n < N values, zeros after; reads nothing past p[n - 1].
 HWY_INLINE VF load_f32_partial(DF d, const float* p, std::size_t n) { return load_upto(d, p, n); }
 // Copied through a zeroed buffer: below AVX-512, Highway emulates 16-bit masked loads at full width.
-HWY_INLINE VF load_f32_partial(DF d, const F16* p, std::size_t n) {
-  F16 buf[hn::MaxLanes(DF())] = {};
-  std::memcpy(buf, p, n * sizeof(F16));
+template <class Half>   // F16 or BF16
+HWY_INLINE VF load_f32_partial(DF d, const Half* p, std::size_t n) {
+  Half buf[hn::MaxLanes(DF())] = {};
+  std::memcpy(buf, p, n * sizeof(Half));
   return load_f32(d, buf);
 }
 
-HWY_INLINE VF load_upto(DF d, const F16* p, std::size_t n) {
+template <class Half>
+HWY_INLINE VF load_upto(DF d, const Half* p, std::size_t n) {
   return n >= hn::Lanes(d) ? load_f32(d, p) : load_f32_partial(d, p, n);
 }
 

@@ -1,0 +1,238 @@
+#pragma once
+// Hugging Face checkpoint folders: config.json for the hyper-parameters, model.safetensors (or
+// shards through model.safetensors.index.json) for the weights, used in place over mmap. The
+// layout differences from GGUF are handled here, as llama.cpp's converter handles them, but
+// without rewriting weights:
+//   - Llama and Mistral: Hugging Face keeps Q and K rows in the order that rotates dimension i
+//     with i + head_dim/2; GGUF permutes them so adjacent pairs rotate. Rather than permute the
+//     rows back (a copy), the model runs with half-split RoPE (NeoxRope<Arch>), the same function.
+//   - Gemma: RMSNorm weights are stored as w and applied as (1 + w); GGUF stores 1 + w.
+//   - Tied embeddings: no lm_head.weight, the classifier is the embedding.
+// Models: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3 (model_type in config.json).
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <numbers>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include <tinyllm/core/error.hpp>
+#include <tinyllm/io/safetensors.hpp>
+#include <tinyllm/model/arch/all.hpp>
+#include <tinyllm/model/bind.hpp>
+#include <tinyllm/model/config.hpp>
+#include <tinyllm/model/transformer.hpp>
+
+namespace tinyllm {
+
+// An architecture whose Q and K rows are in Hugging Face's order: RoPE rotates half-split pairs.
+template <class Arch>
+struct NeoxRope : Arch {
+  static constexpr RopeStyle rope = RopeStyle::half_split;
+};
+
+// Whether `path` names a Hugging Face folder (or its config.json) rather than a model file.
+inline bool is_hf_folder(const std::filesystem::path& path) {
+  if (std::filesystem::is_directory(path)) return std::filesystem::exists(path / "config.json");
+  return path.filename() == "config.json";
+}
+inline std::filesystem::path hf_folder(const std::filesystem::path& path) {
+  return std::filesystem::is_directory(path) ? path : path.parent_path();
+}
+
+namespace detail {
+
+inline nlohmann::json read_json(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw Error("cannot read", file.string());
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("not JSON: ") + e.what(), file.string());
+  }
+}
+
+// config.json's fields as ModelConfig, under the GGUF name of the architecture.
+struct HfConfig {
+  ModelConfig cfg;
+  bool tied = false;
+  std::vector<float> rope_freq_factors;   // Llama 3.1's, computed as llama.cpp's converter does
+};
+
+inline HfConfig read_hf_config(const std::filesystem::path& file) {
+  const nlohmann::json j = read_json(file);
+  const std::string where = file.string();
+  auto get = [&](const char* key) -> const nlohmann::json& {
+    if (!j.contains(key) || j[key].is_null()) throw Error("missing key " + std::string(key), where);
+    return j[key];
+  };
+  auto size = [&](const char* key) {
+    const auto& v = get(key);
+    if (!v.is_number_unsigned() || v.get<std::uint64_t>() == 0 || v.get<std::uint64_t>() > (1u << 24))
+      throw Error(std::string(key) + " is not a positive size", where);
+    return std::size_t(v.get<std::uint64_t>());
+  };
+  auto number = [&](const char* key, double dflt) {
+    if (!j.contains(key) || j[key].is_null()) return dflt;
+    if (!j[key].is_number()) throw Error(std::string(key) + " is not a number", where);
+    return j[key].get<double>();
+  };
+  HfConfig h;
+  ModelConfig& c = h.cfg;
+  std::string type = get("model_type").get<std::string>();
+  if (type == "gemma3_text") type = "gemma3";
+  const char* known[] = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"};
+  if (std::find(std::begin(known), std::end(known), type) == std::end(known))
+    throw Error("unsupported model_type '" + type + "'", where, "llama, mistral, qwen2, qwen3, gemma, gemma2 or gemma3");
+  c.arch = type;
+  c.n_embd = size("hidden_size");
+  c.n_layers = size("num_hidden_layers");
+  c.n_heads = size("num_attention_heads");
+  c.n_kv_heads = j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null() ? size("num_key_value_heads")
+                                                                                          : c.n_heads;
+  c.head_dim = j.contains("head_dim") && !j["head_dim"].is_null() ? size("head_dim") : c.n_embd / c.n_heads;
+  c.n_ff = size("intermediate_size");
+  c.vocab_size = size("vocab_size");
+  c.context = size("max_position_embeddings");
+  c.norm_eps = float(number("rms_norm_eps", 1e-6));
+  c.rope_theta = float(number("rope_theta", 10000.0));
+  if (c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0)
+    throw Error("heads " + std::to_string(c.n_heads) + ", KV heads " + std::to_string(c.n_kv_heads) + ", head_dim " +
+                    std::to_string(c.head_dim), where, "KV heads dividing heads and an even head_dim");
+  h.tied = j.value("tie_word_embeddings", type.starts_with("gemma"));
+  const bool sliding = j.value("use_sliding_window", type != "qwen2" && type != "qwen3");
+  if (sliding && j.contains("sliding_window") && j["sliding_window"].is_number_unsigned())
+    c.sliding_window = j["sliding_window"].get<std::size_t>();
+  if (type == "gemma2" || type == "gemma3") {
+    c.attn_scale = float(1.0 / std::sqrt(number("query_pre_attn_scalar", double(c.head_dim))));
+    c.attn_softcap = float(number("attn_logit_softcapping", 0.0));
+    c.final_softcap = float(number("final_logit_softcapping", 0.0));
+  }
+  if (type == "gemma3") c.rope_theta_swa = float(number("rope_local_base_freq", 10000.0));
+  if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) {
+    const auto& rs = j["rope_scaling"];
+    const std::string kind = rs.value("rope_type", rs.value("type", std::string()));
+    const double factor = rs.value("factor", 1.0);
+    if (kind == "linear") {
+      c.rope_linear_scale = float(factor);
+    } else if (kind == "llama3") {
+      // Long wavelengths slowed by `factor`, short ones kept, a smooth blend between.
+      const double low = rs.value("low_freq_factor", 1.0), high = rs.value("high_freq_factor", 4.0);
+      const double old_ctx = rs.value("original_max_position_embeddings", 8192.0);
+      const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
+      for (std::size_t i = 0; i < c.head_dim / 2; ++i) {
+        const double freq = 1.0 / std::pow(double(c.rope_theta), double(2 * i) / double(c.head_dim));
+        const double wavelen = 2 * std::numbers::pi / freq;
+        double f = 1.0;
+        if (wavelen > low_wavelen) {
+          f = factor;
+        } else if (wavelen >= high_wavelen) {
+          const double smooth = (old_ctx / wavelen - low) / (high - low);
+          f = 1.0 / ((1 - smooth) / factor + smooth);
+        }
+        h.rope_freq_factors.push_back(float(f));
+      }
+    } else if (!kind.empty() && kind != "default") {
+      throw Error("rope_scaling type '" + kind + "' is not supported", where, "linear or llama3");
+    }
+  }
+  return h;
+}
+
+inline WeightMatrix hf_matrix(const SafetensorsModel& m, const std::string& tensor, std::size_t rows, std::size_t cols) {
+  const SafetensorsTensor& t = m.tensor(tensor);
+  const std::string where = m.file_of(tensor) + ", tensor " + tensor;
+  if (t.shape.size() != 2 || t.shape[0] != rows || t.shape[1] != cols)
+    throw Error("tensor of another shape", where, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+  if (!t.dtype || !matmul_supports(*t.dtype))
+    throw Error("tensor type " + t.dtype_name + " is not supported yet", where, "F32, F16 or BF16");
+  return {tensor, *t.dtype, t.data, rows, cols};
+}
+
+// A norm or bias vector as f32; Gemma's norms get their 1 added (`plus_one`).
+inline AlignedBuffer<float> hf_vector(const SafetensorsModel& m, const std::string& tensor, std::size_t n,
+                                      bool plus_one = false) {
+  AlignedBuffer<float> v = norm_weights(m.tensor(tensor).view(m.file_of(tensor)), n, m.file_of(tensor));
+  if (plus_one) for (float& x : v) x += 1.0f;
+  return v;
+}
+
+template <class Arch, class Backend>
+std::unique_ptr<Model> bind_hf(const SafetensorsModel& m, const HfConfig& h, const LoadOptions& opt) {
+  const ModelConfig& c = h.cfg;
+  const bool gemma = c.arch.starts_with("gemma");
+  TransformerWeights w;
+  w.token_embd = hf_matrix(m, "model.embed_tokens.weight", c.vocab_size, c.n_embd);
+  w.layers.resize(c.n_layers);
+  for (std::size_t l = 0; l < c.n_layers; ++l) {
+    const std::string b = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& lw = w.layers[l];
+    lw.attn_norm = hf_vector(m, b + "input_layernorm.weight", c.n_embd, gemma);
+    lw.wq = hf_matrix(m, b + "self_attn.q_proj.weight", c.q_dim(), c.n_embd);
+    lw.wk = hf_matrix(m, b + "self_attn.k_proj.weight", c.kv_dim(), c.n_embd);
+    lw.wv = hf_matrix(m, b + "self_attn.v_proj.weight", c.kv_dim(), c.n_embd);
+    lw.wo = hf_matrix(m, b + "self_attn.o_proj.weight", c.n_embd, c.q_dim());
+    if constexpr (Arch::qkv_bias) {
+      lw.bq = hf_vector(m, b + "self_attn.q_proj.bias", c.q_dim());
+      lw.bk = hf_vector(m, b + "self_attn.k_proj.bias", c.kv_dim());
+      lw.bv = hf_vector(m, b + "self_attn.v_proj.bias", c.kv_dim());
+    }
+    if constexpr (Arch::qk_norm) {
+      lw.q_norm = hf_vector(m, b + "self_attn.q_norm.weight", c.head_dim, gemma);
+      lw.k_norm = hf_vector(m, b + "self_attn.k_norm.weight", c.head_dim, gemma);
+    }
+    if constexpr (Arch::post_norms) {   // Gemma 2 and 3: a norm on each side of both blocks
+      lw.post_attn_norm = hf_vector(m, b + "post_attention_layernorm.weight", c.n_embd, gemma);
+      lw.ffn_norm = hf_vector(m, b + "pre_feedforward_layernorm.weight", c.n_embd, gemma);
+      lw.post_ffn_norm = hf_vector(m, b + "post_feedforward_layernorm.weight", c.n_embd, gemma);
+    } else {
+      lw.ffn_norm = hf_vector(m, b + "post_attention_layernorm.weight", c.n_embd, gemma);
+    }
+    lw.w_gate = hf_matrix(m, b + "mlp.gate_proj.weight", c.n_ff, c.n_embd);
+    lw.w_up = hf_matrix(m, b + "mlp.up_proj.weight", c.n_ff, c.n_embd);
+    lw.w_down = hf_matrix(m, b + "mlp.down_proj.weight", c.n_embd, c.n_ff);
+  }
+  w.output_norm = hf_vector(m, "model.norm.weight", c.n_embd, gemma);
+  w.output = !h.tied && m.find("lm_head.weight") ? hf_matrix(m, "lm_head.weight", c.vocab_size, c.n_embd) : w.token_embd;
+  if (!h.rope_freq_factors.empty()) {
+    w.rope_freq_factors.resize(h.rope_freq_factors.size());
+    std::copy(h.rope_freq_factors.begin(), h.rope_freq_factors.end(), w.rope_freq_factors.begin());
+  }
+  prepare_weights<Backend>(w, opt, nullptr);
+  return std::make_unique<Transformer<Arch, Backend>>(c, std::move(w), opt.max_batch);
+}
+
+// Arch = void: the traits config.json's model_type names; otherwise the given traits over the
+// folder's weights. No tokenizer.json reader yet: a llama2.c tokenizer may be given
+// (LoadOptions::tokenizer_path); tokenizer_config.json's chat_template is kept.
+template <class Arch, class Backend>
+LoadedModel load_hf(const std::filesystem::path& dir, const LoadOptions& opt) {
+  const HfConfig h = read_hf_config(dir / "config.json");
+  auto st = std::make_shared<const SafetensorsModel>(SafetensorsModel::open_folder(dir));
+  std::unique_ptr<Model> model;
+  if constexpr (!std::is_void_v<Arch>) {
+    model = bind_hf<Arch, Backend>(*st, h, opt);
+  } else {
+    const std::string& a = h.cfg.arch;
+    if (a == "llama") model = bind_hf<NeoxRope<Llama>, Backend>(*st, h, opt);
+    else if (a == "mistral") model = bind_hf<NeoxRope<Mistral>, Backend>(*st, h, opt);
+    else if (a == "qwen2") model = bind_hf<Qwen2, Backend>(*st, h, opt);
+    else if (a == "qwen3") model = bind_hf<Qwen3, Backend>(*st, h, opt);
+    else if (a == "gemma") model = bind_hf<Gemma, Backend>(*st, h, opt);
+    else if (a == "gemma2") model = bind_hf<Gemma2, Backend>(*st, h, opt);
+    else model = bind_hf<Gemma3, Backend>(*st, h, opt);
+  }
+  std::optional<Tokenizer> tok = tokenizer_file(opt, h.cfg.vocab_size);
+  LoadedModel lm(st, std::move(model), std::move(tok), dir.string());
+  if (std::filesystem::exists(dir / "tokenizer_config.json")) {
+    const nlohmann::json tc = read_json(dir / "tokenizer_config.json");
+    if (tc.contains("chat_template") && tc["chat_template"].is_string())
+      lm.set_chat_template(tc["chat_template"].get<std::string>());
+  }
+  return lm;
+}
+
+}  // namespace detail
+}  // namespace tinyllm
