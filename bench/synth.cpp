@@ -4,6 +4,10 @@
 // With --lora-rank R it writes instead a random LoRA adapter of rank R for that shape (all seven
 // matrices of every block; --type F32 or F16):
 //   tinyllm-synth --shape tinyllama-1.1b --lora-rank 16 --type F16 -o tl-lora16.gguf
+// With --hf the same model goes into a Hugging Face folder instead (config.json and
+// model.safetensors, --type F32, F16 or BF16), as transformers lays out a Llama: its Q and K rows
+// in Hugging Face's order, so that the folder and the GGUF file are one model.
+//   tinyllm-synth --shape tinyllama-1.1b --type BF16 --hf -o tl-bf16/
 #include <tinyllm/tinyllm.hpp>
 
 #include <CLI/CLI.hpp>
@@ -11,6 +15,7 @@
 #include <cstdio>
 #include <optional>
 #include <string>
+
 
 int main(int argc, char** argv) {
   CLI::App app{"tinyllm-synth: write a random-weight Llama GGUF"};
@@ -22,12 +27,25 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", vocab_path, "GGUF file whose tokenizer metadata to copy");
   app.add_option("--seed", seed, "random seed")->capture_default_str();
   app.add_option("--lora-rank", lora_rank, "write a LoRA adapter of this rank for the shape instead of a model");
-  app.add_option("-o,--output", out, "output .gguf")->required();
+  bool hf = false;
+  app.add_flag("--hf", hf, "write a Hugging Face folder (config.json, model.safetensors; --type F32, F16 or BF16) at -o");
+  app.add_option("-o,--output", out, "output .gguf (a folder with --hf)")->required();
   CLI11_PARSE(app, argc, argv);
   try {
     std::optional<tinyllm::GGUFFile> vocab;
     if (!vocab_path.empty()) vocab = tinyllm::GGUFFile::open(vocab_path);
     tinyllm::GGUFWriter w;
+    if (hf) {
+      if (type != "F32" && type != "F16" && type != "BF16") throw tinyllm::Error("--type " + type, "--hf", "F32, F16 or BF16");
+      tinyllm::write_synthetic_llama(w, tinyllm::synthetic_shape(shape), tinyllm::weight_mix(type == "F32" ? "F32" : "F16"),
+                                     seed);
+      const auto bytes = w.to_bytes();
+      tinyllm::write_hf_llama(tinyllm::GGUFFile::parse(bytes, "synthetic"), out, type == "BF16" ? tinyllm::DType::BF16
+                                                                          : type == "F16" ? tinyllm::DType::F16
+                                                                                          : tinyllm::DType::F32);
+      std::fprintf(stderr, "wrote %s\n", out.c_str());
+      return 0;
+    }
     if (lora_rank > 0 && type != "F32" && type != "F16") throw tinyllm::Error("--type " + type, "--lora-rank", "F32 or F16");
     if (lora_rank > 0)
       tinyllm::write_synthetic_lora(w, tinyllm::synthetic_shape(shape), lora_rank,

@@ -8276,6 +8276,8 @@ inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size
 #include <filesystem>
 #include <fstream>
 #include <numbers>
+#include <utility>
+#include <vector>
 #include <optional>
 #include <string>
 
@@ -8460,6 +8462,71 @@ std::unique_ptr<Model> bind_hf(const SafetensorsModel& m, const HfConfig& h, con
   prepare_weights<Backend>(w, opt, nullptr);
   return std::make_unique<Transformer<Arch, Backend>>(c, std::move(w), opt.max_batch);
 }
+
+}  // namespace detail
+
+// A Llama GGUF file (F32 or F16 weights, or any type dequantize_row reads) written as a Hugging
+// Face folder, config.json and model.safetensors with matrices of `type` (F32, F16 or BF16), as
+// transformers lays out a Llama: the same model in the other layout (Q and K rows in Hugging
+// Face's order), for tests and benchmarks of the folder loader.
+inline void write_hf_llama(const GGUFFile& f, const std::filesystem::path& dir, DType type) {
+  std::filesystem::create_directories(dir);
+  const std::size_t n_embd = f.get_u32("llama.embedding_length"), n_heads = f.get_u32("llama.attention.head_count");
+  const std::size_t head_dim = n_embd / n_heads;
+  const nlohmann::json config = {
+      {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", n_embd},
+      {"num_hidden_layers", f.get_u32("llama.block_count")}, {"num_attention_heads", n_heads},
+      {"num_key_value_heads", f.get_u32_or("llama.attention.head_count_kv", std::uint32_t(n_heads))},
+      {"head_dim", head_dim}, {"intermediate_size", f.get_u32("llama.feed_forward_length")},
+      {"vocab_size", f.tensor("token_embd.weight").rows()}, {"max_position_embeddings", f.get_u32("llama.context_length")},
+      {"rms_norm_eps", f.get_f32("llama.attention.layer_norm_rms_epsilon")},
+      {"rope_theta", f.get_f32_or("llama.rope.freq_base", 10000.0f)}, {"tie_word_embeddings", false},
+      {"torch_dtype", type == DType::BF16 ? "bfloat16" : type == DType::F16 ? "float16" : "float32"}};
+  std::ofstream(dir / "config.json") << config.dump(2) << "\n";
+  const std::pair<const char*, const char*> names[] = {
+      {"attn_norm", "input_layernorm"}, {"attn_q", "self_attn.q_proj"}, {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"}, {"attn_output", "self_attn.o_proj"}, {"ffn_norm", "post_attention_layernorm"},
+      {"ffn_gate", "mlp.gate_proj"}, {"ffn_up", "mlp.up_proj"}, {"ffn_down", "mlp.down_proj"}};
+  SafetensorsWriter w;
+  std::vector<float> values;
+  std::vector<std::uint16_t> halves;
+  for (const TensorView& t : f.tensors()) {
+    std::string hf;
+    bool rope_rows = false;
+    if (t.name == "token_embd.weight") hf = "model.embed_tokens.weight";
+    else if (t.name == "output_norm.weight") hf = "model.norm.weight";
+    else if (t.name == "output.weight") hf = "lm_head.weight";
+    else {
+      const auto dot = t.name.find('.', 4);   // blk.N.<name>.weight
+      const std::string layer = t.name.substr(4, dot - 4), base = t.name.substr(dot + 1, t.name.size() - dot - 8);
+      for (const auto& [g, h] : names)
+        if (base == g) hf = "model.layers." + layer + "." + h + ".weight";
+      if (hf.empty()) throw Error("no Hugging Face name for " + t.name, "write_hf_llama", "a Llama GGUF");
+      rope_rows = base == "attn_q" || base == "attn_k";
+    }
+    const std::size_t rows = t.rows(), cols = t.cols();
+    values.resize(rows * cols);
+    for (std::size_t r = 0; r < rows; ++r) {
+      // GGUF's row 2j + k of a head is Hugging Face's row j + k * head_dim / 2.
+      const std::size_t h = r / head_dim, i = r % head_dim;
+      const std::size_t to = rope_rows ? h * head_dim + i / 2 + (i % 2) * (head_dim / 2) : r;
+      dequantize_row(t.dtype, static_cast<const std::byte*>(t.data) + r * row_bytes(t.dtype, cols), values.data() + to * cols,
+                     cols);
+    }
+    std::vector<std::uint64_t> shape = t.n_dims == 1 ? std::vector<std::uint64_t>{cols} : std::vector<std::uint64_t>{rows, cols};
+    if (type == DType::F32 || t.n_dims == 1) {
+      w.add_tensor(hf, DType::F32, shape, values.data(), values.size() * 4);
+      continue;
+    }
+    halves.resize(values.size());
+    for (std::size_t i = 0; i < values.size(); ++i)
+      halves[i] = type == DType::BF16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
+    w.add_tensor(hf, type, shape, halves.data(), halves.size() * 2);
+  }
+  w.write((dir / "model.safetensors").string());
+}
+
+namespace detail {
 
 // Arch = void: the traits config.json's model_type names; otherwise the given traits over the
 // folder's weights. No tokenizer.json reader yet: a llama2.c tokenizer may be given

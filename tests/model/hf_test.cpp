@@ -153,3 +153,25 @@ TEST_CASE("BF16 and F16 checkpoints run on their own kernels, close to the F32 t
     std::filesystem::remove_all(dir);
   }
 }
+
+TEST_CASE("a synthetic Llama written as a Hugging Face folder is the same model as its GGUF") {
+  GGUFWriter g;
+  write_synthetic_llama(g, synthetic_shape("tiny"), weight_mix("F32"), 8);
+  const auto bytes = g.to_bytes();
+  const auto dir = temp_dir("synth");
+  write_hf_llama(GGUFFile::parse(bytes, "synthetic"), dir, DType::F32);
+  LoadedModel gguf = load_gguf_bytes(bytes, "synthetic"), hf = load(dir.string());
+  const std::size_t n = 20, vocab = gguf.config().vocab_size;
+  std::vector<std::int32_t> ids(n), pos(n);
+  for (std::size_t i = 0; i < n; ++i) ids[i] = std::int32_t(3 + (i * 41) % (vocab - 3)), pos[i] = std::int32_t(i);
+  ThreadPool pool(2);
+  std::vector<float> a(n * vocab), b(n * vocab);
+  auto ca = gguf.model().new_kv_cache(n), cb = hf.model().new_kv_cache(n);
+  gguf.model().forward(pool, ids, pos, *ca, MatrixView<float>(a.data(), n, vocab));
+  hf.model().forward(pool, ids, pos, *cb, MatrixView<float>(b.data(), n, vocab));
+  float worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  MESSAGE("GGUF against its Hugging Face folder: max abs logit difference " << worst);
+  CHECK(worst < 1e-4f);
+  std::filesystem::remove_all(dir);
+}
