@@ -63,7 +63,7 @@ std::vector<tinyllm::TrainingSequence> examples(const std::string& path, const t
     try {
       out.push_back(tinyllm::chat_sequence(lm.tokenizer(), format, messages, ctx));
     } catch (const tinyllm::Error& e) {
-      throw tinyllm::Error(e.what(), where);
+      throw tinyllm::Error(e.problem(), where + (e.where().empty() ? "" : ", " + e.where()), e.expected());
     }
   }
   return out;
@@ -185,7 +185,7 @@ int main(int argc, char** argv) {
                  tokens_all / std::chrono::duration<double>(Clock::now() - t_start).count(), ru.ru_maxrss / 1024.0);
     return 0;
   } catch (const tinyllm::Error& e) {
-    std::fprintf(stderr, "tinyllm: %s\n", e.what());
+    std::fprintf(stderr, "%s\n", e.what());
     return 1;
   }
 }

@@ -20,6 +20,7 @@
 #include <tinyllm/text/tokenizer.hpp>
 #include <tinyllm/text/chat_template.hpp>
 #include <tinyllm/model/load.hpp>
+#include <tinyllm/model/convert.hpp>
 #include <tinyllm/sample/sampler.hpp>
 #include <tinyllm/serve/generate.hpp>
 #include <tinyllm/serve/block_pool.hpp>

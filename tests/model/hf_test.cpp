@@ -4,6 +4,7 @@
 // shards, and bad folders are clear errors.
 #include <tinyllm/tinyllm.hpp>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -174,4 +175,42 @@ TEST_CASE("a synthetic Llama written as a Hugging Face folder is the same model 
   MESSAGE("GGUF against its Hugging Face folder: max abs logit difference " << worst);
   CHECK(worst < 1e-4f);
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("tinyllm-convert's conversion of the twins gives back the GGUF originals' tensors bit for bit") {
+  for (const char* name : {"llama", "qwen2"}) {
+    TINYLLM_REQUIRE_TESTDATA(std::string("hf/") + name + "/model.safetensors");
+    CAPTURE(name);
+    GGUFWriter w;
+    convert_hf_to_gguf(test::testdata(std::string("hf/") + name), w);
+    const auto bytes = w.to_bytes();
+    const GGUFFile got = GGUFFile::parse(bytes, "converted");
+    const GGUFFile want = GGUFFile::open(test::testdata(std::string("arch/") + name + ".gguf").string());
+    std::size_t compared = 0;
+    for (const TensorView& t : want.tensors()) {
+      CAPTURE(t.name);
+      const TensorView* g = got.find_tensor(t.name);
+      REQUIRE(g != nullptr);
+      CHECK(g->dims == t.dims);
+      std::vector<float> a(t.cols()), b(t.cols());
+      for (std::size_t r = 0; r < t.rows(); ++r) {
+        dequantize_row(t.dtype, static_cast<const std::byte*>(t.data) + r * row_bytes(t.dtype, t.cols()), a.data(), a.size());
+        dequantize_row(g->dtype, static_cast<const std::byte*>(g->data) + r * row_bytes(g->dtype, g->cols()), b.data(), b.size());
+        REQUIRE(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+      }
+      ++compared;
+    }
+    CHECK(compared == got.tensors().size());
+    // And the converted file runs: the same hyper-parameters and logits as the original's.
+    LoadedModel lm = load_gguf_bytes(bytes, "converted");
+    CHECK(lm.config().n_kv_heads == 2);
+    CHECK(lm.config().rope_theta == want.get_f32(std::string(name) + ".rope.freq_base"));
+  }
+  // A quantized conversion reads back as Q8_0 where rows are whole blocks.
+  TINYLLM_REQUIRE_TESTDATA("hf/llama/model.safetensors");
+  GGUFWriter w;
+  convert_hf_to_gguf(test::testdata("hf/llama"), w, DType::Q8_0);
+  const auto bytes = w.to_bytes();
+  CHECK(GGUFFile::parse(bytes, "q8").tensor("blk.0.attn_q.weight").dtype == DType::Q8_0);
+  CHECK(GGUFFile::parse(bytes, "q8").tensor("blk.0.attn_norm.weight").dtype == DType::F32);
 }
