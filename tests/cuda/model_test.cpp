@@ -27,48 +27,13 @@ namespace {
     }                                                                                     \
   } while (0)
 
-void compare(const float* got, const float* want, std::size_t rows, std::size_t vocab, float tol,
-             const std::string& what) {
-  float worst = 0;
-  for (std::size_t r = 0; r < rows; ++r) {
-    const float* g = got + r * vocab;
-    const float* w = want + r * vocab;
-    for (std::size_t i = 0; i < vocab; ++i) worst = std::max(worst, std::fabs(g[i] - w[i]));
-    if (test::top2_gap(w, vocab) > 1e-2f)
-      CHECK_MESSAGE(argmax(std::span(g, vocab)) == argmax(std::span(w, vocab)), what << " row " << r);
-  }
-  MESSAGE(what << ": max abs difference to llama.cpp on CUDA " << worst << " (tolerance " << tol << ")");
-  CHECK(worst <= tol);
-}
-
-// As tests/model/arch_test.cpp: the prompt as one batch, then llama.cpp's greedy ids one at a time.
+// As tests/model/arch_test.cpp, on the GPU.
 void check_against_llama_cpp(const std::string& model, const std::string& ref, float tol) {
-  const auto dir = test::testdata("arch");
-  LoadedModel lm = load<CudaBackend>((dir / (model + ".gguf")).string());
-  const auto header = dir / (ref + ".header.txt");
-  const auto ids = test::header_ids(header, "ids");
-  const auto greedy = test::header_ids(header, "greedy_ids");
-  const auto prompt_want = test::read_f32(dir / (ref + ".logits.f32"));
-  const auto decode_want = test::read_f32(dir / (ref + ".decode.f32"));
-  const std::size_t vocab = lm.config().vocab_size, n = ids.size(), steps = decode_want.size() / vocab;
-  REQUIRE(prompt_want.size() == n * vocab);
-  REQUIRE(greedy.size() >= steps);
-
+  LoadedModel lm = load<CudaBackend>(test::testdata("arch/" + model + ".gguf").string());
   ThreadPool pool(1);
-  auto cache = lm.model().new_kv_cache(n + steps);
-  std::vector<std::int32_t> pos(n);
-  for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
-  std::vector<float> got(n * vocab);
-  lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(got.data(), n, vocab));
-  compare(got.data(), prompt_want.data(), n, vocab, tol, model + " prompt");
-
-  std::vector<float> dec(steps * vocab);
-  for (std::size_t s = 0; s < steps; ++s) {
-    const std::int32_t p = std::int32_t(n + s);
-    lm.model().forward(pool, std::span(&greedy[s], 1), std::span(&p, 1), *cache,
-                       MatrixView<float>(dec.data() + s * vocab, 1, vocab));
-  }
-  compare(dec.data(), decode_want.data(), steps, vocab, tol, model + " decode");
+  const auto d = test::against_llama_cpp(lm.model(), ref, pool);
+  CHECK(d.prompt <= tol);
+  CHECK(d.decode <= tol);
 }
 
 }  // namespace
@@ -109,22 +74,8 @@ TEST_CASE("cuda model: stories260K greedy -n 200 reproduces llama2.c's text byte
   LoadOptions opt;
   opt.tokenizer_path = test::testdata("llama2c/tok512.bin").string();
   LoadedModel lm = load<CudaBackend>(test::testdata("llama2c/stories260K.bin").string(), opt);
-  const Tokenizer& tok = lm.tokenizer();
-  const auto prompt = tok.encode("Once upon a time", true);
-  GenerateOptions g;   // as tests/model/stories260k_test.cpp: llama2.c's -n 200 counts positions
-  g.max_new_tokens = 200 - prompt.size() + 1;
-  g.sampling.temperature = 0.0f;
-  g.stop_tokens = {tok.bos()};
-  std::string text;
-  for (std::size_t i = 1; i < prompt.size(); ++i) text += tok.decode(prompt[i - 1], prompt[i]);
-  std::int32_t prev = prompt.back();
   ThreadPool pool(1);
-  generate(pool, lm.model(), prompt, g, [&](std::int32_t id) {
-    text += tok.decode(prev, id);
-    prev = id;
-    return true;
-  });
-  text += "\n";
+  const std::string text = test::stories_greedy_text(lm, pool);
   const auto want_bytes = test::read_bytes(test::testdata("reference/Once_upon_a_time_n200.txt"));
   CHECK(text == std::string(want_bytes.begin(), want_bytes.end()));
 }

@@ -28,17 +28,8 @@ using namespace tinyllm;
 
 namespace {
 
-template <class Block> constexpr DType kDType = DType::F32;
-template <> constexpr DType kDType<BlockQ8_0> = DType::Q8_0;
-template <> constexpr DType kDType<BlockQ4_0> = DType::Q4_0;
-template <> constexpr DType kDType<BlockQ4_K> = DType::Q4_K;
-template <> constexpr DType kDType<BlockQ5_K> = DType::Q5_K;
-template <> constexpr DType kDType<BlockQ6_K> = DType::Q6_K;
-
-std::uint16_t random_scale(std::mt19937& rng) {
-  std::uniform_real_distribution<float> u(1e-3f, 2e-2f);
-  return f32_to_f16(rng() % 2 ? u(rng) : -u(rng));
-}
+template <class Block> constexpr DType kDType = test::kBlockDType<Block>;
+using test::random_scale;
 
 // Blocks of two kinds: random bytes with sane f16 scales of either sign (every bit pattern of
 // the quants and sub-block scales), and blocks that quantize_row makes from Gaussian values.

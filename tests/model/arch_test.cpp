@@ -16,49 +16,14 @@ using namespace tinyllm;
 
 namespace {
 
-void compare(const float* got, const float* want, std::size_t rows, std::size_t vocab, float tol, const std::string& what) {
-  float worst = 0;
-  for (std::size_t r = 0; r < rows; ++r) {
-    const float* g = got + r * vocab;
-    const float* w = want + r * vocab;
-    for (std::size_t i = 0; i < vocab; ++i) worst = std::max(worst, std::fabs(g[i] - w[i]));
-    if (test::top2_gap(w, vocab) > 1e-2f)
-      CHECK_MESSAGE(argmax(std::span(g, vocab)) == argmax(std::span(w, vocab)), what << " row " << r);
-  }
-  MESSAGE(what << ": max abs difference to llama.cpp " << worst << " (tolerance " << tol << ")");
-  CHECK(worst <= tol);
-}
-
-// Runs NAME.gguf on NAME.header.txt's ids and compares with NAME.logits.f32 and NAME.decode.f32,
-// on this CPU's best kernels and on AVX2's.
+// NAME.gguf against llama.cpp's references REF.*, on this CPU's best kernels and on AVX2's.
 void check_against_llama_cpp(const std::string& model, const std::string& ref, float tol) {
-  const auto dir = test::testdata("arch");
-  LoadedModel lm = load((dir / (model + ".gguf")).string());
+  LoadedModel lm = load(test::testdata("arch/" + model + ".gguf").string());
+  ThreadPool pool(2);
   test::on_best_and_avx2([&] {
-    const auto header = dir / (ref + ".header.txt");
-    const auto ids = test::header_ids(header, "ids");
-    const auto greedy = test::header_ids(header, "greedy_ids");
-    const auto prompt_want = test::read_f32(dir / (ref + ".logits.f32"));
-    const auto decode_want = test::read_f32(dir / (ref + ".decode.f32"));
-    const std::size_t vocab = lm.config().vocab_size, n = ids.size(), steps = decode_want.size() / vocab;
-    REQUIRE(prompt_want.size() == n * vocab);
-    REQUIRE(greedy.size() >= steps);
-
-    ThreadPool pool(2);
-    auto cache = lm.model().new_kv_cache(n + steps);
-    std::vector<std::int32_t> pos(n);
-    for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
-    std::vector<float> got(n * vocab);
-    lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(got.data(), n, vocab));
-    compare(got.data(), prompt_want.data(), n, vocab, tol, "prompt");
-
-    std::vector<float> dec(steps * vocab);
-    for (std::size_t s = 0; s < steps; ++s) {
-      const std::int32_t p = std::int32_t(n + s);
-      lm.model().forward(pool, std::span(&greedy[s], 1), std::span(&p, 1), *cache,
-                         MatrixView<float>(dec.data() + s * vocab, 1, vocab));
-    }
-    compare(dec.data(), decode_want.data(), steps, vocab, tol, "decode");
+    const auto d = test::against_llama_cpp(lm.model(), ref, pool);
+    CHECK(d.prompt <= tol);
+    CHECK(d.decode <= tol);
   });
 }
 

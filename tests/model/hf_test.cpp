@@ -18,34 +18,13 @@ using namespace tinyllm;
 
 namespace {
 
-// NAME's folder against NAME's llama.cpp references: the prompt as one batch, then the greedy ids
-// one at a time.
+// A folder against llama.cpp's references of its GGUF original (test::against_llama_cpp).
 void check_against_llama_cpp(const std::string& folder, const std::string& ref, float tol) {
   LoadedModel lm = load(folder);
-  const auto dir = test::testdata("arch");
-  const auto header = dir / (ref + ".header.txt");
-  const auto ids = test::header_ids(header, "ids");
-  const auto greedy = test::header_ids(header, "greedy_ids");
-  const auto prompt_want = test::read_f32(dir / (ref + ".logits.f32"));
-  const auto decode_want = test::read_f32(dir / (ref + ".decode.f32"));
-  const std::size_t vocab = lm.config().vocab_size, n = ids.size(), steps = decode_want.size() / vocab;
-  REQUIRE(prompt_want.size() == n * vocab);
   ThreadPool pool(2);
-  auto cache = lm.model().new_kv_cache(n + steps);
-  std::vector<std::int32_t> pos(n);
-  for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t(i);
-  std::vector<float> got(n * vocab), dec(steps * vocab);
-  lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(got.data(), n, vocab));
-  for (std::size_t s = 0; s < steps; ++s) {
-    const std::int32_t p = std::int32_t(n + s);
-    lm.model().forward(pool, std::span(&greedy[s], 1), std::span(&p, 1), *cache,
-                       MatrixView<float>(dec.data() + s * vocab, 1, vocab));
-  }
-  float worst = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - prompt_want[i]));
-  for (std::size_t i = 0; i < dec.size(); ++i) worst = std::max(worst, std::fabs(dec[i] - decode_want[i]));
-  MESSAGE(folder << ": max abs difference to llama.cpp's logits of the GGUF original " << worst);
-  CHECK(worst <= tol);
+  const auto d = test::against_llama_cpp(lm.model(), ref, pool);
+  CHECK(d.prompt <= tol);
+  CHECK(d.decode <= tol);
 }
 
 std::filesystem::path temp_dir(const std::string& name) {

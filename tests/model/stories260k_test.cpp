@@ -96,24 +96,8 @@ TEST_CASE("stories260K: 200 positions in chunks of 7 match llama2.c where its ar
 TEST_CASE("stories260K: greedy -n 200 reproduces llama2.c's text byte for byte") {
   TINYLLM_REQUIRE_TESTDATA("reference/Once_upon_a_time_n200.txt");
   LoadedModel lm = load_stories();
-  const Tokenizer& tok = lm.tokenizer();
-  const auto prompt = tok.encode("Once upon a time", true);
-  // llama2.c's -n 200 runs forward at positions 0..199 and prints the token each one yields
-  // (teacher-forced prompt tokens first), then a newline: 200 - (prompt - 1) generated tokens.
-  GenerateOptions g;
-  g.max_new_tokens = 200 - prompt.size() + 1;
-  g.sampling.temperature = 0.0f;
-  g.stop_tokens = {tok.bos()};
-  std::string text;
-  for (std::size_t i = 1; i < prompt.size(); ++i) text += tok.decode(prompt[i - 1], prompt[i]);
-  std::int32_t prev = prompt.back();
   ThreadPool pool(2);
-  generate(pool, lm.model(), prompt, g, [&](std::int32_t id) {
-    text += tok.decode(prev, id);
-    prev = id;
-    return true;
-  });
-  text += "\n";
+  const std::string text = test::stories_greedy_text(lm, pool);
   const auto want_bytes = test::read_bytes(test::testdata("reference/Once_upon_a_time_n200.txt"));
   const std::string want(want_bytes.begin(), want_bytes.end());
   CHECK(text == want);

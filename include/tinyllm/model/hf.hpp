@@ -9,14 +9,16 @@
 //   - Gemma: RMSNorm weights are stored as w and applied as (1 + w); GGUF stores 1 + w.
 //   - Tied embeddings: no lm_head.weight, the classifier is the embedding.
 // Models: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3 (model_type in config.json).
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <numbers>
-#include <utility>
-#include <vector>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
