@@ -22,6 +22,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -103,13 +104,36 @@ bool valid_adapter_name(const std::string& name) {
   return true;
 }
 
+// Whether `given` equals `key`, in a time that depends on neither's contents (nor on where they
+// first differ), so a client cannot find the key a byte at a time by timing the replies.
+bool same_key(const std::string& given, const std::string& key) {
+  unsigned diff = given.size() != key.size();
+  for (std::size_t i = 0; i < key.size(); ++i)
+    diff |= static_cast<unsigned char>(key[i]) ^ static_cast<unsigned char>(i < given.size() ? given[i] : 0);
+  return diff == 0;
+}
+
 class Server {
  public:
   // lora_dir: where POST /v1/adapters may load adapter files from (empty: it may not).
-  Server(std::vector<std::unique_ptr<ModelService>>& models, std::string lora_dir = "")
-      : models_(models), lora_dir_(std::move(lora_dir)), rng_(std::random_device{}()) {}
+  // api_key: what every /v1 request must carry as "Authorization: Bearer KEY" (empty: nothing).
+  Server(std::vector<std::unique_ptr<ModelService>>& models, std::string lora_dir = "", std::string api_key = "")
+      : models_(models), lora_dir_(std::move(lora_dir)), api_key_(std::move(api_key)), rng_(std::random_device{}()) {}
 
   void routes(httplib::Server& http) {
+    // With an API key, a /v1 request without it gets 401 before any route runs (/health stays open).
+    http.set_pre_routing_handler([this](const httplib::Request& q, httplib::Response& r) {
+      if (api_key_.empty() || q.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+      const std::string auth = q.get_header_value("Authorization");
+      const std::string bearer = "Bearer ";
+      if (auth.rfind(bearer, 0) == 0 && same_key(auth.substr(bearer.size()), api_key_))
+        return httplib::Server::HandlerResponse::Unhandled;
+      const auto start = Clock::now();
+      reply_json(r, 401, ApiError{.status = 401, .message = "missing or wrong API key: send \"Authorization: Bearer KEY\"",
+                                  .code = "invalid_api_key"}.to_json());
+      log_request(q, 401, "", 0, 0, start);
+      return httplib::Server::HandlerResponse::Handled;
+    });
     http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, Endpoint::completions); });
     http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { generate(q, r, Endpoint::chat); });
     http.Get("/v1/models", [this](const httplib::Request& q, httplib::Response& r) { list_models(q, r); });
@@ -522,6 +546,7 @@ class Server {
 
   std::vector<std::unique_ptr<ModelService>>& models_;
   std::string lora_dir_;
+  std::string api_key_;
   std::mutex rng_mutex_;
   std::mt19937_64 rng_;
   std::atomic<std::uint64_t> next_id_{1};
@@ -582,6 +607,9 @@ int main(int argc, char** argv) {
   app.add_option("--lora", loras, "NAME=PATH[:SCALE]: a LoRA adapter served as MODEL:NAME for every model it fits; repeatable");
   programs::DeviceFlag device;
   device.add(app);
+  std::string api_key;
+  app.add_option("--api-key", api_key, "require \"Authorization: Bearer KEY\" on every /v1 request (401 without it); "
+                                      "default: the TINYLLM_API_KEY environment variable, if set");
   app.add_option("--lora-dir", lora_dir, "directory POST /v1/adapters may load adapter files from (default: loading over HTTP is off)");
   app.add_option("--step-delay-ms", step_delay_ms, "pause after each engine step, in ms: slows generation down "
                                                    "for tests and demos of streaming and cancellation")->capture_default_str();
@@ -673,7 +701,9 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  server::Server api(models, lora_dir);
+  if (api_key.empty())
+    if (const char* env = std::getenv("TINYLLM_API_KEY")) api_key = env;
+  server::Server api(models, lora_dir, api_key);
   httplib::Server http;
   http.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
   http.set_payload_max_length(16u << 20);
