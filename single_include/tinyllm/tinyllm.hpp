@@ -7465,6 +7465,7 @@ class ContiguousKVCache final : public KVCache {
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 // ---- tinyllm/model/weights.hpp ----
@@ -7567,6 +7568,22 @@ inline std::array<std::size_t, 2> lora_target_shape(const ModelConfig& c, LoraTa
   return {0, 0};
 }
 
+// The GGUF name of target t's weight in block l ("blk.3.attn_q.weight"); its adapter's A and B
+// add ".lora_a" and ".lora_b".
+inline std::string lora_weight_name(std::size_t l, LoraTarget t) {
+  return "blk." + std::to_string(l) + "." + std::string(kLoraTargetNames[std::size_t(t)]) + ".weight";
+}
+
+// The metadata that makes a GGUF file a LoRA adapter for architecture `arch` (what
+// LoraAdapter::load checks), for the writers of adapters.
+inline void write_lora_metadata(GGUFWriter& out, std::string_view arch, float alpha, std::string name) {
+  out.set_string("general.architecture", std::string(arch));
+  out.set_string("general.type", "adapter");
+  out.set_string("general.name", std::move(name));
+  out.set_string("adapter.type", "lora");
+  out.set_f32("adapter.lora.alpha", alpha);
+}
+
 // One adapted matrix; empty (a.data null) where the adapter leaves the matrix alone.
 struct LoraMatrix {
   WeightMatrix a;  // [r, n_in]
@@ -7653,7 +7670,7 @@ class LoraAdapter {
       for (std::size_t i = 0; i < kLoraTargets; ++i) {
         LoraMatrix& m = layers_[l][i];
         if (!m.a.data && !m.b.data) continue;
-        const std::string base_name = "blk." + std::to_string(l) + "." + std::string(kLoraTargetNames[i]) + ".weight";
+        const std::string base_name = lora_weight_name(l, LoraTarget(i));
         if (!m.a.data || !m.b.data) throw Error(base_name + " has only one of lora_a and lora_b", where);
         const auto [n_out, n_in] = lora_target_shape(base, LoraTarget(i));
         const std::size_t r = m.a.rows;
@@ -8205,15 +8222,19 @@ inline AlignedBuffer<float> norm_weights(const TensorView& t, std::size_t n, con
   return out;
 }
 
-inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::size_t rows, std::size_t cols) {
-  const TensorView& t = f.tensor(tensor);
+// A weight matrix [rows, cols] over a tensor of any file, checked for its shape and for a type the
+// matmul takes; `where` names the file and tensor in errors.
+inline WeightMatrix matrix(const TensorView& t, std::size_t rows, std::size_t cols, const std::string& where) {
   if (t.n_dims != 2 || t.rows() != rows || t.cols() != cols)
-    throw Error("tensor has shape [" + std::to_string(t.rows()) + ", " + std::to_string(t.cols()) + "]",
-                f.name() + ", tensor " + tensor, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+    throw Error("tensor has shape [" + std::to_string(t.rows()) + ", " + std::to_string(t.cols()) + "]", where,
+                "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
   if (!matmul_supports(t.dtype))
-    throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
+    throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", where,
                 "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
-  return {tensor, t.dtype, t.data, rows, cols};
+  return {t.name, t.dtype, t.data, rows, cols};
+}
+inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::size_t rows, std::size_t cols) {
+  return matrix(f.tensor(tensor), rows, cols, f.name() + ", tensor " + tensor);
 }
 
 // Gets the weight matrices ready for the forward pass on Backend, reporting progress after each
@@ -8403,13 +8424,7 @@ inline HfConfig read_hf_config(const std::filesystem::path& file) {
 }
 
 inline WeightMatrix hf_matrix(const SafetensorsModel& m, const std::string& tensor, std::size_t rows, std::size_t cols) {
-  const SafetensorsTensor& t = m.tensor(tensor);
-  const std::string where = m.file_of(tensor) + ", tensor " + tensor;
-  if (t.shape.size() != 2 || t.shape[0] != rows || t.shape[1] != cols)
-    throw Error("tensor of another shape", where, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
-  if (!t.dtype || !matmul_supports(*t.dtype))
-    throw Error("tensor type " + t.dtype_name + " is not supported yet", where, "F32, F16 or BF16");
-  return {tensor, *t.dtype, t.data, rows, cols};
+  return matrix(m.tensor(tensor).view(m.file_of(tensor)), rows, cols, m.file_of(tensor) + ", tensor " + tensor);
 }
 
 // A norm or bias vector as f32; Gemma's norms get their 1 added (`plus_one`).
@@ -8767,11 +8782,7 @@ inline void write_synthetic_lora(GGUFWriter& out, const SyntheticShape& s, std::
                                  std::uint64_t seed, std::string_view arch = "llama") {
   if (type != DType::F32 && type != DType::F16) throw Error("synthetic adapters are F32 or F16", "write_synthetic_lora");
   if (rank == 0 || rank > s.n_embd) throw Error("rank " + std::to_string(rank), "write_synthetic_lora", "1 to n_embd");
-  out.set_string("general.architecture", std::string(arch));
-  out.set_string("general.type", "adapter");
-  out.set_string("general.name", "tinyllm synthetic LoRA r" + std::to_string(rank) + " for " + std::string(s.name));
-  out.set_string("adapter.type", "lora");
-  out.set_f32("adapter.lora.alpha", float(rank));
+  write_lora_metadata(out, arch, float(rank), "tinyllm synthetic LoRA r" + std::to_string(rank) + " for " + std::string(s.name));
   SplitMix64 rng(seed);
   std::vector<float> values;
   std::vector<std::byte> bytes;
@@ -10734,6 +10745,8 @@ class LoraTrainer {
   struct Worker {
     std::vector<std::array<Mat, kLoraTargets>> ga, gb;
     std::vector<LayerCache> layers;
+    Mat xf;                     // the final norm's output [n, n_embd] and its 1 / rms per row
+    std::vector<T> rf;
     Mat scratch_weight;
     TrainingLoss loss;
   };
@@ -10863,8 +10876,9 @@ class LoraTrainer {
 
   T attention_scale() const { return cfg_.attn_scale > 0 ? T(cfg_.attn_scale) : T(1) / std::sqrt(T(cfg_.head_dim)); }
 
-  // The forward pass over `inputs` at positions 0..n-1, keeping each block's activations in the
-  // worker; x ends as the last block's output [n, n_embd]. Returns the logits [n, vocab].
+  // The forward pass over `inputs` at positions 0..n-1, keeping each block's activations and the
+  // final norm's in the worker; x ends as the last block's output [n, n_embd]. Returns the
+  // logits [n, vocab].
   Mat forward(std::span<const std::int32_t> inputs, Worker& wk, Mat& x) const {
     const ModelConfig& c = cfg_;
     const ArchInfo arch = model_.arch();
@@ -10912,9 +10926,8 @@ class LoraTrainer {
       linear(lw.w_down, lc.h, proj, l, LoraTarget::down, lc.ax[6], wk);
       x = lc.x_mid + proj;
     }
-    Mat xf, logits;
-    grad::rmsnorm(x, w.output_norm.data(), c.norm_eps, xf);
-    logits.noalias() = xf * weight(w.output, wk).transpose();   // [n, vocab]
+    wk.rf = grad::rmsnorm(x, w.output_norm.data(), c.norm_eps, wk.xf);
+    Mat logits = wk.xf * weight(w.output, wk).transpose();   // [n, vocab]
     return logits;
   }
 
@@ -10938,11 +10951,9 @@ class LoraTrainer {
     if (!backward) return;
 
     // Backward, from the loss to the adapters.
-    Mat xf;
-    const std::vector<T> rf = grad::rmsnorm(x, w.output_norm.data(), c.norm_eps, xf);
     Mat dxf = dlogits * weight(w.output, wk);   // the classifier is frozen: only its input's gradient
     Mat dx = Mat::Zero(N, Eigen::Index(c.n_embd));
-    grad::rmsnorm_backward(x, w.output_norm.data(), rf, dxf, dx);
+    grad::rmsnorm_backward(x, w.output_norm.data(), wk.rf, dxf, dx);
     Mat dh, dgate, dup, dxb, datt, dq, dk, dv;
     for (std::size_t l = c.n_layers; l-- > 0;) {
       const LayerWeights& lw = w.layers[l];
@@ -10979,14 +10990,10 @@ class LoraTrainer {
     for (std::size_t l = 0; l < self.params_.size(); ++l)
       for (std::size_t t = 0; t < kLoraTargets; ++t)
         if (self.params_[l][t].used)
-          f("blk." + std::to_string(l) + "." + std::string(kLoraTargetNames[t]) + ".weight", self.params_[l][t]);
+          f(lora_weight_name(l, LoraTarget(t)), self.params_[l][t]);
   }
   void write_adapter(GGUFWriter& out) const {
-    out.set_string("general.architecture", cfg_.arch);
-    out.set_string("general.type", "adapter");
-    out.set_string("general.name", "tinyllm LoRA r" + std::to_string(opt_.rank));
-    out.set_string("adapter.type", "lora");
-    out.set_f32("adapter.lora.alpha", opt_.alpha);
+    write_lora_metadata(out, cfg_.arch, opt_.alpha, "tinyllm LoRA r" + std::to_string(opt_.rank));
     each_param(*this, [&](const std::string& name, const Param& p) {
       add_f32(out, name + ".lora_a", p.a);
       add_f32(out, name + ".lora_b", p.b);

@@ -76,15 +76,19 @@ inline AlignedBuffer<float> norm_weights(const TensorView& t, std::size_t n, con
   return out;
 }
 
-inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::size_t rows, std::size_t cols) {
-  const TensorView& t = f.tensor(tensor);
+// A weight matrix [rows, cols] over a tensor of any file, checked for its shape and for a type the
+// matmul takes; `where` names the file and tensor in errors.
+inline WeightMatrix matrix(const TensorView& t, std::size_t rows, std::size_t cols, const std::string& where) {
   if (t.n_dims != 2 || t.rows() != rows || t.cols() != cols)
-    throw Error("tensor has shape [" + std::to_string(t.rows()) + ", " + std::to_string(t.cols()) + "]",
-                f.name() + ", tensor " + tensor, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+    throw Error("tensor has shape [" + std::to_string(t.rows()) + ", " + std::to_string(t.cols()) + "]", where,
+                "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
   if (!matmul_supports(t.dtype))
-    throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", f.name() + ", tensor " + tensor,
+    throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", where,
                 "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
-  return {tensor, t.dtype, t.data, rows, cols};
+  return {t.name, t.dtype, t.data, rows, cols};
+}
+inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::size_t rows, std::size_t cols) {
+  return matrix(f.tensor(tensor), rows, cols, f.name() + ", tensor " + tensor);
 }
 
 // Gets the weight matrices ready for the forward pass on Backend, reporting progress after each

@@ -148,13 +148,7 @@ inline HfConfig read_hf_config(const std::filesystem::path& file) {
 }
 
 inline WeightMatrix hf_matrix(const SafetensorsModel& m, const std::string& tensor, std::size_t rows, std::size_t cols) {
-  const SafetensorsTensor& t = m.tensor(tensor);
-  const std::string where = m.file_of(tensor) + ", tensor " + tensor;
-  if (t.shape.size() != 2 || t.shape[0] != rows || t.shape[1] != cols)
-    throw Error("tensor of another shape", where, "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
-  if (!t.dtype || !matmul_supports(*t.dtype))
-    throw Error("tensor type " + t.dtype_name + " is not supported yet", where, "F32, F16 or BF16");
-  return {tensor, *t.dtype, t.data, rows, cols};
+  return matrix(m.tensor(tensor).view(m.file_of(tensor)), rows, cols, m.file_of(tensor) + ", tensor " + tensor);
 }
 
 // A norm or bias vector as f32; Gemma's norms get their 1 added (`plus_one`).

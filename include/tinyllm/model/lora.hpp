@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
@@ -40,6 +41,22 @@ inline std::array<std::size_t, 2> lora_target_shape(const ModelConfig& c, LoraTa
     case LoraTarget::down: return {c.n_embd, c.n_ff};
   }
   return {0, 0};
+}
+
+// The GGUF name of target t's weight in block l ("blk.3.attn_q.weight"); its adapter's A and B
+// add ".lora_a" and ".lora_b".
+inline std::string lora_weight_name(std::size_t l, LoraTarget t) {
+  return "blk." + std::to_string(l) + "." + std::string(kLoraTargetNames[std::size_t(t)]) + ".weight";
+}
+
+// The metadata that makes a GGUF file a LoRA adapter for architecture `arch` (what
+// LoraAdapter::load checks), for the writers of adapters.
+inline void write_lora_metadata(GGUFWriter& out, std::string_view arch, float alpha, std::string name) {
+  out.set_string("general.architecture", std::string(arch));
+  out.set_string("general.type", "adapter");
+  out.set_string("general.name", std::move(name));
+  out.set_string("adapter.type", "lora");
+  out.set_f32("adapter.lora.alpha", alpha);
 }
 
 // One adapted matrix; empty (a.data null) where the adapter leaves the matrix alone.
@@ -128,7 +145,7 @@ class LoraAdapter {
       for (std::size_t i = 0; i < kLoraTargets; ++i) {
         LoraMatrix& m = layers_[l][i];
         if (!m.a.data && !m.b.data) continue;
-        const std::string base_name = "blk." + std::to_string(l) + "." + std::string(kLoraTargetNames[i]) + ".weight";
+        const std::string base_name = lora_weight_name(l, LoraTarget(i));
         if (!m.a.data || !m.b.data) throw Error(base_name + " has only one of lora_a and lora_b", where);
         const auto [n_out, n_in] = lora_target_shape(base, LoraTarget(i));
         const std::size_t r = m.a.rows;

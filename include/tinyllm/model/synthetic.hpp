@@ -14,6 +14,7 @@
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/io/gguf.hpp>
+#include <tinyllm/model/lora.hpp>
 #include <tinyllm/quant/quantize.hpp>
 
 namespace tinyllm {
@@ -207,11 +208,7 @@ inline void write_synthetic_lora(GGUFWriter& out, const SyntheticShape& s, std::
                                  std::uint64_t seed, std::string_view arch = "llama") {
   if (type != DType::F32 && type != DType::F16) throw Error("synthetic adapters are F32 or F16", "write_synthetic_lora");
   if (rank == 0 || rank > s.n_embd) throw Error("rank " + std::to_string(rank), "write_synthetic_lora", "1 to n_embd");
-  out.set_string("general.architecture", std::string(arch));
-  out.set_string("general.type", "adapter");
-  out.set_string("general.name", "tinyllm synthetic LoRA r" + std::to_string(rank) + " for " + std::string(s.name));
-  out.set_string("adapter.type", "lora");
-  out.set_f32("adapter.lora.alpha", float(rank));
+  write_lora_metadata(out, arch, float(rank), "tinyllm synthetic LoRA r" + std::to_string(rank) + " for " + std::string(s.name));
   SplitMix64 rng(seed);
   std::vector<float> values;
   std::vector<std::byte> bytes;

@@ -27,7 +27,6 @@
 #include <tinyllm/kernels/backward.hpp>
 #include <tinyllm/model/lora.hpp>
 #include <tinyllm/model/transformer.hpp>
-#include <tinyllm/quant/quantize.hpp>
 #include <tinyllm/sample/random.hpp>
 
 namespace tinyllm {
@@ -217,6 +216,8 @@ class LoraTrainer {
   struct Worker {
     std::vector<std::array<Mat, kLoraTargets>> ga, gb;
     std::vector<LayerCache> layers;
+    Mat xf;                     // the final norm's output [n, n_embd] and its 1 / rms per row
+    std::vector<T> rf;
     Mat scratch_weight;
     TrainingLoss loss;
   };
@@ -346,8 +347,9 @@ class LoraTrainer {
 
   T attention_scale() const { return cfg_.attn_scale > 0 ? T(cfg_.attn_scale) : T(1) / std::sqrt(T(cfg_.head_dim)); }
 
-  // The forward pass over `inputs` at positions 0..n-1, keeping each block's activations in the
-  // worker; x ends as the last block's output [n, n_embd]. Returns the logits [n, vocab].
+  // The forward pass over `inputs` at positions 0..n-1, keeping each block's activations and the
+  // final norm's in the worker; x ends as the last block's output [n, n_embd]. Returns the
+  // logits [n, vocab].
   Mat forward(std::span<const std::int32_t> inputs, Worker& wk, Mat& x) const {
     const ModelConfig& c = cfg_;
     const ArchInfo arch = model_.arch();
@@ -395,9 +397,8 @@ class LoraTrainer {
       linear(lw.w_down, lc.h, proj, l, LoraTarget::down, lc.ax[6], wk);
       x = lc.x_mid + proj;
     }
-    Mat xf, logits;
-    grad::rmsnorm(x, w.output_norm.data(), c.norm_eps, xf);
-    logits.noalias() = xf * weight(w.output, wk).transpose();   // [n, vocab]
+    wk.rf = grad::rmsnorm(x, w.output_norm.data(), c.norm_eps, wk.xf);
+    Mat logits = wk.xf * weight(w.output, wk).transpose();   // [n, vocab]
     return logits;
   }
 
@@ -421,11 +422,9 @@ class LoraTrainer {
     if (!backward) return;
 
     // Backward, from the loss to the adapters.
-    Mat xf;
-    const std::vector<T> rf = grad::rmsnorm(x, w.output_norm.data(), c.norm_eps, xf);
     Mat dxf = dlogits * weight(w.output, wk);   // the classifier is frozen: only its input's gradient
     Mat dx = Mat::Zero(N, Eigen::Index(c.n_embd));
-    grad::rmsnorm_backward(x, w.output_norm.data(), rf, dxf, dx);
+    grad::rmsnorm_backward(x, w.output_norm.data(), wk.rf, dxf, dx);
     Mat dh, dgate, dup, dxb, datt, dq, dk, dv;
     for (std::size_t l = c.n_layers; l-- > 0;) {
       const LayerWeights& lw = w.layers[l];
@@ -462,14 +461,10 @@ class LoraTrainer {
     for (std::size_t l = 0; l < self.params_.size(); ++l)
       for (std::size_t t = 0; t < kLoraTargets; ++t)
         if (self.params_[l][t].used)
-          f("blk." + std::to_string(l) + "." + std::string(kLoraTargetNames[t]) + ".weight", self.params_[l][t]);
+          f(lora_weight_name(l, LoraTarget(t)), self.params_[l][t]);
   }
   void write_adapter(GGUFWriter& out) const {
-    out.set_string("general.architecture", cfg_.arch);
-    out.set_string("general.type", "adapter");
-    out.set_string("general.name", "tinyllm LoRA r" + std::to_string(opt_.rank));
-    out.set_string("adapter.type", "lora");
-    out.set_f32("adapter.lora.alpha", opt_.alpha);
+    write_lora_metadata(out, cfg_.arch, opt_.alpha, "tinyllm LoRA r" + std::to_string(opt_.rank));
     each_param(*this, [&](const std::string& name, const Param& p) {
       add_f32(out, name + ".lora_a", p.a);
       add_f32(out, name + ".lora_b", p.b);
