@@ -4,7 +4,7 @@
 //   tinyllm-finetune -m stories260K.bin -z tok512.bin --data stories.txt -o style.gguf
 // Data: a text file (next-token prediction over windows of --ctx tokens), or a .jsonl file of
 // chat conversations, one {"messages": [{"role": ..., "content": ...}, ...]} per line, rendered
-// with the model's chat format and scored on the assistant's tokens only. Held-out loss comes
+// with the model's chat template and scored on the assistant's tokens only. Held-out loss comes
 // from --eval FILE, or else from every tenth example of the data, kept out of training. A
 // progress line every --log-every steps: step, loss, learning rate, tokens/s, held-out loss.
 #include <tinyllm/tinyllm.hpp>
@@ -41,11 +41,7 @@ std::vector<tinyllm::TrainingSequence> examples(const std::string& path, const t
                                                 const std::string& template_name, std::size_t ctx) {
   const std::string bytes = read_file(path);
   if (!ends_with(path, ".jsonl")) return tinyllm::text_windows(lm.tokenizer(), bytes, ctx);
-  const auto detected = tinyllm::detect_chat_format(lm.chat_template());
-  if (template_name.empty() && !detected)
-    throw tinyllm::Error("the model has no chat template this build recognises", lm.path(),
-                         "--chat-template llama3, llama2, mistral, gemma or chatml");
-  const tinyllm::ChatFormat format = template_name.empty() ? *detected : tinyllm::chat_format_from_name(template_name);
+  const auto chat = tinyllm::ChatTemplate::for_model(lm.chat_template(), &lm.tokenizer(), template_name, lm.path());
   std::vector<tinyllm::TrainingSequence> out;
   std::istringstream lines(bytes);
   std::string line;
@@ -61,7 +57,7 @@ std::vector<tinyllm::TrainingSequence> examples(const std::string& path, const t
                            "{\"messages\": [{\"role\": \"user\", \"content\": \"...\"}, ...]}");
     }
     try {
-      out.push_back(tinyllm::chat_sequence(lm.tokenizer(), format, messages, ctx));
+      out.push_back(tinyllm::chat_sequence(lm.tokenizer(), chat, messages, ctx));
     } catch (const tinyllm::Error& e) {
       throw tinyllm::Error(e.problem(), where + (e.where().empty() ? "" : ", " + e.where()), e.expected());
     }

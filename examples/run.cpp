@@ -1,6 +1,8 @@
 // tinyllm-run: generate text from a model, streamed as it is generated.
 //   tinyllm-run -m stories260K.bin -z tok512.bin -p "Once upon a time" -n 200 --temp 0
-// With no -m it runs the embedded default: a small random-weight Llama whose text is noise.
+// With no -m it runs the model built into it, stories260K (examples/models/README.md), greedily
+// unless --temp is given, and writes a little story; --synthetic runs the embedded random-weight
+// model instead (its text is noise).
 // --chat renders the conversation with the model's chat template (or --chat-template NAME).
 // --lora FILE / --lora-scaled FILE SCALE (repeatable) add LoRA adapters.
 #include <tinyllm/tinyllm.hpp>
@@ -11,6 +13,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -21,7 +24,10 @@ int main(int argc, char** argv) {
   std::size_t n_new = 256;
   unsigned threads = 0;
   tinyllm::SamplingParams sp;
-  app.add_option("-m,--model", model_path, "model file (.gguf or llama2.c .bin); default: the embedded random model");
+  app.add_option("-m,--model", model_path, "model file (.gguf or llama2.c .bin) or Hugging Face folder; "
+                                           "default: the built-in stories260K");
+  bool synthetic = false;
+  app.add_flag("--synthetic", synthetic, "run the embedded random-weight model (its text is noise)")->excludes("-m");
   app.add_option("-z,--tokenizer", tokenizer_path, "llama2.c tokenizer .bin (default: the model's own, or tok<vocab>.bin beside it)");
   app.add_option("-p,--prompt", prompt, "prompt text")->capture_default_str();
   app.add_option("-n,--n-predict", n_new, "tokens to generate after the prompt")->capture_default_str();
@@ -51,10 +57,15 @@ int main(int argc, char** argv) {
   try {
     tinyllm::LoadOptions opt;
     opt.tokenizer_path = tokenizer_path;
-    programs::show_load_progress(opt, model_path.empty() ? "the embedded model" : model_path);
-    tinyllm::LoadedModel lm = device.load(model_path, opt);
-    if (model_path.empty())
-      std::fprintf(stderr, "tinyllm-run: no model given (-m): using the embedded random-weight model; its text is noise\n");
+    programs::show_load_progress(opt, model_path.empty() ? "the built-in model" : model_path);
+    tinyllm::LoadedModel lm = synthetic ? device.load_synthetic(opt) : device.load(model_path, opt);
+    if (synthetic) {
+      std::fprintf(stderr, "tinyllm-run: the embedded random-weight model; its text is noise\n");
+    } else if (model_path.empty()) {
+      std::fprintf(stderr, "tinyllm-run: no model given (-m): the built-in stories260K (llama2.c's tinyllamas, MIT)%s\n",
+                   app.count("--temp") ? "" : ", greedy");
+      if (!app.count("--temp")) sp.temperature = 0.0f;
+    }
     lora.apply(lm.model());
     const tinyllm::Tokenizer& tok = lm.tokenizer();
     tinyllm::ThreadPool pool(threads);
@@ -93,20 +104,16 @@ int main(int argc, char** argv) {
       reply(tok.encode(prompt, /*add_bos=*/true), true);
       return 0;
     }
-    const auto detected = tinyllm::detect_chat_format(lm.chat_template());
-    if (template_name.empty() && !detected)
-      throw tinyllm::Error("the model has no chat template this build recognises", lm.path(),
-                           "--chat-template llama3, llama2, mistral, gemma or chatml");
-    const tinyllm::ChatFormat format = template_name.empty() ? *detected : tinyllm::chat_format_from_name(template_name);
-    const auto end_of_turn = tok.encode(tinyllm::chat_end_of_turn(format), {.add_special = false, .parse_special = true});
-    if (end_of_turn.size() == 1) g.stop_tokens.push_back(end_of_turn[0]);
+    // The model's own Jinja template, or a built-in format that --chat-template names.
+    const auto chat_template = tinyllm::ChatTemplate::for_model(lm.chat_template(), &tok, template_name, lm.path());
+    for (const std::int32_t id : chat_template.stop_tokens(tok))
+      if (std::find(g.stop_tokens.begin(), g.stop_tokens.end(), id) == g.stop_tokens.end()) g.stop_tokens.push_back(id);
     std::vector<tinyllm::ChatMessage> messages;
     if (!system.empty()) messages.push_back({"system", system});
     std::string line;
     while (prompt_given ? messages.empty() || messages.back().role != "assistant" : bool(std::getline(std::cin, line))) {
       messages.push_back({"user", prompt_given ? prompt : line});
-      const std::string rendered = tinyllm::render_chat(format, messages);
-      const auto ids = tok.encode(rendered, {.add_special = true, .parse_special = true});
+      const auto ids = tinyllm::chat_prompt_tokens(tok, chat_template.render(messages));
       messages.push_back({"assistant", reply(ids, false)});
     }
   } catch (const tinyllm::Error& e) {

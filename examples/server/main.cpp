@@ -224,9 +224,8 @@ class Server {
         if (role != "system" && role != "user" && role != "assistant")
           throw bad_field("messages[" + std::to_string(i) + "].role", "role '" + role + "' is not system, user or assistant");
       }
-      const std::string text = svc.chat_format() ? tinyllm::render_chat(*svc.chat_format(), p.messages, true)
-                                                 : render_plain_chat(p.messages);
-      r.tokens = tok.encode(text, encode);
+      r.tokens = svc.chat_template() ? tinyllm::chat_prompt_tokens(tok, svc.chat_template()->render(p.messages, true))
+                                     : tok.encode(render_plain_chat(p.messages), encode);
     } else {
       r.tokens = p.prompt_tokens.empty() ? tok.encode(p.prompt, encode) : p.prompt_tokens;
     }
@@ -553,25 +552,11 @@ class Server {
   std::int64_t started_ = std::int64_t(std::time(nullptr));
 };
 
-bool is_gguf(const std::string& path) {
-  char magic[4] = {};
-  std::ifstream in(path, std::ios::binary);
-  in.read(magic, 4);
-  return in.gcount() == 4 && std::string_view(magic, 4) == "GGUF";
-}
-
-// The chat format: --chat-template when given ("plain": none), else the one the file's
-// tokenizer.chat_template implements, else none (the plain "role: content" rendering).
-std::optional<tinyllm::ChatFormat> chat_format_for(const std::string& path, const std::string& forced, const std::string& id) {
-  if (forced == "plain") return std::nullopt;
-  if (!forced.empty()) return tinyllm::chat_format_from_name(forced);
-  if (path.empty() || !is_gguf(path)) return std::nullopt;
-  const tinyllm::GGUFFile f = tinyllm::GGUFFile::open(path);
-  if (!f.has("tokenizer.chat_template")) return std::nullopt;
-  const auto format = tinyllm::detect_chat_format(f.get_string("tokenizer.chat_template"));
-  if (!format)
-    std::fprintf(stderr, "model %s: chat template not recognised; chat uses the plain \"role: content\" format\n", id.c_str());
-  return format;
+// The chat template: --chat-template when given ("plain": none), else the model's own Jinja
+// template, else none (the plain "role: content" rendering).
+std::optional<tinyllm::ChatTemplate> chat_template_for(const tinyllm::LoadedModel& lm, const std::string& forced) {
+  if (forced == "plain" || (forced.empty() && lm.chat_template().empty())) return std::nullopt;
+  return tinyllm::ChatTemplate::for_model(lm.chat_template(), &lm.tokenizer(), forced, lm.path());
 }
 
 }  // namespace
@@ -600,8 +585,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-queue", max_queue, "waiting requests per model at most (then 503); 0 = unbounded")->capture_default_str();
   app.add_option("--batch-tokens", batch_tokens, "tokens per engine step")->capture_default_str();
   app.add_option("--http-threads", http_threads, "HTTP worker threads (each open stream holds one)")->capture_default_str();
-  app.add_option("--chat-template", chat_template, "chat format for every model: llama3, llama2, mistral, gemma, chatml or plain; "
-                                                    "default: detected from each file's tokenizer.chat_template");
+  app.add_option("--chat-template", chat_template, "chat template for every model: llama3, llama2, mistral, gemma, chatml or plain; "
+                                                    "default: each model's own Jinja template");
   std::vector<std::string> loras;
   std::string lora_dir;
   app.add_option("--lora", loras, "NAME=PATH[:SCALE]: a LoRA adapter served as MODEL:NAME for every model it fits; repeatable");
@@ -648,14 +633,15 @@ int main(int argc, char** argv) {
       programs::show_load_progress(lo, path);
       tinyllm::LoadedModel lm = device.load(path, lo);
       if (!lm.has_tokenizer()) throw tinyllm::Error("the model has no tokenizer", path, "a tokenizer file (-z)");
-      auto format = server::chat_format_for(path, chat_template, id);
-      models.push_back(std::make_unique<server::ModelService>(id, std::move(lm), pool, compute, opt, format, step_delay));
+      auto chat = server::chat_template_for(lm, chat_template);
+      models.push_back(std::make_unique<server::ModelService>(id, std::move(lm), pool, compute, opt, std::move(chat), step_delay));
     }
     if (synthetic || model_paths.empty()) {
       for (const auto& m : models)
         if (m->id() == "default") throw tinyllm::Error("a model file is named 'default', the synthetic model's id", m->model().path());
-      models.push_back(std::make_unique<server::ModelService>("default", device.load(""), pool, compute, opt,
-                                                              server::chat_format_for("", chat_template, "default"),
+      tinyllm::LoadedModel lm = device.load_synthetic();
+      auto chat = server::chat_template_for(lm, chat_template);
+      models.push_back(std::make_unique<server::ModelService>("default", std::move(lm), pool, compute, opt, std::move(chat),
                                                               step_delay));
     }
     for (const std::string& spec : loras) {
@@ -693,8 +679,8 @@ int main(int argc, char** argv) {
     }
     for (const auto& m : models) {
       const auto s = m->stats();
-      std::fprintf(stderr, "model %s: %zu KV blocks, chat format %s\n", m->id().c_str(), s.engine.blocks_total,
-                   m->chat_format() ? std::string(tinyllm::chat_format_name(*m->chat_format())).c_str() : "plain");
+      std::fprintf(stderr, "model %s: %zu KV blocks, chat template: %s\n", m->id().c_str(), s.engine.blocks_total,
+                   m->chat_template() ? m->chat_template()->describe().c_str() : "plain \"role: content\"");
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());

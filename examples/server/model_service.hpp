@@ -30,16 +30,14 @@ struct ModelStats {
 class ModelService {
  public:
   ModelService(std::string id, tinyllm::LoadedModel model, tinyllm::ThreadPool& pool, std::mutex& compute,
-               const tinyllm::EngineOptions& opt, std::optional<tinyllm::ChatFormat> chat_format,
+               const tinyllm::EngineOptions& opt, std::optional<tinyllm::ChatTemplate> chat_template,
                std::chrono::milliseconds step_delay = {})
       : id_(std::move(id)), model_(std::move(model)), engine_(model_, pool, opt), compute_(compute),
-        chat_format_(chat_format), step_delay_(step_delay) {
-    if (chat_format_) {
-      // The token that ends an assistant turn (<|eot_id|>, <end_of_turn>, ...) when it is not EOS.
-      const auto t = model_.tokenizer().encode(std::string(tinyllm::chat_end_of_turn(*chat_format_)),
-                                               tinyllm::Tokenizer::EncodeOptions{.add_special = false, .parse_special = true});
-      if (t.size() == 1 && t[0] != model_.tokenizer().eos()) end_of_turn_ = t[0];
-    }
+        chat_template_(std::move(chat_template)), step_delay_(step_delay) {
+    // The token that ends an assistant turn (<|eot_id|>, <end_of_turn>, ...) when it is not EOS.
+    if (chat_template_)
+      for (const std::int32_t t : chat_template_->stop_tokens(model_.tokenizer()))
+        if (t != model_.tokenizer().eos()) end_of_turn_ = t;
     {
       std::lock_guard<std::mutex> lock(stats_mutex_);
       stats_.engine = engine_.metrics();
@@ -83,7 +81,7 @@ class ModelService {
     return adapters_;
   }
   const tinyllm::LoadedModel& model() const { return model_; }
-  std::optional<tinyllm::ChatFormat> chat_format() const { return chat_format_; }
+  const std::optional<tinyllm::ChatTemplate>& chat_template() const { return chat_template_; }
   std::optional<std::int32_t> end_of_turn() const { return end_of_turn_; }
 
   // Thread-safe; throws tinyllm::Error as Engine::submit does. The callback runs on the stepping
@@ -183,7 +181,7 @@ class ModelService {
   tinyllm::LoadedModel model_;
   tinyllm::Engine engine_;
   std::mutex& compute_;
-  std::optional<tinyllm::ChatFormat> chat_format_;
+  std::optional<tinyllm::ChatTemplate> chat_template_;   // none: the plain "role: content" rendering
   std::optional<std::int32_t> end_of_turn_;
   std::chrono::milliseconds step_delay_;   // a pause after each busy step (--step-delay-ms)
 

@@ -18,6 +18,9 @@
 #include <tinyllm/io/safetensors.hpp>
 #include <tinyllm/text/utf8.hpp>
 #include <tinyllm/text/tokenizer.hpp>
+#include <tinyllm/text/hf_tokenizer.hpp>
+#include <tinyllm/text/nfc.hpp>
+#include <tinyllm/text/jinja.hpp>
 #include <tinyllm/text/chat_template.hpp>
 #include <tinyllm/model/load.hpp>
 #include <tinyllm/model/convert.hpp>

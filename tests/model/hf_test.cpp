@@ -193,3 +193,38 @@ TEST_CASE("tinyllm-convert's conversion of the twins gives back the GGUF origina
   CHECK(GGUFFile::parse(bytes, "q8").tensor("blk.0.attn_q.weight").dtype == DType::Q8_0);
   CHECK(GGUFFile::parse(bytes, "q8").tensor("blk.0.attn_norm.weight").dtype == DType::F32);
 }
+
+TEST_CASE("--quantize at load gives the model that tinyllm-convert's quantized GGUF gives") {
+  TINYLLM_REQUIRE_TESTDATA("hf/llama/model.safetensors");
+  const auto src = test::testdata("hf/llama");
+  const std::size_t n = 12;
+  std::vector<std::int32_t> ids(n), pos(n);
+  ThreadPool pool(2);
+  auto logits_of = [&](LoadedModel& lm) {
+    const std::size_t vocab = lm.config().vocab_size;
+    for (std::size_t i = 0; i < n; ++i) ids[i] = std::int32_t(1 + (i * 37) % (vocab - 1)), pos[i] = std::int32_t(i);
+    std::vector<float> out(n * vocab);
+    auto cache = lm.model().new_kv_cache(n);
+    lm.model().forward(pool, ids, pos, *cache, MatrixView<float>(out.data(), n, vocab));
+    return out;
+  };
+  for (const DType type : {DType::Q8_0, DType::Q4_0}) {
+    CAPTURE(name(type));
+    LoadedModel quantized = load(src.string(), LoadOptions{.quantize = type});
+    const auto& w = quantized.model().weights();
+    CHECK(w.layers[0].wq.type == type);
+    CHECK(w.layers[0].w_down.type == type);
+    CHECK(w.token_embd.type == type);
+    GGUFWriter g;
+    convert_hf_to_gguf(src, g, type);
+    const auto bytes = g.to_bytes();
+    LoadedModel converted = load_gguf_bytes(bytes, "converted");
+    CHECK(converted.model().weights().layers[0].wq.type == type);
+    const auto a = logits_of(quantized), b = logits_of(converted);
+    float worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+    MESSAGE(name(type) << " at load against the converted GGUF: max abs logit difference " << worst);
+    CHECK(worst < 1e-4f);
+  }
+  CHECK_THROWS_WITH_AS(load(src.string(), LoadOptions{.quantize = DType::Q8_K}), doctest::Contains("cannot quantize to"), Error);
+}

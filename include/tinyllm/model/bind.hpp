@@ -12,9 +12,12 @@
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/core/half.hpp>
 #include <tinyllm/core/tensor.hpp>
+#include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/io/llama2c.hpp>
 #include <tinyllm/model/transformer.hpp>
+#include <tinyllm/quant/dequantize.hpp>
+#include <tinyllm/quant/quantize.hpp>
 #include <tinyllm/text/tokenizer.hpp>
 
 namespace tinyllm {
@@ -23,6 +26,9 @@ struct LoadOptions {
   std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
   std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
   bool pack_weights = true;        // let the backend regroup matrices into its own layout (CPU: cpu/qpack.hpp)
+  // Quantize the file's F32, F16 and BF16 matrices to this type as they are bound (a Hugging Face
+  // folder straight to Q4_K, say): those whose rows are whole blocks of it; the others keep their type.
+  std::optional<DType> quantize;
   // Called as the weight matrices are bound, with the bytes done so far and in all. With it, the
   // loader also reads each matrix (one byte per page), so a cold file is paged in during the
   // load, where the progress shows, rather than during the first forward pass.
@@ -96,8 +102,44 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
 // file's pages of them released (`file` null: nothing to release); with a progress callback the
 // others are read, one byte per page, so a cold file is paged in during the load, where the
 // progress shows, rather than during the first forward pass.
+// LoadOptions::quantize: each F32, F16 or BF16 matrix whose rows are whole blocks of `type` is
+// replaced by its quantized copy, which the matrix owns. A tied output shares token_embd's copy.
+inline void quantize_weights(TransformerWeights& w, DType type, ThreadPool& pool) {
+  if (!can_quantize(type) || !matmul_supports(type)) throw Error("cannot quantize to " + std::string(name(type)), "LoadOptions::quantize",
+                                      "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+  const bool tied = w.output.data == w.token_embd.data;
+  const auto quantize = [&](WeightMatrix& m) {
+    const bool dense = m.type == DType::F32 || m.type == DType::F16 || m.type == DType::BF16;
+    if (!m.data || !dense || m.type == type || m.cols % info(type).block_size != 0) return;
+    const std::size_t from = row_bytes(m.type, m.cols), to = row_bytes(type, m.cols);
+    auto out = std::make_shared<AlignedBuffer<std::byte>>(m.rows * to);
+    pool.parallel_for(m.rows, [&](std::size_t begin, std::size_t end) {
+      std::vector<float> row(m.cols);
+      for (std::size_t r = begin; r < end; ++r) {
+        dequantize_row(m.type, static_cast<const std::byte*>(m.data) + r * from, row.data(), m.cols);
+        quantize_row(type, row.data(), out->data() + r * to, m.cols);
+      }
+    }, 16);
+    m.type = type;
+    m.data = out->data();
+    m.owned = std::move(out);
+  };
+  quantize(w.token_embd);
+  for (LayerWeights& l : w.layers)
+    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) quantize(*m);
+  if (tied) {
+    w.output = w.token_embd;
+  } else {
+    quantize(w.output);
+  }
+}
+
 template <class Backend>
 void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFile* file) {
+  if (opt.quantize) {
+    ThreadPool pool;
+    quantize_weights(w, *opt.quantize, pool);
+  }
   std::vector<WeightMatrix*> matrices = {&w.token_embd};
   for (LayerWeights& l : w.layers)
     for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);

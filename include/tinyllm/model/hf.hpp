@@ -13,7 +13,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <numbers>
 #include <optional>
 #include <string>
@@ -24,12 +23,14 @@
 
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/io/gguf.hpp>
+#include <tinyllm/io/json_file.hpp>
 #include <tinyllm/io/safetensors.hpp>
 #include <tinyllm/quant/dequantize.hpp>
 #include <tinyllm/model/arch/all.hpp>
 #include <tinyllm/model/bind.hpp>
 #include <tinyllm/model/config.hpp>
 #include <tinyllm/model/transformer.hpp>
+#include <tinyllm/text/hf_tokenizer.hpp>
 
 namespace tinyllm {
 
@@ -50,16 +51,6 @@ inline std::filesystem::path hf_folder(const std::filesystem::path& path) {
 
 namespace detail {
 
-inline nlohmann::json read_json(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  if (!in) throw Error("cannot read", file.string());
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(std::string("not JSON: ") + e.what(), file.string());
-  }
-}
-
 // config.json's fields as ModelConfig, under the GGUF name of the architecture.
 struct HfConfig {
   ModelConfig cfg;
@@ -68,7 +59,7 @@ struct HfConfig {
 };
 
 inline HfConfig read_hf_config(const std::filesystem::path& file) {
-  const nlohmann::json j = read_json(file);
+  const nlohmann::json j = read_json_file(file);
   const std::string where = file.string();
   auto get = [&](const char* key) -> const nlohmann::json& {
     if (!j.contains(key) || j[key].is_null()) throw Error("missing key " + std::string(key), where);
@@ -270,8 +261,8 @@ inline void write_hf_llama(const GGUFFile& f, const std::filesystem::path& dir, 
 namespace detail {
 
 // Arch = void: the traits config.json's model_type names; otherwise the given traits over the
-// folder's weights. No tokenizer.json reader yet: a llama2.c tokenizer may be given
-// (LoadOptions::tokenizer_path); tokenizer_config.json's chat_template is kept.
+// folder's weights. The tokenizer is tokenizer.json's (a llama2.c tokenizer given as
+// LoadOptions::tokenizer_path overrides it); the chat template is tokenizer_config.json's.
 template <class Arch, class Backend>
 LoadedModel load_hf(const std::filesystem::path& dir, const LoadOptions& opt) {
   const HfConfig h = read_hf_config(dir / "config.json");
@@ -290,12 +281,14 @@ LoadedModel load_hf(const std::filesystem::path& dir, const LoadOptions& opt) {
     else model = bind_hf<Gemma3, Backend>(*st, h, opt);
   }
   std::optional<Tokenizer> tok = tokenizer_file(opt, h.cfg.vocab_size);
+  if (!tok && std::filesystem::exists(dir / "tokenizer.json")) tok = load_hf_tokenizer(dir);
+  // Hugging Face models often pad the embedding past the tokenizer's last token.
+  if (tok && tok->size() > h.cfg.vocab_size)
+    throw Error("the tokenizer has " + std::to_string(tok->size()) + " tokens", (dir / "tokenizer.json").string(),
+                "at most the model's vocab_size, " + std::to_string(h.cfg.vocab_size));
   LoadedModel lm(st, std::move(model), std::move(tok), dir.string());
-  if (std::filesystem::exists(dir / "tokenizer_config.json")) {
-    const nlohmann::json tc = read_json(dir / "tokenizer_config.json");
-    if (tc.contains("chat_template") && tc["chat_template"].is_string())
-      lm.set_chat_template(tc["chat_template"].get<std::string>());
-  }
+  if (std::filesystem::exists(dir / "tokenizer_config.json"))
+    lm.set_chat_template(hf_chat_template(read_json_file(dir / "tokenizer_config.json")));
   return lm;
 }
 

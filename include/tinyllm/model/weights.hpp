@@ -27,6 +27,9 @@ struct WeightMatrix {
   // groups of rows interleaved, kernels/cpu/qpack.hpp); matmul then reads these and `data`
   // only serves row lookups (dequantize_row).
   std::shared_ptr<const AlignedBuffer<std::byte>> packed;
+  // The memory `data` points into when the loader made the matrix (LoadOptions::quantize) rather
+  // than found it in the file.
+  std::shared_ptr<const AlignedBuffer<std::byte>> owned;
 };
 
 // Whether Backend keeps matrices of `type` in a layout of its own (pack_weights at load).

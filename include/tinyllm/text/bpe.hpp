@@ -9,13 +9,13 @@
 #include <cstdint>
 #include <limits>
 #include <queue>
-#include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
+#include <tinyllm/text/merges.hpp>
 #include <tinyllm/text/pretokenize.hpp>
 #include <tinyllm/text/unicode.hpp>
 #include <tinyllm/text/vocab.hpp>
@@ -26,26 +26,14 @@ class ByteLevelBpe {
  public:
   ByteLevelBpe() { byte_tokens_.fill(-1); }
 
-  // A merge whose sides or result are no tokens is left out. llama.cpp would make it, and then
-  // drop the bytes of a merged symbol that is no token; here they keep the tokens they had.
-  ByteLevelBpe(const Vocab& vocab, std::span<const std::string> merges, PreTokenizerPreset preset, std::int32_t unk)
-      : preset_(preset), unk_(unk) {
+  // A merge whose sides or result are no tokens is left out (MergeRanks). llama.cpp would make it,
+  // and then drop the bytes of a merged symbol that is no token; here they keep the tokens they had.
+  ByteLevelBpe(const Vocab& vocab, MergeRanks merges, PreTokenizerPreset preset, std::int32_t unk)
+      : preset_(preset), unk_(unk), merges_(std::move(merges)) {
     for (int b = 0; b < 256; ++b) {
       std::string code_point;
       append_utf8(code_point, kGpt2ByteCodePoints[b]);
       byte_tokens_[b] = vocab.find(code_point);
-    }
-    merges_.reserve(merges.size());
-    std::string joined;
-    for (std::size_t rank = 0; rank < merges.size(); ++rank) {
-      const std::string_view line = merges[rank];
-      const std::size_t space = line.find(' ', 1);  // as llama.cpp splits: a side may start with ' '
-      if (space == std::string_view::npos) continue;
-      const std::string_view first = line.substr(0, space), second = line.substr(space + 1);
-      joined.assign(first).append(second);
-      const std::int32_t left = vocab.find(first), right = vocab.find(second), merged = vocab.find(joined);
-      if (left < 0 || right < 0 || merged < 0) continue;
-      merges_.try_emplace(key(left, right), Merge{static_cast<std::int32_t>(rank), merged});
     }
   }
 
@@ -66,6 +54,8 @@ class ByteLevelBpe {
     }
   }
 
+  PreTokenizerPreset preset() const noexcept { return preset_; }
+
   // The bytes a byte-level token text stands for. A code point outside GPT-2's byte encoder is
   // kept as its UTF-8 bytes (llama.cpp writes "[UNK_BYTE_0x..]" there).
   static void append_decoded(std::string& out, std::string_view token_text) {
@@ -84,11 +74,6 @@ class ByteLevelBpe {
   }
 
  private:
-  struct Merge {
-    std::int32_t rank;
-    std::int32_t merged;
-  };
-
   struct Symbol {
     std::int32_t id;          // -1: no token (or merged away)
     std::int32_t prev, next;  // indices into the symbol list; -1 at either end
@@ -108,10 +93,6 @@ class ByteLevelBpe {
     }
   };
 
-  static std::uint64_t key(std::int32_t left, std::int32_t right) {
-    return static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32 | static_cast<std::uint32_t>(right);
-  }
-
   void merge_word(std::string_view word, std::vector<Symbol>& symbols, std::vector<std::int32_t>& out) const {
     if (word.size() >= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
       throw Error("a word of " + std::to_string(word.size()) + " bytes", "Tokenizer::encode",
@@ -123,9 +104,8 @@ class ByteLevelBpe {
     std::priority_queue<Pair, std::vector<Pair>, PairOrder> queue;
     const auto queue_pair = [&](std::int32_t left, std::int32_t right) {
       if (left < 0 || right < 0 || symbols[left].id < 0 || symbols[right].id < 0) return;
-      const auto it = merges_.find(key(symbols[left].id, symbols[right].id));
-      if (it != merges_.end())
-        queue.push({it->second.rank, left, right, symbols[left].id, symbols[right].id, it->second.merged});
+      if (const MergeRanks::Merge* m = merges_.find(symbols[left].id, symbols[right].id))
+        queue.push({m->rank, left, right, symbols[left].id, symbols[right].id, m->merged});
     };
     for (std::int32_t i = 1; i < n; ++i) queue_pair(i - 1, i);
     while (!queue.empty()) {
@@ -155,7 +135,7 @@ class ByteLevelBpe {
   PreTokenizerPreset preset_{PreTokenizer::gpt2};
   std::int32_t unk_ = -1;
   std::array<std::int32_t, 256> byte_tokens_;  // byte -> the token of its code point, -1 where absent
-  std::unordered_map<std::uint64_t, Merge> merges_;  // (left token, right token) -> rank, result
+  MergeRanks merges_;
 };
 
 }  // namespace tinyllm

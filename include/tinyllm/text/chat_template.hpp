@@ -1,15 +1,23 @@
 #pragma once
 // Chat templates: a conversation rendered into the prompt text a chat model was trained on.
-// A GGUF file carries its template as Jinja source (tokenizer.chat_template); instead of running
-// Jinja, the format is recognised by its marker tokens, and can always be named explicitly.
-// As in llama.cpp, the rendered text leaves out the leading BOS: the tokenizer adds it. Special
-// tokens inside the text (<|eot_id|>, <end_of_turn>, ...) must be encoded with parse_special.
+// A model carries its template as Jinja source (GGUF's tokenizer.chat_template, or
+// chat_template in a Hugging Face folder's tokenizer_config.json): ChatTemplate renders that
+// source (text/jinja.hpp) with the model's bos_token and eos_token, as transformers does. Five
+// formats are also built in by name (ChatFormat), for files that carry no template; their renderings
+// leave out the leading BOS, which the tokenizer adds. Special tokens inside the text
+// (<|eot_id|>, <end_of_turn>, ...) must be encoded with parse_special: chat_prompt_tokens.
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include <tinyllm/core/error.hpp>
+#include <tinyllm/text/jinja.hpp>
+#include <tinyllm/text/tokenizer.hpp>
 
 namespace tinyllm {
 
@@ -118,6 +126,78 @@ inline std::string render_chat(ChatFormat f, std::span<const ChatMessage> messag
     }
   }
   return out;
+}
+
+// A model's chat template: its Jinja source, or a built-in format.
+class ChatTemplate {
+ public:
+  // bos_token and eos_token: the texts the template sees under those names (nullopt: undefined).
+  ChatTemplate(std::string_view jinja_source, std::optional<std::string> bos_token, std::optional<std::string> eos_token)
+      : jinja_(std::make_shared<const JinjaTemplate>(jinja_source)), format_(detect_chat_format(jinja_source)),
+        bos_token_(std::move(bos_token)), eos_token_(std::move(eos_token)) {}
+  ChatTemplate(ChatFormat format) : format_(format) {}  // implicit: a built-in format is a template
+
+  // What a program renders with: `forced` names a built-in format ("" for none), which wins;
+  // else the model's own template `source` with `tok`'s BOS and EOS texts; else an Error.
+  static ChatTemplate for_model(std::string_view source, const Tokenizer* tok, std::string_view forced,
+                                const std::string& where) {
+    if (!forced.empty()) return chat_format_from_name(forced);
+    if (source.empty())
+      throw Error("the model has no chat template", where, "a template in the file, or a built-in one by name: "
+                                                           "llama3, llama2, mistral, gemma or chatml");
+    const auto text_of = [&](std::int32_t id) {
+      return tok && id >= 0 ? std::optional<std::string>(tok->piece(id)) : std::nullopt;
+    };
+    return ChatTemplate(source, tok ? text_of(tok->bos()) : std::nullopt, tok ? text_of(tok->eos()) : std::nullopt);
+  }
+
+  // The conversation as the model's prompt; with add_generation_prompt it ends where the
+  // assistant's reply begins. `extra`: further variables for a Jinja template (tools, ...).
+  std::string render(std::span<const ChatMessage> messages, bool add_generation_prompt = true,
+                     const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const {
+    if (!jinja_) return render_chat(*format_, messages, add_generation_prompt);
+    nlohmann::ordered_json context = extra.is_object() ? extra : nlohmann::ordered_json::object();
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    for (const ChatMessage& m : messages) list.push_back({{"role", m.role}, {"content", m.content}});
+    context["messages"] = std::move(list);
+    context["add_generation_prompt"] = add_generation_prompt;
+    if (bos_token_) context["bos_token"] = *bos_token_;
+    if (eos_token_) context["eos_token"] = *eos_token_;
+    return jinja_->render(context);
+  }
+
+  bool is_jinja() const noexcept { return jinja_ != nullptr; }
+  // The built-in format, or the one a Jinja template's markers show; nullopt for other templates.
+  std::optional<ChatFormat> format() const noexcept { return format_; }
+  std::string describe() const {
+    if (!jinja_) return std::string(chat_format_name(*format_));
+    return format_ ? "the model's Jinja template (" + std::string(chat_format_name(*format_)) + " markers)"
+                   : "the model's Jinja template";
+  }
+
+  // The tokens that end an assistant turn: EOS, and the format's end-of-turn token where it is one.
+  std::vector<std::int32_t> stop_tokens(const Tokenizer& tok) const {
+    std::vector<std::int32_t> stops;
+    if (tok.eos() >= 0) stops.push_back(tok.eos());
+    if (format_) {
+      const auto t = tok.encode(chat_end_of_turn(*format_), Tokenizer::EncodeOptions{.add_special = false, .parse_special = true});
+      if (t.size() == 1 && t[0] != tok.eos()) stops.push_back(t[0]);
+    }
+    return stops;
+  }
+
+ private:
+  std::shared_ptr<const JinjaTemplate> jinja_;
+  std::optional<ChatFormat> format_;
+  std::optional<std::string> bos_token_, eos_token_;
+};
+
+// The tokens of a rendered conversation: special tokens written in it are those tokens, and BOS
+// is added where the tokenizer adds one, unless the template wrote it already.
+inline std::vector<std::int32_t> chat_prompt_tokens(const Tokenizer& tok, std::string_view rendered) {
+  std::vector<std::int32_t> ids = tok.encode(rendered, Tokenizer::EncodeOptions{.add_special = true, .parse_special = true});
+  if (ids.size() >= 2 && tok.adds_bos() && ids[0] == tok.bos() && ids[1] == tok.bos()) ids.erase(ids.begin());
+  return ids;
 }
 
 }  // namespace tinyllm

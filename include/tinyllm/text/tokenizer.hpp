@@ -7,7 +7,9 @@
 //   byte_level_bpe  GGUF tokenizer.ggml.model "gpt2", as llama.cpp tokenizes it (bpe.hpp, with
 //                   the pre-tokenizer tokenizer.ggml.pre names, pretokenize.hpp).
 // GGUF vocabularies carry token types; control and user-defined tokens written in a text are
-// found as special_tokens.hpp describes.
+// found as special_tokens.hpp describes. Hugging Face's tokenizer.json states the same two GGUF
+// kinds as a pipeline (text/hf_tokenizer.hpp reads it), with a few more text steps (NFC, Metaspace
+// splits, merges by rank instead of by score).
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -21,9 +23,12 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/text/bpe.hpp>
+#include <tinyllm/text/nfc.hpp>
 #include <tinyllm/text/pretokenize.hpp>
 #include <tinyllm/text/special_tokens.hpp>
 #include <tinyllm/text/spm.hpp>
@@ -85,6 +90,12 @@ class Tokenizer {
 
   // The vocabulary a GGUF file's tokenizer.ggml.* metadata describes, as llama.cpp reads it.
   static Tokenizer from_gguf(const GGUFFile& file);
+
+  // Hugging Face's tokenizer.json (and tokenizer_config.json): text/hf_tokenizer.hpp.
+  friend Tokenizer tokenizer_from_hf_json(const nlohmann::json& tokenizer, const nlohmann::json& config,
+                                          const std::string& where);
+  friend void write_gguf_tokenizer(const Tokenizer& t, const nlohmann::json& tokenizer, GGUFWriter& out,
+                                   std::size_t vocab_size);
 
   // llama2c: encodes like llama2.c: optional BOS; a dummy space before non-empty text; each code
   // point as its piece, else its bytes as byte tokens (so are bytes of ill-formed UTF-8); then,
@@ -281,7 +292,7 @@ class Tokenizer {
       if (bos_ < 0) throw Error("BOS was asked for but the vocabulary has none", "Tokenizer::encode");
       tokens.push_back(bos_);
     }
-    std::string escaped;
+    std::string normalized, escaped;
     bool after_special = true;  // SentencePiece: text at the start or after a special token gets a space first
     for (const TextFragment& f : special_.split(vocab_, text, parse_special)) {
       if (f.token >= 0) {
@@ -289,21 +300,33 @@ class Tokenizer {
         after_special = true;
         continue;
       }
-      const std::string_view fragment = text.substr(f.begin, f.end - f.begin);
+      std::string_view fragment = text.substr(f.begin, f.end - f.begin);
+      if (nfc_) fragment = normalized = nfc(fragment);
       if (kind_ == Kind::byte_level_bpe) {
+        if (byte_level_space_prefix_ && !fragment.starts_with(' ')) fragment = normalized = " " + std::string(fragment);
         bpe_.encode(vocab_, fragment, tokens);
         continue;
       }
       escaped.clear();
-      if (add_space_prefix_ && after_special) escaped += kSpaceMarker;
+      if (add_space_prefix_ && after_special && !(space_prefix_first_only_ && f.begin != 0)) escaped += kSpaceMarker;
       for (const char c : fragment) {
-        if (c == ' ') {
+        if (c == ' ' && escape_spaces_) {
           escaped += kSpaceMarker;
         } else {
           escaped += c;
         }
       }
-      spm_.encode(vocab_, escaped, tokens);
+      if (split_at_space_marker_) {  // each word starts at a space (Hugging Face's Metaspace split)
+        std::size_t begin = 0;
+        for (std::size_t at = escaped.find(kSpaceMarker, 1); at != std::string::npos;
+             at = escaped.find(kSpaceMarker, at + kSpaceMarker.size())) {
+          spm_.encode(vocab_, std::string_view(escaped).substr(begin, at - begin), tokens);
+          begin = at;
+        }
+        spm_.encode(vocab_, std::string_view(escaped).substr(begin), tokens);
+      } else {
+        spm_.encode(vocab_, escaped, tokens);
+      }
       after_special = false;
     }
     if (add_eos) {
@@ -384,6 +407,12 @@ class Tokenizer {
   std::int32_t bos_ = -1, eos_ = -1, unk_ = -1, pad_ = -1;
   bool add_bos_ = true, add_eos_ = false;
   bool add_space_prefix_ = true;  // SentencePiece: a space before the text (tokenizer.ggml.add_space_prefix)
+  // The text steps that tokenizer.json states and GGUF implies (text/hf_tokenizer.hpp).
+  bool nfc_ = false;                      // Unicode NFC first
+  bool escape_spaces_ = true;             // SentencePiece: spaces written as U+2581
+  bool space_prefix_first_only_ = false;  // SentencePiece: the space prefix before the text only, not after specials
+  bool split_at_space_marker_ = false;    // SentencePiece: merges never cross a word's leading U+2581
+  bool byte_level_space_prefix_ = false;  // byte-level: a space before text that starts without one
 
   // llama2c
   std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>> ids_;  // text -> token
@@ -497,8 +526,9 @@ inline Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
   if (spm) {
     t.spm_ = SentencePieceBpe(vocab, t.unk_);
   } else {
-    const std::vector<std::string> merges = file.get_string_array("tokenizer.ggml.merges");
-    t.bpe_ = ByteLevelBpe(vocab, merges, preset, t.unk_);
+    MergeRanks merges;
+    for (const std::string& line : file.get_string_array("tokenizer.ggml.merges")) merges.add_line(vocab, line);
+    t.bpe_ = ByteLevelBpe(vocab, std::move(merges), preset, t.unk_);
   }
   return t;
 }

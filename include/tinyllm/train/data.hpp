@@ -42,15 +42,15 @@ inline std::vector<TrainingSequence> text_windows(const Tokenizer& tok, std::str
   return out;
 }
 
-// A conversation rendered in `format` and tokenized turn by turn (special tokens parsed), the loss
+// A conversation rendered by `chat` and tokenized turn by turn (special tokens parsed), the loss
 // on the assistant turns' tokens (their content and end of turn) only; what follows the last
 // assistant turn teaches nothing and is left out. At most context + 1 tokens: a longer
 // conversation is cut.
-inline TrainingSequence chat_sequence(const Tokenizer& tok, ChatFormat format, std::span<const ChatMessage> messages,
+inline TrainingSequence chat_sequence(const Tokenizer& tok, const ChatTemplate& chat, std::span<const ChatMessage> messages,
                                       std::size_t context) {
   TrainingSequence s;
   auto add = [&](std::string_view piece, float weight) {
-    const auto ids = tok.encode(piece, {.add_special = s.tokens.empty(), .parse_special = true});
+    const auto ids = s.tokens.empty() ? chat_prompt_tokens(tok, piece) : tok.encode(piece, {.add_special = false, .parse_special = true});
     for (std::int32_t id : ids) {
       if (!s.tokens.empty()) s.weights.push_back(weight);
       s.tokens.push_back(id);
@@ -60,11 +60,11 @@ inline TrainingSequence chat_sequence(const Tokenizer& tok, ChatFormat format, s
   for (std::size_t i = 0; i < messages.size(); ++i) {
     if (messages[i].role != "assistant") continue;
     // Everything before the assistant's first token (the generation prompt), then its turn.
-    const std::string before = render_chat(format, messages.first(i), true);
-    const std::string after = render_chat(format, messages.first(i + 1), false);
+    const std::string before = chat.render(messages.first(i), true);
+    const std::string after = chat.render(messages.first(i + 1), false);
     if (before.compare(0, rendered.size(), rendered) != 0 || after.compare(0, before.size(), before) != 0)
-      throw Error("the chat format does not render assistant message " + std::to_string(i) + " as a continuation",
-                  "chat_sequence", std::string(chat_format_name(format)));
+      throw Error("the chat template does not render assistant message " + std::to_string(i) + " as a continuation",
+                  "chat_sequence, " + chat.describe());
     add(std::string_view(before).substr(rendered.size()), 0.0f);
     add(std::string_view(after).substr(before.size()), 1.0f);
     rendered = after;
