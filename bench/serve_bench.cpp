@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   using Clock = std::chrono::steady_clock;
   try {
-    tinyllm::LoadedModel lm = device.load(model_path);
+    tinyllm::LoadedModel lm = model_path.empty() ? device.load_synthetic() : device.load(model_path);
     tinyllm::ThreadPool pool(threads);
     const tinyllm::KVType kv = kv_type == "f16" ? tinyllm::KVType::f16 : tinyllm::KVType::f32;
     const std::size_t max_c = *std::max_element(concurrency.begin(), concurrency.end());

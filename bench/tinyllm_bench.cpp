@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
       tinyllm::LoadOptions opt;
       opt.max_batch = *std::max_element(pp.begin(), pp.end());
       programs::show_load_progress(opt, path.empty() ? "the embedded model" : path);
-      tinyllm::LoadedModel lm = device.load(path, opt);
+      tinyllm::LoadedModel lm = path.empty() ? device.load_synthetic(opt) : device.load(path, opt);
       tinyllm::Model& model = lm.model();
       const auto& cfg = model.config();
       std::vector<tinyllm::AdapterRef> adapters;

@@ -1,7 +1,8 @@
 #pragma once
-// --device cpu|cuda for the programs: which kernel backend the model runs on. CUDA exists in
-// builds configured with -DTINYLLM_CUDA=ON (tinyllm::cuda defines TINYLLM_WITH_CUDA); elsewhere
-// `--device cuda` is an error that says so.
+// How the programs load a model: --device cpu|cuda, which kernel backend it runs on, and
+// --quantize TYPE, its F32/F16/BF16 matrices quantized as they are loaded (a Hugging Face folder
+// straight to Q4_K, say). CUDA exists in builds configured with -DTINYLLM_CUDA=ON (tinyllm::cuda
+// defines TINYLLM_WITH_CUDA); elsewhere `--device cuda` is an error that says so.
 #include <tinyllm/tinyllm.hpp>
 #if defined(TINYLLM_WITH_CUDA)
 #include <tinyllm/kernels/cuda/backend.hpp>
@@ -9,34 +10,77 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cctype>
+#include <cstddef>
+#include <optional>
 #include <string>
+#include <vector>
+
+#include "default_model.hpp"
 
 namespace programs {
 
+// A matrix type the matmul takes, by its name in either case ("q4_k", "BF16").
+inline tinyllm::DType parse_matrix_type(const std::string& text, const std::string& flag) {
+  std::string upper;
+  for (char ch : text) upper += char(std::toupper(static_cast<unsigned char>(ch)));
+  using tinyllm::DType;
+  for (const DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
+    if (tinyllm::name(t) == upper) return t;
+  throw tinyllm::Error(flag + " " + text, "the command line", "f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k");
+}
+
 struct DeviceFlag {
   std::string device = "cpu";
+  std::string quantize;
 
   void add(CLI::App& app) {
     app.add_option("--device", device, "where the model runs: cpu, or cuda (GPU 0; builds with TINYLLM_CUDA)")
         ->check(CLI::IsMember({"cpu", "cuda"}))
         ->capture_default_str();
+    app.add_option("--quantize", quantize,
+                   "quantize the model's F32/F16/BF16 matrices as it loads: q8_0, q4_0, q4_k, q5_k, q6_k, f16 or bf16");
   }
 
-  // The model at `path`, or the embedded synthetic one when path is empty, on the chosen device.
-  tinyllm::LoadedModel load(const std::string& path, const tinyllm::LoadOptions& opt = {}) const {
+  // The model at `path`, or when path is empty the default one built into the programs
+  // (stories260K, default_model.hpp), on the chosen device.
+  tinyllm::LoadedModel load(const std::string& path, tinyllm::LoadOptions opt = {}) const {
+    return load_on_device(path.empty() ? Source::embedded : Source::file, path, opt);
+  }
+  // The embedded random-weight model (tinyllm-synth's "tiny" shape, seed 42), on the chosen device.
+  tinyllm::LoadedModel load_synthetic(tinyllm::LoadOptions opt = {}) const { return load_on_device(Source::synthetic, "", opt); }
+ private:
+  enum class Source { file, embedded, synthetic };
+
+  template <class Backend>
+  static tinyllm::LoadedModel load_from(Source source, const std::string& path, const tinyllm::LoadOptions& opt) {
+    switch (source) {
+      case Source::file: return tinyllm::load<void, Backend>(path, opt);
+      case Source::embedded: {
+        const auto bytes = default_model_gguf();
+        return tinyllm::load_gguf_bytes<void, Backend>(std::vector<std::byte>(bytes.begin(), bytes.end()), "stories260K (built in)", opt);
+      }
+      case Source::synthetic: break;
+    }
+    return tinyllm::load_synthetic<Backend>("tiny", tinyllm::DType::F32, 42, opt);
+  }
+
+  tinyllm::LoadedModel load_on_device(Source source, const std::string& path, tinyllm::LoadOptions opt) const {
+    if (!quantize.empty()) opt.quantize = parse_matrix_type(quantize, "--quantize");
     if (device == "cuda") {
 #if defined(TINYLLM_WITH_CUDA)
       std::string why;
       if (tinyllm::cuda::usable_devices(&why) == 0) throw tinyllm::Error("no usable CUDA device: " + why, "--device cuda");
-      return path.empty() ? tinyllm::load_synthetic<tinyllm::CudaBackend>("tiny", tinyllm::DType::F32, 42, opt)
-                          : tinyllm::load<tinyllm::CudaBackend>(path, opt);
+      return load_from<tinyllm::CudaBackend>(source, path, opt);
 #else
       throw tinyllm::Error("this build has no CUDA backend", "--device cuda",
                            "a build configured with -DTINYLLM_CUDA=ON");
 #endif
     }
-    return path.empty() ? tinyllm::load_synthetic("tiny", tinyllm::DType::F32, 42, opt) : tinyllm::load(path, opt);
+    return load_from<tinyllm::CpuBackend>(source, path, opt);
   }
+
+ public:
   // What the programs print beside the CPU's kernel target.
   std::string describe() const {
 #if defined(TINYLLM_WITH_CUDA)

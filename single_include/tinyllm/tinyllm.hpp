@@ -5321,7 +5321,9 @@ class Utf8Stream {
 //   byte_level_bpe  GGUF tokenizer.ggml.model "gpt2", as llama.cpp tokenizes it (bpe.hpp, with
 //                   the pre-tokenizer tokenizer.ggml.pre names, pretokenize.hpp).
 // GGUF vocabularies carry token types; control and user-defined tokens written in a text are
-// found as special_tokens.hpp describes.
+// found as special_tokens.hpp describes. Hugging Face's tokenizer.json states the same two GGUF
+// kinds as a pipeline (text/hf_tokenizer.hpp reads it), with a few more text steps (NFC, Metaspace
+// splits, merges by rank instead of by score).
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -5335,6 +5337,8 @@ class Utf8Stream {
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 // ---- tinyllm/text/bpe.hpp ----
 // Byte-level BPE as llama.cpp runs it for tokenizer.ggml.model "gpt2" (llm_tokenizer_bpe): the
 // text is split into words by the pre-tokenizer; each word's bytes become GPT-2's printable code
@@ -5346,12 +5350,143 @@ class Utf8Stream {
 #include <cstdint>
 #include <limits>
 #include <queue>
-#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+// ---- tinyllm/text/merges.hpp ----
+// The merge table of a BPE vocabulary: for a pair of adjacent tokens, the rank of their merge
+// (lower merges first) and the token it makes. GGUF stores merges as "left right" lines
+// (tokenizer.ggml.merges); Hugging Face's tokenizer.json as such lines or as [left, right] pairs.
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+
+// ---- tinyllm/text/vocab.hpp ----
+// A tokenizer's vocabulary: each token's text, score and type, and the lookup from text to token.
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
+
+namespace tinyllm {
+
+// GGUF's tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
+enum class TokenType : std::uint8_t {
+  undefined = 0,
+  normal = 1,
+  unknown = 2,       // UNK
+  control = 3,       // BOS, EOS, chat markers: written in the text only with parse_special
+  user_defined = 4,  // always matched in the text, before any other splitting
+  unused = 5,
+  byte = 6,          // "<0xAB>": the byte 0xAB
+};
+
+class Vocab {
+ public:
+  Vocab() = default;
+
+  Vocab(std::vector<std::string> texts, std::vector<float> scores, std::vector<TokenType> types,
+        const std::string& where)
+      : texts_(std::move(texts)), scores_(std::move(scores)), types_(std::move(types)) {
+    if (texts_.empty()) throw Error("the vocabulary is empty", where, "at least one token");
+    if (texts_.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+      throw Error("the vocabulary has " + std::to_string(texts_.size()) + " tokens", where, "fewer than 2^31");
+    if (scores_.size() != texts_.size() || types_.size() != texts_.size())
+      throw Error("the vocabulary has " + std::to_string(texts_.size()) + " tokens but " +
+                      std::to_string(scores_.size()) + " scores and " + std::to_string(types_.size()) + " types",
+                  where, "one score and one type per token");
+    ids_.reserve(texts_.size());
+    for (std::int32_t id = 0; id < size(); ++id) {
+      if (std::isnan(scores_[id]))
+        throw Error("score is NaN", where + ", token " + std::to_string(id), "a number");
+      ids_.try_emplace(texts_[id], id);
+    }
+  }
+
+  std::int32_t size() const noexcept { return static_cast<std::int32_t>(texts_.size()); }
+  bool contains(std::int32_t id) const noexcept { return id >= 0 && id < size(); }
+
+  // Unchecked: id must be in [0, size()).
+  const std::string& text(std::int32_t id) const { return texts_[id]; }
+  float score(std::int32_t id) const { return scores_[id]; }
+  TokenType type(std::int32_t id) const { return types_[id]; }
+
+  // The first token whose text is `text`, or -1.
+  std::int32_t find(std::string_view text) const {
+    const auto it = ids_.find(text);
+    return it == ids_.end() ? -1 : it->second;
+  }
+
+ private:
+  struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+
+  std::vector<std::string> texts_;
+  std::vector<float> scores_;
+  std::vector<TokenType> types_;
+  std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>> ids_;
+};
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+class MergeRanks {
+ public:
+  struct Merge {
+    std::int32_t rank;
+    std::int32_t merged;
+  };
+
+  // Appends the next merge in rank order. A merge whose sides or result are no tokens is left
+  // out; of repeated pairs the first (lowest) rank counts.
+  void add(const Vocab& vocab, std::string_view left, std::string_view right) {
+    joined_.assign(left).append(right);
+    const std::int32_t l = vocab.find(left), r = vocab.find(right), merged = vocab.find(joined_);
+    if (l >= 0 && r >= 0 && merged >= 0) merges_.try_emplace(key(l, r), Merge{next_rank_, merged});
+    ++next_rank_;
+  }
+
+  // A "left right" line, split at its first space after the first byte (a side may start with ' ',
+  // as llama.cpp splits). A line without a space is skipped.
+  void add_line(const Vocab& vocab, std::string_view line) {
+    const std::size_t space = line.find(' ', 1);
+    if (space == std::string_view::npos) {
+      ++next_rank_;
+      return;
+    }
+    add(vocab, line.substr(0, space), line.substr(space + 1));
+  }
+
+  const Merge* find(std::int32_t left, std::int32_t right) const {
+    const auto it = merges_.find(key(left, right));
+    return it == merges_.end() ? nullptr : &it->second;
+  }
+
+  bool empty() const noexcept { return merges_.empty(); }
+
+ private:
+  static std::uint64_t key(std::int32_t left, std::int32_t right) {
+    return static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32 | static_cast<std::uint32_t>(right);
+  }
+
+  std::unordered_map<std::uint64_t, Merge> merges_;
+  std::int32_t next_rank_ = 0;
+  std::string joined_;  // scratch
+};
+
+}  // namespace tinyllm
 // ---- tinyllm/text/pretokenize.hpp ----
 // Pre-tokenizers of byte-level BPE: the split of a text into words before merging, one per
 // tokenizer.ggml.pre, as llama.cpp defines them (llama-vocab.cpp, llm_tokenizer_bpe). llama.cpp
@@ -6108,81 +6243,6 @@ inline std::vector<std::string_view> pre_tokenize(PreTokenizer split, std::strin
 }
 
 }  // namespace tinyllm
-// ---- tinyllm/text/vocab.hpp ----
-// A tokenizer's vocabulary: each token's text, score and type, and the lookup from text to token.
-#include <cmath>
-#include <cstdint>
-#include <functional>
-#include <limits>
-#include <string>
-#include <string_view>
-#include <unordered_map>
-#include <utility>
-#include <vector>
-
-
-namespace tinyllm {
-
-// GGUF's tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
-enum class TokenType : std::uint8_t {
-  undefined = 0,
-  normal = 1,
-  unknown = 2,       // UNK
-  control = 3,       // BOS, EOS, chat markers: written in the text only with parse_special
-  user_defined = 4,  // always matched in the text, before any other splitting
-  unused = 5,
-  byte = 6,          // "<0xAB>": the byte 0xAB
-};
-
-class Vocab {
- public:
-  Vocab() = default;
-
-  Vocab(std::vector<std::string> texts, std::vector<float> scores, std::vector<TokenType> types,
-        const std::string& where)
-      : texts_(std::move(texts)), scores_(std::move(scores)), types_(std::move(types)) {
-    if (texts_.empty()) throw Error("the vocabulary is empty", where, "at least one token");
-    if (texts_.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
-      throw Error("the vocabulary has " + std::to_string(texts_.size()) + " tokens", where, "fewer than 2^31");
-    if (scores_.size() != texts_.size() || types_.size() != texts_.size())
-      throw Error("the vocabulary has " + std::to_string(texts_.size()) + " tokens but " +
-                      std::to_string(scores_.size()) + " scores and " + std::to_string(types_.size()) + " types",
-                  where, "one score and one type per token");
-    ids_.reserve(texts_.size());
-    for (std::int32_t id = 0; id < size(); ++id) {
-      if (std::isnan(scores_[id]))
-        throw Error("score is NaN", where + ", token " + std::to_string(id), "a number");
-      ids_.try_emplace(texts_[id], id);
-    }
-  }
-
-  std::int32_t size() const noexcept { return static_cast<std::int32_t>(texts_.size()); }
-  bool contains(std::int32_t id) const noexcept { return id >= 0 && id < size(); }
-
-  // Unchecked: id must be in [0, size()).
-  const std::string& text(std::int32_t id) const { return texts_[id]; }
-  float score(std::int32_t id) const { return scores_[id]; }
-  TokenType type(std::int32_t id) const { return types_[id]; }
-
-  // The first token whose text is `text`, or -1.
-  std::int32_t find(std::string_view text) const {
-    const auto it = ids_.find(text);
-    return it == ids_.end() ? -1 : it->second;
-  }
-
- private:
-  struct StringHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-  };
-
-  std::vector<std::string> texts_;
-  std::vector<float> scores_;
-  std::vector<TokenType> types_;
-  std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>> ids_;
-};
-
-}  // namespace tinyllm
 
 namespace tinyllm {
 
@@ -6190,26 +6250,14 @@ class ByteLevelBpe {
  public:
   ByteLevelBpe() { byte_tokens_.fill(-1); }
 
-  // A merge whose sides or result are no tokens is left out. llama.cpp would make it, and then
-  // drop the bytes of a merged symbol that is no token; here they keep the tokens they had.
-  ByteLevelBpe(const Vocab& vocab, std::span<const std::string> merges, PreTokenizerPreset preset, std::int32_t unk)
-      : preset_(preset), unk_(unk) {
+  // A merge whose sides or result are no tokens is left out (MergeRanks). llama.cpp would make it,
+  // and then drop the bytes of a merged symbol that is no token; here they keep the tokens they had.
+  ByteLevelBpe(const Vocab& vocab, MergeRanks merges, PreTokenizerPreset preset, std::int32_t unk)
+      : preset_(preset), unk_(unk), merges_(std::move(merges)) {
     for (int b = 0; b < 256; ++b) {
       std::string code_point;
       append_utf8(code_point, kGpt2ByteCodePoints[b]);
       byte_tokens_[b] = vocab.find(code_point);
-    }
-    merges_.reserve(merges.size());
-    std::string joined;
-    for (std::size_t rank = 0; rank < merges.size(); ++rank) {
-      const std::string_view line = merges[rank];
-      const std::size_t space = line.find(' ', 1);  // as llama.cpp splits: a side may start with ' '
-      if (space == std::string_view::npos) continue;
-      const std::string_view first = line.substr(0, space), second = line.substr(space + 1);
-      joined.assign(first).append(second);
-      const std::int32_t left = vocab.find(first), right = vocab.find(second), merged = vocab.find(joined);
-      if (left < 0 || right < 0 || merged < 0) continue;
-      merges_.try_emplace(key(left, right), Merge{static_cast<std::int32_t>(rank), merged});
     }
   }
 
@@ -6230,6 +6278,8 @@ class ByteLevelBpe {
     }
   }
 
+  PreTokenizerPreset preset() const noexcept { return preset_; }
+
   // The bytes a byte-level token text stands for. A code point outside GPT-2's byte encoder is
   // kept as its UTF-8 bytes (llama.cpp writes "[UNK_BYTE_0x..]" there).
   static void append_decoded(std::string& out, std::string_view token_text) {
@@ -6248,11 +6298,6 @@ class ByteLevelBpe {
   }
 
  private:
-  struct Merge {
-    std::int32_t rank;
-    std::int32_t merged;
-  };
-
   struct Symbol {
     std::int32_t id;          // -1: no token (or merged away)
     std::int32_t prev, next;  // indices into the symbol list; -1 at either end
@@ -6272,10 +6317,6 @@ class ByteLevelBpe {
     }
   };
 
-  static std::uint64_t key(std::int32_t left, std::int32_t right) {
-    return static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32 | static_cast<std::uint32_t>(right);
-  }
-
   void merge_word(std::string_view word, std::vector<Symbol>& symbols, std::vector<std::int32_t>& out) const {
     if (word.size() >= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
       throw Error("a word of " + std::to_string(word.size()) + " bytes", "Tokenizer::encode",
@@ -6287,9 +6328,8 @@ class ByteLevelBpe {
     std::priority_queue<Pair, std::vector<Pair>, PairOrder> queue;
     const auto queue_pair = [&](std::int32_t left, std::int32_t right) {
       if (left < 0 || right < 0 || symbols[left].id < 0 || symbols[right].id < 0) return;
-      const auto it = merges_.find(key(symbols[left].id, symbols[right].id));
-      if (it != merges_.end())
-        queue.push({it->second.rank, left, right, symbols[left].id, symbols[right].id, it->second.merged});
+      if (const MergeRanks::Merge* m = merges_.find(symbols[left].id, symbols[right].id))
+        queue.push({m->rank, left, right, symbols[left].id, symbols[right].id, m->merged});
     };
     for (std::int32_t i = 1; i < n; ++i) queue_pair(i - 1, i);
     while (!queue.empty()) {
@@ -6319,8 +6359,1091 @@ class ByteLevelBpe {
   PreTokenizerPreset preset_{PreTokenizer::gpt2};
   std::int32_t unk_ = -1;
   std::array<std::int32_t, 256> byte_tokens_;  // byte -> the token of its code point, -1 where absent
-  std::unordered_map<std::uint64_t, Merge> merges_;  // (left token, right token) -> rank, result
+  MergeRanks merges_;
 };
+
+}  // namespace tinyllm
+// ---- tinyllm/text/nfc.hpp ----
+// Unicode Normalization Form C (UAX #15), the normalizer {"type": "NFC"} of Hugging Face
+// tokenizers (Qwen's): canonical decomposition, canonical ordering, canonical composition.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+// ---- tinyllm/text/nfc_table.hpp ----
+// The data of Unicode Normalization Form C (nfc.hpp): sorted tables, searched by binary search.
+//  - kNfcRuns: each code point's canonical combining class, and whether it is an NFC boundary
+//    (NFC_Quick_Check=Yes and class 0: nothing before it composes or reorders with anything from
+//    it on, so text can be normalized in pieces cut there), as runs: each entry is
+//    (first code point << 9) | (class << 1) | boundary, and a run lasts until the next entry's
+//    first code point.
+//  - kCanonicalDecompositions: the one-step canonical decompositions, as
+//    (code point << 42) | (first << 21) | second, second 0 for a singleton; applied recursively
+//    they give the full decomposition. Hangul syllables decompose by arithmetic instead (nfc.hpp).
+//  - kPrimaryComposites: the pairs that compose, as (first << 42) | (second << 21) | composite:
+//    the two-code-point decompositions of the code points that are their own NFC, which leaves
+//    out the composition exclusions and the non-starter decompositions.
+// `maybe` below is NFC_Quick_Check=Maybe, which Python does not expose: the code points that may
+// compose with one before them.
+//
+// Generated from Unicode 14.0.0, as Python 3.11's unicodedata holds it, like unicode_table.hpp.
+// To regenerate:
+//
+//   import unicodedata as ud
+//   nfc = lambda c: ud.normalize("NFC", c)
+//   one_step = {}  # code point -> its canonical decomposition, one step, padded with a 0
+//   for cp in range(0x110000):
+//       d = ud.decomposition(chr(cp))
+//       if d and d[0] != "<":
+//           one_step[cp] = [int(x, 16) for x in d.split()] + [0]
+//   composites = {(d[0], d[1]): cp for cp, d in one_step.items() if d[1] and nfc(chr(cp)) == chr(cp)}
+//   maybe = {b for a, b in composites} | set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))
+//   runs, prev = [], None
+//   for cp in range(0x110000):
+//       c, ccc = chr(cp), ud.combining(chr(cp))
+//       value = ccc << 1 | (ccc == 0 and nfc(c) == c and cp not in maybe)
+//       if value != prev:
+//           runs.append(cp << 9 | value)
+//           prev = value
+//   def emit(name, type, digits, values):
+//       print(f"inline constexpr {type} {name}[] = {{")
+//       for i in range(0, len(values), 96 // (digits + 4)):
+//           print("    " + " ".join(f"0x{v:0{digits}X}," for v in values[i:i + 96 // (digits + 4)]))
+//       print("};\n")
+//   emit("kNfcRuns", "std::uint32_t", 8, runs)
+//   emit("kCanonicalDecompositions", "std::uint64_t", 16,
+//        [cp << 42 | d[0] << 21 | d[1] for cp, d in sorted(one_step.items())])
+//   emit("kPrimaryComposites", "std::uint64_t", 16,
+//        sorted((a << 21 | b) << 21 | cp for (a, b), cp in composites.items()))
+#include <algorithm>
+#include <cassert>
+#include <cstdint>
+#include <iterator>
+#include <utility>
+
+namespace tinyllm {
+
+inline constexpr std::uint32_t kNfcRuns[] = {
+    0x00000001, 0x000601CC, 0x00062BD0, 0x00062DB8, 0x000635D0, 0x000637B0, 0x000639B8, 0x00064394,
+    0x000647B8, 0x00064F94, 0x000653B8, 0x00066802, 0x000673B8, 0x00067BCC, 0x00068BE0, 0x00068DCC,
+    0x00068FB8, 0x000695CC, 0x00069BB8, 0x00069E01, 0x0006A1CC, 0x0006A7B8, 0x0006AFCC, 0x0006B1D0,
+    0x0006B3B8, 0x0006B7CC, 0x0006B9D2, 0x0006BBD4, 0x0006BFD2, 0x0006C1D4, 0x0006C5D2, 0x0006C7CC,
+    0x0006E001, 0x0006E800, 0x0006EA01, 0x0006FC00, 0x0006FE01, 0x00070E00, 0x00071001, 0x000907CC,
+    0x00091001, 0x000B23B8, 0x000B25CC, 0x000B2DB8, 0x000B2FCC, 0x000B35BC, 0x000B37B8, 0x000B39CC,
+    0x000B45B8, 0x000B51CC, 0x000B55B8, 0x000B57CC, 0x000B5BBC, 0x000B5DC8, 0x000B5FCC, 0x000B6014,
+    0x000B6216, 0x000B6418, 0x000B661A, 0x000B681C, 0x000B6A1E, 0x000B6C20, 0x000B6E22, 0x000B7024,
+    0x000B7226, 0x000B7628, 0x000B782A, 0x000B7A2C, 0x000B7C01, 0x000B7E2E, 0x000B8001, 0x000B8230,
+    0x000B8432, 0x000B8601, 0x000B89CC, 0x000B8BB8, 0x000B8C01, 0x000B8E24, 0x000B9001, 0x000C21CC,
+    0x000C303C, 0x000C323E, 0x000C3440, 0x000C3601, 0x000C9636, 0x000C9838, 0x000C9A3A, 0x000C9C3C,
+    0x000C9E3E, 0x000CA040, 0x000CA242, 0x000CA444, 0x000CA7CC, 0x000CABB8, 0x000CAFCC, 0x000CB9B8,
+    0x000CBBCC, 0x000CBFB8, 0x000CC001, 0x000CE046, 0x000CE201, 0x000DADCC, 0x000DBA01, 0x000DBFCC,
+    0x000DC7B8, 0x000DC9CC, 0x000DCA01, 0x000DCFCC, 0x000DD201, 0x000DD5B8, 0x000DD7CC, 0x000DDBB8,
+    0x000DDC01, 0x000E2248, 0x000E2401, 0x000E61CC, 0x000E63B8, 0x000E65CC, 0x000E69B8, 0x000E6BCC,
+    0x000E6FB8, 0x000E75CC, 0x000E77B8, 0x000E7BCC, 0x000E7DB8, 0x000E7FCC, 0x000E85B8, 0x000E87CC,
+    0x000E89B8, 0x000E8BCC, 0x000E8DB8, 0x000E8FCC, 0x000E91B8, 0x000E93CC, 0x000E9601, 0x000FD7CC,
+    0x000FE5B8, 0x000FE7CC, 0x000FE801, 0x000FFBB8, 0x000FFC01, 0x00102DCC, 0x00103401, 0x001037CC,
+    0x00104801, 0x00104BCC, 0x00105001, 0x001053CC, 0x00105C01, 0x0010B3B8, 0x0010B801, 0x001131CC,
+    0x001133B8, 0x001139CC, 0x00114001, 0x001195CC, 0x00119FB8, 0x0011A9CC, 0x0011C401, 0x0011C7B8,
+    0x0011C9CC, 0x0011CDB8, 0x0011CFCC, 0x0011D3B8, 0x0011D5CC, 0x0011DBB8, 0x0011E036, 0x0011E238,
+    0x0011E43A, 0x0011E7CC, 0x0011EDB8, 0x0011EFCC, 0x0011F3B8, 0x0011F7CC, 0x00120001, 0x0012780E,
+    0x00127A01, 0x00129A12, 0x00129C01, 0x0012A3CC, 0x0012A5B8, 0x0012A7CC, 0x0012AA01, 0x0012B000,
+    0x0012C001, 0x0013780E, 0x00137A01, 0x00137C00, 0x00137E01, 0x00139A12, 0x00139C01, 0x0013AE00,
+    0x0013B001, 0x0013B800, 0x0013BC01, 0x0013BE00, 0x0013C001, 0x0013FDCC, 0x0013FE01, 0x00146600,
+    0x00146801, 0x00146C00, 0x00146E01, 0x0014780E, 0x00147A01, 0x00149A12, 0x00149C01, 0x0014B200,
+    0x0014B801, 0x0014BC00, 0x0014BE01, 0x0015780E, 0x00157A01, 0x00159A12, 0x00159C01, 0x0016780E,
+    0x00167A01, 0x00167C00, 0x00167E01, 0x00169A12, 0x00169C01, 0x0016AC00, 0x0016B001, 0x0016B800,
+    0x0016BC01, 0x00177C00, 0x00177E01, 0x00179A12, 0x00179C01, 0x0017AE00, 0x0017B001, 0x0018780E,
+    0x00187A01, 0x00189A12, 0x00189C01, 0x0018AAA8, 0x0018ACB6, 0x0018AE01, 0x0019780E, 0x00197A01,
+    0x00198400, 0x00198601, 0x00199A12, 0x00199C01, 0x0019AA00, 0x0019AE01, 0x001A7612, 0x001A7A01,
+    0x001A7C00, 0x001A7E01, 0x001A9A12, 0x001A9C01, 0x001AAE00, 0x001AB001, 0x001B9412, 0x001B9601,
+    0x001B9E00, 0x001BA001, 0x001BBE00, 0x001BC001, 0x001C70CE, 0x001C7412, 0x001C7601, 0x001C90D6,
+    0x001C9801, 0x001D70EC, 0x001D7412, 0x001D7601, 0x001D90F4, 0x001D9801, 0x001E31B8, 0x001E3401,
+    0x001E6BB8, 0x001E6C01, 0x001E6FB8, 0x001E7001, 0x001E73B0, 0x001E7401, 0x001E8600, 0x001E8801,
+    0x001E9A00, 0x001E9C01, 0x001EA400, 0x001EA601, 0x001EAE00, 0x001EB001, 0x001EB800, 0x001EBA01,
+    0x001ED200, 0x001ED401, 0x001EE302, 0x001EE504, 0x001EE600, 0x001EE908, 0x001EEA00, 0x001EEE01,
+    0x001EF000, 0x001EF201, 0x001EF504, 0x001EFC01, 0x001F0104, 0x001F0200, 0x001F05CC, 0x001F0812,
+    0x001F0A01, 0x001F0DCC, 0x001F1001, 0x001F2600, 0x001F2801, 0x001F3A00, 0x001F3C01, 0x001F4400,
+    0x001F4601, 0x001F4E00, 0x001F5001, 0x001F5800, 0x001F5A01, 0x001F7200, 0x001F7401, 0x001F8DB8,
+    0x001F8E01, 0x00205C00, 0x00205E01, 0x00206E0E, 0x00207001, 0x00207212, 0x00207601, 0x00211BB8,
+    0x00211C01, 0x0022C200, 0x0022EC01, 0x00235000, 0x00238601, 0x0026BBCC, 0x0026C001, 0x002E2812,
+    0x002E2C01, 0x002E6812, 0x002E6A01, 0x002FA412, 0x002FA601, 0x002FBBCC, 0x002FBC01, 0x003153C8,
+    0x00315401, 0x003273BC, 0x003275CC, 0x003277B8, 0x00327801, 0x00342FCC, 0x003431B8, 0x00343201,
+    0x0034C012, 0x0034C201, 0x0034EBCC, 0x0034FA01, 0x0034FFB8, 0x00350001, 0x003561CC, 0x00356BB8,
+    0x003577CC, 0x00357BB8, 0x00357C01, 0x00357FB8, 0x003583CC, 0x003587B8, 0x00358BCC, 0x003595B8,
+    0x003597CC, 0x00359E01, 0x0036680E, 0x00366A00, 0x00366C01, 0x00368812, 0x00368A01, 0x0036D7CC,
+    0x0036D9B8, 0x0036DBCC, 0x0036E801, 0x00375412, 0x00375801, 0x0037CC0E, 0x0037CE01, 0x0037E412,
+    0x0037E801, 0x00386E0E, 0x00387001, 0x0039A1CC, 0x0039A601, 0x0039A802, 0x0039ABB8, 0x0039B5CC,
+    0x0039B9B8, 0x0039C1CC, 0x0039C201, 0x0039C402, 0x0039D201, 0x0039DBB8, 0x0039DC01, 0x0039E9CC,
+    0x0039EA01, 0x0039F1CC, 0x0039F401, 0x003B81CC, 0x003B85B8, 0x003B87CC, 0x003B95B8, 0x003B97CC,
+    0x003B9BD4, 0x003B9DAC, 0x003B9FB8, 0x003BA194, 0x003BA3CC, 0x003BEDD0, 0x003BEFC8, 0x003BF3B8,
+    0x003BF5B4, 0x003BF7CC, 0x003BF9D2, 0x003BFBB8, 0x003BFDCC, 0x003BFFB8, 0x003C0001, 0x003EE200,
+    0x003EE401, 0x003EE600, 0x003EE801, 0x003EEA00, 0x003EEC01, 0x003EEE00, 0x003EF001, 0x003EF200,
+    0x003EF401, 0x003EF600, 0x003EF801, 0x003EFA00, 0x003EFC01, 0x003F7600, 0x003F7801, 0x003F7C00,
+    0x003F7E01, 0x003F9200, 0x003F9401, 0x003F9600, 0x003F9801, 0x003FA600, 0x003FA801, 0x003FB600,
+    0x003FB801, 0x003FC600, 0x003FC801, 0x003FD600, 0x003FD801, 0x003FDC00, 0x003FE001, 0x003FF200,
+    0x003FF401, 0x003FF600, 0x003FF801, 0x003FFA00, 0x003FFC01, 0x00400000, 0x00400401, 0x0041A1CC,
+    0x0041A402, 0x0041A9CC, 0x0041B002, 0x0041B7CC, 0x0041BA01, 0x0041C3CC, 0x0041C401, 0x0041CA02,
+    0x0041CFCC, 0x0041D1B8, 0x0041D3CC, 0x0041D402, 0x0041D9B8, 0x0041E1CC, 0x0041E201, 0x00424C00,
+    0x00424E01, 0x00425400, 0x00425801, 0x00465200, 0x00465601, 0x0055B800, 0x0055BA01, 0x0059DFCC,
+    0x0059E401, 0x005AFE12, 0x005B0001, 0x005BC1CC, 0x005C0001, 0x006055B4, 0x006057C8, 0x006059D0,
+    0x00605BBC, 0x00605DC0, 0x00606001, 0x00613210, 0x00613601, 0x014CDFCC, 0x014CE001, 0x014CE9CC,
+    0x014CFC01, 0x014D3DCC, 0x014D4001, 0x014DE1CC, 0x014DE401, 0x01500C12, 0x01500E01, 0x01505812,
+    0x01505A01, 0x01518812, 0x01518A01, 0x0151C1CC, 0x0151E401, 0x015257B8, 0x01525C01, 0x0152A612,
+    0x0152A801, 0x0153660E, 0x01536801, 0x01538012, 0x01538201, 0x015561CC, 0x01556201, 0x015565CC,
+    0x015569B8, 0x01556A01, 0x01556FCC, 0x01557201, 0x01557DCC, 0x01558001, 0x015583CC, 0x01558401,
+    0x0155EC12, 0x0155EE01, 0x0157DA12, 0x0157DC01, 0x01F20000, 0x01F41C01, 0x01F42000, 0x01F42201,
+    0x01F42400, 0x01F42601, 0x01F42A00, 0x01F43E01, 0x01F44000, 0x01F44201, 0x01F44400, 0x01F44601,
+    0x01F44A00, 0x01F44E01, 0x01F45400, 0x01F4DC01, 0x01F4E000, 0x01F5B401, 0x01F63A00, 0x01F63C34,
+    0x01F63E00, 0x01F64001, 0x01F65400, 0x01F66E01, 0x01F67000, 0x01F67A01, 0x01F67C00, 0x01F67E01,
+    0x01F68000, 0x01F68401, 0x01F68600, 0x01F68A01, 0x01F68C00, 0x01F69E01, 0x01FC41CC, 0x01FC4FB8,
+    0x01FC5DCC, 0x01FC6001, 0x0203FBB8, 0x0203FC01, 0x0205C1B8, 0x0205C201, 0x0206EDCC, 0x0206F601,
+    0x02141BB8, 0x02141C01, 0x02141FCC, 0x02142001, 0x021471CC, 0x02147202, 0x021475B8, 0x02147601,
+    0x02147E12, 0x02148001, 0x0215CBCC, 0x0215CDB8, 0x0215CE01, 0x021A49CC, 0x021A5001, 0x021D57CC,
+    0x021D5A01, 0x021E8DB8, 0x021E91CC, 0x021E97B8, 0x021E99CC, 0x021E9BB8, 0x021EA201, 0x021F05CC,
+    0x021F07B8, 0x021F09CC, 0x021F0BB8, 0x021F0C01, 0x02208C12, 0x02208E01, 0x0220E012, 0x0220E201,
+    0x0220FE12, 0x02210001, 0x02217212, 0x0221740E, 0x02217601, 0x022201CC, 0x02220601, 0x02224E00,
+    0x02225001, 0x02226612, 0x02226A01, 0x0222E60E, 0x0222E801, 0x02238012, 0x02238201, 0x0223940E,
+    0x02239601, 0x02246A12, 0x02246C0E, 0x02246E01, 0x0225D20E, 0x0225D412, 0x0225D601, 0x0226760E,
+    0x02267A01, 0x02267C00, 0x02267E01, 0x02269A12, 0x02269C01, 0x0226AE00, 0x0226B001, 0x0226CDCC,
+    0x0226DA01, 0x0226E1CC, 0x0226EA01, 0x02288412, 0x02288601, 0x02288C0E, 0x02288E01, 0x0228BDCC,
+    0x0228BE01, 0x02296000, 0x02296201, 0x02297400, 0x02297601, 0x02297A00, 0x02297C01, 0x02298412,
+    0x0229860E, 0x02298801, 0x022B5E00, 0x022B6001, 0x022B7E12, 0x022B800E, 0x022B8201, 0x022C7E12,
+    0x022C8001, 0x022D6C12, 0x022D6E0E, 0x022D7001, 0x022E5612, 0x022E5801, 0x02307212, 0x0230740E,
+    0x02307601, 0x02326000, 0x02326201, 0x02327A12, 0x02327E01, 0x0232860E, 0x02328801, 0x0233C012,
+    0x0233C201, 0x02346812, 0x02346A01, 0x02348E12, 0x02349001, 0x02353212, 0x02353401, 0x02387E12,
+    0x02388001, 0x023A840E, 0x023A8601, 0x023A8812, 0x023A8C01, 0x023B2E12, 0x023B3001, 0x02D5E002,
+    0x02D5EA01, 0x02D661CC, 0x02D66E01, 0x02DFE00C, 0x02DFE401, 0x03793C02, 0x03793E01, 0x03A2BC00,
+    0x03A2CBB0, 0x03A2CE02, 0x03A2D401, 0x03A2DBC4, 0x03A2DDB0, 0x03A2E601, 0x03A2F7B8, 0x03A30601,
+    0x03A30BCC, 0x03A315B8, 0x03A31801, 0x03A355CC, 0x03A35C01, 0x03A37600, 0x03A38201, 0x03A485CC,
+    0x03A48A01, 0x03C001CC, 0x03C00E01, 0x03C011CC, 0x03C03201, 0x03C037CC, 0x03C04401, 0x03C047CC,
+    0x03C04A01, 0x03C04DCC, 0x03C05601, 0x03C261CC, 0x03C26E01, 0x03C55DCC, 0x03C55E01, 0x03C5D9CC,
+    0x03C5E001, 0x03D1A1B8, 0x03D1AE01, 0x03D289CC, 0x03D2940E, 0x03D29601, 0x05F00000, 0x05F43C01,
+};
+
+inline constexpr std::uint64_t kCanonicalDecompositions[] = {
+    0x0003000008200300, 0x0003040008200301, 0x0003080008200302, 0x00030C0008200303,
+    0x0003100008200308, 0x000314000820030A, 0x00031C0008600327, 0x0003200008A00300,
+    0x0003240008A00301, 0x0003280008A00302, 0x00032C0008A00308, 0x0003300009200300,
+    0x0003340009200301, 0x0003380009200302, 0x00033C0009200308, 0x0003440009C00303,
+    0x0003480009E00300, 0x00034C0009E00301, 0x0003500009E00302, 0x0003540009E00303,
+    0x0003580009E00308, 0x000364000AA00300, 0x000368000AA00301, 0x00036C000AA00302,
+    0x000370000AA00308, 0x000374000B200301, 0x000380000C200300, 0x000384000C200301,
+    0x000388000C200302, 0x00038C000C200303, 0x000390000C200308, 0x000394000C20030A,
+    0x00039C000C600327, 0x0003A0000CA00300, 0x0003A4000CA00301, 0x0003A8000CA00302,
+    0x0003AC000CA00308, 0x0003B0000D200300, 0x0003B4000D200301, 0x0003B8000D200302,
+    0x0003BC000D200308, 0x0003C4000DC00303, 0x0003C8000DE00300, 0x0003CC000DE00301,
+    0x0003D0000DE00302, 0x0003D4000DE00303, 0x0003D8000DE00308, 0x0003E4000EA00300,
+    0x0003E8000EA00301, 0x0003EC000EA00302, 0x0003F0000EA00308, 0x0003F4000F200301,
+    0x0003FC000F200308, 0x0004000008200304, 0x000404000C200304, 0x0004080008200306,
+    0x00040C000C200306, 0x0004100008200328, 0x000414000C200328, 0x0004180008600301,
+    0x00041C000C600301, 0x0004200008600302, 0x000424000C600302, 0x0004280008600307,
+    0x00042C000C600307, 0x000430000860030C, 0x000434000C60030C, 0x000438000880030C,
+    0x00043C000C80030C, 0x0004480008A00304, 0x00044C000CA00304, 0x0004500008A00306,
+    0x000454000CA00306, 0x0004580008A00307, 0x00045C000CA00307, 0x0004600008A00328,
+    0x000464000CA00328, 0x0004680008A0030C, 0x00046C000CA0030C, 0x0004700008E00302,
+    0x000474000CE00302, 0x0004780008E00306, 0x00047C000CE00306, 0x0004800008E00307,
+    0x000484000CE00307, 0x0004880008E00327, 0x00048C000CE00327, 0x0004900009000302,
+    0x000494000D000302, 0x0004A00009200303, 0x0004A4000D200303, 0x0004A80009200304,
+    0x0004AC000D200304, 0x0004B00009200306, 0x0004B4000D200306, 0x0004B80009200328,
+    0x0004BC000D200328, 0x0004C00009200307, 0x0004D00009400302, 0x0004D4000D400302,
+    0x0004D80009600327, 0x0004DC000D600327, 0x0004E40009800301, 0x0004E8000D800301,
+    0x0004EC0009800327, 0x0004F0000D800327, 0x0004F4000980030C, 0x0004F8000D80030C,
+    0x00050C0009C00301, 0x000510000DC00301, 0x0005140009C00327, 0x000518000DC00327,
+    0x00051C0009C0030C, 0x000520000DC0030C, 0x0005300009E00304, 0x000534000DE00304,
+    0x0005380009E00306, 0x00053C000DE00306, 0x0005400009E0030B, 0x000544000DE0030B,
+    0x000550000A400301, 0x000554000E400301, 0x000558000A400327, 0x00055C000E400327,
+    0x000560000A40030C, 0x000564000E40030C, 0x000568000A600301, 0x00056C000E600301,
+    0x000570000A600302, 0x000574000E600302, 0x000578000A600327, 0x00057C000E600327,
+    0x000580000A60030C, 0x000584000E60030C, 0x000588000A800327, 0x00058C000E800327,
+    0x000590000A80030C, 0x000594000E80030C, 0x0005A0000AA00303, 0x0005A4000EA00303,
+    0x0005A8000AA00304, 0x0005AC000EA00304, 0x0005B0000AA00306, 0x0005B4000EA00306,
+    0x0005B8000AA0030A, 0x0005BC000EA0030A, 0x0005C0000AA0030B, 0x0005C4000EA0030B,
+    0x0005C8000AA00328, 0x0005CC000EA00328, 0x0005D0000AE00302, 0x0005D4000EE00302,
+    0x0005D8000B200302, 0x0005DC000F200302, 0x0005E0000B200308, 0x0005E4000B400301,
+    0x0005E8000F400301, 0x0005EC000B400307, 0x0005F0000F400307, 0x0005F4000B40030C,
+    0x0005F8000F40030C, 0x0006800009E0031B, 0x000684000DE0031B, 0x0006BC000AA0031B,
+    0x0006C0000EA0031B, 0x000734000820030C, 0x000738000C20030C, 0x00073C000920030C,
+    0x000740000D20030C, 0x0007440009E0030C, 0x000748000DE0030C, 0x00074C000AA0030C,
+    0x000750000EA0030C, 0x000754001B800304, 0x000758001F800304, 0x00075C001B800301,
+    0x000760001F800301, 0x000764001B80030C, 0x000768001F80030C, 0x00076C001B800300,
+    0x000770001F800300, 0x0007780018800304, 0x00077C001C800304, 0x0007800044C00304,
+    0x0007840044E00304, 0x0007880018C00304, 0x00078C001CC00304, 0x0007980008E0030C,
+    0x00079C000CE0030C, 0x0007A0000960030C, 0x0007A4000D60030C, 0x0007A80009E00328,
+    0x0007AC000DE00328, 0x0007B0003D400304, 0x0007B4003D600304, 0x0007B80036E0030C,
+    0x0007BC005240030C, 0x0007C0000D40030C, 0x0007D00008E00301, 0x0007D4000CE00301,
+    0x0007E00009C00300, 0x0007E4000DC00300, 0x0007E80018A00301, 0x0007EC001CA00301,
+    0x0007F00018C00301, 0x0007F4001CC00301, 0x0007F8001B000301, 0x0007FC001F000301,
+    0x000800000820030F, 0x000804000C20030F, 0x0008080008200311, 0x00080C000C200311,
+    0x0008100008A0030F, 0x000814000CA0030F, 0x0008180008A00311, 0x00081C000CA00311,
+    0x000820000920030F, 0x000824000D20030F, 0x0008280009200311, 0x00082C000D200311,
+    0x0008300009E0030F, 0x000834000DE0030F, 0x0008380009E00311, 0x00083C000DE00311,
+    0x000840000A40030F, 0x000844000E40030F, 0x000848000A400311, 0x00084C000E400311,
+    0x000850000AA0030F, 0x000854000EA0030F, 0x000858000AA00311, 0x00085C000EA00311,
+    0x000860000A600326, 0x000864000E600326, 0x000868000A800326, 0x00086C000E800326,
+    0x000878000900030C, 0x00087C000D00030C, 0x0008980008200307, 0x00089C000C200307,
+    0x0008A00008A00327, 0x0008A4000CA00327, 0x0008A8001AC00304, 0x0008AC001EC00304,
+    0x0008B0001AA00304, 0x0008B4001EA00304, 0x0008B80009E00307, 0x0008BC000DE00307,
+    0x0008C00045C00304, 0x0008C40045E00304, 0x0008C8000B200304, 0x0008CC000F200304,
+    0x000D000060000000, 0x000D040060200000, 0x000D0C0062600000, 0x000D100061000301,
+    0x000DD00057200000, 0x000DF80007600000, 0x000E140015000301, 0x000E180072200301,
+    0x000E1C0016E00000, 0x000E200072A00301, 0x000E240072E00301, 0x000E280073200301,
+    0x000E300073E00301, 0x000E380074A00301, 0x000E3C0075200301, 0x000E400079400301,
+    0x000EA80073200308, 0x000EAC0074A00308, 0x000EB00076200301, 0x000EB40076A00301,
+    0x000EB80076E00301, 0x000EBC0077200301, 0x000EC00079600301, 0x000F280077200308,
+    0x000F2C0078A00308, 0x000F300077E00301, 0x000F340078A00301, 0x000F380079200301,
+    0x000F4C007A400301, 0x000F50007A400308, 0x0010000082A00300, 0x0010040082A00308,
+    0x00100C0082600301, 0x00101C0080C00308, 0x0010300083400301, 0x0010340083000300,
+    0x0010380084600306, 0x0010640083000306, 0x0010E40087000306, 0x0011400086A00300,
+    0x0011440086A00308, 0x00114C0086600301, 0x00115C008AC00308, 0x0011700087400301,
+    0x0011740087000300, 0x0011780088600306, 0x0011D8008E80030F, 0x0011DC008EA0030F,
+    0x0013040082C00306, 0x0013080086C00306, 0x0013400082000306, 0x0013440086000306,
+    0x0013480082000308, 0x00134C0086000308, 0x0013580082A00306, 0x00135C0086A00306,
+    0x001368009B000308, 0x00136C009B200308, 0x0013700082C00308, 0x0013740086C00308,
+    0x0013780082E00308, 0x00137C0086E00308, 0x0013880083000304, 0x00138C0087000304,
+    0x0013900083000308, 0x0013940087000308, 0x0013980083C00308, 0x00139C0087C00308,
+    0x0013A8009D000308, 0x0013AC009D200308, 0x0013B00085A00308, 0x0013B40089A00308,
+    0x0013B80084600304, 0x0013BC0088600304, 0x0013C00084600308, 0x0013C40088600308,
+    0x0013C8008460030B, 0x0013CC008860030B, 0x0013D00084E00308, 0x0013D40088E00308,
+    0x0013E00085600308, 0x0013E40089600308, 0x00188800C4E00653, 0x00188C00C4E00654,
+    0x00189000C9000654, 0x00189400C4E00655, 0x00189800C9400654, 0x001B0000DAA00654,
+    0x001B0800D8200654, 0x001B4C00DA400654, 0x0024A4012500093C, 0x0024C4012600093C,
+    0x0024D0012660093C, 0x0025600122A0093C, 0x0025640122C0093C, 0x0025680122E0093C,
+    0x00256C012380093C, 0x002570012420093C, 0x002574012440093C, 0x002578012560093C,
+    0x00257C0125E0093C, 0x00272C0138E009BE, 0x0027300138E009D7, 0x00277001342009BC,
+    0x00277401344009BC, 0x00277C0135E009BC, 0x0028CC0146400A3C, 0x0028D80147000A3C,
+    0x0029640142C00A3C, 0x0029680142E00A3C, 0x00296C0143800A3C, 0x0029780145600A3C,
+    0x002D200168E00B56, 0x002D2C0168E00B3E, 0x002D300168E00B57, 0x002D700164200B3C,
+    0x002D740164400B3C, 0x002E500172400BD7, 0x002F280178C00BBE, 0x002F2C0178E00BBE,
+    0x002F300178C00BD7, 0x0031200188C00C56, 0x0033000197E00CD5, 0x00331C0198C00CD5,
+    0x0033200198C00CD6, 0x0033280198C00CC2, 0x00332C0199400CD5, 0x00352801A8C00D3E,
+    0x00352C01A8E00D3E, 0x00353001A8C00D57, 0x00376801BB200DCA, 0x00377001BB200DCF,
+    0x00377401BB800DCA, 0x00377801BB200DDF, 0x003D0C01E8400FB7, 0x003D3401E9800FB7,
+    0x003D4801EA200FB7, 0x003D5C01EAC00FB7, 0x003D7001EB600FB7, 0x003DA401E8000FB5,
+    0x003DCC01EE200F72, 0x003DD401EE200F74, 0x003DD801F6400F80, 0x003DE001F6600F80,
+    0x003E0401EE200F80, 0x003E4C01F2400FB7, 0x003E7401F3800FB7, 0x003E8801F4200FB7,
+    0x003E9C01F4C00FB7, 0x003EB001F5600FB7, 0x003EE401F2000FB5, 0x0040980204A0102E,
+    0x006C180360A01B35, 0x006C200360E01B35, 0x006C280361201B35, 0x006C300361601B35,
+    0x006C380361A01B35, 0x006C480362201B35, 0x006CEC0367401B35, 0x006CF40367801B35,
+    0x006D000367C01B35, 0x006D040367E01B35, 0x006D0C0368401B35, 0x0078000008200325,
+    0x007804000C200325, 0x0078080008400307, 0x00780C000C400307, 0x0078100008400323,
+    0x007814000C400323, 0x0078180008400331, 0x00781C000C400331, 0x0078200018E00301,
+    0x007824001CE00301, 0x0078280008800307, 0x00782C000C800307, 0x0078300008800323,
+    0x007834000C800323, 0x0078380008800331, 0x00783C000C800331, 0x0078400008800327,
+    0x007844000C800327, 0x007848000880032D, 0x00784C000C80032D, 0x0078500022400300,
+    0x0078540022600300, 0x0078580022400301, 0x00785C0022600301, 0x0078600008A0032D,
+    0x007864000CA0032D, 0x0078680008A00330, 0x00786C000CA00330, 0x0078700045000306,
+    0x0078740045200306, 0x0078780008C00307, 0x00787C000CC00307, 0x0078800008E00304,
+    0x007884000CE00304, 0x0078880009000307, 0x00788C000D000307, 0x0078900009000323,
+    0x007894000D000323, 0x0078980009000308, 0x00789C000D000308, 0x0078A00009000327,
+    0x0078A4000D000327, 0x0078A8000900032E, 0x0078AC000D00032E, 0x0078B00009200330,
+    0x0078B4000D200330, 0x0078B80019E00301, 0x0078BC001DE00301, 0x0078C00009600301,
+    0x0078C4000D600301, 0x0078C80009600323, 0x0078CC000D600323, 0x0078D00009600331,
+    0x0078D4000D600331, 0x0078D80009800323, 0x0078DC000D800323, 0x0078E003C6C00304,
+    0x0078E403C6E00304, 0x0078E80009800331, 0x0078EC000D800331, 0x0078F0000980032D,
+    0x0078F4000D80032D, 0x0078F80009A00301, 0x0078FC000DA00301, 0x0079000009A00307,
+    0x007904000DA00307, 0x0079080009A00323, 0x00790C000DA00323, 0x0079100009C00307,
+    0x007914000DC00307, 0x0079180009C00323, 0x00791C000DC00323, 0x0079200009C00331,
+    0x007924000DC00331, 0x0079280009C0032D, 0x00792C000DC0032D, 0x007930001AA00301,
+    0x007934001EA00301, 0x007938001AA00308, 0x00793C001EA00308, 0x0079400029800300,
+    0x0079440029A00300, 0x0079480029800301, 0x00794C0029A00301, 0x007950000A000301,
+    0x007954000E000301, 0x007958000A000307, 0x00795C000E000307, 0x007960000A400307,
+    0x007964000E400307, 0x007968000A400323, 0x00796C000E400323, 0x00797003CB400304,
+    0x00797403CB600304, 0x007978000A400331, 0x00797C000E400331, 0x007980000A600307,
+    0x007984000E600307, 0x007988000A600323, 0x00798C000E600323, 0x007990002B400307,
+    0x007994002B600307, 0x007998002C000307, 0x00799C002C200307, 0x0079A003CC400307,
+    0x0079A403CC600307, 0x0079A8000A800307, 0x0079AC000E800307, 0x0079B0000A800323,
+    0x0079B4000E800323, 0x0079B8000A800331, 0x0079BC000E800331, 0x0079C0000A80032D,
+    0x0079C4000E80032D, 0x0079C8000AA00324, 0x0079CC000EA00324, 0x0079D0000AA00330,
+    0x0079D4000EA00330, 0x0079D8000AA0032D, 0x0079DC000EA0032D, 0x0079E0002D000301,
+    0x0079E4002D200301, 0x0079E8002D400308, 0x0079EC002D600308, 0x0079F0000AC00303,
+    0x0079F4000EC00303, 0x0079F8000AC00323, 0x0079FC000EC00323, 0x007A00000AE00300,
+    0x007A04000EE00300, 0x007A08000AE00301, 0x007A0C000EE00301, 0x007A10000AE00308,
+    0x007A14000EE00308, 0x007A18000AE00307, 0x007A1C000EE00307, 0x007A20000AE00323,
+    0x007A24000EE00323, 0x007A28000B000307, 0x007A2C000F000307, 0x007A30000B000308,
+    0x007A34000F000308, 0x007A38000B200307, 0x007A3C000F200307, 0x007A40000B400302,
+    0x007A44000F400302, 0x007A48000B400323, 0x007A4C000F400323, 0x007A50000B400331,
+    0x007A54000F400331, 0x007A58000D000331, 0x007A5C000E800308, 0x007A60000EE0030A,
+    0x007A64000F20030A, 0x007A6C002FE00307, 0x007A800008200323, 0x007A84000C200323,
+    0x007A880008200309, 0x007A8C000C200309, 0x007A900018400301, 0x007A94001C400301,
+    0x007A980018400300, 0x007A9C001C400300, 0x007AA00018400309, 0x007AA4001C400309,
+    0x007AA80018400303, 0x007AAC001C400303, 0x007AB003D4000302, 0x007AB403D4200302,
+    0x007AB80020400301, 0x007ABC0020600301, 0x007AC00020400300, 0x007AC40020600300,
+    0x007AC80020400309, 0x007ACC0020600309, 0x007AD00020400303, 0x007AD40020600303,
+    0x007AD803D4000306, 0x007ADC03D4200306, 0x007AE00008A00323, 0x007AE4000CA00323,
+    0x007AE80008A00309, 0x007AEC000CA00309, 0x007AF00008A00303, 0x007AF4000CA00303,
+    0x007AF80019400301, 0x007AFC001D400301, 0x007B000019400300, 0x007B04001D400300,
+    0x007B080019400309, 0x007B0C001D400309, 0x007B100019400303, 0x007B14001D400303,
+    0x007B1803D7000302, 0x007B1C03D7200302, 0x007B200009200309, 0x007B24000D200309,
+    0x007B280009200323, 0x007B2C000D200323, 0x007B300009E00323, 0x007B34000DE00323,
+    0x007B380009E00309, 0x007B3C000DE00309, 0x007B40001A800301, 0x007B44001E800301,
+    0x007B48001A800300, 0x007B4C001E800300, 0x007B50001A800309, 0x007B54001E800309,
+    0x007B58001A800303, 0x007B5C001E800303, 0x007B6003D9800302, 0x007B6403D9A00302,
+    0x007B680034000301, 0x007B6C0034200301, 0x007B700034000300, 0x007B740034200300,
+    0x007B780034000309, 0x007B7C0034200309, 0x007B800034000303, 0x007B840034200303,
+    0x007B880034000323, 0x007B8C0034200323, 0x007B90000AA00323, 0x007B94000EA00323,
+    0x007B98000AA00309, 0x007B9C000EA00309, 0x007BA00035E00301, 0x007BA40036000301,
+    0x007BA80035E00300, 0x007BAC0036000300, 0x007BB00035E00309, 0x007BB40036000309,
+    0x007BB80035E00303, 0x007BBC0036000303, 0x007BC00035E00323, 0x007BC40036000323,
+    0x007BC8000B200300, 0x007BCC000F200300, 0x007BD0000B200323, 0x007BD4000F200323,
+    0x007BD8000B200309, 0x007BDC000F200309, 0x007BE0000B200303, 0x007BE4000F200303,
+    0x007C000076200313, 0x007C040076200314, 0x007C0803E0000300, 0x007C0C03E0200300,
+    0x007C1003E0000301, 0x007C1403E0200301, 0x007C1803E0000342, 0x007C1C03E0200342,
+    0x007C200072200313, 0x007C240072200314, 0x007C2803E1000300, 0x007C2C03E1200300,
+    0x007C3003E1000301, 0x007C3403E1200301, 0x007C3803E1000342, 0x007C3C03E1200342,
+    0x007C400076A00313, 0x007C440076A00314, 0x007C4803E2000300, 0x007C4C03E2200300,
+    0x007C5003E2000301, 0x007C5403E2200301, 0x007C600072A00313, 0x007C640072A00314,
+    0x007C6803E3000300, 0x007C6C03E3200300, 0x007C7003E3000301, 0x007C7403E3200301,
+    0x007C800076E00313, 0x007C840076E00314, 0x007C8803E4000300, 0x007C8C03E4200300,
+    0x007C9003E4000301, 0x007C9403E4200301, 0x007C9803E4000342, 0x007C9C03E4200342,
+    0x007CA00072E00313, 0x007CA40072E00314, 0x007CA803E5000300, 0x007CAC03E5200300,
+    0x007CB003E5000301, 0x007CB403E5200301, 0x007CB803E5000342, 0x007CBC03E5200342,
+    0x007CC00077200313, 0x007CC40077200314, 0x007CC803E6000300, 0x007CCC03E6200300,
+    0x007CD003E6000301, 0x007CD403E6200301, 0x007CD803E6000342, 0x007CDC03E6200342,
+    0x007CE00073200313, 0x007CE40073200314, 0x007CE803E7000300, 0x007CEC03E7200300,
+    0x007CF003E7000301, 0x007CF403E7200301, 0x007CF803E7000342, 0x007CFC03E7200342,
+    0x007D000077E00313, 0x007D040077E00314, 0x007D0803E8000300, 0x007D0C03E8200300,
+    0x007D1003E8000301, 0x007D1403E8200301, 0x007D200073E00313, 0x007D240073E00314,
+    0x007D2803E9000300, 0x007D2C03E9200300, 0x007D3003E9000301, 0x007D3403E9200301,
+    0x007D400078A00313, 0x007D440078A00314, 0x007D4803EA000300, 0x007D4C03EA200300,
+    0x007D5003EA000301, 0x007D5403EA200301, 0x007D5803EA000342, 0x007D5C03EA200342,
+    0x007D640074A00314, 0x007D6C03EB200300, 0x007D7403EB200301, 0x007D7C03EB200342,
+    0x007D800079200313, 0x007D840079200314, 0x007D8803EC000300, 0x007D8C03EC200300,
+    0x007D9003EC000301, 0x007D9403EC200301, 0x007D9803EC000342, 0x007D9C03EC200342,
+    0x007DA00075200313, 0x007DA40075200314, 0x007DA803ED000300, 0x007DAC03ED200300,
+    0x007DB003ED000301, 0x007DB403ED200301, 0x007DB803ED000342, 0x007DBC03ED200342,
+    0x007DC00076200300, 0x007DC40075800000, 0x007DC80076A00300, 0x007DCC0075A00000,
+    0x007DD00076E00300, 0x007DD40075C00000, 0x007DD80077200300, 0x007DDC0075E00000,
+    0x007DE00077E00300, 0x007DE40079800000, 0x007DE80078A00300, 0x007DEC0079A00000,
+    0x007DF00079200300, 0x007DF40079C00000, 0x007E0003E0000345, 0x007E0403E0200345,
+    0x007E0803E0400345, 0x007E0C03E0600345, 0x007E1003E0800345, 0x007E1403E0A00345,
+    0x007E1803E0C00345, 0x007E1C03E0E00345, 0x007E2003E1000345, 0x007E2403E1200345,
+    0x007E2803E1400345, 0x007E2C03E1600345, 0x007E3003E1800345, 0x007E3403E1A00345,
+    0x007E3803E1C00345, 0x007E3C03E1E00345, 0x007E4003E4000345, 0x007E4403E4200345,
+    0x007E4803E4400345, 0x007E4C03E4600345, 0x007E5003E4800345, 0x007E5403E4A00345,
+    0x007E5803E4C00345, 0x007E5C03E4E00345, 0x007E6003E5000345, 0x007E6403E5200345,
+    0x007E6803E5400345, 0x007E6C03E5600345, 0x007E7003E5800345, 0x007E7403E5A00345,
+    0x007E7803E5C00345, 0x007E7C03E5E00345, 0x007E8003EC000345, 0x007E8403EC200345,
+    0x007E8803EC400345, 0x007E8C03EC600345, 0x007E9003EC800345, 0x007E9403ECA00345,
+    0x007E9803ECC00345, 0x007E9C03ECE00345, 0x007EA003ED000345, 0x007EA403ED200345,
+    0x007EA803ED400345, 0x007EAC03ED600345, 0x007EB003ED800345, 0x007EB403EDA00345,
+    0x007EB803EDC00345, 0x007EBC03EDE00345, 0x007EC00076200306, 0x007EC40076200304,
+    0x007EC803EE000345, 0x007ECC0076200345, 0x007ED00075800345, 0x007ED80076200342,
+    0x007EDC03F6C00345, 0x007EE00072200306, 0x007EE40072200304, 0x007EE80072200300,
+    0x007EEC0070C00000, 0x007EF00072200345, 0x007EF80077200000, 0x007F040015000342,
+    0x007F0803EE800345, 0x007F0C0076E00345, 0x007F100075C00345, 0x007F180076E00342,
+    0x007F1C03F8C00345, 0x007F200072A00300, 0x007F240071000000, 0x007F280072E00300,
+    0x007F2C0071200000, 0x007F300072E00345, 0x007F3403F7E00300, 0x007F3803F7E00301,
+    0x007F3C03F7E00342, 0x007F400077200306, 0x007F440077200304, 0x007F480079400300,
+    0x007F4C0072000000, 0x007F580077200342, 0x007F5C0079400342, 0x007F600073200306,
+    0x007F640073200304, 0x007F680073200300, 0x007F6C0071400000, 0x007F7403FFC00300,
+    0x007F7803FFC00301, 0x007F7C03FFC00342, 0x007F800078A00306, 0x007F840078A00304,
+    0x007F880079600300, 0x007F8C0076000000, 0x007F900078200313, 0x007F940078200314,
+    0x007F980078A00342, 0x007F9C0079600342, 0x007FA00074A00306, 0x007FA40074A00304,
+    0x007FA80074A00300, 0x007FAC0071C00000, 0x007FB00074200314, 0x007FB40015000300,
+    0x007FB80070A00000, 0x007FBC000C000000, 0x007FC803EF800345, 0x007FCC0079200345,
+    0x007FD00079C00345, 0x007FD80079200342, 0x007FDC03FEC00345, 0x007FE00073E00300,
+    0x007FE40071800000, 0x007FE80075200300, 0x007FEC0071E00000, 0x007FF00075200345,
+    0x007FF40016800000, 0x0080000400400000, 0x0080040400600000, 0x0084980075200000,
+    0x0084A80009600000, 0x0084AC0018A00000, 0x0086680432000338, 0x00866C0432400338,
+    0x0086B80432800338, 0x008734043A000338, 0x008738043A800338, 0x00873C043A400338,
+    0x0088100440600338, 0x0088240441000338, 0x0088300441600338, 0x0088900444600338,
+    0x0088980444A00338, 0x0089040447800338, 0x0089100448600338, 0x00891C0448A00338,
+    0x0089240449000338, 0x0089800007A00338, 0x008988044C200338, 0x0089B40449A00338,
+    0x0089B80007800338, 0x0089BC0007C00338, 0x0089C0044C800338, 0x0089C4044CA00338,
+    0x0089D0044E400338, 0x0089D4044E600338, 0x0089E0044EC00338, 0x0089E4044EE00338,
+    0x008A00044F400338, 0x008A04044F600338, 0x008A100450400338, 0x008A140450600338,
+    0x008A200450C00338, 0x008A240450E00338, 0x008AB00454400338, 0x008AB40455000338,
+    0x008AB80455200338, 0x008ABC0455600338, 0x008B80044F800338, 0x008B84044FA00338,
+    0x008B880452200338, 0x008B8C0452400338, 0x008BA80456400338, 0x008BAC0456600338,
+    0x008BB00456800338, 0x008BB40456A00338, 0x008CA40601000000, 0x008CA80601200000,
+    0x00AB70055BA00338, 0x00C1300609603099, 0x00C1380609A03099, 0x00C1400609E03099,
+    0x00C148060A203099, 0x00C150060A603099, 0x00C158060AA03099, 0x00C160060AE03099,
+    0x00C168060B203099, 0x00C170060B603099, 0x00C178060BA03099, 0x00C180060BE03099,
+    0x00C188060C203099, 0x00C194060C803099, 0x00C19C060CC03099, 0x00C1A4060D003099,
+    0x00C1C0060DE03099, 0x00C1C4060DE0309A, 0x00C1CC060E403099, 0x00C1D0060E40309A,
+    0x00C1D8060EA03099, 0x00C1DC060EA0309A, 0x00C1E4060F003099, 0x00C1E8060F00309A,
+    0x00C1F0060F603099, 0x00C1F4060F60309A, 0x00C2500608C03099, 0x00C2780613A03099,
+    0x00C2B00615603099, 0x00C2B80615A03099, 0x00C2C00615E03099, 0x00C2C80616203099,
+    0x00C2D00616603099, 0x00C2D80616A03099, 0x00C2E00616E03099, 0x00C2E80617203099,
+    0x00C2F00617603099, 0x00C2F80617A03099, 0x00C3000617E03099, 0x00C3080618203099,
+    0x00C3140618803099, 0x00C31C0618C03099, 0x00C3240619003099, 0x00C3400619E03099,
+    0x00C3440619E0309A, 0x00C34C061A403099, 0x00C350061A40309A, 0x00C358061AA03099,
+    0x00C35C061AA0309A, 0x00C364061B003099, 0x00C368061B00309A, 0x00C370061B603099,
+    0x00C374061B60309A, 0x00C3D00614C03099, 0x00C3DC061DE03099, 0x00C3E0061E003099,
+    0x00C3E4061E203099, 0x00C3E8061E403099, 0x00C3F8061FA03099, 0x03E4001189000000,
+    0x03E4040CDE800000, 0x03E40811D9400000, 0x03E40C1199000000, 0x03E4100DDA200000,
+    0x03E41409C6400000, 0x03E4180A7CA00000, 0x03E41C13F3800000, 0x03E42013F3800000,
+    0x03E4240B2A200000, 0x03E428123A200000, 0x03E42C0AB0E00000, 0x03E4300B29000000,
+    0x03E4340C3EC00000, 0x03E4380ECD200000, 0x03E43C0FF0A00000, 0x03E44010C7E00000,
+    0x03E44410F7400000, 0x03E448111F000000, 0x03E44C1211E00000, 0x03E4500D40400000,
+    0x03E4540DA3600000, 0x03E4580E1B200000, 0x03E45C0E7BC00000, 0x03E4601087A00000,
+    0x03E464122D400000, 0x03E468133E200000, 0x03E46C09D0400000, 0x03E4700A6EA00000,
+    0x03E4740D60800000, 0x03E4780E43600000, 0x03E47C10C5A00000, 0x03E48013C3C00000,
+    0x03E4840BAA000000, 0x03E4880DFD600000, 0x03E48C10B9A00000, 0x03E490112C800000,
+    0x03E4940C59200000, 0x03E498103B000000, 0x03E49C1103E00000, 0x03E4A00BD9400000,
+    0x03E4A40CE2E00000, 0x03E4A80DAD400000, 0x03E4AC0E5F800000, 0x03E4B01219C00000,
+    0x03E4B409F0C00000, 0x03E4B80A36E00000, 0x03E4BC0A5BC00000, 0x03E4C00C98800000,
+    0x03E4C40D5A600000, 0x03E4C80E42000000, 0x03E4CC0EDCE00000, 0x03E4D01000200000,
+    0x03E4D410C0C00000, 0x03E4D810CB800000, 0x03E4DC11BDE00000, 0x03E4E012E6400000,
+    0x03E4E4136DE00000, 0x03E4E813BF400000, 0x03E4EC0F11800000, 0x03E4F00F2FE00000,
+    0x03E4F40FB4000000, 0x03E4F81079200000, 0x03E4FC1260800000, 0x03E50013CFE00000,
+    0x03E504115AC00000, 0x03E5080B1BE00000, 0x03E50C0BE0800000, 0x03E5100F8C000000,
+    0x03E514100FC00000, 0x03E5180E4C400000, 0x03E51C0F19400000, 0x03E5201198400000,
+    0x03E52412DEE00000, 0x03E5280B1B000000, 0x03E52C0B8C400000, 0x03E5300D42600000,
+    0x03E5340DBB400000, 0x03E5380DE1E00000, 0x03E53C0FA5E00000, 0x03E5400FC6E00000,
+    0x03E54412C9600000, 0x03E5480A5A400000, 0x03E54C1011600000, 0x03E5500A3B800000,
+    0x03E5540A39800000, 0x03E5580F43800000, 0x03E55C0FB7C00000, 0x03E560107E200000,
+    0x03E56412CEA00000, 0x03E5681170000000, 0x03E56C0C59E00000, 0x03E5700D40400000,
+    0x03E574115FC00000, 0x03E57809C7200000, 0x03E57C0B7CE00000, 0x03E5800C02400000,
+    0x03E5840E70E00000, 0x03E5880EAE000000, 0x03E58C0A62E00000, 0x03E5900F1F600000,
+    0x03E59409F7E00000, 0x03E5980BF5200000, 0x03E59C09C1A00000, 0x03E5A00D99800000,
+    0x03E5A40CAF000000, 0x03E5A80FA4400000, 0x03E5AC0A78600000, 0x03E5B00B0BC00000,
+    0x03E5B40EE0200000, 0x03E5B81089200000, 0x03E5BC1155400000, 0x03E5C00D77400000,
+    0x03E5C411F6000000, 0x03E5C80D91000000, 0x03E5CC0C5FC00000, 0x03E5D0105CA00000,
+    0x03E5D40C74000000, 0x03E5D80EACA00000, 0x03E5DC09D5C00000, 0x03E5E00A2D200000,
+    0x03E5E40A39200000, 0x03E5E80D10200000, 0x03E5EC0F9CE00000, 0x03E5F0104DE00000,
+    0x03E5F4115A400000, 0x03E5F81239E00000, 0x03E5FC0A5EA00000, 0x03E6000A88400000,
+    0x03E6040B2E600000, 0x03E6080BDD800000, 0x03E60C0CB8A00000, 0x03E6100DFFC00000,
+    0x03E6140F25400000, 0x03E61812B5A00000, 0x03E61C134D400000, 0x03E62013D2E00000,
+    0x03E62413D9C00000, 0x03E6280A53600000, 0x03E62C0CD8C00000, 0x03E6300D6EE00000,
+    0x03E63411EC400000, 0x03E6380BCE800000, 0x03E63C0C32000000, 0x03E6400C40000000,
+    0x03E6440C93400000, 0x03E6480DE4600000, 0x03E64C0E29200000, 0x03E6500E91200000,
+    0x03E6540F39400000, 0x03E6580FBE800000, 0x03E65C100DE00000, 0x03E66011E4C00000,
+    0x03E664109DC00000, 0x03E6681204600000, 0x03E66C1269400000, 0x03E6700A42E00000,
+    0x03E6740A54600000, 0x03E6780A97A00000, 0x03E67C0E19000000, 0x03E6801118400000,
+    0x03E6841155400000, 0x03E6880BD9200000, 0x03E68C0BFEA00000, 0x03E6900C6F600000,
+    0x03E6940D75C00000, 0x03E6980F87C00000, 0x03E69C0E6EA00000, 0x03E6A009DC800000,
+    0x03E6A40ADF200000, 0x03E6A80B7CE00000, 0x03E6AC0BB7400000, 0x03E6B00C03800000,
+    0x03E6B40E76400000, 0x03E6B80E8D200000, 0x03E6BC0FF3400000, 0x03E6C01008C00000,
+    0x03E6C41246800000, 0x03E6C812DEC00000, 0x03E6CC12E9000000, 0x03E6D01303000000,
+    0x03E6D409F1600000, 0x03E6D80F35C00000, 0x03E6DC1236800000, 0x03E6E012D7000000,
+    0x03E6E40C1C200000, 0x03E6E809D0C00000, 0x03E6EC0A1B400000, 0x03E6F00B7DC00000,
+    0x03E6F40B87E00000, 0x03E6F80CB3200000, 0x03E6FC0D40400000, 0x03E7000E39C00000,
+    0x03E7040EC8400000, 0x03E708109F800000, 0x03E70C120F800000, 0x03E71013F1A00000,
+    0x03E7140CD1000000, 0x03E71812C5C00000, 0x03E71C0A51200000, 0x03E7200CEF600000,
+    0x03E7240CFE600000, 0x03E7280DA8200000, 0x03E72C0DD3800000, 0x03E7300E81200000,
+    0x03E7340EAB200000, 0x03E7380F0D600000, 0x03E73C0FA2000000, 0x03E740130BC00000,
+    0x03E7440A2DA00000, 0x03E7480C45C00000, 0x03E74C12CF000000, 0x03E7500A05600000,
+    0x03E7540BA3200000, 0x03E7580DBD400000, 0x03E75C11E5400000, 0x03E7600BF1600000,
+    0x03E7640C28800000, 0x03E7680D02E00000, 0x03E76C0E70E00000, 0x03E77012D0C00000,
+    0x03E7740A45200000, 0x03E7780A81E00000, 0x03E77C0B8CA00000, 0x03E7800CC2600000,
+    0x03E7840CE9C00000, 0x03E7880D15000000, 0x03E78C0D9CA00000, 0x03E7900E80C00000,
+    0x03E7940EBC400000, 0x03E7980FEF200000, 0x03E79C1119E00000, 0x03E7A0111C200000,
+    0x03E7A41239800000, 0x03E7A812DC400000, 0x03E7AC0A67E00000, 0x03E7B00DD7400000,
+    0x03E7B40A83A00000, 0x03E7B80E3A000000, 0x03E7BC0E93000000, 0x03E7C010BF400000,
+    0x03E7C412D4600000, 0x03E7C8138AE00000, 0x03E7CC13D3E00000, 0x03E7D00CF2E00000,
+    0x03E7D40DB9600000, 0x03E7D8103D000000, 0x03E7DC0F59600000, 0x03E7E00F64000000,
+    0x03E7E40F92400000, 0x03E7E80E58000000, 0x03E7EC0E13200000, 0x03E7F0116B000000,
+    0x03E7F409D8000000, 0x03E7F81066C00000, 0x03E7FC0A47400000, 0x03E8000A40E00000,
+    0x03E8040BD4C00000, 0x03E8080C5A600000, 0x03E80C0F9AC00000, 0x03E8100B70A00000,
+    0x03E8140DA3C00000, 0x03E8180CD6800000, 0x03E81C11E7600000, 0x03E8201109800000,
+    0x03E82412C9A00000, 0x03E8281131600000, 0x03E82C0BDA600000, 0x03E8300A28000000,
+    0x03E8340AB8000000, 0x03E8400B0B400000, 0x03E8480CCE800000, 0x03E8540A3BC00000,
+    0x03E8580E65400000, 0x03E85C0ED9400000, 0x03E8600F27800000, 0x03E8640F2BC00000,
+    0x03E8680F2CA00000, 0x03E86C0F31E00000, 0x03E87012EAC00000, 0x03E8740F97C00000,
+    0x03E8780FF7A00000, 0x03E88010C2400000, 0x03E888115F000000, 0x03E8941207000000,
+    0x03E898121FA00000, 0x03E8A8131DE00000, 0x03E8AC131F800000, 0x03E8B01325000000,
+    0x03E8B413B6800000, 0x03E8B8121BC00000, 0x03E8BC12D6E00000, 0x03E8C009F5C00000,
+    0x03E8C40A1CE00000, 0x03E8C80A29A00000, 0x03E8CC0A59200000, 0x03E8D00A5C800000,
+    0x03E8D40A6A200000, 0x03E8D80AB3A00000, 0x03E8DC0AC0C00000, 0x03E8E00ACD000000,
+    0x03E8E40B08000000, 0x03E8E80B15000000, 0x03E8EC0B8C800000, 0x03E8F00B8DC00000,
+    0x03E8F40C12800000, 0x03E8F80C2D000000, 0x03E8FC0C31C00000, 0x03E9000C3E400000,
+    0x03E9040CA9E00000, 0x03E9080CBC400000, 0x03E90C0CD2200000, 0x03E9100D10A00000,
+    0x03E9140DAEE00000, 0x03E9180DC3400000, 0x03E91C0DE4400000, 0x03E9200E2DC00000,
+    0x03E9240E45600000, 0x03E9280E84400000, 0x03E92C0F12200000, 0x03E9300F27C00000,
+    0x03E9340F29200000, 0x03E9380F29000000, 0x03E93C0F2A000000, 0x03E9400F2AC00000,
+    0x03E9440F2BA00000, 0x03E9480F31A00000, 0x03E94C0F31C00000, 0x03E9500F48000000,
+    0x03E9540F50200000, 0x03E9580F78000000, 0x03E95C0FBE800000, 0x03E9600FC1200000,
+    0x03E9640FC8200000, 0x03E9680FEE400000, 0x03E96C1000A00000, 0x03E970103DA00000,
+    0x03E974104F200000, 0x03E978104F200000, 0x03E97C108AE00000, 0x03E9801122000000,
+    0x03E9841132C00000, 0x03E9881160200000, 0x03E98C1167200000, 0x03E990119A600000,
+    0x03E99411A1000000, 0x03E99811F6C00000, 0x03E99C1207000000, 0x03E9A012DC600000,
+    0x03E9A412FFE00000, 0x03E9A81307600000, 0x03E9AC0C0EA00000, 0x03E9B0485DC00000,
+    0x03E9B41043000000, 0x03E9C009C4C00000, 0x03E9C40A36A00000, 0x03E9C80A2D000000,
+    0x03E9CC09F0000000, 0x03E9D00A28A00000, 0x03E9D40A30000000, 0x03E9D80A58E00000,
+    0x03E9DC0A5F400000, 0x03E9E00AB3A00000, 0x03E9E40AAAA00000, 0x03E9E80AB3200000,
+    0x03E9EC0ABC400000, 0x03E9F00B0B400000, 0x03E9F40B16600000, 0x03E9F80B28800000,
+    0x03E9FC0B2A800000, 0x03EA000B4C400000, 0x03EA040B65000000, 0x03EA080BDA400000,
+    0x03EA0C0BDB200000, 0x03EA100BED200000, 0x03EA140BF5A00000, 0x03EA180C1B000000,
+    0x03EA1C0C29C00000, 0x03EA200C21000000, 0x03EA240C31C00000, 0x03EA280C2C000000,
+    0x03EA2C0C3E400000, 0x03EA300C46800000, 0x03EA340C78800000, 0x03EA380C83800000,
+    0x03EA3C0C8A400000, 0x03EA400CAAC00000, 0x03EA440CCE800000, 0x03EA480CE2E00000,
+    0x03EA4C0CE3600000, 0x03EA500CEAC00000, 0x03EA540D6F200000, 0x03EA580D77400000,
+    0x03EA5C0DA8200000, 0x03EA600DDB600000, 0x03EA640DD9600000, 0x03EA680DE4400000,
+    0x03EA6C0E03C00000, 0x03EA700E2DC00000, 0x03EA740EF4E00000, 0x03EA780E46A00000,
+    0x03EA7C0E55E00000, 0x03EA800E65400000, 0x03EA840E8E200000, 0x03EA880EA0C00000,
+    0x03EA8C0EA7600000, 0x03EA900EC3A00000, 0x03EA940EC3E00000, 0x03EA980ED9400000,
+    0x03EA9C0EDB600000, 0x03EAA00EDE800000, 0x03EAA40EE9400000, 0x03EAA80EE8000000,
+    0x03EAAC0F19800000, 0x03EAB00F56200000, 0x03EAB40F78000000, 0x03EAB80F8F600000,
+    0x03EABC0FAB600000, 0x03EAC00FBE800000, 0x03EAC40FE7C00000, 0x03EAC81000A00000,
+    0x03EACC106A400000, 0x03EAD0107DE00000, 0x03EAD410EF200000, 0x03EAD81128200000,
+    0x03EADC1130C00000, 0x03EAE01132C00000, 0x03EAE41157E00000, 0x03EAE8115F000000,
+    0x03EAEC1159600000, 0x03EAF01160200000, 0x03EAF4115FC00000, 0x03EAF8115DA00000,
+    0x03EAFC1167200000, 0x03EB001171400000, 0x03EB0411A1000000, 0x03EB0811E7000000,
+    0x03EB0C120E400000, 0x03EB101233200000, 0x03EB14124EC00000, 0x03EB1812CF800000,
+    0x03EB1C12DC600000, 0x03EB2012EAC00000, 0x03EB2412FB600000, 0x03EB2812FFE00000,
+    0x03EB2C1301600000, 0x03EB301307600000, 0x03EB341362400000, 0x03EB3813F3800000,
+    0x03EB3C4509400000, 0x03EB404508800000, 0x03EB44467AA00000, 0x03EB480773A00000,
+    0x03EB4C0803000000, 0x03EB500807200000, 0x03EB544A49200000, 0x03EB584B9A000000,
+    0x03EB5C4FDA600000, 0x03EB6013E8600000, 0x03EB6413F1C00000, 0x03EC7400BB2005B4,
+    0x03EC7C00BE4005B7, 0x03ECA800BD2005C1, 0x03ECAC00BD2005C2, 0x03ECB01F692005C1,
+    0x03ECB41F692005C2, 0x03ECB800BA0005B7, 0x03ECBC00BA0005B8, 0x03ECC000BA0005BC,
+    0x03ECC400BA2005BC, 0x03ECC800BA4005BC, 0x03ECCC00BA6005BC, 0x03ECD000BA8005BC,
+    0x03ECD400BAA005BC, 0x03ECD800BAC005BC, 0x03ECE000BB0005BC, 0x03ECE400BB2005BC,
+    0x03ECE800BB4005BC, 0x03ECEC00BB6005BC, 0x03ECF000BB8005BC, 0x03ECF800BBC005BC,
+    0x03ED0000BC0005BC, 0x03ED0400BC2005BC, 0x03ED0C00BC6005BC, 0x03ED1000BC8005BC,
+    0x03ED1800BCC005BC, 0x03ED1C00BCE005BC, 0x03ED2000BD0005BC, 0x03ED2400BD2005BC,
+    0x03ED2800BD4005BC, 0x03ED2C00BAA005B9, 0x03ED3000BA2005BF, 0x03ED3400BB6005BF,
+    0x03ED3800BC8005BF, 0x04426822132110BA, 0x04427022136110BA, 0x0442AC2214A110BA,
+    0x0444B82226211127, 0x0444BC2226411127, 0x044D2C2268E1133E, 0x044D302268E11357,
+    0x0452EC22972114BA, 0x0452F022972114B0, 0x0452F822972114BD, 0x0456E822B70115AF,
+    0x0456EC22B72115AF, 0x0464E02326A11930, 0x0745783A2AE1D165, 0x07457C3A2B01D165,
+    0x0745803A2BE1D16E, 0x0745843A2BE1D16F, 0x0745883A2BE1D170, 0x07458C3A2BE1D171,
+    0x0745903A2BE1D172, 0x0746EC3A3721D165, 0x0746F03A3741D165, 0x0746F43A3761D16E,
+    0x0746F83A3781D16E, 0x0746FC3A3761D16F, 0x0747003A3781D16F, 0x0BE00009C7A00000,
+    0x0BE00409C7000000, 0x0BE00809C8200000, 0x0BE00C4024400000, 0x0BE01009EC000000,
+    0x0BE01409F5C00000, 0x0BE01809F7600000, 0x0BE01C0A00400000, 0x0BE0200A0F400000,
+    0x0BE0240A13200000, 0x0BE0280A1CE00000, 0x0BE02C0A19E00000, 0x0BE0300693C00000,
+    0x0BE03440C7400000, 0x0BE0380A29A00000, 0x0BE03C0A2A800000, 0x0BE0400A2C800000,
+    0x0BE0440A2EE00000, 0x0BE04840A3800000, 0x0BE04C0697200000, 0x0BE0500A2CE00000,
+    0x0BE0540A31A00000, 0x0BE05840A9600000, 0x0BE05C0A32E00000, 0x0BE0600A34800000,
+    0x0BE06409D9800000, 0x0BE0680A35800000, 0x0BE06C0A36A00000, 0x0BE070523BE00000,
+    0x0BE0740A3EA00000, 0x0BE0780A40600000, 0x0BE07C069BE00000, 0x0BE0800A47600000,
+    0x0BE0840A48C00000, 0x0BE0880A4E400000, 0x0BE08C0A4EE00000, 0x0BE09006A2A00000,
+    0x0BE0940A58E00000, 0x0BE0980A59200000, 0x0BE09C0A5C800000, 0x0BE0A00A5F400000,
+    0x0BE0A40A60A00000, 0x0BE0A80A60C00000, 0x0BE0AC0A62E00000, 0x0BE0B00A69200000,
+    0x0BE0B40A6A200000, 0x0BE0B80A6B400000, 0x0BE0BC0A6E600000, 0x0BE0C00A6FA00000,
+    0x0BE0C40A6FE00000, 0x0BE0C80A6FE00000, 0x0BE0CC0A6FE00000, 0x0BE0D04145800000,
+    0x0BE0D40E0E000000, 0x0BE0D80A79400000, 0x0BE0DC0A7BE00000, 0x0BE0E0416C600000,
+    0x0BE0E40A7D600000, 0x0BE0E80A7E200000, 0x0BE0EC0A80C00000, 0x0BE0F00A93C00000,
+    0x0BE0F40A87000000, 0x0BE0F80A89000000, 0x0BE0FC0A8D000000, 0x0BE1000A94400000,
+    0x0BE1040A9EC00000, 0x0BE1080AA2000000, 0x0BE10C0AAA600000, 0x0BE1100AAC600000,
+    0x0BE1140AB0800000, 0x0BE1180AB0800000, 0x0BE11C0AB3200000, 0x0BE1200AB5600000,
+    0x0BE1240AB6600000, 0x0BE1280AB8400000, 0x0BE12C0AE2C00000, 0x0BE1300AC0C00000,
+    0x0BE1340AE2E00000, 0x0BE1380ACA200000, 0x0BE13C0ACE800000, 0x0BE1400A40E00000,
+    0x0BE1440B1DC00000, 0x0BE1480AF9C00000, 0x0BE14C0AFE800000, 0x0BE1500B01A00000,
+    0x0BE1540AF1600000, 0x0BE1580B06400000, 0x0BE15C0B06200000, 0x0BE1600B15800000,
+    0x0BE164429C800000, 0x0BE1680B1E400000, 0x0BE16C0B1EE00000, 0x0BE1700B20C00000,
+    0x0BE1740B23400000, 0x0BE1780B24400000, 0x0BE17C0B2C400000, 0x0BE18042D5000000,
+    0x0BE18442DD400000, 0x0BE1880B3D800000, 0x0BE18C0B43600000, 0x0BE1900B44E00000,
+    0x0BE1940B3B000000, 0x0BE1980B4CC00000, 0x0BE19C06DDC00000, 0x0BE1A006DF800000,
+    0x0BE1A40B61000000, 0x0BE1A80B67C00000, 0x0BE1AC0B67C00000, 0x0BE1B04339000000,
+    0x0BE1B40B78600000, 0x0BE1B80B7B000000, 0x0BE1BC0B7CE00000, 0x0BE1C00B7E600000,
+    0x0BE1C44363000000, 0x0BE1C80B7FE00000, 0x0BE1CC0B80C00000, 0x0BE1D00BEA600000,
+    0x0BE1D40B84400000, 0x0BE1D806F0200000, 0x0BE1DC0B8C000000, 0x0BE1E00B8DC00000,
+    0x0BE1E40B98000000, 0x0BE1E80B91A00000, 0x0BE1EC43BC800000, 0x0BE1F00BA8600000,
+    0x0BE1F443BCC00000, 0x0BE1F80BADC00000, 0x0BE1FC0BAD600000, 0x0BE2000BAF800000,
+    0x0BE2040BBC200000, 0x0BE2080BBC400000, 0x0BE20C0705E00000, 0x0BE2100BBFA00000,
+    0x0BE2140BC5000000, 0x0BE2180BC7A00000, 0x0BE21C0BCD200000, 0x0BE220070C400000,
+    0x0BE2244430600000, 0x0BE228070F800000, 0x0BE22C0BD6000000, 0x0BE2300BD6600000,
+    0x0BE2340BD6C00000, 0x0BE2380BD9400000, 0x0BE23C5472400000, 0x0BE2400BDFC00000,
+    0x0BE2444466200000, 0x0BE2484466200000, 0x0BE24C1040200000, 0x0BE2500BE4400000,
+    0x0BE2540BE4400000, 0x0BE2580718E00000, 0x0BE25C4657000000, 0x0BE2604C3B400000,
+    0x0BE2640BEC400000, 0x0BE2680BED600000, 0x0BE26C071C600000, 0x0BE2700BF3400000,
+    0x0BE2740BF9A00000, 0x0BE2780BFAE00000, 0x0BE27C0BFF200000, 0x0BE2800C10200000,
+    0x0BE2840727400000, 0x0BE2880723800000, 0x0BE28C0C12800000, 0x0BE29044DA800000,
+    0x0BE2940C18E00000, 0x0BE2980C29000000, 0x0BE29C0C29800000, 0x0BE2A00C29C00000,
+    0x0BE2A40C29800000, 0x0BE2A80C2F400000, 0x0BE2AC0C31C00000, 0x0BE2B00C36400000,
+    0x0BE2B40C34800000, 0x0BE2B80C35E00000, 0x0BE2BC0C3BC00000, 0x0BE2C00C3E400000,
+    0x0BE2C40C3EC00000, 0x0BE2C80C42000000, 0x0BE2CC0C43600000, 0x0BE2D00C4BA00000,
+    0x0BE2D40C56200000, 0x0BE2D80C5A800000, 0x0BE2DC0C6A000000, 0x0BE2E04561800000,
+    0x0BE2E40C67A00000, 0x0BE2E80C5F800000, 0x0BE2EC0C6D000000, 0x0BE2F00C70600000,
+    0x0BE2F40C7C800000, 0x0BE2F8457E200000, 0x0BE2FC0C84400000, 0x0BE3000C78A00000,
+    0x0BE3040C75200000, 0x0BE3080745C00000, 0x0BE30C0C8D200000, 0x0BE3100C8FC00000,
+    0x0BE3140C93A00000, 0x0BE3180C8EE00000, 0x0BE31C074D800000, 0x0BE3200CA9E00000,
+    0x0BE3240CAD800000, 0x0BE3284601400000, 0x0BE32C0CBC600000, 0x0BE3300CDF000000,
+    0x0BE3340CC9200000, 0x0BE3380763200000, 0x0BE33C0CD2200000, 0x0BE3400761000000,
+    0x0BE344075C800000, 0x0BE3480A32400000, 0x0BE34C0A32A00000, 0x0BE3500CE0000000,
+    0x0BE3540CD3800000, 0x0BE3581015A00000, 0x0BE35C087B200000, 0x0BE3600CE2E00000,
+    0x0BE3640CE3600000, 0x0BE3680CE4200000, 0x0BE36C0CEBC00000, 0x0BE3700CEA600000,
+    0x0BE3744678600000, 0x0BE3780769200000, 0x0BE37C0CFF400000, 0x0BE3800CF0A00000,
+    0x0BE3840D0A400000, 0x0BE3880D10A00000, 0x0BE38C468DA00000, 0x0BE3900D11C00000,
+    0x0BE3940D03E00000, 0x0BE3980D22800000, 0x0BE39C0773A00000, 0x0BE3A00D28400000,
+    0x0BE3A40D34600000, 0x0BE3A80D3D400000, 0x0BE3AC0D55000000, 0x0BE3B046D4600000,
+    0x0BE3B40D5B600000, 0x0BE3B80783000000, 0x0BE3BC0D64200000, 0x0BE3C04714E00000,
+    0x0BE3C40D6A800000, 0x0BE3C80789C00000, 0x0BE3CC0D6E400000, 0x0BE3D00D73E00000,
+    0x0BE3D40D77400000, 0x0BE3D80D77600000, 0x0BE3DC4751A00000, 0x0BE3E043A1600000,
+    0x0BE3E4475F400000, 0x0BE3E80D89C00000, 0x0BE3EC4797800000, 0x0BE3F00D97E00000,
+    0x0BE3F40D99A00000, 0x0BE3F80D8CE00000, 0x0BE3FC0DA2C00000, 0x0BE4000DA7C00000,
+    0x0BE4040DAEE00000, 0x0BE4080DA8200000, 0x0BE40C0DAD200000, 0x0BE4100DAF000000,
+    0x0BE4140DB0A00000, 0x0BE41847A3C00000, 0x0BE41C0DA6800000, 0x0BE4200DC5E00000,
+    0x0BE4240DCDC00000, 0x0BE42807A6600000, 0x0BE42C0DD9600000, 0x0BE4300DD8E00000,
+    0x0BE43447DA200000, 0x0BE4380DBF200000, 0x0BE43C0DEDC00000, 0x0BE44047EBC00000,
+    0x0BE44447F1C00000, 0x0BE4480DF8C00000, 0x0BE44C0E07200000, 0x0BE4500E03C00000,
+    0x0BE4540E03600000, 0x0BE45807B2C00000, 0x0BE45C0E09400000, 0x0BE4600E0FA00000,
+    0x0BE4640E0EE00000, 0x0BE4680E15A00000, 0x0BE46C40A4A00000, 0x0BE4700E28A00000,
+    0x0BE474484C600000, 0x0BE4780E33800000, 0x0BE47C4875600000, 0x0BE4800E45000000,
+    0x0BE4840E46A00000, 0x0BE4880E4A000000, 0x0BE48C48C1000000, 0x0BE4900E50000000,
+    0x0BE4940E52A00000, 0x0BE49848E6A00000, 0x0BE49C4902800000, 0x0BE4A00E6F400000,
+    0x0BE4A40E71600000, 0x0BE4A807D5800000, 0x0BE4AC0E74A00000, 0x0BE4B007D7000000,
+    0x0BE4B407D7000000, 0x0BE4B80E88E00000, 0x0BE4BC0E8B800000, 0x0BE4C00E8E200000,
+    0x0BE4C40E90A00000, 0x0BE4C80E99400000, 0x0BE4CC07E3600000, 0x0BE4D00EA4800000,
+    0x0BE4D44986C00000, 0x0BE4D80EA7C00000, 0x0BE4DC4992400000, 0x0BE4E00EAE000000,
+    0x0BE4E44433E00000, 0x0BE4E80EC2000000, 0x0BE4EC49F4200000, 0x0BE4F049F7000000,
+    0x0BE4F44A08800000, 0x0BE4F807FF800000, 0x0BE4FC0801000000, 0x0BE5000EDE800000,
+    0x0BE5044A1E600000, 0x0BE5084A1E400000, 0x0BE50C4A23200000, 0x0BE5104A26600000,
+    0x0BE5140EE3C00000, 0x0BE5180EE3E00000, 0x0BE51C0EE3E00000, 0x0BE5200EE9400000,
+    0x0BE5240807200000, 0x0BE5280EF1600000, 0x0BE52C0808C00000, 0x0BE5300812C00000,
+    0x0BE5344A83A00000, 0x0BE5380F09C00000, 0x0BE53C0F11800000, 0x0BE5400F19800000,
+    0x0BE544081C600000, 0x0BE5484AC4C00000, 0x0BE54C0F2AC00000, 0x0BE5504AD3400000,
+    0x0BE5544AD8A00000, 0x0BE5580F31E00000, 0x0BE55C0F3D600000, 0x0BE5600825E00000,
+    0x0BE5640F48000000, 0x0BE5680F49400000, 0x0BE56C0F49E00000, 0x0BE5704B2F800000,
+    0x0BE5744B54E00000, 0x0BE5784B54E00000, 0x0BE57C0F5DC00000, 0x0BE5800840400000,
+    0x0BE5844B75600000, 0x0BE5880F78C00000, 0x0BE58C0F79200000, 0x0BE5900844E00000,
+    0x0BE5944B90000000, 0x0BE5980F9A400000, 0x0BE59C0854000000, 0x0BE5A00F9D000000,
+    0x0BE5A40F9C600000, 0x0BE5A80FA0000000, 0x0BE5AC4BF0C00000, 0x0BE5B00FAC600000,
+    0x0BE5B40860200000, 0x0BE5B80FB8E00000, 0x0BE5BC0FC0400000, 0x0BE5C00FC8A00000,
+    0x0BE5C40866800000, 0x0BE5C84C45000000, 0x0BE5CC4C48E00000, 0x0BE5D0086B200000,
+    0x0BE5D44C5B200000, 0x0BE5D80FEF400000, 0x0BE5DC4C67C00000, 0x0BE5E00FF2A00000,
+    0x0BE5E40FFF400000, 0x0BE5E81000A00000, 0x0BE5EC4C9B400000, 0x0BE5F04CA4600000,
+    0x0BE5F4100C000000, 0x0BE5F84CB5000000, 0x0BE5FC100E000000, 0x0BE600466BE00000,
+    0x0BE604087AA00000, 0x0BE6081016400000, 0x0BE60C1020600000, 0x0BE6100881600000,
+    0x0BE6141027C00000, 0x0BE6180B56A00000, 0x0BE61C4CF4E00000, 0x0BE6204CF6A00000,
+    0x0BE6244672600000, 0x0BE6284673800000, 0x0BE62C1040200000, 0x0BE6301040800000,
+    0x0BE63411F3C00000, 0x0BE638088D600000, 0x0BE63C1052200000, 0x0BE6401051600000,
+    0x0BE6441053A00000, 0x0BE6480A56600000, 0x0BE64C1056200000, 0x0BE6501056600000,
+    0x0BE6541057A00000, 0x0BE658105CC00000, 0x0BE65C4D67800000, 0x0BE660105CA00000,
+    0x0BE6641063A00000, 0x0BE668106C600000, 0x0BE66C1075A00000, 0x0BE6701064600000,
+    0x0BE6741077A00000, 0x0BE678107CE00000, 0x0BE67C108AE00000, 0x0BE680106A600000,
+    0x0BE6841079400000, 0x0BE6881079800000, 0x0BE68C107B800000, 0x0BE6904D86C00000,
+    0x0BE6944DAD600000, 0x0BE6984D9AA00000, 0x0BE69C08A5600000, 0x0BE6A0109E200000,
+    0x0BE6A4109E600000, 0x0BE6A810A2C00000, 0x0BE6AC4E79400000, 0x0BE6B010AC800000,
+    0x0BE6B44DE5800000, 0x0BE6B808ABA00000, 0x0BE6BC08AC200000, 0x0BE6C04DF6200000,
+    0x0BE6C44E1A400000, 0x0BE6C808AD600000, 0x0BE6CC10CA000000, 0x0BE6D010CB800000,
+    0x0BE6D410CCE00000, 0x0BE6D810CD200000, 0x0BE6DC10D5200000, 0x0BE6E010D1000000,
+    0x0BE6E410E1C00000, 0x0BE6E810DC400000, 0x0BE6EC10EF200000, 0x0BE6F010E5000000,
+    0x0BE6F410ED600000, 0x0BE6F810F0C00000, 0x0BE6FC08BAE00000, 0x0BE70010FC200000,
+    0x0BE7041100200000, 0x0BE70808BF200000, 0x0BE70C110C000000, 0x0BE710110C600000,
+    0x0BE7144ECCE00000, 0x0BE718111AE00000, 0x0BE71C111BC00000, 0x0BE72008C6A00000,
+    0x0BE724111F400000, 0x0BE7280697600000, 0x0BE72C4F15C00000, 0x0BE7304F2CC00000,
+    0x0BE73408D7C00000, 0x0BE73808D8E00000, 0x0BE73C1154000000, 0x0BE740115DA00000,
+    0x0BE7441171400000, 0x0BE748118AA00000, 0x0BE74C4F95000000, 0x0BE7501195600000,
+    0x0BE7541198200000, 0x0BE75811A3600000, 0x0BE75C11AEE00000, 0x0BE7604FE5E00000,
+    0x0BE7644100800000, 0x0BE76811B9600000, 0x0BE76C11B7800000, 0x0BE77011BE000000,
+    0x0BE774411BC00000, 0x0BE77811DA800000, 0x0BE77C11E7000000, 0x0BE78050BA400000,
+    0x0BE78450BDA00000, 0x0BE7881212800000, 0x0BE78C121E200000, 0x0BE7901222200000,
+    0x0BE79450E5C00000, 0x0BE7981223600000, 0x0BE79C1247000000, 0x0BE7A0125AE00000,
+    0x0BE7A4125B000000, 0x0BE7A8124F800000, 0x0BE7AC127F200000, 0x0BE7B01282A00000,
+    0x0BE7B4517F400000, 0x0BE7B812B1600000, 0x0BE7BC0932A00000, 0x0BE7C012B6E00000,
+    0x0BE7C451AEE00000, 0x0BE7C8093CC00000, 0x0BE7CC12D8600000, 0x0BE7D00BB6400000,
+    0x0BE7D412E4600000, 0x0BE7D85228A00000, 0x0BE7DC5243400000, 0x0BE7E0094DC00000,
+    0x0BE7E4094EC00000, 0x0BE7E812FC000000, 0x0BE7EC5281400000, 0x0BE7F00956400000,
+    0x0BE7F45292C00000, 0x0BE7F81301600000, 0x0BE7FC1301600000, 0x0BE8001305200000,
+    0x0BE80452B6C00000, 0x0BE808131C400000, 0x0BE80C0966600000, 0x0BE8101325200000,
+    0x0BE8141334E00000, 0x0BE8181338400000, 0x0BE81C133FC00000, 0x0BE8200979C00000,
+    0x0BE8245366000000, 0x0BE8281362400000, 0x0BE82C1388000000, 0x0BE830139FA00000,
+    0x0BE8340999C00000, 0x0BE838099DA00000, 0x0BE83C13ACE00000, 0x0BE8405419C00000,
+    0x0BE844099F000000, 0x0BE8485420A00000, 0x0BE84C5441C00000, 0x0BE8505452200000,
+    0x0BE85413D7600000, 0x0BE85809AAC00000, 0x0BE85C13DF200000, 0x0BE86013DFC00000,
+    0x0BE86413E0A00000, 0x0BE86813E1E00000, 0x0BE86C13E2C00000, 0x0BE87013E7600000,
+    0x0BE87454C0000000,
+};
+
+inline constexpr std::uint64_t kPrimaryComposites[] = {
+    0x0000F0006700226E, 0x0000F40067002260, 0x0000F8006700226F, 0x00010400600000C0,
+    0x00010400602000C1, 0x00010400604000C2, 0x00010400606000C3, 0x0001040060800100,
+    0x0001040060C00102, 0x0001040060E00226, 0x00010400610000C4, 0x0001040061201EA2,
+    0x00010400614000C5, 0x00010400618001CD, 0x0001040061E00200, 0x0001040062200202,
+    0x0001040064601EA0, 0x0001040064A01E00, 0x0001040065000104, 0x0001080060E01E02,
+    0x0001080064601E04, 0x0001080066201E06, 0x00010C0060200106, 0x00010C0060400108,
+    0x00010C0060E0010A, 0x00010C006180010C, 0x00010C0064E000C7, 0x0001100060E01E0A,
+    0x000110006180010E, 0x0001100064601E0C, 0x0001100064E01E10, 0x0001100065A01E12,
+    0x0001100066201E0E, 0x00011400600000C8, 0x00011400602000C9, 0x00011400604000CA,
+    0x0001140060601EBC, 0x0001140060800112, 0x0001140060C00114, 0x0001140060E00116,
+    0x00011400610000CB, 0x0001140061201EBA, 0x000114006180011A, 0x0001140061E00204,
+    0x0001140062200206, 0x0001140064601EB8, 0x0001140064E00228, 0x0001140065000118,
+    0x0001140065A01E18, 0x0001140066001E1A, 0x0001180060E01E1E, 0x00011C00602001F4,
+    0x00011C006040011C, 0x00011C0060801E20, 0x00011C0060C0011E, 0x00011C0060E00120,
+    0x00011C00618001E6, 0x00011C0064E00122, 0x0001200060400124, 0x0001200060E01E22,
+    0x0001200061001E26, 0x000120006180021E, 0x0001200064601E24, 0x0001200064E01E28,
+    0x0001200065C01E2A, 0x00012400600000CC, 0x00012400602000CD, 0x00012400604000CE,
+    0x0001240060600128, 0x000124006080012A, 0x0001240060C0012C, 0x0001240060E00130,
+    0x00012400610000CF, 0x0001240061201EC8, 0x00012400618001CF, 0x0001240061E00208,
+    0x000124006220020A, 0x0001240064601ECA, 0x000124006500012E, 0x0001240066001E2C,
+    0x0001280060400134, 0x00012C0060201E30, 0x00012C00618001E8, 0x00012C0064601E32,
+    0x00012C0064E00136, 0x00012C0066201E34, 0x0001300060200139, 0x000130006180013D,
+    0x0001300064601E36, 0x0001300064E0013B, 0x0001300065A01E3C, 0x0001300066201E3A,
+    0x0001340060201E3E, 0x0001340060E01E40, 0x0001340064601E42, 0x00013800600001F8,
+    0x0001380060200143, 0x00013800606000D1, 0x0001380060E01E44, 0x0001380061800147,
+    0x0001380064601E46, 0x0001380064E00145, 0x0001380065A01E4A, 0x0001380066201E48,
+    0x00013C00600000D2, 0x00013C00602000D3, 0x00013C00604000D4, 0x00013C00606000D5,
+    0x00013C006080014C, 0x00013C0060C0014E, 0x00013C0060E0022E, 0x00013C00610000D6,
+    0x00013C0061201ECE, 0x00013C0061600150, 0x00013C00618001D1, 0x00013C0061E0020C,
+    0x00013C006220020E, 0x00013C00636001A0, 0x00013C0064601ECC, 0x00013C00650001EA,
+    0x0001400060201E54, 0x0001400060E01E56, 0x0001480060200154, 0x0001480060E01E58,
+    0x0001480061800158, 0x0001480061E00210, 0x0001480062200212, 0x0001480064601E5A,
+    0x0001480064E00156, 0x0001480066201E5E, 0x00014C006020015A, 0x00014C006040015C,
+    0x00014C0060E01E60, 0x00014C0061800160, 0x00014C0064601E62, 0x00014C0064C00218,
+    0x00014C0064E0015E, 0x0001500060E01E6A, 0x0001500061800164, 0x0001500064601E6C,
+    0x0001500064C0021A, 0x0001500064E00162, 0x0001500065A01E70, 0x0001500066201E6E,
+    0x00015400600000D9, 0x00015400602000DA, 0x00015400604000DB, 0x0001540060600168,
+    0x000154006080016A, 0x0001540060C0016C, 0x00015400610000DC, 0x0001540061201EE6,
+    0x000154006140016E, 0x0001540061600170, 0x00015400618001D3, 0x0001540061E00214,
+    0x0001540062200216, 0x00015400636001AF, 0x0001540064601EE4, 0x0001540064801E72,
+    0x0001540065000172, 0x0001540065A01E76, 0x0001540066001E74, 0x0001580060601E7C,
+    0x0001580064601E7E, 0x00015C0060001E80, 0x00015C0060201E82, 0x00015C0060400174,
+    0x00015C0060E01E86, 0x00015C0061001E84, 0x00015C0064601E88, 0x0001600060E01E8A,
+    0x0001600061001E8C, 0x0001640060001EF2, 0x00016400602000DD, 0x0001640060400176,
+    0x0001640060601EF8, 0x0001640060800232, 0x0001640060E01E8E, 0x0001640061000178,
+    0x0001640061201EF6, 0x0001640064601EF4, 0x0001680060200179, 0x0001680060401E90,
+    0x0001680060E0017B, 0x000168006180017D, 0x0001680064601E92, 0x0001680066201E94,
+    0x00018400600000E0, 0x00018400602000E1, 0x00018400604000E2, 0x00018400606000E3,
+    0x0001840060800101, 0x0001840060C00103, 0x0001840060E00227, 0x00018400610000E4,
+    0x0001840061201EA3, 0x00018400614000E5, 0x00018400618001CE, 0x0001840061E00201,
+    0x0001840062200203, 0x0001840064601EA1, 0x0001840064A01E01, 0x0001840065000105,
+    0x0001880060E01E03, 0x0001880064601E05, 0x0001880066201E07, 0x00018C0060200107,
+    0x00018C0060400109, 0x00018C0060E0010B, 0x00018C006180010D, 0x00018C0064E000E7,
+    0x0001900060E01E0B, 0x000190006180010F, 0x0001900064601E0D, 0x0001900064E01E11,
+    0x0001900065A01E13, 0x0001900066201E0F, 0x00019400600000E8, 0x00019400602000E9,
+    0x00019400604000EA, 0x0001940060601EBD, 0x0001940060800113, 0x0001940060C00115,
+    0x0001940060E00117, 0x00019400610000EB, 0x0001940061201EBB, 0x000194006180011B,
+    0x0001940061E00205, 0x0001940062200207, 0x0001940064601EB9, 0x0001940064E00229,
+    0x0001940065000119, 0x0001940065A01E19, 0x0001940066001E1B, 0x0001980060E01E1F,
+    0x00019C00602001F5, 0x00019C006040011D, 0x00019C0060801E21, 0x00019C0060C0011F,
+    0x00019C0060E00121, 0x00019C00618001E7, 0x00019C0064E00123, 0x0001A00060400125,
+    0x0001A00060E01E23, 0x0001A00061001E27, 0x0001A0006180021F, 0x0001A00064601E25,
+    0x0001A00064E01E29, 0x0001A00065C01E2B, 0x0001A00066201E96, 0x0001A400600000EC,
+    0x0001A400602000ED, 0x0001A400604000EE, 0x0001A40060600129, 0x0001A4006080012B,
+    0x0001A40060C0012D, 0x0001A400610000EF, 0x0001A40061201EC9, 0x0001A400618001D0,
+    0x0001A40061E00209, 0x0001A4006220020B, 0x0001A40064601ECB, 0x0001A4006500012F,
+    0x0001A40066001E2D, 0x0001A80060400135, 0x0001A800618001F0, 0x0001AC0060201E31,
+    0x0001AC00618001E9, 0x0001AC0064601E33, 0x0001AC0064E00137, 0x0001AC0066201E35,
+    0x0001B0006020013A, 0x0001B0006180013E, 0x0001B00064601E37, 0x0001B00064E0013C,
+    0x0001B00065A01E3D, 0x0001B00066201E3B, 0x0001B40060201E3F, 0x0001B40060E01E41,
+    0x0001B40064601E43, 0x0001B800600001F9, 0x0001B80060200144, 0x0001B800606000F1,
+    0x0001B80060E01E45, 0x0001B80061800148, 0x0001B80064601E47, 0x0001B80064E00146,
+    0x0001B80065A01E4B, 0x0001B80066201E49, 0x0001BC00600000F2, 0x0001BC00602000F3,
+    0x0001BC00604000F4, 0x0001BC00606000F5, 0x0001BC006080014D, 0x0001BC0060C0014F,
+    0x0001BC0060E0022F, 0x0001BC00610000F6, 0x0001BC0061201ECF, 0x0001BC0061600151,
+    0x0001BC00618001D2, 0x0001BC0061E0020D, 0x0001BC006220020F, 0x0001BC00636001A1,
+    0x0001BC0064601ECD, 0x0001BC00650001EB, 0x0001C00060201E55, 0x0001C00060E01E57,
+    0x0001C80060200155, 0x0001C80060E01E59, 0x0001C80061800159, 0x0001C80061E00211,
+    0x0001C80062200213, 0x0001C80064601E5B, 0x0001C80064E00157, 0x0001C80066201E5F,
+    0x0001CC006020015B, 0x0001CC006040015D, 0x0001CC0060E01E61, 0x0001CC0061800161,
+    0x0001CC0064601E63, 0x0001CC0064C00219, 0x0001CC0064E0015F, 0x0001D00060E01E6B,
+    0x0001D00061001E97, 0x0001D00061800165, 0x0001D00064601E6D, 0x0001D00064C0021B,
+    0x0001D00064E00163, 0x0001D00065A01E71, 0x0001D00066201E6F, 0x0001D400600000F9,
+    0x0001D400602000FA, 0x0001D400604000FB, 0x0001D40060600169, 0x0001D4006080016B,
+    0x0001D40060C0016D, 0x0001D400610000FC, 0x0001D40061201EE7, 0x0001D4006140016F,
+    0x0001D40061600171, 0x0001D400618001D4, 0x0001D40061E00215, 0x0001D40062200217,
+    0x0001D400636001B0, 0x0001D40064601EE5, 0x0001D40064801E73, 0x0001D40065000173,
+    0x0001D40065A01E77, 0x0001D40066001E75, 0x0001D80060601E7D, 0x0001D80064601E7F,
+    0x0001DC0060001E81, 0x0001DC0060201E83, 0x0001DC0060400175, 0x0001DC0060E01E87,
+    0x0001DC0061001E85, 0x0001DC0061401E98, 0x0001DC0064601E89, 0x0001E00060E01E8B,
+    0x0001E00061001E8D, 0x0001E40060001EF3, 0x0001E400602000FD, 0x0001E40060400177,
+    0x0001E40060601EF9, 0x0001E40060800233, 0x0001E40060E01E8F, 0x0001E400610000FF,
+    0x0001E40061201EF7, 0x0001E40061401E99, 0x0001E40064601EF5, 0x0001E8006020017A,
+    0x0001E80060401E91, 0x0001E80060E0017C, 0x0001E8006180017E, 0x0001E80064601E93,
+    0x0001E80066201E95, 0x0002A00060001FED, 0x0002A00060200385, 0x0002A00068401FC1,
+    0x0003080060001EA6, 0x0003080060201EA4, 0x0003080060601EAA, 0x0003080061201EA8,
+    0x00031000608001DE, 0x00031400602001FA, 0x00031800602001FC, 0x00031800608001E2,
+    0x00031C0060201E08, 0x0003280060001EC0, 0x0003280060201EBE, 0x0003280060601EC4,
+    0x0003280061201EC2, 0x00033C0060201E2E, 0x0003500060001ED2, 0x0003500060201ED0,
+    0x0003500060601ED6, 0x0003500061201ED4, 0x0003540060201E4C, 0x000354006080022C,
+    0x0003540061001E4E, 0x000358006080022A, 0x00036000602001FE, 0x00037000600001DB,
+    0x00037000602001D7, 0x00037000608001D5, 0x00037000618001D9, 0x0003880060001EA7,
+    0x0003880060201EA5, 0x0003880060601EAB, 0x0003880061201EA9, 0x00039000608001DF,
+    0x00039400602001FB, 0x00039800602001FD, 0x00039800608001E3, 0x00039C0060201E09,
+    0x0003A80060001EC1, 0x0003A80060201EBF, 0x0003A80060601EC5, 0x0003A80061201EC3,
+    0x0003BC0060201E2F, 0x0003D00060001ED3, 0x0003D00060201ED1, 0x0003D00060601ED7,
+    0x0003D00061201ED5, 0x0003D40060201E4D, 0x0003D4006080022D, 0x0003D40061001E4F,
+    0x0003D8006080022B, 0x0003E000602001FF, 0x0003F000600001DC, 0x0003F000602001D8,
+    0x0003F000608001D6, 0x0003F000618001DA, 0x0004080060001EB0, 0x0004080060201EAE,
+    0x0004080060601EB4, 0x0004080061201EB2, 0x00040C0060001EB1, 0x00040C0060201EAF,
+    0x00040C0060601EB5, 0x00040C0061201EB3, 0x0004480060001E14, 0x0004480060201E16,
+    0x00044C0060001E15, 0x00044C0060201E17, 0x0005300060001E50, 0x0005300060201E52,
+    0x0005340060001E51, 0x0005340060201E53, 0x0005680060E01E64, 0x00056C0060E01E65,
+    0x0005800060E01E66, 0x0005840060E01E67, 0x0005A00060201E78, 0x0005A40060201E79,
+    0x0005A80061001E7A, 0x0005AC0061001E7B, 0x0005FC0060E01E9B, 0x0006800060001EDC,
+    0x0006800060201EDA, 0x0006800060601EE0, 0x0006800061201EDE, 0x0006800064601EE2,
+    0x0006840060001EDD, 0x0006840060201EDB, 0x0006840060601EE1, 0x0006840061201EDF,
+    0x0006840064601EE3, 0x0006BC0060001EEA, 0x0006BC0060201EE8, 0x0006BC0060601EEE,
+    0x0006BC0061201EEC, 0x0006BC0064601EF0, 0x0006C00060001EEB, 0x0006C00060201EE9,
+    0x0006C00060601EEF, 0x0006C00061201EED, 0x0006C00064601EF1, 0x0006DC00618001EE,
+    0x0007A800608001EC, 0x0007AC00608001ED, 0x00089800608001E0, 0x00089C00608001E1,
+    0x0008A00060C01E1C, 0x0008A40060C01E1D, 0x0008B80060800230, 0x0008BC0060800231,
+    0x000A4800618001EF, 0x000E440060001FBA, 0x000E440060200386, 0x000E440060801FB9,
+    0x000E440060C01FB8, 0x000E440062601F08, 0x000E440062801F09, 0x000E440068A01FBC,
+    0x000E540060001FC8, 0x000E540060200388, 0x000E540062601F18, 0x000E540062801F19,
+    0x000E5C0060001FCA, 0x000E5C0060200389, 0x000E5C0062601F28, 0x000E5C0062801F29,
+    0x000E5C0068A01FCC, 0x000E640060001FDA, 0x000E64006020038A, 0x000E640060801FD9,
+    0x000E640060C01FD8, 0x000E6400610003AA, 0x000E640062601F38, 0x000E640062801F39,
+    0x000E7C0060001FF8, 0x000E7C006020038C, 0x000E7C0062601F48, 0x000E7C0062801F49,
+    0x000E840062801FEC, 0x000E940060001FEA, 0x000E94006020038E, 0x000E940060801FE9,
+    0x000E940060C01FE8, 0x000E9400610003AB, 0x000E940062801F59, 0x000EA40060001FFA,
+    0x000EA4006020038F, 0x000EA40062601F68, 0x000EA40062801F69, 0x000EA40068A01FFC,
+    0x000EB00068A01FB4, 0x000EB80068A01FC4, 0x000EC40060001F70, 0x000EC400602003AC,
+    0x000EC40060801FB1, 0x000EC40060C01FB0, 0x000EC40062601F00, 0x000EC40062801F01,
+    0x000EC40068401FB6, 0x000EC40068A01FB3, 0x000ED40060001F72, 0x000ED400602003AD,
+    0x000ED40062601F10, 0x000ED40062801F11, 0x000EDC0060001F74, 0x000EDC00602003AE,
+    0x000EDC0062601F20, 0x000EDC0062801F21, 0x000EDC0068401FC6, 0x000EDC0068A01FC3,
+    0x000EE40060001F76, 0x000EE400602003AF, 0x000EE40060801FD1, 0x000EE40060C01FD0,
+    0x000EE400610003CA, 0x000EE40062601F30, 0x000EE40062801F31, 0x000EE40068401FD6,
+    0x000EFC0060001F78, 0x000EFC00602003CC, 0x000EFC0062601F40, 0x000EFC0062801F41,
+    0x000F040062601FE4, 0x000F040062801FE5, 0x000F140060001F7A, 0x000F1400602003CD,
+    0x000F140060801FE1, 0x000F140060C01FE0, 0x000F1400610003CB, 0x000F140062601F50,
+    0x000F140062801F51, 0x000F140068401FE6, 0x000F240060001F7C, 0x000F2400602003CE,
+    0x000F240062601F60, 0x000F240062801F61, 0x000F240068401FF6, 0x000F240068A01FF3,
+    0x000F280060001FD2, 0x000F280060200390, 0x000F280068401FD7, 0x000F2C0060001FE2,
+    0x000F2C00602003B0, 0x000F2C0068401FE7, 0x000F380068A01FF4, 0x000F4800602003D3,
+    0x000F4800610003D4, 0x0010180061000407, 0x0010400060C004D0, 0x00104000610004D2,
+    0x00104C0060200403, 0x0010540060000400, 0x0010540060C004D6, 0x0010540061000401,
+    0x0010580060C004C1, 0x00105800610004DC, 0x00105C00610004DE, 0x001060006000040D,
+    0x00106000608004E2, 0x0010600060C00419, 0x00106000610004E4, 0x001068006020040C,
+    0x00107800610004E6, 0x00108C00608004EE, 0x00108C0060C0040E, 0x00108C00610004F0,
+    0x00108C00616004F2, 0x00109C00610004F4, 0x0010AC00610004F8, 0x0010B400610004EC,
+    0x0010C00060C004D1, 0x0010C000610004D3, 0x0010CC0060200453, 0x0010D40060000450,
+    0x0010D40060C004D7, 0x0010D40061000451, 0x0010D80060C004C2, 0x0010D800610004DD,
+    0x0010DC00610004DF, 0x0010E0006000045D, 0x0010E000608004E3, 0x0010E00060C00439,
+    0x0010E000610004E5, 0x0010E8006020045C, 0x0010F800610004E7, 0x00110C00608004EF,
+    0x00110C0060C0045E, 0x00110C00610004F1, 0x00110C00616004F3, 0x00111C00610004F5,
+    0x00112C00610004F9, 0x00113400610004ED, 0x0011580061000457, 0x0011D00061E00476,
+    0x0011D40061E00477, 0x00136000610004DA, 0x00136400610004DB, 0x0013A000610004EA,
+    0x0013A400610004EB, 0x00189C00CA600622, 0x00189C00CA800623, 0x00189C00CAA00625,
+    0x00192000CA800624, 0x00192800CA800626, 0x001B0400CA8006C2, 0x001B4800CA8006D3,
+    0x001B5400CA8006C0, 0x0024A00127800929, 0x0024C00127800931, 0x0024CC0127800934,
+    0x00271C0137C009CB, 0x00271C013AE009CC, 0x002D1C0167C00B4B, 0x002D1C016AC00B48,
+    0x002D1C016AE00B4C, 0x002E48017AE00B94, 0x002F180177C00BCA, 0x002F18017AE00BCC,
+    0x002F1C0177C00BCB, 0x003118018AC00C48, 0x0032FC019AA00CC0, 0x0033180198400CCA,
+    0x003318019AA00CC7, 0x003318019AC00CC8, 0x003328019AA00CCB, 0x00351801A7C00D4A,
+    0x00351801AAE00D4C, 0x00351C01A7C00D4B, 0x00376401B9400DDA, 0x00376401B9E00DDC,
+    0x00376401BBE00DDE, 0x00377001B9400DDD, 0x0040940205C01026, 0x006C140366A01B06,
+    0x006C1C0366A01B08, 0x006C240366A01B0A, 0x006C2C0366A01B0C, 0x006C340366A01B0E,
+    0x006C440366A01B12, 0x006CE80366A01B3B, 0x006CF00366A01B3D, 0x006CF80366A01B40,
+    0x006CFC0366A01B41, 0x006D080366A01B43, 0x0078D80060801E38, 0x0078DC0060801E39,
+    0x0079680060801E5C, 0x00796C0060801E5D, 0x0079880060E01E68, 0x00798C0060E01E69,
+    0x007A800060401EAC, 0x007A800060C01EB6, 0x007A840060401EAD, 0x007A840060C01EB7,
+    0x007AE00060401EC6, 0x007AE40060401EC7, 0x007B300060401ED8, 0x007B340060401ED9,
+    0x007C000060001F02, 0x007C000060201F04, 0x007C000068401F06, 0x007C000068A01F80,
+    0x007C040060001F03, 0x007C040060201F05, 0x007C040068401F07, 0x007C040068A01F81,
+    0x007C080068A01F82, 0x007C0C0068A01F83, 0x007C100068A01F84, 0x007C140068A01F85,
+    0x007C180068A01F86, 0x007C1C0068A01F87, 0x007C200060001F0A, 0x007C200060201F0C,
+    0x007C200068401F0E, 0x007C200068A01F88, 0x007C240060001F0B, 0x007C240060201F0D,
+    0x007C240068401F0F, 0x007C240068A01F89, 0x007C280068A01F8A, 0x007C2C0068A01F8B,
+    0x007C300068A01F8C, 0x007C340068A01F8D, 0x007C380068A01F8E, 0x007C3C0068A01F8F,
+    0x007C400060001F12, 0x007C400060201F14, 0x007C440060001F13, 0x007C440060201F15,
+    0x007C600060001F1A, 0x007C600060201F1C, 0x007C640060001F1B, 0x007C640060201F1D,
+    0x007C800060001F22, 0x007C800060201F24, 0x007C800068401F26, 0x007C800068A01F90,
+    0x007C840060001F23, 0x007C840060201F25, 0x007C840068401F27, 0x007C840068A01F91,
+    0x007C880068A01F92, 0x007C8C0068A01F93, 0x007C900068A01F94, 0x007C940068A01F95,
+    0x007C980068A01F96, 0x007C9C0068A01F97, 0x007CA00060001F2A, 0x007CA00060201F2C,
+    0x007CA00068401F2E, 0x007CA00068A01F98, 0x007CA40060001F2B, 0x007CA40060201F2D,
+    0x007CA40068401F2F, 0x007CA40068A01F99, 0x007CA80068A01F9A, 0x007CAC0068A01F9B,
+    0x007CB00068A01F9C, 0x007CB40068A01F9D, 0x007CB80068A01F9E, 0x007CBC0068A01F9F,
+    0x007CC00060001F32, 0x007CC00060201F34, 0x007CC00068401F36, 0x007CC40060001F33,
+    0x007CC40060201F35, 0x007CC40068401F37, 0x007CE00060001F3A, 0x007CE00060201F3C,
+    0x007CE00068401F3E, 0x007CE40060001F3B, 0x007CE40060201F3D, 0x007CE40068401F3F,
+    0x007D000060001F42, 0x007D000060201F44, 0x007D040060001F43, 0x007D040060201F45,
+    0x007D200060001F4A, 0x007D200060201F4C, 0x007D240060001F4B, 0x007D240060201F4D,
+    0x007D400060001F52, 0x007D400060201F54, 0x007D400068401F56, 0x007D440060001F53,
+    0x007D440060201F55, 0x007D440068401F57, 0x007D640060001F5B, 0x007D640060201F5D,
+    0x007D640068401F5F, 0x007D800060001F62, 0x007D800060201F64, 0x007D800068401F66,
+    0x007D800068A01FA0, 0x007D840060001F63, 0x007D840060201F65, 0x007D840068401F67,
+    0x007D840068A01FA1, 0x007D880068A01FA2, 0x007D8C0068A01FA3, 0x007D900068A01FA4,
+    0x007D940068A01FA5, 0x007D980068A01FA6, 0x007D9C0068A01FA7, 0x007DA00060001F6A,
+    0x007DA00060201F6C, 0x007DA00068401F6E, 0x007DA00068A01FA8, 0x007DA40060001F6B,
+    0x007DA40060201F6D, 0x007DA40068401F6F, 0x007DA40068A01FA9, 0x007DA80068A01FAA,
+    0x007DAC0068A01FAB, 0x007DB00068A01FAC, 0x007DB40068A01FAD, 0x007DB80068A01FAE,
+    0x007DBC0068A01FAF, 0x007DC00068A01FB2, 0x007DD00068A01FC2, 0x007DF00068A01FF2,
+    0x007ED80068A01FB7, 0x007EFC0060001FCD, 0x007EFC0060201FCE, 0x007EFC0068401FCF,
+    0x007F180068A01FC7, 0x007FD80068A01FF7, 0x007FF80060001FDD, 0x007FF80060201FDE,
+    0x007FF80068401FDF, 0x008640006700219A, 0x008648006700219B, 0x00865000670021AE,
+    0x00874000670021CD, 0x00874800670021CF, 0x00875000670021CE, 0x00880C0067002204,
+    0x0088200067002209, 0x00882C006700220C, 0x00888C0067002224, 0x0088940067002226,
+    0x0088F00067002241, 0x00890C0067002244, 0x0089140067002247, 0x0089200067002249,
+    0x008934006700226D, 0x0089840067002262, 0x0089900067002270, 0x0089940067002271,
+    0x0089C80067002274, 0x0089CC0067002275, 0x0089D80067002278, 0x0089DC0067002279,
+    0x0089E80067002280, 0x0089EC0067002281, 0x0089F000670022E0, 0x0089F400670022E1,
+    0x008A080067002284, 0x008A0C0067002285, 0x008A180067002288, 0x008A1C0067002289,
+    0x008A4400670022E2, 0x008A4800670022E3, 0x008A8800670022AC, 0x008AA000670022AD,
+    0x008AA400670022AE, 0x008AAC00670022AF, 0x008AC800670022EA, 0x008ACC00670022EB,
+    0x008AD000670022EC, 0x008AD400670022ED, 0x00C1180613203094, 0x00C12C061320304C,
+    0x00C134061320304E, 0x00C13C0613203050, 0x00C1440613203052, 0x00C14C0613203054,
+    0x00C1540613203056, 0x00C15C0613203058, 0x00C164061320305A, 0x00C16C061320305C,
+    0x00C174061320305E, 0x00C17C0613203060, 0x00C1840613203062, 0x00C1900613203065,
+    0x00C1980613203067, 0x00C1A00613203069, 0x00C1BC0613203070, 0x00C1BC0613403071,
+    0x00C1C80613203073, 0x00C1C80613403074, 0x00C1D40613203076, 0x00C1D40613403077,
+    0x00C1E00613203079, 0x00C1E0061340307A, 0x00C1EC061320307C, 0x00C1EC061340307D,
+    0x00C274061320309E, 0x00C29806132030F4, 0x00C2AC06132030AC, 0x00C2B406132030AE,
+    0x00C2BC06132030B0, 0x00C2C406132030B2, 0x00C2CC06132030B4, 0x00C2D406132030B6,
+    0x00C2DC06132030B8, 0x00C2E406132030BA, 0x00C2EC06132030BC, 0x00C2F406132030BE,
+    0x00C2FC06132030C0, 0x00C30406132030C2, 0x00C31006132030C5, 0x00C31806132030C7,
+    0x00C32006132030C9, 0x00C33C06132030D0, 0x00C33C06134030D1, 0x00C34806132030D3,
+    0x00C34806134030D4, 0x00C35406132030D6, 0x00C35406134030D7, 0x00C36006132030D9,
+    0x00C36006134030DA, 0x00C36C06132030DC, 0x00C36C06134030DD, 0x00C3BC06132030F7,
+    0x00C3C006132030F8, 0x00C3C406132030F9, 0x00C3C806132030FA, 0x00C3F406132030FE,
+    0x044264221741109A, 0x04426C221741109C, 0x04429422174110AB, 0x0444C42224E1112E,
+    0x0444C82224E1112F, 0x044D1C2267C1134B, 0x044D1C226AE1134C, 0x0452E422960114BC,
+    0x0452E422974114BB, 0x0452E42297A114BE, 0x0456E022B5E115BA, 0x0456E422B5E115BB,
+    0x0464D42326011938,
+};
+
+namespace nfc_detail {
+inline std::uint32_t run_value(char32_t code_point) noexcept {
+  assert(code_point <= 0x10FFFF);
+  const std::uint32_t key = static_cast<std::uint32_t>(code_point) << 9 | 0x1FF;
+  return *std::prev(std::upper_bound(std::begin(kNfcRuns), std::end(kNfcRuns), key)) & 0x1FF;
+}
+}  // namespace nfc_detail
+
+inline std::uint8_t canonical_combining_class(char32_t code_point) noexcept {
+  return static_cast<std::uint8_t>(nfc_detail::run_value(code_point) >> 1);
+}
+
+inline bool is_nfc_boundary(char32_t code_point) noexcept { return nfc_detail::run_value(code_point) & 1; }
+
+// (first, second) of the one-step canonical decomposition, second 0 for a singleton; (0, 0) for a
+// code point that has none, Hangul syllables included.
+inline std::pair<char32_t, char32_t> canonical_decomposition(char32_t code_point) noexcept {
+  const std::uint64_t key = static_cast<std::uint64_t>(code_point) << 42;
+  const auto it = std::lower_bound(std::begin(kCanonicalDecompositions), std::end(kCanonicalDecompositions), key);
+  if (it == std::end(kCanonicalDecompositions) || *it >> 42 != code_point) return {0, 0};
+  return {static_cast<char32_t>(*it >> 21 & 0x1FFFFF), static_cast<char32_t>(*it & 0x1FFFFF)};
+}
+
+// The primary composite of first followed by second, or 0; Hangul syllables are not in the table.
+inline char32_t primary_composite(char32_t first, char32_t second) noexcept {
+  const std::uint64_t pair = static_cast<std::uint64_t>(first) << 21 | second;
+  const auto it = std::lower_bound(std::begin(kPrimaryComposites), std::end(kPrimaryComposites), pair << 21);
+  if (it == std::end(kPrimaryComposites) || *it >> 21 != pair) return 0;
+  return static_cast<char32_t>(*it & 0x1FFFFF);
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+namespace nfc_detail {
+
+// Hangul syllables decompose and compose by arithmetic (The Unicode Standard, section 3.12): the
+// tables would need 11,172 entries for them.
+inline constexpr char32_t kHangulSBase = 0xAC00, kHangulLBase = 0x1100, kHangulVBase = 0x1161;
+inline constexpr char32_t kHangulTBase = 0x11A7;  // one before the first T: a T index of 0 means none
+inline constexpr char32_t kHangulLCount = 19, kHangulVCount = 21, kHangulTCount = 28;
+inline constexpr char32_t kHangulNCount = kHangulVCount * kHangulTCount;
+inline constexpr char32_t kHangulSCount = kHangulLCount * kHangulNCount;
+
+struct CodePoint {
+  char32_t c;
+  std::uint8_t ccc;  // canonical combining class, looked up once
+};
+
+inline void append_decomposition(std::vector<CodePoint>& out, char32_t c) {
+  if (const char32_t s = c - kHangulSBase; s < kHangulSCount) {
+    out.push_back({kHangulLBase + s / kHangulNCount, 0});
+    out.push_back({kHangulVBase + s % kHangulNCount / kHangulTCount, 0});
+    if (s % kHangulTCount != 0) out.push_back({kHangulTBase + s % kHangulTCount, 0});
+    return;
+  }
+  const auto [first, second] = canonical_decomposition(c);
+  if (first == 0) {
+    out.push_back({c, canonical_combining_class(c)});
+    return;
+  }
+  append_decomposition(out, first);
+  if (second != 0) append_decomposition(out, second);
+}
+
+// Each run of non-starters, stably sorted by class. Not the textbook insertion sort: a long run of
+// marks of alternating classes, which anyone can send to a tokenizer, would take quadratic time.
+inline void canonical_order(std::vector<CodePoint>& text) {
+  const auto by_class = [](const CodePoint& a, const CodePoint& b) { return a.ccc < b.ccc; };
+  for (auto run = text.begin(); run != text.end();) {
+    run = std::find_if(run, text.end(), [](const CodePoint& c) { return c.ccc != 0; });
+    const auto end = std::find_if(run, text.end(), [](const CodePoint& c) { return c.ccc == 0; });
+    if (!std::is_sorted(run, end, by_class)) std::stable_sort(run, end, by_class);
+    run = end;
+  }
+}
+
+// The composite of a starter and a code point after it, or 0.
+inline char32_t compose_pair(char32_t starter, char32_t c) {
+  if (starter - kHangulLBase < kHangulLCount && c - kHangulVBase < kHangulVCount)
+    return kHangulSBase + ((starter - kHangulLBase) * kHangulVCount + (c - kHangulVBase)) * kHangulTCount;
+  if (const char32_t s = starter - kHangulSBase; s < kHangulSCount && s % kHangulTCount == 0)
+    return c - (kHangulTBase + 1) < kHangulTCount - 1 ? starter + (c - kHangulTBase) : 0;
+  return primary_composite(starter, c);
+}
+
+// Canonical composition in place, of canonically ordered text.
+inline void compose(std::vector<CodePoint>& text) {
+  constexpr std::size_t kNone = SIZE_MAX;
+  std::size_t starter = kNone;  // in the composed text: the last starter, what later ones compose into
+  std::size_t size = 0;         // of the composed text, a prefix of `text`
+  for (const CodePoint c : text) {
+    // What stays between the starter and c blocks c when its class is 0 or at least c's; in
+    // canonical order the last of them has the highest class.
+    if (starter != kNone && (size == starter + 1 || text[size - 1].ccc < c.ccc)) {
+      if (const char32_t composite = compose_pair(text[starter].c, c.c)) {
+        text[starter].c = composite;  // a starter again: no primary composite has a class
+        continue;
+      }
+    }
+    if (c.ccc == 0) starter = size;
+    text[size++] = c;
+  }
+  text.resize(size);
+}
+
+// Appends the NFC form of well-formed UTF-8; `buffer` is kept between calls to save allocations.
+inline void append_nfc(std::string& out, std::string_view utf8, std::vector<CodePoint>& buffer) {
+  buffer.clear();
+  for (std::size_t pos = 0; pos < utf8.size();) {
+    const std::size_t length = next_utf8_sequence(utf8.substr(pos)).length;
+    append_decomposition(buffer, decode_utf8(utf8.substr(pos, length)));
+    pos += length;
+  }
+  canonical_order(buffer);
+  compose(buffer);
+  for (const CodePoint c : buffer) append_utf8(out, c.c);
+}
+
+}  // namespace nfc_detail
+
+// The NFC form of a UTF-8 text. Ill-formed UTF-8 bytes are passed through unchanged (each such byte
+// stays where it is and blocks composition across it).
+inline std::string nfc(std::string_view utf8) {
+  // Most text is NFC already, and below U+0300 (lead byte 0xCC) every code point is an NFC
+  // boundary: such text is returned without a look at the tables.
+  if (std::all_of(utf8.begin(), utf8.end(), [](char b) { return static_cast<unsigned char>(b) < 0xCC; }))
+    return std::string(utf8);
+  // The text is cut at NFC boundaries into segments that normalize independently; only segments
+  // holding a code point that is not a boundary can change, and only those are decoded again.
+  std::string out;
+  std::vector<nfc_detail::CodePoint> buffer;
+  std::size_t copied = 0;   // utf8[0, copied) is in `out`
+  std::size_t segment = 0;  // where the current segment starts
+  bool may_change = false;
+  const auto end_segment = [&](std::size_t end) {
+    if (!may_change) return;
+    out.append(utf8.substr(copied, segment - copied));
+    nfc_detail::append_nfc(out, utf8.substr(segment, end - segment), buffer);
+    copied = end;
+    may_change = false;
+  };
+  for (std::size_t pos = 0; pos < utf8.size();) {
+    const Utf8Sequence seq = next_utf8_sequence(utf8.substr(pos));
+    if (seq.kind != Utf8Sequence::Kind::complete) {  // an ill-formed byte: a boundary on both sides
+      end_segment(pos);
+      segment = ++pos;
+      continue;
+    }
+    const char32_t c = decode_utf8(utf8.substr(pos, seq.length));
+    if (c < 0x300 || is_nfc_boundary(c)) {
+      end_segment(pos);
+      segment = pos;
+    } else {
+      may_change = true;
+    }
+    pos += seq.length;
+  }
+  end_segment(utf8.size());
+  out.append(utf8.substr(copied));
+  return out;
+}
 
 }  // namespace tinyllm
 // ---- tinyllm/text/special_tokens.hpp ----
@@ -6482,6 +7605,9 @@ class SpecialTokens {
 // One difference, for ill-formed UTF-8 only: each such byte is a character of its own, where
 // llama.cpp takes as many bytes as a lead byte announces and so can swallow the first byte of the
 // next character; were that a space's U+2581, the space would come back from decoding as U+2581.
+// Hugging Face's tokenizer.json states the same vocabularies as BPE with a merge table
+// ("byte_fallback": true): there the adjacent pair of tokens with the lowest merge rank is merged.
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -6489,6 +7615,7 @@ class SpecialTokens {
 #include <queue>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 
@@ -6509,6 +7636,18 @@ class SentencePieceBpe {
     }
   }
 
+  // Merges by rank (tokenizer.json). As there, a piece that is no token becomes its bytes' tokens
+  // "<0xAB>" when the vocabulary has all of them and byte_fallback is on, else one UNK; with
+  // fuse_unk a run of such pieces is one UNK.
+  SentencePieceBpe(const Vocab& vocab, std::int32_t unk, MergeRanks merges, bool byte_fallback, bool fuse_unk)
+      : merges_(std::move(merges)), ranked_(true), unk_(unk), fuse_unk_(fuse_unk) {
+    static constexpr char hex[] = "0123456789ABCDEF";
+    for (int b = 0; b < 256; ++b) {
+      const char name[] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+      byte_tokens_[b] = byte_fallback ? vocab.find(std::string_view(name, sizeof(name))) : -1;
+    }
+  }
+
   // Appends the tokens of `text` to `out`.
   void encode(const Vocab& vocab, std::string_view text, std::vector<std::int32_t>& out) const {
     if (text.empty()) return;
@@ -6521,15 +7660,22 @@ class SentencePieceBpe {
       const Utf8Sequence seq = next_utf8_sequence(text.substr(pos));
       const std::size_t length = seq.kind == Utf8Sequence::Kind::complete ? seq.length : 1;
       const auto index = static_cast<std::int32_t>(symbols.size());
-      symbols.push_back({pos, length, index - 1, pos + length == text.size() ? -1 : index + 1});
+      const std::int32_t id = seq.kind == Utf8Sequence::Kind::complete ? vocab.find(text.substr(pos, length)) : -1;
+      symbols.push_back({pos, length, id, index - 1, pos + length == text.size() ? -1 : index + 1});
       pos += length;
     }
     std::priority_queue<Pair, std::vector<Pair>, PairOrder> queue;
     const auto queue_pair = [&](std::int32_t left, std::int32_t right) {
       if (left < 0 || right < 0) return;
-      const std::string_view joined = text.substr(symbols[left].begin, symbols[left].length + symbols[right].length);
-      const std::int32_t id = vocab.find(joined);
-      if (id >= 0) queue.push({vocab.score(id), left, right, joined.size()});
+      const std::size_t length = symbols[left].length + symbols[right].length;
+      if (ranked_) {
+        if (symbols[left].id < 0 || symbols[right].id < 0) return;
+        if (const MergeRanks::Merge* m = merges_.find(symbols[left].id, symbols[right].id))
+          queue.push({-static_cast<double>(m->rank), left, right, length, m->merged});
+        return;
+      }
+      const std::int32_t id = vocab.find(text.substr(symbols[left].begin, length));
+      if (id >= 0) queue.push({vocab.score(id), left, right, length, id});
     };
     for (std::int32_t i = 1; i < static_cast<std::int32_t>(symbols.size()); ++i) queue_pair(i - 1, i);
     while (!queue.empty()) {
@@ -6540,18 +7686,31 @@ class SentencePieceBpe {
       // Stale once either side has been merged into another symbol.
       if (left.length == 0 || right.length == 0 || left.length + right.length != pair.length) continue;
       left.length += right.length;
+      left.id = pair.merged;
       right.length = 0;
       left.next = right.next;
       if (right.next >= 0) symbols[right.next].prev = pair.left;
       queue_pair(left.prev, pair.left);
       queue_pair(pair.left, left.next);
     }
+    bool after_unk = false;
     for (std::int32_t i = 0; i >= 0; i = symbols[i].next) {
       const std::string_view piece = text.substr(symbols[i].begin, symbols[i].length);
-      if (const std::int32_t id = vocab.find(piece); id >= 0) {
-        out.push_back(id);
+      if (symbols[i].id >= 0) {
+        out.push_back(symbols[i].id);
+        after_unk = false;
         continue;
       }
+      const auto has_byte_token = [&](char c) { return byte_tokens_[static_cast<unsigned char>(c)] >= 0; };
+      if (ranked_ && !std::all_of(piece.begin(), piece.end(), has_byte_token)) {
+        if (unk_ < 0)
+          throw Error("'" + std::string(piece) + "' is no token, has no byte tokens, and the vocabulary has no UNK",
+                      "Tokenizer::encode", "an UNK token");
+        if (!(fuse_unk_ && after_unk)) out.push_back(unk_);
+        after_unk = true;
+        continue;
+      }
+      after_unk = false;
       for (const char c : piece) {
         const std::int32_t id = byte_tokens_[static_cast<unsigned char>(c)];
         if (id < 0) {
@@ -6569,13 +7728,15 @@ class SentencePieceBpe {
  private:
   struct Symbol {
     std::size_t begin, length;  // bytes of the text; length 0 once merged into its left neighbour
+    std::int32_t id;            // its token, -1 for a piece that is none
     std::int32_t prev, next;    // indices into the symbol list; -1 at either end
   };
 
   struct Pair {
-    float score;
+    double score;               // the token's score, or minus the merge's rank
     std::int32_t left, right;
-    std::size_t length;  // of both symbols together when queued
+    std::size_t length;         // of both symbols together when queued
+    std::int32_t merged;
   };
 
   // Highest score first; on ties the leftmost pair.
@@ -6586,6 +7747,10 @@ class SentencePieceBpe {
   };
 
   std::array<std::int32_t, 256> byte_tokens_;
+  MergeRanks merges_;
+  bool ranked_ = false;
+  std::int32_t unk_ = -1;
+  bool fuse_unk_ = false;
 };
 
 }  // namespace tinyllm
@@ -6645,6 +7810,12 @@ class Tokenizer {
 
   // The vocabulary a GGUF file's tokenizer.ggml.* metadata describes, as llama.cpp reads it.
   static Tokenizer from_gguf(const GGUFFile& file);
+
+  // Hugging Face's tokenizer.json (and tokenizer_config.json): text/hf_tokenizer.hpp.
+  friend Tokenizer tokenizer_from_hf_json(const nlohmann::json& tokenizer, const nlohmann::json& config,
+                                          const std::string& where);
+  friend void write_gguf_tokenizer(const Tokenizer& t, const nlohmann::json& tokenizer, GGUFWriter& out,
+                                   std::size_t vocab_size);
 
   // llama2c: encodes like llama2.c: optional BOS; a dummy space before non-empty text; each code
   // point as its piece, else its bytes as byte tokens (so are bytes of ill-formed UTF-8); then,
@@ -6841,7 +8012,7 @@ class Tokenizer {
       if (bos_ < 0) throw Error("BOS was asked for but the vocabulary has none", "Tokenizer::encode");
       tokens.push_back(bos_);
     }
-    std::string escaped;
+    std::string normalized, escaped;
     bool after_special = true;  // SentencePiece: text at the start or after a special token gets a space first
     for (const TextFragment& f : special_.split(vocab_, text, parse_special)) {
       if (f.token >= 0) {
@@ -6849,21 +8020,33 @@ class Tokenizer {
         after_special = true;
         continue;
       }
-      const std::string_view fragment = text.substr(f.begin, f.end - f.begin);
+      std::string_view fragment = text.substr(f.begin, f.end - f.begin);
+      if (nfc_) fragment = normalized = nfc(fragment);
       if (kind_ == Kind::byte_level_bpe) {
+        if (byte_level_space_prefix_ && !fragment.starts_with(' ')) fragment = normalized = " " + std::string(fragment);
         bpe_.encode(vocab_, fragment, tokens);
         continue;
       }
       escaped.clear();
-      if (add_space_prefix_ && after_special) escaped += kSpaceMarker;
+      if (add_space_prefix_ && after_special && !(space_prefix_first_only_ && f.begin != 0)) escaped += kSpaceMarker;
       for (const char c : fragment) {
-        if (c == ' ') {
+        if (c == ' ' && escape_spaces_) {
           escaped += kSpaceMarker;
         } else {
           escaped += c;
         }
       }
-      spm_.encode(vocab_, escaped, tokens);
+      if (split_at_space_marker_) {  // each word starts at a space (Hugging Face's Metaspace split)
+        std::size_t begin = 0;
+        for (std::size_t at = escaped.find(kSpaceMarker, 1); at != std::string::npos;
+             at = escaped.find(kSpaceMarker, at + kSpaceMarker.size())) {
+          spm_.encode(vocab_, std::string_view(escaped).substr(begin, at - begin), tokens);
+          begin = at;
+        }
+        spm_.encode(vocab_, std::string_view(escaped).substr(begin), tokens);
+      } else {
+        spm_.encode(vocab_, escaped, tokens);
+      }
       after_special = false;
     }
     if (add_eos) {
@@ -6944,6 +8127,12 @@ class Tokenizer {
   std::int32_t bos_ = -1, eos_ = -1, unk_ = -1, pad_ = -1;
   bool add_bos_ = true, add_eos_ = false;
   bool add_space_prefix_ = true;  // SentencePiece: a space before the text (tokenizer.ggml.add_space_prefix)
+  // The text steps that tokenizer.json states and GGUF implies (text/hf_tokenizer.hpp).
+  bool nfc_ = false;                      // Unicode NFC first
+  bool escape_spaces_ = true;             // SentencePiece: spaces written as U+2581
+  bool space_prefix_first_only_ = false;  // SentencePiece: the space prefix before the text only, not after specials
+  bool split_at_space_marker_ = false;    // SentencePiece: merges never cross a word's leading U+2581
+  bool byte_level_space_prefix_ = false;  // byte-level: a space before text that starts without one
 
   // llama2c
   std::unordered_map<std::string, std::int32_t, StringHash, std::equal_to<>> ids_;  // text -> token
@@ -7057,8 +8246,9 @@ inline Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
   if (spm) {
     t.spm_ = SentencePieceBpe(vocab, t.unk_);
   } else {
-    const std::vector<std::string> merges = file.get_string_array("tokenizer.ggml.merges");
-    t.bpe_ = ByteLevelBpe(vocab, merges, preset, t.unk_);
+    MergeRanks merges;
+    for (const std::string& line : file.get_string_array("tokenizer.ggml.merges")) merges.add_line(vocab, line);
+    t.bpe_ = ByteLevelBpe(vocab, std::move(merges), preset, t.unk_);
   }
   return t;
 }
@@ -7067,17 +8257,3070 @@ inline Tokenizer Tokenizer::from_gguf(const GGUFFile& file) {
 inline Tokenizer tokenizer_from_gguf(const GGUFFile& file) { return Tokenizer::from_gguf(file); }
 
 }  // namespace tinyllm
+// ---- tinyllm/text/hf_tokenizer.hpp ----
+// Hugging Face's tokenizer.json (with tokenizer_config.json beside it) read into the same
+// Tokenizer that GGUF vocabularies use. tokenizer.json states a pipeline: added tokens cut out of
+// the text, a normalizer, a pre-tokenizer, the model (BPE with its merges), a post-processor (BOS
+// and EOS) and a decoder. The pipelines of Llama 3, Qwen, Mistral, Llama 2 and Gemma files are
+// the two that GGUF knows under other names:
+//   byte-level BPE   Split(a known regular expression) + ByteLevel, or ByteLevel alone (GPT-2's
+//                    expression); optionally after an NFC normalizer;
+//   SentencePiece    Replace(" " -> U+2581) and Prepend(U+2581) normalizers, or a Metaspace
+//                    pre-tokenizer, over BPE with byte fallback merged by rank.
+// Any other step is an Error naming it, so that a file this reader cannot follow is never
+// tokenized differently in silence. The regular expressions are recognised, not run
+// (pretokenize.hpp implements each).
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+// ---- tinyllm/io/json_file.hpp ----
+// A JSON file (config.json, tokenizer.json, ...) read whole and parsed with nlohmann::json; a file
+// that cannot be read or is not JSON is an Error naming it.
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+
+namespace tinyllm {
+
+inline nlohmann::json read_json_file(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error("cannot read the file", file.string());
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw Error("cannot read the file", file.string());
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("not JSON: ") + e.what(), file.string());
+  }
+}
+
+}  // namespace tinyllm
 // ---- tinyllm/text/chat_template.hpp ----
 // Chat templates: a conversation rendered into the prompt text a chat model was trained on.
-// A GGUF file carries its template as Jinja source (tokenizer.chat_template); instead of running
-// Jinja, the format is recognised by its marker tokens, and can always be named explicitly.
-// As in llama.cpp, the rendered text leaves out the leading BOS: the tokenizer adds it. Special
-// tokens inside the text (<|eot_id|>, <end_of_turn>, ...) must be encoded with parse_special.
+// A model carries its template as Jinja source (GGUF's tokenizer.chat_template, or
+// chat_template in a Hugging Face folder's tokenizer_config.json): ChatTemplate renders that
+// source (text/jinja.hpp) with the model's bos_token and eos_token, as transformers does. Five
+// formats are also built in by name (ChatFormat), for files that carry no template; their renderings
+// leave out the leading BOS, which the tokenizer adds. Special tokens inside the text
+// (<|eot_id|>, <end_of_turn>, ...) must be encoded with parse_special: chat_prompt_tokens.
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include <nlohmann/json.hpp>
+
+// ---- tinyllm/text/jinja.hpp ----
+// JinjaTemplate: the Jinja chat templates of Hugging Face models (tokenizer_config.json's
+// chat_template, GGUF's tokenizer.chat_template), rendered as @huggingface/jinja 0.5.13 renders
+// them, byte for byte: the same lexing (lstrip_blocks and trim_blocks on, as transformers sets
+// them), the same value types (integers apart from floats, none apart from undefined) and the same
+// printing (true, not True; a float 2.0 as "2.0"; lists and dicts as JSON).
+//
+// What the renderer does not support is a tinyllm::Error naming the template's line and column,
+// raised while parsing where that is possible (unknown tags, filters and tests, bad syntax,
+// unclosed blocks) and while rendering otherwise; never a silently different output, and never a
+// crash or a hang on a malformed template: nesting, recursion and the statements a render runs
+// are bounded (the deepest recursion allowed takes about 1 MB of stack in a debug build).
+//
+// Where the library departs from Python's Jinja, this file follows Python: strip(chars) strips
+// those characters only (the library strips white space whatever the argument), and a loop keeps
+// what a pass wrote before {% break %} or {% continue %}. It accepts what the library refuses
+// where the meaning is plain: tuples (as lists), a bare `| default`, any filter with "()",
+// `count`, `is float`, `is eq(x)`, `<` between strings. It refuses what the library renders as
+// JavaScript artefacts or ignores: lists or dicts joined to strings, division by zero (Infinity,
+// NaN), integers beyond 64 bits, positional arguments of tojson (transformers reads the first as
+// ensure_ascii). Case mappings cover the Latin, Greek and Cyrillic scripts only.
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <initializer_list>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace tinyllm {
+namespace jinja_detail {
+
+// A failure while rendering; the node being evaluated turns it into an Error that names its place
+// in the template.
+struct Failure {
+  std::string message;
+};
+
+// ---- Text: code points, JavaScript's white space and case mapping, numbers as JavaScript prints them
+
+struct CodePoint {
+  char32_t value;
+  std::size_t size;  // in bytes
+};
+
+// The code point starting at byte i (< s.size()); a byte of ill-formed UTF-8 reads as U+FFFD.
+inline CodePoint code_point_at(std::string_view s, std::size_t i) {
+  const Utf8Sequence seq = next_utf8_sequence(s.substr(i));
+  if (seq.kind != Utf8Sequence::Kind::complete) return {kReplacementCharacter, 1};
+  return {decode_utf8(s.substr(i, seq.length)), seq.length};
+}
+
+// The first byte of the code point that ends at byte `end` (> 0).
+inline std::size_t code_point_start(std::string_view s, std::size_t end) {
+  std::size_t start = end - 1;
+  while (start > 0 && end - start < 4 && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) --start;
+  return code_point_at(s, start).size == end - start ? start : end - 1;
+}
+
+inline std::vector<std::string_view> split_code_points(std::string_view s) {
+  std::vector<std::string_view> out;
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = code_point_at(s, i).size;
+    out.push_back(s.substr(i, n));
+    i += n;
+  }
+  return out;
+}
+
+// JavaScript strings count UTF-16 units: a string's length is theirs.
+inline std::int64_t utf16_length(std::string_view s) {
+  std::int64_t n = 0;
+  for (std::size_t i = 0; i < s.size();) {
+    const CodePoint cp = code_point_at(s, i);
+    n += cp.value >= 0x10000 ? 2 : 1;
+    i += cp.size;
+  }
+  return n;
+}
+
+// s.at(i) in JavaScript: the UTF-16 unit at i, counted from the end when i is negative. Half of a
+// surrogate pair reads as U+FFFD, which is what it becomes once written out as UTF-8.
+inline std::optional<std::string> utf16_unit_at(std::string_view s, std::int64_t i) {
+  if (i < 0) i += utf16_length(s);
+  std::int64_t unit = 0;
+  for (std::size_t b = 0; i >= 0 && b < s.size();) {
+    const CodePoint cp = code_point_at(s, b);
+    unit += cp.value >= 0x10000 ? 2 : 1;
+    if (i < unit) return cp.value >= 0x10000 ? std::string("\xEF\xBF\xBD") : std::string(s.substr(b, cp.size));
+    b += cp.size;
+  }
+  return std::nullopt;
+}
+
+// ECMAScript's WhiteSpace and LineTerminator: what trim() removes, what \s matches.
+constexpr bool is_js_space(char32_t c) noexcept {
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+         c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000 || c == 0xFEFF;
+}
+
+// The length in bytes of the white space character at byte i, 0 if there is none.
+inline std::size_t space_at(std::string_view s, std::size_t i) {
+  if (i >= s.size()) return 0;
+  const CodePoint cp = code_point_at(s, i);
+  return is_js_space(cp.value) ? cp.size : 0;
+}
+
+template <class Stripped>
+std::string_view strip_code_points(std::string_view s, bool front, bool back, Stripped&& stripped) {
+  if (front) {
+    std::size_t i = 0;
+    while (i < s.size()) {
+      const CodePoint cp = code_point_at(s, i);
+      if (!stripped(cp.value)) break;
+      i += cp.size;
+    }
+    s.remove_prefix(i);
+  }
+  if (back) {
+    std::size_t end = s.size();
+    while (end > 0) {
+      const std::size_t start = code_point_start(s, end);
+      if (!stripped(code_point_at(s, start).value)) break;
+      end = start;
+    }
+    s = s.substr(0, end);
+  }
+  return s;
+}
+
+inline std::string_view trim_space(std::string_view s, bool front = true, bool back = true) {
+  return strip_code_points(s, front, back, is_js_space);
+}
+
+// Simple case mappings of the Latin, Greek and Cyrillic letters (and the fullwidth Latin ones):
+// the scripts chat templates meet. Letters of other scripts keep their case.
+constexpr bool in_range(char32_t c, char32_t lo, char32_t hi) noexcept { return c >= lo && c <= hi; }
+
+// Blocks where an uppercase letter and its lowercase one alternate, the uppercase one on an even
+// (or, for the second kind, odd) code point.
+constexpr bool in_even_pairs(char32_t c) noexcept {
+  return in_range(c, 0x100, 0x12F) || in_range(c, 0x132, 0x137) || in_range(c, 0x14A, 0x177) ||
+         in_range(c, 0x3D8, 0x3EF) || in_range(c, 0x460, 0x481) || in_range(c, 0x48A, 0x4BF) ||
+         in_range(c, 0x4D0, 0x52F);
+}
+constexpr bool in_odd_pairs(char32_t c) noexcept {
+  return in_range(c, 0x139, 0x148) || in_range(c, 0x179, 0x17E) || in_range(c, 0x4C1, 0x4CE);
+}
+
+constexpr char32_t lower_case(char32_t c) noexcept {
+  if (in_range(c, 'A', 'Z') || (in_range(c, 0xC0, 0xDE) && c != 0xD7) || (in_range(c, 0x391, 0x3AB) && c != 0x3A2) ||
+      in_range(c, 0x410, 0x42F) || in_range(c, 0xFF21, 0xFF3A))
+    return c + 32;
+  if (in_range(c, 0x400, 0x40F)) return c + 80;
+  if (in_range(c, 0x388, 0x38A)) return c + 37;
+  if (c == 0x38E || c == 0x38F) return c + 63;
+  if ((in_even_pairs(c) && c % 2 == 0) || (in_odd_pairs(c) && c % 2 == 1)) return c + 1;
+  switch (c) {
+    case 0x178: return 0xFF;
+    case 0x386: return 0x3AC;
+    case 0x38C: return 0x3CC;
+    case 0x4C0: return 0x4CF;
+    default: return c;
+  }
+}
+
+constexpr char32_t upper_case(char32_t c) noexcept {
+  if (in_range(c, 'a', 'z') || (in_range(c, 0xE0, 0xFE) && c != 0xF7) || (in_range(c, 0x3B1, 0x3CB) && c != 0x3C2) ||
+      in_range(c, 0x430, 0x44F) || in_range(c, 0xFF41, 0xFF5A))
+    return c - 32;
+  if (in_range(c, 0x450, 0x45F)) return c - 80;
+  if (in_range(c, 0x3AD, 0x3AF)) return c - 37;
+  if (c == 0x3CD || c == 0x3CE) return c - 63;
+  if ((in_even_pairs(c) && c % 2 == 1) || (in_odd_pairs(c) && c % 2 == 0)) return c - 1;
+  switch (c) {
+    case 0xB5: return 0x39C;
+    case 0xFF: return 0x178;
+    case 0x131: return 'I';
+    case 0x17F: return 'S';
+    case 0x3C2: return 0x3A3;
+    case 0x3AC: return 0x386;
+    case 0x3CC: return 0x38C;
+    case 0x4CF: return 0x4C0;
+    default: return c;
+  }
+}
+
+// JavaScript's toUpperCase()/toLowerCase() over the mappings above, with their one-to-many cases
+// of those scripts: ß becomes SS, İ becomes i and a combining dot.
+inline std::string upper(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size();) {
+    const CodePoint cp = code_point_at(s, i);
+    if (cp.value == 0xDF) {
+      out += "SS";
+    } else if (cp.value == kReplacementCharacter) {
+      out.append(s.substr(i, cp.size));  // keeps ill-formed bytes as they are
+    } else {
+      append_utf8(out, upper_case(cp.value));
+    }
+    i += cp.size;
+  }
+  return out;
+}
+
+inline std::string lower(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size();) {
+    const CodePoint cp = code_point_at(s, i);
+    if (cp.value == 0x130) {
+      out += "i\xCC\x87";
+    } else if (cp.value == kReplacementCharacter) {
+      out.append(s.substr(i, cp.size));
+    } else {
+      append_utf8(out, lower_case(cp.value));
+    }
+    i += cp.size;
+  }
+  return out;
+}
+
+constexpr bool is_ascii_word(char c) noexcept {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+// The library's title() replaces /\b\w/g: ASCII letters that start a word are raised, nothing is
+// lowered.
+inline std::string title(std::string_view s) {
+  std::string out(s);
+  for (std::size_t i = 0; i < out.size(); ++i)
+    if (is_ascii_word(out[i]) && (i == 0 || !is_ascii_word(out[i - 1])) && out[i] >= 'a' && out[i] <= 'z') out[i] -= 32;
+  return out;
+}
+
+// charAt(0).toUpperCase() + the rest as it is.
+inline std::string capitalize(std::string_view s) {
+  if (s.empty()) return {};
+  const std::size_t n = code_point_at(s, 0).size;
+  return upper(s.substr(0, n)) + std::string(s.substr(n));
+}
+
+// Number.prototype.toString(): the shortest digits that read back as x, in fixed notation from
+// 1e-6 up to 1e21 and in exponential notation beyond.
+inline std::string js_number(double x) {
+  if (std::isnan(x)) return "NaN";
+  if (std::isinf(x)) return x < 0 ? "-Infinity" : "Infinity";
+  if (x == 0) return "0";
+  char buf[64];
+  const auto result = std::to_chars(buf, buf + sizeof buf, x, std::chars_format::scientific);
+  std::string_view sci(buf, static_cast<std::size_t>(result.ptr - buf));
+  std::string out;
+  if (sci.front() == '-') {
+    out += '-';
+    sci.remove_prefix(1);
+  }
+  const std::size_t e = sci.find('e');
+  std::string digits;
+  for (const char c : sci.substr(0, e))
+    if (c != '.') digits += c;
+  int exponent = 0;
+  std::from_chars(sci.data() + e + (sci[e + 1] == '+' ? 2 : 1), sci.data() + sci.size(), exponent);
+  const int k = static_cast<int>(digits.size()), n = exponent + 1;
+  if (k <= n && n <= 21) {
+    out += digits + std::string(static_cast<std::size_t>(n - k), '0');
+  } else if (0 < n && n <= 21) {
+    out += digits.substr(0, static_cast<std::size_t>(n)) + "." + digits.substr(static_cast<std::size_t>(n));
+  } else if (-6 < n && n <= 0) {
+    out += "0." + std::string(static_cast<std::size_t>(-n), '0') + digits;
+  } else {
+    out += digits.substr(0, 1);
+    if (k > 1) out += "." + digits.substr(1);
+    out += (n - 1 < 0 ? "e-" : "e+") + std::to_string(std::abs(n - 1));
+  }
+  return out;
+}
+
+// How the library prints a float: with ".0" when it is whole, as Python does.
+inline std::string float_text(double x) {
+  if (x == 0 && std::signbit(x)) return "-0.0";
+  if (std::isfinite(x) && x == std::trunc(x) && std::fabs(x) < 1e21) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", x);
+    return buf;
+  }
+  return js_number(x);
+}
+
+// JSON.stringify() of a string; with ensure_ascii, every UTF-16 unit from U+007F up as \uXXXX.
+inline void append_json_string(std::string& out, std::string_view s, bool ensure_ascii) {
+  static constexpr char hex[] = "0123456789abcdef";
+  const auto escape_unit = [&](unsigned unit) {
+    out += "\\u";
+    for (int shift = 12; shift >= 0; shift -= 4) out += hex[(unit >> shift) & 0xF];
+  };
+  out += '"';
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80 && ensure_ascii) {
+      const CodePoint cp = code_point_at(s, i);
+      if (cp.value >= 0x10000) {
+        escape_unit(0xD800 + ((cp.value - 0x10000) >> 10));
+        escape_unit(0xDC00 + ((cp.value - 0x10000) & 0x3FF));
+      } else {
+        escape_unit(cp.value);
+      }
+      i += cp.size;
+      continue;
+    }
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || (c == 0x7F && ensure_ascii)) {
+          escape_unit(c);
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+    ++i;
+  }
+  out += '"';
+}
+
+// parseInt(s, 10): leading white space, a sign, then as many digits as there are.
+inline std::optional<std::int64_t> parse_js_int(std::string_view s) {
+  s = trim_space(s, true, false);
+  const bool negative = !s.empty() && s.front() == '-';
+  if (!s.empty() && (s.front() == '-' || s.front() == '+')) s.remove_prefix(1);
+  std::size_t n = 0;
+  while (n < s.size() && s[n] >= '0' && s[n] <= '9') ++n;
+  if (n == 0) return std::nullopt;
+  std::int64_t value = 0;
+  for (std::size_t i = 0; i < n; ++i)
+    if (__builtin_mul_overflow(value, 10, &value) || __builtin_add_overflow(value, s[i] - '0', &value))
+      throw Failure{"'" + std::string(s.substr(0, n)) + "' does not fit in a 64-bit integer"};
+  return negative ? -value : value;
+}
+
+// parseFloat(s): leading white space, then the longest prefix that is a decimal number.
+inline std::optional<double> parse_js_float(std::string_view s) {
+  s = trim_space(s, true, false);
+  const bool negative = !s.empty() && s.front() == '-';
+  if (!s.empty() && (s.front() == '-' || s.front() == '+')) s.remove_prefix(1);
+  double value = 0;
+  if (s.substr(0, 8) == "Infinity") {
+    value = std::numeric_limits<double>::infinity();
+  } else if (s.empty() || !((s.front() >= '0' && s.front() <= '9') || s.front() == '.') ||
+             std::from_chars(s.data(), s.data() + s.size(), value).ec != std::errc()) {
+    return std::nullopt;
+  }
+  return negative ? -value : value;
+}
+
+// Number(s), as JavaScript's == applies it to a string compared with a number: the whole string,
+// trimmed, must be a decimal number; an empty one is 0.
+inline std::optional<double> js_string_to_number(std::string_view s) {
+  s = trim_space(s);
+  if (s.empty()) return 0.0;
+  const bool negative = s.front() == '-';
+  if (s.front() == '-' || s.front() == '+') s.remove_prefix(1);
+  double value = 0;
+  if (s == "Infinity") {
+    value = std::numeric_limits<double>::infinity();
+  } else {
+    if (s.empty() || !((s.front() >= '0' && s.front() <= '9') || s.front() == '.')) return std::nullopt;
+    const auto result = std::from_chars(s.data(), s.data() + s.size(), value);
+    if (result.ec != std::errc() || result.ptr != s.data() + s.size()) return std::nullopt;
+  }
+  return negative ? -value : value;
+}
+
+// ---- Values
+
+struct Value;
+struct Function;
+class Dict;
+using List = std::vector<Value>;
+
+// A runtime value. Lists, dicts and namespaces are shared, as JavaScript objects are: == on them
+// compares identity, and `set ns.x` changes the namespace wherever it is held. Strings are shared
+// too, being immutable: a message's content is not copied each time it is read.
+struct Value {
+  enum class Kind : std::uint8_t {
+    undefined, none, boolean, integer, floating, string, list, dict, name_space, function,
+  };
+  Kind kind = Kind::undefined;
+  std::variant<std::monostate, bool, std::int64_t, double, std::shared_ptr<const std::string>, std::shared_ptr<List>,
+               std::shared_ptr<Dict>, std::shared_ptr<const Function>>
+      data;
+
+  static Value none() { return {Kind::none, std::monostate{}}; }
+  static Value boolean(bool b) { return {Kind::boolean, b}; }
+  static Value integer(std::int64_t i) { return {Kind::integer, i}; }
+  static Value floating(double d) { return {Kind::floating, d}; }
+  static Value string(std::string s) { return {Kind::string, std::make_shared<const std::string>(std::move(s))}; }
+  static Value list(List items) { return {Kind::list, std::make_shared<List>(std::move(items))}; }
+  static Value dict(std::shared_ptr<Dict> d) { return {Kind::dict, std::move(d)}; }
+  static Value name_space(std::shared_ptr<Dict> d) { return {Kind::name_space, std::move(d)}; }
+  static Value function(Function f);
+
+  bool is(Kind k) const { return kind == k; }
+  bool is_number() const { return kind == Kind::integer || kind == Kind::floating; }
+  bool is_nullish() const { return kind == Kind::none || kind == Kind::undefined; }
+  bool is_mapping() const { return kind == Kind::dict || kind == Kind::name_space; }
+
+  bool as_bool() const { return std::get<bool>(data); }
+  std::int64_t as_int() const { return std::get<std::int64_t>(data); }
+  // Integers, floats and booleans as one number, as JavaScript holds them.
+  double as_number() const {
+    if (kind == Kind::integer) return static_cast<double>(as_int());
+    if (kind == Kind::boolean) return as_bool() ? 1 : 0;
+    return std::get<double>(data);
+  }
+  const std::string& as_string() const { return *std::get<std::shared_ptr<const std::string>>(data); }
+  const List& as_list() const { return *std::get<std::shared_ptr<List>>(data); }
+  Dict& as_dict() const { return *std::get<std::shared_ptr<Dict>>(data); }
+  const Function& as_function() const { return *std::get<std::shared_ptr<const Function>>(data); }
+  // Lists, dicts, namespaces and functions: what == compares them by.
+  const void* identity() const {
+    return std::visit(
+        [](const auto& d) -> const void* {
+          if constexpr (std::is_same_v<std::decay_t<decltype(d)>, std::shared_ptr<List>> ||
+                        std::is_same_v<std::decay_t<decltype(d)>, std::shared_ptr<Dict>> ||
+                        std::is_same_v<std::decay_t<decltype(d)>, std::shared_ptr<const Function>>)
+            return d.get();
+          return nullptr;
+        },
+        data);
+  }
+};
+
+// An insertion-ordered mapping from string keys.
+class Dict {
+ public:
+  using Entry = std::pair<std::string, Value>;
+
+  const Value* find(std::string_view key) const {
+    for (const Entry& e : entries_)
+      if (e.first == key) return &e.second;
+    return nullptr;
+  }
+  // A key already present keeps its place.
+  void set(std::string key, Value value) {
+    for (Entry& e : entries_)
+      if (e.first == key) {
+        e.second = std::move(value);
+        return;
+      }
+    entries_.emplace_back(std::move(key), std::move(value));
+  }
+  const std::vector<Entry>& entries() const { return entries_; }
+  std::size_t size() const { return entries_.size(); }
+  void clear() { entries_.clear(); }
+
+ private:
+  std::vector<Entry> entries_;
+};
+
+struct MacroDef;
+struct Scope;
+
+// What can be called: a global function, a method read from a value (s.split), a macro, or the
+// body of a {% call %} block (the macro's `caller`).
+struct Function {
+  enum class Kind : std::uint8_t { global, method, macro, caller };
+  Kind kind;
+  std::string name;                 // of the global or the method
+  Value self;                       // the value the method was read from
+  const MacroDef* macro = nullptr;  // the macro, or the call block's body
+  std::weak_ptr<Scope> scope;       // where the macro was defined, or where the call block stands
+};
+
+inline Value Value::function(Function f) { return {Kind::function, std::make_shared<const Function>(std::move(f))}; }
+
+inline std::string type_name(const Value& v) {
+  switch (v.kind) {
+    case Value::Kind::undefined: return "undefined";
+    case Value::Kind::none: return "none";
+    case Value::Kind::boolean: return "boolean";
+    case Value::Kind::integer: return "integer";
+    case Value::Kind::floating: return "float";
+    case Value::Kind::string: return "string";
+    case Value::Kind::list: return "list";
+    case Value::Kind::dict: return "dict";
+    case Value::Kind::name_space: return "namespace";
+    case Value::Kind::function: return "function";
+  }
+  return "?";
+}
+
+// "a string", "an integer": for messages.
+inline std::string a_type(const Value& v) {
+  const std::string name = type_name(v);
+  return (name[0] == 'u' || name[0] == 'i' ? "an " : "a ") + name;
+}
+
+// Python's truthiness, which the library shares: empty strings, lists and dicts are false.
+inline bool truthy(const Value& v) {
+  switch (v.kind) {
+    case Value::Kind::undefined:
+    case Value::Kind::none: return false;
+    case Value::Kind::boolean: return v.as_bool();
+    case Value::Kind::integer: return v.as_int() != 0;
+    case Value::Kind::floating: return v.as_number() != 0 && !std::isnan(v.as_number());
+    case Value::Kind::string: return !v.as_string().empty();
+    case Value::Kind::list: return !v.as_list().empty();
+    case Value::Kind::dict: return v.as_dict().size() > 0;
+    case Value::Kind::name_space:
+    case Value::Kind::function: return true;
+  }
+  return false;
+}
+
+// JavaScript's ===, which `in` on a list, `unique` and the eq test apply: none and undefined are
+// alike (the library holds both as undefined), numbers compare by value, booleans are not numbers.
+inline bool strict_equal(const Value& a, const Value& b) {
+  using K = Value::Kind;
+  if (a.is_nullish() || b.is_nullish()) return a.is_nullish() && b.is_nullish();
+  if (a.is_number() && b.is_number())
+    return a.is(K::integer) && b.is(K::integer) ? a.as_int() == b.as_int() : a.as_number() == b.as_number();
+  if (a.kind != b.kind) return false;
+  switch (a.kind) {
+    case K::boolean: return a.as_bool() == b.as_bool();
+    case K::string: return a.as_string() == b.as_string();
+    default: return a.identity() == b.identity();
+  }
+}
+
+// JavaScript's ==, which the library's == is: a string compared with a number or a boolean is read
+// as a number; lists and dicts are equal only to themselves.
+inline bool loose_equal(const Value& a, const Value& b) {
+  using K = Value::Kind;
+  if (a.is_nullish() || b.is_nullish()) return a.is_nullish() && b.is_nullish();
+  const auto numeric = [](const Value& v) { return v.is_number() || v.is(K::boolean); };
+  if (numeric(a) && numeric(b))
+    return a.is(K::integer) && b.is(K::integer) ? a.as_int() == b.as_int() : a.as_number() == b.as_number();
+  if (a.is(K::string) && b.is(K::string)) return a.as_string() == b.as_string();
+  if (a.is(K::string) && numeric(b)) return js_string_to_number(a.as_string()) == b.as_number();
+  if (numeric(a) && b.is(K::string)) return a.as_number() == js_string_to_number(b.as_string());
+  return a.identity() != nullptr && a.identity() == b.identity();
+}
+
+// JSON as the library writes it, for tojson and for printing lists and dicts.
+struct JsonStyle {
+  std::int64_t indent = 0;  // 0: all on one line, items apart by ", "
+  bool ensure_ascii = false;
+  bool sort_keys = false;  // by code point (the library sorts by localeCompare)
+  std::optional<std::pair<std::string, std::string>> separators;
+  bool undefined_as_null = true;  // printing writes `undefined`, as the library does
+};
+
+// Writes no more than max_size bytes: a list may hold one long string many times over.
+inline void append_json(std::string& out, const Value& v, const JsonStyle& style, std::size_t max_size,
+                        std::int64_t depth = 0) {
+  using K = Value::Kind;
+  constexpr std::int64_t kMaxDepth = 512;  // a namespace may hold itself
+  if (depth > kMaxDepth) throw Failure{"the value nests deeper than 512 levels"};
+  if (out.size() > max_size || static_cast<std::size_t>(style.indent * (depth + 1)) > max_size)
+    throw Failure{"the JSON is longer than the " + std::to_string(max_size) + " bytes left to build"};
+  switch (v.kind) {
+    case K::undefined: out += style.undefined_as_null ? "null" : "undefined"; return;
+    case K::none: out += "null"; return;
+    case K::boolean: out += v.as_bool() ? "true" : "false"; return;
+    case K::integer: out += std::to_string(v.as_int()); return;
+    case K::floating: out += std::isfinite(v.as_number()) ? js_number(v.as_number()) : "null"; return;
+    case K::string: append_json_string(out, v.as_string(), style.ensure_ascii); return;
+    case K::function: throw Failure{"a function cannot be written as JSON"};
+    case K::list:
+    case K::dict:
+    case K::name_space: break;
+  }
+  const std::string item_sep = style.separators ? style.separators->first : style.indent ? "," : ", ";
+  const std::string key_sep = style.separators ? style.separators->second : ": ";
+  const std::string base_pad = "\n" + std::string(static_cast<std::size_t>(style.indent * depth), ' ');
+  const std::string child_pad = base_pad + std::string(static_cast<std::size_t>(style.indent), ' ');
+  const bool is_list = v.is(K::list);
+  const std::size_t count = is_list ? v.as_list().size() : v.as_dict().size();
+  out += is_list ? '[' : '{';
+  if (is_list) {
+    for (std::size_t i = 0; i < count; ++i) {
+      if (i > 0) out += item_sep;
+      if (style.indent) out += child_pad;
+      append_json(out, v.as_list()[i], style, max_size, depth + 1);
+    }
+  } else {
+    std::vector<const Dict::Entry*> entries;
+    for (const Dict::Entry& e : v.as_dict().entries()) entries.push_back(&e);
+    if (style.sort_keys)
+      std::stable_sort(entries.begin(), entries.end(),
+                       [](const auto* a, const auto* b) { return a->first < b->first; });
+    for (std::size_t i = 0; i < count; ++i) {
+      if (i > 0) out += item_sep;
+      if (style.indent) out += child_pad;
+      append_json_string(out, entries[i]->first, style.ensure_ascii);
+      out += key_sep;
+      append_json(out, entries[i]->second, style, max_size, depth + 1);
+    }
+  }
+  if (style.indent && count > 0) out += base_pad;
+  out += is_list ? ']' : '}';
+}
+
+inline std::string to_json(const Value& v, const JsonStyle& style, std::size_t max_size) {
+  std::string out;
+  append_json(out, v, style, max_size);
+  if (out.size() > max_size)
+    throw Failure{"the JSON is longer than the " + std::to_string(max_size) + " bytes left to build"};
+  return out;
+}
+
+// What {{ v }} writes: nothing for none and undefined, true/false, floats with ".0" when whole,
+// lists and dicts as JSON (of at most max_size bytes).
+inline std::string print_text(const Value& v, std::size_t max_size) {
+  using K = Value::Kind;
+  switch (v.kind) {
+    case K::undefined:
+    case K::none: return {};
+    case K::boolean: return v.as_bool() ? "true" : "false";
+    case K::integer: return std::to_string(v.as_int());
+    case K::floating: return float_text(v.as_number());
+    case K::string: return v.as_string();
+    case K::list:
+    case K::dict:
+    case K::name_space: {
+      JsonStyle style;
+      style.undefined_as_null = false;
+      return to_json(v, style, max_size);
+    }
+    case K::function: break;
+  }
+  throw Failure{"a function cannot be printed"};
+}
+
+// What ~, + and join make of a value: JavaScript's String() of it, so a float 2.0 becomes "2".
+inline std::string concat_text(const Value& v) {
+  using K = Value::Kind;
+  switch (v.kind) {
+    case K::boolean: return v.as_bool() ? "true" : "false";
+    case K::integer: return std::to_string(v.as_int());
+    case K::floating: return js_number(v.as_number());
+    case K::string: return v.as_string();
+    default: throw Failure{"cannot join " + a_type(v) + " to a string"};
+  }
+}
+
+// The indices a[start:stop:step] takes, as the library computes them (a step of 0 takes none).
+inline std::vector<std::size_t> slice_indices(std::int64_t length, std::optional<std::int64_t> start,
+                                              std::optional<std::int64_t> stop, std::int64_t step) {
+  std::int64_t first = 0, last = 0;
+  if (step >= 0) {
+    first = start.value_or(0);
+    first = first < 0 ? std::max<std::int64_t>(length + first, 0) : std::min(first, length);
+    last = stop.value_or(length);
+    last = last < 0 ? std::max<std::int64_t>(length + last, 0) : std::min(last, length);
+  } else {
+    first = start.value_or(length - 1);
+    first = first < 0 ? std::max<std::int64_t>(length + first, -1) : std::min(first, length - 1);
+    last = stop.value_or(-1);
+    last = last < -1 ? std::max<std::int64_t>(length + last, -1) : std::min(last, length - 1);
+  }
+  std::vector<std::size_t> out;
+  if (step == 0) return out;
+  for (std::int64_t i = first; step > 0 ? i < last : i > last;) {
+    out.push_back(static_cast<std::size_t>(i));
+    if (__builtin_add_overflow(i, step, &i)) break;
+  }
+  return out;
+}
+
+// The library's ordering for sort and dictsort: numbers (booleans among them) by value, strings
+// by their code units (lowercased unless case_sensitive); none only equals none.
+inline int compare_values(const Value& a, const Value& b, bool case_sensitive) {
+  using K = Value::Kind;
+  if (a.kind == b.kind && a.is_nullish()) return 0;
+  const auto numeric = [](const Value& v) { return v.is_number() || v.is(K::boolean); };
+  if (numeric(a) && numeric(b)) {
+    const double x = a.as_number(), y = b.as_number();
+    return x < y ? -1 : x > y ? 1 : 0;
+  }
+  if (a.is(K::string) && b.is(K::string)) {
+    const std::string x = case_sensitive ? a.as_string() : lower(a.as_string());
+    const std::string y = case_sensitive ? b.as_string() : lower(b.as_string());
+    return x < y ? -1 : x > y ? 1 : 0;
+  }
+  throw Failure{"cannot order " + a_type(a) + " against " + a_type(b)};
+}
+
+// A dotted path ("function.name", "0") into dicts, namespaces and lists; undefined where it leads
+// nowhere.
+inline Value attribute_path(const Value& item, std::string_view path) {
+  Value v = item;
+  for (std::size_t start = 0;;) {
+    const std::size_t dot = std::min(path.find('.', start), path.size());
+    const std::string_view part = path.substr(start, dot - start);
+    if (v.is_mapping()) {
+      const Value* found = v.as_dict().find(part);
+      v = found ? *found : Value{};
+    } else if (v.is(Value::Kind::list)) {
+      std::size_t index = 0;
+      const auto r = std::from_chars(part.data(), part.data() + part.size(), index);
+      if (r.ec != std::errc() || r.ptr != part.data() + part.size() || index >= v.as_list().size()) return {};
+      v = Value(v.as_list()[index]);
+    } else {
+      return {};
+    }
+    if (dot == path.size()) return v;
+    start = dot + 1;
+  }
+}
+
+inline Value from_json(const nlohmann::ordered_json& j, int depth = 0) {
+  constexpr int kMaxDepth = 256;
+  if (depth > kMaxDepth) throw Failure{"the context nests deeper than " + std::to_string(kMaxDepth) + " levels"};
+  using T = nlohmann::ordered_json::value_t;
+  switch (j.type()) {
+    case T::null: return Value::none();
+    case T::boolean: return Value::boolean(j.get<bool>());
+    case T::number_integer: return Value::integer(j.get<std::int64_t>());
+    case T::number_unsigned: {
+      const auto u = j.get<std::uint64_t>();
+      if (u <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+        return Value::integer(static_cast<std::int64_t>(u));
+      return Value::floating(static_cast<double>(u));
+    }
+    case T::number_float: {
+      // JavaScript has numbers, not integers and floats: a whole number read from JSON is an
+      // integer there, and prints as one.
+      const double d = j.get<double>();
+      if (d == std::trunc(d) && std::fabs(d) < 9.2e18) return Value::integer(static_cast<std::int64_t>(d));
+      return Value::floating(d);
+    }
+    case T::string: return Value::string(j.get<std::string>());
+    case T::array: {
+      List items;
+      for (const auto& item : j) items.push_back(from_json(item, depth + 1));
+      return Value::list(std::move(items));
+    }
+    case T::object: {
+      auto d = std::make_shared<Dict>();
+      for (const auto& [key, item] : j.items()) d->set(key, from_json(item, depth + 1));
+      return Value::dict(std::move(d));
+    }
+    default: throw Failure{"the context holds a binary value"};
+  }
+}
+
+// ---- Source: the template as the library lexes it, each byte knowing where it was
+
+// Tells "name, line L, column C" for a byte offset of the template as written.
+class Locator {
+ public:
+  Locator(std::string_view source, std::string name) : source_(source), name_(std::move(name)) {
+    line_starts_.push_back(0);
+    for (std::size_t i = 0; i < source_.size(); ++i)
+      if (source_[i] == '\n') line_starts_.push_back(i + 1);
+  }
+
+  std::string where(std::size_t offset) const {
+    offset = std::min(offset, source_.size());
+    const auto line = std::upper_bound(line_starts_.begin(), line_starts_.end(), offset) - line_starts_.begin();
+    std::size_t column = 1;
+    for (std::size_t i = line_starts_[static_cast<std::size_t>(line - 1)]; i < offset; ++i)
+      column += (static_cast<unsigned char>(source_[i]) & 0xC0) != 0x80;
+    return name_ + ", line " + std::to_string(line) + ", column " + std::to_string(column);
+  }
+
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string source_;
+  std::string name_;
+  std::vector<std::size_t> line_starts_;
+};
+
+struct Source {
+  std::string text;
+  std::vector<std::size_t> origin;  // where each byte of text was in the template as written
+  std::size_t end = 0;              // the length of the template as written
+
+  std::size_t original(std::size_t i) const { return i < origin.size() ? origin[i] : end; }
+
+  void erase(const std::vector<char>& drop) {
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      if (drop[i]) continue;
+      text[kept] = text[i];
+      origin[kept] = origin[i];
+      ++kept;
+    }
+    text.resize(kept);
+    origin.resize(kept);
+  }
+};
+
+// A {% generation %} or {% endgeneration %} tag at byte p (which holds "{%"): these mark the
+// assistant's text for training and render nothing.
+struct GenerationTag {
+  bool lstrip, rstrip;
+  std::size_t end;          // of the tag
+  std::size_t space_end;    // of the white space after it
+};
+
+inline std::optional<GenerationTag> generation_tag_at(std::string_view s, std::size_t p) {
+  GenerationTag tag{};
+  std::size_t q = p + 2;
+  tag.lstrip = q < s.size() && s[q] == '-';
+  q += tag.lstrip;
+  while (const std::size_t n = space_at(s, q)) q += n;
+  if (s.substr(q, 13) == "endgeneration") {
+    q += 13;
+  } else if (s.substr(q, 10) == "generation") {
+    q += 10;
+  } else {
+    return std::nullopt;
+  }
+  while (const std::size_t n = space_at(s, q)) q += n;
+  if (s.substr(q, 3) == "-%}") {
+    tag.rstrip = true;
+    q += 3;
+  } else if (s.substr(q, 2) == "%}") {
+    q += 2;
+  } else {
+    return std::nullopt;
+  }
+  tag.end = q;
+  while (const std::size_t n = space_at(s, q)) q += n;
+  tag.space_end = q;
+  return tag;
+}
+
+// The library's preprocess(): drops one final newline, then applies lstrip_blocks (spaces and
+// tabs before "{%", "{#" or "{-" at the start of a line), then trim_blocks (the newline after
+// "%}", "#}" or "-}"), both to the raw text as regular expressions do, then takes out the
+// generation tags.
+inline Source preprocess(std::string_view source) {
+  Source src{std::string(source), std::vector<std::size_t>(source.size()), source.size()};
+  for (std::size_t i = 0; i < source.size(); ++i) src.origin[i] = i;
+  if (!src.text.empty() && src.text.back() == '\n') {
+    src.text.pop_back();
+    src.origin.pop_back();
+  }
+
+  std::vector<char> drop(src.text.size(), 0);
+  const std::string& s = src.text;
+  for (std::size_t line = 0; line < s.size();) {
+    std::size_t j = line;
+    while (j < s.size() && (s[j] == ' ' || s[j] == '\t')) ++j;
+    if (j + 1 < s.size() && s[j] == '{' && (s[j + 1] == '#' || s[j + 1] == '%' || s[j + 1] == '-'))
+      std::fill(drop.begin() + static_cast<std::ptrdiff_t>(line), drop.begin() + static_cast<std::ptrdiff_t>(j), 1);
+    // The next line starts after \n, \r, U+2028 or U+2029: where JavaScript's ^ matches.
+    std::size_t k = j;
+    while (k < s.size() && s[k] != '\n' && s[k] != '\r' && s.compare(k, 3, "\xE2\x80\xA8") != 0 &&
+           s.compare(k, 3, "\xE2\x80\xA9") != 0)
+      ++k;
+    line = k + (k < s.size() && static_cast<unsigned char>(s[k]) == 0xE2 ? 3 : 1);
+  }
+  src.erase(drop);
+
+  drop.assign(src.text.size(), 0);
+  for (std::size_t i = 0; i + 2 < s.size();) {
+    if ((s[i] == '#' || s[i] == '%' || s[i] == '-') && s[i + 1] == '}' && s[i + 2] == '\n') {
+      drop[i + 2] = 1;
+      i += 3;
+    } else {
+      ++i;
+    }
+  }
+  src.erase(drop);
+
+  drop.assign(src.text.size(), 0);
+  std::size_t last = 0;
+  for (std::size_t p = s.find("{%"); p != std::string::npos;) {
+    const std::optional<GenerationTag> tag = generation_tag_at(s, p);
+    if (!tag) {
+      p = s.find("{%", p + 1);
+      continue;
+    }
+    std::size_t start = p;
+    while (tag->lstrip && start > last && space_at(s, code_point_start(s, start))) start = code_point_start(s, start);
+    std::fill(drop.begin() + static_cast<std::ptrdiff_t>(start),
+              drop.begin() + static_cast<std::ptrdiff_t>(tag->rstrip ? tag->space_end : tag->end), 1);
+    last = tag->space_end;
+    p = s.find("{%", last);
+  }
+  src.erase(drop);
+  return src;
+}
+
+// ---- Lexer
+
+enum class Tok : std::uint8_t {
+  text, comment, open_statement, close_statement, open_expression, close_expression,
+  number, string, name, lparen, rparen, lbracket, rbracket, lbrace, rbrace, comma, dot, colon, pipe, equals,
+  additive,        // + - ~
+  multiplicative,  // * / // %
+  power,           // **
+  comparison,      // == != < > <= >=
+  unary,           // a + or - that starts an operand
+};
+
+struct Token {
+  Tok type;
+  std::string value;
+  std::size_t pos;  // in the template as written
+};
+
+// The library's tokenize(), rule for rule: text runs to the next "{%", "{{" or "{#"; inside a
+// tag, "-" or "+" after an operator starts a number or is unary; "}}" closes an expression only
+// outside dict braces.
+class Lexer {
+ public:
+  Lexer(const Source& source, const Locator& locator) : src_(source), s_(source.text), locator_(locator) {}
+
+  std::vector<Token> tokenize() {
+    while (i_ < s_.size()) {
+      // Before the first token, as after text, a sign cannot start an operand.
+      const Tok last = tokens_.empty() ? Tok::text : tokens_.back().type;
+      if (tokens_.empty() || last == Tok::close_statement || last == Tok::close_expression || last == Tok::comment) {
+        std::size_t end = i_;
+        for (;;) {
+          end = s_.find('{', end);
+          if (end == std::string::npos) {
+            end = s_.size();
+            break;
+          }
+          if (end + 1 < s_.size() && (s_[end + 1] == '%' || s_[end + 1] == '{' || s_[end + 1] == '#')) break;
+          ++end;
+        }
+        if (end > i_) {
+          push(Tok::text, s_.substr(i_, end - i_), i_);
+          i_ = end;
+          continue;
+        }
+      }
+      if (s_[i_] == '{') {
+        const char next = char_at(i_ + 1);
+        if (next == '#') {
+          comment();
+          continue;
+        }
+        if (char_at(i_ + 2) == '-' && (next == '%' || next == '{')) {
+          strip_trailing_space();
+          open(next == '%' ? Tok::open_statement : Tok::open_expression, s_.substr(i_, 2));
+          i_ += 3;
+          continue;
+        }
+      }
+      while (const std::size_t n = space_at(s_, i_)) {
+        i_ += n;
+        if (i_ >= s_.size()) fail_unclosed();
+      }
+      const char c = s_[i_];
+      if (c == '-' && char_at(i_ + 2) == '}' && (char_at(i_ + 1) == '%' || char_at(i_ + 1) == '}')) {
+        push(char_at(i_ + 1) == '%' ? Tok::close_statement : Tok::close_expression, s_.substr(i_ + 1, 2), i_);
+        i_ += 3;
+        while (const std::size_t n = space_at(s_, i_)) i_ += n;
+        continue;
+      }
+      if ((c == '-' || c == '+') && !ends_operand(last)) {
+        signed_number(c);
+        continue;
+      }
+      if (symbol()) continue;
+      if (c == '\'' || c == '"') {
+        string_literal(c);
+        continue;
+      }
+      if (c >= '0' && c <= '9') {
+        number(last);
+        continue;
+      }
+      if (is_ascii_word(c)) {
+        const std::size_t start = i_;
+        push(Tok::name, consume_while(is_ascii_word), start);
+        continue;
+      }
+      fail("unexpected character '" + std::string(s_.substr(i_, code_point_at(s_, i_).size)) + "'", i_);
+    }
+    return std::move(tokens_);
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what, std::size_t i) const {
+    throw Error(what, locator_.where(src_.original(i)));
+  }
+
+  // The library stops with "Unexpected end of input"; what is missing is the tag's end.
+  [[noreturn]] void fail_unclosed() const {
+    const std::string opener = open_tag_ == Tok::open_statement ? "{%" : "{{";
+    throw Error("'" + opener + "' is never closed", locator_.where(open_pos_),
+                "'" + std::string(open_tag_ == Tok::open_statement ? "%}" : "}}") + "'");
+  }
+
+  char char_at(std::size_t i) const { return i < s_.size() ? s_[i] : '\0'; }
+
+  void push(Tok type, std::string_view value, std::size_t i) {
+    tokens_.push_back({type, std::string(value), src_.original(i)});
+  }
+
+  void open(Tok type, std::string_view value) {
+    push(type, value, i_);
+    open_tag_ = type;
+    open_pos_ = src_.original(i_);
+    if (type == Tok::open_expression) brace_depth_ = 0;
+  }
+
+  static bool ends_operand(Tok t) {
+    return t == Tok::name || t == Tok::number || t == Tok::string || t == Tok::rparen || t == Tok::rbracket;
+  }
+
+  template <class Pred>
+  std::string_view consume_while(Pred pred) {
+    const std::size_t start = i_;
+    while (i_ < s_.size() && pred(s_[i_]))
+      if (++i_ >= s_.size()) fail_unclosed();
+    return std::string_view(s_).substr(start, i_ - start);
+  }
+
+  static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+  void strip_trailing_space() {
+    if (tokens_.empty() || tokens_.back().type != Tok::text) return;
+    std::string& text = tokens_.back().value;
+    text.resize(trim_space(text, false, true).size());
+    if (text.empty()) tokens_.pop_back();
+  }
+
+  void comment() {
+    const std::size_t start = i_;
+    i_ += 2;
+    const bool strip_before = char_at(i_) == '-';
+    i_ += strip_before;
+    const std::size_t end = s_.find("#}", i_);
+    if (end == std::string::npos) fail("'{#' comment is never closed", start);
+    const bool strip_after = end > i_ && s_[end - 1] == '-';
+    if (strip_before) strip_trailing_space();
+    push(Tok::comment, {}, start);
+    i_ = end + 2;
+    if (strip_after)
+      while (const std::size_t n = space_at(s_, i_)) i_ += n;
+  }
+
+  void signed_number(char sign) {
+    const std::size_t start = i_++;
+    std::string num(consume_while(is_digit));
+    if (!num.empty() && char_at(i_) == '.' && is_digit(char_at(i_ + 1))) {
+      ++i_;
+      num += "." + std::string(consume_while(is_digit));
+    }
+    push(num.empty() ? Tok::unary : Tok::number, sign + num, start);
+  }
+
+  void number(Tok last) {
+    const std::size_t start = i_;
+    std::string num(consume_while(is_digit));
+    if (last != Tok::dot && char_at(i_) == '.' && is_digit(char_at(i_ + 1))) {
+      ++i_;
+      num += "." + std::string(consume_while(is_digit));
+    }
+    push(Tok::number, num, start);
+  }
+
+  bool symbol() {
+    static constexpr std::pair<std::string_view, Tok> kSymbols[] = {
+        {"{%", Tok::open_statement}, {"%}", Tok::close_statement}, {"{{", Tok::open_expression},
+        {"}}", Tok::close_expression}, {"(", Tok::lparen}, {")", Tok::rparen}, {"{", Tok::lbrace},
+        {"}", Tok::rbrace}, {"[", Tok::lbracket}, {"]", Tok::rbracket}, {",", Tok::comma}, {".", Tok::dot},
+        {":", Tok::colon}, {"|", Tok::pipe}, {"<=", Tok::comparison}, {">=", Tok::comparison},
+        {"==", Tok::comparison}, {"!=", Tok::comparison}, {"<", Tok::comparison}, {">", Tok::comparison},
+        {"+", Tok::additive}, {"-", Tok::additive}, {"~", Tok::additive}, {"**", Tok::power},
+        {"*", Tok::multiplicative}, {"//", Tok::multiplicative}, {"/", Tok::multiplicative},
+        {"%", Tok::multiplicative}, {"=", Tok::equals}};
+    for (const auto& [text, type] : kSymbols) {
+      if (text == "}}" && brace_depth_ > 0) continue;
+      if (std::string_view(s_).substr(i_, text.size()) != text) continue;
+      if (type == Tok::open_statement || type == Tok::open_expression) {
+        open(type, text);
+      } else {
+        push(type, text, i_);
+      }
+      brace_depth_ += type == Tok::lbrace ? 1 : type == Tok::rbrace ? -1 : 0;
+      i_ += text.size();
+      return true;
+    }
+    return false;
+  }
+
+  // Escapes as the library reads them: \n \t \r \b \f \v \' \" \\, \xHH and \uHHHH.
+  void string_literal(char quote) {
+    const std::size_t start = i_++;
+    std::string value;
+    char32_t high_surrogate = 0;
+    const auto append_unit = [&](char32_t unit) {
+      if (high_surrogate && unit >= 0xDC00 && unit <= 0xDFFF) {
+        append_utf8(value, 0x10000 + ((high_surrogate - 0xD800) << 10) + (unit - 0xDC00));
+        high_surrogate = 0;
+        return;
+      }
+      if (high_surrogate) append_utf8(value, kReplacementCharacter);
+      high_surrogate = 0;
+      if (unit >= 0xD800 && unit <= 0xDBFF) {
+        high_surrogate = unit;
+      } else {
+        append_utf8(value, unit >= 0xDC00 && unit <= 0xDFFF ? kReplacementCharacter : unit);
+      }
+    };
+    const auto flush_surrogate = [&] {
+      if (high_surrogate) append_utf8(value, kReplacementCharacter);
+      high_surrogate = 0;
+    };
+    for (;;) {
+      if (i_ >= s_.size()) fail("string literal is never closed", start);
+      const char c = s_[i_++];
+      if (c == quote) break;
+      if (c != '\\') {
+        flush_surrogate();
+        value += c;
+        continue;
+      }
+      if (i_ >= s_.size()) fail("string literal is never closed", start);
+      const char e = s_[i_++];
+      if (e == 'x' || e == 'u') {
+        const std::size_t digits = e == 'x' ? 2 : 4;
+        unsigned unit = 0;
+        const std::string_view hex = std::string_view(s_).substr(i_, digits);
+        const auto r = std::from_chars(hex.data(), hex.data() + hex.size(), unit, 16);
+        if (hex.size() != digits || r.ptr != hex.data() + hex.size())
+          fail("invalid escape '\\" + std::string(1, e) + std::string(hex) + "' in a string literal", i_ - 2);
+        append_unit(unit);
+        i_ += digits;
+        continue;
+      }
+      static constexpr std::string_view kFrom = "ntrbfv'\"\\", kTo = "\n\t\r\b\f\v'\"\\";
+      const std::size_t k = kFrom.find(e);
+      if (k == std::string_view::npos) fail("invalid escape '\\" + std::string(1, e) + "' in a string literal", i_ - 2);
+      flush_surrogate();
+      value += kTo[k];
+    }
+    flush_surrogate();
+    push(Tok::string, value, start);
+  }
+
+  const Source& src_;
+  const std::string& s_;
+  const Locator& locator_;
+  std::vector<Token> tokens_;
+  std::size_t i_ = 0;
+  int brace_depth_ = 0;
+  Tok open_tag_ = Tok::open_expression;
+  std::size_t open_pos_ = 0;
+};
+
+// ---- Syntax tree
+
+struct Expr;
+using ExprPtr = std::unique_ptr<Expr>;
+
+struct Args {
+  std::vector<ExprPtr> positional;
+  std::vector<std::pair<std::string, ExprPtr>> keyword;
+};
+
+enum class Op : std::uint8_t {
+  add, subtract, multiply, divide, floor_divide, modulo, power, concat,
+  equal, not_equal, less, greater, less_equal, greater_equal, in, not_in, logical_and, logical_or,
+};
+
+struct Literal { Value value; };
+struct Name { std::string name; };
+struct ListLiteral { std::vector<ExprPtr> items; bool tuple; };
+struct DictLiteral { std::vector<std::pair<ExprPtr, ExprPtr>> items; };
+struct Member { ExprPtr object, index; };              // a.b (index a string literal), a.0, a[i]
+struct Slice { ExprPtr object, start, stop, step; };   // start, stop and step may be null
+struct Call { ExprPtr callee; Args args; };
+struct FilterExpr { ExprPtr operand; std::string name; Args args; };  // no operand in {% filter %}
+struct TestExpr { ExprPtr operand; std::string name; bool negated; Args args; };
+struct Unary { char op; ExprPtr operand; };            // '-', '+' or '!' (not)
+struct Binary { Op op; ExprPtr left, right; };
+struct Conditional { ExprPtr condition, then, otherwise; };  // otherwise null: `a if c`
+
+struct Expr {
+  std::size_t pos;
+  int depth;  // of the tree under it, itself included
+  std::variant<Literal, Name, ListLiteral, DictLiteral, Member, Slice, Call, FilterExpr, TestExpr, Unary, Binary,
+               Conditional>
+      node;
+};
+
+struct Stmt;
+using Block = std::vector<Stmt>;
+
+struct Param {
+  std::string name;
+  ExprPtr default_value;  // null: none
+};
+
+// A macro, or the body of a {% call %} block (what the called macro reaches as `caller`). A macro
+// takes extra arguments only when its body reads `varargs` or `kwargs`, as in Jinja.
+struct MacroDef {
+  std::string name;
+  std::vector<Param> params;
+  Block body;
+  bool uses_caller = false, uses_varargs = false, uses_kwargs = false;
+};
+
+struct TextStmt { std::string text; };
+struct OutputStmt { ExprPtr value; };
+struct IfStmt { ExprPtr condition; Block body, otherwise; };  // elif: an IfStmt alone in otherwise
+struct ForStmt {
+  std::vector<std::string> targets;  // `for k, v in` unpacks each item
+  ExprPtr iterable, condition;       // condition: `for x in xs if c`, else null
+  Block body, otherwise;
+};
+struct SetStmt {
+  std::vector<std::string> targets;  // `set a, b = ...` unpacks
+  ExprPtr name_space;                // `set ns.attribute = ...`, else null
+  std::string attribute;
+  ExprPtr value;                     // null: the block form, {% set x %}body{% endset %}
+  Block body;
+};
+struct MacroStmt { MacroDef macro; };
+struct CallStmt { ExprPtr callee; Args args; MacroDef caller; };
+struct FilterStmt { ExprPtr filter; Block body; };  // filter: a FilterExpr without operand
+struct BreakStmt {};
+struct ContinueStmt {};
+
+struct Stmt {
+  std::size_t pos;
+  std::variant<TextStmt, OutputStmt, IfStmt, ForStmt, SetStmt, MacroStmt, CallStmt, FilterStmt, BreakStmt, ContinueStmt>
+      node;
+};
+
+inline constexpr std::string_view kFilters[] = {
+    "abs", "capitalize", "count", "default", "dictsort", "first", "float", "indent", "int", "items", "join",
+    "keys", "last", "length", "list", "lower", "map", "rejectattr", "replace", "reverse", "safe", "selectattr",
+    "sort", "string", "title", "tojson", "trim", "unique", "upper", "values"};
+inline constexpr std::string_view kTests[] = {
+    "boolean", "callable", "defined", "eq", "equalto", "even", "false", "float", "integer", "iterable", "lower",
+    "mapping", "none", "number", "odd", "sequence", "string", "true", "undefined", "upper"};
+inline constexpr std::string_view kGlobals[] = {"namespace", "raise_exception", "range", "strftime_now"};
+
+template <std::size_t N>
+bool contains(const std::string_view (&names)[N], std::string_view name) {
+  return std::find(std::begin(names), std::end(names), name) != std::end(names);
+}
+
+// ---- Parser: the library's grammar. From loosest to tightest: a if c else b; or; and; not;
+// comparisons and (not) in; + - ~; * / // %; **; is; |; unary - +; calls, .attribute, [index]
+
+class Parser {
+ public:
+  Parser(std::vector<Token> tokens, const Locator& locator) : tokens_(std::move(tokens)), locator_(locator) {}
+
+  Block parse_template() {
+    Block program;
+    while (next_ < tokens_.size()) parse_any(program);
+    return program;
+  }
+
+ private:
+  // How deep blocks and brackets may nest, and how deep an expression's tree may grow (a + b + c
+  // is two levels deep), so that neither parsing, nor rendering, nor freeing the tree can exhaust
+  // the stack.
+  static constexpr int kMaxNesting = 128;
+
+  class Nesting {
+   public:
+    Nesting(Parser& p, std::size_t pos) : p_(p) {
+      if (++p_.depth_ > kMaxNesting)
+        p_.fail("the template nests deeper than " + std::to_string(kMaxNesting) + " levels", pos);
+    }
+    ~Nesting() { --p_.depth_; }
+    Nesting(const Nesting&) = delete;
+    Nesting& operator=(const Nesting&) = delete;
+
+   private:
+    Parser& p_;
+  };
+
+  [[noreturn]] void fail(const std::string& what, std::size_t pos, const std::string& expected = {}) const {
+    throw Error(what, locator_.where(pos), expected);
+  }
+
+  static std::string describe(const Token& t) {
+    switch (t.type) {
+      case Tok::text: return "text";
+      case Tok::comment: return "a comment";
+      case Tok::string: return "a string";
+      default: return "'" + t.value + "'";
+    }
+  }
+
+  // The next token; running out inside a tag means the tag is never closed.
+  const Token& peek() const {
+    if (next_ < tokens_.size()) return tokens_[next_];
+    if (tag_ != nullptr) {
+      const bool statement = tag_->type == Tok::open_statement;
+      fail("'" + std::string(statement ? "{%" : "{{") + "' is never closed", tag_->pos, statement ? "'%}'" : "'}}'");
+    }
+    fail("unexpected end of template", locator_end());
+  }
+  std::size_t locator_end() const { return tokens_.empty() ? 0 : tokens_.back().pos; }
+
+  const Token& take() {
+    const Token& t = peek();
+    ++next_;
+    return t;
+  }
+  bool at(Tok type) const { return next_ < tokens_.size() && tokens_[next_].type == type; }
+  bool at_name(std::string_view name) const { return at(Tok::name) && tokens_[next_].value == name; }
+  // At a tag "{% name" with one of these names.
+  bool at_tag(std::initializer_list<std::string_view> names) const {
+    return at(Tok::open_statement) && next_ + 1 < tokens_.size() && tokens_[next_ + 1].type == Tok::name &&
+           std::find(names.begin(), names.end(), tokens_[next_ + 1].value) != names.end();
+  }
+  const Token& expect(Tok type, const std::string& expected) {
+    const Token& t = peek();
+    if (t.type != type) fail("unexpected " + describe(t), t.pos, expected);
+    ++next_;
+    return t;
+  }
+  const Token& expect_name(const std::string& what) {
+    const Token& t = peek();
+    if (t.type != Tok::name) fail("expected " + what + ", not " + describe(t), t.pos);
+    ++next_;
+    return t;
+  }
+
+  void end_tag() {
+    expect(Tok::close_statement, "'%}'");
+    tag_ = nullptr;
+  }
+
+  // Statements up to a tag with one of `ends`; `opener` is the block's own tag, named when the
+  // template ends first.
+  Block parse_body(const Token& opener, const std::string& tag, std::initializer_list<std::string_view> ends) {
+    Block body;
+    while (!at_tag(ends)) {
+      if (next_ >= tokens_.size()) fail("'{% " + tag + " %}' is never closed", opener.pos, "'{% end" + tag + " %}'");
+      parse_any(body);
+    }
+    return body;
+  }
+
+  // The block's end tag, which parse_body() stopped at.
+  void close_block() {
+    tag_ = &take();
+    ++next_;
+    end_tag();
+  }
+
+  void parse_any(Block& out) {
+    const Token& t = tokens_[next_];
+    switch (t.type) {
+      case Tok::comment: ++next_; return;
+      case Tok::text: out.push_back({t.pos, TextStmt{t.value}}); ++next_; return;
+      case Tok::open_statement: parse_statement(out); return;
+      case Tok::open_expression: parse_output(out); return;
+      default: fail("unexpected " + describe(t), t.pos);
+    }
+  }
+
+  void parse_output(Block& out) {
+    const Token& open = take();
+    tag_ = &open;
+    ExprPtr value = parse_expression();
+    expect(Tok::close_expression, "'}}'");
+    tag_ = nullptr;
+    out.push_back({open.pos, OutputStmt{std::move(value)}});
+  }
+
+  void parse_statement(Block& out) {
+    const Token& open = take();
+    tag_ = &open;
+    const Nesting nesting(*this, open.pos);
+    const Token& name = expect_name("a tag name after '{%'");
+    const std::string& tag = name.value;
+    if (tag == "if") {
+      out.push_back(parse_if(open, open));
+      close_block();
+    } else if (tag == "for") {
+      out.push_back(parse_for(open));
+      close_block();
+    } else if (tag == "set") {
+      out.push_back(parse_set(open));
+    } else if (tag == "macro") {
+      out.push_back(parse_macro(open));
+      close_block();
+    } else if (tag == "call") {
+      out.push_back(parse_call_block(open));
+      close_block();
+    } else if (tag == "filter") {
+      out.push_back(parse_filter_block(open));
+      close_block();
+    } else if (tag == "break" || tag == "continue") {
+      if (loop_depth_ == 0) fail("'{% " + tag + " %}' outside of a for loop", open.pos);
+      end_tag();
+      out.push_back(tag == "break" ? Stmt{open.pos, BreakStmt{}} : Stmt{open.pos, ContinueStmt{}});
+    } else if (tag == "elif" || tag == "else" || tag.rfind("end", 0) == 0) {
+      fail("unexpected '{% " + tag + " %}'", name.pos, "it to close or continue a block opened before it");
+    } else {
+      fail("unknown tag '" + tag + "'", name.pos, "set, if, for, macro, call, filter, break or continue");
+    }
+  }
+
+  Stmt parse_if(const Token& open, const Token& opener) {
+    IfStmt s;
+    s.condition = parse_expression();
+    end_tag();
+    s.body = parse_body(opener, "if", {"elif", "else", "endif"});
+    if (at_tag({"elif"})) {
+      const Token& elif = take();
+      tag_ = &elif;
+      ++next_;
+      s.otherwise.push_back(parse_if(elif, opener));
+    } else if (at_tag({"else"})) {
+      tag_ = &take();
+      ++next_;
+      end_tag();
+      s.otherwise = parse_body(opener, "if", {"endif"});
+    }
+    return {open.pos, std::move(s)};
+  }
+
+  Stmt parse_for(const Token& open) {
+    ForStmt s;
+    s.targets.push_back(expect_name("a loop variable").value);
+    while (at(Tok::comma)) {
+      ++next_;
+      s.targets.push_back(expect_name("a loop variable").value);
+    }
+    if (!at_name("in")) fail("expected 'in' after the loop variables", peek().pos);
+    ++next_;
+    s.iterable = parse_expression();
+    if (auto* select = std::get_if<Conditional>(&s.iterable->node); select && !select->otherwise) {
+      s.condition = std::move(select->condition);
+      s.iterable = std::move(select->then);
+    }
+    end_tag();
+    ++loop_depth_;
+    s.body = parse_body(open, "for", {"endfor", "else"});
+    --loop_depth_;
+    if (at_tag({"else"})) {
+      tag_ = &take();
+      ++next_;
+      end_tag();
+      s.otherwise = parse_body(open, "for", {"endfor"});
+    }
+    return {open.pos, std::move(s)};
+  }
+
+  Stmt parse_set(const Token& open) {
+    SetStmt s;
+    ExprPtr target = parse_expression_sequence(false);
+    const auto name_of = [](const Expr& e) { return std::get_if<Name>(&e.node); };
+    if (const Name* n = name_of(*target)) {
+      s.targets.push_back(n->name);
+    } else if (auto* tuple = std::get_if<ListLiteral>(&target->node); tuple && tuple->tuple) {
+      for (const ExprPtr& item : tuple->items) {
+        if (!name_of(*item)) fail("cannot assign to this; expected names apart by commas", item->pos);
+        s.targets.push_back(name_of(*item)->name);
+      }
+    } else if (auto* member = std::get_if<Member>(&target->node)) {
+      const auto* attribute = std::get_if<Literal>(&member->index->node);
+      if (!attribute || !attribute->value.is(Value::Kind::string))
+        fail("cannot assign to an item; only to ns.attribute", target->pos);
+      s.name_space = std::move(member->object);
+      s.attribute = attribute->value.as_string();
+    } else {
+      fail("cannot assign to this", target->pos, "a name, names apart by commas, or namespace.attribute");
+    }
+    if (at(Tok::equals)) {
+      ++next_;
+      s.value = parse_expression_sequence(false);
+      end_tag();
+    } else {
+      end_tag();
+      s.body = parse_body(open, "set", {"endset"});
+      close_block();
+    }
+    return {open.pos, std::move(s)};
+  }
+
+  // The body of a macro or a call block, watching for the names that make a macro take extra
+  // arguments or a caller.
+  Block parse_macro_body(MacroDef& def, const Token& open, const std::string& tag) {
+    macros_.push_back(&def);
+    const int loop_depth = std::exchange(loop_depth_, 0);
+    Block body = parse_body(open, tag, {tag == "macro" ? "endmacro" : "endcall"});
+    loop_depth_ = loop_depth;
+    macros_.pop_back();
+    for (const Param& p : def.params) {
+      def.uses_caller &= p.name != "caller";
+      def.uses_varargs &= p.name != "varargs";
+      def.uses_kwargs &= p.name != "kwargs";
+    }
+    return body;
+  }
+
+  Stmt parse_macro(const Token& open) {
+    MacroStmt s;
+    s.macro.name = expect_name("a macro name").value;
+    s.macro.params = parse_params();
+    end_tag();
+    s.macro.body = parse_macro_body(s.macro, open, "macro");
+    return {open.pos, std::move(s)};
+  }
+
+  Stmt parse_call_block(const Token& open) {
+    CallStmt s;
+    s.caller.name = "caller";
+    if (at(Tok::lparen)) s.caller.params = parse_params();
+    const Token& callee = expect_name("the name of the macro to call");
+    s.callee = make(callee.pos, Name{callee.value});
+    if (!at(Tok::lparen)) fail("expected '(' and the arguments of the call", peek().pos);
+    s.args = parse_args();
+    end_tag();
+    s.caller.body = parse_macro_body(s.caller, open, "call");
+    return {open.pos, std::move(s)};
+  }
+
+  Stmt parse_filter_block(const Token& open) {
+    FilterStmt s;
+    s.filter = parse_filter_name(nullptr);
+    end_tag();
+    s.body = parse_body(open, "filter", {"endfilter"});
+    return {open.pos, std::move(s)};
+  }
+
+  std::vector<Param> parse_params() {
+    expect(Tok::lparen, "'('");
+    std::vector<Param> params;
+    while (!at(Tok::rparen)) {
+      const Token& name = expect_name("a parameter name");
+      Param p{name.value, nullptr};
+      if (at(Tok::equals)) {
+        ++next_;
+        p.default_value = parse_expression();
+      } else if (!params.empty() && params.back().default_value) {
+        fail("parameter '" + p.name + "' without a default follows one with a default", name.pos);
+      }
+      for (const Param& q : params)
+        if (q.name == p.name) fail("parameter '" + p.name + "' is declared twice", name.pos);
+      params.push_back(std::move(p));
+      if (at(Tok::comma)) ++next_;
+    }
+    ++next_;
+    return params;
+  }
+
+  Args parse_args() {
+    expect(Tok::lparen, "'('");
+    Args args;
+    while (!at(Tok::rparen)) {
+      if (at(Tok::power) || (at(Tok::multiplicative) && peek().value == "*"))
+        fail("argument unpacking (*args, **kwargs) is not supported", peek().pos);
+      ExprPtr e = parse_expression();
+      if (at(Tok::equals)) {
+        const Name* name = std::get_if<Name>(&e->node);
+        if (!name) fail("expected a name before '=' in the arguments", e->pos);
+        ++next_;
+        args.keyword.emplace_back(name->name, parse_expression());
+      } else {
+        if (!args.keyword.empty()) fail("a positional argument follows a keyword argument", e->pos);
+        args.positional.push_back(std::move(e));
+      }
+      if (at(Tok::comma)) ++next_;
+    }
+    ++next_;
+    return args;
+  }
+
+  ExprPtr make(std::size_t pos, auto node) const {
+    int depth = 0;
+    const auto child = [&](const ExprPtr& e) { depth = std::max(depth, e ? e->depth : 0); };
+    const auto args = [&](const Args& a) {
+      for (const ExprPtr& e : a.positional) child(e);
+      for (const auto& [name, e] : a.keyword) child(e);
+    };
+    using Node = decltype(node);
+    if constexpr (std::is_same_v<Node, ListLiteral>) {
+      for (const ExprPtr& e : node.items) child(e);
+    } else if constexpr (std::is_same_v<Node, DictLiteral>) {
+      for (const auto& [key, value] : node.items) child(key), child(value);
+    } else if constexpr (std::is_same_v<Node, Member>) {
+      child(node.object), child(node.index);
+    } else if constexpr (std::is_same_v<Node, Slice>) {
+      child(node.object), child(node.start), child(node.stop), child(node.step);
+    } else if constexpr (std::is_same_v<Node, Call>) {
+      child(node.callee), args(node.args);
+    } else if constexpr (std::is_same_v<Node, FilterExpr> || std::is_same_v<Node, TestExpr>) {
+      child(node.operand), args(node.args);
+    } else if constexpr (std::is_same_v<Node, Unary>) {
+      child(node.operand);
+    } else if constexpr (std::is_same_v<Node, Binary>) {
+      child(node.left), child(node.right);
+    } else if constexpr (std::is_same_v<Node, Conditional>) {
+      child(node.condition), child(node.then), child(node.otherwise);
+    }
+    if (depth + 1 > kMaxNesting)
+      fail("the expression nests deeper than " + std::to_string(kMaxNesting) + " levels", pos);
+    return std::make_unique<Expr>(Expr{pos, depth + 1, std::move(node)});
+  }
+
+  ExprPtr parse_expression() {
+    const Nesting nesting(*this, peek().pos);
+    ExprPtr then = parse_or();
+    if (!at_name("if")) return then;
+    const std::size_t pos = take().pos;
+    ExprPtr condition = parse_or();
+    ExprPtr otherwise;
+    if (at_name("else")) {
+      ++next_;
+      otherwise = parse_expression();
+    }
+    return make(pos, Conditional{std::move(condition), std::move(then), std::move(otherwise)});
+  }
+
+  // a, b, c as a tuple; a alone as itself.
+  ExprPtr parse_expression_sequence(bool primary) {
+    const std::size_t pos = peek().pos;
+    ExprPtr first = primary ? parse_primary() : parse_expression();
+    if (!at(Tok::comma)) return first;
+    ListLiteral tuple{{}, true};
+    tuple.items.push_back(std::move(first));
+    while (at(Tok::comma)) {
+      ++next_;
+      tuple.items.push_back(primary ? parse_primary() : parse_expression());
+    }
+    return make(pos, std::move(tuple));
+  }
+
+  ExprPtr parse_or() {
+    ExprPtr left = parse_and();
+    while (at_name("or")) {
+      const std::size_t pos = take().pos;
+      left = make(pos, Binary{Op::logical_or, std::move(left), parse_and()});
+    }
+    return left;
+  }
+
+  ExprPtr parse_and() {
+    ExprPtr left = parse_not();
+    while (at_name("and")) {
+      const std::size_t pos = take().pos;
+      left = make(pos, Binary{Op::logical_and, std::move(left), parse_not()});
+    }
+    return left;
+  }
+
+  ExprPtr parse_not() {
+    if (!at_name("not")) return parse_comparison();
+    const std::size_t pos = take().pos;
+    const Nesting nesting(*this, pos);
+    return make(pos, Unary{'!', parse_not()});
+  }
+
+  ExprPtr parse_comparison() {
+    ExprPtr left = parse_additive();
+    for (;;) {
+      Op op;
+      const std::size_t pos = next_ < tokens_.size() ? tokens_[next_].pos : 0;
+      if (at_name("not") && next_ + 1 < tokens_.size() && tokens_[next_ + 1].type == Tok::name &&
+          tokens_[next_ + 1].value == "in") {
+        op = Op::not_in;
+        next_ += 2;
+      } else if (at_name("in")) {
+        op = Op::in;
+        ++next_;
+      } else if (at(Tok::comparison)) {
+        const std::string& v = take().value;
+        op = v == "==" ? Op::equal : v == "!=" ? Op::not_equal : v == "<" ? Op::less : v == ">" ? Op::greater
+           : v == "<=" ? Op::less_equal : Op::greater_equal;
+      } else {
+        return left;
+      }
+      left = make(pos, Binary{op, std::move(left), parse_additive()});
+    }
+  }
+
+  ExprPtr parse_additive() {
+    ExprPtr left = parse_multiplicative();
+    while (at(Tok::additive)) {
+      const Token& t = take();
+      const Op op = t.value == "+" ? Op::add : t.value == "-" ? Op::subtract : Op::concat;
+      left = make(t.pos, Binary{op, std::move(left), parse_multiplicative()});
+    }
+    return left;
+  }
+
+  ExprPtr parse_multiplicative() {
+    ExprPtr left = parse_power();
+    while (at(Tok::multiplicative)) {
+      const Token& t = take();
+      const Op op = t.value == "*"    ? Op::multiply
+                    : t.value == "/"  ? Op::divide
+                    : t.value == "//" ? Op::floor_divide
+                                      : Op::modulo;
+      left = make(t.pos, Binary{op, std::move(left), parse_power()});
+    }
+    return left;
+  }
+
+  ExprPtr parse_power() {
+    ExprPtr left = parse_test();
+    while (at(Tok::power)) {
+      const std::size_t pos = take().pos;
+      left = make(pos, Binary{Op::power, std::move(left), parse_test()});
+    }
+    return left;
+  }
+
+  ExprPtr parse_test() {
+    ExprPtr operand = parse_filter();
+    while (at_name("is")) {
+      ++next_;
+      const bool negated = at_name("not");
+      next_ += negated;
+      const Token& name = expect_name("a test name after 'is'");
+      if (!contains(kTests, name.value)) fail("unknown test '" + name.value + "'", name.pos);
+      TestExpr test{std::move(operand), name.value, negated, {}};
+      if (at(Tok::lparen)) test.args = parse_args();
+      operand = make(name.pos, std::move(test));
+    }
+    return operand;
+  }
+
+  // `name` or `name(args)` after a "|", or in {% filter %}.
+  ExprPtr parse_filter_name(ExprPtr operand) {
+    const Token& name = expect_name("a filter name");
+    if (!contains(kFilters, name.value)) fail("unknown filter '" + name.value + "'", name.pos);
+    FilterExpr filter{std::move(operand), name.value, {}};
+    if (at(Tok::lparen)) filter.args = parse_args();
+    return make(name.pos, std::move(filter));
+  }
+
+  ExprPtr parse_filter() {
+    ExprPtr operand = parse_unary();
+    while (at(Tok::pipe)) {
+      ++next_;
+      operand = parse_filter_name(std::move(operand));
+    }
+    return operand;
+  }
+
+  ExprPtr parse_unary() {
+    const Token& t = peek();
+    if ((t.type == Tok::unary || t.type == Tok::additive) && (t.value == "-" || t.value == "+")) {
+      ++next_;
+      const Nesting nesting(*this, t.pos);
+      return make(t.pos, Unary{t.value[0], parse_unary()});
+    }
+    ExprPtr e = parse_member(parse_primary());
+    while (at(Tok::lparen)) {
+      const std::size_t pos = e->pos;
+      Args args = parse_args();
+      e = parse_member(make(pos, Call{std::move(e), std::move(args)}));
+    }
+    return e;
+  }
+
+  ExprPtr parse_member(ExprPtr object) {
+    while (at(Tok::dot) || at(Tok::lbracket)) {
+      const Token& open = take();
+      if (open.type == Tok::dot) {
+        const Token& t = take();
+        Value key;
+        if (t.type == Tok::name) {
+          key = Value::string(t.value);
+        } else if (t.type == Tok::number && t.value.find('.') == std::string::npos) {
+          key = parse_number(t);
+        } else {
+          fail("expected a name or an integer after '.', not " + describe(t), t.pos);
+        }
+        object = make(open.pos, Member{std::move(object), make(t.pos, Literal{std::move(key)})});
+        continue;
+      }
+      // Up to three parts apart by colons make a slice; one part alone is an index.
+      std::vector<ExprPtr> parts(1);
+      bool slice = false;
+      while (!at(Tok::rbracket)) {
+        if (at(Tok::colon)) {
+          ++next_;
+          parts.emplace_back();
+          slice = true;
+        } else {
+          if (parts.back()) fail("expected ':' or ']'", peek().pos);
+          parts.back() = parse_expression();
+        }
+      }
+      ++next_;
+      if (!slice) {
+        if (!parts[0]) fail("expected an index between '[' and ']'", open.pos);
+        object = make(open.pos, Member{std::move(object), std::move(parts[0])});
+      } else {
+        if (parts.size() > 3) fail("a slice has at most three parts", open.pos);
+        parts.resize(3);
+        object =
+            make(open.pos, Slice{std::move(object), std::move(parts[0]), std::move(parts[1]), std::move(parts[2])});
+      }
+    }
+    return object;
+  }
+
+  Value parse_number(const Token& t) const {
+    std::string_view text = t.value;
+    if (text.front() == '+') text.remove_prefix(1);
+    if (text.find('.') != std::string_view::npos) {
+      double d = 0;
+      std::from_chars(text.data(), text.data() + text.size(), d);
+      return Value::floating(d);
+    }
+    std::int64_t i = 0;
+    const auto r = std::from_chars(text.data(), text.data() + text.size(), i);
+    if (r.ec != std::errc()) fail("integer " + t.value + " does not fit in 64 bits", t.pos);
+    return Value::integer(i);
+  }
+
+  ExprPtr parse_primary() {
+    const Token& t = take();
+    switch (t.type) {
+      case Tok::number: return make(t.pos, Literal{parse_number(t)});
+      case Tok::string: {
+        std::string value = t.value;
+        while (at(Tok::string)) value += take().value;  // 'a' 'b' is 'ab'
+        return make(t.pos, Literal{Value::string(std::move(value))});
+      }
+      case Tok::name: {
+        const std::string& n = t.value;
+        if (n == "true" || n == "True") return make(t.pos, Literal{Value::boolean(true)});
+        if (n == "false" || n == "False") return make(t.pos, Literal{Value::boolean(false)});
+        if (n == "none" || n == "None") return make(t.pos, Literal{Value::none()});
+        for (MacroDef* m : macros_) {
+          m->uses_caller |= n == "caller";
+          m->uses_varargs |= n == "varargs";
+          m->uses_kwargs |= n == "kwargs";
+        }
+        return make(t.pos, Name{n});
+      }
+      case Tok::lparen: {
+        ExprPtr e = parse_expression_sequence(false);
+        expect(Tok::rparen, "')'");
+        return e;
+      }
+      case Tok::lbracket: {
+        ListLiteral list{{}, false};
+        while (!at(Tok::rbracket)) {
+          list.items.push_back(parse_expression());
+          if (at(Tok::comma)) ++next_;
+        }
+        ++next_;
+        return make(t.pos, std::move(list));
+      }
+      case Tok::lbrace: {
+        DictLiteral dict;
+        while (!at(Tok::rbrace)) {
+          ExprPtr key = parse_expression();
+          expect(Tok::colon, "':' between a key and its value");
+          dict.items.emplace_back(std::move(key), parse_expression());
+          if (at(Tok::comma)) ++next_;
+        }
+        ++next_;
+        return make(t.pos, std::move(dict));
+      }
+      default: fail("unexpected " + describe(t), t.pos, "an expression");
+    }
+  }
+
+  std::vector<Token> tokens_;
+  const Locator& locator_;
+  std::size_t next_ = 0;
+  const Token* tag_ = nullptr;  // the "{%" or "{{" of the tag being read
+  int depth_ = 0;
+  int loop_depth_ = 0;              // for loops around here, inside the innermost macro
+  std::vector<MacroDef*> macros_;   // macros and call blocks around here, innermost last
+};
+
+// ---- Renderer
+
+// Variables, and the scope around. A scope lives while a statement or a macro call runs in it;
+// macros refer to the scope they were defined in without keeping it.
+struct Scope {
+  std::shared_ptr<Scope> parent;
+  std::map<std::string, Value, std::less<>> variables;
+
+  const Value* find(std::string_view name) const {
+    for (const Scope* s = this; s != nullptr; s = s->parent.get())
+      if (const auto it = s->variables.find(name); it != s->variables.end()) return &it->second;
+    return nullptr;
+  }
+  void set(std::string_view name, Value v) { variables.insert_or_assign(std::string(name), std::move(v)); }
+};
+
+struct CallArgs {
+  List positional;
+  std::vector<std::pair<std::string, Value>> keyword;
+  Value caller;  // the body of the {% call %} block that calls a macro
+};
+
+// Reads a call's arguments by position, then by keyword; finish() refuses any left over.
+class ArgReader {
+ public:
+  ArgReader(CallArgs& args, std::string what) : args_(args), what_(std::move(what)) {}
+
+  std::optional<Value> next(std::string_view name) {
+    if (next_ < args_.positional.size()) return std::move(args_.positional[next_++]);
+    return keyword(name);
+  }
+  std::optional<Value> keyword(std::string_view name) {
+    for (auto it = args_.keyword.begin(); it != args_.keyword.end(); ++it)
+      if (it->first == name) {
+        Value v = std::move(it->second);
+        args_.keyword.erase(it);
+        return v;
+      }
+    return std::nullopt;
+  }
+  // The next argument, which must be of kind k.
+  std::optional<Value> next(std::string_view name, Value::Kind k) { return checked(next(name), name, k); }
+  std::optional<Value> keyword(std::string_view name, Value::Kind k) { return checked(keyword(name), name, k); }
+
+  std::vector<std::pair<std::string, Value>> rest_keywords() { return std::exchange(args_.keyword, {}); }
+
+  void finish() const {
+    if (next_ < args_.positional.size())
+      throw Failure{what_ + " takes at most " + std::to_string(next_) + " positional argument(s)"};
+    if (!args_.keyword.empty()) throw Failure{what_ + " has no argument '" + args_.keyword.front().first + "'"};
+  }
+
+ private:
+  std::optional<Value> checked(std::optional<Value> v, std::string_view name, Value::Kind k) const {
+    if (v && !v->is(k))
+      throw Failure{what_ + ": '" + std::string(name) + "' must be " + a_type(Value{k, {}}) + ", not " + a_type(*v)};
+    return v;
+  }
+
+  CallArgs& args_;
+  std::string what_;
+  std::size_t next_ = 0;
+};
+
+enum class Flow : std::uint8_t { next, break_loop, continue_loop };
+
+class Renderer {
+ public:
+  explicit Renderer(const Locator& locator) : locator_(locator) {}
+  // Namespaces are the one mutable value, so the one that can hold itself: emptied, none leaks.
+  ~Renderer() {
+    for (const std::weak_ptr<Dict>& ns : namespaces_)
+      if (const std::shared_ptr<Dict> d = ns.lock()) d->clear();
+  }
+  Renderer(const Renderer&) = delete;
+  Renderer& operator=(const Renderer&) = delete;
+
+  std::string render(const Block& program, const nlohmann::ordered_json& context) {
+    const std::string where = locator_.name() + "'s context";
+    if (!context.is_object() && !context.is_null())
+      throw Error("the context must be a JSON object, not " + std::string(context.type_name()), where);
+    const std::shared_ptr<Scope> globals = new_scope(nullptr);
+    for (const auto& [key, value] : context.items()) {
+      try {
+        globals->set(key, from_json(value));
+      } catch (const Failure& f) {
+        throw Error(f.message, where + ", variable '" + key + "'");
+      }
+    }
+    std::string out;
+    render_block(program, globals, out);
+    return out;
+  }
+
+ private:
+  using K = Value::Kind;
+  // Evaluation depth, macro calls included: above what the parser lets a template nest, shallow
+  // enough for a thread's stack when a macro calls itself without end.
+  static constexpr int kMaxDepth = 512;
+  // Statements run in one render: far above what a conversation of thousands of turns needs,
+  // and a bound on the time a template whose macros recurse many ways can take.
+  static constexpr std::int64_t kMaxSteps = std::int64_t{1} << 24;
+  // Bytes of text and lists a render may build: far above any prompt, and a bound on the memory a
+  // short template can take (a loop of `set ns.s = ns.s ~ ns.s` doubles a string each pass).
+  static constexpr std::size_t kMaxBuilt = std::size_t{1} << 28;
+
+  std::size_t room() const { return built_ >= kMaxBuilt ? 0 : kMaxBuilt - built_; }
+  void fits(std::size_t bytes) const {
+    if (bytes > room()) throw Failure{"the template builds more than 256 MiB of text and lists"};
+  }
+  void build(std::size_t bytes) {
+    fits(bytes);
+    built_ += bytes;
+  }
+  Value built(Value v) {
+    if (v.is(K::string)) build(v.as_string().size());
+    if (v.is(K::list)) build(v.as_list().size() * sizeof(Value));
+    if (v.is_mapping()) build(v.as_dict().size() * sizeof(Dict::Entry));
+    return v;
+  }
+  void write(std::string& out, const Value& v) {
+    const std::string text = print_text(v, room());
+    build(text.size());
+    out += text;
+  }
+
+  class Depth {
+   public:
+    Depth(Renderer& r, std::size_t pos) : r_(r) {
+      if (++r_.depth_ > kMaxDepth)
+        throw Error("the template nests deeper than " + std::to_string(kMaxDepth) +
+                        " levels as it renders (a macro calling itself?)",
+                    r_.locator_.where(pos));
+    }
+    ~Depth() { --r_.depth_; }
+    Depth(const Depth&) = delete;
+    Depth& operator=(const Depth&) = delete;
+
+   private:
+    Renderer& r_;
+  };
+
+  static std::shared_ptr<Scope> new_scope(std::shared_ptr<Scope> parent) {
+    auto scope = std::make_shared<Scope>();
+    scope->parent = std::move(parent);
+    return scope;
+  }
+
+  // ---- Statements
+
+  Flow render_block(const Block& block, const std::shared_ptr<Scope>& scope, std::string& out) {
+    for (const Stmt& s : block)
+      if (const Flow f = exec(s, scope, out); f != Flow::next) return f;
+    return Flow::next;
+  }
+
+  Flow exec(const Stmt& s, const std::shared_ptr<Scope>& scope, std::string& out) {
+    const Depth depth(*this, s.pos);
+    if (++steps_ > kMaxSteps) throw Error("the template runs more than 2^24 statements", locator_.where(s.pos));
+    try {
+      return std::visit([&](const auto& node) { return exec_node(node, scope, out); }, s.node);
+    } catch (const Failure& f) {
+      throw Error(f.message, locator_.where(s.pos));
+    }
+  }
+
+  Flow exec_node(const TextStmt& s, const std::shared_ptr<Scope>&, std::string& out) {
+    build(s.text.size());
+    out += s.text;
+    return Flow::next;
+  }
+
+  Flow exec_node(const OutputStmt& s, const std::shared_ptr<Scope>& scope, std::string& out) {
+    write(out, eval(*s.value, *scope));
+    return Flow::next;
+  }
+
+  Flow exec_node(const IfStmt& s, const std::shared_ptr<Scope>& scope, std::string& out) {
+    return render_block(truthy(eval(*s.condition, *scope)) ? s.body : s.otherwise, scope, out);
+  }
+
+  void bind_targets(Scope& scope, const std::vector<std::string>& targets, const Value& item) {
+    if (targets.size() == 1) {
+      scope.set(targets[0], item);
+      return;
+    }
+    if (!item.is(K::list))
+      throw Failure{"cannot unpack " + a_type(item) + " into " + std::to_string(targets.size()) + " names"};
+    const List& values = item.as_list();
+    if (values.size() != targets.size())
+      throw Failure{"cannot unpack " + std::to_string(values.size()) + " items into " + std::to_string(targets.size()) +
+                    " names"};
+    for (std::size_t i = 0; i < targets.size(); ++i) scope.set(targets[i], values[i]);
+  }
+
+  // The loop scope holds the loop variables and whatever the body sets: nothing leaks out.
+  Flow exec_node(const ForStmt& s, const std::shared_ptr<Scope>& scope, std::string& out) {
+    const std::shared_ptr<Scope> loop_scope = new_scope(scope);
+    const Value iterable = eval(*s.iterable, *loop_scope);
+    List candidates;
+    if (iterable.is(K::list)) {
+      candidates = iterable.as_list();
+    } else if (iterable.is(K::dict)) {
+      for (const auto& entry : iterable.as_dict().entries()) candidates.push_back(Value::string(entry.first));
+    } else {
+      throw Failure{"cannot loop over " + a_type(iterable)};
+    }
+    List items;
+    const std::shared_ptr<Scope> filter_scope = s.condition ? new_scope(loop_scope) : nullptr;
+    for (Value& item : candidates) {
+      if (filter_scope) {
+        filter_scope->variables.clear();
+        bind_targets(*filter_scope, s.targets, item);
+        if (!truthy(eval(*s.condition, *filter_scope))) continue;
+      }
+      items.push_back(std::move(item));
+    }
+    bool none_done = true;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      loop_scope->set("loop", loop_value(items, i));
+      bind_targets(*loop_scope, s.targets, items[i]);
+      const Flow f = render_block(s.body, loop_scope, out);
+      if (f == Flow::continue_loop) continue;
+      if (f == Flow::break_loop) break;
+      none_done = false;  // the library's for-else also runs when every pass ended in break or continue
+    }
+    if (none_done) render_block(s.otherwise, loop_scope, out);
+    return Flow::next;
+  }
+
+  static Value loop_value(const List& items, std::size_t i) {
+    const auto n = static_cast<std::int64_t>(items.size()), k = static_cast<std::int64_t>(i);
+    auto loop = std::make_shared<Dict>();
+    loop->set("index", Value::integer(k + 1));
+    loop->set("index0", Value::integer(k));
+    loop->set("revindex", Value::integer(n - k));
+    loop->set("revindex0", Value::integer(n - k - 1));
+    loop->set("first", Value::boolean(k == 0));
+    loop->set("last", Value::boolean(k == n - 1));
+    loop->set("length", Value::integer(n));
+    loop->set("previtem", k > 0 ? items[i - 1] : Value{});
+    loop->set("nextitem", k < n - 1 ? items[i + 1] : Value{});
+    return Value::dict(std::move(loop));
+  }
+
+  Flow exec_node(const SetStmt& s, const std::shared_ptr<Scope>& scope, std::string&) {
+    Value value;
+    if (s.value) {
+      value = eval(*s.value, *scope);
+    } else {
+      std::string body;
+      render_block(s.body, scope, body);
+      value = Value::string(std::move(body));
+    }
+    if (s.name_space) {
+      const Value target = eval(*s.name_space, *scope);
+      if (!target.is(K::name_space))
+        throw Failure{"cannot set an attribute of " + a_type(target) + "; only of a namespace()"};
+      target.as_dict().set(s.attribute, std::move(value));
+    } else {
+      bind_targets(*scope, s.targets, value);
+    }
+    return Flow::next;
+  }
+
+  Flow exec_node(const MacroStmt& s, const std::shared_ptr<Scope>& scope, std::string&) {
+    scope->set(s.macro.name, Value::function({Function::Kind::macro, s.macro.name, {}, &s.macro, scope}));
+    return Flow::next;
+  }
+
+  Flow exec_node(const CallStmt& s, const std::shared_ptr<Scope>& scope, std::string& out) {
+    CallArgs args = eval_args(s.args, *scope);
+    args.caller = Value::function({Function::Kind::caller, "caller", {}, &s.caller, scope});
+    write(out, call(s.callee, eval(*s.callee, *scope), std::move(args), *scope));
+    return Flow::next;
+  }
+
+  Flow exec_node(const FilterStmt& s, const std::shared_ptr<Scope>& scope, std::string& out) {
+    std::string body;
+    render_block(s.body, scope, body);
+    write(out, apply_filter(std::get<FilterExpr>(s.filter->node), Value::string(std::move(body)), *scope));
+    return Flow::next;
+  }
+
+  Flow exec_node(const BreakStmt&, const std::shared_ptr<Scope>&, std::string&) { return Flow::break_loop; }
+  Flow exec_node(const ContinueStmt&, const std::shared_ptr<Scope>&, std::string&) { return Flow::continue_loop; }
+
+  // ---- Expressions
+
+  Value eval(const Expr& e, Scope& scope) {
+    const Depth depth(*this, e.pos);
+    try {
+      return std::visit([&](const auto& node) { return eval_node(node, scope); }, e.node);
+    } catch (const Failure& f) {
+      throw Error(f.message, locator_.where(e.pos));
+    }
+  }
+
+  Value eval_node(const Literal& e, Scope&) { return e.value; }
+
+  Value eval_node(const Name& e, Scope& scope) {
+    if (const Value* v = scope.find(e.name)) return *v;
+    if (contains(kGlobals, e.name)) return Value::function({Function::Kind::global, e.name, {}, nullptr, {}});
+    return {};
+  }
+
+  Value eval_node(const ListLiteral& e, Scope& scope) {
+    List items;
+    for (const ExprPtr& item : e.items) items.push_back(eval(*item, scope));
+    return built(Value::list(std::move(items)));
+  }
+
+  Value eval_node(const DictLiteral& e, Scope& scope) {
+    auto d = std::make_shared<Dict>();
+    for (const auto& [key_expr, value_expr] : e.items) {
+      Value key = eval(*key_expr, scope);
+      if (!key.is(K::string)) throw Failure{"dict keys must be strings, not " + a_type(key)};
+      d->set(key.as_string(), eval(*value_expr, scope));
+    }
+    return built(Value::dict(std::move(d)));
+  }
+
+  Value eval_node(const Member& e, Scope& scope) {
+    const Value object = eval(*e.object, scope);
+    return member(object, eval(*e.index, scope));
+  }
+
+  // a.b and a[b]: a dict's key, else its method; a list's or a string's item (from the end when
+  // negative), its length, a string's method; undefined where there is none.
+  static Value member(const Value& object, const Value& key) {
+    if (object.is_mapping()) {
+      if (!key.is(K::string)) throw Failure{a_type(object) + "'s keys are strings, not " + a_type(key)};
+      if (const Value* v = object.as_dict().find(key.as_string())) return *v;
+      if (object.is(K::dict) && is_method(object, key.as_string()))
+        return Value::function({Function::Kind::method, key.as_string(), object, nullptr, {}});
+      return {};
+    }
+    if (object.is(K::list) || object.is(K::string)) {
+      if (key.is(K::integer) && object.is(K::string)) {
+        std::optional<std::string> unit = utf16_unit_at(object.as_string(), key.as_int());
+        return unit ? Value::string(std::move(*unit)) : Value{};
+      }
+      if (key.is(K::integer)) {
+        const auto n = static_cast<std::int64_t>(object.as_list().size());
+        const std::int64_t i = key.as_int() < 0 ? key.as_int() + n : key.as_int();
+        if (i < 0 || i >= n) return {};
+        return object.as_list()[static_cast<std::size_t>(i)];
+      }
+      if (!key.is(K::string)) throw Failure{a_type(object) + " is indexed by integers, not by " + a_type(key)};
+      if (key.as_string() == "length")
+        return Value::integer(object.is(K::string) ? utf16_length(object.as_string())
+                                                   : static_cast<std::int64_t>(object.as_list().size()));
+      if (object.is(K::string) && is_method(object, key.as_string()))
+        return Value::function({Function::Kind::method, key.as_string(), object, nullptr, {}});
+      return {};
+    }
+    if (!key.is(K::string)) throw Failure{"cannot index " + a_type(object)};
+    return {};
+  }
+
+  static bool is_method(const Value& object, std::string_view name) {
+    static constexpr std::string_view kStringMethods[] = {"capitalize", "endswith", "lower", "lstrip",
+                                                          "replace", "rstrip", "split", "startswith",
+                                                          "strip", "title", "upper"};
+    static constexpr std::string_view kDictMethods[] = {"dictsort", "get", "items", "keys", "values"};
+    return object.is(K::string) ? contains(kStringMethods, name) : contains(kDictMethods, name);
+  }
+
+  Value eval_node(const Slice& e, Scope& scope) {
+    const Value object = eval(*e.object, scope);
+    if (!object.is(K::list) && !object.is(K::string)) throw Failure{"cannot slice " + a_type(object)};
+    const auto bound = [&](const ExprPtr& part, std::string_view what) -> std::optional<std::int64_t> {
+      if (!part) return std::nullopt;
+      const Value v = eval(*part, scope);
+      if (v.is(K::undefined)) return std::nullopt;
+      if (!v.is(K::integer)) throw Failure{"a slice's " + std::string(what) + " must be an integer, not " + a_type(v)};
+      return v.as_int();
+    };
+    const auto start = bound(e.start, "start"), stop = bound(e.stop, "stop"), step = bound(e.step, "step");
+    if (object.is(K::list)) {
+      List items;
+      for (const std::size_t i :
+           slice_indices(static_cast<std::int64_t>(object.as_list().size()), start, stop, step.value_or(1)))
+        items.push_back(object.as_list()[i]);
+      return Value::list(std::move(items));
+    }
+    const std::vector<std::string_view> chars = split_code_points(object.as_string());
+    std::string text;
+    for (const std::size_t i : slice_indices(static_cast<std::int64_t>(chars.size()), start, stop, step.value_or(1)))
+      text += chars[i];
+    return Value::string(std::move(text));
+  }
+
+  CallArgs eval_args(const Args& args, Scope& scope) {
+    CallArgs out;
+    for (const ExprPtr& a : args.positional) out.positional.push_back(eval(*a, scope));
+    for (const auto& [name, a] : args.keyword) {
+      for (const auto& [seen, ignored] : out.keyword)
+        if (seen == name) throw Failure{"argument '" + name + "' is given twice"};
+      out.keyword.emplace_back(name, eval(*a, scope));
+    }
+    return out;
+  }
+
+  Value eval_node(const Call& e, Scope& scope) {
+    CallArgs args = eval_args(e.args, scope);
+    return call(e.callee, eval(*e.callee, scope), std::move(args), scope);
+  }
+
+  Value call(const ExprPtr& callee_expr, const Value& callee, CallArgs args, Scope& scope) {
+    if (callee.is(K::function)) {
+      const Function& f = callee.as_function();
+      switch (f.kind) {
+        case Function::Kind::global: return built(call_global(f.name, args));
+        case Function::Kind::method: return built(invoke_method(f.self, f.name, args));
+        case Function::Kind::macro:
+        case Function::Kind::caller: return call_macro(f, std::move(args));
+      }
+    }
+    // Says what was called: a name, or a method of some value.
+    if (const auto* name = std::get_if<Name>(&callee_expr->node))
+      throw Failure{"'" + name->name + "' is " + (callee.is(K::undefined) ? "undefined" : a_type(callee)) +
+                    ", not a function"};
+    if (const auto* m = std::get_if<Member>(&callee_expr->node); m && callee.is(K::undefined)) {
+      if (const auto* key = std::get_if<Literal>(&m->index->node); key && key->value.is(K::string))
+        throw Failure{a_type(eval(*m->object, scope)) + " has no method '" + key->value.as_string() + "'"};
+    }
+    throw Failure{"cannot call " + a_type(callee)};
+  }
+
+  // Binds a macro's parameters as the library does: by position, then by keyword, then from the
+  // defaults, which see the parameters before them.
+  Value call_macro(const Function& f, CallArgs args) {
+    const MacroDef& def = *f.macro;
+    std::shared_ptr<Scope> parent = f.scope.lock();
+    if (!parent) throw Failure{"macro '" + def.name + "' is called after the block that defined it has ended"};
+    if (f.kind == Function::Kind::macro && def.uses_caller) {
+      parent = new_scope(std::move(parent));
+      parent->set("caller", args.caller);
+    }
+    const std::shared_ptr<Scope> scope = new_scope(std::move(parent));
+    std::vector<const Param*> pending;
+    for (std::size_t i = 0; i < def.params.size(); ++i) {
+      const Param& p = def.params[i];
+      std::optional<Value> v;
+      if (i < args.positional.size()) {
+        v = args.positional[i];
+      } else {
+        for (auto it = args.keyword.begin(); it != args.keyword.end(); ++it)
+          if (it->first == p.name) {
+            v = std::move(it->second);
+            args.keyword.erase(it);
+            break;
+          }
+      }
+      if (!v && p.default_value) pending.push_back(&p);
+      scope->set(p.name, v.value_or(Value{}));
+    }
+    const std::string what = f.kind == Function::Kind::macro ? "macro '" + def.name + "'" : "the call block";
+    if (def.uses_kwargs) {
+      auto kwargs = std::make_shared<Dict>();
+      for (auto& [name, v] : args.keyword) kwargs->set(name, std::move(v));
+      scope->set("kwargs", Value::dict(std::move(kwargs)));
+    } else if (!args.keyword.empty()) {
+      throw Failure{what + " has no parameter '" + args.keyword.front().first + "'"};
+    }
+    if (def.uses_varargs) {
+      List rest;
+      for (std::size_t i = def.params.size(); i < args.positional.size(); ++i) rest.push_back(args.positional[i]);
+      scope->set("varargs", Value::list(std::move(rest)));
+    } else if (args.positional.size() > def.params.size()) {
+      throw Failure{what + " takes at most " + std::to_string(def.params.size()) + " argument(s)"};
+    }
+    for (const Param* p : pending) scope->set(p->name, eval(*p->default_value, *scope));
+    std::string out;
+    render_block(def.body, scope, out);
+    return Value::string(std::move(out));
+  }
+
+  Value eval_node(const FilterExpr& e, Scope& scope) { return apply_filter(e, eval(*e.operand, scope), scope); }
+
+  Value eval_node(const TestExpr& e, Scope& scope) {
+    const Value operand = eval(*e.operand, scope);
+    CallArgs args = eval_args(e.args, scope);
+    ArgReader in(args, "test '" + e.name + "'");
+    const std::optional<Value> arg = e.name == "eq" || e.name == "equalto" ? in.next("value") : std::nullopt;
+    in.finish();
+    return Value::boolean(test(e.name, operand, arg) != e.negated);
+  }
+
+  Value eval_node(const Unary& e, Scope& scope) {
+    const Value v = eval(*e.operand, scope);
+    if (e.op == '!') return Value::boolean(!truthy(v));
+    const bool minus = e.op == '-';
+    if (v.is(K::floating)) return Value::floating(minus ? -v.as_number() : v.as_number());
+    if (v.is(K::integer) || v.is(K::boolean)) {
+      const std::int64_t i = v.is(K::boolean) ? v.as_bool() : v.as_int();
+      if (minus && i == std::numeric_limits<std::int64_t>::min()) throw Failure{"integer overflow"};
+      return Value::integer(minus ? -i : i);
+    }
+    throw Failure{"unary " + std::string(1, e.op) + " cannot apply to " + a_type(v)};
+  }
+
+  Value eval_node(const Conditional& e, Scope& scope) {
+    if (truthy(eval(*e.condition, scope))) return eval(*e.then, scope);
+    return e.otherwise ? eval(*e.otherwise, scope) : Value{};
+  }
+
+  Value eval_node(const Binary& e, Scope& scope) {
+    Value left = eval(*e.left, scope);
+    if (e.op == Op::logical_and) return truthy(left) ? eval(*e.right, scope) : left;
+    if (e.op == Op::logical_or) return truthy(left) ? left : eval(*e.right, scope);
+    return built(binary(e.op, left, eval(*e.right, scope)));
+  }
+
+  static const char* op_text(Op op) {
+    static constexpr const char* kText[] = {
+        "+", "-", "*", "/", "//", "%", "**", "~", "==", "!=", "<", ">", "<=", ">=", "in", "not in", "and", "or"};
+    return kText[static_cast<int>(op)];
+  }
+
+  static bool compare(Op op, int c) {
+    switch (op) {
+      case Op::less: return c < 0;
+      case Op::greater: return c > 0;
+      case Op::less_equal: return c <= 0;
+      default: return c >= 0;
+    }
+  }
+
+  // The library's order of cases: numbers; undefined; none; ~; **; lists; then strings and dicts.
+  static Value binary(Op op, const Value& a, const Value& b) {
+    if (op == Op::equal || op == Op::not_equal) return Value::boolean(loose_equal(a, b) == (op == Op::equal));
+    const auto unsupported = [&]() -> Failure {
+      return {"'" + std::string(op_text(op)) + "' cannot apply to " + a_type(a) + " and " + a_type(b)};
+    };
+    if (a.is_number() && b.is_number() && op != Op::concat && op != Op::power) return arithmetic(op, a, b);
+    if (a.is(K::undefined) || b.is(K::undefined)) {
+      if (b.is(K::undefined) && (op == Op::in || op == Op::not_in)) return Value::boolean(op == Op::not_in);
+      if (op == Op::concat && !a.is(K::none) && !b.is(K::none))
+        return Value::string((a.is(K::undefined) ? "" : concat_text(a)) + (b.is(K::undefined) ? "" : concat_text(b)));
+      throw unsupported();
+    }
+    if (a.is(K::none) || b.is(K::none)) throw unsupported();
+    if (op == Op::concat) return Value::string(concat_text(a) + concat_text(b));
+    const auto numeric = [](const Value& v) { return v.is_number() || v.is(K::boolean); };
+    if (op == Op::power && numeric(a) && numeric(b)) return power(a, b);
+    if (a.is(K::list) && b.is(K::list) && op == Op::add) {
+      List items = a.as_list();
+      items.insert(items.end(), b.as_list().begin(), b.as_list().end());
+      return Value::list(std::move(items));
+    }
+    if (b.is(K::list) && (op == Op::in || op == Op::not_in)) {
+      const bool found =
+          std::any_of(b.as_list().begin(), b.as_list().end(), [&](const Value& x) { return strict_equal(x, a); });
+      return Value::boolean(found == (op == Op::in));
+    }
+    if ((a.is(K::string) || b.is(K::string)) && op == Op::add) return Value::string(concat_text(a) + concat_text(b));
+    if (a.is(K::string) && b.is(K::string)) {
+      if (op == Op::in || op == Op::not_in)
+        return Value::boolean((b.as_string().find(a.as_string()) != std::string::npos) == (op == Op::in));
+      if (op == Op::less || op == Op::greater || op == Op::less_equal || op == Op::greater_equal)
+        return Value::boolean(compare(op, a.as_string().compare(b.as_string())));
+    }
+    if (a.is(K::string) && b.is(K::dict) && (op == Op::in || op == Op::not_in))
+      return Value::boolean((b.as_dict().find(a.as_string()) != nullptr) == (op == Op::in));
+    throw unsupported();
+  }
+
+  // Integers stay integers (+ - * // %), / gives a float; % takes the dividend's sign, as in
+  // JavaScript. Division by zero and overflow are errors.
+  static Value arithmetic(Op op, const Value& a, const Value& b) {
+    if (op == Op::in || op == Op::not_in) throw Failure{"'" + std::string(op_text(op)) + "' cannot apply to numbers"};
+    const bool integers = a.is(K::integer) && b.is(K::integer);
+    const double x = a.as_number(), y = b.as_number();
+    if ((op == Op::divide || op == Op::floor_divide || op == Op::modulo) && y == 0) throw Failure{"division by zero"};
+    if (integers && op != Op::divide) {
+      const std::int64_t i = a.as_int(), j = b.as_int();
+      std::int64_t r = 0;
+      bool overflow = false;
+      switch (op) {
+        case Op::add: overflow = __builtin_add_overflow(i, j, &r); break;
+        case Op::subtract: overflow = __builtin_sub_overflow(i, j, &r); break;
+        case Op::multiply: overflow = __builtin_mul_overflow(i, j, &r); break;
+        case Op::floor_divide:
+          overflow = i == std::numeric_limits<std::int64_t>::min() && j == -1;
+          r = overflow ? 0 : i / j - ((i % j != 0) && ((i < 0) != (j < 0)));
+          break;
+        case Op::modulo: r = j == -1 ? 0 : i % j; break;
+        default: return Value::boolean(compare(op, i < j ? -1 : i > j ? 1 : 0));
+      }
+      if (overflow) throw Failure{"integer overflow"};
+      return Value::integer(r);
+    }
+    switch (op) {
+      case Op::add: return Value::floating(x + y);
+      case Op::subtract: return Value::floating(x - y);
+      case Op::multiply: return Value::floating(x * y);
+      case Op::divide: return Value::floating(x / y);
+      case Op::floor_divide: return Value::floating(std::floor(x / y));
+      case Op::modulo: return Value::floating(std::fmod(x, y));
+      default: return Value::boolean(compare(op, x < y ? -1 : x > y ? 1 : 0));
+    }
+  }
+
+  static Value power(const Value& a, const Value& b) {
+    const double x = a.as_number(), y = b.as_number();
+    if (x == 0 && y < 0) throw Failure{"0 cannot be raised to a negative power"};
+    if (!a.is(K::floating) && !b.is(K::floating) && y >= 0) {
+      // By squaring: once base * base overflows, the result would too.
+      std::int64_t base = a.is(K::boolean) ? a.as_bool() : a.as_int(),
+                   exponent = b.is(K::boolean) ? b.as_bool() : b.as_int();
+      std::int64_t r = 1;
+      while (exponent > 0) {
+        if ((exponent & 1) && __builtin_mul_overflow(r, base, &r)) throw Failure{"integer overflow"};
+        exponent >>= 1;
+        if (exponent > 0 && __builtin_mul_overflow(base, base, &base)) throw Failure{"integer overflow"};
+      }
+      return Value::integer(r);
+    }
+    const double r = std::pow(x, y);
+    if (!std::isfinite(r)) throw Failure{"the power is not a finite number"};
+    return Value::floating(r);
+  }
+
+  // ---- Tests, filters, methods and globals
+
+  static bool test(std::string_view name, const Value& v, const std::optional<Value>& arg) {
+    if (name == "boolean") return v.is(K::boolean);
+    if (name == "callable") return v.is(K::function);
+    if (name == "odd" || name == "even") {
+      if (!v.is(K::integer)) throw Failure{"test '" + std::string(name) + "' needs an integer, not " + a_type(v)};
+      return (v.as_int() % 2 != 0) == (name == "odd");
+    }
+    if (name == "false" || name == "true") return v.is(K::boolean) && v.as_bool() == (name == "true");
+    if (name == "none") return v.is(K::none);
+    if (name == "string") return v.is(K::string);
+    if (name == "number") return v.is_number();
+    if (name == "integer") return v.is(K::integer);
+    if (name == "float") return v.is(K::floating);
+    if (name == "iterable") return v.is(K::list) || v.is(K::string);
+    if (name == "mapping") return v.is(K::dict);
+    if (name == "sequence") return v.is(K::list) || v.is(K::dict) || v.is(K::string);
+    if (name == "lower") return v.is(K::string) && lower(v.as_string()) == v.as_string();
+    if (name == "upper") return v.is(K::string) && upper(v.as_string()) == v.as_string();
+    if (name == "defined") return !v.is(K::undefined);
+    if (name == "undefined") return v.is(K::undefined);
+    return strict_equal(v, arg.value_or(Value{}));  // eq, equalto
+  }
+
+  Value apply_filter(const FilterExpr& e, const Value& v, Scope& scope) {
+    CallArgs args = eval_args(e.args, scope);
+    ArgReader in(args, "filter '" + e.name + "'");
+    Value result = built(filter(e.name, v, in));
+    in.finish();
+    return result;
+  }
+
+  Value filter(const std::string& name, const Value& v, ArgReader& in) {
+    if (name == "safe") return v;
+    if (name == "tojson") return tojson(v, in);
+    if (name == "default") {
+      Value fallback = in.next("default_value").value_or(Value::string(""));
+      const bool boolean = in.next("boolean", K::boolean).value_or(Value::boolean(false)).as_bool();
+      return v.is(K::undefined) || (boolean && !truthy(v)) ? fallback : v;
+    }
+    if (name == "int" || name == "float") return number_filter(name == "int", v, in);
+    if (name == "join") {
+      const std::string sep = in.next("separator", K::string).value_or(Value::string("")).as_string();
+      std::string out;
+      if (v.is(K::string)) {
+        const std::vector<std::string_view> chars = split_code_points(v.as_string());
+        for (std::size_t i = 0; i < chars.size(); ++i) {
+          out += (i ? sep : "") + std::string(chars[i]);
+          fits(out.size());
+        }
+        return Value::string(std::move(out));
+      }
+      if (v.is(K::list)) {
+        const List& items = v.as_list();
+        for (std::size_t i = 0; i < items.size(); ++i) {
+          out += (i ? sep : "") + (items[i].is_nullish() ? "" : concat_text(items[i]));
+          fits(out.size());
+        }
+        return Value::string(std::move(out));
+      }
+    }
+    if (name == "length" || name == "count") {
+      if (v.is(K::string)) return Value::integer(utf16_length(v.as_string()));
+      if (v.is(K::list)) return Value::integer(static_cast<std::int64_t>(v.as_list().size()));
+      if (v.is(K::dict)) return Value::integer(static_cast<std::int64_t>(v.as_dict().size()));
+    }
+    if (name == "string") {
+      if (v.is(K::boolean) || v.is_number() || v.is(K::string) || v.is(K::list) || v.is(K::dict))
+        return Value::string(print_text(v, room()));
+    }
+    if (v.is(K::list)) return list_filter(name, v, in);
+    if (v.is(K::string)) return string_filter(name, v, in);
+    if (v.is(K::dict) && (name == "items" || name == "keys" || name == "values" || name == "dictsort"))
+      return call_method(v, name, in);
+    if (v.is_number() && name == "abs") {
+      if (v.is(K::floating)) return Value::floating(std::fabs(v.as_number()));
+      if (v.as_int() == std::numeric_limits<std::int64_t>::min()) throw Failure{"integer overflow"};
+      return Value::integer(std::abs(v.as_int()));
+    }
+    throw Failure{"filter '" + name + "' cannot apply to " + a_type(v)};
+  }
+
+  Value tojson(const Value& v, ArgReader& in) {
+    JsonStyle style;
+    if (const auto indent = in.keyword("indent"); indent && !indent->is(K::none)) {
+      if (!indent->is(K::integer) || indent->as_int() < 0)
+        throw Failure{"tojson: indent must be a non-negative integer or none"};
+      style.indent = indent->as_int();
+    }
+    style.ensure_ascii = in.keyword("ensure_ascii", K::boolean).value_or(Value::boolean(false)).as_bool();
+    style.sort_keys = in.keyword("sort_keys", K::boolean).value_or(Value::boolean(false)).as_bool();
+    if (const auto separators = in.keyword("separators"); separators && !separators->is(K::none)) {
+      const bool pair = separators->is(K::list) && separators->as_list().size() == 2 &&
+                        separators->as_list()[0].is(K::string) && separators->as_list()[1].is(K::string);
+      if (!pair) throw Failure{"tojson: separators must be two strings"};
+      style.separators.emplace(separators->as_list()[0].as_string(), separators->as_list()[1].as_string());
+    }
+    // The library reads keywords only; tojson(2) would mean ensure_ascii in transformers.
+    in.finish();
+    return Value::string(to_json(v, style, room()));
+  }
+
+  static Value number_filter(bool to_int, const Value& v, ArgReader& in) {
+    const Value fallback = in.next("default").value_or(to_int ? Value::integer(0) : Value::floating(0));
+    if (v.is(K::string)) {
+      if (to_int) {
+        const auto i = parse_js_int(v.as_string());
+        return i ? Value::integer(*i) : fallback;
+      }
+      const auto d = parse_js_float(v.as_string());
+      return d ? Value::floating(*d) : fallback;
+    }
+    if (v.is_number() || v.is(K::boolean)) {
+      if (!to_int) return Value::floating(v.as_number());
+      if (!v.is(K::floating)) return Value::integer(v.is(K::boolean) ? v.as_bool() : v.as_int());
+      const double t = std::trunc(v.as_number());
+      if (!(std::fabs(t) < 9.2e18)) throw Failure{js_number(v.as_number()) + " does not fit in a 64-bit integer"};
+      return Value::integer(static_cast<std::int64_t>(t));
+    }
+    throw Failure{"filter '" + std::string(to_int ? "int" : "float") + "' cannot apply to " + a_type(v)};
+  }
+
+  Value list_filter(const std::string& name, const Value& v, ArgReader& in) {
+    const List& items = v.as_list();
+    if (name == "list") return v;
+    if (name == "first") return items.empty() ? Value{} : items.front();
+    if (name == "last") return items.empty() ? Value{} : items.back();
+    if (name == "reverse") return Value::list(List(items.rbegin(), items.rend()));
+    if (name == "unique") {
+      List out;
+      for (const Value& item : items)
+        if (std::none_of(out.begin(), out.end(), [&](const Value& seen) { return strict_equal(seen, item); }))
+          out.push_back(item);
+      return Value::list(std::move(out));
+    }
+    if (name == "sort") {
+      const bool reverse = in.next("reverse", K::boolean).value_or(Value::boolean(false)).as_bool();
+      const bool case_sensitive = in.next("case_sensitive", K::boolean).value_or(Value::boolean(false)).as_bool();
+      const Value attribute = in.next("attribute").value_or(Value::none());
+      if (!attribute.is(K::string) && !attribute.is(K::integer) && !attribute.is(K::none))
+        throw Failure{"filter 'sort': attribute must be a string, an integer or none"};
+      const auto key = [&](const Value& item) {
+        if (attribute.is(K::none)) return item;
+        return attribute_path(item,
+                              attribute.is(K::string) ? attribute.as_string() : std::to_string(attribute.as_int()));
+      };
+      List out = items;
+      std::stable_sort(out.begin(), out.end(), [&](const Value& a, const Value& b) {
+        const int c = compare_values(key(a), key(b), case_sensitive);
+        return reverse ? c > 0 : c < 0;
+      });
+      return Value::list(std::move(out));
+    }
+    if (name == "selectattr" || name == "rejectattr") {
+      const std::optional<Value> attribute_arg = in.next("attribute", K::string);
+      if (!attribute_arg) throw Failure{"filter '" + name + "' needs an attribute name"};
+      const std::string& attribute = attribute_arg->as_string();
+      const std::optional<Value> test_name = in.next("test", K::string);
+      const std::optional<Value> test_arg = in.next("value");
+      if (test_name && !contains(kTests, test_name->as_string()))
+        throw Failure{"unknown test '" + test_name->as_string() + "'"};
+      List out;
+      for (const Value& item : items) {
+        if (!item.is_mapping())
+          throw Failure{"filter '" + name + "' needs a list of dicts, not one holding " + a_type(item)};
+        const Value* a = item.as_dict().find(attribute);
+        const bool passed = a != nullptr && (test_name ? test(test_name->as_string(), *a, test_arg) : truthy(*a));
+        if (passed == (name == "selectattr")) out.push_back(item);
+      }
+      return Value::list(std::move(out));
+    }
+    if (name == "map") {
+      const std::optional<Value> attribute = in.keyword("attribute", K::string);
+      const std::optional<Value> fallback = in.keyword("default");
+      if (!attribute) throw Failure{"filter 'map' is supported with attribute= only"};
+      List out;
+      for (const Value& item : items) {
+        if (!item.is_mapping()) throw Failure{"filter 'map' needs a list of dicts, not one holding " + a_type(item)};
+        Value found = attribute_path(item, attribute->as_string());
+        out.push_back(found.is(K::undefined) && fallback ? *fallback : std::move(found));
+      }
+      return Value::list(std::move(out));
+    }
+    throw Failure{"filter '" + name + "' cannot apply to a list"};
+  }
+
+  Value string_filter(const std::string& name, const Value& v, ArgReader& in) {
+    const std::string& s = v.as_string();
+    if (name == "upper" || name == "lower" || name == "title" || name == "capitalize" || name == "replace")
+      return call_method(v, name, in);
+    if (name == "trim") return call_method(v, "strip", in);
+    if (name == "indent") {
+      const Value width = in.next("width").value_or(Value::integer(4));
+      if (!width.is(K::integer) && !width.is(K::string))
+        throw Failure{"filter 'indent': width must be an integer or a string"};
+      const bool first = truthy(in.next("first").value_or(Value::boolean(false)));
+      const bool blank = truthy(in.next("blank").value_or(Value::boolean(false)));
+      if (width.is(K::integer)) fits(static_cast<std::size_t>(std::max<std::int64_t>(0, width.as_int())));
+      const std::string pad =
+          width.is(K::string) ? width.as_string()
+                              : std::string(static_cast<std::size_t>(std::max<std::int64_t>(0, width.as_int())), ' ');
+      std::string out;
+      for (std::size_t start = 0, line = 0;; ++line) {
+        const std::size_t end = std::min(s.find('\n', start), s.size());
+        if ((first || line > 0) && (blank || end > start)) out += pad;
+        out.append(s, start, end - start);
+        fits(out.size());
+        if (end == s.size()) break;
+        out += '\n';
+        start = end + 1;
+      }
+      return Value::string(std::move(out));
+    }
+    throw Failure{"filter '" + name + "' cannot apply to a string"};
+  }
+
+  Value invoke_method(const Value& self, const std::string& name, CallArgs& args) {
+    ArgReader in(args, "method '" + name + "'");
+    Value result = call_method(self, name, in);
+    in.finish();
+    return result;
+  }
+
+  // Strings: upper lower title capitalize strip lstrip rstrip startswith endswith split replace.
+  // Dicts: get items keys values dictsort.
+  Value call_method(const Value& self, const std::string& name, ArgReader& in) {
+    if (self.is(K::dict)) return dict_method(self.as_dict(), name, in);
+    const std::string& s = self.as_string();
+    if (name == "upper") return Value::string(upper(s));
+    if (name == "lower") return Value::string(lower(s));
+    if (name == "title") return Value::string(title(s));
+    if (name == "capitalize") return Value::string(capitalize(s));
+    if (name == "strip" || name == "lstrip" || name == "rstrip") {
+      const Value chars = in.next("chars").value_or(Value::none());
+      const bool front = name != "rstrip", back = name != "lstrip";
+      if (chars.is(K::none)) return Value::string(std::string(trim_space(s, front, back)));
+      if (!chars.is(K::string)) throw Failure{"method '" + name + "': chars must be a string or none"};
+      const std::vector<std::string_view> set = split_code_points(chars.as_string());
+      return Value::string(std::string(strip_code_points(s, front, back, [&](char32_t c) {
+        std::string encoded;
+        append_utf8(encoded, c);
+        return std::find(set.begin(), set.end(), encoded) != set.end();
+      })));
+    }
+    if (name == "startswith" || name == "endswith") {
+      const Value pattern = in.next("prefix").value_or(Value{});
+      const auto matches = [&](const Value& p) {
+        if (!p.is(K::string)) throw Failure{"method '" + name + "' takes a string or a list of strings"};
+        const std::string& t = p.as_string();
+        return t.size() <= s.size() &&
+               (name == "startswith" ? s.compare(0, t.size(), t) : s.compare(s.size() - t.size(), t.size(), t)) == 0;
+      };
+      if (pattern.is(K::list))
+        return Value::boolean(std::any_of(pattern.as_list().begin(), pattern.as_list().end(), matches));
+      return Value::boolean(matches(pattern));
+    }
+    if (name == "split") return split(s, in);
+    return replace(s, in);
+  }
+
+  // Python's str.split(sep=None, maxsplit=-1).
+  Value split(const std::string& s, ArgReader& in) {
+    const Value sep = in.next("sep").value_or(Value::none());
+    const std::int64_t maxsplit = in.next("maxsplit", K::integer).value_or(Value::integer(-1)).as_int();
+    List parts;
+    if (sep.is(K::none)) {
+      const std::string_view text = trim_space(s, true, false);
+      for (std::size_t i = 0; i < text.size();) {
+        if (maxsplit >= 0 && static_cast<std::int64_t>(parts.size()) >= maxsplit) {
+          parts.push_back(Value::string(std::string(text.substr(i))));
+          break;
+        }
+        std::size_t end = i;
+        while (end < text.size() && !space_at(text, end)) end += code_point_at(text, end).size;
+        parts.push_back(Value::string(std::string(text.substr(i, end - i))));
+        fits(parts.size() * sizeof(Value));
+        i = end;
+        while (const std::size_t n = space_at(text, i)) i += n;
+      }
+      return Value::list(std::move(parts));
+    }
+    if (!sep.is(K::string)) throw Failure{"method 'split': sep must be a string or none"};
+    const std::string& d = sep.as_string();
+    if (d.empty()) throw Failure{"method 'split': empty separator"};
+    std::size_t start = 0;
+    for (std::size_t hit; (maxsplit < 0 || static_cast<std::int64_t>(parts.size()) < maxsplit) &&
+                          (hit = s.find(d, start)) != std::string::npos;
+         start = hit + d.size()) {
+      parts.push_back(Value::string(s.substr(start, hit - start)));
+      fits(parts.size() * sizeof(Value));
+    }
+    parts.push_back(Value::string(s.substr(start)));
+    return Value::list(std::move(parts));
+  }
+
+  // Python's str.replace(old, new, count): an empty `old` matches before every character and at
+  // the end.
+  Value replace(const std::string& s, ArgReader& in) {
+    const std::optional<Value> from = in.next("old", K::string), to = in.next("new", K::string);
+    if (!from || !to) throw Failure{"method 'replace' needs the old and the new string"};
+    const Value count = in.next("count").value_or(Value::none());
+    if (!count.is(K::integer) && !count.is(K::none))
+      throw Failure{"method 'replace': count must be an integer or none"};
+    std::int64_t left =
+        count.is(K::integer) && count.as_int() >= 0 ? count.as_int() : std::numeric_limits<std::int64_t>::max();
+    const std::string& old = from->as_string();
+    std::string out;
+    if (old.empty()) {
+      for (const std::string_view c : split_code_points(s)) {
+        if (left > 0) {
+          out += to->as_string();
+          --left;
+        }
+        out += c;
+        fits(out.size());
+      }
+      if (left > 0) out += to->as_string();
+      return Value::string(std::move(out));
+    }
+    std::size_t start = 0;
+    for (std::size_t hit; left > 0 && (hit = s.find(old, start)) != std::string::npos;
+         start = hit + old.size(), --left) {
+      out += s.substr(start, hit - start) + to->as_string();
+      fits(out.size());
+    }
+    out += s.substr(start);
+    return Value::string(std::move(out));
+  }
+
+  static Value dict_method(const Dict& d, const std::string& name, ArgReader& in) {
+    if (name == "get") {
+      const std::optional<Value> key = in.next("key");
+      if (!key || !key->is(K::string)) throw Failure{"method 'get' takes a string key"};
+      const Value* found = d.find(key->as_string());
+      return found ? *found : in.next("default").value_or(Value::none());
+    }
+    List out;
+    if (name == "items" || name == "dictsort") {
+      for (const auto& [key, value] : d.entries()) out.push_back(Value::list({Value::string(key), value}));
+    } else {
+      for (const auto& [key, value] : d.entries()) out.push_back(name == "keys" ? Value::string(key) : value);
+    }
+    if (name == "dictsort") {
+      const bool case_sensitive = in.next("case_sensitive", K::boolean).value_or(Value::boolean(false)).as_bool();
+      const std::string by = in.next("by", K::string).value_or(Value::string("key")).as_string();
+      const bool reverse = in.next("reverse", K::boolean).value_or(Value::boolean(false)).as_bool();
+      if (by != "key" && by != "value") throw Failure{"dictsort: by must be 'key' or 'value'"};
+      const std::size_t index = by == "key" ? 0 : 1;
+      std::stable_sort(out.begin(), out.end(), [&](const Value& a, const Value& b) {
+        const int c = compare_values(a.as_list()[index], b.as_list()[index], case_sensitive);
+        return reverse ? c > 0 : c < 0;
+      });
+    }
+    return Value::list(std::move(out));
+  }
+
+  Value call_global(const std::string& name, CallArgs& args) {
+    ArgReader in(args, name + "()");
+    Value result = name == "raise_exception" ? raise_exception(in)
+                   : name == "range"         ? range(in)
+                   : name == "strftime_now"  ? strftime_now(in)
+                                             : name_space(in);
+    in.finish();
+    return result;
+  }
+
+  [[noreturn]] Value raise_exception(ArgReader& in) {
+    const Value message = in.next("message").value_or(Value{});
+    throw Failure{message.is(K::string) ? message.as_string() : print_text(message, room())};
+  }
+
+  static Value range(ArgReader& in) {
+    constexpr std::int64_t kMaxItems = 1 << 20;
+    const std::optional<Value> a = in.next("start", K::integer), b = in.next("stop", K::integer);
+    const std::int64_t step = in.next("step", K::integer).value_or(Value::integer(1)).as_int();
+    if (!a) throw Failure{"range() needs at least one argument"};
+    const std::int64_t start = b ? a->as_int() : 0, stop = b ? b->as_int() : a->as_int();
+    if (step == 0) throw Failure{"range() step must not be zero"};
+    List out;
+    for (std::int64_t i = start; step > 0 ? i < stop : i > stop;) {
+      if (static_cast<std::int64_t>(out.size()) == kMaxItems) throw Failure{"range() of more than 2^20 numbers"};
+      out.push_back(Value::integer(i));
+      if (__builtin_add_overflow(i, step, &i)) break;
+    }
+    return Value::list(std::move(out));
+  }
+
+  // The library formats %Y %m %d %b %B %H %M and %%, with English month names, and leaves other
+  // directives as written; these others are strftime's, as in Python.
+  static Value strftime_now(ArgReader& in) {
+    const std::optional<Value> format = in.next("format", K::string);
+    if (!format) throw Failure{"strftime_now() needs a format"};
+    const std::time_t now = std::time(nullptr);
+    std::tm local{};
+#if defined(_WIN32)
+    localtime_s(&local, &now);
+#else
+    localtime_r(&now, &local);
+#endif
+    static constexpr const char* kMonths[] = {"January", "February", "March", "April", "May", "June", "July",
+                                              "August", "September", "October", "November", "December"};
+    static constexpr std::string_view kStrftime = "aAcdHIjmMpSUwWxXyYZ";
+    const std::string& f = format->as_string();
+    std::string out;
+    for (std::size_t i = 0; i < f.size(); ++i) {
+      const char d = i + 1 < f.size() && f[i] == '%' ? f[i + 1] : '\0';
+      if (d == 'b' || d == 'B') {
+        out += d == 'B' ? std::string(kMonths[local.tm_mon]) : std::string(kMonths[local.tm_mon]).substr(0, 3);
+      } else if (d == '%') {
+        out += '%';
+      } else if (d != '\0' && kStrftime.find(d) != std::string_view::npos) {
+        const char spec[] = {'%', d, '\0'};
+        char buf[128];
+        out.append(buf, std::strftime(buf, sizeof buf, spec, &local));
+      } else {
+        out += f[i];
+        continue;
+      }
+      ++i;
+    }
+    return Value::string(std::move(out));
+  }
+
+  // namespace(mapping or [key, value] pairs, key=value...): the one mutable value.
+  Value name_space(ArgReader& in) {
+    auto ns = std::make_shared<Dict>();
+    if (const std::optional<Value> init = in.next("")) {
+      if (init->is(K::dict)) {
+        for (const auto& [key, value] : init->as_dict().entries()) ns->set(key, value);
+      } else if (init->is(K::list)) {
+        for (const Value& pair : init->as_list()) {
+          if (!pair.is(K::list) || pair.as_list().size() != 2 || !pair.as_list()[0].is(K::string))
+            throw Failure{"namespace() takes a dict or a list of [key, value] pairs with string keys"};
+          ns->set(pair.as_list()[0].as_string(), pair.as_list()[1]);
+        }
+      } else {
+        throw Failure{"namespace() takes a dict or a list of [key, value] pairs, not " + a_type(*init)};
+      }
+    }
+    for (auto& [key, value] : in.rest_keywords()) ns->set(key, std::move(value));
+    namespaces_.push_back(ns);
+    return Value::name_space(std::move(ns));
+  }
+
+  const Locator& locator_;
+  int depth_ = 0;
+  std::int64_t steps_ = 0;
+  std::size_t built_ = 0;
+  std::vector<std::weak_ptr<Dict>> namespaces_;
+};
+
+}  // namespace jinja_detail
+
+// A parsed template; render() may run any number of times, from any number of threads.
+class JinjaTemplate {
+ public:
+  explicit JinjaTemplate(std::string_view source, std::string name = "chat template")
+      : locator_(std::make_shared<const jinja_detail::Locator>(source, std::move(name))) {
+    const jinja_detail::Source src = jinja_detail::preprocess(source);
+    jinja_detail::Parser parser(jinja_detail::Lexer(src, *locator_).tokenize(), *locator_);
+    program_ = std::make_shared<const jinja_detail::Block>(parser.parse_template());
+  }
+
+  // context: a JSON object of the template's variables (messages, add_generation_prompt, bos_token,
+  // tools, ...); null stands for none.
+  std::string render(const nlohmann::ordered_json& context) const {
+    return jinja_detail::Renderer(*locator_).render(*program_, context);
+  }
+
+ private:
+  // Shared, so that a template copies cheaply: the syntax tree does not change once parsed.
+  std::shared_ptr<const jinja_detail::Locator> locator_;
+  std::shared_ptr<const jinja_detail::Block> program_;
+};
+
+}  // namespace tinyllm
 
 namespace tinyllm {
 
@@ -7186,6 +11429,460 @@ inline std::string render_chat(ChatFormat f, std::span<const ChatMessage> messag
     }
   }
   return out;
+}
+
+// A model's chat template: its Jinja source, or a built-in format.
+class ChatTemplate {
+ public:
+  // bos_token and eos_token: the texts the template sees under those names (nullopt: undefined).
+  ChatTemplate(std::string_view jinja_source, std::optional<std::string> bos_token, std::optional<std::string> eos_token)
+      : jinja_(std::make_shared<const JinjaTemplate>(jinja_source)), format_(detect_chat_format(jinja_source)),
+        bos_token_(std::move(bos_token)), eos_token_(std::move(eos_token)) {}
+  ChatTemplate(ChatFormat format) : format_(format) {}  // implicit: a built-in format is a template
+
+  // What a program renders with: `forced` names a built-in format ("" for none), which wins;
+  // else the model's own template `source` with `tok`'s BOS and EOS texts; else an Error.
+  static ChatTemplate for_model(std::string_view source, const Tokenizer* tok, std::string_view forced,
+                                const std::string& where) {
+    if (!forced.empty()) return chat_format_from_name(forced);
+    if (source.empty())
+      throw Error("the model has no chat template", where, "a template in the file, or a built-in one by name: "
+                                                           "llama3, llama2, mistral, gemma or chatml");
+    const auto text_of = [&](std::int32_t id) {
+      return tok && id >= 0 ? std::optional<std::string>(tok->piece(id)) : std::nullopt;
+    };
+    return ChatTemplate(source, tok ? text_of(tok->bos()) : std::nullopt, tok ? text_of(tok->eos()) : std::nullopt);
+  }
+
+  // The conversation as the model's prompt; with add_generation_prompt it ends where the
+  // assistant's reply begins. `extra`: further variables for a Jinja template (tools, ...).
+  std::string render(std::span<const ChatMessage> messages, bool add_generation_prompt = true,
+                     const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const {
+    if (!jinja_) return render_chat(*format_, messages, add_generation_prompt);
+    nlohmann::ordered_json context = extra.is_object() ? extra : nlohmann::ordered_json::object();
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    for (const ChatMessage& m : messages) list.push_back({{"role", m.role}, {"content", m.content}});
+    context["messages"] = std::move(list);
+    context["add_generation_prompt"] = add_generation_prompt;
+    if (bos_token_) context["bos_token"] = *bos_token_;
+    if (eos_token_) context["eos_token"] = *eos_token_;
+    return jinja_->render(context);
+  }
+
+  bool is_jinja() const noexcept { return jinja_ != nullptr; }
+  // The built-in format, or the one a Jinja template's markers show; nullopt for other templates.
+  std::optional<ChatFormat> format() const noexcept { return format_; }
+  std::string describe() const {
+    if (!jinja_) return std::string(chat_format_name(*format_));
+    return format_ ? "the model's Jinja template (" + std::string(chat_format_name(*format_)) + " markers)"
+                   : "the model's Jinja template";
+  }
+
+  // The tokens that end an assistant turn: EOS, and the format's end-of-turn token where it is one.
+  std::vector<std::int32_t> stop_tokens(const Tokenizer& tok) const {
+    std::vector<std::int32_t> stops;
+    if (tok.eos() >= 0) stops.push_back(tok.eos());
+    if (format_) {
+      const auto t = tok.encode(chat_end_of_turn(*format_), Tokenizer::EncodeOptions{.add_special = false, .parse_special = true});
+      if (t.size() == 1 && t[0] != tok.eos()) stops.push_back(t[0]);
+    }
+    return stops;
+  }
+
+ private:
+  std::shared_ptr<const JinjaTemplate> jinja_;
+  std::optional<ChatFormat> format_;
+  std::optional<std::string> bos_token_, eos_token_;
+};
+
+// The tokens of a rendered conversation: special tokens written in it are those tokens, and BOS
+// is added where the tokenizer adds one, unless the template wrote it already.
+inline std::vector<std::int32_t> chat_prompt_tokens(const Tokenizer& tok, std::string_view rendered) {
+  std::vector<std::int32_t> ids = tok.encode(rendered, Tokenizer::EncodeOptions{.add_special = true, .parse_special = true});
+  if (ids.size() >= 2 && tok.adds_bos() && ids[0] == tok.bos() && ids[1] == tok.bos()) ids.erase(ids.begin());
+  return ids;
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
+namespace hf_tokenizer_detail {
+
+using nlohmann::json;
+
+// The member `key` of an object, or null: a reference that outlives the call, unlike json::value.
+inline const json& member(const json& object, const char* key) {
+  static const json null;
+  const auto it = object.find(key);
+  return it == object.end() ? null : *it;
+}
+
+inline std::string type_of(const json& step) {
+  const auto it = step.find("type");
+  return it != step.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+// The steps of a normalizer, pre-tokenizer or decoder, Sequences flattened.
+inline void flatten(const json& step, const char* list_key, std::vector<const json*>& out) {
+  if (step.is_null()) return;
+  if (type_of(step) == "Sequence") {
+    const auto it = step.find(list_key);
+    if (it == step.end() || !it->is_array()) throw Error("a Sequence without its \"" + std::string(list_key) + "\" list", "tokenizer.json");
+    for (const json& s : *it) flatten(s, list_key, out);
+  } else {
+    out.push_back(&step);
+  }
+}
+
+// A "pattern" {"String": s} as its string; a regular expression gives nullopt.
+inline std::optional<std::string> string_pattern(const json& step) {
+  const auto it = step.find("pattern");
+  if (it == step.end() || !it->is_object()) return std::nullopt;
+  const auto s = it->find("String");
+  return s != it->end() && s->is_string() ? std::optional(s->get<std::string>()) : std::nullopt;
+}
+
+inline std::optional<std::string> regex_pattern(const json& step) {
+  const auto it = step.find("pattern");
+  if (it == step.end() || !it->is_object()) return std::nullopt;
+  const auto r = it->find("Regex");
+  return r != it->end() && r->is_string() ? std::optional(r->get<std::string>()) : std::nullopt;
+}
+
+// The splits whose expressions tokenizer.json files use, by their exact text.
+inline std::optional<PreTokenizer> split_of_regex(std::string_view regex) {
+  constexpr std::string_view gpt2 = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+  constexpr std::string_view llama3 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  constexpr std::string_view qwen2 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  if (regex == gpt2) return PreTokenizer::gpt2;
+  if (regex == llama3) return PreTokenizer::llama3;
+  if (regex == qwen2) return PreTokenizer::qwen2;
+  return std::nullopt;
+}
+
+// A token named by tokenizer_config.json: "text" or {"content": "text", ...}; nullopt for null.
+inline std::optional<std::string> config_token(const json& config, const char* key) {
+  const auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return std::nullopt;
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) return (*it)["content"].get<std::string>();
+  throw Error("is neither a string nor {\"content\": ...}", std::string("tokenizer_config.json, key ") + key);
+}
+
+inline std::optional<bool> config_bool(const json& config, const char* key) {
+  const auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return std::nullopt;
+  if (!it->is_boolean()) throw Error("is not a boolean", std::string("tokenizer_config.json, key ") + key);
+  return it->get<bool>();
+}
+
+}  // namespace hf_tokenizer_detail
+
+// tokenizer: the parsed tokenizer.json; config: the parsed tokenizer_config.json, or null.
+inline Tokenizer tokenizer_from_hf_json(const nlohmann::json& tokenizer, const nlohmann::json& config,
+                                        const std::string& where) {
+  using namespace hf_tokenizer_detail;
+  const auto unsupported = [&](const std::string& what, const std::string& step, const std::string& expected) {
+    return Error("unsupported " + what + " '" + step + "'", where + ", " + what, expected);
+  };
+  if (!tokenizer.is_object()) throw Error("is not a JSON object", where);
+  const json& model = member(tokenizer, "model");
+  if (type_of(model) != "BPE")
+    throw unsupported("model", type_of(model), "\"BPE\" (WordPiece, Unigram and WordLevel vocabularies are not read)");
+  if (!model.contains("vocab") || !model["vocab"].is_object()) throw Error("model.vocab is not an object", where);
+  if (model.contains("dropout") && model["dropout"].is_number() && model["dropout"].get<double>() > 0)
+    throw Error("BPE dropout is set", where + ", model.dropout", "null: tokenizing is deterministic");
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
+    if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty())
+      throw unsupported("model option", key, "null or \"\"");
+
+  // Token texts by id: the model's vocabulary, then the added tokens (which may extend it).
+  std::vector<std::string> texts;
+  std::vector<TokenType> types;
+  const auto place = [&](const std::string& text, const json& id_json, const std::string& at) {
+    if (!id_json.is_number_integer()) throw Error("a token id is not an integer", at);
+    const auto id = id_json.get<std::int64_t>();
+    if (id < 0 || id >= (std::int64_t{1} << 31) - 1) throw Error("token id " + std::to_string(id) + " is out of range", at);
+    if (static_cast<std::size_t>(id) >= texts.size()) {
+      texts.resize(static_cast<std::size_t>(id) + 1);
+      types.resize(static_cast<std::size_t>(id) + 1, TokenType::unused);
+    }
+    texts[id] = text;
+    return static_cast<std::int32_t>(id);
+  };
+  for (const auto& [text, id] : model["vocab"].items()) types[place(text, id, where + ", model.vocab")] = TokenType::normal;
+  std::vector<std::pair<std::int32_t, const json*>> added;
+  if (tokenizer.contains("added_tokens")) {
+    for (const json& a : tokenizer["added_tokens"]) {
+      if (!a.is_object() || !a.contains("content") || !a["content"].is_string() || !a.contains("id"))
+        throw Error("an added token without content and id", where + ", added_tokens");
+      const std::int32_t id = place(a["content"].get<std::string>(), a["id"], where + ", added_tokens");
+      types[id] = a.value("special", false) ? TokenType::control : TokenType::user_defined;
+      added.emplace_back(id, &a);
+    }
+  }
+  for (std::size_t i = 0; i < texts.size(); ++i)
+    if (types[i] == TokenType::unused) texts[i] = "[UNUSED_" + std::to_string(i) + "]";  // a gap in the ids
+  const bool byte_fallback = model.value("byte_fallback", false);
+  if (byte_fallback)
+    for (std::size_t i = 0; i < texts.size(); ++i)
+      if (types[i] == TokenType::normal && Tokenizer::hex_byte_value(texts[i]) >= 0) types[i] = TokenType::byte;
+  std::optional<std::string> unk_text;
+  if (model.contains("unk_token") && model["unk_token"].is_string()) unk_text = model["unk_token"].get<std::string>();
+
+  Tokenizer t;
+  const std::size_t n = texts.size();
+  t.vocab_ = Vocab(std::move(texts), std::vector<float>(n, 0.0f), std::move(types), where + ", model.vocab");
+  const Vocab& vocab = t.vocab_;
+  const auto id_of = [&](const std::string& text, const std::string& at) {
+    const std::int32_t id = vocab.find(text);
+    if (id < 0) throw Error("'" + text + "' is no token of the vocabulary", at);
+    return id;
+  };
+  if (unk_text) t.unk_ = id_of(*unk_text, where + ", model.unk_token");
+
+  // Normalizer and pre-tokenizer: which of the two pipelines, and its options.
+  std::vector<const json*> normalizers, pre_tokenizers, decoders;
+  flatten(member(tokenizer, "normalizer"), "normalizers", normalizers);
+  flatten(member(tokenizer, "pre_tokenizer"), "pretokenizers", pre_tokenizers);
+  flatten(member(tokenizer, "decoder"), "decoders", decoders);
+  constexpr std::string_view marker = "\xE2\x96\x81";
+  bool byte_level = false, prepend = false, escape = false;
+  std::optional<PreTokenizer> split;
+  t.add_space_prefix_ = false;
+  for (const json* step : normalizers) {
+    const std::string type = type_of(*step);
+    if (type == "NFC") {
+      t.nfc_ = true;
+    } else if (type == "Prepend" && step->value("prepend", "") == marker) {
+      prepend = true;
+    } else if (type == "Replace" && string_pattern(*step) == " " && step->value("content", "") == marker) {
+      escape = true;
+    } else {
+      throw unsupported("normalizer", type, "NFC, Prepend(\"\xE2\x96\x81\") or Replace(\" \" -> \"\xE2\x96\x81\")");
+    }
+  }
+  for (const json* step : pre_tokenizers) {
+    const std::string type = type_of(*step);
+    if (type == "ByteLevel") {
+      byte_level = true;
+      t.byte_level_space_prefix_ = step->value("add_prefix_space", false);
+      if (step->value("use_regex", true)) {
+        if (split) throw unsupported("pre-tokenizer", "ByteLevel with use_regex after a Split", "one split");
+        split = PreTokenizer::gpt2;
+      }
+    } else if (type == "Split" && regex_pattern(*step)) {
+      const std::string regex = *regex_pattern(*step);
+      split = split_of_regex(regex);
+      if (!split || step->value("behavior", "") != "Isolated" || step->value("invert", false))
+        throw unsupported("pre-tokenizer", "Split(" + regex + ")",
+                          "the Isolated split of GPT-2's, Llama 3's or Qwen 2's regular expression");
+    } else if (type == "Split" && string_pattern(*step) == " " && escape) {
+      // Spaces are U+2581 by now: the split finds nothing.
+    } else if (type == "Metaspace") {
+      if (step->value("replacement", "") != marker) throw unsupported("pre-tokenizer", "Metaspace replacement", "U+2581");
+      escape = true;
+      const std::string scheme = step->value("prepend_scheme", step->value("add_prefix_space", true) ? "always" : "never");
+      if (scheme != "always" && scheme != "first" && scheme != "never")
+        throw unsupported("pre-tokenizer", "Metaspace prepend_scheme " + scheme, "always, first or never");
+      prepend = prepend || scheme != "never";
+      t.space_prefix_first_only_ = scheme == "first";
+      t.split_at_space_marker_ = step->value("split", true);
+    } else {
+      throw unsupported("pre-tokenizer", type.empty() ? step->dump() : type,
+                        "ByteLevel, Split(a known regular expression), Metaspace");
+    }
+  }
+  if (byte_level && (prepend || escape))
+    throw unsupported("pipeline", "ByteLevel with U+2581 spaces", "one of byte-level or SentencePiece-style");
+  if (!byte_level && split) throw unsupported("pipeline", "a regular-expression split without ByteLevel", "ByteLevel after it");
+  t.kind_ = byte_level ? Tokenizer::Kind::byte_level_bpe : Tokenizer::Kind::sentencepiece;
+  t.add_space_prefix_ = prepend;
+  t.escape_spaces_ = escape;
+  for (const json* step : decoders) {
+    const std::string type = type_of(*step);
+    const bool known = byte_level ? type == "ByteLevel"
+                                  : type == "Replace" || type == "ByteFallback" || type == "Fuse" || type == "Strip" || type == "Metaspace";
+    if (!known) throw unsupported("decoder", type, byte_level ? "ByteLevel" : "Replace, ByteFallback, Fuse, Strip, Metaspace");
+  }
+
+  // Merges: "left right" lines or [left, right] pairs, in rank order.
+  MergeRanks merges;
+  if (model.contains("merges")) {
+    for (const json& m : model["merges"]) {
+      if (m.is_string()) {
+        merges.add_line(vocab, m.get_ref<const std::string&>());
+      } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+        merges.add(vocab, m[0].get_ref<const std::string&>(), m[1].get_ref<const std::string&>());
+      } else {
+        throw Error("a merge is neither \"left right\" nor [left, right]", where + ", model.merges");
+      }
+    }
+  }
+  if (byte_level) {
+    PreTokenizerPreset preset{split.value_or(PreTokenizer::gpt2)};
+    preset.ignore_merges = model.value("ignore_merges", false);
+    t.bpe_ = ByteLevelBpe(vocab, std::move(merges), preset, t.unk_);
+  } else {
+    if (!byte_fallback && t.unk_ < 0)
+      throw Error("neither byte fallback nor an UNK token", where + ", model", "byte_fallback or unk_token");
+    t.spm_ = SentencePieceBpe(vocab, t.unk_, std::move(merges), byte_fallback, model.value("fuse_unk", false));
+  }
+
+  // Added tokens are cut out of the text before anything else; lstrip/rstrip swallow the spaces
+  // beside them.
+  t.special_ = SpecialTokens(vocab);
+  for (const auto& [id, a] : added)
+    if (a->value("lstrip", false) || a->value("rstrip", false)) t.special_.set_strip(id, a->value("lstrip", false), a->value("rstrip", false));
+
+  // BOS and EOS: the post-processor's template adds them; tokenizer_config.json may say otherwise.
+  const json& post = member(tokenizer, "post_processor");
+  std::vector<const json*> processors;
+  flatten(post, "processors", processors);
+  t.add_bos_ = t.add_eos_ = false;
+  for (const json* p : processors) {
+    const std::string type = type_of(*p);
+    if (type == "ByteLevel") continue;
+    if (type != "TemplateProcessing" || !p->contains("single") || !(*p)["single"].is_array())
+      throw unsupported("post-processor", type, "TemplateProcessing or ByteLevel");
+    bool seen_text = false;
+    for (const json& piece : (*p)["single"]) {
+      if (piece.contains("Sequence")) {
+        seen_text = true;
+        continue;
+      }
+      if (!piece.contains("SpecialToken") || !piece["SpecialToken"].contains("id"))
+        throw Error("a template piece is neither Sequence nor SpecialToken", where + ", post_processor.single");
+      const std::int32_t id = id_of(piece["SpecialToken"]["id"].get<std::string>(), where + ", post_processor.single");
+      std::int32_t& slot = seen_text ? t.eos_ : t.bos_;
+      if ((seen_text ? t.add_eos_ : t.add_bos_) && slot != id)
+        throw unsupported("post-processor", "two special tokens on one side of the text", "at most a BOS and an EOS");
+      slot = id;
+      (seen_text ? t.add_eos_ : t.add_bos_) = true;
+    }
+  }
+  if (config.is_object()) {
+    if (const auto bos = config_token(config, "bos_token")) t.bos_ = id_of(*bos, "tokenizer_config.json, bos_token");
+    if (const auto eos = config_token(config, "eos_token")) t.eos_ = id_of(*eos, "tokenizer_config.json, eos_token");
+    if (const auto pad = config_token(config, "pad_token")) t.pad_ = vocab.find(*pad);
+    if (const auto b = config_bool(config, "add_bos_token")) t.add_bos_ = *b;
+    if (const auto e = config_bool(config, "add_eos_token")) t.add_eos_ = *e;
+  }
+  if (t.add_bos_ && t.bos_ < 0) throw Error("BOS is to be added but there is no BOS token", where, "a bos_token");
+  if (t.add_eos_ && t.eos_ < 0) throw Error("EOS is to be added but there is no EOS token", where, "an eos_token");
+  return t;
+}
+
+// The Jinja chat template of tokenizer_config.json: its "chat_template" string, or from a list of
+// named templates the one named "default"; empty when it has none.
+inline std::string hf_chat_template(const nlohmann::json& config) {
+  if (!config.is_object() || !config.contains("chat_template")) return "";
+  const nlohmann::json& t = config["chat_template"];
+  if (t.is_string()) return t.get<std::string>();
+  if (t.is_array())
+    for (const nlohmann::json& named : t)
+      if (named.is_object() && named.value("name", "") == "default" && named.contains("template") && named["template"].is_string())
+        return named["template"].get<std::string>();
+  if (t.is_null() || t.is_array()) return "";
+  throw Error("chat_template is neither a string nor a list of named templates", "tokenizer_config.json");
+}
+
+// The tokenizer `t` read from `tokenizer` (tokenizer.json) as GGUF metadata, the keys llama.cpp's
+// converter writes for a Hugging Face folder: tokenizer.ggml.model "gpt2" with its merges and the
+// pre-tokenizer's name, or "llama" (SentencePiece). GGUF's SentencePiece merges by score, so each
+// token scores minus the rank of the first merge that makes it (tokens no merge makes score below
+// all): the same merges in the same order. The token list is padded to `vocab_size` (the model's
+// embedding rows) with unused "[PAD<id>]" tokens, as llama.cpp pads it. tokenizer.json's NFC
+// normalizer has no GGUF key and is left out, as llama.cpp leaves it out.
+inline void write_gguf_tokenizer(const Tokenizer& t, const nlohmann::json& tokenizer, GGUFWriter& out,
+                                 std::size_t vocab_size) {
+  const Vocab& vocab = t.vocab_;
+  if (vocab_size < static_cast<std::size_t>(vocab.size()))
+    throw Error("the tokenizer has " + std::to_string(vocab.size()) + " tokens", "write_gguf_tokenizer",
+                "at most the model's " + std::to_string(vocab_size));
+  std::vector<std::string> tokens(vocab_size);
+  std::vector<std::int32_t> types(vocab_size, static_cast<std::int32_t>(TokenType::unused));
+  for (std::size_t id = 0; id < vocab_size; ++id) {
+    const bool real = id < static_cast<std::size_t>(vocab.size()) && vocab.type(static_cast<std::int32_t>(id)) != TokenType::unused;
+    tokens[id] = real ? vocab.text(static_cast<std::int32_t>(id)) : "[PAD" + std::to_string(id) + "]";
+    if (real) types[id] = static_cast<std::int32_t>(vocab.type(static_cast<std::int32_t>(id)));
+  }
+  const nlohmann::json& merges = hf_tokenizer_detail::member(hf_tokenizer_detail::member(tokenizer, "model"), "merges");
+  const auto merge_sides = [](const nlohmann::json& m) {
+    if (m.is_array()) return std::pair(m[0].get<std::string>(), m[1].get<std::string>());
+    const std::string& line = m.get_ref<const std::string&>();
+    const std::size_t space = line.find(' ', 1);
+    return space == std::string::npos ? std::pair(line, std::string()) : std::pair(line.substr(0, space), line.substr(space + 1));
+  };
+  if (t.kind_ == Tokenizer::Kind::byte_level_bpe) {
+    out.set_string("tokenizer.ggml.model", "gpt2");
+    const PreTokenizerPreset preset = t.bpe_.preset();
+    out.set_string("tokenizer.ggml.pre", preset.split == PreTokenizer::llama3 ? (preset.ignore_merges ? "llama-bpe" : "smaug-bpe")
+                                         : preset.split == PreTokenizer::qwen2 ? "qwen2"
+                                                                               : "gpt-2");
+    std::vector<std::string> lines;
+    lines.reserve(merges.size());
+    for (const nlohmann::json& m : merges) {
+      const auto [left, right] = merge_sides(m);
+      lines.push_back(left + " " + right);
+    }
+    out.set_string_array("tokenizer.ggml.merges", lines);
+  } else {
+    out.set_string("tokenizer.ggml.model", "llama");
+    std::vector<float> scores(vocab_size, -1e9f);
+    std::vector<bool> scored(vocab_size, false);
+    for (std::size_t rank = 0; rank < merges.size(); ++rank) {
+      const auto [left, right] = merge_sides(merges[rank]);
+      const std::int32_t id = vocab.find(left + right);
+      if (id >= 0 && !scored[id]) scores[id] = -static_cast<float>(rank), scored[id] = true;
+    }
+    out.set_f32_array("tokenizer.ggml.scores", scores);
+    out.set_bool("tokenizer.ggml.add_space_prefix", t.add_space_prefix_);
+  }
+  out.set_string_array("tokenizer.ggml.tokens", tokens);
+  out.set_i32_array("tokenizer.ggml.token_type", types);
+  const auto set_id = [&](const char* key, std::int32_t id) {
+    if (id >= 0) out.set_u32(key, static_cast<std::uint32_t>(id));
+  };
+  set_id("tokenizer.ggml.bos_token_id", t.bos_);
+  set_id("tokenizer.ggml.eos_token_id", t.eos_);
+  set_id("tokenizer.ggml.unknown_token_id", t.unk_);
+  set_id("tokenizer.ggml.padding_token_id", t.pad_);
+  out.set_bool("tokenizer.ggml.add_bos_token", t.add_bos_);
+  out.set_bool("tokenizer.ggml.add_eos_token", t.add_eos_);
+}
+
+// A Hugging Face folder's tokenizer: its tokenizer.json, and tokenizer_config.json where present.
+inline Tokenizer load_hf_tokenizer(const std::filesystem::path& folder) {
+  const std::filesystem::path file = folder / "tokenizer.json", config_file = folder / "tokenizer_config.json";
+  const nlohmann::json config = std::filesystem::exists(config_file) ? read_json_file(config_file) : nlohmann::json();
+  return tokenizer_from_hf_json(read_json_file(file), config, file.string());
+}
+
+// A folder's chat template (tokenizer_config.json: chat_template, bos_token, eos_token), without
+// reading tokenizer.json; nullopt when it has none.
+inline std::optional<ChatTemplate> load_hf_chat_template(const std::filesystem::path& folder) {
+  const std::filesystem::path file = folder / "tokenizer_config.json";
+  if (!std::filesystem::exists(file)) return std::nullopt;
+  const nlohmann::json config = read_json_file(file);
+  const std::string source = hf_chat_template(config);
+  if (source.empty()) return std::nullopt;
+  return ChatTemplate(source, hf_tokenizer_detail::config_token(config, "bos_token"),
+                      hf_tokenizer_detail::config_token(config, "eos_token"));
+}
+
+// A folder's tokenizer.json and chat template written as GGUF metadata (write_gguf_tokenizer);
+// vocab_size 0: the tokenizer's own size (a vocabulary-only file).
+inline void write_gguf_tokenizer(const std::filesystem::path& folder, GGUFWriter& out, std::size_t vocab_size = 0) {
+  const std::filesystem::path file = folder / "tokenizer.json", config_file = folder / "tokenizer_config.json";
+  const nlohmann::json config = std::filesystem::exists(config_file) ? read_json_file(config_file) : nlohmann::json();
+  const nlohmann::json tokenizer = read_json_file(file);
+  const Tokenizer t = tokenizer_from_hf_json(tokenizer, config, file.string());
+  write_gguf_tokenizer(t, tokenizer, out, vocab_size ? vocab_size : t.size());
+  if (const std::string chat = hf_chat_template(config); !chat.empty()) out.set_string("tokenizer.chat_template", chat);
 }
 
 }  // namespace tinyllm
@@ -7490,6 +12187,9 @@ struct WeightMatrix {
   // groups of rows interleaved, kernels/cpu/qpack.hpp); matmul then reads these and `data`
   // only serves row lookups (dequantize_row).
   std::shared_ptr<const AlignedBuffer<std::byte>> packed;
+  // The memory `data` points into when the loader made the matrix (LoadOptions::quantize) rather
+  // than found it in the file.
+  std::shared_ptr<const AlignedBuffer<std::byte>> owned;
 };
 
 // Whether Backend keeps matrices of `type` in a layout of its own (pack_weights at load).
@@ -8169,6 +12869,9 @@ struct LoadOptions {
   std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
   std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
   bool pack_weights = true;        // let the backend regroup matrices into its own layout (CPU: cpu/qpack.hpp)
+  // Quantize the file's F32, F16 and BF16 matrices to this type as they are bound (a Hugging Face
+  // folder straight to Q4_K, say): those whose rows are whole blocks of it; the others keep their type.
+  std::optional<DType> quantize;
   // Called as the weight matrices are bound, with the bytes done so far and in all. With it, the
   // loader also reads each matrix (one byte per page), so a cold file is paged in during the
   // load, where the progress shows, rather than during the first forward pass.
@@ -8242,8 +12945,44 @@ inline WeightMatrix matrix(const GGUFFile& f, const std::string& tensor, std::si
 // file's pages of them released (`file` null: nothing to release); with a progress callback the
 // others are read, one byte per page, so a cold file is paged in during the load, where the
 // progress shows, rather than during the first forward pass.
+// LoadOptions::quantize: each F32, F16 or BF16 matrix whose rows are whole blocks of `type` is
+// replaced by its quantized copy, which the matrix owns. A tied output shares token_embd's copy.
+inline void quantize_weights(TransformerWeights& w, DType type, ThreadPool& pool) {
+  if (!can_quantize(type) || !matmul_supports(type)) throw Error("cannot quantize to " + std::string(name(type)), "LoadOptions::quantize",
+                                      "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+  const bool tied = w.output.data == w.token_embd.data;
+  const auto quantize = [&](WeightMatrix& m) {
+    const bool dense = m.type == DType::F32 || m.type == DType::F16 || m.type == DType::BF16;
+    if (!m.data || !dense || m.type == type || m.cols % info(type).block_size != 0) return;
+    const std::size_t from = row_bytes(m.type, m.cols), to = row_bytes(type, m.cols);
+    auto out = std::make_shared<AlignedBuffer<std::byte>>(m.rows * to);
+    pool.parallel_for(m.rows, [&](std::size_t begin, std::size_t end) {
+      std::vector<float> row(m.cols);
+      for (std::size_t r = begin; r < end; ++r) {
+        dequantize_row(m.type, static_cast<const std::byte*>(m.data) + r * from, row.data(), m.cols);
+        quantize_row(type, row.data(), out->data() + r * to, m.cols);
+      }
+    }, 16);
+    m.type = type;
+    m.data = out->data();
+    m.owned = std::move(out);
+  };
+  quantize(w.token_embd);
+  for (LayerWeights& l : w.layers)
+    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) quantize(*m);
+  if (tied) {
+    w.output = w.token_embd;
+  } else {
+    quantize(w.output);
+  }
+}
+
 template <class Backend>
 void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFile* file) {
+  if (opt.quantize) {
+    ThreadPool pool;
+    quantize_weights(w, *opt.quantize, pool);
+  }
   std::vector<WeightMatrix*> matrices = {&w.token_embd};
   for (LayerWeights& l : w.layers)
     for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
@@ -8297,7 +13036,6 @@ inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <numbers>
 #include <optional>
 #include <string>
@@ -8326,16 +13064,6 @@ inline std::filesystem::path hf_folder(const std::filesystem::path& path) {
 
 namespace detail {
 
-inline nlohmann::json read_json(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  if (!in) throw Error("cannot read", file.string());
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(std::string("not JSON: ") + e.what(), file.string());
-  }
-}
-
 // config.json's fields as ModelConfig, under the GGUF name of the architecture.
 struct HfConfig {
   ModelConfig cfg;
@@ -8344,7 +13072,7 @@ struct HfConfig {
 };
 
 inline HfConfig read_hf_config(const std::filesystem::path& file) {
-  const nlohmann::json j = read_json(file);
+  const nlohmann::json j = read_json_file(file);
   const std::string where = file.string();
   auto get = [&](const char* key) -> const nlohmann::json& {
     if (!j.contains(key) || j[key].is_null()) throw Error("missing key " + std::string(key), where);
@@ -8546,8 +13274,8 @@ inline void write_hf_llama(const GGUFFile& f, const std::filesystem::path& dir, 
 namespace detail {
 
 // Arch = void: the traits config.json's model_type names; otherwise the given traits over the
-// folder's weights. No tokenizer.json reader yet: a llama2.c tokenizer may be given
-// (LoadOptions::tokenizer_path); tokenizer_config.json's chat_template is kept.
+// folder's weights. The tokenizer is tokenizer.json's (a llama2.c tokenizer given as
+// LoadOptions::tokenizer_path overrides it); the chat template is tokenizer_config.json's.
 template <class Arch, class Backend>
 LoadedModel load_hf(const std::filesystem::path& dir, const LoadOptions& opt) {
   const HfConfig h = read_hf_config(dir / "config.json");
@@ -8566,12 +13294,14 @@ LoadedModel load_hf(const std::filesystem::path& dir, const LoadOptions& opt) {
     else model = bind_hf<Gemma3, Backend>(*st, h, opt);
   }
   std::optional<Tokenizer> tok = tokenizer_file(opt, h.cfg.vocab_size);
+  if (!tok && std::filesystem::exists(dir / "tokenizer.json")) tok = load_hf_tokenizer(dir);
+  // Hugging Face models often pad the embedding past the tokenizer's last token.
+  if (tok && tok->size() > h.cfg.vocab_size)
+    throw Error("the tokenizer has " + std::to_string(tok->size()) + " tokens", (dir / "tokenizer.json").string(),
+                "at most the model's vocab_size, " + std::to_string(h.cfg.vocab_size));
   LoadedModel lm(st, std::move(model), std::move(tok), dir.string());
-  if (std::filesystem::exists(dir / "tokenizer_config.json")) {
-    const nlohmann::json tc = read_json(dir / "tokenizer_config.json");
-    if (tc.contains("chat_template") && tc["chat_template"].is_string())
-      lm.set_chat_template(tc["chat_template"].get<std::string>());
-  }
+  if (std::filesystem::exists(dir / "tokenizer_config.json"))
+    lm.set_chat_template(hf_chat_template(read_json_file(dir / "tokenizer_config.json")));
   return lm;
 }
 
@@ -9067,12 +13797,12 @@ LoadedModel load_synthetic(std::string_view shape = "tiny", DType type = DType::
 
 }  // namespace tinyllm
 // ---- tinyllm/model/convert.hpp ----
-// A Hugging Face folder written as GGUF, as llama.cpp's converter writes it for the same
+// Files from elsewhere written as GGUF. A Hugging Face folder, as llama.cpp's converter writes it for the same
 // architectures: its metadata keys, its tensor names, the Q/K rows of llama and mistral permuted so
 // that adjacent pairs rotate, Gemma's norms stored as 1 + w, norms and biases as F32, and the
 // matrices in the folder's own type or in `out_type` (F32, F16, BF16, or a quantized type through
-// quant/, for matrices whose rows are whole blocks; the others keep F16). No tokenizer yet: the
-// folder's tokenizer.json is not read (so a program reading the GGUF needs -z or token ids).
+// quant/, for matrices whose rows are whole blocks; the others keep F16), and the folder's
+// tokenizer.json and chat template as tokenizer.* metadata (text/hf_tokenizer.hpp) where it has them.
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -9113,6 +13843,7 @@ inline void convert_hf_to_gguf(const std::filesystem::path& folder, GGUFWriter& 
   if (c.attn_scale > 0) out.set_f32(p + "attention.scale", c.attn_scale);
   if (c.attn_softcap > 0) out.set_f32(p + "attn_logit_softcapping", c.attn_softcap);
   if (c.final_softcap > 0) out.set_f32(p + "final_logit_softcapping", c.final_softcap);
+  if (std::filesystem::exists(folder / "tokenizer.json")) write_gguf_tokenizer(folder, out, c.vocab_size);
 
   std::vector<float> values;
   std::vector<std::byte> bytes;
@@ -9174,6 +13905,78 @@ inline void convert_hf_to_gguf(const std::filesystem::path& folder, GGUFWriter& 
   if (!h.rope_freq_factors.empty())
     out.add_tensor("rope_freqs.weight", DType::F32, {h.rope_freq_factors.size()}, h.rope_freq_factors.data(),
                    h.rope_freq_factors.size() * sizeof(float));
+}
+
+// A llama2.c model and its tokenizer as one GGUF file (llama architecture, F32 weights), as
+// llama.cpp's convert-llama2c-to-ggml writes it: the weights as they are (llama2.c rotates
+// adjacent pairs, as GGUF's llama does; a shared classifier is the embedding, so no output.weight),
+// and the tokenizer as a SentencePiece vocabulary: spaces written U+2581, "<0xAB>" byte tokens,
+// <unk> 0, BOS <s> 1 and EOS </s> 2 (llama2.c's export stored those two as "\n<s>\n" and
+// "\n</s>\n"). `name`, `license` and `source` go to general.name, general.license and
+// general.source.url.
+inline void convert_llama2c_to_gguf(const std::string& model_path, const std::string& tokenizer_path, GGUFWriter& out,
+                                    const std::string& name, const std::string& license = "",
+                                    const std::string& source = "") {
+  const Llama2cFile file = Llama2cFile::open(model_path);
+  const Llama2cConfig& c = file.config();
+  const Llama2cWeights& w = file.weights();
+  const Llama2cVocab vocab = read_llama2c_vocab(tokenizer_path, c.vocab_size);
+  const auto u32 = [](int v) { return static_cast<std::uint32_t>(v); };
+  out.set_string("general.architecture", "llama");
+  out.set_string("general.name", name);
+  if (!license.empty()) out.set_string("general.license", license);
+  if (!source.empty()) out.set_string("general.source.url", source);
+  out.set_u32("llama.context_length", u32(c.seq_len));
+  out.set_u32("llama.embedding_length", u32(c.dim));
+  out.set_u32("llama.block_count", u32(c.n_layers));
+  out.set_u32("llama.feed_forward_length", u32(c.hidden_dim));
+  out.set_u32("llama.attention.head_count", u32(c.n_heads));
+  out.set_u32("llama.attention.head_count_kv", u32(c.n_kv_heads));
+  out.set_u32("llama.rope.dimension_count", u32(c.head_size()));
+  out.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  out.set_f32("llama.rope.freq_base", 10000.0f);
+
+  std::vector<std::string> tokens(vocab.pieces.size());
+  std::vector<std::int32_t> types(vocab.pieces.size(), static_cast<std::int32_t>(TokenType::normal));
+  for (std::size_t id = 0; id < tokens.size(); ++id) {
+    const std::string& piece = vocab.pieces[id];
+    if (id <= 2) {
+      tokens[id] = id == 0 ? "<unk>" : id == 1 ? "<s>" : "</s>";
+      types[id] = static_cast<std::int32_t>(id == 0 ? TokenType::unknown : TokenType::control);
+      continue;
+    }
+    const bool byte = piece.size() == 6 && piece.starts_with("<0x") && piece.back() == '>';
+    if (byte) types[id] = static_cast<std::int32_t>(TokenType::byte);
+    for (const char ch : piece) tokens[id] += ch == ' ' && !byte ? std::string("\xE2\x96\x81") : std::string(1, ch);
+  }
+  out.set_string("tokenizer.ggml.model", "llama");
+  out.set_string_array("tokenizer.ggml.tokens", tokens);
+  out.set_f32_array("tokenizer.ggml.scores", vocab.scores);
+  out.set_i32_array("tokenizer.ggml.token_type", types);
+  out.set_u32("tokenizer.ggml.unknown_token_id", 0);
+  out.set_u32("tokenizer.ggml.bos_token_id", 1);
+  out.set_u32("tokenizer.ggml.eos_token_id", 2);
+
+  const std::uint64_t dim = u32(c.dim), hidden = u32(c.hidden_dim), kv = u32(c.kv_dim()), n_vocab = u32(c.vocab_size);
+  const auto tensor = [&](const std::string& tensor_name, const float* data, std::uint64_t rows, std::uint64_t cols) {
+    out.add_tensor(tensor_name, DType::F32, rows == 1 ? std::vector<std::uint64_t>{cols} : std::vector<std::uint64_t>{cols, rows},
+                   data, rows * cols * sizeof(float));
+  };
+  tensor("token_embd.weight", w.token_embedding, n_vocab, dim);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    tensor(b + "attn_norm.weight", w.rms_att + l * dim, 1, dim);
+    tensor(b + "attn_q.weight", w.wq + l * dim * dim, dim, dim);
+    tensor(b + "attn_k.weight", w.wk + l * kv * dim, kv, dim);
+    tensor(b + "attn_v.weight", w.wv + l * kv * dim, kv, dim);
+    tensor(b + "attn_output.weight", w.wo + l * dim * dim, dim, dim);
+    tensor(b + "ffn_norm.weight", w.rms_ffn + l * dim, 1, dim);
+    tensor(b + "ffn_gate.weight", w.w1 + l * hidden * dim, hidden, dim);
+    tensor(b + "ffn_down.weight", w.w2 + l * dim * hidden, dim, hidden);
+    tensor(b + "ffn_up.weight", w.w3 + l * hidden * dim, hidden, dim);
+  }
+  tensor("output_norm.weight", w.rms_final, 1, dim);
+  if (!c.shared_classifier) tensor("output.weight", w.wcls, n_vocab, dim);
 }
 
 }  // namespace tinyllm
@@ -11067,15 +15870,15 @@ inline std::vector<TrainingSequence> text_windows(const Tokenizer& tok, std::str
   return out;
 }
 
-// A conversation rendered in `format` and tokenized turn by turn (special tokens parsed), the loss
+// A conversation rendered by `chat` and tokenized turn by turn (special tokens parsed), the loss
 // on the assistant turns' tokens (their content and end of turn) only; what follows the last
 // assistant turn teaches nothing and is left out. At most context + 1 tokens: a longer
 // conversation is cut.
-inline TrainingSequence chat_sequence(const Tokenizer& tok, ChatFormat format, std::span<const ChatMessage> messages,
+inline TrainingSequence chat_sequence(const Tokenizer& tok, const ChatTemplate& chat, std::span<const ChatMessage> messages,
                                       std::size_t context) {
   TrainingSequence s;
   auto add = [&](std::string_view piece, float weight) {
-    const auto ids = tok.encode(piece, {.add_special = s.tokens.empty(), .parse_special = true});
+    const auto ids = s.tokens.empty() ? chat_prompt_tokens(tok, piece) : tok.encode(piece, {.add_special = false, .parse_special = true});
     for (std::int32_t id : ids) {
       if (!s.tokens.empty()) s.weights.push_back(weight);
       s.tokens.push_back(id);
@@ -11085,11 +15888,11 @@ inline TrainingSequence chat_sequence(const Tokenizer& tok, ChatFormat format, s
   for (std::size_t i = 0; i < messages.size(); ++i) {
     if (messages[i].role != "assistant") continue;
     // Everything before the assistant's first token (the generation prompt), then its turn.
-    const std::string before = render_chat(format, messages.first(i), true);
-    const std::string after = render_chat(format, messages.first(i + 1), false);
+    const std::string before = chat.render(messages.first(i), true);
+    const std::string after = chat.render(messages.first(i + 1), false);
     if (before.compare(0, rendered.size(), rendered) != 0 || after.compare(0, before.size(), before) != 0)
-      throw Error("the chat format does not render assistant message " + std::to_string(i) + " as a continuation",
-                  "chat_sequence", std::string(chat_format_name(format)));
+      throw Error("the chat template does not render assistant message " + std::to_string(i) + " as a continuation",
+                  "chat_sequence, " + chat.describe());
     add(std::string_view(before).substr(rendered.size()), 0.0f);
     add(std::string_view(after).substr(before.size()), 1.0f);
     rendered = after;

@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <numeric>
 #include <set>
@@ -42,8 +43,32 @@ std::string q(const std::filesystem::path& p) {
 
 }  // namespace
 
-TEST_CASE("tinyllm-run with no model generates from the embedded default") {
-  const Outcome r = shell(std::string(TINYLLM_RUN_BIN) + " -n 8 --seed 3", true);
+TEST_CASE("tinyllm-run with no arguments tells llama2.c's story from the built-in stories260K, in any directory") {
+  // From another directory: the model is inside the program, not read from the source tree.
+  const Outcome r = shell("cd / && " + std::string(TINYLLM_RUN_BIN));
+  CHECK(r.status == 0);
+  REQUIRE(r.out.size() >= 100);
+  CHECK(r.out.starts_with("Once upon a time"));
+  TINYLLM_REQUIRE_TESTDATA("reference/Once_upon_a_time_n200.txt");
+  // llama2.c: run stories260K.bin -z tok512.bin -t 0.0 -n 200 -i "Once upon a time".
+  const auto want = tinyllm::test::read_bytes(tinyllm::test::testdata("reference/Once_upon_a_time_n200.txt"));
+  CHECK(r.out.substr(0, 100) == std::string(want.begin(), want.begin() + 100));
+}
+
+TEST_CASE("the built-in model is stories260K as the library's converter writes it from llama2.c's files") {
+  TINYLLM_REQUIRE_TESTDATA("llama2c/stories260K.bin");
+  tinyllm::GGUFWriter w;
+  tinyllm::convert_llama2c_to_gguf(tinyllm::test::testdata("llama2c/stories260K.bin").string(),
+                                   tinyllm::test::testdata("llama2c/tok512.bin").string(), w, "stories260K", "MIT",
+                                   "https://huggingface.co/karpathy/tinyllamas/tree/main/stories260K");
+  const auto bytes = w.to_bytes();
+  const auto committed = tinyllm::test::read_bytes(std::filesystem::path(TINYLLM_SOURCE_DIR) / "examples/models/stories260K.gguf");
+  REQUIRE(bytes.size() == committed.size());
+  CHECK(std::memcmp(bytes.data(), committed.data(), bytes.size()) == 0);
+}
+
+TEST_CASE("tinyllm-run --synthetic runs the embedded random-weight model") {
+  const Outcome r = shell(std::string(TINYLLM_RUN_BIN) + " --synthetic -n 8 --seed 3", true);
   CHECK(r.status == 0);
   CHECK(r.out.find("embedded random-weight model") != std::string::npos);
   CHECK(r.out.find("generation: 8 tokens") != std::string::npos);

@@ -1,10 +1,10 @@
 #pragma once
-// A Hugging Face folder written as GGUF, as llama.cpp's converter writes it for the same
+// Files from elsewhere written as GGUF. A Hugging Face folder, as llama.cpp's converter writes it for the same
 // architectures: its metadata keys, its tensor names, the Q/K rows of llama and mistral permuted so
 // that adjacent pairs rotate, Gemma's norms stored as 1 + w, norms and biases as F32, and the
 // matrices in the folder's own type or in `out_type` (F32, F16, BF16, or a quantized type through
-// quant/, for matrices whose rows are whole blocks; the others keep F16). No tokenizer yet: the
-// folder's tokenizer.json is not read (so a program reading the GGUF needs -z or token ids).
+// quant/, for matrices whose rows are whole blocks; the others keep F16), and the folder's
+// tokenizer.json and chat template as tokenizer.* metadata (text/hf_tokenizer.hpp) where it has them.
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -12,10 +12,12 @@
 
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/io/gguf.hpp>
+#include <tinyllm/io/llama2c.hpp>
 #include <tinyllm/io/safetensors.hpp>
 #include <tinyllm/model/hf.hpp>
 #include <tinyllm/quant/dequantize.hpp>
 #include <tinyllm/quant/quantize.hpp>
+#include <tinyllm/text/hf_tokenizer.hpp>
 
 namespace tinyllm {
 
@@ -51,6 +53,7 @@ inline void convert_hf_to_gguf(const std::filesystem::path& folder, GGUFWriter& 
   if (c.attn_scale > 0) out.set_f32(p + "attention.scale", c.attn_scale);
   if (c.attn_softcap > 0) out.set_f32(p + "attn_logit_softcapping", c.attn_softcap);
   if (c.final_softcap > 0) out.set_f32(p + "final_logit_softcapping", c.final_softcap);
+  if (std::filesystem::exists(folder / "tokenizer.json")) write_gguf_tokenizer(folder, out, c.vocab_size);
 
   std::vector<float> values;
   std::vector<std::byte> bytes;
@@ -112,6 +115,78 @@ inline void convert_hf_to_gguf(const std::filesystem::path& folder, GGUFWriter& 
   if (!h.rope_freq_factors.empty())
     out.add_tensor("rope_freqs.weight", DType::F32, {h.rope_freq_factors.size()}, h.rope_freq_factors.data(),
                    h.rope_freq_factors.size() * sizeof(float));
+}
+
+// A llama2.c model and its tokenizer as one GGUF file (llama architecture, F32 weights), as
+// llama.cpp's convert-llama2c-to-ggml writes it: the weights as they are (llama2.c rotates
+// adjacent pairs, as GGUF's llama does; a shared classifier is the embedding, so no output.weight),
+// and the tokenizer as a SentencePiece vocabulary: spaces written U+2581, "<0xAB>" byte tokens,
+// <unk> 0, BOS <s> 1 and EOS </s> 2 (llama2.c's export stored those two as "\n<s>\n" and
+// "\n</s>\n"). `name`, `license` and `source` go to general.name, general.license and
+// general.source.url.
+inline void convert_llama2c_to_gguf(const std::string& model_path, const std::string& tokenizer_path, GGUFWriter& out,
+                                    const std::string& name, const std::string& license = "",
+                                    const std::string& source = "") {
+  const Llama2cFile file = Llama2cFile::open(model_path);
+  const Llama2cConfig& c = file.config();
+  const Llama2cWeights& w = file.weights();
+  const Llama2cVocab vocab = read_llama2c_vocab(tokenizer_path, c.vocab_size);
+  const auto u32 = [](int v) { return static_cast<std::uint32_t>(v); };
+  out.set_string("general.architecture", "llama");
+  out.set_string("general.name", name);
+  if (!license.empty()) out.set_string("general.license", license);
+  if (!source.empty()) out.set_string("general.source.url", source);
+  out.set_u32("llama.context_length", u32(c.seq_len));
+  out.set_u32("llama.embedding_length", u32(c.dim));
+  out.set_u32("llama.block_count", u32(c.n_layers));
+  out.set_u32("llama.feed_forward_length", u32(c.hidden_dim));
+  out.set_u32("llama.attention.head_count", u32(c.n_heads));
+  out.set_u32("llama.attention.head_count_kv", u32(c.n_kv_heads));
+  out.set_u32("llama.rope.dimension_count", u32(c.head_size()));
+  out.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  out.set_f32("llama.rope.freq_base", 10000.0f);
+
+  std::vector<std::string> tokens(vocab.pieces.size());
+  std::vector<std::int32_t> types(vocab.pieces.size(), static_cast<std::int32_t>(TokenType::normal));
+  for (std::size_t id = 0; id < tokens.size(); ++id) {
+    const std::string& piece = vocab.pieces[id];
+    if (id <= 2) {
+      tokens[id] = id == 0 ? "<unk>" : id == 1 ? "<s>" : "</s>";
+      types[id] = static_cast<std::int32_t>(id == 0 ? TokenType::unknown : TokenType::control);
+      continue;
+    }
+    const bool byte = piece.size() == 6 && piece.starts_with("<0x") && piece.back() == '>';
+    if (byte) types[id] = static_cast<std::int32_t>(TokenType::byte);
+    for (const char ch : piece) tokens[id] += ch == ' ' && !byte ? std::string("\xE2\x96\x81") : std::string(1, ch);
+  }
+  out.set_string("tokenizer.ggml.model", "llama");
+  out.set_string_array("tokenizer.ggml.tokens", tokens);
+  out.set_f32_array("tokenizer.ggml.scores", vocab.scores);
+  out.set_i32_array("tokenizer.ggml.token_type", types);
+  out.set_u32("tokenizer.ggml.unknown_token_id", 0);
+  out.set_u32("tokenizer.ggml.bos_token_id", 1);
+  out.set_u32("tokenizer.ggml.eos_token_id", 2);
+
+  const std::uint64_t dim = u32(c.dim), hidden = u32(c.hidden_dim), kv = u32(c.kv_dim()), n_vocab = u32(c.vocab_size);
+  const auto tensor = [&](const std::string& tensor_name, const float* data, std::uint64_t rows, std::uint64_t cols) {
+    out.add_tensor(tensor_name, DType::F32, rows == 1 ? std::vector<std::uint64_t>{cols} : std::vector<std::uint64_t>{cols, rows},
+                   data, rows * cols * sizeof(float));
+  };
+  tensor("token_embd.weight", w.token_embedding, n_vocab, dim);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    tensor(b + "attn_norm.weight", w.rms_att + l * dim, 1, dim);
+    tensor(b + "attn_q.weight", w.wq + l * dim * dim, dim, dim);
+    tensor(b + "attn_k.weight", w.wk + l * kv * dim, kv, dim);
+    tensor(b + "attn_v.weight", w.wv + l * kv * dim, kv, dim);
+    tensor(b + "attn_output.weight", w.wo + l * dim * dim, dim, dim);
+    tensor(b + "ffn_norm.weight", w.rms_ffn + l * dim, 1, dim);
+    tensor(b + "ffn_gate.weight", w.w1 + l * hidden * dim, hidden, dim);
+    tensor(b + "ffn_down.weight", w.w2 + l * dim * hidden, dim, hidden);
+    tensor(b + "ffn_up.weight", w.w3 + l * hidden * dim, hidden, dim);
+  }
+  tensor("output_norm.weight", w.rms_final, 1, dim);
+  if (!c.shared_classifier) tensor("output.weight", w.wcls, n_vocab, dim);
 }
 
 }  // namespace tinyllm
