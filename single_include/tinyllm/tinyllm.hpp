@@ -3207,6 +3207,7 @@ HWY_AFTER_NAMESPACE();
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 
 HWY_BEFORE_NAMESPACE();
@@ -3229,10 +3230,17 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
   alignas(64) std::int8_t q16[16];
 
   for (std::size_t b0 = 0; b0 < n; b0 += F::block) {
-    auto vmax = hn::Zero(df);
-    for (std::size_t i = 0; i < F::block; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + b0 + i)));
+    // x * 0 is 0 for every finite x: a block with a NaN or an infinity gets a NaN scale, so the
+    // products that use it are NaN too rather than finite nonsense.
+    auto vmax = hn::Zero(df), vnonfinite = hn::Zero(df);
+    for (std::size_t i = 0; i < F::block; i += N) {
+      const auto v = hn::LoadU(df, x + b0 + i);
+      vmax = hn::Max(vmax, hn::Abs(v));
+      vnonfinite = hn::Add(vnonfinite, hn::Mul(v, hn::Zero(df)));
+    }
     const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-    const float scale = amax / 127.0f;
+    const bool finite = hn::GetLane(hn::SumOfLanes(df, vnonfinite)) == 0.0f;
+    const float scale = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
     const auto inv = hn::Set(df, scale != 0.0f ? 1.0f / scale : 0.0f);
     d[b0 / F::block * G] = scale;
 
@@ -3240,7 +3248,9 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
     for (std::size_t g = b0; g < b0 + F::block; g += 16) {
       auto sum = hn::Zero(di);
       for (std::size_t i = 0; i < 16; i += N) {
-        const auto q = hn::NearestInt(hn::Mul(hn::LoadU(df, x + g + i), inv));
+        // Clamped: a NaN scale rounds to INT_MIN, whose sums would overflow.
+        const auto q = hn::Min(hn::Max(hn::NearestInt(hn::Mul(hn::LoadU(df, x + g + i), inv)), hn::Set(di, -127)),
+                               hn::Set(di, 127));
         sum = hn::Add(sum, q);
         hn::StoreU(hn::DemoteTo(d8, q), d8, q16 + i);
       }
@@ -4099,6 +4109,9 @@ inline constexpr std::uint32_t kGGUFTypeCount = 13;
 inline constexpr std::uint32_t kGGUFMagic = 0x46554747;  // the bytes "GGUF" read as a little-endian u32
 inline constexpr std::uint32_t kGGUFDefaultAlignment = 32;
 inline constexpr std::string_view kGGUFAlignmentKey = "general.alignment";
+// Array values in a file's metadata, all arrays together: a 262k-token vocabulary with scores,
+// types and 500k merges holds about 1.3M.
+inline constexpr std::uint64_t kGGUFMaxMetadataValues = std::uint64_t{1} << 23;
 inline constexpr std::size_t kGGUFMaxKeyBytes = 65535;       // the spec's limit
 inline constexpr std::size_t kGGUFMaxTensorNameBytes = 64;   // the spec's limit
 inline constexpr int kGGUFMaxArrayDepth = 16;                // bounds the reader's recursion
@@ -4322,7 +4335,8 @@ class GGUFFile {
 
   static std::string read_string(ByteReader& r, const std::string& field);
   static GGUFType read_type(ByteReader& r, const std::string& field);
-  static GGUFValue read_value(ByteReader& r, GGUFType type, const std::string& field, int depth);
+  static GGUFValue read_value(ByteReader& r, GGUFType type, const std::string& field, int depth,
+                              std::uint64_t& values_left);
   void read_metadata(ByteReader& r, std::uint64_t n_kv);
   void read_tensor_infos(ByteReader& r, std::uint64_t n_tensors);
 
@@ -4398,7 +4412,7 @@ inline GGUFType GGUFFile::read_type(ByteReader& r, const std::string& field) {
 }
 
 inline GGUFValue GGUFFile::read_value(ByteReader& r, GGUFType type, const std::string& field,
-                                      int depth) {
+                                      int depth, std::uint64_t& values_left) {
   switch (type) {
     case GGUFType::UINT8: return GGUFValue::uint8(r.read<std::uint8_t>(field));
     case GGUFType::INT8: return GGUFValue::int8(r.read<std::int8_t>(field));
@@ -4428,9 +4442,15 @@ inline GGUFValue GGUFFile::read_value(ByteReader& r, GGUFType type, const std::s
         r.fail_at(count_at, field + " array count " + std::to_string(n) + " of " +
                                 std::string(gguf_type_name(elem)) + " is more than the remaining " +
                                 std::to_string(r.remaining()) + " bytes can hold");
+      // Each value takes far more memory than its bytes in the file: a budget bounds the metadata.
+      if (n > values_left)
+        r.fail_at(count_at, field + " array count " + std::to_string(n) + " exceeds the metadata's budget of " +
+                                std::to_string(kGGUFMaxMetadataValues) + " array values in all",
+                  "fewer array values");
+      values_left -= n;
       std::vector<GGUFValue> items;
       items.reserve(static_cast<std::size_t>(n));
-      for (std::uint64_t i = 0; i < n; ++i) items.push_back(read_value(r, elem, field, depth + 1));
+      for (std::uint64_t i = 0; i < n; ++i) items.push_back(read_value(r, elem, field, depth + 1, values_left));
       return GGUFValue::array(elem, std::move(items));
     }
   }
@@ -4440,6 +4460,7 @@ inline GGUFValue GGUFFile::read_value(ByteReader& r, GGUFType type, const std::s
 
 inline void GGUFFile::read_metadata(ByteReader& r, std::uint64_t n_kv) {
   metadata_.reserve(static_cast<std::size_t>(n_kv));
+  std::uint64_t values_left = kGGUFMaxMetadataValues;
   for (std::uint64_t i = 0; i < n_kv; ++i) {
     const std::size_t key_at = r.offset();
     std::string key = read_string(r, "metadata key");
@@ -4449,12 +4470,13 @@ inline void GGUFFile::read_metadata(ByteReader& r, std::uint64_t n_kv) {
     const std::string field = "metadata '" + key + "'";
     const GGUFType type = read_type(r, field);
     const std::size_t value_at = r.offset();
-    GGUFValue value = read_value(r, type, field, 0);
+    GGUFValue value = read_value(r, type, field, 0, values_left);
     if (key == kGGUFAlignmentKey) {
       const auto a = value.to_integer<std::uint32_t>();
-      if (!a || *a == 0 || (*a & (*a - 1)) != 0)
-        r.fail_at(value_at, "general.alignment is not a nonzero power of two",
-                  "a power of two as UINT32");
+      // The spec asks for a multiple of 8: blocks and F16/F32 values are then aligned in memory.
+      if (!a || *a < 8 || (*a & (*a - 1)) != 0)
+        r.fail_at(value_at, "general.alignment is not a power of two of at least 8",
+                  "a power of two from 8 up, as UINT32");
       alignment_ = *a;
     }
     key_index_.emplace(key, metadata_.size());
@@ -11582,8 +11604,10 @@ inline std::optional<bool> config_bool(const json& config, const char* key) {
 }  // namespace hf_tokenizer_detail
 
 // tokenizer: the parsed tokenizer.json; config: the parsed tokenizer_config.json, or null.
+// A field of the wrong JSON type anywhere is an Error naming the file, as is an id far past the
+// number of tokens (the token list is as long as the largest id).
 inline Tokenizer tokenizer_from_hf_json(const nlohmann::json& tokenizer, const nlohmann::json& config,
-                                        const std::string& where) {
+                                        const std::string& where) try {
   using namespace hf_tokenizer_detail;
   const auto unsupported = [&](const std::string& what, const std::string& step, const std::string& expected) {
     return Error("unsupported " + what + " '" + step + "'", where + ", " + what, expected);
@@ -11602,10 +11626,15 @@ inline Tokenizer tokenizer_from_hf_json(const nlohmann::json& tokenizer, const n
   // Token texts by id: the model's vocabulary, then the added tokens (which may extend it).
   std::vector<std::string> texts;
   std::vector<TokenType> types;
+  const auto& added_list = member(tokenizer, "added_tokens");
+  const std::int64_t entries = static_cast<std::int64_t>(model["vocab"].size() + (added_list.is_array() ? added_list.size() : 0));
+  const std::int64_t id_limit = 2 * entries + 1024;  // some gaps between ids are normal; a vast one is not
   const auto place = [&](const std::string& text, const json& id_json, const std::string& at) {
     if (!id_json.is_number_integer()) throw Error("a token id is not an integer", at);
     const auto id = id_json.get<std::int64_t>();
-    if (id < 0 || id >= (std::int64_t{1} << 31) - 1) throw Error("token id " + std::to_string(id) + " is out of range", at);
+    if (id < 0 || id >= id_limit)
+      throw Error("token id " + std::to_string(id) + " is out of range", at,
+                  "an id below " + std::to_string(id_limit) + " for " + std::to_string(entries) + " tokens");
     if (static_cast<std::size_t>(id) >= texts.size()) {
       texts.resize(static_cast<std::size_t>(id) + 1);
       types.resize(static_cast<std::size_t>(id) + 1, TokenType::unused);
@@ -11774,11 +11803,13 @@ inline Tokenizer tokenizer_from_hf_json(const nlohmann::json& tokenizer, const n
   if (t.add_bos_ && t.bos_ < 0) throw Error("BOS is to be added but there is no BOS token", where, "a bos_token");
   if (t.add_eos_ && t.eos_ < 0) throw Error("EOS is to be added but there is no EOS token", where, "an eos_token");
   return t;
+} catch (const nlohmann::json::exception& e) {
+  throw Error(std::string("a field has the wrong JSON type: ") + e.what(), where);
 }
 
 // The Jinja chat template of tokenizer_config.json: its "chat_template" string, or from a list of
 // named templates the one named "default"; empty when it has none.
-inline std::string hf_chat_template(const nlohmann::json& config) {
+inline std::string hf_chat_template(const nlohmann::json& config) try {
   if (!config.is_object() || !config.contains("chat_template")) return "";
   const nlohmann::json& t = config["chat_template"];
   if (t.is_string()) return t.get<std::string>();
@@ -11788,6 +11819,8 @@ inline std::string hf_chat_template(const nlohmann::json& config) {
         return named["template"].get<std::string>();
   if (t.is_null() || t.is_array()) return "";
   throw Error("chat_template is neither a string nor a list of named templates", "tokenizer_config.json");
+} catch (const nlohmann::json::exception& e) {
+  throw Error(std::string("a chat_template field has the wrong JSON type: ") + e.what(), "tokenizer_config.json");
 }
 
 // The tokenizer `t` read from `tokenizer` (tokenizer.json) as GGUF metadata, the keys llama.cpp's
@@ -11798,7 +11831,7 @@ inline std::string hf_chat_template(const nlohmann::json& config) {
 // embedding rows) with unused "[PAD<id>]" tokens, as llama.cpp pads it. tokenizer.json's NFC
 // normalizer has no GGUF key and is left out, as llama.cpp leaves it out.
 inline void write_gguf_tokenizer(const Tokenizer& t, const nlohmann::json& tokenizer, GGUFWriter& out,
-                                 std::size_t vocab_size) {
+                                 std::size_t vocab_size) try {
   const Vocab& vocab = t.vocab_;
   if (vocab_size < static_cast<std::size_t>(vocab.size()))
     throw Error("the tokenizer has " + std::to_string(vocab.size()) + " tokens", "write_gguf_tokenizer",
@@ -11853,6 +11886,8 @@ inline void write_gguf_tokenizer(const Tokenizer& t, const nlohmann::json& token
   set_id("tokenizer.ggml.padding_token_id", t.pad_);
   out.set_bool("tokenizer.ggml.add_bos_token", t.add_bos_);
   out.set_bool("tokenizer.ggml.add_eos_token", t.add_eos_);
+} catch (const nlohmann::json::exception& e) {
+  throw Error(std::string("a merge has the wrong JSON type: ") + e.what(), "write_gguf_tokenizer");
 }
 
 // A Hugging Face folder's tokenizer: its tokenizer.json, and tokenizer_config.json where present.

@@ -157,6 +157,16 @@ TEST_CASE("bad general.alignment values are named") {
   CHECK(f.alignment() == 64);
 }
 
+TEST_CASE("found by fuzzing: alignments below 8, and metadata arrays past the value budget") {
+  // An alignment of 1, 2 or 4 would leave blocks misaligned in memory
+  // (tests/fuzz/regressions/gguf/alignment-1-misaligned-q8_0.gguf).
+  check_error(header(0, 1).kv_u32("general.alignment", 4), "at least 8");
+  // Each array value takes ~40 bytes of memory for 1 in the file: past the budget is an Error.
+  Raw big = header(0, 1).str("big").type(T::ARRAY).type(T::UINT8).put<std::uint64_t>(kGGUFMaxMetadataValues + 1);
+  big.bytes.resize(big.bytes.size() + kGGUFMaxMetadataValues + 1);
+  check_error(big, "budget");
+}
+
 TEST_CASE("arrays nested past the depth limit are rejected without deep recursion") {
   auto nested = [](int levels) {
     Raw r = header(0, 1).str("deep").type(T::ARRAY);
@@ -229,4 +239,17 @@ TEST_CASE("random byte mutations of a valid GGUF give a valid parse or a tinyllm
   MESSAGE("fuzz: " << n_ok << " parsed, " << n_error << " rejected");
   CHECK(n_ok > 0);
   CHECK(n_error > 0);
+}
+
+TEST_CASE("found by fuzzing: a NaN weight gives NaN logits, never finite nonsense") {
+  // tests/fuzz/regressions/gguf/nan-in-norm-weight-q8_0.gguf: a Q8_0 model whose first attention
+  // norm weight is NaN. The activations the quantized matmul reads are then NaN.
+  LoadedModel lm = load(std::string(TINYLLM_SOURCE_DIR) + "/tests/fuzz/regressions/gguf/nan-in-norm-weight-q8_0.gguf");
+  ThreadPool pool(1);
+  const std::size_t vocab = lm.config().vocab_size;
+  std::vector<float> logits(vocab);
+  const std::int32_t token = 1, pos = 0;
+  auto cache = lm.model().new_kv_cache(1);
+  lm.model().forward(pool, std::span(&token, 1), std::span(&pos, 1), *cache, MatrixView<float>(logits.data(), 1, vocab));
+  CHECK(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isnan(v); }));
 }

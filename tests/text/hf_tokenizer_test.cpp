@@ -156,6 +156,20 @@ TEST_CASE("written as GGUF metadata: byte-level tokenizes the same, SentencePiec
   CHECK(encode(gguf, "bc \u2603") == encode(hf, "bc \u2603"));
 }
 
+TEST_CASE("found by fuzzing: a vast token id and fields of the wrong JSON type are Errors") {
+  json j = byte_level();
+  j["model"]["vocab"]["x"] = 2147483000;  // would ask for a list of 2^31 tokens
+  CHECK_THROWS_WITH_AS(tokenizer_from_hf_json(j, json(), "test"), doctest::Contains("out of range"), Error);
+  j = sentencepiece_style();
+  j["added_tokens"][0]["special"] = 1;
+  CHECK_THROWS_WITH_AS(tokenizer_from_hf_json(j, json(), "test"), doctest::Contains("wrong JSON type"), Error);
+  j = sentencepiece_style();
+  j["post_processor"]["single"][0]["SpecialToken"]["id"] = 1;
+  CHECK_THROWS_WITH_AS(tokenizer_from_hf_json(j, json(), "test"), doctest::Contains("wrong JSON type"), Error);
+  CHECK_THROWS_WITH_AS(hf_chat_template(json::parse(R"({"chat_template": [{"name": 3, "template": "x"}]})")),
+                       doctest::Contains("wrong JSON type"), Error);
+}
+
 TEST_CASE("a folder without tokenizer.json is an Error naming the file") {
   CHECK_THROWS_WITH_AS(load_hf_tokenizer("/nonexistent-folder"), doctest::Contains("tokenizer.json"), Error);
 }

@@ -44,6 +44,9 @@ inline constexpr std::uint32_t kGGUFTypeCount = 13;
 inline constexpr std::uint32_t kGGUFMagic = 0x46554747;  // the bytes "GGUF" read as a little-endian u32
 inline constexpr std::uint32_t kGGUFDefaultAlignment = 32;
 inline constexpr std::string_view kGGUFAlignmentKey = "general.alignment";
+// Array values in a file's metadata, all arrays together: a 262k-token vocabulary with scores,
+// types and 500k merges holds about 1.3M.
+inline constexpr std::uint64_t kGGUFMaxMetadataValues = std::uint64_t{1} << 23;
 inline constexpr std::size_t kGGUFMaxKeyBytes = 65535;       // the spec's limit
 inline constexpr std::size_t kGGUFMaxTensorNameBytes = 64;   // the spec's limit
 inline constexpr int kGGUFMaxArrayDepth = 16;                // bounds the reader's recursion
@@ -267,7 +270,8 @@ class GGUFFile {
 
   static std::string read_string(ByteReader& r, const std::string& field);
   static GGUFType read_type(ByteReader& r, const std::string& field);
-  static GGUFValue read_value(ByteReader& r, GGUFType type, const std::string& field, int depth);
+  static GGUFValue read_value(ByteReader& r, GGUFType type, const std::string& field, int depth,
+                              std::uint64_t& values_left);
   void read_metadata(ByteReader& r, std::uint64_t n_kv);
   void read_tensor_infos(ByteReader& r, std::uint64_t n_tensors);
 
@@ -343,7 +347,7 @@ inline GGUFType GGUFFile::read_type(ByteReader& r, const std::string& field) {
 }
 
 inline GGUFValue GGUFFile::read_value(ByteReader& r, GGUFType type, const std::string& field,
-                                      int depth) {
+                                      int depth, std::uint64_t& values_left) {
   switch (type) {
     case GGUFType::UINT8: return GGUFValue::uint8(r.read<std::uint8_t>(field));
     case GGUFType::INT8: return GGUFValue::int8(r.read<std::int8_t>(field));
@@ -373,9 +377,15 @@ inline GGUFValue GGUFFile::read_value(ByteReader& r, GGUFType type, const std::s
         r.fail_at(count_at, field + " array count " + std::to_string(n) + " of " +
                                 std::string(gguf_type_name(elem)) + " is more than the remaining " +
                                 std::to_string(r.remaining()) + " bytes can hold");
+      // Each value takes far more memory than its bytes in the file: a budget bounds the metadata.
+      if (n > values_left)
+        r.fail_at(count_at, field + " array count " + std::to_string(n) + " exceeds the metadata's budget of " +
+                                std::to_string(kGGUFMaxMetadataValues) + " array values in all",
+                  "fewer array values");
+      values_left -= n;
       std::vector<GGUFValue> items;
       items.reserve(static_cast<std::size_t>(n));
-      for (std::uint64_t i = 0; i < n; ++i) items.push_back(read_value(r, elem, field, depth + 1));
+      for (std::uint64_t i = 0; i < n; ++i) items.push_back(read_value(r, elem, field, depth + 1, values_left));
       return GGUFValue::array(elem, std::move(items));
     }
   }
@@ -385,6 +395,7 @@ inline GGUFValue GGUFFile::read_value(ByteReader& r, GGUFType type, const std::s
 
 inline void GGUFFile::read_metadata(ByteReader& r, std::uint64_t n_kv) {
   metadata_.reserve(static_cast<std::size_t>(n_kv));
+  std::uint64_t values_left = kGGUFMaxMetadataValues;
   for (std::uint64_t i = 0; i < n_kv; ++i) {
     const std::size_t key_at = r.offset();
     std::string key = read_string(r, "metadata key");
@@ -394,12 +405,13 @@ inline void GGUFFile::read_metadata(ByteReader& r, std::uint64_t n_kv) {
     const std::string field = "metadata '" + key + "'";
     const GGUFType type = read_type(r, field);
     const std::size_t value_at = r.offset();
-    GGUFValue value = read_value(r, type, field, 0);
+    GGUFValue value = read_value(r, type, field, 0, values_left);
     if (key == kGGUFAlignmentKey) {
       const auto a = value.to_integer<std::uint32_t>();
-      if (!a || *a == 0 || (*a & (*a - 1)) != 0)
-        r.fail_at(value_at, "general.alignment is not a nonzero power of two",
-                  "a power of two as UINT32");
+      // The spec asks for a multiple of 8: blocks and F16/F32 values are then aligned in memory.
+      if (!a || *a < 8 || (*a & (*a - 1)) != 0)
+        r.fail_at(value_at, "general.alignment is not a power of two of at least 8",
+                  "a power of two from 8 up, as UINT32");
       alignment_ = *a;
     }
     key_index_.emplace(key, metadata_.size());

@@ -103,8 +103,10 @@ inline std::optional<bool> config_bool(const json& config, const char* key) {
 }  // namespace hf_tokenizer_detail
 
 // tokenizer: the parsed tokenizer.json; config: the parsed tokenizer_config.json, or null.
+// A field of the wrong JSON type anywhere is an Error naming the file, as is an id far past the
+// number of tokens (the token list is as long as the largest id).
 inline Tokenizer tokenizer_from_hf_json(const nlohmann::json& tokenizer, const nlohmann::json& config,
-                                        const std::string& where) {
+                                        const std::string& where) try {
   using namespace hf_tokenizer_detail;
   const auto unsupported = [&](const std::string& what, const std::string& step, const std::string& expected) {
     return Error("unsupported " + what + " '" + step + "'", where + ", " + what, expected);
@@ -123,10 +125,15 @@ inline Tokenizer tokenizer_from_hf_json(const nlohmann::json& tokenizer, const n
   // Token texts by id: the model's vocabulary, then the added tokens (which may extend it).
   std::vector<std::string> texts;
   std::vector<TokenType> types;
+  const auto& added_list = member(tokenizer, "added_tokens");
+  const std::int64_t entries = static_cast<std::int64_t>(model["vocab"].size() + (added_list.is_array() ? added_list.size() : 0));
+  const std::int64_t id_limit = 2 * entries + 1024;  // some gaps between ids are normal; a vast one is not
   const auto place = [&](const std::string& text, const json& id_json, const std::string& at) {
     if (!id_json.is_number_integer()) throw Error("a token id is not an integer", at);
     const auto id = id_json.get<std::int64_t>();
-    if (id < 0 || id >= (std::int64_t{1} << 31) - 1) throw Error("token id " + std::to_string(id) + " is out of range", at);
+    if (id < 0 || id >= id_limit)
+      throw Error("token id " + std::to_string(id) + " is out of range", at,
+                  "an id below " + std::to_string(id_limit) + " for " + std::to_string(entries) + " tokens");
     if (static_cast<std::size_t>(id) >= texts.size()) {
       texts.resize(static_cast<std::size_t>(id) + 1);
       types.resize(static_cast<std::size_t>(id) + 1, TokenType::unused);
@@ -295,11 +302,13 @@ inline Tokenizer tokenizer_from_hf_json(const nlohmann::json& tokenizer, const n
   if (t.add_bos_ && t.bos_ < 0) throw Error("BOS is to be added but there is no BOS token", where, "a bos_token");
   if (t.add_eos_ && t.eos_ < 0) throw Error("EOS is to be added but there is no EOS token", where, "an eos_token");
   return t;
+} catch (const nlohmann::json::exception& e) {
+  throw Error(std::string("a field has the wrong JSON type: ") + e.what(), where);
 }
 
 // The Jinja chat template of tokenizer_config.json: its "chat_template" string, or from a list of
 // named templates the one named "default"; empty when it has none.
-inline std::string hf_chat_template(const nlohmann::json& config) {
+inline std::string hf_chat_template(const nlohmann::json& config) try {
   if (!config.is_object() || !config.contains("chat_template")) return "";
   const nlohmann::json& t = config["chat_template"];
   if (t.is_string()) return t.get<std::string>();
@@ -309,6 +318,8 @@ inline std::string hf_chat_template(const nlohmann::json& config) {
         return named["template"].get<std::string>();
   if (t.is_null() || t.is_array()) return "";
   throw Error("chat_template is neither a string nor a list of named templates", "tokenizer_config.json");
+} catch (const nlohmann::json::exception& e) {
+  throw Error(std::string("a chat_template field has the wrong JSON type: ") + e.what(), "tokenizer_config.json");
 }
 
 // The tokenizer `t` read from `tokenizer` (tokenizer.json) as GGUF metadata, the keys llama.cpp's
@@ -319,7 +330,7 @@ inline std::string hf_chat_template(const nlohmann::json& config) {
 // embedding rows) with unused "[PAD<id>]" tokens, as llama.cpp pads it. tokenizer.json's NFC
 // normalizer has no GGUF key and is left out, as llama.cpp leaves it out.
 inline void write_gguf_tokenizer(const Tokenizer& t, const nlohmann::json& tokenizer, GGUFWriter& out,
-                                 std::size_t vocab_size) {
+                                 std::size_t vocab_size) try {
   const Vocab& vocab = t.vocab_;
   if (vocab_size < static_cast<std::size_t>(vocab.size()))
     throw Error("the tokenizer has " + std::to_string(vocab.size()) + " tokens", "write_gguf_tokenizer",
@@ -374,6 +385,8 @@ inline void write_gguf_tokenizer(const Tokenizer& t, const nlohmann::json& token
   set_id("tokenizer.ggml.padding_token_id", t.pad_);
   out.set_bool("tokenizer.ggml.add_bos_token", t.add_bos_);
   out.set_bool("tokenizer.ggml.add_eos_token", t.add_eos_);
+} catch (const nlohmann::json::exception& e) {
+  throw Error(std::string("a merge has the wrong JSON type: ") + e.what(), "write_gguf_tokenizer");
 }
 
 // A Hugging Face folder's tokenizer: its tokenizer.json, and tokenizer_config.json where present.

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include <tinyllm/core/blocks.hpp>
 #include <tinyllm/core/tensor.hpp>
@@ -38,10 +39,17 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
   alignas(64) std::int8_t q16[16];
 
   for (std::size_t b0 = 0; b0 < n; b0 += F::block) {
-    auto vmax = hn::Zero(df);
-    for (std::size_t i = 0; i < F::block; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + b0 + i)));
+    // x * 0 is 0 for every finite x: a block with a NaN or an infinity gets a NaN scale, so the
+    // products that use it are NaN too rather than finite nonsense.
+    auto vmax = hn::Zero(df), vnonfinite = hn::Zero(df);
+    for (std::size_t i = 0; i < F::block; i += N) {
+      const auto v = hn::LoadU(df, x + b0 + i);
+      vmax = hn::Max(vmax, hn::Abs(v));
+      vnonfinite = hn::Add(vnonfinite, hn::Mul(v, hn::Zero(df)));
+    }
     const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-    const float scale = amax / 127.0f;
+    const bool finite = hn::GetLane(hn::SumOfLanes(df, vnonfinite)) == 0.0f;
+    const float scale = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
     const auto inv = hn::Set(df, scale != 0.0f ? 1.0f / scale : 0.0f);
     d[b0 / F::block * G] = scale;
 
@@ -49,7 +57,9 @@ void quantize_act_row(const float* HWY_RESTRICT x, const QuantizedActs& a, std::
     for (std::size_t g = b0; g < b0 + F::block; g += 16) {
       auto sum = hn::Zero(di);
       for (std::size_t i = 0; i < 16; i += N) {
-        const auto q = hn::NearestInt(hn::Mul(hn::LoadU(df, x + g + i), inv));
+        // Clamped: a NaN scale rounds to INT_MIN, whose sums would overflow.
+        const auto q = hn::Min(hn::Max(hn::NearestInt(hn::Mul(hn::LoadU(df, x + g + i), inv)), hn::Set(di, -127)),
+                               hn::Set(di, 127));
         sum = hn::Add(sum, q);
         hn::StoreU(hn::DemoteTo(d8, q), d8, q16 + i);
       }
