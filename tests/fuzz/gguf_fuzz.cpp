@@ -18,13 +18,9 @@
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/model/load.hpp>
 
-namespace {
+#include "fuzz_util.hpp"
 
-// TINYLLM_FUZZ_VERBOSE=1 prints the Errors an input raises (to see how far a seed gets).
-void note(const tinyllm::Error& e) {
-  static const bool verbose = std::getenv("TINYLLM_FUZZ_VERBOSE") != nullptr;
-  if (verbose) std::fprintf(stderr, "%s\n", e.what());
-}
+namespace {
 
 // Reads every value, arrays and nested arrays included; the sum keeps the reads from being elided.
 std::uint64_t visit(const tinyllm::GGUFValue& v) {
@@ -40,8 +36,6 @@ std::uint64_t visit(const tinyllm::GGUFValue& v) {
       return sum;
   }
 }
-
-volatile std::uint64_t g_sink;
 
 }  // namespace
 
@@ -64,12 +58,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       try {
         sum += f.get_string("general.architecture").size();
       } catch (const tinyllm::Error& e) {
-        note(e);
+        fuzz::note(e);
       }
     }
-    g_sink = sum;
+    fuzz::sink = sum;
   } catch (const tinyllm::Error& e) {
-    note(e);
+    fuzz::note(e);
     return 0;
   }
 
@@ -87,9 +81,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::int32_t token = static_cast<std::int32_t>(size % c.vocab_size), position = 0;
     model.forward(pool, std::span(&token, 1), std::span(&position, 1), *cache,
                   tinyllm::MatrixView<float>(logits.data(), 1, c.vocab_size));
-    if (lm.has_tokenizer()) g_sink = lm.tokenizer().size();
+    if (lm.has_tokenizer()) fuzz::sink = lm.tokenizer().size();
   } catch (const tinyllm::Error& e) {
-    note(e);
+    fuzz::note(e);
   }
   return 0;
 }

@@ -19,28 +19,7 @@
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/text/tokenizer.hpp>
 
-namespace {
-
-// TINYLLM_FUZZ_VERBOSE=1 prints the Errors an input raises (to see how far a seed gets).
-void note(const tinyllm::Error& e) {
-  static const bool verbose = std::getenv("TINYLLM_FUZZ_VERBOSE") != nullptr;
-  if (verbose) std::fprintf(stderr, "%s\n", e.what());
-}
-
-volatile std::uint64_t g_sink;
-
-template <class F>
-void expect_error(const tinyllm::Tokenizer& tok, std::int32_t id, const char* what, F f) {
-  try {
-    f();
-  } catch (const tinyllm::Error&) {
-    return;
-  }
-  std::fprintf(stderr, "%s accepted token id %d in a vocabulary of %zu tokens\n", what, id, tok.size());
-  std::abort();
-}
-
-}  // namespace
+#include "fuzz_util.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   std::vector<std::byte> bytes(size);
@@ -61,14 +40,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           try {
             const std::vector<std::int32_t> ids =
                 tok.encode(text, tinyllm::Tokenizer::EncodeOptions{.add_special = add_special, .parse_special = parse_special});
-            for (const std::int32_t id : ids)
-              if (id < 0 || id >= n) {
-                std::fprintf(stderr, "encode gave id %d in a vocabulary of %d tokens\n", id, n);
-                std::abort();
-              }
+            fuzz::check_ids(ids, n);
             sum += tok.decode(ids).size();
           } catch (const tinyllm::Error& e) {
-            note(e);
+            fuzz::note(e);
           }
         }
       }
@@ -82,17 +57,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       sum += tok.decode(prev, id).size() + tok.piece(id).size() + static_cast<std::uint64_t>(tok.token_type(id));
       prev = id;
     }
-    g_sink = sum;
+    fuzz::sink = sum;
     for (const std::int32_t bad : {-1, n, n + 1, std::numeric_limits<std::int32_t>::min(), std::numeric_limits<std::int32_t>::max()}) {
-      expect_error(tok, bad, "decode", [&] { g_sink = tok.decode(bad).size(); });
-      expect_error(tok, bad, "decode after a token", [&] { g_sink = tok.decode(0, bad).size(); });
-      expect_error(tok, bad, "piece", [&] { g_sink = tok.piece(bad).size(); });
-      expect_error(tok, bad, "token_type", [&] { g_sink = static_cast<std::uint64_t>(tok.token_type(bad)); });
+      fuzz::expect_error(tok, bad, "decode", [&] { fuzz::sink = tok.decode(bad).size(); });
+      fuzz::expect_error(tok, bad, "decode after a token", [&] { fuzz::sink = tok.decode(0, bad).size(); });
+      fuzz::expect_error(tok, bad, "piece", [&] { fuzz::sink = tok.piece(bad).size(); });
+      fuzz::expect_error(tok, bad, "token_type", [&] { fuzz::sink = static_cast<std::uint64_t>(tok.token_type(bad)); });
       const std::int32_t seq[] = {0, bad};
-      expect_error(tok, bad, "decode of a sequence", [&] { g_sink = tok.decode(std::span<const std::int32_t>(seq)).size(); });
+      fuzz::expect_error(tok, bad, "decode of a sequence", [&] { fuzz::sink = tok.decode(std::span<const std::int32_t>(seq)).size(); });
     }
   } catch (const tinyllm::Error& e) {
-    note(e);
+    fuzz::note(e);
   }
   return 0;
 }

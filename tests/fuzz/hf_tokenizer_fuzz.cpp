@@ -22,28 +22,7 @@
 
 #include <tinyllm/text/hf_tokenizer.hpp>
 
-namespace {
-
-// TINYLLM_FUZZ_VERBOSE=1 prints the Errors an input raises (to see how far a seed gets).
-void note(const tinyllm::Error& e) {
-  static const bool verbose = std::getenv("TINYLLM_FUZZ_VERBOSE") != nullptr;
-  if (verbose) std::fprintf(stderr, "%s\n", e.what());
-}
-
-volatile std::uint64_t g_sink;
-
-template <class F>
-void expect_error(const tinyllm::Tokenizer& tok, std::int32_t id, const char* what, F f) {
-  try {
-    f();
-  } catch (const tinyllm::Error&) {
-    return;
-  }
-  std::fprintf(stderr, "%s accepted token id %d in a vocabulary of %zu tokens\n", what, id, tok.size());
-  std::abort();
-}
-
-}  // namespace
+#include "fuzz_util.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view input(reinterpret_cast<const char*>(data), size);
@@ -63,9 +42,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
 
   try {
-    g_sink = tinyllm::hf_chat_template(config).size();
+    fuzz::sink = tinyllm::hf_chat_template(config).size();
   } catch (const tinyllm::Error& e) {
-    note(e);
+    fuzz::note(e);
   }
   try {
     const tinyllm::Tokenizer tok = tinyllm::tokenizer_from_hf_json(tokenizer, config, "fuzz/tokenizer.json");
@@ -80,14 +59,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           try {
             const std::vector<std::int32_t> ids =
                 tok.encode(t, tinyllm::Tokenizer::EncodeOptions{.add_special = add_special, .parse_special = parse_special});
-            for (const std::int32_t id : ids)
-              if (id < 0 || id >= n) {
-                std::fprintf(stderr, "encode gave id %d in a vocabulary of %d tokens\n", id, n);
-                std::abort();
-              }
+            fuzz::check_ids(ids, n);
             sum += tok.decode(ids).size();
           } catch (const tinyllm::Error& e) {
-            note(e);
+            fuzz::note(e);
           }
         }
       }
@@ -100,25 +75,25 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       sum += tok.decode(prev, id).size() + tok.piece(id).size();
       prev = id;
     }
-    g_sink = sum;
+    fuzz::sink = sum;
     // The converter's path: the tokenizer as GGUF metadata, read back.
     try {
       tinyllm::GGUFWriter out;
       tinyllm::write_gguf_tokenizer(tok, tokenizer, out, tok.size() + (text.size() & 3));
       const std::vector<std::byte> gguf = out.to_bytes();
       const tinyllm::GGUFFile f = tinyllm::GGUFFile::parse(gguf, "fuzz/tokenizer.gguf");
-      g_sink = tinyllm::Tokenizer::from_gguf(f).size();
+      fuzz::sink = tinyllm::Tokenizer::from_gguf(f).size();
     } catch (const tinyllm::Error& e) {
-      note(e);
+      fuzz::note(e);
     }
     for (const std::int32_t bad : {-1, n, n + 1, std::numeric_limits<std::int32_t>::min(), std::numeric_limits<std::int32_t>::max()}) {
-      expect_error(tok, bad, "decode", [&] { g_sink = tok.decode(bad).size(); });
-      expect_error(tok, bad, "piece", [&] { g_sink = tok.piece(bad).size(); });
+      fuzz::expect_error(tok, bad, "decode", [&] { fuzz::sink = tok.decode(bad).size(); });
+      fuzz::expect_error(tok, bad, "piece", [&] { fuzz::sink = tok.piece(bad).size(); });
       const std::int32_t seq[] = {0, bad};
-      expect_error(tok, bad, "decode of a sequence", [&] { g_sink = tok.decode(std::span<const std::int32_t>(seq)).size(); });
+      fuzz::expect_error(tok, bad, "decode of a sequence", [&] { fuzz::sink = tok.decode(std::span<const std::int32_t>(seq)).size(); });
     }
   } catch (const tinyllm::Error& e) {
-    note(e);
+    fuzz::note(e);
   }
   return 0;
 }

@@ -15,15 +15,9 @@
 
 #include <tinyllm/text/jinja.hpp>
 
+#include "fuzz_util.hpp"
+
 namespace {
-
-// TINYLLM_FUZZ_VERBOSE=1 prints the Errors an input raises (to see how far a seed gets).
-void note(const tinyllm::Error& e) {
-  static const bool verbose = std::getenv("TINYLLM_FUZZ_VERBOSE") != nullptr;
-  if (verbose) std::fprintf(stderr, "%s\n", e.what());
-}
-
-volatile std::size_t g_sink;
 
 const nlohmann::ordered_json& context() {
   static const nlohmann::ordered_json c = nlohmann::ordered_json::parse(R"({
@@ -50,9 +44,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view source(reinterpret_cast<const char*>(data), size);
   try {
     const tinyllm::JinjaTemplate t(source);
-    g_sink = t.render(context()).size();
+    fuzz::sink = t.render(context()).size();
   } catch (const tinyllm::Error& e) {
-    note(e);
+    fuzz::note(e);
   }
   return 0;
 }

@@ -29,15 +29,9 @@
 #include <tinyllm/model/load.hpp>
 #include <tinyllm/text/tokenizer.hpp>
 
+#include "fuzz_util.hpp"
+
 namespace {
-
-// TINYLLM_FUZZ_VERBOSE=1 prints the Errors an input raises (to see how far a seed gets).
-void note(const tinyllm::Error& e) {
-  static const bool verbose = std::getenv("TINYLLM_FUZZ_VERBOSE") != nullptr;
-  if (verbose) std::fprintf(stderr, "%s\n", e.what());
-}
-
-volatile std::uint64_t g_sink;
 
 // A folder of this process's own, removed at exit.
 const std::filesystem::path& scratch_dir() {
@@ -53,7 +47,7 @@ const std::filesystem::path& scratch_dir() {
 
 void expect_out_of_range(const tinyllm::Tokenizer& tok, std::int32_t id) {
   try {
-    g_sink = tok.decode(id).size();
+    fuzz::sink = tok.decode(id).size();
   } catch (const tinyllm::Error&) {
     return;
   }
@@ -69,20 +63,16 @@ void exercise(const tinyllm::Tokenizer& tok, std::string_view input) {
     for (const bool bos : {false, true}) {
       try {
         const std::vector<std::int32_t> ids = tok.encode(text, bos, !bos);
-        for (const std::int32_t id : ids)
-          if (id < 0 || id >= n) {
-            std::fprintf(stderr, "encode gave id %d in a vocabulary of %d tokens\n", id, n);
-            std::abort();
-          }
+        fuzz::check_ids(ids, n);
         sum += tok.decode(ids).size();
       } catch (const tinyllm::Error& e) {
-        note(e);
+        fuzz::note(e);
       }
     }
   }
   for (std::int32_t id = 0; id < n && id < 64; ++id) sum += tok.decode(id == 0 ? -1 : id - 1, id).size();
   sum += tok.decode(n - 1).size();
-  g_sink = sum;
+  fuzz::sink = sum;
   for (const std::int32_t bad : {-1, n, n + 1, std::numeric_limits<std::int32_t>::min(), std::numeric_limits<std::int32_t>::max()})
     expect_out_of_range(tok, bad);
 }
@@ -108,7 +98,7 @@ void fuzz_model(std::span<const std::byte> file) {
   touch(w.w3, L * H * D);
   touch(w.rms_final, D);
   touch(w.wcls, V * D);
-  g_sink = static_cast<std::uint64_t>(sum != sum);
+  fuzz::sink = static_cast<std::uint64_t>(sum != sum);
 
   // load() takes a path: the model as a file of its own (no tokenizer beside it).
   const auto path = scratch_dir() / "model.bin";
@@ -156,7 +146,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       exercise(tok, text.size() > 256 ? text.substr(text.size() - 256) : text);
     }
   } catch (const tinyllm::Error& e) {
-    note(e);
+    fuzz::note(e);
   }
   return 0;
 }

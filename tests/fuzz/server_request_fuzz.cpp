@@ -12,9 +12,7 @@
 
 #include "openai_api.hpp"
 
-namespace {
-volatile std::size_t g_sink;
-}
+#include "fuzz_util.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
@@ -25,9 +23,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const server::ParsedRequest r = server::parse_request(body, endpoint);
       std::size_t sum = r.prompt.size() + r.prompt_tokens.size() + r.stop.size() + r.max_tokens.value_or(0);
       for (const auto& m : r.messages) sum += m.role.size() + m.content.size();
-      g_sink = sum;
+      fuzz::sink = sum;
     } catch (const server::ApiError& e) {
-      g_sink = server::dump(e.to_json()).size();   // the 400 reply the server would send
+      fuzz::sink = server::dump(e.to_json()).size();   // the 400 reply the server would send
     }
   }
   return 0;
