@@ -4574,8 +4574,8 @@ class GGUFWriter {
  public:
   // general.alignment is written only when it differs from GGUF's default of 32.
   explicit GGUFWriter(std::uint32_t alignment = kGGUFDefaultAlignment) : alignment_(alignment) {
-    if (alignment == 0 || (alignment & (alignment - 1)) != 0)
-      throw Error("GGUF alignment " + std::to_string(alignment), "GGUFWriter", "a nonzero power of two");
+    if (alignment < 8 || (alignment & (alignment - 1)) != 0)
+      throw Error("GGUF alignment " + std::to_string(alignment), "GGUFWriter", "a power of two from 8 up");
   }
 
   // Sets a key; a key set twice keeps its first position and its last value.

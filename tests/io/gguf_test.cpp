@@ -101,7 +101,7 @@ TEST_CASE("writer to reader round trip keeps F32, F16 and Q8_0 tensors byte for 
   for (std::size_t i = 0; i < f16.size(); ++i) f16[i] = F16{f32_to_f16(float(i) / 3.0f)};
   const auto q8 = random_bytes(2 * 2 * 34, 7);  // [2, 64]: 2 rows of 2 blocks
 
-  for (const std::uint32_t alignment : {32u, 64u, 8u, 1u}) {
+  for (const std::uint32_t alignment : {32u, 64u, 8u, 128u}) {
     CAPTURE(alignment);
     GGUFWriter w(alignment);
     w.set_string("general.architecture", "test");
@@ -233,6 +233,7 @@ TEST_CASE("typed getters convert integers that fit and name the key when they ca
 TEST_CASE("GGUFWriter rejects what the reader would reject") {
   CHECK_THROWS_WITH_AS(GGUFWriter(0), doctest::Contains("alignment"), Error);
   CHECK_THROWS_WITH_AS(GGUFWriter(3), doctest::Contains("alignment"), Error);
+  CHECK_THROWS_WITH_AS(GGUFWriter(4), doctest::Contains("alignment"), Error);  // the spec asks for a multiple of 8
   GGUFWriter w;
   CHECK_THROWS_WITH_AS(w.set_u32("general.alignment", 64), doctest::Contains("constructor"), Error);
   CHECK_THROWS_AS(w.set_u32("", 1), Error);
