@@ -3,7 +3,10 @@
 // With no -m it runs the model built into it, stories260K (examples/models/README.md), greedily
 // unless --temp is given, and writes a little story; --synthetic runs the embedded random-weight
 // model instead (its text is noise).
-// --chat renders the conversation with the model's chat template (or --chat-template NAME).
+// --chat renders the conversation with the model's chat template (or --chat-template NAME): with
+// -p one turn, else an interactive conversation over stdin, one line per user turn, the history
+// kept across turns (the oldest exchanges dropped when the context is full, and its use shown as
+// it runs low); Ctrl-C stops the reply being written, Ctrl-C at the prompt or end of input quits.
 // --lora FILE / --lora-scaled FILE SCALE (repeatable) add LoRA adapters.
 #include <tinyllm/tinyllm.hpp>
 
@@ -13,10 +16,30 @@
 
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <string>
+
+namespace {
+
+// Ctrl-C in a conversation: while a reply is written it stops that reply; otherwise it quits.
+std::atomic<bool> generating{false}, interrupted{false};
+
+extern "C" void on_interrupt(int) {
+  if (generating.load()) {
+    interrupted.store(true);
+    return;
+  }
+  (void)!write(STDERR_FILENO, "\n", 1);
+  _exit(130);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"tinyllm-run: generate text from a GGUF or llama2.c model"};
@@ -75,23 +98,29 @@ int main(int argc, char** argv) {
     g.sampling = sp;
     g.stop_tokens = {tok.eos(), tok.bos()};   // a model that starts a new document has ended this one
 
-    // Streams the reply to `ids` and returns its text.
+    // Streams the reply to `ids` and returns its text; `used`: the tokens of prompt and reply.
+    std::size_t used = 0;
     auto reply = [&](const std::vector<std::int32_t>& ids, bool echo_prompt) {
       tinyllm::Utf8Stream out;
       std::string text;
       if (echo_prompt)
         for (std::size_t i = 1; i < ids.size(); ++i) std::fputs(out.push(tok.decode(ids[i - 1], ids[i])).c_str(), stdout);
       std::int32_t prev = ids.back();
+      interrupted = false;
+      generating = true;
       const auto stats = tinyllm::generate(pool, lm.model(), ids, g, [&](std::int32_t id) {
         const std::string piece = tok.decode(prev, id);
         text += piece;
         std::fputs(out.push(piece).c_str(), stdout);
         std::fflush(stdout);
         prev = id;
-        return true;
+        return !interrupted.load();
       });
+      generating = false;
       std::fputs(out.flush().c_str(), stdout);
       std::fputs("\n", stdout);
+      if (interrupted) std::fprintf(stderr, "[stopped]\n");
+      used = stats.prompt_tokens + stats.generated_tokens;
       std::fprintf(stderr,
                    "\nprompt: %zu tokens, %.2f tokens/s | generation: %zu tokens, %.2f tokens/s | %u threads, %s kernels\n",
                    stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,
@@ -110,11 +139,49 @@ int main(int argc, char** argv) {
       if (std::find(g.stop_tokens.begin(), g.stop_tokens.end(), id) == g.stop_tokens.end()) g.stop_tokens.push_back(id);
     std::vector<tinyllm::ChatMessage> messages;
     if (!system.empty()) messages.push_back({"system", system});
+    const std::size_t context = lm.config().context;
+    const bool interactive = !prompt_given && isatty(STDIN_FILENO);
+    if (!prompt_given) {
+      struct sigaction sa {};
+      sa.sa_handler = on_interrupt;
+      sigemptyset(&sa.sa_mask);
+      sigaction(SIGINT, &sa, nullptr);
+      if (interactive)
+        std::fprintf(stderr, "chat with %zu tokens of context; Ctrl-C stops a reply, Ctrl-C or Ctrl-D here quits\n", context);
+    }
     std::string line;
-    while (prompt_given ? messages.empty() || messages.back().role != "assistant" : bool(std::getline(std::cin, line))) {
-      messages.push_back({"user", prompt_given ? prompt : line});
-      const auto ids = tinyllm::chat_prompt_tokens(tok, chat_template.render(messages));
+    for (;;) {
+      if (prompt_given) {
+        if (!messages.empty() && messages.back().role == "assistant") break;
+        line = prompt;
+      } else {
+        if (interactive) std::fputs("> ", stderr);
+        if (!std::getline(std::cin, line)) break;
+        if (line.empty()) continue;
+      }
+      messages.push_back({"user", line});
+      // The conversation must leave room for a reply: drop the oldest exchanges (after any
+      // system message) until it does.
+      const std::size_t first = system.empty() ? 0 : 1;
+      std::vector<std::int32_t> ids = tinyllm::chat_prompt_tokens(tok, chat_template.render(messages));
+      std::size_t dropped = 0;
+      while (ids.size() + 16 > context && messages.size() > first + 1) {
+        messages.erase(messages.begin() + std::ptrdiff_t(first));   // a user turn, then its reply
+        if (messages.size() > first + 1 && messages[first].role == "assistant") messages.erase(messages.begin() + std::ptrdiff_t(first));
+        ++dropped;
+        ids = tinyllm::chat_prompt_tokens(tok, chat_template.render(messages));
+      }
+      if (dropped) std::fprintf(stderr, "[context full: the %zu oldest turns were dropped]\n", dropped);
+      if (ids.size() + 16 > context) {
+        std::fprintf(stderr, "[this turn alone is %zu tokens, more than the context of %zu holds with a reply: skipped]\n",
+                     ids.size(), context);
+        messages.pop_back();
+        if (prompt_given) return 1;
+        continue;
+      }
       messages.push_back({"assistant", reply(ids, false)});
+      if (used * 4 >= context * 3)
+        std::fprintf(stderr, "[context: %zu of %zu tokens used; the oldest turns will be dropped as it fills]\n", used, context);
     }
   } catch (const tinyllm::Error& e) {
     std::fprintf(stderr, "%s\n", e.what());

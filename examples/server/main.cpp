@@ -15,8 +15,10 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <atomic>
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <chrono>
@@ -25,8 +27,12 @@
 #include <cstdlib>
 #include <cstdio>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -63,6 +69,9 @@ struct RequestState {
   bool end_of_turn = false;              // the chat template's end-of-turn token came
   tinyllm::FinishReason reason = tinyllm::FinishReason::none;
   tinyllm::RequestMetrics metrics;
+  bool logprobs = false;                 // the request asked for them
+  std::vector<LoggedToken> logged;       // each generated token's log-probabilities (when asked)
+  std::size_t logged_sent = 0;           // how many of them a stream has sent
 };
 
 // A request whose reply httplib sends in chunks, as its content provider and releaser see it.
@@ -75,6 +84,7 @@ struct Reply {
   std::int64_t created;
   Clock::time_point start;
   bool include_usage = false, started = false, done = false;
+  std::size_t text_offset = 0;           // bytes of text streamed so far (legacy logprobs' text_offset)
 };
 
 // The releaser of a chunked reply, called once httplib has sent it all (`success`) or given up on
@@ -104,6 +114,15 @@ bool valid_adapter_name(const std::string& name) {
   return true;
 }
 
+bool valid_utf8(std::string_view s) {
+  while (!s.empty()) {
+    const tinyllm::Utf8Sequence q = tinyllm::next_utf8_sequence(s);
+    if (q.kind != tinyllm::Utf8Sequence::Kind::complete) return false;
+    s.remove_prefix(q.length);
+  }
+  return true;
+}
+
 // Whether `given` equals `key`, in a time that depends on neither's contents (nor on where they
 // first differ), so a client cannot find the key a byte at a time by timing the replies.
 bool same_key(const std::string& given, const std::string& key) {
@@ -113,17 +132,109 @@ bool same_key(const std::string& given, const std::string& key) {
   return diff == 0;
 }
 
+// httplib's server with a longer queue of connections waiting to be accepted: httplib 0.11 listens
+// with a backlog of 5, so a burst of clients (or a few slow ones) would leave the next ones
+// retrying their SYN for seconds. listen() again on the bound socket sets the backlog (Linux).
+class HttpServer : public httplib::Server {
+ public:
+  bool set_backlog(int backlog) { return ::listen(svr_sock_, backlog) == 0; }
+};
+
+// Limits a request must keep (tinyllm-server's flags); a request over one gets a 4xx naming it.
+struct Limits {
+  std::size_t max_prompt_tokens = 0;   // 0: the model's context
+  std::size_t max_tokens = 0;          // the most a request may ask for; 0: the model's context
+};
+
+// httplib's worker pool for connections, as a TaskQueue: a thread per open connection, started
+// when none is idle, up to `max_threads` (then connections wait their turn); a thread idle for
+// `idle` goes away. httplib reads a request on the thread that serves it, so with a fixed pool a
+// few slow or half-open clients (sending a byte a second, "slowloris") could hold every worker;
+// here they hold only their own, and the read and write timeouts bound how long a silent peer
+// keeps it.
+class ConnectionThreads : public httplib::TaskQueue {
+ public:
+  explicit ConnectionThreads(std::size_t max_threads, std::chrono::seconds idle = std::chrono::seconds(30))
+      : max_threads_(std::max<std::size_t>(max_threads, 1)), idle_(idle) {}
+  ~ConnectionThreads() override { shutdown(); }
+
+  void enqueue(std::function<void()> fn) override {
+    std::lock_guard<std::mutex> lock(m_);
+    jobs_.push_back(std::move(fn));
+    if (idle_threads_ >= jobs_.size() || threads_.size() - finished_.size() >= max_threads_) {
+      cv_.notify_one();
+      return;
+    }
+    reap();
+    threads_.emplace_back([this] { work(); });
+  }
+
+  // Runs what was queued, then joins every thread (httplib calls it once it stops listening).
+  void shutdown() override {
+    std::list<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stopping_ = true;
+      threads.swap(threads_);
+      finished_.clear();
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads) t.join();
+  }
+
+ private:
+  void work() {
+    std::unique_lock<std::mutex> lock(m_);
+    for (;;) {
+      ++idle_threads_;
+      const bool woke = cv_.wait_for(lock, idle_, [&] { return stopping_ || !jobs_.empty(); });
+      --idle_threads_;
+      if (jobs_.empty() && (stopping_ || !woke)) break;
+      std::function<void()> fn = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      fn();
+      lock.lock();
+    }
+    if (!stopping_) finished_.push_back(std::this_thread::get_id());
+  }
+
+  // Joins the threads that have left work() (called with m_ held).
+  void reap() {
+    for (const std::thread::id id : finished_)
+      for (auto it = threads_.begin(); it != threads_.end(); ++it)
+        if (it->get_id() == id) {
+          it->join();   // it has returned from work() or is about to
+          threads_.erase(it);
+          break;
+        }
+    finished_.clear();
+  }
+
+  const std::size_t max_threads_;
+  const std::chrono::seconds idle_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::list<std::thread> threads_;
+  std::vector<std::thread::id> finished_;
+  std::size_t idle_threads_ = 0;
+  bool stopping_ = false;
+};
+
 class Server {
  public:
   // lora_dir: where POST /v1/adapters may load adapter files from (empty: it may not).
   // api_key: what every /v1 request must carry as "Authorization: Bearer KEY" (empty: nothing).
-  Server(std::vector<std::unique_ptr<ModelService>>& models, std::string lora_dir = "", std::string api_key = "")
-      : models_(models), lora_dir_(std::move(lora_dir)), api_key_(std::move(api_key)), rng_(std::random_device{}()) {}
+  Server(std::vector<std::unique_ptr<ModelService>>& models, std::string lora_dir = "", std::string api_key = "",
+         Limits limits = {})
+      : models_(models), lora_dir_(std::move(lora_dir)), api_key_(std::move(api_key)), limits_(limits),
+        rng_(std::random_device{}()) {}
 
   void routes(httplib::Server& http) {
-    // With an API key, a /v1 request without it gets 401 before any route runs (/health stays open).
+    // With an API key, a request without it gets 401 before any route runs (/health stays open).
     http.set_pre_routing_handler([this](const httplib::Request& q, httplib::Response& r) {
-      if (api_key_.empty() || q.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+      if (api_key_.empty() || q.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
       const std::string auth = q.get_header_value("Authorization");
       const std::string bearer = "Bearer ";
       if (auth.rfind(bearer, 0) == 0 && same_key(auth.substr(bearer.size()), api_key_))
@@ -139,6 +250,14 @@ class Server {
     http.Get("/v1/models", [this](const httplib::Request& q, httplib::Response& r) { list_models(q, r); });
     http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& q, httplib::Response& r) { get_model(q, r); });
     http.Get("/health", [this](const httplib::Request& q, httplib::Response& r) { health(q, r); });
+    http.Get("/metrics", [this](const httplib::Request& q, httplib::Response& r) { metrics(q, r); });
+    http.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& r) { tokenize(q, r); });
+    http.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& r) { detokenize(q, r); });
+    // Every answered request, by status, for /metrics (httplib calls this after each reply).
+    http.set_logger([this](const httplib::Request&, const httplib::Response& r) {
+      std::lock_guard<std::mutex> lock(status_mutex_);
+      ++status_counts_[r.status];
+    });
     http.Get("/v1/adapters", [this](const httplib::Request& q, httplib::Response& r) { list_adapters(q, r); });
     http.Post("/v1/adapters", [this](const httplib::Request& q, httplib::Response& r) { load_adapter(q, r); });
     http.Delete(R"(/v1/adapters/(.+))", [this](const httplib::Request& q, httplib::Response& r) { unload_adapter(q, r); });
@@ -173,6 +292,13 @@ class Server {
     });
   }
 
+  // Shutting down: from now on generation requests get 503 `shutting_down`.
+  void refuse_new_requests() { shutting_down_ = true; }
+  std::size_t in_flight() const {
+    std::size_t n = 0;
+    for (const auto& m : models_) n += m->stats().in_flight;
+    return n;
+  }
   void cancel_all() {
     for (auto& m : models_) m->cancel_all();
   }
@@ -224,19 +350,32 @@ class Server {
         if (role != "system" && role != "user" && role != "assistant")
           throw bad_field("messages[" + std::to_string(i) + "].role", "role '" + role + "' is not system, user or assistant");
       }
-      r.tokens = svc.chat_template() ? tinyllm::chat_prompt_tokens(tok, svc.chat_template()->render(p.messages, true))
-                                     : tok.encode(render_plain_chat(p.messages), encode);
+      r.tokens = tinyllm::chat_prompt_tokens(tok, svc.chat_template().render(p.messages, true));
     } else {
       r.tokens = p.prompt_tokens.empty() ? tok.encode(p.prompt, encode) : p.prompt_tokens;
     }
+    const std::size_t context = svc.model().config().context;
+    if (limits_.max_prompt_tokens && r.tokens.size() > limits_.max_prompt_tokens)
+      throw ApiError{.status = 400,
+                     .message = "the prompt has " + std::to_string(r.tokens.size()) + " tokens, more than this server takes (" +
+                                std::to_string(limits_.max_prompt_tokens) + ", --max-prompt-tokens)",
+                     .param = p.endpoint == Endpoint::chat ? "messages" : "prompt", .code = "context_length_exceeded"};
+    const std::size_t max_tokens = limits_.max_tokens ? limits_.max_tokens : context;
+    if (p.max_tokens && *p.max_tokens > max_tokens)
+      throw ApiError{.status = 400,
+                     .message = std::string(p.max_tokens_field) + " is " + std::to_string(*p.max_tokens) + ", more than " +
+                                (limits_.max_tokens ? "this server allows (" + std::to_string(max_tokens) + ", --max-tokens)"
+                                                    : "the model's context (" + std::to_string(context) + " tokens)"),
+                     .param = p.max_tokens_field};
     // OpenAI's defaults: 16 tokens for a completion; a chat reply may run to the end of the context.
-    r.max_tokens = p.max_tokens.value_or(p.endpoint == Endpoint::chat ? svc.model().config().context : 16);
+    r.max_tokens = p.max_tokens.value_or(p.endpoint == Endpoint::chat ? max_tokens : std::min<std::size_t>(16, max_tokens));
     r.sampling = p.sampling;
     if (!p.seeded) {
       std::lock_guard<std::mutex> lock(rng_mutex_);
       r.sampling.seed = rng_();
     }
     r.stop = p.stop;
+    r.logprobs = p.logprobs;
     return r;
   }
 
@@ -251,6 +390,8 @@ class Server {
         throw ApiError{.status = 400, .message = std::string("the request body is not valid JSON: ") + e.what()};
       }
       const ParsedRequest p = parse_request(body, ep);
+      if (shutting_down_)
+        throw ApiError{.status = 503, .message = "the server is shutting down", .type = "server_error", .code = "shutting_down"};
       Route to = route(p.model);
       ModelService& svc = *to.svc;
       model_id = to.id;
@@ -258,12 +399,23 @@ class Server {
       r.adapters = std::move(to.adapters);
 
       auto st = std::make_shared<RequestState>();
+      st->logprobs = p.logprobs >= 0;
       const auto eot = svc.end_of_turn();
       ModelService* svcp = &svc;
       auto on_event = [st, eot, svcp](const tinyllm::TokenEvent& e) {
         bool end_turn = false;
+        LoggedToken logged;
+        // The end of turn and EOS end the reply: no text, no entry (as OpenAI's replies).
+        const bool log = e.logprobs && !(eot && e.token == *eot) && !(e.finished && e.reason == tinyllm::FinishReason::eos);
+        if (log) {   // the texts, before taking the lock
+          const tinyllm::Tokenizer& tok = svcp->model().tokenizer();
+          logged.text = tok.decode(e.token);
+          logged.logprob = e.logprobs->chosen.logprob;
+          for (const tinyllm::TokenLogprob& t : e.logprobs->top) logged.top.emplace_back(tok.decode(t.token), t.logprob);
+        }
         {
           std::lock_guard<std::mutex> lock(st->m);
+          if (log && !st->end_of_turn) st->logged.push_back(std::move(logged));
           st->text += e.text;
           if (e.finished) {
             st->finished = true;
@@ -297,6 +449,7 @@ class Server {
       else answer_when_finished(req, res, ep, st, svc, model_id, id, rid, created, start);
     } catch (const ApiError& e) {
       reply_json(res, e.status, e.to_json());
+      if (e.status == 503) res.set_header("Retry-After", "1");
       log_request(req, e.status, model_id, 0, 0, start, e.message);
     } catch (const tinyllm::Error& e) {
       const ApiError a{.status = 400, .message = e.what()};
@@ -327,7 +480,8 @@ class Server {
               return sink.write(" ", 1);   // false once the client has gone: httplib then stops
             }
             body = dump(completion_json(ctx->ep, ctx->rid, ctx->created, ctx->model, ctx->st->text, ctx->st->reason,
-                                        ctx->st->metrics));
+                                        ctx->st->metrics,
+                                        ctx->st->logprobs ? logprobs_json(ctx->ep, ctx->st->logged) : json(nullptr)));
           }
           if (!sink.write(body.data(), body.size())) return false;
           ctx->done = true;
@@ -359,10 +513,11 @@ class Server {
               return false;
           }
           std::string text;
+          std::vector<LoggedToken> logged;
           bool finished = false;
           {
             std::unique_lock<std::mutex> lock(ctx->st->m);
-            while (ctx->st->text.empty() && !ctx->st->finished) {
+            while (ctx->st->text.empty() && ctx->st->logged.size() == ctx->st->logged_sent && !ctx->st->finished) {
               if (ctx->st->cv.wait_for(lock, std::chrono::seconds(1)) == std::cv_status::timeout) {
                 lock.unlock();
                 if (!sink.is_writable()) return false;
@@ -370,11 +525,15 @@ class Server {
               }
             }
             text.swap(ctx->st->text);
+            logged.assign(ctx->st->logged.begin() + std::ptrdiff_t(ctx->st->logged_sent), ctx->st->logged.end());
+            ctx->st->logged_sent = ctx->st->logged.size();
             finished = ctx->st->finished;
           }
-          if (!text.empty()) {
+          if (!text.empty() || !logged.empty()) {
             const json delta = ctx->ep == Endpoint::chat ? json{{"content", text}} : json(text);
-            if (!send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, delta, nullptr))) return false;
+            json lp = ctx->st->logprobs ? logprobs_json(ctx->ep, logged, ctx->text_offset) : json(nullptr);
+            for (const LoggedToken& t : logged) ctx->text_offset += t.text.size();
+            if (!send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, delta, nullptr, std::move(lp)))) return false;
           }
           if (finished) {
             const json empty = ctx->ep == Endpoint::chat ? json::object() : json("");
@@ -518,6 +677,144 @@ class Server {
     log_request(req, 200, id, 0, 0, start);
   }
 
+  // A JSON object body, or ApiError 400.
+  static json object_body(const httplib::Request& req) {
+    json body;
+    try {
+      body = json::parse(req.body);
+    } catch (const json::exception& e) {
+      throw ApiError{.status = 400, .message = std::string("the request body is not valid JSON: ") + e.what()};
+    }
+    if (!body.is_object()) throw ApiError{.status = 400, .message = "the request body must be a JSON object"};
+    return body;
+  }
+  // The model a /tokenize or /detokenize body names ("model", optional with one model served).
+  ModelService& model_of(const json& body) {
+    std::string model;
+    if (const auto it = body.find("model"); it != body.end() && !it->is_null()) {
+      if (!it->is_string()) throw ApiError{.status = 400, .message = "'model' must be a string", .param = "model"};
+      model = it->get<std::string>();
+    }
+    return *route(model).svc;
+  }
+  static bool flag(const json& body, const char* key) {
+    const auto it = body.find(key);
+    if (it == body.end() || it->is_null()) return false;
+    if (!it->is_boolean()) throw ApiError{.status = 400, .message = std::string("'") + key + "' must be true or false", .param = key};
+    return it->get<bool>();
+  }
+
+  // llama-server's POST /tokenize: {"content": TEXT, "add_special"?: false, "with_pieces"?: false,
+  // "model"?} -> {"tokens": [ids]} (special tokens written in the text are parsed as such), or
+  // with_pieces [{"id", "piece"}] where piece is the token's text (a byte array when the token
+  // alone is not valid UTF-8, as llama-server does).
+  void tokenize(const httplib::Request& req, httplib::Response& res) {
+    const auto start = Clock::now();
+    try {
+      const json body = object_body(req);
+      ModelService& svc = model_of(body);
+      const auto content = body.find("content");
+      if (content == body.end() || !content->is_string())
+        throw ApiError{.status = 400, .message = "'content' must be a string", .param = "content"};
+      const tinyllm::Tokenizer& tok = svc.model().tokenizer();
+      const auto ids = tok.encode(content->get<std::string>(), {.add_special = flag(body, "add_special"), .parse_special = true});
+      json tokens = json::array();
+      if (flag(body, "with_pieces")) {
+        for (const std::int32_t id : ids) {
+          const std::string piece = tok.decode(id);
+          json p = valid_utf8(piece) ? json(piece) : json(std::vector<std::uint8_t>(piece.begin(), piece.end()));
+          tokens.push_back({{"id", id}, {"piece", std::move(p)}});
+        }
+      } else {
+        tokens = ids;
+      }
+      reply_json(res, 200, {{"tokens", std::move(tokens)}});
+      log_request(req, 200, svc.id(), ids.size(), 0, start);
+    } catch (const ApiError& e) {
+      reply_json(res, e.status, e.to_json());
+      log_request(req, e.status, "", 0, 0, start, e.message);
+    }
+  }
+
+  // llama-server's POST /detokenize: {"tokens": [ids], "model"?} -> {"content": TEXT}.
+  void detokenize(const httplib::Request& req, httplib::Response& res) {
+    const auto start = Clock::now();
+    try {
+      const json body = object_body(req);
+      ModelService& svc = model_of(body);
+      const tinyllm::Tokenizer& tok = svc.model().tokenizer();
+      const auto tokens = body.find("tokens");
+      if (tokens == body.end() || !tokens->is_array())
+        throw ApiError{.status = 400, .message = "'tokens' must be an array of token ids", .param = "tokens"};
+      std::vector<std::int32_t> ids;
+      for (const json& t : *tokens) {
+        if (!t.is_number_integer() || t.get<std::int64_t>() < 0 || t.get<std::int64_t>() >= std::int64_t(tok.size()))
+          throw ApiError{.status = 400, .message = "'tokens' holds " + t.dump() + ", not a token id of this model (0 to " +
+                                                   std::to_string(tok.size() - 1) + ")", .param = "tokens"};
+        ids.push_back(t.get<std::int32_t>());
+      }
+      reply_json(res, 200, {{"content", tok.decode(ids)}});
+      log_request(req, 200, svc.id(), ids.size(), 0, start);
+    } catch (const ApiError& e) {
+      reply_json(res, e.status, e.to_json());
+      log_request(req, e.status, "", 0, 0, start, e.message);
+    }
+  }
+
+  // GET /metrics in Prometheus' text format (version 0.0.4).
+  void metrics(const httplib::Request& req, httplib::Response& res) {
+    std::string out;
+    auto line = [&](const std::string& s) { out += s + "\n"; };
+    auto head = [&](const char* name, const char* type, const char* help) {
+      line(std::string("# HELP ") + name + " " + help);
+      line(std::string("# TYPE ") + name + " " + type);
+    };
+    auto num = [](double x) { return json(x).dump(); };
+    head("tinyllm_requests_total", "counter", "HTTP requests answered, by status code.");
+    {
+      std::lock_guard<std::mutex> lock(status_mutex_);
+      for (const auto& [status, n] : status_counts_) line("tinyllm_requests_total{status=\"" + std::to_string(status) + "\"} " + std::to_string(n));
+    }
+    std::vector<std::pair<std::string, ModelStats>> stats;
+    for (const auto& m : models_) stats.emplace_back("{model=\"" + m->id() + "\"}", m->stats());
+    auto per_model = [&](const char* name, const char* type, const char* help, auto value) {
+      head(name, type, help);
+      for (const auto& [labels, s] : stats) line(name + labels + " " + std::to_string(value(s)));
+    };
+    per_model("tinyllm_prompt_tokens_total", "counter", "Prompt tokens of finished requests.", [](const ModelStats& s) { return s.prompt_tokens; });
+    per_model("tinyllm_generation_tokens_total", "counter", "Tokens generated by finished requests.", [](const ModelStats& s) { return s.generated_tokens; });
+    per_model("tinyllm_requests_finished_total", "counter", "Requests the engine finished (cancelled ones included).", [](const ModelStats& s) { return s.finished; });
+    per_model("tinyllm_requests_cancelled_total", "counter", "Requests cancelled (client gone, end of turn, shutdown).", [](const ModelStats& s) { return s.cancelled; });
+    per_model("tinyllm_requests_running", "gauge", "Requests being decoded.", [](const ModelStats& s) { return s.engine.running; });
+    per_model("tinyllm_requests_waiting", "gauge", "Requests in the queue.", [](const ModelStats& s) { return s.engine.waiting; });
+    per_model("tinyllm_kv_blocks_used", "gauge", "KV cache blocks held by requests.", [](const ModelStats& s) { return s.engine.blocks_used; });
+    per_model("tinyllm_kv_blocks_free", "gauge", "KV cache blocks free (the prefix cache's included).", [](const ModelStats& s) { return s.engine.blocks_free; });
+    per_model("tinyllm_kv_blocks_total", "gauge", "KV cache blocks in the budget.", [](const ModelStats& s) { return s.engine.blocks_total; });
+    per_model("tinyllm_preemptions_total", "counter", "Requests preempted for KV space.", [](const ModelStats& s) { return s.engine.preemptions; });
+    auto histogram = [&](const char* name, const char* help, Histogram ModelStats::*h) {
+      head(name, "histogram", help);
+      for (const auto& [labels, s] : stats) {
+        const Histogram& x = s.*h;
+        const std::string model = labels.substr(1, labels.size() - 2);   // model="..."
+        std::uint64_t cumulative = 0;
+        for (std::size_t i = 0; i <= x.bounds.size(); ++i) {
+          cumulative += x.counts[i];
+          const std::string le = i < x.bounds.size() ? num(x.bounds[i]) : "+Inf";
+          line(std::string(name) + "_bucket{" + model + ",le=\"" + le + "\"} " + std::to_string(cumulative));
+        }
+        line(std::string(name) + "_sum" + labels + " " + num(x.sum));
+        line(std::string(name) + "_count" + labels + " " + std::to_string(x.count));
+      }
+    };
+    histogram("tinyllm_time_to_first_token_seconds", "Seconds from submission to the first generated token.",
+              &ModelStats::time_to_first_token);
+    histogram("tinyllm_time_per_output_token_seconds", "Mean seconds between generated tokens, per request.",
+              &ModelStats::time_per_output_token);
+    res.status = 200;
+    res.set_content(out, "text/plain; version=0.0.4; charset=utf-8");
+    log_request(req, 200, "", 0, 0, Clock::now());
+  }
+
   // Status, and per model the KV blocks (used = held by running requests; blocks released to the
   // prefix cache count as free), the scheduler's queues and the engine's own block audit.
   void health(const httplib::Request& req, httplib::Response& res) {
@@ -546,16 +843,19 @@ class Server {
   std::vector<std::unique_ptr<ModelService>>& models_;
   std::string lora_dir_;
   std::string api_key_;
+  Limits limits_;
+  std::atomic<bool> shutting_down_{false};
+  std::mutex status_mutex_;
+  std::map<int, std::uint64_t> status_counts_;   // answered requests by HTTP status, for /metrics
   std::mutex rng_mutex_;
   std::mt19937_64 rng_;
   std::atomic<std::uint64_t> next_id_{1};
   std::int64_t started_ = std::int64_t(std::time(nullptr));
 };
 
-// The chat template: --chat-template when given ("plain": none), else the model's own Jinja
-// template, else none (the plain "role: content" rendering).
-std::optional<tinyllm::ChatTemplate> chat_template_for(const tinyllm::LoadedModel& lm, const std::string& forced) {
-  if (forced == "plain" || (forced.empty() && lm.chat_template().empty())) return std::nullopt;
+// The chat template: --chat-template when given, else the model's own Jinja template, else the
+// plain "role: content" rendering.
+tinyllm::ChatTemplate chat_template_for(const tinyllm::LoadedModel& lm, const std::string& forced) {
   return tinyllm::ChatTemplate::for_model(lm.chat_template(), &lm.tokenizer(), forced, lm.path());
 }
 
@@ -568,7 +868,9 @@ int main(int argc, char** argv) {
   std::string host = "127.0.0.1", chat_template;
   int port = 8080;
   unsigned threads = 0;
-  std::size_t kv_mib = 256, parallel = 8, max_queue = 64, batch_tokens = 256, http_threads = 64;
+  std::size_t kv_mib = 256, parallel = 8, max_queue = 64, batch_tokens = 256, http_threads = 1024, max_body_mib = 16;
+  unsigned read_timeout = 10, write_timeout = 10, shutdown_grace = 0;
+  server::Limits limits;
   bool synthetic = false;
   unsigned step_delay_ms = 0;
   std::string kv_type = "f16";  // as llama.cpp's default cache type
@@ -584,7 +886,18 @@ int main(int argc, char** argv) {
   app.add_option("--parallel", parallel, "sequences decoded together per model at most")->capture_default_str();
   app.add_option("--max-queue", max_queue, "waiting requests per model at most (then 503); 0 = unbounded")->capture_default_str();
   app.add_option("--batch-tokens", batch_tokens, "tokens per engine step")->capture_default_str();
-  app.add_option("--http-threads", http_threads, "HTTP worker threads (each open stream holds one)")->capture_default_str();
+  app.add_option("--http-threads", http_threads, "open connections served at once, one thread each, started as needed "
+                                                 "(more wait their turn)")->capture_default_str();
+  app.add_option("--max-body-mib", max_body_mib, "request bodies larger than this get 413")->capture_default_str();
+  app.add_option("--max-prompt-tokens", limits.max_prompt_tokens, "longer prompts get 400; 0 = the model's context")
+      ->capture_default_str();
+  app.add_option("--max-tokens", limits.max_tokens, "a larger max_tokens gets 400; 0 = the model's context")->capture_default_str();
+  app.add_option("--read-timeout", read_timeout, "seconds a connection may stay silent while the server reads from it")
+      ->check(CLI::Range(1u, 3600u))->capture_default_str();
+  app.add_option("--write-timeout", write_timeout, "seconds a write to a client that does not read may block")
+      ->check(CLI::Range(1u, 3600u))->capture_default_str();
+  app.add_option("--shutdown-grace", shutdown_grace, "on SIGTERM/SIGINT, seconds running requests may take to finish "
+                                                     "before they are cancelled")->capture_default_str();
   app.add_option("--chat-template", chat_template, "chat template for every model: llama3, llama2, mistral, gemma, chatml or plain; "
                                                     "default: each model's own Jinja template");
   std::vector<std::string> loras;
@@ -680,7 +993,7 @@ int main(int argc, char** argv) {
     for (const auto& m : models) {
       const auto s = m->stats();
       std::fprintf(stderr, "model %s: %zu KV blocks, chat template: %s\n", m->id().c_str(), s.engine.blocks_total,
-                   m->chat_template() ? m->chat_template()->describe().c_str() : "plain \"role: content\"");
+                   m->chat_template().describe().c_str());
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
@@ -689,15 +1002,17 @@ int main(int argc, char** argv) {
 
   if (api_key.empty())
     if (const char* env = std::getenv("TINYLLM_API_KEY")) api_key = env;
-  server::Server api(models, lora_dir, api_key);
-  httplib::Server http;
-  http.new_task_queue = [http_threads] { return new httplib::ThreadPool(http_threads); };
-  http.set_payload_max_length(16u << 20);
+  server::Server api(models, lora_dir, api_key, limits);
+  server::HttpServer http;
+  http.new_task_queue = [http_threads] { return new server::ConnectionThreads(http_threads); };
+  http.set_payload_max_length(max_body_mib << 20);
   http.set_keep_alive_timeout(2);
+  http.set_read_timeout(std::chrono::seconds(read_timeout));
+  http.set_write_timeout(std::chrono::seconds(write_timeout));
   api.routes(http);
 
   const int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
-  if (bound < 0) {
+  if (bound < 0 || !http.set_backlog(1024)) {
     std::fprintf(stderr, "cannot listen on %s:%d\n", host.c_str(), port);
     return 1;
   }
@@ -705,14 +1020,32 @@ int main(int argc, char** argv) {
     int sig = 0;
     sigwait(&signals, &sig);
     if (sig == SIGUSR1) return;   // the server stopped on its own
-    std::fprintf(stderr, "signal %d: stopping\n", sig);
+    // New requests get 503; running ones have the grace period to finish, then are cancelled
+    // (each still gets its reply: a stream ends with its finish chunk and [DONE]).
+    api.refuse_new_requests();
+    std::fprintf(stderr, "signal %d: stopping (%zu requests running)\n", sig, api.in_flight());
+    const auto grace_end = server::Clock::now() + std::chrono::seconds(shutdown_grace);
+    while (api.in_flight() > 0 && server::Clock::now() < grace_end)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     api.cancel_all();
-    http.stop();
+    // Cancelled requests end within a step or two; meanwhile connections the kernel has already
+    // accepted for us are served (503) rather than reset by closing the listening socket.
+    const auto drain_end = server::Clock::now() + std::chrono::seconds(5);
+    while (api.in_flight() > 0 && server::Clock::now() < drain_end) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    http.stop();   // returns at once; listen_after_bind returns once every connection is served
   });
   std::printf("tinyllm-server listening on http://%s:%d\n", host.c_str(), bound);
   std::fflush(stdout);
   const bool ok = http.listen_after_bind();
   pthread_kill(signal_thread.native_handle(), SIGUSR1);
   signal_thread.join();
-  return ok ? 0 : 1;
+  // Every request has had its reply: each model must hold no KV block and pass its audit.
+  bool clean = true;
+  for (const auto& m : models) {
+    const std::string report = m->drain(std::chrono::seconds(10));
+    std::fprintf(stderr, "model %s at exit: %s\n", m->id().c_str(), report.c_str());
+    clean = clean && report.rfind("ok", 0) == 0;
+  }
+  return ok && clean ? 0 : 1;
 }

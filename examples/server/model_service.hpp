@@ -6,7 +6,9 @@
 // `compute` (on a CPU they would contend for the same cores anyway).
 #include <tinyllm/tinyllm.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <condition_variable>
 #include <cstdio>
@@ -15,29 +17,47 @@
 #include <string>
 #include <thread>
 #include <unordered_set>
+#include <vector>
 
 namespace server {
 
-// A consistent snapshot for GET /health, taken by the stepping thread after each step.
+// A Prometheus histogram: counts of observations at or below each bound (cumulative when
+// written), their sum and count.
+struct Histogram {
+  std::vector<double> bounds;
+  std::vector<std::uint64_t> counts = std::vector<std::uint64_t>(bounds.size() + 1);   // the last: above every bound
+  double sum = 0;
+  std::uint64_t count = 0;
+  void observe(double x) {
+    ++counts[std::size_t(std::lower_bound(bounds.begin(), bounds.end(), x) - bounds.begin())];
+    sum += x;
+    ++count;
+  }
+};
+
+// A consistent snapshot for GET /health and /metrics, taken by the stepping thread after each step.
 struct ModelStats {
   tinyllm::EngineMetrics engine;
   std::size_t submitted = 0, finished = 0, cancelled = 0;
   std::size_t in_flight = 0;
   std::string audit = "ok";       // Engine::audit() while idle: "ok" or what it found
   std::string error;              // the last exception a step threw, if any
+  std::uint64_t prompt_tokens = 0, generated_tokens = 0;   // of finished requests
+  // Seconds from submission to the first generated token, and between generated tokens.
+  Histogram time_to_first_token{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
+  Histogram time_per_output_token{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
 };
 
 class ModelService {
  public:
   ModelService(std::string id, tinyllm::LoadedModel model, tinyllm::ThreadPool& pool, std::mutex& compute,
-               const tinyllm::EngineOptions& opt, std::optional<tinyllm::ChatTemplate> chat_template,
+               const tinyllm::EngineOptions& opt, tinyllm::ChatTemplate chat_template,
                std::chrono::milliseconds step_delay = {})
       : id_(std::move(id)), model_(std::move(model)), engine_(model_, pool, opt), compute_(compute),
         chat_template_(std::move(chat_template)), step_delay_(step_delay) {
     // The token that ends an assistant turn (<|eot_id|>, <end_of_turn>, ...) when it is not EOS.
-    if (chat_template_)
-      for (const std::int32_t t : chat_template_->stop_tokens(model_.tokenizer()))
-        if (t != model_.tokenizer().eos()) end_of_turn_ = t;
+    for (const std::int32_t t : chat_template_.stop_tokens(model_.tokenizer()))
+      if (t != model_.tokenizer().eos()) end_of_turn_ = t;
     {
       std::lock_guard<std::mutex> lock(stats_mutex_);
       stats_.engine = engine_.metrics();
@@ -81,7 +101,7 @@ class ModelService {
     return adapters_;
   }
   const tinyllm::LoadedModel& model() const { return model_; }
-  const std::optional<tinyllm::ChatTemplate>& chat_template() const { return chat_template_; }
+  const tinyllm::ChatTemplate& chat_template() const { return chat_template_; }
   std::optional<std::int32_t> end_of_turn() const { return end_of_turn_; }
 
   // Thread-safe; throws tinyllm::Error as Engine::submit does. The callback runs on the stepping
@@ -93,6 +113,12 @@ class ModelService {
         in_flight_.erase(e.id);
         ++stats_.finished;
         if (e.reason == tinyllm::FinishReason::cancelled) ++stats_.cancelled;
+        const tinyllm::RequestMetrics& m = e.metrics;
+        stats_.prompt_tokens += m.prompt_tokens;
+        stats_.generated_tokens += m.generated_tokens;
+        if (m.generated_tokens > 0) stats_.time_to_first_token.observe(m.first_token_seconds);
+        if (m.generated_tokens > 1)
+          stats_.time_per_output_token.observe((m.total_seconds - m.first_token_seconds) / double(m.generated_tokens - 1));
       }
       cb(e);
     };
@@ -114,6 +140,34 @@ class ModelService {
     std::lock_guard<std::mutex> lock(stats_mutex_);
     for (tinyllm::RequestId id : in_flight_) engine_.cancel(id);
     wake();
+  }
+
+  // At shutdown, once no request can arrive: waits up to `timeout` for the engine to finish what
+  // it holds, then audits it. Returns "ok: ..." when every KV block is free (the prefix cache's
+  // count as free) and the audit passes, else what is wrong.
+  std::string drain(std::chrono::milliseconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(compute_);
+        const tinyllm::EngineMetrics m = engine_.metrics();
+        const bool idle = m.running == 0 && m.waiting == 0 && stats().in_flight == 0;
+        if (idle || std::chrono::steady_clock::now() >= end) {
+          std::string audit = "ok";
+          try {
+            engine_.audit();
+          } catch (const std::exception& e) {
+            audit = e.what();
+          }
+          const std::string counts = std::to_string(m.blocks_used) + " of " + std::to_string(m.blocks_total) +
+                                     " KV blocks in use, " + std::to_string(m.running + m.waiting) + " requests in the engine";
+          if (idle && m.blocks_used == 0 && audit == "ok") return "ok: " + counts + ", audit ok";
+          return "LEAK: " + counts + ", audit " + audit;
+        }
+      }
+      wake();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   }
 
   ModelStats stats() const {
@@ -181,7 +235,7 @@ class ModelService {
   tinyllm::LoadedModel model_;
   tinyllm::Engine engine_;
   std::mutex& compute_;
-  std::optional<tinyllm::ChatTemplate> chat_template_;   // none: the plain "role: content" rendering
+  tinyllm::ChatTemplate chat_template_;
   std::optional<std::int32_t> end_of_turn_;
   std::chrono::milliseconds step_delay_;   // a pause after each busy step (--step-delay-ms)
 

@@ -46,10 +46,19 @@ struct ParsedRequest {
   std::vector<std::int32_t> prompt_tokens;    // completions: a prompt given as token ids
   std::vector<tinyllm::ChatMessage> messages; // chat
   std::optional<std::size_t> max_tokens;
+  const char* max_tokens_field = "max_tokens";  // or "max_completion_tokens", as the request named it
   tinyllm::SamplingParams sampling;
   bool seeded = false;
   std::vector<std::string> stop;
   bool stream = false, include_usage = false;
+  int logprobs = -1;   // -1: none; else each token's log-probability and this many top tokens'
+};
+
+// A generated token's log-probabilities as the replies give them: texts instead of ids.
+struct LoggedToken {
+  std::string text;
+  float logprob = 0;
+  std::vector<std::pair<std::string, float>> top;   // the most likely tokens, most likely first
 };
 
 namespace detail {
@@ -149,11 +158,20 @@ inline ParsedRequest parse_request(const json& body, Endpoint endpoint) {
   if (const auto n = integer(body, "n", 1, 128); n && *n != 1) throw bad_field("n", "only n = 1 is supported");
   if (const auto b = integer(body, "best_of", 1, 128); b && *b != 1) throw bad_field("best_of", "only best_of = 1 is supported");
   if (boolean(body, "echo").value_or(false)) throw bad_field("echo", "echo is not supported");
-  if (const json* lp = field(body, "logprobs"); lp && !(lp->is_boolean() && !lp->get<bool>()))
-    throw bad_field("logprobs", "logprobs are not supported");
+  // Completions: "logprobs": N (0..20), the sampled token's and the N most likely tokens'. Chat:
+  // "logprobs": true, and "top_logprobs": N (0..20).
+  if (endpoint == Endpoint::completions) {
+    if (const auto n = integer(body, "logprobs", 0, 20)) r.logprobs = int(*n);
+  } else {
+    const bool wanted = boolean(body, "logprobs").value_or(false);
+    const auto top = integer(body, "top_logprobs", 0, 20);
+    if (top && !wanted) throw bad_field("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
+    if (wanted) r.logprobs = int(top.value_or(0));
+  }
 
   const char* max_name = field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   if (const auto m = integer(body, max_name, 1, INT32_MAX)) r.max_tokens = std::size_t(*m);
+  r.max_tokens_field = max_name;
 
   tinyllm::SamplingParams& s = r.sampling;   // unset fields keep the library's (llama.cpp's) defaults
   if (const auto v = number(body, "temperature", 0, 2)) s.temperature = float(*v);
@@ -202,10 +220,41 @@ inline json usage_json(const tinyllm::RequestMetrics& m) {
           {"total_tokens", m.prompt_tokens + m.generated_tokens}};
 }
 
+inline json utf8_bytes(const std::string& s) { return std::vector<std::uint8_t>(s.begin(), s.end()); }
+
+// A choice's "logprobs" for `tokens`. Chat: {"content": [{token, logprob, bytes, top_logprobs}]}.
+// Completions, OpenAI's legacy shape: {"tokens", "token_logprobs", "top_logprobs" (a dict of the
+// top tokens and the sampled one), "text_offset" (counted from `offset`, in bytes)}.
+inline json logprobs_json(Endpoint ep, const std::vector<LoggedToken>& tokens, std::size_t offset = 0) {
+  if (ep == Endpoint::chat) {
+    json content = json::array();
+    for (const LoggedToken& t : tokens) {
+      json top = json::array();
+      for (const auto& [text, lp] : t.top) top.push_back({{"token", text}, {"logprob", lp}, {"bytes", utf8_bytes(text)}});
+      content.push_back({{"token", t.text}, {"logprob", t.logprob}, {"bytes", utf8_bytes(t.text)}, {"top_logprobs", top}});
+    }
+    return {{"content", content}, {"refusal", nullptr}};
+  }
+  json texts = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  for (const LoggedToken& t : tokens) {
+    texts.push_back(t.text);
+    lps.push_back(t.logprob);
+    json top = json::object();
+    for (const auto& [text, lp] : t.top)
+      if (!top.contains(text)) top[text] = lp;
+    if (!top.contains(t.text)) top[t.text] = t.logprob;
+    tops.push_back(top);
+    offsets.push_back(offset);
+    offset += t.text.size();
+  }
+  return {{"tokens", texts}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
 // The whole reply of a non-streamed request.
 inline json completion_json(Endpoint ep, const std::string& id, std::int64_t created, const std::string& model,
-                            const std::string& text, tinyllm::FinishReason reason, const tinyllm::RequestMetrics& m) {
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish_reason(reason)}};
+                            const std::string& text, tinyllm::FinishReason reason, const tinyllm::RequestMetrics& m,
+                            json logprobs = nullptr) {
+  json choice = {{"index", 0}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish_reason(reason)}};
   if (ep == Endpoint::chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
   else choice["text"] = text;
   return {{"id", id},
@@ -219,8 +268,8 @@ inline json completion_json(Endpoint ep, const std::string& id, std::int64_t cre
 // One server-sent chunk. `delta` is the text (chat: the delta object); `finish` is null until the
 // last chunk. With `usage`, the chunk that carries it (its choices are empty).
 inline json chunk_json(Endpoint ep, const std::string& id, std::int64_t created, const std::string& model,
-                       const json& delta, const json& finish) {
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish}};
+                       const json& delta, const json& finish, json logprobs = nullptr) {
+  json choice = {{"index", 0}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish}};
   if (ep == Endpoint::chat) choice["delta"] = delta;
   else choice["text"] = delta;
   return {{"id", id},
@@ -233,13 +282,5 @@ inline json chunk_json(Endpoint ep, const std::string& id, std::int64_t created,
 inline std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 inline std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
-
-// Chat prompt of a model that has no template we know: one "role: content" line per message,
-// then "assistant:" where the reply begins.
-inline std::string render_plain_chat(const std::vector<tinyllm::ChatMessage>& messages) {
-  std::string out;
-  for (const auto& m : messages) out += m.role + ": " + m.content + "\n";
-  return out + "assistant:";
-}
 
 }  // namespace server

@@ -11352,6 +11352,7 @@ enum class ChatFormat {
   mistral,  // [INST] user [/INST]assistant</s>[INST] ...   (system prepended to the first user turn)
   gemma,    // <start_of_turn>user\ncontent<end_of_turn>\n<start_of_turn>model\n ...
   chatml,   // <|im_start|>role\ncontent<|im_end|>\n   (Qwen and many others)
+  plain,    // role: content\n ... assistant:   (for models without a template: base models)
 };
 
 struct ChatMessage {
@@ -11366,15 +11367,17 @@ inline constexpr std::string_view chat_format_name(ChatFormat f) {
     case ChatFormat::mistral: return "mistral";
     case ChatFormat::gemma: return "gemma";
     case ChatFormat::chatml: return "chatml";
+    case ChatFormat::plain: return "plain";
   }
   return "?";
 }
 
 inline ChatFormat chat_format_from_name(std::string_view name) {
-  for (ChatFormat f : {ChatFormat::llama3, ChatFormat::llama2, ChatFormat::mistral, ChatFormat::gemma, ChatFormat::chatml})
+  for (ChatFormat f : {ChatFormat::llama3, ChatFormat::llama2, ChatFormat::mistral, ChatFormat::gemma, ChatFormat::chatml,
+                      ChatFormat::plain})
     if (chat_format_name(f) == name) return f;
   throw Error("unknown chat template '" + std::string(name) + "'", "chat template",
-              "llama3, llama2, mistral, gemma or chatml");
+              "llama3, llama2, mistral, gemma, chatml or plain");
 }
 
 // The format a Jinja chat template implements, recognised by the markers it emits.
@@ -11395,6 +11398,7 @@ inline std::string_view chat_end_of_turn(ChatFormat f) {
     case ChatFormat::chatml: return "<|im_end|>";
     case ChatFormat::llama2:
     case ChatFormat::mistral: return "</s>";
+    case ChatFormat::plain: return "";   // the reply ends at EOS
   }
   return "";
 }
@@ -11413,6 +11417,10 @@ inline std::string render_chat(ChatFormat f, std::span<const ChatMessage> messag
   const auto turns = messages.subspan(has_system ? 1 : 0);
   std::string out;
   switch (f) {
+    case ChatFormat::plain:
+      for (const auto& m : messages) out += m.role + ": " + m.content + "\n";
+      if (add_generation_prompt) out += "assistant:";
+      return out;
     case ChatFormat::llama3:
       for (const auto& m : messages) out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
       if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
@@ -11463,13 +11471,12 @@ class ChatTemplate {
   ChatTemplate(ChatFormat format) : format_(format) {}  // implicit: a built-in format is a template
 
   // What a program renders with: `forced` names a built-in format ("" for none), which wins;
-  // else the model's own template `source` with `tok`'s BOS and EOS texts; else an Error.
+  // else the model's own template `source` with `tok`'s BOS and EOS texts; else, for a model
+  // without one, the plain format (one "role: content" line per message, then "assistant:").
   static ChatTemplate for_model(std::string_view source, const Tokenizer* tok, std::string_view forced,
                                 const std::string& where) {
     if (!forced.empty()) return chat_format_from_name(forced);
-    if (source.empty())
-      throw Error("the model has no chat template", where, "a template in the file, or a built-in one by name: "
-                                                           "llama3, llama2, mistral, gemma or chatml");
+    if (source.empty()) return ChatFormat::plain;
     const auto text_of = [&](std::int32_t id) {
       return tok && id >= 0 ? std::optional<std::string>(tok->piece(id)) : std::nullopt;
     };
@@ -14698,9 +14705,67 @@ class PagedKVCache final : public KVCache {
 // ---- tinyllm/serve/request.hpp ----
 // What a client asks the engine for, and what it gets back while a request runs.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+// ---- tinyllm/sample/logprobs.hpp ----
+// Log-probabilities of the model's distribution over the next token: log-softmax of the logits
+// as the model computed them (before penalties, temperature or truncation), for OpenAI's
+// `logprobs` / `top_logprobs`.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace tinyllm {
+
+struct TokenLogprob {
+  std::int32_t token = -1;
+  float logprob = 0.0f;
+};
+
+struct TokenLogprobs {
+  TokenLogprob chosen;                   // the token that was picked
+  std::vector<TokenLogprob> top;         // the most likely tokens, most likely first (ties: lower id)
+};
+
+// log(sum(exp(logits))), computed around the largest logit so that nothing overflows.
+inline double log_sum_exp(std::span<const float> logits) {
+  if (logits.empty()) throw Error("no logits", "log_sum_exp", "at least one");
+  const float m = *std::max_element(logits.begin(), logits.end());
+  if (!std::isfinite(m)) return m;
+  double sum = 0;
+  for (const float x : logits) sum += std::exp(double(x) - m);
+  return m + std::log(sum);
+}
+
+// The chosen token's log-probability and the `top_n` most likely tokens' (top_n may exceed the
+// vocabulary: all are given then).
+inline TokenLogprobs token_logprobs(std::span<const float> logits, std::int32_t chosen, std::size_t top_n) {
+  if (chosen < 0 || std::size_t(chosen) >= logits.size())
+    throw Error("token " + std::to_string(chosen), "token_logprobs", "an id below " + std::to_string(logits.size()));
+  const double lse = log_sum_exp(logits);
+  TokenLogprobs r;
+  r.chosen = {chosen, float(logits[std::size_t(chosen)] - lse)};
+  const std::size_t n = std::min(top_n, logits.size());
+  if (n == 0) return r;
+  std::vector<std::int32_t> ids(logits.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::int32_t(i);
+  const auto more_likely = [&](std::int32_t a, std::int32_t b) {
+    return logits[std::size_t(a)] > logits[std::size_t(b)] || (logits[std::size_t(a)] == logits[std::size_t(b)] && a < b);
+  };
+  std::partial_sort(ids.begin(), ids.begin() + std::ptrdiff_t(n), ids.end(), more_likely);
+  r.top.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) r.top.push_back({ids[i], float(logits[std::size_t(ids[i])] - lse)});
+  return r;
+}
+
+}  // namespace tinyllm
 
 namespace tinyllm {
 
@@ -14713,6 +14778,10 @@ struct Request {
   SamplingParams sampling;
   std::vector<std::string> stop;          // generation ends before the first of these strings
   bool stop_at_eos = true;
+  // -1: no log-probabilities; n >= 0: each generated token's event carries its log-probability
+  // under the model's distribution (log-softmax of the logits, before any sampling parameter) and
+  // the n most likely tokens' (sample/logprobs.hpp).
+  int logprobs = -1;
   // LoRA adapters for this request (adding up; empty: the base model). The request holds them:
   // an adapter unloaded elsewhere stays alive until its requests end.
   std::vector<AdapterRef> adapters;
@@ -14751,6 +14820,7 @@ struct TokenEvent {
   bool finished = false;
   FinishReason reason = FinishReason::none;
   RequestMetrics metrics;       // complete when finished
+  std::optional<TokenLogprobs> logprobs;   // of `token`, when the request asked for them
 };
 
 }  // namespace tinyllm
@@ -14836,6 +14906,8 @@ class Engine {
     if (tokens.size() + 1 > limit || (req.max_tokens == 0))
       throw Error("prompt of " + std::to_string(tokens.size()) + " tokens does not fit", "submit",
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
+    if (req.logprobs < -1)
+      throw Error("logprobs " + std::to_string(req.logprobs), "submit", "-1 (none) or the number of top tokens, >= 0");
     for (const AdapterRef& a : req.adapters)
       if (!a.adapter || !a.adapter->fits(model_.config()))
         throw Error("the request's LoRA adapter does not fit this model", "submit",
@@ -14938,6 +15010,7 @@ class Engine {
     std::size_t chunk = 0;                // tokens scheduled this step
     Utf8Stream utf8;
     std::string held;                     // text held back while it may begin a stop string
+    std::optional<TokenLogprobs> logprobs;  // of the token being emitted (Request::logprobs)
     RequestMetrics metrics;
     Clock::time_point submitted;
     bool started = false;
@@ -15093,7 +15166,10 @@ class Engine {
       register_full_blocks(s);
       release_out_of_window(s);
       if (!sampled) continue;
-      const std::int32_t next = s.sampler.sample(std::span(logits_.data() + row++ * vocab, vocab), s.tokens);
+      const std::span<float> logits(logits_.data() + row++ * vocab, vocab);
+      if (s.request.logprobs >= 0) raw_logits_.assign(logits.begin(), logits.end());   // sample() changes them
+      const std::int32_t next = s.sampler.sample(logits, s.tokens);
+      if (s.request.logprobs >= 0) s.logprobs = token_logprobs(raw_logits_, next, std::size_t(s.request.logprobs));
       if (emit(s, next) != FinishReason::none) done.push_back(&s);
     }
     for (Sequence* s : done) {
@@ -15135,7 +15211,7 @@ class Engine {
     for (const auto& stop : s.request.stop)
       for (std::size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), s.held.size()); k > keep; --k)
         if (s.held.compare(s.held.size() - k, k, stop, 0, k) == 0) { keep = k; break; }
-    TokenEvent ev{.id = s.id, .token = token, .text = s.held.substr(0, s.held.size() - keep)};
+    TokenEvent ev{.id = s.id, .token = token, .text = s.held.substr(0, s.held.size() - keep), .logprobs = std::move(s.logprobs)};
     s.held.erase(0, s.held.size() - keep);
     s.on_event(ev);
     return FinishReason::none;
@@ -15147,6 +15223,7 @@ class Engine {
     s.metrics.total_seconds = seconds_since(s.submitted);
     TokenEvent ev{.id = s.id, .token = token, .text = why == FinishReason::cancelled ? "" : s.held,
                   .finished = true, .reason = why, .metrics = s.metrics};
+    if (token >= 0) ev.logprobs = std::move(s.logprobs);
     s.cache.clear();
     s.on_event(ev);
     return why;
@@ -15181,6 +15258,7 @@ class Engine {
   std::vector<std::int32_t> batch_tokens_, batch_positions_;
   std::vector<SequenceSlice> slices_;
   AlignedBuffer<float> logits_;            // [max_sequences, vocab]
+  std::vector<float> raw_logits_;          // a row before sampling, for Request::logprobs
   EngineMetrics metrics_;
 };
 

@@ -1,8 +1,10 @@
 // The engine: batched greedy runs equal solo runs, a stress test with preemption and
-// cancellations that leaks no block, prefix sharing, stop conditions, bad requests.
+// cancellations that leaks no block, prefix sharing, stop conditions, bad requests, logprobs.
 #include <tinyllm/serve/engine.hpp>
 #include <tinyllm/tinyllm.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <vector>
 
@@ -194,4 +196,80 @@ TEST_CASE("engine: stop strings, length, cancellation and bad requests") {
   engine.submit({.prompt = "c"}, record(q3));
   CHECK_THROWS_AS(engine.submit({.prompt = "d"}, record(c)), Error);   // queue bound
   engine.run_until_idle();
+}
+
+TEST_CASE("engine logprobs: each token's log-probability and top tokens are the log-softmax of the model's logits") {
+  LoadedModel lm = load_synthetic("tiny", DType::F32, 23);
+  ThreadPool pool(2);
+  EngineOptions opt{.max_batch_tokens = 64, .max_sequences = 4, .kv_blocks = 64, .kv_type = KVType::f32};
+  Engine engine(lm, pool, opt);
+  const std::size_t vocab = lm.config().vocab_size;
+  SplitMix64 rng(5);
+  struct Got {
+    std::vector<std::int32_t> tokens;
+    std::vector<TokenLogprobs> logprobs;
+    int finished = 0;
+  };
+  std::vector<std::vector<std::int32_t>> prompts;
+  std::vector<Got> got(3);
+  const int top_n[] = {0, 3, 7};
+  for (std::size_t i = 0; i < 3; ++i) {
+    prompts.push_back(random_prompt(rng, 5 + 4 * i, vocab));
+    // sampled, so that the chosen token is not always the most likely one
+    Request r{.tokens = prompts[i], .max_tokens = 10, .sampling = {.temperature = 1.5f, .top_k = 0, .top_p = 1.0f,
+                                                                    .min_p = 0.0f, .seed = 77 + i}, .logprobs = top_n[i]};
+    r.stop_at_eos = false;
+    engine.submit(r, [&g = got[i]](const TokenEvent& e) {
+      if (e.token >= 0) {
+        REQUIRE(e.logprobs.has_value());
+        CHECK(e.logprobs->chosen.token == e.token);
+        g.tokens.push_back(e.token);
+        g.logprobs.push_back(*e.logprobs);
+      }
+      g.finished += e.finished;
+    });
+  }
+  Request plain{.tokens = prompts[0], .max_tokens = 3};
+  engine.submit(plain, [](const TokenEvent& e) { CHECK_FALSE(e.logprobs.has_value()); });
+  engine.run_until_idle();
+
+  bool any_not_top = false;
+  for (std::size_t i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    REQUIRE(got[i].finished == 1);
+    REQUIRE(got[i].tokens.size() == 10);
+    // The reference: the whole sequence in one forward pass, then log-softmax in double precision.
+    std::vector<std::int32_t> seq = prompts[i];
+    seq.insert(seq.end(), got[i].tokens.begin(), got[i].tokens.end() - 1);
+    std::vector<std::int32_t> pos(seq.size());
+    for (std::size_t k = 0; k < pos.size(); ++k) pos[k] = std::int32_t(k);
+    std::vector<float> logits(seq.size() * vocab);
+    auto cache = lm.model().new_kv_cache(seq.size());
+    lm.model().forward(pool, seq, pos, *cache, MatrixView<float>(logits.data(), seq.size(), vocab));
+    for (std::size_t t = 0; t < got[i].tokens.size(); ++t) {
+      CAPTURE(t);
+      const float* row = logits.data() + (prompts[i].size() - 1 + t) * vocab;
+      double m = row[0], sum = 0;
+      for (std::size_t v = 0; v < vocab; ++v) m = std::max(m, double(row[v]));
+      for (std::size_t v = 0; v < vocab; ++v) sum += std::exp(double(row[v]) - m);
+      const auto logprob = [&](std::int32_t v) { return double(row[v]) - m - std::log(sum); };
+      const TokenLogprobs& lp = got[i].logprobs[t];
+      CHECK(std::fabs(lp.chosen.logprob - logprob(got[i].tokens[t])) < 2e-4);
+      CHECK(lp.chosen.logprob <= 0.0f);
+      REQUIRE(lp.top.size() == std::size_t(top_n[i]));
+      std::vector<std::int32_t> order(vocab);
+      for (std::size_t v = 0; v < vocab; ++v) order[v] = std::int32_t(v);
+      std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) { return row[a] > row[b]; });
+      for (std::size_t k = 0; k < lp.top.size(); ++k) {
+        CHECK(std::fabs(lp.top[k].logprob - logprob(order[k])) < 2e-4);
+        if (k + 1 < lp.top.size()) CHECK(lp.top[k].logprob >= lp.top[k + 1].logprob);
+        if (std::fabs(row[order[k]] - row[order[k + 1]]) > 1e-3f) CHECK(lp.top[k].token == order[k]);
+      }
+      if (!lp.top.empty() && lp.top[0].token != got[i].tokens[t]) any_not_top = true;
+    }
+  }
+  CHECK(any_not_top);   // sampling at temperature 1.5 picked something other than the top token
+  CHECK(engine.block_pool().n_used() == 0);
+  Request bad{.tokens = prompts[0], .max_tokens = 1, .logprobs = -2};
+  CHECK_THROWS_AS(engine.submit(bad, [](const TokenEvent&) {}), Error);
 }

@@ -56,6 +56,17 @@ TEST_CASE("ChatML format") {
   CHECK(render_chat(ChatFormat::chatml, std::vector<ChatMessage>{{"user", "x"}}, false) == "<|im_start|>user\nx<|im_end|>\n");
 }
 
+TEST_CASE("plain format, the one a model without a template gets") {
+  CHECK(render_chat(ChatFormat::plain, kConversation) ==
+        "system: You are terse.\nuser: Hi!\nassistant: Hello.\nuser: 2+2?\nassistant:");
+  CHECK(render_chat(ChatFormat::plain, std::vector<ChatMessage>{{"user", "x"}}, false) == "user: x\n");
+  const ChatTemplate none = ChatTemplate::for_model("", nullptr, "", "test");
+  CHECK(none.format() == ChatFormat::plain);
+  CHECK_FALSE(none.is_jinja());
+  CHECK(ChatTemplate::for_model("", nullptr, "chatml", "test").format() == ChatFormat::chatml);
+  CHECK(chat_format_from_name("plain") == ChatFormat::plain);
+}
+
 TEST_CASE("formats are recognised from Jinja sources and by name, bad roles are errors") {
   CHECK(detect_chat_format("{{ '<|start_header_id|>' + message['role'] }}") == ChatFormat::llama3);
   CHECK(detect_chat_format("{{ '<start_of_turn>' + role }}") == ChatFormat::gemma);

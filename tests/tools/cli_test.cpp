@@ -85,6 +85,28 @@ TEST_CASE("tinyllm-run prints llama2.c's greedy text for stories260K") {
   CHECK(r.out == std::string(want.begin(), want.end()));
 }
 
+TEST_CASE("tinyllm-run --chat keeps the conversation across turns and drops the oldest when the context fills") {
+  // The built-in stories260K (512 positions, no chat template: "role: content" lines), six turns
+  // of up to 100 tokens each from stdin: the conversation outgrows the context.
+  const Outcome r = shell("printf 'Tell me a story.\\nAnd then?\\nWhat did Lily do?\\nWhere is the cat?\\nMore.\\nThe end?\\n' | " +
+                          std::string(TINYLLM_RUN_BIN) + " --chat -n 100 --temp 0 -t 1", true);
+  CHECK(r.status == 0);
+  std::vector<std::size_t> prompts, replies;
+  for (std::size_t at = 0; (at = r.out.find("prompt: ", at)) != std::string::npos; ++at) {
+    std::size_t p = 0, g = 0;
+    REQUIRE(std::sscanf(r.out.c_str() + at, "prompt: %zu tokens, %*f tokens/s | generation: %zu", &p, &g) == 2);
+    prompts.push_back(p);
+    replies.push_back(g);
+  }
+  REQUIRE(prompts.size() == 6);
+  // Each turn's prompt holds the one before it and its reply (until the context is full).
+  CHECK(prompts[1] > prompts[0] + replies[0]);
+  CHECK(prompts[2] > prompts[1] + replies[1]);
+  CHECK(r.out.find("[context: ") != std::string::npos);
+  CHECK(r.out.find("[context full: the ") != std::string::npos);
+  for (std::size_t i = 0; i < 6; ++i) CHECK(prompts[i] + replies[i] <= 512);
+}
+
 TEST_CASE("tinyllm-logits writes llama2.c's 25 rows of logits for stories260K") {
   TINYLLM_REQUIRE_TESTDATA("reference/once_upon_a_time_p25.logits.f32");
   const auto out = std::filesystem::temp_directory_path() / "tinyllm_cli_test_logits.f32";

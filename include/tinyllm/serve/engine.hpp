@@ -89,6 +89,8 @@ class Engine {
     if (tokens.size() + 1 > limit || (req.max_tokens == 0))
       throw Error("prompt of " + std::to_string(tokens.size()) + " tokens does not fit", "submit",
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
+    if (req.logprobs < -1)
+      throw Error("logprobs " + std::to_string(req.logprobs), "submit", "-1 (none) or the number of top tokens, >= 0");
     for (const AdapterRef& a : req.adapters)
       if (!a.adapter || !a.adapter->fits(model_.config()))
         throw Error("the request's LoRA adapter does not fit this model", "submit",
@@ -191,6 +193,7 @@ class Engine {
     std::size_t chunk = 0;                // tokens scheduled this step
     Utf8Stream utf8;
     std::string held;                     // text held back while it may begin a stop string
+    std::optional<TokenLogprobs> logprobs;  // of the token being emitted (Request::logprobs)
     RequestMetrics metrics;
     Clock::time_point submitted;
     bool started = false;
@@ -346,7 +349,10 @@ class Engine {
       register_full_blocks(s);
       release_out_of_window(s);
       if (!sampled) continue;
-      const std::int32_t next = s.sampler.sample(std::span(logits_.data() + row++ * vocab, vocab), s.tokens);
+      const std::span<float> logits(logits_.data() + row++ * vocab, vocab);
+      if (s.request.logprobs >= 0) raw_logits_.assign(logits.begin(), logits.end());   // sample() changes them
+      const std::int32_t next = s.sampler.sample(logits, s.tokens);
+      if (s.request.logprobs >= 0) s.logprobs = token_logprobs(raw_logits_, next, std::size_t(s.request.logprobs));
       if (emit(s, next) != FinishReason::none) done.push_back(&s);
     }
     for (Sequence* s : done) {
@@ -388,7 +394,7 @@ class Engine {
     for (const auto& stop : s.request.stop)
       for (std::size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), s.held.size()); k > keep; --k)
         if (s.held.compare(s.held.size() - k, k, stop, 0, k) == 0) { keep = k; break; }
-    TokenEvent ev{.id = s.id, .token = token, .text = s.held.substr(0, s.held.size() - keep)};
+    TokenEvent ev{.id = s.id, .token = token, .text = s.held.substr(0, s.held.size() - keep), .logprobs = std::move(s.logprobs)};
     s.held.erase(0, s.held.size() - keep);
     s.on_event(ev);
     return FinishReason::none;
@@ -400,6 +406,7 @@ class Engine {
     s.metrics.total_seconds = seconds_since(s.submitted);
     TokenEvent ev{.id = s.id, .token = token, .text = why == FinishReason::cancelled ? "" : s.held,
                   .finished = true, .reason = why, .metrics = s.metrics};
+    if (token >= 0) ev.logprobs = std::move(s.logprobs);
     s.cache.clear();
     s.on_event(ev);
     return why;
@@ -434,6 +441,7 @@ class Engine {
   std::vector<std::int32_t> batch_tokens_, batch_positions_;
   std::vector<SequenceSlice> slices_;
   AlignedBuffer<float> logits_;            // [max_sequences, vocab]
+  std::vector<float> raw_logits_;          // a row before sampling, for Request::logprobs
   EngineMetrics metrics_;
 };
 

@@ -1,10 +1,12 @@
 #pragma once
 // What a client asks the engine for, and what it gets back while a request runs.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <tinyllm/model/lora.hpp>
+#include <tinyllm/sample/logprobs.hpp>
 #include <tinyllm/sample/sampler.hpp>
 
 namespace tinyllm {
@@ -18,6 +20,10 @@ struct Request {
   SamplingParams sampling;
   std::vector<std::string> stop;          // generation ends before the first of these strings
   bool stop_at_eos = true;
+  // -1: no log-probabilities; n >= 0: each generated token's event carries its log-probability
+  // under the model's distribution (log-softmax of the logits, before any sampling parameter) and
+  // the n most likely tokens' (sample/logprobs.hpp).
+  int logprobs = -1;
   // LoRA adapters for this request (adding up; empty: the base model). The request holds them:
   // an adapter unloaded elsewhere stays alive until its requests end.
   std::vector<AdapterRef> adapters;
@@ -56,6 +62,7 @@ struct TokenEvent {
   bool finished = false;
   FinishReason reason = FinishReason::none;
   RequestMetrics metrics;       // complete when finished
+  std::optional<TokenLogprobs> logprobs;   // of `token`, when the request asked for them
 };
 
 }  // namespace tinyllm

@@ -27,6 +27,7 @@ enum class ChatFormat {
   mistral,  // [INST] user [/INST]assistant</s>[INST] ...   (system prepended to the first user turn)
   gemma,    // <start_of_turn>user\ncontent<end_of_turn>\n<start_of_turn>model\n ...
   chatml,   // <|im_start|>role\ncontent<|im_end|>\n   (Qwen and many others)
+  plain,    // role: content\n ... assistant:   (for models without a template: base models)
 };
 
 struct ChatMessage {
@@ -41,15 +42,17 @@ inline constexpr std::string_view chat_format_name(ChatFormat f) {
     case ChatFormat::mistral: return "mistral";
     case ChatFormat::gemma: return "gemma";
     case ChatFormat::chatml: return "chatml";
+    case ChatFormat::plain: return "plain";
   }
   return "?";
 }
 
 inline ChatFormat chat_format_from_name(std::string_view name) {
-  for (ChatFormat f : {ChatFormat::llama3, ChatFormat::llama2, ChatFormat::mistral, ChatFormat::gemma, ChatFormat::chatml})
+  for (ChatFormat f : {ChatFormat::llama3, ChatFormat::llama2, ChatFormat::mistral, ChatFormat::gemma, ChatFormat::chatml,
+                      ChatFormat::plain})
     if (chat_format_name(f) == name) return f;
   throw Error("unknown chat template '" + std::string(name) + "'", "chat template",
-              "llama3, llama2, mistral, gemma or chatml");
+              "llama3, llama2, mistral, gemma, chatml or plain");
 }
 
 // The format a Jinja chat template implements, recognised by the markers it emits.
@@ -70,6 +73,7 @@ inline std::string_view chat_end_of_turn(ChatFormat f) {
     case ChatFormat::chatml: return "<|im_end|>";
     case ChatFormat::llama2:
     case ChatFormat::mistral: return "</s>";
+    case ChatFormat::plain: return "";   // the reply ends at EOS
   }
   return "";
 }
@@ -88,6 +92,10 @@ inline std::string render_chat(ChatFormat f, std::span<const ChatMessage> messag
   const auto turns = messages.subspan(has_system ? 1 : 0);
   std::string out;
   switch (f) {
+    case ChatFormat::plain:
+      for (const auto& m : messages) out += m.role + ": " + m.content + "\n";
+      if (add_generation_prompt) out += "assistant:";
+      return out;
     case ChatFormat::llama3:
       for (const auto& m : messages) out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
       if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
@@ -138,13 +146,12 @@ class ChatTemplate {
   ChatTemplate(ChatFormat format) : format_(format) {}  // implicit: a built-in format is a template
 
   // What a program renders with: `forced` names a built-in format ("" for none), which wins;
-  // else the model's own template `source` with `tok`'s BOS and EOS texts; else an Error.
+  // else the model's own template `source` with `tok`'s BOS and EOS texts; else, for a model
+  // without one, the plain format (one "role: content" line per message, then "assistant:").
   static ChatTemplate for_model(std::string_view source, const Tokenizer* tok, std::string_view forced,
                                 const std::string& where) {
     if (!forced.empty()) return chat_format_from_name(forced);
-    if (source.empty())
-      throw Error("the model has no chat template", where, "a template in the file, or a built-in one by name: "
-                                                           "llama3, llama2, mistral, gemma or chatml");
+    if (source.empty()) return ChatFormat::plain;
     const auto text_of = [&](std::int32_t id) {
       return tok && id >= 0 ? std::optional<std::string>(tok->piece(id)) : std::nullopt;
     };
