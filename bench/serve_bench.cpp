@@ -6,6 +6,9 @@
 // adapter s mod (number of adapters), all in the same batches.
 // Prompt t/s: all prompt tokens / time until every stream has its first token. Generation t/s:
 // the remaining generated tokens / the rest of the time.
+// --samples N (> 1) then measures KV sharing: one request with n = N samples of the -p prompt
+// (-n tokens each, sampled) against one with n = 1: the most KV blocks each held at once, and
+// the ratio of the first to what one sample plus the others' generated tokens need.
 #include <tinyllm/tinyllm.hpp>
 
 #include "../examples/common/device_flag.hpp"
@@ -44,6 +47,12 @@ int main(int argc, char** argv) {
   app.add_option("--kv-type", kv_type, "K/V storage: f16 or f32")
       ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
   app.add_flag("--json", json, "print one JSON object instead of a table");
+  std::size_t samples = 1;
+  bool json_object = false;
+  app.add_flag("--json-object", json_object, "run each concurrency again with every stream constrained to a JSON object "
+                                            "(response_format json_object: a grammar mask on each token)");
+  app.add_option("--samples", samples, "also measure the KV blocks of one request with n = SAMPLES (shared prompt) "
+                                       "against n = 1")->capture_default_str();
   std::vector<std::string> loras;
   app.add_option("--lora", loras, "LoRA adapters (GGUF): stream s uses adapter s mod their number, after a run without");
   programs::DeviceFlag device;
@@ -60,12 +69,16 @@ int main(int argc, char** argv) {
     std::string rows;
     std::vector<tinyllm::AdapterRef> adapters;
     for (const auto& f : loras) adapters.push_back({tinyllm::LoraAdapter::load(f, lm.config()), 1.0f});
-    if (!json) std::printf("| streams | adapters | prompt t/s | generation t/s | TTFT p50 ms | TTFT p90 ms | token latency p50 ms | p90 ms | p99 ms |\n"
-                           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    if (!json) std::printf("| streams | adapters | JSON | prompt t/s | generation t/s | TTFT p50 ms | TTFT p90 ms | token latency p50 ms | p90 ms | p99 ms |\n"
+                           "| ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    const auto any_object = tinyllm::JsonSchemaGrammar::any_object();
+    std::vector<bool> constrained = {false};
+    if (json_object) constrained.push_back(true);
     std::vector<std::size_t> adapter_counts = {0};   // then with all of them, when given
     if (!adapters.empty()) adapter_counts.push_back(adapters.size());
     for (std::size_t c : concurrency)
-    for (const std::size_t n_adapters : adapter_counts) {
+    for (const std::size_t n_adapters : adapter_counts)
+    for (const bool grammar : constrained) {
       const std::size_t bs = 16;
       tinyllm::Engine engine(lm, pool, {.max_batch_tokens = 512, .max_sequences = max_c, .block_size = bs,
                                         .kv_blocks = max_c * ((per_stream + bs - 1) / bs + 1), .kv_type = kv,
@@ -80,6 +93,7 @@ int main(int argc, char** argv) {
         for (auto& id : prompt) id = std::int32_t(3 + rng.next() % (lm.config().vocab_size - 3));
         tinyllm::Request r{.tokens = prompt, .max_tokens = n_gen, .sampling = {.temperature = 0.0f}, .stop_at_eos = false};
         if (n_adapters > 0) r.adapters = {adapters[s % n_adapters]};
+        if (grammar) r.grammar = any_object;
         engine.submit(r, [&, s](const tinyllm::TokenEvent& e) {
           const auto now = Clock::now();
           if (e.token < 0) return;
@@ -96,25 +110,61 @@ int main(int argc, char** argv) {
       const auto t1 = Clock::now();
       const double t_pp = std::chrono::duration<double>(all_first - t0).count();
       const double t_tg = std::chrono::duration<double>(t1 - all_first).count();
-      const double pp = double(c * n_prompt) / t_pp, tg = double(c * (n_gen - 1)) / t_tg;
+      // Tokens after each stream's first, counted (a constrained stream may end early).
+      const double pp = double(c * n_prompt) / t_pp, tg = double(gaps.size()) / t_tg;
       if (json) {
         char buf[512];
         std::snprintf(buf, sizeof buf,
-                      "%s{\"streams\": %zu, \"adapters\": %zu, \"prompt_tps\": %.2f, \"generation_tps\": %.2f, \"ttft_p50_ms\": %.1f, "
+                      "%s{\"streams\": %zu, \"adapters\": %zu, \"json_object\": %s, \"prompt_tps\": %.2f, \"generation_tps\": %.2f, \"ttft_p50_ms\": %.1f, "
                       "\"ttft_p90_ms\": %.1f, \"token_latency_p50_ms\": %.2f, \"token_latency_p90_ms\": %.2f, \"token_latency_p99_ms\": %.2f}",
-                      rows.empty() ? "" : ", ", c, n_adapters, pp, tg, 1e3 * percentile(ttft, 0.5), 1e3 * percentile(ttft, 0.9),
+                      rows.empty() ? "" : ", ", c, n_adapters, grammar ? "true" : "false", pp, tg, 1e3 * percentile(ttft, 0.5), 1e3 * percentile(ttft, 0.9),
                       1e3 * percentile(gaps, 0.5), 1e3 * percentile(gaps, 0.9), 1e3 * percentile(gaps, 0.99));
         rows += buf;
       } else {
-        std::printf("| %zu | %zu | %.2f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", c, n_adapters, pp, tg, 1e3 * percentile(ttft, 0.5),
+        std::printf("| %zu | %zu | %s | %.2f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", c, n_adapters, grammar ? "yes" : "no", pp, tg,
+                    1e3 * percentile(ttft, 0.5),
                     1e3 * percentile(ttft, 0.9), 1e3 * percentile(gaps, 0.5), 1e3 * percentile(gaps, 0.9),
                     1e3 * percentile(gaps, 0.99));
         std::fflush(stdout);
       }
     }
-    if (json) std::printf("{\"model\": \"%s\", \"n_prompt\": %zu, \"n_gen\": %zu, \"threads\": %u, \"kv_type\": \"%s\", \"results\": [%s]}\n",
+    std::string sharing;
+    if (samples > 1) {
+      // The most blocks a request with n samples holds at once (EOS ignored, so every sample runs
+      // to -n tokens).
+      const std::size_t bs = 16;
+      auto peak_blocks = [&](std::size_t n) {
+        tinyllm::Engine engine(lm, pool, {.max_batch_tokens = 512, .max_sequences = n, .block_size = bs,
+                                          .kv_blocks = n * ((per_stream + bs - 1) / bs + 1), .kv_type = kv,
+                                          .prefix_caching = false});
+        std::vector<std::int32_t> prompt(n_prompt);
+        for (auto& id : prompt) id = std::int32_t(3 + rng.next() % (lm.config().vocab_size - 3));
+        tinyllm::Request r{.tokens = prompt, .max_tokens = n_gen, .sampling = {.temperature = 0.8f, .seed = 1},
+                           .stop_at_eos = false};
+        r.n = n;
+        engine.submit(r, [](const tinyllm::TokenEvent&) {});
+        std::size_t peak = 0;
+        while (engine.step()) peak = std::max(peak, engine.metrics().blocks_used);
+        return peak;
+      };
+      const std::size_t one = peak_blocks(1), many = peak_blocks(samples);
+      const std::size_t need = one + (samples - 1) * ((n_gen + bs - 1) / bs);   // one sample + the others' tokens
+      const std::size_t unshared = samples * one;
+      const double ratio = double(many) / double(need);
+      char buf[512];
+      if (json)
+        std::snprintf(buf, sizeof buf, "\"sharing\": {\"samples\": %zu, \"blocks_n1\": %zu, \"blocks\": %zu, "
+                      "\"one_plus_generated\": %zu, \"ratio\": %.3f, \"unshared\": %zu}, ", samples, one, many, need, ratio, unshared);
+      else
+        std::snprintf(buf, sizeof buf, "\nn = %zu samples of %zu prompt tokens, %zu generated each: n = 1 holds %zu KV blocks "
+                      "at most, n = %zu %zu: %.3fx one sample plus the others' generated tokens (%zu blocks); unshared: %zu\n",
+                      samples, n_prompt, n_gen, one, samples, many, ratio, need, unshared);
+      sharing = buf;
+    }
+    if (json) std::printf("{\"model\": \"%s\", \"n_prompt\": %zu, \"n_gen\": %zu, \"threads\": %u, \"kv_type\": \"%s\", %s\"results\": [%s]}\n",
                           model_path.empty() ? "embedded" : model_path.c_str(), n_prompt, n_gen, pool.size(),
-                          kv_type.c_str(), rows.c_str());
+                          kv_type.c_str(), sharing.c_str(), rows.c_str());
+    else std::fputs(sharing.c_str(), stdout);
   } catch (const tinyllm::Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

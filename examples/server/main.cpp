@@ -60,18 +60,33 @@ void reply_json(httplib::Response& res, int status, const json& body) {
   res.set_content(dump(body), "application/json");
 }
 
-// What the engine's callback (stepping thread) hands to the HTTP thread serving the request.
+// One choice (sample) of a request, as the engine's callback (stepping thread) hands it to the
+// HTTP thread serving the request.
+struct ChoiceState {
+  std::string text;                      // generated text not yet taken by the HTTP thread
+  bool finished = false, finish_sent = false;
+  tinyllm::FinishReason reason = tinyllm::FinishReason::none;
+  tinyllm::RequestMetrics metrics;
+  std::vector<LoggedToken> logged;       // each generated token's log-probabilities (when asked)
+  std::size_t logged_sent = 0;           // how many of them a stream has sent
+  std::size_t text_offset = 0;           // bytes of text streamed so far (legacy logprobs' text_offset)
+};
+
 struct RequestState {
   std::mutex m;
   std::condition_variable cv;
-  std::string text;                      // generated text not yet taken by the HTTP thread
-  bool finished = false;
-  bool end_of_turn = false;              // the chat template's end-of-turn token came
-  tinyllm::FinishReason reason = tinyllm::FinishReason::none;
-  tinyllm::RequestMetrics metrics;
+  std::vector<ChoiceState> choices;      // [n]
+  bool finished = false;                 // every choice
   bool logprobs = false;                 // the request asked for them
-  std::vector<LoggedToken> logged;       // each generated token's log-probabilities (when asked)
-  std::size_t logged_sent = 0;           // how many of them a stream has sent
+  // Usage over the choices: the prompt once, the tokens of every choice.
+  tinyllm::RequestMetrics usage() const {
+    tinyllm::RequestMetrics u;
+    for (const ChoiceState& c : choices) {
+      u.prompt_tokens = c.metrics.prompt_tokens;
+      u.generated_tokens += c.metrics.generated_tokens;
+    }
+    return u;
+  }
 };
 
 // A request whose reply httplib sends in chunks, as its content provider and releaser see it.
@@ -84,7 +99,6 @@ struct Reply {
   std::int64_t created;
   Clock::time_point start;
   bool include_usage = false, started = false, done = false;
-  std::size_t text_offset = 0;           // bytes of text streamed so far (legacy logprobs' text_offset)
 };
 
 // The releaser of a chunked reply, called once httplib has sent it all (`success`) or given up on
@@ -93,15 +107,17 @@ struct Reply {
 void release_reply(const Reply& r, bool success, const char* kind) {
   tinyllm::RequestMetrics m;
   bool finished;
+  std::string reasons;
   {
     std::lock_guard<std::mutex> lock(r.st->m);
     finished = r.st->finished;
-    m = r.st->metrics;
+    m = r.st->usage();
+    for (const ChoiceState& c : r.st->choices) reasons += std::string(reasons.empty() ? "" : ",") + finish_reason(c.reason);
   }
   if (!finished) r.svc->cancel(r.id);
   std::fprintf(stderr, "%s %s 200 model=%s prompt_tokens=%zu completion_tokens=%zu ms=%.1f %s%s\n", r.method.c_str(),
                r.path.c_str(), r.model.c_str(), m.prompt_tokens, m.generated_tokens, ms_since(r.start), kind,
-               success && r.done ? finish_reason(r.st->reason)
+               success && r.done ? reasons.c_str()
                : finished        ? "client disconnected at the end"
                                  : "client disconnected: cancelled");
 }
@@ -376,6 +392,9 @@ class Server {
     }
     r.stop = p.stop;
     r.logprobs = p.logprobs;
+    r.n = p.n;
+    r.grammar = p.grammar;
+    if (const auto eot = svc.end_of_turn()) r.stop_tokens.push_back(*eot);   // the chat template's end of turn
     return r;
   }
 
@@ -389,7 +408,9 @@ class Server {
       } catch (const json::exception& e) {
         throw ApiError{.status = 400, .message = std::string("the request body is not valid JSON: ") + e.what()};
       }
-      const ParsedRequest p = parse_request(body, ep);
+      ParsedRequest p = parse_request(body, ep);
+      if (body.is_object() && body.contains("response_format"))
+        p.grammar = response_format_grammar(nlohmann::ordered_json::parse(req.body));
       if (shutting_down_)
         throw ApiError{.status = 503, .message = "the server is shutting down", .type = "server_error", .code = "shutting_down"};
       Route to = route(p.model);
@@ -400,13 +421,12 @@ class Server {
 
       auto st = std::make_shared<RequestState>();
       st->logprobs = p.logprobs >= 0;
-      const auto eot = svc.end_of_turn();
+      st->choices.resize(p.n);
       ModelService* svcp = &svc;
-      auto on_event = [st, eot, svcp](const tinyllm::TokenEvent& e) {
-        bool end_turn = false;
+      auto on_event = [st, svcp](const tinyllm::TokenEvent& e) {
         LoggedToken logged;
-        // The end of turn and EOS end the reply: no text, no entry (as OpenAI's replies).
-        const bool log = e.logprobs && !(eot && e.token == *eot) && !(e.finished && e.reason == tinyllm::FinishReason::eos);
+        // An end of turn or EOS ends the reply: no text, no entry (as OpenAI's replies).
+        const bool log = e.logprobs && !(e.finished && e.reason == tinyllm::FinishReason::eos);
         if (log) {   // the texts, before taking the lock
           const tinyllm::Tokenizer& tok = svcp->model().tokenizer();
           logged.text = tok.decode(e.token);
@@ -415,18 +435,17 @@ class Server {
         }
         {
           std::lock_guard<std::mutex> lock(st->m);
-          if (log && !st->end_of_turn) st->logged.push_back(std::move(logged));
-          st->text += e.text;
+          ChoiceState& c = st->choices.at(e.index);
+          if (log) c.logged.push_back(std::move(logged));
+          c.text += e.text;
           if (e.finished) {
-            st->finished = true;
-            st->reason = st->end_of_turn ? tinyllm::FinishReason::stop : e.reason;
-            st->metrics = e.metrics;
-          } else if (eot && e.token == *eot && !st->end_of_turn) {
-            st->end_of_turn = end_turn = true;
+            c.finished = true;
+            c.reason = e.reason;
+            c.metrics = e.metrics;
           }
+          if (e.request_finished) st->finished = true;
         }
         st->cv.notify_all();
-        if (end_turn) svcp->cancel(e.id);   // takes effect before the next token is computed
       };
       tinyllm::RequestId id = 0;
       try {
@@ -479,9 +498,13 @@ class Server {
               lock.unlock();
               return sink.write(" ", 1);   // false once the client has gone: httplib then stops
             }
-            body = dump(completion_json(ctx->ep, ctx->rid, ctx->created, ctx->model, ctx->st->text, ctx->st->reason,
-                                        ctx->st->metrics,
-                                        ctx->st->logprobs ? logprobs_json(ctx->ep, ctx->st->logged) : json(nullptr)));
+            json choices = json::array();
+            for (std::size_t i = 0; i < ctx->st->choices.size(); ++i) {
+              const ChoiceState& c = ctx->st->choices[i];
+              choices.push_back(choice_json(ctx->ep, i, c.text, c.reason,
+                                            ctx->st->logprobs ? logprobs_json(ctx->ep, c.logged) : json(nullptr)));
+            }
+            body = dump(completion_json(ctx->ep, ctx->rid, ctx->created, ctx->model, std::move(choices), ctx->st->usage()));
           }
           if (!sink.write(body.data(), body.size())) return false;
           ctx->done = true;
@@ -508,41 +531,66 @@ class Server {
           };
           if (!ctx->started) {
             ctx->started = true;
-            if (ctx->ep == Endpoint::chat &&
-                !send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, {{"role", "assistant"}, {"content", ""}}, nullptr)))
-              return false;
+            if (ctx->ep == Endpoint::chat)
+              for (std::size_t i = 0; i < ctx->st->choices.size(); ++i)
+                if (!send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, i, {{"role", "assistant"}, {"content", ""}},
+                                     nullptr)))
+                  return false;
           }
-          std::string text;
-          std::vector<LoggedToken> logged;
-          bool finished = false;
+          // What each choice has for the client: new text, log-probabilities, its end.
+          struct Out {
+            std::string text;
+            std::vector<LoggedToken> logged;
+            std::size_t offset = 0;
+            const char* finish = nullptr;
+          };
+          std::vector<Out> out(ctx->st->choices.size());
+          bool all_done = false;
+          tinyllm::RequestMetrics usage;
           {
+            auto pending = [&] {
+              for (const ChoiceState& c : ctx->st->choices)
+                if (!c.text.empty() || c.logged.size() > c.logged_sent || (c.finished && !c.finish_sent)) return true;
+              return ctx->st->finished;
+            };
             std::unique_lock<std::mutex> lock(ctx->st->m);
-            while (ctx->st->text.empty() && ctx->st->logged.size() == ctx->st->logged_sent && !ctx->st->finished) {
+            while (!pending()) {
               if (ctx->st->cv.wait_for(lock, std::chrono::seconds(1)) == std::cv_status::timeout) {
                 lock.unlock();
                 if (!sink.is_writable()) return false;
                 lock.lock();
               }
             }
-            text.swap(ctx->st->text);
-            logged.assign(ctx->st->logged.begin() + std::ptrdiff_t(ctx->st->logged_sent), ctx->st->logged.end());
-            ctx->st->logged_sent = ctx->st->logged.size();
-            finished = ctx->st->finished;
+            for (std::size_t i = 0; i < out.size(); ++i) {
+              ChoiceState& c = ctx->st->choices[i];
+              out[i].text.swap(c.text);
+              out[i].logged.assign(c.logged.begin() + std::ptrdiff_t(c.logged_sent), c.logged.end());
+              c.logged_sent = c.logged.size();
+              out[i].offset = c.text_offset;
+              for (const LoggedToken& t : out[i].logged) c.text_offset += t.text.size();
+              if (c.finished && !c.finish_sent) {
+                c.finish_sent = true;
+                out[i].finish = finish_reason(c.reason);
+              }
+            }
+            all_done = ctx->st->finished;
+            usage = ctx->st->usage();
           }
-          if (!text.empty() || !logged.empty()) {
-            const json delta = ctx->ep == Endpoint::chat ? json{{"content", text}} : json(text);
-            json lp = ctx->st->logprobs ? logprobs_json(ctx->ep, logged, ctx->text_offset) : json(nullptr);
-            for (const LoggedToken& t : logged) ctx->text_offset += t.text.size();
-            if (!send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, delta, nullptr, std::move(lp)))) return false;
+          const json empty = ctx->ep == Endpoint::chat ? json::object() : json("");
+          for (std::size_t i = 0; i < out.size(); ++i) {
+            const Out& o = out[i];
+            if (!o.text.empty() || !o.logged.empty()) {
+              const json delta = ctx->ep == Endpoint::chat ? json{{"content", o.text}} : json(o.text);
+              json lp = ctx->st->logprobs ? logprobs_json(ctx->ep, o.logged, o.offset) : json(nullptr);
+              if (!send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, i, delta, nullptr, std::move(lp)))) return false;
+            }
+            if (o.finish && !send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, i, empty, o.finish))) return false;
           }
-          if (finished) {
-            const json empty = ctx->ep == Endpoint::chat ? json::object() : json("");
-            if (!send(chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, empty, finish_reason(ctx->st->reason))))
-              return false;
+          if (all_done) {
             if (ctx->include_usage) {
-              json u = chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, empty, nullptr);
+              json u = chunk_json(ctx->ep, ctx->rid, ctx->created, ctx->model, 0, empty, nullptr);
               u["choices"] = json::array();
-              u["usage"] = usage_json(ctx->st->metrics);
+              u["usage"] = usage_json(usage);
               if (!send(u)) return false;
             }
             static constexpr char kDone[] = "data: [DONE]\n\n";
@@ -790,6 +838,8 @@ class Server {
     per_model("tinyllm_kv_blocks_used", "gauge", "KV cache blocks held by requests.", [](const ModelStats& s) { return s.engine.blocks_used; });
     per_model("tinyllm_kv_blocks_free", "gauge", "KV cache blocks free (the prefix cache's included).", [](const ModelStats& s) { return s.engine.blocks_free; });
     per_model("tinyllm_kv_blocks_total", "gauge", "KV cache blocks in the budget.", [](const ModelStats& s) { return s.engine.blocks_total; });
+    per_model("tinyllm_kv_blocks_shared", "gauge", "KV cache blocks held by more than one sequence (prefixes, n > 1).", [](const ModelStats& s) { return s.engine.blocks_shared; });
+    per_model("tinyllm_kv_block_references", "gauge", "References to KV cache blocks; minus the blocks used: blocks saved by sharing.", [](const ModelStats& s) { return s.engine.block_references; });
     per_model("tinyllm_preemptions_total", "counter", "Requests preempted for KV space.", [](const ModelStats& s) { return s.engine.preemptions; });
     auto histogram = [&](const char* name, const char* help, Histogram ModelStats::*h) {
       head(name, "histogram", help);
@@ -825,7 +875,8 @@ class Server {
       const ModelStats s = m->stats();
       ok = ok && s.error.empty() && s.audit == "ok";
       models.push_back({{"id", m->id()},
-                        {"kv_blocks", {{"used", s.engine.blocks_used}, {"free", s.engine.blocks_free}, {"total", s.engine.blocks_total}}},
+                        {"kv_blocks", {{"used", s.engine.blocks_used}, {"free", s.engine.blocks_free}, {"total", s.engine.blocks_total},
+                                       {"shared", s.engine.blocks_shared}, {"references", s.engine.block_references}}},
                         {"running", s.engine.running},
                         {"waiting", s.engine.waiting},
                         {"in_flight", s.in_flight},

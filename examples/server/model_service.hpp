@@ -108,13 +108,15 @@ class ModelService {
   // thread and must not block.
   tinyllm::RequestId submit(tinyllm::Request req, tinyllm::Engine::Callback on_event) {
     auto wrapped = [this, cb = std::move(on_event)](const tinyllm::TokenEvent& e) {
-      if (e.finished) {
+      if (e.finished) {   // a sample (choice); with n > 1 the request ends with its last
         std::lock_guard<std::mutex> lock(stats_mutex_);
-        in_flight_.erase(e.id);
-        ++stats_.finished;
-        if (e.reason == tinyllm::FinishReason::cancelled) ++stats_.cancelled;
         const tinyllm::RequestMetrics& m = e.metrics;
-        stats_.prompt_tokens += m.prompt_tokens;
+        if (e.request_finished) {
+          in_flight_.erase(e.id);
+          ++stats_.finished;
+          if (e.reason == tinyllm::FinishReason::cancelled) ++stats_.cancelled;
+          stats_.prompt_tokens += m.prompt_tokens;   // once per request: its samples share the prompt
+        }
         stats_.generated_tokens += m.generated_tokens;
         if (m.generated_tokens > 0) stats_.time_to_first_token.observe(m.first_token_seconds);
         if (m.generated_tokens > 1)

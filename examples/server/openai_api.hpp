@@ -52,6 +52,8 @@ struct ParsedRequest {
   std::vector<std::string> stop;
   bool stream = false, include_usage = false;
   int logprobs = -1;   // -1: none; else each token's log-probability and this many top tokens'
+  std::size_t n = 1;   // choices: samples of the prompt (its KV blocks shared)
+  std::shared_ptr<const tinyllm::Grammar> grammar;   // response_format: the JSON the reply must be
 };
 
 // A generated token's log-probabilities as the replies give them: texts instead of ids.
@@ -155,7 +157,7 @@ inline ParsedRequest parse_request(const json& body, Endpoint endpoint) {
     }
   }
 
-  if (const auto n = integer(body, "n", 1, 128); n && *n != 1) throw bad_field("n", "only n = 1 is supported");
+  if (const auto n = integer(body, "n", 1, 128)) r.n = std::size_t(*n);
   if (const auto b = integer(body, "best_of", 1, 128); b && *b != 1) throw bad_field("best_of", "only best_of = 1 is supported");
   if (boolean(body, "echo").value_or(false)) throw bad_field("echo", "echo is not supported");
   // Completions: "logprobs": N (0..20), the sampled token's and the N most likely tokens'. Chat:
@@ -210,6 +212,32 @@ inline ParsedRequest parse_request(const json& body, Endpoint endpoint) {
   return r;
 }
 
+// OpenAI's response_format of a request body (parsed keeping the order of its keys, which a
+// schema's properties are written in): null for {"type": "text"} or none; else the grammar of
+// {"type": "json_object"} (any JSON object) or {"type": "json_schema", "json_schema": {"schema":
+// ...}} (sample/json_schema.hpp; an unsupported schema is a 400 naming the keyword).
+inline std::shared_ptr<const tinyllm::Grammar> response_format_grammar(const nlohmann::ordered_json& body) {
+  const auto it = body.find("response_format");
+  if (it == body.end() || it->is_null()) return nullptr;
+  const auto bad = [](const std::string& message) {
+    return ApiError{.status = 400, .message = message, .param = "response_format"};
+  };
+  if (!it->is_object() || !it->contains("type") || !(*it)["type"].is_string())
+    throw bad("'response_format' must be an object with a 'type': text, json_object or json_schema");
+  const std::string type = (*it)["type"];
+  if (type == "text") return nullptr;
+  if (type == "json_object") return tinyllm::JsonSchemaGrammar::any_object();
+  if (type != "json_schema") throw bad("response_format type '" + type + "' is not text, json_object or json_schema");
+  const auto js = it->find("json_schema");
+  if (js == it->end() || !js->is_object() || !js->contains("schema"))
+    throw bad("'response_format.json_schema' must be an object with a 'schema'");
+  try {
+    return tinyllm::JsonSchemaGrammar::from_schema((*js)["schema"]);
+  } catch (const tinyllm::Error& e) {
+    throw bad(std::string("response_format.json_schema.schema: ") + e.what());
+  }
+}
+
 inline const char* finish_reason(tinyllm::FinishReason r) {
   return r == tinyllm::FinishReason::length ? "length" : "stop";   // eos, a stop string, an end of turn
 }
@@ -250,26 +278,31 @@ inline json logprobs_json(Endpoint ep, const std::vector<LoggedToken>& tokens, s
   return {{"tokens", texts}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
 
-// The whole reply of a non-streamed request.
-inline json completion_json(Endpoint ep, const std::string& id, std::int64_t created, const std::string& model,
-                            const std::string& text, tinyllm::FinishReason reason, const tinyllm::RequestMetrics& m,
-                            json logprobs = nullptr) {
-  json choice = {{"index", 0}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish_reason(reason)}};
+// One choice of a non-streamed reply.
+inline json choice_json(Endpoint ep, std::size_t index, const std::string& text, tinyllm::FinishReason reason,
+                        json logprobs = nullptr) {
+  json choice = {{"index", index}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish_reason(reason)}};
   if (ep == Endpoint::chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
   else choice["text"] = text;
+  return choice;
+}
+
+// The whole reply of a non-streamed request.
+inline json completion_json(Endpoint ep, const std::string& id, std::int64_t created, const std::string& model,
+                            json choices, const tinyllm::RequestMetrics& usage) {
   return {{"id", id},
           {"object", ep == Endpoint::chat ? "chat.completion" : "text_completion"},
           {"created", created},
           {"model", model},
-          {"choices", json::array({choice})},
-          {"usage", usage_json(m)}};
+          {"choices", std::move(choices)},
+          {"usage", usage_json(usage)}};
 }
 
-// One server-sent chunk. `delta` is the text (chat: the delta object); `finish` is null until the
-// last chunk. With `usage`, the chunk that carries it (its choices are empty).
+// One server-sent chunk, for choice `index`. `delta` is the text (chat: the delta object);
+// `finish` is null until that choice's last chunk.
 inline json chunk_json(Endpoint ep, const std::string& id, std::int64_t created, const std::string& model,
-                       const json& delta, const json& finish, json logprobs = nullptr) {
-  json choice = {{"index", 0}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish}};
+                       std::size_t index, const json& delta, const json& finish, json logprobs = nullptr) {
+  json choice = {{"index", index}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish}};
   if (ep == Endpoint::chat) choice["delta"] = delta;
   else choice["text"] = delta;
   return {{"id", id},

@@ -24,6 +24,9 @@
 #include <tinyllm/text/chat_template.hpp>
 #include <tinyllm/model/load.hpp>
 #include <tinyllm/model/convert.hpp>
+#include <tinyllm/sample/grammar.hpp>
+#include <tinyllm/sample/json_schema.hpp>
+#include <tinyllm/sample/logprobs.hpp>
 #include <tinyllm/sample/sampler.hpp>
 #include <tinyllm/serve/generate.hpp>
 #include <tinyllm/serve/block_pool.hpp>

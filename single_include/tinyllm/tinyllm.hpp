@@ -14022,6 +14022,712 @@ inline void convert_llama2c_to_gguf(const std::string& model_path, const std::st
 }
 
 }  // namespace tinyllm
+// ---- tinyllm/sample/grammar.hpp ----
+// Constrained decoding: a context-free grammar over bytes, a matcher that follows the text
+// generated so far, and the token mask that keeps it a valid prefix of the grammar's language.
+//
+// A grammar is rules of alternatives of elements; an element is a set of bytes or a reference
+// to a rule (right recursion only: a rule may not begin with a reference to itself). The matcher
+// holds every way the text so far can be read (stacks of where to continue, kept in an arena as
+// linked nodes that share their tails, llama.cpp's grammar design). Masking walks a trie of the
+// vocabulary's token texts, so tokens that share a prefix are checked once for it.
+// sample/json_schema.hpp builds grammars from JSON Schemas.
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tinyllm {
+
+struct GrammarElement {
+  enum class Kind : std::uint8_t { end, bytes, rule };
+  Kind kind = Kind::end;
+  std::uint32_t rule = 0;                    // Kind::rule
+  std::array<std::uint64_t, 4> set{};        // Kind::bytes: a 256-bit set
+  bool has(unsigned char b) const { return (set[b >> 6] >> (b & 63)) & 1u; }
+};
+
+class Grammar {
+ public:
+  using Sequence = std::vector<GrammarElement>;
+
+  // A byte set element from inclusive ranges.
+  static GrammarElement bytes(std::initializer_list<std::pair<unsigned char, unsigned char>> ranges, bool negate = false) {
+    GrammarElement e{.kind = GrammarElement::Kind::bytes};
+    for (const auto& [lo, hi] : ranges)
+      for (unsigned c = lo; c <= hi; ++c) e.set[c >> 6] |= std::uint64_t(1) << (c & 63);
+    if (negate)
+      for (auto& w : e.set) w = ~w;
+    return e;
+  }
+  static GrammarElement byte(unsigned char c) { return bytes({{c, c}}); }
+  static GrammarElement ref(std::uint32_t rule) { return {.kind = GrammarElement::Kind::rule, .rule = rule}; }
+  // The bytes of `text`, one element each.
+  static Sequence literal(std::string_view text) {
+    Sequence s;
+    for (const char c : text) s.push_back(byte(static_cast<unsigned char>(c)));
+    return s;
+  }
+
+  std::uint32_t new_rule() {
+    rules_.emplace_back();
+    return std::uint32_t(rules_.size() - 1);
+  }
+  void add(std::uint32_t rule, Sequence alternative) {
+    for (const GrammarElement& e : alternative)
+      if (e.kind == GrammarElement::Kind::end) throw Error("an end element inside an alternative", "Grammar::add");
+    alternative.push_back({});   // Kind::end
+    rules_.at(rule).push_back(std::move(alternative));
+  }
+  // A rule with these alternatives.
+  std::uint32_t rule(std::vector<Sequence> alternatives) {
+    const std::uint32_t r = new_rule();
+    for (auto& a : alternatives) add(r, std::move(a));
+    return r;
+  }
+
+  void set_root(std::uint32_t r) { root_ = r; }
+  std::uint32_t root() const { return root_; }
+  const std::vector<Sequence>& alternatives(std::uint32_t r) const { return rules_.at(r); }
+  std::size_t size() const { return rules_.size(); }
+
+  // Every rule referenced exists and has an alternative; no rule reaches itself without first
+  // matching a byte (which would loop the matcher).
+  void validate() const {
+    if (root_ >= rules_.size()) throw Error("grammar root " + std::to_string(root_), "Grammar", "a rule");
+    for (std::size_t r = 0; r < rules_.size(); ++r) {
+      if (rules_[r].empty()) throw Error("grammar rule " + std::to_string(r) + " has no alternative", "Grammar");
+      for (const Sequence& a : rules_[r])
+        for (const GrammarElement& e : a)
+          if (e.kind == GrammarElement::Kind::rule && e.rule >= rules_.size())
+            throw Error("grammar rule " + std::to_string(r) + " refers to rule " + std::to_string(e.rule), "Grammar");
+    }
+    std::vector<int> state(rules_.size(), 0);   // 0 unseen, 1 on the path, 2 done
+    for (std::size_t r = 0; r < rules_.size(); ++r) check_left_recursion(std::uint32_t(r), state);
+  }
+
+ private:
+  // Whether rule r can match nothing; visits the rules it begins with (left recursion: Error).
+  bool check_left_recursion(std::uint32_t r, std::vector<int>& state) const {
+    if (state[r] == 1) throw Error("grammar rule " + std::to_string(r) + " is left-recursive", "Grammar");
+    const bool was_done = state[r] == 2;
+    state[r] = 1;
+    bool nullable = false;
+    for (const Sequence& a : rules_[r]) {
+      bool all = true;
+      for (const GrammarElement& e : a) {
+        if (e.kind == GrammarElement::Kind::end) break;
+        if (e.kind == GrammarElement::Kind::bytes) { all = false; break; }
+        if (!(was_done ? nullable_[e.rule] : check_left_recursion(e.rule, state))) { all = false; break; }
+      }
+      nullable = nullable || all;
+    }
+    state[r] = 2;
+    if (nullable_.size() < rules_.size()) nullable_.resize(rules_.size(), false);
+    nullable_[r] = nullable;
+    return nullable;
+  }
+
+  std::vector<std::vector<Sequence>> rules_;
+  std::uint32_t root_ = 0;
+  mutable std::vector<bool> nullable_;
+};
+
+// The vocabulary's token texts as a trie (built once per model): each node's children by byte,
+// and the tokens whose text ends there.
+class TokenTrie {
+ public:
+  // texts[t]: the bytes token t adds to the text; empty: a token the grammar never allows.
+  explicit TokenTrie(const std::vector<std::string>& texts) : texts_(texts) {
+    nodes_.emplace_back();
+    for (std::size_t t = 0; t < texts.size(); ++t) {
+      if (texts[t].empty()) continue;
+      std::uint32_t n = 0;
+      for (const char c : texts[t]) {
+        const auto b = static_cast<unsigned char>(c);
+        auto& kids = nodes_[n].children;
+        auto it = std::lower_bound(kids.begin(), kids.end(), b, [](const auto& k, unsigned char x) { return k.first < x; });
+        if (it != kids.end() && it->first == b) {
+          n = it->second;
+        } else {
+          const auto child = std::uint32_t(nodes_.size());
+          kids.insert(it, {b, child});
+          nodes_.emplace_back();   // invalidates `kids` and `it`
+          n = child;
+        }
+      }
+      nodes_[n].tokens.push_back(std::int32_t(t));
+    }
+  }
+  struct Node {
+    std::vector<std::pair<unsigned char, std::uint32_t>> children;   // sorted by byte
+    std::vector<std::int32_t> tokens;
+  };
+  const Node& node(std::uint32_t i) const { return nodes_[i]; }
+  std::size_t size() const { return nodes_.size(); }
+  const std::string& text(std::int32_t token) const { return texts_.at(std::size_t(token)); }
+  std::size_t vocab_size() const { return texts_.size(); }
+
+ private:
+  std::vector<Node> nodes_;
+  std::vector<std::string> texts_;
+};
+
+// Where the text generated so far stands in a grammar.
+class GrammarMatcher {
+ public:
+  explicit GrammarMatcher(std::shared_ptr<const Grammar> g) : g_(std::move(g)) {
+    g_->validate();
+    arena_.reserve(1024);
+    expand(g_->alternatives(g_->root()), -1, heads_, complete_);
+    dedupe(heads_);
+  }
+
+  // Whether the text has matched the whole grammar (it may still go on where the grammar allows).
+  bool complete() const { return complete_; }
+  // Whether `text` may follow.
+  bool accepts(std::string_view text) {
+    const std::size_t mark = arena_.size();
+    std::vector<std::int32_t> cur = heads_, next;
+    bool ok = true, done = complete_;
+    for (std::size_t i = 0; i < text.size() && ok; ++i) {
+      step(cur, static_cast<unsigned char>(text[i]), next, done);
+      cur.swap(next);
+      ok = !cur.empty() || (done && i + 1 == text.size());
+    }
+    arena_.resize(mark);
+    return ok;
+  }
+  // Follows `text`; Error when it may not follow.
+  void advance(std::string_view text) {
+    for (const char c : text) {
+      std::vector<std::int32_t> next;
+      bool done = false;
+      step(heads_, static_cast<unsigned char>(c), next, done);
+      if (next.empty() && !done) throw Error("the text does not follow the grammar at byte " + std::to_string(int(static_cast<unsigned char>(c))), "GrammarMatcher::advance");
+      heads_.swap(next);
+      complete_ = done;
+    }
+    compact();
+  }
+
+  // Sets logits[t] to -inf for every token whose text may not follow; the `ends` tokens (EOS, an
+  // end of turn) may end the text only when it is complete.
+  void mask(const TokenTrie& trie, std::span<float> logits, std::span<const std::int32_t> ends) {
+    std::vector<char> allowed(logits.size(), 0);
+    const std::size_t mark = arena_.size();
+    walk(trie, 0, heads_, allowed);
+    arena_.resize(mark);
+    for (const std::int32_t e : ends)
+      if (e >= 0 && std::size_t(e) < allowed.size()) allowed[std::size_t(e)] = complete_;
+    for (std::size_t t = 0; t < logits.size(); ++t)
+      if (!allowed[t]) logits[t] = -std::numeric_limits<float>::infinity();
+  }
+
+ private:
+  struct Node {
+    const GrammarElement* next;   // a byte-set element still to match
+    std::int32_t parent;          // where to continue once this alternative ends (-1: the root's end)
+  };
+
+  // Pushes the heads reached from `elem` (continuing at `parent` after the alternative ends).
+  void reach(const GrammarElement* elem, std::int32_t parent, std::vector<std::int32_t>& out, bool& done) {
+    for (;;) {
+      if (elem->kind == GrammarElement::Kind::bytes) {
+        arena_.push_back({elem, parent});
+        out.push_back(std::int32_t(arena_.size() - 1));
+        return;
+      }
+      if (elem->kind == GrammarElement::Kind::rule) {
+        arena_.push_back({elem + 1, parent});   // what follows the rule
+        expand(g_->alternatives(elem->rule), std::int32_t(arena_.size() - 1), out, done);
+        return;
+      }
+      // the end of an alternative: continue in the parent
+      if (parent < 0) {
+        done = true;
+        return;
+      }
+      elem = arena_[std::size_t(parent)].next;
+      parent = arena_[std::size_t(parent)].parent;
+    }
+  }
+  void expand(const std::vector<Grammar::Sequence>& alts, std::int32_t parent, std::vector<std::int32_t>& out, bool& done) {
+    for (const Grammar::Sequence& a : alts) reach(a.data(), parent, out, done);
+  }
+
+  void step(const std::vector<std::int32_t>& heads, unsigned char b, std::vector<std::int32_t>& out, bool& done) {
+    out.clear();
+    done = false;
+    for (const std::int32_t h : heads) {
+      const Node n = arena_[std::size_t(h)];
+      if (n.next->has(b)) reach(n.next + 1, n.parent, out, done);
+    }
+    dedupe(out);
+  }
+
+  // Heads with the same element and parent are the same way of reading the text.
+  void dedupe(std::vector<std::int32_t>& heads) const {
+    std::sort(heads.begin(), heads.end(), [&](std::int32_t a, std::int32_t b) {
+      const Node &x = arena_[std::size_t(a)], &y = arena_[std::size_t(b)];
+      return x.next != y.next ? x.next < y.next : x.parent < y.parent;
+    });
+    heads.erase(std::unique(heads.begin(), heads.end(), [&](std::int32_t a, std::int32_t b) {
+      const Node &x = arena_[std::size_t(a)], &y = arena_[std::size_t(b)];
+      return x.next == y.next && x.parent == y.parent;
+    }), heads.end());
+  }
+
+  // Depth first over the trie: a subtree is left as soon as no head survives its bytes.
+  void walk(const TokenTrie& trie, std::uint32_t node, const std::vector<std::int32_t>& heads, std::vector<char>& allowed) {
+    for (const auto& [b, child] : trie.node(node).children) {
+      std::vector<std::int32_t> next;
+      bool done = false;
+      const std::size_t mark = arena_.size();
+      step(heads, b, next, done);
+      if (!next.empty() || done) {
+        for (const std::int32_t t : trie.node(child).tokens) allowed[std::size_t(t)] = 1;
+        if (!next.empty()) walk(trie, child, next, allowed);
+      }
+      arena_.resize(mark);
+    }
+  }
+
+  // Keeps only the nodes the heads reach, renumbered, so the arena does not grow with the text.
+  void compact() {
+    if (arena_.size() < 4096) return;
+    std::vector<std::int32_t> map(arena_.size(), -1);
+    std::vector<Node> kept;
+    auto keep = [&](auto&& self, std::int32_t i) -> std::int32_t {
+      if (i < 0) return -1;
+      if (map[std::size_t(i)] >= 0) return map[std::size_t(i)];
+      const Node n = arena_[std::size_t(i)];
+      const std::int32_t parent = self(self, n.parent);
+      kept.push_back({n.next, parent});
+      return map[std::size_t(i)] = std::int32_t(kept.size() - 1);
+    };
+    for (std::int32_t& h : heads_) h = keep(keep, h);
+    arena_.swap(kept);
+  }
+
+  std::shared_ptr<const Grammar> g_;
+  std::vector<Node> arena_;
+  std::vector<std::int32_t> heads_;
+  bool complete_ = false;
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/sample/json_schema.hpp ----
+// JSON Schema to grammar (sample/grammar.hpp), for OpenAI's response_format: a token is allowed
+// only while the text stays a valid prefix of a JSON document that the schema accepts.
+//
+// The subset (anything else is an Error naming the keyword and where it is):
+//   type: object, array, string, number, integer, boolean, null, or an array of them
+//   object: properties (written in the order the schema lists them), required; other
+//     properties are not generated (additionalProperties may be absent or false); an object
+//     schema without properties accepts any JSON object
+//   array: items, minItems, maxItems (at most 64 when given)
+//   string: minLength, maxLength (at most 1024)
+//   enum, const (any JSON values); anyOf and oneOf (either branch); $ref to "#", "#/$defs/NAME"
+//     or "#/definitions/NAME" (recursion allowed)
+//   annotations, ignored: title, description, examples, default, $schema, $id, $comment,
+//     $defs, definitions, strict, additionalProperties: false
+// Numbers are JSON numbers of at most 16 integer digits, 16 fraction digits and a 2-digit
+// exponent (so that every one fits a double); whitespace between tokens is at most 2 characters of space, tab or newline. A
+// schema of {} (or json_object mode) accepts any JSON value (json_object: any JSON object).
+
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+
+namespace tinyllm {
+
+class JsonSchemaGrammar {
+ public:
+  // A grammar for documents that `schema` accepts.
+  static std::shared_ptr<const Grammar> from_schema(const nlohmann::ordered_json& schema) {
+    JsonSchemaGrammar b(schema);
+    const std::uint32_t value = b.value(schema, "#");
+    b.g_->set_root(b.g_->rule({{b.ws(), Grammar::ref(value)}}));
+    b.g_->validate();
+    return b.g_;
+  }
+  static std::shared_ptr<const Grammar> any_object() {
+    const nlohmann::ordered_json none = nlohmann::ordered_json::object();
+    JsonSchemaGrammar b(none);
+    const std::uint32_t obj = b.any_object_rule();
+    b.g_->set_root(b.g_->rule({{b.ws(), Grammar::ref(obj)}}));
+    b.g_->validate();
+    return b.g_;
+  }
+
+ private:
+  using json = nlohmann::ordered_json;   // properties are written in the order the schema lists them
+  using Seq = Grammar::Sequence;
+  explicit JsonSchemaGrammar(const json& root) : root_(root), g_(std::make_shared<Grammar>()) {}
+
+  [[noreturn]] static void unsupported(const std::string& what, const std::string& where) {
+    throw Error(what, "JSON schema at " + where,
+                "the supported subset: type, properties, required, items, minItems, maxItems, minLength, "
+                "maxLength, enum, const, anyOf, oneOf, $ref (sample/json_schema.hpp)");
+  }
+
+  GrammarElement ws() {
+    if (!ws_) {
+      const GrammarElement space = Grammar::bytes({{' ', ' '}, {'\t', '\t'}, {'\n', '\n'}});
+      ws_ = g_->rule({{}, {space}, {space, space}});
+    }
+    return Grammar::ref(*ws_);
+  }
+
+  static Seq join(std::initializer_list<Seq> parts) {
+    Seq out;
+    for (const Seq& p : parts) out.insert(out.end(), p.begin(), p.end());
+    return out;
+  }
+  static Seq lit(std::string_view s) { return Grammar::literal(s); }
+
+  // One JSON string character (UTF-8, or an escape).
+  std::uint32_t string_char() {
+    if (!char_) {
+      const GrammarElement cont = Grammar::bytes({{0x80, 0xBF}});
+      const GrammarElement hex = Grammar::bytes({{'0', '9'}, {'a', 'f'}, {'A', 'F'}});
+      // Well-formed UTF-8 only (Unicode's Table 3-7: no overlong forms, surrogates or code points
+      // above U+10FFFF), so that every document is valid JSON text.
+      const auto r = [](unsigned char lo, unsigned char hi) { return Grammar::bytes({{lo, hi}}); };
+      char_ = g_->rule({{Grammar::bytes({{0x20, 0x21}, {0x23, 0x5B}, {0x5D, 0x7F}})},
+                        {r(0xC2, 0xDF), cont},
+                        {r(0xE0, 0xE0), r(0xA0, 0xBF), cont},
+                        {r(0xE1, 0xEC), cont, cont},
+                        {r(0xED, 0xED), r(0x80, 0x9F), cont},
+                        {r(0xEE, 0xEF), cont, cont},
+                        {r(0xF0, 0xF0), r(0x90, 0xBF), cont, cont},
+                        {r(0xF1, 0xF3), cont, cont, cont},
+                        {r(0xF4, 0xF4), r(0x80, 0x8F), cont, cont},
+                        {Grammar::byte('\\'), Grammar::bytes({{'"', '"'}, {'\\', '\\'}, {'/', '/'}, {'b', 'b'}, {'f', 'f'},
+                                                              {'n', 'n'}, {'r', 'r'}, {'t', 't'}})},
+                        {Grammar::byte('\\'), Grammar::byte('u'), hex, hex, hex, hex}});
+    }
+    return *char_;
+  }
+  // '"' chars{min,max} '"' (max < 0: unbounded).
+  std::uint32_t string_rule(std::size_t min, long max) {
+    const auto key = std::make_pair(min, max);
+    if (const auto it = strings_.find(key); it != strings_.end()) return it->second;
+    const GrammarElement c = Grammar::ref(string_char());
+    // tail(k): up to k more characters, then the quote; unbounded: any number.
+    std::uint32_t tail;
+    if (max < 0) {
+      tail = g_->new_rule();
+      g_->add(tail, lit("\""));
+      g_->add(tail, {c, Grammar::ref(tail)});
+    } else {
+      tail = g_->rule({lit("\"")});
+      for (long k = 0; k < max - long(min); ++k) tail = g_->rule({lit("\""), {c, Grammar::ref(tail)}});
+    }
+    Seq s = lit("\"");
+    for (std::size_t k = 0; k < min; ++k) s.push_back(c);
+    s.push_back(Grammar::ref(tail));
+    return strings_[key] = g_->rule({s});
+  }
+
+  // d{lo,hi} for a digit element.
+  std::uint32_t digits(GrammarElement first, std::size_t more) {
+    const GrammarElement d = Grammar::bytes({{'0', '9'}});
+    std::uint32_t tail = g_->rule({{}});
+    for (std::size_t k = 0; k < more; ++k) tail = g_->rule({{}, {d, Grammar::ref(tail)}});
+    return g_->rule({{first, Grammar::ref(tail)}});
+  }
+  std::uint32_t integer_rule() {
+    if (!integer_) {
+      const std::uint32_t natural = g_->rule({lit("0"), {Grammar::ref(digits(Grammar::bytes({{'1', '9'}}), 15))}});
+      integer_ = g_->rule({{Grammar::ref(natural)}, {Grammar::byte('-'), Grammar::ref(natural)}});
+    }
+    return *integer_;
+  }
+  std::uint32_t number_rule() {
+    if (!number_) {
+      const GrammarElement d = Grammar::bytes({{'0', '9'}});
+      const std::uint32_t frac = g_->rule({{}, {Grammar::byte('.'), Grammar::ref(digits(d, 15))}});
+      const std::uint32_t exp = g_->rule({{}, {Grammar::bytes({{'e', 'e'}, {'E', 'E'}}), Grammar::bytes({{'+', '+'}, {'-', '-'}}),
+                                              Grammar::ref(digits(d, 1))},
+                                          {Grammar::bytes({{'e', 'e'}, {'E', 'E'}}), Grammar::ref(digits(d, 1))}});
+      number_ = g_->rule({{Grammar::ref(integer_rule()), Grammar::ref(frac), Grammar::ref(exp)}});
+    }
+    return *number_;
+  }
+
+  // Any JSON value, and any JSON object (defined together: each contains the other).
+  std::uint32_t any_value_rule() {
+    define_any();
+    return *any_;
+  }
+  std::uint32_t any_object_rule() {
+    define_any();
+    return *any_object_;
+  }
+  void define_any() {
+    if (any_) return;
+    any_ = g_->new_rule();
+    any_object_ = g_->new_rule();
+    const std::uint32_t arr = g_->new_rule(), more_items = g_->new_rule(), more_members = g_->new_rule();
+    const std::uint32_t member = g_->rule({{Grammar::ref(string_rule(0, -1)), ws(), Grammar::byte(':'), ws(), Grammar::ref(*any_)}});
+    // "[" ws "]" | "[" ws any (ws "," ws any)* ws "]"
+    g_->add(more_items, join({{ws()}, lit("]")}));
+    g_->add(more_items, join({{ws()}, lit(","), {ws(), Grammar::ref(*any_), Grammar::ref(more_items)}}));
+    g_->add(arr, join({lit("["), {ws()}, lit("]")}));
+    g_->add(arr, join({lit("["), {ws(), Grammar::ref(*any_), Grammar::ref(more_items)}}));
+    // "{" ws "}" | "{" ws member (ws "," ws member)* ws "}"
+    g_->add(more_members, join({{ws()}, lit("}")}));
+    g_->add(more_members, join({{ws()}, lit(","), {ws(), Grammar::ref(member), Grammar::ref(more_members)}}));
+    g_->add(*any_object_, join({lit("{"), {ws()}, lit("}")}));
+    g_->add(*any_object_, join({lit("{"), {ws(), Grammar::ref(member), Grammar::ref(more_members)}}));
+    for (const std::uint32_t r : {*any_object_, arr, string_rule(0, -1), number_rule()}) g_->add(*any_, {Grammar::ref(r)});
+    for (const char* word : {"true", "false", "null"}) g_->add(*any_, lit(word));
+  }
+
+  const json& resolve(const std::string& ref, const std::string& where) const {
+    if (ref == "#") return root_;
+    for (const char* prefix : {"#/$defs/", "#/definitions/"}) {
+      const std::string p = prefix;
+      if (ref.rfind(p, 0) == 0) {
+        const std::string section = p.substr(2, p.size() - 3), name = ref.substr(p.size());
+        if (root_.is_object() && root_.contains(section) && root_[section].is_object() && root_[section].contains(name))
+          return root_[section][name];
+        unsupported("$ref '" + ref + "' names no definition", where);
+      }
+    }
+    unsupported("$ref '" + ref + "' (only \"#\", \"#/$defs/NAME\" and \"#/definitions/NAME\")", where);
+  }
+
+  static std::size_t bound(const json& s, const char* key, std::size_t dflt, std::size_t most, const std::string& where) {
+    if (!s.contains(key)) return dflt;
+    if (!s[key].is_number_unsigned() || s[key].get<std::size_t>() > most)
+      unsupported(std::string("'") + key + "' must be an integer from 0 to " + std::to_string(most), where);
+    return s[key].get<std::size_t>();
+  }
+
+  std::uint32_t value(const json& s, const std::string& where) {
+    if (s.is_boolean()) {
+      if (s.get<bool>()) return any_value_rule();
+      unsupported("the schema false (nothing matches it)", where);
+    }
+    if (!s.is_object()) unsupported("a schema that is not an object", where);
+    static const std::set<std::string> known = {
+        "type", "properties", "required", "items", "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
+        "anyOf", "oneOf", "$ref", "additionalProperties", "title", "description", "examples", "default", "$schema",
+        "$id", "$comment", "$defs", "definitions", "strict"};
+    for (const auto& [k, v] : s.items())
+      if (!known.contains(k)) unsupported("the keyword '" + k + "' is not supported", where);
+    if (s.contains("additionalProperties") && !(s["additionalProperties"].is_boolean() && !s["additionalProperties"].get<bool>()))
+      unsupported("additionalProperties other than false", where);
+
+    if (s.contains("$ref")) {
+      if (!s["$ref"].is_string()) unsupported("a $ref that is not a string", where);
+      const std::string ref = s["$ref"];
+      if (const auto it = refs_.find(ref); it != refs_.end()) return it->second;
+      const std::uint32_t r = g_->new_rule();   // known before it is built: recursion refers to it
+      refs_[ref] = r;
+      g_->add(r, {Grammar::ref(value(resolve(ref, where), ref))});
+      return r;
+    }
+    if (s.contains("const")) return g_->rule({lit(s["const"].dump())});
+    if (s.contains("enum")) {
+      if (!s["enum"].is_array() || s["enum"].empty()) unsupported("'enum' must be a non-empty array", where);
+      std::vector<Seq> alts;
+      for (const json& v : s["enum"]) alts.push_back(lit(v.dump()));
+      return g_->rule(alts);
+    }
+    for (const char* key : {"anyOf", "oneOf"})
+      if (s.contains(key)) {
+        if (!s[key].is_array() || s[key].empty()) unsupported(std::string("'") + key + "' must be a non-empty array", where);
+        std::vector<Seq> alts;
+        for (std::size_t i = 0; i < s[key].size(); ++i)
+          alts.push_back({Grammar::ref(value(s[key][i], where + "/" + key + "/" + std::to_string(i)))});
+        return g_->rule(alts);
+      }
+    if (!s.contains("type")) {
+      if (s.contains("properties")) return object(s, where);
+      if (s.contains("items")) return array(s, where);
+      return any_value_rule();
+    }
+    const json& t = s["type"];
+    if (t.is_array()) {
+      std::vector<Seq> alts;
+      for (const json& one : t) {
+        json copy = s;
+        copy["type"] = one;
+        alts.push_back({Grammar::ref(value(copy, where))});
+      }
+      if (alts.empty()) unsupported("an empty 'type' array", where);
+      return g_->rule(alts);
+    }
+    if (!t.is_string()) unsupported("'type' must be a string or an array of strings", where);
+    const std::string type = t;
+    if (type == "object") return object(s, where);
+    if (type == "array") return array(s, where);
+    if (type == "string") {
+      const std::size_t lo = bound(s, "minLength", 0, 1024, where);
+      const long hi = s.contains("maxLength") ? long(bound(s, "maxLength", 0, 1024, where)) : -1;
+      if (hi >= 0 && std::size_t(hi) < lo) unsupported("maxLength below minLength", where);
+      return string_rule(lo, hi);
+    }
+    if (type == "number") return number_rule();
+    if (type == "integer") return integer_rule();
+    if (type == "boolean") return g_->rule({lit("true"), lit("false")});
+    if (type == "null") return g_->rule({lit("null")});
+    unsupported("the type '" + type + "'", where);
+  }
+
+  std::uint32_t object(const json& s, const std::string& where) {
+    if (!s.contains("properties")) return any_object_rule();
+    const json& props = s["properties"];
+    if (!props.is_object()) unsupported("'properties' must be an object", where);
+    std::set<std::string> required;
+    if (s.contains("required")) {
+      if (!s["required"].is_array()) unsupported("'required' must be an array of names", where);
+      for (const json& r : s["required"]) {
+        if (!r.is_string() || !props.contains(r.get<std::string>()))
+          unsupported("'required' names " + r.dump() + ", which is not in 'properties'", where);
+        required.insert(r.get<std::string>());
+      }
+    }
+    // members(i, first): the properties from i on; `first`: nothing written yet (no comma).
+    struct Member {
+      std::uint32_t kv;
+      bool required;
+    };
+    std::vector<Member> members;
+    for (const auto& [name, sub] : props.items()) {
+      const std::uint32_t v = value(sub, where + "/properties/" + name);
+      members.push_back({g_->rule({join({lit(json(name).dump()), {ws()}, lit(":"), {ws(), Grammar::ref(v)}})}), required.contains(name)});
+    }
+    std::uint32_t rest_after = g_->rule({{}}), rest_first = rest_after;   // nothing left
+    for (std::size_t i = members.size(); i-- > 0;) {
+      const Member& m = members[i];
+      const Seq with_comma = join({{ws()}, lit(","), {ws(), Grammar::ref(m.kv), Grammar::ref(rest_after)}});
+      const Seq first = {Grammar::ref(m.kv), Grammar::ref(rest_after)};
+      const std::uint32_t after = m.required ? g_->rule({with_comma}) : g_->rule({with_comma, {Grammar::ref(rest_after)}});
+      const std::uint32_t at_first = m.required ? g_->rule({first}) : g_->rule({first, {Grammar::ref(rest_first)}});
+      rest_after = after;
+      rest_first = at_first;
+    }
+    return g_->rule({join({lit("{"), {ws(), Grammar::ref(rest_first), ws()}, lit("}")})});
+  }
+
+  std::uint32_t array(const json& s, const std::string& where) {
+    const std::uint32_t item = s.contains("items") ? value(s["items"], where + "/items") : any_value_rule();
+    const std::size_t lo = bound(s, "minItems", 0, 64, where);
+    const long hi = s.contains("maxItems") ? long(bound(s, "maxItems", 0, 64, where)) : -1;
+    if (hi >= 0 && std::size_t(hi) < lo) unsupported("maxItems below minItems", where);
+    const Seq close = join({{ws()}, lit("]")});
+    const Seq next_item = join({{ws()}, lit(","), {ws(), Grammar::ref(item)}});
+    // more(k): having written k items (k >= 1), the rest and the "]".
+    auto more_from = [&](std::size_t k) {
+      std::uint32_t tail;
+      if (hi < 0) {   // unbounded above: once at lo items, any number more
+        tail = g_->new_rule();
+        g_->add(tail, close);
+        Seq again = next_item;
+        again.push_back(Grammar::ref(tail));
+        g_->add(tail, again);
+        for (std::size_t j = std::max<std::size_t>(lo, 1); j-- > k;) {
+          Seq need = next_item;
+          need.push_back(Grammar::ref(tail));
+          tail = g_->rule({need});
+        }
+        return tail;
+      }
+      tail = g_->rule({close});
+      for (long j = hi - 1; j >= long(k); --j) {
+        Seq again = next_item;
+        again.push_back(Grammar::ref(tail));
+        tail = std::size_t(j) >= lo ? g_->rule({close, again}) : g_->rule({again});
+      }
+      return tail;
+    };
+    std::vector<Seq> alts;
+    if (lo == 0) alts.push_back(join({lit("["), {ws()}, lit("]")}));
+    if (hi != 0) alts.push_back(join({lit("["), {ws(), Grammar::ref(item), Grammar::ref(more_from(1))}}));
+    return g_->rule(alts);
+  }
+
+  const json& root_;
+  std::shared_ptr<Grammar> g_;
+  std::optional<std::uint32_t> ws_, char_, integer_, number_, any_, any_object_;
+  std::map<std::pair<std::size_t, long>, std::uint32_t> strings_;
+  std::map<std::string, std::uint32_t> refs_;
+};
+
+}  // namespace tinyllm
+// ---- tinyllm/sample/logprobs.hpp ----
+// Log-probabilities of the model's distribution over the next token: log-softmax of the logits
+// as the model computed them (before penalties, temperature or truncation), for OpenAI's
+// `logprobs` / `top_logprobs`.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace tinyllm {
+
+struct TokenLogprob {
+  std::int32_t token = -1;
+  float logprob = 0.0f;
+};
+
+struct TokenLogprobs {
+  TokenLogprob chosen;                   // the token that was picked
+  std::vector<TokenLogprob> top;         // the most likely tokens, most likely first (ties: lower id)
+};
+
+// log(sum(exp(logits))), computed around the largest logit so that nothing overflows.
+inline double log_sum_exp(std::span<const float> logits) {
+  if (logits.empty()) throw Error("no logits", "log_sum_exp", "at least one");
+  const float m = *std::max_element(logits.begin(), logits.end());
+  if (!std::isfinite(m)) return m;
+  double sum = 0;
+  for (const float x : logits) sum += std::exp(double(x) - m);
+  return m + std::log(sum);
+}
+
+// The chosen token's log-probability and the `top_n` most likely tokens' (top_n may exceed the
+// vocabulary: all are given then).
+inline TokenLogprobs token_logprobs(std::span<const float> logits, std::int32_t chosen, std::size_t top_n) {
+  if (chosen < 0 || std::size_t(chosen) >= logits.size())
+    throw Error("token " + std::to_string(chosen), "token_logprobs", "an id below " + std::to_string(logits.size()));
+  const double lse = log_sum_exp(logits);
+  TokenLogprobs r;
+  r.chosen = {chosen, float(logits[std::size_t(chosen)] - lse)};
+  const std::size_t n = std::min(top_n, logits.size());
+  if (n == 0) return r;
+  std::vector<std::int32_t> ids(logits.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::int32_t(i);
+  const auto more_likely = [&](std::int32_t a, std::int32_t b) {
+    return logits[std::size_t(a)] > logits[std::size_t(b)] || (logits[std::size_t(a)] == logits[std::size_t(b)] && a < b);
+  };
+  std::partial_sort(ids.begin(), ids.begin() + std::ptrdiff_t(n), ids.end(), more_likely);
+  r.top.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) r.top.push_back({ids[i], float(logits[std::size_t(ids[i])] - lse)});
+  return r;
+}
+
+}  // namespace tinyllm
 // ---- tinyllm/sample/sampler.hpp ----
 // Sampler: picks the next token from logits. Repetition penalty, presence and frequency
 // penalties, then greedy, or top-k, temperature, softmax, top-p, min-p and a seeded draw. Draws come from the library's own PRNG,
@@ -14455,6 +15161,10 @@ class KVBlockPool {
   std::size_t n_blocks() const { return blocks_.size(); }
   std::size_t n_free() const { return n_free_; }
   std::size_t n_used() const { return blocks_.size() - n_free_; }
+  // Blocks held more than once (shared prefixes, parallel samples), and the references to all
+  // blocks: references - used is how many blocks sharing saves.
+  std::size_t n_shared() const { return n_shared_; }
+  std::size_t n_references() const { return n_refs_; }
   std::uint32_t ref_count(BlockId b) const { return blocks_.at(b).refs; }
 
   // A layer's [block_size, kv_dim] keys and values in block b: F32 storage ...
@@ -14481,6 +15191,7 @@ class KVBlockPool {
       forget_hash(b);
       blk.refs = 1;
       --n_free_;
+      ++n_refs_;
       return b;
     }
     return std::nullopt;
@@ -14488,12 +15199,17 @@ class KVBlockPool {
 
   void retain(BlockId b) {
     Block& blk = blocks_.at(b);
-    if (blk.refs++ == 0) --n_free_;   // revived from the released-but-cached state
+    if (blk.refs == 0) --n_free_;   // revived from the released-but-cached state
+    if (blk.refs == 1) ++n_shared_;
+    ++blk.refs;
+    ++n_refs_;
   }
 
   void release(BlockId b) {
     Block& blk = blocks_.at(b);
     if (blk.refs == 0) throw Error("KV block " + std::to_string(b) + " released more often than held", "KVBlockPool");
+    if (blk.refs == 2) --n_shared_;
+    --n_refs_;
     if (--blk.refs == 0) {
       ++n_free_;
       free_queue_.push_back({b, ++blk.stamp});
@@ -14564,6 +15280,7 @@ class KVBlockPool {
   std::vector<Block> blocks_;
   std::deque<QueueEntry> free_queue_;
   std::size_t n_free_ = 0;
+  std::size_t n_shared_ = 0, n_refs_ = 0;
   std::unordered_map<std::uint64_t, BlockId> by_hash_;
 };
 
@@ -14615,6 +15332,19 @@ class PagedKVCache final : public KVCache {
       if (pool_->type() == KVType::f16) ptrs_f16_[l].push(pool_->keys_f16(b, l), pool_->values_f16(b, l));
       else ptrs_[l].push(pool_->keys(b, l), pool_->values(b, l));
     }
+  }
+
+  // Takes `other`'s blocks as this (empty) cache's, sharing them: each gets one more reference,
+  // and a shared block is copied before this cache writes it (make_writable). Parallel samples of
+  // one prompt hold its K/V once this way.
+  void share(const PagedKVCache& other) {
+    if (!table_.empty()) throw Error("a KV cache that holds blocks", "PagedKVCache::share", "an empty one");
+    for (const BlockId b : other.table_) {
+      if (b != kReleased) pool_->retain(b);
+      append(b == kReleased ? 0 : b);   // the pointers of a released entry are nulled below
+      if (b == kReleased) set(table_.size() - 1, kReleased);
+    }
+    n_released_ = other.n_released_;
   }
 
   // Grows the table until positions [0, n) fit; false (keeping what it got) when the pool runs out.
@@ -14705,67 +15435,11 @@ class PagedKVCache final : public KVCache {
 // ---- tinyllm/serve/request.hpp ----
 // What a client asks the engine for, and what it gets back while a request runs.
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-// ---- tinyllm/sample/logprobs.hpp ----
-// Log-probabilities of the model's distribution over the next token: log-softmax of the logits
-// as the model computed them (before penalties, temperature or truncation), for OpenAI's
-// `logprobs` / `top_logprobs`.
-
-#include <algorithm>
-#include <cmath>
-#include <cstddef>
-#include <cstdint>
-#include <span>
-#include <string>
-#include <vector>
-
-namespace tinyllm {
-
-struct TokenLogprob {
-  std::int32_t token = -1;
-  float logprob = 0.0f;
-};
-
-struct TokenLogprobs {
-  TokenLogprob chosen;                   // the token that was picked
-  std::vector<TokenLogprob> top;         // the most likely tokens, most likely first (ties: lower id)
-};
-
-// log(sum(exp(logits))), computed around the largest logit so that nothing overflows.
-inline double log_sum_exp(std::span<const float> logits) {
-  if (logits.empty()) throw Error("no logits", "log_sum_exp", "at least one");
-  const float m = *std::max_element(logits.begin(), logits.end());
-  if (!std::isfinite(m)) return m;
-  double sum = 0;
-  for (const float x : logits) sum += std::exp(double(x) - m);
-  return m + std::log(sum);
-}
-
-// The chosen token's log-probability and the `top_n` most likely tokens' (top_n may exceed the
-// vocabulary: all are given then).
-inline TokenLogprobs token_logprobs(std::span<const float> logits, std::int32_t chosen, std::size_t top_n) {
-  if (chosen < 0 || std::size_t(chosen) >= logits.size())
-    throw Error("token " + std::to_string(chosen), "token_logprobs", "an id below " + std::to_string(logits.size()));
-  const double lse = log_sum_exp(logits);
-  TokenLogprobs r;
-  r.chosen = {chosen, float(logits[std::size_t(chosen)] - lse)};
-  const std::size_t n = std::min(top_n, logits.size());
-  if (n == 0) return r;
-  std::vector<std::int32_t> ids(logits.size());
-  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::int32_t(i);
-  const auto more_likely = [&](std::int32_t a, std::int32_t b) {
-    return logits[std::size_t(a)] > logits[std::size_t(b)] || (logits[std::size_t(a)] == logits[std::size_t(b)] && a < b);
-  };
-  std::partial_sort(ids.begin(), ids.begin() + std::ptrdiff_t(n), ids.end(), more_likely);
-  r.top.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) r.top.push_back({ids[i], float(logits[std::size_t(ids[i])] - lse)});
-  return r;
-}
-
-}  // namespace tinyllm
 
 namespace tinyllm {
 
@@ -14778,6 +15452,16 @@ struct Request {
   SamplingParams sampling;
   std::vector<std::string> stop;          // generation ends before the first of these strings
   bool stop_at_eos = true;
+  // Further tokens that end generation as EOS does (a chat template's end of turn), not printed.
+  std::vector<std::int32_t> stop_tokens;
+  // Samples of the prompt (OpenAI's `n`): its K/V are computed once and its blocks shared (copy
+  // on write); sample i draws with seed sampling.seed + i, so it equals a request with n = 1 and
+  // that seed. Events say which sample they belong to (TokenEvent::index).
+  std::size_t n = 1;
+  // Constrained decoding: each generated token keeps the text a valid prefix of this grammar's
+  // language (sample/json_schema.hpp makes one from a JSON Schema); EOS and the stop tokens are
+  // allowed only once the text is complete. Null: unconstrained.
+  std::shared_ptr<const Grammar> grammar;
   // -1: no log-probabilities; n >= 0: each generated token's event carries its log-probability
   // under the model's distribution (log-softmax of the logits, before any sampling parameter) and
   // the n most likely tokens' (sample/logprobs.hpp).
@@ -14815,12 +15499,14 @@ struct RequestMetrics {
 // tokens arrives whole), or the end of the request with its reason and metrics.
 struct TokenEvent {
   RequestId id = 0;
+  std::size_t index = 0;        // the sample (0 .. Request::n - 1)
   std::int32_t token = -1;      // -1 on a final event that carries no token
   std::string text;
   bool finished = false;
   FinishReason reason = FinishReason::none;
   RequestMetrics metrics;       // complete when finished
   std::optional<TokenLogprobs> logprobs;   // of `token`, when the request asked for them
+  bool request_finished = false;           // the last finished event of the request: every sample is done
 };
 
 }  // namespace tinyllm
@@ -14838,6 +15524,10 @@ struct TokenEvent {
 // When every layer of the model has a sliding window (Mistral), a sequence releases the blocks
 // that fell out of the window as it goes, so a long generation holds about window / block_size + 2
 // blocks.
+// Per request: n samples (Request::n) fork from the sequence once its prompt is computed, sharing
+// its blocks (a shared block is copied before it is written); log-probabilities of each token
+// (Request::logprobs); constrained decoding (Request::grammar): a sampled token that would break
+// the grammar is drawn again from the tokens that keep it (sample/grammar.hpp).
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -14867,6 +15557,7 @@ struct EngineOptions {
 
 struct EngineMetrics {
   std::size_t blocks_total = 0, blocks_used = 0, blocks_free = 0;
+  std::size_t blocks_shared = 0, block_references = 0;   // held more than once; references to all
   std::size_t running = 0, waiting = 0, preemptions = 0, steps = 0;
   std::size_t prefix_lookups = 0, prefix_hits = 0;   // full prompt blocks looked up / found
   std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' held blocks
@@ -14908,6 +15599,9 @@ class Engine {
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
     if (req.logprobs < -1)
       throw Error("logprobs " + std::to_string(req.logprobs), "submit", "-1 (none) or the number of top tokens, >= 0");
+    if (req.n < 1 || req.n > opt_.max_sequences)
+      throw Error("n = " + std::to_string(req.n) + " samples", "submit",
+                  "1 to " + std::to_string(opt_.max_sequences) + " (the engine's max_sequences)");
     for (const AdapterRef& a : req.adapters)
       if (!a.adapter || !a.adapter->fits(model_.config()))
         throw Error("the request's LoRA adapter does not fit this model", "submit",
@@ -14916,6 +15610,9 @@ class Engine {
     seq->tokens = std::move(tokens);
     seq->n_prompt = seq->tokens.size();
     seq->max_total = std::min(need, limit);
+    seq->forks = req.n - 1;
+    if (seq->request.grammar) seq->matcher.emplace(seq->request.grammar);   // Error for a bad grammar
+    seq->samples_left = std::make_shared<std::size_t>(req.n);
     seq->submitted = Clock::now();
     std::lock_guard<std::mutex> lock(inbox_mutex_);
     if (opt_.max_waiting && inbox_.size() + n_waiting_ >= opt_.max_waiting)
@@ -14955,6 +15652,8 @@ class Engine {
     m.blocks_total = blocks_.n_blocks();
     m.blocks_free = blocks_.n_free();
     m.blocks_used = blocks_.n_used();
+    m.blocks_shared = blocks_.n_shared();
+    m.block_references = blocks_.n_references();
     m.running = running_.size();
     m.waiting = waiting_.size();
     m.slots_allocated = m.slots_used = 0;
@@ -14976,15 +15675,20 @@ class Engine {
         if (b != PagedKVCache::kReleased) ++held[b];
     for (const auto& s : waiting_)
       if (!s->cache.blocks().empty()) throw Error("waiting request " + std::to_string(s->id) + " holds KV blocks", "Engine::audit");
-    std::size_t used = 0;
+    std::size_t used = 0, shared = 0, refs = 0;
     for (BlockId b = 0; b < held.size(); ++b) {
       if (blocks_.ref_count(b) != held[b])
         throw Error("KV block " + std::to_string(b) + " has " + std::to_string(blocks_.ref_count(b)) + " references",
                     "Engine::audit", std::to_string(held[b]) + " held by sequences");
       used += held[b] > 0;
+      shared += held[b] > 1;
+      refs += held[b];
     }
     if (used != blocks_.n_used())
       throw Error(std::to_string(blocks_.n_used()) + " blocks counted as used", "Engine::audit", std::to_string(used));
+    if (shared != blocks_.n_shared() || refs != blocks_.n_references())
+      throw Error(std::to_string(blocks_.n_shared()) + " shared blocks and " + std::to_string(blocks_.n_references()) +
+                  " references counted", "Engine::audit", std::to_string(shared) + " and " + std::to_string(refs));
   }
 
  private:
@@ -14995,6 +15699,10 @@ class Engine {
         : cache(pool, c.n_layers, c.kv_dim()), request(r), on_event(std::move(cb)), sampler(r.sampling, vocab),
           hash_seed(adapters_hash(r.adapters)), last_hash(hash_seed) {}
     RequestId id = 0;
+    std::size_t index = 0;                // which sample of its request
+    std::size_t forks = 0;                // further samples to fork from it at its first sample
+    std::shared_ptr<std::size_t> samples_left;   // the request's unfinished samples (shared by them)
+    std::optional<GrammarMatcher> matcher;       // where the text stands in Request::grammar
     PagedKVCache cache;
     Request request;
     Callback on_event;
@@ -15058,6 +15766,17 @@ class Engine {
       metrics_.window_releases += s.cache.release_before(s.n_computed + 1 - window_);
   }
 
+  // Makes the block that the next position of `s` goes to its own (copy on write: after a fork
+  // the block holding the prompt's last positions is shared), preempting as reserve() does.
+  bool writable(Sequence& s) {
+    if (s.n_computed >= s.cache.capacity()) return true;
+    while (!s.cache.make_writable(s.n_computed)) {
+      if (running_.empty() || running_.back().get() == &s) return false;
+      preempt_newest();
+    }
+    return true;
+  }
+
   // Gives `s` blocks up to `n` positions, preempting the newest running sequences other than `s`
   // when the pool is empty. False when even that cannot free enough.
   bool reserve(Sequence& s, std::size_t n) {
@@ -15109,7 +15828,7 @@ class Engine {
     for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
       Sequence& s = *running_[i];
       const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed);
-      if (!reserve(s, s.n_computed + want)) {   // nothing left to preempt: this one waits too
+      if (!reserve(s, s.n_computed + want) || !writable(s)) {   // nothing left to preempt: this one waits too
         preempt_newest();
         --i;
         continue;
@@ -15118,7 +15837,10 @@ class Engine {
       budget -= want;
     }
     // Then admit waiting requests while the budget, the cap and the blocks allow.
-    while (budget > 0 && !waiting_.empty() && running_.size() < opt_.max_sequences) {
+    // A request with n samples counts n: its forks join the running sequences once its prompt is in.
+    std::size_t committed = running_.size();
+    for (const auto& sp : running_) committed += sp->forks;
+    while (budget > 0 && !waiting_.empty() && committed + 1 + waiting_.front()->forks <= opt_.max_sequences) {
       Sequence& s = *waiting_.front();
       reuse_prefix(s);
       const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed);
@@ -15134,6 +15856,7 @@ class Engine {
       }
       s.chunk = want;
       budget -= want;
+      committed += 1 + s.forks;
       running_.push_back(std::move(waiting_.front()));
       waiting_.pop_front();
     }
@@ -15157,6 +15880,7 @@ class Engine {
                          MatrixView<float>(logits_.data(), n_logits, vocab));
     std::size_t row = 0;
     std::vector<Sequence*> done;
+    std::vector<SeqPtr> forked;
     for (auto& sp : running_) {
       Sequence& s = *sp;
       if (s.chunk == 0) continue;
@@ -15167,15 +15891,89 @@ class Engine {
       release_out_of_window(s);
       if (!sampled) continue;
       const std::span<float> logits(logits_.data() + row++ * vocab, vocab);
-      if (s.request.logprobs >= 0) raw_logits_.assign(logits.begin(), logits.end());   // sample() changes them
-      const std::int32_t next = s.sampler.sample(logits, s.tokens);
-      if (s.request.logprobs >= 0) s.logprobs = token_logprobs(raw_logits_, next, std::size_t(s.request.logprobs));
-      if (emit(s, next) != FinishReason::none) done.push_back(&s);
+      // sample() changes the logits: log-probabilities and further samples need them as computed.
+      if (s.request.logprobs >= 0 || s.forks > 0 || s.matcher) raw_logits_.assign(logits.begin(), logits.end());
+      // Parallel samples start here, from the computed prompt: each shares its blocks.
+      std::vector<SeqPtr> children;
+      for (std::size_t i = 1; i <= s.forks; ++i) children.push_back(fork(s, i));
+      s.forks = 0;
+      if (sample_and_emit(s, logits) != FinishReason::none) done.push_back(&s);
+      for (SeqPtr& c : children) {
+        fork_logits_.assign(raw_logits_.begin(), raw_logits_.end());
+        if (sample_and_emit(*c, fork_logits_) == FinishReason::none) forked.push_back(std::move(c));
+      }
     }
     for (Sequence* s : done) {
       const auto it = std::find_if(running_.begin(), running_.end(), [&](const SeqPtr& p) { return p.get() == s; });
       running_.erase(it);
     }
+    for (SeqPtr& c : forked) running_.push_back(std::move(c));
+  }
+
+  FinishReason sample_and_emit(Sequence& s, std::span<float> logits) {
+    std::int32_t next = s.sampler.sample(logits, s.tokens);
+    if (s.matcher && !allowed(s, next)) {
+      // The token would break the grammar: draw again among the tokens that keep it (sampling
+      // first and masking only when needed, as llama.cpp does: most tokens of a good model fit).
+      grammar_logits_.assign(raw_logits_.begin(), raw_logits_.end());
+      s.matcher->mask(token_trie(), grammar_logits_, end_tokens(s));
+      if (std::none_of(grammar_logits_.begin(), grammar_logits_.end(), [](float x) { return x > -1e30f; }))
+        return finish(s, FinishReason::stop);   // complete, and no end token to say so: stop here
+      next = s.sampler.sample(grammar_logits_, s.tokens);
+    }
+    if (s.matcher && !is_end(s, next)) s.matcher->advance(token_trie().text(next));
+    if (s.request.logprobs >= 0) s.logprobs = token_logprobs(raw_logits_, next, std::size_t(s.request.logprobs));
+    return emit(s, next);
+  }
+
+  // Constrained decoding: the tokens that end a sample (EOS, the request's stop tokens), allowed
+  // once the text is complete; any other token if its text may follow.
+  std::vector<std::int32_t> end_tokens(const Sequence& s) const {
+    std::vector<std::int32_t> ends = s.request.stop_tokens;
+    if (s.request.stop_at_eos && lm_.tokenizer().eos() >= 0) ends.push_back(lm_.tokenizer().eos());
+    return ends;
+  }
+  bool is_end(const Sequence& s, std::int32_t t) const {
+    const auto ends = end_tokens(s);
+    return std::find(ends.begin(), ends.end(), t) != ends.end();
+  }
+  bool allowed(Sequence& s, std::int32_t t) {
+    if (is_end(s, t)) return s.matcher->complete();
+    const std::string& text = token_trie().text(t);
+    return !text.empty() && s.matcher->accepts(text);
+  }
+  // The vocabulary's token texts as they add to the text (control tokens: none), built once.
+  const TokenTrie& token_trie() {
+    if (!trie_) {
+      const Tokenizer& tok = lm_.tokenizer();
+      std::vector<std::string> texts(model_.config().vocab_size);
+      for (std::size_t t = 0; t < texts.size() && t < tok.size(); ++t) texts[t] = tok.decode(std::int32_t(t));
+      trie_ = std::make_unique<TokenTrie>(texts);
+    }
+    return *trie_;
+  }
+
+  // Sample `index` of the request of `s`, whose prompt `s` has just computed: the same tokens and
+  // blocks (shared), its own sampler seeded with the request's seed + index.
+  SeqPtr fork(const Sequence& s, std::size_t index) {
+    Request r = s.request;
+    r.sampling.seed += index;
+    auto c = std::make_unique<Sequence>(blocks_, model_.config(), r, s.on_event, model_.config().vocab_size);
+    c->id = s.id;
+    c->index = index;
+    c->tokens = s.tokens;
+    c->n_prompt = s.n_prompt;
+    c->max_total = s.max_total;
+    c->n_computed = s.n_computed;
+    c->n_registered = s.n_registered;
+    c->last_hash = s.last_hash;
+    c->metrics = s.metrics;
+    c->submitted = s.submitted;
+    c->started = true;
+    c->samples_left = s.samples_left;
+    c->matcher = s.matcher;
+    c->cache.share(s.cache);
+    return c;
   }
 
   void register_full_blocks(Sequence& s) {
@@ -15196,7 +15994,9 @@ class Engine {
     ++s.metrics.generated_tokens;
     const std::int32_t prev = s.tokens.back();
     s.tokens.push_back(token);
-    if (s.request.stop_at_eos && token == tok.eos()) return finish(s, FinishReason::eos, token);
+    if ((s.request.stop_at_eos && token == tok.eos()) ||
+        std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), token) != s.request.stop_tokens.end())
+      return finish(s, FinishReason::eos, token);
     s.held += s.utf8.push(tok.decode(prev, token));
     std::size_t cut = std::string::npos;
     for (const auto& stop : s.request.stop)
@@ -15211,7 +16011,8 @@ class Engine {
     for (const auto& stop : s.request.stop)
       for (std::size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), s.held.size()); k > keep; --k)
         if (s.held.compare(s.held.size() - k, k, stop, 0, k) == 0) { keep = k; break; }
-    TokenEvent ev{.id = s.id, .token = token, .text = s.held.substr(0, s.held.size() - keep), .logprobs = std::move(s.logprobs)};
+    TokenEvent ev{.id = s.id, .index = s.index, .token = token, .text = s.held.substr(0, s.held.size() - keep),
+                  .logprobs = std::move(s.logprobs)};
     s.held.erase(0, s.held.size() - keep);
     s.on_event(ev);
     return FinishReason::none;
@@ -15221,9 +16022,14 @@ class Engine {
     if (why != FinishReason::stop && why != FinishReason::cancelled) s.held += s.utf8.flush();
     s.metrics.prompt_tokens = s.n_prompt;
     s.metrics.total_seconds = seconds_since(s.submitted);
-    TokenEvent ev{.id = s.id, .token = token, .text = why == FinishReason::cancelled ? "" : s.held,
+    TokenEvent ev{.id = s.id, .index = s.index, .token = token, .text = why == FinishReason::cancelled ? "" : s.held,
                   .finished = true, .reason = why, .metrics = s.metrics};
     if (token >= 0) ev.logprobs = std::move(s.logprobs);
+    // Samples not forked yet (a request cancelled before its prompt was computed) end with it.
+    std::size_t& left = *s.samples_left;
+    left -= std::min(left, 1 + s.forks);
+    s.forks = 0;
+    ev.request_finished = left == 0;
     s.cache.clear();
     s.on_event(ev);
     return why;
@@ -15258,7 +16064,10 @@ class Engine {
   std::vector<std::int32_t> batch_tokens_, batch_positions_;
   std::vector<SequenceSlice> slices_;
   AlignedBuffer<float> logits_;            // [max_sequences, vocab]
-  std::vector<float> raw_logits_;          // a row before sampling, for Request::logprobs
+  std::vector<float> raw_logits_;          // a row before sampling (Request::logprobs, n > 1)
+  std::vector<float> fork_logits_;         // a copy of it for each further sample
+  std::vector<float> grammar_logits_;      // a copy of it, masked by a grammar
+  std::unique_ptr<TokenTrie> trie_;        // the vocabulary for constrained decoding
   EngineMetrics metrics_;
 };
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The kernel, quant and model tests cross-built for aarch64 and run under qemu-user.
+# The kernel, quant and whole-model tests cross-built for aarch64 and run under qemu-user.
 #   tests/aarch64/run.sh [BUILD_DIR]        (default build-aarch64; one sub-folder per -march)
 # Needs, on an x86-64 Debian 12 host (./quickstart test installs them):
 #   dpkg --add-architecture arm64 && apt-get update
@@ -9,9 +9,10 @@
 #   TINYLLM_AARCH64_MARCH  the baselines to build and test, space-separated; default: plain NEON
 #                          (armv8-a: the int8 dot product by widening multiplies) and NEON with
 #                          the dot-product instruction (armv8.2-a+dotprod: sdot). The last one
-#                          runs the kernel, quant and model tests; the others the kernel tests
-#                          only (the int8 dot product, the one code that differs between them, is
-#                          a kernel; each kernel is checked on its own against the reference)
+#                          runs every kernel and quant test and the whole-model tests (stories260K
+#                          and the architecture files against their references); the others the
+#                          tests of the int8 dot product (quantized matmul, bounds), the one code
+#                          that differs between the baselines
 # qemu-aarch64's default CPU (max) runs every one of them.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,15 +29,15 @@ command -v qemu-aarch64 >/dev/null || skip "no qemu-aarch64 (apt-get install qem
 status=0
 last=${marches##* }
 for march in $marches; do
-  if [ "$march" = "$last" ]; then target=tinyllm_layer_tests tests='^(kernels|quant|model)/'
-  else target=tinyllm_kernel_tests tests='^kernels/'; fi
+  if [ "$march" = "$last" ]; then target=tinyllm_layer_tests tests='^(kernels/|quant/|model/(stories260k_test|arch_test):)'
+  else target=tinyllm_int8_dot_tests tests='^kernels/(qmatmul_test|bounds_test):'; fi
   dir="$build/${march//[^A-Za-z0-9.]/_}"
   echo "== aarch64 -march=$march in $dir"
   start=$SECONDS
   cmake -S "$src" -B "$dir" -DCMAKE_TOOLCHAIN_FILE="$src/cmake/aarch64-linux-gnu.cmake" \
     -DTINYLLM_AARCH64_MARCH="$march" -DCMAKE_BUILD_TYPE=Release \
     -DTINYLLM_NATIVE=OFF -DTINYLLM_BUILD_EXAMPLES=OFF -DTINYLLM_BUILD_BENCH=OFF -DTINYLLM_INSTALL=OFF >/dev/null
-  # The programs of tests/kernels (and tests/quant and tests/model), and what they need.
+  # The test programs (tests/CMakeLists.txt: tinyllm_layer_tests, tinyllm_int8_dot_tests).
   if ! cmake --build "$dir" -j"$jobs" --target "$target"; then
     echo "== aarch64 -march=$march: the build failed"
     status=1

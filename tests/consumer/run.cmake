@@ -3,7 +3,8 @@
 #     installs that build (cmake --install) into WORK_DIR/prefix, then uses find_package(tinyllm)
 #   cmake -DMODE=subdir -DSOURCE_DIR=<tinyllm source> -DWORK_DIR=<scratch> [...] -P run.cmake
 #     uses add_subdirectory(SOURCE_DIR)
-# Optional: -DCXX=<compiler> -DGENERATOR=<generator> -DNATIVE=ON|OFF -DBUILD_TYPE=<type>.
+# Optional: -DCXX=<compiler> -DGENERATOR=<generator> -DNATIVE=ON|OFF -DBUILD_TYPE=<type>
+# -DCXX_FLAGS=<that build type's flags>.
 cmake_minimum_required(VERSION 3.20)
 foreach(var MODE WORK_DIR)
   if(NOT DEFINED ${var})
@@ -24,6 +25,10 @@ endfunction()
 
 file(REMOVE_RECURSE "${WORK_DIR}")
 set(configure_args -S "${CMAKE_CURRENT_LIST_DIR}" -B "${WORK_DIR}/build" -DCMAKE_BUILD_TYPE=${BUILD_TYPE})
+if(DEFINED CXX_FLAGS)   # e.g. -O1: the build and the run are checked, not the speed
+  string(TOUPPER "${BUILD_TYPE}" build_type_upper)
+  list(APPEND configure_args "-DCMAKE_CXX_FLAGS_${build_type_upper}=${CXX_FLAGS}")
+endif()
 if(CXX)
   list(APPEND configure_args -DCMAKE_CXX_COMPILER=${CXX})
 endif()

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # The tests that read untrusted input or run threads, built with sanitizers in a build tree of
 # their own, and run there:
-#   tests/sanitize/run.sh address BUILD_DIR   ASan + UBSan: the file parsers (GGUF, llama2.c,
-#                                             safetensors, Hugging Face folders), tokenizers,
-#                                             chat templates and Jinja, the sampler, the engine
-#   tests/sanitize/run.sh thread BUILD_DIR    TSan: the thread pool, the engine, and
+#   tests/sanitize/run.sh address BUILD_DIR [LIB]   ASan + UBSan: the file parsers (GGUF,
+#                                             llama2.c, safetensors, Hugging Face folders),
+#                                             tokenizers, chat templates and Jinja, JSON Schema
+#                                             grammars, the sampler, the engine
+#   tests/sanitize/run.sh thread BUILD_DIR [LIB]    TSan: the thread pool, the engine, and
 #                                             tinyllm-server under its load, limits (slow
 #                                             clients, SIGTERM), auth and extras tests
 # Any finding stops the program (-fno-sanitize-recover=all) and fails its test. The kernels'
-# dispatch library (tinyllm_dispatch, Highway's SIMD code for every x86 target) is built without
-# instrumentation; the tests, the engine, the parsers and the server are instrumented.
+# dispatch library (tinyllm_dispatch, Highway's SIMD code for every x86 target) is not
+# instrumented: LIB, a libtinyllm_dispatch.a the main build made from this source, is linked as
+# it is (CTest passes it), else it is built here without sanitizers. The tests, the engine, the
+# parsers and the server are instrumented.
 # TINYLLM_SANITIZE_TESTS (a ctest -R expression) overrides the tests run.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
 kind=${1:?usage: run.sh address|thread BUILD_DIR}
 build=${2:?usage: run.sh address|thread BUILD_DIR}
+dispatch=${3:-}
 jobs=${JOBS:-$(nproc)}
 
 case "$kind" in
@@ -40,7 +44,8 @@ echo "== sanitize=$sanitizers in $build"
 start=$SECONDS
 # -O1: the sanitizers' usual level (fast enough to run, quick to build, exact stacks).
 cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -g1" \
-  -DTINYLLM_SANITIZE="$sanitizers" -DTINYLLM_BUILD_BENCH=OFF -DTINYLLM_INSTALL=OFF -DTINYLLM_CUDA=OFF >/dev/null
+  -DTINYLLM_SANITIZE="$sanitizers" -DTINYLLM_BUILD_BENCH=OFF -DTINYLLM_INSTALL=OFF -DTINYLLM_CUDA=OFF \
+  -DTINYLLM_DISPATCH_LIBRARY="$( [ -f "$dispatch" ] && echo "$dispatch" )" >/dev/null
 # The programs: tests/CMakeLists.txt lists them (tinyllm_sanitize_<kind>_tests).
 cmake --build "$build" -j"$jobs" --target "tinyllm_sanitize_${kind}_tests"
 built=$SECONDS

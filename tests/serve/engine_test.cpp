@@ -1,11 +1,13 @@
 // The engine: batched greedy runs equal solo runs, a stress test with preemption and
 // cancellations that leaks no block, prefix sharing, stop conditions, bad requests, logprobs.
+#include <tinyllm/sample/json_schema.hpp>
 #include <tinyllm/serve/engine.hpp>
 #include <tinyllm/tinyllm.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "test_util.hpp"
@@ -272,4 +274,182 @@ TEST_CASE("engine logprobs: each token's log-probability and top tokens are the 
   CHECK(engine.block_pool().n_used() == 0);
   Request bad{.tokens = prompts[0], .max_tokens = 1, .logprobs = -2};
   CHECK_THROWS_AS(engine.submit(bad, [](const TokenEvent&) {}), Error);
+}
+
+namespace {
+
+// Each sample of a request with n > 1, by TokenEvent::index; and how many events said
+// request_finished.
+struct Samples {
+  std::vector<Outcome> by_index;
+  int request_finished = 0;
+  bool finished_after_last = true;   // request_finished came on the last finished event
+};
+
+Engine::Callback record_samples(Samples& s, std::size_t n) {
+  s.by_index.resize(n);
+  return [&s](const TokenEvent& e) {
+    REQUIRE(e.index < s.by_index.size());
+    record(s.by_index[e.index])(e);
+    if (e.request_finished) {
+      ++s.request_finished;
+      for (const Outcome& o : s.by_index) s.finished_after_last = s.finished_after_last && o.finished == 1;
+    }
+  };
+}
+
+// The tokens of one request with n = 1 and `seed`, run alone.
+std::vector<std::int32_t> solo_sampled(LoadedModel& lm, ThreadPool& pool, const std::vector<std::int32_t>& prompt,
+                                       std::size_t max_tokens, SamplingParams sp) {
+  Engine engine(lm, pool, EngineOptions{.kv_blocks = 64});
+  Outcome o;
+  engine.submit(Request{.tokens = prompt, .max_tokens = max_tokens, .sampling = sp}, record(o));
+  engine.run_until_idle();
+  REQUIRE(o.finished == 1);
+  return o.tokens;
+}
+
+}  // namespace
+
+TEST_CASE("engine n > 1: each sample equals a solo request with its seed; the prompt's blocks are shared") {
+  LoadedModel lm = load_synthetic("tiny", DType::F32, 24);
+  ThreadPool pool(2);
+  SplitMix64 rng(8);
+  const auto prompt = random_prompt(rng, 40, lm.config().vocab_size);   // blocks of 16: 16 + 16 + 8
+  const SamplingParams sp{.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f, .seed = 1000};
+  Engine engine(lm, pool, EngineOptions{.block_size = 16, .kv_blocks = 64});
+  Samples got;
+  Request r{.tokens = prompt, .max_tokens = 20, .sampling = sp};
+  r.n = 4;
+  r.stop_at_eos = false;
+  engine.submit(r, record_samples(got, 4));
+  // The step that computes the prompt forks it: 3 blocks, each held by all 4 samples.
+  engine.step();
+  CHECK(engine.block_pool().n_used() == 3);
+  CHECK(engine.metrics().blocks_shared == 3);
+  CHECK(engine.metrics().block_references == 12);
+  for (BlockId b = 0; b < engine.block_pool().n_blocks(); ++b)
+    if (engine.block_pool().ref_count(b) > 0) CHECK(engine.block_pool().ref_count(b) == 4);
+  // The next step writes position 40 in the shared third block: three samples copy it.
+  engine.step();
+  CHECK(engine.block_pool().n_used() == 3 + 3);
+  CHECK(engine.metrics().blocks_shared == 2);   // the two full prompt blocks
+  engine.audit();
+  engine.run_until_idle();
+  CHECK(engine.block_pool().n_used() == 0);
+  CHECK(got.request_finished == 1);
+  CHECK(got.finished_after_last);
+  std::set<std::vector<std::int32_t>> distinct;
+  for (std::size_t i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    REQUIRE(got.by_index[i].finished == 1);
+    SamplingParams solo_sp = sp;
+    solo_sp.seed = sp.seed + i;
+    CHECK(got.by_index[i].tokens == solo_sampled(lm, pool, prompt, 20, solo_sp));
+    CHECK(got.by_index[i].metrics.prompt_tokens == prompt.size());
+    distinct.insert(got.by_index[i].tokens);
+  }
+  CHECK(distinct.size() > 1);   // the samples differ
+}
+
+TEST_CASE("engine n > 1 under pressure: preempted samples resume, cancellation ends every sample, nothing leaks") {
+  LoadedModel lm = load_synthetic("tiny", DType::F32, 25);
+  ThreadPool pool(2);
+  SplitMix64 rng(9);
+  const SamplingParams sp{.temperature = 0.9f, .seed = 50};
+  // 12 blocks of 8 positions: 8 samples of 20 + 30 tokens cannot all be held at once.
+  Engine engine(lm, pool, EngineOptions{.max_batch_tokens = 32, .block_size = 8, .kv_blocks = 12});
+  const auto prompt = random_prompt(rng, 20, lm.config().vocab_size);
+  Samples many, cancelled;
+  Request r{.tokens = prompt, .max_tokens = 30, .sampling = sp};
+  r.n = 8;
+  r.stop_at_eos = false;
+  engine.submit(r, record_samples(many, 8));
+  Request c{.tokens = random_prompt(rng, 12, lm.config().vocab_size), .max_tokens = 30, .sampling = sp};
+  c.n = 3;
+  const RequestId cid = engine.submit(c, record_samples(cancelled, 3));
+  for (int i = 0; i < 3; ++i) {
+    engine.step();
+    engine.audit();
+  }
+  engine.cancel(cid);
+  while (engine.step()) engine.audit();
+  CHECK(engine.metrics().preemptions > 0);
+  CHECK(engine.block_pool().n_used() == 0);
+  CHECK(many.request_finished == 1);
+  CHECK(cancelled.request_finished == 1);
+  for (std::size_t i = 0; i < 8; ++i) {
+    CAPTURE(i);
+    REQUIRE(many.by_index[i].finished == 1);
+    SamplingParams solo_sp = sp;
+    solo_sp.seed = sp.seed + i;
+    CHECK(many.by_index[i].tokens == solo_sampled(lm, pool, prompt, 30, solo_sp));
+  }
+  for (const Outcome& o : cancelled.by_index) CHECK(o.finished <= 1);
+  Request bad{.tokens = prompt, .max_tokens = 1};
+  bad.n = 0;
+  CHECK_THROWS_AS(engine.submit(bad, [](const TokenEvent&) {}), Error);
+}
+
+TEST_CASE("engine stop_tokens end a sample as EOS does, without their text") {
+  LoadedModel lm = load_synthetic("tiny", DType::F32, 26);
+  ThreadPool pool(2);
+  SplitMix64 rng(10);
+  const auto prompt = random_prompt(rng, 10, lm.config().vocab_size);
+  const auto free_run = solo(lm, pool, prompt, 12);
+  REQUIRE(free_run.size() >= 6);
+  Engine engine(lm, pool, EngineOptions{.kv_blocks = 64});
+  Outcome o;
+  Request r{.tokens = prompt, .max_tokens = 12, .sampling = {.temperature = 0.0f}};
+  r.stop_tokens = {free_run[5]};
+  engine.submit(r, record(o));
+  engine.run_until_idle();
+  const auto first = std::find(free_run.begin(), free_run.end(), free_run[5]);
+  CHECK(o.tokens == std::vector<std::int32_t>(free_run.begin(), first + 1));   // the stop token is reported, then it ends
+  CHECK(o.reason == FinishReason::eos);
+}
+
+TEST_CASE("engine constrained decoding: a random-weight model writes JSON its schema accepts, every seed") {
+  LoadedModel lm = load_synthetic("tiny", DType::F32, 27);
+  ThreadPool pool(2);
+  const auto schema = nlohmann::ordered_json::parse(R"({
+    "type": "object",
+    "properties": {
+      "name": {"type": "string", "maxLength": 6},
+      "n": {"type": "integer"},
+      "kind": {"enum": ["cat", "dog"]},
+      "xs": {"type": "array", "items": {"type": "number"}, "maxItems": 3},
+      "in": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    },
+    "required": ["name", "n", "kind", "xs", "in"]})");
+  const auto grammar = JsonSchemaGrammar::from_schema(schema);
+  Engine engine(lm, pool, EngineOptions{.max_sequences = 8, .kv_blocks = 256});
+  SplitMix64 rng(11);
+  std::vector<Outcome> got(20);
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    Request r{.tokens = random_prompt(rng, 6, lm.config().vocab_size), .max_tokens = 250,
+              .sampling = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f, .seed = i}};
+    r.grammar = grammar;
+    r.n = i % 5 == 0 ? 2 : 1;   // forks carry the grammar's state too
+    engine.submit(r, [&o = got[i]](const TokenEvent& e) {
+      if (e.index == 0) record(o)(e);
+    });
+  }
+  engine.run_until_idle();
+  CHECK(engine.block_pool().n_used() == 0);
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    CAPTURE(i);
+    CAPTURE(got[i].text);
+    REQUIRE(got[i].finished == 1);
+    REQUIRE(got[i].reason != FinishReason::length);   // the schema bounds the document
+    const auto doc = nlohmann::json::parse(got[i].text);   // throws on a bad document
+    REQUIRE(doc.is_object());
+    CHECK(doc.size() == 5);
+    CHECK((doc["name"].is_string() && doc["name"].get<std::string>().size() <= 6 * 4));
+    CHECK(doc["n"].is_number_integer());
+    CHECK((doc["kind"] == "cat" || doc["kind"] == "dog"));
+    CHECK((doc["xs"].is_array() && doc["xs"].size() <= 3));
+    for (const auto& x : doc["xs"]) CHECK(x.is_number());
+    CHECK((doc["in"].is_object() && doc["in"].size() == 1 && doc["in"]["ok"].is_boolean()));
+  }
 }

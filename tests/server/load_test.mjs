@@ -121,7 +121,7 @@ const malformed = [
   { body: { model: m0, prompt: 5 }, status: 400, param: 'prompt' },
   { body: { model: m0 }, status: 400, param: 'prompt' },
   { body: { model: m0, prompt: 'x', max_tokens: 'ten' }, status: 400, param: 'max_tokens' },
-  { body: { model: m0, prompt: 'x', n: 3 }, status: 400, param: 'n' },
+  { body: { model: m0, prompt: 'x', n: 200 }, status: 400, param: 'n' },
   { body: { model: m0, prompt: 'x', temperature: -1 }, status: 400, param: 'temperature' },
   { body: { model: m0, prompt: 'x', stop: [1] }, status: 400, param: 'stop' },
   { body: { model: m0, prompt: 'x', stream: 'yes' }, status: 400, param: 'stream' },

@@ -151,7 +151,7 @@ checks.push(
   ['errors come back as OpenAI errors', async () => {
     await assert.rejects(client.completions.create({ model: 'no-such-model', prompt: 'x' }),
       (e) => e instanceof OpenAI.NotFoundError && e.status === 404 && e.code === 'model_not_found');
-    await assert.rejects(client.completions.create({ model: 'default', prompt: 'x', n: 2 }),
+    await assert.rejects(client.completions.create({ model: 'default', prompt: 'x', n: 0 }),
       (e) => e instanceof OpenAI.BadRequestError && e.param === 'n');
     await assert.rejects(client.chat.completions.create({ model: 'default', messages: [{ role: 'user', content: 5 }] }),
       (e) => e.status === 400 && e.param === 'messages[0].content');

@@ -57,6 +57,10 @@ class KVBlockPool {
   std::size_t n_blocks() const { return blocks_.size(); }
   std::size_t n_free() const { return n_free_; }
   std::size_t n_used() const { return blocks_.size() - n_free_; }
+  // Blocks held more than once (shared prefixes, parallel samples), and the references to all
+  // blocks: references - used is how many blocks sharing saves.
+  std::size_t n_shared() const { return n_shared_; }
+  std::size_t n_references() const { return n_refs_; }
   std::uint32_t ref_count(BlockId b) const { return blocks_.at(b).refs; }
 
   // A layer's [block_size, kv_dim] keys and values in block b: F32 storage ...
@@ -83,6 +87,7 @@ class KVBlockPool {
       forget_hash(b);
       blk.refs = 1;
       --n_free_;
+      ++n_refs_;
       return b;
     }
     return std::nullopt;
@@ -90,12 +95,17 @@ class KVBlockPool {
 
   void retain(BlockId b) {
     Block& blk = blocks_.at(b);
-    if (blk.refs++ == 0) --n_free_;   // revived from the released-but-cached state
+    if (blk.refs == 0) --n_free_;   // revived from the released-but-cached state
+    if (blk.refs == 1) ++n_shared_;
+    ++blk.refs;
+    ++n_refs_;
   }
 
   void release(BlockId b) {
     Block& blk = blocks_.at(b);
     if (blk.refs == 0) throw Error("KV block " + std::to_string(b) + " released more often than held", "KVBlockPool");
+    if (blk.refs == 2) --n_shared_;
+    --n_refs_;
     if (--blk.refs == 0) {
       ++n_free_;
       free_queue_.push_back({b, ++blk.stamp});
@@ -166,6 +176,7 @@ class KVBlockPool {
   std::vector<Block> blocks_;
   std::deque<QueueEntry> free_queue_;
   std::size_t n_free_ = 0;
+  std::size_t n_shared_ = 0, n_refs_ = 0;
   std::unordered_map<std::uint64_t, BlockId> by_hash_;
 };
 

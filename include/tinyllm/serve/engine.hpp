@@ -12,6 +12,10 @@
 // When every layer of the model has a sliding window (Mistral), a sequence releases the blocks
 // that fell out of the window as it goes, so a long generation holds about window / block_size + 2
 // blocks.
+// Per request: n samples (Request::n) fork from the sequence once its prompt is computed, sharing
+// its blocks (a shared block is copied before it is written); log-probabilities of each token
+// (Request::logprobs); constrained decoding (Request::grammar): a sampled token that would break
+// the grammar is drawn again from the tokens that keep it (sample/grammar.hpp).
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -50,6 +54,7 @@ struct EngineOptions {
 
 struct EngineMetrics {
   std::size_t blocks_total = 0, blocks_used = 0, blocks_free = 0;
+  std::size_t blocks_shared = 0, block_references = 0;   // held more than once; references to all
   std::size_t running = 0, waiting = 0, preemptions = 0, steps = 0;
   std::size_t prefix_lookups = 0, prefix_hits = 0;   // full prompt blocks looked up / found
   std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' held blocks
@@ -91,6 +96,9 @@ class Engine {
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
     if (req.logprobs < -1)
       throw Error("logprobs " + std::to_string(req.logprobs), "submit", "-1 (none) or the number of top tokens, >= 0");
+    if (req.n < 1 || req.n > opt_.max_sequences)
+      throw Error("n = " + std::to_string(req.n) + " samples", "submit",
+                  "1 to " + std::to_string(opt_.max_sequences) + " (the engine's max_sequences)");
     for (const AdapterRef& a : req.adapters)
       if (!a.adapter || !a.adapter->fits(model_.config()))
         throw Error("the request's LoRA adapter does not fit this model", "submit",
@@ -99,6 +107,9 @@ class Engine {
     seq->tokens = std::move(tokens);
     seq->n_prompt = seq->tokens.size();
     seq->max_total = std::min(need, limit);
+    seq->forks = req.n - 1;
+    if (seq->request.grammar) seq->matcher.emplace(seq->request.grammar);   // Error for a bad grammar
+    seq->samples_left = std::make_shared<std::size_t>(req.n);
     seq->submitted = Clock::now();
     std::lock_guard<std::mutex> lock(inbox_mutex_);
     if (opt_.max_waiting && inbox_.size() + n_waiting_ >= opt_.max_waiting)
@@ -138,6 +149,8 @@ class Engine {
     m.blocks_total = blocks_.n_blocks();
     m.blocks_free = blocks_.n_free();
     m.blocks_used = blocks_.n_used();
+    m.blocks_shared = blocks_.n_shared();
+    m.block_references = blocks_.n_references();
     m.running = running_.size();
     m.waiting = waiting_.size();
     m.slots_allocated = m.slots_used = 0;
@@ -159,15 +172,20 @@ class Engine {
         if (b != PagedKVCache::kReleased) ++held[b];
     for (const auto& s : waiting_)
       if (!s->cache.blocks().empty()) throw Error("waiting request " + std::to_string(s->id) + " holds KV blocks", "Engine::audit");
-    std::size_t used = 0;
+    std::size_t used = 0, shared = 0, refs = 0;
     for (BlockId b = 0; b < held.size(); ++b) {
       if (blocks_.ref_count(b) != held[b])
         throw Error("KV block " + std::to_string(b) + " has " + std::to_string(blocks_.ref_count(b)) + " references",
                     "Engine::audit", std::to_string(held[b]) + " held by sequences");
       used += held[b] > 0;
+      shared += held[b] > 1;
+      refs += held[b];
     }
     if (used != blocks_.n_used())
       throw Error(std::to_string(blocks_.n_used()) + " blocks counted as used", "Engine::audit", std::to_string(used));
+    if (shared != blocks_.n_shared() || refs != blocks_.n_references())
+      throw Error(std::to_string(blocks_.n_shared()) + " shared blocks and " + std::to_string(blocks_.n_references()) +
+                  " references counted", "Engine::audit", std::to_string(shared) + " and " + std::to_string(refs));
   }
 
  private:
@@ -178,6 +196,10 @@ class Engine {
         : cache(pool, c.n_layers, c.kv_dim()), request(r), on_event(std::move(cb)), sampler(r.sampling, vocab),
           hash_seed(adapters_hash(r.adapters)), last_hash(hash_seed) {}
     RequestId id = 0;
+    std::size_t index = 0;                // which sample of its request
+    std::size_t forks = 0;                // further samples to fork from it at its first sample
+    std::shared_ptr<std::size_t> samples_left;   // the request's unfinished samples (shared by them)
+    std::optional<GrammarMatcher> matcher;       // where the text stands in Request::grammar
     PagedKVCache cache;
     Request request;
     Callback on_event;
@@ -241,6 +263,17 @@ class Engine {
       metrics_.window_releases += s.cache.release_before(s.n_computed + 1 - window_);
   }
 
+  // Makes the block that the next position of `s` goes to its own (copy on write: after a fork
+  // the block holding the prompt's last positions is shared), preempting as reserve() does.
+  bool writable(Sequence& s) {
+    if (s.n_computed >= s.cache.capacity()) return true;
+    while (!s.cache.make_writable(s.n_computed)) {
+      if (running_.empty() || running_.back().get() == &s) return false;
+      preempt_newest();
+    }
+    return true;
+  }
+
   // Gives `s` blocks up to `n` positions, preempting the newest running sequences other than `s`
   // when the pool is empty. False when even that cannot free enough.
   bool reserve(Sequence& s, std::size_t n) {
@@ -292,7 +325,7 @@ class Engine {
     for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
       Sequence& s = *running_[i];
       const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed);
-      if (!reserve(s, s.n_computed + want)) {   // nothing left to preempt: this one waits too
+      if (!reserve(s, s.n_computed + want) || !writable(s)) {   // nothing left to preempt: this one waits too
         preempt_newest();
         --i;
         continue;
@@ -301,7 +334,10 @@ class Engine {
       budget -= want;
     }
     // Then admit waiting requests while the budget, the cap and the blocks allow.
-    while (budget > 0 && !waiting_.empty() && running_.size() < opt_.max_sequences) {
+    // A request with n samples counts n: its forks join the running sequences once its prompt is in.
+    std::size_t committed = running_.size();
+    for (const auto& sp : running_) committed += sp->forks;
+    while (budget > 0 && !waiting_.empty() && committed + 1 + waiting_.front()->forks <= opt_.max_sequences) {
       Sequence& s = *waiting_.front();
       reuse_prefix(s);
       const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed);
@@ -317,6 +353,7 @@ class Engine {
       }
       s.chunk = want;
       budget -= want;
+      committed += 1 + s.forks;
       running_.push_back(std::move(waiting_.front()));
       waiting_.pop_front();
     }
@@ -340,6 +377,7 @@ class Engine {
                          MatrixView<float>(logits_.data(), n_logits, vocab));
     std::size_t row = 0;
     std::vector<Sequence*> done;
+    std::vector<SeqPtr> forked;
     for (auto& sp : running_) {
       Sequence& s = *sp;
       if (s.chunk == 0) continue;
@@ -350,15 +388,89 @@ class Engine {
       release_out_of_window(s);
       if (!sampled) continue;
       const std::span<float> logits(logits_.data() + row++ * vocab, vocab);
-      if (s.request.logprobs >= 0) raw_logits_.assign(logits.begin(), logits.end());   // sample() changes them
-      const std::int32_t next = s.sampler.sample(logits, s.tokens);
-      if (s.request.logprobs >= 0) s.logprobs = token_logprobs(raw_logits_, next, std::size_t(s.request.logprobs));
-      if (emit(s, next) != FinishReason::none) done.push_back(&s);
+      // sample() changes the logits: log-probabilities and further samples need them as computed.
+      if (s.request.logprobs >= 0 || s.forks > 0 || s.matcher) raw_logits_.assign(logits.begin(), logits.end());
+      // Parallel samples start here, from the computed prompt: each shares its blocks.
+      std::vector<SeqPtr> children;
+      for (std::size_t i = 1; i <= s.forks; ++i) children.push_back(fork(s, i));
+      s.forks = 0;
+      if (sample_and_emit(s, logits) != FinishReason::none) done.push_back(&s);
+      for (SeqPtr& c : children) {
+        fork_logits_.assign(raw_logits_.begin(), raw_logits_.end());
+        if (sample_and_emit(*c, fork_logits_) == FinishReason::none) forked.push_back(std::move(c));
+      }
     }
     for (Sequence* s : done) {
       const auto it = std::find_if(running_.begin(), running_.end(), [&](const SeqPtr& p) { return p.get() == s; });
       running_.erase(it);
     }
+    for (SeqPtr& c : forked) running_.push_back(std::move(c));
+  }
+
+  FinishReason sample_and_emit(Sequence& s, std::span<float> logits) {
+    std::int32_t next = s.sampler.sample(logits, s.tokens);
+    if (s.matcher && !allowed(s, next)) {
+      // The token would break the grammar: draw again among the tokens that keep it (sampling
+      // first and masking only when needed, as llama.cpp does: most tokens of a good model fit).
+      grammar_logits_.assign(raw_logits_.begin(), raw_logits_.end());
+      s.matcher->mask(token_trie(), grammar_logits_, end_tokens(s));
+      if (std::none_of(grammar_logits_.begin(), grammar_logits_.end(), [](float x) { return x > -1e30f; }))
+        return finish(s, FinishReason::stop);   // complete, and no end token to say so: stop here
+      next = s.sampler.sample(grammar_logits_, s.tokens);
+    }
+    if (s.matcher && !is_end(s, next)) s.matcher->advance(token_trie().text(next));
+    if (s.request.logprobs >= 0) s.logprobs = token_logprobs(raw_logits_, next, std::size_t(s.request.logprobs));
+    return emit(s, next);
+  }
+
+  // Constrained decoding: the tokens that end a sample (EOS, the request's stop tokens), allowed
+  // once the text is complete; any other token if its text may follow.
+  std::vector<std::int32_t> end_tokens(const Sequence& s) const {
+    std::vector<std::int32_t> ends = s.request.stop_tokens;
+    if (s.request.stop_at_eos && lm_.tokenizer().eos() >= 0) ends.push_back(lm_.tokenizer().eos());
+    return ends;
+  }
+  bool is_end(const Sequence& s, std::int32_t t) const {
+    const auto ends = end_tokens(s);
+    return std::find(ends.begin(), ends.end(), t) != ends.end();
+  }
+  bool allowed(Sequence& s, std::int32_t t) {
+    if (is_end(s, t)) return s.matcher->complete();
+    const std::string& text = token_trie().text(t);
+    return !text.empty() && s.matcher->accepts(text);
+  }
+  // The vocabulary's token texts as they add to the text (control tokens: none), built once.
+  const TokenTrie& token_trie() {
+    if (!trie_) {
+      const Tokenizer& tok = lm_.tokenizer();
+      std::vector<std::string> texts(model_.config().vocab_size);
+      for (std::size_t t = 0; t < texts.size() && t < tok.size(); ++t) texts[t] = tok.decode(std::int32_t(t));
+      trie_ = std::make_unique<TokenTrie>(texts);
+    }
+    return *trie_;
+  }
+
+  // Sample `index` of the request of `s`, whose prompt `s` has just computed: the same tokens and
+  // blocks (shared), its own sampler seeded with the request's seed + index.
+  SeqPtr fork(const Sequence& s, std::size_t index) {
+    Request r = s.request;
+    r.sampling.seed += index;
+    auto c = std::make_unique<Sequence>(blocks_, model_.config(), r, s.on_event, model_.config().vocab_size);
+    c->id = s.id;
+    c->index = index;
+    c->tokens = s.tokens;
+    c->n_prompt = s.n_prompt;
+    c->max_total = s.max_total;
+    c->n_computed = s.n_computed;
+    c->n_registered = s.n_registered;
+    c->last_hash = s.last_hash;
+    c->metrics = s.metrics;
+    c->submitted = s.submitted;
+    c->started = true;
+    c->samples_left = s.samples_left;
+    c->matcher = s.matcher;
+    c->cache.share(s.cache);
+    return c;
   }
 
   void register_full_blocks(Sequence& s) {
@@ -379,7 +491,9 @@ class Engine {
     ++s.metrics.generated_tokens;
     const std::int32_t prev = s.tokens.back();
     s.tokens.push_back(token);
-    if (s.request.stop_at_eos && token == tok.eos()) return finish(s, FinishReason::eos, token);
+    if ((s.request.stop_at_eos && token == tok.eos()) ||
+        std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), token) != s.request.stop_tokens.end())
+      return finish(s, FinishReason::eos, token);
     s.held += s.utf8.push(tok.decode(prev, token));
     std::size_t cut = std::string::npos;
     for (const auto& stop : s.request.stop)
@@ -394,7 +508,8 @@ class Engine {
     for (const auto& stop : s.request.stop)
       for (std::size_t k = std::min(stop.size() - (stop.empty() ? 0 : 1), s.held.size()); k > keep; --k)
         if (s.held.compare(s.held.size() - k, k, stop, 0, k) == 0) { keep = k; break; }
-    TokenEvent ev{.id = s.id, .token = token, .text = s.held.substr(0, s.held.size() - keep), .logprobs = std::move(s.logprobs)};
+    TokenEvent ev{.id = s.id, .index = s.index, .token = token, .text = s.held.substr(0, s.held.size() - keep),
+                  .logprobs = std::move(s.logprobs)};
     s.held.erase(0, s.held.size() - keep);
     s.on_event(ev);
     return FinishReason::none;
@@ -404,9 +519,14 @@ class Engine {
     if (why != FinishReason::stop && why != FinishReason::cancelled) s.held += s.utf8.flush();
     s.metrics.prompt_tokens = s.n_prompt;
     s.metrics.total_seconds = seconds_since(s.submitted);
-    TokenEvent ev{.id = s.id, .token = token, .text = why == FinishReason::cancelled ? "" : s.held,
+    TokenEvent ev{.id = s.id, .index = s.index, .token = token, .text = why == FinishReason::cancelled ? "" : s.held,
                   .finished = true, .reason = why, .metrics = s.metrics};
     if (token >= 0) ev.logprobs = std::move(s.logprobs);
+    // Samples not forked yet (a request cancelled before its prompt was computed) end with it.
+    std::size_t& left = *s.samples_left;
+    left -= std::min(left, 1 + s.forks);
+    s.forks = 0;
+    ev.request_finished = left == 0;
     s.cache.clear();
     s.on_event(ev);
     return why;
@@ -441,7 +561,10 @@ class Engine {
   std::vector<std::int32_t> batch_tokens_, batch_positions_;
   std::vector<SequenceSlice> slices_;
   AlignedBuffer<float> logits_;            // [max_sequences, vocab]
-  std::vector<float> raw_logits_;          // a row before sampling, for Request::logprobs
+  std::vector<float> raw_logits_;          // a row before sampling (Request::logprobs, n > 1)
+  std::vector<float> fork_logits_;         // a copy of it for each further sample
+  std::vector<float> grammar_logits_;      // a copy of it, masked by a grammar
+  std::unique_ptr<TokenTrie> trie_;        // the vocabulary for constrained decoding
   EngineMetrics metrics_;
 };
 

@@ -50,6 +50,19 @@ class PagedKVCache final : public KVCache {
     }
   }
 
+  // Takes `other`'s blocks as this (empty) cache's, sharing them: each gets one more reference,
+  // and a shared block is copied before this cache writes it (make_writable). Parallel samples of
+  // one prompt hold its K/V once this way.
+  void share(const PagedKVCache& other) {
+    if (!table_.empty()) throw Error("a KV cache that holds blocks", "PagedKVCache::share", "an empty one");
+    for (const BlockId b : other.table_) {
+      if (b != kReleased) pool_->retain(b);
+      append(b == kReleased ? 0 : b);   // the pointers of a released entry are nulled below
+      if (b == kReleased) set(table_.size() - 1, kReleased);
+    }
+    n_released_ = other.n_released_;
+  }
+
   // Grows the table until positions [0, n) fit; false (keeping what it got) when the pool runs out.
   bool reserve(std::size_t n) {
     while (capacity() < n) {

@@ -1,11 +1,13 @@
 #pragma once
 // What a client asks the engine for, and what it gets back while a request runs.
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <tinyllm/model/lora.hpp>
+#include <tinyllm/sample/grammar.hpp>
 #include <tinyllm/sample/logprobs.hpp>
 #include <tinyllm/sample/sampler.hpp>
 
@@ -20,6 +22,16 @@ struct Request {
   SamplingParams sampling;
   std::vector<std::string> stop;          // generation ends before the first of these strings
   bool stop_at_eos = true;
+  // Further tokens that end generation as EOS does (a chat template's end of turn), not printed.
+  std::vector<std::int32_t> stop_tokens;
+  // Samples of the prompt (OpenAI's `n`): its K/V are computed once and its blocks shared (copy
+  // on write); sample i draws with seed sampling.seed + i, so it equals a request with n = 1 and
+  // that seed. Events say which sample they belong to (TokenEvent::index).
+  std::size_t n = 1;
+  // Constrained decoding: each generated token keeps the text a valid prefix of this grammar's
+  // language (sample/json_schema.hpp makes one from a JSON Schema); EOS and the stop tokens are
+  // allowed only once the text is complete. Null: unconstrained.
+  std::shared_ptr<const Grammar> grammar;
   // -1: no log-probabilities; n >= 0: each generated token's event carries its log-probability
   // under the model's distribution (log-softmax of the logits, before any sampling parameter) and
   // the n most likely tokens' (sample/logprobs.hpp).
@@ -57,12 +69,14 @@ struct RequestMetrics {
 // tokens arrives whole), or the end of the request with its reason and metrics.
 struct TokenEvent {
   RequestId id = 0;
+  std::size_t index = 0;        // the sample (0 .. Request::n - 1)
   std::int32_t token = -1;      // -1 on a final event that carries no token
   std::string text;
   bool finished = false;
   FinishReason reason = FinishReason::none;
   RequestMetrics metrics;       // complete when finished
   std::optional<TokenLogprobs> logprobs;   // of `token`, when the request asked for them
+  bool request_finished = false;           // the last finished event of the request: every sample is done
 };
 
 }  // namespace tinyllm
