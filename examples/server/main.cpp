@@ -402,14 +402,9 @@ class Server {
     const auto start = Clock::now();
     std::string model_id;
     try {
-      json body;
-      try {
-        body = json::parse(req.body);
-      } catch (const json::exception& e) {
-        throw ApiError{.status = 400, .message = std::string("the request body is not valid JSON: ") + e.what()};
-      }
+      const json body = object_body(req);
       ParsedRequest p = parse_request(body, ep);
-      if (body.is_object() && body.contains("response_format"))
+      if (body.contains("response_format"))
         p.grammar = response_format_grammar(nlohmann::ordered_json::parse(req.body));
       if (shutting_down_)
         throw ApiError{.status = 503, .message = "the server is shutting down", .type = "server_error", .code = "shutting_down"};
@@ -657,13 +652,7 @@ class Server {
     try {
       if (lora_dir_.empty())
         throw ApiError{.status = 403, .message = "loading adapters over HTTP is off (start the server with --lora-dir DIR)"};
-      json body;
-      try {
-        body = json::parse(req.body);
-      } catch (const json::exception& e) {
-        throw ApiError{.status = 400, .message = std::string("the request body is not valid JSON: ") + e.what()};
-      }
-      if (!body.is_object()) throw ApiError{.status = 400, .message = "the request body must be a JSON object"};
+      const json body = object_body(req);
       auto text = [&](const char* key, bool required) -> std::string {
         const auto it = body.find(key);
         if (it == body.end() || it->is_null()) {

@@ -309,6 +309,19 @@ std::vector<std::int32_t> solo_sampled(LoadedModel& lm, ThreadPool& pool, const 
   return o.tokens;
 }
 
+// Sample i of `got` equals a request with n = 1 and seed sp.seed + i, run alone.
+void check_samples_equal_solo(const Samples& got, LoadedModel& lm, ThreadPool& pool, const std::vector<std::int32_t>& prompt,
+                              std::size_t max_tokens, const SamplingParams& sp) {
+  for (std::size_t i = 0; i < got.by_index.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(got.by_index[i].finished == 1);
+    SamplingParams solo_sp = sp;
+    solo_sp.seed = sp.seed + i;
+    CHECK(got.by_index[i].tokens == solo_sampled(lm, pool, prompt, max_tokens, solo_sp));
+    CHECK(got.by_index[i].metrics.prompt_tokens == prompt.size());
+  }
+}
+
 }  // namespace
 
 TEST_CASE("engine n > 1: each sample equals a solo request with its seed; the prompt's blocks are shared") {
@@ -339,16 +352,9 @@ TEST_CASE("engine n > 1: each sample equals a solo request with its seed; the pr
   CHECK(engine.block_pool().n_used() == 0);
   CHECK(got.request_finished == 1);
   CHECK(got.finished_after_last);
+  check_samples_equal_solo(got, lm, pool, prompt, 20, sp);
   std::set<std::vector<std::int32_t>> distinct;
-  for (std::size_t i = 0; i < 4; ++i) {
-    CAPTURE(i);
-    REQUIRE(got.by_index[i].finished == 1);
-    SamplingParams solo_sp = sp;
-    solo_sp.seed = sp.seed + i;
-    CHECK(got.by_index[i].tokens == solo_sampled(lm, pool, prompt, 20, solo_sp));
-    CHECK(got.by_index[i].metrics.prompt_tokens == prompt.size());
-    distinct.insert(got.by_index[i].tokens);
-  }
+  for (const Outcome& o : got.by_index) distinct.insert(o.tokens);
   CHECK(distinct.size() > 1);   // the samples differ
 }
 
@@ -378,13 +384,7 @@ TEST_CASE("engine n > 1 under pressure: preempted samples resume, cancellation e
   CHECK(engine.block_pool().n_used() == 0);
   CHECK(many.request_finished == 1);
   CHECK(cancelled.request_finished == 1);
-  for (std::size_t i = 0; i < 8; ++i) {
-    CAPTURE(i);
-    REQUIRE(many.by_index[i].finished == 1);
-    SamplingParams solo_sp = sp;
-    solo_sp.seed = sp.seed + i;
-    CHECK(many.by_index[i].tokens == solo_sampled(lm, pool, prompt, 30, solo_sp));
-  }
+  check_samples_equal_solo(many, lm, pool, prompt, 30, sp);
   for (const Outcome& o : cancelled.by_index) CHECK(o.finished <= 1);
   Request bad{.tokens = prompt, .max_tokens = 1};
   bad.n = 0;
