@@ -2,7 +2,7 @@
 // with streamed, non-streamed and chat requests, streams cancelled mid-way, malformed bodies,
 // over-long prompts and over-large max_tokens mixed. Reports requests served, errors by kind,
 // p50/p99 latency and time to first token, the server's resident memory at the start and the end
-// (and its peak), and the KV audit once the load stops. Exits 1 when a request got an unexpected
+// (and its peak) after a warm-up under the same load, and the KV audit once the load stops. Exits 1 when a request got an unexpected
 // answer, a KV block is still held at the end, the audit fails, or memory grew more than --rss-bound-mib.
 //
 //   node bench/server_soak.mjs --server build/examples/tinyllm-server [--minutes 10] [--clients 64]
@@ -130,8 +130,10 @@ const pct = (xs, p) => {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 };
 
-// Warm up (first allocations, the prefix cache), then measure.
-await Promise.all(Array.from({ length: 8 }, one));
+// Warm up under the full load (a thread and a malloc arena per connection, the prefix cache)
+// for a tenth of the time (at least 15 s), then measure.
+const warmEnd = Date.now() + Math.max(15000, opt.minutes * 6000);
+await Promise.all(Array.from({ length: opt.clients }, async () => { while (Date.now() < warmEnd) await one(); }));
 for (const k of Object.keys(counts)) delete counts[k];
 latency.length = firstToken.length = 0;
 const rssStart = rssMib();
