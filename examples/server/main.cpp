@@ -759,7 +759,7 @@ class Server {
       if (flag(body, "with_pieces")) {
         for (const std::int32_t id : ids) {
           const std::string piece = tok.decode(id);
-          json p = valid_utf8(piece) ? json(piece) : json(std::vector<std::uint8_t>(piece.begin(), piece.end()));
+          json p = valid_utf8(piece) ? json(piece) : utf8_bytes(piece);
           tokens.push_back({{"id", id}, {"piece", std::move(p)}});
         }
       } else {

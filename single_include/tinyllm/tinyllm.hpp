@@ -14164,6 +14164,7 @@ class TokenTrie {
         }
       }
       nodes_[n].tokens.push_back(std::int32_t(t));
+      max_length_ = std::max(max_length_, texts[t].size());
     }
   }
   struct Node {
@@ -14174,10 +14175,12 @@ class TokenTrie {
   std::size_t size() const { return nodes_.size(); }
   const std::string& text(std::int32_t token) const { return texts_.at(std::size_t(token)); }
   std::size_t vocab_size() const { return texts_.size(); }
+  std::size_t max_length() const { return max_length_; }   // the depth of the trie
 
  private:
   std::vector<Node> nodes_;
   std::vector<std::string> texts_;
+  std::size_t max_length_ = 0;
 };
 
 // Where the text generated so far stands in a grammar.
@@ -14223,7 +14226,8 @@ class GrammarMatcher {
   void mask(const TokenTrie& trie, std::span<float> logits, std::span<const std::int32_t> ends) {
     std::vector<char> allowed(logits.size(), 0);
     const std::size_t mark = arena_.size();
-    walk(trie, 0, heads_, allowed);
+    if (depth_heads_.size() < trie.max_length() + 1) depth_heads_.resize(trie.max_length() + 1);
+    walk(trie, 0, heads_, allowed, 0);
     arena_.resize(mark);
     for (const std::int32_t e : ends)
       if (e >= 0 && std::size_t(e) < allowed.size()) allowed[std::size_t(e)] = complete_;
@@ -14285,16 +14289,18 @@ class GrammarMatcher {
     }), heads.end());
   }
 
-  // Depth first over the trie: a subtree is left as soon as no head survives its bytes.
-  void walk(const TokenTrie& trie, std::uint32_t node, const std::vector<std::int32_t>& heads, std::vector<char>& allowed) {
+  // Depth first over the trie: a subtree is left as soon as no head survives its bytes. The heads
+  // after `depth` bytes live in depth_heads_[depth], reused from one mask to the next.
+  void walk(const TokenTrie& trie, std::uint32_t node, const std::vector<std::int32_t>& heads, std::vector<char>& allowed,
+            std::size_t depth) {
+    std::vector<std::int32_t>& next = depth_heads_[depth];
     for (const auto& [b, child] : trie.node(node).children) {
-      std::vector<std::int32_t> next;
       bool done = false;
       const std::size_t mark = arena_.size();
       step(heads, b, next, done);
       if (!next.empty() || done) {
         for (const std::int32_t t : trie.node(child).tokens) allowed[std::size_t(t)] = 1;
-        if (!next.empty()) walk(trie, child, next, allowed);
+        if (!next.empty()) walk(trie, child, next, allowed, depth + 1);
       }
       arena_.resize(mark);
     }
@@ -14321,6 +14327,7 @@ class GrammarMatcher {
   std::vector<Node> arena_;
   std::vector<std::int32_t> heads_;
   bool complete_ = false;
+  std::vector<std::vector<std::int32_t>> depth_heads_;   // walk()'s scratch, one per trie depth
 };
 
 }  // namespace tinyllm
@@ -15926,16 +15933,17 @@ class Engine {
     return emit(s, next);
   }
 
-  // Constrained decoding: the tokens that end a sample (EOS, the request's stop tokens), allowed
-  // once the text is complete; any other token if its text may follow.
+  // The tokens that end a sample: EOS (unless the request goes past it) and its stop tokens. In
+  // constrained decoding they are allowed once the text is complete; any other token if its text
+  // may follow.
+  bool is_end(const Sequence& s, std::int32_t t) const {
+    return (s.request.stop_at_eos && t == lm_.tokenizer().eos()) ||
+           std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), t) != s.request.stop_tokens.end();
+  }
   std::vector<std::int32_t> end_tokens(const Sequence& s) const {
     std::vector<std::int32_t> ends = s.request.stop_tokens;
     if (s.request.stop_at_eos && lm_.tokenizer().eos() >= 0) ends.push_back(lm_.tokenizer().eos());
     return ends;
-  }
-  bool is_end(const Sequence& s, std::int32_t t) const {
-    const auto ends = end_tokens(s);
-    return std::find(ends.begin(), ends.end(), t) != ends.end();
   }
   bool allowed(Sequence& s, std::int32_t t) {
     if (is_end(s, t)) return s.matcher->complete();
@@ -15994,9 +16002,7 @@ class Engine {
     ++s.metrics.generated_tokens;
     const std::int32_t prev = s.tokens.back();
     s.tokens.push_back(token);
-    if ((s.request.stop_at_eos && token == tok.eos()) ||
-        std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), token) != s.request.stop_tokens.end())
-      return finish(s, FinishReason::eos, token);
+    if (is_end(s, token)) return finish(s, FinishReason::eos, token);
     s.held += s.utf8.push(tok.decode(prev, token));
     std::size_t cut = std::string::npos;
     for (const auto& stop : s.request.stop)

@@ -141,6 +141,7 @@ class TokenTrie {
         }
       }
       nodes_[n].tokens.push_back(std::int32_t(t));
+      max_length_ = std::max(max_length_, texts[t].size());
     }
   }
   struct Node {
@@ -151,10 +152,12 @@ class TokenTrie {
   std::size_t size() const { return nodes_.size(); }
   const std::string& text(std::int32_t token) const { return texts_.at(std::size_t(token)); }
   std::size_t vocab_size() const { return texts_.size(); }
+  std::size_t max_length() const { return max_length_; }   // the depth of the trie
 
  private:
   std::vector<Node> nodes_;
   std::vector<std::string> texts_;
+  std::size_t max_length_ = 0;
 };
 
 // Where the text generated so far stands in a grammar.
@@ -200,7 +203,8 @@ class GrammarMatcher {
   void mask(const TokenTrie& trie, std::span<float> logits, std::span<const std::int32_t> ends) {
     std::vector<char> allowed(logits.size(), 0);
     const std::size_t mark = arena_.size();
-    walk(trie, 0, heads_, allowed);
+    if (depth_heads_.size() < trie.max_length() + 1) depth_heads_.resize(trie.max_length() + 1);
+    walk(trie, 0, heads_, allowed, 0);
     arena_.resize(mark);
     for (const std::int32_t e : ends)
       if (e >= 0 && std::size_t(e) < allowed.size()) allowed[std::size_t(e)] = complete_;
@@ -262,16 +266,18 @@ class GrammarMatcher {
     }), heads.end());
   }
 
-  // Depth first over the trie: a subtree is left as soon as no head survives its bytes.
-  void walk(const TokenTrie& trie, std::uint32_t node, const std::vector<std::int32_t>& heads, std::vector<char>& allowed) {
+  // Depth first over the trie: a subtree is left as soon as no head survives its bytes. The heads
+  // after `depth` bytes live in depth_heads_[depth], reused from one mask to the next.
+  void walk(const TokenTrie& trie, std::uint32_t node, const std::vector<std::int32_t>& heads, std::vector<char>& allowed,
+            std::size_t depth) {
+    std::vector<std::int32_t>& next = depth_heads_[depth];
     for (const auto& [b, child] : trie.node(node).children) {
-      std::vector<std::int32_t> next;
       bool done = false;
       const std::size_t mark = arena_.size();
       step(heads, b, next, done);
       if (!next.empty() || done) {
         for (const std::int32_t t : trie.node(child).tokens) allowed[std::size_t(t)] = 1;
-        if (!next.empty()) walk(trie, child, next, allowed);
+        if (!next.empty()) walk(trie, child, next, allowed, depth + 1);
       }
       arena_.resize(mark);
     }
@@ -298,6 +304,7 @@ class GrammarMatcher {
   std::vector<Node> arena_;
   std::vector<std::int32_t> heads_;
   bool complete_ = false;
+  std::vector<std::vector<std::int32_t>> depth_heads_;   // walk()'s scratch, one per trie depth
 };
 
 }  // namespace tinyllm

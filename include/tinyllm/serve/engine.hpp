@@ -423,16 +423,17 @@ class Engine {
     return emit(s, next);
   }
 
-  // Constrained decoding: the tokens that end a sample (EOS, the request's stop tokens), allowed
-  // once the text is complete; any other token if its text may follow.
+  // The tokens that end a sample: EOS (unless the request goes past it) and its stop tokens. In
+  // constrained decoding they are allowed once the text is complete; any other token if its text
+  // may follow.
+  bool is_end(const Sequence& s, std::int32_t t) const {
+    return (s.request.stop_at_eos && t == lm_.tokenizer().eos()) ||
+           std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), t) != s.request.stop_tokens.end();
+  }
   std::vector<std::int32_t> end_tokens(const Sequence& s) const {
     std::vector<std::int32_t> ends = s.request.stop_tokens;
     if (s.request.stop_at_eos && lm_.tokenizer().eos() >= 0) ends.push_back(lm_.tokenizer().eos());
     return ends;
-  }
-  bool is_end(const Sequence& s, std::int32_t t) const {
-    const auto ends = end_tokens(s);
-    return std::find(ends.begin(), ends.end(), t) != ends.end();
   }
   bool allowed(Sequence& s, std::int32_t t) {
     if (is_end(s, t)) return s.matcher->complete();
@@ -491,9 +492,7 @@ class Engine {
     ++s.metrics.generated_tokens;
     const std::int32_t prev = s.tokens.back();
     s.tokens.push_back(token);
-    if ((s.request.stop_at_eos && token == tok.eos()) ||
-        std::find(s.request.stop_tokens.begin(), s.request.stop_tokens.end(), token) != s.request.stop_tokens.end())
-      return finish(s, FinishReason::eos, token);
+    if (is_end(s, token)) return finish(s, FinishReason::eos, token);
     s.held += s.utf8.push(tok.decode(prev, token));
     std::size_t cut = std::string::npos;
     for (const auto& stop : s.request.stop)
