@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
       std::fputs(out.flush().c_str(), stdout);
       std::fputs("\n", stdout);
       if (interrupted) std::fprintf(stderr, "[stopped]\n");
-      used = stats.prompt_tokens + stats.generated_tokens;
+      used = std::min(stats.prompt_tokens + stats.generated_tokens, lm.config().context);   // the last token needs no position
       std::fprintf(stderr,
                    "\nprompt: %zu tokens, %.2f tokens/s | generation: %zu tokens, %.2f tokens/s | %u threads, %s kernels\n",
                    stats.prompt_tokens, stats.prompt_tokens_per_second(), stats.generated_tokens,

@@ -14195,6 +14195,8 @@ class GrammarMatcher {
 
   // Whether the text has matched the whole grammar (it may still go on where the grammar allows).
   bool complete() const { return complete_; }
+  // Whether the text is complete and nothing may follow it (a JSON value's closing brace).
+  bool closed() const { return complete_ && heads_.empty(); }
   // Whether `text` may follow.
   bool accepts(std::string_view text) {
     const std::size_t mark = arena_.size();
@@ -16009,6 +16011,10 @@ class Engine {
       if (!stop.empty()) cut = std::min(cut, s.held.find(stop));
     if (cut != std::string::npos) {
       s.held.resize(cut);
+      return finish(s, FinishReason::stop, token);
+    }
+    if (s.matcher && s.matcher->closed()) {   // no token may follow: done now, not after one more forward pass
+      s.held += s.utf8.flush();
       return finish(s, FinishReason::stop, token);
     }
     if (s.tokens.size() >= s.max_total) return finish(s, FinishReason::length, token);

@@ -135,6 +135,11 @@ TEST_CASE("grammar token mask: exactly the tokens whose text may follow") {
       const bool want = std::int32_t(t) == eos ? m.complete() : !texts[t].empty() && m.accepts(texts[t]);
       CHECK((logits[t] == 0.0f) == want);
     }
+    CHECK(m.closed() == (step == "}"));   // nothing may follow the closing brace, and only it
   }
   CHECK(m.complete());
+  GrammarMatcher number(JsonSchemaGrammar::from_schema(ojson::parse(R"({"type": "integer"})")));
+  number.advance("12");
+  CHECK(number.complete());
+  CHECK(!number.closed());   // more digits may follow
 }

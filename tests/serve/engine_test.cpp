@@ -442,6 +442,7 @@ TEST_CASE("engine constrained decoding: a random-weight model writes JSON its sc
     CAPTURE(got[i].text);
     REQUIRE(got[i].finished == 1);
     REQUIRE(got[i].reason != FinishReason::length);   // the schema bounds the document
+    CHECK(got[i].reason == FinishReason::stop);   // at the closing brace, with no step for an end token
     const auto doc = nlohmann::json::parse(got[i].text);   // throws on a bad document
     REQUIRE(doc.is_object());
     CHECK(doc.size() == 5);

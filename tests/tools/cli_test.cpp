@@ -1,7 +1,14 @@
 // tinyllm-run, tinyllm-logits, tinyllm-tokenize, tinyllm-batch, tinyllm-perplexity and tinyllm-finetune as a user
 // runs them: output,
 // exit codes, error messages.
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -105,6 +112,117 @@ TEST_CASE("tinyllm-run --chat keeps the conversation across turns and drops the 
   CHECK(r.out.find("[context: ") != std::string::npos);
   CHECK(r.out.find("[context full: the ") != std::string::npos);
   for (std::size_t i = 0; i < 6; ++i) CHECK(prompts[i] + replies[i] <= 512);
+}
+
+namespace {
+
+// A program with its stdin, stdout and stderr on pipes, for a conversation driven by the test.
+struct Child {
+  pid_t pid = -1;
+  int in = -1, out = -1, err = -1;
+  std::string out_text, err_text;
+
+  explicit Child(const std::vector<std::string>& args) {
+    int i[2], o[2], e[2];
+    REQUIRE((pipe(i) == 0 && pipe(o) == 0 && pipe(e) == 0));
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, i[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, o[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, e[1], 2);
+    for (const int fd : {i[0], i[1], o[0], o[1], e[0], e[1]}) posix_spawn_file_actions_addclose(&fa, fd);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    REQUIRE(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) == 0);
+    posix_spawn_file_actions_destroy(&fa);
+    close(i[0]);
+    close(o[1]);
+    close(e[1]);
+    in = i[1];
+    out = o[0];
+    err = e[0];
+  }
+  ~Child() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    for (const int fd : {in, out, err})
+      if (fd >= 0) close(fd);
+  }
+  void say(const std::string& line) { REQUIRE(write(in, line.data(), line.size()) == ssize_t(line.size())); }
+  // Reads stdout and stderr until `done()` holds; false after 60 s or at the end of both.
+  template <class Pred>
+  bool read_until(Pred done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!done()) {
+      if (out < 0 && err < 0) return false;   // both ended
+      pollfd fds[2] = {{out, POLLIN, 0}, {err, POLLIN, 0}};   // poll skips an fd of -1
+      if (std::chrono::steady_clock::now() > deadline || poll(fds, 2, 1000) < 0) return false;
+      for (auto& f : fds) {
+        if (f.fd < 0 || !(f.revents & (POLLIN | POLLHUP))) continue;
+        char buf[4096];
+        const ssize_t n = read(f.fd, buf, sizeof buf);
+        int& fd = f.fd == out ? out : err;
+        if (n > 0) {
+          (fd == out ? out_text : err_text).append(buf, std::size_t(n));
+        } else {
+          close(fd);
+          fd = -1;
+        }
+      }
+    }
+    return true;
+  }
+  // The exit status, or 128 + the signal that ended it.
+  int wait() {
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    pid = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+};
+
+std::size_t count(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (std::size_t at = 0; (at = text.find(what, at)) != std::string::npos; at += what.size()) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("tinyllm-run --chat: Ctrl-C stops the reply being written, not the conversation, and at the prompt it quits") {
+  // The random-weight model writes noise with no end token: a reply runs to -n unless stopped. It
+  // writes thousands of tokens a second, so the signal may come after the reply has ended: then
+  // the test tries again (at most 5 times).
+  bool stopped_one = false;
+  for (int attempt = 0; attempt < 5 && !stopped_one; ++attempt) {
+    Child run({TINYLLM_RUN_BIN, "--synthetic", "--chat", "-n", "400", "--temp", "0", "-t", "1"});
+    run.say("Tell me a story.\n");
+    REQUIRE(run.read_until([&] { return !run.out_text.empty(); }));   // the reply has begun
+    kill(run.pid, SIGINT);
+    REQUIRE(run.read_until([&] { return run.err_text.find("generation: ") != std::string::npos; }));
+    if (run.err_text.find("[stopped]") == std::string::npos) continue;   // the reply was done first
+    stopped_one = true;
+    std::size_t first = 0;
+    REQUIRE(std::sscanf(run.err_text.c_str() + run.err_text.find("generation: "), "generation: %zu", &first) == 1);
+    CHECK(first < 400);
+    // The conversation goes on: the next reply runs to its end.
+    run.say("And then?\n");
+    REQUIRE(run.read_until([&] {
+      const std::size_t at = run.err_text.rfind("generation: ");
+      return count(run.err_text, "generation: ") == 2 && run.err_text.find('\n', at) != std::string::npos;
+    }));
+    std::size_t second = 0;
+    REQUIRE(std::sscanf(run.err_text.c_str() + run.err_text.rfind("generation: "), "generation: %zu", &second) == 1);
+    CHECK(count(run.err_text, "[stopped]") == 1);
+    CHECK(second > first);
+    // Waiting for the next line, Ctrl-C ends the program (130, as a shell reports SIGINT).
+    kill(run.pid, SIGINT);
+    CHECK(run.wait() == 130);
+  }
+  CHECK(stopped_one);
 }
 
 TEST_CASE("tinyllm-logits writes llama2.c's 25 rows of logits for stories260K") {

@@ -172,6 +172,8 @@ class GrammarMatcher {
 
   // Whether the text has matched the whole grammar (it may still go on where the grammar allows).
   bool complete() const { return complete_; }
+  // Whether the text is complete and nothing may follow it (a JSON value's closing brace).
+  bool closed() const { return complete_ && heads_.empty(); }
   // Whether `text` may follow.
   bool accepts(std::string_view text) {
     const std::size_t mark = arena_.size();

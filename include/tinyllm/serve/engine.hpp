@@ -501,6 +501,10 @@ class Engine {
       s.held.resize(cut);
       return finish(s, FinishReason::stop, token);
     }
+    if (s.matcher && s.matcher->closed()) {   // no token may follow: done now, not after one more forward pass
+      s.held += s.utf8.flush();
+      return finish(s, FinishReason::stop, token);
+    }
     if (s.tokens.size() >= s.max_total) return finish(s, FinishReason::length, token);
     // Hold back the longest tail that could still grow into a stop string.
     std::size_t keep = 0;
