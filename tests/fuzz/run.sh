@@ -5,13 +5,15 @@
 # makes each target's seed corpus there, runs each target for SECONDS (default 60) and prints,
 # per target, its executions, coverage (cov: and ft: of libFuzzer's final stats), corpus size and
 # findings. Exits 1 when a target found a crash (a sanitizer report, an uncaught exception, a
-# timeout, an out-of-memory or a leak), 2 on a usage or build error.
+# timeout, an out-of-memory or a leak), 2 on a usage or build error, 77 (skipped, as CTest reads
+# it) when clang or cmake is missing.
 #
 # TARGET: gguf, llama2c, gguf_tokenizer, hf_tokenizer, jinja, server_request, or all (the default).
 # Environment:
 #   TINYLLM_FUZZ_BUILD     build folder (default: build-fuzz under the repository root)
 #   TINYLLM_TESTDATA_DIR   test data (default: ../shared/testdata beside the repository)
 #   TINYLLM_FUZZ_JOBS      build parallelism (default 1)
+#   TINYLLM_FUZZ_PARALLEL  targets fuzzed at once, one core each (default 1)
 #   TINYLLM_FUZZ_ARGS      more libFuzzer flags, e.g. "-runs=1000000" or "-max_len=65536"
 #
 # The corpus a target grows is kept in BUILD/corpus/TARGET between runs; seeds are written afresh
@@ -52,11 +54,16 @@ build=${TINYLLM_FUZZ_BUILD:-$root/build-fuzz}
 [[ $build = /* ]] || build=$PWD/$build
 testdata=${TINYLLM_TESTDATA_DIR:-$root/../shared/testdata}
 jobs=${TINYLLM_FUZZ_JOBS:-1}
+parallel=${TINYLLM_FUZZ_PARALLEL:-1}
+if ! [[ $jobs =~ ^[1-9][0-9]*$ && $parallel =~ ^[1-9][0-9]*$ ]]; then
+  echo "run.sh: TINYLLM_FUZZ_JOBS and TINYLLM_FUZZ_PARALLEL must be positive whole numbers" >&2
+  exit 2
+fi
 read -r -a extra_args <<< "${TINYLLM_FUZZ_ARGS:-}"
 max_seed_bytes=$((1024 * 1024))
 
 for tool in clang clang++ cmake; do
-  command -v "$tool" > /dev/null || { echo "run.sh: $tool not found (the fuzz targets need clang's libFuzzer)" >&2; exit 2; }
+  command -v "$tool" > /dev/null || { echo "run.sh: $tool not found (the fuzz targets need clang's libFuzzer): skipped" >&2; exit 77; }
 done
 
 # ---- configure and build ----
@@ -79,13 +86,14 @@ fi
 build_targets=(tinyllm_fuzz_seeds)
 for t in "${targets[@]}"; do build_targets+=("tinyllm_fuzz_$t"); done
 echo "== building ${build_targets[*]} (-j$jobs; the first build takes several minutes)"
-for bt in "${build_targets[@]}"; do
-  if ! nice -n 10 cmake --build "$build" --target "$bt" -j "$jobs" > "$build/build-$bt.log" 2>&1; then
-    tail -40 "$build/build-$bt.log" >&2
-    echo "run.sh: building $bt failed (log: $build/build-$bt.log)" >&2
-    exit 2
-  fi
-done
+# All of them through the target that depends on them, so that -j compiles several at once (make
+# builds the goals of one command line one after the other).
+[[ $target == all ]] && build_targets=(tinyllm_fuzz)
+if ! nice -n 10 cmake --build "$build" --target "${build_targets[@]}" -j "$jobs" > "$build/build.log" 2>&1; then
+  tail -40 "$build/build.log" >&2
+  echo "run.sh: building ${build_targets[*]} failed (log: $build/build.log)" >&2
+  exit 2
+fi
 bin=$build/tests/fuzz
 
 # ---- seeds ----
@@ -131,19 +139,18 @@ for t in "${all_targets[@]}"; do
 done
 
 # ---- run ----
-summary=()
-found_any=0
-for t in "${targets[@]}"; do
-  corpus=$build/corpus/$t
-  findings=$build/findings/$t
+# fuzz_target T: runs T, prints its lines, and leaves its summary line in $build/findings/T/summary
+# and "1" in $build/findings/T/found when it found something.
+fuzz_target() {
+  local t=$1 corpus=$build/corpus/$1 findings=$build/findings/$1 log rc found=0 f
+  local execs rate rss last cov ft corpus_files corpus_kb artifacts what result line
+  local regressions=() failing=()
   mkdir -p "$corpus" "$findings"
   touch "$findings/.started"
   log=$findings/fuzz-$(date +%Y%m%d-%H%M%S).log
   echo "== $t: ${seconds}s, corpus $corpus, seeds $(find "$seeds/$t" -type f | wc -l) files, log $log"
   # The reproducers of earlier findings first, each once. Those that pass join the seeds; one that
   # still crashes (its bug not fixed yet) is reported and left out, so that the fuzzing goes on.
-  regressions=()
-  failing=()
   for f in "$here/regressions/$t"/*; do
     if nice -n 10 "$bin/tinyllm_fuzz_$t" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 "$f" \
          > "$findings/regression-$(basename "$f").log" 2>&1; then
@@ -183,21 +190,49 @@ for t in "${targets[@]}"; do
                 \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | sort | tr '\n' ' ')
   what=$(grep -m1 -E '^SUMMARY: |ERROR: libFuzzer: |==ERROR: ' "$log" || true)
   if [[ -n $artifacts ]] || grep -qE 'ERROR: libFuzzer|==ERROR: |^SUMMARY: ' "$log"; then
-    found_any=1
+    found=1
     result="FINDING: ${what:-see log} ${artifacts}"
   elif (( ${#failing[@]} )); then
-    found_any=1
+    found=1
     result="no new findings; ${#failing[@]} regression(s) still crash: ${failing[*]}"
   elif (( rc != 0 )); then
     result="fuzzer exited with $rc (see log)"
-    found_any=1
+    found=1
   else
     result="no findings"
   fi
   line=$(printf '%-15s execs %-9s exec/s %-6s cov %-6s ft %-6s corpus %s files (%s KB), peak rss %s MB: %s' \
          "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$corpus_files" "$corpus_kb" "${rss:-?}" "$result")
   echo "   $line"
-  summary+=("$line")
+  echo "$line" > "$findings/summary"
+  echo "$found" > "$findings/found"
+}
+
+running=0
+for t in "${targets[@]}"; do
+  rm -f "$build/findings/$t/summary" "$build/findings/$t/found"
+  if (( parallel == 1 )); then
+    fuzz_target "$t"
+  else
+    fuzz_target "$t" &
+    running=$((running + 1))
+    if (( running >= parallel )); then
+      wait -n || true
+      running=$((running - 1))
+    fi
+  fi
+done
+wait || true
+summary=()
+found_any=0
+for t in "${targets[@]}"; do
+  if [[ -f $build/findings/$t/summary ]]; then
+    summary+=("$(cat "$build/findings/$t/summary")")
+    [[ $(cat "$build/findings/$t/found") == 0 ]] || found_any=1
+  else
+    summary+=("$t: did not finish (see its log under $build/findings/$t)")
+    found_any=1
+  fi
 done
 
 echo
