@@ -85,10 +85,10 @@ if ! grep -qiE '^CMAKE_CXX_COMPILER:[A-Z]*=.*clang' "$build/CMakeCache.txt"; the
 fi
 build_targets=(tinyllm_fuzz_seeds)
 for t in "${targets[@]}"; do build_targets+=("tinyllm_fuzz_$t"); done
-echo "== building ${build_targets[*]} (-j$jobs; the first build takes several minutes)"
 # All of them through the target that depends on them, so that -j compiles several at once (make
 # builds the goals of one command line one after the other).
 [[ $target == all ]] && build_targets=(tinyllm_fuzz)
+echo "== building ${build_targets[*]} (-j$jobs; the first build takes several minutes)"
 if ! nice -n 10 cmake --build "$build" --target "${build_targets[@]}" -j "$jobs" > "$build/build.log" 2>&1; then
   tail -40 "$build/build.log" >&2
   echo "run.sh: building ${build_targets[*]} failed (log: $build/build.log)" >&2
