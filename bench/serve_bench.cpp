@@ -45,8 +45,8 @@ int main(int argc, char** argv) {
   app.add_option("-p,--n-prompt", n_prompt, "prompt tokens per stream")->capture_default_str();
   app.add_option("-n,--n-gen", n_gen, "generated tokens per stream")->capture_default_str();
   app.add_option("-t,--threads", threads, "threads")->capture_default_str();
-  app.add_option("--kv-type", kv_type, "K/V storage: f16 or f32")
-      ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
+  app.add_option("--kv-type", kv_type, "K/V storage: f16 (twice the blocks of f32 in the budget), q8_0 (1.88x f16's) or f32")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0"}))->capture_default_str();
   app.add_flag("--json", json, "print one JSON object instead of a table");
   std::size_t samples = 1;
   bool json_object = false;
@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
   try {
     tinyllm::LoadedModel lm = model_path.empty() ? device.load_synthetic() : device.load(model_path);
     tinyllm::ThreadPool pool(threads);
-    const tinyllm::KVType kv = kv_type == "f16" ? tinyllm::KVType::f16 : tinyllm::KVType::f32;
+    const tinyllm::KVType kv = tinyllm::kv_type_from_name(kv_type);
     const std::size_t max_c = *std::max_element(concurrency.begin(), concurrency.end());
     const std::size_t per_stream = n_prompt + n_gen;
     tinyllm::SplitMix64 rng(7);

@@ -26,8 +26,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", sp.seed, "random seed (request i uses seed + i)")->capture_default_str();
   app.add_option("--parallel", parallel, "sequences decoded together at most")->capture_default_str();
   app.add_option("--kv-mib", kv_mib, "KV cache budget in MiB")->capture_default_str();
-  app.add_option("--kv-type", kv_type, "K/V storage: f16 (twice the blocks of f32 in the budget) or f32")
-      ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
+  app.add_option("--kv-type", kv_type, "K/V storage: f16 (twice the blocks of f32 in the budget), q8_0 (1.88x f16's) or f32")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0"}))->capture_default_str();
   app.add_option("-t,--threads", threads, "threads; 0 = all cores");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
     for (std::string line; std::getline(in, line);) prompts.push_back(line);
 
     tinyllm::ThreadPool pool(threads);
-    const tinyllm::KVType kv = kv_type == "f16" ? tinyllm::KVType::f16 : tinyllm::KVType::f32;
+    const tinyllm::KVType kv = tinyllm::kv_type_from_name(kv_type);
     tinyllm::Engine engine(lm, pool, {.max_sequences = parallel, .kv_bytes = kv_mib << 20, .kv_type = kv});
     std::vector<std::string> texts(prompts.size());
     for (std::size_t i = 0; i < prompts.size(); ++i) {

@@ -921,8 +921,8 @@ int main(int argc, char** argv) {
   app.add_option("--port", port, "port; 0 = any free port (printed on stdout)")->capture_default_str();
   app.add_option("-t,--threads", threads, "compute threads, shared by all models; 0 = all cores");
   app.add_option("--kv-mib", kv_mib, "KV cache budget per model in MiB")->capture_default_str();
-  app.add_option("--kv-type", kv_type, "K/V storage: f16 (twice the blocks of f32 in the budget) or f32")
-      ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
+  app.add_option("--kv-type", kv_type, "K/V storage: f16 (twice the blocks of f32 in the budget), q8_0 (1.88x f16's) or f32")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0"}))->capture_default_str();
   app.add_option("--parallel", parallel, "sequences decoded together per model at most")->capture_default_str();
   app.add_option("--max-queue", max_queue, "waiting requests per model at most (then 503); 0 = unbounded")->capture_default_str();
   app.add_option("--batch-tokens", batch_tokens, "tokens per engine step")->capture_default_str();
@@ -974,7 +974,7 @@ int main(int argc, char** argv) {
   try {
     const tinyllm::EngineOptions opt{.max_batch_tokens = batch_tokens, .max_sequences = parallel,
                                      .kv_bytes = kv_mib << 20,
-                                     .kv_type = kv_type == "f32" ? tinyllm::KVType::f32 : tinyllm::KVType::f16,
+                                     .kv_type = tinyllm::kv_type_from_name(kv_type),
                                      .max_waiting = max_queue};
     for (std::size_t i = 0; i < model_paths.size(); ++i) {
       const std::string& path = model_paths[i];

@@ -1113,7 +1113,8 @@ inline void quantize_row(const float* src, BlockQ8_0* dst, std::size_t n) {
     float amax = 0.0f;
     for (int i = 0; i < kQK; ++i) amax = std::max(amax, std::fabs(src[i]));
     const float d = amax / 127.0f;
-    const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
+    // A d so small that 1 / d overflows rounds to an f16 scale of 0 anyway: every value reads 0.
+    const float inv_d = d != 0.0f && std::isfinite(1.0f / d) ? 1.0f / d : 0.0f;
     dst[b].d = f32_to_f16(d);
     for (int i = 0; i < kQK; ++i) dst[b].qs[i] = std::int8_t(std::round(src[i] * inv_d));
   }
@@ -1319,7 +1320,10 @@ inline std::size_t attention_start(std::size_t pos, std::size_t window) {
 // ---- tinyllm/kernels/kv_view.hpp ----
 // The keys and values of one layer of one sequence, reached through a block table. A contiguous
 // cache is one block of `capacity` tokens; a paged cache hands out many blocks in any order.
-// Storage is F32 or F16 (half the memory; attention widens to f32 as it reads). A block-table
+// Storage is F32, F16 (half the memory; attention widens to f32 as it reads) or Q8_0 (GGUF's
+// 8-bit blocks of 32 values with an f16 scale: 34 bytes per 32 values, 1.88x the positions of F16
+// in the same bytes; a row of kv_dim values is kv_dim / 32 blocks, so kv_dim must be a multiple of
+// 32, while a head's slice of a row may start inside a block). A block-table
 // entry may be null: a block released because no query can reach it any more (outside every
 // layer's sliding window), which attention never reads.
 #include <algorithm>
@@ -1327,13 +1331,32 @@ inline std::size_t attention_start(std::size_t pos, std::size_t window) {
 #include <cstdint>
 #include <type_traits>
 
+#include <cmath>
+#include <limits>
+#include <string>
+#include <string_view>
+
 
 namespace tinyllm {
 
-enum class KVType : std::uint8_t { f32, f16 };
+enum class KVType : std::uint8_t { f32, f16, q8_0 };
 
-inline constexpr std::size_t kv_type_size(KVType t) { return t == KVType::f16 ? sizeof(F16) : sizeof(float); }
-inline constexpr const char* kv_type_name(KVType t) { return t == KVType::f16 ? "f16" : "f32"; }
+inline constexpr const char* kv_type_name(KVType t) {
+  return t == KVType::f16 ? "f16" : t == KVType::q8_0 ? "q8_0" : "f32";
+}
+// "f32", "f16" or "q8_0" (as llama.cpp's --cache-type-k names them); an Error names the choices.
+inline KVType kv_type_from_name(std::string_view name) {
+  for (const KVType t : {KVType::f32, KVType::f16, KVType::q8_0})
+    if (name == kv_type_name(t)) return t;
+  throw Error("K/V storage type '" + std::string(name) + "'", "kv_type_from_name", "f32, f16 or q8_0");
+}
+// Bytes of one row of kv_dim keys (or values); an Error where Q8_0 blocks cannot tile the row.
+inline std::size_t kv_row_bytes(KVType t, std::size_t kv_dim) {
+  if (t == KVType::q8_0 && kv_dim % kQK != 0)
+    throw Error("Q8_0 K/V for rows of " + std::to_string(kv_dim) + " values (n_kv_heads * head_dim)", "KV cache",
+                "rows of a multiple of 32 values, or f16/f32 K/V");
+  return t == KVType::q8_0 ? kv_dim / kQK * sizeof(BlockQ8_0) : kv_dim * (t == KVType::f16 ? sizeof(F16) : sizeof(float));
+}
 
 struct KVLayerView {
   float* const* k_blocks = nullptr;    // F32 storage: k_blocks[b]: [block_size, kv_dim]
@@ -1342,8 +1365,10 @@ struct KVLayerView {
   std::size_t kv_dim = 0;              // n_kv_heads * head_dim
   F16* const* k_blocks_f16 = nullptr;  // F16 storage instead (k_blocks and v_blocks stay null)
   F16* const* v_blocks_f16 = nullptr;
+  BlockQ8_0* const* k_blocks_q8 = nullptr;   // Q8_0 storage instead: [block_size, kv_dim / 32] blocks
+  BlockQ8_0* const* v_blocks_q8 = nullptr;
 
-  KVType type() const { return k_blocks_f16 ? KVType::f16 : KVType::f32; }
+  KVType type() const { return k_blocks_q8 ? KVType::q8_0 : k_blocks_f16 ? KVType::f16 : KVType::f32; }
 
   // Rows of F32 storage.
   float* key(std::size_t pos) const { return k_blocks[pos / block_size] + (pos % block_size) * kv_dim; }
@@ -1351,6 +1376,9 @@ struct KVLayerView {
   // Rows of F16 storage.
   F16* key_f16(std::size_t pos) const { return k_blocks_f16[pos / block_size] + (pos % block_size) * kv_dim; }
   F16* value_f16(std::size_t pos) const { return v_blocks_f16[pos / block_size] + (pos % block_size) * kv_dim; }
+  // Rows of Q8_0 storage.
+  BlockQ8_0* key_q8(std::size_t pos) const { return k_blocks_q8[pos / block_size] + (pos % block_size) * (kv_dim / kQK); }
+  BlockQ8_0* value_q8(std::size_t pos) const { return v_blocks_q8[pos / block_size] + (pos % block_size) * (kv_dim / kQK); }
   // The row as the storage type T (float or F16), for kernels templated on it.
   template <class T>
   const T* key_as(std::size_t pos) const {
@@ -1363,24 +1391,60 @@ struct KVLayerView {
 
   // Element i of a row as f32, whatever the storage (for the scalar reference).
   float key_at(std::size_t pos, std::size_t i) const {
-    return type() == KVType::f16 ? to_f32(key_f16(pos)[i]) : key(pos)[i];
+    switch (type()) {
+      case KVType::f16: return to_f32(key_f16(pos)[i]);
+      case KVType::q8_0: return q8_value(key_q8(pos), i);
+      default: return key(pos)[i];
+    }
   }
   float value_at(std::size_t pos, std::size_t i) const {
-    return type() == KVType::f16 ? to_f32(value_f16(pos)[i]) : value(pos)[i];
+    switch (type()) {
+      case KVType::f16: return to_f32(value_f16(pos)[i]);
+      case KVType::q8_0: return q8_value(value_q8(pos), i);
+      default: return value(pos)[i];
+    }
   }
 
-  // Writes position pos: k and v are [kv_dim] f32, rounded to nearest even for F16 storage.
+  // Writes position pos: k and v are [kv_dim] f32, rounded to nearest even for F16 storage and
+  // quantized by GGUF's Q8_0 rule for Q8_0 storage.
   void store(std::size_t pos, const float* k, const float* v) const {
-    if (type() == KVType::f32) {
-      std::copy_n(k, kv_dim, key(pos));
-      std::copy_n(v, kv_dim, value(pos));
-      return;
+    switch (type()) {
+      case KVType::f32:
+        std::copy_n(k, kv_dim, key(pos));
+        std::copy_n(v, kv_dim, value(pos));
+        return;
+      case KVType::f16: {
+        F16* kd = key_f16(pos);
+        F16* vd = value_f16(pos);
+        for (std::size_t i = 0; i < kv_dim; ++i) {
+          kd[i].bits = f32_to_f16(k[i]);
+          vd[i].bits = f32_to_f16(v[i]);
+        }
+        return;
+      }
+      case KVType::q8_0:
+        store_q8(k, key_q8(pos));
+        store_q8(v, value_q8(pos));
+        return;
     }
-    F16* kd = key_f16(pos);
-    F16* vd = value_f16(pos);
-    for (std::size_t i = 0; i < kv_dim; ++i) {
-      kd[i].bits = f32_to_f16(k[i]);
-      vd[i].bits = f32_to_f16(v[i]);
+  }
+
+ private:
+  static float q8_value(const BlockQ8_0* row, std::size_t i) {
+    return f16_to_f32(row[i / kQK].d) * float(row[i / kQK].qs[i % kQK]);
+  }
+  // A block with a NaN or an infinity gets a NaN scale (every value it holds reads as NaN, as an F32
+  // cache would propagate it) instead of undefined int8 conversions.
+  void store_q8(const float* x, BlockQ8_0* row) const {
+    for (std::size_t b = 0; b < kv_dim / kQK; ++b, x += kQK) {
+      bool finite = true;
+      for (int i = 0; i < kQK; ++i) finite = finite && std::isfinite(x[i]);
+      if (finite) {
+        quantize_row(x, row + b, kQK);
+      } else {
+        row[b].d = f32_to_f16(std::numeric_limits<float>::quiet_NaN());
+        std::fill_n(row[b].qs, kQK, std::int8_t(0));
+      }
     }
   }
 };
@@ -2332,7 +2396,7 @@ HWY_AFTER_NAMESPACE();
 
 #endif  // per-target include guard
 // ---- tinyllm/kernels/cpu/attention.hpp ----
-// Causal grouped-query attention over a block-table KV view (Highway), K/V stored as F32 or F16.
+// Causal grouped-query attention over a block-table KV view (Highway), K/V stored as F32, F16 or Q8_0.
 // Per-target code: compiled once for the static target, or once per target where
 // foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
 #if defined(TINYLLM_KERNELS_CPU_ATTENTION_HPP_) == defined(HWY_TARGET_TOGGLE)
@@ -2347,6 +2411,7 @@ HWY_AFTER_NAMESPACE();
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 // ---- tinyllm/kernels/cpu/softmax.hpp ----
 // Numerically stable softmax (Highway).
@@ -2453,9 +2518,11 @@ HWY_INLINE void scores_any(std::size_t heads, const T* const (&k)[4], std::size_
 // w + h * w_stride, out_h at out + h * head_dim), values stored as T (float or F16). V vectors of
 // the output per head stay in registers while the positions stream past, so each value vector is
 // loaded once for all H heads. A block's rows are consecutive: one table lookup per block.
+// With `accumulate`, adds to out instead of overwriting it.
 template <class T, std::size_t H, std::size_t V = (H > 4 ? 2 : 4)>
 HWY_INLINE void values_group(const float* w, std::size_t w_stride, std::size_t first, std::size_t n_pos,
-                             const KVLayerView& kv, std::size_t offset, std::size_t head_dim, float* out) {
+                             const KVLayerView& kv, std::size_t offset, std::size_t head_dim, bool accumulate,
+                             float* out) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   for (std::size_t j = 0; j < head_dim; j += V * N) {
@@ -2463,7 +2530,8 @@ HWY_INLINE void values_group(const float* w, std::size_t w_stride, std::size_t f
     for (std::size_t c = 0; c < V; ++c) count[c] = head_dim > j + c * N ? head_dim - j - c * N : 0;
     VF acc[H][V];
     for (std::size_t h = 0; h < H; ++h)
-      for (std::size_t c = 0; c < V; ++c) acc[h][c] = hn::Zero(d);
+      for (std::size_t c = 0; c < V; ++c)
+        acc[h][c] = accumulate ? load_upto(d, out + h * head_dim + j + c * N, count[c]) : hn::Zero(d);
     for (std::size_t p = 0; p < n_pos;) {
       const std::size_t block_end = std::min(n_pos, ((first + p) / kv.block_size + 1) * kv.block_size - first);
       for (const T* v = kv.value_as<T>(first + p) + offset + j; p < block_end; ++p, v += kv.kv_dim) {
@@ -2483,10 +2551,10 @@ HWY_INLINE void values_group(const float* w, std::size_t w_stride, std::size_t f
 template <class T, std::size_t H = 8>
 HWY_INLINE void values_any(std::size_t heads, const float* w, std::size_t w_stride, std::size_t first,
                            std::size_t n_pos, const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
-                           float* out) {
+                           bool accumulate, float* out) {
   if constexpr (H > 1)
-    if (heads < H) return values_any<T, H - 1>(heads, w, w_stride, first, n_pos, kv, offset, head_dim, out);
-  values_group<T, H>(w, w_stride, first, n_pos, kv, offset, head_dim, out);
+    if (heads < H) return values_any<T, H - 1>(heads, w, w_stride, first, n_pos, kv, offset, head_dim, accumulate, out);
+  values_group<T, H>(w, w_stride, first, n_pos, kv, offset, head_dim, accumulate, out);
 }
 
 // The whole 32-bit words of [row, row + bytes) summed: plain loads, which the core keeps many of
@@ -2502,6 +2570,33 @@ HWY_INLINE hn::Vec<DU32> sum_words(const void* row, std::size_t bytes) {
   if constexpr (kNativeMasking)
     if (i < n) x = hn::Add(x, hn::MaskedLoad(hn::FirstN(du, n - i), du, w + i));
   return x;
+}
+
+// Scores of query heads q_h (h < heads, at q + h * head_dim) against the keys of positions
+// [first, first + n_pos) (unscaled): heads rows of s_stride floats from `scores`.
+template <class T>
+HWY_INLINE void score_rows(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
+                           const KVLayerView& kv, std::size_t offset, std::size_t head_dim, float* scores,
+                           std::size_t s_stride) {
+  for (std::size_t p = 0; p < n_pos; p += 4) {
+    const std::size_t rows = std::min<std::size_t>(4, n_pos - p);
+    const T* k[4];
+    for (std::size_t r = 0; r < 4; ++r) k[r] = kv.key_as<T>(first + p + std::min(r, rows - 1)) + offset;
+    for (std::size_t h = 0; h < heads; h += 4)
+      scores_any<T>(std::min<std::size_t>(4, heads - h), k, rows, q + h * head_dim, head_dim, scores + h * s_stride + p,
+                    s_stride);
+  }
+}
+
+// Scores to attention weights: scale, soft-cap, softmax over n_pos, for each head's row.
+HWY_INLINE void normalize_scores(std::size_t heads, std::size_t n_pos, const AttentionParams& params, float* scores,
+                                 std::size_t s_stride) {
+  for (std::size_t h = 0; h < heads; ++h) {
+    float* s = scores + h * s_stride;
+    map1(s, n_pos, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
+    if (params.softcap > 0) softcap(s, n_pos, params.softcap);
+    softmax(s, n_pos);
+  }
 }
 
 // Query heads q_h (h < heads, at q + h * head_dim) of one KV head against cache positions
@@ -2522,23 +2617,67 @@ HWY_INLINE void attend_group(const float* q, std::size_t heads, std::size_t firs
     volatile std::uint32_t sink = hn::GetLane(x);  // the loads must happen
     (void)sink;
   }
-  for (std::size_t p = 0; p < n_pos; p += 4) {
-    const std::size_t rows = std::min<std::size_t>(4, n_pos - p);
-    const T* k[4];
-    for (std::size_t r = 0; r < 4; ++r) k[r] = kv.key_as<T>(first + p + std::min(r, rows - 1)) + offset;
-    for (std::size_t h = 0; h < heads; h += 4)
-      scores_any<T>(std::min<std::size_t>(4, heads - h), k, rows, q + h * head_dim, head_dim, scores + h * s_stride + p,
-                    s_stride);
-  }
-  for (std::size_t h = 0; h < heads; ++h) {
-    float* s = scores + h * s_stride;
-    map1(s, n_pos, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
-    if (params.softcap > 0) softcap(s, n_pos, params.softcap);
-    softmax(s, n_pos);
-  }
+  score_rows<T>(q, heads, first, n_pos, kv, offset, head_dim, scores, s_stride);
+  normalize_scores(heads, n_pos, params, scores, s_stride);
   for (std::size_t h = 0; h < heads; h += 8)
     values_any<T>(std::min<std::size_t>(8, heads - h), scores + h * s_stride, s_stride, first, n_pos, kv, offset,
-                  head_dim, out + h * head_dim);
+                  head_dim, false, out + h * head_dim);
+}
+
+// Rows [first, first + n) of a Q8_0 key (or value) table, elements [offset, offset + head_dim) of
+// each, widened to f32 in out: [n, head_dim]. The value is d * q, as KVLayerView::key_at reads it.
+HWY_INLINE void widen_q8_rows(const KVLayerView& kv, bool keys, std::size_t first, std::size_t n, std::size_t offset,
+                              std::size_t head_dim, float* out) {
+  using D = hn::CappedTag<float, 16>;   // lanes divide the 32 values of a block
+  const D d;
+  const hn::Rebind<std::int32_t, D> di;
+  const hn::Rebind<std::int8_t, D> d8;
+  const std::size_t N = hn::Lanes(d);
+  const bool whole_blocks = offset % kQK == 0 && head_dim % kQK == 0;
+  for (std::size_t r = 0; r < n; ++r, out += head_dim) {
+    const BlockQ8_0* row = keys ? kv.key_q8(first + r) : kv.value_q8(first + r);
+    if (!whole_blocks) {   // a head smaller than a block, or one that starts inside a block
+      for (std::size_t i = 0; i < head_dim; ++i) {
+        const BlockQ8_0& b = row[(offset + i) / kQK];
+        out[i] = f16_to_f32(b.d) * float(b.qs[(offset + i) % kQK]);
+      }
+      continue;
+    }
+    for (std::size_t b = 0; b < head_dim / kQK; ++b) {
+      const BlockQ8_0& blk = row[offset / kQK + b];
+      const auto scale = hn::Set(d, f16_to_f32(blk.d));
+      for (std::size_t i = 0; i < std::size_t(kQK); i += N)
+        hn::StoreU(hn::Mul(scale, hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(d8, blk.qs + i)))), d,
+                   out + b * kQK + i);
+    }
+  }
+}
+
+// attend_group over Q8_0 K/V: chunks of positions are widened to f32 in a buffer on the stack and
+// run through the f32 code (the widening is a light streaming pass, and a chunk stays in L1).
+HWY_INLINE void attend_group_q8(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
+                                const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
+                                const AttentionParams& params, float* scores, std::size_t s_stride, float* out) {
+  constexpr std::size_t kBuffer = 8192;   // floats: 32 KiB, at least 4 rows of heads up to 2048 values
+  HWY_ALIGN float stack[kBuffer];
+  std::vector<float> heap(head_dim * 4 > kBuffer ? head_dim * 4 : 0);
+  float* buffer = heap.empty() ? stack : heap.data();
+  float* table[1] = {buffer};
+  const std::size_t chunk = heap.empty() ? std::min<std::size_t>(64, kBuffer / head_dim / 4 * 4) : 4;
+  const KVLayerView wide{.k_blocks = table, .v_blocks = table, .block_size = chunk, .kv_dim = head_dim};
+  for (std::size_t p = 0; p < n_pos; p += chunk) {
+    const std::size_t n = std::min(chunk, n_pos - p);
+    widen_q8_rows(kv, true, first + p, n, offset, head_dim, buffer);
+    score_rows<float>(q, heads, 0, n, wide, 0, head_dim, scores + p, s_stride);
+  }
+  normalize_scores(heads, n_pos, params, scores, s_stride);
+  for (std::size_t p = 0; p < n_pos; p += chunk) {
+    const std::size_t n = std::min(chunk, n_pos - p);
+    widen_q8_rows(kv, false, first + p, n, offset, head_dim, buffer);
+    for (std::size_t h = 0; h < heads; h += 8)
+      values_any<float>(std::min<std::size_t>(8, heads - h), scores + h * s_stride + p, s_stride, 0, n, wide, 0,
+                        head_dim, p > 0, out + h * head_dim);
+  }
 }
 
 }  // namespace detail
@@ -2575,7 +2714,9 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
       const bool cold = t == 0 || &view_of(t - 1) != &kv;  // the first token of its sequence here
       const float* qg = q.row(t) + g * group * head_dim;
       float* og = out.row(t) + g * group * head_dim;
-      if (kv.type() == KVType::f16)
+      if (kv.type() == KVType::q8_0)
+        detail::attend_group_q8(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, scores, s_stride, og);
+      else if (kv.type() == KVType::f16)
         detail::attend_group<F16>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride, og);
       else
         detail::attend_group<float>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride,
@@ -12148,42 +12289,49 @@ class KVCache {
 };
 
 // One block per layer holding every position: the simplest cache, for one sequence. K and V are
-// stored as F32 (the default) or F16, in host memory or in `mem`'s (a device backend's).
+// stored as F32 (the default), F16 or Q8_0, in host memory or in `mem`'s (a device backend's).
 class ContiguousKVCache final : public KVCache {
  public:
   ContiguousKVCache(const ModelConfig& cfg, std::size_t capacity, KVType type = KVType::f32,
                     const MemoryResource* mem = nullptr)
-      : capacity_(capacity), kv_dim_(cfg.kv_dim()), type_(type), k_(mem), v_(mem), k16_(mem), v16_(mem) {
+      : capacity_(capacity), row_bytes_(kv_row_bytes(type, cfg.kv_dim())), kv_dim_(cfg.kv_dim()), type_(type),
+        storage_(mem) {
     if (capacity == 0) throw Error("a KV cache needs room for at least one position", "ContiguousKVCache");
-    if (type == KVType::f16) table(cfg.n_layers, k16_, v16_, k16_blocks_, v16_blocks_);
-    else table(cfg.n_layers, k_, v_, k_blocks_, v_blocks_);
+    storage_.resize(cfg.n_layers * 2 * capacity * row_bytes_);   // [n_layers][K, V][capacity][row_bytes]
+    const auto fill = [&]<class T>(std::vector<T*>& k, std::vector<T*>& v) {
+      for (std::size_t l = 0; l < cfg.n_layers; ++l) {
+        std::byte* keys = storage_.data() + 2 * l * capacity * row_bytes_;
+        k.push_back(reinterpret_cast<T*>(keys));
+        v.push_back(reinterpret_cast<T*>(keys + capacity * row_bytes_));
+      }
+    };
+    switch (type) {
+      case KVType::f32: fill(k_, v_); break;
+      case KVType::f16: fill(k16_, v16_); break;
+      case KVType::q8_0: fill(k8_, v8_); break;
+    }
   }
+  // One block of `capacity` positions per layer.
   KVLayerView layer(std::size_t l) override {
-    if (type_ == KVType::f16) return {.block_size = capacity_, .kv_dim = kv_dim_, .k_blocks_f16 = &k16_blocks_[l],
-                                      .v_blocks_f16 = &v16_blocks_[l]};
-    return {&k_blocks_[l], &v_blocks_[l], capacity_, kv_dim_};
+    KVLayerView v{.block_size = capacity_, .kv_dim = kv_dim_};
+    switch (type_) {
+      case KVType::f32: v.k_blocks = &k_[l], v.v_blocks = &v_[l]; break;
+      case KVType::f16: v.k_blocks_f16 = &k16_[l], v.v_blocks_f16 = &v16_[l]; break;
+      case KVType::q8_0: v.k_blocks_q8 = &k8_[l], v.v_blocks_q8 = &v8_[l]; break;
+    }
+    return v;
   }
   std::size_t capacity() const override { return capacity_; }
   KVType type() const { return type_; }
 
  private:
-  template <class T>
-  void table(std::size_t n_layers, MemoryBuffer<T>& k, MemoryBuffer<T>& v, std::vector<T*>& k_blocks,
-             std::vector<T*>& v_blocks) {
-    k.resize(n_layers * capacity_ * kv_dim_);
-    v.resize(n_layers * capacity_ * kv_dim_);
-    for (std::size_t l = 0; l < n_layers; ++l) {
-      k_blocks.push_back(k.data() + l * capacity_ * kv_dim_);   // [capacity, kv_dim]
-      v_blocks.push_back(v.data() + l * capacity_ * kv_dim_);
-    }
-  }
-
-  std::size_t capacity_, kv_dim_;
+  std::size_t capacity_, row_bytes_, kv_dim_;
   KVType type_;
-  MemoryBuffer<float> k_, v_;   // [n_layers, capacity, kv_dim] for F32 storage
-  MemoryBuffer<F16> k16_, v16_; // ... or for F16
-  std::vector<float*> k_blocks_, v_blocks_;
-  std::vector<F16*> k16_blocks_, v16_blocks_;
+  MemoryBuffer<std::byte> storage_;
+  // [n_layers]: each layer's keys and values; only those of the storage type are filled.
+  std::vector<float*> k_, v_;
+  std::vector<F16*> k16_, v16_;
+  std::vector<BlockQ8_0*> k8_, v8_;
 };
 
 }  // namespace tinyllm
@@ -15118,8 +15266,8 @@ inline GenerateStats generate(ThreadPool& pool, Model& model, std::span<const st
 }  // namespace tinyllm
 // ---- tinyllm/serve/block_pool.hpp ----
 // The paged KV cache's memory (vLLM's PagedAttention): one pool of fixed-size blocks allocated up
-// front. A block holds block_size positions of K and V for every layer, as F32 or as F16 (half
-// the bytes, so twice the blocks for a memory budget). Blocks are ref-counted so
+// front. A block holds block_size positions of K and V for every layer, as F32, F16 (half the
+// bytes, so twice the blocks for a memory budget) or Q8_0 (1.88x F16's). Blocks are ref-counted so
 // sequences can share them; a full block can be registered under the hash of its tokens (chained
 // with the hashes of the blocks before it), so a later request with the same prefix finds it.
 // Released blocks keep their contents and hash until reused, least recently released first.
@@ -15143,21 +15291,20 @@ class KVBlockPool {
   // The blocks live in host memory, or in `mem`'s (the model's: Model::memory()).
   KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks, KVType type = KVType::f32,
               const MemoryResource* mem = nullptr)
-      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), type_(type), storage_(mem),
-        storage_f16_(mem), blocks_(n_blocks) {
+      : block_size_(block_size), n_layers_(cfg.n_layers), row_bytes_(kv_row_bytes(type, cfg.kv_dim())), type_(type),
+        storage_(mem), blocks_(n_blocks) {
     if (block_size == 0 || n_blocks == 0)
       throw Error("a KV block pool needs blocks of at least one position", "KVBlockPool",
                   "block_size >= 1 and n_blocks >= 1");
-    // [n_blocks][n_layers][K, V][block_size][kv_dim]
-    if (type == KVType::f16) storage_f16_.resize(n_blocks * block_elements());
-    else storage_.resize(n_blocks * block_elements());
+    // [n_blocks][n_layers][K, V][block_size][row_bytes]
+    storage_.resize(n_blocks * block_bytes());
     for (BlockId b = 0; b < n_blocks; ++b) free_queue_.push_back({b, 0});
     n_free_ = n_blocks;
   }
 
   // Bytes of one block: K and V of block_size positions for every layer.
   static std::size_t block_bytes(const ModelConfig& cfg, std::size_t block_size, KVType type = KVType::f32) {
-    return block_size * cfg.n_layers * 2 * cfg.kv_dim() * kv_type_size(type);
+    return block_size * cfg.n_layers * 2 * kv_row_bytes(type, cfg.kv_dim());
   }
   // The most blocks whose storage fits in `bytes`.
   static std::size_t blocks_for_bytes(const ModelConfig& cfg, std::size_t block_size, std::size_t bytes,
@@ -15176,17 +15323,27 @@ class KVBlockPool {
   std::size_t n_references() const { return n_refs_; }
   std::uint32_t ref_count(BlockId b) const { return blocks_.at(b).refs; }
 
-  // A layer's [block_size, kv_dim] keys and values in block b: F32 storage ...
-  float* keys(BlockId b, std::size_t layer) { return storage_.data() + offset(b, layer); }
-  float* values(BlockId b, std::size_t layer) { return keys(b, layer) + plane(); }
-  // ... or F16 storage.
-  F16* keys_f16(BlockId b, std::size_t layer) { return storage_f16_.data() + offset(b, layer); }
-  F16* values_f16(BlockId b, std::size_t layer) { return keys_f16(b, layer) + plane(); }
+  // A layer's block_size rows of keys and of values in block b, as the storage type T: float (F32
+  // storage), F16 or BlockQ8_0.
+  template <class T>
+  T* keys_as(BlockId b, std::size_t layer) {
+    return reinterpret_cast<T*>(storage_.data() + offset(b, layer));
+  }
+  template <class T>
+  T* values_as(BlockId b, std::size_t layer) {
+    return reinterpret_cast<T*>(storage_.data() + offset(b, layer) + plane());
+  }
+  float* keys(BlockId b, std::size_t layer) { return keys_as<float>(b, layer); }
+  float* values(BlockId b, std::size_t layer) { return values_as<float>(b, layer); }
+  F16* keys_f16(BlockId b, std::size_t layer) { return keys_as<F16>(b, layer); }
+  F16* values_f16(BlockId b, std::size_t layer) { return values_as<F16>(b, layer); }
 
   // Copies every layer's K and V of block `from` into block `to`.
   void copy_block(BlockId from, BlockId to) {
-    if (type_ == KVType::f16) copy_elements(storage_f16_, from, to);
-    else copy_elements(storage_, from, to);
+    const std::byte* src = storage_.data() + offset(from, 0);
+    std::byte* dst = storage_.data() + offset(to, 0);
+    if (const MemoryResource* mem = storage_.memory()) mem->copy(dst, src, block_bytes());
+    else std::copy_n(src, block_bytes(), dst);
   }
 
   // A block no one holds (evicting the oldest released one and its hash), with one reference;
@@ -15263,16 +15420,9 @@ class KVBlockPool {
     std::uint32_t stamp;
   };
 
-  std::size_t plane() const { return block_size_ * kv_dim_; }
-  std::size_t block_elements() const { return n_layers_ * 2 * plane(); }
-  std::size_t offset(BlockId b, std::size_t layer) const { return b * block_elements() + layer * 2 * plane(); }
-  template <class T>
-  void copy_elements(MemoryBuffer<T>& storage, BlockId from, BlockId to) {
-    const T* src = storage.data() + offset(from, 0);
-    T* dst = storage.data() + offset(to, 0);
-    if (const MemoryResource* mem = storage.memory()) mem->copy(dst, src, block_elements() * sizeof(T));
-    else std::copy_n(src, block_elements(), dst);
-  }
+  std::size_t plane() const { return block_size_ * row_bytes_; }   // bytes of one layer's keys (or values)
+  std::size_t block_bytes() const { return n_layers_ * 2 * plane(); }
+  std::size_t offset(BlockId b, std::size_t layer) const { return b * block_bytes() + layer * 2 * plane(); }
   void forget_hash(BlockId b) {
     Block& blk = blocks_[b];
     if (blk.hash) {
@@ -15282,10 +15432,9 @@ class KVBlockPool {
     }
   }
 
-  std::size_t block_size_, n_layers_, kv_dim_;
+  std::size_t block_size_, n_layers_, row_bytes_;
   KVType type_;
-  MemoryBuffer<float> storage_;     // F32 storage, or
-  MemoryBuffer<F16> storage_f16_;   // F16 storage
+  MemoryBuffer<std::byte> storage_;
   std::vector<Block> blocks_;
   std::deque<QueueEntry> free_queue_;
   std::size_t n_free_ = 0;
@@ -15305,6 +15454,7 @@ class KVBlockPool {
 #include <limits>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 
@@ -15316,16 +15466,19 @@ class PagedKVCache final : public KVCache {
   static constexpr BlockId kReleased = std::numeric_limits<BlockId>::max();
 
   PagedKVCache(KVBlockPool& pool, std::size_t n_layers, std::size_t kv_dim)
-      : pool_(&pool), kv_dim_(kv_dim), ptrs_(n_layers), ptrs_f16_(n_layers) {}
+      : pool_(&pool), kv_dim_(kv_dim), ptrs_(n_layers), ptrs_f16_(n_layers), ptrs_q8_(n_layers) {}
   PagedKVCache(const PagedKVCache&) = delete;
   PagedKVCache& operator=(const PagedKVCache&) = delete;
   ~PagedKVCache() override { clear(); }
 
   KVLayerView layer(std::size_t l) override {
-    if (pool_->type() == KVType::f16)
-      return {.block_size = pool_->block_size(), .kv_dim = kv_dim_, .k_blocks_f16 = ptrs_f16_[l].k.data(),
-              .v_blocks_f16 = ptrs_f16_[l].v.data()};
-    return {ptrs_[l].k.data(), ptrs_[l].v.data(), pool_->block_size(), kv_dim_};
+    KVLayerView v{.block_size = pool_->block_size(), .kv_dim = kv_dim_};
+    switch (pool_->type()) {
+      case KVType::f32: v.k_blocks = ptrs_[l].k.data(), v.v_blocks = ptrs_[l].v.data(); break;
+      case KVType::f16: v.k_blocks_f16 = ptrs_f16_[l].k.data(), v.v_blocks_f16 = ptrs_f16_[l].v.data(); break;
+      case KVType::q8_0: v.k_blocks_q8 = ptrs_q8_[l].k.data(), v.v_blocks_q8 = ptrs_q8_[l].v.data(); break;
+    }
+    return v;
   }
   // Positions [0, capacity) are addressable; those of released blocks are no longer stored.
   std::size_t capacity() const override { return table_.size() * pool_->block_size(); }
@@ -15337,10 +15490,13 @@ class PagedKVCache final : public KVCache {
   // Appends a block the caller already holds a reference to; the table now owns that reference.
   void append(BlockId b) {
     table_.push_back(b);
-    for (std::size_t l = 0; l < ptrs_.size(); ++l) {
-      if (pool_->type() == KVType::f16) ptrs_f16_[l].push(pool_->keys_f16(b, l), pool_->values_f16(b, l));
-      else ptrs_[l].push(pool_->keys(b, l), pool_->values(b, l));
-    }
+    for_tables([&](auto& tables, auto* type) {
+      using T = std::remove_pointer_t<decltype(type)>;
+      for (std::size_t l = 0; l < tables.size(); ++l) {
+        tables[l].k.push_back(pool_->keys_as<T>(b, l));
+        tables[l].v.push_back(pool_->values_as<T>(b, l));
+      }
+    });
   }
 
   // Takes `other`'s blocks as this (empty) cache's, sharing them: each gets one more reference,
@@ -15399,45 +15555,48 @@ class PagedKVCache final : public KVCache {
       if (b != kReleased) pool_->release(b);
     table_.clear();
     n_released_ = 0;
-    for (auto& p : ptrs_) p.clear();
-    for (auto& p : ptrs_f16_) p.clear();
+    for_tables([](auto& tables, auto*) {
+      for (auto& t : tables) t.k.clear(), t.v.clear();
+    });
   }
 
  private:
   template <class T>
   struct LayerTable {
     std::vector<T*> k, v;   // [blocks]: the layer's K/V base in each block
-    void push(T* kb, T* vb) {
-      k.push_back(kb);
-      v.push_back(vb);
-    }
-    void clear() {
-      k.clear();
-      v.clear();
-    }
   };
+
+  // f(tables, (T*)nullptr) with the per-layer tables of the pool's storage type T.
+  template <class F>
+  void for_tables(F&& f) {
+    switch (pool_->type()) {
+      case KVType::f32: return f(ptrs_, static_cast<float*>(nullptr));
+      case KVType::f16: return f(ptrs_f16_, static_cast<F16*>(nullptr));
+      case KVType::q8_0: return f(ptrs_q8_, static_cast<BlockQ8_0*>(nullptr));
+    }
+  }
 
   // Points entry i of every layer at block b (null for kReleased).
   void set(std::size_t i, BlockId b) {
     table_[i] = b;
     const bool live = b != kReleased;
-    for (std::size_t l = 0; l < ptrs_.size(); ++l) {
-      if (pool_->type() == KVType::f16) {
-        ptrs_f16_[l].k[i] = live ? pool_->keys_f16(b, l) : nullptr;
-        ptrs_f16_[l].v[i] = live ? pool_->values_f16(b, l) : nullptr;
-      } else {
-        ptrs_[l].k[i] = live ? pool_->keys(b, l) : nullptr;
-        ptrs_[l].v[i] = live ? pool_->values(b, l) : nullptr;
+    for_tables([&](auto& tables, auto* type) {
+      using T = std::remove_pointer_t<decltype(type)>;
+      for (std::size_t l = 0; l < tables.size(); ++l) {
+        tables[l].k[i] = live ? pool_->keys_as<T>(b, l) : nullptr;
+        tables[l].v[i] = live ? pool_->values_as<T>(b, l) : nullptr;
       }
-    }
+    });
   }
 
   KVBlockPool* pool_;
   std::size_t kv_dim_;
   std::vector<BlockId> table_;
   std::size_t n_released_ = 0;
-  std::vector<LayerTable<float>> ptrs_;    // [n_layers], F32 storage
-  std::vector<LayerTable<F16>> ptrs_f16_;  // [n_layers], F16 storage
+  // [n_layers] block tables; only those of the pool's storage type are used.
+  std::vector<LayerTable<float>> ptrs_;
+  std::vector<LayerTable<F16>> ptrs_f16_;
+  std::vector<LayerTable<BlockQ8_0>> ptrs_q8_;
 };
 
 }  // namespace tinyllm
@@ -15529,7 +15688,8 @@ struct TokenEvent {
 // When a sequence needs a block and none is free, the most recently admitted running sequence is
 // preempted: its blocks are released and it waits to be recomputed (its tokens so far are kept).
 // Full blocks are registered in the prefix cache, so requests sharing a prompt prefix reuse them.
-// K and V are stored as F32 or F16 (EngineOptions::kv_type; F16 fits twice the blocks in kv_bytes).
+// K and V are stored as F32, F16 or Q8_0 (EngineOptions::kv_type; F16 fits twice the blocks in
+// kv_bytes, Q8_0 3.76 times).
 // When every layer of the model has a sliding window (Mistral), a sequence releases the blocks
 // that fell out of the window as it goes, so a long generation holds about window / block_size + 2
 // blocks.
@@ -15559,7 +15719,7 @@ struct EngineOptions {
   std::size_t block_size = 16;            // positions per KV block
   std::size_t kv_blocks = 0;              // blocks in the pool; 0 = as many as kv_bytes holds
   std::size_t kv_bytes = 256u << 20;
-  KVType kv_type = KVType::f32;           // how K and V are stored: f16 halves their memory
+  KVType kv_type = KVType::f32;           // how K and V are stored: f16 halves their memory, q8_0 more
   bool prefix_caching = true;
   std::size_t max_waiting = 0;            // 0 = unbounded queue; else submit() refuses beyond it
 };

@@ -1,9 +1,11 @@
 // cpu::attention against ref::attention: GQA ratios 1, 2, 4, 8, tokens at arbitrary positions,
 // a contiguous KV cache and the same data in shuffled blocks of a paged one, 1 to 3 threads; K/V
-// stored as F16; sliding windows over tables whose out-of-window blocks were released.
+// stored as F16 and as Q8_0; sliding windows over tables whose out-of-window blocks were released.
 #include <tinyllm/kernels/kv_view.hpp>
 #include <tinyllm/kernels/cpu/cpu.hpp>
 #include <tinyllm/kernels/reference.hpp>
+#include <tinyllm/quant/dequantize.hpp>
+#include <tinyllm/quant/quantize.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -23,7 +25,7 @@ namespace {
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// One layer's K and V for positions [0, n_ctx), stored as T (float or F16) in blocks of
+// One layer's K and V for positions [0, n_ctx), stored as T (float, F16 or BlockQ8_0) in blocks of
 // block_size tokens whose order in storage is a random permutation of their order in the table.
 // block_size >= n_ctx gives a contiguous cache.
 template <class T>
@@ -36,16 +38,19 @@ struct BlockKVOf {
             std::size_t block_size_, std::mt19937& rng)
       : block_size(block_size_), kv_dim(kv_dim_) {
     const std::size_t n_blocks = (n_ctx + block_size - 1) / block_size, spare = 2;
+    const std::size_t row = std::is_same_v<T, BlockQ8_0> ? kv_dim / kQK : kv_dim;   // elements of T per row
     std::vector<std::size_t> slot(n_blocks + spare);
     std::iota(slot.begin(), slot.end(), 0);
     std::shuffle(slot.begin(), slot.end(), rng);
-    T nan;
-    if constexpr (std::is_same_v<T, F16>) nan.bits = 0x7e00; else nan = kNaN;
-    k_storage.assign(slot.size() * block_size * kv_dim, nan);  // unused slots and tails stay NaN
+    T nan{};
+    if constexpr (std::is_same_v<T, F16>) nan.bits = 0x7e00;
+    else if constexpr (std::is_same_v<T, BlockQ8_0>) nan.d = 0x7e00;
+    else nan = kNaN;
+    k_storage.assign(slot.size() * block_size * row, nan);  // unused slots and tails stay NaN
     v_storage.assign(k_storage.size(), nan);
     for (std::size_t b = 0; b < n_blocks; ++b) {
-      k_table.push_back(k_storage.data() + slot[b] * block_size * kv_dim);
-      v_table.push_back(v_storage.data() + slot[b] * block_size * kv_dim);
+      k_table.push_back(k_storage.data() + slot[b] * block_size * row);
+      v_table.push_back(v_storage.data() + slot[b] * block_size * row);
     }
     const KVLayerView view = this->view();
     for (std::size_t p = 0; p < n_ctx; ++p) view.store(p, k.data() + p * kv_dim, v.data() + p * kv_dim);
@@ -53,6 +58,8 @@ struct BlockKVOf {
   KVLayerView view() const {
     if constexpr (std::is_same_v<T, F16>)
       return {.block_size = block_size, .kv_dim = kv_dim, .k_blocks_f16 = k_table.data(), .v_blocks_f16 = v_table.data()};
+    else if constexpr (std::is_same_v<T, BlockQ8_0>)
+      return {.block_size = block_size, .kv_dim = kv_dim, .k_blocks_q8 = k_table.data(), .v_blocks_q8 = v_table.data()};
     else
       return {k_table.data(), v_table.data(), block_size, kv_dim};
   }
@@ -67,6 +74,16 @@ using BlockKV = BlockKVOf<float>;
 // Each value rounded to the nearest F16 and back.
 std::vector<float> round_to_f16(std::vector<float> v) {
   for (float& e : v) e = f16_to_f32(f32_to_f16(e));
+  return v;
+}
+
+// Each row of kv_dim values through GGUF's Q8_0 rule (quant/) and back.
+std::vector<float> round_to_q8_0(std::vector<float> v, std::size_t kv_dim) {
+  std::vector<BlockQ8_0> blocks(kv_dim / kQK);
+  for (std::size_t r = 0; r < v.size() / kv_dim; ++r) {
+    quantize_row(v.data() + r * kv_dim, blocks.data(), kv_dim);
+    dequantize_row(blocks.data(), v.data() + r * kv_dim, kv_dim);
+  }
   return v;
 }
 
@@ -245,6 +262,71 @@ TEST_CASE("cpu::attention over F16 K/V equals attention over the F16-rounded val
     MESSAGE("F16 K/V against F32 K/V: max abs output difference " << worst_vs_f32);
     CHECK(worst_vs_f32 > 0);   // the F16 path really rounds
   });
+}
+
+TEST_CASE("cpu::attention over Q8_0 K/V equals attention over the dequantized values, and is close to F32") {
+  test::for_each_target([&] {
+    ThreadPool pool1(1), pool3(3);
+    std::mt19937 rng(23);
+    // kv_dim a multiple of 32; heads of 8 and 16 values start inside a Q8_0 block; 4096 takes the
+    // kernel's heap buffer; 200 positions cross its chunks of 64 (and 32 for heads of 256).
+    const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {8, 4, 8}, {16, 2, 128}, {4, 2, 256}, {2, 1, 4096}};
+    const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
+    double worst_vs_f32 = 0;
+    for (const Shape& s : shapes)
+      for (const auto& positions : position_sets)
+        for (std::size_t block_size : {1, 5, 16}) {
+          CAPTURE(s.n_heads);
+          CAPTURE(s.n_kv_heads);
+          CAPTURE(s.head_dim);
+          CAPTURE(positions.size());
+          CAPTURE(block_size);
+          const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
+          const std::size_t kv_dim = s.n_kv_heads * s.head_dim;
+          const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
+          const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
+          const BlockKVOf<BlockQ8_0> q8(k, v, n_ctx, kv_dim, block_size, rng);
+          const BlockKV rounded(round_to_q8_0(k, kv_dim), round_to_q8_0(v, kv_dim), n_ctx, kv_dim, block_size, rng);
+          const BlockKV exact(k, v, n_ctx, kv_dim, block_size, rng);
+
+          const auto want = run(ref_attention, pool1, q, positions, rounded.view(), s);
+          CHECK(run(ref_attention, pool1, q, positions, q8.view(), s) == want);
+          // The kernel widens chunks of rows to the dequantized floats and runs the F32 code on them
+          // with the same grouping of positions: the same arithmetic.
+          const auto got = run(cpu_attention, pool1, q, positions, q8.view(), s);
+          CHECK(got == run(cpu_attention, pool1, q, positions, rounded.view(), s));
+          CHECK(max_abs_error(got, want) <= 2e-5);
+          CHECK(run(cpu_attention, pool3, q, positions, q8.view(), s) == got);
+          // Against unrounded F32: each value moves by at most half a step (amax / 254 <= 1 / 254)
+          // plus 127 times the f16 rounding of the step (<= 2^-11).
+          const double scale = 1.0 / std::sqrt(double(s.head_dim)), step = 1.0 / 254 + std::ldexp(1.0, -11);
+          const double err = max_abs_error(got, run(ref_attention, pool1, q, positions, exact.view(), s));
+          CHECK(err <= step + 2 * scale * double(s.head_dim) * step + 2e-5);
+          worst_vs_f32 = std::max(worst_vs_f32, err);
+        }
+    MESSAGE("Q8_0 K/V against F32 K/V: max abs output difference " << worst_vs_f32);
+    CHECK(worst_vs_f32 > 0);
+  });
+}
+
+TEST_CASE("Q8_0 K/V rows: a block holding a NaN or an infinity reads as NaN, and rows must tile into blocks") {
+  std::vector<float> k(64, 0.5f), v(64, -0.25f);
+  k[40] = std::numeric_limits<float>::infinity();
+  v[3] = kNaN;
+  std::mt19937 rng(1);
+  const BlockKVOf<BlockQ8_0> kv(k, v, 1, 64, 1, rng);
+  const KVLayerView view = kv.view();
+  for (std::size_t i = 0; i < 64; ++i) {
+    CAPTURE(i);
+    CHECK(std::isnan(view.key_at(0, i)) == (i >= 32));
+    CHECK(std::isnan(view.value_at(0, i)) == (i < 32));
+    if (i < 32) CHECK(view.key_at(0, i) == doctest::Approx(0.5).epsilon(1e-3));
+    if (i >= 32) CHECK(view.value_at(0, i) == doctest::Approx(-0.25).epsilon(1e-3));
+  }
+  CHECK(kv_row_bytes(KVType::q8_0, 64) == 2 * sizeof(BlockQ8_0));
+  CHECK_THROWS_WITH_AS(kv_row_bytes(KVType::q8_0, 48), doctest::Contains("rows of a multiple of 32"), Error);
+  CHECK(kv_type_from_name("q8_0") == KVType::q8_0);
+  CHECK_THROWS_WITH_AS(kv_type_from_name("q4"), doctest::Contains("f32, f16 or q8_0"), Error);
 }
 
 TEST_CASE("sliding-window attention never reads the released blocks before the window") {

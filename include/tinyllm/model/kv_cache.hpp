@@ -19,42 +19,49 @@ class KVCache {
 };
 
 // One block per layer holding every position: the simplest cache, for one sequence. K and V are
-// stored as F32 (the default) or F16, in host memory or in `mem`'s (a device backend's).
+// stored as F32 (the default), F16 or Q8_0, in host memory or in `mem`'s (a device backend's).
 class ContiguousKVCache final : public KVCache {
  public:
   ContiguousKVCache(const ModelConfig& cfg, std::size_t capacity, KVType type = KVType::f32,
                     const MemoryResource* mem = nullptr)
-      : capacity_(capacity), kv_dim_(cfg.kv_dim()), type_(type), k_(mem), v_(mem), k16_(mem), v16_(mem) {
+      : capacity_(capacity), row_bytes_(kv_row_bytes(type, cfg.kv_dim())), kv_dim_(cfg.kv_dim()), type_(type),
+        storage_(mem) {
     if (capacity == 0) throw Error("a KV cache needs room for at least one position", "ContiguousKVCache");
-    if (type == KVType::f16) table(cfg.n_layers, k16_, v16_, k16_blocks_, v16_blocks_);
-    else table(cfg.n_layers, k_, v_, k_blocks_, v_blocks_);
+    storage_.resize(cfg.n_layers * 2 * capacity * row_bytes_);   // [n_layers][K, V][capacity][row_bytes]
+    const auto fill = [&]<class T>(std::vector<T*>& k, std::vector<T*>& v) {
+      for (std::size_t l = 0; l < cfg.n_layers; ++l) {
+        std::byte* keys = storage_.data() + 2 * l * capacity * row_bytes_;
+        k.push_back(reinterpret_cast<T*>(keys));
+        v.push_back(reinterpret_cast<T*>(keys + capacity * row_bytes_));
+      }
+    };
+    switch (type) {
+      case KVType::f32: fill(k_, v_); break;
+      case KVType::f16: fill(k16_, v16_); break;
+      case KVType::q8_0: fill(k8_, v8_); break;
+    }
   }
+  // One block of `capacity` positions per layer.
   KVLayerView layer(std::size_t l) override {
-    if (type_ == KVType::f16) return {.block_size = capacity_, .kv_dim = kv_dim_, .k_blocks_f16 = &k16_blocks_[l],
-                                      .v_blocks_f16 = &v16_blocks_[l]};
-    return {&k_blocks_[l], &v_blocks_[l], capacity_, kv_dim_};
+    KVLayerView v{.block_size = capacity_, .kv_dim = kv_dim_};
+    switch (type_) {
+      case KVType::f32: v.k_blocks = &k_[l], v.v_blocks = &v_[l]; break;
+      case KVType::f16: v.k_blocks_f16 = &k16_[l], v.v_blocks_f16 = &v16_[l]; break;
+      case KVType::q8_0: v.k_blocks_q8 = &k8_[l], v.v_blocks_q8 = &v8_[l]; break;
+    }
+    return v;
   }
   std::size_t capacity() const override { return capacity_; }
   KVType type() const { return type_; }
 
  private:
-  template <class T>
-  void table(std::size_t n_layers, MemoryBuffer<T>& k, MemoryBuffer<T>& v, std::vector<T*>& k_blocks,
-             std::vector<T*>& v_blocks) {
-    k.resize(n_layers * capacity_ * kv_dim_);
-    v.resize(n_layers * capacity_ * kv_dim_);
-    for (std::size_t l = 0; l < n_layers; ++l) {
-      k_blocks.push_back(k.data() + l * capacity_ * kv_dim_);   // [capacity, kv_dim]
-      v_blocks.push_back(v.data() + l * capacity_ * kv_dim_);
-    }
-  }
-
-  std::size_t capacity_, kv_dim_;
+  std::size_t capacity_, row_bytes_, kv_dim_;
   KVType type_;
-  MemoryBuffer<float> k_, v_;   // [n_layers, capacity, kv_dim] for F32 storage
-  MemoryBuffer<F16> k16_, v16_; // ... or for F16
-  std::vector<float*> k_blocks_, v_blocks_;
-  std::vector<F16*> k16_blocks_, v16_blocks_;
+  MemoryBuffer<std::byte> storage_;
+  // [n_layers]: each layer's keys and values; only those of the storage type are filled.
+  std::vector<float*> k_, v_;
+  std::vector<F16*> k16_, v16_;
+  std::vector<BlockQ8_0*> k8_, v8_;
 };
 
 }  // namespace tinyllm

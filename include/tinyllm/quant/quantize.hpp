@@ -245,7 +245,8 @@ inline void quantize_row(const float* src, BlockQ8_0* dst, std::size_t n) {
     float amax = 0.0f;
     for (int i = 0; i < kQK; ++i) amax = std::max(amax, std::fabs(src[i]));
     const float d = amax / 127.0f;
-    const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
+    // A d so small that 1 / d overflows rounds to an f16 scale of 0 anyway: every value reads 0.
+    const float inv_d = d != 0.0f && std::isfinite(1.0f / d) ? 1.0f / d : 0.0f;
     dst[b].d = f32_to_f16(d);
     for (int i = 0; i < kQK; ++i) dst[b].qs[i] = std::int8_t(std::round(src[i] * inv_d));
   }

@@ -1,7 +1,7 @@
 #pragma once
 // The paged KV cache's memory (vLLM's PagedAttention): one pool of fixed-size blocks allocated up
-// front. A block holds block_size positions of K and V for every layer, as F32 or as F16 (half
-// the bytes, so twice the blocks for a memory budget). Blocks are ref-counted so
+// front. A block holds block_size positions of K and V for every layer, as F32, F16 (half the
+// bytes, so twice the blocks for a memory budget) or Q8_0 (1.88x F16's). Blocks are ref-counted so
 // sequences can share them; a full block can be registered under the hash of its tokens (chained
 // with the hashes of the blocks before it), so a later request with the same prefix finds it.
 // Released blocks keep their contents and hash until reused, least recently released first.
@@ -30,21 +30,20 @@ class KVBlockPool {
   // The blocks live in host memory, or in `mem`'s (the model's: Model::memory()).
   KVBlockPool(const ModelConfig& cfg, std::size_t block_size, std::size_t n_blocks, KVType type = KVType::f32,
               const MemoryResource* mem = nullptr)
-      : block_size_(block_size), n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), type_(type), storage_(mem),
-        storage_f16_(mem), blocks_(n_blocks) {
+      : block_size_(block_size), n_layers_(cfg.n_layers), row_bytes_(kv_row_bytes(type, cfg.kv_dim())), type_(type),
+        storage_(mem), blocks_(n_blocks) {
     if (block_size == 0 || n_blocks == 0)
       throw Error("a KV block pool needs blocks of at least one position", "KVBlockPool",
                   "block_size >= 1 and n_blocks >= 1");
-    // [n_blocks][n_layers][K, V][block_size][kv_dim]
-    if (type == KVType::f16) storage_f16_.resize(n_blocks * block_elements());
-    else storage_.resize(n_blocks * block_elements());
+    // [n_blocks][n_layers][K, V][block_size][row_bytes]
+    storage_.resize(n_blocks * block_bytes());
     for (BlockId b = 0; b < n_blocks; ++b) free_queue_.push_back({b, 0});
     n_free_ = n_blocks;
   }
 
   // Bytes of one block: K and V of block_size positions for every layer.
   static std::size_t block_bytes(const ModelConfig& cfg, std::size_t block_size, KVType type = KVType::f32) {
-    return block_size * cfg.n_layers * 2 * cfg.kv_dim() * kv_type_size(type);
+    return block_size * cfg.n_layers * 2 * kv_row_bytes(type, cfg.kv_dim());
   }
   // The most blocks whose storage fits in `bytes`.
   static std::size_t blocks_for_bytes(const ModelConfig& cfg, std::size_t block_size, std::size_t bytes,
@@ -63,17 +62,27 @@ class KVBlockPool {
   std::size_t n_references() const { return n_refs_; }
   std::uint32_t ref_count(BlockId b) const { return blocks_.at(b).refs; }
 
-  // A layer's [block_size, kv_dim] keys and values in block b: F32 storage ...
-  float* keys(BlockId b, std::size_t layer) { return storage_.data() + offset(b, layer); }
-  float* values(BlockId b, std::size_t layer) { return keys(b, layer) + plane(); }
-  // ... or F16 storage.
-  F16* keys_f16(BlockId b, std::size_t layer) { return storage_f16_.data() + offset(b, layer); }
-  F16* values_f16(BlockId b, std::size_t layer) { return keys_f16(b, layer) + plane(); }
+  // A layer's block_size rows of keys and of values in block b, as the storage type T: float (F32
+  // storage), F16 or BlockQ8_0.
+  template <class T>
+  T* keys_as(BlockId b, std::size_t layer) {
+    return reinterpret_cast<T*>(storage_.data() + offset(b, layer));
+  }
+  template <class T>
+  T* values_as(BlockId b, std::size_t layer) {
+    return reinterpret_cast<T*>(storage_.data() + offset(b, layer) + plane());
+  }
+  float* keys(BlockId b, std::size_t layer) { return keys_as<float>(b, layer); }
+  float* values(BlockId b, std::size_t layer) { return values_as<float>(b, layer); }
+  F16* keys_f16(BlockId b, std::size_t layer) { return keys_as<F16>(b, layer); }
+  F16* values_f16(BlockId b, std::size_t layer) { return values_as<F16>(b, layer); }
 
   // Copies every layer's K and V of block `from` into block `to`.
   void copy_block(BlockId from, BlockId to) {
-    if (type_ == KVType::f16) copy_elements(storage_f16_, from, to);
-    else copy_elements(storage_, from, to);
+    const std::byte* src = storage_.data() + offset(from, 0);
+    std::byte* dst = storage_.data() + offset(to, 0);
+    if (const MemoryResource* mem = storage_.memory()) mem->copy(dst, src, block_bytes());
+    else std::copy_n(src, block_bytes(), dst);
   }
 
   // A block no one holds (evicting the oldest released one and its hash), with one reference;
@@ -150,16 +159,9 @@ class KVBlockPool {
     std::uint32_t stamp;
   };
 
-  std::size_t plane() const { return block_size_ * kv_dim_; }
-  std::size_t block_elements() const { return n_layers_ * 2 * plane(); }
-  std::size_t offset(BlockId b, std::size_t layer) const { return b * block_elements() + layer * 2 * plane(); }
-  template <class T>
-  void copy_elements(MemoryBuffer<T>& storage, BlockId from, BlockId to) {
-    const T* src = storage.data() + offset(from, 0);
-    T* dst = storage.data() + offset(to, 0);
-    if (const MemoryResource* mem = storage.memory()) mem->copy(dst, src, block_elements() * sizeof(T));
-    else std::copy_n(src, block_elements(), dst);
-  }
+  std::size_t plane() const { return block_size_ * row_bytes_; }   // bytes of one layer's keys (or values)
+  std::size_t block_bytes() const { return n_layers_ * 2 * plane(); }
+  std::size_t offset(BlockId b, std::size_t layer) const { return b * block_bytes() + layer * 2 * plane(); }
   void forget_hash(BlockId b) {
     Block& blk = blocks_[b];
     if (blk.hash) {
@@ -169,10 +171,9 @@ class KVBlockPool {
     }
   }
 
-  std::size_t block_size_, n_layers_, kv_dim_;
+  std::size_t block_size_, n_layers_, row_bytes_;
   KVType type_;
-  MemoryBuffer<float> storage_;     // F32 storage, or
-  MemoryBuffer<F16> storage_f16_;   // F16 storage
+  MemoryBuffer<std::byte> storage_;
   std::vector<Block> blocks_;
   std::deque<QueueEntry> free_queue_;
   std::size_t n_free_ = 0;

@@ -9,6 +9,7 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
@@ -23,16 +24,19 @@ class PagedKVCache final : public KVCache {
   static constexpr BlockId kReleased = std::numeric_limits<BlockId>::max();
 
   PagedKVCache(KVBlockPool& pool, std::size_t n_layers, std::size_t kv_dim)
-      : pool_(&pool), kv_dim_(kv_dim), ptrs_(n_layers), ptrs_f16_(n_layers) {}
+      : pool_(&pool), kv_dim_(kv_dim), ptrs_(n_layers), ptrs_f16_(n_layers), ptrs_q8_(n_layers) {}
   PagedKVCache(const PagedKVCache&) = delete;
   PagedKVCache& operator=(const PagedKVCache&) = delete;
   ~PagedKVCache() override { clear(); }
 
   KVLayerView layer(std::size_t l) override {
-    if (pool_->type() == KVType::f16)
-      return {.block_size = pool_->block_size(), .kv_dim = kv_dim_, .k_blocks_f16 = ptrs_f16_[l].k.data(),
-              .v_blocks_f16 = ptrs_f16_[l].v.data()};
-    return {ptrs_[l].k.data(), ptrs_[l].v.data(), pool_->block_size(), kv_dim_};
+    KVLayerView v{.block_size = pool_->block_size(), .kv_dim = kv_dim_};
+    switch (pool_->type()) {
+      case KVType::f32: v.k_blocks = ptrs_[l].k.data(), v.v_blocks = ptrs_[l].v.data(); break;
+      case KVType::f16: v.k_blocks_f16 = ptrs_f16_[l].k.data(), v.v_blocks_f16 = ptrs_f16_[l].v.data(); break;
+      case KVType::q8_0: v.k_blocks_q8 = ptrs_q8_[l].k.data(), v.v_blocks_q8 = ptrs_q8_[l].v.data(); break;
+    }
+    return v;
   }
   // Positions [0, capacity) are addressable; those of released blocks are no longer stored.
   std::size_t capacity() const override { return table_.size() * pool_->block_size(); }
@@ -44,10 +48,13 @@ class PagedKVCache final : public KVCache {
   // Appends a block the caller already holds a reference to; the table now owns that reference.
   void append(BlockId b) {
     table_.push_back(b);
-    for (std::size_t l = 0; l < ptrs_.size(); ++l) {
-      if (pool_->type() == KVType::f16) ptrs_f16_[l].push(pool_->keys_f16(b, l), pool_->values_f16(b, l));
-      else ptrs_[l].push(pool_->keys(b, l), pool_->values(b, l));
-    }
+    for_tables([&](auto& tables, auto* type) {
+      using T = std::remove_pointer_t<decltype(type)>;
+      for (std::size_t l = 0; l < tables.size(); ++l) {
+        tables[l].k.push_back(pool_->keys_as<T>(b, l));
+        tables[l].v.push_back(pool_->values_as<T>(b, l));
+      }
+    });
   }
 
   // Takes `other`'s blocks as this (empty) cache's, sharing them: each gets one more reference,
@@ -106,45 +113,48 @@ class PagedKVCache final : public KVCache {
       if (b != kReleased) pool_->release(b);
     table_.clear();
     n_released_ = 0;
-    for (auto& p : ptrs_) p.clear();
-    for (auto& p : ptrs_f16_) p.clear();
+    for_tables([](auto& tables, auto*) {
+      for (auto& t : tables) t.k.clear(), t.v.clear();
+    });
   }
 
  private:
   template <class T>
   struct LayerTable {
     std::vector<T*> k, v;   // [blocks]: the layer's K/V base in each block
-    void push(T* kb, T* vb) {
-      k.push_back(kb);
-      v.push_back(vb);
-    }
-    void clear() {
-      k.clear();
-      v.clear();
-    }
   };
+
+  // f(tables, (T*)nullptr) with the per-layer tables of the pool's storage type T.
+  template <class F>
+  void for_tables(F&& f) {
+    switch (pool_->type()) {
+      case KVType::f32: return f(ptrs_, static_cast<float*>(nullptr));
+      case KVType::f16: return f(ptrs_f16_, static_cast<F16*>(nullptr));
+      case KVType::q8_0: return f(ptrs_q8_, static_cast<BlockQ8_0*>(nullptr));
+    }
+  }
 
   // Points entry i of every layer at block b (null for kReleased).
   void set(std::size_t i, BlockId b) {
     table_[i] = b;
     const bool live = b != kReleased;
-    for (std::size_t l = 0; l < ptrs_.size(); ++l) {
-      if (pool_->type() == KVType::f16) {
-        ptrs_f16_[l].k[i] = live ? pool_->keys_f16(b, l) : nullptr;
-        ptrs_f16_[l].v[i] = live ? pool_->values_f16(b, l) : nullptr;
-      } else {
-        ptrs_[l].k[i] = live ? pool_->keys(b, l) : nullptr;
-        ptrs_[l].v[i] = live ? pool_->values(b, l) : nullptr;
+    for_tables([&](auto& tables, auto* type) {
+      using T = std::remove_pointer_t<decltype(type)>;
+      for (std::size_t l = 0; l < tables.size(); ++l) {
+        tables[l].k[i] = live ? pool_->keys_as<T>(b, l) : nullptr;
+        tables[l].v[i] = live ? pool_->values_as<T>(b, l) : nullptr;
       }
-    }
+    });
   }
 
   KVBlockPool* pool_;
   std::size_t kv_dim_;
   std::vector<BlockId> table_;
   std::size_t n_released_ = 0;
-  std::vector<LayerTable<float>> ptrs_;    // [n_layers], F32 storage
-  std::vector<LayerTable<F16>> ptrs_f16_;  // [n_layers], F16 storage
+  // [n_layers] block tables; only those of the pool's storage type are used.
+  std::vector<LayerTable<float>> ptrs_;
+  std::vector<LayerTable<F16>> ptrs_f16_;
+  std::vector<LayerTable<BlockQ8_0>> ptrs_q8_;
 };
 
 }  // namespace tinyllm

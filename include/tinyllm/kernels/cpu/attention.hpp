@@ -1,4 +1,4 @@
-// Causal grouped-query attention over a block-table KV view (Highway), K/V stored as F32 or F16.
+// Causal grouped-query attention over a block-table KV view (Highway), K/V stored as F32, F16 or Q8_0.
 // Per-target code: compiled once for the static target, or once per target where
 // foreach_target.h re-includes it (dispatch.hpp); hence the toggled guard instead of #pragma once.
 #if defined(TINYLLM_KERNELS_CPU_ATTENTION_HPP_) == defined(HWY_TARGET_TOGGLE)
@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include <tinyllm/core/tensor.hpp>
 #include <tinyllm/core/thread_pool.hpp>
@@ -73,9 +74,11 @@ HWY_INLINE void scores_any(std::size_t heads, const T* const (&k)[4], std::size_
 // w + h * w_stride, out_h at out + h * head_dim), values stored as T (float or F16). V vectors of
 // the output per head stay in registers while the positions stream past, so each value vector is
 // loaded once for all H heads. A block's rows are consecutive: one table lookup per block.
+// With `accumulate`, adds to out instead of overwriting it.
 template <class T, std::size_t H, std::size_t V = (H > 4 ? 2 : 4)>
 HWY_INLINE void values_group(const float* w, std::size_t w_stride, std::size_t first, std::size_t n_pos,
-                             const KVLayerView& kv, std::size_t offset, std::size_t head_dim, float* out) {
+                             const KVLayerView& kv, std::size_t offset, std::size_t head_dim, bool accumulate,
+                             float* out) {
   const DF d;
   const std::size_t N = hn::Lanes(d);
   for (std::size_t j = 0; j < head_dim; j += V * N) {
@@ -83,7 +86,8 @@ HWY_INLINE void values_group(const float* w, std::size_t w_stride, std::size_t f
     for (std::size_t c = 0; c < V; ++c) count[c] = head_dim > j + c * N ? head_dim - j - c * N : 0;
     VF acc[H][V];
     for (std::size_t h = 0; h < H; ++h)
-      for (std::size_t c = 0; c < V; ++c) acc[h][c] = hn::Zero(d);
+      for (std::size_t c = 0; c < V; ++c)
+        acc[h][c] = accumulate ? load_upto(d, out + h * head_dim + j + c * N, count[c]) : hn::Zero(d);
     for (std::size_t p = 0; p < n_pos;) {
       const std::size_t block_end = std::min(n_pos, ((first + p) / kv.block_size + 1) * kv.block_size - first);
       for (const T* v = kv.value_as<T>(first + p) + offset + j; p < block_end; ++p, v += kv.kv_dim) {
@@ -103,10 +107,10 @@ HWY_INLINE void values_group(const float* w, std::size_t w_stride, std::size_t f
 template <class T, std::size_t H = 8>
 HWY_INLINE void values_any(std::size_t heads, const float* w, std::size_t w_stride, std::size_t first,
                            std::size_t n_pos, const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
-                           float* out) {
+                           bool accumulate, float* out) {
   if constexpr (H > 1)
-    if (heads < H) return values_any<T, H - 1>(heads, w, w_stride, first, n_pos, kv, offset, head_dim, out);
-  values_group<T, H>(w, w_stride, first, n_pos, kv, offset, head_dim, out);
+    if (heads < H) return values_any<T, H - 1>(heads, w, w_stride, first, n_pos, kv, offset, head_dim, accumulate, out);
+  values_group<T, H>(w, w_stride, first, n_pos, kv, offset, head_dim, accumulate, out);
 }
 
 // The whole 32-bit words of [row, row + bytes) summed: plain loads, which the core keeps many of
@@ -122,6 +126,33 @@ HWY_INLINE hn::Vec<DU32> sum_words(const void* row, std::size_t bytes) {
   if constexpr (kNativeMasking)
     if (i < n) x = hn::Add(x, hn::MaskedLoad(hn::FirstN(du, n - i), du, w + i));
   return x;
+}
+
+// Scores of query heads q_h (h < heads, at q + h * head_dim) against the keys of positions
+// [first, first + n_pos) (unscaled): heads rows of s_stride floats from `scores`.
+template <class T>
+HWY_INLINE void score_rows(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
+                           const KVLayerView& kv, std::size_t offset, std::size_t head_dim, float* scores,
+                           std::size_t s_stride) {
+  for (std::size_t p = 0; p < n_pos; p += 4) {
+    const std::size_t rows = std::min<std::size_t>(4, n_pos - p);
+    const T* k[4];
+    for (std::size_t r = 0; r < 4; ++r) k[r] = kv.key_as<T>(first + p + std::min(r, rows - 1)) + offset;
+    for (std::size_t h = 0; h < heads; h += 4)
+      scores_any<T>(std::min<std::size_t>(4, heads - h), k, rows, q + h * head_dim, head_dim, scores + h * s_stride + p,
+                    s_stride);
+  }
+}
+
+// Scores to attention weights: scale, soft-cap, softmax over n_pos, for each head's row.
+HWY_INLINE void normalize_scores(std::size_t heads, std::size_t n_pos, const AttentionParams& params, float* scores,
+                                 std::size_t s_stride) {
+  for (std::size_t h = 0; h < heads; ++h) {
+    float* s = scores + h * s_stride;
+    map1(s, n_pos, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
+    if (params.softcap > 0) softcap(s, n_pos, params.softcap);
+    softmax(s, n_pos);
+  }
 }
 
 // Query heads q_h (h < heads, at q + h * head_dim) of one KV head against cache positions
@@ -142,23 +173,67 @@ HWY_INLINE void attend_group(const float* q, std::size_t heads, std::size_t firs
     volatile std::uint32_t sink = hn::GetLane(x);  // the loads must happen
     (void)sink;
   }
-  for (std::size_t p = 0; p < n_pos; p += 4) {
-    const std::size_t rows = std::min<std::size_t>(4, n_pos - p);
-    const T* k[4];
-    for (std::size_t r = 0; r < 4; ++r) k[r] = kv.key_as<T>(first + p + std::min(r, rows - 1)) + offset;
-    for (std::size_t h = 0; h < heads; h += 4)
-      scores_any<T>(std::min<std::size_t>(4, heads - h), k, rows, q + h * head_dim, head_dim, scores + h * s_stride + p,
-                    s_stride);
-  }
-  for (std::size_t h = 0; h < heads; ++h) {
-    float* s = scores + h * s_stride;
-    map1(s, n_pos, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
-    if (params.softcap > 0) softcap(s, n_pos, params.softcap);
-    softmax(s, n_pos);
-  }
+  score_rows<T>(q, heads, first, n_pos, kv, offset, head_dim, scores, s_stride);
+  normalize_scores(heads, n_pos, params, scores, s_stride);
   for (std::size_t h = 0; h < heads; h += 8)
     values_any<T>(std::min<std::size_t>(8, heads - h), scores + h * s_stride, s_stride, first, n_pos, kv, offset,
-                  head_dim, out + h * head_dim);
+                  head_dim, false, out + h * head_dim);
+}
+
+// Rows [first, first + n) of a Q8_0 key (or value) table, elements [offset, offset + head_dim) of
+// each, widened to f32 in out: [n, head_dim]. The value is d * q, as KVLayerView::key_at reads it.
+HWY_INLINE void widen_q8_rows(const KVLayerView& kv, bool keys, std::size_t first, std::size_t n, std::size_t offset,
+                              std::size_t head_dim, float* out) {
+  using D = hn::CappedTag<float, 16>;   // lanes divide the 32 values of a block
+  const D d;
+  const hn::Rebind<std::int32_t, D> di;
+  const hn::Rebind<std::int8_t, D> d8;
+  const std::size_t N = hn::Lanes(d);
+  const bool whole_blocks = offset % kQK == 0 && head_dim % kQK == 0;
+  for (std::size_t r = 0; r < n; ++r, out += head_dim) {
+    const BlockQ8_0* row = keys ? kv.key_q8(first + r) : kv.value_q8(first + r);
+    if (!whole_blocks) {   // a head smaller than a block, or one that starts inside a block
+      for (std::size_t i = 0; i < head_dim; ++i) {
+        const BlockQ8_0& b = row[(offset + i) / kQK];
+        out[i] = f16_to_f32(b.d) * float(b.qs[(offset + i) % kQK]);
+      }
+      continue;
+    }
+    for (std::size_t b = 0; b < head_dim / kQK; ++b) {
+      const BlockQ8_0& blk = row[offset / kQK + b];
+      const auto scale = hn::Set(d, f16_to_f32(blk.d));
+      for (std::size_t i = 0; i < std::size_t(kQK); i += N)
+        hn::StoreU(hn::Mul(scale, hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(d8, blk.qs + i)))), d,
+                   out + b * kQK + i);
+    }
+  }
+}
+
+// attend_group over Q8_0 K/V: chunks of positions are widened to f32 in a buffer on the stack and
+// run through the f32 code (the widening is a light streaming pass, and a chunk stays in L1).
+HWY_INLINE void attend_group_q8(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
+                                const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
+                                const AttentionParams& params, float* scores, std::size_t s_stride, float* out) {
+  constexpr std::size_t kBuffer = 8192;   // floats: 32 KiB, at least 4 rows of heads up to 2048 values
+  HWY_ALIGN float stack[kBuffer];
+  std::vector<float> heap(head_dim * 4 > kBuffer ? head_dim * 4 : 0);
+  float* buffer = heap.empty() ? stack : heap.data();
+  float* table[1] = {buffer};
+  const std::size_t chunk = heap.empty() ? std::min<std::size_t>(64, kBuffer / head_dim / 4 * 4) : 4;
+  const KVLayerView wide{.k_blocks = table, .v_blocks = table, .block_size = chunk, .kv_dim = head_dim};
+  for (std::size_t p = 0; p < n_pos; p += chunk) {
+    const std::size_t n = std::min(chunk, n_pos - p);
+    widen_q8_rows(kv, true, first + p, n, offset, head_dim, buffer);
+    score_rows<float>(q, heads, 0, n, wide, 0, head_dim, scores + p, s_stride);
+  }
+  normalize_scores(heads, n_pos, params, scores, s_stride);
+  for (std::size_t p = 0; p < n_pos; p += chunk) {
+    const std::size_t n = std::min(chunk, n_pos - p);
+    widen_q8_rows(kv, false, first + p, n, offset, head_dim, buffer);
+    for (std::size_t h = 0; h < heads; h += 8)
+      values_any<float>(std::min<std::size_t>(8, heads - h), scores + h * s_stride + p, s_stride, 0, n, wide, 0,
+                        head_dim, p > 0, out + h * head_dim);
+  }
 }
 
 }  // namespace detail
@@ -195,7 +270,9 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
       const bool cold = t == 0 || &view_of(t - 1) != &kv;  // the first token of its sequence here
       const float* qg = q.row(t) + g * group * head_dim;
       float* og = out.row(t) + g * group * head_dim;
-      if (kv.type() == KVType::f16)
+      if (kv.type() == KVType::q8_0)
+        detail::attend_group_q8(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, scores, s_stride, og);
+      else if (kv.type() == KVType::f16)
         detail::attend_group<F16>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride, og);
       else
         detail::attend_group<float>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride,

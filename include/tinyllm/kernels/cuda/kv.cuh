@@ -36,6 +36,8 @@ void begin_step(Context& ctx, std::span<const std::int32_t> tokens, std::span<co
 void set_kv_views(Context& ctx, std::span<const KVLayerView> views) {
   if (views.empty()) throw Error("no KV views", "cuda::set_kv_views", "one view per sequence of the step");
   const KVLayerView& first = views.front();
+  if (first.type() == KVType::q8_0)
+    throw Error("Q8_0 K/V", "cuda::set_kv_views", "f16 or f32 K/V on the CUDA backend");
   for (const KVLayerView& v : views)
     if (v.type() != first.type() || v.block_size != first.block_size || v.kv_dim != first.kv_dim ||
         v.block_size == 0)
