@@ -9,6 +9,9 @@
 // --samples N (> 1) then measures KV sharing: one request with n = N samples of the -p prompt
 // (-n tokens each, sampled) against one with n = 1: the most KV blocks each held at once, and
 // the ratio of the first to what one sample plus the others' generated tokens need.
+// --draft N runs each configuration again with speculative decoding by prompt lookup (up to N
+// drafted tokens a step) and checks that every stream's tokens equal those without (exit 2 if not);
+// --prompt TEXT gives every stream that text as its prompt (drafts need text that repeats).
 #include <tinyllm/tinyllm.hpp>
 
 #include "../examples/common/device_flag.hpp"
@@ -52,6 +55,11 @@ int main(int argc, char** argv) {
   bool json_object = false;
   app.add_flag("--json-object", json_object, "run each concurrency again with every stream constrained to a JSON object "
                                             "(response_format json_object: a grammar mask on each token)");
+  std::string prompt_text;
+  std::size_t draft = 0;
+  app.add_option("--prompt", prompt_text, "every stream's prompt is this text (with BOS) instead of -p random tokens");
+  app.add_option("--draft", draft, "run each configuration again with speculative decoding by prompt lookup, drafting "
+                                   "up to DRAFT tokens a step (Request::draft_tokens); the outputs must match");
   app.add_option("--samples", samples, "also measure the KV blocks of one request with n = SAMPLES (shared prompt) "
                                        "against n = 1")->capture_default_str();
   std::vector<std::string> loras;
@@ -65,21 +73,31 @@ int main(int argc, char** argv) {
     tinyllm::ThreadPool pool(threads);
     const tinyllm::KVType kv = tinyllm::kv_type_from_name(kv_type);
     const std::size_t max_c = *std::max_element(concurrency.begin(), concurrency.end());
+    const std::vector<std::int32_t> text_prompt = prompt_text.empty() ? std::vector<std::int32_t>{}
+                                                                      : lm.tokenizer().encode(prompt_text, true);
+    if (!text_prompt.empty()) n_prompt = text_prompt.size();
     const std::size_t per_stream = n_prompt + n_gen;
     tinyllm::SplitMix64 rng(7);
     std::string rows;
     std::vector<tinyllm::AdapterRef> adapters;
     for (const auto& f : loras) adapters.push_back({tinyllm::LoraAdapter::load(f, lm.config()), 1.0f});
-    if (!json) std::printf("| streams | adapters | JSON | prompt t/s | generation t/s | TTFT p50 ms | TTFT p90 ms | token latency p50 ms | p90 ms | p99 ms |\n"
-                           "| ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    if (!json) std::printf("| streams | adapters | JSON | draft (kept) | prompt t/s | generation t/s | TTFT p50 ms | TTFT p90 ms | token latency p50 ms | p90 ms | p99 ms |\n"
+                           "| ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     const auto any_object = tinyllm::JsonSchemaGrammar::any_object();
     std::vector<bool> constrained = {false};
     if (json_object) constrained.push_back(true);
     std::vector<std::size_t> adapter_counts = {0};   // then with all of them, when given
     if (!adapters.empty()) adapter_counts.push_back(adapters.size());
+    std::vector<std::size_t> drafts = {0};
+    if (draft > 0) drafts.push_back(draft);
+    bool all_same = true;
     for (std::size_t c : concurrency)
     for (const std::size_t n_adapters : adapter_counts)
     for (const bool grammar : constrained) {
+    std::vector<std::vector<std::int32_t>> plain_output;   // each stream's tokens without drafts
+    const std::uint64_t prompt_seed = rng.next();
+    for (const std::size_t n_draft : drafts) {
+      tinyllm::SplitMix64 prompt_rng(prompt_seed);   // the same prompts with and without drafts
       const std::size_t bs = 16;
       tinyllm::Engine engine(lm, pool, {.max_batch_tokens = 512, .max_sequences = max_c, .block_size = bs,
                                         .kv_blocks = max_c * ((per_stream + bs - 1) / bs + 1), .kv_type = kv,
@@ -87,6 +105,7 @@ int main(int argc, char** argv) {
       std::vector<double> ttft, gaps;
       std::vector<Clock::time_point> last(c);
       std::vector<std::size_t> produced(c, 0);
+      std::vector<std::vector<std::int32_t>> output(c);
       Clock::time_point all_first;
       std::size_t with_first = 0;
       const auto t0 = Clock::now();
@@ -95,13 +114,14 @@ int main(int argc, char** argv) {
       // that every run decodes full batches and the runs compare like with like.
       std::function<void(std::size_t, std::vector<std::int32_t>)> start = [&](std::size_t s, std::vector<std::int32_t> prompt) {
         tinyllm::Request r{.tokens = std::move(prompt), .max_tokens = n_gen - produced[s], .sampling = {.temperature = 0.0f},
-                           .stop_at_eos = false};
+                           .stop_at_eos = false, .draft_tokens = n_draft};
         if (n_adapters > 0) r.adapters = {adapters[s % n_adapters]};
         if (grammar) r.grammar = any_object;
         engine.submit(r, [&, s](const tinyllm::TokenEvent& e) {
           const auto now = Clock::now();
           if (e.token >= 0) {
             ++produced[s];
+            output[s].push_back(e.token);
             if (last[s] == Clock::time_point{}) {
               ttft.push_back(std::chrono::duration<double>(now - t0).count());
               if (++with_first == c) all_first = now;
@@ -114,11 +134,19 @@ int main(int argc, char** argv) {
         });
       };
       for (std::size_t s = 0; s < c; ++s) {
-        std::vector<std::int32_t> prompt(n_prompt);
-        for (auto& id : prompt) id = std::int32_t(3 + rng.next() % (lm.config().vocab_size - 3));
+        std::vector<std::int32_t> prompt = text_prompt;
+        if (prompt.empty()) {
+          prompt.resize(n_prompt);
+          for (auto& id : prompt) id = std::int32_t(3 + prompt_rng.next() % (lm.config().vocab_size - 3));
+        }
         start(s, std::move(prompt));
       }
       engine.run_until_idle();
+      const tinyllm::EngineMetrics em = engine.metrics();
+      if (n_draft == 0) plain_output = output;
+      else all_same = all_same && output == plain_output;
+      char kept[64] = "-";
+      if (n_draft > 0) std::snprintf(kept, sizeof kept, "%zu (%.0f %%)", n_draft, 100 * em.draft_acceptance());
       const auto t1 = Clock::now();
       const double t_pp = std::chrono::duration<double>(all_first - t0).count();
       const double t_tg = std::chrono::duration<double>(t1 - all_first).count();
@@ -127,19 +155,21 @@ int main(int argc, char** argv) {
       if (json) {
         char buf[512];
         std::snprintf(buf, sizeof buf,
-                      "%s{\"streams\": %zu, \"adapters\": %zu, \"json_object\": %s, \"prompt_tps\": %.2f, \"generation_tps\": %.2f, \"ttft_p50_ms\": %.1f, "
+                      "%s{\"streams\": %zu, \"adapters\": %zu, \"json_object\": %s, \"draft\": %zu, \"draft_acceptance\": %.3f, \"prompt_tps\": %.2f, \"generation_tps\": %.2f, \"ttft_p50_ms\": %.1f, "
                       "\"ttft_p90_ms\": %.1f, \"token_latency_p50_ms\": %.2f, \"token_latency_p90_ms\": %.2f, \"token_latency_p99_ms\": %.2f}",
-                      rows.empty() ? "" : ", ", c, n_adapters, grammar ? "true" : "false", pp, tg, 1e3 * percentile(ttft, 0.5), 1e3 * percentile(ttft, 0.9),
+                      rows.empty() ? "" : ", ", c, n_adapters, grammar ? "true" : "false", n_draft, em.draft_acceptance(), pp, tg, 1e3 * percentile(ttft, 0.5), 1e3 * percentile(ttft, 0.9),
                       1e3 * percentile(gaps, 0.5), 1e3 * percentile(gaps, 0.9), 1e3 * percentile(gaps, 0.99));
         rows += buf;
       } else {
-        std::printf("| %zu | %zu | %s | %.2f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", c, n_adapters, grammar ? "yes" : "no", pp, tg,
+        std::printf("| %zu | %zu | %s | %s | %.2f | %.2f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", c, n_adapters, grammar ? "yes" : "no", kept, pp, tg,
                     1e3 * percentile(ttft, 0.5),
                     1e3 * percentile(ttft, 0.9), 1e3 * percentile(gaps, 0.5), 1e3 * percentile(gaps, 0.9),
                     1e3 * percentile(gaps, 0.99));
         std::fflush(stdout);
       }
     }
+    }
+    if (draft > 0 && !json) std::printf("\noutput with drafts %s the output without\n", all_same ? "equals" : "DIFFERS FROM");
     std::string sharing;
     if (samples > 1) {
       // The most blocks a request with n samples holds at once (EOS ignored, so every sample runs
@@ -173,10 +203,14 @@ int main(int argc, char** argv) {
                       samples, n_prompt, n_gen, one, samples, many, ratio, need, unshared);
       sharing = buf;
     }
-    if (json) std::printf("{\"model\": \"%s\", \"n_prompt\": %zu, \"n_gen\": %zu, \"threads\": %u, \"kv_type\": \"%s\", %s\"results\": [%s]}\n",
+    if (json) std::printf("{\"model\": \"%s\", \"n_prompt\": %zu, \"n_gen\": %zu, \"threads\": %u, \"kv_type\": \"%s\", %s\"draft_output_same\": %s, \"results\": [%s]}\n",
                           model_path.empty() ? "embedded" : model_path.c_str(), n_prompt, n_gen, pool.size(),
-                          kv_type.c_str(), sharing.c_str(), rows.c_str());
+                          kv_type.c_str(), sharing.c_str(), all_same ? "true" : "false", rows.c_str());
     else std::fputs(sharing.c_str(), stdout);
+    if (!all_same) {
+      std::fprintf(stderr, "tinyllm-serve-bench: the output with drafts differs from the output without\n");
+      return 2;
+    }
   } catch (const tinyllm::Error& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

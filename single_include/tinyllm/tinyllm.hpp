@@ -12650,6 +12650,7 @@ struct SequenceSlice {
   // caller keeps them alive for the call. Consecutive slices with the same adapters share one
   // low-rank product per matrix.
   std::span<const AdapterRef> adapters = {};
+  bool all_logits = false;     // the logits of every token are wanted (speculative decoding's check)
 };
 
 // The architecture-independent face of a model, so a loader can return any architecture.
@@ -12669,7 +12670,8 @@ class Model {
                        MatrixView<float> logits) = 0;
   // Tokens of several sequences in one step (continuous batching): every weight is read once for
   // all of them. Slices partition the batch in order; logits gets one row per slice that wants
-  // logits, in slice order. At most max_batch() tokens.
+  // logits (one per token of a slice that wants all_logits), in slice order. At most max_batch()
+  // tokens.
   virtual void forward_batch(ThreadPool& pool, std::span<const std::int32_t> tokens,
                              std::span<const std::int32_t> positions, std::span<const SequenceSlice> seqs,
                              MatrixView<float> logits) = 0;
@@ -12800,7 +12802,10 @@ class Transformer final : public Model {
       if (s.first != next || s.count == 0 || s.cache == nullptr)
         throw Error("forward_batch: sequence slices must partition the batch in order, each non-empty");
       next += s.count;
-      if (s.wants_logits) logit_rows_[n_rows++] = s.first + s.count - 1;
+      if (s.all_logits)
+        for (std::size_t t = 0; t < s.count; ++t) logit_rows_[n_rows++] = s.first + t;
+      else if (s.wants_logits)
+        logit_rows_[n_rows++] = s.first + s.count - 1;
       for (const AdapterRef& a : s.adapters) check_adapter(a);
     }
     if (next != tokens.size()) throw Error("forward_batch: sequence slices cover " + std::to_string(next) + " of " +
@@ -15637,6 +15642,14 @@ struct Request {
   // LoRA adapters for this request (adding up; empty: the base model). The request holds them:
   // an adapter unloaded elsewhere stays alive until its requests end.
   std::vector<AdapterRef> adapters;
+  // Speculative decoding by prompt lookup (serve/draft.hpp): each decode step drafts up to
+  // draft_tokens tokens by finding the text's last draft_ngram tokens (or fewer) earlier in it and
+  // copying what followed; one forward of the model checks them all, and the tokens it would have
+  // produced itself are kept. The output is exactly that of decoding without drafts (each
+  // position's token is sampled from the model's own logits, with the same random draws), only
+  // faster when drafts hit. 0 = off.
+  std::size_t draft_tokens = 0;
+  std::size_t draft_ngram = 3;
 };
 
 enum class FinishReason { none, eos, stop, length, cancelled };
@@ -15654,6 +15667,7 @@ inline const char* finish_reason_name(FinishReason r) {
 
 struct RequestMetrics {
   std::size_t prompt_tokens = 0, generated_tokens = 0, cached_prompt_tokens = 0, preemptions = 0;
+  std::size_t draft_tokens = 0, accepted_draft_tokens = 0;   // speculative decoding (Request::draft_tokens)
   double queue_seconds = 0;        // submit to first scheduled
   double first_token_seconds = 0;  // submit to first generated token
   double total_seconds = 0;        // submit to finish
@@ -15696,7 +15710,10 @@ struct TokenEvent {
 // Per request: n samples (Request::n) fork from the sequence once its prompt is computed, sharing
 // its blocks (a shared block is copied before it is written); log-probabilities of each token
 // (Request::logprobs); constrained decoding (Request::grammar): a sampled token that would break
-// the grammar is drawn again from the tokens that keep it (sample/grammar.hpp).
+// the grammar is drawn again from the tokens that keep it (sample/grammar.hpp); speculative
+// decoding by prompt lookup (Request::draft_tokens): a decode step also computes up to that many
+// drafted tokens (serve/draft.hpp) with the logits of each, samples each position in turn as plain
+// decoding would, and keeps the drafts while they equal what was sampled.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -15710,6 +15727,37 @@ struct TokenEvent {
 #include <unordered_set>
 #include <vector>
 
+// ---- tinyllm/serve/draft.hpp ----
+// Drafts for speculative decoding by prompt lookup (n-gram matching, as llama.cpp's lookup
+// decoding and vLLM's "ngram" speculator do it): text that repeats itself (code, quotes, names, a
+// summary of its prompt) is predicted by what followed the same few tokens the last time.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace tinyllm {
+
+// Up to max_draft tokens that followed the latest earlier occurrence of the last n tokens of
+// `tokens`, for n from max_ngram down to 1 (the longest match wins; the most recent occurrence of
+// it). Empty when no suffix of at most max_ngram tokens occurred before.
+inline std::vector<std::int32_t> prompt_lookup_draft(std::span<const std::int32_t> tokens, std::size_t max_ngram,
+                                                     std::size_t max_draft) {
+  const std::size_t len = tokens.size();
+  for (std::size_t n = std::min(max_ngram, len > 0 ? len - 1 : 0); n >= 1 && max_draft > 0; --n) {
+    const auto suffix = tokens.subspan(len - n);
+    // Occurrences starting at j with j + n < len (something follows them), latest first.
+    for (std::size_t j = len - n; j-- > 0;) {
+      if (!std::equal(suffix.begin(), suffix.end(), tokens.begin() + std::ptrdiff_t(j))) continue;
+      const std::size_t from = j + n, count = std::min(max_draft, len - from);
+      return {tokens.begin() + std::ptrdiff_t(from), tokens.begin() + std::ptrdiff_t(from + count)};
+    }
+  }
+  return {};
+}
+
+}  // namespace tinyllm
 
 namespace tinyllm {
 
@@ -15731,6 +15779,8 @@ struct EngineMetrics {
   std::size_t prefix_lookups = 0, prefix_hits = 0;   // full prompt blocks looked up / found
   std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' held blocks
   std::size_t window_releases = 0;                   // blocks released early, out of every layer's window
+  std::size_t draft_tokens = 0, accepted_draft_tokens = 0;   // speculative decoding: drafted, kept
+  double draft_acceptance() const { return draft_tokens ? double(accepted_draft_tokens) / draft_tokens : 0; }
   double prefix_hit_rate() const { return prefix_lookups ? double(prefix_hits) / prefix_lookups : 0; }
   double kv_waste() const { return slots_allocated ? double(slots_allocated - slots_used) / slots_allocated : 0; }
 };
@@ -15768,6 +15818,10 @@ class Engine {
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
     if (req.logprobs < -1)
       throw Error("logprobs " + std::to_string(req.logprobs), "submit", "-1 (none) or the number of top tokens, >= 0");
+    if (req.draft_tokens >= opt_.max_batch_tokens || (req.draft_tokens > 0 && req.draft_ngram == 0))
+      throw Error("draft_tokens " + std::to_string(req.draft_tokens) + ", draft_ngram " + std::to_string(req.draft_ngram),
+                  "submit", "draft_tokens below the step's token budget (" + std::to_string(opt_.max_batch_tokens) +
+                  ") and draft_ngram >= 1");
     if (req.n < 1 || req.n > opt_.max_sequences)
       throw Error("n = " + std::to_string(req.n) + " samples", "submit",
                   "1 to " + std::to_string(opt_.max_sequences) + " (the engine's max_sequences)");
@@ -15884,7 +15938,8 @@ class Engine {
     // computed with one adapter (or none) are never found by a request with another.
     std::uint64_t hash_seed;
     std::uint64_t last_hash;              // chain hash of the registered blocks
-    std::size_t chunk = 0;                // tokens scheduled this step
+    std::size_t chunk = 0;                // tokens scheduled this step (drafts included)
+    std::vector<std::int32_t> draft;      // drafted tokens scheduled after the last known one
     Utf8Stream utf8;
     std::string held;                     // text held back while it may begin a stop string
     std::optional<TokenLogprobs> logprobs;  // of the token being emitted (Request::logprobs)
@@ -15935,14 +15990,15 @@ class Engine {
       metrics_.window_releases += s.cache.release_before(s.n_computed + 1 - window_);
   }
 
-  // Makes the block that the next position of `s` goes to its own (copy on write: after a fork
-  // the block holding the prompt's last positions is shared), preempting as reserve() does.
-  bool writable(Sequence& s) {
-    if (s.n_computed >= s.cache.capacity()) return true;
-    while (!s.cache.make_writable(s.n_computed)) {
-      if (running_.empty() || running_.back().get() == &s) return false;
-      preempt_newest();
-    }
+  // Makes the blocks that positions [n_computed, end) of `s` go to its own (copy on write: after
+  // a fork the block holding the prompt's last positions is shared), preempting as reserve() does.
+  bool writable(Sequence& s, std::size_t end) {
+    const std::size_t bs = blocks_.block_size();
+    for (std::size_t pos = s.n_computed; pos < std::min(end, s.cache.capacity()); pos = (pos / bs + 1) * bs)
+      while (!s.cache.make_writable(pos)) {
+        if (running_.empty() || running_.back().get() == &s) return false;
+        preempt_newest();
+      }
     return true;
   }
 
@@ -15960,6 +16016,7 @@ class Engine {
     SeqPtr victim = std::move(running_.back());
     running_.pop_back();
     victim->cache.clear();
+    victim->draft.clear();
     victim->n_computed = victim->n_registered = 0;
     victim->last_hash = victim->hash_seed;
     ++victim->metrics.preemptions;
@@ -15996,8 +16053,9 @@ class Engine {
     // Running sequences first, oldest first: decodes (1 token) and prefill chunks.
     for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
       Sequence& s = *running_[i];
-      const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed);
-      if (!reserve(s, s.n_computed + want) || !writable(s)) {   // nothing left to preempt: this one waits too
+      draft(s, budget);
+      const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed + s.draft.size());
+      if (!reserve(s, s.n_computed + want) || !writable(s, s.n_computed + want)) {   // nothing left to preempt: this one waits too
         preempt_newest();
         --i;
         continue;
@@ -16033,18 +16091,32 @@ class Engine {
       Sequence& s = *sp;
       if (s.chunk == 0) continue;
       for (std::size_t t = 0; t < s.chunk; ++t) {
-        batch_tokens_.push_back(s.tokens[s.n_computed + t]);
-        batch_positions_.push_back(std::int32_t(s.n_computed + t));
+        const std::size_t pos = s.n_computed + t;
+        batch_tokens_.push_back(pos < s.tokens.size() ? s.tokens[pos] : s.draft[pos - s.tokens.size()]);
+        batch_positions_.push_back(std::int32_t(pos));
       }
-      const bool reaches_end = s.n_computed + s.chunk == s.tokens.size();
-      slices_.push_back({&s.cache, batch_tokens_.size() - s.chunk, s.chunk, reaches_end, s.request.adapters});
+      const bool reaches_end = s.n_computed + s.chunk == s.tokens.size() + s.draft.size();
+      slices_.push_back({&s.cache, batch_tokens_.size() - s.chunk, s.chunk, reaches_end, s.request.adapters,
+                         !s.draft.empty()});
     }
+  }
+
+  // Speculative decoding: drafts for a sequence that decodes (its known tokens computed but the
+  // last), at most enough to end the request and to fit the step's budget with its last token.
+  void draft(Sequence& s, std::size_t budget) {
+    s.draft.clear();
+    if (s.request.draft_tokens == 0 || s.tokens.size() <= s.n_prompt || s.n_computed + 1 != s.tokens.size() ||
+        s.tokens.size() + 1 >= s.max_total)
+      return;
+    const std::size_t room = std::min({s.request.draft_tokens, budget - 1, s.max_total - s.tokens.size() - 1});
+    s.draft = prompt_lookup_draft(s.tokens, s.request.draft_ngram, room);
   }
 
   void run_batch() {
     std::size_t n_logits = 0;
-    for (const auto& sl : slices_) n_logits += sl.wants_logits;
+    for (const auto& sl : slices_) n_logits += sl.all_logits ? sl.count : sl.wants_logits;
     const std::size_t vocab = model_.config().vocab_size;
+    if (logits_.size() < n_logits * vocab) logits_.resize(n_logits * vocab);   // drafts need a row each
     model_.forward_batch(pool_, batch_tokens_, batch_positions_, slices_,
                          MatrixView<float>(logits_.data(), n_logits, vocab));
     std::size_t row = 0;
@@ -16053,6 +16125,12 @@ class Engine {
     for (auto& sp : running_) {
       Sequence& s = *sp;
       if (s.chunk == 0) continue;
+      if (!s.draft.empty()) {
+        if (verify_drafts(s, row) != FinishReason::none) done.push_back(&s);
+        row += 1 + s.draft.size();
+        s.draft.clear();
+        continue;
+      }
       s.n_computed += s.chunk;
       const bool sampled = s.n_computed == s.tokens.size();
       s.chunk = 0;
@@ -16077,6 +16155,33 @@ class Engine {
       running_.erase(it);
     }
     for (SeqPtr& c : forked) running_.push_back(std::move(c));
+  }
+
+  // The step computed the last known token of `s` and its drafts, with logits rows row.. for each.
+  // Each position is sampled as plain decoding samples it (same sampler, same random draws); a
+  // draft whose position sampled that very token is kept (its K/V are in the cache) and the next
+  // position is sampled; the first one that differs ends the step, its sampled token replacing the
+  // draft (and computed next step). When every draft is kept, the last row gives one more token.
+  FinishReason verify_drafts(Sequence& s, std::size_t row) {
+    const std::size_t vocab = model_.config().vocab_size, n_draft = s.draft.size();
+    s.chunk = 0;
+    ++s.n_computed;   // the last known token
+    s.metrics.draft_tokens += n_draft;
+    metrics_.draft_tokens += n_draft;
+    FinishReason why = FinishReason::none;
+    for (std::size_t i = 0; i <= n_draft && why == FinishReason::none; ++i) {
+      const std::span<float> logits(logits_.data() + (row + i) * vocab, vocab);
+      if (s.request.logprobs >= 0 || s.matcher) raw_logits_.assign(logits.begin(), logits.end());
+      why = sample_and_emit(s, logits);
+      if (why != FinishReason::none || i == n_draft || s.tokens.back() != s.draft[i]) break;
+      ++s.n_computed;   // the draft was right: its K/V stand
+      ++s.metrics.accepted_draft_tokens;
+      ++metrics_.accepted_draft_tokens;
+    }
+    if (why != FinishReason::none) return why;   // finish() released the blocks
+    register_full_blocks(s);
+    release_out_of_window(s);
+    return why;
   }
 
   FinishReason sample_and_emit(Sequence& s, std::span<float> logits) {

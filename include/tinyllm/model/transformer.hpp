@@ -62,6 +62,7 @@ struct SequenceSlice {
   // caller keeps them alive for the call. Consecutive slices with the same adapters share one
   // low-rank product per matrix.
   std::span<const AdapterRef> adapters = {};
+  bool all_logits = false;     // the logits of every token are wanted (speculative decoding's check)
 };
 
 // The architecture-independent face of a model, so a loader can return any architecture.
@@ -81,7 +82,8 @@ class Model {
                        MatrixView<float> logits) = 0;
   // Tokens of several sequences in one step (continuous batching): every weight is read once for
   // all of them. Slices partition the batch in order; logits gets one row per slice that wants
-  // logits, in slice order. At most max_batch() tokens.
+  // logits (one per token of a slice that wants all_logits), in slice order. At most max_batch()
+  // tokens.
   virtual void forward_batch(ThreadPool& pool, std::span<const std::int32_t> tokens,
                              std::span<const std::int32_t> positions, std::span<const SequenceSlice> seqs,
                              MatrixView<float> logits) = 0;
@@ -212,7 +214,10 @@ class Transformer final : public Model {
       if (s.first != next || s.count == 0 || s.cache == nullptr)
         throw Error("forward_batch: sequence slices must partition the batch in order, each non-empty");
       next += s.count;
-      if (s.wants_logits) logit_rows_[n_rows++] = s.first + s.count - 1;
+      if (s.all_logits)
+        for (std::size_t t = 0; t < s.count; ++t) logit_rows_[n_rows++] = s.first + t;
+      else if (s.wants_logits)
+        logit_rows_[n_rows++] = s.first + s.count - 1;
       for (const AdapterRef& a : s.adapters) check_adapter(a);
     }
     if (next != tokens.size()) throw Error("forward_batch: sequence slices cover " + std::to_string(next) + " of " +

@@ -39,6 +39,14 @@ struct Request {
   // LoRA adapters for this request (adding up; empty: the base model). The request holds them:
   // an adapter unloaded elsewhere stays alive until its requests end.
   std::vector<AdapterRef> adapters;
+  // Speculative decoding by prompt lookup (serve/draft.hpp): each decode step drafts up to
+  // draft_tokens tokens by finding the text's last draft_ngram tokens (or fewer) earlier in it and
+  // copying what followed; one forward of the model checks them all, and the tokens it would have
+  // produced itself are kept. The output is exactly that of decoding without drafts (each
+  // position's token is sampled from the model's own logits, with the same random draws), only
+  // faster when drafts hit. 0 = off.
+  std::size_t draft_tokens = 0;
+  std::size_t draft_ngram = 3;
 };
 
 enum class FinishReason { none, eos, stop, length, cancelled };
@@ -56,6 +64,7 @@ inline const char* finish_reason_name(FinishReason r) {
 
 struct RequestMetrics {
   std::size_t prompt_tokens = 0, generated_tokens = 0, cached_prompt_tokens = 0, preemptions = 0;
+  std::size_t draft_tokens = 0, accepted_draft_tokens = 0;   // speculative decoding (Request::draft_tokens)
   double queue_seconds = 0;        // submit to first scheduled
   double first_token_seconds = 0;  // submit to first generated token
   double total_seconds = 0;        // submit to finish
