@@ -160,6 +160,7 @@ class HttpServer : public httplib::Server {
 struct Limits {
   std::size_t max_prompt_tokens = 0;   // 0: the model's context
   std::size_t max_tokens = 0;          // the most a request may ask for; 0: the model's context
+  std::size_t draft_tokens = 0;        // speculative decoding for requests that do not say (0: off)
 };
 
 // httplib's worker pool for connections, as a TaskQueue: a thread per open connection, started
@@ -393,6 +394,7 @@ class Server {
     r.stop = p.stop;
     r.logprobs = p.logprobs;
     r.n = p.n;
+    r.draft_tokens = p.draft_tokens.value_or(limits_.draft_tokens);
     r.grammar = p.grammar;
     if (const auto eot = svc.end_of_turn()) r.stop_tokens.push_back(*eot);   // the chat template's end of turn
     return r;
@@ -829,6 +831,8 @@ class Server {
     per_model("tinyllm_kv_blocks_total", "gauge", "KV cache blocks in the budget.", [](const ModelStats& s) { return s.engine.blocks_total; });
     per_model("tinyllm_kv_blocks_shared", "gauge", "KV cache blocks held by more than one sequence (prefixes, n > 1).", [](const ModelStats& s) { return s.engine.blocks_shared; });
     per_model("tinyllm_kv_block_references", "gauge", "References to KV cache blocks; minus the blocks used: blocks saved by sharing.", [](const ModelStats& s) { return s.engine.block_references; });
+    per_model("tinyllm_draft_tokens_total", "counter", "Tokens drafted by speculative decoding (prompt lookup).", [](const ModelStats& s) { return s.engine.draft_tokens; });
+    per_model("tinyllm_draft_tokens_accepted_total", "counter", "Drafted tokens the model's own sampling agreed with (kept).", [](const ModelStats& s) { return s.engine.accepted_draft_tokens; });
     per_model("tinyllm_preemptions_total", "counter", "Requests preempted for KV space.", [](const ModelStats& s) { return s.engine.preemptions; });
     auto histogram = [&](const char* name, const char* help, Histogram ModelStats::*h) {
       head(name, "histogram", help);
@@ -871,6 +875,7 @@ class Server {
                         {"in_flight", s.in_flight},
                         {"requests", {{"submitted", s.submitted}, {"finished", s.finished}, {"cancelled", s.cancelled}}},
                         {"preemptions", s.engine.preemptions},
+                        {"draft_tokens", {{"drafted", s.engine.draft_tokens}, {"accepted", s.engine.accepted_draft_tokens}}},
                         {"steps", s.engine.steps},
                         {"prefix_hit_rate", s.engine.prefix_hit_rate()},
                         {"kv_audit", s.audit},
@@ -931,6 +936,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-body-mib", max_body_mib, "request bodies larger than this get 413")->capture_default_str();
   app.add_option("--max-prompt-tokens", limits.max_prompt_tokens, "longer prompts get 400; 0 = the model's context")
       ->capture_default_str();
+  app.add_option("--draft", limits.draft_tokens, "speculative decoding by prompt lookup: tokens drafted per step for "
+                                                "requests without \"draft_tokens\"; 0 = off")->capture_default_str();
   app.add_option("--max-tokens", limits.max_tokens, "a larger max_tokens gets 400; 0 = the model's context")->capture_default_str();
   app.add_option("--read-timeout", read_timeout, "seconds a connection may stay silent while the server reads from it")
       ->check(CLI::Range(1u, 3600u))->capture_default_str();

@@ -54,6 +54,7 @@ struct ParsedRequest {
   int logprobs = -1;   // -1: none; else each token's log-probability and this many top tokens'
   std::size_t n = 1;   // choices: samples of the prompt (its KV blocks shared)
   std::shared_ptr<const tinyllm::Grammar> grammar;   // response_format: the JSON the reply must be
+  std::optional<std::size_t> draft_tokens;   // speculative decoding (0..32; 0 = off); unset: the server's --draft
 };
 
 // A generated token's log-probabilities as the replies give them: texts instead of ids.
@@ -158,6 +159,7 @@ inline ParsedRequest parse_request(const json& body, Endpoint endpoint) {
   }
 
   if (const auto n = integer(body, "n", 1, 128)) r.n = std::size_t(*n);
+  if (const auto d = integer(body, "draft_tokens", 0, 32)) r.draft_tokens = std::size_t(*d);
   if (const auto b = integer(body, "best_of", 1, 128); b && *b != 1) throw bad_field("best_of", "only best_of = 1 is supported");
   if (boolean(body, "echo").value_or(false)) throw bad_field("echo", "echo is not supported");
   // Completions: "logprobs": N (0..20), the sampled token's and the N most likely tokens'. Chat:

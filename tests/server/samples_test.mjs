@@ -4,7 +4,8 @@
 //     the prompt once and every choice's tokens;
 //   - the samples share the prompt's KV blocks: on a slowed server, /health shows the prompt's
 //     full blocks held 4 times (kv_blocks.shared, references) and far fewer blocks used than four
-//     separate requests hold, and /metrics the same gauges; nothing is held afterwards.
+//     separate requests hold, and /metrics the same gauges; nothing is held afterwards;
+//   - draft_tokens (speculative decoding) leaves the text as it is and shows in /health and /metrics.
 import assert from 'node:assert/strict';
 
 import { getJson, loadOpenAI, runChecks, settledHealth, skip, startServer, stories260K } from './harness.mjs';
@@ -66,6 +67,24 @@ let n = await runChecks(server, [
     }
     const s = await streamedChoices((p) => client.chat.completions.create(p), { ...params, n: 3 }, 3);
     assert.deepEqual(s.texts, r.choices.map((c) => c.message.content));
+  }],
+  ['draft_tokens: speculative decoding gives the same text, greedy and seeded; /health and /metrics count drafts', async () => {
+    const base = { model: MODEL, prompt: 'Lily and Ben were friends. Lily and Ben', max_tokens: 120 };
+    for (const extra of [{ temperature: 0 }, { temperature: 0.8, seed: 9 }]) {
+      const plain = await client.completions.create({ ...base, ...extra, draft_tokens: 0 });
+      const spec = await client.completions.create({ ...base, ...extra, draft_tokens: 6 });
+      assert.equal(spec.choices[0].text, plain.choices[0].text, JSON.stringify(extra));
+      assert.equal(spec.usage.completion_tokens, plain.usage.completion_tokens);
+    }
+    const drafts = (await settledHealth(server.url)).models[0].draft_tokens;
+    console.log(`     drafts: ${JSON.stringify(drafts)}`);
+    assert.ok(drafts.drafted > 0 && drafts.accepted > 0 && drafts.accepted <= drafts.drafted);
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    assert.match(text, new RegExp(`tinyllm_draft_tokens_total\\{model="${MODEL}"\\} ${drafts.drafted}\\n`));
+    assert.match(text, new RegExp(`tinyllm_draft_tokens_accepted_total\\{model="${MODEL}"\\} ${drafts.accepted}\\n`));
+    for (const bad of [-1, 33, 'many'])
+      await assert.rejects(client.completions.create({ ...base, max_tokens: 2, draft_tokens: bad }),
+        (e) => e.status === 400 && e.param === 'draft_tokens');
   }],
   ['bad n: 400', async () => {
     for (const bad of [0, 129, 1.5, 'two'])
