@@ -221,11 +221,18 @@ TEST_CASE("attention with a sliding window equals full attention over the window
   });
 }
 
-TEST_CASE("cpu::attention over F16 K/V equals attention over the F16-rounded values, and is close to F32") {
+namespace {
+
+// cpu::attention over K/V stored as T (F16 or BlockQ8_0) equals the F32 kernel over the same values
+// rounded as T stores them (`rounded(values, kv_dim)`: the widening gives the very floats the F32
+// path loads, and the same grouping of positions: the same arithmetic), is within 2e-5 of the
+// reference, and within a bound of attention over the unrounded values: with |k|, |v| <= 1 moved
+// by at most `err` each, a score moves by at most scale * head_dim * err.
+template <class T, class Round>
+void check_rounded_storage(const std::vector<Shape>& shapes, Round rounded, double err, unsigned seed) {
   test::for_each_target([&] {
     ThreadPool pool1(1), pool3(3);
-    std::mt19937 rng(17);
-    const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {16, 2, 128}, {8, 1, 17}, {6, 3, 8}, {2, 2, 1}};
+    std::mt19937 rng(seed);
     const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
     double worst_vs_f32 = 0;
     for (const Shape& s : shapes)
@@ -240,73 +247,42 @@ TEST_CASE("cpu::attention over F16 K/V equals attention over the F16-rounded val
           const std::size_t kv_dim = s.n_kv_heads * s.head_dim;
           const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
           const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
-          const BlockKVOf<F16> half(k, v, n_ctx, kv_dim, block_size, rng);
-          const BlockKV rounded(round_to_f16(k), round_to_f16(v), n_ctx, kv_dim, block_size, rng);
+          const BlockKVOf<T> stored(k, v, n_ctx, kv_dim, block_size, rng);
+          const BlockKV as_stored(rounded(k, kv_dim), rounded(v, kv_dim), n_ctx, kv_dim, block_size, rng);
           const BlockKV exact(k, v, n_ctx, kv_dim, block_size, rng);
 
-          // The reference reads F16 storage as exactly its rounded values.
-          const auto want = run(ref_attention, pool1, q, positions, rounded.view(), s);
-          CHECK(run(ref_attention, pool1, q, positions, half.view(), s) == want);
-          // The kernel widens each F16 to the same float the F32 path loads: the same arithmetic.
-          const auto got = run(cpu_attention, pool1, q, positions, half.view(), s);
-          CHECK(got == run(cpu_attention, pool1, q, positions, rounded.view(), s));
+          // The reference reads the storage as exactly its rounded values.
+          const auto want = run(ref_attention, pool1, q, positions, as_stored.view(), s);
+          CHECK(run(ref_attention, pool1, q, positions, stored.view(), s) == want);
+          const auto got = run(cpu_attention, pool1, q, positions, stored.view(), s);
+          CHECK(got == run(cpu_attention, pool1, q, positions, as_stored.view(), s));
           CHECK(max_abs_error(got, want) <= 2e-5);
-          CHECK(run(cpu_attention, pool3, q, positions, half.view(), s) == got);
-          // Against unrounded F32: |k|, |v| <= 1 move by at most 2^-11, so each score moves by at
-          // most scale * head_dim * 2^-11 and the output by 2^-11 plus twice that.
-          const double scale = 1.0 / std::sqrt(double(s.head_dim)), ulp = std::ldexp(1.0, -11);
-          const double err = max_abs_error(got, run(ref_attention, pool1, q, positions, exact.view(), s));
-          CHECK(err <= ulp + 2 * scale * double(s.head_dim) * ulp + 2e-5);
-          worst_vs_f32 = std::max(worst_vs_f32, err);
+          CHECK(run(cpu_attention, pool3, q, positions, stored.view(), s) == got);
+          const double scale = 1.0 / std::sqrt(double(s.head_dim));
+          const double vs_f32 = max_abs_error(got, run(ref_attention, pool1, q, positions, exact.view(), s));
+          CHECK(vs_f32 <= err + 2 * scale * double(s.head_dim) * err + 2e-5);
+          worst_vs_f32 = std::max(worst_vs_f32, vs_f32);
         }
-    MESSAGE("F16 K/V against F32 K/V: max abs output difference " << worst_vs_f32);
-    CHECK(worst_vs_f32 > 0);   // the F16 path really rounds
+    MESSAGE("against F32 K/V: max abs output difference " << worst_vs_f32);
+    CHECK(worst_vs_f32 > 0);   // the storage really rounds
   });
 }
 
-TEST_CASE("cpu::attention over Q8_0 K/V equals attention over the dequantized values, and is close to F32") {
-  test::for_each_target([&] {
-    ThreadPool pool1(1), pool3(3);
-    std::mt19937 rng(23);
-    // kv_dim a multiple of 32; heads of 8 and 16 values start inside a Q8_0 block; 4096 takes the
-    // kernel's heap buffer; 200 positions cross its chunks of 64 (and 32 for heads of 256).
-    const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {8, 4, 8}, {16, 2, 128}, {4, 2, 256}, {2, 1, 4096}};
-    const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
-    double worst_vs_f32 = 0;
-    for (const Shape& s : shapes)
-      for (const auto& positions : position_sets)
-        for (std::size_t block_size : {1, 5, 16}) {
-          CAPTURE(s.n_heads);
-          CAPTURE(s.n_kv_heads);
-          CAPTURE(s.head_dim);
-          CAPTURE(positions.size());
-          CAPTURE(block_size);
-          const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
-          const std::size_t kv_dim = s.n_kv_heads * s.head_dim;
-          const auto k = random_vector(n_ctx * kv_dim, rng), v = random_vector(n_ctx * kv_dim, rng);
-          const auto q = random_vector(positions.size() * s.n_heads * s.head_dim, rng);
-          const BlockKVOf<BlockQ8_0> q8(k, v, n_ctx, kv_dim, block_size, rng);
-          const BlockKV rounded(round_to_q8_0(k, kv_dim), round_to_q8_0(v, kv_dim), n_ctx, kv_dim, block_size, rng);
-          const BlockKV exact(k, v, n_ctx, kv_dim, block_size, rng);
+}  // namespace
 
-          const auto want = run(ref_attention, pool1, q, positions, rounded.view(), s);
-          CHECK(run(ref_attention, pool1, q, positions, q8.view(), s) == want);
-          // The kernel widens chunks of rows to the dequantized floats and runs the F32 code on them
-          // with the same grouping of positions: the same arithmetic.
-          const auto got = run(cpu_attention, pool1, q, positions, q8.view(), s);
-          CHECK(got == run(cpu_attention, pool1, q, positions, rounded.view(), s));
-          CHECK(max_abs_error(got, want) <= 2e-5);
-          CHECK(run(cpu_attention, pool3, q, positions, q8.view(), s) == got);
-          // Against unrounded F32: each value moves by at most half a step (amax / 254 <= 1 / 254)
-          // plus 127 times the f16 rounding of the step (<= 2^-11).
-          const double scale = 1.0 / std::sqrt(double(s.head_dim)), step = 1.0 / 254 + std::ldexp(1.0, -11);
-          const double err = max_abs_error(got, run(ref_attention, pool1, q, positions, exact.view(), s));
-          CHECK(err <= step + 2 * scale * double(s.head_dim) * step + 2e-5);
-          worst_vs_f32 = std::max(worst_vs_f32, err);
-        }
-    MESSAGE("Q8_0 K/V against F32 K/V: max abs output difference " << worst_vs_f32);
-    CHECK(worst_vs_f32 > 0);
-  });
+TEST_CASE("cpu::attention over F16 K/V equals attention over the F16-rounded values, and is close to F32") {
+  check_rounded_storage<F16>({{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {16, 2, 128}, {8, 1, 17}, {6, 3, 8}, {2, 2, 1}},
+                             [](const std::vector<float>& x, std::size_t) { return round_to_f16(x); },
+                             std::ldexp(1.0, -11), 17);   // half an F16 step at |x| <= 1
+}
+
+TEST_CASE("cpu::attention over Q8_0 K/V equals attention over the dequantized values, and is close to F32") {
+  // kv_dim a multiple of 32; heads of 8 and 16 values start inside a Q8_0 block; 4096 takes the
+  // kernel's heap buffer; 200 positions cross its chunks of 64 (and 32 for heads of 256). Each
+  // value moves by at most half a step (amax / 254 <= 1 / 254) plus 127 times the f16 rounding of
+  // the step (<= 2^-11).
+  check_rounded_storage<BlockQ8_0>({{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {8, 4, 8}, {16, 2, 128}, {4, 2, 256}, {2, 1, 4096}},
+                                   round_to_q8_0, 1.0 / 254 + std::ldexp(1.0, -11), 23);
 }
 
 TEST_CASE("Q8_0 K/V rows: a block holding a NaN or an infinity reads as NaN, and rows must tile into blocks") {
