@@ -2670,7 +2670,16 @@ HWY_INLINE void widen_q8_rows(const KVLayerView& kv, bool keys, std::size_t firs
 // run through the f32 code (the widening is a light streaming pass, and a chunk stays in L1).
 HWY_INLINE void attend_group_q8(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
                                 const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
-                                const AttentionParams& params, float* scores, std::size_t s_stride, float* out) {
+                                const AttentionParams& params, bool cold, float* scores, std::size_t s_stride,
+                                float* out) {
+  if (cold) {   // as attend_group: fetch the head's blocks of every row first, many loads in flight
+    const std::size_t b0 = offset / kQK, bytes = ((offset + head_dim - 1) / kQK + 1 - b0) * sizeof(BlockQ8_0);
+    auto x = hn::Zero(DU32());
+    for (std::size_t p = 0; p < n_pos; ++p)
+      x = hn::Add(x, hn::Add(sum_words(kv.key_q8(first + p) + b0, bytes), sum_words(kv.value_q8(first + p) + b0, bytes)));
+    volatile std::uint32_t sink = hn::GetLane(x);
+    (void)sink;
+  }
   constexpr std::size_t kBuffer = 8192;   // floats: 32 KiB, at least 4 rows of heads up to 2048 values
   HWY_ALIGN float stack[kBuffer];
   std::vector<float> heap(head_dim * 4 > kBuffer ? head_dim * 4 : 0);
@@ -2728,7 +2737,7 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
       const float* qg = q.row(t) + g * group * head_dim;
       float* og = out.row(t) + g * group * head_dim;
       if (kv.type() == KVType::q8_0)
-        detail::attend_group_q8(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, scores, s_stride, og);
+        detail::attend_group_q8(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride, og);
       else if (kv.type() == KVType::f16)
         detail::attend_group<F16>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride, og);
       else
