@@ -358,7 +358,7 @@ struct PagedLayer {
   std::vector<std::vector<F16*>> k16, v16;
 
   PagedLayer(KVType t, std::size_t bs, std::size_t dim, const std::vector<std::size_t>& lengths, std::mt19937& rng)
-      : type(t), block_size(bs), kv_dim(dim), elem(kv_type_size(t)), block_bytes(bs * dim * kv_type_size(t)) {
+      : type(t), block_size(bs), kv_dim(dim), elem(kv_row_bytes(t, 1)), block_bytes(bs * kv_row_bytes(t, dim)) {
     std::size_t n_slots = 0;
     for (const std::size_t len : lengths) n_slots += 2 * ((len + bs - 1) / bs);
     std::vector<std::size_t> order(n_slots);
