@@ -4,7 +4,8 @@
 #   cmake -DMODE=subdir -DSOURCE_DIR=<tinyllm source> -DWORK_DIR=<scratch> [...] -P run.cmake
 #     uses add_subdirectory(SOURCE_DIR)
 # Optional: -DCXX=<compiler> -DGENERATOR=<generator> -DNATIVE=ON|OFF -DBUILD_TYPE=<type>
-# -DCXX_FLAGS=<that build type's flags>.
+# -DCXX_FLAGS=<that build type's flags> -DPROGRAMS=<which of consumer and consumer_dispatch to build
+# and run, comma-separated; default both>.
 cmake_minimum_required(VERSION 3.20)
 foreach(var MODE WORK_DIR)
   if(NOT DEFINED ${var})
@@ -62,8 +63,14 @@ else()
 endif()
 
 run(${CMAKE_COMMAND} ${configure_args})
-run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
-foreach(program consumer consumer_dispatch)
+if(NOT DEFINED PROGRAMS)
+  set(PROGRAMS consumer,consumer_dispatch)
+endif()
+string(REPLACE "," ";" programs "${PROGRAMS}")
+foreach(program ${programs})
+  run(${CMAKE_COMMAND} --build "${WORK_DIR}/build" --target ${program})
+endforeach()
+foreach(program ${programs})
   execute_process(COMMAND "${WORK_DIR}/build/${program}" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
   message("${program}: ${out}")
   if(NOT rc EQUAL 0 OR NOT out MATCHES "tinyllm consumer OK")
