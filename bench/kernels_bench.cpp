@@ -131,37 +131,71 @@ void BM_softmax(benchmark::State& state) {
 }
 BENCHMARK(BM_softmax)->Arg(32000);
 
-// Args: n_tok, context, threads. TinyLlama attention (32 heads, 4 KV heads, head_dim 64): n_tok
-// tokens at the last positions of a context of the given length.
+// Args: n_tok, context, threads, K/V type (0 f32, 1 f16, 2 q8_0), layers. TinyLlama attention (32
+// heads, 4 KV heads, head_dim 64): n_tok tokens of one sequence at the last positions of a context
+// of the given length, in paged blocks of 16 positions, once in each of `layers` layers of their
+// own K/V (22, as TinyLlama has, puts the K/V of long contexts out of cache, as in decoding; 1
+// keeps it hot). Time is per layer.
 void BM_attention(benchmark::State& state) {
-  const std::size_t n_tok = state.range(0), n_ctx = state.range(1), n_heads = 32, n_kv = 4, head_dim = 64;
+  const std::size_t n_tok = state.range(0), n_ctx = state.range(1), n_layers = state.range(4);
+  const auto type = KVType(state.range(3));
+  constexpr std::size_t n_heads = 32, n_kv = 4, head_dim = 64, block = 16;
   ThreadPool pool(unsigned(state.range(2)));
-  const std::size_t kv_dim = n_kv * head_dim, q_dim = n_heads * head_dim;
-  AlignedBuffer<float> k(n_ctx * kv_dim), v(n_ctx * kv_dim), q(n_tok * q_dim), out(n_tok * q_dim),
-      scratch(pool.size() * cpu::attention_scratch_cols(n_heads, n_kv, n_ctx));
-  fill(k, 1.0f);
-  fill(v, 1.0f);
+  const std::size_t kv_dim = n_kv * head_dim, q_dim = n_heads * head_dim, n_blocks = (n_ctx + block - 1) / block;
+  const std::size_t row_bytes = kv_row_bytes(type, kv_dim);
+  AlignedBuffer<float> q(n_tok * q_dim), out(n_tok * q_dim), row(kv_dim),
+      scratch(pool.size() * cpu::attention_scratch_cols(n_heads, n_kv, head_dim));
   fill(q, 1.0f);
-  float* k_blocks[] = {k.data()};
-  float* v_blocks[] = {v.data()};
-  const KVLayerView kv{k_blocks, v_blocks, n_ctx, kv_dim};
+  std::vector<AlignedBuffer<std::byte>> storage;
+  std::vector<std::vector<std::byte*>> tables;
+  std::vector<KVLayerView> views;
+  for (std::size_t l = 0; l < n_layers; ++l) {
+    for (int kv = 0; kv < 2; ++kv) {
+      storage.emplace_back(n_blocks * block * row_bytes);
+      tables.emplace_back();
+      for (std::size_t b = 0; b < n_blocks; ++b) tables.back().push_back(storage.back().data() + b * block * row_bytes);
+    }
+  }
+  for (std::size_t l = 0; l < n_layers; ++l) {
+    auto k = tables[2 * l].data(), v = tables[2 * l + 1].data();
+    KVLayerView view{.block_size = block, .kv_dim = kv_dim};
+    if (type == KVType::f32) view.k_blocks = reinterpret_cast<float* const*>(k), view.v_blocks = reinterpret_cast<float* const*>(v);
+    if (type == KVType::f16) view.k_blocks_f16 = reinterpret_cast<F16* const*>(k), view.v_blocks_f16 = reinterpret_cast<F16* const*>(v);
+    if (type == KVType::q8_0) view.k_blocks_q8 = reinterpret_cast<BlockQ8_0* const*>(k), view.v_blocks_q8 = reinterpret_cast<BlockQ8_0* const*>(v);
+    for (std::size_t p = 0; p < n_ctx; ++p) {
+      for (std::size_t i = 0; i < kv_dim; ++i) row[i] = std::sin(float(p * 7 + i + l));
+      view.store(p, row.data(), row.data());
+    }
+    views.push_back(view);
+  }
   std::vector<std::int32_t> positions(n_tok);
   std::iota(positions.begin(), positions.end(), std::int32_t(n_ctx - n_tok));
   double flops = 0;  // q·k and the weighted sum of values: 4 * head_dim per (head, position)
   for (std::int32_t p : positions) flops += 4.0 * double(n_heads) * double(head_dim) * double(p + 1);
   for (auto _ : state) {
-    cpu::attention(pool, MatrixView<const float>(q.data(), n_tok, q_dim), positions, kv, n_heads, n_kv, head_dim,
-                   {.scale = 0.125f}, MatrixView<float>(out.data(), n_tok, q_dim), MatrixView<float>(scratch.data(), pool.size(), cpu::attention_scratch_cols(n_heads, n_kv, n_ctx)));
+    for (const KVLayerView& view : views)
+      cpu::attention(pool, MatrixView<const float>(q.data(), n_tok, q_dim), positions, view, n_heads, n_kv, head_dim,
+                     {.scale = 0.125f}, MatrixView<float>(out.data(), n_tok, q_dim),
+                     MatrixView<float>(scratch.data(), pool.size(), cpu::attention_scratch_cols(n_heads, n_kv, head_dim)));
     benchmark::ClobberMemory();
   }
-  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] = benchmark::Counter(flops * double(n_layers), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["KV_B/s"] = benchmark::Counter(double(2 * n_ctx * row_bytes * n_layers),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["us/layer"] = benchmark::Counter(1e-6 * double(n_layers), benchmark::Counter::kIsIterationInvariantRate |
+                                                                                 benchmark::Counter::kInvert);
 }
 BENCHMARK(BM_attention)
-    ->ArgNames({"n_tok", "ctx", "threads"})
-    ->Args({1, 2048, 1})
-    ->Args({1, 2048, 2})
-    ->Args({64, 512, 1})
-    ->Args({64, 512, 2})
+    ->ArgNames({"n_tok", "ctx", "threads", "kv", "layers"})
+    ->Args({1, 2048, 1, 0, 1})
+    ->Args({1, 2048, 2, 0, 1})
+    ->Args({1, 4096, 1, 1, 22})
+    ->Args({1, 4096, 2, 1, 22})
+    ->Args({1, 4096, 2, 2, 22})
+    ->Args({1, 16384, 2, 1, 22})
+    ->Args({64, 512, 1, 0, 1})
+    ->Args({64, 512, 2, 0, 1})
+    ->Args({64, 4096, 2, 1, 1})
     ->UseRealTime();
 
 }  // namespace

@@ -1311,6 +1311,12 @@ struct AttentionParams {
   float softcap = 0.0f;     // > 0: scores = softcap * tanh(scores / softcap) before the softmax
 };
 
+// The CPU kernel splits a query's positions at multiples of this into segments: each is a unit of
+// work with a softmax of its own, and the segments' results merge in position order, so one long
+// sequence spreads over every thread while the result depends on the positions only (not on the
+// threads or on which tokens share a batch).
+inline constexpr std::size_t kAttentionSegment = 256;
+
 // The first cache position a query at `pos` attends to.
 inline std::size_t attention_start(std::size_t pos, std::size_t window) {
   return window > 0 && pos + 1 > window ? pos + 1 - window : 0;
@@ -1817,7 +1823,7 @@ struct ReferenceBackend : HostBackend<ReferenceBackend> {
 
   // One row of scores over the cache (only the first thread's row is used).
   static constexpr std::size_t attention_scratch_cols(std::size_t /*n_heads*/, std::size_t /*n_kv_heads*/,
-                                                      std::size_t n_ctx) {
+                                                      std::size_t /*head_dim*/, std::size_t n_ctx) {
     return n_ctx;
   }
   // Token t reads the KV view ws.views[ws.view_of_token[t]]; one token at a time, as each may be
@@ -2421,9 +2427,12 @@ HWY_AFTER_NAMESPACE();
 #include <algorithm>
 #include <atomic>
 #include <cassert>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 // ---- tinyllm/kernels/cpu/softmax.hpp ----
@@ -2443,35 +2452,48 @@ HWY_AFTER_NAMESPACE();
 HWY_BEFORE_NAMESPACE();
 namespace tinyllm::cpu::HWY_NAMESPACE {
 
-// In place: x[i] = exp(x[i] - max) / sum_j exp(x[j] - max). Subtracting the maximum keeps every
-// exponent <= 0, so nothing overflows and at least one term is 1.
-inline void softmax(float* x, std::size_t n) {
+// max_i x[i] (-infinity for n = 0).
+inline float max_of(const float* x, std::size_t n) {
   using detail::DF;
   using detail::VF;
-  if (n == 0) return;
   const DF d;
   const std::size_t N = hn::Lanes(d);
   const VF neg_inf = hn::Set(d, -std::numeric_limits<float>::infinity());
-
   VF vmax = neg_inf;
   std::size_t i = 0;
   for (; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(d, x + i));
   if (i < n) vmax = hn::Max(vmax, hn::IfThenElse(hn::FirstN(d, n - i), detail::load_upto(d, x + i, n - i), neg_inf));
-  vmax = hn::MaxOfLanes(d, vmax);
+  return hn::GetLane(hn::MaxOfLanes(d, vmax));
+}
 
+// In place: x[i] = exp(x[i] - shift); returns the sum of the results.
+inline float exp_shifted(float* x, std::size_t n, float shift) {
+  using detail::DF;
+  using detail::VF;
+  const DF d;
+  const std::size_t N = hn::Lanes(d);
+  const VF vshift = hn::Set(d, shift);
   VF vsum = hn::Zero(d);
-  for (i = 0; i + N <= n; i += N) {
-    const VF e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const VF e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vshift));
     vsum = hn::Add(vsum, e);
     hn::StoreU(e, d, x + i);
   }
   if (i < n) {
-    const VF e = hn::IfThenElseZero(hn::FirstN(d, n - i), hn::Exp(d, hn::Sub(detail::load_upto(d, x + i, n - i), vmax)));
+    const VF e = hn::IfThenElseZero(hn::FirstN(d, n - i), hn::Exp(d, hn::Sub(detail::load_upto(d, x + i, n - i), vshift)));
     vsum = hn::Add(vsum, e);
     detail::store_upto(e, d, x + i, n - i);
   }
+  return detail::reduce_sum(d, vsum);
+}
 
-  const VF inv_sum = hn::Set(d, 1.0f / detail::reduce_sum(d, vsum));
+// In place: x[i] = exp(x[i] - max) / sum_j exp(x[j] - max). Subtracting the maximum keeps every
+// exponent <= 0, so nothing overflows and at least one term is 1.
+inline void softmax(float* x, std::size_t n) {
+  using detail::VF;
+  if (n == 0) return;
+  const VF inv_sum = hn::Set(detail::DF(), 1.0f / exp_shifted(x, n, max_of(x, n)));
   detail::map1(x, n, [&](VF v) HWY_ATTR { return hn::Mul(v, inv_sum); });
 }
 
@@ -2601,40 +2623,25 @@ HWY_INLINE void score_rows(const float* q, std::size_t heads, std::size_t first,
   }
 }
 
-// Scores to attention weights: scale, soft-cap, softmax over n_pos, for each head's row.
-HWY_INLINE void normalize_scores(std::size_t heads, std::size_t n_pos, const AttentionParams& params, float* scores,
-                                 std::size_t s_stride) {
-  for (std::size_t h = 0; h < heads; ++h) {
-    float* s = scores + h * s_stride;
-    map1(s, n_pos, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
-    if (params.softcap > 0) softcap(s, n_pos, params.softcap);
-    softmax(s, n_pos);
-  }
-}
-
-// Query heads q_h (h < heads, at q + h * head_dim) of one KV head against cache positions
-// [first, first + n_pos); scores: heads rows of s_stride >= n_pos floats. `cold`: the rows are
-// likely in memory rather than cache (no earlier token of this call read them), so they are
-// fetched first: measured on 16 sequences of 192 positions, 22 layers, 2 threads, that pass
-// takes the attention from 12.5 to 7.5-8.7 ms (F32) and 9.0 to 6.0-6.8 ms (F16).
+// Brings the head's slice of the key and value rows of positions [first, first + n) into cache
+// with plain loads, many in flight: measured on 16 sequences of 192 positions, 22 layers, 2
+// threads, this pass before the scores takes attention from 12.5 to 7.5-8.7 ms (F32) and 9.0 to
+// 6.0-6.8 ms (F16). T: float, F16 or BlockQ8_0 (the blocks holding the slice).
 template <class T>
-HWY_INLINE void attend_group(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
-                             const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
-                             const AttentionParams& params, bool cold, float* scores, std::size_t s_stride,
-                             float* out) {
-  if (cold) {
-    auto x = hn::Zero(DU32());
-    for (std::size_t p = 0; p < n_pos; ++p)
-      x = hn::Add(x, hn::Add(sum_words(kv.key_as<T>(first + p) + offset, head_dim * sizeof(T)),
-                             sum_words(kv.value_as<T>(first + p) + offset, head_dim * sizeof(T))));
-    volatile std::uint32_t sink = hn::GetLane(x);  // the loads must happen
-    (void)sink;
+HWY_INLINE void fetch_rows(const KVLayerView& kv, std::size_t first, std::size_t n, std::size_t offset,
+                           std::size_t head_dim) {
+  auto x = hn::Zero(DU32());
+  for (std::size_t p = first; p < first + n; ++p) {
+    if constexpr (std::is_same_v<T, BlockQ8_0>) {
+      const std::size_t b0 = offset / kQK, bytes = ((offset + head_dim - 1) / kQK + 1 - b0) * sizeof(BlockQ8_0);
+      x = hn::Add(x, hn::Add(sum_words(kv.key_q8(p) + b0, bytes), sum_words(kv.value_q8(p) + b0, bytes)));
+    } else {
+      x = hn::Add(x, hn::Add(sum_words(kv.key_as<T>(p) + offset, head_dim * sizeof(T)),
+                             sum_words(kv.value_as<T>(p) + offset, head_dim * sizeof(T))));
+    }
   }
-  score_rows<T>(q, heads, first, n_pos, kv, offset, head_dim, scores, s_stride);
-  normalize_scores(heads, n_pos, params, scores, s_stride);
-  for (std::size_t h = 0; h < heads; h += 8)
-    values_any<T>(std::min<std::size_t>(8, heads - h), scores + h * s_stride, s_stride, first, n_pos, kv, offset,
-                  head_dim, false, out + h * head_dim);
+  volatile std::uint32_t sink = hn::GetLane(x);  // the loads must happen
+  (void)sink;
 }
 
 // Rows [first, first + n) of a Q8_0 key (or value) table, elements [offset, offset + head_dim) of
@@ -2666,40 +2673,103 @@ HWY_INLINE void widen_q8_rows(const KVLayerView& kv, bool keys, std::size_t firs
   }
 }
 
-// attend_group over Q8_0 K/V: chunks of positions are widened to f32 in a buffer on the stack and
-// run through the f32 code (the widening is a light streaming pass, and a chunk stays in L1).
-HWY_INLINE void attend_group_q8(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
-                                const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
-                                const AttentionParams& params, bool cold, float* scores, std::size_t s_stride,
-                                float* out) {
-  if (cold) {   // as attend_group: fetch the head's blocks of every row first, many loads in flight
-    const std::size_t b0 = offset / kQK, bytes = ((offset + head_dim - 1) / kQK + 1 - b0) * sizeof(BlockQ8_0);
-    auto x = hn::Zero(DU32());
-    for (std::size_t p = 0; p < n_pos; ++p)
-      x = hn::Add(x, hn::Add(sum_words(kv.key_q8(first + p) + b0, bytes), sum_words(kv.value_q8(first + p) + b0, bytes)));
-    volatile std::uint32_t sink = hn::GetLane(x);
-    (void)sink;
-  }
-  constexpr std::size_t kBuffer = 8192;   // floats: 32 KiB, at least 4 rows of heads up to 2048 values
+// Q8_0 rows are read through a buffer of f32 rows on the stack, up to 64 rows at a time (the
+// widening is a light streaming pass, and a chunk stays in L1), then through the f32 code.
+struct WideQ8 {
+  static constexpr std::size_t kBuffer = 8192;   // floats: 32 KiB, at least 4 rows of heads up to 2048 values
   HWY_ALIGN float stack[kBuffer];
-  std::vector<float> heap(head_dim * 4 > kBuffer ? head_dim * 4 : 0);
-  float* buffer = heap.empty() ? stack : heap.data();
-  float* table[1] = {buffer};
-  const std::size_t chunk = heap.empty() ? std::min<std::size_t>(64, kBuffer / head_dim / 4 * 4) : 4;
-  const KVLayerView wide{.k_blocks = table, .v_blocks = table, .block_size = chunk, .kv_dim = head_dim};
-  for (std::size_t p = 0; p < n_pos; p += chunk) {
-    const std::size_t n = std::min(chunk, n_pos - p);
-    widen_q8_rows(kv, true, first + p, n, offset, head_dim, buffer);
-    score_rows<float>(q, heads, 0, n, wide, 0, head_dim, scores + p, s_stride);
-  }
-  normalize_scores(heads, n_pos, params, scores, s_stride);
-  for (std::size_t p = 0; p < n_pos; p += chunk) {
-    const std::size_t n = std::min(chunk, n_pos - p);
-    widen_q8_rows(kv, false, first + p, n, offset, head_dim, buffer);
+  std::vector<float> heap;   // heads over 2048 values: 4 rows at a time on the heap
+  float* table[1];
+  std::size_t chunk;
+  KVLayerView view;          // the buffer as a one-block F32 view
+  explicit WideQ8(std::size_t head_dim)
+      : heap(head_dim * 4 > kBuffer ? head_dim * 4 : 0),
+        table{heap.empty() ? stack : heap.data()},
+        chunk(heap.empty() ? std::min<std::size_t>(64, kBuffer / head_dim / 4 * 4) : 4),
+        view{.k_blocks = table, .v_blocks = table, .block_size = chunk, .kv_dim = head_dim} {}
+};
+
+// One segment of one KV head: query heads q_h (h < heads, at q + h * head_dim) against the cache
+// positions [first, first + n), n <= kAttentionSegment, as a softmax partial: with s_hp the
+// scaled (and soft-capped) scores, m_h = max_p s_hp, l_h = sum_p exp(s_hp - m_h) and
+// o_h = sum_p exp(s_hp - m_h) v_p (o_h at o + h * head_dim). scores: [heads, kAttentionSegment].
+// T: the storage (float, F16 or BlockQ8_0). `cold`: the rows are likely in memory rather than in
+// cache (no earlier token of this call read them), so they are fetched first.
+template <class T>
+HWY_INLINE void attend_segment(const float* q, std::size_t heads, std::size_t first, std::size_t n,
+                               const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
+                               const AttentionParams& params, bool cold, float* scores, float* o, float* m, float* l) {
+  constexpr std::size_t S = kAttentionSegment;
+  if (cold) fetch_rows<T>(kv, first, n, offset, head_dim);
+  // Scores to unnormalised weights: scale, soft-cap, exp(s - max) with their sum.
+  const auto weights = [&]() HWY_ATTR {
+    for (std::size_t h = 0; h < heads; ++h) {
+      float* s = scores + h * S;
+      map1(s, n, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
+      if (params.softcap > 0) softcap(s, n, params.softcap);
+      m[h] = max_of(s, n);
+      l[h] = exp_shifted(s, n, m[h]);
+    }
+  };
+  if constexpr (std::is_same_v<T, BlockQ8_0>) {
+    WideQ8 wide(head_dim);
+    for (std::size_t p = 0; p < n; p += wide.chunk) {
+      const std::size_t c = std::min(wide.chunk, n - p);
+      widen_q8_rows(kv, true, first + p, c, offset, head_dim, wide.table[0]);
+      score_rows<float>(q, heads, 0, c, wide.view, 0, head_dim, scores + p, S);
+    }
+    weights();
+    for (std::size_t p = 0; p < n; p += wide.chunk) {
+      const std::size_t c = std::min(wide.chunk, n - p);
+      widen_q8_rows(kv, false, first + p, c, offset, head_dim, wide.table[0]);
+      for (std::size_t h = 0; h < heads; h += 8)
+        values_any<float>(std::min<std::size_t>(8, heads - h), scores + h * S + p, S, 0, c, wide.view, 0, head_dim,
+                          p > 0, o + h * head_dim);
+    }
+  } else {
+    score_rows<T>(q, heads, first, n, kv, offset, head_dim, scores, S);
+    weights();
     for (std::size_t h = 0; h < heads; h += 8)
-      values_any<float>(std::min<std::size_t>(8, heads - h), scores + h * s_stride + p, s_stride, 0, n, wide, 0,
-                        head_dim, p > 0, out + h * head_dim);
+      values_any<T>(std::min<std::size_t>(8, heads - h), scores + h * S, S, first, n, kv, offset, head_dim, false,
+                    o + h * head_dim);
   }
+}
+
+// Merges the partial (o2, m2, l2) of a later segment into (o, m, l): the partial of both.
+HWY_INLINE void merge_partial(std::size_t heads, std::size_t head_dim, float* o, float* m, float* l, const float* o2,
+                              const float* m2, const float* l2) {
+  for (std::size_t h = 0; h < heads; ++h) {
+    const float mx = std::max(m[h], m2[h]), a = std::exp(m[h] - mx), b = std::exp(m2[h] - mx);
+    const VF va = hn::Set(DF(), a), vb = hn::Set(DF(), b);
+    const float* src = o2 + h * head_dim;
+    float* dst = o + h * head_dim;
+    const std::size_t N = hn::Lanes(DF());
+    std::size_t i = 0;
+    for (; i + N <= head_dim; i += N)
+      hn::StoreU(hn::MulAdd(hn::LoadU(DF(), src + i), vb, hn::Mul(hn::LoadU(DF(), dst + i), va)), DF(), dst + i);
+    for (; i < head_dim; ++i) dst[i] = src[i] * b + dst[i] * a;
+    l[h] = l[h] * a + l2[h] * b;
+    m[h] = mx;
+  }
+}
+
+// The attention output of a partial: o_h / l_h.
+HWY_INLINE void finish_partial(std::size_t heads, std::size_t head_dim, float* o, const float* l) {
+  for (std::size_t h = 0; h < heads; ++h) {
+    const VF inv = hn::Set(DF(), 1.0f / l[h]);
+    map1(o + h * head_dim, head_dim, [&](VF v) HWY_ATTR { return hn::Mul(v, inv); });
+  }
+}
+
+// Segments of the positions [first, end): split at multiples of kAttentionSegment.
+inline std::size_t segment_count(std::size_t first, std::size_t end) {
+  return (end - 1) / kAttentionSegment - first / kAttentionSegment + 1;
+}
+// Segment k of [first, end): [seg_first, seg_first + seg_n).
+inline std::pair<std::size_t, std::size_t> segment_range(std::size_t first, std::size_t end, std::size_t k) {
+  const std::size_t base = (first / kAttentionSegment + k) * kAttentionSegment;
+  const std::size_t a = std::max(first, base), b = std::min(end, base + kAttentionSegment);
+  return {a, b - a};
 }
 
 }  // namespace detail
@@ -2709,42 +2779,110 @@ HWY_INLINE void attend_group_q8(const float* q, std::size_t heads, std::size_t f
 // sequence's; views[0] for every token where view_of_token is empty) and attends to positions
 // attention_start(positions[t], window)..positions[t] there (already written); head h reads KV
 // head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= attention_scratch_cols(n_heads,
-// n_kv_heads, max position + 1)] (cpu.hpp). A work item is a token's KV head with all its query
-// heads, which share every key and value loaded; items are handed out one at a time, since their
-// costs differ with the position.
+// n_kv_heads, head_dim)] (cpu.hpp).
+// A token's KV head with all its query heads (which share every key and value loaded) is an
+// item; its positions split into segments of kAttentionSegment (at multiples of it), each a
+// softmax partial (detail::attend_segment), merged in position order. With many items, a thread
+// takes an item at a time and merges its segments as it goes; with fewer than two per thread (a
+// few long sequences decoding), every segment is a unit of work of its own, the partials go to
+// a buffer and are merged after. The arithmetic is the same either way, so the output depends
+// only on each token's positions and K/V.
 inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
                       std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
                       std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
                       MatrixView<float> out, MatrixView<float> scratch) {
+  constexpr std::size_t S = kAttentionSegment;
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
   assert(scratch.rows >= pool.size() && !views.empty() && (view_of_token.empty() || view_of_token.size() >= q.rows));
-  const std::size_t group = n_heads / n_kv_heads, s_stride = scratch.cols / group;
+  const std::size_t group = n_heads / n_kv_heads;
+  assert(scratch.cols >= group * (S + head_dim + 4));
   const std::size_t n_items = positions.size() * n_kv_heads;
   const auto view_of = [&](std::size_t t) -> const KVLayerView& {
     return views[view_of_token.empty() ? 0 : view_of_token[t]];
   };
+  const auto span_of = [&](std::size_t t) {   // [first, end) of token t's positions
+    const auto pos = static_cast<std::size_t>(positions[t]);
+    return std::pair<std::size_t, std::size_t>{attention_start(pos, params.window), pos + 1};
+  };
+  // Segment k of item (token t, KV head g) as a partial in (o, m, l).
+  const auto segment = [&](std::size_t t, std::size_t g, std::size_t k, float* scores, float* o, float* m,
+                           float* l) HWY_ATTR {
+    const auto [first, end] = span_of(t);
+    const auto [a, n] = detail::segment_range(first, end, k);
+    const KVLayerView& kv = view_of(t);
+    const bool cold = t == 0 || &view_of(t - 1) != &kv;  // the first token of its sequence here
+    const float* qg = q.row(t) + g * group * head_dim;
+    const std::size_t offset = g * head_dim;
+    if (kv.type() == KVType::q8_0)
+      detail::attend_segment<BlockQ8_0>(qg, group, a, n, kv, offset, head_dim, params, cold, scores, o, m, l);
+    else if (kv.type() == KVType::f16)
+      detail::attend_segment<F16>(qg, group, a, n, kv, offset, head_dim, params, cold, scores, o, m, l);
+    else
+      detail::attend_segment<float>(qg, group, a, n, kv, offset, head_dim, params, cold, scores, o, m, l);
+  };
+  const auto segments_of = [&](std::size_t item) {
+    const auto [first, end] = span_of(item / n_kv_heads);
+    return detail::segment_count(first, end);
+  };
+  std::size_t n_units = 0;
+  for (std::size_t item = 0; item < n_items; ++item) n_units += segments_of(item);
   std::atomic<std::size_t> next{0};
+
+  if (n_items >= 2 * pool.size() || n_units == n_items) {
+    pool.run([&](unsigned tid, unsigned) HWY_ATTR {
+      float* scores = scratch.row(tid);
+      float* tmp = scores + group * S;   // a later segment's o, then m, l, and the item's m, l
+      float *m2 = tmp + group * head_dim, *l2 = m2 + group, *m = l2 + group, *l = m + group;
+      for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
+           item = next.fetch_add(1, std::memory_order_relaxed)) {
+        const std::size_t t = item / n_kv_heads, g = item % n_kv_heads, n_seg = segments_of(item);
+        float* og = out.row(t) + g * group * head_dim;
+        segment(t, g, 0, scores, og, m, l);
+        for (std::size_t k = 1; k < n_seg; ++k) {
+          segment(t, g, k, scores, tmp, m2, l2);
+          detail::merge_partial(group, head_dim, og, m, l, tmp, m2, l2);
+        }
+        detail::finish_partial(group, head_dim, og, l);
+      }
+    });
+    return;
+  }
+  // Few items: a unit per segment; unit u of item i at unit_begin[i] + k, its partial (o, m, l)
+  // at partials + u * stride.
+  const std::size_t stride = group * (head_dim + 2);
+  thread_local std::vector<float> partials;
+  thread_local std::vector<std::size_t> unit_begin;
+  if (partials.size() < n_units * stride) partials.resize(n_units * stride);
+  unit_begin.assign(n_items + 1, 0);
+  for (std::size_t item = 0; item < n_items; ++item) unit_begin[item + 1] = unit_begin[item] + segments_of(item);
+  float* const part = partials.data();
+  const std::size_t* const begin = unit_begin.data();
   pool.run([&](unsigned tid, unsigned) HWY_ATTR {
     float* scores = scratch.row(tid);
-    for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
-         item = next.fetch_add(1, std::memory_order_relaxed)) {
-      const std::size_t t = item / n_kv_heads, g = item % n_kv_heads;
-      const auto pos = static_cast<std::size_t>(positions[t]);
-      const std::size_t first = attention_start(pos, params.window), n_pos = pos + 1 - first;
-      assert(pos < s_stride);
-      const KVLayerView& kv = view_of(t);
-      const bool cold = t == 0 || &view_of(t - 1) != &kv;  // the first token of its sequence here
-      const float* qg = q.row(t) + g * group * head_dim;
-      float* og = out.row(t) + g * group * head_dim;
-      if (kv.type() == KVType::q8_0)
-        detail::attend_group_q8(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride, og);
-      else if (kv.type() == KVType::f16)
-        detail::attend_group<F16>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride, og);
-      else
-        detail::attend_group<float>(qg, group, first, n_pos, kv, g * head_dim, head_dim, params, cold, scores, s_stride,
-                                    og);
+    std::size_t item = 0;
+    for (std::size_t u = next.fetch_add(1, std::memory_order_relaxed); u < n_units;
+         u = next.fetch_add(1, std::memory_order_relaxed)) {
+      while (begin[item + 1] <= u) ++item;   // units are handed out in increasing order
+      float* o = part + u * stride;
+      segment(item / n_kv_heads, item % n_kv_heads, u - begin[item], scores, o, o + group * head_dim,
+              o + group * head_dim + group);
     }
   });
+  float* m = scratch.row(0);
+  float* l = m + group;
+  for (std::size_t item = 0; item < n_items; ++item) {
+    const std::size_t t = item / n_kv_heads, g = item % n_kv_heads;
+    float* og = out.row(t) + g * group * head_dim;
+    const float* o = part + begin[item] * stride;
+    std::copy_n(o, group * head_dim, og);
+    std::copy_n(o + group * head_dim, group, m);
+    std::copy_n(o + group * head_dim + group, group, l);
+    for (std::size_t u = begin[item] + 1; u < begin[item + 1]; ++u) {
+      const float* o2 = part + u * stride;
+      detail::merge_partial(group, head_dim, og, m, l, o2, o2 + group * head_dim, o2 + group * head_dim + group);
+    }
+    detail::finish_partial(group, head_dim, og, l);
+  }
 }
 
 }  // namespace tinyllm::cpu::HWY_NAMESPACE
@@ -3966,10 +4104,10 @@ HWY_AFTER_NAMESPACE();
 
 namespace tinyllm::cpu {
 
-// Columns of attention scratch per thread: the scores of one KV head's query heads over n_ctx
-// cache positions.
-inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
-  return n_heads / n_kv_heads * n_ctx;
+// Columns of attention scratch per thread: for one KV head's query heads, the scores of one
+// segment of positions (kAttentionSegment), one segment's output and four numbers per head.
+inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim) {
+  return n_heads / n_kv_heads * (kAttentionSegment + head_dim + 4);
 }
 
 #if !defined(TINYLLM_DYNAMIC_DISPATCH)
@@ -4083,7 +4221,7 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
 //   embed, rmsnorm_rows, gather_rows, add_rows, add_bias, rope_rows, store_kv, swiglu, geglu,
 //   softcap_rows, to_host      the steps of a forward pass over a batch of rows (host_backend.hpp)
 //   attention        every token over its own sequence's KV view, with scratch
-//                    [threads, attention_scratch_cols(n_heads, n_kv_heads, n_ctx)]
+//                    [threads, attention_scratch_cols(n_heads, n_kv_heads, head_dim, n_ctx)]
 //   packs_weights    whether it keeps some matrices in a layout of its own; if so, also can_pack,
 //                    packed_bytes, kPackRows, pack_rows (at load) and matmul_packed
 //
@@ -4139,8 +4277,9 @@ struct CpuBackend : HostBackend<CpuBackend> {
   static void geglu(float* gate, const float* up, std::size_t n) { cpu::geglu(gate, up, n); }
   static void softcap(float* x, std::size_t n, float cap) { cpu::softcap(x, n, cap); }
 
-  static constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
-    return cpu::attention_scratch_cols(n_heads, n_kv_heads, n_ctx);
+  static constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                                                      std::size_t /*n_ctx*/) {
+    return cpu::attention_scratch_cols(n_heads, n_kv_heads, head_dim);
   }
   // Token t reads the KV view ws.views[ws.view_of_token[t]] (its sequence's, for this layer).
   static void attention(ThreadPool& pool, Workspace& ws, MatrixView<const float> q, std::size_t n_heads,
@@ -12924,7 +13063,7 @@ class Transformer final : public Model {
       }
       longest = std::max(longest, s.cache->capacity());
     }
-    const std::size_t score_cols = Backend::attention_scratch_cols(c.n_heads, c.n_kv_heads, longest);
+    const std::size_t score_cols = Backend::attention_scratch_cols(c.n_heads, c.n_kv_heads, c.head_dim, longest);
     if (scores_.rows < pool.size() || scores_.cols < score_cols) {  // first call, more threads or a longer cache
       scores_buf_.resize(pool.size() * score_cols);
       scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), score_cols);

@@ -107,8 +107,9 @@ std::vector<float> run(Kernel kernel, ThreadPool& pool, const std::vector<float>
   const std::size_t n_tok = positions.size(), q_dim = s.n_heads * s.head_dim, stride = q_dim + 5;
   std::vector<float> q_padded(n_tok * stride, kNaN), out_padded(n_tok * stride, kNaN);
   for (std::size_t t = 0; t < n_tok; ++t) std::copy_n(q.data() + t * q_dim, q_dim, q_padded.data() + t * stride);
+  // The reference needs a row of n_ctx scores; the kernel its own columns.
   const std::size_t n_ctx = std::size_t(*std::max_element(positions.begin(), positions.end())) + 1;
-  const std::size_t cols = cpu::attention_scratch_cols(s.n_heads, s.n_kv_heads, n_ctx);
+  const std::size_t cols = std::max(cpu::attention_scratch_cols(s.n_heads, s.n_kv_heads, s.head_dim), n_ctx);
   std::vector<float> scratch(pool.size() * cols, kNaN);
   kernel(pool, MatrixView<const float>(q_padded.data(), n_tok, q_dim, stride), std::span(positions), kv, s.n_heads,
          s.n_kv_heads, s.head_dim, params,
@@ -143,7 +144,8 @@ TEST_CASE("cpu::attention equals ref::attention: GQA, arbitrary positions, paged
     std::mt19937 rng(7);
     const Shape shapes[] = {{4, 4, 64}, {8, 4, 64}, {8, 2, 16}, {16, 2, 128}, {8, 1, 17}, {6, 3, 8}, {4, 1, 80},
                             {2, 2, 1}};
-    const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
+    const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129},
+                                                       {600, 257, 3}};   // 600: three segments
     for (const Shape& s : shapes)
       for (const auto& positions : position_sets)
         for (std::size_t block_size : {1, 5, 16}) {
@@ -162,7 +164,7 @@ TEST_CASE("cpu::attention equals ref::attention: GQA, arbitrary positions, paged
           CHECK(run(ref_attention, pool1, q, positions, paged.view(), s) == want);
           const auto got = run(cpu_attention, pool1, q, positions, contiguous.view(), s);
           // Scores q.k/sqrt(d) are off by ~1e-6 at most; weights sum to 1 and |v| <= 1, so the
-          // output is off by about the same, plus a float sum over at most 201 positions.
+          // output is off by about the same, plus a float sum over at most 601 positions.
           CHECK(max_abs_error(got, want) <= 2e-5);
           for (ThreadPool* pool : pools) {
             CAPTURE(pool->size());
@@ -170,6 +172,54 @@ TEST_CASE("cpu::attention equals ref::attention: GQA, arbitrary positions, paged
           }
         }
   });
+}
+
+// Long contexts: the kernel splits positions into segments of kAttentionSegment and merges their
+// softmax partials; with few items per thread each segment is a work unit of its own. Neither may
+// change the result: it matches the reference (scores in double, softmax in float, sums in
+// double), and it is the same bits with 1-3 threads and whether a token runs alone or in a batch.
+TEST_CASE("cpu::attention at 4k positions equals ref::attention, the same with any threads and alone or batched") {
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  ThreadPool* pools[] = {&pool1, &pool2, &pool3};
+  std::mt19937 rng(41);
+  const std::size_t n_ctx = 4096, block_size = 16;
+  const std::vector<std::int32_t> positions = {4095, 4000, 2500, 1024, 1023, 256, 255, 0};
+  for (const Shape& s : {Shape{32, 4, 64}, Shape{8, 1, 64}, Shape{4, 4, 16}}) {
+    for (std::size_t window : {0u, 1000u}) {
+      CAPTURE(s.n_heads);
+      CAPTURE(s.n_kv_heads);
+      CAPTURE(window);
+      const std::size_t kv_dim = s.n_kv_heads * s.head_dim, q_dim = s.n_heads * s.head_dim;
+      // Keys large enough that the softmax is far from flat, so segments' maxima differ.
+      auto k = random_vector(n_ctx * kv_dim, rng);
+      for (float& x : k) x *= 4.0f;
+      const auto v = random_vector(n_ctx * kv_dim, rng);
+      const auto q = random_vector(positions.size() * q_dim, rng);
+      const BlockKV f32(k, v, n_ctx, kv_dim, block_size, rng);
+      const BlockKVOf<F16> f16(k, v, n_ctx, kv_dim, block_size, rng);
+      const AttentionParams params{.scale = 1.0f / std::sqrt(float(s.head_dim)), .window = window};
+      for (const KVLayerView& view : {f32.view(), f16.view()}) {
+        CAPTURE(kv_type_name(view.type()));
+        const auto want = run(ref_attention, pool1, q, positions, view, s, params);
+        test::for_each_target([&] {
+          const auto got = run(cpu_attention, pool1, q, positions, view, s, params);
+          const double err = max_abs_error(got, want);
+          MESSAGE("max abs error against the reference: " << err);
+          CHECK(err <= 5e-6);   // measured up to 2.6e-7
+          for (ThreadPool* pool : pools) {
+            CAPTURE(pool->size());
+            CHECK(run(cpu_attention, *pool, q, positions, view, s, params) == got);
+            for (std::size_t t : {0u, 2u, 4u}) {   // alone: few items, so every segment is a unit of work
+              CAPTURE(t);
+              const std::vector<float> q_t(q.begin() + t * q_dim, q.begin() + (t + 1) * q_dim);
+              const auto alone = run(cpu_attention, *pool, q_t, {positions[t]}, view, s, params);
+              CHECK(alone == std::vector<float>(got.begin() + t * q_dim, got.begin() + (t + 1) * q_dim));
+            }
+          }
+        });
+      }
+    }
+  }
 }
 
 TEST_CASE("cpu::attention: a token at position 0 returns value 0 of its KV head") {
@@ -233,7 +283,8 @@ void check_rounded_storage(const std::vector<Shape>& shapes, Round rounded, doub
   test::for_each_target([&] {
     ThreadPool pool1(1), pool3(3);
     std::mt19937 rng(seed);
-    const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129}};
+    const std::vector<std::int32_t> position_sets[] = {{0}, {5}, {0, 1, 2, 3}, {15, 16, 17}, {200, 3, 64, 0, 129},
+                                                       {600, 257, 3}};   // 600: three segments
     double worst_vs_f32 = 0;
     for (const Shape& s : shapes)
       for (const auto& positions : position_sets)

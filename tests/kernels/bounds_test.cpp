@@ -99,7 +99,7 @@ TEST_CASE("cpu::attention touches nothing past the end of q, out or the KV block
       CAPTURE(head_dim);
       const std::size_t n_heads = 4, n_kv_heads = 2, kv_dim = n_kv_heads * head_dim, n_ctx = 6;
       GuardedArray<float> k(n_ctx * kv_dim), v(n_ctx * kv_dim), q(2 * n_heads * head_dim), out(2 * n_heads * head_dim),
-          scratch(pool.size() * cpu::attention_scratch_cols(n_heads, n_kv_heads, n_ctx));
+          scratch(pool.size() * cpu::attention_scratch_cols(n_heads, n_kv_heads, head_dim));
       fill(k.data(), n_ctx * kv_dim);
       fill(v.data(), n_ctx * kv_dim);
       fill(q.data(), 2 * n_heads * head_dim);
@@ -109,7 +109,7 @@ TEST_CASE("cpu::attention touches nothing past the end of q, out or the KV block
       const std::vector<std::int32_t> positions{5, 2};
       cpu::attention(pool, MatrixView<const float>(q.data(), 2, n_heads * head_dim), positions, kv, n_heads, n_kv_heads,
                      head_dim, AttentionParams{.scale = 0.5f}, MatrixView<float>(out.data(), 2, n_heads * head_dim),
-                     MatrixView<float>(scratch.data(), pool.size(), cpu::attention_scratch_cols(n_heads, n_kv_heads, n_ctx)));
+                     MatrixView<float>(scratch.data(), pool.size(), cpu::attention_scratch_cols(n_heads, n_kv_heads, head_dim)));
     }
   });
 }

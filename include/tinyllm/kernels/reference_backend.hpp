@@ -47,7 +47,7 @@ struct ReferenceBackend : HostBackend<ReferenceBackend> {
 
   // One row of scores over the cache (only the first thread's row is used).
   static constexpr std::size_t attention_scratch_cols(std::size_t /*n_heads*/, std::size_t /*n_kv_heads*/,
-                                                      std::size_t n_ctx) {
+                                                      std::size_t /*head_dim*/, std::size_t n_ctx) {
     return n_ctx;
   }
   // Token t reads the KV view ws.views[ws.view_of_token[t]]; one token at a time, as each may be

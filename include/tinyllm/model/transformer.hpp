@@ -314,7 +314,7 @@ class Transformer final : public Model {
       }
       longest = std::max(longest, s.cache->capacity());
     }
-    const std::size_t score_cols = Backend::attention_scratch_cols(c.n_heads, c.n_kv_heads, longest);
+    const std::size_t score_cols = Backend::attention_scratch_cols(c.n_heads, c.n_kv_heads, c.head_dim, longest);
     if (scores_.rows < pool.size() || scores_.cols < score_cols) {  // first call, more threads or a longer cache
       scores_buf_.resize(pool.size() * score_cols);
       scores_ = MatrixView<float>(scores_buf_.data(), pool.size(), score_cols);

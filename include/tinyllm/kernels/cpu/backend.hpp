@@ -14,7 +14,7 @@
 //   embed, rmsnorm_rows, gather_rows, add_rows, add_bias, rope_rows, store_kv, swiglu, geglu,
 //   softcap_rows, to_host      the steps of a forward pass over a batch of rows (host_backend.hpp)
 //   attention        every token over its own sequence's KV view, with scratch
-//                    [threads, attention_scratch_cols(n_heads, n_kv_heads, n_ctx)]
+//                    [threads, attention_scratch_cols(n_heads, n_kv_heads, head_dim, n_ctx)]
 //   packs_weights    whether it keeps some matrices in a layout of its own; if so, also can_pack,
 //                    packed_bytes, kPackRows, pack_rows (at load) and matmul_packed
 //
@@ -78,8 +78,9 @@ struct CpuBackend : HostBackend<CpuBackend> {
   static void geglu(float* gate, const float* up, std::size_t n) { cpu::geglu(gate, up, n); }
   static void softcap(float* x, std::size_t n, float cap) { cpu::softcap(x, n, cap); }
 
-  static constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
-    return cpu::attention_scratch_cols(n_heads, n_kv_heads, n_ctx);
+  static constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim,
+                                                      std::size_t /*n_ctx*/) {
+    return cpu::attention_scratch_cols(n_heads, n_kv_heads, head_dim);
   }
   // Token t reads the KV view ws.views[ws.view_of_token[t]] (its sequence's, for this layer).
   static void attention(ThreadPool& pool, Workspace& ws, MatrixView<const float> q, std::size_t n_heads,

@@ -35,10 +35,10 @@
 
 namespace tinyllm::cpu {
 
-// Columns of attention scratch per thread: the scores of one KV head's query heads over n_ctx
-// cache positions.
-inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t n_ctx) {
-  return n_heads / n_kv_heads * n_ctx;
+// Columns of attention scratch per thread: for one KV head's query heads, the scores of one
+// segment of positions (kAttentionSegment), one segment's output and four numbers per head.
+inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim) {
+  return n_heads / n_kv_heads * (kAttentionSegment + head_dim + 4);
 }
 
 #if !defined(TINYLLM_DYNAMIC_DISPATCH)

@@ -111,7 +111,7 @@ struct CudaBackend {
   }
 
   // Attention keeps its partial sums in the context: no scratch from the model.
-  static constexpr std::size_t attention_scratch_cols(std::size_t, std::size_t, std::size_t) { return 0; }
+  static constexpr std::size_t attention_scratch_cols(std::size_t, std::size_t, std::size_t, std::size_t) { return 0; }
   static void attention(ThreadPool&, Workspace& ws, MatrixView<const float> q, std::size_t n_heads,
                         std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
                         MatrixView<float> out, MatrixView<float> /*scratch*/) {
