@@ -175,17 +175,21 @@ TEST_CASE("cpu::attention equals ref::attention: GQA, arbitrary positions, paged
 }
 
 // Long contexts: the kernel splits positions into segments of kAttentionSegment and merges their
-// softmax partials; with few items per thread each segment is a work unit of its own. Neither may
-// change the result: it matches the reference (scores in double, softmax in float, sums in
+// softmax partials; with few items per thread each segment is a work unit of its own; tokens of
+// one sequence at consecutive positions share key loads in tiles. None of it may change the result: it matches the reference (scores in double, softmax in float, sums in
 // double), and it is the same bits with 1-3 threads and whether a token runs alone or in a batch.
 TEST_CASE("cpu::attention at 4k positions equals ref::attention, the same with any threads and alone or batched") {
   ThreadPool pool1(1), pool2(2), pool3(3);
   ThreadPool* pools[] = {&pool1, &pool2, &pool3};
   std::mt19937 rng(41);
   const std::size_t n_ctx = 4096, block_size = 16;
-  const std::vector<std::int32_t> positions = {4095, 4000, 2500, 1024, 1023, 256, 255, 0};
-  for (const Shape& s : {Shape{32, 4, 64}, Shape{8, 1, 64}, Shape{4, 4, 16}}) {
-    for (std::size_t window : {0u, 1000u}) {
+  // Scattered positions, and a run of consecutive ones across a segment boundary (3840), which
+  // the kernel serves in tiles of tokens sharing each key row.
+  const std::vector<std::int32_t> position_sets[] = {{4095, 4000, 2500, 1024, 1023, 256, 255, 0},
+                                                     {3836, 3837, 3838, 3839, 3840, 3841, 3842, 3843, 3844}};
+  for (const Shape& s : {Shape{32, 4, 64}, Shape{8, 1, 64}, Shape{4, 4, 16}})
+    for (const auto& positions : position_sets)
+      for (std::size_t window : {0u, 1000u}) {
       CAPTURE(s.n_heads);
       CAPTURE(s.n_kv_heads);
       CAPTURE(window);
@@ -197,8 +201,9 @@ TEST_CASE("cpu::attention at 4k positions equals ref::attention, the same with a
       const auto q = random_vector(positions.size() * q_dim, rng);
       const BlockKV f32(k, v, n_ctx, kv_dim, block_size, rng);
       const BlockKVOf<F16> f16(k, v, n_ctx, kv_dim, block_size, rng);
+      const BlockKVOf<BlockQ8_0> q8(k, v, n_ctx, kv_dim, block_size, rng);
       const AttentionParams params{.scale = 1.0f / std::sqrt(float(s.head_dim)), .window = window};
-      for (const KVLayerView& view : {f32.view(), f16.view()}) {
+      for (const KVLayerView& view : {f32.view(), f16.view(), q8.view()}) {
         CAPTURE(kv_type_name(view.type()));
         const auto want = run(ref_attention, pool1, q, positions, view, s, params);
         test::for_each_target([&] {
@@ -209,7 +214,7 @@ TEST_CASE("cpu::attention at 4k positions equals ref::attention, the same with a
           for (ThreadPool* pool : pools) {
             CAPTURE(pool->size());
             CHECK(run(cpu_attention, *pool, q, positions, view, s, params) == got);
-            for (std::size_t t : {0u, 2u, 4u}) {   // alone: few items, so every segment is a unit of work
+            for (std::size_t t : {0u, 2u, 4u, 7u}) {   // alone: few items, so every segment is a unit of work
               CAPTURE(t);
               const std::vector<float> q_t(q.begin() + t * q_dim, q.begin() + (t + 1) * q_dim);
               const auto alone = run(cpu_attention, *pool, q_t, {positions[t]}, view, s, params);
@@ -219,7 +224,6 @@ TEST_CASE("cpu::attention at 4k positions equals ref::attention, the same with a
         });
       }
     }
-  }
 }
 
 TEST_CASE("cpu::attention: a token at position 0 returns value 0 of its KV head") {

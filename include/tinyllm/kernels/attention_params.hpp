@@ -15,6 +15,9 @@ struct AttentionParams {
 // sequence spreads over every thread while the result depends on the positions only (not on the
 // threads or on which tokens share a batch).
 inline constexpr std::size_t kAttentionSegment = 256;
+// ... and serves up to this many tokens of one sequence at consecutive positions (prefill,
+// speculative steps) from each key row it loads.
+inline constexpr std::size_t kAttentionTile = 4;
 
 // The first cache position a query at `pos` attends to.
 inline std::size_t attention_start(std::size_t pos, std::size_t window) {

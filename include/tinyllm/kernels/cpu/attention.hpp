@@ -131,19 +131,22 @@ HWY_INLINE hn::Vec<DU32> sum_words(const void* row, std::size_t bytes) {
   return x;
 }
 
-// Scores of query heads q_h (h < heads, at q + h * head_dim) against the keys of positions
-// [first, first + n_pos) (unscaled): heads rows of s_stride floats from `scores`.
+// Scores of the query heads of nt tokens (token i's head h at qs[i] + h * head_dim) against the
+// keys of positions [first, first + n_pos) (unscaled): token i's head h in the row of s_stride
+// floats at scores + (i * heads + h) * s_stride. Each group of 4 key rows is loaded once for all
+// tokens (it stays in L1 while they pass).
 template <class T>
-HWY_INLINE void score_rows(const float* q, std::size_t heads, std::size_t first, std::size_t n_pos,
-                           const KVLayerView& kv, std::size_t offset, std::size_t head_dim, float* scores,
-                           std::size_t s_stride) {
+HWY_INLINE void score_rows(const float* const* qs, std::size_t nt, std::size_t heads, std::size_t first,
+                           std::size_t n_pos, const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
+                           float* scores, std::size_t s_stride) {
   for (std::size_t p = 0; p < n_pos; p += 4) {
     const std::size_t rows = std::min<std::size_t>(4, n_pos - p);
     const T* k[4];
     for (std::size_t r = 0; r < 4; ++r) k[r] = kv.key_as<T>(first + p + std::min(r, rows - 1)) + offset;
-    for (std::size_t h = 0; h < heads; h += 4)
-      scores_any<T>(std::min<std::size_t>(4, heads - h), k, rows, q + h * head_dim, head_dim, scores + h * s_stride + p,
-                    s_stride);
+    for (std::size_t i = 0; i < nt; ++i)
+      for (std::size_t h = 0; h < heads; h += 4)
+        scores_any<T>(std::min<std::size_t>(4, heads - h), k, rows, qs[i] + h * head_dim, head_dim,
+                      scores + (i * heads + h) * s_stride + p, s_stride);
   }
 }
 
@@ -213,26 +216,41 @@ struct WideQ8 {
         view{.k_blocks = table, .v_blocks = table, .block_size = chunk, .kv_dim = head_dim} {}
 };
 
-// One segment of one KV head: query heads q_h (h < heads, at q + h * head_dim) against the cache
-// positions [first, first + n), n <= kAttentionSegment, as a softmax partial: with s_hp the
-// scaled (and soft-capped) scores, m_h = max_p s_hp, l_h = sum_p exp(s_hp - m_h) and
-// o_h = sum_p exp(s_hp - m_h) v_p (o_h at o + h * head_dim). scores: [heads, kAttentionSegment].
-// T: the storage (float, F16 or BlockQ8_0). `cold`: the rows are likely in memory rather than in
-// cache (no earlier token of this call read them), so they are fetched first.
+// A token's part in one segment: its query heads (at q + h * head_dim), its positions [a, a + n)
+// in the segment (n = 0: none), and where its softmax partial goes.
+struct SegmentToken {
+  const float* q;
+  std::size_t a, n;
+  float *o, *m, *l;
+};
+
+// One segment of one KV head for the tokens tok[0, nt) (a tile: tokens of one sequence at
+// consecutive positions, or one token), each with query heads h < heads, against the cache
+// positions [first, first + n) (n <= kAttentionSegment; each token's [a, a + n) lies inside), as
+// each token's softmax partial: with s_hp its scaled (and soft-capped) scores, m_h = max_p s_hp,
+// l_h = sum_p exp(s_hp - m_h) and o_h = sum_p exp(s_hp - m_h) v_p (o_h at o + h * head_dim).
+// scores: [nt * heads, kAttentionSegment]. Every number of a token is computed as if it were alone
+// (a score does not depend on its neighbours; its softmax and weighted sum run over its own
+// positions), so tiling saves loads, not accuracy. T: the storage (float, F16 or BlockQ8_0).
+// `cold`: the rows are likely in memory rather than in cache (no earlier token of this call read
+// them), so they are fetched first.
 template <class T>
-HWY_INLINE void attend_segment(const float* q, std::size_t heads, std::size_t first, std::size_t n,
-                               const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
-                               const AttentionParams& params, bool cold, float* scores, float* o, float* m, float* l) {
+HWY_INLINE void attend_segment(const SegmentToken* tok, std::size_t nt, std::size_t heads, std::size_t first,
+                               std::size_t n, const KVLayerView& kv, std::size_t offset, std::size_t head_dim,
+                               const AttentionParams& params, bool cold, float* scores) {
   constexpr std::size_t S = kAttentionSegment;
   if (cold) fetch_rows<T>(kv, first, n, offset, head_dim);
-  // Scores to unnormalised weights: scale, soft-cap, exp(s - max) with their sum.
-  const auto weights = [&]() HWY_ATTR {
+  const float* qs[kAttentionTile];
+  for (std::size_t i = 0; i < nt; ++i) qs[i] = tok[i].q;
+  // Token i's scores to unnormalised weights: scale, soft-cap, exp(s - max) with their sum.
+  const auto weights = [&](std::size_t i) HWY_ATTR {
     for (std::size_t h = 0; h < heads; ++h) {
-      float* s = scores + h * S;
-      map1(s, n, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
-      if (params.softcap > 0) softcap(s, n, params.softcap);
-      m[h] = max_of(s, n);
-      l[h] = exp_shifted(s, n, m[h]);
+      float* s = scores + (i * heads + h) * S + (tok[i].a - first);
+      const std::size_t m = tok[i].n;
+      map1(s, m, [&](VF v) HWY_ATTR { return hn::Mul(v, hn::Set(DF(), params.scale)); });
+      if (params.softcap > 0) softcap(s, m, params.softcap);
+      tok[i].m[h] = max_of(s, m);
+      tok[i].l[h] = exp_shifted(s, m, tok[i].m[h]);
     }
   };
   if constexpr (std::is_same_v<T, BlockQ8_0>) {
@@ -240,22 +258,30 @@ HWY_INLINE void attend_segment(const float* q, std::size_t heads, std::size_t fi
     for (std::size_t p = 0; p < n; p += wide.chunk) {
       const std::size_t c = std::min(wide.chunk, n - p);
       widen_q8_rows(kv, true, first + p, c, offset, head_dim, wide.table[0]);
-      score_rows<float>(q, heads, 0, c, wide.view, 0, head_dim, scores + p, S);
+      score_rows<float>(qs, nt, heads, 0, c, wide.view, 0, head_dim, scores + p, S);
     }
-    weights();
+    for (std::size_t i = 0; i < nt; ++i)
+      if (tok[i].n > 0) weights(i);
     for (std::size_t p = 0; p < n; p += wide.chunk) {
       const std::size_t c = std::min(wide.chunk, n - p);
       widen_q8_rows(kv, false, first + p, c, offset, head_dim, wide.table[0]);
-      for (std::size_t h = 0; h < heads; h += 8)
-        values_any<float>(std::min<std::size_t>(8, heads - h), scores + h * S + p, S, 0, c, wide.view, 0, head_dim,
-                          p > 0, o + h * head_dim);
+      for (std::size_t i = 0; i < nt; ++i) {   // the rows of the chunk that are token i's
+        const std::size_t lo = std::max(tok[i].a, first + p), hi = std::min(tok[i].a + tok[i].n, first + p + c);
+        if (lo >= hi) continue;
+        for (std::size_t h = 0; h < heads; h += 8)
+          values_any<float>(std::min<std::size_t>(8, heads - h), scores + (i * heads + h) * S + (lo - first), S,
+                            lo - first - p, hi - lo, wide.view, 0, head_dim, lo > tok[i].a, tok[i].o + h * head_dim);
+      }
     }
   } else {
-    score_rows<T>(q, heads, first, n, kv, offset, head_dim, scores, S);
-    weights();
-    for (std::size_t h = 0; h < heads; h += 8)
-      values_any<T>(std::min<std::size_t>(8, heads - h), scores + h * S, S, first, n, kv, offset, head_dim, false,
-                    o + h * head_dim);
+    score_rows<T>(qs, nt, heads, first, n, kv, offset, head_dim, scores, S);
+    for (std::size_t i = 0; i < nt; ++i) {
+      if (tok[i].n == 0) continue;
+      weights(i);
+      for (std::size_t h = 0; h < heads; h += 8)
+        values_any<T>(std::min<std::size_t>(8, heads - h), scores + (i * heads + h) * S + (tok[i].a - first), S,
+                      tok[i].a, tok[i].n, kv, offset, head_dim, false, tok[i].o + h * head_dim);
+    }
   }
 }
 
@@ -304,13 +330,17 @@ inline std::pair<std::size_t, std::size_t> segment_range(std::size_t first, std:
 // attention_start(positions[t], window)..positions[t] there (already written); head h reads KV
 // head h / (n_heads / n_kv_heads). scratch: [pool.size(), >= attention_scratch_cols(n_heads,
 // n_kv_heads, head_dim)] (cpu.hpp).
-// A token's KV head with all its query heads (which share every key and value loaded) is an
-// item; its positions split into segments of kAttentionSegment (at multiples of it), each a
-// softmax partial (detail::attend_segment), merged in position order. With many items, a thread
-// takes an item at a time and merges its segments as it goes; with fewer than two per thread (a
-// few long sequences decoding), every segment is a unit of work of its own, the partials go to
-// a buffer and are merged after. The arithmetic is the same either way, so the output depends
-// only on each token's positions and K/V.
+// A token's positions split into segments at multiples of kAttentionSegment, each a softmax
+// partial (detail::attend_segment), merged in position order. Work is handed out in one of two
+// ways; the arithmetic is the same either way, so the output depends only on each token's
+// positions and K/V, not on the threads or on the other tokens:
+// - many tokens (prefill, speculative steps, many sequences): an item is a tile of up to
+//   kAttentionTile tokens of one sequence at consecutive positions with one KV head (all its
+//   query heads, which share every key and value loaded); a thread takes an item at a time and
+//   merges each token's segments as it goes. The tile's tokens share each key row's loads.
+// - fewer (token, KV head) pairs than twice the threads (a few long sequences decoding): every
+//   segment of a pair is a unit of work of its own (flash-decoding); the partials go to a buffer
+//   and are merged after, so one sequence uses every thread.
 inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<const std::int32_t> positions,
                       std::span<const KVLayerView> views, std::span<const std::uint32_t> view_of_token,
                       std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim, const AttentionParams& params,
@@ -318,90 +348,123 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
   constexpr std::size_t S = kAttentionSegment;
   assert(n_kv_heads > 0 && n_heads % n_kv_heads == 0 && q.rows == positions.size() && out.rows == q.rows);
   assert(scratch.rows >= pool.size() && !views.empty() && (view_of_token.empty() || view_of_token.size() >= q.rows));
-  const std::size_t group = n_heads / n_kv_heads;
-  assert(scratch.cols >= group * (S + head_dim + 4));
-  const std::size_t n_items = positions.size() * n_kv_heads;
+  const std::size_t group = n_heads / n_kv_heads, n_tok = positions.size();
+  assert(scratch.cols >= kAttentionTile * group * (S + head_dim + 4));
   const auto view_of = [&](std::size_t t) -> const KVLayerView& {
     return views[view_of_token.empty() ? 0 : view_of_token[t]];
   };
-  const auto span_of = [&](std::size_t t) {   // [first, end) of token t's positions
-    const auto pos = static_cast<std::size_t>(positions[t]);
-    return std::pair<std::size_t, std::size_t>{attention_start(pos, params.window), pos + 1};
-  };
-  // Segment k of item (token t, KV head g) as a partial in (o, m, l).
-  const auto segment = [&](std::size_t t, std::size_t g, std::size_t k, float* scores, float* o, float* m,
-                           float* l) HWY_ATTR {
-    const auto [first, end] = span_of(t);
-    const auto [a, n] = detail::segment_range(first, end, k);
-    const KVLayerView& kv = view_of(t);
-    const bool cold = t == 0 || &view_of(t - 1) != &kv;  // the first token of its sequence here
-    const float* qg = q.row(t) + g * group * head_dim;
+  const auto first_of = [&](std::size_t t) { return attention_start(std::size_t(positions[t]), params.window); };
+  const auto end_of = [&](std::size_t t) { return std::size_t(positions[t]) + 1; };
+  const auto cold_at = [&](std::size_t t) { return t == 0 || &view_of(t - 1) != &view_of(t); };   // first of its sequence here
+  // Segment K (absolute: positions [K * S, (K + 1) * S)) of the tokens [t0, t0 + nt) and KV head g;
+  // token i's partial goes to o[i], m[i], l[i].
+  const auto segment = [&](std::size_t t0, std::size_t nt, std::size_t g, std::size_t K, float* const* o,
+                           float* const* m, float* const* l, float* scores) HWY_ATTR {
+    detail::SegmentToken tok[kAttentionTile];
+    std::size_t lo = K * S + S, hi = K * S;   // the rows any of them reads
+    for (std::size_t i = 0; i < nt; ++i) {
+      const std::size_t a = std::max(first_of(t0 + i), K * S), b = std::min(end_of(t0 + i), K * S + S);
+      tok[i] = {q.row(t0 + i) + g * group * head_dim, a, b > a ? b - a : 0, o[i], m[i], l[i]};
+      if (b > a) lo = std::min(lo, a), hi = std::max(hi, b);
+    }
+    const KVLayerView& kv = view_of(t0);
     const std::size_t offset = g * head_dim;
+    const bool cold = cold_at(t0);
     if (kv.type() == KVType::q8_0)
-      detail::attend_segment<BlockQ8_0>(qg, group, a, n, kv, offset, head_dim, params, cold, scores, o, m, l);
+      detail::attend_segment<BlockQ8_0>(tok, nt, group, lo, hi - lo, kv, offset, head_dim, params, cold, scores);
     else if (kv.type() == KVType::f16)
-      detail::attend_segment<F16>(qg, group, a, n, kv, offset, head_dim, params, cold, scores, o, m, l);
+      detail::attend_segment<F16>(tok, nt, group, lo, hi - lo, kv, offset, head_dim, params, cold, scores);
     else
-      detail::attend_segment<float>(qg, group, a, n, kv, offset, head_dim, params, cold, scores, o, m, l);
+      detail::attend_segment<float>(tok, nt, group, lo, hi - lo, kv, offset, head_dim, params, cold, scores);
   };
-  const auto segments_of = [&](std::size_t item) {
-    const auto [first, end] = span_of(item / n_kv_heads);
-    return detail::segment_count(first, end);
-  };
-  std::size_t n_units = 0;
-  for (std::size_t item = 0; item < n_items; ++item) n_units += segments_of(item);
+  const auto out_of = [&](std::size_t t, std::size_t g) { return out.row(t) + g * group * head_dim; };
+  std::size_t n_units = 0;   // (token, segment) pairs of one KV head
+  for (std::size_t t = 0; t < n_tok; ++t) n_units += (end_of(t) - 1) / S - first_of(t) / S + 1;
   std::atomic<std::size_t> next{0};
 
-  if (n_items >= 2 * pool.size() || n_units == n_items) {
+  if (n_tok * n_kv_heads >= 2 * pool.size() || n_units == n_tok) {
+    // Tiles: runs of consecutive positions of one sequence, kAttentionTile tokens at most, or
+    // single tokens where tiles would leave threads idle.
+    const std::size_t tile = n_tok * n_kv_heads >= 2 * kAttentionTile * pool.size() ? kAttentionTile : 1;
+    thread_local std::vector<std::size_t> tiles;   // the first token of each, then n_tok
+    tiles.clear();
+    for (std::size_t t = 0; t < n_tok; ++t)
+      if (t == 0 || t - tiles.back() == tile || cold_at(t) || positions[t] != positions[t - 1] + 1) tiles.push_back(t);
+    tiles.push_back(n_tok);
+    const std::size_t* const tile_begin = tiles.data();
+    const std::size_t n_items = (tiles.size() - 1) * n_kv_heads;
     pool.run([&](unsigned tid, unsigned) HWY_ATTR {
       float* scores = scratch.row(tid);
-      float* tmp = scores + group * S;   // a later segment's o, then m, l, and the item's m, l
-      float *m2 = tmp + group * head_dim, *l2 = m2 + group, *m = l2 + group, *l = m + group;
+      float* tmp = scores + kAttentionTile * group * S;   // later segments' o, then m, l, and each token's m, l
+      float *o_seg[kAttentionTile], *m_seg[kAttentionTile], *l_seg[kAttentionTile], *o_tok[kAttentionTile],
+          *m_tok[kAttentionTile], *l_tok[kAttentionTile];
       for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
            item = next.fetch_add(1, std::memory_order_relaxed)) {
-        const std::size_t t = item / n_kv_heads, g = item % n_kv_heads, n_seg = segments_of(item);
-        float* og = out.row(t) + g * group * head_dim;
-        segment(t, g, 0, scores, og, m, l);
-        for (std::size_t k = 1; k < n_seg; ++k) {
-          segment(t, g, k, scores, tmp, m2, l2);
-          detail::merge_partial(group, head_dim, og, m, l, tmp, m2, l2);
+        const std::size_t j = item / n_kv_heads, g = item % n_kv_heads, t0 = tile_begin[j], nt = tile_begin[j + 1] - t0;
+        float* o[kAttentionTile];
+        float *m[kAttentionTile], *l[kAttentionTile];
+        for (std::size_t i = 0; i < nt; ++i) {
+          o_tok[i] = out_of(t0 + i, g);
+          o_seg[i] = tmp + i * group * head_dim;
+          m_seg[i] = tmp + kAttentionTile * group * head_dim + 4 * i * group;
+          l_seg[i] = m_seg[i] + group;
+          m_tok[i] = l_seg[i] + group;
+          l_tok[i] = m_tok[i] + group;
         }
-        detail::finish_partial(group, head_dim, og, l);
+        // positions only grow along a tile, so its segments run from its first token's first
+        // segment to its last token's last; each token's own segments come in position order
+        for (std::size_t K = first_of(t0) / S; K <= (end_of(t0 + nt - 1) - 1) / S; ++K) {
+          for (std::size_t i = 0; i < nt; ++i) {
+            const bool first_segment = K == first_of(t0 + i) / S;
+            o[i] = first_segment ? o_tok[i] : o_seg[i];
+            m[i] = first_segment ? m_tok[i] : m_seg[i];
+            l[i] = first_segment ? l_tok[i] : l_seg[i];
+          }
+          segment(t0, nt, g, K, o, m, l, scores);
+          for (std::size_t i = 0; i < nt; ++i)
+            if (K > first_of(t0 + i) / S && K <= (end_of(t0 + i) - 1) / S)
+              detail::merge_partial(group, head_dim, o_tok[i], m_tok[i], l_tok[i], o_seg[i], m_seg[i], l_seg[i]);
+        }
+        for (std::size_t i = 0; i < nt; ++i) detail::finish_partial(group, head_dim, o_tok[i], l_tok[i]);
       }
     });
     return;
   }
-  // Few items: a unit per segment; unit u of item i at unit_begin[i] + k, its partial (o, m, l)
-  // at partials + u * stride.
-  const std::size_t stride = group * (head_dim + 2);
+  // Few pairs: a unit per (token, KV head, segment); unit u of pair i at unit_begin[i] + k (its
+  // k-th segment), its partial (o, m, l) at partials + u * stride.
+  const std::size_t stride = group * (head_dim + 2), n_pairs = n_tok * n_kv_heads;
   thread_local std::vector<float> partials;
   thread_local std::vector<std::size_t> unit_begin;
-  if (partials.size() < n_units * stride) partials.resize(n_units * stride);
-  unit_begin.assign(n_items + 1, 0);
-  for (std::size_t item = 0; item < n_items; ++item) unit_begin[item + 1] = unit_begin[item] + segments_of(item);
+  if (partials.size() < n_units * n_kv_heads * stride) partials.resize(n_units * n_kv_heads * stride);
+  unit_begin.assign(n_pairs + 1, 0);
+  for (std::size_t i = 0; i < n_pairs; ++i) {
+    const std::size_t t = i / n_kv_heads;
+    unit_begin[i + 1] = unit_begin[i] + (end_of(t) - 1) / S - first_of(t) / S + 1;
+  }
   float* const part = partials.data();
   const std::size_t* const begin = unit_begin.data();
   pool.run([&](unsigned tid, unsigned) HWY_ATTR {
     float* scores = scratch.row(tid);
-    std::size_t item = 0;
-    for (std::size_t u = next.fetch_add(1, std::memory_order_relaxed); u < n_units;
+    std::size_t i = 0;
+    for (std::size_t u = next.fetch_add(1, std::memory_order_relaxed); u < begin[n_pairs];
          u = next.fetch_add(1, std::memory_order_relaxed)) {
-      while (begin[item + 1] <= u) ++item;   // units are handed out in increasing order
+      while (begin[i + 1] <= u) ++i;   // units are handed out in increasing order
+      const std::size_t t = i / n_kv_heads;
       float* o = part + u * stride;
-      segment(item / n_kv_heads, item % n_kv_heads, u - begin[item], scores, o, o + group * head_dim,
-              o + group * head_dim + group);
+      float* m = o + group * head_dim;
+      float* l = m + group;
+      segment(t, 1, i % n_kv_heads, first_of(t) / S + (u - begin[i]), &o, &m, &l, scores);
     }
   });
   float* m = scratch.row(0);
   float* l = m + group;
-  for (std::size_t item = 0; item < n_items; ++item) {
-    const std::size_t t = item / n_kv_heads, g = item % n_kv_heads;
-    float* og = out.row(t) + g * group * head_dim;
-    const float* o = part + begin[item] * stride;
+  for (std::size_t i = 0; i < n_pairs; ++i) {
+    float* og = out_of(i / n_kv_heads, i % n_kv_heads);
+    const float* o = part + begin[i] * stride;
     std::copy_n(o, group * head_dim, og);
     std::copy_n(o + group * head_dim, group, m);
     std::copy_n(o + group * head_dim + group, group, l);
-    for (std::size_t u = begin[item] + 1; u < begin[item + 1]; ++u) {
+    for (std::size_t u = begin[i] + 1; u < begin[i + 1]; ++u) {
       const float* o2 = part + u * stride;
       detail::merge_partial(group, head_dim, og, m, l, o2, o2 + group * head_dim, o2 + group * head_dim + group);
     }

@@ -35,10 +35,11 @@
 
 namespace tinyllm::cpu {
 
-// Columns of attention scratch per thread: for one KV head's query heads, the scores of one
-// segment of positions (kAttentionSegment), one segment's output and four numbers per head.
+// Columns of attention scratch per thread: for one KV head's query heads of each token of a tile
+// (kAttentionTile), the scores of one segment of positions (kAttentionSegment), one segment's
+// output and four numbers per head.
 inline constexpr std::size_t attention_scratch_cols(std::size_t n_heads, std::size_t n_kv_heads, std::size_t head_dim) {
-  return n_heads / n_kv_heads * (kAttentionSegment + head_dim + 4);
+  return kAttentionTile * (n_heads / n_kv_heads) * (kAttentionSegment + head_dim + 4);
 }
 
 #if !defined(TINYLLM_DYNAMIC_DISPATCH)
