@@ -2435,7 +2435,6 @@ HWY_AFTER_NAMESPACE();
 #include <cstdint>
 #include <span>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 // ---- tinyllm/kernels/cpu/softmax.hpp ----
@@ -2788,17 +2787,6 @@ HWY_INLINE void finish_partial(std::size_t heads, std::size_t head_dim, float* o
     const VF inv = hn::Set(DF(), 1.0f / l[h]);
     map1(o + h * head_dim, head_dim, [&](VF v) HWY_ATTR { return hn::Mul(v, inv); });
   }
-}
-
-// Segments of the positions [first, end): split at multiples of kAttentionSegment.
-inline std::size_t segment_count(std::size_t first, std::size_t end) {
-  return (end - 1) / kAttentionSegment - first / kAttentionSegment + 1;
-}
-// Segment k of [first, end): [seg_first, seg_first + seg_n).
-inline std::pair<std::size_t, std::size_t> segment_range(std::size_t first, std::size_t end, std::size_t k) {
-  const std::size_t base = (first / kAttentionSegment + k) * kAttentionSegment;
-  const std::size_t a = std::max(first, base), b = std::min(end, base + kAttentionSegment);
-  return {a, b - a};
 }
 
 }  // namespace detail
