@@ -146,22 +146,27 @@ void BM_attention(benchmark::State& state) {
   AlignedBuffer<float> q(n_tok * q_dim), out(n_tok * q_dim), row(kv_dim),
       scratch(pool.size() * cpu::attention_scratch_cols(n_heads, n_kv, head_dim));
   fill(q, 1.0f);
-  std::vector<AlignedBuffer<std::byte>> storage;
-  std::vector<std::vector<std::byte*>> tables;
+  std::vector<AlignedBuffer<std::byte>> storage;       // per layer: K, then V
+  std::vector<std::vector<std::byte*>> tables(2 * n_layers);
   std::vector<KVLayerView> views;
   for (std::size_t l = 0; l < n_layers; ++l) {
-    for (int kv = 0; kv < 2; ++kv) {
+    for (std::size_t kv = 0; kv < 2; ++kv) {
       storage.emplace_back(n_blocks * block * row_bytes);
-      tables.emplace_back();
-      for (std::size_t b = 0; b < n_blocks; ++b) tables.back().push_back(storage.back().data() + b * block * row_bytes);
+      for (std::size_t b = 0; b < n_blocks; ++b) tables[2 * l + kv].push_back(storage.back().data() + b * block * row_bytes);
     }
-  }
-  for (std::size_t l = 0; l < n_layers; ++l) {
-    auto k = tables[2 * l].data(), v = tables[2 * l + 1].data();
+    std::byte* const* k = tables[2 * l].data();
+    std::byte* const* v = tables[2 * l + 1].data();
     KVLayerView view{.block_size = block, .kv_dim = kv_dim};
-    if (type == KVType::f32) view.k_blocks = reinterpret_cast<float* const*>(k), view.v_blocks = reinterpret_cast<float* const*>(v);
-    if (type == KVType::f16) view.k_blocks_f16 = reinterpret_cast<F16* const*>(k), view.v_blocks_f16 = reinterpret_cast<F16* const*>(v);
-    if (type == KVType::q8_0) view.k_blocks_q8 = reinterpret_cast<BlockQ8_0* const*>(k), view.v_blocks_q8 = reinterpret_cast<BlockQ8_0* const*>(v);
+    if (type == KVType::f32) {
+      view.k_blocks = reinterpret_cast<float* const*>(k);
+      view.v_blocks = reinterpret_cast<float* const*>(v);
+    } else if (type == KVType::f16) {
+      view.k_blocks_f16 = reinterpret_cast<F16* const*>(k);
+      view.v_blocks_f16 = reinterpret_cast<F16* const*>(v);
+    } else {
+      view.k_blocks_q8 = reinterpret_cast<BlockQ8_0* const*>(k);
+      view.v_blocks_q8 = reinterpret_cast<BlockQ8_0* const*>(v);
+    }
     for (std::size_t p = 0; p < n_ctx; ++p) {
       for (std::size_t i = 0; i < kv_dim; ++i) row[i] = std::sin(float(p * 7 + i + l));
       view.store(p, row.data(), row.data());
@@ -182,8 +187,8 @@ void BM_attention(benchmark::State& state) {
   state.counters["FLOP/s"] = benchmark::Counter(flops * double(n_layers), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["KV_B/s"] = benchmark::Counter(double(2 * n_ctx * row_bytes * n_layers),
                                                 benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["us/layer"] = benchmark::Counter(1e-6 * double(n_layers), benchmark::Counter::kIsIterationInvariantRate |
-                                                                                 benchmark::Counter::kInvert);
+  state.counters["us/layer"] = benchmark::Counter(
+      1e-6 * double(n_layers), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 BENCHMARK(BM_attention)
     ->ArgNames({"n_tok", "ctx", "threads", "kv", "layers"})
