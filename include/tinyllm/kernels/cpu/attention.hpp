@@ -344,6 +344,9 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
   const auto first_of = [&](std::size_t t) { return attention_start(std::size_t(positions[t]), params.window); };
   const auto end_of = [&](std::size_t t) { return std::size_t(positions[t]) + 1; };
   const auto cold_at = [&](std::size_t t) { return t == 0 || &view_of(t - 1) != &view_of(t); };   // first of its sequence here
+  // Token t's segments: first_seg(t) .. last_seg(t), absolute indices.
+  const auto first_seg = [&](std::size_t t) { return first_of(t) / S; };
+  const auto last_seg = [&](std::size_t t) { return (end_of(t) - 1) / S; };
   // Segment K (absolute: positions [K * S, (K + 1) * S)) of the tokens [t0, t0 + nt) and KV head g;
   // token i's partial goes to o[i], m[i], l[i].
   const auto segment = [&](std::size_t t0, std::size_t nt, std::size_t g, std::size_t K, float* const* o,
@@ -367,7 +370,7 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
   };
   const auto out_of = [&](std::size_t t, std::size_t g) { return out.row(t) + g * group * head_dim; };
   std::size_t n_units = 0;   // (token, segment) pairs of one KV head
-  for (std::size_t t = 0; t < n_tok; ++t) n_units += (end_of(t) - 1) / S - first_of(t) / S + 1;
+  for (std::size_t t = 0; t < n_tok; ++t) n_units += last_seg(t) - first_seg(t) + 1;
   std::atomic<std::size_t> next{0};
 
   if (n_tok * n_kv_heads >= 2 * pool.size() || n_units == n_tok) {
@@ -383,34 +386,35 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
     const std::size_t n_items = (tiles.size() - 1) * n_kv_heads;
     pool.run([&](unsigned tid, unsigned) HWY_ATTR {
       float* scores = scratch.row(tid);
-      float* tmp = scores + kAttentionTile * group * S;   // later segments' o, then m, l, and each token's m, l
-      float *o_seg[kAttentionTile], *m_seg[kAttentionTile], *l_seg[kAttentionTile], *o_tok[kAttentionTile],
-          *m_tok[kAttentionTile], *l_tok[kAttentionTile];
+      // Per tile slot i: a later segment's partial (o_seg, m_seg, l_seg) and the token's running
+      // m, l (its o is its output row), after the scores in this thread's scratch row.
+      float* tmp = scores + kAttentionTile * group * S;
+      float *o_seg[kAttentionTile], *m_seg[kAttentionTile], *l_seg[kAttentionTile], *m_tok[kAttentionTile],
+          *l_tok[kAttentionTile], *o_tok[kAttentionTile];
+      for (std::size_t i = 0; i < kAttentionTile; ++i) {
+        o_seg[i] = tmp + i * group * head_dim;
+        m_seg[i] = tmp + kAttentionTile * group * head_dim + 4 * i * group;
+        l_seg[i] = m_seg[i] + group;
+        m_tok[i] = l_seg[i] + group;
+        l_tok[i] = m_tok[i] + group;
+      }
       for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < n_items;
            item = next.fetch_add(1, std::memory_order_relaxed)) {
         const std::size_t j = item / n_kv_heads, g = item % n_kv_heads, t0 = tile_begin[j], nt = tile_begin[j + 1] - t0;
-        float* o[kAttentionTile];
-        float *m[kAttentionTile], *l[kAttentionTile];
-        for (std::size_t i = 0; i < nt; ++i) {
-          o_tok[i] = out_of(t0 + i, g);
-          o_seg[i] = tmp + i * group * head_dim;
-          m_seg[i] = tmp + kAttentionTile * group * head_dim + 4 * i * group;
-          l_seg[i] = m_seg[i] + group;
-          m_tok[i] = l_seg[i] + group;
-          l_tok[i] = m_tok[i] + group;
-        }
+        for (std::size_t i = 0; i < nt; ++i) o_tok[i] = out_of(t0 + i, g);
         // positions only grow along a tile, so its segments run from its first token's first
         // segment to its last token's last; each token's own segments come in position order
-        for (std::size_t K = first_of(t0) / S; K <= (end_of(t0 + nt - 1) - 1) / S; ++K) {
+        for (std::size_t K = first_seg(t0); K <= last_seg(t0 + nt - 1); ++K) {
+          float *o[kAttentionTile], *m[kAttentionTile], *l[kAttentionTile];
           for (std::size_t i = 0; i < nt; ++i) {
-            const bool first_segment = K == first_of(t0 + i) / S;
+            const bool first_segment = K == first_seg(t0 + i);
             o[i] = first_segment ? o_tok[i] : o_seg[i];
             m[i] = first_segment ? m_tok[i] : m_seg[i];
             l[i] = first_segment ? l_tok[i] : l_seg[i];
           }
           segment(t0, nt, g, K, o, m, l, scores);
           for (std::size_t i = 0; i < nt; ++i)
-            if (K > first_of(t0 + i) / S && K <= (end_of(t0 + i) - 1) / S)
+            if (K > first_seg(t0 + i) && K <= last_seg(t0 + i))
               detail::merge_partial(group, head_dim, o_tok[i], m_tok[i], l_tok[i], o_seg[i], m_seg[i], l_seg[i]);
         }
         for (std::size_t i = 0; i < nt; ++i) detail::finish_partial(group, head_dim, o_tok[i], l_tok[i]);
@@ -427,7 +431,7 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
   unit_begin.assign(n_pairs + 1, 0);
   for (std::size_t i = 0; i < n_pairs; ++i) {
     const std::size_t t = i / n_kv_heads;
-    unit_begin[i + 1] = unit_begin[i] + (end_of(t) - 1) / S - first_of(t) / S + 1;
+    unit_begin[i + 1] = unit_begin[i] + last_seg(t) - first_seg(t) + 1;
   }
   float* const part = partials.data();
   const std::size_t* const begin = unit_begin.data();
@@ -441,7 +445,7 @@ inline void attention(ThreadPool& pool, MatrixView<const float> q, std::span<con
       float* o = part + u * stride;
       float* m = o + group * head_dim;
       float* l = m + group;
-      segment(t, 1, i % n_kv_heads, first_of(t) / S + (u - begin[i]), &o, &m, &l, scores);
+      segment(t, 1, i % n_kv_heads, first_seg(t) + (u - begin[i]), &o, &m, &l, scores);
     }
   });
   float* m = scratch.row(0);
