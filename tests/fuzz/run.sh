@@ -15,6 +15,11 @@
 #   TINYLLM_FUZZ_JOBS      build parallelism (default 1)
 #   TINYLLM_FUZZ_PARALLEL  targets fuzzed at once, one core each (default 1)
 #   TINYLLM_FUZZ_ARGS      more libFuzzer flags, e.g. "-runs=1000000" or "-max_len=65536"
+#   TINYLLM_FUZZ_KERNELS   a libtinyllm_dispatch.a built already from this source (the test suite's
+#                          short fuzz leg passes the main build's): the model-loading targets link
+#                          its kernels, not instrumented, instead of compiling them under the
+#                          sanitizers (about 4 minutes of a core each). Without it (a campaign)
+#                          the kernels are instrumented too.
 #
 # The corpus a target grows is kept in BUILD/corpus/TARGET between runs; seeds are written afresh
 # to BUILD/seeds/TARGET from the test data (files over 1 MB skipped) and tests/fuzz/seeds/TARGET.
@@ -73,7 +78,8 @@ build_type=()
 [[ -f $build/CMakeCache.txt ]] || build_type=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
 if ! CC=clang CXX=clang++ cmake -S "$root" -B "$build" "${build_type[@]}" \
        -DTINYLLM_FUZZ=ON -DTINYLLM_BUILD_TESTS=OFF -DTINYLLM_BUILD_EXAMPLES=OFF -DTINYLLM_BUILD_BENCH=OFF \
-       -DTINYLLM_INSTALL=OFF -DTINYLLM_CUDA=OFF > "$build.configure.log" 2>&1; then
+       -DTINYLLM_INSTALL=OFF -DTINYLLM_CUDA=OFF -DTINYLLM_DISPATCH_LIBRARY="${TINYLLM_FUZZ_KERNELS:-}" \
+       > "$build.configure.log" 2>&1; then
   cat "$build.configure.log" >&2
   echo "run.sh: cmake configure failed" >&2
   exit 2
