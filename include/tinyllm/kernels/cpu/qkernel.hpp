@@ -245,6 +245,9 @@ void decode_group(const std::uint8_t* w, std::size_t units, std::size_t nb, cons
   for (std::size_t u0 = 0; u0 < units; u0 += kChunk) {
     const std::uint8_t* first = w + u0 * kUnit;
     const std::size_t count = std::min(kChunk, units - u0);
+    // The next chunk (this group's or the next group's) asked for into L2 while this one runs:
+    // the kernel's arithmetic keeps fewer loads in flight than the hardware prefetcher needs.
+    for (std::size_t b = 0; b < kChunk * kUnit; b += 64) __builtin_prefetch(first + count * kUnit + b, 0, 2);
     const std::size_t s0 = u0 * Q::subs, subs = std::min(count * Q::subs, n_subs - s0);
     const UnitSource<Block> src{first};
     if (a.group == 1) {  // one token
