@@ -10,6 +10,7 @@
 #include <iterator>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -140,25 +141,38 @@ inline std::uint16_t random_scale(std::mt19937& rng) {
 struct LlamaCppDifference {
   float prompt = 0, decode = 0;
 };
-inline LlamaCppDifference against_llama_cpp(Model& model, const std::string& ref, ThreadPool& pool) {
-  const auto dir = testdata("arch");
-  const auto header = dir / (ref + ".header.txt");
+// The logits `model` gives for the inputs of llama.cpp's reference REF (arch/REF.header.txt):
+// its 64 prompt ids as one batch, then its greedy ids one at a time. No doctest assertions, so
+// that threads may call it.
+struct ReferenceRun {
+  std::vector<float> prompt, decode;   // [64, vocab], [steps, vocab]
+};
+inline ReferenceRun run_reference_inputs(Model& model, const std::string& ref, ThreadPool& pool) {
+  const auto header = testdata("arch") / (ref + ".header.txt");
   const auto ids = header_ids(header, "ids");
   const auto greedy = header_ids(header, "greedy_ids");
-  const auto prompt_want = read_f32(dir / (ref + ".logits.f32"));
-  const auto decode_want = read_f32(dir / (ref + ".decode.f32"));
-  const std::size_t vocab = model.config().vocab_size, n = ids.size(), steps = decode_want.size() / vocab;
-  REQUIRE(prompt_want.size() == n * vocab);
-  REQUIRE(greedy.size() >= steps);
+  const std::size_t vocab = model.config().vocab_size, n = ids.size();
+  const std::size_t steps = std::filesystem::file_size(testdata("arch") / (ref + ".decode.f32")) / sizeof(float) / vocab;
+  if (greedy.size() < steps) throw std::runtime_error(ref + ": fewer greedy ids than decode rows");
   auto cache = model.new_kv_cache(n + steps);
   const auto pos = iota(n);
-  std::vector<float> prompt(n * vocab), decode(steps * vocab);
-  model.forward(pool, ids, pos, *cache, MatrixView<float>(prompt.data(), n, vocab));
+  ReferenceRun r{std::vector<float>(n * vocab), std::vector<float>(steps * vocab)};
+  model.forward(pool, ids, pos, *cache, MatrixView<float>(r.prompt.data(), n, vocab));
   for (std::size_t s = 0; s < steps; ++s) {
     const std::int32_t p = std::int32_t(n + s);
     model.forward(pool, std::span(&greedy[s], 1), std::span(&p, 1), *cache,
-                  MatrixView<float>(decode.data() + s * vocab, 1, vocab));
+                  MatrixView<float>(r.decode.data() + s * vocab, 1, vocab));
   }
+  return r;
+}
+inline LlamaCppDifference against_llama_cpp(Model& model, const std::string& ref, ThreadPool& pool) {
+  const auto dir = testdata("arch");
+  const auto prompt_want = read_f32(dir / (ref + ".logits.f32"));
+  const auto decode_want = read_f32(dir / (ref + ".decode.f32"));
+  const std::size_t vocab = model.config().vocab_size;
+  const auto [prompt, decode] = run_reference_inputs(model, ref, pool);
+  REQUIRE(prompt_want.size() == prompt.size());
+  REQUIRE(decode_want.size() == decode.size());
   auto argmax_where_clear = [&](const std::vector<float>& got, const std::vector<float>& want, const char* what) {
     for (std::size_t r = 0; r < want.size() / vocab; ++r) {
       const float* w = want.data() + r * vocab;

@@ -13,6 +13,7 @@
 #include <tinyllm/kernels/reference_backend.hpp>
 #include <tinyllm/kernels/cpu/cpu.hpp>
 #include <tinyllm/kernels/cpu/backend.hpp>
+#include <tinyllm/comm/communicator.hpp>
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/io/llama2c.hpp>
 #include <tinyllm/io/safetensors.hpp>
@@ -24,6 +25,7 @@
 #include <tinyllm/text/chat_template.hpp>
 #include <tinyllm/model/load.hpp>
 #include <tinyllm/model/convert.hpp>
+#include <tinyllm/model/tensor_parallel.hpp>
 #include <tinyllm/sample/grammar.hpp>
 #include <tinyllm/sample/json_schema.hpp>
 #include <tinyllm/sample/logprobs.hpp>

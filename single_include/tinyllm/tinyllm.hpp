@@ -4353,6 +4353,53 @@ struct CpuBackend : HostBackend<CpuBackend> {
 };
 
 }  // namespace tinyllm
+// ---- tinyllm/comm/communicator.hpp ----
+// Communicators for tensor parallelism: the collective operations that ranks holding slices of
+// one model need (model/tensor_parallel.hpp). A communicator is handed to the loader like the
+// ThreadPool to forward(); the single-process one, the default, does nothing. comm/mpi.hpp has
+// the one over MPI (Open MPI on CPU clusters), which tinyllm.hpp does not include: it needs
+// <mpi.h> and the MPI library (CMake: TINYLLM_MPI, target tinyllm::mpi).
+#include <cstddef>
+#include <span>
+#include <utility>
+
+namespace tinyllm {
+
+// Part `i` of `parts` near-equal contiguous parts of [0, n): {first, count}. How ranks share out
+// heads, FFN units and vocabulary rows.
+inline std::pair<std::size_t, std::size_t> even_part(std::size_t n, std::size_t parts, std::size_t i) {
+  const std::size_t first = n * i / parts;
+  return {first, n * (i + 1) / parts - first};
+}
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual std::size_t rank() const = 0;
+  virtual std::size_t size() const = 0;
+  // data = the element-wise sum of every rank's data, on every rank.
+  virtual void all_reduce_sum(std::span<float> data) = 0;
+  // Every rank's `mine` concatenated in rank order into `all`, on every rank; counts[r] is the
+  // number of elements rank r sends (counts.size() == size(), all.size() == their sum).
+  virtual void all_gather(std::span<const float> mine, std::span<float> all, std::span<const std::size_t> counts) = 0;
+  // root's bytes to every rank.
+  virtual void broadcast(std::span<std::byte> data, std::size_t root) = 0;
+};
+
+// One process holding the whole model: every collective is the identity.
+class SingleProcess final : public Communicator {
+ public:
+  std::size_t rank() const override { return 0; }
+  std::size_t size() const override { return 1; }
+  void all_reduce_sum(std::span<float>) override {}
+  void all_gather(std::span<const float> mine, std::span<float> all, std::span<const std::size_t>) override {
+    if (all.data() != mine.data())
+      for (std::size_t i = 0; i < mine.size(); ++i) all[i] = mine[i];
+  }
+  void broadcast(std::span<std::byte>, std::size_t) override {}
+};
+
+}  // namespace tinyllm
 // ---- tinyllm/io/gguf.hpp ----
 // GGUF: the reader (versions 2 and 3; typed metadata and zero-copy tensor views into the mapped
 // file) and the writer (version 3).
@@ -12446,21 +12493,24 @@ using KnownArchs = std::tuple<Llama, Mistral, Gemma, Gemma2, Gemma3, Qwen2, Qwen
 #include <string>
 #include <vector>
 
-// ---- tinyllm/model/transformer.hpp ----
-// A decoder-only transformer written once against architecture traits. forward() is the whole
-// model, top to bottom, in the spirit of llama2.c's forward(): it takes a batch of tokens of one
-// sequence at given positions (a prompt prefill, or one token of decode) and writes logits. Every
-// kernel is called through the Backend parameter: CpuBackend (Highway, kernels/cpu/backend.hpp,
-// which lists a backend's members), ReferenceBackend (the scalar specification, for tests) or
-// CudaBackend (kernels/cuda/backend.hpp). The backend also says where activations and KV caches
-// live (Backend::memory()) and where the kernels read the weights (Backend::resident).
+// ---- tinyllm/model/tensor_parallel.hpp ----
+// Tensor parallelism, Megatron style: each rank of a communicator (comm/) holds a share of every
+// block and the ranks meet twice per block.
+//   - Attention: query heads are shared out, each rank with the K/V heads its query heads read
+//     (and their KV cache). Q, K and V are split by output rows, the attention output matrix by
+//     input columns; each rank's product is a partial sum of the block's output, added up over
+//     the ranks (all-reduce).
+//   - FFN: gate and up split by output rows, down by input columns, then the same all-reduce.
+//   - Output layer: split by vocabulary rows; the logits are gathered on every rank.
+// Everything else (embedding lookup, norms, residual stream) is computed by every rank whole.
+// A rank's slices are views of the file where they are whole rows (no copy; the mapped file's
+// other pages are never read), copies where they are columns.
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
-#include <cstdint>
+#include <cstring>
 #include <memory>
-#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 // ---- tinyllm/model/config.hpp ----
@@ -12495,6 +12545,23 @@ struct ModelConfig {
 };
 
 }  // namespace tinyllm
+// ---- tinyllm/model/transformer.hpp ----
+// A decoder-only transformer written once against architecture traits. forward() is the whole
+// model, top to bottom, in the spirit of llama2.c's forward(): it takes a batch of tokens of one
+// sequence at given positions (a prompt prefill, or one token of decode) and writes logits. Every
+// kernel is called through the Backend parameter: CpuBackend (Highway, kernels/cpu/backend.hpp,
+// which lists a backend's members), ReferenceBackend (the scalar specification, for tests) or
+// CudaBackend (kernels/cuda/backend.hpp). The backend also says where activations and KV caches
+// live (Backend::memory()) and where the kernels read the weights (Backend::resident).
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
 // ---- tinyllm/model/kv_cache.hpp ----
 // Where attention finds the keys and values of one sequence. The model only asks for a layer's
 // KVLayerView (a block table), so a contiguous cache and the paged cache of serve/ both fit.
@@ -12946,13 +13013,19 @@ template <class Arch, KernelBackend Backend = CpuBackend>
 class Transformer final : public Model {
  public:
   // max_batch bounds the tokens of one internal forward step; longer inputs run in chunks.
-  Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
+  // comm: the ranks this one shares the model with (model/tensor_parallel.hpp: cfg and w are then
+  // this rank's share); the caller keeps it alive. Null: the whole model, in this process.
+  Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512, Communicator* comm = nullptr)
       : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
+        comm_(comm && comm->size() > 1 ? comm : nullptr),
         ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff})) {
     if (!can_dequantize(w_.token_embd.type))
       throw Error("cannot read rows of tensor type " + std::string(name(w_.token_embd.type)), w_.token_embd.name);
     if (Backend::memory() && Arch::ffn == Ffn::custom)
       throw Error("a custom FFN activation runs on the host; this backend keeps activations in " +
+                  std::string(Backend::memory()->name) + " memory", std::string(Arch::name));
+    if (comm_ && Backend::memory())
+      throw Error("tensor parallelism runs on host memory; this backend keeps activations in " +
                   std::string(Backend::memory()->name) + " memory", std::string(Arch::name));
     const std::size_t b = max_batch_;
     x_.resize(b * cfg_.n_embd);
@@ -13166,6 +13239,7 @@ class Transformer final : public Model {
       ap.window = plans_[l].window;
       Backend::attention(pool, ws_, q, c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
       matmul(pool, lw.wo, att, proj, l, LoraTarget::o, seqs);
+      all_reduce(proj);   // tensor parallelism: each rank's heads gave part of the sum
       if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_attn_norm, proj, c.norm_eps);
       Backend::add_rows(ws_, x, proj);
 
@@ -13175,10 +13249,15 @@ class Transformer final : public Model {
         matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
         matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
-      if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate.data, up.data, n * c.n_ff);
-      if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate.data, up.data, n * c.n_ff);
-      if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-      matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
+      if (c.n_ff > 0) {
+        if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate.data, up.data, n * c.n_ff);
+        if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate.data, up.data, n * c.n_ff);
+        if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
+        matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
+      } else {   // a rank whose share of the FFN is empty adds nothing
+        std::fill(proj.data, proj.data + n * dim, 0.0f);
+      }
+      all_reduce(proj);
       if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_ffn_norm, proj, c.norm_eps);
       Backend::add_rows(ws_, x, proj);
     }
@@ -13189,13 +13268,35 @@ class Transformer final : public Model {
     Backend::rmsnorm_rows(ws_, xf, output_norm_, xf, c.norm_eps);
     // Logits are computed where the activations live, then brought to the caller's (host) memory.
     MatrixView<float> out = logits;
-    if (Backend::memory()) {
-      if (logits_dev_.size() < logits.rows * logits.cols) logits_dev_.resize(logits.rows * logits.cols);
-      out = MatrixView<float>(logits_dev_.data(), logits.rows, logits.cols);
+    if (Backend::memory() || comm_) {   // (tensor parallelism: this rank's rows of the vocabulary)
+      const std::size_t cols = output_.rows;
+      if (logits_dev_.size() < logits.rows * cols) logits_dev_.resize(logits.rows * cols);
+      out = MatrixView<float>(logits_dev_.data(), logits.rows, cols);
     }
     matmul(pool, output_, xf, out);
     if constexpr (Arch::final_softcap) Backend::softcap_rows(ws_, out, c.final_softcap);
+    if (comm_) return gather_logits(out, logits);
     Backend::to_host(ws_, out, logits);
+  }
+  // Tensor parallelism: the sum of every rank's `m`, on every rank.
+  void all_reduce(MatrixView<float> m) {
+    if (comm_) comm_->all_reduce_sum(std::span<float>(m.data, m.rows * m.cols));
+  }
+  // Tensor parallelism: every rank's columns of the logits (its rows of the vocabulary, in rank
+  // order) into `logits` on every rank.
+  void gather_logits(MatrixView<const float> mine, MatrixView<float> logits) {
+    const std::size_t ranks = comm_->size(), rows = logits.rows;
+    gather_counts_.resize(ranks);
+    for (std::size_t r = 0; r < ranks; ++r) gather_counts_[r] = rows * even_part(cfg_.vocab_size, ranks, r).second;
+    if (gathered_.size() < rows * cfg_.vocab_size) gathered_.resize(rows * cfg_.vocab_size);
+    comm_->all_gather(std::span<const float>(mine.data, rows * mine.cols),
+                      std::span<float>(gathered_.data(), rows * cfg_.vocab_size), gather_counts_);
+    const float* block = gathered_.data();   // rank r's [rows, its vocabulary] block
+    for (std::size_t r = 0; r < ranks; ++r) {
+      const auto [v0, nv] = even_part(cfg_.vocab_size, ranks, r);
+      for (std::size_t i = 0; i < rows; ++i) std::copy_n(block + i * nv, nv, logits.row(i) + v0);
+      block += rows * nv;
+    }
   }
   void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
     tinyllm::matmul<Backend>(pool, w, x, y, ws_);
@@ -13231,6 +13332,7 @@ class Transformer final : public Model {
   // Refuses an adapter made for other shapes, and sizes the buffers of the low-rank products.
   void check_adapter(const AdapterRef& a) {
     if (!a.adapter) throw Error("null adapter");
+    if (comm_) throw Error("LoRA adapters are not supported with tensor parallelism yet", a.adapter->path());
     if (Backend::memory())   // its matrices stay in host memory, where this backend's kernels cannot read
       throw Error("LoRA adapters are not supported on the " + std::string(Backend::memory()->name) + " backend yet",
                   a.adapter->path());
@@ -13256,6 +13358,9 @@ class Transformer final : public Model {
   ModelConfig cfg_;
   TransformerWeights w_;
   std::size_t max_batch_;
+  Communicator* comm_;                      // tensor parallelism: the other ranks; null when alone
+  std::vector<std::size_t> gather_counts_;  // [ranks] logits each rank holds
+  std::vector<float> gathered_;             // [rows * vocab] the ranks' logit blocks, in rank order
   std::vector<float> inv_freq_global_, inv_freq_local_;   // [head_dim / 2] RoPE tables
   std::vector<LayerPlan> plans_;                          // [n_layers]
   std::vector<std::size_t> all_rows_;       // 0, 1, ..., max_batch - 1
@@ -13283,6 +13388,128 @@ class Transformer final : public Model {
 
 namespace tinyllm {
 
+// What one rank holds of a model.
+struct RankShare {
+  std::size_t q_head0 = 0, n_q_heads = 0;    // query heads
+  std::size_t kv_head0 = 0, n_kv_heads = 0;  // the K/V heads they read (with more ranks than K/V heads, one, held by several ranks)
+  std::size_t ff0 = 0, n_ff = 0;             // FFN hidden units (may be 0: the rank adds nothing to the FFN)
+  std::size_t vocab0 = 0, n_vocab = 0;       // output rows
+};
+
+// Rank `rank` of `ranks`. Query heads are shared out so that each rank's heads read a contiguous
+// run of K/V heads with the same group size as the model's (whole groups when ranks <= K/V heads,
+// else part of one group): grouped-query attention then runs unchanged on each rank's share. FFN
+// units go in multiples of ff_unit (the block size of the down matrix, whose columns they are).
+inline RankShare rank_share(const ModelConfig& c, std::size_t rank, std::size_t ranks, std::size_t ff_unit = 1) {
+  if (ranks == 0 || rank >= ranks) throw Error("rank " + std::to_string(rank) + " of " + std::to_string(ranks), "rank_share");
+  if (ranks > c.n_heads)
+    throw Error(std::to_string(ranks) + " ranks for a model of " + std::to_string(c.n_heads) + " attention heads",
+                "tensor parallelism", "at most one rank per attention head");
+  if (ff_unit == 0 || c.n_ff % ff_unit != 0)
+    throw Error("FFN width " + std::to_string(c.n_ff) + " is not whole blocks of " + std::to_string(ff_unit), "tensor parallelism");
+  RankShare s;
+  const std::size_t group = c.n_heads / c.n_kv_heads;
+  if (ranks <= c.n_kv_heads) {
+    std::tie(s.kv_head0, s.n_kv_heads) = even_part(c.n_kv_heads, ranks, rank);
+    s.q_head0 = s.kv_head0 * group;
+    s.n_q_heads = s.n_kv_heads * group;
+  } else {
+    // Ranks r with r * n_kv / ranks == k share K/V head k and split its group of query heads.
+    s.kv_head0 = rank * c.n_kv_heads / ranks;
+    s.n_kv_heads = 1;
+    std::size_t first = rank, last = rank;
+    while (first > 0 && (first - 1) * c.n_kv_heads / ranks == s.kv_head0) --first;
+    while (last + 1 < ranks && (last + 1) * c.n_kv_heads / ranks == s.kv_head0) ++last;
+    const auto [q0, nq] = even_part(group, last - first + 1, rank - first);
+    s.q_head0 = s.kv_head0 * group + q0;
+    s.n_q_heads = nq;
+  }
+  const auto [u0, nu] = even_part(c.n_ff / ff_unit, ranks, rank);
+  s.ff0 = u0 * ff_unit;
+  s.n_ff = nu * ff_unit;
+  std::tie(s.vocab0, s.n_vocab) = even_part(c.vocab_size, ranks, rank);
+  return s;
+}
+
+namespace detail {
+
+// Rows [first, first + count) of m: a view of the same memory.
+inline WeightMatrix row_slice(const WeightMatrix& m, std::size_t first, std::size_t count) {
+  WeightMatrix s = m;
+  s.rows = count;
+  s.data = count ? static_cast<const std::byte*>(m.data) + first * row_bytes(m.type, m.cols) : nullptr;
+  s.packed.reset();
+  return s;
+}
+
+// Columns [first, first + count) of m, copied: in m's type when they are whole blocks of it,
+// otherwise as F32 (the exact values of the stored weights).
+inline WeightMatrix column_slice(const WeightMatrix& m, std::size_t first, std::size_t count) {
+  WeightMatrix s = m;
+  s.cols = count;
+  s.packed.reset();
+  const std::size_t bs = info(m.type).block_size, in_row = row_bytes(m.type, m.cols);
+  const bool whole_blocks = first % bs == 0 && count % bs == 0;
+  if (!whole_blocks) s.type = DType::F32;
+  const std::size_t out_row = row_bytes(s.type, count);
+  auto out = std::make_shared<AlignedBuffer<std::byte>>(std::max<std::size_t>(1, m.rows * out_row));
+  std::vector<float> row(whole_blocks ? 0 : m.cols);
+  for (std::size_t r = 0; r < m.rows; ++r) {
+    const std::byte* src = static_cast<const std::byte*>(m.data) + r * in_row;
+    if (whole_blocks) {
+      std::memcpy(out->data() + r * out_row, src + row_bytes(m.type, first), out_row);
+    } else {
+      dequantize_row(m.type, src, row.data(), m.cols);
+      std::memcpy(out->data() + r * out_row, row.data() + first, count * sizeof(float));
+    }
+  }
+  s.data = out->data();
+  s.owned = std::move(out);
+  return s;
+}
+
+inline AlignedBuffer<float> vector_slice(const AlignedBuffer<float>& v, std::size_t first, std::size_t count) {
+  AlignedBuffer<float> out(count);
+  if (count) std::memcpy(out.data(), v.data() + first, count * sizeof(float));
+  return out;
+}
+
+}  // namespace detail
+
+// Keeps this rank's share of w (bound over the whole model, nothing read yet) and returns the
+// configuration of that share: the rank's own query heads, K/V heads and FFN width; the vocabulary
+// stays whole (logits are gathered). With one rank, c and w stay as they are.
+inline ModelConfig split_for_rank(ModelConfig c, TransformerWeights& w, const Communicator& comm) {
+  if (comm.size() == 1) return c;
+  std::size_t ff_unit = 1;
+  for (const LayerWeights& l : w.layers) ff_unit = std::max<std::size_t>(ff_unit, info(l.w_down.type).block_size);
+  const RankShare s = rank_share(c, comm.rank(), comm.size(), ff_unit);
+  const std::size_t hd = c.head_dim;
+  for (LayerWeights& l : w.layers) {
+    l.wq = detail::row_slice(l.wq, s.q_head0 * hd, s.n_q_heads * hd);
+    l.wk = detail::row_slice(l.wk, s.kv_head0 * hd, s.n_kv_heads * hd);
+    l.wv = detail::row_slice(l.wv, s.kv_head0 * hd, s.n_kv_heads * hd);
+    l.wo = detail::column_slice(l.wo, s.q_head0 * hd, s.n_q_heads * hd);
+    if (!l.bq.empty()) {
+      l.bq = detail::vector_slice(l.bq, s.q_head0 * hd, s.n_q_heads * hd);
+      l.bk = detail::vector_slice(l.bk, s.kv_head0 * hd, s.n_kv_heads * hd);
+      l.bv = detail::vector_slice(l.bv, s.kv_head0 * hd, s.n_kv_heads * hd);
+    }
+    l.w_gate = detail::row_slice(l.w_gate, s.ff0, s.n_ff);
+    l.w_up = detail::row_slice(l.w_up, s.ff0, s.n_ff);
+    l.w_down = s.n_ff ? detail::column_slice(l.w_down, s.ff0, s.n_ff) : detail::row_slice(l.w_down, 0, 0);
+  }
+  w.output = detail::row_slice(w.output, s.vocab0, s.n_vocab);
+  c.n_heads = s.n_q_heads;
+  c.n_kv_heads = s.n_kv_heads;
+  c.n_ff = s.n_ff;
+  return c;
+}
+
+}  // namespace tinyllm
+
+namespace tinyllm {
+
 struct LoadOptions {
   std::size_t max_batch = 512;     // tokens per internal forward step (workspace size)
   std::string tokenizer_path;      // llama2.c tokenizer .bin; overrides the model's own vocabulary
@@ -13294,6 +13521,10 @@ struct LoadOptions {
   // loader also reads each matrix (one byte per page), so a cold file is paged in during the
   // load, where the progress shows, rather than during the first forward pass.
   std::function<void(std::size_t done, std::size_t total)> progress;
+  // Tensor parallelism (model/tensor_parallel.hpp): this process is one rank of `comm` and keeps
+  // only its share of the weights; every rank loads the same file and makes the same calls.
+  // Null or one rank: the whole model. The caller keeps it alive while the model lives.
+  Communicator* comm = nullptr;
 };
 
 // A model together with the file its weights live in and its tokenizer.
@@ -13429,6 +13660,15 @@ void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFi
   }
   volatile unsigned char keep = sum;  // the reads must happen
   (void)keep;
+}
+
+// The model over bound weights (views of a file or owned copies, nothing packed yet): this
+// rank's share of them under tensor parallelism, made ready for Backend, in a Transformer.
+template <class Arch, class Backend>
+std::unique_ptr<Model> build_model(ModelConfig c, TransformerWeights w, const LoadOptions& opt, const GGUFFile* file) {
+  if (opt.comm) c = split_for_rank(std::move(c), w, *opt.comm);
+  prepare_weights<Backend>(w, opt, file);
+  return std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch, opt.comm);
 }
 
 inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size_t vocab) {
@@ -13622,8 +13862,7 @@ std::unique_ptr<Model> bind_hf(const SafetensorsModel& m, const HfConfig& h, con
     w.rope_freq_factors.resize(h.rope_freq_factors.size());
     std::copy(h.rope_freq_factors.begin(), h.rope_freq_factors.end(), w.rope_freq_factors.begin());
   }
-  prepare_weights<Backend>(w, opt, nullptr);
-  return std::make_unique<Transformer<Arch, Backend>>(c, std::move(w), opt.max_batch);
+  return build_model<Arch, Backend>(c, std::move(w), opt, nullptr);
 }
 
 }  // namespace detail
@@ -14040,8 +14279,7 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
   w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
   if (f.find_tensor("rope_freqs.weight")) w.rope_freq_factors = vector_tensor(f, "rope_freqs.weight", c.head_dim / 2);
-  prepare_weights<Backend>(w, opt, &f);
-  return std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch);
+  return build_model<Arch, Backend>(std::move(c), std::move(w), opt, &f);
 }
 
 inline std::string known_arch_names() {
@@ -14147,9 +14385,8 @@ LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   w.output = mat("wcls", lw.wcls, 0, c.vocab_size, c.n_embd);
 
   if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
-  prepare_weights<Backend>(w, opt, nullptr);
   std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
-  auto model = std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch);
+  auto model = build_model<Arch, Backend>(std::move(c), std::move(w), opt, nullptr);
   return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
 }
 

@@ -15,6 +15,8 @@
 #include <tinyllm/core/thread_pool.hpp>
 #include <tinyllm/io/gguf.hpp>
 #include <tinyllm/io/llama2c.hpp>
+#include <tinyllm/comm/communicator.hpp>
+#include <tinyllm/model/tensor_parallel.hpp>
 #include <tinyllm/model/transformer.hpp>
 #include <tinyllm/quant/dequantize.hpp>
 #include <tinyllm/quant/quantize.hpp>
@@ -33,6 +35,10 @@ struct LoadOptions {
   // loader also reads each matrix (one byte per page), so a cold file is paged in during the
   // load, where the progress shows, rather than during the first forward pass.
   std::function<void(std::size_t done, std::size_t total)> progress;
+  // Tensor parallelism (model/tensor_parallel.hpp): this process is one rank of `comm` and keeps
+  // only its share of the weights; every rank loads the same file and makes the same calls.
+  // Null or one rank: the whole model. The caller keeps it alive while the model lives.
+  Communicator* comm = nullptr;
 };
 
 // A model together with the file its weights live in and its tokenizer.
@@ -168,6 +174,15 @@ void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFi
   }
   volatile unsigned char keep = sum;  // the reads must happen
   (void)keep;
+}
+
+// The model over bound weights (views of a file or owned copies, nothing packed yet): this
+// rank's share of them under tensor parallelism, made ready for Backend, in a Transformer.
+template <class Arch, class Backend>
+std::unique_ptr<Model> build_model(ModelConfig c, TransformerWeights w, const LoadOptions& opt, const GGUFFile* file) {
+  if (opt.comm) c = split_for_rank(std::move(c), w, *opt.comm);
+  prepare_weights<Backend>(w, opt, file);
+  return std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch, opt.comm);
 }
 
 inline std::optional<Tokenizer> tokenizer_file(const LoadOptions& opt, std::size_t vocab) {

@@ -191,8 +191,7 @@ std::unique_ptr<Model> bind_hf(const SafetensorsModel& m, const HfConfig& h, con
     w.rope_freq_factors.resize(h.rope_freq_factors.size());
     std::copy(h.rope_freq_factors.begin(), h.rope_freq_factors.end(), w.rope_freq_factors.begin());
   }
-  prepare_weights<Backend>(w, opt, nullptr);
-  return std::make_unique<Transformer<Arch, Backend>>(c, std::move(w), opt.max_batch);
+  return build_model<Arch, Backend>(c, std::move(w), opt, nullptr);
 }
 
 }  // namespace detail

@@ -106,8 +106,7 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
   w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;
   if (f.find_tensor("rope_freqs.weight")) w.rope_freq_factors = vector_tensor(f, "rope_freqs.weight", c.head_dim / 2);
-  prepare_weights<Backend>(w, opt, &f);
-  return std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch);
+  return build_model<Arch, Backend>(std::move(c), std::move(w), opt, &f);
 }
 
 inline std::string known_arch_names() {
@@ -213,9 +212,8 @@ LoadedModel load_llama2c(const std::string& path, LoadOptions opt) {
   w.output = mat("wcls", lw.wcls, 0, c.vocab_size, c.n_embd);
 
   if (opt.tokenizer_path.empty()) opt.tokenizer_path = find_llama2c_tokenizer(path, c.vocab_size);
-  prepare_weights<Backend>(w, opt, nullptr);
   std::optional<Tokenizer> tok = tokenizer_file(opt, c.vocab_size);
-  auto model = std::make_unique<Transformer<Arch, Backend>>(std::move(c), std::move(w), opt.max_batch);
+  auto model = build_model<Arch, Backend>(std::move(c), std::move(w), opt, nullptr);
   return LoadedModel(std::move(file), std::move(model), std::move(tok), path);
 }
 

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include <tinyllm/comm/communicator.hpp>
 #include <tinyllm/core/buffer.hpp>
 #include <tinyllm/core/error.hpp>
 #include <tinyllm/core/memory.hpp>
@@ -135,13 +136,19 @@ template <class Arch, KernelBackend Backend = CpuBackend>
 class Transformer final : public Model {
  public:
   // max_batch bounds the tokens of one internal forward step; longer inputs run in chunks.
-  Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512)
+  // comm: the ranks this one shares the model with (model/tensor_parallel.hpp: cfg and w are then
+  // this rank's share); the caller keeps it alive. Null: the whole model, in this process.
+  Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512, Communicator* comm = nullptr)
       : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
+        comm_(comm && comm->size() > 1 ? comm : nullptr),
         ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff})) {
     if (!can_dequantize(w_.token_embd.type))
       throw Error("cannot read rows of tensor type " + std::string(name(w_.token_embd.type)), w_.token_embd.name);
     if (Backend::memory() && Arch::ffn == Ffn::custom)
       throw Error("a custom FFN activation runs on the host; this backend keeps activations in " +
+                  std::string(Backend::memory()->name) + " memory", std::string(Arch::name));
+    if (comm_ && Backend::memory())
+      throw Error("tensor parallelism runs on host memory; this backend keeps activations in " +
                   std::string(Backend::memory()->name) + " memory", std::string(Arch::name));
     const std::size_t b = max_batch_;
     x_.resize(b * cfg_.n_embd);
@@ -355,6 +362,7 @@ class Transformer final : public Model {
       ap.window = plans_[l].window;
       Backend::attention(pool, ws_, q, c.n_heads, c.n_kv_heads, c.head_dim, ap, att, scores_);
       matmul(pool, lw.wo, att, proj, l, LoraTarget::o, seqs);
+      all_reduce(proj);   // tensor parallelism: each rank's heads gave part of the sum
       if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_attn_norm, proj, c.norm_eps);
       Backend::add_rows(ws_, x, proj);
 
@@ -364,10 +372,15 @@ class Transformer final : public Model {
         matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
         matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
       }
-      if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate.data, up.data, n * c.n_ff);
-      if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate.data, up.data, n * c.n_ff);
-      if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-      matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
+      if (c.n_ff > 0) {
+        if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate.data, up.data, n * c.n_ff);
+        if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate.data, up.data, n * c.n_ff);
+        if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
+        matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
+      } else {   // a rank whose share of the FFN is empty adds nothing
+        std::fill(proj.data, proj.data + n * dim, 0.0f);
+      }
+      all_reduce(proj);
       if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_ffn_norm, proj, c.norm_eps);
       Backend::add_rows(ws_, x, proj);
     }
@@ -378,13 +391,35 @@ class Transformer final : public Model {
     Backend::rmsnorm_rows(ws_, xf, output_norm_, xf, c.norm_eps);
     // Logits are computed where the activations live, then brought to the caller's (host) memory.
     MatrixView<float> out = logits;
-    if (Backend::memory()) {
-      if (logits_dev_.size() < logits.rows * logits.cols) logits_dev_.resize(logits.rows * logits.cols);
-      out = MatrixView<float>(logits_dev_.data(), logits.rows, logits.cols);
+    if (Backend::memory() || comm_) {   // (tensor parallelism: this rank's rows of the vocabulary)
+      const std::size_t cols = output_.rows;
+      if (logits_dev_.size() < logits.rows * cols) logits_dev_.resize(logits.rows * cols);
+      out = MatrixView<float>(logits_dev_.data(), logits.rows, cols);
     }
     matmul(pool, output_, xf, out);
     if constexpr (Arch::final_softcap) Backend::softcap_rows(ws_, out, c.final_softcap);
+    if (comm_) return gather_logits(out, logits);
     Backend::to_host(ws_, out, logits);
+  }
+  // Tensor parallelism: the sum of every rank's `m`, on every rank.
+  void all_reduce(MatrixView<float> m) {
+    if (comm_) comm_->all_reduce_sum(std::span<float>(m.data, m.rows * m.cols));
+  }
+  // Tensor parallelism: every rank's columns of the logits (its rows of the vocabulary, in rank
+  // order) into `logits` on every rank.
+  void gather_logits(MatrixView<const float> mine, MatrixView<float> logits) {
+    const std::size_t ranks = comm_->size(), rows = logits.rows;
+    gather_counts_.resize(ranks);
+    for (std::size_t r = 0; r < ranks; ++r) gather_counts_[r] = rows * even_part(cfg_.vocab_size, ranks, r).second;
+    if (gathered_.size() < rows * cfg_.vocab_size) gathered_.resize(rows * cfg_.vocab_size);
+    comm_->all_gather(std::span<const float>(mine.data, rows * mine.cols),
+                      std::span<float>(gathered_.data(), rows * cfg_.vocab_size), gather_counts_);
+    const float* block = gathered_.data();   // rank r's [rows, its vocabulary] block
+    for (std::size_t r = 0; r < ranks; ++r) {
+      const auto [v0, nv] = even_part(cfg_.vocab_size, ranks, r);
+      for (std::size_t i = 0; i < rows; ++i) std::copy_n(block + i * nv, nv, logits.row(i) + v0);
+      block += rows * nv;
+    }
   }
   void matmul(ThreadPool& pool, const WeightMatrix& w, MatrixView<const float> x, MatrixView<float> y) {
     tinyllm::matmul<Backend>(pool, w, x, y, ws_);
@@ -420,6 +455,7 @@ class Transformer final : public Model {
   // Refuses an adapter made for other shapes, and sizes the buffers of the low-rank products.
   void check_adapter(const AdapterRef& a) {
     if (!a.adapter) throw Error("null adapter");
+    if (comm_) throw Error("LoRA adapters are not supported with tensor parallelism yet", a.adapter->path());
     if (Backend::memory())   // its matrices stay in host memory, where this backend's kernels cannot read
       throw Error("LoRA adapters are not supported on the " + std::string(Backend::memory()->name) + " backend yet",
                   a.adapter->path());
@@ -445,6 +481,9 @@ class Transformer final : public Model {
   ModelConfig cfg_;
   TransformerWeights w_;
   std::size_t max_batch_;
+  Communicator* comm_;                      // tensor parallelism: the other ranks; null when alone
+  std::vector<std::size_t> gather_counts_;  // [ranks] logits each rank holds
+  std::vector<float> gathered_;             // [rows * vocab] the ranks' logit blocks, in rank order
   std::vector<float> inv_freq_global_, inv_freq_local_;   // [head_dim / 2] RoPE tables
   std::vector<LayerPlan> plans_;                          // [n_layers]
   std::vector<std::size_t> all_rows_;       // 0, 1, ..., max_batch - 1
