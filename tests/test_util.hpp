@@ -12,11 +12,13 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
 #include <hwy/targets.h>
 
+#include <tinyllm/comm/thread_group.hpp>
 #include <tinyllm/kernels/cpu/cpu.hpp>
 #include <tinyllm/model/load.hpp>
 #include <tinyllm/sample/sampler.hpp>
@@ -138,6 +140,27 @@ inline std::uint16_t random_scale(std::mt19937& rng) {
 // .logits.f32 and .decode.f32): the prompt ids as one batch, then the greedy ids one at a time;
 // the argmax of each row checked where the reference's top two are clearly apart. The largest
 // |logit difference| of the prompt rows and of the decode rows.
+// f(rank's communicator) on one thread per rank of a ThreadGroup (tensor parallelism); the
+// results in rank order. A rank's exception fails the test after every thread has ended.
+template <class F>
+auto on_ranks(std::size_t n, F f) {
+  ThreadGroup group(n);
+  std::vector<decltype(f(group.rank(0)))> out(n);
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  for (std::size_t r = 0; r < n; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        out[r] = f(group.rank(r));
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (std::size_t r = 0; r < n; ++r) CHECK_MESSAGE(errors[r].empty(), "rank " << r << ": " << errors[r]);
+  return out;
+}
+
 struct LlamaCppDifference {
   float prompt = 0, decode = 0;
 };

@@ -3,17 +3,27 @@
 // --quantize TYPE, its F32/F16/BF16 matrices quantized as they are loaded (a Hugging Face folder
 // straight to Q4_K, say). CUDA exists in builds configured with -DTINYLLM_CUDA=ON (tinyllm::cuda
 // defines TINYLLM_WITH_CUDA); elsewhere `--device cuda` is an error that says so.
+// Started by mpirun with several processes (builds with TINYLLM_MPI), each process loads its
+// rank's share of the model (tensor parallelism); rank 0 goes on as the program while the others
+// run its forward passes with it and exit when it ends (serve/rank_leader.hpp).
 #include <tinyllm/tinyllm.hpp>
 #if defined(TINYLLM_WITH_CUDA)
 #include <tinyllm/kernels/cuda/backend.hpp>
 #endif
+#if defined(TINYLLM_WITH_MPI)
+#include <tinyllm/comm/mpi.hpp>
+#endif
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cstddef>
+#include <cstdlib>
 #include <optional>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "default_model.hpp"
@@ -52,6 +62,36 @@ struct DeviceFlag {
  private:
   enum class Source { file, embedded, synthetic };
 
+#if defined(TINYLLM_WITH_MPI)
+  // The processes mpirun started (Open MPI's or a PMI launcher's variable); 1 without mpirun.
+  static int mpi_processes() {
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
+      if (const char* v = std::getenv(name)) return std::atoi(v);
+    return 1;
+  }
+  static tinyllm::LoadedModel load_split(Source source, const std::string& path, tinyllm::LoadOptions opt) {
+    static tinyllm::MpiCommunicator world;   // MPI ends with the program
+    static bool loaded = false;   // the followers follow one model's forward passes
+    if (std::exchange(loaded, true))
+      throw tinyllm::Error("a second model", "mpirun", "one model per job when split across processes");
+    opt.comm = &world;
+    if (world.rank() > 0) opt.progress = nullptr;
+    tinyllm::LoadedModel lm = load_from<tinyllm::CpuBackend>(source, path, opt);
+    if (world.rank() == 0) {
+      tinyllm::lead(lm, world);
+      return lm;
+    }
+    // A follower's threads: this machine's cores shared among the ranks on it.
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    const unsigned on_node = local ? unsigned(std::max(1, std::atoi(local))) : 1u;
+    {
+      tinyllm::ThreadPool pool(std::max(1u, std::thread::hardware_concurrency() / on_node));
+      tinyllm::follow_leader(lm, pool, world);
+    }
+    std::exit(0);
+  }
+#endif
+
   template <class Backend>
   static tinyllm::LoadedModel load_from(Source source, const std::string& path, const tinyllm::LoadOptions& opt) {
     switch (source) {
@@ -67,6 +107,12 @@ struct DeviceFlag {
 
   tinyllm::LoadedModel load_on_device(Source source, const std::string& path, tinyllm::LoadOptions opt) const {
     if (!quantize.empty()) opt.quantize = parse_matrix_type(quantize, "--quantize");
+#if defined(TINYLLM_WITH_MPI)
+    if (mpi_processes() > 1) {
+      if (device != "cpu") throw tinyllm::Error("tensor parallelism runs on the CPU", "--device " + device, "cpu under mpirun");
+      return load_split(source, path, opt);
+    }
+#endif
     if (device == "cuda") {
 #if defined(TINYLLM_WITH_CUDA)
       std::string why;

@@ -35,5 +35,6 @@
 #include <tinyllm/serve/paged_kv_cache.hpp>
 #include <tinyllm/serve/request.hpp>
 #include <tinyllm/serve/engine.hpp>
+#include <tinyllm/serve/rank_leader.hpp>
 #include <tinyllm/train/lora_trainer.hpp>
 #include <tinyllm/train/data.hpp>

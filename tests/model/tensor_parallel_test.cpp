@@ -2,42 +2,15 @@
 // how heads, FFN units and the vocabulary are shared out, and the logits of 2 and 3 ranks
 // against the same model in one process and against llama.cpp. tests/mpi/ runs the same split
 // over MPI.
-#include <tinyllm/comm/thread_group.hpp>
 #include <tinyllm/tinyllm.hpp>
 
 #include <algorithm>
-#include <functional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "test_util.hpp"
 
 using namespace tinyllm;
-
-namespace {
-
-// f(rank's communicator) on one thread per rank; the results in rank order.
-template <class F>
-auto on_ranks(std::size_t n, F f) {
-  ThreadGroup group(n);
-  std::vector<decltype(f(group.rank(0)))> out(n);
-  std::vector<std::string> errors(n);
-  std::vector<std::thread> threads;
-  for (std::size_t r = 0; r < n; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        out[r] = f(group.rank(r));
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (std::size_t r = 0; r < n; ++r) CHECK_MESSAGE(errors[r].empty(), "rank " << r << ": " << errors[r]);
-  return out;
-}
-
-}  // namespace
 
 TEST_CASE("rank_share: every query head, K/V head, FFN unit and vocabulary row is held, grouped as in the model") {
   struct Shape { std::size_t heads, kv_heads, ff, vocab, unit; };
@@ -86,7 +59,7 @@ TEST_CASE("rank_share: every query head, K/V head, FFN unit and vocabulary row i
 }
 
 TEST_CASE("ThreadGroup: all-reduce sums, all-gather concatenates in rank order, broadcast copies the root's") {
-  const auto got = on_ranks(3, [](Communicator& comm) {
+  const auto got = test::on_ranks(3, [](Communicator& comm) {
     const float r = float(comm.rank());
     std::vector<float> sum = {r, 10 * r, 1.0f};
     comm.all_reduce_sum(sum);
@@ -125,7 +98,7 @@ TEST_CASE("2 and 3 ranks give the single-process logits (1e-4; quantized files: 
     const auto llama_cpp_decode = test::read_f32(test::testdata("arch") / (std::string(f.ref) + ".decode.f32"));
     for (std::size_t ranks : {2u, 3u}) {
       CAPTURE(ranks);
-      const auto runs = on_ranks(ranks, [&](Communicator& comm) {
+      const auto runs = test::on_ranks(ranks, [&](Communicator& comm) {
         LoadOptions opt;
         opt.comm = &comm;
         LoadedModel part = load(path, opt);
@@ -157,7 +130,7 @@ TEST_CASE("stories260K split over 2 and 3 ranks writes llama2.c's greedy text") 
   LoadedModel whole = load(path);
   const std::string want = test::stories_greedy_text(whole, pool);
   for (std::size_t ranks : {2u, 3u}) {
-    const auto texts = on_ranks(ranks, [&](Communicator& comm) {
+    const auto texts = test::on_ranks(ranks, [&](Communicator& comm) {
       LoadOptions opt;
       opt.comm = &comm;
       LoadedModel part = load(path, opt);
@@ -173,7 +146,7 @@ TEST_CASE("a rank's share: its own heads' K/V and FFN rows, as views of the file
   const std::string path = test::testdata("arch/llama-Q4_0.gguf").string();
   const auto file = GGUFFile::open(path);
   const std::size_t q_row = row_bytes(DType::Q4_0, 256);
-  const auto shares = on_ranks(2, [&](Communicator& comm) {
+  const auto shares = test::on_ranks(2, [&](Communicator& comm) {
     LoadOptions opt;
     opt.comm = &comm;
     opt.pack_weights = false;

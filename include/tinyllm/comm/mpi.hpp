@@ -27,9 +27,14 @@ class MpiCommunicator final : public Communicator {
     MPI_Initialized(&initialised);
     if (!initialised) {
       int provided = 0;
-      // FUNNELED: only the thread that made the communicator calls MPI; the ThreadPool's threads never do.
-      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      // SERIALIZED: one thread at a time calls MPI, not always the one that started it (a
+      // server's engine thread); the ThreadPool's threads never do.
+      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
       owns_mpi_ = true;
+      if (provided < MPI_THREAD_SERIALIZED) {
+        MPI_Finalize();
+        throw Error("this MPI cannot be called from more than one thread", "MPI_Init_thread", "MPI_THREAD_SERIALIZED");
+      }
     }
     check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
@@ -50,6 +51,11 @@ class LoadedModel {
         path_(std::move(path)) {}
 
   Model& model() { return *model_; }
+  // Replaces the model by f(model): a decorator that owns it (serve/rank_leader.hpp's lead()).
+  template <class F>
+  void wrap_model(F&& f) {
+    model_ = std::forward<F>(f)(std::move(model_));
+  }
   const Model& model() const { return *model_; }
   const ModelConfig& config() const { return model_->config(); }
   bool has_tokenizer() const { return tokenizer_.has_value(); }

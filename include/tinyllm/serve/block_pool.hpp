@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <tinyllm/core/error.hpp>
@@ -83,7 +84,13 @@ class KVBlockPool {
     std::byte* dst = storage_.data() + offset(to, 0);
     if (const MemoryResource* mem = storage_.memory()) mem->copy(dst, src, block_bytes());
     else std::copy_n(src, block_bytes(), dst);
+    if (recording_copies_) copies_.emplace_back(from, to);
   }
+  // Tensor parallelism (serve/rank_leader.hpp): the copies made since the last take_copies(), so
+  // that the other ranks' pools make them too.
+  void record_copies(bool on) { recording_copies_ = on; }
+  bool recording_copies() const { return recording_copies_; }
+  std::vector<std::pair<BlockId, BlockId>> take_copies() { return std::exchange(copies_, {}); }
 
   // A block no one holds (evicting the oldest released one and its hash), with one reference;
   // nullopt when every block is in use.
@@ -177,6 +184,8 @@ class KVBlockPool {
   std::vector<Block> blocks_;
   std::deque<QueueEntry> free_queue_;
   std::size_t n_free_ = 0;
+  bool recording_copies_ = false;
+  std::vector<std::pair<BlockId, BlockId>> copies_;   // (from, to) since take_copies()
   std::size_t n_shared_ = 0, n_refs_ = 0;
   std::unordered_map<std::uint64_t, BlockId> by_hash_;
 };

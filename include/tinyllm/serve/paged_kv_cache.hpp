@@ -40,6 +40,7 @@ class PagedKVCache final : public KVCache {
   }
   // Positions [0, capacity) are addressable; those of released blocks are no longer stored.
   std::size_t capacity() const override { return table_.size() * pool_->block_size(); }
+  KVBlockPool& pool() const { return *pool_; }
   // The block table, kReleased where a block was released early.
   std::span<const BlockId> blocks() const { return table_; }
   std::size_t n_released() const { return n_released_; }             // leading kReleased entries
