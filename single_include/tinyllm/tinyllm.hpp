@@ -15821,7 +15821,6 @@ class KVBlockPool {
   // Tensor parallelism (serve/rank_leader.hpp): the copies made since the last take_copies(), so
   // that the other ranks' pools make them too.
   void record_copies(bool on) { recording_copies_ = on; }
-  bool recording_copies() const { return recording_copies_; }
   std::vector<std::pair<BlockId, BlockId>> take_copies() { return std::exchange(copies_, {}); }
 
   // A block no one holds (evicting the oldest released one and its hash), with one reference;
@@ -16956,7 +16955,7 @@ class LeaderModel final : public Model {
                                    std::uint64_t(c->type())});
     } else if (auto* p = dynamic_cast<PagedKVCache*>(&cache)) {
       KVBlockPool& bp = p->pool();
-      if (!bp.recording_copies()) bp.record_copies(true);
+      bp.record_copies(true);
       for (const auto& c : bp.take_copies()) copies_.push_back(c);
       words_.insert(words_.end(), {kCachePaged, bp.n_blocks(), bp.block_size(), std::uint64_t(bp.type()), p->blocks().size()});
       for (BlockId b : p->blocks()) words_.push_back(b);

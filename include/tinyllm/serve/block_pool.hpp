@@ -89,7 +89,6 @@ class KVBlockPool {
   // Tensor parallelism (serve/rank_leader.hpp): the copies made since the last take_copies(), so
   // that the other ranks' pools make them too.
   void record_copies(bool on) { recording_copies_ = on; }
-  bool recording_copies() const { return recording_copies_; }
   std::vector<std::pair<BlockId, BlockId>> take_copies() { return std::exchange(copies_, {}); }
 
   // A block no one holds (evicting the oldest released one and its hash), with one reference;

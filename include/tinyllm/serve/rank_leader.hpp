@@ -137,7 +137,7 @@ class LeaderModel final : public Model {
                                    std::uint64_t(c->type())});
     } else if (auto* p = dynamic_cast<PagedKVCache*>(&cache)) {
       KVBlockPool& bp = p->pool();
-      if (!bp.recording_copies()) bp.record_copies(true);
+      bp.record_copies(true);
       for (const auto& c : bp.take_copies()) copies_.push_back(c);
       words_.insert(words_.end(), {kCachePaged, bp.n_blocks(), bp.block_size(), std::uint64_t(bp.type()), p->blocks().size()});
       for (BlockId b : p->blocks()) words_.push_back(b);
