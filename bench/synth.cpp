@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   std::string shape = "tiny", type = "F32", vocab_path, out;
   std::uint64_t seed = 42;
   std::size_t lora_rank = 0, context = 0;
-  app.add_option("--shape", shape, "tiny, tinyllama-1.1b or llama-7b")->capture_default_str();
+  app.add_option("--shape", shape, "tiny, small, tinyllama-1.1b, llama-7b, small-moe or olmoe-1b-7b")->capture_default_str();
   app.add_option("--type", type, "F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M or Q6_K")->capture_default_str();
   app.add_option("--vocab", vocab_path, "GGUF file whose tokenizer metadata to copy");
   app.add_option("--seed", seed, "random seed")->capture_default_str();
@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
   try {
     tinyllm::SyntheticShape dims = tinyllm::synthetic_shape(shape);
     if (context > 0) dims.context = context;
+    if (dims.n_experts > 0 && (hf || lora_rank > 0))
+      throw tinyllm::Error("--shape " + shape + " (a mixture of experts)", hf ? "--hf" : "--lora-rank",
+                           "a dense shape: Hugging Face folders and adapters of experts are not written yet");
     std::optional<tinyllm::GGUFFile> vocab;
     if (!vocab_path.empty()) vocab = tinyllm::GGUFFile::open(vocab_path);
     tinyllm::GGUFWriter w;

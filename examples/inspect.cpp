@@ -138,6 +138,22 @@ int main(int argc, char** argv) {
                   bytes_text(e.second).c_str(), 8 * e.second / e.first);
     std::printf("memory needed: F16 %s, Q8_0 %s, Q4_K_M ~%s (4.85 bits per weight)\n", bytes_text(params * 2).c_str(),
                 bytes_text(params * 34 / 32).c_str(), bytes_text(params * 4.85 / 8).c_str());
+    if (const double experts = f.get_u32_or(p + "expert_count", 0); experts > 0) {
+      // A mixture of experts: a token runs expert_used_count of each block's experts, so it reads
+      // that share of the experts' bytes, the other weights whole, and one row of the embedding
+      // (all of it when it doubles as the output layer).
+      const double used = f.get_u32_or(p + "expert_used_count", 0);
+      double expert_params = 0, expert_bytes = 0, embd_bytes = 0;
+      for (const auto& t : f.tensors()) {
+        if (t.name.find("_exps.") != std::string::npos) expert_params += double(t.n_elements()), expert_bytes += double(t.n_bytes);
+        if (t.name == "token_embd.weight" && f.find_tensor("output.weight")) embd_bytes = double(t.n_bytes);
+      }
+      const double idle = 1 - used / experts;
+      std::printf("experts:       %.0f per block, %.0f used per token: %.3f B of %.3f B parameters active\n", experts, used,
+                  (params - expert_params * idle) / 1e9, params / 1e9);
+      std::printf("read / token:  %s of weights (the active experts and every other matrix)\n",
+                  bytes_text(bytes - expert_bytes * idle - embd_bytes).c_str());
+    }
     if (f.has(p + "block_count") && f.has(p + "attention.head_count")) {
       const double layers = f.get_u32(p + "block_count"), heads = f.get_u32(p + "attention.head_count");
       const double kv_heads = f.get_u32_or(p + "attention.head_count_kv", std::uint32_t(heads));

@@ -12392,6 +12392,9 @@ struct ArchDefaults {
   // Which layers use the sliding window, when the file sets one: 0 = every layer; p > 0 = every
   // layer but each p-th (Gemma 2: p = 2, local/global alternating; Gemma 3: p = 6, 5 local then 1 global).
   static constexpr std::size_t swa_period = 0;
+  // Every block's FFN is a mixture of experts (model/moe.hpp), and the file must have them. Files
+  // of other architectures may still bring experts ({arch}.expert_count > 0: Mixtral is `llama`).
+  static constexpr bool moe = false;
 };
 
 // An architecture's traits as run-time values, for code that runs a model whose traits type it
@@ -12401,13 +12404,14 @@ struct ArchInfo {
   RopeStyle rope;
   bool scale_embeddings, qkv_bias, qk_norm, post_norms, parallel_blocks, attn_softcap, final_softcap;
   std::size_t swa_period;
+  bool moe;
 };
 
 template <class Arch>
 constexpr ArchInfo arch_info() {
   return {Arch::ffn,           Arch::rope,         Arch::scale_embeddings, Arch::qkv_bias,
           Arch::qk_norm,       Arch::post_norms,   Arch::parallel_blocks,  Arch::attn_softcap,
-          Arch::final_softcap, Arch::swa_period};
+          Arch::final_softcap, Arch::swa_period,      Arch::moe};
 }
 
 }  // namespace tinyllm
@@ -12457,7 +12461,8 @@ struct Mistral : ArchDefaults {
 
 }  // namespace tinyllm
 // ---- tinyllm/model/arch/qwen.hpp ----
-// Alibaba's Qwen 2 (biases on Q, K, V) and Qwen 3 (RMSNorm over each Q and K head instead).
+// Alibaba's Qwen 2 (biases on Q, K, V) and Qwen 3 (RMSNorm over each Q and K head instead);
+// Qwen3-MoE is Qwen 3 with a mixture of experts for every FFN.
 #include <string_view>
 
 
@@ -12475,11 +12480,16 @@ struct Qwen3 : ArchDefaults {
   static constexpr bool qk_norm = true;
 };
 
+struct Qwen3Moe : Qwen3 {
+  static constexpr std::string_view name = "qwen3moe";
+  static constexpr bool moe = true;
+};
+
 }  // namespace tinyllm
 
 namespace tinyllm {
 
-using KnownArchs = std::tuple<Llama, Mistral, Gemma, Gemma2, Gemma3, Qwen2, Qwen3>;
+using KnownArchs = std::tuple<Llama, Mistral, Gemma, Gemma2, Gemma3, Qwen2, Qwen3, Qwen3Moe>;
 
 }  // namespace tinyllm
 // ---- tinyllm/model/bind.hpp ----
@@ -12540,6 +12550,9 @@ struct ModelConfig {
   float attn_scale = 0.0f;           // scale of Q·K; 0 = 1 / sqrt(head_dim)
   float attn_softcap = 0.0f;         // used by architectures with soft-capping traits
   float final_softcap = 0.0f;
+  // Mixture of experts (Mixtral, Qwen3-MoE): each block's FFN is a router over n_experts gated
+  // FFNs of width n_ff_expert, of which n_experts_used run per token; 0 experts = dense FFNs.
+  std::size_t n_experts = 0, n_experts_used = 0, n_ff_expert = 0;
 
   std::size_t q_dim() const { return n_heads * head_dim; }
   std::size_t kv_dim() const { return n_kv_heads * head_dim; }
@@ -12908,6 +12921,57 @@ struct AdapterRef {
 };
 
 }  // namespace tinyllm
+// ---- tinyllm/model/moe.hpp ----
+// Mixture of experts (Mixtral, Qwen3-MoE): a block's FFN is a router [n_experts, n_embd] and
+// n_experts gated FFNs. For each token the router's logits pick the n_experts_used experts of
+// highest softmax probability; their probabilities, renormalised to sum to 1, weight the sum of
+// those experts' outputs (llama.cpp's `llama` and `qwen3moe` MoE). The transformer groups a
+// batch's tokens by expert (route_tokens), so each chosen expert's weights are read once per step
+// for all its tokens, and one token reads only its chosen experts.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+
+namespace tinyllm {
+
+// One expert: a gated FFN, gate and up [n_ff_expert, n_embd], down [n_embd, n_ff_expert].
+struct ExpertWeights {
+  WeightMatrix w_gate, w_up, w_down;
+};
+
+// A token sent to an expert, with the weight of that expert's output in the token's sum.
+struct ExpertToken {
+  std::uint32_t token;
+  float weight;
+};
+
+// by_expert[e] = the tokens (rows of `logits`, [n_tok, n_experts] router logits) that choose
+// expert e among their k most probable, in token order, with their renormalised probabilities.
+// Ties go to the lower expert index. The softmax's denominator cancels in the renormalisation,
+// so the weights are exp(l_e - max) over the sum of the chosen ones.
+inline void route_tokens(MatrixView<const float> logits, std::size_t k, std::vector<std::vector<ExpertToken>>& by_expert) {
+  const std::size_t n_experts = logits.cols;
+  by_expert.resize(n_experts);
+  for (auto& v : by_expert) v.clear();
+  std::vector<std::uint32_t> order(n_experts);
+  for (std::size_t t = 0; t < logits.rows; ++t) {
+    const float* l = logits.row(t);
+    std::iota(order.begin(), order.end(), 0u);
+    std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(k), order.end(),
+                      [&](std::uint32_t a, std::uint32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+    const float top = l[order[0]];
+    float sum = 0;
+    for (std::size_t i = 0; i < k; ++i) sum += std::exp(l[order[i]] - top);
+    for (std::size_t i = 0; i < k; ++i)
+      by_expert[order[i]].push_back({std::uint32_t(t), std::exp(l[order[i]] - top) / sum});
+  }
+}
+
+}  // namespace tinyllm
 
 namespace tinyllm {
 
@@ -12920,7 +12984,9 @@ struct LayerWeights {
   AlignedBuffer<float> q_norm, k_norm;        // [head_dim]                 (qk_norm)
   AlignedBuffer<float> post_attn_norm;        // [n_embd]                   (post_norms)
   AlignedBuffer<float> ffn_norm;              // [n_embd]
-  WeightMatrix w_gate, w_up, w_down;          // [n_ff, n_embd] x2, [n_embd, n_ff]
+  WeightMatrix w_gate, w_up, w_down;          // [n_ff, n_embd] x2, [n_embd, n_ff]   (dense FFN)
+  WeightMatrix router;                        // [n_experts, n_embd]        (mixture of experts)
+  std::vector<ExpertWeights> experts;         // [n_experts]; empty: dense FFN
   AlignedBuffer<float> post_ffn_norm;         // [n_embd]                   (post_norms)
 };
 
@@ -12997,7 +13063,8 @@ class Model {
     std::size_t n = matrix_size(w.token_embd) + (w.output.data != w.token_embd.data ? matrix_size(w.output) : 0);
     std::size_t vec = w.output_norm.size() + w.rope_freq_factors.size();
     for (const auto& l : w.layers) {
-      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += matrix_size(*m);
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.router}) n += matrix_size(*m);
+      for (const ExpertWeights& e : l.experts) n += matrix_size(e.w_gate) + matrix_size(e.w_up) + matrix_size(e.w_down);
       for (const AlignedBuffer<float>* v : {&l.attn_norm, &l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm,
                                             &l.post_attn_norm, &l.ffn_norm, &l.post_ffn_norm})
         vec += v->size();
@@ -13019,7 +13086,7 @@ class Transformer final : public Model {
   Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512, Communicator* comm = nullptr)
       : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
         comm_(comm && comm->size() > 1 ? comm : nullptr),
-        ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff})) {
+        ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff, cfg_.n_ff_expert})) {
     if (!can_dequantize(w_.token_embd.type))
       throw Error("cannot read rows of tensor type " + std::string(name(w_.token_embd.type)), w_.token_embd.name);
     if (Backend::memory() && Arch::ffn == Ffn::custom)
@@ -13028,15 +13095,24 @@ class Transformer final : public Model {
     if (comm_ && Backend::memory())
       throw Error("tensor parallelism runs on host memory; this backend keeps activations in " +
                   std::string(Backend::memory()->name) + " memory", std::string(Arch::name));
+    const bool moe = std::ranges::any_of(w_.layers, [](const LayerWeights& l) { return !l.experts.empty(); });
+    if (moe && (Backend::memory() || Arch::parallel_blocks))
+      throw Error("mixture-of-experts blocks run on host memory, one FFN after attention", std::string(Arch::name));
     const std::size_t b = max_batch_;
+    if (moe) {
+      router_logits_.resize(b * cfg_.n_experts);
+      expert_in_.resize(b * cfg_.n_embd);
+      expert_x_.resize(b * cfg_.n_embd);
+      expert_y_.resize(b * cfg_.n_embd);
+    }
     x_.resize(b * cfg_.n_embd);
     xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
     q_.resize(b * cfg_.q_dim());
     k_.resize(b * cfg_.kv_dim());
     v_.resize(b * cfg_.kv_dim());
     att_.resize(b * cfg_.q_dim());
-    gate_.resize(b * cfg_.n_ff);
-    up_.resize(b * cfg_.n_ff);
+    gate_.resize(b * std::max(cfg_.n_ff, cfg_.n_ff_expert));
+    up_.resize(b * std::max(cfg_.n_ff, cfg_.n_ff_expert));
     all_rows_.resize(b);
     for (std::size_t i = 0; i < b; ++i) all_rows_[i] = i;
     logit_rows_.resize(b);
@@ -13143,7 +13219,8 @@ class Transformer final : public Model {
   // weights themselves on a host backend, copies in device memory on CUDA.
   struct ResidentLayer {
     const float *attn_norm, *bq, *bk, *bv, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm;
-    WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+    WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down, router;
+    std::vector<ExpertWeights> experts;
   };
   const float* resident(const AlignedBuffer<float>& v) {
     return v.empty() ? nullptr : static_cast<const float*>(Backend::resident(ws_, v.data(), v.size() * sizeof(float)));
@@ -13157,11 +13234,14 @@ class Transformer final : public Model {
     return r;
   }
   void make_resident() {
-    for (const LayerWeights& l : w_.layers)
+    for (const LayerWeights& l : w_.layers) {
       layers_.push_back({resident(l.attn_norm), resident(l.bq), resident(l.bk), resident(l.bv), resident(l.q_norm),
                          resident(l.k_norm), resident(l.post_attn_norm), resident(l.ffn_norm),
                          resident(l.post_ffn_norm), resident(l.wq), resident(l.wk), resident(l.wv), resident(l.wo),
-                         resident(l.w_gate), resident(l.w_up), resident(l.w_down)});
+                         resident(l.w_gate), resident(l.w_up), resident(l.w_down), resident(l.router), {}});
+      for (const ExpertWeights& e : l.experts)
+        layers_.back().experts.push_back({resident(e.w_gate), resident(e.w_up), resident(e.w_down)});
+    }
     token_embd_ = resident(w_.token_embd);
     output_ = resident(w_.output);
     output_norm_ = resident(w_.output_norm);
@@ -13244,19 +13324,22 @@ class Transformer final : public Model {
       if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_attn_norm, proj, c.norm_eps);
       Backend::add_rows(ws_, x, proj);
 
-      // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
-      if constexpr (!Arch::parallel_blocks) {
+      // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x))), or the experts' mixture
+      if (!lw.experts.empty()) {
         Backend::rmsnorm_rows(ws_, x, lw.ffn_norm, xb, c.norm_eps);
-        matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
-        matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
-      }
-      if (c.n_ff > 0) {
-        if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate.data, up.data, n * c.n_ff);
-        if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate.data, up.data, n * c.n_ff);
-        if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-        matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
-      } else {   // a rank whose share of the FFN is empty adds nothing
-        std::fill(proj.data, proj.data + n * dim, 0.0f);
+        experts_ffn(pool, lw, xb, proj);
+      } else {
+        if constexpr (!Arch::parallel_blocks) {
+          Backend::rmsnorm_rows(ws_, x, lw.ffn_norm, xb, c.norm_eps);
+          matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
+          matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
+        }
+        if (c.n_ff > 0) {
+          activate(gate.data, up.data, n * c.n_ff);
+          matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
+        } else {   // a rank whose share of the FFN is empty adds nothing
+          std::fill(proj.data, proj.data + n * dim, 0.0f);
+        }
       }
       all_reduce(proj);
       if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_ffn_norm, proj, c.norm_eps);
@@ -13278,6 +13361,43 @@ class Transformer final : public Model {
     if constexpr (Arch::final_softcap) Backend::softcap_rows(ws_, out, c.final_softcap);
     if (comm_) return gather_logits(out, logits);
     Backend::to_host(ws_, out, logits);
+  }
+  // gate = act(gate) * up, the architecture's FFN activation over n values.
+  void activate(float* gate, const float* up, std::size_t n) {
+    if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate, up, n);
+    if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate, up, n);
+    if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate, up, n);
+  }
+  // out = the mixture of experts over x (model/moe.hpp): the router's choice for each token, then
+  // each chosen expert once over the rows of its tokens, its output added to theirs with its
+  // weight. out may be x's memory (the forward pass's proj is xb).
+  void experts_ffn(ThreadPool& pool, const ResidentLayer& lw, MatrixView<const float> x, MatrixView<float> out) {
+    const ModelConfig& c = cfg_;
+    const std::size_t n = x.rows, dim = c.n_embd, ff = c.n_ff_expert;
+    MatrixView<float> xb(expert_in_.data(), n, dim);   // [n, n_embd] the input, kept while out is summed
+    std::copy_n(x.data, n * dim, xb.data);
+    MatrixView<float> logits(router_logits_.data(), n, c.n_experts);
+    matmul(pool, lw.router, xb, logits);
+    route_tokens(logits, c.n_experts_used, by_expert_);
+    std::fill(out.data, out.data + n * dim, 0.0f);
+    for (std::size_t e = 0; e < lw.experts.size(); ++e) {
+      const std::vector<ExpertToken>& tokens = by_expert_[e];
+      const std::size_t m = tokens.size();
+      if (m == 0 || ff == 0) continue;
+      const ExpertWeights& ex = lw.experts[e];
+      MatrixView<float> xe(expert_x_.data(), m, dim), ye(expert_y_.data(), m, dim);   // [m, n_embd]
+      MatrixView<float> g(gate_.data(), m, ff), u(up_.data(), m, ff);                 // [m, n_ff_expert]
+      for (std::size_t i = 0; i < m; ++i) std::copy_n(xb.row(tokens[i].token), dim, xe.row(i));
+      matmul(pool, ex.w_gate, xe, g);
+      matmul(pool, ex.w_up, xe, u);
+      activate(g.data, u.data, m * ff);
+      matmul(pool, ex.w_down, g, ye);
+      for (std::size_t i = 0; i < m; ++i) {
+        float* o = out.row(tokens[i].token);
+        const float* y = ye.row(i);
+        for (std::size_t j = 0; j < dim; ++j) o[j] += tokens[i].weight * y[j];
+      }
+    }
   }
   // Tensor parallelism: the sum of every rank's `m`, on every rank.
   void all_reduce(MatrixView<float> m) {
@@ -13339,6 +13459,12 @@ class Transformer final : public Model {
                   a.adapter->path());
     if (!a.adapter->fits(cfg_))
       throw Error("adapter does not fit this model's shapes", a.adapter->path(), "an adapter loaded for this model");
+    for (std::size_t l = 0; l < w_.layers.size(); ++l)
+      if (!w_.layers[l].experts.empty())
+        for (LoraTarget t : {LoraTarget::gate, LoraTarget::up, LoraTarget::down})
+          if (a.adapter->matrix(l, t))
+            throw Error("the adapter changes the FFN of block " + std::to_string(l) + ", a mixture of experts",
+                        a.adapter->path(), "an adapter of the attention matrices only");
     const std::size_t widest = std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.kv_dim(), cfg_.n_ff});
     if (lora_ax_.size() < max_batch_ * a.adapter->max_rank()) lora_ax_.resize(max_batch_ * a.adapter->max_rank());
     if (lora_out_.size() < max_batch_ * widest) lora_out_.resize(max_batch_ * widest);
@@ -13362,6 +13488,8 @@ class Transformer final : public Model {
   Communicator* comm_;                      // tensor parallelism: the other ranks; null when alone
   std::vector<std::size_t> gather_counts_;  // [ranks] logits each rank holds
   std::vector<float> gathered_;             // [rows * vocab] the ranks' logit blocks, in rank order
+  std::vector<std::vector<ExpertToken>> by_expert_;   // [n_experts] this step's tokens of each expert
+  std::vector<float> router_logits_, expert_in_, expert_x_, expert_y_;   // [max_batch, n_experts], [max_batch, n_embd] x3
   std::vector<float> inv_freq_global_, inv_freq_local_;   // [head_dim / 2] RoPE tables
   std::vector<LayerPlan> plans_;                          // [n_layers]
   std::vector<std::size_t> all_rows_;       // 0, 1, ..., max_batch - 1
@@ -13482,9 +13610,16 @@ inline AlignedBuffer<float> vector_slice(const AlignedBuffer<float>& v, std::siz
 // stays whole (logits are gathered). With one rank, c and w stay as they are.
 inline ModelConfig split_for_rank(ModelConfig c, TransformerWeights& w, const Communicator& comm) {
   if (comm.size() == 1) return c;
-  std::size_t ff_unit = 1;
-  for (const LayerWeights& l : w.layers) ff_unit = std::max<std::size_t>(ff_unit, info(l.w_down.type).block_size);
+  std::size_t ff_unit = 1, expert_unit = 1;
+  for (const LayerWeights& l : w.layers) {
+    if (l.w_down.data) ff_unit = std::max<std::size_t>(ff_unit, info(l.w_down.type).block_size);
+    for (const ExpertWeights& e : l.experts) expert_unit = std::max<std::size_t>(expert_unit, info(e.w_down.type).block_size);
+  }
   const RankShare s = rank_share(c, comm.rank(), comm.size(), ff_unit);
+  // Each expert's FFN is split as a dense one is (the router stays whole on every rank).
+  ModelConfig ce = c;
+  ce.n_ff = c.n_ff_expert;
+  const RankShare se = c.n_experts ? rank_share(ce, comm.rank(), comm.size(), expert_unit) : s;
   const std::size_t hd = c.head_dim;
   for (LayerWeights& l : w.layers) {
     l.wq = detail::row_slice(l.wq, s.q_head0 * hd, s.n_q_heads * hd);
@@ -13496,14 +13631,22 @@ inline ModelConfig split_for_rank(ModelConfig c, TransformerWeights& w, const Co
       l.bk = detail::vector_slice(l.bk, s.kv_head0 * hd, s.n_kv_heads * hd);
       l.bv = detail::vector_slice(l.bv, s.kv_head0 * hd, s.n_kv_heads * hd);
     }
-    l.w_gate = detail::row_slice(l.w_gate, s.ff0, s.n_ff);
-    l.w_up = detail::row_slice(l.w_up, s.ff0, s.n_ff);
-    l.w_down = s.n_ff ? detail::column_slice(l.w_down, s.ff0, s.n_ff) : detail::row_slice(l.w_down, 0, 0);
+    if (l.experts.empty()) {
+      l.w_gate = detail::row_slice(l.w_gate, s.ff0, s.n_ff);
+      l.w_up = detail::row_slice(l.w_up, s.ff0, s.n_ff);
+      l.w_down = s.n_ff ? detail::column_slice(l.w_down, s.ff0, s.n_ff) : detail::row_slice(l.w_down, 0, 0);
+    }
+    for (ExpertWeights& e : l.experts) {
+      e.w_gate = detail::row_slice(e.w_gate, se.ff0, se.n_ff);
+      e.w_up = detail::row_slice(e.w_up, se.ff0, se.n_ff);
+      e.w_down = se.n_ff ? detail::column_slice(e.w_down, se.ff0, se.n_ff) : detail::row_slice(e.w_down, 0, 0);
+    }
   }
   w.output = detail::row_slice(w.output, s.vocab0, s.n_vocab);
   c.n_heads = s.n_q_heads;
   c.n_kv_heads = s.n_kv_heads;
   c.n_ff = s.n_ff;
+  if (c.n_experts) c.n_ff_expert = se.n_ff;
   return c;
 }
 
@@ -13623,8 +13766,11 @@ inline void quantize_weights(TransformerWeights& w, DType type, ThreadPool& pool
     m.owned = std::move(out);
   };
   quantize(w.token_embd);
-  for (LayerWeights& l : w.layers)
+  for (LayerWeights& l : w.layers) {
     for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) quantize(*m);
+    for (ExpertWeights& e : l.experts)   // (the router stays as the file has it, as llama.cpp keeps it)
+      for (WeightMatrix* m : {&e.w_gate, &e.w_up, &e.w_down}) quantize(*m);
+  }
   if (tied) {
     w.output = w.token_embd;
   } else {
@@ -13639,8 +13785,12 @@ void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFi
     quantize_weights(w, *opt.quantize, pool);
   }
   std::vector<WeightMatrix*> matrices = {&w.token_embd};
-  for (LayerWeights& l : w.layers)
-    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
+  for (LayerWeights& l : w.layers) {
+    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.router})
+      if (m->data) matrices.push_back(m);   // (a block has a dense FFN or a router, not both)
+    for (ExpertWeights& e : l.experts)
+      for (WeightMatrix* m : {&e.w_gate, &e.w_up, &e.w_down}) matrices.push_back(m);
+  }
   // Tied to token_embd, the output is only work here when it gets a packed copy (the embedding
   // lookups keep reading the file's rows).
   if (w.output.data != w.token_embd.data || (opt.pack_weights && can_pack<Backend>(w.output.type)))
@@ -13972,8 +14122,10 @@ LoadedModel load_hf(const std::filesystem::path& dir, const LoadOptions& opt) {
 }  // namespace tinyllm
 // ---- tinyllm/model/synthetic.hpp ----
 // Seeded random-weight Llama models written with the library's own GGUF writer: the embedded
-// default model, test models, and benchmark models of real shapes (TinyLlama, Llama 7B). Their
+// default model, test models, and benchmark models of real shapes (TinyLlama, Llama 7B, and
+// OLMoE-1B-7B's mixture of experts). Their
 // weights are N(0, 0.02) and their norms 1 + N(0, 0.1), so the text they generate is noise.
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -13989,6 +14141,8 @@ namespace tinyllm {
 struct SyntheticShape {
   std::string_view name;
   std::size_t n_embd, n_layers, n_heads, n_kv_heads, n_ff, vocab, context;
+  // A mixture of experts in every block (Mixtral's layout: architecture llama with experts).
+  std::size_t n_experts = 0, n_experts_used = 0, n_ff_expert = 0;
 };
 
 inline constexpr SyntheticShape kSyntheticShapes[] = {
@@ -13996,6 +14150,8 @@ inline constexpr SyntheticShape kSyntheticShapes[] = {
     {"small", 256, 4, 4, 2, 768, 512, 512},   // widths that are whole K-quant blocks
     {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, 2048},
     {"llama-7b", 4096, 32, 32, 32, 11008, 32000, 4096},
+    {"small-moe", 256, 4, 4, 2, 512, 512, 512, 8, 2, 256},
+    {"olmoe-1b-7b", 2048, 16, 16, 16, 1024, 50304, 4096, 64, 8, 1024},   // OLMoE's sizes, Llama's layers
 };
 
 inline const SyntheticShape& synthetic_shape(std::string_view name) {
@@ -14114,6 +14270,11 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, cons
   out.set_u32(a + "rope.dimension_count", std::uint32_t(s.n_embd / s.n_heads));
   out.set_f32(a + "rope.freq_base", 10000.0f);
   out.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  if (s.n_experts > 0) {
+    out.set_u32(a + "expert_count", std::uint32_t(s.n_experts));
+    out.set_u32(a + "expert_used_count", std::uint32_t(s.n_experts_used));
+    out.set_u32(a + "expert_feed_forward_length", std::uint32_t(s.n_ff_expert));
+  }
   std::size_t n_vocab = s.vocab;
   if (vocab) {
     for (const auto& [key, value] : vocab->metadata())
@@ -14128,11 +14289,15 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, cons
   std::vector<float> values;
   std::vector<std::byte> packed;
   // dims in GGUF order: {columns (inputs), rows (outputs)}
-  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd, DType t) {
+  // experts > 0: that many [rows, cols] matrices stacked, dims {cols, rows, experts}.
+  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd, DType t,
+                 std::size_t experts = 0) {
+    std::vector<std::uint64_t> dims = experts ? std::vector<std::uint64_t>{cols, rows, experts}
+                                      : rows == 1 ? std::vector<std::uint64_t>{cols}
+                                                  : std::vector<std::uint64_t>{cols, rows};
+    rows *= std::max<std::size_t>(experts, 1);
     values.resize(cols * rows);
     for (float& v : values) v = mean + sd * rng.normal();
-    std::vector<std::uint64_t> dims = rows == 1 ? std::vector<std::uint64_t>{cols}
-                                                : std::vector<std::uint64_t>{cols, rows};
     const std::size_t row_size = quantized_bytes(t, cols);
     packed.resize(row_size * rows);
     pool.parallel_for(rows, [&](std::size_t r0, std::size_t r1) {
@@ -14152,6 +14317,13 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, cons
     add(p + "attn_v.weight", s.n_embd, kv_dim, 0.0f, 0.02f, sensitive);
     add(p + "attn_output.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
     add(p + "ffn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
+    if (s.n_experts > 0) {
+      add(p + "ffn_gate_inp.weight", s.n_embd, s.n_experts, 0.0f, 0.02f, DType::F32);
+      add(p + "ffn_gate_exps.weight", s.n_embd, s.n_ff_expert, 0.0f, 0.02f, mix.base, s.n_experts);
+      add(p + "ffn_up_exps.weight", s.n_embd, s.n_ff_expert, 0.0f, 0.02f, mix.base, s.n_experts);
+      add(p + "ffn_down_exps.weight", s.n_ff_expert, s.n_embd, 0.0f, 0.02f, sensitive, s.n_experts);
+      continue;
+    }
     add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
     add(p + "ffn_up.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
     add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.0f, 0.02f, sensitive);
@@ -14247,12 +14419,43 @@ inline ModelConfig read_config(const GGUFFile& f, const std::string& arch) {
     throw Error("partial rotary embeddings are not supported", f.name() + ", key " + p + "rope.dimension_count",
                 std::to_string(c.head_dim));
   c.vocab_size = f.tensor("token_embd.weight").rows();
+  c.n_experts = f.get_u32_or(p + "expert_count", 0);
+  if (c.n_experts > 0) {
+    c.n_experts_used = f.get_u32(p + "expert_used_count");
+    c.n_ff_expert = f.get_u32_or(p + "expert_feed_forward_length", std::uint32_t(c.n_ff));
+    if (c.n_experts_used == 0 || c.n_experts_used > c.n_experts || c.n_experts > 4096 || c.n_ff_expert == 0)
+      throw Error("experts: " + std::to_string(c.n_experts_used) + " used of " + std::to_string(c.n_experts) +
+                  ", width " + std::to_string(c.n_ff_expert), f.name() + ", keys " + p + "expert_*",
+                  "1 <= expert_used_count <= expert_count <= 4096 and a nonzero expert width");
+  }
   return c;
+}
+
+// The experts of a stacked 3-D tensor [n_experts][rows][cols] (GGUF dims cols, rows, n_experts):
+// one matrix per expert over its slice of the file, no copy.
+inline std::vector<WeightMatrix> expert_matrices(const GGUFFile& f, const std::string& tensor, std::size_t n_experts,
+                                                 std::size_t rows, std::size_t cols) {
+  const TensorView& t = f.tensor(tensor);
+  const std::string where = f.name() + ", tensor " + tensor;
+  if (t.n_dims != 3 || t.dims[0] != cols || t.dims[1] != rows || t.dims[2] != n_experts)
+    throw Error("tensor has shape [" + std::to_string(t.dims[2]) + ", " + std::to_string(t.dims[1]) + ", " +
+                std::to_string(t.dims[0]) + "]", where,
+                "[" + std::to_string(n_experts) + ", " + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+  if (!matmul_supports(t.dtype))
+    throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", where,
+                "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+  std::vector<WeightMatrix> out;
+  const std::size_t bytes = rows * row_bytes(t.dtype, cols);
+  for (std::size_t e = 0; e < n_experts; ++e)
+    out.push_back({tensor + "[" + std::to_string(e) + "]", t.dtype, static_cast<const std::byte*>(t.data) + e * bytes, rows, cols});
+  return out;
 }
 
 // Binds the tensors an architecture's traits call for, checking each one's shape and type.
 template <class Arch, class Backend>
 std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
+  if (Arch::moe && c.n_experts == 0)
+    throw Error("no experts", f.name() + ", key " + c.arch + ".expert_count", "a mixture-of-experts model (" + std::string(Arch::name) + ")");
   TransformerWeights w;
   w.token_embd = matrix(f, "token_embd.weight", c.vocab_size, c.n_embd);
   w.layers.resize(c.n_layers);
@@ -14278,9 +14481,17 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
       lw.post_ffn_norm = vector_tensor(f, b + "post_ffw_norm.weight", c.n_embd);
     }
     if constexpr (!Arch::parallel_blocks) lw.ffn_norm = vector_tensor(f, b + "ffn_norm.weight", c.n_embd);
-    lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
-    lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
-    lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
+    if (c.n_experts > 0) {
+      lw.router = matrix(f, b + "ffn_gate_inp.weight", c.n_experts, c.n_embd);
+      const auto gate = expert_matrices(f, b + "ffn_gate_exps.weight", c.n_experts, c.n_ff_expert, c.n_embd);
+      const auto up = expert_matrices(f, b + "ffn_up_exps.weight", c.n_experts, c.n_ff_expert, c.n_embd);
+      const auto down = expert_matrices(f, b + "ffn_down_exps.weight", c.n_experts, c.n_embd, c.n_ff_expert);
+      for (std::size_t e = 0; e < c.n_experts; ++e) lw.experts.push_back({gate[e], up[e], down[e]});
+    } else {
+      lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
+      lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
+      lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
+    }
   }
   w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;

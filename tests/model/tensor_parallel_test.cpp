@@ -75,7 +75,8 @@ TEST_CASE("ThreadGroup: all-reduce sums, all-gather concatenates in rank order, 
   for (const auto& g : got) CHECK(g == std::vector<float>{3, 30, 3, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2});
 }
 
-// Every architecture file and the quantized llama files, split over 2 and 3 ranks (4 query heads,
+// Every architecture file (the mixture-of-experts ones split each expert as a dense FFN) and the
+// quantized llama files, split over 2 and 3 ranks (4 query heads,
 // 2 K/V heads: 3 ranks share a K/V head; Q4_K's 256-column blocks leave one of 3 ranks no FFN).
 // F32 files: the ranks' partial sums add up in another order, a few ulps. Quantized files: those
 // ulps move an occasional activation across an 8-bit rounding boundary (for a few tokens of 512,
@@ -85,7 +86,8 @@ TEST_CASE("2 and 3 ranks give the single-process logits (1e-4; quantized files: 
   struct File { const char* model; const char* ref; bool quantized; };
   for (const File& f : {File{"llama", "llama", false}, File{"llama3rope", "llama3rope", false}, File{"qwen2", "qwen2", false},
                         File{"qwen3", "qwen3", false}, File{"gemma", "gemma", false}, File{"gemma2", "gemma2", false},
-                        File{"gemma3", "gemma3", false}, File{"llama-Q8_0", "llama-Q8_0.norepack", true},
+                        File{"gemma3", "gemma3", false}, File{"mixtral", "mixtral", false},
+                        File{"qwen3moe", "qwen3moe", false}, File{"llama-Q8_0", "llama-Q8_0.norepack", true},
                         File{"llama-Q4_0", "llama-Q4_0.norepack", true}, File{"llama-Q4_K_M", "llama-Q4_K_M.norepack", true},
                         File{"llama-Q5_K_M", "llama-Q5_K_M.norepack", true}, File{"llama-Q6_K", "llama-Q6_K.norepack", true}}) {
     const std::string model = f.model;

@@ -137,8 +137,11 @@ inline void quantize_weights(TransformerWeights& w, DType type, ThreadPool& pool
     m.owned = std::move(out);
   };
   quantize(w.token_embd);
-  for (LayerWeights& l : w.layers)
+  for (LayerWeights& l : w.layers) {
     for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) quantize(*m);
+    for (ExpertWeights& e : l.experts)   // (the router stays as the file has it, as llama.cpp keeps it)
+      for (WeightMatrix* m : {&e.w_gate, &e.w_up, &e.w_down}) quantize(*m);
+  }
   if (tied) {
     w.output = w.token_embd;
   } else {
@@ -153,8 +156,12 @@ void prepare_weights(TransformerWeights& w, const LoadOptions& opt, const GGUFFi
     quantize_weights(w, *opt.quantize, pool);
   }
   std::vector<WeightMatrix*> matrices = {&w.token_embd};
-  for (LayerWeights& l : w.layers)
-    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
+  for (LayerWeights& l : w.layers) {
+    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.router})
+      if (m->data) matrices.push_back(m);   // (a block has a dense FFN or a router, not both)
+    for (ExpertWeights& e : l.experts)
+      for (WeightMatrix* m : {&e.w_gate, &e.w_up, &e.w_down}) matrices.push_back(m);
+  }
   // Tied to token_embd, the output is only work here when it gets a packed copy (the embedding
   // lookups keep reading the file's rows).
   if (w.output.data != w.token_embd.data || (opt.pack_weights && can_pack<Backend>(w.output.type)))

@@ -24,6 +24,9 @@ struct ModelConfig {
   float attn_scale = 0.0f;           // scale of Q·K; 0 = 1 / sqrt(head_dim)
   float attn_softcap = 0.0f;         // used by architectures with soft-capping traits
   float final_softcap = 0.0f;
+  // Mixture of experts (Mixtral, Qwen3-MoE): each block's FFN is a router over n_experts gated
+  // FFNs of width n_ff_expert, of which n_experts_used run per token; 0 experts = dense FFNs.
+  std::size_t n_experts = 0, n_experts_used = 0, n_ff_expert = 0;
 
   std::size_t q_dim() const { return n_heads * head_dim; }
   std::size_t kv_dim() const { return n_kv_heads * head_dim; }

@@ -68,12 +68,43 @@ inline ModelConfig read_config(const GGUFFile& f, const std::string& arch) {
     throw Error("partial rotary embeddings are not supported", f.name() + ", key " + p + "rope.dimension_count",
                 std::to_string(c.head_dim));
   c.vocab_size = f.tensor("token_embd.weight").rows();
+  c.n_experts = f.get_u32_or(p + "expert_count", 0);
+  if (c.n_experts > 0) {
+    c.n_experts_used = f.get_u32(p + "expert_used_count");
+    c.n_ff_expert = f.get_u32_or(p + "expert_feed_forward_length", std::uint32_t(c.n_ff));
+    if (c.n_experts_used == 0 || c.n_experts_used > c.n_experts || c.n_experts > 4096 || c.n_ff_expert == 0)
+      throw Error("experts: " + std::to_string(c.n_experts_used) + " used of " + std::to_string(c.n_experts) +
+                  ", width " + std::to_string(c.n_ff_expert), f.name() + ", keys " + p + "expert_*",
+                  "1 <= expert_used_count <= expert_count <= 4096 and a nonzero expert width");
+  }
   return c;
+}
+
+// The experts of a stacked 3-D tensor [n_experts][rows][cols] (GGUF dims cols, rows, n_experts):
+// one matrix per expert over its slice of the file, no copy.
+inline std::vector<WeightMatrix> expert_matrices(const GGUFFile& f, const std::string& tensor, std::size_t n_experts,
+                                                 std::size_t rows, std::size_t cols) {
+  const TensorView& t = f.tensor(tensor);
+  const std::string where = f.name() + ", tensor " + tensor;
+  if (t.n_dims != 3 || t.dims[0] != cols || t.dims[1] != rows || t.dims[2] != n_experts)
+    throw Error("tensor has shape [" + std::to_string(t.dims[2]) + ", " + std::to_string(t.dims[1]) + ", " +
+                std::to_string(t.dims[0]) + "]", where,
+                "[" + std::to_string(n_experts) + ", " + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+  if (!matmul_supports(t.dtype))
+    throw Error("tensor type " + std::string(name(t.dtype)) + " is not supported yet", where,
+                "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+  std::vector<WeightMatrix> out;
+  const std::size_t bytes = rows * row_bytes(t.dtype, cols);
+  for (std::size_t e = 0; e < n_experts; ++e)
+    out.push_back({tensor + "[" + std::to_string(e) + "]", t.dtype, static_cast<const std::byte*>(t.data) + e * bytes, rows, cols});
+  return out;
 }
 
 // Binds the tensors an architecture's traits call for, checking each one's shape and type.
 template <class Arch, class Backend>
 std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOptions& opt) {
+  if (Arch::moe && c.n_experts == 0)
+    throw Error("no experts", f.name() + ", key " + c.arch + ".expert_count", "a mixture-of-experts model (" + std::string(Arch::name) + ")");
   TransformerWeights w;
   w.token_embd = matrix(f, "token_embd.weight", c.vocab_size, c.n_embd);
   w.layers.resize(c.n_layers);
@@ -99,9 +130,17 @@ std::unique_ptr<Model> bind_gguf(const GGUFFile& f, ModelConfig c, const LoadOpt
       lw.post_ffn_norm = vector_tensor(f, b + "post_ffw_norm.weight", c.n_embd);
     }
     if constexpr (!Arch::parallel_blocks) lw.ffn_norm = vector_tensor(f, b + "ffn_norm.weight", c.n_embd);
-    lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
-    lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
-    lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
+    if (c.n_experts > 0) {
+      lw.router = matrix(f, b + "ffn_gate_inp.weight", c.n_experts, c.n_embd);
+      const auto gate = expert_matrices(f, b + "ffn_gate_exps.weight", c.n_experts, c.n_ff_expert, c.n_embd);
+      const auto up = expert_matrices(f, b + "ffn_up_exps.weight", c.n_experts, c.n_ff_expert, c.n_embd);
+      const auto down = expert_matrices(f, b + "ffn_down_exps.weight", c.n_experts, c.n_embd, c.n_ff_expert);
+      for (std::size_t e = 0; e < c.n_experts; ++e) lw.experts.push_back({gate[e], up[e], down[e]});
+    } else {
+      lw.w_gate = matrix(f, b + "ffn_gate.weight", c.n_ff, c.n_embd);
+      lw.w_up = matrix(f, b + "ffn_up.weight", c.n_ff, c.n_embd);
+      lw.w_down = matrix(f, b + "ffn_down.weight", c.n_embd, c.n_ff);
+    }
   }
   w.output_norm = vector_tensor(f, "output_norm.weight", c.n_embd);
   w.output = f.find_tensor("output.weight") ? matrix(f, "output.weight", c.vocab_size, c.n_embd) : w.token_embd;

@@ -1,7 +1,9 @@
 #pragma once
 // Seeded random-weight Llama models written with the library's own GGUF writer: the embedded
-// default model, test models, and benchmark models of real shapes (TinyLlama, Llama 7B). Their
+// default model, test models, and benchmark models of real shapes (TinyLlama, Llama 7B, and
+// OLMoE-1B-7B's mixture of experts). Their
 // weights are N(0, 0.02) and their norms 1 + N(0, 0.1), so the text they generate is noise.
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -22,6 +24,8 @@ namespace tinyllm {
 struct SyntheticShape {
   std::string_view name;
   std::size_t n_embd, n_layers, n_heads, n_kv_heads, n_ff, vocab, context;
+  // A mixture of experts in every block (Mixtral's layout: architecture llama with experts).
+  std::size_t n_experts = 0, n_experts_used = 0, n_ff_expert = 0;
 };
 
 inline constexpr SyntheticShape kSyntheticShapes[] = {
@@ -29,6 +33,8 @@ inline constexpr SyntheticShape kSyntheticShapes[] = {
     {"small", 256, 4, 4, 2, 768, 512, 512},   // widths that are whole K-quant blocks
     {"tinyllama-1.1b", 2048, 22, 32, 4, 5632, 32000, 2048},
     {"llama-7b", 4096, 32, 32, 32, 11008, 32000, 4096},
+    {"small-moe", 256, 4, 4, 2, 512, 512, 512, 8, 2, 256},
+    {"olmoe-1b-7b", 2048, 16, 16, 16, 1024, 50304, 4096, 64, 8, 1024},   // OLMoE's sizes, Llama's layers
 };
 
 inline const SyntheticShape& synthetic_shape(std::string_view name) {
@@ -147,6 +153,11 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, cons
   out.set_u32(a + "rope.dimension_count", std::uint32_t(s.n_embd / s.n_heads));
   out.set_f32(a + "rope.freq_base", 10000.0f);
   out.set_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  if (s.n_experts > 0) {
+    out.set_u32(a + "expert_count", std::uint32_t(s.n_experts));
+    out.set_u32(a + "expert_used_count", std::uint32_t(s.n_experts_used));
+    out.set_u32(a + "expert_feed_forward_length", std::uint32_t(s.n_ff_expert));
+  }
   std::size_t n_vocab = s.vocab;
   if (vocab) {
     for (const auto& [key, value] : vocab->metadata())
@@ -161,11 +172,15 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, cons
   std::vector<float> values;
   std::vector<std::byte> packed;
   // dims in GGUF order: {columns (inputs), rows (outputs)}
-  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd, DType t) {
+  // experts > 0: that many [rows, cols] matrices stacked, dims {cols, rows, experts}.
+  auto add = [&](const std::string& name, std::size_t cols, std::size_t rows, float mean, float sd, DType t,
+                 std::size_t experts = 0) {
+    std::vector<std::uint64_t> dims = experts ? std::vector<std::uint64_t>{cols, rows, experts}
+                                      : rows == 1 ? std::vector<std::uint64_t>{cols}
+                                                  : std::vector<std::uint64_t>{cols, rows};
+    rows *= std::max<std::size_t>(experts, 1);
     values.resize(cols * rows);
     for (float& v : values) v = mean + sd * rng.normal();
-    std::vector<std::uint64_t> dims = rows == 1 ? std::vector<std::uint64_t>{cols}
-                                                : std::vector<std::uint64_t>{cols, rows};
     const std::size_t row_size = quantized_bytes(t, cols);
     packed.resize(row_size * rows);
     pool.parallel_for(rows, [&](std::size_t r0, std::size_t r1) {
@@ -185,6 +200,13 @@ inline void write_synthetic_llama(GGUFWriter& out, const SyntheticShape& s, cons
     add(p + "attn_v.weight", s.n_embd, kv_dim, 0.0f, 0.02f, sensitive);
     add(p + "attn_output.weight", s.n_embd, s.n_embd, 0.0f, 0.02f, mix.base);
     add(p + "ffn_norm.weight", s.n_embd, 1, 1.0f, 0.1f, DType::F32);
+    if (s.n_experts > 0) {
+      add(p + "ffn_gate_inp.weight", s.n_embd, s.n_experts, 0.0f, 0.02f, DType::F32);
+      add(p + "ffn_gate_exps.weight", s.n_embd, s.n_ff_expert, 0.0f, 0.02f, mix.base, s.n_experts);
+      add(p + "ffn_up_exps.weight", s.n_embd, s.n_ff_expert, 0.0f, 0.02f, mix.base, s.n_experts);
+      add(p + "ffn_down_exps.weight", s.n_ff_expert, s.n_embd, 0.0f, 0.02f, sensitive, s.n_experts);
+      continue;
+    }
     add(p + "ffn_gate.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
     add(p + "ffn_up.weight", s.n_embd, s.n_ff, 0.0f, 0.02f, mix.base);
     add(p + "ffn_down.weight", s.n_ff, s.n_embd, 0.0f, 0.02f, sensitive);

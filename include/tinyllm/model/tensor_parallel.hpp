@@ -122,9 +122,16 @@ inline AlignedBuffer<float> vector_slice(const AlignedBuffer<float>& v, std::siz
 // stays whole (logits are gathered). With one rank, c and w stay as they are.
 inline ModelConfig split_for_rank(ModelConfig c, TransformerWeights& w, const Communicator& comm) {
   if (comm.size() == 1) return c;
-  std::size_t ff_unit = 1;
-  for (const LayerWeights& l : w.layers) ff_unit = std::max<std::size_t>(ff_unit, info(l.w_down.type).block_size);
+  std::size_t ff_unit = 1, expert_unit = 1;
+  for (const LayerWeights& l : w.layers) {
+    if (l.w_down.data) ff_unit = std::max<std::size_t>(ff_unit, info(l.w_down.type).block_size);
+    for (const ExpertWeights& e : l.experts) expert_unit = std::max<std::size_t>(expert_unit, info(e.w_down.type).block_size);
+  }
   const RankShare s = rank_share(c, comm.rank(), comm.size(), ff_unit);
+  // Each expert's FFN is split as a dense one is (the router stays whole on every rank).
+  ModelConfig ce = c;
+  ce.n_ff = c.n_ff_expert;
+  const RankShare se = c.n_experts ? rank_share(ce, comm.rank(), comm.size(), expert_unit) : s;
   const std::size_t hd = c.head_dim;
   for (LayerWeights& l : w.layers) {
     l.wq = detail::row_slice(l.wq, s.q_head0 * hd, s.n_q_heads * hd);
@@ -136,14 +143,22 @@ inline ModelConfig split_for_rank(ModelConfig c, TransformerWeights& w, const Co
       l.bk = detail::vector_slice(l.bk, s.kv_head0 * hd, s.n_kv_heads * hd);
       l.bv = detail::vector_slice(l.bv, s.kv_head0 * hd, s.n_kv_heads * hd);
     }
-    l.w_gate = detail::row_slice(l.w_gate, s.ff0, s.n_ff);
-    l.w_up = detail::row_slice(l.w_up, s.ff0, s.n_ff);
-    l.w_down = s.n_ff ? detail::column_slice(l.w_down, s.ff0, s.n_ff) : detail::row_slice(l.w_down, 0, 0);
+    if (l.experts.empty()) {
+      l.w_gate = detail::row_slice(l.w_gate, s.ff0, s.n_ff);
+      l.w_up = detail::row_slice(l.w_up, s.ff0, s.n_ff);
+      l.w_down = s.n_ff ? detail::column_slice(l.w_down, s.ff0, s.n_ff) : detail::row_slice(l.w_down, 0, 0);
+    }
+    for (ExpertWeights& e : l.experts) {
+      e.w_gate = detail::row_slice(e.w_gate, se.ff0, se.n_ff);
+      e.w_up = detail::row_slice(e.w_up, se.ff0, se.n_ff);
+      e.w_down = se.n_ff ? detail::column_slice(e.w_down, se.ff0, se.n_ff) : detail::row_slice(e.w_down, 0, 0);
+    }
   }
   w.output = detail::row_slice(w.output, s.vocab0, s.n_vocab);
   c.n_heads = s.n_q_heads;
   c.n_kv_heads = s.n_kv_heads;
   c.n_ff = s.n_ff;
+  if (c.n_experts) c.n_ff_expert = se.n_ff;
   return c;
 }
 

@@ -29,6 +29,7 @@
 #include <tinyllm/model/config.hpp>
 #include <tinyllm/model/kv_cache.hpp>
 #include <tinyllm/model/lora.hpp>
+#include <tinyllm/model/moe.hpp>
 #include <tinyllm/model/weights.hpp>
 
 namespace tinyllm {
@@ -42,7 +43,9 @@ struct LayerWeights {
   AlignedBuffer<float> q_norm, k_norm;        // [head_dim]                 (qk_norm)
   AlignedBuffer<float> post_attn_norm;        // [n_embd]                   (post_norms)
   AlignedBuffer<float> ffn_norm;              // [n_embd]
-  WeightMatrix w_gate, w_up, w_down;          // [n_ff, n_embd] x2, [n_embd, n_ff]
+  WeightMatrix w_gate, w_up, w_down;          // [n_ff, n_embd] x2, [n_embd, n_ff]   (dense FFN)
+  WeightMatrix router;                        // [n_experts, n_embd]        (mixture of experts)
+  std::vector<ExpertWeights> experts;         // [n_experts]; empty: dense FFN
   AlignedBuffer<float> post_ffn_norm;         // [n_embd]                   (post_norms)
 };
 
@@ -119,7 +122,8 @@ class Model {
     std::size_t n = matrix_size(w.token_embd) + (w.output.data != w.token_embd.data ? matrix_size(w.output) : 0);
     std::size_t vec = w.output_norm.size() + w.rope_freq_factors.size();
     for (const auto& l : w.layers) {
-      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) n += matrix_size(*m);
+      for (const WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &l.router}) n += matrix_size(*m);
+      for (const ExpertWeights& e : l.experts) n += matrix_size(e.w_gate) + matrix_size(e.w_up) + matrix_size(e.w_down);
       for (const AlignedBuffer<float>* v : {&l.attn_norm, &l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm,
                                             &l.post_attn_norm, &l.ffn_norm, &l.post_ffn_norm})
         vec += v->size();
@@ -141,7 +145,7 @@ class Transformer final : public Model {
   Transformer(ModelConfig cfg, TransformerWeights w, std::size_t max_batch = 512, Communicator* comm = nullptr)
       : cfg_(std::move(cfg)), w_(std::move(w)), max_batch_(std::max<std::size_t>(1, max_batch)),
         comm_(comm && comm->size() > 1 ? comm : nullptr),
-        ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff})) {
+        ws_(max_batch_, std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.n_ff, cfg_.n_ff_expert})) {
     if (!can_dequantize(w_.token_embd.type))
       throw Error("cannot read rows of tensor type " + std::string(name(w_.token_embd.type)), w_.token_embd.name);
     if (Backend::memory() && Arch::ffn == Ffn::custom)
@@ -150,15 +154,24 @@ class Transformer final : public Model {
     if (comm_ && Backend::memory())
       throw Error("tensor parallelism runs on host memory; this backend keeps activations in " +
                   std::string(Backend::memory()->name) + " memory", std::string(Arch::name));
+    const bool moe = std::ranges::any_of(w_.layers, [](const LayerWeights& l) { return !l.experts.empty(); });
+    if (moe && (Backend::memory() || Arch::parallel_blocks))
+      throw Error("mixture-of-experts blocks run on host memory, one FFN after attention", std::string(Arch::name));
     const std::size_t b = max_batch_;
+    if (moe) {
+      router_logits_.resize(b * cfg_.n_experts);
+      expert_in_.resize(b * cfg_.n_embd);
+      expert_x_.resize(b * cfg_.n_embd);
+      expert_y_.resize(b * cfg_.n_embd);
+    }
     x_.resize(b * cfg_.n_embd);
     xb_.resize(b * std::max(cfg_.n_embd, cfg_.q_dim()));
     q_.resize(b * cfg_.q_dim());
     k_.resize(b * cfg_.kv_dim());
     v_.resize(b * cfg_.kv_dim());
     att_.resize(b * cfg_.q_dim());
-    gate_.resize(b * cfg_.n_ff);
-    up_.resize(b * cfg_.n_ff);
+    gate_.resize(b * std::max(cfg_.n_ff, cfg_.n_ff_expert));
+    up_.resize(b * std::max(cfg_.n_ff, cfg_.n_ff_expert));
     all_rows_.resize(b);
     for (std::size_t i = 0; i < b; ++i) all_rows_[i] = i;
     logit_rows_.resize(b);
@@ -265,7 +278,8 @@ class Transformer final : public Model {
   // weights themselves on a host backend, copies in device memory on CUDA.
   struct ResidentLayer {
     const float *attn_norm, *bq, *bk, *bv, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm;
-    WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+    WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down, router;
+    std::vector<ExpertWeights> experts;
   };
   const float* resident(const AlignedBuffer<float>& v) {
     return v.empty() ? nullptr : static_cast<const float*>(Backend::resident(ws_, v.data(), v.size() * sizeof(float)));
@@ -279,11 +293,14 @@ class Transformer final : public Model {
     return r;
   }
   void make_resident() {
-    for (const LayerWeights& l : w_.layers)
+    for (const LayerWeights& l : w_.layers) {
       layers_.push_back({resident(l.attn_norm), resident(l.bq), resident(l.bk), resident(l.bv), resident(l.q_norm),
                          resident(l.k_norm), resident(l.post_attn_norm), resident(l.ffn_norm),
                          resident(l.post_ffn_norm), resident(l.wq), resident(l.wk), resident(l.wv), resident(l.wo),
-                         resident(l.w_gate), resident(l.w_up), resident(l.w_down)});
+                         resident(l.w_gate), resident(l.w_up), resident(l.w_down), resident(l.router), {}});
+      for (const ExpertWeights& e : l.experts)
+        layers_.back().experts.push_back({resident(e.w_gate), resident(e.w_up), resident(e.w_down)});
+    }
     token_embd_ = resident(w_.token_embd);
     output_ = resident(w_.output);
     output_norm_ = resident(w_.output_norm);
@@ -366,19 +383,22 @@ class Transformer final : public Model {
       if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_attn_norm, proj, c.norm_eps);
       Backend::add_rows(ws_, x, proj);
 
-      // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x)))
-      if constexpr (!Arch::parallel_blocks) {
+      // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x))), or the experts' mixture
+      if (!lw.experts.empty()) {
         Backend::rmsnorm_rows(ws_, x, lw.ffn_norm, xb, c.norm_eps);
-        matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
-        matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
-      }
-      if (c.n_ff > 0) {
-        if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate.data, up.data, n * c.n_ff);
-        if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate.data, up.data, n * c.n_ff);
-        if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate.data, up.data, n * c.n_ff);
-        matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
-      } else {   // a rank whose share of the FFN is empty adds nothing
-        std::fill(proj.data, proj.data + n * dim, 0.0f);
+        experts_ffn(pool, lw, xb, proj);
+      } else {
+        if constexpr (!Arch::parallel_blocks) {
+          Backend::rmsnorm_rows(ws_, x, lw.ffn_norm, xb, c.norm_eps);
+          matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
+          matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
+        }
+        if (c.n_ff > 0) {
+          activate(gate.data, up.data, n * c.n_ff);
+          matmul(pool, lw.w_down, gate, proj, l, LoraTarget::down, seqs);
+        } else {   // a rank whose share of the FFN is empty adds nothing
+          std::fill(proj.data, proj.data + n * dim, 0.0f);
+        }
       }
       all_reduce(proj);
       if constexpr (Arch::post_norms) Backend::rmsnorm_rows(ws_, proj, lw.post_ffn_norm, proj, c.norm_eps);
@@ -400,6 +420,43 @@ class Transformer final : public Model {
     if constexpr (Arch::final_softcap) Backend::softcap_rows(ws_, out, c.final_softcap);
     if (comm_) return gather_logits(out, logits);
     Backend::to_host(ws_, out, logits);
+  }
+  // gate = act(gate) * up, the architecture's FFN activation over n values.
+  void activate(float* gate, const float* up, std::size_t n) {
+    if constexpr (Arch::ffn == Ffn::swiglu) Backend::swiglu(ws_, gate, up, n);
+    if constexpr (Arch::ffn == Ffn::geglu) Backend::geglu(ws_, gate, up, n);
+    if constexpr (Arch::ffn == Ffn::custom) Arch::activation(gate, up, n);
+  }
+  // out = the mixture of experts over x (model/moe.hpp): the router's choice for each token, then
+  // each chosen expert once over the rows of its tokens, its output added to theirs with its
+  // weight. out may be x's memory (the forward pass's proj is xb).
+  void experts_ffn(ThreadPool& pool, const ResidentLayer& lw, MatrixView<const float> x, MatrixView<float> out) {
+    const ModelConfig& c = cfg_;
+    const std::size_t n = x.rows, dim = c.n_embd, ff = c.n_ff_expert;
+    MatrixView<float> xb(expert_in_.data(), n, dim);   // [n, n_embd] the input, kept while out is summed
+    std::copy_n(x.data, n * dim, xb.data);
+    MatrixView<float> logits(router_logits_.data(), n, c.n_experts);
+    matmul(pool, lw.router, xb, logits);
+    route_tokens(logits, c.n_experts_used, by_expert_);
+    std::fill(out.data, out.data + n * dim, 0.0f);
+    for (std::size_t e = 0; e < lw.experts.size(); ++e) {
+      const std::vector<ExpertToken>& tokens = by_expert_[e];
+      const std::size_t m = tokens.size();
+      if (m == 0 || ff == 0) continue;
+      const ExpertWeights& ex = lw.experts[e];
+      MatrixView<float> xe(expert_x_.data(), m, dim), ye(expert_y_.data(), m, dim);   // [m, n_embd]
+      MatrixView<float> g(gate_.data(), m, ff), u(up_.data(), m, ff);                 // [m, n_ff_expert]
+      for (std::size_t i = 0; i < m; ++i) std::copy_n(xb.row(tokens[i].token), dim, xe.row(i));
+      matmul(pool, ex.w_gate, xe, g);
+      matmul(pool, ex.w_up, xe, u);
+      activate(g.data, u.data, m * ff);
+      matmul(pool, ex.w_down, g, ye);
+      for (std::size_t i = 0; i < m; ++i) {
+        float* o = out.row(tokens[i].token);
+        const float* y = ye.row(i);
+        for (std::size_t j = 0; j < dim; ++j) o[j] += tokens[i].weight * y[j];
+      }
+    }
   }
   // Tensor parallelism: the sum of every rank's `m`, on every rank.
   void all_reduce(MatrixView<float> m) {
@@ -461,6 +518,12 @@ class Transformer final : public Model {
                   a.adapter->path());
     if (!a.adapter->fits(cfg_))
       throw Error("adapter does not fit this model's shapes", a.adapter->path(), "an adapter loaded for this model");
+    for (std::size_t l = 0; l < w_.layers.size(); ++l)
+      if (!w_.layers[l].experts.empty())
+        for (LoraTarget t : {LoraTarget::gate, LoraTarget::up, LoraTarget::down})
+          if (a.adapter->matrix(l, t))
+            throw Error("the adapter changes the FFN of block " + std::to_string(l) + ", a mixture of experts",
+                        a.adapter->path(), "an adapter of the attention matrices only");
     const std::size_t widest = std::max({cfg_.n_embd, cfg_.q_dim(), cfg_.kv_dim(), cfg_.n_ff});
     if (lora_ax_.size() < max_batch_ * a.adapter->max_rank()) lora_ax_.resize(max_batch_ * a.adapter->max_rank());
     if (lora_out_.size() < max_batch_ * widest) lora_out_.resize(max_batch_ * widest);
@@ -484,6 +547,8 @@ class Transformer final : public Model {
   Communicator* comm_;                      // tensor parallelism: the other ranks; null when alone
   std::vector<std::size_t> gather_counts_;  // [ranks] logits each rank holds
   std::vector<float> gathered_;             // [rows * vocab] the ranks' logit blocks, in rank order
+  std::vector<std::vector<ExpertToken>> by_expert_;   // [n_experts] this step's tokens of each expert
+  std::vector<float> router_logits_, expert_in_, expert_x_, expert_y_;   // [max_batch, n_experts], [max_batch, n_embd] x3
   std::vector<float> inv_freq_global_, inv_freq_local_;   // [head_dim / 2] RoPE tables
   std::vector<LayerPlan> plans_;                          // [n_layers]
   std::vector<std::size_t> all_rows_;       // 0, 1, ..., max_batch - 1

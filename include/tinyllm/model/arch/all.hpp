@@ -8,6 +8,6 @@
 
 namespace tinyllm {
 
-using KnownArchs = std::tuple<Llama, Mistral, Gemma, Gemma2, Gemma3, Qwen2, Qwen3>;
+using KnownArchs = std::tuple<Llama, Mistral, Gemma, Gemma2, Gemma3, Qwen2, Qwen3, Qwen3Moe>;
 
 }  // namespace tinyllm

@@ -28,6 +28,9 @@ struct ArchDefaults {
   // Which layers use the sliding window, when the file sets one: 0 = every layer; p > 0 = every
   // layer but each p-th (Gemma 2: p = 2, local/global alternating; Gemma 3: p = 6, 5 local then 1 global).
   static constexpr std::size_t swa_period = 0;
+  // Every block's FFN is a mixture of experts (model/moe.hpp), and the file must have them. Files
+  // of other architectures may still bring experts ({arch}.expert_count > 0: Mixtral is `llama`).
+  static constexpr bool moe = false;
 };
 
 // An architecture's traits as run-time values, for code that runs a model whose traits type it
@@ -37,13 +40,14 @@ struct ArchInfo {
   RopeStyle rope;
   bool scale_embeddings, qkv_bias, qk_norm, post_norms, parallel_blocks, attn_softcap, final_softcap;
   std::size_t swa_period;
+  bool moe;
 };
 
 template <class Arch>
 constexpr ArchInfo arch_info() {
   return {Arch::ffn,           Arch::rope,         Arch::scale_embeddings, Arch::qkv_bias,
           Arch::qk_norm,       Arch::post_norms,   Arch::parallel_blocks,  Arch::attn_softcap,
-          Arch::final_softcap, Arch::swa_period};
+          Arch::final_softcap, Arch::swa_period,      Arch::moe};
 }
 
 }  // namespace tinyllm
