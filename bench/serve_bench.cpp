@@ -12,11 +12,15 @@
 // --draft N runs each configuration again with speculative decoding by prompt lookup (up to N
 // drafted tokens a step) and checks that every stream's tokens equal those without (exit 2 if not);
 // --prompt TEXT gives every stream that text as its prompt (drafts need text that repeats).
+// --draft-model FILE drafts with that model (same vocabulary, greedy) instead of prompt lookup;
+// --draft-p-min P stops a draft at a token it gives less than P.
 #include <tinyllm/tinyllm.hpp>
 
 #include "../examples/common/device_flag.hpp"
 
 #include <CLI/CLI.hpp>
+
+#include <optional>
 
 #include <algorithm>
 #include <chrono>
@@ -60,6 +64,14 @@ int main(int argc, char** argv) {
   app.add_option("--prompt", prompt_text, "every stream's prompt is this text (with BOS) instead of -p random tokens");
   app.add_option("--draft", draft, "run each configuration again with speculative decoding by prompt lookup, drafting "
                                    "up to DRAFT tokens a step (Request::draft_tokens); the outputs must match");
+  std::string draft_model_path;
+  float draft_p_min = 0;
+  std::size_t draft_ngram_min = 1;
+  app.add_option("--draft-ngram-min", draft_ngram_min, "with --draft (prompt lookup): only suffixes of at least this many "
+                                                       "tokens are looked up (Request::draft_ngram_min)")->capture_default_str();
+  app.add_option("--draft-model", draft_model_path, "with --draft: this model (same vocabulary) drafts instead of prompt lookup");
+  app.add_option("--draft-p-min", draft_p_min, "with --draft-model: a draft stops at a token the draft model gives less "
+                                               "than this probability")->capture_default_str();
   app.add_option("--samples", samples, "also measure the KV blocks of one request with n = SAMPLES (shared prompt) "
                                        "against n = 1")->capture_default_str();
   std::vector<std::string> loras;
@@ -71,6 +83,8 @@ int main(int argc, char** argv) {
   try {
     tinyllm::LoadedModel lm = model_path.empty() ? device.load_synthetic() : device.load(model_path);
     tinyllm::ThreadPool pool(threads);
+    std::optional<tinyllm::LoadedModel> draft_model;
+    if (!draft_model_path.empty()) draft_model.emplace(tinyllm::load(draft_model_path));
     const tinyllm::KVType kv = tinyllm::kv_type_from_name(kv_type);
     const std::size_t max_c = *std::max_element(concurrency.begin(), concurrency.end());
     const std::vector<std::int32_t> text_prompt = prompt_text.empty() ? std::vector<std::int32_t>{}
@@ -101,7 +115,9 @@ int main(int argc, char** argv) {
       const std::size_t bs = 16;
       tinyllm::Engine engine(lm, pool, {.max_batch_tokens = 512, .max_sequences = max_c, .block_size = bs,
                                         .kv_blocks = max_c * ((per_stream + bs - 1) / bs + 1), .kv_type = kv,
-                                        .prefix_caching = false});
+                                        .prefix_caching = false,
+                                        .draft_model = n_draft > 0 && draft_model ? &*draft_model : nullptr,
+                                        .draft_p_min = draft_p_min});
       std::vector<double> ttft, gaps;
       std::vector<Clock::time_point> last(c);
       std::vector<std::size_t> produced(c, 0);
@@ -114,7 +130,8 @@ int main(int argc, char** argv) {
       // that every run decodes full batches and the runs compare like with like.
       std::function<void(std::size_t, std::vector<std::int32_t>)> start = [&](std::size_t s, std::vector<std::int32_t> prompt) {
         tinyllm::Request r{.tokens = std::move(prompt), .max_tokens = n_gen - produced[s], .sampling = {.temperature = 0.0f},
-                           .stop_at_eos = false, .draft_tokens = n_draft};
+                           .stop_at_eos = false, .draft_tokens = n_draft,
+                           .draft_ngram = std::max<std::size_t>(3, draft_ngram_min), .draft_ngram_min = draft_ngram_min};
         if (n_adapters > 0) r.adapters = {adapters[s % n_adapters]};
         if (grammar) r.grammar = any_object;
         engine.submit(r, [&, s](const tinyllm::TokenEvent& e) {

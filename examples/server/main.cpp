@@ -30,6 +30,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <functional>
 #include <list>
 #include <map>
@@ -831,7 +832,7 @@ class Server {
     per_model("tinyllm_kv_blocks_total", "gauge", "KV cache blocks in the budget.", [](const ModelStats& s) { return s.engine.blocks_total; });
     per_model("tinyllm_kv_blocks_shared", "gauge", "KV cache blocks held by more than one sequence (prefixes, n > 1).", [](const ModelStats& s) { return s.engine.blocks_shared; });
     per_model("tinyllm_kv_block_references", "gauge", "References to KV cache blocks; minus the blocks used: blocks saved by sharing.", [](const ModelStats& s) { return s.engine.block_references; });
-    per_model("tinyllm_draft_tokens_total", "counter", "Tokens drafted by speculative decoding (prompt lookup).", [](const ModelStats& s) { return s.engine.draft_tokens; });
+    per_model("tinyllm_draft_tokens_total", "counter", "Tokens drafted by speculative decoding (prompt lookup or the draft model).", [](const ModelStats& s) { return s.engine.draft_tokens; });
     per_model("tinyllm_draft_tokens_accepted_total", "counter", "Drafted tokens the model's own sampling agreed with (kept).", [](const ModelStats& s) { return s.engine.accepted_draft_tokens; });
     per_model("tinyllm_preemptions_total", "counter", "Requests preempted for KV space.", [](const ModelStats& s) { return s.engine.preemptions; });
     auto histogram = [&](const char* name, const char* help, Histogram ModelStats::*h) {
@@ -936,8 +937,14 @@ int main(int argc, char** argv) {
   app.add_option("--max-body-mib", max_body_mib, "request bodies larger than this get 413")->capture_default_str();
   app.add_option("--max-prompt-tokens", limits.max_prompt_tokens, "longer prompts get 400; 0 = the model's context")
       ->capture_default_str();
-  app.add_option("--draft", limits.draft_tokens, "speculative decoding by prompt lookup: tokens drafted per step for "
-                                                "requests without \"draft_tokens\"; 0 = off")->capture_default_str();
+  app.add_option("--draft", limits.draft_tokens, "speculative decoding: tokens drafted per step for requests without "
+                                                "\"draft_tokens\"; 0 = off")->capture_default_str();
+  std::string draft_model_path;
+  float draft_p_min = 0;
+  app.add_option("--draft-model", draft_model_path, "speculative decoding's drafts come from this smaller model (the same "
+                                                    "vocabulary as every -m) instead of prompt lookup");
+  app.add_option("--draft-p-min", draft_p_min, "with --draft-model: a draft stops at a token the draft model gives less "
+                                               "than this probability")->capture_default_str();
   app.add_option("--max-tokens", limits.max_tokens, "a larger max_tokens gets 400; 0 = the model's context")->capture_default_str();
   app.add_option("--read-timeout", read_timeout, "seconds a connection may stay silent while the server reads from it")
       ->check(CLI::Range(1u, 3600u))->capture_default_str();
@@ -975,6 +982,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  std::optional<tinyllm::LoadedModel> draft_model;   // before the models: their engines use it
   std::vector<std::unique_ptr<server::ModelService>> models;
   tinyllm::ThreadPool pool(threads);
   std::mutex compute;
@@ -983,6 +991,7 @@ int main(int argc, char** argv) {
                                      .kv_bytes = kv_mib << 20,
                                      .kv_type = tinyllm::kv_type_from_name(kv_type),
                                      .max_waiting = max_queue};
+    tinyllm::EngineOptions file_opt = opt;   // the -m models draft with --draft-model
     for (std::size_t i = 0; i < model_paths.size(); ++i) {
       const std::string& path = model_paths[i];
       const std::string id = std::filesystem::path(path).stem().string();
@@ -992,9 +1001,14 @@ int main(int argc, char** argv) {
       if (!tokenizer_paths.empty()) lo.tokenizer_path = tokenizer_paths[tokenizer_paths.size() == 1 ? 0 : i];
       programs::show_load_progress(lo, path);
       tinyllm::LoadedModel lm = device.load(path, lo);
+      if (!draft_model_path.empty() && !draft_model) {   // after the first model: ranks that follow it never get here
+        draft_model.emplace(tinyllm::load(draft_model_path));
+        file_opt.draft_model = &*draft_model;
+        file_opt.draft_p_min = draft_p_min;
+      }
       if (!lm.has_tokenizer()) throw tinyllm::Error("the model has no tokenizer", path, "a tokenizer file (-z)");
       auto chat = server::chat_template_for(lm, chat_template);
-      models.push_back(std::make_unique<server::ModelService>(id, std::move(lm), pool, compute, opt, std::move(chat), step_delay));
+      models.push_back(std::make_unique<server::ModelService>(id, std::move(lm), pool, compute, file_opt, std::move(chat), step_delay));
     }
     if (synthetic || model_paths.empty()) {
       for (const auto& m : models)

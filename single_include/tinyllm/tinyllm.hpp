@@ -16333,9 +16333,11 @@ struct Request {
   // copying what followed; one forward of the model checks them all, and the tokens it would have
   // produced itself are kept. The output is exactly that of decoding without drafts (each
   // position's token is sampled from the model's own logits, with the same random draws), only
-  // faster when drafts hit. 0 = off.
+  // faster when drafts hit. 0 = off. Only suffixes of at least draft_ngram_min tokens are looked
+  // up. With EngineOptions::draft_model, that model drafts instead (the n-gram fields unused).
   std::size_t draft_tokens = 0;
   std::size_t draft_ngram = 3;
+  std::size_t draft_ngram_min = 1;
 };
 
 enum class FinishReason { none, eos, stop, length, cancelled };
@@ -16399,9 +16401,13 @@ struct TokenEvent {
 // the grammar is drawn again from the tokens that keep it (sample/grammar.hpp); speculative
 // decoding by prompt lookup (Request::draft_tokens): a decode step also computes up to that many
 // drafted tokens (serve/draft.hpp) with the logits of each, samples each position in turn as plain
-// decoding would, and keeps the drafts while they equal what was sampled.
+// decoding would, and keeps the drafts while they equal what was sampled. With a draft model
+// (EngineOptions::draft_model: a smaller model with the same vocabulary) the drafts are that
+// model's greedy continuation instead, computed for all drafting sequences in batched forwards of
+// its own over a second paged pool.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <cstdint>
 #include <deque>
@@ -16426,12 +16432,13 @@ struct TokenEvent {
 namespace tinyllm {
 
 // Up to max_draft tokens that followed the latest earlier occurrence of the last n tokens of
-// `tokens`, for n from max_ngram down to 1 (the longest match wins; the most recent occurrence of
-// it). Empty when no suffix of at most max_ngram tokens occurred before.
+// `tokens`, for n from max_ngram down to min_ngram (the longest match wins; the most recent
+// occurrence of it). Empty when no suffix of min_ngram to max_ngram tokens occurred before. A
+// longer least match drafts less often but keeps more of what it drafts.
 inline std::vector<std::int32_t> prompt_lookup_draft(std::span<const std::int32_t> tokens, std::size_t max_ngram,
-                                                     std::size_t max_draft) {
+                                                     std::size_t max_draft, std::size_t min_ngram = 1) {
   const std::size_t len = tokens.size();
-  for (std::size_t n = std::min(max_ngram, len > 0 ? len - 1 : 0); n >= 1 && max_draft > 0; --n) {
+  for (std::size_t n = std::min(max_ngram, len > 0 ? len - 1 : 0); n >= std::max<std::size_t>(min_ngram, 1) && max_draft > 0; --n) {
     const auto suffix = tokens.subspan(len - n);
     // Occurrences starting at j with j + n < len (something follows them), latest first.
     for (std::size_t j = len - n; j-- > 0;) {
@@ -16456,7 +16463,34 @@ struct EngineOptions {
   KVType kv_type = KVType::f32;           // how K and V are stored: f16 halves their memory, q8_0 more
   bool prefix_caching = true;
   std::size_t max_waiting = 0;            // 0 = unbounded queue; else submit() refuses beyond it
+  // Speculative decoding's drafter for requests with draft_tokens > 0: null = prompt lookup; else
+  // this model (same vocabulary, kept alive by the caller) drafts its greedy continuation. Its K/V
+  // live in a pool of its own with as many blocks as the engine's. Drafting a sequence stops early
+  // at a token the draft model gives less than draft_p_min probability.
+  LoadedModel* draft_model = nullptr;
+  float draft_p_min = 0;
 };
+
+// Throws tinyllm::Error unless `draft` can draft for `target`: the same tokenizer (every piece),
+// or, where a file has none, the same number of logits. Vocabulary sizes may differ by padding
+// rows past the tokenizer's tokens (drafts never use them).
+inline void check_draft_vocabulary(const LoadedModel& target, const LoadedModel& draft) {
+  const std::string where = "draft model " + draft.path();
+  if (!target.has_tokenizer() || !draft.has_tokenizer()) {
+    if (target.config().vocab_size != draft.config().vocab_size)
+      throw Error("the draft model has " + std::to_string(draft.config().vocab_size) + " logits", where,
+                  std::to_string(target.config().vocab_size) + ", as the model it drafts for");
+    return;
+  }
+  const Tokenizer &a = target.tokenizer(), &b = draft.tokenizer();
+  if (a.size() != b.size())
+    throw Error("the draft model's vocabulary has " + std::to_string(b.size()) + " tokens", where,
+                std::to_string(a.size()) + ", as the model it drafts for");
+  for (std::size_t t = 0; t < a.size(); ++t)
+    if (a.piece(std::int32_t(t)) != b.piece(std::int32_t(t)))
+      throw Error("the draft model's token " + std::to_string(t) + " is '" + b.piece(std::int32_t(t)) + "'", where,
+                  "'" + a.piece(std::int32_t(t)) + "', as in the model it drafts for");
+}
 
 struct EngineMetrics {
   std::size_t blocks_total = 0, blocks_used = 0, blocks_free = 0;
@@ -16466,6 +16500,7 @@ struct EngineMetrics {
   std::size_t slots_allocated = 0, slots_used = 0;   // token slots of running sequences' held blocks
   std::size_t window_releases = 0;                   // blocks released early, out of every layer's window
   std::size_t draft_tokens = 0, accepted_draft_tokens = 0;   // speculative decoding: drafted, kept
+  std::size_t draft_model_tokens = 0;   // tokens the draft model computed (catching up and drafting)
   double draft_acceptance() const { return draft_tokens ? double(accepted_draft_tokens) / draft_tokens : 0; }
   double prefix_hit_rate() const { return prefix_lookups ? double(prefix_hits) / prefix_lookups : 0; }
   double kv_waste() const { return slots_allocated ? double(slots_allocated - slots_used) / slots_allocated : 0; }
@@ -16486,6 +16521,12 @@ class Engine {
     if (opt_.max_batch_tokens == 0 || opt_.max_sequences == 0)
       throw Error("engine needs a token budget and a sequence cap", "EngineOptions", "both >= 1");
     logits_.resize(opt_.max_sequences * model.config().vocab_size);
+    if (LoadedModel* d = opt_.draft_model) {
+      check_draft_vocabulary(model, *d);
+      // Q8_0 rows need whole blocks of 32 values; a draft model whose K/V rows are not keeps F16.
+      const KVType type = opt.kv_type == KVType::q8_0 && d->config().kv_dim() % 32 != 0 ? KVType::f16 : opt.kv_type;
+      draft_blocks_.emplace(d->config(), opt.block_size, blocks_.n_blocks(), type, d->model().memory());
+    }
   }
 
   // Thread-safe. Throws tinyllm::Error for a request that can never run (empty, bad tokens,
@@ -16504,10 +16545,12 @@ class Engine {
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
     if (req.logprobs < -1)
       throw Error("logprobs " + std::to_string(req.logprobs), "submit", "-1 (none) or the number of top tokens, >= 0");
-    if (req.draft_tokens >= opt_.max_batch_tokens || (req.draft_tokens > 0 && req.draft_ngram == 0))
-      throw Error("draft_tokens " + std::to_string(req.draft_tokens) + ", draft_ngram " + std::to_string(req.draft_ngram),
+    if (req.draft_tokens >= opt_.max_batch_tokens ||
+        (req.draft_tokens > 0 && (req.draft_ngram_min == 0 || req.draft_ngram < req.draft_ngram_min)))
+      throw Error("draft_tokens " + std::to_string(req.draft_tokens) + ", draft_ngram " + std::to_string(req.draft_ngram) +
+                      ", draft_ngram_min " + std::to_string(req.draft_ngram_min),
                   "submit", "draft_tokens below the step's token budget (" + std::to_string(opt_.max_batch_tokens) +
-                  ") and draft_ngram >= 1");
+                  ") and draft_ngram >= draft_ngram_min >= 1");
     if (req.n < 1 || req.n > opt_.max_sequences)
       throw Error("n = " + std::to_string(req.n) + " samples", "submit",
                   "1 to " + std::to_string(opt_.max_sequences) + " (the engine's max_sequences)");
@@ -16515,7 +16558,7 @@ class Engine {
       if (!a.adapter || !a.adapter->fits(model_.config()))
         throw Error("the request's LoRA adapter does not fit this model", "submit",
                     "an adapter loaded for this model");
-    auto seq = std::make_unique<Sequence>(blocks_, model_.config(), req, std::move(on_event), vocab);
+    auto seq = std::make_unique<Sequence>(blocks_, model_.config(), req, std::move(on_event), vocab, draft_pool(), draft_config());
     seq->tokens = std::move(tokens);
     seq->n_prompt = seq->tokens.size();
     seq->max_total = std::min(need, limit);
@@ -16573,6 +16616,8 @@ class Engine {
     return m;
   }
   const KVBlockPool& block_pool() const { return blocks_; }
+  // The draft model's pool (EngineOptions::draft_model), else null.
+  const KVBlockPool* draft_block_pool() const { return draft_blocks_ ? &*draft_blocks_ : nullptr; }
 
   // Block accounting: every block's reference count equals the number of running sequences'
   // tables that hold it, and waiting sequences hold none. Throws tinyllm::Error naming the first
@@ -16582,8 +16627,14 @@ class Engine {
     for (const auto& s : running_)
       for (BlockId b : s->cache.blocks())
         if (b != PagedKVCache::kReleased) ++held[b];
+    std::size_t draft_held = 0;
     for (const auto& s : waiting_)
-      if (!s->cache.blocks().empty()) throw Error("waiting request " + std::to_string(s->id) + " holds KV blocks", "Engine::audit");
+      if (!s->cache.blocks().empty() || (s->draft_cache && !s->draft_cache->blocks().empty()))
+        throw Error("waiting request " + std::to_string(s->id) + " holds KV blocks", "Engine::audit");
+    for (const auto& s : running_) draft_held += s->draft_cache ? s->draft_cache->n_held() : 0;
+    if (draft_blocks_ && draft_blocks_->n_used() != draft_held)
+      throw Error(std::to_string(draft_blocks_->n_used()) + " draft model blocks counted as used", "Engine::audit",
+                  std::to_string(draft_held) + " held by sequences");
     std::size_t used = 0, shared = 0, refs = 0;
     for (BlockId b = 0; b < held.size(); ++b) {
       if (blocks_.ref_count(b) != held[b])
@@ -16604,9 +16655,12 @@ class Engine {
   using Clock = std::chrono::steady_clock;
 
   struct Sequence {
-    Sequence(KVBlockPool& pool, const ModelConfig& c, const Request& r, Callback cb, std::size_t vocab)
+    Sequence(KVBlockPool& pool, const ModelConfig& c, const Request& r, Callback cb, std::size_t vocab,
+             KVBlockPool* draft_pool, const ModelConfig* draft_config)
         : cache(pool, c.n_layers, c.kv_dim()), request(r), on_event(std::move(cb)), sampler(r.sampling, vocab),
-          hash_seed(adapters_hash(r.adapters)), last_hash(hash_seed) {}
+          hash_seed(adapters_hash(r.adapters)), last_hash(hash_seed) {
+      if (draft_pool) draft_cache.emplace(*draft_pool, draft_config->n_layers, draft_config->kv_dim());
+    }
     RequestId id = 0;
     std::size_t index = 0;                // which sample of its request
     std::size_t forks = 0;                // further samples to fork from it at its first sample
@@ -16626,6 +16680,14 @@ class Engine {
     std::uint64_t last_hash;              // chain hash of the registered blocks
     std::size_t chunk = 0;                // tokens scheduled this step (drafts included)
     std::vector<std::int32_t> draft;      // drafted tokens scheduled after the last known one
+    // The draft model's K/V (EngineOptions::draft_model) of its first draft_computed positions:
+    // tokens, then while drafting its own drafts.
+    std::optional<PagedKVCache> draft_cache;
+    std::size_t draft_computed = 0;
+    void clear_draft_cache() {
+      if (draft_cache) draft_cache->clear();
+      draft_computed = 0;
+    }
     Utf8Stream utf8;
     std::string held;                     // text held back while it may begin a stop string
     std::optional<TokenLogprobs> logprobs;  // of the token being emitted (Request::logprobs)
@@ -16703,6 +16765,7 @@ class Engine {
     running_.pop_back();
     victim->cache.clear();
     victim->draft.clear();
+    victim->clear_draft_cache();
     victim->n_computed = victim->n_registered = 0;
     victim->last_hash = victim->hash_seed;
     ++victim->metrics.preemptions;
@@ -16736,10 +16799,15 @@ class Engine {
     batch_positions_.clear();
     slices_.clear();
     std::size_t budget = opt_.max_batch_tokens;
+    if (opt_.draft_model) draft_with_model();
     // Running sequences first, oldest first: decodes (1 token) and prefill chunks.
     for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
       Sequence& s = *running_[i];
-      draft(s, budget);
+      if (!opt_.draft_model) {
+        s.draft = prompt_lookup_draft(s.tokens, s.request.draft_ngram, draft_room(s, budget), s.request.draft_ngram_min);
+      } else if (!s.draft.empty() && s.draft.size() >= budget) {
+        s.draft.resize(budget - 1);   // a guard: draft_with_model() assumed these same budgets
+      }
       const std::size_t want = std::min(budget, s.tokens.size() - s.n_computed + s.draft.size());
       if (!reserve(s, s.n_computed + want) || !writable(s, s.n_computed + want)) {   // nothing left to preempt: this one waits too
         preempt_newest();
@@ -16787,15 +16855,80 @@ class Engine {
     }
   }
 
-  // Speculative decoding: drafts for a sequence that decodes (its known tokens computed but the
-  // last), at most enough to end the request and to fit the step's budget with its last token.
-  void draft(Sequence& s, std::size_t budget) {
-    s.draft.clear();
+  // Speculative decoding: how many tokens `s` may draft: 0 unless it decodes (its known tokens
+  // computed but the last), at most enough to end the request and to fit the step's budget with
+  // its last token.
+  std::size_t draft_room(const Sequence& s, std::size_t budget) const {
     if (s.request.draft_tokens == 0 || s.tokens.size() <= s.n_prompt || s.n_computed + 1 != s.tokens.size() ||
-        s.tokens.size() + 1 >= s.max_total)
-      return;
-    const std::size_t room = std::min({s.request.draft_tokens, budget - 1, s.max_total - s.tokens.size() - 1});
-    s.draft = prompt_lookup_draft(s.tokens, s.request.draft_ngram, room);
+        s.tokens.size() + 1 >= s.max_total || budget < 2)
+      return 0;
+    return std::min({s.request.draft_tokens, budget - 1, s.max_total - s.tokens.size() - 1});
+  }
+
+  // Drafts by the draft model for every sequence that may draft this step (with the budgets the
+  // scheduling loop will give them). The first forward lets each catch up on the tokens its draft
+  // cache lacks (its prompt at first, then the last step's kept drafts and sampled token) and
+  // gives its first draft; each further forward feeds every sequence's newest draft and gives the
+  // next. A sequence whose catching up does not fit the draft model's batch goes on next step
+  // (no drafts this one); one whose draft cache cannot grow drafts nothing.
+  void draft_with_model() {
+    Model& dm = opt_.draft_model->model();
+    const ModelConfig& dc = dm.config();
+    const std::size_t vocab = std::min(dc.vocab_size, model_.config().vocab_size);
+    std::vector<std::pair<Sequence*, std::size_t>> active;   // sequence, tokens it may draft
+    std::size_t budget = opt_.max_batch_tokens;
+    for (auto& sp : running_) {
+      Sequence& s = *sp;
+      s.draft.clear();
+      // Of the positions the last step fed, those past the known tokens' but last held drafts that
+      // were kept (verify_drafts: now tokens) or not; the last known token is always fed again.
+      s.draft_computed = std::min(s.draft_computed, s.tokens.size() - 1);
+      if (budget == 0) continue;
+      std::size_t room = draft_room(s, budget);
+      room = std::min(room, dc.context > s.tokens.size() ? dc.context - s.tokens.size() : 0);
+      budget -= room > 0 ? 1 + room : std::min(budget, s.tokens.size() - s.n_computed);
+      if (room > 0 && s.draft_cache->reserve(s.tokens.size() + room - 1)) active.emplace_back(&s, room);
+    }
+    for (bool first = true; !active.empty(); first = false) {
+      std::size_t batch_left = dm.max_batch();
+      draft_tokens_.clear();
+      draft_positions_.clear();
+      draft_slices_.clear();
+      std::vector<std::pair<Sequence*, std::size_t>> fed;
+      for (auto [s, room] : active) {
+        // First forward: the tokens not in the draft cache; then the newest draft.
+        const std::size_t from = s->draft_computed, end = first ? s->tokens.size() : from + 1;
+        const std::size_t n = std::min(end - from, batch_left);
+        if (n == 0) continue;
+        for (std::size_t p = from; p < from + n; ++p) {
+          draft_tokens_.push_back(p < s->tokens.size() ? s->tokens[p] : s->draft[p - s->tokens.size()]);
+          draft_positions_.push_back(std::int32_t(p));
+        }
+        batch_left -= n;
+        s->draft_computed += n;
+        const bool complete = from + n == end;
+        draft_slices_.push_back({&*s->draft_cache, draft_tokens_.size() - n, n, complete});
+        if (complete) fed.emplace_back(s, room);
+      }
+      if (draft_tokens_.empty()) break;
+      metrics_.draft_model_tokens += draft_tokens_.size();
+      if (draft_logits_.size() < fed.size() * dc.vocab_size) draft_logits_.resize(fed.size() * dc.vocab_size);
+      dm.forward_batch(pool_, draft_tokens_, draft_positions_, draft_slices_,
+                       MatrixView<float>(draft_logits_.data(), fed.size(), dc.vocab_size));
+      active.clear();
+      for (std::size_t i = 0; i < fed.size(); ++i) {
+        auto [s, room] = fed[i];
+        const float* row = draft_logits_.data() + i * dc.vocab_size;
+        const std::size_t best = std::size_t(std::max_element(row, row + vocab) - row);
+        if (opt_.draft_p_min > 0) {   // the draft model's probability of its best token
+          double sum = 0;
+          for (std::size_t t = 0; t < vocab; ++t) sum += std::exp(double(row[t]) - row[best]);
+          if (1 / sum < opt_.draft_p_min) continue;
+        }
+        s->draft.push_back(std::int32_t(best));
+        if (s->draft.size() < room) active.emplace_back(s, room);
+      }
+    }
   }
 
   void run_batch() {
@@ -16919,7 +17052,8 @@ class Engine {
   SeqPtr fork(const Sequence& s, std::size_t index) {
     Request r = s.request;
     r.sampling.seed += index;
-    auto c = std::make_unique<Sequence>(blocks_, model_.config(), r, s.on_event, model_.config().vocab_size);
+    auto c = std::make_unique<Sequence>(blocks_, model_.config(), r, s.on_event, model_.config().vocab_size, draft_pool(),
+                                           draft_config());
     c->id = s.id;
     c->index = index;
     c->tokens = s.tokens;
@@ -16994,6 +17128,7 @@ class Engine {
     s.forks = 0;
     ev.request_finished = left == 0;
     s.cache.clear();
+    s.clear_draft_cache();
     s.on_event(ev);
     return why;
   }
@@ -17009,6 +17144,9 @@ class Engine {
     }
     return h;
   }
+
+  KVBlockPool* draft_pool() { return draft_blocks_ ? &*draft_blocks_ : nullptr; }
+  const ModelConfig* draft_config() const { return opt_.draft_model ? &opt_.draft_model->config() : nullptr; }
 
   static double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -17026,6 +17164,10 @@ class Engine {
   RequestId next_id_ = 1;
   std::vector<std::int32_t> batch_tokens_, batch_positions_;
   std::vector<SequenceSlice> slices_;
+  std::optional<KVBlockPool> draft_blocks_;   // the draft model's K/V (EngineOptions::draft_model)
+  std::vector<std::int32_t> draft_tokens_, draft_positions_;
+  std::vector<SequenceSlice> draft_slices_;
+  AlignedBuffer<float> draft_logits_;
   AlignedBuffer<float> logits_;            // [max_sequences, vocab]
   std::vector<float> raw_logits_;          // a row before sampling (Request::logprobs, n > 1)
   std::vector<float> fork_logits_;         // a copy of it for each further sample

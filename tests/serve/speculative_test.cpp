@@ -2,6 +2,8 @@
 // drafts equal to its output without them, token for token: greedy and sampled (same seed), with
 // samples (n), logprobs, a grammar, stop strings, preemption; the distribution of sampled tokens
 // with drafts equal to that without (a chi-square test over disjoint seeds); drafts kept on real text.
+// Speculative decoding with a draft model (EngineOptions::draft_model): the same equalities, the
+// model drafting for itself keeping every greedy draft, and drafts whose vocabulary differs refused.
 #include <tinyllm/sample/json_schema.hpp>
 #include <tinyllm/serve/draft.hpp>
 #include <tinyllm/serve/engine.hpp>
@@ -9,6 +11,7 @@
 
 #include <cmath>
 #include <map>
+#include <tuple>
 #include <vector>
 
 #include "test_util.hpp"
@@ -36,6 +39,10 @@ TEST_CASE("prompt_lookup_draft copies what followed the latest earlier occurrenc
   CHECK(prompt_lookup_draft(Tokens{1, 1, 1}, 3, 0).empty());
   // A run of one token: the suffix "1 1" occurs at 0 and 1; the latest with a follower is 1.
   CHECK(prompt_lookup_draft(Tokens{1, 1, 1}, 2, 4) == Tokens{1});
+  // A least match length: "9 4" matches only one token back (4), so with min_ngram 2 nothing.
+  CHECK(prompt_lookup_draft(Tokens{4, 7, 8, 9, 4}, 3, 2, 1) == Tokens{7, 8});
+  CHECK(prompt_lookup_draft(Tokens{4, 7, 8, 9, 4}, 3, 2, 2).empty());
+  CHECK(prompt_lookup_draft(Tokens{5, 1, 2, 9, 4, 1, 2, 6, 5, 1, 2}, 3, 2, 3) == Tokens{9, 4});
 }
 
 struct Outcome {
@@ -65,12 +72,14 @@ std::vector<std::vector<Outcome>> run_all(LoadedModel& lm, ThreadPool& pool, con
   }
   while (engine.step()) engine.audit();
   CHECK(engine.block_pool().n_used() == 0);
+  if (engine.draft_block_pool()) CHECK(engine.draft_block_pool()->n_used() == 0);
   if (metrics) *metrics = engine.metrics();
   return out;
 }
 
-std::vector<Request> with_drafts(std::vector<Request> requests, std::size_t n_draft, std::size_t ngram = 3) {
-  for (Request& r : requests) r.draft_tokens = n_draft, r.draft_ngram = ngram;
+std::vector<Request> with_drafts(std::vector<Request> requests, std::size_t n_draft, std::size_t ngram = 3,
+                                 std::size_t ngram_min = 1) {
+  for (Request& r : requests) r.draft_tokens = n_draft, r.draft_ngram = ngram, r.draft_ngram_min = ngram_min;
   return requests;
 }
 
@@ -88,8 +97,9 @@ void check_same(const std::vector<std::vector<Outcome>>& a, const std::vector<st
     }
 }
 
-LoadedModel stories() {
+LoadedModel stories(std::optional<DType> quantize = {}) {
   LoadOptions o{.tokenizer_path = test::testdata("llama2c/tok512.bin").string()};
+  o.quantize = quantize;
   return load(test::testdata("llama2c/stories260K.bin").string(), o);
 }
 
@@ -106,13 +116,14 @@ TEST_CASE("speculative greedy decoding gives the tokens of plain greedy decoding
   for (const char* p : kPrompts)
     requests.push_back({.prompt = p, .max_tokens = 200, .sampling = {.temperature = 0.0f}, .stop_at_eos = false});
   const auto plain = run_all(lm, pool, requests);
-  for (const auto& [n_draft, ngram] : {std::pair{4, 3}, {8, 2}, {1, 1}}) {
+  for (const auto& [n_draft, ngram, ngram_min] : {std::tuple{4, 3, 1}, {8, 2, 1}, {1, 1, 1}, {4, 3, 3}}) {
     CAPTURE(n_draft);
     CAPTURE(ngram);
+    CAPTURE(ngram_min);
     EngineMetrics m;
-    check_same(plain, run_all(lm, pool, with_drafts(requests, n_draft, ngram), {.max_batch_tokens = 64, .max_sequences = 16, .kv_blocks = 512}, &m));
-    MESSAGE("drafts of " << n_draft << " (n-grams up to " << ngram << "): " << m.accepted_draft_tokens << " of "
-                         << m.draft_tokens << " drafted tokens kept, " << m.steps << " engine steps");
+    check_same(plain, run_all(lm, pool, with_drafts(requests, n_draft, ngram, ngram_min), {.max_batch_tokens = 64, .max_sequences = 16, .kv_blocks = 512}, &m));
+    MESSAGE("drafts of " << n_draft << " (n-grams of " << ngram_min << " to " << ngram << "): " << m.accepted_draft_tokens
+                         << " of " << m.draft_tokens << " drafted tokens kept, " << m.steps << " engine steps");
     CHECK(m.accepted_draft_tokens > 0);
     CHECK(m.accepted_draft_tokens <= m.draft_tokens);
   }
@@ -214,7 +225,84 @@ TEST_CASE("speculative decoding: requests the engine refuses") {
   ThreadPool pool(1);
   Engine engine(lm, pool, {.max_batch_tokens = 16});
   CHECK_THROWS_WITH_AS(engine.submit({.prompt = "a", .draft_tokens = 16}, {}), doctest::Contains("draft_tokens 16"), Error);
-  CHECK_THROWS_WITH_AS(engine.submit({.prompt = "a", .draft_tokens = 2, .draft_ngram = 0}, {}), doctest::Contains("draft_ngram >= 1"), Error);
+  CHECK_THROWS_WITH_AS(engine.submit({.prompt = "a", .draft_tokens = 2, .draft_ngram = 0}, {}), doctest::Contains("draft_ngram >= draft_ngram_min >= 1"), Error);
+  CHECK_THROWS_WITH_AS(engine.submit({.prompt = "a", .draft_tokens = 2, .draft_ngram = 2, .draft_ngram_min = 3}, {}), doctest::Contains("draft_ngram_min 3"), Error);
+  CHECK_THROWS_WITH_AS(engine.submit({.prompt = "a", .draft_tokens = 2, .draft_ngram_min = 0}, {}), doctest::Contains("draft_ngram_min 0"), Error);
   CHECK_NOTHROW(engine.submit({.prompt = "a", .max_tokens = 3, .draft_tokens = 15}, [](const TokenEvent&) {}));
   engine.run_until_idle();
+}
+
+TEST_CASE("speculative decoding with a draft model gives the tokens of plain decoding: greedy, sampled, preempted") {
+  TINYLLM_REQUIRE_TESTDATA("llama2c/stories260K.bin");
+  LoadedModel lm = stories();
+  ThreadPool pool(2);
+  std::vector<Request> greedy, sampled;
+  for (const char* p : kPrompts)
+    greedy.push_back({.prompt = p, .max_tokens = 200, .sampling = {.temperature = 0.0f}, .stop_at_eos = false});
+  for (std::size_t i = 0; i < 12; ++i) {
+    Request r{.prompt = kPrompts[i % 10], .max_tokens = 120,
+              .sampling = {.temperature = 0.9f, .top_k = 40, .top_p = 0.95f, .min_p = 0.02f, .seed = 300 + i}};
+    if (i % 3 == 1) r.sampling.repetition_penalty = 1.1f;
+    if (i % 4 == 2) r.n = 3;
+    if (i % 5 == 3) r.logprobs = 2;
+    sampled.push_back(r);
+  }
+  const auto plain_greedy = run_all(lm, pool, greedy), plain_sampled = run_all(lm, pool, sampled);
+
+  SUBCASE("the model drafting for itself: every greedy draft is kept") {
+    // Its logits do not depend on the batch, so its greedy drafts are the tokens greedy decoding picks.
+    EngineMetrics m;
+    check_same(plain_greedy, run_all(lm, pool, with_drafts(greedy, 4),
+                                     {.max_batch_tokens = 64, .max_sequences = 16, .kv_blocks = 512, .draft_model = &lm}, &m));
+    MESSAGE("self-drafting: " << m.accepted_draft_tokens << " of " << m.draft_tokens << " kept, " << m.steps << " steps");
+    CHECK(m.draft_tokens > 1000);
+    CHECK(m.accepted_draft_tokens == m.draft_tokens);
+  }
+  SUBCASE("a quantized copy drafts") for (const DType type : {DType::Q8_0, DType::Q4_0}) {
+    // A smaller copy of the model (its weights quantized by the library) drafts: most drafts are
+    // kept, some are not, and the output stays that of plain decoding.
+    CAPTURE(name(type));
+    LoadedModel draft = stories(type);
+    EngineMetrics m, ms, small;
+    const EngineOptions opt{.max_batch_tokens = 64, .max_sequences = 16, .kv_blocks = 512, .draft_model = &draft};
+    check_same(plain_greedy, run_all(lm, pool, with_drafts(greedy, 5), opt, &m));
+    MESSAGE(name(type) << " draft, greedy: " << m.accepted_draft_tokens << " of " << m.draft_tokens << " kept, "
+                       << m.draft_model_tokens << " tokens through the draft model");
+    CHECK(m.accepted_draft_tokens > m.draft_tokens / 2);
+    CHECK(m.accepted_draft_tokens < m.draft_tokens);
+    check_same(plain_sampled, run_all(lm, pool, with_drafts(sampled, 3), opt, &ms));
+    MESSAGE(name(type) << " draft, sampled: " << ms.accepted_draft_tokens << " of " << ms.draft_tokens << " kept");
+    CHECK(ms.accepted_draft_tokens > 0);
+    CHECK(ms.accepted_draft_tokens < ms.draft_tokens);
+    // Pools too small for everything: sequences are preempted (their draft caches freed with them)
+    // and some drafts cannot get blocks; the draft model's batch is smaller than a prompt.
+    check_same(plain_sampled, run_all(lm, pool, with_drafts(sampled, 3),
+                                      {.max_batch_tokens = 32, .max_sequences = 16, .block_size = 8, .kv_blocks = 40,
+                                       .draft_model = &draft}, &small));
+    MESSAGE("small pools: " << small.preemptions << " preemptions, " << small.accepted_draft_tokens << " of "
+                            << small.draft_tokens << " kept");
+    CHECK(small.preemptions > 0);
+    CHECK(small.draft_tokens > 0);
+  }
+  SUBCASE("drafts stop at an unlikely token (draft_p_min)") {
+    LoadedModel draft = stories(DType::Q8_0);
+    EngineMetrics all, sure;
+    run_all(lm, pool, with_drafts(greedy, 6), {.max_batch_tokens = 64, .max_sequences = 16, .kv_blocks = 512, .draft_model = &draft}, &all);
+    check_same(plain_greedy, run_all(lm, pool, with_drafts(greedy, 6),
+                                     {.max_batch_tokens = 64, .max_sequences = 16, .kv_blocks = 512,
+                                      .draft_model = &draft, .draft_p_min = 0.9f}, &sure));
+    MESSAGE("p_min 0.9: " << sure.accepted_draft_tokens << " of " << sure.draft_tokens << " kept; without: "
+                          << all.accepted_draft_tokens << " of " << all.draft_tokens);
+    CHECK(sure.draft_tokens < all.draft_tokens);
+    CHECK(sure.draft_acceptance() > all.draft_acceptance());
+  }
+}
+
+TEST_CASE("speculative decoding: a draft model must share the model's vocabulary") {
+  TINYLLM_REQUIRE_TESTDATA("llama2c/stories260K.bin");
+  LoadedModel lm = stories();
+  LoadedModel other = load_synthetic("tiny", DType::F32, 5);
+  ThreadPool pool(1);
+  CHECK_THROWS_WITH_AS(Engine(lm, pool, {.draft_model = &other}), doctest::Contains("draft model"), Error);
+  CHECK_THROWS_WITH_AS(Engine(other, pool, {.draft_model = &lm}), doctest::Contains("draft model"), Error);
 }

@@ -7,6 +7,8 @@
 //     separate requests hold, and /metrics the same gauges; nothing is held afterwards;
 //   - draft_tokens (speculative decoding) leaves the text as it is and shows in /health and /metrics.
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 
 import { getJson, loadOpenAI, runChecks, settledHealth, skip, startServer, stories260K } from './harness.mjs';
 
@@ -128,4 +130,26 @@ n += await runChecks(slow, [
   }],
 ]);
 await slow.stop();
+
+// --draft-model: the model drafting for itself (the same file) keeps every greedy draft and gives
+// the text of plain decoding; a draft model with another vocabulary stops the server at start.
+const drafted = await startServer(['-m', data.model, '-z', data.tok, '-t', '2', '--kv-mib', '16', '--draft-model', data.model]);
+n += await runChecks(drafted, [
+  ['--draft-model: the same text, every greedy draft kept', async () => {
+    const dc = new OpenAI({ baseURL: `${drafted.url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 120000 });
+    const base = { model: MODEL, prompt: 'Lily and Ben were friends.', max_tokens: 100, temperature: 0 };
+    const plain = await dc.completions.create({ ...base, draft_tokens: 0 });
+    const spec = await dc.completions.create({ ...base, draft_tokens: 5 });
+    assert.equal(spec.choices[0].text, plain.choices[0].text);
+    const drafts = (await settledHealth(drafted.url)).models[0].draft_tokens;
+    console.log(`     self-drafting: ${JSON.stringify(drafts)}`);
+    assert.ok(drafts.drafted > 50, `drafted ${drafts.drafted}`);
+    assert.equal(drafts.accepted, drafts.drafted);
+  }],
+]);
+await drafted.stop();
+const otherVocab = path.join(process.env.TINYLLM_TESTDATA_DIR || '', 'arch', 'gemma.gguf');
+if (existsSync(otherVocab))
+  await assert.rejects(startServer(['-m', data.model, '-z', data.tok, '--draft-model', otherVocab]),
+    (e) => /the server exited/.test(e.message) && /draft model/.test(e.message));
 console.log(`samples: all ${n} checks passed`);
