@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
                                    "up to DRAFT tokens a step (Request::draft_tokens); the outputs must match");
   std::string draft_model_path;
   float draft_p_min = 0;
-  std::size_t draft_ngram_min = 1;
+  std::size_t draft_ngram_min = tinyllm::Request{}.draft_ngram_min;
   app.add_option("--draft-ngram-min", draft_ngram_min, "with --draft (prompt lookup): only suffixes of at least this many "
                                                        "tokens are looked up (Request::draft_ngram_min)")->capture_default_str();
   app.add_option("--draft-model", draft_model_path, "with --draft: this model (same vocabulary) drafts instead of prompt lookup");
@@ -131,7 +131,7 @@ int main(int argc, char** argv) {
       std::function<void(std::size_t, std::vector<std::int32_t>)> start = [&](std::size_t s, std::vector<std::int32_t> prompt) {
         tinyllm::Request r{.tokens = std::move(prompt), .max_tokens = n_gen - produced[s], .sampling = {.temperature = 0.0f},
                            .stop_at_eos = false, .draft_tokens = n_draft,
-                           .draft_ngram = std::max<std::size_t>(3, draft_ngram_min), .draft_ngram_min = draft_ngram_min};
+                           .draft_ngram = std::max(tinyllm::Request{}.draft_ngram, draft_ngram_min), .draft_ngram_min = draft_ngram_min};
         if (n_adapters > 0) r.adapters = {adapters[s % n_adapters]};
         if (grammar) r.grammar = any_object;
         engine.submit(r, [&, s](const tinyllm::TokenEvent& e) {

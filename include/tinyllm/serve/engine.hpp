@@ -141,12 +141,10 @@ class Engine {
                   "at most " + std::to_string(limit - 1) + " prompt tokens and max_tokens >= 1");
     if (req.logprobs < -1)
       throw Error("logprobs " + std::to_string(req.logprobs), "submit", "-1 (none) or the number of top tokens, >= 0");
-    if (req.draft_tokens >= opt_.max_batch_tokens ||
-        (req.draft_tokens > 0 && (req.draft_ngram_min == 0 || req.draft_ngram < req.draft_ngram_min)))
-      throw Error("draft_tokens " + std::to_string(req.draft_tokens) + ", draft_ngram " + std::to_string(req.draft_ngram) +
-                      ", draft_ngram_min " + std::to_string(req.draft_ngram_min),
+    if (req.draft_tokens >= opt_.max_batch_tokens || (req.draft_tokens > 0 && req.draft_ngram == 0))
+      throw Error("draft_tokens " + std::to_string(req.draft_tokens) + ", draft_ngram " + std::to_string(req.draft_ngram),
                   "submit", "draft_tokens below the step's token budget (" + std::to_string(opt_.max_batch_tokens) +
-                  ") and draft_ngram >= draft_ngram_min >= 1");
+                  ") and draft_ngram >= 1");
     if (req.n < 1 || req.n > opt_.max_sequences)
       throw Error("n = " + std::to_string(req.n) + " samples", "submit",
                   "1 to " + std::to_string(opt_.max_sequences) + " (the engine's max_sequences)");
@@ -400,7 +398,8 @@ class Engine {
     for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
       Sequence& s = *running_[i];
       if (!opt_.draft_model) {
-        s.draft = prompt_lookup_draft(s.tokens, s.request.draft_ngram, draft_room(s, budget), s.request.draft_ngram_min);
+        s.draft = prompt_lookup_draft(s.tokens, s.request.draft_ngram, draft_room(s, budget),
+                                      std::min(s.request.draft_ngram_min, s.request.draft_ngram));
       } else if (!s.draft.empty() && s.draft.size() >= budget) {
         s.draft.resize(budget - 1);   // a guard: draft_with_model() assumed these same budgets
       }

@@ -44,11 +44,13 @@ struct Request {
   // copying what followed; one forward of the model checks them all, and the tokens it would have
   // produced itself are kept. The output is exactly that of decoding without drafts (each
   // position's token is sampled from the model's own logits, with the same random draws), only
-  // faster when drafts hit. 0 = off. Only suffixes of at least draft_ngram_min tokens are looked
-  // up. With EngineOptions::draft_model, that model drafts instead (the n-gram fields unused).
+  // faster when drafts hit. 0 = off. Only suffixes of at least draft_ngram_min tokens (at most
+  // draft_ngram) are looked up: shorter matches are kept too rarely to pay for their place in the
+  // step (stories260K, 4 drafts a step: 24 % kept from 1 token on, 58 % from 3; 0.74x and 1.04x
+  // the speed of plain decoding). With EngineOptions::draft_model, that model drafts instead.
   std::size_t draft_tokens = 0;
   std::size_t draft_ngram = 3;
-  std::size_t draft_ngram_min = 1;
+  std::size_t draft_ngram_min = 3;
 };
 
 enum class FinishReason { none, eos, stop, length, cancelled };
