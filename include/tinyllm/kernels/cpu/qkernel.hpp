@@ -43,6 +43,8 @@ inline constexpr std::size_t kActGroup = 8;  // the prefill activations' token g
 // Tokens held in registers at once: sums, accumulators and K-quant parts for T tokens of a part.
 inline constexpr std::size_t kPanelTokens = kParts == 1 ? 8 : 4;
 inline constexpr std::size_t kDecodeTokens = kParts == 1 ? 8 : kParts == 2 ? 4 : 2;
+// Up to this many tokens the panel kernel prefetches the next chunk of weights itself.
+inline constexpr std::size_t kPrefetchMaxTokens = 64;
 
 // Quantized activations of the tokens from t0, grouped by G tokens (quantize_act.hpp; G = 1 is
 // plain rows, for a single token): every offset below is known at compile time.
@@ -76,8 +78,13 @@ template <class Block>
 struct PanelSource {
   using Q = QUnit<Block>;
   const Panel& panel;
+  // Memory to bring into L2 while the tokens run: ahead_bytes of it per sub-block (null: none).
+  const std::uint8_t* ahead = nullptr;
+  std::size_t ahead_bytes = 0;
   template <class F>
   HWY_INLINE void steps(std::size_t j, std::size_t p, F&& f) const {
+    if (ahead != nullptr && p == 0)
+      for (std::size_t b = j * ahead_bytes; b < (j + 1) * ahead_bytes; b += 64) __builtin_prefetch(ahead + b, 0, 2);
     TINYLLM_UNROLL
     for (std::size_t k = 0; k < Q::steps_per_sub; ++k) f(k, load_part(panel.w[j * Q::steps_per_sub + k], p));
   }
@@ -284,10 +291,17 @@ void prefill_group(const std::uint8_t* w, std::size_t units, std::size_t nb, con
           if (j % 2 == 1) hn::Store(units_src.int_min_pair(j / 2, p), DI32(), panel.int_min_pair[j / 2] + p * kPartRows);
         }
       }
+    // With few tokens (batched decode) the weights stream from memory: the first tokens' pass
+    // over the panel asks for the next chunk (this group's or the next group's) a little at each
+    // sub-block, so its lines arrive while the tokens compute (asked for all at once, the
+    // requests would wait for each other and the arithmetic for them). Many tokens (prefill)
+    // compute long enough on a chunk for the hardware prefetcher.
+    const PanelSource<Block> ahead{panel, w + (u0 + count) * kUnit, (kChunk * kUnit + subs - 1) / subs};
     for (std::size_t t = 0; t < a.n_tok; t += kActGroup)
       for (std::size_t tt = t; tt < std::min(a.n_tok, t + kActGroup); tt += kPanelTokens)
-        run_any<Block, kPanelTokens, kActGroup>(std::min({kPanelTokens, a.n_tok - tt, t + kActGroup - tt}), PanelSource<Block>{panel},
-                                     subs, a, tt, s0, y, y_stride, rows, u0 > 0);
+        run_any<Block, kPanelTokens, kActGroup>(std::min({kPanelTokens, a.n_tok - tt, t + kActGroup - tt}),
+                                                tt == 0 && a.n_tok <= kPrefetchMaxTokens ? ahead : PanelSource<Block>{panel},
+                                                subs, a, tt, s0, y, y_stride, rows, u0 > 0);
   }
 }
 
