@@ -24,7 +24,7 @@ jobs=${JOBS:-$(nproc)}
 case "$kind" in
   address)
     sanitizers=address,undefined
-    tests=${TINYLLM_SANITIZE_TESTS:-'^(io/|model/hf_test:|text/[a-z0-9_]+_test:|sample/|serve/engine_test:)'}
+    tests=${TINYLLM_SANITIZE_TESTS:-'^(io/|model/hf_test:|text/[a-z0-9_]+_test:|sample/|serve/(engine|speculative)_test:)'}
     # Leak checking is on (ASan's default on Linux); a report stops the test.
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
