@@ -136,10 +136,6 @@ inline std::uint16_t random_scale(std::mt19937& rng) {
   return f32_to_f16(rng() % 2 ? u(rng) : -u(rng));
 }
 
-// A model against one of ../shared/testdata/arch's llama.cpp references (REF.header.txt, its
-// .logits.f32 and .decode.f32): the prompt ids as one batch, then the greedy ids one at a time;
-// the argmax of each row checked where the reference's top two are clearly apart. The largest
-// |logit difference| of the prompt rows and of the decode rows.
 // f(rank's communicator) on one thread per rank of a ThreadGroup (tensor parallelism); the
 // results in rank order. A rank's exception fails the test after every thread has ended.
 template <class F>
@@ -188,6 +184,10 @@ inline ReferenceRun run_reference_inputs(Model& model, const std::string& ref, T
   }
   return r;
 }
+// A model against one of ../shared/testdata/arch's llama.cpp references (REF.header.txt, its
+// .logits.f32 and .decode.f32): the prompt ids as one batch, then the greedy ids one at a time;
+// the argmax of each row checked where the reference's top two are clearly apart. The largest
+// |logit difference| of the prompt rows and of the decode rows.
 inline LlamaCppDifference against_llama_cpp(Model& model, const std::string& ref, ThreadPool& pool) {
   const auto dir = testdata("arch");
   const auto prompt_want = read_f32(dir / (ref + ".logits.f32"));

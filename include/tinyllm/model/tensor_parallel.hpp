@@ -115,6 +115,13 @@ inline AlignedBuffer<float> vector_slice(const AlignedBuffer<float>& v, std::siz
   return out;
 }
 
+// A gated FFN's units [ff0, ff0 + n_ff): rows of gate and up, columns of down (none: an empty down).
+inline void ffn_slice(WeightMatrix& gate, WeightMatrix& up, WeightMatrix& down, std::size_t ff0, std::size_t n_ff) {
+  gate = row_slice(gate, ff0, n_ff);
+  up = row_slice(up, ff0, n_ff);
+  down = n_ff ? column_slice(down, ff0, n_ff) : row_slice(down, 0, 0);
+}
+
 }  // namespace detail
 
 // Keeps this rank's share of w (bound over the whole model, nothing read yet) and returns the
@@ -143,16 +150,8 @@ inline ModelConfig split_for_rank(ModelConfig c, TransformerWeights& w, const Co
       l.bk = detail::vector_slice(l.bk, s.kv_head0 * hd, s.n_kv_heads * hd);
       l.bv = detail::vector_slice(l.bv, s.kv_head0 * hd, s.n_kv_heads * hd);
     }
-    if (l.experts.empty()) {
-      l.w_gate = detail::row_slice(l.w_gate, s.ff0, s.n_ff);
-      l.w_up = detail::row_slice(l.w_up, s.ff0, s.n_ff);
-      l.w_down = s.n_ff ? detail::column_slice(l.w_down, s.ff0, s.n_ff) : detail::row_slice(l.w_down, 0, 0);
-    }
-    for (ExpertWeights& e : l.experts) {
-      e.w_gate = detail::row_slice(e.w_gate, se.ff0, se.n_ff);
-      e.w_up = detail::row_slice(e.w_up, se.ff0, se.n_ff);
-      e.w_down = se.n_ff ? detail::column_slice(e.w_down, se.ff0, se.n_ff) : detail::row_slice(e.w_down, 0, 0);
-    }
+    if (l.experts.empty()) detail::ffn_slice(l.w_gate, l.w_up, l.w_down, s.ff0, s.n_ff);
+    for (ExpertWeights& e : l.experts) detail::ffn_slice(e.w_gate, e.w_up, e.w_down, se.ff0, se.n_ff);
   }
   w.output = detail::row_slice(w.output, s.vocab0, s.n_vocab);
   c.n_heads = s.n_q_heads;

@@ -384,12 +384,12 @@ class Transformer final : public Model {
       Backend::add_rows(ws_, x, proj);
 
       // FFN block: x += w_down · (act(w_gate · norm(x)) * (w_up · norm(x))), or the experts' mixture
+      // (parallel blocks normed x for both before attention; they have no experts: the constructor)
+      if constexpr (!Arch::parallel_blocks) Backend::rmsnorm_rows(ws_, x, lw.ffn_norm, xb, c.norm_eps);
       if (!lw.experts.empty()) {
-        Backend::rmsnorm_rows(ws_, x, lw.ffn_norm, xb, c.norm_eps);
         experts_ffn(pool, lw, xb, proj);
       } else {
         if constexpr (!Arch::parallel_blocks) {
-          Backend::rmsnorm_rows(ws_, x, lw.ffn_norm, xb, c.norm_eps);
           matmul(pool, lw.w_gate, xb, gate, l, LoraTarget::gate, seqs);
           matmul(pool, lw.w_up, xb, up, l, LoraTarget::up, seqs);
         }
